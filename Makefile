@@ -1,0 +1,30 @@
+# Two entry points: `make run` (a search on the built-in default) and `make test`.
+# Both create .venv and install n2n into it first.
+PY ?= python3
+VENV ?= .venv
+# CPU machines take the local CPU wheel; on a GPU machine pass TORCH="torch" (or your CUDA build).
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: setup run test bench clean
+
+$(BIN)/n2n: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+setup: $(BIN)/n2n
+
+run: setup
+	$(BIN)/n2n search
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,118 @@
+"""The agent protocol: propose candidates, take their rewards, save and load the whole state.
+
+Life of a candidate::
+
+    cands = agent.ask(n)          # up to n new candidates; [] while waiting for results
+    ...evaluate cand.spec elsewhere (a Ray Tune trial, a proxy)...
+    agent.tell(cand.id, reward, evaluation)   # exactly once per candidate, in any order
+    state = agent.state_dict()    # at any point between calls, pending candidates included
+    agent.load_state_dict(state)  # into a fresh agent built over the same env and config
+
+An agent works on one stage's env (removal or shrink) in deferred mode: the env says at once when a
+spec is invalid (reward -1, never handed out, never trained) and leaves the rest to the caller.
+``finished`` is True when an agent has nothing more to propose (a fixed baseline ran out).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs import CompressionEnv, Evaluation, RewardConfig, reward
+from search_spaces import StudentSpec
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    spec: StudentSpec
+
+
+class Agent(ABC):
+    """Base class: subclasses implement `_propose` and `_learn`; bookkeeping is shared."""
+
+    name = "agent"
+
+    def __init__(self, env: CompressionEnv, seed: int = 0):
+        self.env, self.seed = env, seed
+        self.next_id = 0
+        self.told = 0  # results received, invalid proposals included
+        self.pending: dict[int, dict] = {}  # id -> the agent's record of a handed-out candidate
+
+    @property
+    def finished(self) -> bool:
+        return False
+
+    @abstractmethod
+    def ask(self, n: int) -> list[Candidate]:
+        """Up to n new candidates to evaluate; [] when waiting for results or finished."""
+
+    @abstractmethod
+    def tell(self, cid: int, reward: float, evaluation: Evaluation | None = None) -> None:
+        """The result of candidate `cid` (an id this agent handed out)."""
+
+    def _new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
+
+    def _check_told(self, cid: int, reward: float) -> dict:
+        if cid not in self.pending:
+            raise KeyError(f"{self.name} agent: candidate {cid} is not pending (already told, or never asked)")
+        if not math.isfinite(reward):
+            raise ValueError(f"{self.name} agent: reward for candidate {cid} must be finite, got {reward}")
+        self.told += 1
+        return self.pending.pop(cid)
+
+    def state_dict(self) -> dict:
+        return {"version": STATE_VERSION, "agent": self.name, "next_id": self.next_id, "told": self.told,
+                "pending": {int(k): v for k, v in self.pending.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("agent") != self.name or state.get("version") != STATE_VERSION:
+            raise ValueError(f"expected a version-{STATE_VERSION} state of a {self.name} agent, "
+                             f"got {state.get('agent')!r} version {state.get('version')!r}")
+        self.next_id, self.told = state["next_id"], state["told"]
+        self.pending = {int(k): v for k, v in state["pending"].items()}
+
+
+def rollout(env: CompressionEnv, choose) -> tuple[dict[int, int], StudentSpec, float, bool]:
+    """One episode; `choose(obs, mask) -> action`. Returns (actions, spec, reward, pending)."""
+    obs, info = env.reset()
+    actions = {}
+    while True:
+        unit = int(obs["index"])
+        a = int(choose(obs, info["action_mask"]))
+        obs, r, term, _, info = env.step(a)
+        actions[unit] = info["applied_action"]
+        if term:
+            return actions, info["spec"], r, info["pending"]
+
+
+def random_action(rng: np.random.Generator, mask: np.ndarray) -> int:
+    return int(rng.choice(np.flatnonzero(mask)))
+
+
+def run(agent: Agent, evaluate, budget: int, reward_config: RewardConfig = RewardConfig(),
+        batch: int = 8, max_asks: int | None = None) -> list[tuple[StudentSpec, float]]:
+    """Drive `agent` with a synchronous `evaluate(spec) -> Evaluation` until `budget` evaluations.
+
+    Returns (spec, reward) of every evaluated candidate in order. Used with the proxy evaluator in
+    tests and benchmarks; the Ray Tune searcher is the same loop, asynchronous.
+    """
+    history, asks = [], 0
+    while len(history) < budget and not agent.finished:
+        asks += 1
+        if max_asks is not None and asks > max_asks:
+            break
+        cands = agent.ask(min(batch, budget - len(history)))
+        for c in cands:
+            ev = evaluate(c.spec)
+            r = reward(ev, agent.env.reference, reward_config)
+            agent.tell(c.id, r, ev)
+            history.append((c.spec, r))
+    return history

@@ -1,0 +1,108 @@
+"""The same candidates proposed through Optuna's ask/tell.
+
+One categorical parameter per unit of the stage that has a choice: ``u{i}`` in {0 keep, 1 remove}
+(removal) or the index of a ratio (shrink). TPE is pinned explicitly (Optuna 5 changed its defaults:
+multivariate + constant liar, which suits batches of pending candidates). ``objective="multi"`` asks
+NSGA-II for the (accuracy, params) front instead of the scalar reward.
+
+State: the study's finished trials and the pending candidates as plain data. The sampler is reseeded
+from (seed, number of asks) before each ask, so a restored agent proposes exactly what an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.distributions import CategoricalDistribution, distribution_to_json, json_to_distribution
+from optuna.trial import TrialState, create_trial
+
+from .base import Agent, Candidate
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class OptunaAgent(Agent):
+    name = "optuna"
+    max_redraws = 100
+
+    def __init__(self, env, seed: int = 0, objective: str = "reward", n_startup_trials: int = 10):
+        super().__init__(env, seed)
+        if objective not in ("reward", "multi"):
+            raise ValueError(f"optuna objective: expected 'reward' or 'multi', got {objective!r}")
+        self.objective, self.n_startup = objective, n_startup_trials
+        self.units = [u for u in env.active if env.action_mask(u).sum() > 1]
+        self.dists = {f"u{u}": CategoricalDistribution(list(range(env.action_space.n))) for u in self.units}
+        self.asks = 0
+        self.study = self._new_study()
+        self.trial_of: dict[int, int] = {}  # candidate id -> optuna trial number
+
+    def _new_study(self):
+        if self.objective == "multi":
+            return optuna.create_study(directions=["maximize", "minimize"], sampler=self._sampler())
+        return optuna.create_study(direction="maximize", sampler=self._sampler())
+
+    def _sampler(self):
+        seed = self.seed * 1_000_003 + self.asks
+        if self.objective == "multi":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup, multivariate=True,
+                                          constant_liar=True, group=False)
+
+    def _actions(self, params: dict) -> dict[int, int]:
+        actions = {u: self.env.default_action(u) for u in self.env.active}
+        actions.update({int(k[1:]): int(v) for k, v in params.items()})
+        return actions
+
+    def ask(self, n: int) -> list[Candidate]:
+        out = []
+        for _ in range(n * self.max_redraws):
+            if len(out) == n:
+                break
+            self.study.sampler = self._sampler()
+            self.asks += 1
+            trial = self.study.ask(self.dists)
+            spec = self.env.spec_from_actions(self._actions(trial.params))
+            rew, info = self.env.score(spec)
+            if not info["pending"]:  # invalid: known at once, never handed out
+                self.study.tell(trial, self._values(rew, None))
+                continue
+            cid = self._new_id()
+            self.pending[cid] = {"params": dict(trial.params)}
+            self.trial_of[cid] = trial.number
+            out.append(Candidate(cid, spec))
+        return out
+
+    def _values(self, reward: float, evaluation):
+        if self.objective == "reward":
+            return reward
+        if evaluation is None:  # invalid: the worst corner of the front
+            return [0.0, float(self.env.reference.params)]
+        return [evaluation.accuracy, float(evaluation.params)]
+
+    def tell(self, cid, reward, evaluation=None):
+        self._check_told(cid, reward)
+        self.study.tell(self.trial_of.pop(cid), self._values(reward, evaluation))
+
+    def best_trials(self):
+        return self.study.best_trials if self.objective == "multi" else [self.study.best_trial]
+
+    def state_dict(self):
+        trials = [
+            {"params": t.params, "values": t.values, "state": t.state.name,
+             "distributions": {k: distribution_to_json(d) for k, d in t.distributions.items()}}
+            for t in self.study.get_trials(deepcopy=False) if t.state.is_finished()
+        ]
+        return {**super().state_dict(), "asks": self.asks, "trials": trials}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.asks = state["asks"]
+        self.study = self._new_study()
+        for t in state["trials"]:
+            self.study.add_trial(create_trial(
+                params=t["params"], values=t["values"], state=TrialState[t["state"]],
+                distributions={k: json_to_distribution(d) for k, d in t["distributions"].items()}))
+        self.trial_of = {}
+        for cid, rec in sorted(self.pending.items()):  # pending candidates become running trials again
+            self.study.enqueue_trial(rec["params"])
+            self.trial_of[cid] = self.study.ask(self.dists).number

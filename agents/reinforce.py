@@ -1,0 +1,247 @@
+"""N2N's policies, trained with REINFORCE.
+
+- Removal: a bidirectional LSTM reads every unit's features and gives keep/remove logits per unit.
+- Shrink: an autoregressive LSTM (two stacked LSTMCells, as in N2N) picks a ratio per unit,
+  conditioned on the unit's features and its previous choice.
+
+Both take only normalised per-unit features, so a policy trained on one teacher acts on another of
+a different depth and width (transfer). Unlike the original code, every parameter is registered (the
+shrink cells live in an nn.ModuleList) and each rollout is reinforced with its own advantage.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from search_spaces import FEATURE_DIM
+
+from .base import Agent, Candidate, rollout
+
+
+class RemovalPolicy(nn.Module):
+    def __init__(self, hidden: int = 30, layers: int = 2):
+        super().__init__()
+        self.lstm = nn.LSTM(FEATURE_DIM, hidden, layers, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, 2)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """feats (T, F) of the stage's units -> logits (T, 2): keep, remove."""
+        h, _ = self.lstm(feats[None])  # (1, T, 2H)
+        return self.head(h[0])
+
+
+class ShrinkPolicy(nn.Module):
+    def __init__(self, n_ratios: int, hidden: int = 30):
+        super().__init__()
+        self.n_ratios, self.hidden = n_ratios, hidden
+        self.cells = nn.ModuleList([nn.LSTMCell(FEATURE_DIM + n_ratios, hidden), nn.LSTMCell(hidden, hidden)])
+        self.head = nn.Linear(hidden, n_ratios)
+
+    def initial_state(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        z = torch.zeros(1, self.hidden)
+        return [(z, z) for _ in self.cells]
+
+    def step(self, feat: torch.Tensor, prev: int | None, state):
+        """feat (F,), previous action or None -> logits (K,), new state."""
+        onehot = torch.zeros(self.n_ratios)
+        if prev is not None:
+            onehot[prev] = 1.0
+        x = torch.cat([feat, onehot])[None]  # (1, F + K)
+        new_state = []
+        for cell, (h, c) in zip(self.cells, state):
+            h, c = cell(x, (h, c))
+            new_state.append((h, c))
+            x = h
+        return self.head(x[0]), new_state
+
+
+def masked_logits(logits: torch.Tensor, mask) -> torch.Tensor:
+    mask = torch.as_tensor(np.asarray(mask), dtype=torch.bool)
+    return logits.masked_fill(~mask, float("-inf"))
+
+
+@dataclass
+class ReinforceConfig:
+    batch_size: int = 5  # rollouts per policy update (N2N: 5)
+    lr: float | None = None  # None: N2N's 3e-3 for removal, 0.1 for shrink (the shrink policy is smaller-signal)
+    hidden: int = 30
+    baseline_decay: float = 0.8  # exponential moving average of batch-mean rewards
+    entropy_coef: float = 0.0
+    normalize_advantage: bool = True  # divide advantages by the batch's reward std (scale-free updates)
+    max_invalid_batches: int = 50  # give up proposing after this many all-invalid batches in a row
+
+    def lr_for(self, stage: str) -> float:
+        return self.lr if self.lr is not None else (3e-3 if stage == "removal" else 0.1)
+
+
+class ReinforceAgent(Agent):
+    """REINFORCE with an EMA baseline over batches of `batch_size` rollouts.
+
+    A batch is sampled at once; its invalid specs get -1 immediately, the rest are handed out by
+    `ask` and the policy updates when the last of them is told.
+    """
+
+    name = "reinforce"
+
+    def __init__(self, env, seed: int = 0, config: ReinforceConfig | None = None):
+        super().__init__(env, seed)
+        self.cfg = config or ReinforceConfig()
+        torch.manual_seed(seed)
+        if env.stage == "removal":
+            self.policy = RemovalPolicy(self.cfg.hidden)
+        else:
+            self.policy = ShrinkPolicy(len(env.space.ratios), self.cfg.hidden)
+        self.opt = torch.optim.Adam(self.policy.parameters(), lr=self.cfg.lr_for(env.stage))
+        self.gen = torch.Generator().manual_seed(seed)
+        self.baseline: float | None = None
+        self.updates = 0
+        self.batch: list[dict] = []  # rollouts of the current batch: actions, masks, reward or None
+        self.queue: list[int] = []  # ids sampled but not handed out yet
+        self.invalid_streak = 0
+        self.history: list[float] = []  # mean reward of each batch, for progress reports
+        self._feats = torch.as_tensor(env.space.features()[env.active])  # (T, F)
+
+    # -- sampling -------------------------------------------------------------------------------
+    def _sample(self, logits: torch.Tensor, mask) -> int:
+        probs = torch.softmax(masked_logits(logits, mask), -1)
+        return int(torch.multinomial(probs, 1, generator=self.gen))
+
+    def _rollout(self) -> dict:
+        masks: list[list[int]] = []
+        if isinstance(self.policy, RemovalPolicy):
+            with torch.no_grad():
+                logits = self.policy(self._feats)  # (T, 2)
+            pos = {u: t for t, u in enumerate(self.env.active)}
+
+            def choose(obs, mask):
+                masks.append(mask.tolist())
+                return self._sample(logits[pos[int(obs["index"])]], mask)
+        else:
+            state, prev, t = self.policy.initial_state(), [None], [0]
+
+            def choose(obs, mask):
+                nonlocal state
+                with torch.no_grad():
+                    logits, state = self.policy.step(self._feats[t[0]], prev[0], state)
+                masks.append(mask.tolist())
+                a = self._sample(logits, mask)
+                prev[0], t[0] = a, t[0] + 1
+                return a
+
+        actions, spec, reward, pending = rollout(self.env, choose)
+        return {"actions": [actions[u] for u in self.env.active], "masks": masks,
+                "spec": spec.to_dict(), "reward": None if pending else float(reward)}
+
+    def ask(self, n: int) -> list[Candidate]:
+        while not self.queue and not self.pending and not self.finished:
+            self.batch = [self._rollout() for _ in range(self.cfg.batch_size)]
+            for i, r in enumerate(self.batch):
+                if r["reward"] is None:
+                    self.queue.append(i)
+            if not self.queue:  # every rollout invalid: learn from that at once
+                self.invalid_streak += 1
+                self._update()
+        out = []
+        while self.queue and len(out) < n:
+            i = self.queue.pop(0)
+            cid = self._new_id()
+            self.pending[cid] = {"slot": i}
+            out.append(Candidate(cid, self._spec(i)))
+        return out
+
+    def _spec(self, i: int):
+        from search_spaces import StudentSpec
+
+        return StudentSpec.from_dict(self.batch[i]["spec"])
+
+    @property
+    def finished(self) -> bool:
+        return self.invalid_streak >= self.cfg.max_invalid_batches
+
+    def tell(self, cid, reward, evaluation=None):
+        slot = self._check_told(cid, reward)["slot"]
+        self.batch[slot]["reward"] = float(reward)
+        if all(r["reward"] is not None for r in self.batch):
+            self.invalid_streak = 0
+            self._update()
+
+    # -- learning ---------------------------------------------------------------------------------
+    def log_prob(self, rollout: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum of log-probabilities of the rollout's actions under the current policy, and entropy."""
+        acts = torch.tensor(rollout["actions"])
+        masks = torch.tensor(rollout["masks"], dtype=torch.bool)  # (T, K)
+        if isinstance(self.policy, RemovalPolicy):
+            logits = self.policy(self._feats)  # (T, 2)
+        else:
+            state, rows, prev = self.policy.initial_state(), [], None
+            for t in range(len(acts)):
+                lg, state = self.policy.step(self._feats[t], prev, state)
+                rows.append(lg)
+                prev = int(acts[t])
+            logits = torch.stack(rows)  # (T, K)
+        logp = torch.log_softmax(logits.masked_fill(~masks, float("-inf")), -1)  # (T, K)
+        taken = logp.gather(1, acts[:, None]).squeeze(1)  # (T,); 0 where the mask forced the action
+        p = logp.exp()
+        entropy = -(p * logp.masked_fill(~masks, 0.0)).sum()
+        return taken.sum(), entropy
+
+    def _update(self):
+        rewards = torch.tensor([r["reward"] for r in self.batch])  # (B,)
+        mean = float(rewards.mean())
+        if self.baseline is None:
+            self.baseline = mean
+        adv = rewards - self.baseline  # each rollout's own advantage (the original used the batch mean)
+        if self.cfg.normalize_advantage and len(rewards) > 1:
+            adv = adv / (rewards.std() + 1e-6)
+        logps, ents = zip(*(self.log_prob(r) for r in self.batch))
+        loss = -(adv * torch.stack(logps)).mean() - self.cfg.entropy_coef * torch.stack(ents).mean()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        d = self.cfg.baseline_decay
+        self.baseline = d * self.baseline + (1 - d) * mean
+        self.updates += 1
+        self.history.append(mean)
+        self.batch, self.queue = [], []
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self):
+        return {**super().state_dict(), "policy": self.policy.state_dict(), "optimizer": self.opt.state_dict(),
+                "rng": self.gen.get_state(), "baseline": self.baseline, "updates": self.updates,
+                "batch": self.batch, "queue": self.queue, "invalid_streak": self.invalid_streak,
+                "history": self.history}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.policy.load_state_dict(state["policy"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.gen.set_state(state["rng"])
+        self.baseline, self.updates = state["baseline"], state["updates"]
+        self.batch, self.queue = state["batch"], state["queue"]
+        self.invalid_streak, self.history = state["invalid_streak"], state["history"]
+
+    # -- transfer ---------------------------------------------------------------------------------
+    def save_policy(self, folder) -> Path:
+        """The policy alone (safetensors + JSON), to start a search on another teacher."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.policy.state_dict().items()}, str(folder / "policy.safetensors"))
+        meta = {"stage": self.env.stage, "ratios": list(self.env.space.ratios), "config": asdict(self.cfg)}
+        (folder / "policy.json").write_text(json.dumps(meta, indent=2))
+        return folder
+
+    def load_policy(self, folder) -> None:
+        folder = Path(folder)
+        meta = json.loads((folder / "policy.json").read_text())
+        if meta["stage"] != self.env.stage:
+            raise ValueError(f"policy in {folder} is for the {meta['stage']} stage, this agent is {self.env.stage}")
+        if self.env.stage == "shrink" and list(self.env.space.ratios) != meta["ratios"]:
+            raise ValueError(f"policy in {folder} picks from ratios {meta['ratios']}, this space has {list(self.env.space.ratios)}")
+        self.policy.load_state_dict(load_file(str(folder / "policy.safetensors")), strict=True)

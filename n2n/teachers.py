@@ -1,0 +1,90 @@
+"""The teacher zoo: train a teacher on a dataset and save it as a model folder, or load one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import data as data_mod
+from .models import build_model, device_for, load_model, save_model
+from .train import accuracy, train_classifier
+from search_spaces import count_params
+
+
+@dataclass
+class TeacherRecipe:
+    """Everything that determines a trained teacher; its hash names the cache entry."""
+
+    dataset: str = "mnist1d"
+    arch: str = "vgg"  # "vgg" | "mlp"
+    preset: str = "vgg1d"  # vgg preset (see n2n.models.VGG_PRESETS)
+    width_mult: float = 1.0
+    hidden: list[int] = field(default_factory=lambda: [256])  # vgg: one classifier layer; mlp: all
+    epochs: int = 30
+    lr: float = 3e-3
+    batch_size: int = 128
+    seed: int = 0
+
+    def key(self) -> str:
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def teacher_arch(recipe: TeacherRecipe, dataset: data_mod.Dataset) -> dict:
+    shape = list(dataset.input_shape)
+    if recipe.arch == "vgg":
+        hidden = recipe.hidden[0] if recipe.hidden else 0
+        hp = {"input_shape": shape, "num_classes": dataset.num_classes, "preset": recipe.preset,
+              "width_mult": recipe.width_mult, "hidden": hidden}
+        return {"family": "vgg", "hparams": hp}
+    if recipe.arch == "mlp":
+        return {"family": "mlp", "hparams": {"input_shape": shape, "num_classes": dataset.num_classes,
+                                             "hidden": list(recipe.hidden)}}
+    raise ValueError(f"teacher arch: expected 'vgg' or 'mlp', got {recipe.arch!r}")
+
+
+def train_teacher(recipe: TeacherRecipe, out: Path | None = None, device: str = "auto", log=print) -> tuple:
+    """Train a teacher from its recipe; save it to `out` when given. Returns (model, arch, metrics)."""
+    ds = data_mod.load_dataset(recipe.dataset, seed=recipe.seed)
+    arch = teacher_arch(recipe, ds)
+    torch.manual_seed(recipe.seed)
+    model = build_model(arch)
+    dev = device_for(device)
+    log(f"training {recipe.arch}/{recipe.preset} teacher on {recipe.dataset} "
+        f"({count_params(model):,} params, {recipe.epochs} epochs, {dev})")
+    start = time.perf_counter()
+
+    def on_epoch(epoch, loss):
+        if (epoch + 1) % 5 == 0 or epoch + 1 == recipe.epochs:
+            log(f"  epoch {epoch + 1}/{recipe.epochs}  loss {loss:.4f}  val acc {accuracy(model, ds.x_val, ds.y_val):.4f}")
+
+    train_classifier(model, ds.x_train, ds.y_train, epochs=recipe.epochs, lr=recipe.lr,
+                     batch_size=recipe.batch_size, seed=recipe.seed, device=dev, on_epoch=on_epoch)
+    model.cpu()
+    metrics = {
+        "dataset": recipe.dataset,
+        "params": count_params(model),
+        "val_accuracy": accuracy(model, ds.x_val, ds.y_val),
+        "test_accuracy": accuracy(model, ds.x_test, ds.y_test),
+        "train_seconds": time.perf_counter() - start,
+        "recipe": asdict(recipe),
+    }
+    log(f"  teacher: val {metrics['val_accuracy']:.4f}  test {metrics['test_accuracy']:.4f}")
+    if out is not None:
+        save_model(out, model, arch, metrics)
+    return model, arch, metrics
+
+
+def cached_teacher(recipe: TeacherRecipe, log=print) -> Path:
+    """Folder of the teacher trained from `recipe`, training it on first use."""
+    folder = data_mod.cache_dir() / "teachers" / f"{recipe.dataset}-{recipe.arch}-{recipe.key()}"
+    if not (folder / "model.safetensors").exists():
+        train_teacher(recipe, out=folder, log=log)
+    return folder
+
+
+__all__ = ["TeacherRecipe", "train_teacher", "cached_teacher", "load_model", "teacher_arch"]

@@ -1,0 +1,223 @@
+"""The search-space interface: units, student specs, and what every family must provide.
+
+A *unit* is one decision point of a teacher (a conv layer, a residual block, an encoder layer...).
+A *StudentSpec* says which units are removed and which width ratio each kept unit keeps. It is
+plain data: it serialises to JSON and is what trials, checkpoints and exports carry.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+DEFAULT_RATIOS = (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+# Unit kinds known to the policy's one-hot. New families append here; never reorder (saved
+# policies depend on the column order).
+UNIT_KINDS = ("conv", "linear", "pool", "block", "attention", "ffn", "layer")
+
+FEATURE_NAMES = (
+    *(f"kind_{k}" for k in UNIT_KINDS),
+    "kernel",  # kernel / 7, clipped to 1
+    "stride",  # (stride - 1) / 3, clipped to 1
+    "padding",  # padding / 3, clipped to 1
+    "width",  # width / widest unit of this teacher: relative, so policies transfer across widths
+    "skip_start",
+    "skip_end",
+    "param_share",  # share of the teacher's parameters held by this unit
+    "position",  # index / (n_units - 1): relative, so policies transfer across depths
+    "removable",
+    "shrinkable",
+)
+FEATURE_DIM = len(FEATURE_NAMES)
+
+
+class SpecError(ValueError):
+    """A spec that is malformed (wrong length, unknown ratio...), as opposed to merely invalid."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One decision point of a teacher, with what a policy needs to know about it."""
+
+    name: str
+    kind: str
+    width: int
+    params: int
+    removable: bool
+    shrinkable: bool
+    kernel: int = 1
+    stride: int = 1
+    padding: int = 0
+    skip_start: bool = False
+    skip_end: bool = False
+    why_fixed: str = ""  # why the unit may not be removed, when it may not
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """Which units are removed, and the width ratio of every unit (ignored for removed ones)."""
+
+    removed: tuple[int, ...] = ()
+    ratios: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "removed", tuple(sorted(set(int(i) for i in self.removed))))
+        object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))
+
+    @classmethod
+    def identity(cls, n_units: int) -> StudentSpec:
+        return cls((), (1.0,) * n_units)
+
+    def with_removed(self, removed) -> StudentSpec:
+        return StudentSpec(tuple(removed), self.ratios)
+
+    def with_ratios(self, ratios) -> StudentSpec:
+        return StudentSpec(self.removed, tuple(ratios))
+
+    def to_dict(self) -> dict:
+        return {"removed": list(self.removed), "ratios": list(self.ratios)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StudentSpec:
+        if not isinstance(d, dict) or set(d) != {"removed", "ratios"}:
+            raise SpecError(f"expected a spec with keys 'removed' and 'ratios', got {d!r}")
+        return cls(tuple(d["removed"]), tuple(d["ratios"]))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> StudentSpec:
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass(repr=False)
+class SearchSpace(ABC):
+    """What can change in one teacher, and how a student is built from it.
+
+    Subclasses fill `units` and implement the abstract methods. `validate` never raises for an
+    ordinary invalid spec: it returns the reason, so invalid candidates cost nothing.
+    """
+
+    teacher: nn.Module
+    input_shape: tuple[int, ...]  # one sample, without the batch dimension
+    ratios: tuple[float, ...] = DEFAULT_RATIOS
+    units: list[Unit] = field(init=False, default_factory=list)
+
+    # -- what a family implements -------------------------------------------------------------
+    @abstractmethod
+    def _check(self, spec: StudentSpec) -> str | None:
+        """Family-specific reasons a well-formed spec cannot build a working student."""
+
+    @abstractmethod
+    def widths(self, spec: StudentSpec) -> list[int]:
+        """Width of every unit in the student (0 for removed units)."""
+
+    @abstractmethod
+    def params(self, spec: StudentSpec) -> int:
+        """The student's parameter count, predicted without building it."""
+
+    @abstractmethod
+    def flops(self, spec: StudentSpec) -> int:
+        """The student's multiply-accumulates for one sample, predicted without building it."""
+
+    @abstractmethod
+    def build(self, spec: StudentSpec, inherit: bool = True, seed: int = 0) -> nn.Module:
+        """The student module; with `inherit`, weights come from the teacher, else fresh init."""
+
+    @abstractmethod
+    def arch(self, spec: StudentSpec) -> dict:
+        """A JSON-able description that `n2n.models.build_model` turns back into the student."""
+
+    # -- shared ---------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.n_units} units, {self.teacher_params():,} params)"
+
+    @property
+    def n_units(self) -> int:
+        return len(self.units)
+
+    def identity(self) -> StudentSpec:
+        return StudentSpec.identity(self.n_units)
+
+    def teacher_params(self) -> int:
+        return self.params(self.identity())
+
+    def width_of(self, unit: int, ratio: float) -> int:
+        return max(1, int(round(self.units[unit].width * ratio)))
+
+    def validate(self, spec: StudentSpec) -> str | None:
+        """None when `spec` builds a working student, else the reason it does not."""
+        if len(spec.ratios) != self.n_units:
+            return f"expected {self.n_units} ratios (one per unit), got {len(spec.ratios)}"
+        for i in spec.removed:
+            if not 0 <= i < self.n_units:
+                return f"removed unit {i} does not exist (units are 0..{self.n_units - 1})"
+            if not self.units[i].removable:
+                return f"unit {i} ({self.units[i].name}) may not be removed: {self.units[i].why_fixed}"
+        for i, r in enumerate(spec.ratios):
+            if not any(abs(r - a) < 1e-9 for a in self.ratios):
+                return f"unit {i} has ratio {r}, expected one of {list(self.ratios)}"
+            if r != 1.0 and not self.units[i].shrinkable and i not in spec.removed:
+                return f"unit {i} ({self.units[i].name}) may not be shrunk"
+        return self._check(spec)
+
+    def key(self, spec: StudentSpec) -> str:
+        """Canonical key: two specs that build the same student have the same key."""
+        return "-".join(str(w) for w in self.widths(spec))
+
+    def features(self) -> np.ndarray:
+        """(n_units, FEATURE_DIM) float32 features, normalised to comparable ranges."""
+        n = self.n_units
+        widest = max(u.width for u in self.units) or 1
+        total = sum(u.params for u in self.units) or 1
+        rows = []
+        for i, u in enumerate(self.units):
+            onehot = [float(u.kind == k) for k in UNIT_KINDS]
+            rows.append(
+                onehot
+                + [
+                    min(u.kernel / 7, 1.0),
+                    min((u.stride - 1) / 3, 1.0),
+                    min(u.padding / 3, 1.0),
+                    u.width / widest,
+                    float(u.skip_start),
+                    float(u.skip_end),
+                    u.params / total,
+                    i / max(n - 1, 1),
+                    float(u.removable),
+                    float(u.shrinkable),
+                ]
+            )
+        return np.asarray(rows, dtype=np.float32)
+
+    def describe(self, spec: StudentSpec) -> str:
+        """Short human summary: removed units, and the widths of shrunk ones."""
+        parts = []
+        if spec.removed:
+            parts.append("-" + ",".join(self.units[i].name for i in spec.removed))
+        shrunk = [
+            f"{u.name}:{w}"
+            for i, (u, w) in enumerate(zip(self.units, self.widths(spec)))
+            if w and w != u.width
+        ]
+        if shrunk:
+            parts.append(" ".join(shrunk))
+        return " ".join(parts) or "identity"
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def top_l1(weight: torch.Tensor, k: int, dim: int = 0) -> list[int]:
+    """Indices (sorted) of the k slices of `weight` along `dim` with the largest L1 norm."""
+    other = [d for d in range(weight.dim()) if d != dim]
+    norms = weight.detach().abs().sum(dim=other) if other else weight.detach().abs()
+    return sorted(torch.topk(norms, k).indices.tolist())

@@ -1,0 +1,34 @@
+import os
+import tempfile
+
+# Set before anything imports ray or transformers.
+os.environ.setdefault("N2N_CACHE", os.path.join(tempfile.gettempdir(), "n2n-test-cache"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def mnist1d():
+    from n2n.data import load_dataset
+
+    return load_dataset("mnist1d")
+
+
+@pytest.fixture(scope="session")
+def small_teacher(mnist1d):
+    """A quickly trained quarter-width vgg1d teacher on MNIST-1D: (model, arch, val accuracy)."""
+    from n2n.models import build_model, vgg_layers
+    from n2n.train import accuracy, train_classifier
+
+    arch = {"family": "vgg", "hparams": {"input_shape": [1, 40], "num_classes": 10, "preset": "vgg1d",
+                                         "width_mult": 0.25, "hidden": 64}}
+    torch.manual_seed(0)
+    model = build_model(arch)
+    train_classifier(model, mnist1d.x_train, mnist1d.y_train, epochs=8, lr=3e-3, seed=0)
+    return model, arch, accuracy(model, mnist1d.x_val, mnist1d.y_val)

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+
+from n2n.data import DataError, cache_dir, load_dataset
+
+
+def _row_set(x: torch.Tensor) -> set:
+    return {hash(r.numpy().tobytes()) for r in x.reshape(len(x), -1)}
+
+
+@pytest.mark.parametrize("name,sizes,shape", [
+    ("mnist1d", {"train": 7000, "val": 1500, "test": 1500}, (1, 40)),
+    ("digits", {"train": 1257, "val": 269, "test": 271}, (1, 8, 8)),
+])
+def test_builtin_splits_sizes_disjoint_and_seeded(name, sizes, shape):
+    ds = load_dataset(name)
+    assert ds.sizes() == sizes
+    assert ds.input_shape == shape and ds.num_classes == 10
+    tr, va, te = _row_set(ds.x_train), _row_set(ds.x_val), _row_set(ds.x_test)
+    # digits has a few exact duplicate images in the raw data; splits must still not share indices.
+    overlap = len(tr & va) + len(tr & te) + len(va & te)
+    assert overlap <= (0 if name == "mnist1d" else 10)
+    again = load_dataset(name)
+    assert torch.equal(ds.x_val, again.x_val) and torch.equal(ds.y_test, again.y_test)
+    other = load_dataset(name, seed=1)
+    assert not torch.equal(ds.y_val, other.y_val)
+    # standardised with train statistics
+    assert abs(ds.x_train.mean().item()) < 1e-4 and abs(ds.x_train.std().item() - 1) < 1e-3
+
+
+def test_mnist1d_is_cached_on_disk():
+    load_dataset("mnist1d")
+    assert list((cache_dir() / "data").glob("mnist1d-*.npz"))
+
+
+def test_npz_dataset(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 3, 16)).astype(np.float32)
+    y = rng.integers(0, 4, 100)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    ds = load_dataset(f"npz:{tmp_path / 'd.npz'}")
+    assert ds.sizes() == {"train": 70, "val": 15, "test": 15}
+    assert ds.input_shape == (3, 16) and ds.num_classes == 4
+    assert sorted(torch.cat([ds.y_train, ds.y_val, ds.y_test]).tolist()) == sorted(y.tolist())
+
+
+def test_npz_errors_name_what_was_expected(tmp_path):
+    with pytest.raises(DataError, match="expected a file"):
+        load_dataset(f"npz:{tmp_path / 'missing.npz'}")
+    np.savez(tmp_path / "a.npz", inputs=np.zeros((20, 4)), y=np.zeros(20, int))
+    with pytest.raises(DataError, match="expected arrays 'x' and 'y', found \\['inputs', 'y'\\]"):
+        load_dataset(f"npz:{tmp_path / 'a.npz'}")
+    np.savez(tmp_path / "b.npz", x=np.zeros((20, 4)), y=np.zeros(19, int))
+    with pytest.raises(DataError, match="20 samples and 19 labels"):
+        load_dataset(f"npz:{tmp_path / 'b.npz'}")
+    np.savez(tmp_path / "c.npz", x=np.zeros((20, 4)), y=np.zeros(20))
+    with pytest.raises(DataError, match="integer labels"):
+        load_dataset(f"npz:{tmp_path / 'c.npz'}")
+    with pytest.raises(DataError, match="unknown dataset 'cifar'"):
+        load_dataset("cifar")
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(10):
+            a = rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)
+            Image.fromarray(a).save(tmp_path / cls / f"{i}.png")
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert ds.input_shape == (3, 6, 6) and ds.num_classes == 2
+    assert sum(ds.sizes().values()) == 20
+    assert torch.bincount(torch.cat([ds.y_train, ds.y_val, ds.y_test])).tolist() == [10, 10]
+    Image.fromarray(np.zeros((5, 6, 3), np.uint8)).save(tmp_path / "dog" / "odd.png")
+    with pytest.raises(DataError, match="expected every image to be \\(3, 6, 6\\)"):
+        load_dataset(f"folder:{tmp_path}")

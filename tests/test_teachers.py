@@ -1,0 +1,70 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from n2n.models import ModelError, build_model, load_model, save_model
+from n2n.teachers import TeacherRecipe, train_teacher
+from search_spaces import count_params
+
+
+def test_save_load_round_trip_gives_identical_outputs(small_teacher, mnist1d, tmp_path):
+    model, arch, val_acc = small_teacher
+    save_model(tmp_path / "t", model, arch, {"val_accuracy": val_acc})
+    loaded, arch2, metrics = load_model(tmp_path / "t")
+    assert arch2 == arch and metrics["val_accuracy"] == val_acc
+    x = mnist1d.x_val[:64]
+    assert torch.equal(loaded(x), model.eval()(x))
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["arch.json", "metrics.json", "model.safetensors"]
+
+
+def test_save_never_overwrites_unless_asked(small_teacher, tmp_path):
+    model, arch, _ = small_teacher
+    save_model(tmp_path / "t", model, arch, {"n": 1})
+    with pytest.raises(FileExistsError):
+        save_model(tmp_path / "t", model, arch, {"n": 2})
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text()) == {"n": 1}
+    save_model(tmp_path / "t", model, arch, {"n": 3}, overwrite=True)
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text()) == {"n": 3}
+
+
+def test_load_errors_are_clear(tmp_path, small_teacher):
+    with pytest.raises(ModelError, match="expected a model folder with model.safetensors"):
+        load_model(tmp_path)
+    model, arch, _ = small_teacher
+    save_model(tmp_path / "t", model, arch, {})
+    bad = dict(arch, hparams=dict(arch["hparams"], width_mult=0.5))
+    (tmp_path / "t" / "arch.json").write_text(json.dumps(bad))
+    with pytest.raises(ModelError, match="weights do not match arch.json"):
+        load_model(tmp_path / "t")
+    with pytest.raises(ModelError, match="unknown model family 'resnet9'"):
+        build_model({"family": "resnet9"})
+
+
+def test_training_is_seeded_and_learns_digits():
+    recipe = TeacherRecipe(dataset="digits", arch="mlp", hidden=[64], epochs=6, lr=3e-3, seed=3)
+    m1, arch, metrics = train_teacher(recipe, log=lambda *_: None)
+    m2, _, metrics2 = train_teacher(recipe, log=lambda *_: None)
+    assert metrics["val_accuracy"] == metrics2["val_accuracy"]
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert metrics["val_accuracy"] > 0.85 and metrics["params"] == count_params(m1) == 64 * 64 + 64 + 64 * 10 + 10
+
+
+def test_cli_teacher_train_and_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "teacher"
+    cmd = [sys.executable, "-m", "n2n.cli", "teacher", "train", "--dataset", "digits", "--preset", "small",
+           "--width-mult", "0.5", "--hidden", "16", "--epochs", "6", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == "digits" and 0.5 < metrics["test_accuracy"] <= 1.0
+    before = (out / "model.safetensors").read_bytes()
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 2
+    assert "already exists" in again.stderr and "Traceback" not in again.stderr
+    assert (out / "model.safetensors").read_bytes() == before
+    bad = subprocess.run(cmd[:-2] + ["--out", str(tmp_path / "x"), "--dataset", "npz:/nope.npz"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "expected a file at /nope.npz" in bad.stderr and "Traceback" not in bad.stderr
