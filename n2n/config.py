@@ -1,0 +1,170 @@
+"""Typed search configuration, loaded from YAML. Unknown keys and bad values name the key at fault."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from envs import RewardConfig
+from search_spaces import DEFAULT_RATIOS
+
+from .errors import ConfigError
+from .teachers import TeacherRecipe
+from .train import DistillConfig
+
+
+@dataclass
+class TeacherConfig:
+    path: str | None = None  # a saved teacher folder (model.safetensors + arch.json); None: train from `recipe`
+    dataset: str | None = None  # data to distil on; None: the dataset the teacher was trained on
+    recipe: TeacherRecipe = field(default_factory=TeacherRecipe)  # used when `path` is None (trained once, cached)
+
+
+@dataclass
+class SearchConfig:
+    agent: str = "reinforce"  # reinforce | optuna | random | uniform (uniform: shrink stage only)
+    stages: list[str] = field(default_factory=lambda: ["removal", "shrink"])
+    removal_budget: int = 40  # candidates trained in the removal stage
+    shrink_budget: int = 40  # candidates trained in the shrink stage
+    ratios: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
+    concurrency: int = 2  # trials running at once
+    agent_options: dict = field(default_factory=dict)  # passed to the agent (e.g. {batch_size: 10})
+    max_asks_per_candidate: int = 50  # a stage ends when its agent proposes only known specs this long
+
+
+@dataclass
+class ResourcesConfig:
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0  # fractional values pack several trials on one GPU
+    device: str = "auto"  # auto: cuda when the worker sees a GPU, else cpu
+
+
+@dataclass
+class EarlyStopConfig:
+    enabled: bool = False  # ASHA over the per-epoch reward each trial reports
+    grace_period: int = 2
+    reduction_factor: int = 2
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+
+    def __post_init__(self):
+        s = self.search
+        checks = [
+            (s.agent in ("reinforce", "optuna", "random", "uniform"), f"search.agent: expected reinforce, optuna, random or uniform, got {s.agent!r}"),
+            (s.stages and all(x in ("removal", "shrink") for x in s.stages) and len(set(s.stages)) == len(s.stages),
+             f"search.stages: expected a list of 'removal' and/or 'shrink', got {s.stages!r}"),
+            (s.removal_budget >= 0 and s.shrink_budget >= 0, "search.*_budget: expected >= 0"),
+            (s.concurrency >= 1, f"search.concurrency: expected >= 1, got {s.concurrency}"),
+            (1.0 in s.ratios and all(0 < r <= 1 for r in s.ratios), f"search.ratios: expected values in (0, 1] including 1.0, got {s.ratios}"),
+            (self.resources.cpus_per_trial > 0, "resources.cpus_per_trial: expected > 0"),
+            (self.resources.gpus_per_trial >= 0, "resources.gpus_per_trial: expected >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+    def budget(self, stage: str) -> int:
+        return self.search.removal_budget if stage == "removal" else self.search.shrink_budget
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _convert(tp, value, path: str):
+    """Check `value` against the annotation `tp`, building nested dataclasses."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, path + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(a, value, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp) or (typing.Any,)
+        return [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigError(f"{prefix}{key}: unknown key; expected one of {sorted(names)}")
+    kwargs = {k: _convert(hints[k], v, prefix + k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as e:  # a nested config's own check (DistillConfig, RewardConfig)
+        raise ConfigError(str(e)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
+    """The built-in default, or a YAML file validated into `Config`."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config: expected a YAML file at {path}, found none")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {path}: not valid YAML ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path}: expected a mapping at the top level, got {type(data).__name__}")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return from_dict(Config, data)

@@ -1,0 +1,144 @@
+import math
+import re
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs
+from envs import (INVALID_REWARD, CompressionEnv, Evaluation, ProxyEvaluator, Reference, RewardConfig, demo_space,
+                  reward)
+from search_spaces import FEATURE_DIM
+
+
+@pytest.mark.parametrize("env_id", envs.ENV_IDS)
+def test_check_env_passes_without_warnings(env_id):
+    env = gym.make(env_id).unwrapped
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env, skip_render_check=True)
+    assert [str(w.message) for w in caught] == []
+
+
+def test_docstring_table_matches_the_real_spaces():
+    env = CompressionEnv()
+    doc = CompressionEnv.__doc__
+    rows = dict(re.findall(r"^\s*\| (\w+)\s+\| (\S[^|]*?)\s+\|", doc, re.M))
+    space = env.observation_space
+    assert set(rows) - {"key"} == set(space.spaces)
+    assert rows["features"] == "Box(0, 1, (max_units, FEATURE_DIM), f32)"
+    f = space["features"]
+    assert f.shape == (64, FEATURE_DIM) and f.dtype == np.float32 and f.low.min() == 0 and f.high.max() == 1
+    assert rows["valid"] == "MultiBinary(max_units)" and space["valid"].n == 64
+    assert rows["index"] == "Discrete(max_units + 1)" and space["index"].n == 65
+    d = space["decisions"]
+    assert rows["decisions"].startswith("Box(-1, 1, (max_units,), f32)")
+    assert d.shape == (64,) and d.low.min() == -1 and d.high.max() == 1 and d.dtype == np.float32
+    assert "Discrete(2)" in doc and env.action_space == gym.spaces.Discrete(2)
+    shrink = CompressionEnv(stage="shrink")
+    assert "Discrete(len(space.ratios))" in doc and shrink.action_space.n == len(shrink.space.ratios)
+
+
+def test_reward_matches_hand_computed_values():
+    ref = Reference(params=1000, flops=5000, accuracy=0.8)
+    ev = Evaluation(accuracy=0.6, params=250, flops=1000)
+    # C = 0.75, C(2-C) = 0.9375, acc ratio = 0.75
+    assert reward(ev, ref) == pytest.approx(0.703125)
+    # on FLOPs: C = 0.8, C(2-C) = 0.96
+    assert reward(ev, ref, RewardConfig(compression="flops")) == pytest.approx(0.72)
+    assert reward(Evaluation(0.9, 1000, 10), ref) == INVALID_REWARD  # no compression
+    assert reward(Evaluation(0.9, 100, 10, failure="loss became nan"), ref) == INVALID_REWARD
+    assert reward(Evaluation(math.nan, 100, 10), ref) == INVALID_REWARD
+    assert reward(ev, ref, RewardConfig(max_params=200)) == INVALID_REWARD
+    assert reward(ev, ref, RewardConfig(max_params=300, min_accuracy=0.5)) == pytest.approx(0.703125)
+    assert reward(ev, ref, RewardConfig(min_accuracy=0.7)) == INVALID_REWARD
+    with pytest.raises(ValueError, match="expected 'params' or 'flops', got 'macs'"):
+        RewardConfig(compression="macs")
+
+
+def _play(env, actions):
+    obs, info = env.reset(seed=0)
+    for a in actions:
+        obs, r, term, trunc, info = env.step(a)
+    assert term and not trunc
+    return obs, r, info
+
+
+def test_masked_actions_are_never_applied():
+    env = CompressionEnv()
+    fixed = [i for i, u in enumerate(env.space.units) if not u.removable]
+    assert fixed, "the demo teacher has fixed units (its output layer)"
+    obs, info = env.reset()
+    seen_masks = []
+    for i in range(env.space.n_units):
+        assert obs["index"] == i
+        seen_masks.append(info["action_mask"].tolist())
+        obs, r, term, _, info = env.step(1)  # try to remove everything
+        assert info["applied_action"] == (0 if i in fixed else 1)
+    assert all(m == [1, 0] for i, m in enumerate(seen_masks) if i in fixed)
+    assert set(info["spec"].removed).isdisjoint(fixed)
+
+
+def test_invalid_spec_gets_minus_one_without_evaluation():
+    space = demo_space()
+    proxy = ProxyEvaluator(space)
+    env = CompressionEnv(space, evaluator=proxy)
+    convs = [i for i, u in enumerate(space.units) if u.kind == "conv"]
+    _, r, info = _play(env, [1 if i in convs else 0 for i in range(space.n_units)])
+    assert r == INVALID_REWARD and "every conv" in info["reason"] and proxy.calls == 0
+    _, r, info = _play(env, [0] * space.n_units)  # identity: not smaller than the teacher
+    assert r == INVALID_REWARD and "not smaller" in info["reason"] and proxy.calls == 0
+
+
+def test_terminal_reward_is_the_reward_function_of_the_evaluation():
+    space = demo_space()
+    env = CompressionEnv(space, evaluator=ProxyEvaluator(space), stage="shrink")
+    half = space.ratios.index(0.5)
+    obs, r, info = _play(env, [half] * space.n_units)
+    ev = info["evaluation"]
+    assert ev.params == space.params(info["spec"]) < space.teacher_params()
+    assert r == pytest.approx(reward(ev, env.reference))
+    assert 0 < r < 1
+    assert obs["index"] == space.n_units and (obs["decisions"][: space.n_units] > 0).all()
+
+
+def test_intermediate_rewards_are_zero_and_deferred_reward_is_nan():
+    space = demo_space()
+    env = CompressionEnv(space, evaluator=None, stage="shrink")
+    env.reset()
+    rewards = []
+    for _ in range(space.n_units):
+        _, r, term, _, info = env.step(space.ratios.index(0.5))
+        rewards.append(r)
+    assert rewards[:-1] == [0.0] * (space.n_units - 1)
+    assert math.isnan(rewards[-1]) and info["pending"] and info["spec"].ratios[0] == 0.5
+    with pytest.raises(RuntimeError, match="finished episode"):
+        env.step(0)
+
+
+def test_shrink_stage_starts_from_the_base_and_skips_its_removed_units():
+    space = demo_space()
+    removed = (ProxyEvaluator(space).best_removal()[0],)
+    base = space.identity().with_removed(removed)
+    env = CompressionEnv(space, evaluator=None, stage="shrink", base_spec=base)
+    obs, _ = env.reset()
+    assert obs["valid"][: space.n_units].tolist() == [0 if i in removed else 1 for i in range(space.n_units)]
+    assert len(env.active) == space.n_units - 1
+    _, _, info = _play(env, [space.ratios.index(0.8)] * len(env.active))
+    assert info["spec"].removed == removed
+    with pytest.raises(ValueError, match="base_spec is invalid"):
+        CompressionEnv(space, stage="shrink", base_spec=space.identity().with_removed([space.n_units - 1]))
+
+
+def test_proxy_evaluator_has_a_known_best_region():
+    space = demo_space()
+    proxy = ProxyEvaluator(space)
+    ref = Reference(space.teacher_params(), space.flops(space.identity()), proxy.ref_accuracy)
+    best = space.identity().with_removed(proxy.best_removal())
+    r_best = reward(proxy(best), ref)
+    essential = [i for i, u in enumerate(space.units) if u.removable and i not in proxy.best_removal()]
+    worse = best.with_removed(best.removed + (essential[0],))
+    assert r_best > reward(proxy(worse), ref)
+    assert proxy(best) == proxy(best)  # deterministic
