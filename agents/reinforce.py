@@ -79,7 +79,7 @@ class ReinforceConfig:
 
     def lr_for(self, stage: str) -> float:
         # N2N used 3e-3 and 0.1 with raw advantages; with normalised advantages these learned
-        # reliably on the proxy problem across seeds (benchmarks/agents.py).
+        # reliably on the proxy problem across seeds (benchmarks/proxy_agents.py).
         return self.lr if self.lr is not None else (0.03 if stage == "removal" else 0.01)
 
 

@@ -23,6 +23,55 @@ def _teacher_train(args) -> int:
     return 0
 
 
+def _overrides(pairs) -> dict:
+    import yaml
+
+    from .errors import ConfigError
+
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ConfigError(f"--set: expected KEY=VALUE (e.g. search.removal_budget=20), got {pair!r}")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def _search(args) -> int:
+    import time
+
+    from .config import load_config
+    from .search import run_search
+
+    cfg = load_config(args.config, _overrides(args.set))
+    name = args.name or time.strftime("search-%Y%m%d-%H%M%S")
+    summary = run_search(cfg, Path(args.runs_dir) / name, address=args.address)
+    return 0 if summary.get("stage") == "done" else 130
+
+
+def _resume(args) -> int:
+    from .search import resume_search
+
+    summary = resume_search(Path(args.run), address=args.address)
+    return 0 if summary.get("stage") == "done" else 130
+
+
+def _export(args) -> int:
+    from .export import export_best
+
+    export_best(Path(args.run), Path(args.out), args.finetune_epochs, args.overwrite)
+    return 0
+
+
+def _report(args) -> int:
+    from .report import make_report
+    from .search import read_run
+
+    read_run(Path(args.run))
+    print(make_report(Path(args.run)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="n2n", description="Compress a trained network by policy search (N2N learning).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -41,6 +90,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="folder to write (must not exist)")
     t.add_argument("--overwrite", action="store_true")
     t.set_defaults(func=_teacher_train)
+
+    s = sub.add_parser("search", help="run a search (no CONFIG: the built-in MNIST-1D default)")
+    s.add_argument("config", nargs="?", help="YAML config (see configs/default.yaml)")
+    s.add_argument("--name", help="run name (default: search-DATE-TIME); the run goes to RUNS_DIR/NAME")
+    s.add_argument("--runs-dir", default="runs")
+    s.add_argument("--address", help="an existing Ray cluster (e.g. auto); without it a local Ray starts")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. search.agent=optuna")
+    s.set_defaults(func=_search)
+
+    r = sub.add_parser("resume", help="continue an interrupted search")
+    r.add_argument("run", help="the run folder, e.g. runs/NAME")
+    r.add_argument("--address", help="an existing Ray cluster")
+    r.set_defaults(func=_resume)
+
+    e = sub.add_parser("export", help="write the best student as a deployable folder")
+    e.add_argument("run", help="the run folder, e.g. runs/NAME")
+    e.add_argument("--out", required=True, help="folder to write (must not exist)")
+    e.add_argument("--finetune-epochs", type=int, default=0, help="distil + cross-entropy this long first")
+    e.add_argument("--overwrite", action="store_true")
+    e.set_defaults(func=_export)
+
+    rep = sub.add_parser("report", help="leaderboard and plots of a run")
+    rep.add_argument("run", help="the run folder, e.g. runs/NAME")
+    rep.set_defaults(func=_report)
     return p
 
 

@@ -201,8 +201,11 @@ class SequentialSpace(SearchSpace):
             if i == self.output_layer:
                 units.append(Unit(name, "linear", d["out"], params, False, False, why_fixed="it is the output layer"))
             elif d["kind"] == "pool":
-                why = "it changes the spatial size the classifier expects" if spatial_fixed else ""
-                units.append(Unit(name, "pool", shapes[i][0], params, not why, False, d["kernel"], d["stride"], d["padding"], why_fixed=why))
+                # Removing a pool saves no parameters and multiplies the FLOPs of every later layer;
+                # with Flatten->Linear it also breaks the classifier. N2N kept pools fixed too.
+                why = ("it changes the spatial size the classifier expects" if spatial_fixed
+                       else "it saves no parameters and multiplies the cost of every later layer")
+                units.append(Unit(name, "pool", shapes[i][0], params, False, False, d["kernel"], d["stride"], d["padding"], why_fixed=why))
             elif d["kind"] == "conv":
                 why = "it changes the spatial size the classifier expects" if (resizes and spatial_fixed) else ""
                 units.append(Unit(name, "conv", d["out"], params, not why, True, d["kernel"], d["stride"], d["padding"], why_fixed=why))

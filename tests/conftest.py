@@ -32,3 +32,36 @@ def small_teacher(mnist1d):
     model = build_model(arch)
     train_classifier(model, mnist1d.x_train, mnist1d.y_train, epochs=8, lr=3e-3, seed=0)
     return model, arch, accuracy(model, mnist1d.x_val, mnist1d.y_val)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole session, with a logical GPU for fractional-GPU scheduling."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, object_store_memory=200 * 1024**2,
+             logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+TINY_CONFIG = """
+seed: 0
+teacher:
+  recipe: {preset: vgg1d, width_mult: 0.25, hidden: [32], epochs: 6}
+search:
+  agent: reinforce
+  removal_budget: 6
+  shrink_budget: 6
+  concurrency: 2
+  agent_options: {batch_size: 3}
+distill:
+  epochs: 1
+"""
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_CONFIG)
+    return path

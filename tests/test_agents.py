@@ -116,7 +116,7 @@ def test_reinforce_learns_on_the_proxy_and_matches_random_search(space, stage):
     rl = [_curve(space, "reinforce", stage, s) for s in range(3)]
     rnd = [_curve(space, "random", stage, s) for s in range(3)]
     print(stage, "reinforce (first, last, best):", np.round(rl, 3).tolist(), "random:", np.round(rnd, 3).tolist())
-    margin = 0.03  # measured over 6 seeds: removal +0.04..+0.15, shrink +0.07..+0.10 (benchmarks/agents.py)
+    margin = 0.03  # measured over 6 seeds: removal +0.04..+0.15, shrink +0.07..+0.10 (benchmarks/proxy_agents.py)
     for first, last, _ in rl:
         assert last - first > margin
     assert np.mean([b for *_, b in rl]) >= np.mean([b for *_, b in rnd])

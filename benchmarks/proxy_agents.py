@@ -1,9 +1,9 @@
 """Agents side by side on the proxy problem: REINFORCE vs random vs Optuna TPE, same budget and seeds.
 
-Writes benchmarks/results/agents.json. Proxy evaluator (envs.proxy): deterministic, so the figures
+Writes benchmarks/results/proxy_agents.json. Proxy evaluator (envs.proxy): deterministic, so the figures
 measure the search, not distillation noise.
 
-    python benchmarks/agents.py [--budget 300] [--seeds 6]
+    python benchmarks/proxy_agents.py [--budget 300] [--seeds 6]
 """
 
 import argparse
@@ -48,7 +48,7 @@ def main():
                           "best_mean": float(np.mean(best)), "seconds_per_run": float(np.mean(secs))}
             print(stage, kind, {k: round(v, 4) for k, v in rows[kind].items()}, flush=True)
         out["stages"][stage] = rows
-    path = Path(__file__).parent / "results" / "agents.json"
+    path = Path(__file__).parent / "results" / "proxy_agents.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print("wrote", path)
 

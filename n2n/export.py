@@ -1,0 +1,65 @@
+"""Export the best student of a run as a deployable folder; optionally fine-tune it first."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from search_spaces import StudentSpec, count_params, space_for
+
+from . import data as data_mod
+from .config import Config, from_dict
+from .errors import RunError
+from .models import build_model, load_model, save_model
+from .search import read_run
+from .train import accuracy, distill, predict
+
+
+def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: bool = False, log=print) -> dict:
+    """Write model.safetensors + spec.json + arch.json + metrics.json for the run's best student."""
+    run_dir, out = Path(run_dir), Path(out)
+    meta = read_run(run_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
+    summary_path = run_dir / "summary.json"
+    best = json.loads(summary_path.read_text()).get("best") if summary_path.exists() else None
+    if not best:
+        raise RunError(f"{run_dir}: no candidate has been evaluated successfully yet; nothing to export")
+    if finetune_epochs < 0:
+        raise RunError(f"--finetune-epochs: expected >= 0, got {finetune_epochs}")
+    cfg = from_dict(Config, meta["config"])
+    teacher, _, _ = load_model(meta["teacher_folder"])
+    space = space_for(teacher, meta["input_shape"], cfg.search.ratios)
+    spec = StudentSpec.from_dict(best["spec"])
+    arch = space.arch(spec)
+    weights = run_dir / "results" / f"{best['key']}.safetensors"
+    if not weights.exists():
+        raise RunError(f"{weights}: the best student's weights are missing (was the run folder copied without results/?)")
+    student = build_model(arch)
+    student.load_state_dict(load_file(str(weights)), strict=True)
+    ds = data_mod.load_dataset(meta["dataset"], seed=cfg.seed)
+    if finetune_epochs:
+        # N2N's headline students were fine-tuned longer at the end: distillation + cross-entropy.
+        ft = replace(cfg.distill, epochs=finetune_epochs, ce_weight=max(cfg.distill.ce_weight, 1.0), schedule="cosine")
+        log(f"fine-tuning for {finetune_epochs} epochs (distillation + cross-entropy)")
+        distill(student, ds.x_train, ds.y_train, predict(teacher, ds.x_train), ds.x_val, ds.y_val, ft,
+                seed=cfg.seed, device=cfg.resources.device if cfg.resources.device != "auto" else "cpu")
+        student.cpu()
+    val, test = accuracy(student, ds.x_val, ds.y_val), accuracy(student, ds.x_test, ds.y_test)
+    params = count_params(student)
+    assert params == best["params"] == space.params(spec)  # the spec's prediction is exact
+    metrics = {
+        "params": params, "flops": space.flops(spec), "val_accuracy": val, "test_accuracy": test,
+        "search_val_accuracy": best["val_accuracy"], "search_reward": best["reward"],
+        "finetune_epochs": finetune_epochs, "times_smaller": round(meta["reference"]["params"] / params, 2),
+        "teacher": {"params": meta["reference"]["params"], "val_accuracy": meta["reference"]["accuracy"],
+                    "test_accuracy": meta["teacher"]["test_accuracy"]},
+        "dataset": meta["dataset"], "run": str(run_dir.resolve()), "summary": best["summary"],
+    }
+    save_model(out, student, arch, metrics, extra={"spec.json": spec.to_dict()}, overwrite=overwrite)
+    log(f"exported {params:,} params ({metrics['times_smaller']}x smaller than the teacher): "
+        f"val acc {val:.4f}, test acc {test:.4f} (teacher test {meta['teacher']['test_accuracy']:.4f}) -> {out}")
+    return metrics

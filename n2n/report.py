@@ -1,0 +1,80 @@
+"""Leaderboard and plots of a run: reward per batch, and accuracy against size with the Pareto front."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .search import read_run
+
+
+def pareto_front(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """(params, accuracy) points not beaten by any smaller-or-equal, more-accurate point; by size."""
+    front, best = [], -1.0
+    for p, a in sorted(points, key=lambda t: (t[0], -t[1])):
+        if a > best:
+            front.append((p, a))
+            best = a
+    return front
+
+
+def leaderboard(records: list[dict], teacher_params: int, top: int = 10) -> str:
+    rows = sorted((r for r in records if r["failure"] is None), key=lambda r: -r["reward"])[:top]
+    lines = [f"{'#':>2} {'stage':7} {'params':>9} {'smaller':>7} {'val acc':>7} {'reward':>7}  spec"]
+    for i, r in enumerate(rows, 1):
+        lines.append(f"{i:>2} {r['stage']:7} {r['params']:>9,} {teacher_params / r['params']:>6.1f}x "
+                     f"{r['accuracy']:>7.4f} {r['reward']:>7.3f}  {r['summary']}")
+    return "\n".join(lines)
+
+
+def batch_means(records: list[dict], batch: int) -> list[tuple[str, float]]:
+    """Mean reward of consecutive groups of `batch` trained candidates, per stage, in order."""
+    out = []
+    for stage in dict.fromkeys(r["stage"] for r in records):
+        rs = [r["reward"] for r in records if r["stage"] == stage]
+        out += [(stage, sum(rs[i : i + batch]) / len(rs[i : i + batch])) for i in range(0, len(rs), batch)]
+    return out
+
+
+def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    meta = read_run(run_dir)
+    records = json.loads((run_dir / "candidates.json").read_text()) if (run_dir / "candidates.json").exists() else []
+    out_dir = Path(out_dir or run_dir)
+    ref = meta["reference"]
+    batch = int(meta["config"]["search"]["agent_options"].get("batch_size", 10))
+    text = [f"run {run_dir.name}: {len(records)} candidates; teacher {ref['params']:,} params, val acc {ref['accuracy']:.4f}",
+            leaderboard(records, ref["params"])]
+
+    curve = batch_means(records, batch)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for stage in dict.fromkeys(s for s, _ in curve):
+        xs = [i for i, (s, _) in enumerate(curve) if s == stage]
+        ax.plot(xs, [curve[i][1] for i in xs], marker="o", label=stage)
+    ax.set(xlabel=f"batch of {batch} candidates", ylabel="mean reward", title="Reward per batch")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "reward_curve.png", dpi=120)
+    plt.close(fig)
+
+    ok = [r for r in records if r["failure"] is None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for stage in dict.fromkeys(r["stage"] for r in ok):
+        rs = [r for r in ok if r["stage"] == stage]
+        ax.scatter([r["params"] for r in rs], [r["accuracy"] for r in rs], s=14, label=stage, alpha=0.7)
+    front = pareto_front([(r["params"], r["accuracy"]) for r in ok])
+    if front:
+        ax.step([p for p, _ in front], [a for _, a in front], where="post", color="k", lw=1, label="Pareto front")
+    ax.scatter([ref["params"]], [ref["accuracy"]], marker="*", s=120, color="red", label="teacher")
+    ax.set(xscale="log", xlabel="parameters", ylabel="validation accuracy", title="Accuracy against size")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "pareto.png", dpi=120)
+    plt.close(fig)
+    text.append(f"plots: {out_dir / 'reward_curve.png'}, {out_dir / 'pareto.png'}")
+    return "\n".join(text)

@@ -1,0 +1,114 @@
+"""One candidate on a Ray Tune worker: build the student, distil it briefly, report, save its weights.
+
+Everything a trial needs that is large (teacher weights, data, the teacher's logits on the training
+set) arrives once per search through Ray's object store (`tune.with_parameters`); the trial's own
+config is only the spec. The teacher's logits are computed once per search on the driver, since the
+built-in data has no augmentation (with augmentation the teacher would have to run on every batch).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from envs import Evaluation, Reference, RewardConfig, compression, reward
+from search_spaces import SearchSpace, StudentSpec
+
+from .models import build_model, device_for, write_json
+from .train import DistillConfig, distill
+
+
+@dataclass
+class Context:
+    """What every trial of a search shares (placed in the object store once)."""
+
+    teacher_arch: dict
+    teacher_state: dict  # name -> tensor
+    input_shape: tuple
+    ratios: tuple
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    t_logits: torch.Tensor  # (N_train, classes): the teacher's outputs, computed once
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    distill: DistillConfig
+    reference: Reference
+    reward: RewardConfig
+    results_dir: str  # n2n's per-candidate results (shared storage on a cluster)
+    device: str = "auto"
+    seed: int = 0
+
+
+_SPACES: dict[str, SearchSpace] = {}  # per worker process: actors are reused across trials
+
+
+def space_of(ctx: Context) -> SearchSpace:
+    key = ctx.results_dir  # one per search
+    if key not in _SPACES:
+        from search_spaces import space_for
+
+        teacher = build_model(ctx.teacher_arch)
+        teacher.load_state_dict(ctx.teacher_state, strict=True)
+        _SPACES.clear()
+        _SPACES[key] = space_for(teacher.eval(), ctx.input_shape, ctx.ratios)
+    return _SPACES[key]
+
+
+def metrics_of(ev: Evaluation, ctx: Context, epoch: int) -> dict:
+    return {**ev.to_dict(), "failed": ev.failure is not None, "failure": ev.failure or "",
+            "reward": reward(ev, ctx.reference, ctx.reward), "compression": compression(ev, ctx.reference, ctx.reward),
+            "epoch": epoch}
+
+
+def evaluate(space: SearchSpace, spec: StudentSpec, ctx: Context, report=None) -> tuple[Evaluation, torch.nn.Module | None]:
+    """Distil one candidate and measure it. `report(metrics)` is called after every epoch."""
+    start = time.perf_counter()
+    params, flops = space.params(spec), space.flops(spec)
+    try:
+        student = space.build(spec, inherit=True, seed=ctx.seed)
+    except Exception as e:  # a spec that validated but could not be built: a bug worth surfacing
+        return Evaluation(0.0, params, flops, failure=f"build failed: {e}"), None
+
+    def on_epoch(epoch, acc):
+        if report:
+            ev = Evaluation(acc, params, flops, epoch + 1, time.perf_counter() - start)
+            report(metrics_of(ev, ctx, epoch + 1))
+
+    res = distill(student, ctx.x_train, ctx.y_train, ctx.t_logits, ctx.x_val, ctx.y_val, ctx.distill,
+                  seed=ctx.seed, device=device_for(ctx.device), on_epoch=on_epoch)
+    ev = Evaluation(res.val_accuracy, params, flops, res.epochs, time.perf_counter() - start, res.train_seconds,
+                    res.failure)
+    return ev, student.cpu()
+
+
+def run_trial(config: dict, context: Context) -> None:
+    """The Ray Tune trainable: config = {"spec": ..., "key": ..., "stage": ...}."""
+    from ray import tune
+
+    ctx = context
+    results = Path(ctx.results_dir)
+    done = results / f"{config['key']}.json"
+    if done.exists():  # trained before an interruption: report the stored result, train nothing
+        tune.report({**json.loads(done.read_text()), "cached": True})
+        return
+    import ray
+
+    started = time.time()
+    space = space_of(ctx)
+    spec = StudentSpec.from_dict(config["spec"])
+    ev, student = evaluate(space, spec, ctx, tune.report)  # per-epoch reports feed early stopping
+    final = metrics_of(ev, ctx, ev.epochs)
+    final.update(device=str(device_for(ctx.device)), started=started, ended=time.time(),
+                 gpus=float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)))
+    if student is not None and ev.failure is None:
+        state = {k: v.contiguous() for k, v in student.state_dict().items()}
+        save_file(state, str(results / f"{config['key']}.safetensors"))
+    write_json(done, final)  # after the weights: a result file means the candidate is complete
+    with open(results / "trained.log", "a") as f:  # audit trail: one line per training actually run
+        f.write(config["key"] + "\n")
+    tune.report(final)

@@ -1,0 +1,118 @@
+"""End to end under a real (local) Ray Tune: search, export, report, CLI errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import n2n
+from envs import Evaluation, Reference, reward
+from n2n import data as data_mod
+from n2n.config import load_config
+from n2n.export import export_best
+from n2n.report import make_report, pareto_front
+from n2n.search import run_search
+from n2n.train import accuracy
+
+pytestmark = pytest.mark.ray
+
+
+def _records(run):
+    return json.loads((run / "candidates.json").read_text())
+
+
+def test_search_end_to_end(ray_session, tiny_config, tmp_path):
+    run = tmp_path / "runs" / "e2e"
+    summary = run_search(load_config(tiny_config), run, log=lambda *_: None)
+    recs = _records(run)
+    assert summary["stage"] == "done"
+    assert summary["candidates_per_stage"] == {"removal": 6, "shrink": 6}
+    assert len(recs) == summary["candidates_evaluated"] == 12
+    keys = [r["key"] for r in recs]
+    assert len(set(keys)) == len(keys)  # no spec trained twice
+    trained = (run / "results" / "trained.log").read_text().split()
+    assert sorted(trained) == sorted(keys)
+    ref = Reference(**json.loads((run / "n2n.json").read_text())["reference"])
+    for r in recs:  # the reward is N2N's formula on the reported metrics
+        c = 1 - r["params"] / ref.params
+        expected = -1.0 if r["failure"] else c * (2 - c) * r["accuracy"] / ref.accuracy
+        assert r["reward"] == pytest.approx(expected)
+        assert r["reward"] == pytest.approx(reward(Evaluation.from_dict(r), ref))
+        assert r["epochs"] == 1 and r["device"] == "cpu"
+    # shrink candidates start from the best removal spec
+    best_removal = max((r for r in recs if r["stage"] == "removal"), key=lambda r: r["reward"])
+    for r in recs:
+        if r["stage"] == "shrink":
+            assert r["spec"]["removed"] == best_removal["spec"]["removed"]
+    best = max(recs, key=lambda r: r["reward"])
+    assert summary["best"]["key"] == best["key"] and summary["best"]["val_accuracy"] == best["accuracy"]
+    assert summary["agent_updates"] == {"removal": 2, "shrink": 2}
+    assert summary["teacher"]["params"] == ref.params and 0.8 < summary["teacher"]["val_accuracy"] <= 1
+
+    # export + load reproduces the reported validation accuracy
+    out = tmp_path / "student"
+    metrics = export_best(run, out, log=lambda *_: None)
+    student = n2n.load_student(out)
+    ds = data_mod.load_dataset("mnist1d")
+    assert accuracy(student, ds.x_val, ds.y_val) == metrics["val_accuracy"] == best["accuracy"]
+    assert sum(p.numel() for p in student.parameters()) == best["params"]
+    assert json.loads((out / "spec.json").read_text()) == best["spec"]
+    assert 0 < metrics["test_accuracy"] <= 1
+    with pytest.raises(FileExistsError):
+        export_best(run, out, log=lambda *_: None)
+    tuned = export_best(run, tmp_path / "tuned", finetune_epochs=2, log=lambda *_: None)
+    assert tuned["val_accuracy"] > best["accuracy"] - 0.02  # fine-tuning does not wreck the student
+
+    text = make_report(run)
+    assert "1 " in text and f"{best['params']:>9,}" in text
+    for png in ("reward_curve.png", "pareto.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fractional_gpu_packs_two_trials_on_one_logical_gpu(ray_session, tiny_config, tmp_path):
+    run = tmp_path / "runs" / "gpu"
+    cfg = load_config(tiny_config, {"resources.gpus_per_trial": 0.5, "search.removal_budget": 4,
+                                    "search.stages": ["removal"], "distill.epochs": 3})
+    run_search(cfg, run, log=lambda *_: None)
+    recs = _records(run)
+    assert len(recs) == 4
+    assert all(r["gpus"] == 0.5 for r in recs)
+    assert all(r["device"] == "cpu" for r in recs)  # torch sees no CUDA here: CPU fallback
+    spans = sorted((r["started"], r["ended"]) for r in recs)
+    overlaps = sum(a_end > b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+    assert overlaps >= 1  # two 0.5-GPU trials ran at the same time on the single GPU
+
+
+def test_pareto_front():
+    pts = [(10, 0.5), (20, 0.7), (15, 0.4), (30, 0.65), (40, 0.9)]
+    assert pareto_front(pts) == [(10, 0.5), (20, 0.7), (40, 0.9)]
+
+
+def _cli(*args, **kw):
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.run([sys.executable, "-m", "n2n.cli", *args], capture_output=True, text=True, env=env, **kw)
+
+
+def test_cli_user_errors_exit_2_without_traceback(tmp_path, tiny_config):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("search:\n  budgte: 3\n")
+    r = _cli("search", str(bad), "--runs-dir", str(tmp_path / "runs"))
+    assert r.returncode == 2 and "search.budgte: unknown key" in r.stderr and "Traceback" not in r.stderr
+    bad.write_text("distill:\n  epochs: five\n")
+    r = _cli("search", str(bad), "--runs-dir", str(tmp_path / "runs"))
+    assert r.returncode == 2 and "distill.epochs: expected an integer, got 'five'" in r.stderr
+    r = _cli("search", str(tmp_path / "nope.yaml"))
+    assert r.returncode == 2 and "expected a YAML file" in r.stderr
+    r = _cli("search", str(tiny_config), "--set", "search.agent=ppo", "--runs-dir", str(tmp_path / "runs"))
+    assert r.returncode == 2 and "search.agent: expected reinforce" in r.stderr
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    (tmp_path / "runs" / "taken" / "keep.txt").write_text("mine")
+    r = _cli("search", str(tiny_config), "--name", "taken", "--runs-dir", str(tmp_path / "runs"))
+    assert r.returncode == 2 and "already exists" in r.stderr
+    assert (tmp_path / "runs" / "taken" / "keep.txt").read_text() == "mine"
+    for cmd in (("resume", str(tmp_path)), ("export", str(tmp_path), "--out", str(tmp_path / "o")), ("report", str(tmp_path))):
+        r = _cli(*cmd)
+        assert r.returncode == 2 and "expected a run folder" in r.stderr and "Traceback" not in r.stderr
