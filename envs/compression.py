@@ -105,7 +105,10 @@ class CompressionEnv(gym.Env):
         })
         self._features = np.zeros((max_units, FEATURE_DIM), np.float32)
         self._features[:n] = space.features()
-        self.active = [i for i in range(n) if stage == "removal" or i not in self.base.removed]
+        # shrink: the units the base keeps (a removed layer's sub-units have nothing left to shrink)
+        gone = set(self.base.removed)
+        self.active = [i for i, u in enumerate(space.units)
+                       if stage == "removal" or (i not in gone and u.parent not in gone)]
         self._valid = np.zeros(max_units, np.int8)
         self._valid[self.active] = 1
         self._masks = {i: self._mask(i) for i in self.active}

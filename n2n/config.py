@@ -29,12 +29,13 @@ class TeacherConfig:
 class SearchConfig:
     agent: str = "reinforce"  # reinforce | optuna | random | uniform (uniform: shrink stage only)
     stages: list[str] = field(default_factory=lambda: ["removal", "shrink"])
-    removal_budget: int = 40  # candidates trained in the removal stage
+    removal_budget: int = 30  # candidates trained in the removal stage
     shrink_budget: int = 40  # candidates trained in the shrink stage
     ratios: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
     concurrency: int = 2  # trials running at once
     agent_options: dict = field(default_factory=dict)  # passed to the agent (e.g. {batch_size: 10})
     max_asks_per_candidate: int = 50  # a stage ends when its agent proposes only known specs this long
+    uniform_widths: bool = False  # transformers: one FFN width for all layers, so students load with from_pretrained
 
 
 @dataclass
@@ -76,6 +77,12 @@ class Config:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+
+    def space(self, teacher, input_shape):
+        """The search space of `teacher` under this config."""
+        from search_spaces import space_for
+
+        return space_for(teacher, tuple(input_shape), self.search.ratios, uniform=self.search.uniform_widths)
 
     def budget(self, stage: str) -> int:
         return self.search.removal_budget if stage == "removal" else self.search.shrink_budget

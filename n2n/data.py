@@ -71,17 +71,21 @@ def load_dataset(name: str, seed: int = 0) -> Dataset:
 
 
 def split(name: str, x: np.ndarray, y: np.ndarray, seed: int = 0) -> Dataset:
-    """Seeded split into train/val/test; features are standardised with train statistics."""
+    """Seeded split into train/val/test; float features are standardised with train statistics,
+    integer features (token ids) are kept as they are."""
     n = len(y)
     if n < 10:
         raise DataError(f"{name}: expected at least 10 samples, got {n}")
     perm = np.random.default_rng(seed).permutation(n)
     n_train, n_val = int(SPLIT[0] * n), int(SPLIT[1] * n)
     parts = np.split(perm, [n_train, n_train + n_val])
-    x = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
     y = torch.as_tensor(np.asarray(y), dtype=torch.long)
-    mean, std = x[parts[0]].mean(), x[parts[0]].std().clamp_min(1e-8)
-    x = (x - mean) / std
+    if np.issubdtype(np.asarray(x).dtype, np.integer):
+        x = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.long)
+    else:
+        x = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
+        mean, std = x[parts[0]].mean(), x[parts[0]].std().clamp_min(1e-8)
+        x = (x - mean) / std
     tr, va, te = (torch.as_tensor(p) for p in parts)
     return Dataset(name, x[tr], y[tr], x[va], y[va], x[te], y[te], int(y.max()) + 1)
 
@@ -127,6 +131,8 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"npz dataset {path}: expected as many labels as samples, got {len(x)} samples and {len(y)} labels")
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
         raise DataError(f"npz dataset {path}: expected 'y' to be 1-D non-negative integer labels, got dtype {y.dtype} shape {y.shape}")
+    if np.issubdtype(x.dtype, np.integer):
+        return x.astype(np.int64), y.astype(np.int64)  # token ids (N, T)
     if x.ndim == 2:
         x = x[:, None]  # (N, L) -> (N, 1, L)
     return x.astype(np.float32), y.astype(np.int64)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from search_spaces import StudentSpec, count_params, space_for
+from search_spaces import StudentSpec, count_params, hf_expressible
 
 from . import data as data_mod
 from .config import Config, from_dict
@@ -32,7 +32,7 @@ def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: b
         raise RunError(f"--finetune-epochs: expected >= 0, got {finetune_epochs}")
     cfg = from_dict(Config, meta["config"])
     teacher, _, _ = load_model(meta["teacher_folder"])
-    space = space_for(teacher, meta["input_shape"], cfg.search.ratios)
+    space = cfg.space(teacher, meta["input_shape"])
     spec = StudentSpec.from_dict(best["spec"])
     arch = space.arch(spec)
     weights = run_dir / "results" / f"{best['key']}.safetensors"
@@ -60,6 +60,11 @@ def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: b
         "dataset": meta["dataset"], "run": str(run_dir.resolve()), "summary": best["summary"],
     }
     save_model(out, student, arch, metrics, extra={"spec.json": spec.to_dict()}, overwrite=overwrite)
+    if arch["family"] == "hf-encoder" and hf_expressible(arch):
+        # fewer layers and one FFN width: a stock config describes it, so transformers can load it
+        student.model.config.intermediate_size = arch["layers"][0]["ffn"]
+        student.model.save_pretrained(out / "hf")
+        log(f"also saved as a Hugging Face model: {out / 'hf'} (AutoModelForSequenceClassification.from_pretrained)")
     log(f"exported {params:,} params ({metrics['times_smaller']}x smaller than the teacher): "
         f"val acc {val:.4f}, test acc {test:.4f} (teacher test {meta['teacher']['test_accuracy']:.4f}) -> {out}")
     return metrics

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from search_spaces.resnet import ResNet, resnet_arch
 from search_spaces.sequential import layers_to_module
 
 # vgg presets: numbers are conv widths, "M" a 2x max-pool. Pools that would shrink the input below
@@ -89,9 +90,19 @@ def build_model(arch: dict) -> nn.Module:
             return layers_to_module(mlp_layers(**arch["hparams"]))
         if family == "sequential":
             return layers_to_module(arch["layers"])
+        if family == "hf-pretrained":
+            return load_hf_classifier(Path(arch["path"]))
+        if family == "hf-encoder":
+            from search_spaces import encoder_from_arch
+
+            return encoder_from_arch(arch)
+        if family == "resnet":
+            if "hparams" in arch:  # a teacher recipe: preset + width
+                return ResNet(resnet_arch(**arch["hparams"]))
+            return ResNet(arch)  # a full per-block description (students)
     except (KeyError, TypeError) as e:
         raise ModelError(f"arch of family {family!r} is malformed: {e}") from None
-    raise ModelError(f"unknown model family {family!r}: expected 'vgg', 'mlp' or 'sequential'")
+    raise ModelError(f"unknown model family {family!r}: expected 'vgg', 'mlp', 'sequential', 'resnet' or 'hf-encoder'")
 
 
 def input_shape_of(arch: dict) -> tuple[int, ...]:
@@ -131,9 +142,30 @@ def save_model(folder, model: nn.Module, arch: dict, metrics: dict, extra: dict 
     return folder
 
 
+def load_hf_classifier(folder: Path, trust_remote_code: bool = False) -> nn.Module:
+    """A local Hugging Face ...ForSequenceClassification folder, as ids -> logits (no download)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from search_spaces import HFClassifier
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True,
+                                                                   trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{folder}: not a loadable Hugging Face classifier folder ({str(e).splitlines()[0]})") from None
+    return HFClassifier(model.eval()).eval()
+
+
 def load_model(folder) -> tuple[nn.Module, dict, dict]:
-    """(module in eval mode, arch, metrics) from a saved folder; strict weight loading."""
+    """(module in eval mode, arch, metrics) from a saved folder; strict weight loading.
+
+    A Hugging Face folder (config.json, no arch.json) loads through `from_pretrained` with
+    ``local_files_only`` and without remote code."""
     folder = Path(folder)
+    if (folder / "config.json").is_file() and not (folder / "arch.json").is_file():
+        metrics_path = folder / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        return load_hf_classifier(folder), {"family": "hf-pretrained", "path": str(folder.resolve())}, metrics
     for name in ("model.safetensors", "arch.json"):
         if not (folder / name).is_file():
             raise ModelError(f"{folder}: expected a model folder with {name}, found none")

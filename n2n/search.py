@@ -18,7 +18,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from envs import Reference
-from search_spaces import space_for
 
 from . import data as data_mod
 from .config import Config, from_dict
@@ -57,7 +56,7 @@ def build_driver(run_dir: Path, log=print) -> SearchDriver:
     meta = read_run(run_dir)
     cfg = from_dict(Config, meta["config"])
     teacher, _, _ = load_model(meta["teacher_folder"])
-    space = space_for(teacher, meta["input_shape"], cfg.search.ratios)
+    space = cfg.space(teacher, meta["input_shape"])
     ref = Reference(**meta["reference"])
     budgets = {"removal": cfg.search.removal_budget, "shrink": cfg.search.shrink_budget}
     return SearchDriver(space, ref, agent=cfg.search.agent, stages=cfg.search.stages, budgets=budgets,
@@ -85,7 +84,8 @@ def make_context(meta: dict, cfg: Config, run_dir: Path) -> Context:
     t_logits = predict(teacher, ds.x_train)  # (N_train, classes)
     return Context(arch, {k: v.contiguous() for k, v in teacher.state_dict().items()}, tuple(meta["input_shape"]),
                    tuple(cfg.search.ratios), ds.x_train, ds.y_train, t_logits, ds.x_val, ds.y_val, cfg.distill,
-                   Reference(**meta["reference"]), cfg.reward, str(run_dir / "results"), cfg.resources.device, cfg.seed)
+                   Reference(**meta["reference"]), cfg.reward, str(run_dir / "results"), cfg.resources.device, cfg.seed,
+                   cfg.search.uniform_widths)
 
 
 def new_run(cfg: Config, run_dir: Path, log=print) -> dict:
@@ -98,7 +98,7 @@ def new_run(cfg: Config, run_dir: Path, log=print) -> dict:
     shape = input_shape_of(arch) if ("input_shape" in arch or "input_shape" in arch.get("hparams", {})) else ds.input_shape
     if tuple(shape) != ds.input_shape:
         raise ConfigError(f"teacher expects inputs of shape {tuple(shape)}, dataset {dataset} gives {ds.input_shape}")
-    space = space_for(teacher, ds.input_shape, cfg.search.ratios)
+    space = cfg.space(teacher, ds.input_shape)
     val_acc, test_acc = accuracy(teacher, ds.x_val, ds.y_val), accuracy(teacher, ds.x_test, ds.y_test)
     ref = Reference(space.teacher_params(), space.flops(space.identity()), val_acc)
     meta = {"config": cfg.to_dict(), "teacher_folder": str(folder.resolve()), "dataset": dataset,

@@ -15,15 +15,17 @@ from .models import build_model, device_for, load_model, save_model
 from .train import accuracy, train_classifier
 from search_spaces import count_params
 
+from .errors import ConfigError
+
 
 @dataclass
 class TeacherRecipe:
     """Everything that determines a trained teacher; its hash names the cache entry."""
 
     dataset: str = "mnist1d"
-    arch: str = "vgg"  # "vgg" | "mlp"
-    preset: str = "vgg1d"  # vgg preset (see n2n.models.VGG_PRESETS)
-    width_mult: float = 1.0
+    arch: str = "vgg"  # "vgg" | "mlp" | "resnet"
+    preset: str = "vgg1d"  # vgg: n2n.models.VGG_PRESETS; resnet: resnet10/18/34/50
+    width_mult: float = 1.0  # vgg: scales every width; resnet: first-stage width = 64 * width_mult
     hidden: list[int] = field(default_factory=lambda: [256])  # vgg: one classifier layer; mlp: all
     epochs: int = 30
     lr: float = 3e-3
@@ -44,7 +46,10 @@ def teacher_arch(recipe: TeacherRecipe, dataset: data_mod.Dataset) -> dict:
     if recipe.arch == "mlp":
         return {"family": "mlp", "hparams": {"input_shape": shape, "num_classes": dataset.num_classes,
                                              "hidden": list(recipe.hidden)}}
-    raise ValueError(f"teacher arch: expected 'vgg' or 'mlp', got {recipe.arch!r}")
+    if recipe.arch == "resnet":
+        return {"family": "resnet", "hparams": {"input_shape": shape, "num_classes": dataset.num_classes,
+                                                "preset": recipe.preset, "width": max(1, round(64 * recipe.width_mult))}}
+    raise ConfigError(f"teacher.recipe.arch: expected 'vgg', 'mlp' or 'resnet', got {recipe.arch!r}")
 
 
 def train_teacher(recipe: TeacherRecipe, out: Path | None = None, device: str = "auto", log=print) -> tuple:

@@ -42,6 +42,7 @@ class Context:
     results_dir: str  # n2n's per-candidate results (shared storage on a cluster)
     device: str = "auto"
     seed: int = 0
+    uniform: bool = False  # transformers: one FFN width for all layers
 
 
 _SPACES: dict[str, SearchSpace] = {}  # per worker process: actors are reused across trials
@@ -55,7 +56,7 @@ def space_of(ctx: Context) -> SearchSpace:
         teacher = build_model(ctx.teacher_arch)
         teacher.load_state_dict(ctx.teacher_state, strict=True)
         _SPACES.clear()
-        _SPACES[key] = space_for(teacher.eval(), ctx.input_shape, ctx.ratios)
+        _SPACES[key] = space_for(teacher.eval(), ctx.input_shape, ctx.ratios, uniform=ctx.uniform)
     return _SPACES[key]
 
 

@@ -11,15 +11,31 @@ from .base import (
     Unit,
     count_params,
 )
+from .resnet import ResNet, ResNetSpace, from_torchvision, resnet_arch
 from .sequential import SequentialSpace, UnsupportedModel, layers_to_module, module_to_layers
+from .transformer import HFClassifier, TransformerSpace, encoder_from_arch, hf_expressible, is_hf_encoder
 
 __all__ = [
     "DEFAULT_RATIOS", "FEATURE_DIM", "FEATURE_NAMES", "UNIT_KINDS", "SearchSpace", "SpecError",
     "StudentSpec", "Unit", "count_params", "SequentialSpace", "UnsupportedModel",
-    "layers_to_module", "module_to_layers", "space_for",
+    "layers_to_module", "module_to_layers", "space_for", "ResNet", "ResNetSpace", "from_torchvision",
+    "resnet_arch", "HFClassifier", "TransformerSpace", "encoder_from_arch", "hf_expressible", "is_hf_encoder",
 ]
 
 
-def space_for(teacher, input_shape, ratios=None) -> SearchSpace:
-    """The search space that fits `teacher`'s structure."""
-    return SequentialSpace(teacher, input_shape, ratios)
+def space_for(teacher, input_shape, ratios=None, uniform: bool = False) -> SearchSpace:
+    """The search space that fits `teacher`'s structure (the only family-specific dispatch).
+
+    `uniform` (transformers only) keeps one FFN width for all layers, so students stay loadable by
+    a stock `from_pretrained`."""
+    from torch import nn
+
+    if is_hf_encoder(teacher):
+        return TransformerSpace(teacher, input_shape, ratios, uniform=uniform)
+    if isinstance(teacher, ResNet) or (hasattr(teacher, "layer1") and hasattr(teacher, "fc")):
+        return ResNetSpace(teacher, input_shape, ratios)
+    if isinstance(teacher, nn.Sequential):
+        return SequentialSpace(teacher, input_shape, ratios)
+    raise UnsupportedModel(
+        f"no search space fits a {type(teacher).__name__}: expected an nn.Sequential of supported layers, "
+        "an n2n ResNet, a torchvision-style ResNet or a BERT-family encoder classifier")

@@ -57,6 +57,7 @@ class Unit:
     skip_start: bool = False
     skip_end: bool = False
     why_fixed: str = ""  # why the unit may not be removed, when it may not
+    parent: int | None = None  # a unit whose removal makes this one moot (a layer's FFN, say)
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,8 @@ class SearchSpace(ABC):
         """The student's multiply-accumulates for one sample, predicted without building it."""
 
     @abstractmethod
-    def build(self, spec: StudentSpec, inherit: bool = True, seed: int = 0) -> nn.Module:
-        """The student module; with `inherit`, weights come from the teacher, else fresh init."""
+    def _build(self, spec: StudentSpec, inherit: bool) -> nn.Module:
+        """The student of a valid spec; with `inherit`, copy the teacher's weights into it."""
 
     @abstractmethod
     def arch(self, spec: StudentSpec) -> dict:
@@ -151,6 +152,16 @@ class SearchSpace(ABC):
 
     def width_of(self, unit: int, ratio: float) -> int:
         return max(1, int(round(self.units[unit].width * ratio)))
+
+    @torch.no_grad()
+    def build(self, spec: StudentSpec, inherit: bool = True, seed: int = 0) -> nn.Module:
+        """The student module in eval mode; with `inherit` its weights come from the teacher, else
+        it is freshly initialised from `seed` (the original N2N behaviour, for comparison)."""
+        reason = self.validate(spec)
+        if reason:
+            raise ValueError(f"cannot build an invalid spec: {reason}")
+        torch.manual_seed(seed)
+        return self._build(spec, inherit).eval()
 
     def validate(self, spec: StudentSpec) -> str | None:
         """None when `spec` builds a working student, else the reason it does not."""

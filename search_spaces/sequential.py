@@ -321,13 +321,8 @@ class SequentialSpace(SearchSpace):
     def arch(self, spec: StudentSpec) -> dict:
         return {"family": "sequential", "input_shape": list(self.input_shape), "layers": self._walk(spec, False).layers}
 
-    @torch.no_grad()
-    def build(self, spec: StudentSpec, inherit: bool = True, seed: int = 0) -> nn.Module:
-        reason = self.validate(spec)
-        if reason:
-            raise ValueError(f"cannot build an invalid spec: {reason}")
+    def _build(self, spec: StudentSpec, inherit: bool) -> nn.Module:
         walk = self._walk(spec, with_picks=inherit)
-        torch.manual_seed(seed)
         student = layers_to_module(walk.layers)
         if not inherit:
             return student

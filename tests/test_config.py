@@ -41,4 +41,4 @@ def test_bad_config_names_the_key(tmp_path, text, message):
 def test_overrides_and_types(tmp_path):
     cfg = load_config(None, {"search.agent": "optuna", "distill.lr": 1, "reward.max_params": 5000})
     assert cfg.search.agent == "optuna" and cfg.distill.lr == 1.0 and isinstance(cfg.distill.lr, float)
-    assert cfg.reward.max_params == 5000 and cfg.budget("removal") == 40
+    assert cfg.reward.max_params == 5000 and cfg.budget("removal") == 30

@@ -1,0 +1,199 @@
+"""BERT-family encoder classifiers (Hugging Face ``...ForSequenceClassification``) and their space.
+
+Units, per encoder layer in order: the *layer* (removable; at least one stays), its *attention*
+(shrinkable in heads) and its *FFN* (shrinkable in intermediate neurons). Heads and neurons kept are
+those with the largest weight L1 norm (a head: its query/key/value rows plus its output-projection
+columns; a neuron: its up-projection row plus its down-projection column). Students inherit the
+embeddings, the kept layers (remapped to consecutive indices, as DistilBERT took layers of BERT),
+the kept heads and neurons, the pooler and the classifier.
+
+transformers 5 configs hold one head count and one FFN width for all layers, so a student with
+per-layer widths is described by n2n's own arch (the teacher config plus per-layer heads/FFN) and
+rebuilt by n2n. With ``uniform=True`` the space has one shared FFN ratio and no head decisions:
+every student is then expressible as a stock config (fewer layers, one intermediate_size) and
+exports through ``save_pretrained`` too.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import SearchSpace, StudentSpec, Unit
+from .sequential import UnsupportedModel
+
+
+class HFClassifier(nn.Module):
+    """Token ids (B, T) -> logits (B, classes); padding (``pad_token_id``) is masked out."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        ids = ids.long()
+        return self.model(input_ids=ids, attention_mask=(ids != self.pad_token_id).long()).logits
+
+
+def _layers(model: nn.Module) -> nn.ModuleList:
+    base = getattr(model, "base_model", model)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if layers is None or not all(hasattr(l, "attention") and hasattr(l, "intermediate") for l in layers):
+        raise UnsupportedModel(f"{type(model).__name__}: expected a BERT-family encoder (encoder.layer[i] with "
+                               "attention.self.query/key/value, attention.output.dense, intermediate.dense, output.dense)")
+    return layers
+
+
+def _head_size(config) -> int:
+    return config.hidden_size // config.num_attention_heads
+
+
+def _shrink_layer(layer: nn.Module, heads: int, ffn: int, head_size: int) -> None:
+    """Replace a layer's linear modules by narrower ones (fresh weights)."""
+    att, hidden = layer.attention.self, layer.attention.output.dense.out_features
+    a = heads * head_size
+    for name in ("query", "key", "value"):
+        setattr(att, name, nn.Linear(hidden, a))
+    att.num_attention_heads, att.all_head_size = heads, a  # forward reshapes with -1 heads
+    layer.attention.output.dense = nn.Linear(a, hidden)
+    layer.intermediate.dense = nn.Linear(hidden, ffn)
+    layer.output.dense = nn.Linear(ffn, hidden)
+
+
+def encoder_from_arch(arch: dict) -> HFClassifier:
+    """Rebuild an encoder student from n2n's arch (weights not loaded)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    cfg = dict(arch["config"])
+    config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    config.num_hidden_layers = len(arch["layers"])
+    model = AutoModelForSequenceClassification.from_config(config)
+    hs = _head_size(config)
+    for layer, w in zip(_layers(model), arch["layers"]):
+        _shrink_layer(layer, w["heads"], w["ffn"], hs)
+    return HFClassifier(model).eval()
+
+
+def hf_expressible(arch: dict) -> bool:
+    """True when a stock config describes the student: all heads kept, one FFN width."""
+    heads = arch["config"]["num_attention_heads"]
+    return all(w["heads"] == heads for w in arch["layers"]) and len({w["ffn"] for w in arch["layers"]}) == 1
+
+
+class TransformerSpace(SearchSpace):
+    def __init__(self, teacher: nn.Module, input_shape, ratios=None, uniform: bool = False):
+        if not isinstance(teacher, HFClassifier):
+            teacher = HFClassifier(teacher)
+        kwargs = {} if ratios is None else {"ratios": tuple(ratios)}
+        super().__init__(teacher=teacher, input_shape=tuple(input_shape), **kwargs)
+        self.uniform = uniform
+        cfg = teacher.model.config
+        self.hidden, self.heads, self.ffn = cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size
+        self.head_size = _head_size(cfg)
+        self.n_layers = len(_layers(teacher.model))
+        layer_params = self._layer_params(self.heads, self.ffn)
+        self.base_params = sum(p.numel() for p in teacher.parameters()) - self.n_layers * layer_params
+        attn = self._layer_params(self.heads, 0) - self._layer_params(0, 0)
+        ffn = self._layer_params(0, self.ffn) - self._layer_params(0, 0)
+        self.layer_unit, self.attn_unit, self.ffn_unit = [], [], []
+        for i in range(self.n_layers):
+            self.layer_unit.append(len(self.units))
+            self.units.append(Unit(f"layer{i}", "layer", self.hidden, layer_params, True, False,
+                                   skip_start=True, skip_end=True))
+            if not uniform:
+                self.attn_unit.append(len(self.units))
+                self.units.append(Unit(f"attn{i}", "attention", self.heads, attn, False, True,
+                                       why_fixed="remove the layer instead", parent=self.layer_unit[i]))
+                self.ffn_unit.append(len(self.units))
+                self.units.append(Unit(f"ffn{i}", "ffn", self.ffn, ffn, False, True,
+                                       why_fixed="remove the layer instead", parent=self.layer_unit[i]))
+        if uniform:  # one FFN decision shared by every layer
+            shared = len(self.units)
+            self.units.append(Unit("ffn", "ffn", self.ffn, ffn * self.n_layers, False, True,
+                                   why_fixed="remove layers instead"))
+            self.ffn_unit = [shared] * self.n_layers
+
+    def _layer_params(self, heads: int, ffn: int) -> int:
+        h, a = self.hidden, heads * self.head_size
+        return 3 * (h * a + a) + (a * h + h) + (h * ffn + ffn) + (ffn * h + h) + 4 * h  # + two LayerNorms
+
+    def _kept(self, spec: StudentSpec) -> list[tuple[int, int, int]]:
+        """(teacher layer index, heads, ffn) of every kept layer."""
+        out = []
+        for i in range(self.n_layers):
+            if self.layer_unit[i] in spec.removed:
+                continue
+            heads = self.heads if self.uniform else self.width_of(self.attn_unit[i], spec.ratios[self.attn_unit[i]])
+            out.append((i, heads, self.width_of(self.ffn_unit[i], spec.ratios[self.ffn_unit[i]])))
+        return out
+
+    def widths(self, spec: StudentSpec) -> list[int]:
+        out = []
+        for u, unit in enumerate(self.units):
+            if u in spec.removed or (unit.parent is not None and unit.parent in spec.removed):
+                out.append(0)
+            else:
+                out.append(self.width_of(u, spec.ratios[u]) if unit.shrinkable else unit.width)
+        return out
+
+    def _check(self, spec: StudentSpec) -> str | None:
+        if not self._kept(spec):
+            return "every encoder layer is removed; a student keeps at least one"
+        return None
+
+    def params(self, spec: StudentSpec) -> int:
+        return self.base_params + sum(self._layer_params(h, f) for _, h, f in self._kept(spec))
+
+    def flops(self, spec: StudentSpec) -> int:
+        """MACs for one sequence of input_shape[0] tokens: linear layers plus attention scores and mixing."""
+        t, h = self.input_shape[0], self.hidden
+        total = 0
+        for _, heads, ffn in self._kept(spec):
+            a = heads * self.head_size
+            total += t * (4 * h * a + 2 * h * ffn) + 2 * t * t * a
+        return total + h * h + h * self.teacher.model.config.num_labels  # pooler + classifier, first token
+
+    def arch(self, spec: StudentSpec) -> dict:
+        cfg = self.teacher.model.config.to_dict()
+        keep = {k: cfg[k] for k in cfg if not k.startswith("_") and k not in ("transformers_version", "architectures")}
+        layers = [{"heads": h, "ffn": f, "teacher_layer": i} for i, h, f in self._kept(spec)]
+        return {"family": "hf-encoder", "input_shape": list(self.input_shape), "config": keep, "layers": layers}
+
+    def _build(self, spec: StudentSpec, inherit: bool) -> nn.Module:
+        arch = self.arch(spec)
+        student = encoder_from_arch(arch)
+        if not inherit:
+            return student
+        t_layers, s_layers = _layers(self.teacher.model), _layers(student.model)
+        own = {k: v for k, v in self.teacher.state_dict().items() if ".encoder.layer." not in k}
+        student.load_state_dict(own, strict=False)  # embeddings, pooler, classifier
+        hs = self.head_size
+        for sl, w in zip(s_layers, arch["layers"]):
+            tl = t_layers[w["teacher_layer"]]
+            ta, sa = tl.attention, sl.attention
+            score = sum(getattr(ta.self, n).weight.abs().view(self.heads, hs, -1).sum((1, 2)) for n in ("query", "key", "value"))
+            score = score + ta.output.dense.weight.abs().view(-1, self.heads, hs).sum((0, 2))  # (heads,)
+            heads = sorted(torch.topk(score, w["heads"]).indices.tolist())
+            rows = [h * hs + j for h in heads for j in range(hs)]
+            for n in ("query", "key", "value"):
+                getattr(sa.self, n).weight.copy_(getattr(ta.self, n).weight[rows])
+                getattr(sa.self, n).bias.copy_(getattr(ta.self, n).bias[rows])
+            sa.output.dense.weight.copy_(ta.output.dense.weight[:, rows])
+            sa.output.dense.bias.copy_(ta.output.dense.bias)
+            sa.output.LayerNorm.load_state_dict(ta.output.LayerNorm.state_dict())
+            up, down = tl.intermediate.dense, tl.output.dense
+            neuron = up.weight.abs().sum(1) + down.weight.abs().sum(0)  # (ffn,)
+            keep = sorted(torch.topk(neuron, w["ffn"]).indices.tolist())
+            sl.intermediate.dense.weight.copy_(up.weight[keep])
+            sl.intermediate.dense.bias.copy_(up.bias[keep])
+            sl.output.dense.weight.copy_(down.weight[:, keep])
+            sl.output.dense.bias.copy_(down.bias)
+            sl.output.LayerNorm.load_state_dict(tl.output.LayerNorm.state_dict())
+        return student
+
+
+def is_hf_encoder(model: nn.Module) -> bool:
+    inner = model.model if isinstance(model, HFClassifier) else model
+    return hasattr(inner, "config") and hasattr(getattr(inner, "base_model", None), "encoder")
+

@@ -1,0 +1,33 @@
+"""Shared test helpers (plain functions, imported by the test modules)."""
+
+import torch
+from torch import nn
+
+
+def randomise_bn(model):
+    """Untrained BN has identity statistics; make them non-trivial so slicing errors would show."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
+    return model.eval()
+
+
+def count_macs(model, x):
+    """Multiply-accumulates of one forward pass, counted by hooks on the built module."""
+    total = [0]
+
+    def hook(m, inp, out):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            total[0] += out[0].numel() * m.in_channels * m.weight[0, 0].numel()
+        elif isinstance(m, nn.Linear):
+            total[0] += m.in_features * m.out_features
+
+    hs = [m.register_forward_hook(hook) for m in model.modules()]
+    model(x[:1])
+    for h in hs:
+        h.remove()
+    return total[0]

