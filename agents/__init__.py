@@ -14,7 +14,10 @@ def make_agent(kind: str, env, seed: int = 0, **options) -> Agent:
         raise ValueError(f"agent: expected one of {sorted(AGENTS)}, got {kind!r}")
     if env.evaluator is not None:
         raise ValueError("agents propose specs for the caller to evaluate: build the env with evaluator=None")
-    return AGENTS[kind](env, seed=seed, **options)
+    try:
+        return AGENTS[kind](env, seed=seed, **options)
+    except TypeError as e:  # an option the agent does not take
+        raise ValueError(f"options for the {kind} agent: {e}") from None
 
 
 __all__ = ["Agent", "Candidate", "rollout", "run", "OptunaAgent", "RandomAgent", "UniformShrinkAgent",

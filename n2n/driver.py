@@ -59,7 +59,10 @@ class SearchDriver:
                              reward_config=self.reward_config, reference=self.reference)
         opts = dict(self.options)
         if self.kind == "reinforce":
-            opts = {"config": ReinforceConfig(**opts)}
+            try:
+                opts = {"config": ReinforceConfig(**opts)}
+            except TypeError as e:
+                raise ValueError(f"options for the reinforce agent: {e}") from None
         return make_agent(self.kind, env, seed=self.seed + self.stage_idx, **opts)
 
     def trained(self, stage: str) -> int:

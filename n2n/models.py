@@ -90,6 +90,16 @@ def build_model(arch: dict) -> nn.Module:
             return layers_to_module(mlp_layers(**arch["hparams"]))
         if family == "sequential":
             return layers_to_module(arch["layers"])
+        if family == "module":  # the user's own class: {"factory": "pkg.mod:fn", "kwargs": {...}}
+            from search_spaces import load_factory
+
+            model = load_factory(arch["factory"])(**arch.get("kwargs", {}))
+            model.n2n_factory = {"factory": arch["factory"], "kwargs": arch.get("kwargs", {})}
+            return model
+        if family == "pruned":
+            from search_spaces import pruned_from_arch
+
+            return pruned_from_arch(arch)
         if family == "hf-pretrained":
             return load_hf_classifier(Path(arch["path"]))
         if family == "hf-encoder":
@@ -102,7 +112,8 @@ def build_model(arch: dict) -> nn.Module:
             return ResNet(arch)  # a full per-block description (students)
     except (KeyError, TypeError) as e:
         raise ModelError(f"arch of family {family!r} is malformed: {e}") from None
-    raise ModelError(f"unknown model family {family!r}: expected 'vgg', 'mlp', 'sequential', 'resnet' or 'hf-encoder'")
+    raise ModelError(f"unknown model family {family!r}: expected 'vgg', 'mlp', 'sequential', 'resnet', "
+                     "'hf-encoder', 'module' or 'pruned'")
 
 
 def input_shape_of(arch: dict) -> tuple[int, ...]:

@@ -56,13 +56,19 @@ def build_driver(run_dir: Path, log=print) -> SearchDriver:
     meta = read_run(run_dir)
     cfg = from_dict(Config, meta["config"])
     teacher, _, _ = load_model(meta["teacher_folder"])
-    space = cfg.space(teacher, meta["input_shape"])
-    ref = Reference(**meta["reference"])
+    return make_driver(cfg, cfg.space(teacher, meta["input_shape"]), meta, run_dir, log)
+
+
+def make_driver(cfg: Config, space, meta: dict, run_dir: Path | None, log=print) -> SearchDriver:
     budgets = {"removal": cfg.search.removal_budget, "shrink": cfg.search.shrink_budget}
-    return SearchDriver(space, ref, agent=cfg.search.agent, stages=cfg.search.stages, budgets=budgets,
-                        seed=cfg.seed, reward_config=cfg.reward, agent_options=cfg.search.agent_options,
-                        max_asks_per_candidate=cfg.search.max_asks_per_candidate, run_dir=run_dir,
-                        teacher_info=meta["teacher"], log=log)
+    try:
+        return SearchDriver(space, Reference(**meta["reference"]), agent=cfg.search.agent, stages=cfg.search.stages,
+                            budgets=budgets, seed=cfg.seed, reward_config=cfg.reward,
+                            agent_options=cfg.search.agent_options,
+                            max_asks_per_candidate=cfg.search.max_asks_per_candidate, run_dir=run_dir,
+                            teacher_info=meta["teacher"], log=log)
+    except ValueError as e:  # e.g. an agent option the agent does not take
+        raise ConfigError(f"search.agent_options: {e}") from None
 
 
 def resolve_teacher(cfg: Config, log=print) -> tuple[Path, str]:
@@ -106,6 +112,7 @@ def new_run(cfg: Config, run_dir: Path, log=print) -> dict:
             "teacher": {"folder": str(folder.resolve()), "dataset": dataset, "test_accuracy": test_acc,
                         "units": space.n_units},
             "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    make_driver(cfg, space, meta, None, log=lambda *_: None)  # bad agent options fail before anything is written
     (run_dir / "results").mkdir(parents=True)
     write_json(run_dir / "n2n.json", meta)
     log(f"teacher: {ref.params:,} params, val acc {val_acc:.4f}, test acc {test_acc:.4f}, {space.n_units} units")

@@ -73,6 +73,7 @@ class DistillConfig:
     loss: str = "l2"  # "l2": MSE between logits (Ba & Caruana, N2N's default); "kl": Hinton's soft targets
     temperature: float = 4.0  # for "kl"
     ce_weight: float = 0.0  # lambda * cross-entropy on the labels, added to the distillation loss
+    hidden_weight: float = 0.0  # transformers: + weight * MSE between mapped layers' hidden states (teacher runs per batch)
     optimizer: str = "adam"  # "adam" | "sgd"
     schedule: str = "constant"  # "constant" | "cosine"
 
@@ -86,6 +87,7 @@ class DistillConfig:
             (self.batch_size >= 1, f"distill.batch_size: expected >= 1, got {self.batch_size}"),
             (self.temperature > 0, f"distill.temperature: expected > 0, got {self.temperature}"),
             (self.ce_weight >= 0, f"distill.ce_weight: expected >= 0, got {self.ce_weight}"),
+            (self.hidden_weight >= 0, f"distill.hidden_weight: expected >= 0, got {self.hidden_weight}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -113,14 +115,29 @@ class DistillResult:
     failure: str | None = None
 
 
+@dataclass
+class HiddenTarget:
+    """Hidden-state distillation: the teacher (run per batch) and (student, teacher) layer pairs."""
+
+    teacher: nn.Module  # with forward_with_hidden(x) -> (logits, hidden states)
+    pairs: list[tuple[int, int]]
+
+    def loss(self, s_hidden, xb: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            _, t_hidden = self.teacher.forward_with_hidden(xb)
+        return sum(F.mse_loss(s_hidden[s], t_hidden[t]) for s, t in self.pairs) / len(self.pairs)
+
+
 def distill(student: nn.Module, x: torch.Tensor, y: torch.Tensor, t_logits: torch.Tensor,
             x_val: torch.Tensor, y_val: torch.Tensor, cfg: DistillConfig, *, seed: int = 0,
             device: torch.device | str = "cpu",
-            on_epoch: Callable[[int, float], bool | None] | None = None) -> DistillResult:
+            on_epoch: Callable[[int, float], bool | None] | None = None,
+            hidden: HiddenTarget | None = None) -> DistillResult:
     """Train `student` to match the teacher's precomputed logits; validation accuracy after each epoch.
 
     `t_logits` (N, classes) are the teacher's outputs on `x`, computed once per search.
     `on_epoch(epoch, val_acc)` may return True to stop early (e.g. an ASHA decision).
+    With `hidden` and ``cfg.hidden_weight > 0``, mapped hidden states are distilled too.
     A NaN/inf loss ends training with a failure reason.
     """
     torch.manual_seed(seed)
@@ -140,7 +157,11 @@ def distill(student: nn.Module, x: torch.Tensor, y: torch.Tensor, t_logits: torc
         start = time.perf_counter()
         for idx in _batches(len(x), cfg.batch_size, gen):
             idx = idx.to(device)
-            loss = distill_loss(cfg, student(x[idx]), t_logits[idx], y[idx])
+            if hidden is not None and cfg.hidden_weight:
+                s_logits, s_hidden = student.forward_with_hidden(x[idx])
+                loss = distill_loss(cfg, s_logits, t_logits[idx], y[idx]) + cfg.hidden_weight * hidden.loss(s_hidden, x[idx])
+            else:
+                loss = distill_loss(cfg, student(x[idx]), t_logits[idx], y[idx])
             if not torch.isfinite(loss):
                 return DistillResult(0.0, epoch, train_s + time.perf_counter() - start,
                                      f"loss became {loss.item()} in epoch {epoch + 1}")

@@ -20,7 +20,7 @@ from envs import Evaluation, Reference, RewardConfig, compression, reward
 from search_spaces import SearchSpace, StudentSpec
 
 from .models import build_model, device_for, write_json
-from .train import DistillConfig, distill
+from .train import DistillConfig, HiddenTarget, distill
 
 
 @dataclass
@@ -80,8 +80,13 @@ def evaluate(space: SearchSpace, spec: StudentSpec, ctx: Context, report=None) -
             ev = Evaluation(acc, params, flops, epoch + 1, time.perf_counter() - start)
             report(metrics_of(ev, ctx, epoch + 1))
 
+    device = device_for(ctx.device)
+    hidden = None
+    pairs = space.hidden_map(spec) if ctx.distill.hidden_weight else None
+    if pairs:
+        hidden = HiddenTarget(space.teacher.to(device), pairs)
     res = distill(student, ctx.x_train, ctx.y_train, ctx.t_logits, ctx.x_val, ctx.y_val, ctx.distill,
-                  seed=ctx.seed, device=device_for(ctx.device), on_epoch=on_epoch)
+                  seed=ctx.seed, device=device, on_epoch=on_epoch, hidden=hidden)
     ev = Evaluation(res.val_accuracy, params, flops, res.epochs, time.perf_counter() - start, res.train_seconds,
                     res.failure)
     return ev, student.cpu()

@@ -11,6 +11,7 @@ from .base import (
     Unit,
     count_params,
 )
+from .generic import GenericSpace, load_factory, pruned_from_arch
 from .resnet import ResNet, ResNetSpace, from_torchvision, resnet_arch
 from .sequential import SequentialSpace, UnsupportedModel, layers_to_module, module_to_layers
 from .transformer import HFClassifier, TransformerSpace, encoder_from_arch, hf_expressible, is_hf_encoder
@@ -19,7 +20,7 @@ __all__ = [
     "DEFAULT_RATIOS", "FEATURE_DIM", "FEATURE_NAMES", "UNIT_KINDS", "SearchSpace", "SpecError",
     "StudentSpec", "Unit", "count_params", "SequentialSpace", "UnsupportedModel",
     "layers_to_module", "module_to_layers", "space_for", "ResNet", "ResNetSpace", "from_torchvision",
-    "resnet_arch", "HFClassifier", "TransformerSpace", "encoder_from_arch", "hf_expressible", "is_hf_encoder",
+    "resnet_arch", "GenericSpace", "load_factory", "pruned_from_arch", "HFClassifier", "TransformerSpace", "encoder_from_arch", "hf_expressible", "is_hf_encoder",
 ]
 
 
@@ -35,7 +36,9 @@ def space_for(teacher, input_shape, ratios=None, uniform: bool = False) -> Searc
     if isinstance(teacher, ResNet) or (hasattr(teacher, "layer1") and hasattr(teacher, "fc")):
         return ResNetSpace(teacher, input_shape, ratios)
     if isinstance(teacher, nn.Sequential):
-        return SequentialSpace(teacher, input_shape, ratios)
-    raise UnsupportedModel(
-        f"no search space fits a {type(teacher).__name__}: expected an nn.Sequential of supported layers, "
-        "an n2n ResNet, a torchvision-style ResNet or a BERT-family encoder classifier")
+        try:
+            return SequentialSpace(teacher, input_shape, ratios)
+        except UnsupportedModel:
+            pass  # a Sequential holding other layers: the generic space may still trace it
+    # any other module: torch-pruning's dependency graph (see search_spaces/generic.py)
+    return GenericSpace(teacher, input_shape, ratios, factory=getattr(teacher, "n2n_factory", None))

@@ -208,6 +208,11 @@ class SearchSpace(ABC):
             )
         return np.asarray(rows, dtype=np.float32)
 
+    def hidden_map(self, spec: StudentSpec) -> list[tuple[int, int]] | None:
+        """Pairs (student layer, teacher layer) whose hidden states may be distilled; None when the
+        family has no such mapping (only transformers do)."""
+        return None
+
     def describe(self, spec: StudentSpec) -> str:
         """Short human summary: removed units, and the widths of shrunk ones."""
         parts = []

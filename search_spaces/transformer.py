@@ -32,8 +32,13 @@ class HFClassifier(nn.Module):
         self.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_hidden(ids, hidden=False)[0]
+
+    def forward_with_hidden(self, ids: torch.Tensor, hidden: bool = True):
+        """(logits (B, classes), hidden states: embeddings then one (B, T, H) per layer, or None)."""
         ids = ids.long()
-        return self.model(input_ids=ids, attention_mask=(ids != self.pad_token_id).long()).logits
+        out = self.model(input_ids=ids, attention_mask=(ids != self.pad_token_id).long(), output_hidden_states=hidden)
+        return out.logits, out.hidden_states
 
 
 def _layers(model: nn.Module) -> nn.ModuleList:
@@ -153,6 +158,10 @@ class TransformerSpace(SearchSpace):
             a = heads * self.head_size
             total += t * (4 * h * a + 2 * h * ffn) + 2 * t * t * a
         return total + h * h + h * self.teacher.model.config.num_labels  # pooler + classifier, first token
+
+    def hidden_map(self, spec: StudentSpec) -> list[tuple[int, int]]:
+        """(student hidden-state index, teacher hidden-state index) of every kept layer (0 = embeddings)."""
+        return [(j + 1, i + 1) for j, (i, _, _) in enumerate(self._kept(spec))]
 
     def arch(self, spec: StudentSpec) -> dict:
         cfg = self.teacher.model.config.to_dict()

@@ -116,7 +116,7 @@ def test_reinforce_learns_on_the_proxy_and_matches_random_search(space, stage):
     rl = [_curve(space, "reinforce", stage, s) for s in range(3)]
     rnd = [_curve(space, "random", stage, s) for s in range(3)]
     print(stage, "reinforce (first, last, best):", np.round(rl, 3).tolist(), "random:", np.round(rnd, 3).tolist())
-    margin = 0.03  # measured over 6 seeds: removal +0.04..+0.15, shrink +0.07..+0.10 (benchmarks/proxy_agents.py)
+    margin = 0.2 if stage == "removal" else 0.05  # 6 seeds: removal +0.46..+0.62, shrink +0.09..+0.16
     for first, last, _ in rl:
         assert last - first > margin
     assert np.mean([b for *_, b in rl]) >= np.mean([b for *_, b in rnd])
@@ -153,3 +153,13 @@ def test_stable_baselines3_ppo_drives_the_env(space):
         obs, r, done, _, info = env.step(int(action))
     assert r == -1.0 or 0 < r < 1
     assert env.space.validate(info["spec"]) is None or r == -1.0
+
+
+def test_optuna_nsga2_tracks_the_accuracy_size_front(space):
+    agent = make_agent("optuna", _env(space, "shrink"), seed=0, objective="multi")
+    proxy = ProxyEvaluator(space)
+    run(agent, proxy, 30)
+    front = agent.best_trials()
+    assert front and all(len(t.values) == 2 for t in front)
+    for t in front:  # no point of the front is dominated by another
+        assert not any(o.values[0] >= t.values[0] and o.values[1] < t.values[1] for o in front)

@@ -108,6 +108,10 @@ def test_cli_user_errors_exit_2_without_traceback(tmp_path, tiny_config):
     assert r.returncode == 2 and "expected a YAML file" in r.stderr
     r = _cli("search", str(tiny_config), "--set", "search.agent=ppo", "--runs-dir", str(tmp_path / "runs"))
     assert r.returncode == 2 and "search.agent: expected reinforce" in r.stderr
+    r = _cli("search", str(tiny_config), "--set", "search.agent_options={batchsize: 3}", "--name", "opts",
+             "--runs-dir", str(tmp_path / "runs"))
+    assert r.returncode == 2 and "search.agent_options" in r.stderr and "batchsize" in r.stderr
+    assert not (tmp_path / "runs" / "opts").exists()  # nothing written for a rejected config
     (tmp_path / "runs" / "taken").mkdir(parents=True)
     (tmp_path / "runs" / "taken" / "keep.txt").write_text("mine")
     r = _cli("search", str(tiny_config), "--name", "taken", "--runs-dir", str(tmp_path / "runs"))

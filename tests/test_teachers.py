@@ -68,3 +68,14 @@ def test_cli_teacher_train_and_refuses_to_overwrite(tmp_path):
     bad = subprocess.run(cmd[:-2] + ["--out", str(tmp_path / "x"), "--dataset", "npz:/nope.npz"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "expected a file at /nope.npz" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_resnet_teacher_from_a_recipe_round_trips(tmp_path):
+    recipe = TeacherRecipe(dataset="digits", arch="resnet", preset="resnet10", width_mult=0.125, epochs=2)
+    model, arch, metrics = train_teacher(recipe, out=tmp_path / "r", log=lambda *_: None)
+    assert arch == {"family": "resnet", "hparams": {"input_shape": [1, 8, 8], "num_classes": 10,
+                                                    "preset": "resnet10", "width": 8}}
+    loaded, _, _ = load_model(tmp_path / "r")
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(loaded(x), model.eval()(x))
+    assert metrics["params"] == count_params(loaded)

@@ -146,3 +146,23 @@ def test_same_env_and_agents_search_a_transformer(tiny_bert):
     env = CompressionEnv(space, evaluator=None, stage="removal")
     hist = run(make_agent("reinforce", env, seed=0), proxy, 10)
     assert len(hist) == 10 and all(space.validate(s) is None for s, _ in hist)
+
+
+def test_hidden_state_distillation_pulls_mapped_layers_together(tiny_bert):
+    from n2n.train import DistillConfig, HiddenTarget, distill, predict
+
+    space = space_for(tiny_bert, (16,))
+    spec = StudentSpec((space.layer_unit[0], space.layer_unit[2]), [0.5 if u.shrinkable else 1.0 for u in space.units])
+    pairs = space.hidden_map(spec)
+    assert pairs == [(1, 2), (2, 4)]  # student layers 1, 2 are the teacher's layers 2 and 4
+    torch.manual_seed(0)
+    x, y = torch.randint(1, 100, (256, 16)), torch.randint(0, 3, (256,))
+    t_logits = predict(space.teacher, x)
+    target = HiddenTarget(space.teacher, pairs)
+    gaps = {}
+    for w in (0.0, 1.0):
+        student = space.build(spec)
+        distill(student, x, y, t_logits, x[:64], y[:64], DistillConfig(epochs=3, hidden_weight=w), hidden=target)
+        with torch.no_grad():
+            gaps[w] = target.loss(student.eval().forward_with_hidden(x[:64])[1], x[:64]).item()
+    assert gaps[1.0] < 0.7 * gaps[0.0]

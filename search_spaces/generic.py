@@ -1,0 +1,240 @@
+"""Any other nn.Module, through torch-pruning's dependency graph.
+
+Width decisions are torch-pruning *groups*: the output channels of a conv or linear layer together
+with every layer coupled to them (next layers' inputs, BatchNorms, both sides of residual adds and
+concatenations). One shrink unit per group; the channels kept are those with the largest L1
+importance summed over the whole group. Removal decisions are *blocks*: submodules held in an
+nn.Sequential / nn.ModuleList whose output has the shape of their input, replaced by nn.Identity.
+The output layer (the last nn.Linear, or `output_layer`) is never touched. Modules no group or block
+reaches are listed in `untouched` with the reason.
+
+The student is the teacher's own class with some blocks replaced and some groups pruned, so it is
+rebuilt from JSON as: the user's factory (``"package.module:function"``), the removed block names,
+and torch-pruning's pruning history. Unlike the other families, parameter and FLOP counts come from
+building the student (cached per spec): a traced graph has no closed form.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+
+import torch
+from torch import nn
+
+from .base import SearchSpace, StudentSpec, Unit
+from .sequential import UnsupportedModel
+
+
+def _tp():
+    try:
+        import torch_pruning
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise UnsupportedModel("pruning arbitrary modules needs the torch-pruning package") from None
+    return torch_pruning
+
+
+def load_factory(path: str):
+    """``"package.module:function"`` -> the function (the user's own code, imported like any module)."""
+    mod, _, fn = path.partition(":")
+    if not mod or not fn:
+        raise UnsupportedModel(f"factory: expected 'package.module:function', got {path!r}")
+    try:
+        return getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise UnsupportedModel(f"factory {path!r} cannot be imported: {e}") from None
+
+
+def _shape_preserving_blocks(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Children of Sequential/ModuleList containers whose single tensor output has their input's shape."""
+    shapes, hooks = {}, []
+    candidates = {}
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Sequential, nn.ModuleList)):
+            for cname, child in m.named_children():
+                full = f"{name}.{cname}" if name else cname
+                if any(p.numel() for p in child.parameters()) and list(child.children()):
+                    candidates[full] = child
+
+    def hook(name):
+        def f(mod, inp, out):
+            if len(inp) == 1 and torch.is_tensor(inp[0]) and torch.is_tensor(out):
+                shapes[name] = (tuple(inp[0].shape), tuple(out.shape))
+        return f
+
+    for name, m in candidates.items():
+        hooks.append(m.register_forward_hook(hook(name)))
+    with torch.no_grad():
+        model(example)
+    for h in hooks:
+        h.remove()
+    return [n for n in candidates if n in shapes and shapes[n][0] == shapes[n][1]]
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
+class GenericSpace(SearchSpace):
+    def __init__(self, teacher: nn.Module, input_shape, ratios=None, factory: dict | None = None,
+                 output_layer: str | None = None):
+        kwargs = {} if ratios is None else {"ratios": tuple(ratios)}
+        super().__init__(teacher=teacher.eval(), input_shape=tuple(input_shape), **kwargs)
+        tp = _tp()
+        self.factory = factory  # {"factory": "pkg.mod:fn", "kwargs": {...}}: needed to export students
+        self.example = torch.randn(1, *self.input_shape)
+        names = {m: n for n, m in teacher.named_modules()}
+        linears = [n for n, m in teacher.named_modules() if isinstance(m, nn.Linear)]
+        self.output_layer = output_layer or (linears[-1] if linears else None)
+        if self.output_layer is None:
+            raise UnsupportedModel("expected an nn.Linear output layer (or pass output_layer=NAME)")
+        try:
+            dg = tp.DependencyGraph().build_dependency(teacher, self.example, verbose=False)
+        except Exception as e:
+            raise UnsupportedModel(f"torch-pruning could not trace {type(teacher).__name__}: {type(e).__name__}: {e}") from None
+        ignored = [teacher.get_submodule(self.output_layer)]
+        order = {n: i for i, n in enumerate(_forward_order(teacher, self.example))}
+        self.blocks = _shape_preserving_blocks(teacher, self.example)
+        groups = []  # (name: earliest member in forward order, root module name, member names)
+        self.roots: dict[str, list[str]] = {}  # group root -> every conv/linear whose outputs it prunes
+        for g in dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.modules.conv._ConvNd, nn.Linear)):
+            members = {names[d.target.module] for d, _ in g if d.target.module in names}
+            first = min(members, key=lambda n: order.get(n, 1e9))
+            root = names[g[0].dep.target.module]
+            self.roots[root] = sorted(
+                {names[d.target.module] for d, _ in g if d.target.module in names and dg.is_out_channel_pruning_fn(d.handler)
+                 and isinstance(d.target.module, (nn.modules.conv._ConvNd, nn.Linear))}, key=lambda n: order.get(n, 1e9))
+            groups.append((first, root, members))
+        touched = set().union(*(m for *_, m in groups)) if groups else set()
+        # units in forward order: a block, then the groups that live inside it
+        units, self.group_root, block_unit = [], {}, {}
+        items = [(order.get(b, 1e9) - 0.5, "block", b, None, b) for b in self.blocks]
+        items += [(order.get(first, 1e9), "group", root, members, first) for first, root, members in groups]
+        for _, kind, name, members, label in sorted(items, key=lambda t: t[0]):
+            if kind == "block":
+                block_unit[name] = len(units)
+                params = sum(p.numel() for p in teacher.get_submodule(name).parameters())
+                units.append(Unit(name, "block", 0, params, True, False, skip_start=True, skip_end=True))
+                continue
+            root = teacher.get_submodule(name)
+            conv = isinstance(root, nn.modules.conv._ConvNd)
+            # a group is moot once a block holding all of its layers is removed
+            parent = next((u for b, u in block_unit.items() if all(m.startswith(b + ".") for m in members)), None)
+            self.group_root[len(units)] = name
+            units.append(Unit(label, "conv" if conv else "linear", root.out_channels if conv else root.out_features,
+                              sum(teacher.get_submodule(m).weight.numel() for m in members
+                                  if getattr(teacher.get_submodule(m), "weight", None) is not None),
+                              False, True, root.kernel_size[0] if conv else 1, root.stride[0] if conv else 1,
+                              why_fixed="only shape-preserving blocks are removable", parent=parent))
+        out = teacher.get_submodule(self.output_layer)
+        units.append(Unit(self.output_layer, "linear", out.out_features, sum(p.numel() for p in out.parameters()),
+                          False, False, why_fixed="it is the output layer"))
+        self.units = units
+        self.untouched = {  # modules holding parameters that no decision reaches
+            n or "<model>": f"{type(m).__name__}: no prunable group or removable block includes its "
+                            f"{', '.join(k for k, _ in m.named_parameters(recurse=False))}"
+            for n, m in teacher.named_modules()
+            if any(True for _ in m.parameters(recurse=False)) and n not in touched and n != self.output_layer
+            and not any(n.startswith(b + ".") for b in self.blocks)
+        }
+        self.untouched[self.output_layer] = "the output layer"
+        self._cache: dict[str, tuple[int, int]] = {}
+
+    def widths(self, spec: StudentSpec) -> list[int]:
+        gone = set(spec.removed)
+        return [0 if (i in gone or u.parent in gone) else (self.width_of(i, spec.ratios[i]) if u.shrinkable else u.width)
+                for i, u in enumerate(self.units)]
+
+    # -- building ----------------------------------------------------------------------------------
+    @torch.enable_grad()  # torch-pruning traces through autograd
+    def _prune(self, spec: StudentSpec) -> tuple[nn.Module, list]:
+        tp = _tp()
+        student = copy.deepcopy(self.teacher)
+        gone = set(spec.removed)
+        for i in sorted(gone):
+            _set_module(student, self.units[i].name, nn.Identity())
+        dg = tp.DependencyGraph().build_dependency(student, self.example, verbose=False)
+        imp = tp.importance.GroupMagnitudeImportance(p=1, group_reduction="sum", normalizer=None)
+        for i, name in self.group_root.items():
+            u = self.units[i]
+            if u.parent in gone or spec.ratios[i] == 1.0:
+                continue
+            # prune through a layer of the group that survived the block removals
+            removed = [self.units[j].name + "." for j in gone]
+            alive = next((n for n in self.roots[name] if not any(n.startswith(r) for r in removed)), None)
+            if alive is None:  # every layer writing these channels was removed with its block
+                continue
+            root = student.get_submodule(alive)
+            conv = isinstance(root, nn.modules.conv._ConvNd)
+            fn = tp.prune_conv_out_channels if conv else tp.prune_linear_out_channels
+            n = root.out_channels if conv else root.out_features
+            group = dg.get_pruning_group(root, fn, idxs=list(range(n)))
+            scores = imp(group)  # (n,) summed over the coupled layers
+            drop = torch.argsort(scores)[: n - self.width_of(i, spec.ratios[i])].tolist()
+            if drop:
+                dg.get_pruning_group(root, fn, idxs=sorted(drop)).prune()
+        return student, dg.pruning_history()
+
+    def _counts(self, spec: StudentSpec) -> tuple[int, int]:
+        key = self.key(spec)
+        if key not in self._cache:
+            student, _ = self._prune(spec)
+            macs, params = _tp().utils.count_ops_and_params(student, self.example)
+            self._cache[key] = (int(params), int(macs))
+        return self._cache[key]
+
+    def _check(self, spec: StudentSpec) -> str | None:
+        try:
+            self._counts(spec)
+        except Exception as e:  # torch-pruning could not apply this combination
+            return f"torch-pruning cannot build this student: {e}"
+        return None
+
+    def params(self, spec: StudentSpec) -> int:
+        return self._counts(spec)[0]
+
+    def flops(self, spec: StudentSpec) -> int:
+        return self._counts(spec)[1]
+
+    def arch(self, spec: StudentSpec) -> dict:
+        _, history = self._prune(spec)
+        return {"family": "pruned", "input_shape": list(self.input_shape), "base": self.factory,
+                "removed_blocks": [self.units[i].name for i in spec.removed],
+                "history": [[n, bool(o), [int(i) for i in idx]] for n, o, idx in history]}
+
+    def _build(self, spec: StudentSpec, inherit: bool) -> nn.Module:
+        student, _ = self._prune(spec)
+        if not inherit:
+            for m in student.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+        return student
+
+
+def pruned_from_arch(arch: dict) -> nn.Module:
+    """Rebuild a pruned student: the user's factory, removed blocks, then the pruning history."""
+    tp = _tp()
+    base = arch.get("base")
+    if not base or "factory" not in base:
+        raise UnsupportedModel("this student came from an in-memory teacher with no factory; it cannot be rebuilt from JSON")
+    model = load_factory(base["factory"])(**base.get("kwargs", {})).eval()
+    for name in arch["removed_blocks"]:
+        _set_module(model, name, nn.Identity())
+    with torch.enable_grad():
+        dg = tp.DependencyGraph().build_dependency(model, torch.randn(1, *arch["input_shape"]), verbose=False)
+        dg.load_pruning_history([tuple(h) for h in arch["history"]])
+    return model
+
+
+def _forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Module names in the order their forward is called."""
+    order, hooks = [], []
+    for name, m in model.named_modules():
+        if name:
+            hooks.append(m.register_forward_pre_hook(lambda mod, inp, name=name: order.append(name)))
+    with torch.no_grad():
+        model(example)
+    for h in hooks:
+        h.remove()
+    return list(dict.fromkeys(order))

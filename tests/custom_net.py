@@ -1,0 +1,35 @@
+"""A user-style module outside every built-in family: residual blocks with BN, a pooling, a
+concatenation of two branches and a bare parameter. Used by tests/test_generic.py."""
+
+import torch
+from torch import nn
+
+
+class Res(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.a = nn.Conv1d(c, c, 3, padding=1)
+        self.bn = nn.BatchNorm1d(c)
+        self.b = nn.Conv1d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(x + self.b(torch.relu(self.bn(self.a(x)))))
+
+
+class MyNet(nn.Module):
+    def __init__(self, width=16, classes=10):
+        super().__init__()
+        self.stem = nn.Conv1d(1, width, 5, padding=2)
+        self.body = nn.Sequential(Res(width), Res(width), nn.MaxPool1d(2), Res(width))
+        self.side = nn.Conv1d(width, 8, 1)
+        self.scale = nn.Parameter(torch.ones(1))  # a bare parameter no group reaches
+        self.head = nn.Linear(8 + width, classes)
+
+    def forward(self, x):  # (B, 1, L)
+        h = self.body(torch.relu(self.stem(x)))  # (B, W, L/2)
+        g = torch.relu(self.side(h)).mean(-1)  # (B, 8)
+        return self.head(torch.cat([g, h.mean(-1)], 1) * self.scale)
+
+
+def make(width=16, classes=10):
+    return MyNet(width, classes)

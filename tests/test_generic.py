@@ -1,0 +1,87 @@
+"""Any other module, through torch-pruning: coupled widths, removable blocks, untouched modules."""
+
+import json
+import random
+import warnings
+
+import pytest
+import torch
+
+from agents import make_agent, run
+from envs import CompressionEnv, ProxyEvaluator
+from helpers import randomise_bn
+from n2n.models import build_model, load_model, save_model
+from search_spaces import GenericSpace, StudentSpec, count_params, pruned_from_arch, space_for
+
+import custom_net
+
+warnings.filterwarnings("ignore", module="torch_pruning")
+FACTORY = {"factory": "custom_net:make", "kwargs": {"width": 16}}
+
+
+@pytest.fixture(scope="module")
+def space():
+    torch.manual_seed(0)
+    return GenericSpace(randomise_bn(custom_net.make(16)), (1, 40), factory=FACTORY)
+
+
+def test_units_blocks_groups_and_untouched(space):
+    names = [(u.name, u.kind, u.removable, u.shrinkable) for u in space.units]
+    assert names[0] == ("stem", "conv", False, True)  # the residual stream: stem + every block's last conv
+    assert [n for n, k, r, _ in names if k == "block"] == ["body.0", "body.1", "body.3"]
+    assert all(r for n, k, r, _ in names if k == "block")
+    inner = next(u for u in space.units if u.name == "body.0.a")
+    assert space.units[inner.parent].name == "body.0"
+    assert space.units[0].parent is None
+    assert names[-1] == ("head", "linear", False, False)
+    assert space.untouched == {"<model>": "MyNet: no prunable group or removable block includes its scale",
+                               "head": "the output layer"}
+
+
+def test_identity_random_specs_and_json_round_trip(space):
+    x = torch.randn(4, 1, 40)
+    assert torch.equal(space.build(space.identity())(x), space.teacher(x))
+    assert space.teacher_params() == count_params(space.teacher)
+    rng = random.Random(0)
+    for _ in range(8):
+        removed = [i for i, u in enumerate(space.units) if u.removable and rng.random() < 0.4]
+        ratios = [rng.choice(space.ratios) if u.shrinkable else 1.0 for u in space.units]
+        spec = StudentSpec(removed, ratios)
+        assert space.validate(spec) is None
+        student = space.build(spec)
+        assert student(x).shape == (4, 10) and count_params(student) == space.params(spec)
+        rebuilt = pruned_from_arch(json.loads(json.dumps(space.arch(spec))))
+        rebuilt.load_state_dict(student.state_dict(), strict=True)
+        assert torch.allclose(rebuilt.eval()(x), student(x), atol=1e-6)
+
+
+def test_coupled_widths_shrink_together(space):
+    ratios = [0.5 if u.name == "stem" else 1.0 for u in space.units]
+    student = space.build(StudentSpec((), ratios))
+    assert student.stem.out_channels == 8
+    assert all(student.body[i].b.out_channels == 8 and student.body[i].a.in_channels == 8 for i in (0, 1, 3))
+    assert student.head.in_features == 8 + 8  # the concatenated branch input shrank, its output did not
+    assert student.side.out_channels == 8 and student.side.in_channels == 8
+
+
+def test_user_module_teacher_folder_and_student_export_round_trip(space, tmp_path):
+    arch = {"family": "module", **FACTORY, "input_shape": [1, 40]}
+    save_model(tmp_path / "t", space.teacher, arch, {"dataset": "mnist1d"})
+    teacher, _, _ = load_model(tmp_path / "t")
+    loaded = space_for(teacher, (1, 40))
+    assert isinstance(loaded, GenericSpace) and loaded.factory == FACTORY
+    spec = StudentSpec((loaded.units.index(next(u for u in loaded.units if u.name == "body.1")),),
+                       [0.5 if u.shrinkable else 1.0 for u in loaded.units])
+    student = loaded.build(spec)
+    save_model(tmp_path / "s", student, loaded.arch(spec), {})
+    again, _, _ = load_model(tmp_path / "s")
+    x = torch.randn(2, 1, 40)
+    assert torch.allclose(again(x), student(x), atol=1e-6)
+    assert isinstance(build_model(loaded.arch(spec)).body[1], torch.nn.Identity)
+
+
+def test_same_env_and_agents_search_a_user_module(space):
+    proxy = ProxyEvaluator(space)
+    for stage in ("removal", "shrink"):
+        hist = run(make_agent("random", CompressionEnv(space, evaluator=None, stage=stage), seed=0), proxy, 8)
+        assert len(hist) == 8 and max(r for _, r in hist) > 0

@@ -1,0 +1,41 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from n2n.train import DistillConfig, distill, distill_loss
+
+
+def test_diverging_distillation_stops_with_a_reason():
+    torch.manual_seed(0)
+    x, y = torch.randn(256, 8), torch.randint(0, 3, (256,))
+    teacher_logits = torch.randn(256, 3) * 1e30  # overflows the L2 loss to inf at once
+    student = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    res = distill(student, x, y, teacher_logits, x[:32], y[:32], DistillConfig(epochs=3))
+    assert res.failure is not None and "loss became inf" in res.failure and res.epochs == 0
+
+
+def test_losses_match_their_definitions():
+    s, t, y = torch.tensor([[1.0, 2.0, 0.0]]), torch.tensor([[0.0, 2.0, 1.0]]), torch.tensor([1])
+    assert distill_loss(DistillConfig(loss="l2"), s, t, y).item() == pytest.approx(2 / 3)
+    ce = torch.nn.functional.cross_entropy(s, y).item()
+    assert distill_loss(DistillConfig(loss="l2", ce_weight=0.5), s, t, y).item() == pytest.approx(2 / 3 + 0.5 * ce)
+    T = 2.0
+    p_t = torch.softmax(t / T, 1)
+    kl = (p_t * (torch.log(p_t) - torch.log_softmax(s / T, 1))).sum().item() * T * T
+    assert distill_loss(DistillConfig(loss="kl", temperature=T), s, t, y).item() == pytest.approx(kl, rel=1e-5)
+    assert math.isclose(distill_loss(DistillConfig(loss="kl"), t, t, y).item(), 0.0, abs_tol=1e-6)
+
+
+def test_distillation_moves_the_student_toward_the_teacher():
+    torch.manual_seed(0)
+    x = torch.randn(512, 8)
+    teacher = nn.Linear(8, 3)
+    with torch.no_grad():
+        t = teacher(x)
+    y = t.argmax(1)
+    student = nn.Linear(8, 3)
+    before = (student(x).argmax(1) == y).float().mean().item()
+    res = distill(student, x, y, t, x, y, DistillConfig(epochs=20, lr=1e-2))
+    assert res.failure is None and res.epochs == 20 and res.val_accuracy > max(0.95, before + 0.2)
