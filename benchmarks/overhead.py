@@ -36,6 +36,7 @@ def main():
 
     import ray
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     from envs import Reference, RewardConfig
     from n2n.data import load_dataset
@@ -82,7 +83,8 @@ def main():
             param_space={"cand": tune.grid_search(specs)},
             tune_config=tune.TuneConfig(max_concurrent_trials=conc, reuse_actors=True,
                                         trial_dirname_creator=trial_dirname),
-            run_config=tune.RunConfig(name=f"bench-{conc}", storage_path=str(tmp), verbose=0),
+            run_config=tune.RunConfig(name=f"bench-{conc}", storage_path=str(tmp), verbose=0,
+                                      callbacks=[JsonLoggerCallback()]),
         ).fit()
         wall = time.perf_counter() - start
         rows = [json.loads((results / f"{s['key']}.json").read_text()) for s in specs]

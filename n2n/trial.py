@@ -43,6 +43,7 @@ class Context:
     device: str = "auto"
     seed: int = 0
     uniform: bool = False  # transformers: one FFN width for all layers
+    per_epoch: bool = False  # report after every epoch (early stopping reads it); else once at the end
 
 
 _SPACES: dict[str, SearchSpace] = {}  # per worker process: actors are reused across trials
@@ -76,9 +77,8 @@ def evaluate(space: SearchSpace, spec: StudentSpec, ctx: Context, report=None) -
         return Evaluation(0.0, params, flops, failure=f"build failed: {e}"), None
 
     def on_epoch(epoch, acc):
-        if report:
-            ev = Evaluation(acc, params, flops, epoch + 1, time.perf_counter() - start)
-            report(metrics_of(ev, ctx, epoch + 1))
+        ev = Evaluation(acc, params, flops, epoch + 1, time.perf_counter() - start)
+        report(metrics_of(ev, ctx, epoch + 1))
 
     device = device_for(ctx.device)
     hidden = None
@@ -86,7 +86,7 @@ def evaluate(space: SearchSpace, spec: StudentSpec, ctx: Context, report=None) -
     if pairs:
         hidden = HiddenTarget(space.teacher.to(device), pairs)
     res = distill(student, ctx.x_train, ctx.y_train, ctx.t_logits, ctx.x_val, ctx.y_val, ctx.distill,
-                  seed=ctx.seed, device=device, on_epoch=on_epoch, hidden=hidden)
+                  seed=ctx.seed, device=device, on_epoch=on_epoch if report else None, hidden=hidden)
     ev = Evaluation(res.val_accuracy, params, flops, res.epochs, time.perf_counter() - start, res.train_seconds,
                     res.failure)
     return ev, student.cpu()
@@ -107,7 +107,7 @@ def run_trial(config: dict, context: Context) -> None:
     started = time.time()
     space = space_of(ctx)
     spec = StudentSpec.from_dict(config["spec"])
-    ev, student = evaluate(space, spec, ctx, tune.report)  # per-epoch reports feed early stopping
+    ev, student = evaluate(space, spec, ctx, tune.report if ctx.per_epoch else None)
     final = metrics_of(ev, ctx, ev.epochs)
     final.update(device=str(device_for(ctx.device)), started=started, ended=time.time(),
                  gpus=float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)))

@@ -120,3 +120,18 @@ def test_cli_user_errors_exit_2_without_traceback(tmp_path, tiny_config):
     for cmd in (("resume", str(tmp_path)), ("export", str(tmp_path), "--out", str(tmp_path / "o")), ("report", str(tmp_path))):
         r = _cli(*cmd)
         assert r.returncode == 2 and "expected a run folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_early_stopping_with_asha_stops_weak_candidates(ray_session, tiny_config, tmp_path):
+    run = tmp_path / "runs" / "asha"
+    cfg = load_config(tiny_config, {"early_stop.enabled": True, "early_stop.grace_period": 1, "distill.epochs": 3,
+                                    "search.stages": ["removal"], "search.removal_budget": 8,
+                                    "search.concurrency": 1})
+    run_search(cfg, run, log=lambda *_: None)
+    recs = _records(run)
+    assert len(recs) == 8 and all(1 <= r["epochs"] <= 3 for r in recs)
+    stopped = [r for r in recs if r["epochs"] < 3]
+    assert stopped, "ASHA stopped no trial"
+    finished = [r for r in recs if r["epochs"] == 3]
+    # a stopped candidate was behind the ones that ran to the end when it was cut
+    assert min(r["reward"] for r in stopped) < max(r["reward"] for r in finished)
