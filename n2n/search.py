@@ -116,6 +116,8 @@ def new_run(cfg: Config, run_dir: Path, log=print) -> dict:
     (run_dir / "results").mkdir(parents=True)
     write_json(run_dir / "n2n.json", meta)
     log(f"teacher: {ref.params:,} params, val acc {val_acc:.4f}, test acc {test_acc:.4f}, {space.n_units} units")
+    for name, why in getattr(space, "untouched", {}).items():  # generic modules: say what stays as it is
+        log(f"  left untouched: {name} ({why})")
     return meta
 
 

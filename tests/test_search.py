@@ -75,7 +75,7 @@ def test_search_end_to_end(ray_session, tiny_config, tmp_path):
 def test_fractional_gpu_packs_two_trials_on_one_logical_gpu(ray_session, tiny_config, tmp_path):
     run = tmp_path / "runs" / "gpu"
     cfg = load_config(tiny_config, {"resources.gpus_per_trial": 0.5, "search.removal_budget": 4,
-                                    "search.stages": ["removal"], "distill.epochs": 3})
+                                    "search.stages": ["removal"], "distill.epochs": 10})  # seconds-long trials, so two overlap
     run_search(cfg, run, log=lambda *_: None)
     recs = _records(run)
     assert len(recs) == 4
