@@ -24,10 +24,19 @@ def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: b
     meta = read_run(run_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
-    summary_path = run_dir / "summary.json"
-    best = json.loads(summary_path.read_text()).get("best") if summary_path.exists() else None
-    if not best:
+    cands_path = run_dir / "candidates.json"
+    records = json.loads(cands_path.read_text()) if cands_path.exists() else []
+    ranked = sorted((r for r in records if r["failure"] is None and r["reward"] > -1), key=lambda r: -r["reward"])
+    if not ranked:
         raise RunError(f"{run_dir}: no candidate has been evaluated successfully yet; nothing to export")
+    # Early-stopped trials (ASHA) end before saving weights: take the best candidate that finished.
+    with_weights = [r for r in ranked if (run_dir / "results" / f"{r['key']}.safetensors").exists()]
+    if not with_weights:
+        raise RunError(f"{run_dir}/results: no candidate's weights are there (was the run folder copied without results/?)")
+    best = {**with_weights[0], "val_accuracy": with_weights[0]["accuracy"]}
+    if best["key"] != ranked[0]["key"]:
+        log(f"the best candidate (reward {ranked[0]['reward']:.3f}) has no saved weights (stopped early?); "
+            f"exporting the best one that finished (reward {best['reward']:.3f})")
     if finetune_epochs < 0:
         raise RunError(f"--finetune-epochs: expected >= 0, got {finetune_epochs}")
     cfg = from_dict(Config, meta["config"])
@@ -36,8 +45,6 @@ def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: b
     spec = StudentSpec.from_dict(best["spec"])
     arch = space.arch(spec)
     weights = run_dir / "results" / f"{best['key']}.safetensors"
-    if not weights.exists():
-        raise RunError(f"{weights}: the best student's weights are missing (was the run folder copied without results/?)")
     student = build_model(arch)
     student.load_state_dict(load_file(str(weights)), strict=True)
     ds = data_mod.load_dataset(meta["dataset"], seed=cfg.seed)

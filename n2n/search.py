@@ -155,7 +155,9 @@ def _tuner(run_dir: Path, ctx: Context, cfg: Config):
 
     scheduler = None
     if cfg.early_stop.enabled:
-        scheduler = ASHAScheduler(metric="reward", mode="max", time_attr="epoch", max_t=max(cfg.distill.epochs, 1),
+        # max_t past the last epoch: ASHA stops a trial that reaches max_t, which would cut it off
+        # before it saves its weights and final result.
+        scheduler = ASHAScheduler(metric="reward", mode="max", time_attr="epoch", max_t=cfg.distill.epochs + 1,
                                   grace_period=cfg.early_stop.grace_period,
                                   reduction_factor=cfg.early_stop.reduction_factor)
     return tune.Tuner(

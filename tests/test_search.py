@@ -135,3 +135,6 @@ def test_early_stopping_with_asha_stops_weak_candidates(ray_session, tiny_config
     finished = [r for r in recs if r["epochs"] == 3]
     # a stopped candidate was behind the ones that ran to the end when it was cut
     assert min(r["reward"] for r in stopped) < max(r["reward"] for r in finished)
+    # stopped trials save no weights: export takes the best candidate that finished
+    metrics = export_best(run, tmp_path / "student", log=lambda *_: None)
+    assert metrics["search_val_accuracy"] == max(finished, key=lambda r: r["reward"])["accuracy"]
