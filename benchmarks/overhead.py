@@ -40,7 +40,6 @@ def main():
 
     from envs import Reference, RewardConfig
     from n2n.data import load_dataset
-    from n2n.models import build_model
     from n2n.search import trial_dirname
     from n2n.teachers import TeacherRecipe, cached_teacher
     from n2n.models import load_model

@@ -128,6 +128,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("n2n: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `n2n report ... | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -203,7 +203,7 @@ class ResNetSpace(SearchSpace):
         # stages: runs of blocks between projection shortcuts; stage 0 starts at the stem
         self.stage_of: list[int] = []
         stage = 0
-        for i, b in enumerate(arch["blocks"]):
+        for b in arch["blocks"]:
             if b["downsample"]:
                 stage += 1
             self.stage_of.append(stage)
@@ -236,7 +236,7 @@ class ResNetSpace(SearchSpace):
                                False, False, why_fixed="it is the output layer"))
         # stream units own the params of the stem and projection convs: share of the remaining total
         rest = total - sum(u.params for u in self.units)
-        for s, u in self.unit_of_stream.items():
+        for u in self.unit_of_stream.values():
             self.units[u] = Unit(**{**self.units[u].__dict__, "params": rest // n_stages})
 
     # -- architecture of a spec ---------------------------------------------------------------

@@ -23,7 +23,7 @@ def mnist1d():
 @pytest.fixture(scope="session")
 def small_teacher(mnist1d):
     """A quickly trained quarter-width vgg1d teacher on MNIST-1D: (model, arch, val accuracy)."""
-    from n2n.models import build_model, vgg_layers
+    from n2n.models import build_model
     from n2n.train import accuracy, train_classifier
 
     arch = {"family": "vgg", "hparams": {"input_shape": [1, 40], "num_classes": 10, "preset": "vgg1d",

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents import AGENTS, ReinforceAgent, ReinforceConfig, make_agent, run
+from agents import AGENTS, ReinforceConfig, make_agent, run
 from envs import CompressionEnv, ProxyEvaluator, Reference, demo_space
 from n2n.models import vgg_layers
 from search_spaces import SequentialSpace, layers_to_module
