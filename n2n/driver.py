@@ -78,6 +78,9 @@ class SearchDriver:
 
     def _advance(self):
         done = self.stage
+        if self.trained(done) < self.budgets[done]:
+            why = "the agent has nothing more to propose" if self.agent.finished else "the agent kept proposing known specs"
+            self.log(f"stage {done} ended after {self.trained(done)} of {self.budgets[done]} candidates: {why}")
         self.updates_done[done] = getattr(self.agent, "updates", 0)
         self.stage_idx += 1
         self.asks = 0

@@ -137,3 +137,20 @@ def test_early_stopping_with_asha_stops_weak_candidates(ray_session, tiny_config
     # stopped trials save no weights: export takes the best candidate that finished
     metrics = export_best(run, tmp_path / "student", log=lambda *_: None)
     assert metrics["search_val_accuracy"] == max(finished, key=lambda r: r["reward"])["accuracy"]
+
+
+def test_resnet_teacher_on_2d_images_through_the_same_search(ray_session, tmp_path):
+    """A 2D ResNet on digits goes through the same trials, driver and export as the default CNN."""
+    cfg = load_config(None, {"teacher.recipe": {"dataset": "digits", "arch": "resnet", "preset": "resnet18",
+                                                "width_mult": 0.125, "epochs": 4},
+                             "search.removal_budget": 3, "search.shrink_budget": 3,
+                             "search.agent_options": {"batch_size": 3}, "distill.epochs": 1})
+    run = tmp_path / "runs" / "resnet"
+    summary = run_search(cfg, run, log=lambda *_: None)
+    assert summary["candidates_per_stage"] == {"removal": 3, "shrink": 3}
+    assert summary["teacher"]["units"] == 4 + 8 + 1  # 4 streams, 8 blocks, the classifier
+    metrics = export_best(run, tmp_path / "student", log=lambda *_: None)
+    student = n2n.load_student(tmp_path / "student")
+    ds = data_mod.load_dataset("digits")
+    assert accuracy(student, ds.x_val, ds.y_val) == metrics["val_accuracy"] == summary["best"]["val_accuracy"]
+    assert json.loads((tmp_path / "student" / "arch.json").read_text())["family"] == "resnet"
