@@ -31,3 +31,12 @@ def count_macs(model, x):
     for h in hs:
         h.remove()
     return total[0]
+
+
+def random_spec(space, rng, p_remove=0.4):
+    """A spec removing each removable unit with probability `p_remove`, random ratios elsewhere."""
+    from search_spaces import StudentSpec
+
+    removed = [i for i, u in enumerate(space.units) if u.removable and rng.random() < p_remove]
+    ratios = [rng.choice(space.ratios) if u.shrinkable else 1.0 for u in space.units]
+    return StudentSpec(removed, ratios)

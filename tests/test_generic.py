@@ -9,7 +9,7 @@ import torch
 
 from agents import make_agent, run
 from envs import CompressionEnv, ProxyEvaluator
-from helpers import randomise_bn
+from helpers import random_spec, randomise_bn
 from n2n.models import build_model, load_model, save_model
 from search_spaces import GenericSpace, StudentSpec, count_params, pruned_from_arch, space_for
 
@@ -44,9 +44,7 @@ def test_identity_random_specs_and_json_round_trip(space):
     assert space.teacher_params() == count_params(space.teacher)
     rng = random.Random(0)
     for _ in range(8):
-        removed = [i for i, u in enumerate(space.units) if u.removable and rng.random() < 0.4]
-        ratios = [rng.choice(space.ratios) if u.shrinkable else 1.0 for u in space.units]
-        spec = StudentSpec(removed, ratios)
+        spec = random_spec(space, rng)
         assert space.validate(spec) is None
         student = space.build(spec)
         assert student(x).shape == (4, 10) and count_params(student) == space.params(spec)

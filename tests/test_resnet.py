@@ -7,7 +7,7 @@ from torch import nn
 
 from envs import CompressionEnv, ProxyEvaluator
 from agents import make_agent, run
-from helpers import count_macs, randomise_bn
+from helpers import count_macs, random_spec, randomise_bn
 from n2n.models import build_model
 from search_spaces import ResNet, ResNetSpace, StudentSpec, count_params, from_torchvision, resnet_arch, space_for
 
@@ -30,9 +30,7 @@ def test_identity_and_random_specs(preset, dim, cifar):
     assert space.flops(space.identity()) == count_macs(space.teacher, x)
     rng = random.Random(0)
     for _ in range(25):
-        removed = [i for i, u in enumerate(space.units) if u.removable and rng.random() < 0.4]
-        ratios = [rng.choice(space.ratios) if u.shrinkable else 1.0 for u in space.units]
-        spec = StudentSpec(removed, ratios)
+        spec = random_spec(space, rng)
         assert space.validate(spec) is None
         student = space.build(spec)
         assert student(x).shape == (4, 10)
