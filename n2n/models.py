@@ -116,13 +116,6 @@ def build_model(arch: dict) -> nn.Module:
                      "'hf-encoder', 'module' or 'pruned'")
 
 
-def input_shape_of(arch: dict) -> tuple[int, ...]:
-    shape = arch.get("input_shape") or arch.get("hparams", {}).get("input_shape")
-    if shape is None:
-        raise ModelError("arch.json has no input_shape")
-    return tuple(shape)
-
-
 def write_json(path: Path, obj) -> None:
     """Write JSON atomically (temp file, then rename), so a crash never leaves half a file."""
     path = Path(path)

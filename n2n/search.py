@@ -23,7 +23,7 @@ from . import data as data_mod
 from .config import Config, from_dict
 from .driver import SearchDriver
 from .errors import ConfigError, RunError
-from .models import input_shape_of, load_model, write_json
+from .models import load_model, write_json
 from .teachers import cached_teacher
 from .train import accuracy, predict
 from .trial import Context
@@ -101,7 +101,7 @@ def new_run(cfg: Config, run_dir: Path, log=print) -> dict:
     folder, dataset = resolve_teacher(cfg, log)
     teacher, arch, _ = load_model(folder)
     ds = data_mod.load_dataset(dataset, seed=cfg.seed)
-    shape = input_shape_of(arch) if ("input_shape" in arch or "input_shape" in arch.get("hparams", {})) else ds.input_shape
+    shape = arch.get("input_shape") or arch.get("hparams", {}).get("input_shape") or ds.input_shape
     if tuple(shape) != ds.input_shape:
         raise ConfigError(f"teacher expects inputs of shape {tuple(shape)}, dataset {dataset} gives {ds.input_shape}")
     space = cfg.space(teacher, ds.input_shape)

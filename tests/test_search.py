@@ -111,6 +111,10 @@ def test_cli_user_errors_exit_2_without_traceback(tmp_path, tiny_config):
              "--runs-dir", str(tmp_path / "runs"))
     assert r.returncode == 2 and "search.agent_options" in r.stderr and "batchsize" in r.stderr
     assert not (tmp_path / "runs" / "opts").exists()  # nothing written for a rejected config
+    r = _cli("search", str(tiny_config), "--set", "teacher.dataset=digits", "--name", "shape",
+             "--runs-dir", str(tmp_path / "runs"))
+    assert r.returncode == 2 and "teacher expects inputs of shape (1, 40), dataset digits gives (1, 8, 8)" in r.stderr
+    assert not (tmp_path / "runs" / "shape").exists()
     (tmp_path / "runs" / "taken").mkdir(parents=True)
     (tmp_path / "runs" / "taken" / "keep.txt").write_text("mine")
     r = _cli("search", str(tiny_config), "--name", "taken", "--runs-dir", str(tmp_path / "runs"))
