@@ -83,10 +83,11 @@ def resolve_teacher(cfg: Config, log=print) -> tuple[Path, str]:
     return cached_teacher(cfg.teacher.recipe, log=log), cfg.teacher.dataset or cfg.teacher.recipe.dataset
 
 
-def make_context(meta: dict, cfg: Config, run_dir: Path) -> Context:
-    """Teacher, data and the teacher's training-set logits (computed once) for every trial."""
-    teacher, arch, _ = load_model(meta["teacher_folder"])
-    ds = data_mod.load_dataset(meta["dataset"], seed=cfg.seed)
+def make_context(meta: dict, cfg: Config, run_dir: Path, loaded: tuple | None = None) -> Context:
+    """Teacher, data and the teacher's training-set logits (computed once) for every trial.
+    `loaded`: (teacher, arch, dataset) when the caller has them already."""
+    teacher, arch, ds = loaded or (*load_model(meta["teacher_folder"])[:2],
+                                   data_mod.load_dataset(meta["dataset"], seed=cfg.seed))
     t_logits = predict(teacher, ds.x_train)  # (N_train, classes)
     return Context(arch, {k: v.contiguous() for k, v in teacher.state_dict().items()}, tuple(meta["input_shape"]),
                    tuple(cfg.search.ratios), ds.x_train, ds.y_train, t_logits, ds.x_val, ds.y_val, cfg.distill,
@@ -94,8 +95,9 @@ def make_context(meta: dict, cfg: Config, run_dir: Path) -> Context:
                    cfg.search.uniform_widths, per_epoch=cfg.early_stop.enabled)
 
 
-def new_run(cfg: Config, run_dir: Path, log=print) -> dict:
-    """Create the run folder and n2n.json: teacher, data check, reference figures."""
+def new_run(cfg: Config, run_dir: Path, log=print) -> tuple[dict, tuple]:
+    """Create the run folder and n2n.json: teacher, data check, reference figures.
+    Returns the metadata and (teacher, arch, dataset), loaded once for the whole search."""
     if run_dir.exists():
         raise RunError(f"{run_dir} already exists; resume it with `n2n resume {run_dir}` or choose another --name")
     folder, dataset = resolve_teacher(cfg, log)
@@ -118,7 +120,7 @@ def new_run(cfg: Config, run_dir: Path, log=print) -> dict:
     log(f"teacher: {ref.params:,} params, val acc {val_acc:.4f}, test acc {test_acc:.4f}, {space.n_units} units")
     for name, why in getattr(space, "untouched", {}).items():  # generic modules: say what stays as it is
         log(f"  left untouched: {name} ({why})")
-    return meta
+    return meta, (teacher, arch, ds)
 
 
 def _init_ray(address: str | None, log=print):
@@ -185,8 +187,8 @@ def _finish(run_dir: Path, log=print) -> dict:
 def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print) -> dict:
     _setdefault_env()
     run_dir = run_dir.resolve()
-    meta = new_run(cfg, run_dir, log)
-    ctx = make_context(meta, cfg, run_dir)
+    meta, loaded = new_run(cfg, run_dir, log)
+    ctx = make_context(meta, cfg, run_dir, loaded)
     _init_ray(address, log)
     log(f"search {run_dir.name}: agent {cfg.search.agent}, stages {cfg.search.stages}, "
         f"budgets removal {cfg.search.removal_budget} / shrink {cfg.search.shrink_budget}, "
