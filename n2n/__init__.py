@@ -7,8 +7,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run tim
 __version__ = "0.1.0"
 
 
-def load_student(folder):
-    """Rebuild an exported student (model.safetensors + arch.json) with no pickle; eval mode."""
+def load_student(folder, factories=()):
+    """Rebuild an exported student (model.safetensors + arch.json) with no pickle; eval mode.
+
+    A student of your own module class names its factory (``"package.module:function"``) in
+    arch.json; it is imported and called only if you list it in `factories`."""
     from .models import load_model
 
-    return load_model(folder)[0]
+    return load_model(folder, factories)[0]

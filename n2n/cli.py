@@ -45,27 +45,31 @@ def _search(args) -> int:
 
     cfg = load_config(args.config, _overrides(args.set))
     name = args.name or time.strftime("search-%Y%m%d-%H%M%S")
-    summary = run_search(cfg, Path(args.runs_dir) / name, address=args.address)
-    return 0 if summary.get("stage") == "done" else 130
+    summary = run_search(cfg, Path(args.runs_dir) / name, address=args.address, factories=args.allow_factory)
+    return _status(summary)
+
+
+def _status(summary: dict) -> int:
+    """0 finished, 1 stopped because every candidate failed, 130 interrupted (resumable)."""
+    return {"done": 0, "failed": 1}.get(summary.get("stage"), 130)
 
 
 def _resume(args) -> int:
     from .search import resume_search
 
-    summary = resume_search(Path(args.run), address=args.address)
-    return 0 if summary.get("stage") == "done" else 130
+    return _status(resume_search(Path(args.run), address=args.address, factories=args.allow_factory))
 
 
 def _export(args) -> int:
     from .export import export_best
 
-    export_best(Path(args.run), Path(args.out), args.finetune_epochs, args.overwrite)
+    export_best(Path(args.run), Path(args.out), args.finetune_epochs, args.overwrite, factories=args.allow_factory)
     return 0
 
 
 def _report(args) -> int:
     from .report import make_report
-    from .search import read_run
+    from .runfolder import read_run
 
     read_run(Path(args.run))
     print(make_report(Path(args.run)))
@@ -97,18 +101,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runs-dir", default="runs")
     s.add_argument("--address", help="an existing Ray cluster (e.g. auto); without it a local Ray starts")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. search.agent=optuna")
+    s.add_argument("--allow-factory", action="append", default=[], metavar="PKG.MOD:FN",
+                   help="let a model folder's arch.json import and call this factory (your own module class); "
+                        "repeat for several. Nothing else is ever imported from a model folder")
     s.set_defaults(func=_search)
 
     r = sub.add_parser("resume", help="continue an interrupted search")
     r.add_argument("run", help="the run folder, e.g. runs/NAME")
     r.add_argument("--address", help="an existing Ray cluster")
+    r.add_argument("--allow-factory", action="append", default=[], metavar="PKG.MOD:FN",
+                   help="let a model folder's arch.json import and call this factory (your own module class); "
+                        "repeat for several. Nothing else is ever imported from a model folder")
     r.set_defaults(func=_resume)
 
     e = sub.add_parser("export", help="write the best student as a deployable folder")
     e.add_argument("run", help="the run folder, e.g. runs/NAME")
     e.add_argument("--out", required=True, help="folder to write (must not exist)")
     e.add_argument("--finetune-epochs", type=int, default=0, help="distil + cross-entropy this long first")
-    e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier export (nothing else)")
+    e.add_argument("--allow-factory", action="append", default=[], metavar="PKG.MOD:FN",
+                   help="let a model folder's arch.json import and call this factory (your own module class); "
+                        "repeat for several. Nothing else is ever imported from a model folder")
     e.set_defaults(func=_export)
 
     rep = sub.add_parser("report", help="leaderboard and plots of a run")

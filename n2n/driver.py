@@ -7,6 +7,11 @@ Its whole state (agents included) is plain data + tensors, saved with every expe
 Stages run in order (removal, then shrink from the best removal spec); every reward is relative to
 the original teacher. A spec evaluated before is never trained again: its cached result is handed
 to the agent. Invalid specs never reach the driver (the env rejects them for free).
+
+With a run folder, the state is written there (n2n.runfolder) after every step that changes it, and
+before candidates.json: a resume continues from it with a fresh Tune experiment, first re-issuing
+the candidates that were in flight. If every one of the first `ABORT_AFTER` candidates fails, the
+search stops with the first failure's reason instead of spending its budget on failures.
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ from envs import CompressionEnv, Evaluation, Reference, RewardConfig, compressio
 from search_spaces import SearchSpace, StudentSpec
 
 from .models import write_json
+from .runfolder import RECORDS, SUMMARY, save_state
 
 FINISHED = "FINISHED"
-STATE_VERSION = 1
+_CACHED = (*Evaluation.__dataclass_fields__, "reward", "compression")  # a cache entry's keys
+STATE_VERSION = 2
+ABORT_AFTER = 3  # failures in a row, before any success, that stop a search
 
 
 class SearchDriver:
@@ -41,6 +49,8 @@ class SearchDriver:
         self.agent = self._make_agent(self.stages[0], self.base)
         self.cache: dict[str, dict] = {}  # spec key -> final metrics
         self.trials: dict[str, dict] = {}  # trial id -> {"stage", "cid", "key"} while in flight
+        self.reissue: list[dict] = []  # in flight when an earlier session stopped: issued again first
+        self.failed: str | None = None  # why the search stopped early (every candidate failed)
         self.waiters: dict[str, list[int]] = {}  # key in flight -> candidate ids of duplicates
         self.records: list[dict] = []  # one per trained candidate, in completion order
         self.asks = 0  # candidates asked in this stage (cached ones included)
@@ -69,7 +79,7 @@ class SearchDriver:
         return sum(r["stage"] == stage for r in self.records)
 
     def in_flight(self) -> int:
-        return len(self.trials)
+        return len(self.trials) + len(self.reissue)
 
     def _stage_done(self) -> bool:
         s = self.stage
@@ -86,7 +96,6 @@ class SearchDriver:
         self.asks = 0
         if self.stage is None:
             self.log(f"search finished: {len(self.records)} candidates trained")
-            self.write_files()
             return
         best = self.best(stage=done)
         if best is not None:
@@ -96,8 +105,18 @@ class SearchDriver:
 
     # -- the searcher's two calls ---------------------------------------------------------------
     def suggest(self, trial_id: str):
+        before = (self.stage_idx, self.asks, self.in_flight())
+        out = self._suggest(trial_id)
+        if (self.stage_idx, self.asks, self.in_flight()) != before:
+            self.save()
+        return out
+
+    def _suggest(self, trial_id: str):
+        if self.reissue:  # a candidate of an interrupted session: same spec, new trial id
+            t = self.trials[trial_id] = self.reissue.pop(0)
+            return {"spec": t["spec"], "key": t["key"], "stage": t["stage"]}
         while True:
-            if self.stage is None:
+            if self.stage is None or self.failed:
                 return FINISHED
             if self._stage_done():
                 if self.in_flight():
@@ -144,7 +163,37 @@ class SearchDriver:
                "summary": self.space.describe(spec), **m, **extra, "cached": bool(metrics and metrics.get("cached"))}
         self.records.append(rec)
         self._progress(rec)
-        self.write_files()
+        self._check_failures()
+        self.save()
+
+    def _check_failures(self):
+        if self.failed or len(self.records) < ABORT_AFTER or any(r["failure"] is None for r in self.records):
+            return
+        first = self.records[0]
+        self.failed = f"the first {len(self.records)} candidates all failed; the first: {first['failure']}"
+        self.log(f"search stopped: {self.failed}")
+
+    def adopt(self, records: list[dict]):
+        """Take in records from candidates.json that this state lacks (it was older, or rebuilt):
+        they finish the matching candidates in flight, or fill the cache, so none is trained again.
+        Records are never dropped."""
+        known = {(r["trial_id"], r["key"]) for r in self.records}
+        for rec in records:
+            if (rec["trial_id"], rec["key"]) in known:
+                continue
+            self.records.append(rec)
+            self.cache.setdefault(rec["key"], {k: v for k, v in rec.items() if k in _CACHED})
+            waiting = [t for t in self.reissue if t["key"] == rec["key"] and t["stage"] == rec["stage"]]
+            for t in waiting[:1]:
+                self.reissue.remove(t)
+                for cid in [t["cid"]] + self.waiters.pop(t["key"], []):
+                    if self.stage == t["stage"] and cid in self.agent.pending:
+                        self.agent.tell(cid, rec["reward"], Evaluation.from_dict(rec))
+
+    def settle(self):
+        """Move past stages whose budget is already spent (after a rebuild from records)."""
+        while self.stage is not None and not self.failed and not self.in_flight() and self._stage_done():
+            self._advance()
 
     # -- results ----------------------------------------------------------------------------------
     def best(self, stage: str | None = None) -> dict | None:
@@ -164,7 +213,8 @@ class SearchDriver:
         out = {
             "teacher": {**self.teacher_info, "params": self.reference.params, "flops": self.reference.flops,
                         "val_accuracy": self.reference.accuracy},
-            "agent": self.kind, "stage": self.stage or "done",
+            "agent": self.kind, "stage": "failed" if self.failed else self.stage or "done",
+            "failure": self.failed,
             "candidates_evaluated": len(self.records),
             "candidates_per_stage": {s: self.trained(s) for s in self.stages},
             "cache_hits": self.cache_hits,
@@ -179,11 +229,14 @@ class SearchDriver:
             out["best"]["times_smaller"] = round(self.reference.params / best["params"], 2)
         return out
 
-    def write_files(self):
+    def save(self):
+        """State first, then the files people read: the state never lags candidates.json by more
+        than the step in progress, and `adopt` covers that step."""
         if self.run_dir is None:
             return
-        write_json(self.run_dir / "summary.json", self.summary())
-        write_json(self.run_dir / "candidates.json", self.records)
+        save_state(self.run_dir, self.state_dict())
+        write_json(self.run_dir / SUMMARY, self.summary())
+        write_json(self.run_dir / RECORDS, self.records)
 
     def _progress(self, rec: dict):
         s = rec["stage"]
@@ -201,7 +254,7 @@ class SearchDriver:
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "stage_idx": self.stage_idx, "base": self.base.to_dict(),
                 "agent": self.agent.state_dict() if self.stage else None, "cache": self.cache,
-                "trials": self.trials, "waiters": self.waiters, "records": self.records, "asks": self.asks,
+                "trials": [*self.reissue, *self.trials.values()], "waiters": self.waiters, "failed": self.failed, "records": self.records, "asks": self.asks,
                 "cache_hits": self.cache_hits, "updates_done": self.updates_done, "wall_seconds": self.wall_seconds()}
 
     def load_state_dict(self, state: dict):
@@ -211,7 +264,9 @@ class SearchDriver:
         if self.stage is not None:
             self.agent = self._make_agent(self.stage, self.base)
             self.agent.load_state_dict(state["agent"])
-        self.cache, self.trials, self.waiters = state["cache"], state["trials"], state["waiters"]
+        # trials in flight when the state was saved ran under a Tune experiment that is gone: issue them again
+        self.cache, self.trials, self.reissue = state["cache"], {}, list(state["trials"])
+        self.waiters, self.failed = state["waiters"], state["failed"]
         self.records, self.asks, self.cache_hits = state["records"], state["asks"], state["cache_hits"]
         self.updates_done = state["updates_done"]
         self.wall_before, self.session_start = state["wall_seconds"], time.time()

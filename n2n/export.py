@@ -2,30 +2,48 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 from dataclasses import replace
 from pathlib import Path
-
-from safetensors.torch import load_file
 
 from search_spaces import StudentSpec, count_params, hf_expressible
 
 from . import data as data_mod
 from .config import Config, from_dict
 from .errors import RunError
-from .models import build_model, load_model, save_model
-from .search import read_run
+from .models import build_model, check_replaceable, load_model, load_weights, save_model
+from .runfolder import RunLock, read_records, read_run
 from .train import accuracy, distill, predict
 
 
-def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: bool = False, log=print) -> dict:
-    """Write model.safetensors + spec.json + arch.json + metrics.json for the run's best student."""
+def _check_out(out: Path, run_dir: Path, teacher_folder: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an --out that would replace something other than an earlier export."""
+    o = out.resolve()
+    for what, p in (("the run folder", run_dir.resolve()), ("the run's teacher", teacher_folder.resolve())):
+        if o == p or o in p.parents:
+            raise FileExistsError(f"--out {out} is {what} or holds it ({p}); choose another --out")
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
+        check_replaceable(out)
+
+
+def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: bool = False, log=print,
+                factories=()) -> dict:
+    """Write model.safetensors + spec.json + arch.json + metrics.json for the run's best student.
+    `overwrite` replaces only an earlier export; `factories`: see `n2n.models.build_model`."""
     run_dir, out = Path(run_dir), Path(out)
     meta = read_run(run_dir)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
-    cands_path = run_dir / "candidates.json"
-    records = json.loads(cands_path.read_text()) if cands_path.exists() else []
+    _check_out(out, run_dir, Path(meta["teacher_folder"]), overwrite)
+    if finetune_epochs < 0:
+        raise RunError(f"--finetune-epochs: expected >= 0, got {finetune_epochs}")
+    # fine-tuning takes minutes: hold the run, so no search or resume changes it meanwhile
+    with RunLock(run_dir) if finetune_epochs else contextlib.nullcontext():
+        return _export(run_dir, out, meta, finetune_epochs, overwrite, log, factories)
+
+
+def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrite: bool, log, factories) -> dict:
+    records = read_records(run_dir)
     ranked = sorted((r for r in records if r["failure"] is None and r["reward"] > -1), key=lambda r: -r["reward"])
     if not ranked:
         raise RunError(f"{run_dir}: no candidate has been evaluated successfully yet; nothing to export")
@@ -37,16 +55,14 @@ def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: b
     if best["key"] != ranked[0]["key"]:
         log(f"the best candidate (reward {ranked[0]['reward']:.3f}) has no saved weights (stopped early?); "
             f"exporting the best one that finished (reward {best['reward']:.3f})")
-    if finetune_epochs < 0:
-        raise RunError(f"--finetune-epochs: expected >= 0, got {finetune_epochs}")
     cfg = from_dict(Config, meta["config"])
-    teacher, _, _ = load_model(meta["teacher_folder"])
+    teacher, _, _ = load_model(meta["teacher_folder"], factories)
     space = cfg.space(teacher, meta["input_shape"])
     spec = StudentSpec.from_dict(best["spec"])
     arch = space.arch(spec)
     weights = run_dir / "results" / f"{best['key']}.safetensors"
-    student = build_model(arch)
-    student.load_state_dict(load_file(str(weights)), strict=True)
+    student = build_model(arch, factories)
+    student.load_state_dict(load_weights(weights), strict=True)
     ds = data_mod.load_dataset(meta["dataset"], seed=cfg.seed)
     if finetune_epochs:
         # N2N's headline students were fine-tuned longer at the end: distillation + cross-entropy.
@@ -66,11 +82,15 @@ def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: b
                     "test_accuracy": meta["teacher"]["test_accuracy"]},
         "dataset": meta["dataset"], "run": str(run_dir.resolve()), "summary": best["summary"],
     }
-    save_model(out, student, arch, metrics, extra={"spec.json": spec.to_dict()}, overwrite=overwrite)
-    if arch["family"] == "hf-encoder" and hf_expressible(arch):
-        # fewer layers and one FFN width: a stock config describes it, so transformers can load it
-        student.model.config.intermediate_size = arch["layers"][0]["ffn"]
-        student.model.save_pretrained(out / "hf")
+    hf = arch["family"] == "hf-encoder" and hf_expressible(arch)
+
+    def save_hf(tmp: Path):
+        if hf:  # fewer layers and one FFN width: a stock config describes it, so transformers can load it
+            student.model.config.intermediate_size = arch["layers"][0]["ffn"]
+            student.model.save_pretrained(tmp / "hf")
+
+    save_model(out, student, arch, metrics, extra={"spec.json": spec.to_dict()}, overwrite=overwrite, finish=save_hf)
+    if hf:
         log(f"also saved as a Hugging Face model: {out / 'hf'} (AutoModelForSequenceClassification.from_pretrained)")
     log(f"exported {params:,} params ({metrics['times_smaller']}x smaller than the teacher): "
         f"val acc {val:.4f}, test acc {test:.4f} (teacher test {meta['teacher']['test_accuracy']:.4f}) -> {out}")

@@ -80,8 +80,13 @@ def mlp_layers(input_shape, num_classes: int, hidden=(256, 256)) -> list[dict]:
     return layers
 
 
-def build_model(arch: dict) -> nn.Module:
-    """Rebuild a module from its ``arch.json`` content (weights not loaded)."""
+def build_model(arch: dict, factories=()) -> nn.Module:
+    """Rebuild a module from its ``arch.json`` content (weights not loaded).
+
+    `factories`: the ``"package.module:function"`` names the user allows a ``module`` / ``pruned``
+    arch to import and call; any other factory is refused before anything is imported."""
+    if not isinstance(arch, dict):
+        raise ModelError(f"arch: expected a JSON object with a 'family', got {type(arch).__name__}")
     family = arch.get("family")
     try:
         if family == "vgg":
@@ -93,13 +98,13 @@ def build_model(arch: dict) -> nn.Module:
         if family == "module":  # the user's own class: {"factory": "pkg.mod:fn", "kwargs": {...}}
             from search_spaces import load_factory
 
-            model = load_factory(arch["factory"])(**arch.get("kwargs", {}))
+            model = load_factory(arch["factory"], factories)(**arch.get("kwargs", {}))
             model.n2n_factory = {"factory": arch["factory"], "kwargs": arch.get("kwargs", {})}
             return model
         if family == "pruned":
             from search_spaces import pruned_from_arch
 
-            return pruned_from_arch(arch)
+            return pruned_from_arch(arch, factories)
         if family == "hf-pretrained":
             return load_hf_classifier(Path(arch["path"]))
         if family == "hf-encoder":
@@ -126,23 +131,68 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def save_model(folder, model: nn.Module, arch: dict, metrics: dict, extra: dict | None = None,
-               overwrite: bool = False) -> Path:
-    """Save a model folder. Written to a temp folder first, then moved, so a crash leaves nothing."""
+MODEL_FILES = {"model.safetensors", "arch.json", "metrics.json"}
+EXPORT_EXTRAS = {"spec.json", "hf"}  # what `n2n export` adds to a model folder
+
+
+def check_replaceable(folder: Path) -> None:
+    """`overwrite` replaces only a model folder n2n wrote: its own files and nothing else. A run
+    folder, a folder of runs, or a folder holding anything else is refused, never deleted."""
     folder = Path(folder)
-    if folder.exists() and not overwrite:
-        raise FileExistsError(f"{folder} already exists; pass overwrite to replace it")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp / "model.safetensors"))
-    write_json(tmp / "arch.json", arch)
-    write_json(tmp / "metrics.json", metrics)
-    for name, obj in (extra or {}).items():
-        write_json(tmp / name, obj)
+    if not folder.exists():
+        return
+    if not folder.is_dir() or folder.is_symlink():
+        raise FileExistsError(f"{folder} exists and is not a model folder n2n wrote; refusing to replace it")
+    names = {p.name for p in folder.iterdir()}
+    foreign = sorted(names - MODEL_FILES - EXPORT_EXTRAS)
+    if foreign or not {"model.safetensors", "arch.json"} <= names:
+        shown = ", ".join(foreign[:5]) or "no model.safetensors/arch.json"
+        raise FileExistsError(f"{folder} exists and is not a model folder n2n wrote (it holds {shown}); "
+                              "--overwrite only replaces an earlier export or teacher; choose another --out")
+
+
+def new_folder(folder: Path, overwrite: bool = False) -> Path:
+    """A hidden temp folder beside `folder` to write into; `commit_folder` moves it into place."""
+    folder = Path(folder)
     if folder.exists():
-        shutil.rmtree(folder)
+        if not overwrite:
+            raise FileExistsError(f"{folder} already exists; choose another --out or pass --overwrite")
+        check_replaceable(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+
+
+def commit_folder(tmp: Path, folder: Path) -> None:
+    """Move a finished temp folder into place; an old folder is moved aside first and deleted last."""
+    old = None
+    if folder.exists():
+        check_replaceable(folder)  # again: it may have changed while we worked
+        old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old."))
+        os.replace(folder, old / "x")
     os.replace(tmp, folder)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def save_model(folder, model: nn.Module, arch: dict, metrics: dict, extra: dict | None = None,
+               overwrite: bool = False, finish=None) -> Path:
+    """Save a model folder. Written to a hidden temp folder first, then moved, so a crash leaves
+    nothing half-written and a failure leaves no temp folder. `finish(tmp)` may add files first."""
+    folder = Path(folder)
+    tmp = new_folder(folder, overwrite)
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        write_json(tmp / "arch.json", arch)
+        write_json(tmp / "metrics.json", metrics)
+        for name, obj in (extra or {}).items():
+            write_json(tmp / name, obj)
+        if finish is not None:
+            finish(tmp)
+        commit_folder(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
     return folder
 
 
@@ -160,27 +210,45 @@ def load_hf_classifier(folder: Path, trust_remote_code: bool = False) -> nn.Modu
     return HFClassifier(model.eval()).eval()
 
 
-def load_model(folder) -> tuple[nn.Module, dict, dict]:
+def read_json(path: Path, expect: type = dict):
+    """A JSON file that must hold `expect`; a ModelError names the file otherwise."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path}: not a readable JSON file ({e})") from None
+    if not isinstance(obj, expect):
+        raise ModelError(f"{path}: expected a JSON {'object' if expect is dict else expect.__name__}, "
+                         f"got {type(obj).__name__}")
+    return obj
+
+
+def load_weights(path: Path) -> dict:
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error type for damaged files
+        raise ModelError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+
+
+def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:
     """(module in eval mode, arch, metrics) from a saved folder; strict weight loading.
 
     A Hugging Face folder (config.json, no arch.json) loads through `from_pretrained` with
-    ``local_files_only`` and without remote code."""
+    ``local_files_only`` and without remote code. `factories`: see `build_model`."""
     folder = Path(folder)
+    metrics_path = folder / "metrics.json"
     if (folder / "config.json").is_file() and not (folder / "arch.json").is_file():
-        metrics_path = folder / "metrics.json"
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        metrics = read_json(metrics_path) if metrics_path.is_file() else {}
         return load_hf_classifier(folder), {"family": "hf-pretrained", "path": str(folder.resolve())}, metrics
     for name in ("model.safetensors", "arch.json"):
         if not (folder / name).is_file():
             raise ModelError(f"{folder}: expected a model folder with {name}, found none")
-    arch = json.loads((folder / "arch.json").read_text())
-    model = build_model(arch)
+    arch = read_json(folder / "arch.json")
+    model = build_model(arch, factories)  # refuses an unnamed factory before reading anything else
     try:
-        model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+        model.load_state_dict(load_weights(folder / "model.safetensors"), strict=True)
     except RuntimeError as e:
         raise ModelError(f"{folder}: weights do not match arch.json ({str(e).splitlines()[0]})") from None
-    metrics_path = folder / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics = read_json(metrics_path) if metrics_path.is_file() else {}
     return model.eval(), arch, metrics
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .search import read_run
+from .runfolder import read_records, read_run
 
 
 def pareto_front(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
@@ -44,7 +43,7 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
 
     run_dir = Path(run_dir)
     meta = read_run(run_dir)
-    records = json.loads((run_dir / "candidates.json").read_text()) if (run_dir / "candidates.json").exists() else []
+    records = read_records(run_dir)
     out_dir = Path(out_dir or run_dir)
     ref = meta["reference"]
     batch = int(meta["config"]["search"]["agent_options"].get("batch_size", 10))

@@ -1,18 +1,18 @@
 """Run, resume and inspect searches under Ray Tune.
 
-A run folder ``runs/NAME/`` holds n2n's own files: ``n2n.json`` (config, teacher folder, reference
-figures), ``summary.json`` (kept current), ``candidates.json`` (every trained candidate),
-``results/`` (per-candidate metrics and weights, written by the trials; on a cluster the runs folder
-must be on shared storage) and ``tune/``, Ray Tune's experiment (trials, searcher snapshots).
-Tune's experiment sits in its own folder because a restored Tune run re-uploads every top-level
-.json of its folder from a stale staging copy, which would overwrite n2n's files.
+The run folder's layout and why n2n's own files are the source of truth: see n2n.runfolder. A search
+or resume holds the run's lock for its whole life; a resume starts a fresh Tune experiment from the
+search state in the run folder and never unpickles anything Tune wrote.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
+import shutil
+import socket
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,40 +23,22 @@ from . import data as data_mod
 from .config import Config, from_dict
 from .driver import SearchDriver
 from .errors import ConfigError, RunError
-from .models import load_model, write_json
+from .models import load_model
+from .runfolder import TUNE, RunLock, create_run, load_state, read_records, read_run
 from .teachers import cached_teacher
 from .train import accuracy, predict
 from .trial import Context
 
-
-TUNE_DIR = "tune"  # Ray Tune's experiment, inside the run folder
+__all__ = ["run_search", "resume_search", "read_run"]
 
 
 def _setdefault_env():
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # machines may be offline
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # Snapshot experiment + searcher state often: an interrupted search loses at most this much
-    # bookkeeping (finished candidates are never retrained either way, see n2n.trial).
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # n2n keeps its own records (candidates.json); of Tune's per-trial loggers only the JSON one
     # is kept (Tune reads it back at the end), not CSV and TensorBoard.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-
-
-def read_run(run_dir: Path) -> dict:
-    meta = run_dir / "n2n.json"
-    if not meta.is_file():
-        raise RunError(f"{run_dir}: expected a run folder made by `n2n search` (with n2n.json), found none")
-    return json.loads(meta.read_text())
-
-
-def build_driver(run_dir: Path, log=print) -> SearchDriver:
-    """The driver of a run folder, rebuilt from n2n.json (used by the searcher, also after a resume)."""
-    meta = read_run(run_dir)
-    cfg = from_dict(Config, meta["config"])
-    teacher, _, _ = load_model(meta["teacher_folder"])
-    return make_driver(cfg, cfg.space(teacher, meta["input_shape"]), meta, run_dir, log)
 
 
 def make_driver(cfg: Config, space, meta: dict, run_dir: Path | None, log=print) -> SearchDriver:
@@ -71,11 +53,11 @@ def make_driver(cfg: Config, space, meta: dict, run_dir: Path | None, log=print)
         raise ConfigError(f"search.agent_options: {e}") from None
 
 
-def resolve_teacher(cfg: Config, log=print) -> tuple[Path, str]:
+def resolve_teacher(cfg: Config, log=print, factories=()) -> tuple[Path, str]:
     """(teacher folder, dataset name) for a config; trains and caches the default teacher if needed."""
     if cfg.teacher.path:
         folder = Path(cfg.teacher.path)
-        _, _, metrics = load_model(folder)
+        _, _, metrics = load_model(folder, factories)
         dataset = cfg.teacher.dataset or metrics.get("dataset")
         if not dataset:
             raise ConfigError(f"teacher.dataset: {folder}/metrics.json names no dataset; set teacher.dataset")
@@ -83,29 +65,38 @@ def resolve_teacher(cfg: Config, log=print) -> tuple[Path, str]:
     return cached_teacher(cfg.teacher.recipe, log=log), cfg.teacher.dataset or cfg.teacher.recipe.dataset
 
 
-def make_context(meta: dict, cfg: Config, run_dir: Path, loaded: tuple | None = None) -> Context:
+def make_context(meta: dict, cfg: Config, run_dir: Path, loaded: tuple, factories=()) -> Context:
     """Teacher, data and the teacher's training-set logits (computed once) for every trial.
-    `loaded`: (teacher, arch, dataset) when the caller has them already."""
-    teacher, arch, ds = loaded or (*load_model(meta["teacher_folder"])[:2],
-                                   data_mod.load_dataset(meta["dataset"], seed=cfg.seed))
+    `loaded`: (teacher, arch, dataset)."""
+    teacher, arch, ds = loaded
     t_logits = predict(teacher, ds.x_train)  # (N_train, classes)
     return Context(arch, {k: v.contiguous() for k, v in teacher.state_dict().items()}, tuple(meta["input_shape"]),
                    tuple(cfg.search.ratios), ds.x_train, ds.y_train, t_logits, ds.x_val, ds.y_val, cfg.distill,
                    Reference(**meta["reference"]), cfg.reward, str(run_dir / "results"), cfg.resources.device, cfg.seed,
-                   cfg.search.uniform_widths, per_epoch=cfg.early_stop.enabled)
+                   cfg.search.uniform_widths, per_epoch=cfg.early_stop.enabled, factories=tuple(factories))
 
 
-def new_run(cfg: Config, run_dir: Path, log=print) -> tuple[dict, tuple]:
-    """Create the run folder and n2n.json: teacher, data check, reference figures.
-    Returns the metadata and (teacher, arch, dataset), loaded once for the whole search."""
-    if run_dir.exists():
-        raise RunError(f"{run_dir} already exists; resume it with `n2n resume {run_dir}` or choose another --name")
-    folder, dataset = resolve_teacher(cfg, log)
-    teacher, arch, _ = load_model(folder)
+def check_labels(teacher, ds, dataset: str) -> None:
+    """Labels must be outputs of the teacher: a label past its last output would be learned by no one."""
+    import torch
+
+    with torch.no_grad():
+        outputs = teacher(ds.x_val[:2]).shape[-1]
+    if ds.num_classes > outputs:
+        raise data_mod.DataError(f"{dataset}: labels go up to {ds.num_classes - 1}, but the teacher has only "
+                                 f"{outputs} outputs (classes 0..{outputs - 1}); is this the teacher's dataset?")
+
+
+def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
+    """Everything a new run needs, checked before anything is written: teacher, data, reference
+    figures, agent options. Returns the metadata and (teacher, arch, dataset, space)."""
+    folder, dataset = resolve_teacher(cfg, log, factories)
+    teacher, arch, _ = load_model(folder, factories)
     ds = data_mod.load_dataset(dataset, seed=cfg.seed)
     shape = arch.get("input_shape") or arch.get("hparams", {}).get("input_shape") or ds.input_shape
     if tuple(shape) != ds.input_shape:
         raise ConfigError(f"teacher expects inputs of shape {tuple(shape)}, dataset {dataset} gives {ds.input_shape}")
+    check_labels(teacher, ds, dataset)
     space = cfg.space(teacher, ds.input_shape)
     val_acc, test_acc = accuracy(teacher, ds.x_val, ds.y_val), accuracy(teacher, ds.x_test, ds.y_test)
     ref = Reference(space.teacher_params(), space.flops(space.identity()), val_acc)
@@ -115,24 +106,51 @@ def new_run(cfg: Config, run_dir: Path, log=print) -> tuple[dict, tuple]:
                         "units": space.n_units},
             "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     make_driver(cfg, space, meta, None, log=lambda *_: None)  # bad agent options fail before anything is written
-    (run_dir / "results").mkdir(parents=True)
-    write_json(run_dir / "n2n.json", meta)
-    log(f"teacher: {ref.params:,} params, val acc {val_acc:.4f}, test acc {test_acc:.4f}, {space.n_units} units")
-    for name, why in getattr(space, "untouched", {}).items():  # generic modules: say what stays as it is
-        log(f"  left untouched: {name} ({why})")
-    return meta, (teacher, arch, ds)
+    return meta, (teacher, arch, ds, space)
 
 
-def _init_ray(address: str | None, log=print):
+def _check_address(address: str) -> None:
+    """Fail fast on an address where no Ray head answers (Ray itself retries silently for minutes)."""
+    if address in ("auto", "local"):
+        return
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"--address: expected auto or HOST:PORT of a Ray head node, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as e:
+        raise RunError(f"--address {address}: no Ray cluster answers there ({e}); start one with "
+                       "`ray start --head` there, or drop --address to run on this machine") from None
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, log=print):
+    """Connect to `address`, or start a local Ray whose temp files live in a folder of their own
+    and are removed when the search ends. A Ray the caller started is used as it is."""
     import ray
 
     if ray.is_initialized():
+        yield
         return
     if address:
+        _check_address(address)
         log(f"connecting to Ray cluster at {address}")
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise RunError(f"--address {address}: cannot connect to a Ray cluster ({str(e).splitlines()[0]})") from None
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        return
+    temp = tempfile.mkdtemp(prefix="n2n-ray-")  # short: Ray's socket paths must stay under 108 bytes
+    try:
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, _temp_dir=temp)
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _trainable(ctx: Context, cfg: Config):
@@ -148,7 +166,15 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _tuner(run_dir: Path, ctx: Context, cfg: Config):
+class _NoTuneRestoreHint(logging.Filter):
+    """Tune tells users to call Tuner.restore on an interrupted run; with n2n it is `n2n resume`."""
+
+    def filter(self, record):
+        return "Tuner.restore" not in record.getMessage()
+
+
+def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver) -> None:
+    """One Tune experiment (a session) under RUN/tune/session-N, driven by `driver`."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
@@ -162,20 +188,26 @@ def _tuner(run_dir: Path, ctx: Context, cfg: Config):
         scheduler = ASHAScheduler(metric="reward", mode="max", time_attr="epoch", max_t=cfg.distill.epochs + 1,
                                   grace_period=cfg.early_stop.grace_period,
                                   reduction_factor=cfg.early_stop.reduction_factor)
-    return tune.Tuner(
+    tune_dir = run_dir / TUNE
+    session = 1 + sum(1 for p in tune_dir.glob("session-*")) if tune_dir.exists() else 1
+    logging.getLogger("ray.tune.tune").addFilter(_NoTuneRestoreHint())
+    tuner = tune.Tuner(
         _trainable(ctx, cfg),
-        tune_config=tune.TuneConfig(search_alg=N2NSearcher(run_dir), num_samples=-1, scheduler=scheduler,
+        tune_config=tune.TuneConfig(search_alg=N2NSearcher(driver), num_samples=-1, scheduler=scheduler,
                                     max_concurrent_trials=cfg.search.concurrency, reuse_actors=True,
                                     trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(run_dir), verbose=0,
+        run_config=tune.RunConfig(name=f"session-{session}", storage_path=str(tune_dir), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=1),
                                   callbacks=[JsonLoggerCallback()]),
     )
+    tuner.fit()
 
 
-def _finish(run_dir: Path, log=print) -> dict:
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
-    if summary.get("stage") != "done":
+def _finish(run_dir: Path, driver: SearchDriver, log=print) -> dict:
+    summary = driver.summary()
+    if summary["stage"] == "failed":
+        log(f"search stopped: {summary['failure']}")
+    elif summary["stage"] != "done":
         log(f"search interrupted; continue it with `n2n resume {run_dir}`")
     elif summary.get("best"):
         b = summary["best"]
@@ -184,34 +216,66 @@ def _finish(run_dir: Path, log=print) -> dict:
     return summary
 
 
-def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print) -> dict:
+def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print, factories=()) -> dict:
+    """A new search in `run_dir` (which must not exist). `factories`: see `n2n.models.build_model`."""
     _setdefault_env()
-    run_dir = run_dir.resolve()
-    meta, loaded = new_run(cfg, run_dir, log)
-    ctx = make_context(meta, cfg, run_dir, loaded)
-    _init_ray(address, log)
-    log(f"search {run_dir.name}: agent {cfg.search.agent}, stages {cfg.search.stages}, "
-        f"budgets removal {cfg.search.removal_budget} / shrink {cfg.search.shrink_budget}, "
-        f"{cfg.search.concurrency} trials at a time")
-    _tuner(run_dir, ctx, cfg).fit()
-    return _finish(run_dir, log)
+    run_dir = Path(run_dir).resolve()
+    if run_dir.exists():  # before training a teacher: the same check again at creation
+        raise RunError(f"{run_dir} already exists; resume it with `n2n resume {run_dir}` or choose another --name")
+    meta, (teacher, arch, ds, space) = prepare_run(cfg, factories, log)
+    with ray_session(address, log), create_run(run_dir, meta):
+        ref = meta["reference"]
+        log(f"teacher: {ref['params']:,} params, val acc {ref['accuracy']:.4f}, "
+            f"test acc {meta['teacher']['test_accuracy']:.4f}, {space.n_units} units")
+        for name, why in getattr(space, "untouched", {}).items():  # generic modules: say what stays as it is
+            log(f"  left untouched: {name} ({why})")
+        driver = make_driver(cfg, space, meta, run_dir, log)
+        driver.save()
+        ctx = make_context(meta, cfg, run_dir, (teacher, arch, ds), factories)
+        log(f"search {run_dir.name}: agent {cfg.search.agent}, stages {cfg.search.stages}, "
+            f"budgets removal {cfg.search.removal_budget} / shrink {cfg.search.shrink_budget}, "
+            f"{cfg.search.concurrency} trials at a time")
+        _fit(run_dir, ctx, cfg, driver)
+    return _finish(run_dir, driver, log)
 
 
-def resume_search(run_dir: Path, address: str | None = None, log=print) -> dict:
-    from ray import tune
+def restore_driver(cfg: Config, space, meta: dict, run_dir: Path, log=print) -> SearchDriver:
+    """The driver of a run folder: its saved state (or the one before), else rebuilt from
+    candidates.json; records on disk that the state lacks are taken in, never dropped."""
+    records = read_records(run_dir)
+    driver = make_driver(cfg, space, meta, run_dir, log)
+    state = load_state(run_dir, log)
+    if state is not None:
+        try:
+            driver.load_state_dict(state)
+        except (KeyError, TypeError, ValueError) as e:
+            log(f"search state not usable ({e}); rebuilding from candidates.json")
+            driver = make_driver(cfg, space, meta, run_dir, log)
+    else:
+        log(f"no usable search state; rebuilding it from candidates.json ({len(records)} candidates)")
+    driver.adopt(records)
+    driver.settle()
+    return driver
 
+
+def resume_search(run_dir: Path, address: str | None = None, log=print, factories=()) -> dict:
+    """Continue any run folder with n2n.json, whatever state Tune's own files are in."""
     _setdefault_env()
-    run_dir = run_dir.resolve()
+    run_dir = Path(run_dir).resolve()
     meta = read_run(run_dir)
-    if not (run_dir / TUNE_DIR / "tuner.pkl").exists():
-        raise RunError(f"{run_dir}: the search never started under Ray Tune (no tuner.pkl); start a new one")
-    cfg = from_dict(Config, meta["config"])
-    os.environ["N2N_RUN_DIR"] = str(run_dir)
-    ctx = make_context(meta, cfg, run_dir)
-    _init_ray(address, log)
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
-    log(f"resuming {run_dir.name}: {summary.get('candidates_evaluated', 0)} candidates so far")
-    tuner = tune.Tuner.restore(str(run_dir / TUNE_DIR), trainable=_trainable(ctx, cfg), resume_unfinished=True,
-                               resume_errored=True)
-    tuner.fit()
-    return _finish(run_dir, log)
+    with RunLock(run_dir):
+        cfg = from_dict(Config, meta["config"])
+        teacher, arch, _ = load_model(meta["teacher_folder"], factories)
+        ds = data_mod.load_dataset(meta["dataset"], seed=cfg.seed)
+        space = cfg.space(teacher, meta["input_shape"])
+        driver = restore_driver(cfg, space, meta, run_dir, log)
+        if driver.failed:
+            raise RunError(f"{run_dir}: this search stopped because {driver.failed}; fix the cause and start a new one")
+        driver.save()
+        if driver.stage is None:
+            log(f"{run_dir.name} has finished already")
+            return _finish(run_dir, driver, log)
+        log(f"resuming {run_dir.name}: {len(driver.records)} candidates so far, stage {driver.stage}")
+        with ray_session(address, log):
+            _fit(run_dir, make_context(meta, cfg, run_dir, (teacher, arch, ds), factories), cfg, driver)
+    return _finish(run_dir, driver, log)

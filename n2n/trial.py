@@ -9,6 +9,7 @@ built-in data has no augmentation (with augmentation the teacher would have to r
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ class Context:
     seed: int = 0
     uniform: bool = False  # transformers: one FFN width for all layers
     per_epoch: bool = False  # report after every epoch (early stopping reads it); else once at the end
+    factories: tuple = ()  # user factories the user allowed (module teachers); see n2n.models.build_model
 
 
 _SPACES: dict[str, SearchSpace] = {}  # per worker process: actors are reused across trials
@@ -54,7 +56,7 @@ def space_of(ctx: Context) -> SearchSpace:
     if key not in _SPACES:
         from search_spaces import space_for
 
-        teacher = build_model(ctx.teacher_arch)
+        teacher = build_model(ctx.teacher_arch, ctx.factories)
         teacher.load_state_dict(ctx.teacher_state, strict=True)
         _SPACES.clear()
         _SPACES[key] = space_for(teacher.eval(), ctx.input_shape, ctx.ratios, uniform=ctx.uniform)
@@ -114,7 +116,12 @@ def run_trial(config: dict, context: Context) -> None:
     if student is not None and ev.failure is None:
         state = {k: v.contiguous() for k, v in student.state_dict().items()}
         save_file(state, str(results / f"{config['key']}.safetensors"))
-    write_json(done, final)  # after the weights: a result file means the candidate is complete
-    with open(results / "trained.log", "a") as f:  # audit trail: one line per training actually run
+    # The audit trail (one line per training actually run) before the result file: a kill between
+    # the two leaves the training logged and, with no result, run again and logged again; never the
+    # other way round (a result whose training is missing from the log).
+    with open(results / "trained.log", "a") as f:
         f.write(config["key"] + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    write_json(done, final)  # after the weights: a result file means the candidate is complete
     tune.report(final)

@@ -34,8 +34,15 @@ def _tp():
     return torch_pruning
 
 
-def load_factory(path: str):
-    """``"package.module:function"`` -> the function (the user's own code, imported like any module)."""
+def load_factory(path: str, allowed=()):
+    """``"package.module:function"`` -> the function (the user's own code, imported like any module).
+
+    A model folder is data: the factory it names is imported and called only when the user named that
+    exact factory in `allowed` (``--allow-factory``), and nothing is imported before that check."""
+    if not isinstance(path, str) or path not in set(allowed):
+        raise UnsupportedModel(
+            f"this model folder names the factory {path!r}, which n2n would import and call; it does so only "
+            f"for a factory you name: pass --allow-factory {path} (Python: factories=[{path!r}]) if you trust that code")
     mod, _, fn = path.partition(":")
     if not mod or not fn:
         raise UnsupportedModel(f"factory: expected 'package.module:function', got {path!r}")
@@ -212,13 +219,15 @@ class GenericSpace(SearchSpace):
         return student
 
 
-def pruned_from_arch(arch: dict) -> nn.Module:
-    """Rebuild a pruned student: the user's factory, removed blocks, then the pruning history."""
-    tp = _tp()
+def pruned_from_arch(arch: dict, factories=()) -> nn.Module:
+    """Rebuild a pruned student: the user's factory (only if named in `factories`), removed blocks,
+    then the pruning history."""
     base = arch.get("base")
     if not base or "factory" not in base:
         raise UnsupportedModel("this student came from an in-memory teacher with no factory; it cannot be rebuilt from JSON")
-    model = load_factory(base["factory"])(**base.get("kwargs", {})).eval()
+    factory = load_factory(base["factory"], factories)
+    tp = _tp()
+    model = factory(**base.get("kwargs", {})).eval()
     for name in arch["removed_blocks"]:
         _set_module(model, name, nn.Identity())
     with torch.enable_grad():

@@ -91,9 +91,13 @@ def test_state_round_trip_mid_batch(space):
     buf.seek(0)
     b = _driver(space)
     b.load_state_dict(torch.load(buf, weights_only=True))
-    for d in (a, b):
-        d.complete("t1", _metrics(space, proxy, cfgs[1]))
-        d.complete("t2", _metrics(space, proxy, cfgs[2]))
+    b.complete("t1", _metrics(space, proxy, cfgs[1]))  # the old trial ids went with the old Tune experiment
+    assert len(b.records) == 1 and b.in_flight() == 2
+    # the candidates in flight are issued again first, under new trial ids, with the same specs
+    assert [b.suggest("r1"), b.suggest("r2")] == [cfgs[1], cfgs[2]] and b.in_flight() == 2
+    for d, (i1, i2) in ((a, ("t1", "t2")), (b, ("r1", "r2"))):
+        d.complete(i1, _metrics(space, proxy, cfgs[1]))
+        d.complete(i2, _metrics(space, proxy, cfgs[2]))
     assert a.suggest("t3") == b.suggest("t3")
     assert [r["key"] for r in a.records] == [r["key"] for r in b.records]
 

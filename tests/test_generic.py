@@ -2,6 +2,7 @@
 
 import json
 import random
+import sys
 import warnings
 
 import pytest
@@ -14,9 +15,12 @@ from n2n.models import build_model, load_model, save_model
 from search_spaces import GenericSpace, StudentSpec, count_params, pruned_from_arch, space_for
 
 import custom_net
+import n2n
+from search_spaces import UnsupportedModel
 
 warnings.filterwarnings("ignore", module="torch_pruning")
 FACTORY = {"factory": "custom_net:make", "kwargs": {"width": 16}}
+ALLOW = ["custom_net:make"]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +52,7 @@ def test_identity_random_specs_and_json_round_trip(space):
         assert space.validate(spec) is None
         student = space.build(spec)
         assert student(x).shape == (4, 10) and count_params(student) == space.params(spec)
-        rebuilt = pruned_from_arch(json.loads(json.dumps(space.arch(spec))))
+        rebuilt = pruned_from_arch(json.loads(json.dumps(space.arch(spec))), ALLOW)
         rebuilt.load_state_dict(student.state_dict(), strict=True)
         assert torch.allclose(rebuilt.eval()(x), student(x), atol=1e-6)
 
@@ -65,17 +69,49 @@ def test_coupled_widths_shrink_together(space):
 def test_user_module_teacher_folder_and_student_export_round_trip(space, tmp_path):
     arch = {"family": "module", **FACTORY, "input_shape": [1, 40]}
     save_model(tmp_path / "t", space.teacher, arch, {"dataset": "mnist1d"})
-    teacher, _, _ = load_model(tmp_path / "t")
+    teacher, _, _ = load_model(tmp_path / "t", ALLOW)
     loaded = space_for(teacher, (1, 40))
     assert isinstance(loaded, GenericSpace) and loaded.factory == FACTORY
     spec = StudentSpec((loaded.units.index(next(u for u in loaded.units if u.name == "body.1")),),
                        [0.5 if u.shrinkable else 1.0 for u in loaded.units])
     student = loaded.build(spec)
     save_model(tmp_path / "s", student, loaded.arch(spec), {})
-    again, _, _ = load_model(tmp_path / "s")
+    again, _, _ = load_model(tmp_path / "s", ALLOW)
     x = torch.randn(2, 1, 40)
     assert torch.allclose(again(x), student(x), atol=1e-6)
-    assert isinstance(build_model(loaded.arch(spec)).body[1], torch.nn.Identity)
+    assert isinstance(build_model(loaded.arch(spec), ALLOW).body[1], torch.nn.Identity)
+    # without the user naming the factory, neither folder loads
+    for folder in ("t", "s"):
+        with pytest.raises(UnsupportedModel, match="names the factory 'custom_net:make'.*--allow-factory custom_net:make"):
+            load_model(tmp_path / folder)
+    with pytest.raises(UnsupportedModel, match="--allow-factory custom_net:make"):
+        n2n.load_student(tmp_path / "s", factories=["custom_net:other"])  # a different name is not enough
+
+
+@pytest.mark.parametrize("family", ["module", "pruned"])
+def test_a_model_folder_never_runs_a_factory_the_user_did_not_name(tmp_path, family, monkeypatch):
+    """A hostile arch.json naming os:system: refused before anything is imported or called."""
+    import os
+    import subprocess
+
+    marker = tmp_path / "pwned"
+    calls = []
+    monkeypatch.setattr(os, "system", lambda cmd: calls.append(cmd))
+    factory = {"factory": "os:system", "kwargs": {"command": f"touch {marker}"}}
+    arch = {"family": "module", **factory} if family == "module" else \
+        {"family": "pruned", "input_shape": [1, 40], "base": factory, "removed_blocks": [], "history": []}
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    (folder / "arch.json").write_text(json.dumps(arch))
+    (folder / "model.safetensors").write_bytes(b"not even read")
+    for load in (lambda: load_model(folder), lambda: n2n.load_student(folder, factories=["custom_net:make"])):
+        with pytest.raises(UnsupportedModel, match="names the factory 'os:system'"):
+            load()
+    assert calls == [] and not marker.exists()
+    # and through the CLI, as `n2n export` of a run whose teacher is that folder would load it
+    r = subprocess.run([sys.executable, "-c", f"import n2n; n2n.load_student({str(folder)!r})"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "os:system" in r.stderr and not marker.exists()
 
 
 def test_same_env_and_agents_search_a_user_module(space):

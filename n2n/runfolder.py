@@ -1,0 +1,168 @@
+"""A run folder on disk: n2n's own files, the lock that keeps one process on it, the search state.
+
+    runs/NAME/
+      n2n.json            config, teacher folder, reference figures (written once, at creation)
+      search_state.pt     the driver's whole state: plain data + tensors, rewritten atomically at every
+                          step (search_state.prev.pt is the one before); read with weights_only=True
+      candidates.json     every trained candidate (what people, `export` and `report` read)
+      summary.json        kept current
+      results/            per-candidate metrics (KEY.json) and weights (KEY.safetensors), from the trials
+      tune/session-N/     Ray Tune's experiment of each session: logs only, n2n never reads it back
+      .lock               held (flock) by the one n2n process working on the run
+
+n2n's files are the source of truth. Ray Tune's own snapshots are pickles and can be damaged by a
+kill at the wrong moment, so a resume never restores them: it starts a fresh Tune experiment and
+hands it the search state from here (or, if that is damaged too, a state rebuilt from candidates.json;
+finished candidates are never trained again either way, since their results/ files remain).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import RunError
+from .models import write_json
+
+META = "n2n.json"
+STATE = "search_state.pt"
+PREV_STATE = "search_state.prev.pt"
+RECORDS = "candidates.json"
+SUMMARY = "summary.json"
+RESULTS = "results"
+TUNE = "tune"
+LOCK = ".lock"
+
+
+def read_run(run_dir: Path) -> dict:
+    """n2n.json of a run folder; a RunError names what is wrong."""
+    path = Path(run_dir) / META
+    if not path.is_file():
+        raise RunError(f"{run_dir}: expected a run folder made by `n2n search` (with n2n.json), found none")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunError(f"{path}: damaged, not readable JSON ({e})") from None
+    missing = [k for k in ("config", "teacher_folder", "dataset", "input_shape", "reference", "teacher")
+               if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise RunError(f"{path}: damaged, expected the keys {missing} of a run's metadata")
+    return meta
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    """candidates.json, or [] when there is none yet. A damaged file is an error, never 'no records'."""
+    path = Path(run_dir) / RECORDS
+    if not path.exists():
+        return []
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunError(f"{path}: damaged, not readable JSON ({e}); restore it from a copy") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) and "key" in r for r in records):
+        raise RunError(f"{path}: damaged, expected a list of candidate records")
+    return records
+
+
+class RunLock:
+    """An exclusive flock on RUN/.lock. The kernel drops it when the holder dies (even by kill -9),
+    so a stale lock is simply taken over; the file names the holder for the error message."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK
+        self.fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown process"
+            os.close(fd)
+            raise RunError(f"{self.path.parent} is in use by another n2n process ({holder}); "
+                           "wait for it to finish or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self if self.fd is not None else self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def create_run(run_dir: Path, meta: dict) -> RunLock:
+    """Create RUN with n2n.json and results/ in one rename, locked: a kill at any moment leaves
+    either no run folder or one that `n2n resume` continues."""
+    run_dir = Path(run_dir)
+    if run_dir.exists():
+        raise RunError(f"{run_dir} already exists; resume it with `n2n resume {run_dir}` or choose another --name")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}."))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a run folder follows the user's umask
+        (tmp / RESULTS).mkdir()
+        write_json(tmp / META, meta)
+        lock = RunLock(tmp).acquire()
+        try:
+            os.rename(tmp, run_dir)  # fails if RUN appeared meanwhile: never merged into another folder
+        except OSError:
+            lock.release()
+            raise RunError(f"{run_dir} already exists; choose another --name") from None
+        lock.path = run_dir / LOCK
+        return lock
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_state(run_dir: Path, state: dict) -> None:
+    """Write the search state atomically; the previous one is kept as a fallback."""
+    run_dir = Path(run_dir)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=STATE, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(buf.getvalue())
+    if (run_dir / STATE).exists():
+        os.replace(run_dir / STATE, run_dir / PREV_STATE)
+    os.replace(tmp, run_dir / STATE)
+
+
+def load_state(run_dir: Path, log=print) -> dict | None:
+    """The newest readable search state (weights_only: plain data and tensors, never code), or None."""
+    for name in (STATE, PREV_STATE):
+        path = Path(run_dir) / name
+        if not path.exists():
+            continue
+        try:
+            state = torch.load(path, weights_only=True)
+            if isinstance(state, dict) and "records" in state:
+                return state
+            why = "not a search state"
+        except Exception as e:  # truncated, empty or foreign file: fall back, never hang
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        log(f"{path.name} is damaged ({why}); falling back")
+    return None
