@@ -11,14 +11,19 @@ from .errors import USER_ERRORS
 
 
 def _teacher_train(args) -> int:
+    from .errors import ConfigError
+    from .models import valid_device
     from .teachers import TeacherRecipe, train_teacher
 
+    if not valid_device(args.device):
+        raise ConfigError(f"--device: expected auto, cpu, cuda, cuda:N or mps, got {args.device!r}")
     recipe = TeacherRecipe(dataset=args.dataset, arch=args.arch, preset=args.preset, width_mult=args.width_mult,
                            hidden=args.hidden, epochs=args.epochs, lr=args.lr, seed=args.seed)
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
-    train_teacher(recipe, out=out, device=args.device)
+    from .models import check_target
+
+    check_target(out, args.overwrite)  # refuse a taken --out before training, not after
+    train_teacher(recipe, out=out, device=args.device, overwrite=args.overwrite)
     print(f"saved teacher to {out}")
     return 0
 

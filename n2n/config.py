@@ -14,6 +14,7 @@ from envs import RewardConfig
 from search_spaces import DEFAULT_RATIOS
 
 from .errors import ConfigError
+from .models import valid_device
 from .teachers import TeacherRecipe
 from .train import DistillConfig
 
@@ -71,8 +72,13 @@ class Config:
             (s.removal_budget >= 0 and s.shrink_budget >= 0, "search.*_budget: expected >= 0"),
             (s.concurrency >= 1, f"search.concurrency: expected >= 1, got {s.concurrency}"),
             (1.0 in s.ratios and all(0 < r <= 1 for r in s.ratios), f"search.ratios: expected values in (0, 1] including 1.0, got {s.ratios}"),
+            (s.max_asks_per_candidate >= 1, f"search.max_asks_per_candidate: expected >= 1, got {s.max_asks_per_candidate}"),
             (self.resources.cpus_per_trial > 0, "resources.cpus_per_trial: expected > 0"),
             (self.resources.gpus_per_trial >= 0, "resources.gpus_per_trial: expected >= 0"),
+            (valid_device(self.resources.device),
+             f"resources.device: expected auto, cpu, cuda, cuda:N or mps, got {self.resources.device!r}"),
+            (self.early_stop.grace_period >= 1, f"early_stop.grace_period: expected >= 1 (epochs), got {self.early_stop.grace_period}"),
+            (self.early_stop.reduction_factor >= 2, f"early_stop.reduction_factor: expected >= 2, got {self.early_stop.reduction_factor}"),
         ]
         for ok, msg in checks:
             if not ok:

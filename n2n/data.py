@@ -76,6 +76,15 @@ def split(name: str, x: np.ndarray, y: np.ndarray, seed: int = 0) -> Dataset:
     n = len(y)
     if n < 10:
         raise DataError(f"{name}: expected at least 10 samples, got {n}")
+    x_np = np.asarray(x)
+    if not np.issubdtype(x_np.dtype, np.integer):
+        bad = ~np.isfinite(x_np.reshape(n, -1)).all(axis=1)
+        if bad.any():  # one NaN would turn every standardised feature into NaN
+            raise DataError(f"{name}: expected finite features, found NaN or inf in {int(bad.sum())} samples "
+                            f"(the first at index {int(np.argmax(bad))}); clean or drop them first")
+    classes = np.unique(np.asarray(y))
+    if len(classes) < 2:
+        raise DataError(f"{name}: expected at least 2 classes, every label is {classes.tolist()}")
     perm = np.random.default_rng(seed).permutation(n)
     n_train, n_val = int(SPLIT[0] * n), int(SPLIT[1] * n)
     parts = np.split(perm, [n_train, n_train + n_val])
@@ -118,6 +127,10 @@ def _mnist1d() -> tuple[np.ndarray, np.ndarray]:
 def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DataError(f"npz dataset: expected a file at {path}, found none")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head != b"PK\x03\x04":  # what np.savez writes; anything else numpy would try to unpickle
+        raise DataError(f"npz dataset {path}: expected a .npz archive (numpy.savez), the file starts with {head!r}")
     try:
         f = np.load(path, allow_pickle=False)
     except Exception as e:
@@ -126,7 +139,13 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         missing = {"x", "y"} - set(f.files)
         if missing:
             raise DataError(f"npz dataset {path}: expected arrays 'x' and 'y', found {sorted(f.files)}")
-        x, y = f["x"], f["y"]
+        try:
+            x, y = f["x"], f["y"]
+        except ValueError as e:  # object arrays need pickle, which n2n never loads
+            raise DataError(f"npz dataset {path}: expected numeric arrays, found one that needs pickle ({e}); "
+                            "save 'x' and 'y' as numbers") from None
+        except Exception as e:
+            raise DataError(f"npz dataset {path}: damaged ({e})") from None
     if len(x) != len(y):
         raise DataError(f"npz dataset {path}: expected as many labels as samples, got {len(x)} samples and {len(y)} labels")
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
@@ -151,8 +170,11 @@ def _folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
         for f in sorted((root / cls).iterdir()):
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            img = Image.open(f)
-            img = img.convert("L" if img.mode in ("L", "1", "P", "I;16") else "RGB")
+            try:
+                img = Image.open(f)
+                img = img.convert("L" if img.mode in ("L", "1", "P", "I;16") else "RGB")
+            except Exception as e:  # truncated or not an image at all
+                raise DataError(f"image folder {root}: cannot read {f} as an image ({e})") from None
             a = np.asarray(img, dtype=np.float32) / 255.0
             a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # (C, H, W)
             if size is None:

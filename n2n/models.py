@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -151,13 +152,19 @@ def check_replaceable(folder: Path) -> None:
                               "--overwrite only replaces an earlier export or teacher; choose another --out")
 
 
-def new_folder(folder: Path, overwrite: bool = False) -> Path:
-    """A hidden temp folder beside `folder` to write into; `commit_folder` moves it into place."""
+def check_target(folder: Path, overwrite: bool = False) -> None:
+    """A folder n2n is about to write: free, or (with overwrite) a model folder n2n wrote."""
     folder = Path(folder)
     if folder.exists():
         if not overwrite:
             raise FileExistsError(f"{folder} already exists; choose another --out or pass --overwrite")
         check_replaceable(folder)
+
+
+def new_folder(folder: Path, overwrite: bool = False) -> Path:
+    """A hidden temp folder beside `folder` to write into; `commit_folder` moves it into place."""
+    folder = Path(folder)
+    check_target(folder, overwrite)
     folder.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
 
@@ -250,6 +257,11 @@ def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:
         raise ModelError(f"{folder}: weights do not match arch.json ({str(e).splitlines()[0]})") from None
     metrics = read_json(metrics_path) if metrics_path.is_file() else {}
     return model.eval(), arch, metrics
+
+
+def valid_device(name: str) -> bool:
+    """Devices n2n can train on: checked when a config or command line is read, not inside a trial."""
+    return isinstance(name, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name) is not None
 
 
 def device_for(requested: str = "auto") -> torch.device:

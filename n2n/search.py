@@ -219,6 +219,8 @@ def _finish(run_dir: Path, driver: SearchDriver, log=print) -> dict:
 def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print, factories=()) -> dict:
     """A new search in `run_dir` (which must not exist). `factories`: see `n2n.models.build_model`."""
     _setdefault_env()
+    if address:
+        _check_address(address)  # before a teacher is trained or anything written
     run_dir = Path(run_dir).resolve()
     if run_dir.exists():  # before training a teacher: the same check again at creation
         raise RunError(f"{run_dir} already exists; resume it with `n2n resume {run_dir}` or choose another --name")
@@ -239,18 +241,19 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
     return _finish(run_dir, driver, log)
 
 
-def restore_driver(cfg: Config, space, meta: dict, run_dir: Path, log=print) -> SearchDriver:
-    """The driver of a run folder: its saved state (or the one before), else rebuilt from
-    candidates.json; records on disk that the state lacks are taken in, never dropped."""
+def restore_driver(make, run_dir: Path, log=print) -> SearchDriver:
+    """The driver of a run folder: its saved state (or the one before), else a fresh one from
+    `make()` rebuilt from candidates.json; records on disk that the state lacks are taken in, never
+    dropped, and no candidate with a result is trained again."""
     records = read_records(run_dir)
-    driver = make_driver(cfg, space, meta, run_dir, log)
+    driver = make()
     state = load_state(run_dir, log)
     if state is not None:
         try:
             driver.load_state_dict(state)
         except (KeyError, TypeError, ValueError) as e:
-            log(f"search state not usable ({e}); rebuilding from candidates.json")
-            driver = make_driver(cfg, space, meta, run_dir, log)
+            log(f"search state not usable ({e}); rebuilding it from candidates.json")
+            driver = make()
     else:
         log(f"no usable search state; rebuilding it from candidates.json ({len(records)} candidates)")
     driver.adopt(records)
@@ -261,6 +264,8 @@ def restore_driver(cfg: Config, space, meta: dict, run_dir: Path, log=print) -> 
 def resume_search(run_dir: Path, address: str | None = None, log=print, factories=()) -> dict:
     """Continue any run folder with n2n.json, whatever state Tune's own files are in."""
     _setdefault_env()
+    if address:
+        _check_address(address)
     run_dir = Path(run_dir).resolve()
     meta = read_run(run_dir)
     with RunLock(run_dir):
@@ -268,7 +273,7 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
         teacher, arch, _ = load_model(meta["teacher_folder"], factories)
         ds = data_mod.load_dataset(meta["dataset"], seed=cfg.seed)
         space = cfg.space(teacher, meta["input_shape"])
-        driver = restore_driver(cfg, space, meta, run_dir, log)
+        driver = restore_driver(lambda: make_driver(cfg, space, meta, run_dir, log), run_dir, log)
         if driver.failed:
             raise RunError(f"{run_dir}: this search stopped because {driver.failed}; fix the cause and start a new one")
         driver.save()

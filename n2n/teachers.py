@@ -32,6 +32,20 @@ class TeacherRecipe:
     batch_size: int = 128
     seed: int = 0
 
+    def __post_init__(self):
+        checks = [
+            (self.arch in ("vgg", "mlp", "resnet"), "arch", "'vgg', 'mlp' or 'resnet'", self.arch),
+            (self.epochs >= 1, "epochs", ">= 1", self.epochs),
+            (self.width_mult > 0, "width_mult", "> 0", self.width_mult),
+            (self.lr > 0, "lr", "> 0", self.lr),
+            (self.batch_size >= 1, "batch_size", ">= 1", self.batch_size),
+            (all(h >= 1 for h in self.hidden), "hidden", "widths >= 1", self.hidden),
+        ]
+        for ok, name, expected, got in checks:
+            if not ok:  # the same recipe comes from YAML (teacher.recipe.*) and from `n2n teacher train --*`
+                flag = name.replace("_", "-")
+                raise ConfigError(f"teacher.recipe.{name} (--{flag}): expected {expected}, got {got!r}")
+
     def key(self) -> str:
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
@@ -52,8 +66,10 @@ def teacher_arch(recipe: TeacherRecipe, dataset: data_mod.Dataset) -> dict:
     raise ConfigError(f"teacher.recipe.arch: expected 'vgg', 'mlp' or 'resnet', got {recipe.arch!r}")
 
 
-def train_teacher(recipe: TeacherRecipe, out: Path | None = None, device: str = "auto", log=print) -> tuple:
-    """Train a teacher from its recipe; save it to `out` when given. Returns (model, arch, metrics)."""
+def train_teacher(recipe: TeacherRecipe, out: Path | None = None, device: str = "auto", log=print,
+                  overwrite: bool = False) -> tuple:
+    """Train a teacher from its recipe; save it to `out` when given (`overwrite` replaces only a
+    model folder n2n wrote). Returns (model, arch, metrics)."""
     ds = data_mod.load_dataset(recipe.dataset, seed=recipe.seed)
     arch = teacher_arch(recipe, ds)
     torch.manual_seed(recipe.seed)
@@ -80,7 +96,7 @@ def train_teacher(recipe: TeacherRecipe, out: Path | None = None, device: str = 
     }
     log(f"  teacher: val {metrics['val_accuracy']:.4f}  test {metrics['test_accuracy']:.4f}")
     if out is not None:
-        save_model(out, model, arch, metrics)
+        save_model(out, model, arch, metrics, overwrite=overwrite)
     return model, arch, metrics
 
 

@@ -82,7 +82,7 @@ class DistillConfig:
             (self.loss in ("l2", "kl"), f"distill.loss: expected 'l2' or 'kl', got {self.loss!r}"),
             (self.optimizer in ("adam", "sgd"), f"distill.optimizer: expected 'adam' or 'sgd', got {self.optimizer!r}"),
             (self.schedule in ("constant", "cosine"), f"distill.schedule: expected 'constant' or 'cosine', got {self.schedule!r}"),
-            (self.epochs >= 0, f"distill.epochs: expected >= 0, got {self.epochs}"),
+            (self.epochs >= 1, f"distill.epochs: expected >= 1, got {self.epochs}"),
             (self.lr > 0, f"distill.lr: expected > 0, got {self.lr}"),
             (self.batch_size >= 1, f"distill.batch_size: expected >= 1, got {self.batch_size}"),
             (self.temperature > 0, f"distill.temperature: expected > 0, got {self.temperature}"),

@@ -113,15 +113,21 @@ def run_trial(config: dict, context: Context) -> None:
     final = metrics_of(ev, ctx, ev.epochs)
     final.update(device=str(device_for(ctx.device)), started=started, ended=time.time(),
                  gpus=float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)))
-    if student is not None and ev.failure is None:
+    save_result(results, config["key"], student if ev.failure is None else None, final)
+    tune.report(final)
+
+
+def save_result(results: Path, key: str, student: torch.nn.Module | None, final: dict) -> None:
+    """Weights, then the audit line, then the result file (whose presence means "complete").
+
+    The audit trail (results/trained.log, one line per training actually run) comes before the result
+    file: a kill between the two leaves the training logged and, with no result, run again and logged
+    again; never a result whose training is missing from the log."""
+    if student is not None:
         state = {k: v.contiguous() for k, v in student.state_dict().items()}
-        save_file(state, str(results / f"{config['key']}.safetensors"))
-    # The audit trail (one line per training actually run) before the result file: a kill between
-    # the two leaves the training logged and, with no result, run again and logged again; never the
-    # other way round (a result whose training is missing from the log).
+        save_file(state, str(results / f"{key}.safetensors"))
     with open(results / "trained.log", "a") as f:
-        f.write(config["key"] + "\n")
+        f.write(key + "\n")
         f.flush()
         os.fsync(f.fileno())
-    write_json(done, final)  # after the weights: a result file means the candidate is complete
-    tune.report(final)
+    write_json(results / f"{key}.json", final)

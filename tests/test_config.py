@@ -20,7 +20,14 @@ def test_default_yaml_is_the_builtin_default():
 @pytest.mark.parametrize("text,message", [
     ("search: {budget: 3}", "search.budget: unknown key; expected one of"),
     ("distill: {loss: mse}", "distill.loss: expected 'l2' or 'kl', got 'mse'"),
-    ("distill: {epochs: -1}", "distill.epochs: expected >= 0, got -1"),
+    ("distill: {epochs: -1}", "distill.epochs: expected >= 1, got -1"),
+    ("distill: {epochs: 0}", "distill.epochs: expected >= 1, got 0"),  # students would never be trained
+    ("search: {max_asks_per_candidate: 0}", "search.max_asks_per_candidate: expected >= 1, got 0"),
+    ("resources: {device: tpu}", "resources.device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+    ("early_stop: {grace_period: 0}", "early_stop.grace_period: expected >= 1 (epochs), got 0"),
+    ("early_stop: {reduction_factor: 1}", "early_stop.reduction_factor: expected >= 2, got 1"),
+    ("teacher: {recipe: {width_mult: 0}}", "teacher.recipe.width_mult (--width-mult): expected > 0, got 0"),
+    ("teacher: {recipe: {epochs: -1}}", "teacher.recipe.epochs (--epochs): expected >= 1, got -1"),
     ("search: {concurrency: 0}", "search.concurrency: expected >= 1, got 0"),
     ("search: {ratios: [0.5, 0.7]}", "search.ratios: expected values in (0, 1] including 1.0"),
     ("search: {stages: [prune]}", "search.stages: expected a list of 'removal' and/or 'shrink'"),

@@ -78,3 +78,35 @@ def test_image_folder(tmp_path):
     Image.fromarray(np.zeros((5, 6, 3), np.uint8)).save(tmp_path / "dog" / "odd.png")
     with pytest.raises(DataError, match="expected every image to be \\(3, 6, 6\\)"):
         load_dataset(f"folder:{tmp_path}")
+
+
+def test_inputs_that_would_poison_a_search_are_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 8)).astype(np.float32)
+    y = np.arange(40) % 4
+    x[7, 3], x[9, 0] = np.nan, np.inf  # one NaN turns every standardised feature into NaN
+    np.savez(tmp_path / "nan.npz", x=x, y=y)
+    with pytest.raises(DataError, match="expected finite features, found NaN or inf in 2 samples \\(the first at index 7\\)"):
+        load_dataset(f"npz:{tmp_path / 'nan.npz'}")
+    np.savez(tmp_path / "one.npz", x=np.ones((40, 8), np.float32), y=np.full(40, 3))
+    with pytest.raises(DataError, match="expected at least 2 classes, every label is \\[3\\]"):
+        load_dataset(f"npz:{tmp_path / 'one.npz'}")
+    (tmp_path / "text.npz").write_text("x,y\n1,2\n")
+    with pytest.raises(DataError, match="text.npz: expected a .npz archive \\(numpy.savez\\), the file starts with b'x,y"):
+        load_dataset(f"npz:{tmp_path / 'text.npz'}")
+    np.savez(tmp_path / "obj.npz", x=np.array([[1.0], "a"] * 20, dtype=object), y=y)
+    with pytest.raises(DataError, match="obj.npz: expected numeric arrays, found one that needs pickle"):
+        load_dataset(f"npz:{tmp_path / 'obj.npz'}")
+
+
+def test_a_corrupt_image_is_named(tmp_path):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(6):
+            Image.fromarray(np.full((4, 4), 40 * i, np.uint8)).save(tmp_path / cls / f"{i}.png")
+    good = (tmp_path / "b" / "0.png").read_bytes()
+    (tmp_path / "b" / "3.png").write_bytes(good[: len(good) // 2])  # a copy cut short
+    with pytest.raises(DataError, match="cannot read .*b/3.png as an image"):
+        load_dataset(f"folder:{tmp_path}")

@@ -1,0 +1,294 @@
+"""Nothing lost, nothing run that the user did not ask for: damaged runs, locks, --overwrite, hostile
+folders, bad input. Each test names the failure it guards against."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import torch
+
+from envs import ProxyEvaluator, Reference
+from n2n import cli
+from n2n.config import load_config
+from n2n.driver import FINISHED, SearchDriver
+from n2n.export import export_best
+from n2n.models import save_model, vgg_layers
+from n2n.report import make_report
+from n2n.runfolder import PREV_STATE, STATE, RunLock, read_records
+from n2n.search import restore_driver, run_search
+from search_spaces import SequentialSpace, StudentSpec, layers_to_module
+
+
+def _main(capsys, *argv):
+    """The CLI in-process: (exit status, stderr)."""
+    status = cli.main([str(a) for a in argv])
+    return status, capsys.readouterr().err
+
+
+# -- resume from damaged state, without Ray ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def space():
+    torch.manual_seed(0)
+    return SequentialSpace(layers_to_module(vgg_layers((1, 40), 10, "vgg1d", 0.25, 32)), (1, 40))
+
+
+def _driver(space, run_dir):
+    ref = Reference(space.teacher_params(), space.flops(space.identity()), 0.95)
+    return SearchDriver(space, ref, agent="reinforce", budgets={"removal": 6, "shrink": 6}, seed=0,
+                        agent_options={"batch_size": 3}, run_dir=run_dir, log=lambda *_: None)
+
+
+class Trainer:
+    """Stands in for Tune: issues trials, completes them in order, counts trainings per spec key."""
+
+    def __init__(self, space):
+        self.proxy, self.trained, self.n = ProxyEvaluator(space), Counter(), 0
+
+    def run(self, driver, stop_after=None):
+        """Drive until FINISHED, or until `stop_after` completions (then 'kill': in-flight trials are lost)."""
+        queue, done = [], 0
+        for _ in range(1000):
+            if stop_after is not None and done >= stop_after:
+                return
+            out = driver.suggest(f"t{self.n}")
+            if out == FINISHED:
+                return
+            if out is None:
+                tid, cfg = queue.pop(0)
+                self.trained[cfg["key"]] += 1
+                driver.complete(tid, self.proxy(StudentSpec.from_dict(cfg["spec"])).to_dict())
+                done += 1
+                continue
+            queue.append((f"t{self.n}", out))
+            self.n += 1
+        raise AssertionError("the driver never finished")
+
+
+@pytest.mark.parametrize("damage", ["truncated state", "both states empty", "no state"])
+def test_resume_from_damaged_state_loses_no_record_and_trains_nothing_twice(space, tmp_path, damage):
+    trainer = Trainer(space)
+    trainer.run(_driver(space, tmp_path), stop_after=5)
+    before = read_records(tmp_path)
+    assert len(before) == 5
+    state, prev = tmp_path / STATE, tmp_path / PREV_STATE
+    if damage == "truncated state":  # a copy or a full disk cut it short: the previous one is used
+        state.write_bytes(state.read_bytes()[:100])
+    elif damage == "both states empty":
+        state.write_bytes(b"")
+        prev.write_bytes(b"")
+    else:  # a run of an older n2n, or deleted by hand: rebuilt from candidates.json
+        state.unlink()
+        prev.unlink()
+    logs = []
+    driver = restore_driver(lambda: _driver(space, tmp_path), tmp_path, log=logs.append)
+    assert [r["key"] for r in driver.records] == [r["key"] for r in before]  # nothing dropped
+    assert read_records(tmp_path) == before  # and nothing written over until the search moves on
+    assert any("damaged" in m or "rebuilding" in m for m in logs)
+    trainer.run(driver)
+    after = read_records(tmp_path)
+    assert [r["key"] for r in after[:5]] == [r["key"] for r in before]
+    assert Counter(r["stage"] for r in after) == {"removal": 6, "shrink": 6}
+    assert max(trainer.trained.values()) == 1, "a candidate with a result was trained again"
+    assert json.loads((tmp_path / "summary.json").read_text())["stage"] == "done"
+
+
+def test_a_search_whose_candidates_all_fail_stops_with_the_first_reason(space, tmp_path):
+    d = _driver(space, tmp_path)
+    for i in range(3):
+        assert isinstance(d.suggest(f"t{i}"), dict)
+    d.complete("t0", {"accuracy": 0.1, "params": 10, "flops": 10, "failure": "loss became nan at epoch 1"})
+    d.complete("t1", None, error=True)
+    assert d.suggest("t3") is None and not d.failed  # two failures could still be bad luck
+    d.complete("t2", None, error=True)
+    assert d.suggest("t4") == FINISHED
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stage"] == "failed" and "loss became nan at epoch 1" in summary["failure"]
+    again = restore_driver(lambda: _driver(space, tmp_path), tmp_path, log=lambda *_: None)
+    assert again.failed == d.failed and again.suggest("t5") == FINISHED  # a resume does not retry blindly
+
+
+# -- the lock ---------------------------------------------------------------------------------------
+
+def _fake_meta():
+    return {"config": {}, "teacher_folder": "/nonexistent", "dataset": "mnist1d", "input_shape": [1, 40],
+            "reference": {"params": 1, "flops": 1, "accuracy": 1.0}, "teacher": {}}
+
+
+def test_one_process_per_run_folder_and_a_dead_holder_is_taken_over(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "n2n.json").write_text(json.dumps(_fake_meta()))
+    with RunLock(run):
+        status, err = _main(capsys, "resume", run)
+        assert status == 2 and f"in use by another n2n process (pid {os.getpid()} on" in err
+        status, err = _main(capsys, "export", run, "--out", tmp_path / "o", "--finetune-epochs", "1")
+        assert status == 2 and "in use by another n2n process" in err
+    # a holder killed with SIGKILL leaves the file behind, not the lock
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from n2n.runfolder import RunLock; "
+                               f"RunLock({str(run)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(Exception, match=f"pid {holder.pid} on"):
+        RunLock(run).acquire()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    lock = RunLock(run).acquire()
+    assert (run / ".lock").read_text().startswith(f"pid {os.getpid()}")
+    lock.release()
+
+
+# -- a finished run: export --overwrite, Tune's folder gone, damaged n2n.json -----------------------
+
+@pytest.fixture(scope="module")
+def finished_run(ray_session, tmp_path_factory):
+    from conftest import TINY_CONFIG
+
+    root = tmp_path_factory.mktemp("safety")
+    (root / "tiny.yaml").write_text(TINY_CONFIG)
+    cfg = load_config(root / "tiny.yaml", {"search.stages": ["removal"], "search.removal_budget": 3})
+    run = root / "runs" / "done"
+    summary = run_search(cfg, run, log=lambda *_: None)
+    assert summary["stage"] == "done" and summary["candidates_evaluated"] == 3
+    return run
+
+
+def _tree(path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def test_export_overwrite_replaces_only_an_earlier_export(finished_run, tmp_path, capsys):
+    run, runs = finished_run, finished_run.parent
+    teacher = json.loads((run / "n2n.json").read_text())["teacher_folder"]
+    kept = {p: _tree(p) for p in (run, runs)}
+    for out, why in ((run, "is the run folder"), (runs, "is the run folder or holds it"),
+                     (teacher, "is the run's teacher")):
+        status, err = _main(capsys, "export", run, "--out", out, "--overwrite")
+        assert status == 2 and why in err and "Traceback" not in err
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("precious")
+    (other / "arch.json").write_text("{}")
+    status, err = _main(capsys, "export", run, "--out", other, "--overwrite")
+    assert status == 2 and "not a model folder n2n wrote (it holds notes.txt)" in err
+    assert (other / "notes.txt").read_text() == "precious"
+    assert {p: _tree(p) for p in (run, runs)} == kept and os.path.isdir(teacher)
+
+    out = tmp_path / "student"
+    first = export_best(run, out, log=lambda *_: None)
+    status, err = _main(capsys, "export", run, "--out", out)
+    assert status == 2 and "already exists" in err
+    assert export_best(run, out, overwrite=True, log=lambda *_: None) == first  # an earlier export: replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "student"]  # no temp folder left
+
+
+def test_a_failed_save_leaves_no_temp_folder(small_teacher, tmp_path):
+    model, arch, _ = small_teacher
+
+    def fail(tmp):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_model(tmp_path / "t", model, arch, {}, finish=fail)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_and_report_need_nothing_from_tunes_pickles(finished_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    shutil.rmtree(run / "tune")  # holds Tune's pickles (tuner.pkl, searcher state): never read
+    metrics = export_best(run, tmp_path / "student", log=lambda *_: None)
+    assert metrics["search_reward"] == json.loads((run / "summary.json").read_text())["best"]["reward"]
+    assert "3 candidates" in make_report(run)
+    # a resume of a finished run without tune/ says so and trains nothing
+    status, err = _main(capsys, "resume", run)
+    assert status == 0 and (run / "results" / "trained.log").read_text().split() == \
+        (finished_run / "results" / "trained.log").read_text().split()
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"config": {}}'])
+def test_a_damaged_n2n_json_is_one_line(finished_run, tmp_path, capsys, content):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "n2n.json").write_text(content)
+    for cmd in (("resume", run), ("report", run), ("export", run, "--out", tmp_path / "o")):
+        status, err = _main(capsys, *cmd)
+        assert status == 2 and "n2n.json: damaged" in err and "Traceback" not in err
+
+
+# -- hostile or damaged inputs ----------------------------------------------------------------------
+
+def test_address_where_no_cluster_answers_fails_fast_before_writing(tmp_path, capsys):
+    import time
+
+    for address, why in (("127.0.0.1:1", "no Ray cluster answers there"), ("no-such-host.invalid:6379", "no Ray cluster answers"),
+                         ("nonsense", "expected auto or HOST:PORT")):
+        start = time.monotonic()
+        status, err = _main(capsys, "search", "--address", address, "--runs-dir", tmp_path / "runs", "--name", "x")
+        assert status == 2 and why in err and time.monotonic() - start < 30
+    assert not (tmp_path / "runs").exists()
+
+
+def test_damaged_teacher_folders_are_one_line_errors(small_teacher, tmp_path, capsys):
+    model, arch, _ = small_teacher
+    damages = {
+        "truncated weights": ("model.safetensors", lambda b: b[: len(b) // 2], "not a readable safetensors file"),
+        "invalid arch": ("arch.json", lambda b: b[:-5], "arch.json: not a readable JSON file"),
+        "arch is a list": ("arch.json", lambda b: b"[1, 2]", "arch.json: expected a JSON object, got list"),
+    }
+    for name, (file, cut, message) in damages.items():
+        folder = tmp_path / name.replace(" ", "_")
+        save_model(folder, model, arch, {"dataset": "mnist1d"})
+        (folder / file).write_bytes(cut((folder / file).read_bytes()))
+        status, err = _main(capsys, "search", "--set", f"teacher.path={folder}", "--runs-dir", tmp_path / "runs")
+        assert status == 2 and message in err and "Traceback" not in err, (name, err)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_teacher_train_rejects_bad_values_before_training(tmp_path, capsys):
+    cases = {("--epochs", "-1"): "teacher.recipe.epochs (--epochs): expected >= 1, got -1",
+             ("--width-mult", "0"): "(--width-mult): expected > 0, got 0.0",
+             ("--lr", "-1"): "(--lr): expected > 0, got -1.0",
+             ("--device", "tpu"): "--device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"}
+    for (flag, value), message in cases.items():
+        status, err = _main(capsys, "teacher", "train", "--dataset", "digits", flag, value, "--out", tmp_path / "t")
+        assert status == 2 and message in err, err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    status, err = _main(capsys, "teacher", "train", "--dataset", "digits", "--out", tmp_path / "mine", "--overwrite")
+    assert status == 2 and "not a model folder n2n wrote" in err and (tmp_path / "mine" / "notes.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+def test_labels_outside_the_teachers_classes_are_refused_before_the_run_exists(tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(60, 40)).astype(np.float32), y=np.arange(60) % 12)
+    status, err = _main(capsys, "search", "--runs-dir", tmp_path / "runs",
+                        "--set", f"teacher.dataset=npz:{tmp_path / 'd.npz'}", "--set",
+                        "teacher.recipe={preset: vgg1d, width_mult: 0.25, hidden: [32], epochs: 6}")
+    assert status == 2 and "labels go up to 11, but the teacher has only 10 outputs" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_trained_log_is_written_before_the_result(small_teacher, tmp_path, monkeypatch):
+    """A kill between the audit line and the result file must leave the training in the audit log."""
+    import n2n.trial as trial
+
+    model, _, _ = small_teacher
+
+    def killed(path, obj):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(trial, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        trial.save_result(tmp_path, "k1", model, {"accuracy": 0.5})
+    assert (tmp_path / "trained.log").read_text().split() == ["k1"]
+    assert (tmp_path / "k1.safetensors").exists() and not (tmp_path / "k1.json").exists()
