@@ -292,3 +292,12 @@ def test_trained_log_is_written_before_the_result(small_teacher, tmp_path, monke
         trial.save_result(tmp_path, "k1", model, {"accuracy": 0.5})
     assert (tmp_path / "trained.log").read_text().split() == ["k1"]
     assert (tmp_path / "k1.safetensors").exists() and not (tmp_path / "k1.json").exists()
+
+
+def test_a_search_where_every_trial_fails_stops_early_under_ray(ray_session, tiny_config, tmp_path):
+    cfg = load_config(tiny_config, {"distill.lr": 1e12, "distill.optimizer": "sgd", "search.concurrency": 1})
+    logs = []
+    summary = run_search(cfg, tmp_path / "run", log=logs.append)
+    assert summary["stage"] == "failed" and summary["candidates_evaluated"] == 3  # not the budget of 12
+    assert "the first 3 candidates all failed; the first: loss became" in summary["failure"]
+    assert not any("search finished" in m for m in logs) and cli._status(summary) == 1
