@@ -8,10 +8,15 @@ __version__ = "0.1.0"
 
 
 def load_student(folder, factories=()):
-    """Rebuild an exported student (model.safetensors + arch.json) with no pickle; eval mode.
+    """Rebuild an exported student (or teacher) folder with no pickle; eval mode.
 
+    The module takes the data set's raw inputs: the preprocessing the search used (standardisation
+    with training-split statistics, recorded in arch.json) is part of it (`n2n.models.RawInput`).
     A student of your own module class names its factory (``"package.module:function"``) in
     arch.json; it is imported and called only if you list it in `factories`."""
-    from .models import load_model
+    from .models import RawInput, load_model
 
-    return load_model(folder, factories)[0]
+    model, arch, _ = load_model(folder, factories)
+    if arch.get("input"):
+        return RawInput(model, arch["input"]).eval()
+    return model

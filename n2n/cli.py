@@ -18,7 +18,8 @@ def _teacher_train(args) -> int:
     if not valid_device(args.device):
         raise ConfigError(f"--device: expected auto, cpu, cuda, cuda:N or mps, got {args.device!r}")
     recipe = TeacherRecipe(dataset=args.dataset, arch=args.arch, preset=args.preset, width_mult=args.width_mult,
-                           hidden=args.hidden, epochs=args.epochs, lr=args.lr, seed=args.seed)
+                           hidden=args.hidden, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                           split_seed=args.split_seed)
     out = Path(args.out)
     from .models import check_target
 
@@ -94,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=int, nargs="*", default=[256], help="classifier widths")
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--lr", type=float, default=3e-3)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
+    t.add_argument("--split-seed", type=int, default=0,
+                   help="train/val/test split of the dataset (recorded with the teacher; ignored when the data brings its own split)")
     t.add_argument("--device", default="auto")
     t.add_argument("--out", required=True, help="folder to write (must not exist)")
     t.add_argument("--overwrite", action="store_true")

@@ -4,9 +4,17 @@ Built-ins come from packages that generate or ship them (nothing is downloaded):
 - ``mnist1d``: MNIST-1D made by the `mnist1d` package's generator (10,000 sequences of length 40,
   10 classes), cached on disk after the first run;
 - ``digits``: scikit-learn's 8x8 digits (1,797 images, 10 classes).
-User data: ``npz:PATH`` (arrays ``x`` and ``y``) or ``folder:PATH`` (``PATH/<class>/<image>``).
+User data: ``npz:PATH`` (arrays ``x`` and ``y``, optionally with your own split) or ``folder:PATH``
+(``PATH/<class>/<image>``).
 
-The reward uses the validation split; the test split is only for final reports.
+The split belongs to the data and the teacher, never to a search: a teacher folder records the split
+it was trained and measured on (``Dataset.split``: dataset, split seed or "given", a fingerprint of
+the data) and every search and export of it loads that split again (`load_split`), refusing data
+whose fingerprint differs. The reward uses the validation split; the test split is only for reports.
+
+Float features are standardised with training-split statistics as ``x * scale + shift`` on the raw
+inputs (``Dataset.preprocess``); exported students carry the same two numbers and apply them, so they
+take the raw inputs (`n2n.load_student`). Integer features (token ids) are kept as they are.
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    split: dict  # {"dataset", "seed" (None when the data came split), "fingerprint", "sizes"}
+    index: dict  # "train" / "val" / "test" -> positions in the raw arrays, as the loader returned them
+    preprocess: dict | None = None  # {"scale", "shift", "shape"}: model input = raw * scale + shift; None for ids
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -52,26 +63,55 @@ def cache_dir() -> Path:
 
 
 def load_dataset(name: str, seed: int = 0) -> Dataset:
-    """A dataset by name: 'mnist1d', 'digits', 'npz:PATH' or 'folder:PATH'."""
+    """A dataset by name: 'mnist1d', 'digits', 'npz:PATH' or 'folder:PATH', split by `seed` (70/15/15)
+    unless the data comes with its own split (npz: ``x_train``... or a ``split`` array).
+
+    Raw inputs (what `n2n.load_student` takes): mnist1d the generator's ``x`` (N, 40); digits
+    scikit-learn's ``load_digits().images`` (N, 8, 8); npz the file's ``x``; folder the pixels as
+    (C, H, W) values in 0..255."""
+    x, y, parts = load_raw(name)
+    return split(name, x, y, seed, parts)
+
+
+def load_raw(name: str) -> tuple[np.ndarray, np.ndarray, list | None]:
+    """(x, y, parts) before any preprocessing: the inputs an exported student takes. `parts` are the
+    train/val/test index arrays of data that brings its own split, else None. ``Dataset.index``
+    gives the positions of each split in these arrays."""
     if name == "mnist1d":
-        x, y = _mnist1d()
-    elif name == "digits":
+        return (*_mnist1d(), None)
+    if name == "digits":
         from sklearn.datasets import load_digits
 
         d = load_digits()
-        x = (d.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8) in [0, 1]
-        y = d.target
-    elif name.startswith("npz:"):
-        x, y = _npz(Path(name[4:]))
-    elif name.startswith("folder:"):
-        x, y = _folder(Path(name[7:]))
-    else:
-        raise DataError(f"unknown dataset {name!r}: expected 'mnist1d', 'digits', 'npz:PATH' or 'folder:PATH'")
-    return split(name, x, y, seed)
+        return d.images.astype(np.float32)[:, None], d.target, None  # (N, 1, 8, 8), values 0..16
+    if name.startswith("npz:"):
+        return _npz(Path(name[4:]))
+    if name.startswith("folder:"):
+        return (*_folder(Path(name[7:])), None)
+    raise DataError(f"unknown dataset {name!r}: expected 'mnist1d', 'digits', 'npz:PATH' or 'folder:PATH'")
 
 
-def split(name: str, x: np.ndarray, y: np.ndarray, seed: int = 0) -> Dataset:
-    """Seeded split into train/val/test; float features are standardised with train statistics,
+def load_split(name: str, record: dict) -> Dataset:
+    """The split a teacher recorded (`Dataset.split`), checked against the data found now."""
+    ds = load_dataset(name, seed=record.get("seed") or 0)
+    if record.get("fingerprint") and ds.split["fingerprint"] != record["fingerprint"]:
+        raise DataError(f"{name}: expected the data the teacher was trained on ({record.get('dataset')}, fingerprint "
+                        f"{record['fingerprint']}), found different data (fingerprint {ds.split['fingerprint']})")
+    return ds
+
+
+def fingerprint(x: np.ndarray, y: np.ndarray) -> str:
+    """Identifies the samples and labels (not where they came from): a moved file keeps its fingerprint."""
+    h = hashlib.sha1()
+    for a in (np.ascontiguousarray(x), np.ascontiguousarray(y)):
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def split(name: str, x: np.ndarray, y: np.ndarray, seed: int = 0, parts: list | None = None) -> Dataset:
+    """Split into train/val/test: `parts` (index arrays) when the data brings its own split, else
+    seeded 70/15/15. Float features are standardised with train statistics (see module doc),
     integer features (token ids) are kept as they are."""
     n = len(y)
     if n < 10:
@@ -85,18 +125,32 @@ def split(name: str, x: np.ndarray, y: np.ndarray, seed: int = 0) -> Dataset:
     classes = np.unique(np.asarray(y))
     if len(classes) < 2:
         raise DataError(f"{name}: expected at least 2 classes, every label is {classes.tolist()}")
-    perm = np.random.default_rng(seed).permutation(n)
-    n_train, n_val = int(SPLIT[0] * n), int(SPLIT[1] * n)
-    parts = np.split(perm, [n_train, n_train + n_val])
+    given = parts is not None
+    if not given:
+        perm = np.random.default_rng(seed).permutation(n)
+        n_train, n_val = int(SPLIT[0] * n), int(SPLIT[1] * n)
+        parts = np.split(perm, [n_train, n_train + n_val])
+    record = {"dataset": name, "seed": None if given else seed, "fingerprint": fingerprint(x_np, np.asarray(y)),
+              "sizes": {k: len(p) for k, p in zip(("train", "val", "test"), parts)}}
     y = torch.as_tensor(np.asarray(y), dtype=torch.long)
-    if np.issubdtype(np.asarray(x).dtype, np.integer):
-        x = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.long)
+    preprocess = None
+    if np.issubdtype(x_np.dtype, np.integer):
+        x = torch.as_tensor(np.ascontiguousarray(x_np), dtype=torch.long)
     else:
-        x = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
-        mean, std = x[parts[0]].mean(), x[parts[0]].std().clamp_min(1e-8)
-        x = (x - mean) / std
+        x = torch.as_tensor(np.ascontiguousarray(x_np), dtype=torch.float32)
+        train = x[torch.as_tensor(parts[0])]
+        mean, std = train.mean().item(), max(train.std().item(), 1e-8)
+        preprocess = {"scale": 1.0 / std, "shift": -mean / std, "shape": list(x.shape[1:])}
+        x = standardise(x, preprocess)
     tr, va, te = (torch.as_tensor(p) for p in parts)
-    return Dataset(name, x[tr], y[tr], x[va], y[va], x[te], y[te], int(y.max()) + 1)
+    index = {k: np.asarray(p) for k, p in zip(("train", "val", "test"), parts)}
+    return Dataset(name, x[tr], y[tr], x[va], y[va], x[te], y[te], int(y.max()) + 1, record, index, preprocess)
+
+
+def standardise(x: torch.Tensor, preprocess: dict) -> torch.Tensor:
+    """Raw float inputs -> model inputs. The one definition the loader and exported students share,
+    so a student on raw inputs computes exactly what it computed in n2n."""
+    return x.to(torch.float32) * preprocess["scale"] + preprocess["shift"]
 
 
 def _mnist1d() -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +178,12 @@ def _mnist1d() -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, list | None]:
+    """Arrays ``x``, ``y`` (seeded split), ``x``, ``y``, ``split`` ('train'/'val'/'test' or 0/1/2 per
+    sample), or ``x_train``, ``y_train``, ``x_val``, ``y_val``, ``x_test``, ``y_test`` (used as given)."""
     if not path.is_file():
         raise DataError(f"npz dataset: expected a file at {path}, found none")
     with open(path, "rb") as fh:
@@ -136,11 +195,24 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except Exception as e:
         raise DataError(f"npz dataset {path}: not a readable .npz file ({e})") from None
     with f:
-        missing = {"x", "y"} - set(f.files)
-        if missing:
-            raise DataError(f"npz dataset {path}: expected arrays 'x' and 'y', found {sorted(f.files)}")
+        separate = {f"{a}_{s}" for a in "xy" for s in SPLIT_NAMES}
+        if not ({"x", "y"} <= set(f.files) or separate <= set(f.files)):
+            raise DataError(f"npz dataset {path}: expected arrays 'x' and 'y' (optionally 'split'), or "
+                            f"x_train/y_train/x_val/y_val/x_test/y_test; found {sorted(f.files)}")
         try:
-            x, y = f["x"], f["y"]
+            if separate <= set(f.files):
+                xs, ys = [f[f"x_{s}"] for s in SPLIT_NAMES], [f[f"y_{s}"] for s in SPLIT_NAMES]
+                bad = [s for s, a, b in zip(SPLIT_NAMES, xs, ys) if len(a) != len(b) or len(a) == 0]
+                if bad:
+                    raise DataError(f"npz dataset {path}: expected as many labels as samples, at least one, in "
+                                    f"x_{bad[0]}/y_{bad[0]}")
+                ends = np.cumsum([len(a) for a in xs])
+                x, y, parts = np.concatenate(xs), np.concatenate(ys), list(np.split(np.arange(ends[-1]), ends[:-1]))
+            else:
+                x, y = f["x"], f["y"]
+                parts = _split_array(path, f["split"], len(y)) if "split" in f.files else None
+        except DataError:
+            raise
         except ValueError as e:  # object arrays need pickle, which n2n never loads
             raise DataError(f"npz dataset {path}: expected numeric arrays, found one that needs pickle ({e}); "
                             "save 'x' and 'y' as numbers") from None
@@ -151,10 +223,24 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
         raise DataError(f"npz dataset {path}: expected 'y' to be 1-D non-negative integer labels, got dtype {y.dtype} shape {y.shape}")
     if np.issubdtype(x.dtype, np.integer):
-        return x.astype(np.int64), y.astype(np.int64)  # token ids (N, T)
+        return x.astype(np.int64), y.astype(np.int64), parts  # token ids (N, T)
     if x.ndim == 2:
         x = x[:, None]  # (N, L) -> (N, 1, L)
-    return x.astype(np.float32), y.astype(np.int64)
+    return x.astype(np.float32), y.astype(np.int64), parts
+
+
+def _split_array(path: Path, split: np.ndarray, n: int) -> list:
+    """A per-sample split array -> index arrays of train, val, test."""
+    names = split.astype(str) if split.dtype.kind in "US" else None
+    if len(split) != n or (names is None and not np.isin(split, [0, 1, 2]).all()) or \
+            (names is not None and not np.isin(names, SPLIT_NAMES).all()):
+        raise DataError(f"npz dataset {path}: expected 'split' to give each of the {n} samples 'train', 'val' or "
+                        f"'test' (or 0, 1, 2), got {np.unique(split)[:5].tolist()} for {len(split)} samples")
+    parts = [np.flatnonzero(names == s if names is not None else split == i) for i, s in enumerate(SPLIT_NAMES)]
+    empty = [s for s, p in zip(SPLIT_NAMES, parts) if len(p) == 0]
+    if empty:
+        raise DataError(f"npz dataset {path}: the 'split' array gives no sample to {empty[0]!r}")
+    return parts
 
 
 def _folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +261,7 @@ def _folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
                 img = img.convert("L" if img.mode in ("L", "1", "P", "I;16") else "RGB")
             except Exception as e:  # truncated or not an image at all
                 raise DataError(f"image folder {root}: cannot read {f} as an image ({e})") from None
-            a = np.asarray(img, dtype=np.float32) / 255.0
+            a = np.asarray(img, dtype=np.float32)  # raw pixel values 0..255
             a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # (C, H, W)
             if size is None:
                 size = a.shape

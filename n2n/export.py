@@ -8,11 +8,11 @@ from pathlib import Path
 
 from search_spaces import StudentSpec, count_params, hf_expressible
 
-from . import data as data_mod
 from .config import Config, from_dict
 from .errors import RunError
 from .models import build_model, check_replaceable, load_model, load_weights, save_model
 from .runfolder import RunLock, read_records, read_run
+from .search import run_data
 from .train import accuracy, distill, predict
 
 
@@ -63,7 +63,7 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     weights = run_dir / "results" / f"{best['key']}.safetensors"
     student = build_model(arch, factories)
     student.load_state_dict(load_weights(weights), strict=True)
-    ds = data_mod.load_dataset(meta["dataset"], seed=cfg.seed)
+    ds = run_data(meta)
     if finetune_epochs:
         # N2N's headline students were fine-tuned longer at the end: distillation + cross-entropy.
         ft = replace(cfg.distill, epochs=finetune_epochs, ce_weight=max(cfg.distill.ce_weight, 1.0), schedule="cosine")
@@ -80,8 +80,10 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         "finetune_epochs": finetune_epochs, "times_smaller": round(meta["reference"]["params"] / params, 2),
         "teacher": {"params": meta["reference"]["params"], "val_accuracy": meta["reference"]["accuracy"],
                     "test_accuracy": meta["teacher"]["test_accuracy"]},
-        "dataset": meta["dataset"], "run": str(run_dir.resolve()), "summary": best["summary"],
+        "dataset": meta["dataset"], "split": ds.split, "run": str(run_dir.resolve()), "summary": best["summary"],
     }
+    if ds.preprocess:  # the export takes raw inputs (n2n.load_student): accuracies above hold on them
+        arch = {**arch, "input": ds.preprocess}
     hf = arch["family"] == "hf-encoder" and hf_expressible(arch)
 
     def save_hf(tmp: Path):

@@ -6,6 +6,7 @@ hyperparameters, enough to rebuild the module) and ``metrics.json``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -122,10 +123,57 @@ def build_model(arch: dict, factories=()) -> nn.Module:
                      "'hf-encoder', 'module' or 'pruned'")
 
 
+class RawInput(nn.Module):
+    """A model that takes the data set's raw inputs: applies the preprocessing recorded in its
+    arch.json (``"input": {"scale", "shift", "shape"}``), the same computation n2n's data loader did,
+    then the model. (N, L) / (N, H, W) inputs get the channel axis of a one-channel model."""
+
+    def __init__(self, model: nn.Module, preprocess: dict):
+        super().__init__()
+        self.model, self.preprocess, self.input_shape = model, dict(preprocess), tuple(preprocess["shape"])
+
+    def forward(self, x):
+        x = torch.as_tensor(x)
+        if x.dim() == len(self.input_shape) and self.input_shape[0] == 1:
+            x = x.unsqueeze(1)  # (N, L) -> (N, 1, L)
+        from .data import standardise
+
+        return self.model(standardise(x, self.preprocess))
+
+
+@functools.cache
+def umask() -> int:
+    """The process umask. Read from /proc where it can be: setting it to read it back would, for a
+    moment, give files other threads (Ray's) create meanwhile the wrong mode."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def private_temp(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """mkstemp beside `path`, with the mode a plain open() would give (mkstemp makes 0600)."""
+    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=Path(path).name, suffix=suffix)
+    os.fchmod(fd, 0o666 & ~umask())
+    return fd, tmp
+
+
+def temp_folder(folder: Path, prefix: str) -> Path:
+    """mkdtemp beside `folder`, with the mode a plain mkdir would give (mkdtemp makes 0700)."""
+    tmp = Path(tempfile.mkdtemp(dir=Path(folder).parent, prefix=prefix))
+    os.chmod(tmp, 0o777 & ~umask())
+    return tmp
+
+
 def write_json(path: Path, obj) -> None:
     """Write JSON atomically (temp file, then rename), so a crash never leaves half a file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    fd, tmp = private_temp(path)
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -166,7 +214,7 @@ def new_folder(folder: Path, overwrite: bool = False) -> Path:
     folder = Path(folder)
     check_target(folder, overwrite)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    return temp_folder(folder, f".{folder.name}.")
 
 
 def commit_folder(tmp: Path, folder: Path) -> None:
@@ -188,8 +236,7 @@ def save_model(folder, model: nn.Module, arch: dict, metrics: dict, extra: dict 
     folder = Path(folder)
     tmp = new_folder(folder, overwrite)
     try:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
+        save_weights(model.state_dict(), tmp / "model.safetensors")
         write_json(tmp / "arch.json", arch)
         write_json(tmp / "metrics.json", metrics)
         for name, obj in (extra or {}).items():
@@ -227,6 +274,12 @@ def read_json(path: Path, expect: type = dict):
         raise ModelError(f"{path}: expected a JSON {'object' if expect is dict else expect.__name__}, "
                          f"got {type(obj).__name__}")
     return obj
+
+
+def save_weights(state: dict, path: Path) -> None:
+    """safetensors' save_file, with the mode a plain open() would give (it writes 0600)."""
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path))
+    os.chmod(path, 0o666 & ~umask())
 
 
 def load_weights(path: Path) -> dict:

@@ -24,13 +24,12 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .errors import RunError
-from .models import write_json
+from .models import private_temp, temp_folder, write_json
 
 META = "n2n.json"
 STATE = "search_state.pt"
@@ -114,9 +113,8 @@ def create_run(run_dir: Path, meta: dict) -> RunLock:
     if run_dir.exists():
         raise RunError(f"{run_dir} already exists; resume it with `n2n resume {run_dir}` or choose another --name")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}."))
+    tmp = temp_folder(run_dir, f".{run_dir.name}.")
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a run folder follows the user's umask
         (tmp / RESULTS).mkdir()
         write_json(tmp / META, meta)
         lock = RunLock(tmp).acquire()
@@ -132,18 +130,12 @@ def create_run(run_dir: Path, meta: dict) -> RunLock:
             shutil.rmtree(tmp)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_state(run_dir: Path, state: dict) -> None:
     """Write the search state atomically; the previous one is kept as a fallback."""
     run_dir = Path(run_dir)
     buf = io.BytesIO()
     torch.save(state, buf)
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=STATE, suffix=".tmp")
+    fd, tmp = private_temp(run_dir / STATE)
     with os.fdopen(fd, "wb") as f:
         f.write(buf.getvalue())
     if (run_dir / STATE).exists():

@@ -87,21 +87,44 @@ def check_labels(teacher, ds, dataset: str) -> None:
                                  f"{outputs} outputs (classes 0..{outputs - 1}); is this the teacher's dataset?")
 
 
+ACCURACY_GAP = 0.03  # a teacher measured this far from its own figure is probably not on its own split
+
+
+def teacher_data(folder: Path, metrics: dict, dataset: str, log=print) -> data_mod.Dataset:
+    """The split the teacher was trained and measured on (recorded in its metrics.json); never one
+    that depends on the search's seed."""
+    if metrics.get("split"):
+        return data_mod.load_split(dataset, metrics["split"])
+    log(f"warning: {folder} records no data split, so n2n uses split seed 0 of {dataset}; if the teacher was "
+        "trained on other samples of it, every accuracy here is too high. Teachers from `n2n teacher train` "
+        "record theirs; for your own, bring the split (npz: x_train, y_train, x_val, ...)")
+    return data_mod.load_dataset(dataset, seed=0)
+
+
+def run_data(meta: dict) -> data_mod.Dataset:
+    """The data of a run: the teacher's split, as recorded in n2n.json."""
+    return data_mod.load_split(meta["dataset"], meta.get("split") or {"seed": meta["config"].get("seed", 0)})
+
+
 def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
     """Everything a new run needs, checked before anything is written: teacher, data, reference
     figures, agent options. Returns the metadata and (teacher, arch, dataset, space)."""
     folder, dataset = resolve_teacher(cfg, log, factories)
-    teacher, arch, _ = load_model(folder, factories)
-    ds = data_mod.load_dataset(dataset, seed=cfg.seed)
+    teacher, arch, metrics = load_model(folder, factories)
+    ds = teacher_data(folder, metrics, dataset, log)
     shape = arch.get("input_shape") or arch.get("hparams", {}).get("input_shape") or ds.input_shape
     if tuple(shape) != ds.input_shape:
         raise ConfigError(f"teacher expects inputs of shape {tuple(shape)}, dataset {dataset} gives {ds.input_shape}")
     check_labels(teacher, ds, dataset)
     space = cfg.space(teacher, ds.input_shape)
     val_acc, test_acc = accuracy(teacher, ds.x_val, ds.y_val), accuracy(teacher, ds.x_test, ds.y_test)
+    stored = metrics.get("val_accuracy")
+    if isinstance(stored, (int, float)) and abs(val_acc - stored) > ACCURACY_GAP:
+        log(f"warning: the teacher measures {val_acc:.4f} validation accuracy on this split, its metrics.json says "
+            f"{stored:.4f}: is this the data and the split it was trained on?")
     ref = Reference(space.teacher_params(), space.flops(space.identity()), val_acc)
     meta = {"config": cfg.to_dict(), "teacher_folder": str(folder.resolve()), "dataset": dataset,
-            "input_shape": list(ds.input_shape), "reference": asdict(ref),
+            "input_shape": list(ds.input_shape), "reference": asdict(ref), "split": ds.split,
             "teacher": {"folder": str(folder.resolve()), "dataset": dataset, "test_accuracy": test_acc,
                         "units": space.n_units},
             "created": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -271,7 +294,7 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
     with RunLock(run_dir):
         cfg = from_dict(Config, meta["config"])
         teacher, arch, _ = load_model(meta["teacher_folder"], factories)
-        ds = data_mod.load_dataset(meta["dataset"], seed=cfg.seed)
+        ds = run_data(meta)
         space = cfg.space(teacher, meta["input_shape"])
         driver = restore_driver(lambda: make_driver(cfg, space, meta, run_dir, log), run_dir, log)
         if driver.failed:

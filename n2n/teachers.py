@@ -30,7 +30,8 @@ class TeacherRecipe:
     epochs: int = 30
     lr: float = 3e-3
     batch_size: int = 128
-    seed: int = 0
+    seed: int = 0  # initialisation and batch order
+    split_seed: int = 0  # the train/val/test split (recorded with the teacher; every search of it reuses it)
 
     def __post_init__(self):
         checks = [
@@ -70,8 +71,10 @@ def train_teacher(recipe: TeacherRecipe, out: Path | None = None, device: str = 
                   overwrite: bool = False) -> tuple:
     """Train a teacher from its recipe; save it to `out` when given (`overwrite` replaces only a
     model folder n2n wrote). Returns (model, arch, metrics)."""
-    ds = data_mod.load_dataset(recipe.dataset, seed=recipe.seed)
+    ds = data_mod.load_dataset(recipe.dataset, seed=recipe.split_seed)
     arch = teacher_arch(recipe, ds)
+    if ds.preprocess:  # the folder is a deployable model too: it takes raw inputs via n2n.load_student
+        arch["input"] = ds.preprocess
     torch.manual_seed(recipe.seed)
     model = build_model(arch)
     dev = device_for(device)
@@ -93,6 +96,7 @@ def train_teacher(recipe: TeacherRecipe, out: Path | None = None, device: str = 
         "test_accuracy": accuracy(model, ds.x_test, ds.y_test),
         "train_seconds": time.perf_counter() - start,
         "recipe": asdict(recipe),
+        "split": ds.split,  # what val/test_accuracy were measured on; searches of this teacher reuse it
     }
     log(f"  teacher: val {metrics['val_accuracy']:.4f}  test {metrics['test_accuracy']:.4f}")
     if out is not None:

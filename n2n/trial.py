@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from envs import Evaluation, Reference, RewardConfig, compression, reward
 from search_spaces import SearchSpace, StudentSpec
 
-from .models import build_model, device_for, write_json
+from .models import build_model, device_for, save_weights, write_json
 from .train import DistillConfig, HiddenTarget, distill
 
 
@@ -124,8 +123,7 @@ def save_result(results: Path, key: str, student: torch.nn.Module | None, final:
     file: a kill between the two leaves the training logged and, with no result, run again and logged
     again; never a result whose training is missing from the log."""
     if student is not None:
-        state = {k: v.contiguous() for k, v in student.state_dict().items()}
-        save_file(state, str(results / f"{key}.safetensors"))
+        save_weights(student.state_dict(), results / f"{key}.safetensors")
     with open(results / "trained.log", "a") as f:
         f.write(key + "\n")
         f.flush()

@@ -266,14 +266,15 @@ def test_teacher_train_rejects_bad_values_before_training(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
 
 
-def test_labels_outside_the_teachers_classes_are_refused_before_the_run_exists(tmp_path, capsys):
+def test_labels_outside_the_teachers_classes_are_refused_before_the_run_exists(small_teacher, tmp_path, capsys):
     import numpy as np
 
+    model, arch, _ = small_teacher
+    save_model(tmp_path / "t", model, arch, {})  # a teacher of the user's own, with no split recorded
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.normal(size=(60, 40)).astype(np.float32), y=np.arange(60) % 12)
-    status, err = _main(capsys, "search", "--runs-dir", tmp_path / "runs",
-                        "--set", f"teacher.dataset=npz:{tmp_path / 'd.npz'}", "--set",
-                        "teacher.recipe={preset: vgg1d, width_mult: 0.25, hidden: [32], epochs: 6}")
+    status, err = _main(capsys, "search", "--runs-dir", tmp_path / "runs", "--set", f"teacher.path={tmp_path / 't'}",
+                        "--set", f"teacher.dataset=npz:{tmp_path / 'd.npz'}")
     assert status == 2 and "labels go up to 11, but the teacher has only 10 outputs" in err
     assert not (tmp_path / "runs").exists()
 
@@ -301,3 +302,22 @@ def test_a_search_where_every_trial_fails_stops_early_under_ray(ray_session, tin
     assert summary["stage"] == "failed" and summary["candidates_evaluated"] == 3  # not the budget of 12
     assert "the first 3 candidates all failed; the first: loss became" in summary["failure"]
     assert not any("search finished" in m for m in logs) and cli._status(summary) == 1
+
+
+def test_files_follow_the_users_umask(small_teacher, tmp_path):
+    """Temp-file helpers create 0600/0700; what n2n leaves behind must look like any other tool's output."""
+    from n2n.models import umask
+
+    model, arch, _ = small_teacher
+    assert umask() == (lambda m: (os.umask(m), m)[1])(os.umask(0o022))  # read without changing it
+    save_model(tmp_path / "t", model, arch, {})
+    run = tmp_path / "run"
+    from n2n.runfolder import create_run, save_state
+
+    with create_run(run, _fake_meta()):
+        save_state(run, {"records": []})
+    mask = umask()
+    for path in [tmp_path / "t", run, run / "results"]:
+        assert path.stat().st_mode & 0o777 == 0o777 & ~mask, path
+    for path in [*(tmp_path / "t").iterdir(), run / "n2n.json", run / "search_state.pt"]:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import n2n
 from envs import Evaluation, Reference, reward
@@ -56,7 +57,11 @@ def test_search_end_to_end(ray_session, tiny_config, tmp_path):
     metrics = export_best(run, out, log=lambda *_: None)
     student = n2n.load_student(out)
     ds = data_mod.load_dataset("mnist1d")
-    assert accuracy(student, ds.x_val, ds.y_val) == metrics["val_accuracy"] == best["accuracy"]
+    x, y, _ = data_mod.load_raw("mnist1d")  # the generator's own arrays: the student carries the standardisation
+    raw = torch.as_tensor(x[:, 0])  # (N, 40), as mnist1d's generator makes them
+    val, test = ds.index["val"], ds.index["test"]
+    assert accuracy(student, raw[val], torch.as_tensor(y[val])) == metrics["val_accuracy"] == best["accuracy"]
+    assert accuracy(student, raw[test], torch.as_tensor(y[test])) == metrics["test_accuracy"]
     assert sum(p.numel() for p in student.parameters()) == best["params"]
     assert json.loads((out / "spec.json").read_text()) == best["spec"]
     assert 0 < metrics["test_accuracy"] <= 1
@@ -113,7 +118,7 @@ def test_cli_user_errors_exit_2_without_traceback(tmp_path, tiny_config):
     assert not (tmp_path / "runs" / "opts").exists()  # nothing written for a rejected config
     r = _cli("search", str(tiny_config), "--set", "teacher.dataset=digits", "--name", "shape",
              "--runs-dir", str(tmp_path / "runs"))
-    assert r.returncode == 2 and "teacher expects inputs of shape (1, 40), dataset digits gives (1, 8, 8)" in r.stderr
+    assert r.returncode == 2 and "digits: expected the data the teacher was trained on (mnist1d, fingerprint" in r.stderr
     assert not (tmp_path / "runs" / "shape").exists()
     (tmp_path / "runs" / "taken").mkdir(parents=True)
     (tmp_path / "runs" / "taken" / "keep.txt").write_text("mine")
@@ -156,5 +161,10 @@ def test_resnet_teacher_on_2d_images_through_the_same_search(ray_session, tmp_pa
     metrics = export_best(run, tmp_path / "student", log=lambda *_: None)
     student = n2n.load_student(tmp_path / "student")
     ds = data_mod.load_dataset("digits")
-    assert accuracy(student, ds.x_val, ds.y_val) == metrics["val_accuracy"] == summary["best"]["val_accuracy"]
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()  # images 0..16 with no channel axis, as scikit-learn gives them
+    i = ds.index["val"]
+    assert accuracy(student, torch.as_tensor(raw.images[i]), torch.as_tensor(raw.target[i])) == \
+        metrics["val_accuracy"] == summary["best"]["val_accuracy"]
     assert json.loads((tmp_path / "student" / "arch.json").read_text())["family"] == "resnet"

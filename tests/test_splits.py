@@ -1,0 +1,75 @@
+"""The split belongs to the data and the teacher, never to the search; users may bring their own."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from n2n.config import load_config
+from n2n.data import DataError, load_dataset
+from n2n.models import save_model
+from n2n.search import prepare_run
+from n2n.teachers import TeacherRecipe, cached_teacher, train_teacher
+
+TINY = {"preset": "vgg1d", "width_mult": 0.25, "hidden": [32], "epochs": 6}
+
+
+def test_the_search_seed_never_resplits_the_teachers_data():
+    """seed=1 used to re-split MNIST-1D, so the teacher was 'evaluated' on samples it trained on."""
+    teacher_metrics = json.loads((cached_teacher(TeacherRecipe(**TINY), log=lambda *_: None) / "metrics.json").read_text())
+    for seed in (0, 1, 7):
+        meta, (_, _, ds, _) = prepare_run(load_config(None, {"seed": seed, "teacher.recipe": TINY}), log=lambda *_: None)
+        assert meta["split"] == teacher_metrics["split"] and meta["split"]["seed"] == 0
+        assert meta["reference"]["accuracy"] == teacher_metrics["val_accuracy"]  # measured on its own split
+        assert meta["teacher"]["test_accuracy"] == teacher_metrics["test_accuracy"]
+
+
+def _npz_task(path, shift=0.0, n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    x = (rng.normal(size=(n, 1, 40)) + y[:, None, None] * 1.5 + shift).astype(np.float32)
+    np.savez(path, x=x, y=y)
+    return x, y
+
+
+def test_a_teacher_refuses_data_other_than_its_own_and_names_both(tmp_path):
+    _npz_task(tmp_path / "d.npz")
+    recipe = TeacherRecipe(dataset=f"npz:{tmp_path / 'd.npz'}", arch="mlp", hidden=[16], epochs=2)
+    train_teacher(recipe, out=tmp_path / "t", log=lambda *_: None)
+    cfg = load_config(None, {"teacher.path": str(tmp_path / "t")})
+    meta, _ = prepare_run(cfg, log=lambda *_: None)
+    (tmp_path / "d.npz").rename(tmp_path / "moved.npz")  # a moved file is the same data
+    moved = load_config(None, {"teacher.path": str(tmp_path / "t"), "teacher.dataset": f"npz:{tmp_path / 'moved.npz'}"})
+    assert prepare_run(moved, log=lambda *_: None)[0]["split"]["fingerprint"] == meta["split"]["fingerprint"]
+    _npz_task(tmp_path / "moved.npz", shift=0.1)  # the same file name, other samples
+    with pytest.raises(DataError, match=f"expected the data the teacher was trained on \\(npz:{tmp_path / 'd.npz'}, "
+                                        f"fingerprint {meta['split']['fingerprint']}\\), found different data"):
+        prepare_run(moved, log=lambda *_: None)
+
+
+def test_users_bring_their_own_split(tmp_path):
+    x, y = _npz_task(tmp_path / "d.npz", n=90)
+    np.savez(tmp_path / "sep.npz", x_train=x[:50], y_train=y[:50], x_val=x[50:70], y_val=y[50:70], x_test=x[70:],
+             y_test=y[70:])
+    sep = load_dataset(f"npz:{tmp_path / 'sep.npz'}", seed=5)  # a seed cannot re-split given data
+    assert sep.sizes() == {"train": 50, "val": 20, "test": 20} and sep.split["seed"] is None
+    assert [sep.index[k].tolist() for k in ("train", "val", "test")] == [list(range(50)), list(range(50, 70)), list(range(70, 90))]
+    labels = np.array(["train"] * 50 + ["val"] * 20 + ["test"] * 20)[::-1]
+    np.savez(tmp_path / "arr.npz", x=x, y=y, split=labels)
+    arr = load_dataset(f"npz:{tmp_path / 'arr.npz'}")
+    assert arr.index["test"].tolist() == list(range(20)) and arr.sizes() == sep.sizes()
+    assert torch.equal(arr.y_test, torch.as_tensor(y[:20]))
+    np.savez(tmp_path / "bad.npz", x=x, y=y, split=np.array(["train", "dev"] * 45))
+    with pytest.raises(DataError, match="expected 'split' to give each of the 90 samples 'train', 'val' or 'test'"):
+        load_dataset(f"npz:{tmp_path / 'bad.npz'}")
+
+
+def test_a_teacher_without_a_split_or_far_from_its_own_figure_is_flagged(tmp_path, small_teacher):
+    model, arch, val_acc = small_teacher
+    save_model(tmp_path / "t", model, arch, {"dataset": "mnist1d", "val_accuracy": 0.5})  # no split recorded
+    logs = []
+    meta, _ = prepare_run(load_config(None, {"teacher.path": str(tmp_path / "t")}), log=logs.append)
+    assert meta["split"]["seed"] == 0
+    assert any("records no data split, so n2n uses split seed 0 of mnist1d" in m for m in logs)
+    assert any(f"measures {val_acc:.4f} validation accuracy on this split, its metrics.json says 0.5000" in m for m in logs)
