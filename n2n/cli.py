@@ -12,17 +12,24 @@ from .errors import USER_ERRORS
 
 def _teacher_train(args) -> int:
     from .errors import ConfigError
-    from .models import valid_device
-    from .teachers import TeacherRecipe, train_teacher
+    from .models import check_target, valid_device
+    from .teachers import TeacherRecipe, train_hf_teacher, train_teacher
 
     if not valid_device(args.device):
         raise ConfigError(f"--device: expected auto, cpu, cuda, cuda:N or mps, got {args.device!r}")
-    recipe = TeacherRecipe(dataset=args.dataset, arch=args.arch, preset=args.preset, width_mult=args.width_mult,
-                           hidden=args.hidden, epochs=args.epochs, lr=args.lr, seed=args.seed,
-                           split_seed=args.split_seed)
     out = Path(args.out)
-    from .models import check_target
-
+    if args.hf:  # fine-tune a local Hugging Face encoder checkpoint into a classifier
+        if args.dataset == "mnist1d" or not args.dataset.startswith(("text:", "npz:")):
+            raise ConfigError(f"--hf: expected --dataset text:FILE (CSV/JSONL of text,label), got {args.dataset!r}")
+        train_hf_teacher(Path(args.hf), args.dataset, out, epochs=3 if args.epochs is None else args.epochs,
+                         lr=5e-5 if args.lr is None else args.lr,
+                         max_length=args.max_length, seed=args.seed, split_seed=args.split_seed, device=args.device,
+                         overwrite=args.overwrite)
+        print(f"saved teacher to {out}")
+        return 0
+    recipe = TeacherRecipe(dataset=args.dataset, arch=args.arch, preset=args.preset, width_mult=args.width_mult,
+                           hidden=args.hidden, epochs=30 if args.epochs is None else args.epochs,
+                           lr=3e-3 if args.lr is None else args.lr, seed=args.seed, split_seed=args.split_seed)
     check_target(out, args.overwrite)  # refuse a taken --out before training, not after
     train_teacher(recipe, out=out, device=args.device, overwrite=args.overwrite)
     print(f"saved teacher to {out}")
@@ -69,7 +76,8 @@ def _resume(args) -> int:
 def _export(args) -> int:
     from .export import export_best
 
-    export_best(Path(args.run), Path(args.out), args.finetune_epochs, args.overwrite, factories=args.allow_factory)
+    export_best(Path(args.run), Path(args.out), args.finetune_epochs, args.overwrite, factories=args.allow_factory,
+                trim_vocab=args.trim_vocab)
     return 0
 
 
@@ -88,13 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     teacher = sub.add_parser("teacher", help="train or inspect teachers").add_subparsers(dest="teacher_cmd", required=True)
     t = teacher.add_parser("train", help="train a teacher and save it as a folder (safetensors + JSON)")
-    t.add_argument("--dataset", default="mnist1d", help="mnist1d | digits | npz:PATH | folder:PATH")
+    t.add_argument("--dataset", default="mnist1d", help="mnist1d | digits | npz:PATH | folder:PATH | text:PATH (with --hf)")
+    t.add_argument("--hf", metavar="CHECKPOINT", help="a local Hugging Face encoder folder to fine-tune into a "
+                   "classifier on a text: dataset (instead of --arch)")
+    t.add_argument("--max-length", type=int, default=128, help="--hf: tokens per text (longer ones are cut)")
     t.add_argument("--arch", default="vgg", choices=["vgg", "mlp", "resnet"])
     t.add_argument("--preset", default="vgg1d", help="vgg1d, vgg11, vgg13, vgg16, vgg19, small (vgg); resnet10/18/34/50 (resnet)")
     t.add_argument("--width-mult", type=float, default=1.0)
     t.add_argument("--hidden", type=int, nargs="*", default=[256], help="classifier widths")
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--epochs", type=int, default=None, help="default 30; 3 with --hf")
+    t.add_argument("--lr", type=float, default=None, help="default 3e-3; 5e-5 with --hf")
     t.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
     t.add_argument("--split-seed", type=int, default=0,
                    help="train/val/test split of the dataset (recorded with the teacher; ignored when the data brings its own split)")
@@ -127,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="folder to write (must not exist)")
     e.add_argument("--finetune-epochs", type=int, default=0, help="distil + cross-entropy this long first")
     e.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier export (nothing else)")
+    e.add_argument("--trim-vocab", action="store_true", help="transformers on text: keep only the embeddings "
+                   "(and tokenizer entries) of tokens in the training texts")
     e.add_argument("--allow-factory", action="append", default=[], metavar="PKG.MOD:FN",
                    help="let a model folder's arch.json import and call this factory (your own module class); "
                         "repeat for several. Nothing else is ever imported from a model folder")

@@ -4,8 +4,9 @@ Built-ins come from packages that generate or ship them (nothing is downloaded):
 - ``mnist1d``: MNIST-1D made by the `mnist1d` package's generator (10,000 sequences of length 40,
   10 classes), cached on disk after the first run;
 - ``digits``: scikit-learn's 8x8 digits (1,797 images, 10 classes).
-User data: ``npz:PATH`` (arrays ``x`` and ``y``, optionally with your own split) or ``folder:PATH``
-(``PATH/<class>/<image>``).
+User data: ``npz:PATH`` (arrays ``x`` and ``y``, optionally with your own split), ``folder:PATH``
+(``PATH/<class>/<image>``) or ``text:PATH`` (a CSV or JSONL file of ``text,label`` [``split``], tokenised
+with the teacher's own tokenizer).
 
 The split belongs to the data and the teacher, never to a search: a teacher folder records the split
 it was trained and measured on (``Dataset.split``: dataset, split seed or "given", a fingerprint of
@@ -48,6 +49,7 @@ class Dataset:
     split: dict  # {"dataset", "seed" (None when the data came split), "fingerprint", "sizes"}
     index: dict  # "train" / "val" / "test" -> positions in the raw arrays, as the loader returned them
     preprocess: dict | None = None  # {"scale", "shift", "shape"}: model input = raw * scale + shift; None for ids
+    labels: list[str] | None = None  # class names, when the data has them (text: string labels)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -62,13 +64,15 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def load_dataset(name: str, seed: int = 0) -> Dataset:
+def load_dataset(name: str, seed: int = 0, tokenizer=None, max_length: int = 128) -> Dataset:
     """A dataset by name: 'mnist1d', 'digits', 'npz:PATH' or 'folder:PATH', split by `seed` (70/15/15)
     unless the data comes with its own split (npz: ``x_train``... or a ``split`` array).
 
     Raw inputs (what `n2n.load_student` takes): mnist1d the generator's ``x`` (N, 40); digits
     scikit-learn's ``load_digits().images`` (N, 8, 8); npz the file's ``x``; folder the pixels as
     (C, H, W) values in 0..255."""
+    if name.startswith("text:"):
+        return _text_dataset(name, seed, tokenizer, max_length)
     x, y, parts = load_raw(name)
     return split(name, x, y, seed, parts)
 
@@ -91,9 +95,10 @@ def load_raw(name: str) -> tuple[np.ndarray, np.ndarray, list | None]:
     raise DataError(f"unknown dataset {name!r}: expected 'mnist1d', 'digits', 'npz:PATH' or 'folder:PATH'")
 
 
-def load_split(name: str, record: dict) -> Dataset:
-    """The split a teacher recorded (`Dataset.split`), checked against the data found now."""
-    ds = load_dataset(name, seed=record.get("seed") or 0)
+def load_split(name: str, record: dict, tokenizer=None) -> Dataset:
+    """The split a teacher recorded (`Dataset.split`), checked against the data found now.
+    `tokenizer`: the teacher's folder, for text datasets."""
+    ds = load_dataset(name, seed=record.get("seed") or 0, tokenizer=tokenizer, max_length=record.get("max_length", 128))
     if record.get("fingerprint") and ds.split["fingerprint"] != record["fingerprint"]:
         raise DataError(f"{name}: expected the data the teacher was trained on ({record.get('dataset')}, fingerprint "
                         f"{record['fingerprint']}), found different data (fingerprint {ds.split['fingerprint']})")
@@ -241,6 +246,80 @@ def _split_array(path: Path, split: np.ndarray, n: int) -> list:
     if empty:
         raise DataError(f"npz dataset {path}: the 'split' array gives no sample to {empty[0]!r}")
     return parts
+
+
+def read_text(path: Path) -> tuple[list[str], list, list | None]:
+    """(texts, labels, parts) from a CSV (header with ``text`` and ``label``) or JSONL file (one
+    object per line with those keys); an optional ``split`` column/key gives train/val/test."""
+    import csv
+    import json
+
+    if not path.is_file():
+        raise DataError(f"text dataset: expected a CSV or JSONL file at {path}, found none")
+    rows = []
+    try:
+        if path.suffix.lower() in (".jsonl", ".json"):
+            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip():
+                    row = json.loads(line)
+                    if not isinstance(row, dict):
+                        raise DataError(f"text dataset {path}: line {i}: expected a JSON object, got {type(row).__name__}")
+                    rows.append(row)
+        else:
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error, json.JSONDecodeError) as e:
+        raise DataError(f"text dataset {path}: not a readable CSV/JSONL file of text,label ({e})") from None
+    for i, row in enumerate(rows, 1):
+        if not {"text", "label"} <= set(row) or not isinstance(row["text"], str) or row["label"] in (None, ""):
+            raise DataError(f"text dataset {path}: expected 'text' and 'label' in every row; row {i} has {sorted(row)}")
+    texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
+    parts = None
+    if rows and all("split" in r for r in rows):
+        parts = _split_array(path, np.array([str(r["split"]) for r in rows]), len(rows))
+    return texts, labels, parts
+
+
+def _label_ids(path: Path, labels: list) -> tuple[np.ndarray, list[str] | None]:
+    """Integer labels as they are; any other labels (strings) -> ids in sorted order, with their names."""
+    try:
+        ints = [int(v) for v in labels]
+        if all(str(i) == str(v).strip() for i, v in zip(ints, labels)) and min(ints) >= 0:
+            return np.asarray(ints, dtype=np.int64), None
+    except (TypeError, ValueError):
+        pass
+    names = sorted({str(v) for v in labels})
+    index = {n: i for i, n in enumerate(names)}
+    return np.asarray([index[str(v)] for v in labels], dtype=np.int64), names
+
+
+def tokenizer_for(folder):
+    """The tokenizer saved in a Hugging Face folder (offline, no remote code)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise DataError(f"{folder}: expected a Hugging Face tokenizer there to tokenise a text dataset "
+                        f"({str(e).splitlines()[0]})") from None
+
+
+def _text_dataset(name: str, seed: int, tokenizer, max_length: int) -> Dataset:
+    path = Path(name[5:])
+    if tokenizer is None:
+        raise DataError(f"{name}: a text dataset is tokenised with the teacher's tokenizer; use it with a Hugging "
+                        "Face teacher folder (teacher.path, or `n2n teacher train --hf CHECKPOINT`)")
+    if max_length < 2:
+        raise DataError(f"{name}: expected max_length >= 2, got {max_length}")
+    texts, labels, parts = read_text(path)
+    y, names = _label_ids(path, labels)
+    tok = tokenizer if hasattr(tokenizer, "__call__") and not isinstance(tokenizer, (str, Path)) else tokenizer_for(tokenizer)
+    ids = tok(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="np")["input_ids"]
+    ds = split(name, ids.astype(np.int64), y, seed, parts)  # (N, max_length) token ids
+    ds.split["max_length"] = max_length
+    if names:
+        ds.split["labels"] = ds.labels = names
+    return ds
 
 
 def _folder(root: Path) -> tuple[np.ndarray, np.ndarray]:

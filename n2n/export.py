@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+
+import torch
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from .models import build_model, check_replaceable, load_model, load_weights, sa
 from .runfolder import RunLock, read_records, read_run
 from .search import run_data
 from .train import accuracy, distill, predict
+from .vocab import trim_vocabulary
 
 
 def _check_out(out: Path, run_dir: Path, teacher_folder: Path, overwrite: bool) -> None:
@@ -28,21 +31,47 @@ def _check_out(out: Path, run_dir: Path, teacher_folder: Path, overwrite: bool) 
         check_replaceable(out)
 
 
+def _teacher_tokenizer(folder: Path):
+    """The tokenizer saved with a Hugging Face teacher, or None when it has none."""
+    from . import data as data_mod
+
+    if not any((folder / f).is_file() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
+        return None
+    return data_mod.tokenizer_for(folder)
+
+
 def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: bool = False, log=print,
-                factories=()) -> dict:
+                factories=(), trim_vocab: bool = False) -> dict:
     """Write model.safetensors + spec.json + arch.json + metrics.json for the run's best student.
-    `overwrite` replaces only an earlier export; `factories`: see `n2n.models.build_model`."""
+    `overwrite` replaces only an earlier export; `factories`: see `n2n.models.build_model`;
+    `trim_vocab`: keep only the embeddings of tokens in the training texts (see n2n.vocab)."""
     run_dir, out = Path(run_dir), Path(out)
     meta = read_run(run_dir)
     _check_out(out, run_dir, Path(meta["teacher_folder"]), overwrite)
     if finetune_epochs < 0:
         raise RunError(f"--finetune-epochs: expected >= 0, got {finetune_epochs}")
+    if trim_vocab and not meta["dataset"].startswith("text:"):
+        raise RunError(f"--trim-vocab: expected a run on a text: dataset (its texts are re-tokenised), got {meta['dataset']}")
     # fine-tuning takes minutes: hold the run, so no search or resume changes it meanwhile
     with RunLock(run_dir) if finetune_epochs else contextlib.nullcontext():
-        return _export(run_dir, out, meta, finetune_epochs, overwrite, log, factories)
+        return _export(run_dir, out, meta, finetune_epochs, overwrite, log, factories, trim_vocab)
 
 
-def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrite: bool, log, factories) -> dict:
+def _retokenised(ds, tokenizer):
+    """Validation and test texts tokenised again (by a trimmed tokenizer), labels as they were."""
+    from dataclasses import replace as dc_replace
+
+    from .data import read_text
+
+    texts = read_text(Path(ds.name[5:]))[0]
+    ids = {part: torch.as_tensor(tokenizer([texts[i] for i in ds.index[part]], padding="max_length", truncation=True,
+                                           max_length=ds.split["max_length"], return_tensors="np")["input_ids"],
+                                 dtype=torch.long) for part in ("val", "test")}
+    return dc_replace(ds, x_val=ids["val"], x_test=ids["test"])
+
+
+def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrite: bool, log, factories,
+            trim_vocab: bool = False) -> dict:
     records = read_records(run_dir)
     ranked = sorted((r for r in records if r["failure"] is None and r["reward"] > -1), key=lambda r: -r["reward"])
     if not ranked:
@@ -71,9 +100,21 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         distill(student, ds.x_train, ds.y_train, predict(teacher, ds.x_train), ds.x_val, ds.y_val, ft,
                 seed=cfg.seed, device=cfg.resources.device if cfg.resources.device != "auto" else "cpu")
         student.cpu()
+    assert count_params(student) == best["params"] == space.params(spec)  # the spec's prediction is exact
+    tokenizer = _teacher_tokenizer(Path(meta["teacher_folder"])) if arch["family"] == "hf-encoder" else None
+    vocab = None
+    if trim_vocab:
+        if tokenizer is None:
+            raise RunError("--trim-vocab: expected a transformer student whose teacher folder has a tokenizer")
+        before = student.model.config.vocab_size
+        tokenizer = trim_vocabulary(student, tokenizer, ds.x_train)
+        arch = {**arch, "config": {**arch["config"], "vocab_size": student.model.config.vocab_size,
+                                   "pad_token_id": student.model.config.pad_token_id}}
+        ds = _retokenised(ds, tokenizer)  # measured as deployed: the trimmed tokenizer on the raw texts
+        vocab = {"kept": student.model.config.vocab_size, "of": before}
+        log(f"vocabulary trimmed to the {vocab['kept']:,} tokens of the training texts (of {before:,})")
     val, test = accuracy(student, ds.x_val, ds.y_val), accuracy(student, ds.x_test, ds.y_test)
     params = count_params(student)
-    assert params == best["params"] == space.params(spec)  # the spec's prediction is exact
     metrics = {
         "params": params, "flops": space.flops(spec), "val_accuracy": val, "test_accuracy": test,
         "search_val_accuracy": best["val_accuracy"], "search_reward": best["reward"],
@@ -82,14 +123,20 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
                     "test_accuracy": meta["teacher"]["test_accuracy"]},
         "dataset": meta["dataset"], "split": ds.split, "run": str(run_dir.resolve()), "summary": best["summary"],
     }
+    if vocab:
+        metrics["vocab"] = vocab
     if ds.preprocess:  # the export takes raw inputs (n2n.load_student): accuracies above hold on them
         arch = {**arch, "input": ds.preprocess}
     hf = arch["family"] == "hf-encoder" and hf_expressible(arch)
+    if arch["family"] == "hf-encoder" and tokenizer is None:
+        log("the teacher folder has no tokenizer: the student takes token ids only")
 
     def save_hf(tmp: Path):
         if hf:  # fewer layers and one FFN width: a stock config describes it, so transformers can load it
             student.model.config.intermediate_size = arch["layers"][0]["ffn"]
             student.model.save_pretrained(tmp / "hf")
+        if tokenizer is not None:  # without it every token would be [UNK] to whoever loads the student
+            tokenizer.save_pretrained(tmp / ("hf" if hf else "tokenizer"))
 
     save_model(out, student, arch, metrics, extra={"spec.json": spec.to_dict()}, overwrite=overwrite, finish=save_hf)
     if hf:

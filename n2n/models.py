@@ -181,7 +181,10 @@ def write_json(path: Path, obj) -> None:
 
 
 MODEL_FILES = {"model.safetensors", "arch.json", "metrics.json"}
-EXPORT_EXTRAS = {"spec.json", "hf"}  # what `n2n export` adds to a model folder
+EXPORT_EXTRAS = {"spec.json", "hf", "tokenizer"}  # what `n2n export` adds to a model folder
+HF_FILES = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+            "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json", "spiece.model",
+            "sentencepiece.bpe.model", "chat_template.jinja"}  # a Hugging Face teacher folder n2n wrote
 
 
 def check_replaceable(folder: Path) -> None:
@@ -193,8 +196,8 @@ def check_replaceable(folder: Path) -> None:
     if not folder.is_dir() or folder.is_symlink():
         raise FileExistsError(f"{folder} exists and is not a model folder n2n wrote; refusing to replace it")
     names = {p.name for p in folder.iterdir()}
-    foreign = sorted(names - MODEL_FILES - EXPORT_EXTRAS)
-    if foreign or not {"model.safetensors", "arch.json"} <= names:
+    foreign = sorted(names - MODEL_FILES - EXPORT_EXTRAS - HF_FILES)
+    if foreign or not ({"model.safetensors", "arch.json"} <= names or {"model.safetensors", "config.json"} <= names):
         shown = ", ".join(foreign[:5]) or "no model.safetensors/arch.json"
         raise FileExistsError(f"{folder} exists and is not a model folder n2n wrote (it holds {shown}); "
                               "--overwrite only replaces an earlier export or teacher; choose another --out")
@@ -251,16 +254,32 @@ def save_model(folder, model: nn.Module, arch: dict, metrics: dict, extra: dict 
 
 
 def load_hf_classifier(folder: Path, trust_remote_code: bool = False) -> nn.Module:
-    """A local Hugging Face ...ForSequenceClassification folder, as ids -> logits (no download)."""
+    """A local Hugging Face ...ForSequenceClassification folder, as ids -> logits (no download).
+
+    A folder without a trained classification head (a bare encoder such as all-MiniLM-L6-v2) is
+    refused: transformers would fill the head with random weights, and nothing random may enter a
+    teacher. `n2n teacher train --hf FOLDER` fine-tunes one into a classifier."""
     from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
     from search_spaces import HFClassifier
 
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the missing-weights report is ours to give, in one line
+    hf_logging.disable_progress_bar()  # no weight-loading bars in the user's terminal
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True,
-                                                                   trust_remote_code=trust_remote_code)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            folder, local_files_only=True, trust_remote_code=trust_remote_code, output_loading_info=True)
     except (OSError, ValueError) as e:
         raise ModelError(f"{folder}: not a loadable Hugging Face classifier folder ({str(e).splitlines()[0]})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        arch = ", ".join(getattr(model.config, "architectures", None) or ["?"])
+        raise ModelError(f"{folder}: expected a trained sequence classifier, found a model ({arch}) without "
+                         f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}, which would start random; "
+                         f"fine-tune it into a teacher first: n2n teacher train --hf {folder} --dataset text:FILE --out DIR")
     return HFClassifier(model.eval()).eval()
 
 

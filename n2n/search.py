@@ -76,12 +76,17 @@ def make_context(meta: dict, cfg: Config, run_dir: Path, loaded: tuple, factorie
                    cfg.search.uniform_widths, per_epoch=cfg.early_stop.enabled, factories=tuple(factories))
 
 
-def check_labels(teacher, ds, dataset: str) -> None:
-    """Labels must be outputs of the teacher: a label past its last output would be learned by no one."""
+def check_labels(teacher, ds, dataset: str, exact: bool = False) -> None:
+    """Labels must be outputs of the teacher: a label past its last output would be learned by no one.
+    `exact`: the teacher must have one output per class (a classifier head made for this data)."""
     import torch
 
     with torch.no_grad():
         outputs = teacher(ds.x_val[:2]).shape[-1]
+    if exact and outputs != ds.num_classes:
+        raise data_mod.DataError(f"{dataset}: {ds.num_classes} classes, but the teacher's classifier has {outputs} "
+                                 "outputs; fine-tune a teacher on this data (n2n teacher train --hf CHECKPOINT "
+                                 f"--dataset {dataset})")
     if ds.num_classes > outputs:
         raise data_mod.DataError(f"{dataset}: labels go up to {ds.num_classes - 1}, but the teacher has only "
                                  f"{outputs} outputs (classes 0..{outputs - 1}); is this the teacher's dataset?")
@@ -94,16 +99,17 @@ def teacher_data(folder: Path, metrics: dict, dataset: str, log=print) -> data_m
     """The split the teacher was trained and measured on (recorded in its metrics.json); never one
     that depends on the search's seed."""
     if metrics.get("split"):
-        return data_mod.load_split(dataset, metrics["split"])
+        return data_mod.load_split(dataset, metrics["split"], tokenizer=folder)
     log(f"warning: {folder} records no data split, so n2n uses split seed 0 of {dataset}; if the teacher was "
         "trained on other samples of it, every accuracy here is too high. Teachers from `n2n teacher train` "
         "record theirs; for your own, bring the split (npz: x_train, y_train, x_val, ...)")
-    return data_mod.load_dataset(dataset, seed=0)
+    return data_mod.load_dataset(dataset, seed=0, tokenizer=folder)
 
 
 def run_data(meta: dict) -> data_mod.Dataset:
     """The data of a run: the teacher's split, as recorded in n2n.json."""
-    return data_mod.load_split(meta["dataset"], meta.get("split") or {"seed": meta["config"].get("seed", 0)})
+    return data_mod.load_split(meta["dataset"], meta.get("split") or {"seed": meta["config"].get("seed", 0)},
+                               tokenizer=meta["teacher_folder"])
 
 
 def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
@@ -115,7 +121,7 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
     shape = arch.get("input_shape") or arch.get("hparams", {}).get("input_shape") or ds.input_shape
     if tuple(shape) != ds.input_shape:
         raise ConfigError(f"teacher expects inputs of shape {tuple(shape)}, dataset {dataset} gives {ds.input_shape}")
-    check_labels(teacher, ds, dataset)
+    check_labels(teacher, ds, dataset, exact=arch.get("family") == "hf-pretrained")
     space = cfg.space(teacher, ds.input_shape)
     val_acc, test_acc = accuracy(teacher, ds.x_val, ds.y_val), accuracy(teacher, ds.x_test, ds.y_test)
     stored = metrics.get("val_accuracy")

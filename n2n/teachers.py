@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import torch
 
 from . import data as data_mod
-from .models import build_model, device_for, load_model, save_model
+from .models import ModelError, build_model, device_for, load_model, save_model
 from .train import accuracy, train_classifier
 from search_spaces import count_params
 
@@ -104,6 +105,65 @@ def train_teacher(recipe: TeacherRecipe, out: Path | None = None, device: str = 
     return model, arch, metrics
 
 
+def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int = 3, lr: float = 5e-5,
+                     max_length: int = 128, batch_size: int = 32, seed: int = 0, split_seed: int = 0,
+                     device: str = "auto", overwrite: bool = False, log=print) -> dict:
+    """Fine-tune a local Hugging Face encoder checkpoint into a sequence classifier on `dataset`
+    (``text:FILE``, tokenised with the checkpoint's tokenizer) and save a teacher folder: the Hugging
+    Face files (config with label names, weights, tokenizer) plus metrics.json with the split."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    from search_spaces import HFClassifier
+
+    from .models import check_target, commit_folder, new_folder, write_json
+
+    for ok, what in ((epochs >= 1, f"--epochs: expected >= 1, got {epochs}"), (lr > 0, f"--lr: expected > 0, got {lr}"),
+                     (batch_size >= 1, f"batch size: expected >= 1, got {batch_size}")):
+        if not ok:
+            raise ConfigError(what)
+    check_target(out, overwrite)
+    checkpoint = Path(checkpoint)
+    tok = data_mod.tokenizer_for(checkpoint)
+    ds = data_mod.load_dataset(dataset, seed=split_seed, tokenizer=tok, max_length=max_length)
+    names = ds.labels or [str(i) for i in range(ds.num_classes)]
+    hf_logging.set_verbosity_error()  # the new head is meant to start random here: no warning about it
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            checkpoint, local_files_only=True, num_labels=ds.num_classes, id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)})
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{checkpoint}: not a loadable Hugging Face checkpoint ({str(e).splitlines()[0]})") from None
+    clf = HFClassifier(model)
+    dev = device_for(device)
+    log(f"fine-tuning {checkpoint.name} into a {ds.num_classes}-class classifier on {dataset} "
+        f"({count_params(clf):,} params, {ds.sizes()['train']} training texts, {epochs} epochs, {dev})")
+    start = time.perf_counter()
+
+    def on_epoch(epoch, loss):
+        log(f"  epoch {epoch + 1}/{epochs}  loss {loss:.4f}  val acc {accuracy(clf, ds.x_val, ds.y_val):.4f}")
+
+    train_classifier(clf, ds.x_train, ds.y_train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=dev,
+                     on_epoch=on_epoch)
+    clf.cpu()
+    metrics = {"dataset": dataset, "params": count_params(clf), "val_accuracy": accuracy(clf, ds.x_val, ds.y_val),
+               "test_accuracy": accuracy(clf, ds.x_test, ds.y_test), "train_seconds": time.perf_counter() - start,
+               "checkpoint": str(checkpoint.resolve()), "labels": names, "split": ds.split,
+               "recipe": {"epochs": epochs, "lr": lr, "max_length": max_length, "batch_size": batch_size, "seed": seed}}
+    tmp = new_folder(out, overwrite)
+    try:
+        clf.model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)  # the teacher's tokenizer travels with it, and on to its students
+        write_json(tmp / "metrics.json", metrics)
+        commit_folder(tmp, Path(out))
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    log(f"  teacher: val {metrics['val_accuracy']:.4f}  test {metrics['test_accuracy']:.4f} -> {out}")
+    return metrics
+
+
 def cached_teacher(recipe: TeacherRecipe, log=print) -> Path:
     """Folder of the teacher trained from `recipe`, training it on first use."""
     folder = data_mod.cache_dir() / "teachers" / f"{recipe.dataset}-{recipe.arch}-{recipe.key()}"
@@ -112,4 +172,4 @@ def cached_teacher(recipe: TeacherRecipe, log=print) -> Path:
     return folder
 
 
-__all__ = ["TeacherRecipe", "train_teacher", "cached_teacher", "load_model", "teacher_arch"]
+__all__ = ["TeacherRecipe", "train_teacher", "train_hf_teacher", "cached_teacher", "load_model", "teacher_arch"]

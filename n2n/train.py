@@ -38,7 +38,8 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
                      weight_decay: float = 5e-4, batch_size: int = 128, seed: int = 0,
                      device: torch.device | str = "cpu",
                      on_epoch: Callable[[int, float], None] | None = None) -> nn.Module:
-    """Cross-entropy training with Adam and a cosine schedule; `on_epoch(epoch, mean_loss)`."""
+    """Cross-entropy training with AdamW and a one-cycle schedule (15% warm-up, cosine decay);
+    `on_epoch(epoch, mean_loss)`."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()

