@@ -27,6 +27,56 @@ from search_spaces import StudentSpec
 STATE_VERSION = 1
 
 
+class AgentOptionError(ValueError):
+    """An option an agent does not take, or a value it cannot use; the message names the option."""
+
+
+@dataclass
+class NoOptions:
+    """Agents without options."""
+
+
+def parse_options(kind: str, cls, options: dict):
+    """The agent's typed options (`cls`, a dataclass) from plain data; unknown names and values of
+    the wrong type are refused with the option's name."""
+    import typing
+    from dataclasses import fields
+
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for k, v in options.items():
+        if k not in names:
+            raise AgentOptionError(f"{k}: not an option of the {kind} agent; it takes {names or 'none'}")
+        if not _fits(hints[k], v):
+            raise AgentOptionError(f"{k}: expected {getattr(hints[k], '__name__', hints[k])}, got {v!r}")
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as e:
+        raise AgentOptionError(str(e)) from None
+
+
+def _fits(tp, v) -> bool:
+    args = typing_args(tp)
+    if args:  # X | None
+        return any(_fits(a, v) for a in args)
+    if tp is type(None):
+        return v is None
+    if tp is bool:
+        return isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, tp) if isinstance(tp, type) else True
+
+
+def typing_args(tp) -> tuple:
+    import types
+    import typing
+
+    return typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else ()
+
+
 @dataclass(frozen=True)
 class Candidate:
     id: int

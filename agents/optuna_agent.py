@@ -12,6 +12,8 @@ uninterrupted one would.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import optuna
 from optuna.distributions import CategoricalDistribution, distribution_to_json, json_to_distribution
 from optuna.trial import TrialState, create_trial
@@ -21,15 +23,27 @@ from .base import Agent, Candidate
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+@dataclass
+class OptunaOptions:
+    objective: str = "reward"  # "reward": TPE on the reward; "multi": NSGA-II on (accuracy, params)
+    n_startup_trials: int = 10  # random candidates before TPE models the results
+
+    def __post_init__(self):
+        if self.objective not in ("reward", "multi"):
+            raise ValueError(f"objective: expected 'reward' or 'multi', got {self.objective!r}")
+        if self.n_startup_trials < 0:
+            raise ValueError(f"n_startup_trials: expected >= 0, got {self.n_startup_trials}")
+
+
 class OptunaAgent(Agent):
     name = "optuna"
     max_redraws = 100
+    Options = OptunaOptions
 
-    def __init__(self, env, seed: int = 0, objective: str = "reward", n_startup_trials: int = 10):
+    def __init__(self, env, seed: int = 0, options: OptunaOptions | None = None):
         super().__init__(env, seed)
-        if objective not in ("reward", "multi"):
-            raise ValueError(f"optuna objective: expected 'reward' or 'multi', got {objective!r}")
-        self.objective, self.n_startup = objective, n_startup_trials
+        options = options or OptunaOptions()
+        self.objective, self.n_startup = options.objective, options.n_startup_trials
         self.units = [u for u in env.active if env.action_mask(u).sum() > 1]
         self.dists = {f"u{u}": CategoricalDistribution(list(range(env.action_space.n))) for u in self.units}
         self.asks = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Agent, Candidate, random_action, rollout
+from .base import Agent, Candidate, NoOptions, random_action, rollout
 
 
 class RandomAgent(Agent):
@@ -12,8 +12,9 @@ class RandomAgent(Agent):
 
     name = "random"
     max_redraws = 100
+    Options = NoOptions
 
-    def __init__(self, env, seed: int = 0):
+    def __init__(self, env, seed: int = 0, options: NoOptions | None = None):
         super().__init__(env, seed)
         self.rng = np.random.default_rng(seed)
 
@@ -47,7 +48,9 @@ class UniformShrinkAgent(Agent):
 
     name = "uniform"
 
-    def __init__(self, env, seed: int = 0):
+    Options = NoOptions
+
+    def __init__(self, env, seed: int = 0, options: NoOptions | None = None):
         super().__init__(env, seed)
         ratios = sorted((r for r in env.space.ratios if r < 1.0), reverse=True)
         self.queue = [] if env.stage == "removal" else ratios

@@ -76,6 +76,16 @@ class ReinforceConfig:
     entropy_coef: float = 0.0
     max_invalid_batches: int = 50  # give up proposing after this many all-invalid batches in a row
 
+    def __post_init__(self):
+        for ok, msg in ((self.batch_size >= 1, f"batch_size: expected >= 1, got {self.batch_size}"),
+                        (self.lr is None or self.lr > 0, f"lr: expected > 0, got {self.lr}"),
+                        (self.hidden >= 1, f"hidden: expected >= 1, got {self.hidden}"),
+                        (0 <= self.baseline_decay < 1, f"baseline_decay: expected in [0, 1), got {self.baseline_decay}"),
+                        (self.entropy_coef >= 0, f"entropy_coef: expected >= 0, got {self.entropy_coef}"),
+                        (self.max_invalid_batches >= 1, f"max_invalid_batches: expected >= 1, got {self.max_invalid_batches}")):
+            if not ok:
+                raise ValueError(msg)
+
     def lr_for(self, stage: str) -> float:
         # N2N used 3e-3 and 0.1; these learned on every seed of the proxy problem
         # (benchmarks/proxy_agents.py), where 0.1 for shrinking learned least.
@@ -91,14 +101,17 @@ class ReinforceAgent(Agent):
 
     name = "reinforce"
 
-    def __init__(self, env, seed: int = 0, config: ReinforceConfig | None = None):
+    Options = ReinforceConfig
+
+    def __init__(self, env, seed: int = 0, options: ReinforceConfig | None = None):
         super().__init__(env, seed)
-        self.cfg = config or ReinforceConfig()
-        torch.manual_seed(seed)
-        if env.stage == "removal":
-            self.policy = RemovalPolicy(self.cfg.hidden)
-        else:
-            self.policy = ShrinkPolicy(len(env.space.ratios), self.cfg.hidden)
+        self.cfg = options or ReinforceConfig()
+        with torch.random.fork_rng(devices=[]):  # seeded initial policy, the caller's RNG untouched
+            torch.manual_seed(seed)
+            if env.stage == "removal":
+                self.policy = RemovalPolicy(self.cfg.hidden)
+            else:
+                self.policy = ShrinkPolicy(len(env.space.ratios), self.cfg.hidden)
         self.opt = torch.optim.Adam(self.policy.parameters(), lr=self.cfg.lr_for(env.stage))
         self.gen = torch.Generator().manual_seed(seed)
         self.baseline: float | None = None

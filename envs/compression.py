@@ -63,7 +63,7 @@ class CompressionEnv(gym.Env):
     or None to defer (default: ``ProxyEvaluator`` on the demo space). ``stage``: "removal" or
     "shrink". ``base_spec``: where shrinking starts. ``reward_config``: ``RewardConfig``.
     ``reference``: the teacher's figures (default: the space's params/FLOPs and the evaluator's
-    ``ref_accuracy``). ``max_units``: padding length (64).
+    ``ref_accuracy``). ``max_units``: padding length (default 64, or the teacher's unit count when it has more).
 
     ## Version History
     v0: initial version.
@@ -74,7 +74,7 @@ class CompressionEnv(gym.Env):
     def __init__(self, space: SearchSpace | None = None, evaluator: Evaluator | None | str = "proxy",
                  stage: str = "removal", base_spec: StudentSpec | None = None,
                  reward_config: RewardConfig = RewardConfig(), reference: Reference | None = None,
-                 max_units: int = 64):
+                 max_units: int | None = None):
         if stage not in ("removal", "shrink"):
             raise ValueError(f"stage: expected 'removal' or 'shrink', got {stage!r}")
         if space is None:
@@ -83,6 +83,7 @@ class CompressionEnv(gym.Env):
             from .proxy import ProxyEvaluator
 
             evaluator = ProxyEvaluator(space)
+        max_units = max(64, space.n_units) if max_units is None else max_units
         if space.n_units > max_units:
             raise ValueError(f"the teacher has {space.n_units} units, more than max_units={max_units}; raise max_units")
         self.space, self.evaluator, self.stage = space, evaluator, stage
@@ -222,5 +223,6 @@ def demo_space() -> SearchSpace:
     layers += [{"kind": "gpool", "dim": 1, "op": "avg"}, {"kind": "flatten"},
                {"kind": "linear", "in": c, "out": 64, "bias": True}, {"kind": "act", "fn": "relu"},
                {"kind": "linear", "in": 64, "out": 10, "bias": True}]
-    torch.manual_seed(0)
-    return SequentialSpace(layers_to_module(layers).eval(), (1, 40))
+    with torch.random.fork_rng(devices=[]):  # seeded weights without reseeding the caller's RNG
+        torch.manual_seed(0)
+        return SequentialSpace(layers_to_module(layers).eval(), (1, 40))

@@ -83,6 +83,12 @@ class Config:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        from agents import AgentOptionError, agent_options
+
+        try:
+            agent_options(s.agent, s.agent_options)
+        except AgentOptionError as e:
+            raise ConfigError(f"search.agent_options.{e}") from None
 
     def space(self, teacher, input_shape):
         """The search space of `teacher` under this config."""

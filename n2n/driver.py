@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from agents import ReinforceConfig, make_agent
+from agents import make_agent
 from envs import CompressionEnv, Evaluation, Reference, RewardConfig, compression, reward
 from search_spaces import SearchSpace, StudentSpec
 
@@ -67,13 +67,7 @@ class SearchDriver:
     def _make_agent(self, stage: str, base: StudentSpec):
         env = CompressionEnv(self.space, evaluator=None, stage=stage, base_spec=base,
                              reward_config=self.reward_config, reference=self.reference)
-        opts = dict(self.options)
-        if self.kind == "reinforce":
-            try:
-                opts = {"config": ReinforceConfig(**opts)}
-            except TypeError as e:
-                raise ValueError(f"options for the reinforce agent: {e}") from None
-        return make_agent(self.kind, env, seed=self.seed + self.stage_idx, **opts)
+        return make_agent(self.kind, env, seed=self.seed + self.stage_idx, **self.options)
 
     def trained(self, stage: str) -> int:
         return sum(r["stage"] == stage for r in self.records)

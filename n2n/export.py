@@ -8,7 +8,7 @@ import torch
 from dataclasses import replace
 from pathlib import Path
 
-from search_spaces import StudentSpec, count_params, hf_expressible
+from search_spaces import StudentSpec, count_params
 
 from .config import Config, from_dict
 from .errors import RunError
@@ -127,19 +127,17 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         metrics["vocab"] = vocab
     if ds.preprocess:  # the export takes raw inputs (n2n.load_student): accuracies above hold on them
         arch = {**arch, "input": ds.preprocess}
-    hf = arch["family"] == "hf-encoder" and hf_expressible(arch)
     if arch["family"] == "hf-encoder" and tokenizer is None:
         log("the teacher folder has no tokenizer: the student takes token ids only")
+    extras = []
 
     def save_hf(tmp: Path):
-        if hf:  # fewer layers and one FFN width: a stock config describes it, so transformers can load it
-            student.model.config.intermediate_size = arch["layers"][0]["ffn"]
-            student.model.save_pretrained(tmp / "hf")
+        extras.extend(space.export_extras(student, arch, tmp))  # e.g. hf/ for a stock-config transformer
         if tokenizer is not None:  # without it every token would be [UNK] to whoever loads the student
-            tokenizer.save_pretrained(tmp / ("hf" if hf else "tokenizer"))
+            tokenizer.save_pretrained(tmp / ("hf" if "hf" in extras else "tokenizer"))
 
     save_model(out, student, arch, metrics, extra={"spec.json": spec.to_dict()}, overwrite=overwrite, finish=save_hf)
-    if hf:
+    if "hf" in extras:
         log(f"also saved as a Hugging Face model: {out / 'hf'} (AutoModelForSequenceClassification.from_pretrained)")
     log(f"exported {params:,} params ({metrics['times_smaller']}x smaller than the teacher): "
         f"val acc {val:.4f}, test acc {test:.4f} (teacher test {meta['teacher']['test_accuracy']:.4f}) -> {out}")

@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from agents import AgentOptionError
 from envs import Reference
 
 from . import data as data_mod
@@ -49,8 +50,8 @@ def make_driver(cfg: Config, space, meta: dict, run_dir: Path | None, log=print)
                             agent_options=cfg.search.agent_options,
                             max_asks_per_candidate=cfg.search.max_asks_per_candidate, run_dir=run_dir,
                             teacher_info=meta["teacher"], log=log)
-    except ValueError as e:  # e.g. an agent option the agent does not take
-        raise ConfigError(f"search.agent_options: {e}") from None
+    except AgentOptionError as e:  # config load checks them too; this covers a driver built from code
+        raise ConfigError(f"search.agent_options.{e}") from None
 
 
 def resolve_teacher(cfg: Config, log=print, factories=()) -> tuple[Path, str]:

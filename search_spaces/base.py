@@ -160,8 +160,9 @@ class SearchSpace(ABC):
         reason = self.validate(spec)
         if reason:
             raise ValueError(f"cannot build an invalid spec: {reason}")
-        torch.manual_seed(seed)
-        return self._build(spec, inherit).eval()
+        with torch.random.fork_rng(devices=[]):  # seeded, without reseeding the caller's RNG
+            torch.manual_seed(seed)
+            return self._build(spec, inherit).eval()
 
     def validate(self, spec: StudentSpec) -> str | None:
         """None when `spec` builds a working student, else the reason it does not."""
@@ -179,9 +180,28 @@ class SearchSpace(ABC):
                 return f"unit {i} ({self.units[i].name}) may not be shrunk"
         return self._check(spec)
 
+    def export_extras(self, student: nn.Module, arch: dict, folder) -> list[str]:
+        """Write family-specific forms of an exported student into `folder` (a Hugging Face
+        folder, say); returns the names written. Most families have none."""
+        return []
+
+    def gone(self, spec: StudentSpec) -> set[int]:
+        """Units absent from the student: removed ones and those inside them (`Unit.parent`)."""
+        gone = set(spec.removed)
+        for i, u in enumerate(self.units):
+            p = u.parent
+            while p is not None and i not in gone:
+                if p in gone:
+                    gone.add(i)
+                p = self.units[p].parent
+        return gone
+
     def key(self, spec: StudentSpec) -> str:
-        """Canonical key: two specs that build the same student have the same key."""
-        return "-".join(str(w) for w in self.widths(spec))
+        """Canonical key: two specs that build the same student have the same key. Absent units are
+        marked "x", not by a width of 0: a unit may have width 0 and still be there (a block of the
+        generic space whose channels all belong to the stream)."""
+        gone = self.gone(spec)
+        return "-".join("x" if i in gone else str(w) for i, w in enumerate(self.widths(spec)))
 
     def features(self) -> np.ndarray:
         """(n_units, FEATURE_DIM) float32 features, normalised to comparable ranges."""

@@ -16,6 +16,8 @@ exports through ``save_pretrained`` too.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -168,6 +170,15 @@ class TransformerSpace(SearchSpace):
         keep = {k: cfg[k] for k in cfg if not k.startswith("_") and k not in ("transformers_version", "architectures")}
         layers = [{"heads": h, "ffn": f, "teacher_layer": i} for i, h, f in self._kept(spec)]
         return {"family": "hf-encoder", "input_shape": list(self.input_shape), "config": keep, "layers": layers}
+
+    def export_extras(self, student: nn.Module, arch: dict, folder) -> list[str]:
+        """`hf/` through save_pretrained when a stock config describes the student (fewer layers,
+        one FFN width, all heads), so transformers loads it with from_pretrained."""
+        if not hf_expressible(arch):
+            return []
+        student.model.config.intermediate_size = arch["layers"][0]["ffn"]
+        student.model.save_pretrained(Path(folder) / "hf")
+        return ["hf"]
 
     def _build(self, spec: StudentSpec, inherit: bool) -> nn.Module:
         arch = self.arch(spec)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents import AGENTS, ReinforceConfig, make_agent, run
+from agents import AGENTS, make_agent, run
 from envs import CompressionEnv, ProxyEvaluator, Reference, demo_space, reward
 from n2n.models import vgg_layers
 from search_spaces import SequentialSpace, layers_to_module
@@ -87,7 +87,7 @@ def test_agents_need_a_deferred_env():
 
 @pytest.mark.parametrize("stage", ["removal", "shrink"])
 def test_every_policy_parameter_changes_after_an_update(space, stage):
-    agent = make_agent("reinforce", _env(space, stage), seed=0, config=ReinforceConfig(batch_size=4))
+    agent = make_agent("reinforce", _env(space, stage), seed=0, batch_size=4)
     before = {k: v.clone() for k, v in agent.policy.state_dict().items()}
     run(agent, ProxyEvaluator(space), 4, batch=4)
     assert agent.updates == 1
@@ -145,7 +145,8 @@ def test_stable_baselines3_ppo_drives_the_env(space):
     env = CompressionEnv(demo_space(), evaluator="proxy")
     model = PPO("MultiInputPolicy", env, n_steps=64, batch_size=32, n_epochs=2, seed=0, device="cpu")
     model.learn(total_timesteps=256)
-    assert model.num_timesteps == 256
+    episodes = list(model.ep_info_buffer)  # what PPO saw: every episode one decision per unit, one terminal reward
+    assert episodes and {e["l"] for e in episodes} == {len(env.active)} and all(-1 <= e["r"] < 1 for e in episodes)
     obs, info = env.reset()
     done = False
     while not done:

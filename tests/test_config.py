@@ -36,6 +36,12 @@ def test_default_yaml_is_the_builtin_default():
     ("teacher: {recipe: {hidden: 256}}", "teacher.recipe.hidden: expected a list, got 256"),
     ("early_stop: {enabled: yes please}", "early_stop.enabled: expected true or false"),
     ("[1, 2]", "expected a mapping at the top level, got list"),
+    # agent options are typed per agent and checked when the config is read, by name
+    ("search: {agent_options: {batchsize: 3}}", "search.agent_options.batchsize: not an option of the reinforce agent; it takes ['batch_size'"),
+    ("search: {agent_options: {batch_size: many}}", "search.agent_options.batch_size: expected int, got 'many'"),
+    ("search: {agent_options: {batch_size: 0}}", "search.agent_options.batch_size: expected >= 1, got 0"),
+    ("search: {agent: optuna, agent_options: {objective: pareto}}", "search.agent_options.objective: expected 'reward' or 'multi', got 'pareto'"),
+    ("search: {agent: random, agent_options: {batch_size: 3}}", "search.agent_options.batch_size: not an option of the random agent; it takes none"),
 ])
 def test_bad_config_names_the_key(tmp_path, text, message):
     p = tmp_path / "c.yaml"

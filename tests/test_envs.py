@@ -141,4 +141,28 @@ def test_proxy_evaluator_has_a_known_best_region():
     essential = [i for i, u in enumerate(space.units) if u.removable and i not in proxy.best_removal()]
     worse = best.with_removed(best.removed + (essential[0],))
     assert r_best > reward(proxy(worse), ref)
-    assert proxy(best) == proxy(best)  # deterministic
+    assert ProxyEvaluator(demo_space())(best) == proxy(best)  # deterministic: a fresh teacher and proxy agree
+
+
+def test_a_teacher_with_more_than_64_units_sizes_the_observation():
+    """BERT-large has 72 units; a fixed max_units=64 made it unsearchable (with a misleading message)."""
+    import torch
+
+    from search_spaces import SequentialSpace, layers_to_module
+
+    layers = [{"kind": "flatten"}]
+    for _ in range(70):
+        layers += [{"kind": "linear", "in": 4, "out": 4, "bias": True}, {"kind": "act", "fn": "relu"}]
+    layers.append({"kind": "linear", "in": 4, "out": 2, "bias": True})
+    space = SequentialSpace(layers_to_module(layers), (4,))
+    assert space.n_units == 71
+    env = CompressionEnv(space, evaluator=None, stage="removal")
+    assert env.observation_space["features"].shape[0] == 71 and env.observation_space["index"].n == 72
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    before = torch.random.get_rng_state()
+    from agents import make_agent
+
+    make_agent("reinforce", env, seed=3)  # seeds its policy without reseeding the process
+    space.build(space.identity(), inherit=False, seed=5)
+    assert torch.equal(torch.random.get_rng_state(), before)

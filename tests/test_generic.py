@@ -119,3 +119,39 @@ def test_same_env_and_agents_search_a_user_module(space):
     for stage in ("removal", "shrink"):
         hist = run(make_agent("random", CompressionEnv(space, evaluator=None, stage=stage), seed=0), proxy, 8)
         assert len(hist) == 8 and max(r for _, r in hist) > 0
+
+
+class _OneConv(torch.nn.Module):
+    """A residual block whose only conv writes into the stream: no channel group of its own."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv(x)
+
+
+class _Stream(torch.nn.Module):
+    def __init__(self, c=8):
+        super().__init__()
+        self.stem = torch.nn.Conv1d(1, c, 3, padding=1)
+        self.body = torch.nn.Sequential(_OneConv(c), _OneConv(c))
+        self.head = torch.nn.Linear(c, 10)
+
+    def forward(self, x):
+        return self.head(self.body(self.stem(x)).mean(-1))
+
+
+def test_removing_a_block_without_a_group_of_its_own_has_its_own_key():
+    """Such a block has width 0, so 'remove it' used to share the teacher's key (and cached result)."""
+    torch.manual_seed(0)
+    space = GenericSpace(_Stream(), (1, 16))
+    blocks = [i for i, u in enumerate(space.units) if u.kind == "block"]
+    assert len(blocks) == 2 and all(space.units[i].width == 0 for i in blocks)
+    keys = {space.key(space.identity())}
+    for i in blocks:
+        spec = StudentSpec((i,), [1.0] * space.n_units)
+        keys.add(space.key(spec))
+        assert count_params(space.build(spec)) == space.params(spec) == space.teacher_params() - (8 * 8 * 3 + 8)
+    assert len(keys) == 3  # the teacher and each removal: three different students, three keys

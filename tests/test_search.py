@@ -71,7 +71,7 @@ def test_search_end_to_end(ray_session, tiny_config, tmp_path):
     assert tuned["val_accuracy"] > best["accuracy"] - 0.02  # fine-tuning does not wreck the student
 
     text = make_report(run)
-    assert "1 " in text and f"{best['params']:>9,}" in text
+    assert f" 1 {best['stage']:7} {best['params']:>9,}" in text  # the best candidate leads the leaderboard
     for png in ("reward_curve.png", "pareto.png"):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
