@@ -101,14 +101,15 @@ def load_split(name: str, record: dict, tokenizer=None) -> Dataset:
     ds = load_dataset(name, seed=record.get("seed") or 0, tokenizer=tokenizer, max_length=record.get("max_length", 128))
     if record.get("fingerprint") and ds.split["fingerprint"] != record["fingerprint"]:
         raise DataError(f"{name}: expected the data the teacher was trained on ({record.get('dataset')}, fingerprint "
-                        f"{record['fingerprint']}), found different data (fingerprint {ds.split['fingerprint']})")
+                        f"{record['fingerprint']}), found different data or a different split (fingerprint {ds.split['fingerprint']})")
     return ds
 
 
-def fingerprint(x: np.ndarray, y: np.ndarray) -> str:
-    """Identifies the samples and labels (not where they came from): a moved file keeps its fingerprint."""
+def fingerprint(x: np.ndarray, y: np.ndarray, parts) -> str:
+    """Identifies the samples, the labels and which samples are in train, val and test (not where
+    they came from: a moved file keeps its fingerprint)."""
     h = hashlib.sha1()
-    for a in (np.ascontiguousarray(x), np.ascontiguousarray(y)):
+    for a in (np.ascontiguousarray(x), np.ascontiguousarray(y), *(np.asarray(p, dtype=np.int64) for p in parts)):
         h.update(f"{a.dtype}{a.shape}".encode())
         h.update(a.tobytes())
     return h.hexdigest()[:16]
@@ -135,7 +136,7 @@ def split(name: str, x: np.ndarray, y: np.ndarray, seed: int = 0, parts: list | 
         perm = np.random.default_rng(seed).permutation(n)
         n_train, n_val = int(SPLIT[0] * n), int(SPLIT[1] * n)
         parts = np.split(perm, [n_train, n_train + n_val])
-    record = {"dataset": name, "seed": None if given else seed, "fingerprint": fingerprint(x_np, np.asarray(y)),
+    record = {"dataset": name, "seed": None if given else seed, "fingerprint": fingerprint(x_np, np.asarray(y), parts),
               "sizes": {k: len(p) for k, p in zip(("train", "val", "test"), parts)}}
     y = torch.as_tensor(np.asarray(y), dtype=torch.long)
     preprocess = None

@@ -112,6 +112,14 @@ class SearchDriver:
         while True:
             if self.stage is None or self.failed:
                 return FINISHED
+            if self._all_failing():
+                if self.in_flight():
+                    return None  # those still training may succeed: decide when they are in
+                self.failed = (f"the first {len(self.records)} candidates all failed; "
+                               f"the first: {self.records[0]['failure']}")
+                self.log(f"search stopped: {self.failed}")
+                self.save()
+                return FINISHED
             if self._stage_done():
                 if self.in_flight():
                     return None  # the next stage starts from this one's best: wait for all of it
@@ -157,15 +165,10 @@ class SearchDriver:
                "summary": self.space.describe(spec), **m, **extra, "cached": bool(metrics and metrics.get("cached"))}
         self.records.append(rec)
         self._progress(rec)
-        self._check_failures()
         self.save()
 
-    def _check_failures(self):
-        if self.failed or len(self.records) < ABORT_AFTER or any(r["failure"] is None for r in self.records):
-            return
-        first = self.records[0]
-        self.failed = f"the first {len(self.records)} candidates all failed; the first: {first['failure']}"
-        self.log(f"search stopped: {self.failed}")
+    def _all_failing(self) -> bool:
+        return len(self.records) >= ABORT_AFTER and all(r["failure"] is not None for r in self.records)
 
     def adopt(self, records: list[dict]):
         """Take in records from candidates.json that this state lacks (it was older, or rebuilt):
@@ -185,8 +188,10 @@ class SearchDriver:
                         self.agent.tell(cid, rec["reward"], Evaluation.from_dict(rec))
 
     def settle(self):
-        """Move past stages whose budget is already spent (after a rebuild from records)."""
-        while self.stage is not None and not self.failed and not self.in_flight() and self._stage_done():
+        """Move past stages whose budget is spent, or that a later stage's records show had ended
+        (after a rebuild from records)."""
+        while self.stage is not None and not self.failed and not self.in_flight() and (
+                self._stage_done() or any(r["stage"] in self.stages[self.stage_idx + 1:] for r in self.records)):
             self._advance()
 
     # -- results ----------------------------------------------------------------------------------

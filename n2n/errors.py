@@ -15,4 +15,4 @@ class RunError(ValueError):
 
 
 USER_ERRORS = (ConfigError, RunError, DataError, ModelError, SpecError, UnsupportedModel, FileExistsError,
-               FileNotFoundError)
+               FileNotFoundError, PermissionError)

@@ -14,7 +14,7 @@ from .config import Config, from_dict
 from .errors import RunError
 from .models import build_model, check_replaceable, load_model, load_weights, save_model
 from .runfolder import RunLock, read_records, read_run
-from .search import run_data
+from .search import check_teacher, run_data
 from .train import accuracy, distill, predict
 from .vocab import trim_vocabulary
 
@@ -28,7 +28,7 @@ def _check_out(out: Path, run_dir: Path, teacher_folder: Path, overwrite: bool) 
     if out.exists():
         if not overwrite:
             raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
-        check_replaceable(out)
+        check_replaceable(out, "export")
 
 
 def _teacher_tokenizer(folder: Path):
@@ -50,8 +50,17 @@ def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: b
     _check_out(out, run_dir, Path(meta["teacher_folder"]), overwrite)
     if finetune_epochs < 0:
         raise RunError(f"--finetune-epochs: expected >= 0, got {finetune_epochs}")
-    if trim_vocab and not meta["dataset"].startswith("text:"):
-        raise RunError(f"--trim-vocab: expected a run on a text: dataset (its texts are re-tokenised), got {meta['dataset']}")
+    if trim_vocab:  # checked before any fine-tuning, not after
+        from transformers import BertTokenizer
+
+        if not meta["dataset"].startswith("text:"):
+            raise RunError(f"--trim-vocab: expected a run on a text: dataset (its texts are re-tokenised), "
+                           f"got {meta['dataset']}")
+        tok = _teacher_tokenizer(Path(meta["teacher_folder"]))
+        if not isinstance(tok, BertTokenizer):
+            raise RunError(f"--trim-vocab: expected the teacher's WordPiece (BERT-family) tokenizer, found "
+                           f"{type(tok).__name__ if tok is not None else 'none'} in {meta['teacher_folder']}")
+    check_teacher(meta)
     # fine-tuning takes minutes: hold the run, so no search or resume changes it meanwhile
     with RunLock(run_dir) if finetune_epochs else contextlib.nullcontext():
         return _export(run_dir, out, meta, finetune_epochs, overwrite, log, factories, trim_vocab)

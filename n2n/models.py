@@ -187,44 +187,67 @@ HF_FILES = {"config.json", "generation_config.json", "tokenizer.json", "tokenize
             "sentencepiece.bpe.model", "chat_template.jinja"}  # a Hugging Face teacher folder n2n wrote
 
 
-def check_replaceable(folder: Path) -> None:
-    """`overwrite` replaces only a model folder n2n wrote: its own files and nothing else. A run
-    folder, a folder of runs, or a folder holding anything else is refused, never deleted."""
+def written_by_n2n(folder: Path) -> str | None:
+    """"export" or "teacher" when `folder` is one that n2n wrote and holds nothing else, else None.
+    An export has spec.json and a metrics.json naming its run; a teacher a metrics.json with the
+    recipe it was trained from. A checkpoint of your own has neither, so it is never either."""
+    entries = {p.name: p for p in Path(folder).iterdir()}
+    names = set(entries)
+    try:
+        metrics = json.loads((Path(folder) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        metrics = None
+    if not isinstance(metrics, dict):
+        return None
+    for sub in ("hf", "tokenizer"):  # n2n's own subfolders: nothing but Hugging Face files inside
+        p = entries.get(sub)
+        if p is not None and (p.is_symlink() or not p.is_dir() or
+                              {q.name for q in p.iterdir()} - HF_FILES - {"model.safetensors"}):
+            return None
+    if names <= MODEL_FILES | EXPORT_EXTRAS and {*MODEL_FILES, "spec.json"} <= names and "run" in metrics:
+        return "export"
+    if names == MODEL_FILES and "recipe" in metrics:
+        return "teacher"
+    if names <= HF_FILES | {"model.safetensors", "metrics.json"} and {"checkpoint", "recipe"} <= set(metrics):
+        return "teacher"  # `n2n teacher train --hf`
+    return None
+
+
+def check_replaceable(folder: Path, kind: str) -> None:
+    """`overwrite` replaces only an earlier n2n `kind` ("export" or "teacher"): a run folder, a folder
+    of runs, your own checkpoint or a folder holding anything else is refused, never deleted."""
     folder = Path(folder)
     if not folder.exists():
         return
-    if not folder.is_dir() or folder.is_symlink():
-        raise FileExistsError(f"{folder} exists and is not a model folder n2n wrote; refusing to replace it")
-    names = {p.name for p in folder.iterdir()}
-    foreign = sorted(names - MODEL_FILES - EXPORT_EXTRAS - HF_FILES)
-    if foreign or not ({"model.safetensors", "arch.json"} <= names or {"model.safetensors", "config.json"} <= names):
-        shown = ", ".join(foreign[:5]) or "no model.safetensors/arch.json"
-        raise FileExistsError(f"{folder} exists and is not a model folder n2n wrote (it holds {shown}); "
-                              "--overwrite only replaces an earlier export or teacher; choose another --out")
+    if folder.is_symlink() or not folder.is_dir() or written_by_n2n(folder) != kind:
+        held = sorted(p.name for p in folder.iterdir())[:6] if folder.is_dir() else "a file"
+        raise FileExistsError(f"{folder} exists and is not an earlier n2n {kind} (it holds {held}); --overwrite "
+                              f"only replaces one of those; choose another --out")
 
 
-def check_target(folder: Path, overwrite: bool = False) -> None:
-    """A folder n2n is about to write: free, or (with overwrite) a model folder n2n wrote."""
+def check_target(folder: Path, overwrite: bool = False, kind: str = "teacher") -> None:
+    """A folder n2n is about to write: free, or (with overwrite) an earlier n2n `kind`."""
     folder = Path(folder)
     if folder.exists():
         if not overwrite:
             raise FileExistsError(f"{folder} already exists; choose another --out or pass --overwrite")
-        check_replaceable(folder)
+        check_replaceable(folder, kind)
 
 
-def new_folder(folder: Path, overwrite: bool = False) -> Path:
+def new_folder(folder: Path, overwrite: bool = False, kind: str = "teacher") -> Path:
     """A hidden temp folder beside `folder` to write into; `commit_folder` moves it into place."""
     folder = Path(folder)
-    check_target(folder, overwrite)
+    check_target(folder, overwrite, kind)
     folder.parent.mkdir(parents=True, exist_ok=True)
     return temp_folder(folder, f".{folder.name}.")
 
 
-def commit_folder(tmp: Path, folder: Path) -> None:
-    """Move a finished temp folder into place; an old folder is moved aside first and deleted last."""
+def commit_folder(tmp: Path, folder: Path, overwrite: bool = False, kind: str = "teacher") -> None:
+    """Move a finished temp folder into place; an old folder is moved aside first and deleted last.
+    The checks run again: the folder may have appeared or changed while we worked."""
     old = None
     if folder.exists():
-        check_replaceable(folder)  # again: it may have changed while we worked
+        check_target(folder, overwrite, kind)
         old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old."))
         os.replace(folder, old / "x")
     os.replace(tmp, folder)
@@ -237,7 +260,8 @@ def save_model(folder, model: nn.Module, arch: dict, metrics: dict, extra: dict 
     """Save a model folder. Written to a hidden temp folder first, then moved, so a crash leaves
     nothing half-written and a failure leaves no temp folder. `finish(tmp)` may add files first."""
     folder = Path(folder)
-    tmp = new_folder(folder, overwrite)
+    kind = "export" if extra and "spec.json" in extra else "teacher"
+    tmp = new_folder(folder, overwrite, kind)
     try:
         save_weights(model.state_dict(), tmp / "model.safetensors")
         write_json(tmp / "arch.json", arch)
@@ -246,7 +270,7 @@ def save_model(folder, model: nn.Module, arch: dict, metrics: dict, extra: dict 
             write_json(tmp / name, obj)
         if finish is not None:
             finish(tmp)
-        commit_folder(tmp, folder)
+        commit_folder(tmp, folder, overwrite, kind)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -297,8 +321,29 @@ def read_json(path: Path, expect: type = dict):
 
 def save_weights(state: dict, path: Path) -> None:
     """safetensors' save_file, with the mode a plain open() would give (it writes 0600)."""
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path))
-    os.chmod(path, 0o666 & ~umask())
+    fd, tmp = private_temp(path)  # then a rename: a reader never sees half a file
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def weights_digest(folder: Path) -> str | None:
+    """A digest of a model folder's weights file: a run records its teacher's, and checks it."""
+    import hashlib
+
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        return None
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def load_weights(path: Path) -> dict:

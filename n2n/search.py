@@ -24,7 +24,7 @@ from . import data as data_mod
 from .config import Config, from_dict
 from .driver import SearchDriver
 from .errors import ConfigError, RunError
-from .models import load_model
+from .models import load_model, weights_digest
 from .runfolder import TUNE, RunLock, create_run, load_state, read_records, read_run
 from .teachers import cached_teacher
 from .train import accuracy, predict
@@ -107,6 +107,15 @@ def teacher_data(folder: Path, metrics: dict, dataset: str, log=print) -> data_m
     return data_mod.load_dataset(dataset, seed=0, tokenizer=folder)
 
 
+def check_teacher(meta: dict) -> None:
+    """The teacher folder must hold the weights the run started with: every reward and figure of
+    the run is relative to them."""
+    recorded, now = meta.get("teacher_digest"), weights_digest(Path(meta["teacher_folder"]))
+    if recorded and now != recorded:
+        raise RunError(f"{meta['teacher_folder']}: the teacher's weights changed since this run started (digest "
+                       f"{recorded}, now {now}); its figures are relative to the old teacher: restore it, or start a new search")
+
+
 def run_data(meta: dict) -> data_mod.Dataset:
     """The data of a run: the teacher's split, as recorded in n2n.json."""
     return data_mod.load_split(meta["dataset"], meta.get("split") or {"seed": meta["config"].get("seed", 0)},
@@ -132,6 +141,7 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
     ref = Reference(space.teacher_params(), space.flops(space.identity()), val_acc)
     meta = {"config": cfg.to_dict(), "teacher_folder": str(folder.resolve()), "dataset": dataset,
             "input_shape": list(ds.input_shape), "reference": asdict(ref), "split": ds.split,
+            "teacher_digest": weights_digest(folder),
             "teacher": {"folder": str(folder.resolve()), "dataset": dataset, "test_accuracy": test_acc,
                         "units": space.n_units},
             "created": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -299,6 +309,7 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
     run_dir = Path(run_dir).resolve()
     meta = read_run(run_dir)
     with RunLock(run_dir):
+        check_teacher(meta)
         cfg = from_dict(Config, meta["config"])
         teacher, arch, _ = load_model(meta["teacher_folder"], factories)
         ds = run_data(meta)

@@ -19,6 +19,9 @@ from search_spaces import count_params
 from .errors import ConfigError
 
 
+TEACHER_FORMAT = 2
+
+
 @dataclass
 class TeacherRecipe:
     """Everything that determines a trained teacher; its hash names the cache entry."""
@@ -49,7 +52,9 @@ class TeacherRecipe:
                 raise ConfigError(f"teacher.recipe.{name} (--{flag}): expected {expected}, got {got!r}")
 
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        # FORMAT: what a cached teacher folder records (split fingerprints, input preprocessing); a
+        # teacher cached by an n2n that recorded less is trained again rather than half-trusted
+        return hashlib.sha1(json.dumps({**asdict(self), "format": TEACHER_FORMAT}, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def teacher_arch(recipe: TeacherRecipe, dataset: data_mod.Dataset) -> dict:
@@ -124,6 +129,14 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
             raise ConfigError(what)
     check_target(out, overwrite)
     checkpoint = Path(checkpoint)
+    from transformers import AutoConfig
+
+    try:
+        positions = AutoConfig.from_pretrained(checkpoint, local_files_only=True).max_position_embeddings
+    except (OSError, ValueError, AttributeError) as e:
+        raise ModelError(f"{checkpoint}: not a Hugging Face encoder checkpoint ({str(e).splitlines()[0]})") from None
+    if not 2 <= max_length <= positions:
+        raise ConfigError(f"--max-length: expected 2..{positions} (the checkpoint's positions), got {max_length}")
     tok = data_mod.tokenizer_for(checkpoint)
     ds = data_mod.load_dataset(dataset, seed=split_seed, tokenizer=tok, max_length=max_length)
     names = ds.labels or [str(i) for i in range(ds.num_classes)]
@@ -156,7 +169,7 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
         clf.model.save_pretrained(tmp)
         tok.save_pretrained(tmp)  # the teacher's tokenizer travels with it, and on to its students
         write_json(tmp / "metrics.json", metrics)
-        commit_folder(tmp, Path(out))
+        commit_folder(tmp, Path(out), overwrite)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -105,12 +105,27 @@ def test_a_search_whose_candidates_all_fail_stops_with_the_first_reason(space, t
     d.complete("t1", None, error=True)
     assert d.suggest("t3") is None and not d.failed  # two failures could still be bad luck
     d.complete("t2", None, error=True)
-    assert d.suggest("t4") == FINISHED
+    assert d.suggest("t4") == FINISHED and d.in_flight() == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["stage"] == "failed" and "loss became nan at epoch 1" in summary["failure"]
     again = restore_driver(lambda: _driver(space, tmp_path), tmp_path, log=lambda *_: None)
     assert again.failed == d.failed and again.suggest("t5") == FINISHED  # a resume does not retry blindly
 
+
+
+def test_three_failures_with_a_candidate_still_training_wait_for_it(space, tmp_path):
+    """Two at a time: the fourth candidate is training when the third fails, and may succeed."""
+    ref = Reference(space.teacher_params(), space.flops(space.identity()), 0.95)
+    d = SearchDriver(space, ref, agent="random", budgets={"removal": 6, "shrink": 6}, run_dir=tmp_path,
+                     log=lambda *_: None)
+    cfgs = {t: d.suggest(t) for t in ("t0", "t1")}
+    for done, new in (("t0", "t2"), ("t1", "t3")):
+        d.complete(done, None, error=True)
+        cfgs[new] = d.suggest(new)
+    d.complete("t2", None, error=True)
+    assert not d.failed and d.suggest("x") is None  # t3 still training: wait, do not stop
+    d.complete("t3", Trainer(space).proxy(StudentSpec.from_dict(cfgs["t3"]["spec"])).to_dict())
+    assert not d.failed and isinstance(d.suggest("t4"), dict)  # it succeeded: the search goes on
 
 # -- the lock ---------------------------------------------------------------------------------------
 
@@ -174,16 +189,31 @@ def test_export_overwrite_replaces_only_an_earlier_export(finished_run, tmp_path
     (other / "notes.txt").write_text("precious")
     (other / "arch.json").write_text("{}")
     status, err = _main(capsys, "export", run, "--out", other, "--overwrite")
-    assert status == 2 and "not a model folder n2n wrote (it holds notes.txt)" in err
+    assert status == 2 and "is not an earlier n2n export (it holds ['arch.json', 'notes.txt'])" in err
     assert (other / "notes.txt").read_text() == "precious"
     assert {p: _tree(p) for p in (run, runs)} == kept and os.path.isdir(teacher)
+
+    # a checkpoint of the user's own (say the --hf source) looks like a model folder: never replaced
+    from transformers import BertConfig, BertForSequenceClassification
+
+    ckpt = tmp_path / "ckpt"
+    BertForSequenceClassification(BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                             intermediate_size=8)).save_pretrained(ckpt)
+    status, err = _main(capsys, "export", run, "--out", ckpt, "--overwrite")
+    assert status == 2 and "is not an earlier n2n export" in err and (ckpt / "config.json").exists()
 
     out = tmp_path / "student"
     first = export_best(run, out, log=lambda *_: None)
     status, err = _main(capsys, "export", run, "--out", out)
     assert status == 2 and "already exists" in err
     assert export_best(run, out, overwrite=True, log=lambda *_: None) == first  # an earlier export: replaced
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "student"]  # no temp folder left
+    (out / "hf").mkdir()
+    (out / "hf" / "notes.txt").write_text("mine now")  # n2n's subfolder with a file of the user's inside
+    status, err = _main(capsys, "export", run, "--out", out, "--overwrite")
+    assert status == 2 and (out / "hf" / "notes.txt").exists()
+    status, err = _main(capsys, "teacher", "train", "--dataset", "digits", "--out", out, "--overwrite")
+    assert status == 2 and "is not an earlier n2n teacher" in err  # an export is not a teacher either
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "mine", "student"]  # no temp folder left
 
 
 def test_a_failed_save_leaves_no_temp_folder(small_teacher, tmp_path):
@@ -262,7 +292,7 @@ def test_teacher_train_rejects_bad_values_before_training(tmp_path, capsys):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     status, err = _main(capsys, "teacher", "train", "--dataset", "digits", "--out", tmp_path / "mine", "--overwrite")
-    assert status == 2 and "not a model folder n2n wrote" in err and (tmp_path / "mine" / "notes.txt").exists()
+    assert status == 2 and "is not an earlier n2n teacher" in err and (tmp_path / "mine" / "notes.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
 
 
@@ -321,3 +351,33 @@ def test_files_follow_the_users_umask(small_teacher, tmp_path):
         assert path.stat().st_mode & 0o777 == 0o777 & ~mask, path
     for path in [*(tmp_path / "t").iterdir(), run / "n2n.json", run / "search_state.pt"]:
         assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
+
+
+def test_a_run_refuses_a_teacher_whose_weights_changed(finished_run, small_teacher, tmp_path, capsys):
+    """`teacher train --overwrite` may replace a teacher that a run still uses; the run must notice."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    meta = json.loads((run / "n2n.json").read_text())
+    teacher = tmp_path / "teacher"
+    shutil.copytree(meta["teacher_folder"], teacher)
+    meta["teacher_folder"] = str(teacher)
+    (run / "n2n.json").write_text(json.dumps(meta))
+    assert export_best(run, tmp_path / "ok", log=lambda *_: None)["params"] > 0  # the same teacher: fine
+    model, arch, _ = small_teacher
+    save_model(teacher, model, json.loads((teacher / "arch.json").read_text()), {"recipe": {}}, overwrite=True)
+    for cmd in (("resume", run), ("export", run, "--out", tmp_path / "o")):
+        status, err = _main(capsys, *cmd)
+        assert status == 2 and "the teacher's weights changed since this run started" in err
+
+
+def test_a_symlinked_lock_file_is_never_followed(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").symlink_to(target)
+    with pytest.raises(Exception, match="cannot take the run's lock"):
+        RunLock(run).acquire()
+    assert target.read_text() == "keep me"

@@ -60,6 +60,13 @@ def test_users_bring_their_own_split(tmp_path):
     arr = load_dataset(f"npz:{tmp_path / 'arr.npz'}")
     assert arr.index["test"].tolist() == list(range(20)) and arr.sizes() == sep.sizes()
     assert torch.equal(arr.y_test, torch.as_tensor(y[:20]))
+    # a teacher trained on that split refuses the same samples split otherwise, or not split at all
+    from n2n.data import load_split
+
+    for other in (dict(x=x, y=y, split=labels[::-1]), dict(x=x, y=y)):
+        np.savez(tmp_path / "arr2.npz", **other)
+        with pytest.raises(DataError, match="found different data or a different split"):
+            load_split(f"npz:{tmp_path / 'arr2.npz'}", arr.split)
     np.savez(tmp_path / "bad.npz", x=x, y=y, split=np.array(["train", "dev"] * 45))
     with pytest.raises(DataError, match="expected 'split' to give each of the 90 samples 'train', 'val' or 'test'"):
         load_dataset(f"npz:{tmp_path / 'bad.npz'}")

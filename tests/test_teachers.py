@@ -25,12 +25,15 @@ def test_save_load_round_trip_gives_identical_outputs(small_teacher, mnist1d, tm
 
 def test_save_never_overwrites_unless_asked(small_teacher, tmp_path):
     model, arch, _ = small_teacher
-    save_model(tmp_path / "t", model, arch, {"n": 1})
+    save_model(tmp_path / "t", model, arch, {"n": 1, "recipe": {}})
     with pytest.raises(FileExistsError):
-        save_model(tmp_path / "t", model, arch, {"n": 2})
-    assert json.loads((tmp_path / "t" / "metrics.json").read_text()) == {"n": 1}
-    save_model(tmp_path / "t", model, arch, {"n": 3}, overwrite=True)
-    assert json.loads((tmp_path / "t" / "metrics.json").read_text()) == {"n": 3}
+        save_model(tmp_path / "t", model, arch, {"n": 2, "recipe": {}})
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text()) == {"n": 1, "recipe": {}}
+    save_model(tmp_path / "t", model, arch, {"n": 3, "recipe": {}}, overwrite=True)  # an earlier n2n teacher
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text()) == {"n": 3, "recipe": {}}
+    save_model(tmp_path / "mine", model, arch, {"n": 4})  # no recipe: not a teacher n2n trained
+    with pytest.raises(FileExistsError, match="is not an earlier n2n teacher"):
+        save_model(tmp_path / "mine", model, arch, {"n": 5}, overwrite=True)
 
 
 def test_load_errors_are_clear(tmp_path, small_teacher):
