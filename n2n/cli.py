@@ -36,6 +36,40 @@ def _teacher_train(args) -> int:
     return 0
 
 
+def _teacher_show(args) -> int:
+    """What a teacher folder is: architecture, size, the figures it records and the split they hold on."""
+    from search_spaces import count_params, space_for
+
+    from .models import load_model
+
+    folder = Path(args.dir)
+    model, arch, metrics = load_model(folder, args.allow_factory)
+    split = metrics.get("split") or {}
+    shape = arch.get("input_shape") or arch.get("hparams", {}).get("input_shape") or \
+        ([split["max_length"]] if "max_length" in split else None)
+    flops = "?"
+    if shape:
+        try:
+            space = space_for(model, tuple(shape))
+            flops = f"{space.flops(space.identity()):,}"
+        except (ValueError, RuntimeError) as e:  # a model no space can trace: say so, show the rest
+            flops = f"? ({str(e).splitlines()[0]})"
+    rows = [("folder", str(folder)), ("family", arch.get("family")), ("input shape", shape),
+            ("params", f"{count_params(model):,}"), ("FLOPs (MACs/sample)", flops),
+            ("dataset", metrics.get("dataset")), ("val accuracy", metrics.get("val_accuracy")),
+            ("test accuracy", metrics.get("test_accuracy"))]
+    if split:
+        how = "as given by the data" if split.get("seed") is None else f"seed {split['seed']}"
+        rows.append(("split", f"{how}, sizes {split.get('sizes')}, fingerprint {split.get('fingerprint')}"))
+    else:
+        rows.append(("split", "not recorded (searches use split seed 0 and warn)"))
+    if arch.get("input"):
+        rows.append(("input preprocessing", f"x * {arch['input']['scale']:.6g} + {arch['input']['shift']:.6g}"))
+    for k, v in rows:
+        print(f"{k:>20}: {f'{v:.4f}' if isinstance(v, float) else v if v is not None else '-'}")
+    return 0
+
+
 def _overrides(pairs) -> dict:
     import yaml
 
@@ -113,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="folder to write (must not exist)")
     t.add_argument("--overwrite", action="store_true")
     t.set_defaults(func=_teacher_train)
+    show = teacher.add_parser("show", help="architecture, size, accuracy and split of a teacher folder")
+    show.add_argument("dir", help="a teacher folder")
+    show.add_argument("--allow-factory", action="append", default=[], metavar="PKG.MOD:FN",
+                      help="let the folder's arch.json import and call this factory (your own module class)")
+    show.set_defaults(func=_teacher_show)
 
     s = sub.add_parser("search", help="run a search (no CONFIG: the built-in MNIST-1D default)")
     s.add_argument("config", nargs="?", help="YAML config (see configs/default.yaml)")
@@ -154,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
+    if getattr(args, "allow_factory", None):
+        # factories are the user's own modules: importable from where they run n2n, like `python -m`,
+        # here and in the Ray workers this process starts (they inherit PYTHONPATH)
+        cwd = os.getcwd()
+        sys.path.insert(0, cwd)
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, os.environ.get("PYTHONPATH")) if p)
     try:
         return args.func(args)
     except USER_ERRORS as e:

@@ -16,6 +16,7 @@ search stops with the first failure's reason instead of spending its budget on f
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -27,6 +28,12 @@ from .models import write_json
 from .runfolder import RECORDS, SUMMARY, save_state
 
 FINISHED = "FINISHED"
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
 _CACHED = (*Evaluation.__dataclass_fields__, "reward", "compression")  # a cache entry's keys
 STATE_VERSION = 2
 ABORT_AFTER = 3  # failures in a row, before any success, that stop a search
@@ -58,6 +65,7 @@ class SearchDriver:
         self.updates_done: dict[str, int] = {}  # policy updates of finished stages
         self.wall_before = 0.0  # wall time of earlier sessions (before a resume)
         self.session_start = time.time()
+        self.stage_started = 0.0  # wall_seconds() when the current stage began
 
     # -- stages ---------------------------------------------------------------------------------
     @property
@@ -88,6 +96,7 @@ class SearchDriver:
         self.updates_done[done] = getattr(self.agent, "updates", 0)
         self.stage_idx += 1
         self.asks = 0
+        self.stage_started = self.wall_seconds()
         if self.stage is None:
             self.log(f"search finished: {len(self.records)} candidates trained")
             return
@@ -154,6 +163,8 @@ class SearchDriver:
             ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec), failure="trial raised an error")
         else:
             ev = Evaluation.from_dict({**metrics, "failure": metrics.get("failure") or None})
+            if ev.failure and not ev.params:  # a trial that raised before measuring: the space knows the size
+                ev = dataclasses.replace(ev, params=self.space.params(spec), flops=self.space.flops(spec))
         r = reward(ev, self.reference, self.reward_config)
         m = {**ev.to_dict(), "reward": r, "compression": compression(ev, self.reference, self.reward_config)}
         self.cache[t["key"]] = m
@@ -237,24 +248,39 @@ class SearchDriver:
         write_json(self.run_dir / SUMMARY, self.summary())
         write_json(self.run_dir / RECORDS, self.records)
 
+    def _size(self, rec: dict) -> tuple[str, float]:
+        """The size the reward compresses, as text, and how many times smaller than the teacher."""
+        if self.reward_config.compression == "flops":
+            return f"{rec['flops']:,} FLOPs", self.reference.flops / max(rec["flops"], 1)
+        return f"{rec['params']:,} params", self.reference.params / max(rec["params"], 1)
+
     def _progress(self, rec: dict):
         s = rec["stage"]
         best = self.best()
+        size, _ = self._size(rec)
         line = (f"[{s} {self.trained(s)}/{self.budgets[s]}] reward {rec['reward']:+.3f} "
-                f"({rec['params']:,} params, val acc {rec['accuracy']:.4f}{', cached' if rec['cached'] else ''})")
+                f"({size}, val acc {rec['accuracy']:.4f}{', cached' if rec['cached'] else ''})")
         if best:
-            line += (f" | best {best['reward']:.3f}: {best['params']:,} params "
-                     f"({self.reference.params / best['params']:.1f}x smaller), val acc {best['accuracy']:.4f}")
+            size, times = self._size(best)
+            line += f" | best {best['reward']:.3f}: {size} ({times:.1f}x smaller), val acc {best['accuracy']:.4f}"
         if rec["failure"]:
             line += f" | failed: {rec['failure']}"
-        self.log(line)
+        self.log(line + " | " + self._timing(s))
+
+    def _timing(self, stage: str) -> str:
+        """Elapsed wall time, wall time per candidate of this stage, and the stage's time left."""
+        now, done = self.wall_seconds(), self.trained(stage)
+        per = (now - self.stage_started) / max(done, 1)
+        left = per * max(self.budgets[stage] - done, 0)
+        return f"{_clock(now)} elapsed, {per:.1f} s/candidate, ~{_clock(left)} left in {stage}"
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "stage_idx": self.stage_idx, "base": self.base.to_dict(),
                 "agent": self.agent.state_dict() if self.stage else None, "cache": self.cache,
                 "trials": [*self.reissue, *self.trials.values()], "waiters": self.waiters, "failed": self.failed, "records": self.records, "asks": self.asks,
-                "cache_hits": self.cache_hits, "updates_done": self.updates_done, "wall_seconds": self.wall_seconds()}
+                "cache_hits": self.cache_hits, "updates_done": self.updates_done, "wall_seconds": self.wall_seconds(),
+                "stage_started": self.stage_started}
 
     def load_state_dict(self, state: dict):
         if state.get("version") != STATE_VERSION:
@@ -269,3 +295,4 @@ class SearchDriver:
         self.records, self.asks, self.cache_hits = state["records"], state["asks"], state["cache_hits"]
         self.updates_done = state["updates_done"]
         self.wall_before, self.session_start = state["wall_seconds"], time.time()
+        self.stage_started = state["stage_started"]

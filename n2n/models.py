@@ -70,6 +70,18 @@ def vgg_layers(input_shape, num_classes: int, preset: str = "vgg1d", width_mult:
     return layers
 
 
+def vgg_dropped_pools(input_shape, preset: str) -> int:
+    """How many of a preset's pools `vgg_layers` drops for this input (each would halve it below 1)."""
+    size, dropped = min(input_shape[1:]), 0
+    for v in VGG_PRESETS.get(preset, []):
+        if v == "M":
+            if size >= 2:
+                size //= 2
+            else:
+                dropped += 1
+    return dropped
+
+
 def mlp_layers(input_shape, num_classes: int, hidden=(256, 256)) -> list[dict]:
     n_in = 1
     for s in input_shape:

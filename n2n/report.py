@@ -17,11 +17,13 @@ def pareto_front(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
     return front
 
 
-def leaderboard(records: list[dict], teacher_params: int, top: int = 10) -> str:
+def leaderboard(records: list[dict], teacher_size: int, top: int = 10, size: str = "params") -> str:
+    """The best `top` candidates by reward; `size` is what the reward compressed ("params" or "flops")."""
     rows = sorted((r for r in records if r["failure"] is None), key=lambda r: -r["reward"])[:top]
-    lines = [f"{'#':>2} {'stage':7} {'params':>9} {'smaller':>7} {'val acc':>7} {'reward':>7}  spec"]
+    w = max([len(f"{r[size]:,}") for r in rows] + [len(size)])  # 8-digit counts keep their column
+    lines = [f"{'#':>2} {'stage':7} {size:>{w}} {'smaller':>9} {'val acc':>7} {'reward':>7}  spec"]
     for i, r in enumerate(rows, 1):
-        lines.append(f"{i:>2} {r['stage']:7} {r['params']:>9,} {teacher_params / r['params']:>6.1f}x "
+        lines.append(f"{i:>2} {r['stage']:7} {r[size]:>{w},} {teacher_size / max(r[size], 1):>8.1f}x "
                      f"{r['accuracy']:>7.4f} {r['reward']:>7.3f}  {r['summary']}")
     return "\n".join(lines)
 
@@ -46,16 +48,24 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     records = read_records(run_dir)
     out_dir = Path(out_dir or run_dir)
     ref = meta["reference"]
-    batch = int(meta["config"]["search"]["agent_options"].get("batch_size", 10))
-    text = [f"run {run_dir.name}: {len(records)} candidates; teacher {ref['params']:,} params, val acc {ref['accuracy']:.4f}",
-            leaderboard(records, ref["params"])]
+    size = meta["config"].get("reward", {}).get("compression", "params")  # what the reward compressed
+    search = meta["config"]["search"]
+    # REINFORCE updates once per batch; other agents are shown in groups of 10 candidates
+    batch = int(search["agent_options"].get("batch_size", 10)) if search["agent"] == "reinforce" else 10
+    what = f"batch of {batch} candidates (one policy update each)" if search["agent"] == "reinforce" \
+        else f"group of {batch} candidates, in order"
+    text = [f"run {run_dir.name}: {len(records)} candidates; teacher {ref[size]:,} {size}, val acc {ref['accuracy']:.4f}",
+            leaderboard(records, ref[size], size=size)]
+
+    from matplotlib.ticker import MaxNLocator
 
     curve = batch_means(records, batch)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for stage in dict.fromkeys(s for s, _ in curve):
         xs = [i for i, (s, _) in enumerate(curve) if s == stage]
         ax.plot(xs, [curve[i][1] for i in xs], marker="o", label=stage)
-    ax.set(xlabel=f"batch of {batch} candidates", ylabel="mean reward", title="Reward per batch")
+    ax.set(xlabel=what, ylabel="mean reward", title="Reward over the search")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_dir / "reward_curve.png", dpi=120)
@@ -65,12 +75,13 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     fig, ax = plt.subplots(figsize=(6, 4))
     for stage in dict.fromkeys(r["stage"] for r in ok):
         rs = [r for r in ok if r["stage"] == stage]
-        ax.scatter([r["params"] for r in rs], [r["accuracy"] for r in rs], s=14, label=stage, alpha=0.7)
-    front = pareto_front([(r["params"], r["accuracy"]) for r in ok])
+        ax.scatter([r[size] for r in rs], [r["accuracy"] for r in rs], s=14, label=stage, alpha=0.7)
+    front = pareto_front([(r[size], r["accuracy"]) for r in ok])
     if front:
         ax.step([p for p, _ in front], [a for _, a in front], where="post", color="k", lw=1, label="Pareto front")
-    ax.scatter([ref["params"]], [ref["accuracy"]], marker="*", s=120, color="red", label="teacher")
-    ax.set(xscale="log", xlabel="parameters", ylabel="validation accuracy", title="Accuracy against size")
+    ax.scatter([ref[size]], [ref["accuracy"]], marker="*", s=120, color="red", label="teacher")
+    ax.set(xscale="log", xlabel="parameters" if size == "params" else "FLOPs (multiply-accumulates)",
+           ylabel="validation accuracy", title="Accuracy against size")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_dir / "pareto.png", dpi=120)

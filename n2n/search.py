@@ -176,7 +176,7 @@ def ray_session(address: str | None, log=print):
         _check_address(address)
         log(f"connecting to Ray cluster at {address}")
         try:
-            ray.init(address=address, logging_level=logging.WARNING)
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise RunError(f"--address {address}: cannot connect to a Ray cluster ({str(e).splitlines()[0]})") from None
         try:
@@ -186,7 +186,10 @@ def ray_session(address: str | None, log=print):
         return
     temp = tempfile.mkdtemp(prefix="n2n-ray-")  # short: Ray's socket paths must stay under 108 bytes
     try:
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, _temp_dir=temp)
+        # log_to_driver=False: workers' own output (prefixed lines, library banners) stays out of the
+        # user's terminal; a trial's failure reaches the records with its reason (n2n.trial)
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, _temp_dir=temp,
+                 log_to_driver=False)
         yield
     finally:
         ray.shutdown()
@@ -274,8 +277,8 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
         driver = make_driver(cfg, space, meta, run_dir, log)
         driver.save()
         ctx = make_context(meta, cfg, run_dir, (teacher, arch, ds), factories)
-        log(f"search {run_dir.name}: agent {cfg.search.agent}, stages {cfg.search.stages}, "
-            f"budgets removal {cfg.search.removal_budget} / shrink {cfg.search.shrink_budget}, "
+        budgets = ", ".join(f"{s} {cfg.budget(s)}" for s in cfg.search.stages)
+        log(f"search {run_dir.name}: agent {cfg.search.agent}, budgets {budgets} candidates, "
             f"{cfg.search.concurrency} trials at a time")
         _fit(run_dir, ctx, cfg, driver)
     return _finish(run_dir, driver, log)

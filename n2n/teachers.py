@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from . import data as data_mod
-from .models import ModelError, build_model, device_for, load_model, save_model
+from .models import VGG_PRESETS, ModelError, build_model, device_for, load_model, save_model, vgg_dropped_pools
 from .train import accuracy, train_classifier
 from search_spaces import count_params
 
@@ -79,6 +79,9 @@ def train_teacher(recipe: TeacherRecipe, out: Path | None = None, device: str = 
     model folder n2n wrote). Returns (model, arch, metrics)."""
     ds = data_mod.load_dataset(recipe.dataset, seed=recipe.split_seed)
     arch = teacher_arch(recipe, ds)
+    if recipe.arch == "vgg" and (dropped := vgg_dropped_pools(ds.input_shape, recipe.preset)):
+        log(f"note: {recipe.preset} on inputs of shape {ds.input_shape}: {dropped} of its "
+            f"{VGG_PRESETS[recipe.preset].count('M')} pools dropped (each would shrink the input below one sample)")
     if ds.preprocess:  # the folder is a deployable model too: it takes raw inputs via n2n.load_student
         arch["input"] = ds.preprocess
     torch.manual_seed(recipe.seed)

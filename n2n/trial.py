@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,9 +107,16 @@ def run_trial(config: dict, context: Context) -> None:
     import ray
 
     started = time.time()
-    space = space_of(ctx)
     spec = StudentSpec.from_dict(config["spec"])
-    ev, student = evaluate(space, spec, ctx, tune.report if ctx.per_epoch else None)
+    try:
+        space = space_of(ctx)
+        ev, student = evaluate(space, spec, ctx, tune.report if ctx.per_epoch else None)
+    except Exception as e:
+        if type(e).__module__.startswith("ray"):
+            raise  # Tune's own control flow (a stopped trial), not a failure of the candidate
+        # The reason reaches the run's records and progress line; the traceback stays in results/.
+        (results / f"{config['key']}.traceback.txt").write_text(traceback.format_exc())
+        ev, student = Evaluation(0.0, 0, 0, failure=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]), None
     final = metrics_of(ev, ctx, ev.epochs)
     final.update(device=str(device_for(ctx.device)), started=started, ended=time.time(),
                  gpus=float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)))

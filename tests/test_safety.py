@@ -381,3 +381,15 @@ def test_a_symlinked_lock_file_is_never_followed(tmp_path):
     with pytest.raises(Exception, match="cannot take the run's lock"):
         RunLock(run).acquire()
     assert target.read_text() == "keep me"
+
+
+
+def test_a_trial_that_raises_reports_why(ray_session, tiny_config, tmp_path):
+    """cuda asked for on a machine without it: every trial raises; the records say why, briefly."""
+    cfg = load_config(tiny_config, {"resources.device": "cuda", "search.concurrency": 1})
+    summary = run_search(cfg, tmp_path / "run", log=lambda *_: None)
+    records = read_records(tmp_path / "run")
+    assert summary["stage"] == "failed" and len(records) == 3
+    assert all(r["failure"] == "AssertionError: Torch not compiled with CUDA enabled" and r["params"] > 0
+               for r in records), records[0]["failure"]
+    assert (tmp_path / "run" / "results" / f"{records[0]['key']}.traceback.txt").read_text().startswith("Traceback")

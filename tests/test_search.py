@@ -71,7 +71,7 @@ def test_search_end_to_end(ray_session, tiny_config, tmp_path):
     assert tuned["val_accuracy"] > best["accuracy"] - 0.02  # fine-tuning does not wreck the student
 
     text = make_report(run)
-    assert f" 1 {best['stage']:7} {best['params']:>9,}" in text  # the best candidate leads the leaderboard
+    assert text.splitlines()[2].split()[:3] == ["1", best["stage"], f"{best['params']:,}"]  # the best leads
     for png in ("reward_curve.png", "pareto.png"):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -88,6 +88,17 @@ def test_fractional_gpu_packs_two_trials_on_one_logical_gpu(ray_session, tiny_co
     spans = sorted((r["started"], r["ended"]) for r in recs)
     overlaps = sum(a_end > b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
     assert overlaps >= 1  # two 0.5-GPU trials ran at the same time on the single GPU
+
+
+def test_leaderboard_columns_hold_8_digit_counts_and_follow_the_reward_size():
+    from n2n.report import leaderboard
+
+    recs = [{"failure": None, "reward": r, "stage": "shrink", "params": p, "flops": f, "accuracy": 0.9, "summary": "s"}
+            for r, p, f in ((0.9, 12_345_678, 700), (0.5, 1_000, 90_000_000))]
+    lines = leaderboard(recs, 50_000_000).splitlines()
+    assert len({line.index("x ") for line in lines[1:]}) == 1 and "12,345,678" in lines[1]  # aligned
+    flops = leaderboard(recs, 100_000_000, size="flops").splitlines()
+    assert flops[0].split()[2] == "flops" and flops[2].split()[2:4] == ["90,000,000", "1.1x"]
 
 
 def test_pareto_front():

@@ -1,6 +1,8 @@
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,3 +98,37 @@ def test_resnet_teacher_from_a_recipe_round_trips(tmp_path):
         i = ds.index[part]
         got = accuracy(deployed, torch.as_tensor(raw.images[i]), torch.as_tensor(raw.target[i]))
         assert got == metrics[f"{part}_accuracy"] and count_params(deployed) == metrics["params"]
+
+
+def test_teacher_show_and_a_preset_adapted_to_small_inputs_says_so(tmp_path):
+    logs = []
+    recipe = TeacherRecipe(dataset="digits", preset="vgg11", width_mult=0.125, hidden=[8], epochs=1)
+    _, _, metrics = train_teacher(recipe, out=tmp_path / "t", log=logs.append)
+    assert any("vgg11 on inputs of shape (1, 8, 8): 2 of its 5 pools dropped" in m for m in logs)
+    n2n_bin = str(Path(sys.executable).parent / "n2n")
+    shown = subprocess.run([n2n_bin, "teacher", "show", str(tmp_path / "t")], capture_output=True, text=True)
+    rows = dict(line.split(": ", 1) for line in shown.stdout.strip().splitlines())
+    rows = {k.strip(): v for k, v in rows.items()}
+    assert shown.returncode == 0 and rows["params"] == f"{metrics['params']:,}" and rows["family"] == "vgg"
+    assert rows["val accuracy"] == f"{metrics['val_accuracy']:.4f}" and rows["split"].startswith("seed 0, sizes")
+
+
+def test_a_module_teacher_imports_its_factory_from_the_working_directory(tmp_path):
+    """Like `python -m`, without PYTHONPATH; and only when the user names the factory."""
+    (tmp_path / "mynet.py").write_text("import torch\ndef make(width=4):\n"
+                                       "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, width), "
+                                       "torch.nn.ReLU(), torch.nn.Linear(width, 3))\n")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mynet", tmp_path / "mynet.py")
+    mynet = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mynet)
+    save_model(tmp_path / "t", mynet.make(), {"family": "module", "factory": "mynet:make", "kwargs": {"width": 4},
+                                               "input_shape": [8]}, {})
+    n2n_bin = str(Path(sys.executable).parent / "n2n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    ok = subprocess.run([n2n_bin, "teacher", "show", "t", "--allow-factory", "mynet:make"], cwd=tmp_path, env=env,
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and "params: 51" in ok.stdout, ok.stderr
+    refused = subprocess.run([n2n_bin, "teacher", "show", "t"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--allow-factory mynet:make" in refused.stderr
