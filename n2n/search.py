@@ -145,7 +145,6 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
             "teacher": {"folder": str(folder.resolve()), "dataset": dataset, "test_accuracy": test_acc,
                         "units": space.n_units},
             "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-    make_driver(cfg, space, meta, None, log=lambda *_: None)  # bad agent options fail before anything is written
     return meta, (teacher, arch, ds, space)
 
 

@@ -9,11 +9,12 @@ from .base import (
     SpecError,
     StudentSpec,
     Unit,
+    UnsupportedModel,
     count_params,
 )
 from .generic import GenericSpace, load_factory, pruned_from_arch
 from .resnet import ResNet, ResNetSpace, from_torchvision, resnet_arch
-from .sequential import SequentialSpace, UnsupportedModel, layers_to_module, module_to_layers
+from .sequential import SequentialSpace, layers_to_module, module_to_layers
 from .transformer import HFClassifier, TransformerSpace, encoder_from_arch, hf_expressible, is_hf_encoder
 
 __all__ = [

@@ -41,9 +41,9 @@ class SpecError(ValueError):
     """A spec that is malformed (wrong length, unknown ratio...), as opposed to merely invalid."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Unit:
-    """One decision point of a teacher, with what a policy needs to know about it."""
+    """One decision point of a teacher, with what a policy needs to know about it (by keyword)."""
 
     name: str
     kind: str
@@ -58,6 +58,10 @@ class Unit:
     skip_end: bool = False
     why_fixed: str = ""  # why the unit may not be removed, when it may not
     parent: int | None = None  # a unit whose removal makes this one moot (a layer's FFN, say)
+
+
+class UnsupportedModel(ValueError):
+    """The module holds a layer this search space cannot reason about."""
 
 
 @dataclass(frozen=True)
@@ -116,9 +120,12 @@ class SearchSpace(ABC):
     def _check(self, spec: StudentSpec) -> str | None:
         """Family-specific reasons a well-formed spec cannot build a working student."""
 
-    @abstractmethod
     def widths(self, spec: StudentSpec) -> list[int]:
-        """Width of every unit in the student (0 for removed units)."""
+        """Width of every unit in the student: 0 for absent units (`gone`), the ratio's width for
+        shrinkable ones, the teacher's otherwise."""
+        gone = self.gone(spec)
+        return [0 if i in gone else self.width_of(i, spec.ratios[i]) if u.shrinkable else u.width
+                for i, u in enumerate(self.units)]
 
     @abstractmethod
     def params(self, spec: StudentSpec) -> int:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .base import SearchSpace, StudentSpec, Unit
-from .sequential import UnsupportedModel
+from .base import UnsupportedModel
 
 
 def _tp():
@@ -122,21 +122,25 @@ class GenericSpace(SearchSpace):
             if kind == "block":
                 block_unit[name] = len(units)
                 params = sum(p.numel() for p in teacher.get_submodule(name).parameters())
-                units.append(Unit(name, "block", 0, params, True, False, skip_start=True, skip_end=True))
+                units.append(Unit(name=name, kind="block", width=0, params=params, removable=True, shrinkable=False,
+                                  skip_start=True, skip_end=True))
                 continue
             root = teacher.get_submodule(name)
             conv = isinstance(root, nn.modules.conv._ConvNd)
             # a group is moot once a block holding all of its layers is removed
             parent = next((u for b, u in block_unit.items() if all(m.startswith(b + ".") for m in members)), None)
             self.group_root[len(units)] = name
-            units.append(Unit(label, "conv" if conv else "linear", root.out_channels if conv else root.out_features,
-                              sum(teacher.get_submodule(m).weight.numel() for m in members
-                                  if getattr(teacher.get_submodule(m), "weight", None) is not None),
-                              False, True, root.kernel_size[0] if conv else 1, root.stride[0] if conv else 1,
+            weights = sum(teacher.get_submodule(m).weight.numel() for m in members
+                          if getattr(teacher.get_submodule(m), "weight", None) is not None)
+            units.append(Unit(name=label, kind="conv" if conv else "linear",
+                              width=root.out_channels if conv else root.out_features, params=weights,
+                              removable=False, shrinkable=True, kernel=root.kernel_size[0] if conv else 1,
+                              stride=root.stride[0] if conv else 1,
                               why_fixed="only shape-preserving blocks are removable", parent=parent))
         out = teacher.get_submodule(self.output_layer)
-        units.append(Unit(self.output_layer, "linear", out.out_features, sum(p.numel() for p in out.parameters()),
-                          False, False, why_fixed="it is the output layer"))
+        units.append(Unit(name=self.output_layer, kind="linear", width=out.out_features,
+                          params=sum(p.numel() for p in out.parameters()), removable=False, shrinkable=False,
+                          why_fixed="it is the output layer"))
         self.units = units
         self.untouched = {  # modules holding parameters that no decision reaches
             n or "<model>": f"{type(m).__name__}: no prunable group or removable block includes its "
@@ -147,11 +151,6 @@ class GenericSpace(SearchSpace):
         }
         self.untouched[self.output_layer] = "the output layer"
         self._cache: dict[str, tuple[int, int]] = {}
-
-    def widths(self, spec: StudentSpec) -> list[int]:
-        gone = set(spec.removed)
-        return [0 if (i in gone or u.parent in gone) else (self.width_of(i, spec.ratios[i]) if u.shrinkable else u.width)
-                for i, u in enumerate(self.units)]
 
     # -- building ----------------------------------------------------------------------------------
     @torch.enable_grad()  # torch-pruning traces through autograd

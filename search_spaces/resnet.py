@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .base import SearchSpace, StudentSpec, Unit, top_l1
-from .sequential import UnsupportedModel
+from .base import UnsupportedModel
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d}
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
@@ -221,19 +221,22 @@ class ResNetSpace(SearchSpace):
             else:
                 width, k, stride = arch["blocks"][first]["out"], 1, arch["blocks"][first]["stride"]
             self.unit_of_stream[s] = len(self.units)
-            self.units.append(Unit(f"stream{s}", "conv", width, 0, False, True, k, stride, 0, skip_start=True,
+            self.units.append(Unit(name=f"stream{s}", kind="conv", width=width, params=0, removable=False,
+                                   shrinkable=True, kernel=k, stride=stride, padding=0, skip_start=True,
                                    why_fixed="residual adds need the stream"))
             for i, b in enumerate(arch["blocks"]):
                 if self.stage_of[i] != s:
                     continue
                 self.unit_of_block[i] = len(self.units)
                 identity = not b["downsample"]
-                self.units.append(Unit(f"block{i}", "block", b["inner"][0], block_params(b), identity, True, 3,
-                                       b["stride"], 1, skip_start=True, skip_end=True,
+                self.units.append(Unit(name=f"block{i}", kind="block", width=b["inner"][0], params=block_params(b),
+                                       removable=identity, shrinkable=True, kernel=3, stride=b["stride"],
+                                       padding=1, skip_start=True, skip_end=True,
                                        why_fixed="" if identity else "its shortcut is a projection"))
         width = arch["blocks"][-1]["out"] if arch["blocks"] else arch["stem"]["width"]
-        self.units.append(Unit("fc", "linear", arch["num_classes"], width * arch["num_classes"] + arch["num_classes"],
-                               False, False, why_fixed="it is the output layer"))
+        self.units.append(Unit(name="fc", kind="linear", width=arch["num_classes"],
+                               params=width * arch["num_classes"] + arch["num_classes"], removable=False,
+                               shrinkable=False, why_fixed="it is the output layer"))
         # stream units own the params of the stem and projection convs: share of the remaining total
         rest = total - sum(u.params for u in self.units)
         for u in self.unit_of_stream.values():
@@ -257,10 +260,6 @@ class ResNetSpace(SearchSpace):
     @staticmethod
     def _scale(width: int, ratio: float) -> int:
         return max(1, int(round(width * ratio)))
-
-    def widths(self, spec: StudentSpec) -> list[int]:
-        return [0 if i in spec.removed else (self.width_of(i, spec.ratios[i]) if u.shrinkable else u.width)
-                for i, u in enumerate(self.units)]
 
     def _check(self, spec: StudentSpec) -> str | None:
         return None  # only identity blocks are removable, so every well-formed spec keeps shapes

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import SearchSpace, StudentSpec, Unit, top_l1
+from .base import SearchSpace, StudentSpec, Unit, UnsupportedModel, top_l1
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -36,10 +36,6 @@ _CONV = {1: nn.Conv1d, 2: nn.Conv2d}
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
 _POOL = {(1, "max"): nn.MaxPool1d, (2, "max"): nn.MaxPool2d, (1, "avg"): nn.AvgPool1d, (2, "avg"): nn.AvgPool2d}
 _GPOOL = {(1, "max"): nn.AdaptiveMaxPool1d, (2, "max"): nn.AdaptiveMaxPool2d, (1, "avg"): nn.AdaptiveAvgPool1d, (2, "avg"): nn.AdaptiveAvgPool2d}
-
-
-class UnsupportedModel(ValueError):
-    """The module holds a layer this search space cannot reason about."""
 
 
 def _int(v) -> int:
@@ -199,18 +195,23 @@ class SequentialSpace(SearchSpace):
             resizes = shapes[i][1:] != shapes[i + 1][1:]
             name = f"{d['kind']}{i}"
             if i == self.output_layer:
-                units.append(Unit(name, "linear", d["out"], params, False, False, why_fixed="it is the output layer"))
+                units.append(Unit(name=name, kind="linear", width=d["out"], params=params, removable=False,
+                                  shrinkable=False, why_fixed="it is the output layer"))
             elif d["kind"] == "pool":
                 # Removing a pool saves no parameters and multiplies the FLOPs of every later layer;
                 # with Flatten->Linear it also breaks the classifier. N2N kept pools fixed too.
                 why = ("it changes the spatial size the classifier expects" if spatial_fixed
                        else "it saves no parameters and multiplies the cost of every later layer")
-                units.append(Unit(name, "pool", shapes[i][0], params, False, False, d["kernel"], d["stride"], d["padding"], why_fixed=why))
+                units.append(Unit(name=name, kind="pool", width=shapes[i][0], params=params, removable=False,
+                                  shrinkable=False, kernel=d["kernel"], stride=d["stride"], padding=d["padding"],
+                                  why_fixed=why))
             elif d["kind"] == "conv":
                 why = "it changes the spatial size the classifier expects" if (resizes and spatial_fixed) else ""
-                units.append(Unit(name, "conv", d["out"], params, not why, True, d["kernel"], d["stride"], d["padding"], why_fixed=why))
+                units.append(Unit(name=name, kind="conv", width=d["out"], params=params, removable=not why,
+                                  shrinkable=True, kernel=d["kernel"], stride=d["stride"], padding=d["padding"],
+                                  why_fixed=why))
             else:
-                units.append(Unit(name, "linear", d["out"], params, True, True))
+                units.append(Unit(name=name, kind="linear", width=d["out"], params=params, removable=True, shrinkable=True))
         self.units = units
         self.starts = starts
 
@@ -285,18 +286,6 @@ class SequentialSpace(SearchSpace):
         return _Walk(layers, flops, picks)
 
     # -- SearchSpace API ----------------------------------------------------------------------
-    def widths(self, spec: StudentSpec) -> list[int]:
-        removed = set(spec.removed)
-        out = []
-        for u, unit in enumerate(self.units):
-            if u in removed:
-                out.append(0)
-            elif unit.shrinkable:
-                out.append(self.width_of(u, spec.ratios[u]))
-            else:
-                out.append(unit.width)
-        return out
-
     def _check(self, spec: StudentSpec) -> str | None:
         convs = [u for u, unit in enumerate(self.units) if unit.kind == "conv"]
         if convs and all(u in spec.removed for u in convs):

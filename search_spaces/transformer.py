@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .base import SearchSpace, StudentSpec, Unit
-from .sequential import UnsupportedModel
+from .base import UnsupportedModel
 
 
 class HFClassifier(nn.Module):
@@ -106,19 +106,19 @@ class TransformerSpace(SearchSpace):
         self.layer_unit, self.attn_unit, self.ffn_unit = [], [], []
         for i in range(self.n_layers):
             self.layer_unit.append(len(self.units))
-            self.units.append(Unit(f"layer{i}", "layer", self.hidden, layer_params, True, False,
-                                   skip_start=True, skip_end=True))
+            self.units.append(Unit(name=f"layer{i}", kind="layer", width=self.hidden, params=layer_params,
+                                   removable=True, shrinkable=False, skip_start=True, skip_end=True))
             if not uniform:
                 self.attn_unit.append(len(self.units))
-                self.units.append(Unit(f"attn{i}", "attention", self.heads, attn, False, True,
-                                       why_fixed="remove the layer instead", parent=self.layer_unit[i]))
+                self.units.append(Unit(name=f"attn{i}", kind="attention", width=self.heads, params=attn,
+                                       removable=False, shrinkable=True, why_fixed="remove the layer instead", parent=self.layer_unit[i]))
                 self.ffn_unit.append(len(self.units))
-                self.units.append(Unit(f"ffn{i}", "ffn", self.ffn, ffn, False, True,
-                                       why_fixed="remove the layer instead", parent=self.layer_unit[i]))
+                self.units.append(Unit(name=f"ffn{i}", kind="ffn", width=self.ffn, params=ffn, removable=False,
+                                       shrinkable=True, why_fixed="remove the layer instead", parent=self.layer_unit[i]))
         if uniform:  # one FFN decision shared by every layer
             shared = len(self.units)
-            self.units.append(Unit("ffn", "ffn", self.ffn, ffn * self.n_layers, False, True,
-                                   why_fixed="remove layers instead"))
+            self.units.append(Unit(name="ffn", kind="ffn", width=self.ffn, params=ffn * self.n_layers, removable=False,
+                                   shrinkable=True, why_fixed="remove layers instead"))
             self.ffn_unit = [shared] * self.n_layers
 
     def _layer_params(self, heads: int, ffn: int) -> int:
@@ -133,15 +133,6 @@ class TransformerSpace(SearchSpace):
                 continue
             heads = self.heads if self.uniform else self.width_of(self.attn_unit[i], spec.ratios[self.attn_unit[i]])
             out.append((i, heads, self.width_of(self.ffn_unit[i], spec.ratios[self.ffn_unit[i]])))
-        return out
-
-    def widths(self, spec: StudentSpec) -> list[int]:
-        out = []
-        for u, unit in enumerate(self.units):
-            if u in spec.removed or (unit.parent is not None and unit.parent in spec.removed):
-                out.append(0)
-            else:
-                out.append(self.width_of(u, spec.ratios[u]) if unit.shrinkable else unit.width)
         return out
 
     def _check(self, spec: StudentSpec) -> str | None:

@@ -76,9 +76,18 @@ def test_kills_at_random_moments_then_resume_matches_an_uninterrupted_search(ray
     proc = start()  # killed during start-up (imports, teacher, Ray)
     time.sleep(rng.uniform(1.0, 4.0))
     kill(proc)
-    seen = []
-    for n, damage in zip(sorted(rng.sample(range(1, 10), 3)), ["truncate Tune's snapshots", "delete Tune's folder",
-                                                                 "empty the search state"]):
+
+    proc = start()  # Ctrl-C early, with most of the search still to run: exits 130 with n2n's hint, not Tune's
+    until(proc, 1)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out[-3000:]
+    assert f"continue it with `n2n resume {run}`" in out and "Tuner.restore" not in out
+
+    seen = [r["key"] for r in _records(run)]
+    for n, damage in zip(sorted(rng.sample(range(len(seen) + 1, 11), 3)), ["truncate Tune's snapshots",
+                                                                           "delete Tune's folder",
+                                                                           "empty the search state"]):
         proc = start()
         until(proc, n)
         time.sleep(rng.uniform(0.0, 1.5))  # somewhere inside the next trial
@@ -90,13 +99,6 @@ def test_kills_at_random_moments_then_resume_matches_an_uninterrupted_search(ray
     proc = start()  # killed during a resume's start-up
     time.sleep(rng.uniform(0.5, 3.0))
     kill(proc)
-
-    proc = start()  # Ctrl-C: exits 130 with n2n's hint, not Tune's
-    until(proc, len(seen) + 1)
-    proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, out[-3000:]
-    assert f"continue it with `n2n resume {run}`" in out and "Tuner.restore" not in out
 
     temps = _ray_temps()
     done = subprocess.run([sys.executable, "-m", "n2n.cli", "resume", str(run)], env=env, capture_output=True,
