@@ -50,7 +50,7 @@ def _teacher_show(args) -> int:
     flops = "?"
     if shape:
         try:
-            space = space_for(model, tuple(shape))
+            space = space_for(model, tuple(shape), arch=arch)
             flops = f"{space.flops(space.identity()):,}"
         except (ValueError, RuntimeError) as e:  # a model no space can trace: say so, show the rest
             flops = f"? ({str(e).splitlines()[0]})"

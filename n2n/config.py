@@ -90,11 +90,11 @@ class Config:
         except AgentOptionError as e:
             raise ConfigError(f"search.agent_options.{e}") from None
 
-    def space(self, teacher, input_shape):
-        """The search space of `teacher` under this config."""
+    def space(self, teacher, input_shape, arch: dict | None = None):
+        """The search space of `teacher` (whose arch.json is `arch`) under this config."""
         from search_spaces import space_for
 
-        return space_for(teacher, tuple(input_shape), self.search.ratios, uniform=self.search.uniform_widths)
+        return space_for(teacher, tuple(input_shape), self.search.ratios, uniform=self.search.uniform_widths, arch=arch)
 
     def budget(self, stage: str) -> int:
         return self.search.removal_budget if stage == "removal" else self.search.shrink_budget

@@ -94,8 +94,8 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         log(f"the best candidate (reward {ranked[0]['reward']:.3f}) has no saved weights (stopped early?); "
             f"exporting the best one that finished (reward {best['reward']:.3f})")
     cfg = from_dict(Config, meta["config"])
-    teacher, _, _ = load_model(meta["teacher_folder"], factories)
-    space = cfg.space(teacher, meta["input_shape"])
+    teacher, teacher_arch, _ = load_model(meta["teacher_folder"], factories)
+    space = cfg.space(teacher, meta["input_shape"], teacher_arch)
     spec = StudentSpec.from_dict(best["spec"])
     arch = space.arch(spec)
     weights = run_dir / "results" / f"{best['key']}.safetensors"

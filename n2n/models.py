@@ -94,11 +94,17 @@ def mlp_layers(input_shape, num_classes: int, hidden=(256, 256)) -> list[dict]:
     return layers
 
 
+TEACHER_FAMILIES = ("vgg", "mlp", "resnet", "module", "hf-pretrained")
+
+
 def build_model(arch: dict, factories=()) -> nn.Module:
-    """Rebuild a module from its ``arch.json`` content (weights not loaded).
+    """Rebuild a module from its ``arch.json`` content (weights not loaded): a teacher of the zoo
+    here, a student through its family's reader (`search_spaces.build_student`).
 
     `factories`: the ``"package.module:function"`` names the user allows a ``module`` / ``pruned``
     arch to import and call; any other factory is refused before anything is imported."""
+    from search_spaces import STUDENT_FAMILIES, build_student, load_factory
+
     if not isinstance(arch, dict):
         raise ModelError(f"arch: expected a JSON object with a 'family', got {type(arch).__name__}")
     family = arch.get("family")
@@ -107,32 +113,17 @@ def build_model(arch: dict, factories=()) -> nn.Module:
             return layers_to_module(vgg_layers(**arch["hparams"]))
         if family == "mlp":
             return layers_to_module(mlp_layers(**arch["hparams"]))
-        if family == "sequential":
-            return layers_to_module(arch["layers"])
+        if family == "resnet" and "hparams" in arch:  # a teacher recipe: preset + width
+            return ResNet(resnet_arch(**arch["hparams"]))
         if family == "module":  # the user's own class: {"factory": "pkg.mod:fn", "kwargs": {...}}
-            from search_spaces import load_factory
-
-            model = load_factory(arch["factory"], factories)(**arch.get("kwargs", {}))
-            model.n2n_factory = {"factory": arch["factory"], "kwargs": arch.get("kwargs", {})}
-            return model
-        if family == "pruned":
-            from search_spaces import pruned_from_arch
-
-            return pruned_from_arch(arch, factories)
+            return load_factory(arch["factory"], factories)(**arch.get("kwargs", {}))
         if family == "hf-pretrained":
             return load_hf_classifier(Path(arch["path"]))
-        if family == "hf-encoder":
-            from search_spaces import encoder_from_arch
-
-            return encoder_from_arch(arch)
-        if family == "resnet":
-            if "hparams" in arch:  # a teacher recipe: preset + width
-                return ResNet(resnet_arch(**arch["hparams"]))
-            return ResNet(arch)  # a full per-block description (students)
+        if family in STUDENT_FAMILIES:
+            return build_student(arch, factories)
     except (KeyError, TypeError) as e:
         raise ModelError(f"arch of family {family!r} is malformed: {e}") from None
-    raise ModelError(f"unknown model family {family!r}: expected 'vgg', 'mlp', 'sequential', 'resnet', "
-                     "'hf-encoder', 'module' or 'pruned'")
+    raise ModelError(f"unknown model family {family!r}: expected one of {sorted({*TEACHER_FAMILIES, *STUDENT_FAMILIES})}")
 
 
 class RawInput(nn.Module):

@@ -132,7 +132,7 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
     if tuple(shape) != ds.input_shape:
         raise ConfigError(f"teacher expects inputs of shape {tuple(shape)}, dataset {dataset} gives {ds.input_shape}")
     check_labels(teacher, ds, dataset, exact=arch.get("family") == "hf-pretrained")
-    space = cfg.space(teacher, ds.input_shape)
+    space = cfg.space(teacher, ds.input_shape, arch)
     val_acc, test_acc = accuracy(teacher, ds.x_val, ds.y_val), accuracy(teacher, ds.x_test, ds.y_test)
     stored = metrics.get("val_accuracy")
     if isinstance(stored, (int, float)) and abs(val_acc - stored) > ACCURACY_GAP:
@@ -315,7 +315,7 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
         cfg = from_dict(Config, meta["config"])
         teacher, arch, _ = load_model(meta["teacher_folder"], factories)
         ds = run_data(meta)
-        space = cfg.space(teacher, meta["input_shape"])
+        space = cfg.space(teacher, meta["input_shape"], arch)
         driver = restore_driver(lambda: make_driver(cfg, space, meta, run_dir, log), run_dir, log)
         if driver.failed:
             raise RunError(f"{run_dir}: this search stopped because {driver.failed}; fix the cause and start a new one")

@@ -120,12 +120,13 @@ class DistillResult:
 class HiddenTarget:
     """Hidden-state distillation: the teacher (run per batch) and (student, teacher) layer pairs."""
 
-    teacher: nn.Module  # with forward_with_hidden(x) -> (logits, hidden states)
+    teacher: nn.Module
     pairs: list[tuple[int, int]]
+    forward: Callable  # (model, x) -> (logits, hidden states): the family's `SearchSpace.hidden_states`
 
     def loss(self, s_hidden, xb: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            _, t_hidden = self.teacher.forward_with_hidden(xb)
+            _, t_hidden = self.forward(self.teacher, xb)
         return sum(F.mse_loss(s_hidden[s], t_hidden[t]) for s, t in self.pairs) / len(self.pairs)
 
 
@@ -159,7 +160,7 @@ def distill(student: nn.Module, x: torch.Tensor, y: torch.Tensor, t_logits: torc
         for idx in _batches(len(x), cfg.batch_size, gen):
             idx = idx.to(device)
             if hidden is not None and cfg.hidden_weight:
-                s_logits, s_hidden = student.forward_with_hidden(x[idx])
+                s_logits, s_hidden = hidden.forward(student, x[idx])
                 loss = distill_loss(cfg, s_logits, t_logits[idx], y[idx]) + cfg.hidden_weight * hidden.loss(s_hidden, x[idx])
             else:
                 loss = distill_loss(cfg, student(x[idx]), t_logits[idx], y[idx])

@@ -59,7 +59,7 @@ def space_of(ctx: Context) -> SearchSpace:
         teacher = build_model(ctx.teacher_arch, ctx.factories)
         teacher.load_state_dict(ctx.teacher_state, strict=True)
         _SPACES.clear()
-        _SPACES[key] = space_for(teacher.eval(), ctx.input_shape, ctx.ratios, uniform=ctx.uniform)
+        _SPACES[key] = space_for(teacher.eval(), ctx.input_shape, ctx.ratios, uniform=ctx.uniform, arch=ctx.teacher_arch)
     return _SPACES[key]
 
 
@@ -86,7 +86,7 @@ def evaluate(space: SearchSpace, spec: StudentSpec, ctx: Context, report=None) -
     hidden = None
     pairs = space.hidden_map(spec) if ctx.distill.hidden_weight else None
     if pairs:
-        hidden = HiddenTarget(space.teacher.to(device), pairs)
+        hidden = HiddenTarget(space.teacher.to(device), pairs, space.hidden_states)
     res = distill(student, ctx.x_train, ctx.y_train, ctx.t_logits, ctx.x_val, ctx.y_val, ctx.distill,
                   seed=ctx.seed, device=device, on_epoch=on_epoch if report else None, hidden=hidden)
     ev = Evaluation(res.val_accuracy, params, flops, res.epochs, time.perf_counter() - start, res.train_seconds,

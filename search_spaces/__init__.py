@@ -20,16 +20,36 @@ from .transformer import HFClassifier, TransformerSpace, encoder_from_arch, hf_e
 __all__ = [
     "DEFAULT_RATIOS", "FEATURE_DIM", "FEATURE_NAMES", "UNIT_KINDS", "SearchSpace", "SpecError",
     "StudentSpec", "Unit", "count_params", "SequentialSpace", "UnsupportedModel",
-    "layers_to_module", "module_to_layers", "space_for", "ResNet", "ResNetSpace", "from_torchvision",
+    "layers_to_module", "module_to_layers", "space_for", "build_student", "STUDENT_FAMILIES", "ResNet", "ResNetSpace", "from_torchvision",
     "resnet_arch", "GenericSpace", "load_factory", "pruned_from_arch", "HFClassifier", "TransformerSpace", "encoder_from_arch", "hf_expressible", "is_hf_encoder",
 ]
 
 
-def space_for(teacher, input_shape, ratios=None, uniform: bool = False) -> SearchSpace:
+def build_student(arch: dict, factories=()):
+    """Rebuild a student module from the JSON its family's `SearchSpace.arch` wrote (weights not
+    loaded): each family's reader sits beside its writer. `factories`: the user factories a
+    ``pruned`` arch may import (see `load_factory`)."""
+    family = arch.get("family")
+    if family == "sequential":
+        return layers_to_module(arch["layers"])
+    if family == "resnet":
+        return ResNet(arch)
+    if family == "hf-encoder":
+        return encoder_from_arch(arch)
+    if family == "pruned":
+        return pruned_from_arch(arch, factories)
+    raise UnsupportedModel(f"unknown student family {family!r}: expected one of {STUDENT_FAMILIES}")
+
+
+STUDENT_FAMILIES = ("sequential", "resnet", "hf-encoder", "pruned")
+
+
+def space_for(teacher, input_shape, ratios=None, uniform: bool = False, arch: dict | None = None) -> SearchSpace:
     """The search space that fits `teacher`'s structure (the only family-specific dispatch).
 
     `uniform` (transformers only) keeps one FFN width for all layers, so students stay loadable by
-    a stock `from_pretrained`."""
+    a stock `from_pretrained`. `arch`: the teacher's arch.json; a ``module`` teacher's factory is
+    what its students are rebuilt from."""
     from torch import nn
 
     if is_hf_encoder(teacher):
@@ -42,4 +62,5 @@ def space_for(teacher, input_shape, ratios=None, uniform: bool = False) -> Searc
         except UnsupportedModel:
             pass  # a Sequential holding other layers: the generic space may still trace it
     # any other module: torch-pruning's dependency graph (see search_spaces/generic.py)
-    return GenericSpace(teacher, input_shape, ratios, factory=getattr(teacher, "n2n_factory", None))
+    factory = {"factory": arch["factory"], "kwargs": arch.get("kwargs", {})} if arch and arch.get("family") == "module" else None
+    return GenericSpace(teacher, input_shape, ratios, factory=factory)

@@ -187,6 +187,11 @@ class SearchSpace(ABC):
                 return f"unit {i} ({self.units[i].name}) may not be shrunk"
         return self._check(spec)
 
+    def hidden_states(self, model: nn.Module, x: torch.Tensor):
+        """(logits, hidden states) of the teacher or a student, for hidden-state distillation
+        (`hidden_map` pairs index the states). Only families with a `hidden_map` implement it."""
+        raise NotImplementedError(f"{type(self).__name__} has no hidden-state distillation")
+
     def export_extras(self, student: nn.Module, arch: dict, folder) -> list[str]:
         """Write family-specific forms of an exported student into `folder` (a Hugging Face
         folder, say); returns the names written. Most families have none."""

@@ -162,6 +162,9 @@ class TransformerSpace(SearchSpace):
         layers = [{"heads": h, "ffn": f, "teacher_layer": i} for i, h, f in self._kept(spec)]
         return {"family": "hf-encoder", "input_shape": list(self.input_shape), "config": keep, "layers": layers}
 
+    def hidden_states(self, model: nn.Module, x: torch.Tensor):
+        return model.forward_with_hidden(x)
+
     def export_extras(self, student: nn.Module, arch: dict, folder) -> list[str]:
         """`hf/` through save_pretrained when a stock config describes the student (fewer layers,
         one FFN width, all heads), so transformers loads it with from_pretrained."""

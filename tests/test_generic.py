@@ -70,7 +70,7 @@ def test_user_module_teacher_folder_and_student_export_round_trip(space, tmp_pat
     arch = {"family": "module", **FACTORY, "input_shape": [1, 40]}
     save_model(tmp_path / "t", space.teacher, arch, {"dataset": "mnist1d"})
     teacher, _, _ = load_model(tmp_path / "t", ALLOW)
-    loaded = space_for(teacher, (1, 40))
+    loaded = space_for(teacher, (1, 40), arch=arch)
     assert isinstance(loaded, GenericSpace) and loaded.factory == FACTORY
     spec = StudentSpec((loaded.units.index(next(u for u in loaded.units if u.name == "body.1")),),
                        [0.5 if u.shrinkable else 1.0 for u in loaded.units])

@@ -156,11 +156,11 @@ def test_hidden_state_distillation_pulls_mapped_layers_together(tiny_bert):
     torch.manual_seed(0)
     x, y = torch.randint(1, 100, (256, 16)), torch.randint(0, 3, (256,))
     t_logits = predict(space.teacher, x)
-    target = HiddenTarget(space.teacher, pairs)
+    target = HiddenTarget(space.teacher, pairs, space.hidden_states)
     gaps = {}
     for w in (0.0, 1.0):
         student = space.build(spec)
         distill(student, x, y, t_logits, x[:64], y[:64], DistillConfig(epochs=3, hidden_weight=w), hidden=target)
         with torch.no_grad():
-            gaps[w] = target.loss(student.eval().forward_with_hidden(x[:64])[1], x[:64]).item()
+            gaps[w] = target.loss(space.hidden_states(student.eval(), x[:64])[1], x[:64]).item()
     assert gaps[1.0] < 0.7 * gaps[0.0]
