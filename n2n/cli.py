@@ -70,6 +70,12 @@ def _teacher_show(args) -> int:
     return 0
 
 
+def _config(args) -> int:
+    """The built-in default config: every key, its default and what it means, as YAML to edit."""
+    print((Path(__file__).parent / "default.yaml").read_text(), end="")
+    return 0
+
+
 def _overrides(pairs) -> dict:
     import yaml
 
@@ -154,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=_teacher_show)
 
     s = sub.add_parser("search", help="run a search (no CONFIG: the built-in MNIST-1D default)")
-    s.add_argument("config", nargs="?", help="YAML config (see configs/default.yaml)")
+    s.add_argument("config", nargs="?", help="YAML config (`n2n config` prints the default, every key documented)")
     s.add_argument("--name", help="run name (default: search-DATE-TIME); the run goes to RUNS_DIR/NAME")
     s.add_argument("--runs-dir", default="runs")
     s.add_argument("--address", help="an existing Ray cluster (e.g. auto); without it a local Ray starts")
@@ -183,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let a model folder's arch.json import and call this factory (your own module class); "
                         "repeat for several. Nothing else is ever imported from a model folder")
     e.set_defaults(func=_export)
+
+    c = sub.add_parser("config", help="print the default config (every key documented) to start your own from")
+    c.set_defaults(func=_config)
 
     rep = sub.add_parser("report", help="leaderboard and plots of a run")
     rep.add_argument("run", help="the run folder, e.g. runs/NAME")

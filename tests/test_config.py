@@ -8,10 +8,16 @@ from n2n.errors import ConfigError
 
 
 def test_default_yaml_is_the_builtin_default():
-    """configs/default.yaml documents every key; it must say exactly what the code does."""
+    """n2n/default.yaml documents every key (`n2n config` prints it); it must say exactly what the code does."""
+    import subprocess
+    import sys
     from pathlib import Path
 
-    path = Path(__file__).parent.parent / "configs" / "default.yaml"
+    import n2n
+
+    path = Path(n2n.__file__).parent / "default.yaml"
+    shown = subprocess.run([sys.executable, "-m", "n2n.cli", "config"], capture_output=True, text=True)
+    assert shown.returncode == 0 and shown.stdout == path.read_text()
     assert load_config(path) == load_config(None) == Config()
     written = yaml.safe_load(path.read_text())
     assert written == dataclasses.asdict(Config())  # no key missing from the documented file
