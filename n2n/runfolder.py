@@ -6,7 +6,9 @@
                           step (search_state.prev.pt is the one before); read with weights_only=True
       candidates.json     every trained candidate (what people, `export` and `report` read)
       summary.json        kept current
-      results/            per-candidate metrics (KEY.json) and weights (KEY.safetensors), from the trials
+      n2n.log             every line the search and its resumes printed, with the time
+      results/            per-candidate metrics (KEY.json) and weights (KEY.safetensors), from the trials;
+                          KEY.traceback.txt for a trial that raised; trained.log, one line per training
       tune/session-N/     Ray Tune's experiment of each session: logs only, n2n never reads it back
       .lock               held (flock) by the one n2n process working on the run
 

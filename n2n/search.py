@@ -258,6 +258,15 @@ def _finish(run_dir: Path, driver: SearchDriver, log=print) -> dict:
     return summary
 
 
+def teed(log, run_dir: Path):
+    """`log`, and a copy of every line in RUN/n2n.log (with the time): the run keeps its own story."""
+    def both(msg: str):
+        log(msg)
+        with open(run_dir / "n2n.log", "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+    return both
+
+
 def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print, factories=()) -> dict:
     """A new search in `run_dir` (which must not exist). `factories`: see `n2n.models.build_model`."""
     _setdefault_env()
@@ -268,6 +277,7 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
         raise RunError(f"{run_dir} already exists; resume it with `n2n resume {run_dir}` or choose another --name")
     meta, (teacher, arch, ds, space) = prepare_run(cfg, factories, log)
     with ray_session(address, log), create_run(run_dir, meta):
+        log = teed(log, run_dir)
         ref = meta["reference"]
         log(f"teacher: {ref['params']:,} params, val acc {ref['accuracy']:.4f}, "
             f"test acc {meta['teacher']['test_accuracy']:.4f}, {space.n_units} units")
@@ -311,6 +321,7 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
     run_dir = Path(run_dir).resolve()
     meta = read_run(run_dir)
     with RunLock(run_dir):
+        log = teed(log, run_dir)
         check_teacher(meta)
         cfg = from_dict(Config, meta["config"])
         teacher, arch, _ = load_model(meta["teacher_folder"], factories)

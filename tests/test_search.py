@@ -51,6 +51,8 @@ def test_search_end_to_end(ray_session, tiny_config, tmp_path):
     assert summary["best"]["key"] == best["key"] and summary["best"]["val_accuracy"] == best["accuracy"]
     assert summary["agent_updates"] == {"removal": 2, "shrink": 2}
     assert summary["teacher"]["params"] == ref.params and 0.8 < summary["teacher"]["val_accuracy"] <= 1
+    story = (run / "n2n.log").read_text()  # the run keeps what was printed, line by line
+    assert story.count("] reward ") == 12 and "search finished: 12 candidates trained" in story
 
     # export + load reproduces the reported validation accuracy
     out = tmp_path / "student"
