@@ -117,7 +117,7 @@ def _export(args) -> int:
     from .export import export_best
 
     export_best(Path(args.run), Path(args.out), args.finetune_epochs, args.overwrite, factories=args.allow_factory,
-                trim_vocab=args.trim_vocab)
+                trim_vocab=args.trim_vocab, key=args.key, rank=args.rank)
     return 0
 
 
@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="folder to write (must not exist)")
     e.add_argument("--finetune-epochs", type=int, default=0, help="distil + cross-entropy this long first")
     e.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier export (nothing else)")
+    pick = e.add_mutually_exclusive_group()
+    pick.add_argument("--key", help="export this candidate (its key in candidates.json) instead of the default choice")
+    pick.add_argument("--rank", type=int, help="export the candidate of this rank by reward (1 = best)")
     e.add_argument("--trim-vocab", action="store_true", help="transformers on text: keep only the embeddings "
                    "(and tokenizer entries) of tokens in the training texts")
     e.add_argument("--allow-factory", action="append", default=[], metavar="PKG.MOD:FN",

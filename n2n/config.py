@@ -54,14 +54,56 @@ class EarlyStopConfig:
 
 
 @dataclass
+class RewardSection:
+    kind: str = "auto"  # auto: "target" when a target is set, else "n2n" (N2N's C(2-C)·A/A_T)
+    compression: str = "params"  # params | flops: the size the reward (and the target's C) compresses
+    max_params: int | None = None  # n2n reward: a hard wall (-1 above it)
+    min_accuracy: float | None = None  # n2n reward: a hard wall (-1 below it)
+
+
+@dataclass
+class TargetConfig:
+    """The student the user asks for; any combination. Used by the target reward and by export."""
+
+    max_accuracy_drop: float | None = None  # points of validation accuracy below the teacher (1.0 = one point)
+    max_params: int | None = None
+    max_flops: int | None = None
+
+    def is_set(self) -> bool:
+        return any(v is not None for v in (self.max_accuracy_drop, self.max_params, self.max_flops))
+
+    def met_by(self, rec: dict, teacher_accuracy: float) -> bool:
+        return ((self.max_accuracy_drop is None or (teacher_accuracy - rec["accuracy"]) * 100 <= self.max_accuracy_drop)
+                and (self.max_params is None or rec["params"] <= self.max_params)
+                and (self.max_flops is None or rec["flops"] <= self.max_flops))
+
+
+@dataclass
+class FinalistsConfig:
+    k: int = 3  # candidates of the Pareto front distilled again, longer, after the stages (0: none)
+    epochs: int = 10  # their distillation epochs; export chooses among them by these figures
+
+
+@dataclass
 class Config:
     seed: int = 0
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    reward: RewardSection = field(default_factory=RewardSection)
+    finalists: FinalistsConfig = field(default_factory=FinalistsConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+
+    def reward_config(self) -> RewardConfig:
+        """The reward every agent and trial uses: N2N's, or the target's (see envs.RewardConfig)."""
+        kind = self.reward.kind if self.reward.kind != "auto" else ("target" if self.target.is_set() else "n2n")
+        try:
+            return RewardConfig(self.reward.compression, self.reward.max_params, self.reward.min_accuracy, kind,
+                                self.target.max_accuracy_drop, self.target.max_params, self.target.max_flops)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     def __post_init__(self):
         s = self.search
@@ -77,6 +119,11 @@ class Config:
             (self.resources.gpus_per_trial >= 0, "resources.gpus_per_trial: expected >= 0"),
             (valid_device(self.resources.device),
              f"resources.device: expected auto, cpu, cuda, cuda:N or mps, got {self.resources.device!r}"),
+            (self.reward.kind in ("auto", "n2n", "target"), f"reward.kind: expected auto, n2n or target, got {self.reward.kind!r}"),
+            (self.target.max_accuracy_drop is None or self.target.max_accuracy_drop >= 0,
+             f"target.max_accuracy_drop: expected >= 0 (points), got {self.target.max_accuracy_drop}"),
+            (self.finalists.k >= 0, f"finalists.k: expected >= 0, got {self.finalists.k}"),
+            (self.finalists.epochs >= 1, f"finalists.epochs: expected >= 1, got {self.finalists.epochs}"),
             (self.early_stop.grace_period >= 1, f"early_stop.grace_period: expected >= 1 (epochs), got {self.early_stop.grace_period}"),
             (self.early_stop.reduction_factor >= 2, f"early_stop.reduction_factor: expected >= 2, got {self.early_stop.reduction_factor}"),
         ]
@@ -89,6 +136,7 @@ class Config:
             agent_options(s.agent, s.agent_options)
         except AgentOptionError as e:
             raise ConfigError(f"search.agent_options.{e}") from None
+        self.reward_config()  # reward.compression / kind checks
 
     def space(self, teacher, input_shape, arch: dict | None = None):
         """The search space of `teacher` (whose arch.json is `arch`) under this config."""

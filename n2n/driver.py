@@ -20,7 +20,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from agents import make_agent
+from agents import Candidate, make_agent
 from envs import CompressionEnv, Evaluation, Reference, RewardConfig, compression, reward
 from search_spaces import SearchSpace, StudentSpec
 
@@ -39,18 +39,48 @@ STATE_VERSION = 2
 ABORT_AFTER = 3  # failures in a row, before any success, that stop a search
 
 
+class Finalists:
+    """The finalist stage's proposer: a fixed list of specs from the earlier stages, each once."""
+
+    def __init__(self, specs: list[StudentSpec]):
+        self.specs, self.next, self.pending = [s.to_dict() for s in specs], 0, {}
+
+    @property
+    def finished(self) -> bool:
+        return self.next >= len(self.specs)
+
+    def ask(self, n: int) -> list[Candidate]:
+        out = []
+        while len(out) < n and not self.finished:
+            self.pending[self.next] = self.specs[self.next]
+            out.append(Candidate(self.next, StudentSpec.from_dict(self.specs[self.next])))
+            self.next += 1
+        return out
+
+    def tell(self, cid: int, reward: float, evaluation=None):
+        self.pending.pop(cid, None)
+
+    def state_dict(self) -> dict:
+        return {"specs": self.specs, "next": self.next, "pending": sorted(self.pending)}
+
+    def load_state_dict(self, state: dict):
+        self.specs, self.next = state["specs"], state["next"]
+        self.pending = {cid: self.specs[cid] for cid in state["pending"]}
+
+
 class SearchDriver:
     def __init__(self, space: SearchSpace, reference: Reference, *, agent: str = "reinforce",
                  stages=("removal", "shrink"), budgets: dict[str, int], seed: int = 0,
                  reward_config: RewardConfig = RewardConfig(), agent_options: dict | None = None,
                  max_asks_per_candidate: int = 50, run_dir: str | Path | None = None,
-                 teacher_info: dict | None = None, log=print):
+                 teacher_info: dict | None = None, log=print, finalist_epochs: int = 10, target=None):
         self.space, self.reference, self.kind = space, reference, agent
         self.stages, self.budgets, self.seed = list(stages), dict(budgets), seed
         self.reward_config, self.options = reward_config, dict(agent_options or {})
         self.max_asks = max_asks_per_candidate
         self.run_dir = Path(run_dir) if run_dir else None
         self.teacher_info, self.log = teacher_info or {}, log
+        self.finalist_epochs, self.target = finalist_epochs, target  # target: n2n.config.TargetConfig or None
         self.stage_idx = 0
         self.base = space.identity()
         self.agent = self._make_agent(self.stages[0], self.base)
@@ -73,9 +103,37 @@ class SearchDriver:
         return self.stages[self.stage_idx] if self.stage_idx < len(self.stages) else None
 
     def _make_agent(self, stage: str, base: StudentSpec):
+        if stage == "finalists":
+            return Finalists(self._finalist_specs())
         env = CompressionEnv(self.space, evaluator=None, stage=stage, base_spec=base,
                              reward_config=self.reward_config, reference=self.reference)
         return make_agent(self.kind, env, seed=self.seed + self.stage_idx, **self.options)
+
+    def _finalist_specs(self) -> list[StudentSpec]:
+        """The `budgets["finalists"]` candidates of the accuracy/size Pareto front worth distilling
+        longer: with an accuracy target, the smallest within reach of it (brief distillation
+        underrates students, so reach is the allowed drop plus 2 points); otherwise the best by reward."""
+        k = self.budgets.get("finalists", 0)
+        ok = [r for r in self.records if r["stage"] != "finalists" and r["failure"] is None and r["reward"] > -1]
+        size = "flops" if self.reward_config.compression == "flops" else "params"
+        front, best_acc = [], -1.0
+        for r in sorted(ok, key=lambda r: (r[size], -r["accuracy"])):
+            if r["accuracy"] > best_acc:
+                front.append(r)
+                best_acc = r["accuracy"]
+        chosen = []
+        drop = getattr(self.target, "max_accuracy_drop", None)
+        if drop is not None:
+            chosen = [r for r in front if (self.reference.accuracy - r["accuracy"]) * 100 <= drop + 2.0][:k]
+        for r in sorted(front, key=lambda r: -r["reward"]):
+            if len(chosen) < k and r not in chosen:
+                chosen.append(r)
+        return [StudentSpec.from_dict(r["spec"]) for r in chosen]
+
+    def _key(self, spec: StudentSpec, stage: str) -> str:
+        """Results key: a finalist is the same student distilled longer, a result of its own."""
+        key = self.space.key(spec)
+        return f"{key}@{self.finalist_epochs}ep" if stage == "finalists" else key
 
     def trained(self, stage: str) -> int:
         return sum(r["stage"] == stage for r in self.records)
@@ -101,10 +159,15 @@ class SearchDriver:
             self.log(f"search finished: {len(self.records)} candidates trained")
             return
         best = self.best(stage=done)
-        if best is not None:
+        if best is not None and self.stage != "finalists":
             self.base = StudentSpec.from_dict(best["spec"])
-        self.log(f"stage {self.stage}: starting from {self.space.describe(self.base)}")
         self.agent = self._make_agent(self.stage, self.base)
+        if self.stage == "finalists":
+            specs = [self.space.describe(StudentSpec.from_dict(s)) for s in self.agent.specs]
+            self.log(f"stage finalists: {len(specs)} candidates distilled again for {self.finalist_epochs} epochs: "
+                     + "; ".join(specs))
+        else:
+            self.log(f"stage {self.stage}: starting from {self.space.describe(self.base)}")
 
     # -- the searcher's two calls ---------------------------------------------------------------
     def suggest(self, trial_id: str):
@@ -117,7 +180,7 @@ class SearchDriver:
     def _suggest(self, trial_id: str):
         if self.reissue:  # a candidate of an interrupted session: same spec, new trial id
             t = self.trials[trial_id] = self.reissue.pop(0)
-            return {"spec": t["spec"], "key": t["key"], "stage": t["stage"]}
+            return self._trial_config(t)
         while True:
             if self.stage is None or self.failed:
                 return FINISHED
@@ -142,7 +205,7 @@ class SearchDriver:
                 return None  # waiting for results (e.g. the rest of a REINFORCE batch)
             c = cands[0]
             self.asks += 1
-            key = self.space.key(c.spec)
+            key = self._key(c.spec, self.stage)
             if key in self.cache:
                 self.cache_hits += 1
                 self.agent.tell(c.id, self.cache[key]["reward"], Evaluation.from_dict(self.cache[key]))
@@ -151,7 +214,7 @@ class SearchDriver:
                 self.waiters.setdefault(key, []).append(c.id)
                 continue
             self.trials[trial_id] = {"stage": self.stage, "cid": c.id, "key": key, "spec": c.spec.to_dict()}
-            return {"spec": c.spec.to_dict(), "key": key, "stage": self.stage}
+            return self._trial_config(self.trials[trial_id])
 
     def complete(self, trial_id: str, metrics: dict | None, error: bool = False):
         """A trial ended. Unknown ids (a restarted trial Tune renamed) are ignored."""
@@ -177,6 +240,12 @@ class SearchDriver:
         self.records.append(rec)
         self._progress(rec)
         self.save()
+
+    def _trial_config(self, t: dict) -> dict:
+        out = {"spec": t["spec"], "key": t["key"], "stage": t["stage"]}
+        if t["stage"] == "finalists":
+            out["epochs"] = self.finalist_epochs
+        return out
 
     def _all_failing(self) -> bool:
         return len(self.records) >= ABORT_AFTER and all(r["failure"] is not None for r in self.records)

@@ -41,7 +41,7 @@ def _teacher_tokenizer(folder: Path):
 
 
 def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: bool = False, log=print,
-                factories=(), trim_vocab: bool = False) -> dict:
+                factories=(), trim_vocab: bool = False, key: str | None = None, rank: int | None = None) -> dict:
     """Write model.safetensors + spec.json + arch.json + metrics.json for the run's best student.
     `overwrite` replaces only an earlier export; `factories`: see `n2n.models.build_model`;
     `trim_vocab`: keep only the embeddings of tokens in the training texts (see n2n.vocab)."""
@@ -63,7 +63,7 @@ def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: b
     check_teacher(meta)
     # fine-tuning takes minutes: hold the run, so no search or resume changes it meanwhile
     with RunLock(run_dir) if finetune_epochs else contextlib.nullcontext():
-        return _export(run_dir, out, meta, finetune_epochs, overwrite, log, factories, trim_vocab)
+        return _export(run_dir, out, meta, finetune_epochs, overwrite, log, factories, trim_vocab, key, rank)
 
 
 def _retokenised(ds, tokenizer):
@@ -79,21 +79,47 @@ def _retokenised(ds, tokenizer):
     return dc_replace(ds, x_val=ids["val"], x_test=ids["test"])
 
 
-def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrite: bool, log, factories,
-            trim_vocab: bool = False) -> dict:
-    records = read_records(run_dir)
+def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: Path,
+           key: str | None = None, rank: int | None = None) -> tuple[dict, str]:
+    """The candidate to export and why. By default the smallest finalist that meets the target (the
+    finalists' longer distillation ranks students better than the search's brief one), else the
+    best finalist, else the best candidate by reward; `key` or `rank` (1 = best reward) pick any."""
     ranked = sorted((r for r in records if r["failure"] is None and r["reward"] > -1), key=lambda r: -r["reward"])
     if not ranked:
         raise RunError(f"{run_dir}: no candidate has been evaluated successfully yet; nothing to export")
-    # Early-stopped trials (ASHA) end before saving weights: take the best candidate that finished.
-    with_weights = [r for r in ranked if (run_dir / "results" / f"{r['key']}.safetensors").exists()]
-    if not with_weights:
+    # Early-stopped trials (ASHA) end before saving weights: only candidates that finished qualify.
+    done = [r for r in ranked if (run_dir / "results" / f"{r['key']}.safetensors").exists()]
+    if not done:
         raise RunError(f"{run_dir}/results: no candidate's weights are there (was the run folder copied without results/?)")
-    best = {**with_weights[0], "val_accuracy": with_weights[0]["accuracy"]}
-    if best["key"] != ranked[0]["key"]:
-        log(f"the best candidate (reward {ranked[0]['reward']:.3f}) has no saved weights (stopped early?); "
-            f"exporting the best one that finished (reward {best['reward']:.3f})")
+    if key is not None:
+        match = [r for r in done if r["key"] == key]
+        if not match:
+            raise RunError(f"--key {key}: expected the key of a trained candidate with weights in {run_dir}/candidates.json")
+        return match[0], f"--key {key}"
+    if rank is not None:
+        if not 1 <= rank <= len(ranked):
+            raise RunError(f"--rank: expected 1..{len(ranked)} (candidates by reward), got {rank}")
+        if ranked[rank - 1] not in done:
+            raise RunError(f"--rank {rank}: that candidate was stopped early and saved no weights")
+        return ranked[rank - 1], f"--rank {rank} by reward"
+    size = "flops" if cfg.reward.compression == "flops" else "params"
+    finalists = [r for r in done if r["stage"] == "finalists"]
+    pool, what = (finalists, "finalist") if finalists else (done, "candidate")
+    if cfg.target.is_set():
+        meeting = [r for r in pool if cfg.target.met_by(r, teacher_accuracy)]
+        if meeting:
+            return min(meeting, key=lambda r: (r[size], -r["accuracy"])), f"the smallest {what} that meets the target"
+        return pool[0], f"no {what} meets the target; the best {what} by reward"
+    stopped = "" if finalists or pool[0] is ranked[0] else " that finished (the best was stopped early, without weights)"
+    return pool[0], f"the best {what} by reward{stopped}"
+
+
+def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrite: bool, log, factories,
+            trim_vocab: bool = False, key: str | None = None, rank: int | None = None) -> dict:
     cfg = from_dict(Config, meta["config"])
+    chosen, why = choose(read_records(run_dir), cfg, meta["reference"]["accuracy"], run_dir, key, rank)
+    best = {**chosen, "val_accuracy": chosen["accuracy"]}
+    log(f"exporting {best['summary']} ({best['params']:,} params, {best['stage']}, val acc {best['accuracy']:.4f}): {why}")
     teacher, teacher_arch, _ = load_model(meta["teacher_folder"], factories)
     space = cfg.space(teacher, meta["input_shape"], teacher_arch)
     spec = StudentSpec.from_dict(best["spec"])
@@ -126,7 +152,8 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     params = count_params(student)
     metrics = {
         "params": params, "flops": space.flops(spec), "val_accuracy": val, "test_accuracy": test,
-        "search_val_accuracy": best["val_accuracy"], "search_reward": best["reward"],
+        "search_val_accuracy": best["val_accuracy"], "search_reward": best["reward"], "key": best["key"],
+        "stage": best["stage"], "chosen_because": why,
         "finetune_epochs": finetune_epochs, "times_smaller": round(meta["reference"]["params"] / params, 2),
         "teacher": {"params": meta["reference"]["params"], "val_accuracy": meta["reference"]["accuracy"],
                     "test_accuracy": meta["teacher"]["test_accuracy"]},

@@ -75,8 +75,14 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     fig, ax = plt.subplots(figsize=(6, 4))
     for stage in dict.fromkeys(r["stage"] for r in ok):
         rs = [r for r in ok if r["stage"] == stage]
-        ax.scatter([r[size] for r in rs], [r["accuracy"] for r in rs], s=14, label=stage, alpha=0.7)
-    front = pareto_front([(r[size], r["accuracy"]) for r in ok])
+        finals = stage == "finalists"  # distilled longer: their own marker
+        ax.scatter([r[size] for r in rs], [r["accuracy"] for r in rs], s=40 if finals else 14, alpha=0.9 if finals else 0.7,
+                   marker="D" if finals else "o", label=f"finalists ({meta['config']['finalists']['epochs']} epochs)"
+                   if finals else stage)
+    drop = meta["config"].get("target", {}).get("max_accuracy_drop")
+    if drop is not None:
+        ax.axhline(ref["accuracy"] - drop / 100, color="tab:red", ls="--", lw=1, label=f"target: -{drop} points")
+    front = pareto_front([(r[size], r["accuracy"]) for r in ok if r["stage"] != "finalists"])
     if front:
         ax.step([p for p, _ in front], [a for _, a in front], where="post", color="k", lw=1, label="Pareto front")
     ax.scatter([ref[size]], [ref["accuracy"]], marker="*", s=120, color="red", label="teacher")

@@ -43,13 +43,15 @@ def _setdefault_env():
 
 
 def make_driver(cfg: Config, space, meta: dict, run_dir: Path | None, log=print) -> SearchDriver:
-    budgets = {"removal": cfg.search.removal_budget, "shrink": cfg.search.shrink_budget}
+    budgets = {"removal": cfg.search.removal_budget, "shrink": cfg.search.shrink_budget, "finalists": cfg.finalists.k}
+    stages = cfg.search.stages + (["finalists"] if cfg.finalists.k else [])
     try:
-        return SearchDriver(space, Reference(**meta["reference"]), agent=cfg.search.agent, stages=cfg.search.stages,
-                            budgets=budgets, seed=cfg.seed, reward_config=cfg.reward,
+        return SearchDriver(space, Reference(**meta["reference"]), agent=cfg.search.agent, stages=stages,
+                            budgets=budgets, seed=cfg.seed, reward_config=cfg.reward_config(),
                             agent_options=cfg.search.agent_options,
                             max_asks_per_candidate=cfg.search.max_asks_per_candidate, run_dir=run_dir,
-                            teacher_info=meta["teacher"], log=log)
+                            teacher_info=meta["teacher"], log=log, finalist_epochs=cfg.finalists.epochs,
+                            target=cfg.target)
     except AgentOptionError as e:  # config load checks them too; this covers a driver built from code
         raise ConfigError(f"search.agent_options.{e}") from None
 
@@ -73,7 +75,7 @@ def make_context(meta: dict, cfg: Config, run_dir: Path, loaded: tuple, factorie
     t_logits = predict(teacher, ds.x_train)  # (N_train, classes)
     return Context(arch, {k: v.contiguous() for k, v in teacher.state_dict().items()}, tuple(meta["input_shape"]),
                    tuple(cfg.search.ratios), ds.x_train, ds.y_train, t_logits, ds.x_val, ds.y_val, cfg.distill,
-                   Reference(**meta["reference"]), cfg.reward, str(run_dir / "results"), cfg.resources.device, cfg.seed,
+                   Reference(**meta["reference"]), cfg.reward_config(), str(run_dir / "results"), cfg.resources.device, cfg.seed,
                    cfg.search.uniform_widths, per_epoch=cfg.early_stop.enabled, factories=tuple(factories))
 
 
@@ -227,7 +229,8 @@ def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver) -> None
     if cfg.early_stop.enabled:
         # max_t past the last epoch: ASHA stops a trial that reaches max_t, which would cut it off
         # before it saves its weights and final result.
-        scheduler = ASHAScheduler(metric="reward", mode="max", time_attr="epoch", max_t=cfg.distill.epochs + 1,
+        last = max(cfg.distill.epochs, cfg.finalists.epochs if cfg.finalists.k else 0)
+        scheduler = ASHAScheduler(metric="reward", mode="max", time_attr="epoch", max_t=last + 1,
                                   grace_period=cfg.early_stop.grace_period,
                                   reduction_factor=cfg.early_stop.reduction_factor)
     tune_dir = run_dir / TUNE
@@ -287,6 +290,8 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
         driver.save()
         ctx = make_context(meta, cfg, run_dir, (teacher, arch, ds), factories)
         budgets = ", ".join(f"{s} {cfg.budget(s)}" for s in cfg.search.stages)
+        if cfg.finalists.k:
+            budgets += f", then {cfg.finalists.k} finalists at {cfg.finalists.epochs} epochs"
         log(f"search {run_dir.name}: agent {cfg.search.agent}, budgets {budgets} candidates, "
             f"{cfg.search.concurrency} trials at a time")
         _fit(run_dir, ctx, cfg, driver)

@@ -8,6 +8,7 @@ built-in data has no augmentation (with augmentation the teacher would have to r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -69,8 +70,12 @@ def metrics_of(ev: Evaluation, ctx: Context, epoch: int) -> dict:
             "epoch": epoch}
 
 
-def evaluate(space: SearchSpace, spec: StudentSpec, ctx: Context, report=None) -> tuple[Evaluation, torch.nn.Module | None]:
-    """Distil one candidate and measure it. `report(metrics)` is called after every epoch."""
+def evaluate(space: SearchSpace, spec: StudentSpec, ctx: Context, report=None,
+             epochs: int | None = None) -> tuple[Evaluation, torch.nn.Module | None]:
+    """Distil one candidate and measure it (for `epochs`, default the search's). `report(metrics)`
+    is called after every epoch."""
+    if epochs is not None:  # finalists: the same student, distilled longer
+        ctx = dataclasses.replace(ctx, distill=dataclasses.replace(ctx.distill, epochs=epochs))
     start = time.perf_counter()
     params, flops = space.params(spec), space.flops(spec)
     try:
@@ -110,7 +115,7 @@ def run_trial(config: dict, context: Context) -> None:
     spec = StudentSpec.from_dict(config["spec"])
     try:
         space = space_of(ctx)
-        ev, student = evaluate(space, spec, ctx, tune.report if ctx.per_epoch else None)
+        ev, student = evaluate(space, spec, ctx, tune.report if ctx.per_epoch else None, config.get("epochs"))
     except Exception as e:
         if type(e).__module__.startswith("ray"):
             raise  # Tune's own control flow (a stopped trial), not a failure of the candidate

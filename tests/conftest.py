@@ -57,6 +57,7 @@ search:
   agent_options: {batch_size: 3}
 distill:
   epochs: 1
+finalists: {k: 0}
 """
 
 

@@ -109,3 +109,41 @@ def test_a_failed_trial_gets_the_invalid_reward(space):
     rec = d.records[0]
     assert rec["reward"] == -1.0 and rec["failure"] == "trial raised an error"
     assert rec["key"] == cfg["key"]
+
+
+def test_finalists_are_the_front_near_the_target_trained_once_and_survive_a_resume(space, tmp_path):
+    """After the stages, k candidates of the Pareto front are distilled longer under keys of their own."""
+    from types import SimpleNamespace
+
+    from n2n.search import restore_driver
+
+    def make():
+        return _driver(space, budgets={"removal": 6, "shrink": 4, "finalists": 2}, run_dir=tmp_path,
+                       stages=["removal", "shrink", "finalists"], finalist_epochs=7,
+                       target=SimpleNamespace(max_accuracy_drop=5.0))
+
+    proxy, trained, issued = ProxyEvaluator(space), [], []
+    d = make()
+    queue, n = [], 0
+    for _ in range(500):  # drive, and "kill" the driver once, right after the first finalist is issued
+        out = d.suggest(f"t{n}")
+        if out == FINISHED:
+            break
+        if isinstance(out, dict):
+            issued.append(out)
+            queue.append((f"t{n}", out))
+            n += 1
+            if out["stage"] == "finalists" and sum(c["stage"] == "finalists" for c in issued) == 1:
+                d, queue = restore_driver(make, tmp_path, log=lambda *_: None), []  # its trial died with it
+            continue
+        tid, cfg = queue.pop(0)
+        trained.append(cfg["key"])
+        d.complete(tid, _metrics(space, proxy, cfg))
+    finals = [r for r in d.records if r["stage"] == "finalists"]
+    assert len(finals) == 2 and all(r["key"].endswith("@7ep") for r in finals)
+    assert all(c["epochs"] == 7 for c in issued if c["stage"] == "finalists")
+    assert len(trained) == len(set(trained)) == 12  # 6 + 4 + 2, each once, the re-issued finalist included
+    earlier = {r["key"]: r for r in d.records if r["stage"] != "finalists"}
+    for r in finals:  # each finalist is a student of the earlier stages, on their accuracy/size front
+        base = earlier[r["key"][: -len("@7ep")]]
+        assert not any(o["params"] <= base["params"] and o["accuracy"] > base["accuracy"] for o in earlier.values())

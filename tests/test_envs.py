@@ -166,3 +166,23 @@ def test_a_teacher_with_more_than_64_units_sizes_the_observation():
     make_agent("reinforce", env, seed=3)  # seeds its policy without reseeding the process
     space.build(space.identity(), inherit=False, seed=5)
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_target_reward_on_hand_computed_cases():
+    """Inside the target: 0.5 + 0.5 C, so the smaller wins; outside: 0.5 / (1 + miss) < 0.5."""
+    ref = Reference(params=1000, flops=5000, accuracy=0.90)
+    cfg = RewardConfig(kind="target", target_drop=1.0, target_params=200)
+    inside = Evaluation(0.895, 100, 10)  # 0.5 points down, 100 params: C = 0.9
+    assert reward(inside, ref, cfg) == pytest.approx(0.5 + 0.5 * 0.9)
+    assert reward(Evaluation(0.895, 200, 10), ref, cfg) == pytest.approx(0.5 + 0.5 * 0.8)  # bigger: less
+    too_inaccurate = Evaluation(0.87, 100, 10)  # 3 points down: 2 over a 1-point allowance
+    assert reward(too_inaccurate, ref, cfg) == pytest.approx(0.5 / (1 + 2.0))
+    too_big = Evaluation(0.90, 800, 10)  # 4x the allowed size: log2 4 = 2
+    assert reward(too_big, ref, cfg) == pytest.approx(0.5 / (1 + 2.0))
+    both = Evaluation(0.88, 400, 10)  # 1 point over, 2x over
+    assert reward(both, ref, cfg) == pytest.approx(0.5 / (1 + 1.0 + 1.0))
+    assert reward(Evaluation(0.99, 1000, 10), ref, cfg) == INVALID_REWARD  # not smaller than the teacher
+    flops = RewardConfig(kind="target", compression="flops", target_flops=1000)
+    assert reward(Evaluation(0.5, 999, 500), ref, flops) == pytest.approx(0.5 + 0.5 * 0.9)  # accuracy free
+    with pytest.raises(ValueError, match="expected a target"):
+        RewardConfig(kind="target")

@@ -166,7 +166,7 @@ def test_resnet_teacher_on_2d_images_through_the_same_search(ray_session, tmp_pa
     cfg = load_config(None, {"teacher.recipe": {"dataset": "digits", "arch": "resnet", "preset": "resnet18",
                                                 "width_mult": 0.125, "epochs": 4},
                              "search.removal_budget": 3, "search.shrink_budget": 3,
-                             "search.agent_options": {"batch_size": 3}, "distill.epochs": 1})
+                             "search.agent_options": {"batch_size": 3}, "distill.epochs": 1, "finalists.k": 0})
     run = tmp_path / "runs" / "resnet"
     summary = run_search(cfg, run, log=lambda *_: None)
     assert summary["candidates_per_stage"] == {"removal": 3, "shrink": 3}
@@ -181,3 +181,29 @@ def test_resnet_teacher_on_2d_images_through_the_same_search(ray_session, tmp_pa
     assert accuracy(student, torch.as_tensor(raw.images[i]), torch.as_tensor(raw.target[i])) == \
         metrics["val_accuracy"] == summary["best"]["val_accuracy"]
     assert json.loads((tmp_path / "student" / "arch.json").read_text())["family"] == "resnet"
+
+
+def test_finalists_and_a_target_decide_what_export_picks(ray_session, tiny_config, tmp_path):
+    cfg = load_config(tiny_config, {"search.removal_budget": 4, "search.shrink_budget": 4, "finalists.k": 2,
+                                    "finalists.epochs": 3, "target.max_accuracy_drop": 25.0})
+    run = tmp_path / "runs" / "target"
+    summary = run_search(cfg, run, log=lambda *_: None)
+    recs = _records(run)
+    assert summary["candidates_per_stage"] == {"removal": 4, "shrink": 4, "finalists": 2}
+    finals = [r for r in recs if r["stage"] == "finalists"]
+    assert all(r["epochs"] == 3 and r["key"].endswith("@3ep") for r in finals)
+    teacher_acc = summary["teacher"]["val_accuracy"]
+    meeting = [r for r in finals if (teacher_acc - r["accuracy"]) * 100 <= 25.0]
+    assert all(r["reward"] >= 0.5 for r in meeting) and all(r["reward"] < 0.5 for r in finals if r not in meeting)
+    logs = []
+    chosen = export_best(run, tmp_path / "default", log=logs.append)
+    assert meeting  # 25 points is within reach of a 3-epoch finalist of this teacher
+    smallest = min(meeting, key=lambda r: r["params"])
+    assert chosen["key"] == smallest["key"] and chosen["chosen_because"] == "the smallest finalist that meets the target"
+    assert any(chosen["chosen_because"] in m for m in logs)  # and it says so
+    by_reward = sorted((r for r in recs if r["failure"] is None), key=lambda r: -r["reward"])
+    assert export_best(run, tmp_path / "r2", rank=2, log=lambda *_: None)["key"] == by_reward[1]["key"]
+    some = recs[1]["key"]
+    assert export_best(run, tmp_path / "k", key=some, log=lambda *_: None)["params"] == recs[1]["params"]
+    with pytest.raises(Exception, match="--key nope: expected the key of a trained candidate"):
+        export_best(run, tmp_path / "x", key="nope", log=lambda *_: None)

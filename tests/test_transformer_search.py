@@ -43,7 +43,7 @@ def test_transformer_search_and_hf_export(ray_session, token_task, tmp_path):
     assert teacher_acc > 0.75
     cfg = load_config(None, {"teacher.path": str(root / "teacher"), "teacher.dataset": f"npz:{root / 'tokens.npz'}",
                              "search.removal_budget": 4, "search.shrink_budget": 3, "search.uniform_widths": True,
-                             "search.agent_options": {"batch_size": 2}, "distill.epochs": 2})
+                             "search.agent_options": {"batch_size": 2}, "distill.epochs": 2, "finalists.k": 0})
     run = tmp_path / "runs" / "bert"
     summary = run_search(cfg, run, log=lambda *_: None)
     assert summary["candidates_per_stage"] == {"removal": 4, "shrink": 3}
