@@ -21,9 +21,9 @@ def leaderboard(records: list[dict], teacher_size: int, top: int = 10, size: str
     """The best `top` candidates by reward; `size` is what the reward compressed ("params" or "flops")."""
     rows = sorted((r for r in records if r["failure"] is None), key=lambda r: -r["reward"])[:top]
     w = max([len(f"{r[size]:,}") for r in rows] + [len(size)])  # 8-digit counts keep their column
-    lines = [f"{'#':>2} {'stage':7} {size:>{w}} {'smaller':>9} {'val acc':>7} {'reward':>7}  spec"]
+    lines = [f"{'#':>2} {'stage':9} {size:>{w}} {'smaller':>9} {'val acc':>7} {'reward':>7}  spec"]
     for i, r in enumerate(rows, 1):
-        lines.append(f"{i:>2} {r['stage']:7} {r[size]:>{w},} {teacher_size / max(r[size], 1):>8.1f}x "
+        lines.append(f"{i:>2} {r['stage']:9} {r[size]:>{w},} {teacher_size / max(r[size], 1):>8.1f}x "
                      f"{r['accuracy']:>7.4f} {r['reward']:>7.3f}  {r['summary']}")
     return "\n".join(lines)
 
