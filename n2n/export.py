@@ -12,9 +12,9 @@ from search_spaces import StudentSpec, count_params
 
 from .config import Config, from_dict
 from .errors import RunError
-from .models import build_model, check_replaceable, load_model, load_weights, save_model
+from .models import build_model, check_replaceable, load_weights, save_model
 from .runfolder import RunLock, read_records, read_run
-from .search import check_teacher, run_data
+from .search import OpenRun, check_teacher
 from .train import accuracy, distill, predict
 from .vocab import trim_vocabulary
 
@@ -120,14 +120,13 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     chosen, why = choose(read_records(run_dir), cfg, meta["reference"]["accuracy"], run_dir, key, rank)
     best = {**chosen, "val_accuracy": chosen["accuracy"]}
     log(f"exporting {best['summary']} ({best['params']:,} params, {best['stage']}, val acc {best['accuracy']:.4f}): {why}")
-    teacher, teacher_arch, _ = load_model(meta["teacher_folder"], factories)
-    space = cfg.space(teacher, meta["input_shape"], teacher_arch)
+    run = OpenRun.open(run_dir, factories)
+    teacher, space, ds = run.teacher, run.space, run.ds
     spec = StudentSpec.from_dict(best["spec"])
     arch = space.arch(spec)
     weights = run_dir / "results" / f"{best['key']}.safetensors"
     student = build_model(arch, factories)
     student.load_state_dict(load_weights(weights), strict=True)
-    ds = run_data(meta)
     if finetune_epochs:
         # N2N's headline students were fine-tuned longer at the end: distillation + cross-entropy.
         ft = replace(cfg.distill, epochs=finetune_epochs, ce_weight=max(cfg.distill.ce_weight, 1.0), schedule="cosine")

@@ -14,7 +14,7 @@ import shutil
 import socket
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from agents import AgentOptionError
@@ -318,21 +318,41 @@ def restore_driver(make, run_dir: Path, log=print) -> SearchDriver:
     return driver
 
 
+@dataclass
+class OpenRun:
+    """A run folder opened once, for a resume or an export: its metadata and config, and the teacher,
+    data (the teacher's split) and search space they name, each loaded once and checked."""
+
+    path: Path
+    meta: dict
+    cfg: Config
+    teacher: object
+    arch: dict
+    ds: data_mod.Dataset
+    space: object
+
+    @classmethod
+    def open(cls, run_dir: Path, factories=()) -> OpenRun:
+        meta = read_run(run_dir)
+        check_teacher(meta)
+        cfg = from_dict(Config, meta["config"])
+        teacher, arch, _ = load_model(meta["teacher_folder"], factories)
+        return cls(Path(run_dir), meta, cfg, teacher, arch, run_data(meta),
+                   cfg.space(teacher, meta["input_shape"], arch))
+
+
 def resume_search(run_dir: Path, address: str | None = None, log=print, factories=()) -> dict:
     """Continue any run folder with n2n.json, whatever state Tune's own files are in."""
     _setdefault_env()
     if address:
         _check_address(address)
     run_dir = Path(run_dir).resolve()
-    meta = read_run(run_dir)
+    read_run(run_dir)  # a clear error for a folder that is no run, before taking its lock
     with RunLock(run_dir):
         log = teed(log, run_dir)
-        check_teacher(meta)
-        cfg = from_dict(Config, meta["config"])
-        teacher, arch, _ = load_model(meta["teacher_folder"], factories)
-        ds = run_data(meta)
-        space = cfg.space(teacher, meta["input_shape"], arch)
-        driver = restore_driver(lambda: make_driver(cfg, space, meta, run_dir, log), run_dir, log)
+        run = OpenRun.open(run_dir, factories)
+        cfg, meta = run.cfg, run.meta
+        driver = restore_driver(lambda: make_driver(cfg, run.space, meta, run_dir, log), run_dir, log)
         if driver.failed:
             raise RunError(f"{run_dir}: this search stopped because {driver.failed}; fix the cause and start a new one")
         driver.save()
@@ -341,5 +361,5 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
             return _finish(run_dir, driver, log)
         log(f"resuming {run_dir.name}: {len(driver.records)} candidates so far, stage {driver.stage}")
         with ray_session(address, log):
-            _fit(run_dir, make_context(meta, cfg, run_dir, (teacher, arch, ds), factories), cfg, driver)
+            _fit(run_dir, make_context(meta, cfg, run_dir, (run.teacher, run.arch, run.ds), factories), cfg, driver)
     return _finish(run_dir, driver, log)
