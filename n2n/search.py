@@ -289,11 +289,10 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
         driver = make_driver(cfg, space, meta, run_dir, log)
         driver.save()
         ctx = make_context(meta, cfg, run_dir, (teacher, arch, ds), factories)
-        budgets = ", ".join(f"{s} {cfg.budget(s)}" for s in cfg.search.stages)
+        plan = " and ".join(f"{s} {cfg.budget(s)}" for s in cfg.search.stages) + " candidates"
         if cfg.finalists.k:
-            budgets += f", then {cfg.finalists.k} finalists at {cfg.finalists.epochs} epochs"
-        log(f"search {run_dir.name}: agent {cfg.search.agent}, budgets {budgets} candidates, "
-            f"{cfg.search.concurrency} trials at a time")
+            plan += f", then {cfg.finalists.k} finalists at {cfg.finalists.epochs} epochs"
+        log(f"search {run_dir.name}: agent {cfg.search.agent}; {plan}; {cfg.search.concurrency} trials at a time")
         _fit(run_dir, ctx, cfg, driver)
     return _finish(run_dir, driver, log)
 

@@ -75,6 +75,7 @@ class DistillConfig:
     temperature: float = 4.0  # for "kl"
     ce_weight: float = 0.0  # lambda * cross-entropy on the labels, added to the distillation loss
     hidden_weight: float = 0.0  # transformers: + weight * MSE between mapped layers' hidden states (teacher runs per batch)
+    reconstruct: int = 0  # training samples for a least-squares re-fit of inherited layers before distilling (0: off)
     optimizer: str = "adam"  # "adam" | "sgd"
     schedule: str = "constant"  # "constant" | "cosine"
 
@@ -89,6 +90,7 @@ class DistillConfig:
             (self.temperature > 0, f"distill.temperature: expected > 0, got {self.temperature}"),
             (self.ce_weight >= 0, f"distill.ce_weight: expected >= 0, got {self.ce_weight}"),
             (self.hidden_weight >= 0, f"distill.hidden_weight: expected >= 0, got {self.hidden_weight}"),
+            (self.reconstruct >= 0, f"distill.reconstruct: expected >= 0 (samples), got {self.reconstruct}"),
         ]
         for ok, msg in checks:
             if not ok:

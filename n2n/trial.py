@@ -80,6 +80,8 @@ def evaluate(space: SearchSpace, spec: StudentSpec, ctx: Context, report=None,
     params, flops = space.params(spec), space.flops(spec)
     try:
         student = space.build(spec, inherit=True, seed=ctx.seed)
+        if ctx.distill.reconstruct:  # start from the teacher's features, not only its weights
+            student = space.reconstruct(student, spec, ctx.x_train[: ctx.distill.reconstruct])
     except Exception as e:  # a spec that validated but could not be built: a bug worth surfacing
         return Evaluation(0.0, params, flops, failure=f"build failed: {e}"), None
 

@@ -192,6 +192,11 @@ class SearchSpace(ABC):
         (`hidden_map` pairs index the states). Only families with a `hidden_map` implement it."""
         raise NotImplementedError(f"{type(self).__name__} has no hidden-state distillation")
 
+    def reconstruct(self, student: nn.Module, spec: StudentSpec, x: torch.Tensor) -> nn.Module:
+        """A least-squares re-fit of the inherited student to the teacher's features on `x`
+        (`distill.reconstruct`). Families without one return the student as inherited."""
+        return student
+
     def export_extras(self, student: nn.Module, arch: dict, folder) -> list[str]:
         """Write family-specific forms of an exported student into `folder` (a Hugging Face
         folder, say); returns the names written. Most families have none."""

@@ -337,6 +337,53 @@ class SequentialSpace(SearchSpace):
         return student
 
 
+    @torch.no_grad()
+    def reconstruct(self, student: nn.Sequential, spec: StudentSpec, x: torch.Tensor, ridge: float = 1e-3) -> nn.Sequential:
+        """Least-squares re-fit of an inherited student's conv/linear layers, in order (ThiNet/AMC do
+        this for channels): given what the student's earlier layers now compute on `x` (N, *input),
+        each layer's weights are chosen so that its output matches the teacher's output of the same
+        layer on the kept channels. After a removal, the next layer then reproduces what the teacher
+        computed there as closely as a linear map of its new input can, instead of starting near chance."""
+        walk = self._walk(spec, with_picks=True)
+        out_sel = {i: o for i, o, _ in walk.picks}
+        kept = [i for i in range(len(self.layers)) if self.unit_of[i] is None or self.unit_of[i] not in spec.removed]
+        t_out, h = {}, x
+        for i, m in enumerate(self.modules):  # the teacher's output of every weight layer on x
+            h = m(h)
+            if i in out_sel:
+                t_out[i] = h
+        s = x
+        for new, i in zip(student, kept):
+            if i in out_sel:
+                _fit_layer(new, s, t_out[i][:, out_sel[i]], ridge)
+            s = new(s)
+        return student
+
+
+def _fit_layer(layer: nn.Module, inp: torch.Tensor, target: torch.Tensor, ridge: float) -> None:
+    """Ridge least squares: `layer`'s weights (and bias) so that layer(inp) ≈ target."""
+    if isinstance(layer, nn.Linear):
+        X, Y = inp, target  # (N, in), (N, out)
+    else:  # conv: each output position is a linear map of its input patch
+        k, st, p = layer.kernel_size, layer.stride, layer.padding
+        if isinstance(layer, nn.Conv1d):  # as a 2D conv of height 1
+            inp, k, st, p = inp.unsqueeze(2), (1, k[0]), (1, st[0]), (0, p[0])
+            target = target.unsqueeze(2)
+        cols = nn.functional.unfold(inp, k, padding=p, stride=st)  # (N, in*k, positions)
+        X = cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (N*positions, in*k)
+        Y = target.flatten(2).transpose(1, 2).reshape(-1, target.shape[1])  # (N*positions, out)
+    if layer.bias is not None:
+        X = torch.cat([X, torch.ones(len(X), 1)], 1)
+    X, Y = X.double(), Y.double()
+    gram = X.T @ X  # (F, F)
+    gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+    W = torch.linalg.solve(gram, X.T @ Y).T.float()  # (out, F)
+    if layer.bias is not None:
+        W, b = W[:, :-1], W[:, -1]
+        layer.bias.copy_(b)
+    layer.weight.copy_(W.reshape(layer.weight.shape))
+
+
 def shape_spatial(shape: tuple) -> int:
     return math.prod(shape[1:]) if len(shape) > 1 else 1
 
