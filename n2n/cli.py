@@ -117,7 +117,7 @@ def _export(args) -> int:
     from .export import export_best
 
     export_best(Path(args.run), Path(args.out), args.finetune_epochs, args.overwrite, factories=args.allow_factory,
-                trim_vocab=args.trim_vocab, key=args.key, rank=args.rank)
+                trim_vocab=args.trim_vocab, key=args.key, rank=args.rank, onnx=args.onnx)
     return 0
 
 
@@ -188,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument("--rank", type=int, help="export the candidate of this rank by reward (1 = best)")
     e.add_argument("--trim-vocab", action="store_true", help="transformers on text: keep only the embeddings "
                    "(and tokenizer entries) of tokens in the training texts")
+    e.add_argument("--onnx", action="store_true", help="also write model.onnx (dynamic batch; raw inputs, as "
+                   "n2n.load_student), checked against PyTorch with onnxruntime on the validation inputs")
     e.add_argument("--allow-factory", action="append", default=[], metavar="PKG.MOD:FN",
                    help="let a model folder's arch.json import and call this factory (your own module class); "
                         "repeat for several. Nothing else is ever imported from a model folder")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 
 import torch
 from dataclasses import replace
@@ -11,8 +12,9 @@ from pathlib import Path
 from search_spaces import StudentSpec, count_params
 
 from .config import Config, from_dict
+from .deploy import require_onnx, check_onnx, to_onnx
 from .errors import RunError
-from .models import build_model, check_replaceable, load_weights, save_model
+from .models import RawInput, build_model, check_replaceable, load_weights, save_model, write_json
 from .runfolder import RunLock, read_records, read_run
 from .search import OpenRun, check_teacher
 from .train import accuracy, distill, predict
@@ -41,10 +43,12 @@ def _teacher_tokenizer(folder: Path):
 
 
 def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: bool = False, log=print,
-                factories=(), trim_vocab: bool = False, key: str | None = None, rank: int | None = None) -> dict:
+                factories=(), trim_vocab: bool = False, key: str | None = None, rank: int | None = None,
+                onnx: bool = False) -> dict:
     """Write model.safetensors + spec.json + arch.json + metrics.json for the run's best student.
     `overwrite` replaces only an earlier export; `factories`: see `n2n.models.build_model`;
-    `trim_vocab`: keep only the embeddings of tokens in the training texts (see n2n.vocab)."""
+    `trim_vocab`: keep only the embeddings of tokens in the training texts (see n2n.vocab);
+    `onnx`: also model.onnx, taking what `n2n.load_student` takes, checked with onnxruntime."""
     run_dir, out = Path(run_dir), Path(out)
     meta = read_run(run_dir)
     _check_out(out, run_dir, Path(meta["teacher_folder"]), overwrite)
@@ -60,10 +64,12 @@ def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: b
         if not isinstance(tok, BertTokenizer):
             raise RunError(f"--trim-vocab: expected the teacher's WordPiece (BERT-family) tokenizer, found "
                            f"{type(tok).__name__ if tok is not None else 'none'} in {meta['teacher_folder']}")
+    if onnx:
+        require_onnx()
     check_teacher(meta)
     # fine-tuning takes minutes: hold the run, so no search or resume changes it meanwhile
     with RunLock(run_dir) if finetune_epochs else contextlib.nullcontext():
-        return _export(run_dir, out, meta, finetune_epochs, overwrite, log, factories, trim_vocab, key, rank)
+        return _export(run_dir, out, meta, finetune_epochs, overwrite, log, factories, trim_vocab, key, rank, onnx)
 
 
 def _retokenised(ds, tokenizer):
@@ -115,7 +121,7 @@ def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: P
 
 
 def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrite: bool, log, factories,
-            trim_vocab: bool = False, key: str | None = None, rank: int | None = None) -> dict:
+            trim_vocab: bool = False, key: str | None = None, rank: int | None = None, onnx: bool = False) -> dict:
     cfg = from_dict(Config, meta["config"])
     chosen, why = choose(read_records(run_dir), cfg, meta["reference"]["accuracy"], run_dir, key, rank)
     best = {**chosen, "val_accuracy": chosen["accuracy"]}
@@ -127,6 +133,10 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     weights = run_dir / "results" / f"{best['key']}.safetensors"
     student = build_model(arch, factories)
     student.load_state_dict(load_weights(weights), strict=True)
+    deployed = RawInput(student, ds.preprocess).eval() if ds.preprocess else student  # what load_student returns
+    if onnx and finetune_epochs:  # a student that cannot be traced fails now, not after minutes of fine-tuning
+        with tempfile.TemporaryDirectory() as tmp:
+            to_onnx(deployed, ds.x_val[:2], Path(tmp) / "model.onnx")
     if finetune_epochs:
         # N2N's headline students were fine-tuned longer at the end: distillation + cross-entropy.
         ft = replace(cfg.distill, epochs=finetune_epochs, ce_weight=max(cfg.distill.ce_weight, 1.0), schedule="cosine")
@@ -170,8 +180,16 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         extras.extend(space.export_extras(student, arch, tmp))  # e.g. hf/ for a stock-config transformer
         if tokenizer is not None:  # without it every token would be [UNK] to whoever loads the student
             tokenizer.save_pretrained(tmp / ("hf" if "hf" in extras else "tokenizer"))
+        if onnx:  # on the raw inputs the deployed student takes: undo the standardisation of x_val
+            x = ds.x_val if not ds.preprocess else (ds.x_val - ds.preprocess["shift"]) / ds.preprocess["scale"]
+            to_onnx(deployed, x[:2], tmp / "model.onnx")
+            metrics["onnx"] = check_onnx(deployed, tmp / "model.onnx", x, ds.y_val)
+            write_json(tmp / "metrics.json", metrics)
 
     save_model(out, student, arch, metrics, extra={"spec.json": spec.to_dict()}, overwrite=overwrite, finish=save_hf)
+    if onnx:
+        log(f"also saved as ONNX: {out / 'model.onnx'} (onnxruntime agrees with PyTorch to "
+            f"{metrics['onnx']['max_abs_diff']:.1e} on {len(ds.x_val):,} validation inputs)")
     if "hf" in extras:
         log(f"also saved as a Hugging Face model: {out / 'hf'} (AutoModelForSequenceClassification.from_pretrained)")
     log(f"exported {params:,} params ({metrics['times_smaller']}x smaller than the teacher): "

@@ -40,3 +40,20 @@ def random_spec(space, rng, p_remove=0.4):
     removed = [i for i, u in enumerate(space.units) if u.removable and rng.random() < p_remove]
     ratios = [rng.choice(space.ratios) if u.shrinkable else 1.0 for u in space.units]
     return StudentSpec(removed, ratios)
+
+
+def onnx_check(folder, student, raw, y, metrics):
+    """An exported model.onnx, run by onnxruntime alone on raw inputs, computes the PyTorch student's
+    logits and the accuracy metrics.json states (the ONNX figures n2n wrote are true)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    assert sorted(p.name for p in folder.glob("model.onnx*")) == ["model.onnx"]  # one file, weights inside
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input"] and session.get_inputs()[0].shape[0] == "batch"
+    logits = np.concatenate([session.run(None, {"input": raw[i : i + 100].numpy()})[0] for i in range(0, len(raw), 100)])
+    with torch.no_grad():
+        ref = student(raw).numpy()
+    assert np.abs(logits - ref).max() < 1e-4 and metrics["onnx"]["max_abs_diff"] < 1e-4
+    acc = float((logits.argmax(1) == y.numpy()).mean())
+    assert acc == metrics["onnx"]["val_accuracy"] and abs(acc - metrics["val_accuracy"]) <= 1 / len(y)

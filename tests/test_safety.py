@@ -242,6 +242,24 @@ def test_export_and_report_need_nothing_from_tunes_pickles(finished_run, tmp_pat
         (finished_run / "results" / "trained.log").read_text().split()
 
 
+def test_onnx_export_that_fails_writes_nothing_and_says_why(finished_run, tmp_path, capsys, monkeypatch):
+    import sys
+
+    def untraceable(*a, **k):
+        raise RuntimeError("Unsupported operator aten::weird\nlong exporter report")
+
+    monkeypatch.setattr(torch.onnx, "export", untraceable)
+    trained = (finished_run / "results" / "trained.log").read_text()
+    # with --finetune-epochs the trace is tried first: the failure comes before minutes of fine-tuning
+    status, err = _main(capsys, "export", finished_run, "--out", tmp_path / "o", "--onnx", "--finetune-epochs", "50")
+    assert status == 2 and "could not be exported to ONNX: Unsupported operator aten::weird;" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # not installed
+    status, err = _main(capsys, "export", finished_run, "--out", tmp_path / "o", "--onnx")
+    assert status == 2 and "pip install 'n2n[onnx]'" in err and "missing onnxruntime" in err
+    assert list(tmp_path.iterdir()) == [] and (finished_run / "results" / "trained.log").read_text() == trained
+
+
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"config": {}}'])
 def test_a_damaged_n2n_json_is_one_line(finished_run, tmp_path, capsys, content):
     run = tmp_path / "run"

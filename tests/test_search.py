@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import n2n
+from helpers import onnx_check
 from envs import Evaluation, Reference, reward
 from n2n import data as data_mod
 from n2n.config import load_config
@@ -56,19 +57,21 @@ def test_search_end_to_end(ray_session, tiny_config, tmp_path):
 
     # export + load reproduces the reported validation accuracy
     out = tmp_path / "student"
-    metrics = export_best(run, out, log=lambda *_: None)
+    metrics = export_best(run, out, log=lambda *_: None, onnx=True)
     student = n2n.load_student(out)
     ds = data_mod.load_dataset("mnist1d")
     x, y, _ = data_mod.load_raw("mnist1d")  # the generator's own arrays: the student carries the standardisation
     raw = torch.as_tensor(x[:, 0])  # (N, 40), as mnist1d's generator makes them
     val, test = ds.index["val"], ds.index["test"]
     assert accuracy(student, raw[val], torch.as_tensor(y[val])) == metrics["val_accuracy"] == best["accuracy"]
+    onnx_check(out, student, raw[val][:, None].float(), torch.as_tensor(y[val]), metrics)  # ONNX takes (N, 1, 40)
     assert accuracy(student, raw[test], torch.as_tensor(y[test])) == metrics["test_accuracy"]
     assert sum(p.numel() for p in student.parameters()) == best["params"]
     assert json.loads((out / "spec.json").read_text()) == best["spec"]
     assert 0 < metrics["test_accuracy"] <= 1
     with pytest.raises(FileExistsError):
         export_best(run, out, log=lambda *_: None)
+    assert export_best(run, out, overwrite=True, onnx=True, log=lambda *_: None) == metrics  # with model.onnx: n2n's
     tuned = export_best(run, tmp_path / "tuned", finetune_epochs=2, log=lambda *_: None)
     assert tuned["val_accuracy"] > best["accuracy"] - 0.02  # fine-tuning does not wreck the student
 
@@ -171,7 +174,7 @@ def test_resnet_teacher_on_2d_images_through_the_same_search(ray_session, tmp_pa
     summary = run_search(cfg, run, log=lambda *_: None)
     assert summary["candidates_per_stage"] == {"removal": 3, "shrink": 3}
     assert summary["teacher"]["units"] == 4 + 8 + 1  # 4 streams, 8 blocks, the classifier
-    metrics = export_best(run, tmp_path / "student", log=lambda *_: None)
+    metrics = export_best(run, tmp_path / "student", log=lambda *_: None, onnx=True)
     student = n2n.load_student(tmp_path / "student")
     ds = data_mod.load_dataset("digits")
     from sklearn.datasets import load_digits
@@ -180,6 +183,8 @@ def test_resnet_teacher_on_2d_images_through_the_same_search(ray_session, tmp_pa
     i = ds.index["val"]
     assert accuracy(student, torch.as_tensor(raw.images[i]), torch.as_tensor(raw.target[i])) == \
         metrics["val_accuracy"] == summary["best"]["val_accuracy"]
+    onnx_check(tmp_path / "student", student, torch.as_tensor(raw.images[i][:, None], dtype=torch.float32),
+               torch.as_tensor(raw.target[i]), metrics)
     assert json.loads((tmp_path / "student" / "arch.json").read_text())["family"] == "resnet"
 
 

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+import n2n
+from helpers import onnx_check
 from n2n.config import load_config
 from n2n.data import load_dataset
 from n2n.export import export_best
@@ -48,10 +50,11 @@ def test_transformer_search_and_hf_export(ray_session, token_task, tmp_path):
     summary = run_search(cfg, run, log=lambda *_: None)
     assert summary["candidates_per_stage"] == {"removal": 4, "shrink": 3}
     assert summary["teacher"]["val_accuracy"] == pytest.approx(teacher_acc)
-    metrics = export_best(run, tmp_path / "student", log=lambda *_: None)
+    metrics = export_best(run, tmp_path / "student", log=lambda *_: None, onnx=True)
     assert metrics["val_accuracy"] == summary["best"]["val_accuracy"]
     hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "student" / "hf", local_files_only=True)
     ds = load_dataset(f"npz:{root / 'tokens.npz'}")
     assert accuracy(HFClassifier(hf.eval()), ds.x_val, ds.y_val) == metrics["val_accuracy"]
+    onnx_check(tmp_path / "student", n2n.load_student(tmp_path / "student"), ds.x_val, ds.y_val, metrics)  # ids in
     arch = json.loads((tmp_path / "student" / "arch.json").read_text())
     assert arch["family"] == "hf-encoder" and len(arch["layers"]) == hf.config.num_hidden_layers

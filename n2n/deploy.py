@@ -1,0 +1,76 @@
+"""Deployment: an exported student as ONNX (checked against PyTorch with onnxruntime)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import RunError
+from .train import predict
+
+ONNX_PACKAGES = "onnx onnxscript onnxruntime"
+
+
+def require_onnx():
+    for name in ("onnx", "onnxscript", "onnxruntime"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise RunError(f"--onnx: expected the packages {ONNX_PACKAGES} (pip install 'n2n[onnx]'), "
+                           f"missing {name}") from None
+
+
+def to_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """Write `model` (eval mode, on CPU) as one ONNX file (weights inside, no .data beside it) with a
+    dynamic batch axis; input "input", output "logits".
+
+    torch.export's exporter (the supported one) prints its progress and optimiser chatter; the user
+    sees only the outcome (a failure names the exporter's reason)."""
+    require_onnx()
+    model = model.eval()
+    chatter = io.StringIO()
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # e.g. "torchvision is not installed. Skipping torchvision::nms"
+    try:
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), torch.no_grad(), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's own deprecation notices, not the user's concern
+            torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
+                              dynamo=True, verbose=False, external_data=False, dynamic_shapes=({0: torch.export.Dim("batch")},))
+    except Exception as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunError(f"--onnx: this student ({type(model).__name__}) could not be exported to ONNX: {detail}; "
+                       "export without --onnx to get the PyTorch student") from None
+    finally:
+        quiet.setLevel(level)
+
+
+def check_onnx(model: nn.Module, path: Path, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict:
+    """Run the ONNX file with onnxruntime on real inputs `x` next to the PyTorch `model`; refuse a file
+    whose logits differ by more than 1e-3 relative to their scale (the export would not be the student)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    # (N, classes): batches of more than one and a last short batch exercise the dynamic batch axis
+    ours = np.concatenate([session.run(None, {name: x[i : i + batch_size].numpy()})[0]
+                           for i in range(0, len(x), batch_size)])
+    with torch.no_grad():
+        ref = predict(model, x).numpy()
+    diff = float(np.abs(ours - ref).max())
+    if not diff <= 1e-3 * max(1.0, float(np.abs(ref).max())):
+        raise RunError(f"--onnx: onnxruntime's logits differ from PyTorch's by up to {diff:.3g} on the validation "
+                       "inputs; the ONNX file would not compute this student, so nothing was written")
+    return {"file": "model.onnx", "input": {"name": "input", "shape": ["batch", *x.shape[1:]], "dtype": str(x.dtype)[6:]},
+            "output": "logits", "checked_on": f"{len(x)} validation inputs, onnxruntime {ort.__version__} (CPU)",
+            "max_abs_diff": diff, "val_accuracy": float((ours.argmax(1) == y.numpy()).mean()),
+            "predictions_agree": float((ours.argmax(1) == ref.argmax(1)).mean())}
