@@ -1,19 +1,25 @@
 """Agents side by side on the default problem with a target: what student does each one find?
 
-    python benchmarks/search_quality.py [--seeds 0 1 2] [--agents reinforce optuna random uniform]
-                                        [--drop 1.0] [--removal 30] [--shrink 40]
+    python benchmarks/search_quality.py [--seeds 0 1 2] [--agents reinforce optuna random uniform n2n-published]
+                                        [--drop 1.0] [--removal 30] [--shrink 40] [--root DIR]
+    python benchmarks/search_quality.py --from DIR     # the figures again from finished run folders
 
-Every search uses the same teacher, its split, the same distillation and the same finalist stage;
-the student exported for each (the smallest finalist within `--drop` points of the teacher on
-validation) is measured on the test split. `uniform` shrinks every layer by one ratio (shrink stage
-only; it has one candidate per ratio, so it spends less of the budget). Writes
-benchmarks/results/search_quality.json (one row per agent and seed, and the settings).
+Every search uses the same teacher and its split, the same distillation and the same finalist stage,
+with `target.max_accuracy_drop = --drop`. `uniform` shrinks every layer by one ratio (shrink stage
+only: one candidate per ratio, so it spends far less of the budget). `n2n-published` is N2N as the
+paper ran it: REINFORCE, students freshly initialised (no inherited weights), N2N's reward, no
+finalists. Per search it records: the exported student (the smallest finalist within the target on
+validation) with its test accuracy; the largest compression within 1.0 and 2.0 points of the teacher
+on validation among the search's candidates; the same on test among the finalists (distilled
+longer); the anytime curve (the largest compression within `--drop` after every 10 candidates); wall
+time. Writes benchmarks/results/search_quality.json (rows, and means per agent).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -22,53 +28,105 @@ import ray
 
 from n2n.config import load_config
 from n2n.export import export_best
+from n2n.models import build_model, load_weights
 from n2n.runfolder import read_records
-from n2n.search import run_search
+from n2n.search import OpenRun, run_search
+from n2n.train import accuracy
+from search_spaces import StudentSpec
+
+VARIANTS = {  # agent name -> config overrides beyond the shared ones
+    "reinforce": {}, "optuna": {"search.agent": "optuna"}, "random": {"search.agent": "random"},
+    "uniform": {"search.agent": "uniform", "search.stages": ["shrink"]},
+    "n2n-published": {"distill.inherit": False, "reward.kind": "n2n", "finalists.k": 0},
+}
 
 
-def smallest_within(records: list[dict], teacher_acc: float, drop: float) -> int | None:
-    """Parameters of the smallest candidate within `drop` points of the teacher (validation), if any."""
-    return min((r["params"] for r in records if r["failure"] is None
-                and (teacher_acc - r["accuracy"]) * 100 <= drop), default=None)
+def largest_within(records: list[dict], teacher_params: int, teacher_acc: float, drop: float, key="accuracy"):
+    """Times smaller than the teacher of the smallest record within `drop` points of it (or None)."""
+    ok = [r["params"] for r in records if r["failure"] is None and (teacher_acc - r[key]) * 100 <= drop]
+    return round(teacher_params / min(ok), 2) if ok else None
+
+
+def analyse(run_dir: Path, drop: float) -> dict:
+    """The figures of one finished search, from its run folder alone."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    teacher = summary["teacher"]
+    tp, tv = teacher["params"], teacher["val_accuracy"]
+    recs = read_records(run_dir)
+    search = [r for r in recs if r["stage"] != "finalists"]
+    out = {"candidates": len(search), "wall_seconds": summary["wall_seconds"],
+           "within_1_val": largest_within(search, tp, tv, 1.0), "within_2_val": largest_within(search, tp, tv, 2.0),
+           "anytime_within_drop_val": [largest_within(search[:n], tp, tv, drop)
+                                       for n in range(10, len(search) + 10, 10)]}
+    finals = [r for r in recs if r["stage"] == "finalists" and r["failure"] is None]
+    if finals:  # test accuracy of every finalist, from its saved weights
+        run = OpenRun.open(run_dir)
+        for r in finals:
+            model = build_model(run.space.arch(StudentSpec.from_dict(r["spec"])))
+            model.load_state_dict(load_weights(run_dir / "results" / f"{r['key']}.safetensors"), strict=True)
+            r["test_accuracy"] = accuracy(model.eval(), run.ds.x_test, run.ds.y_test)
+        tt = teacher["test_accuracy"]
+        out["finalists_test"] = [{"params": r["params"], "val": r["accuracy"], "test": r["test_accuracy"]} for r in finals]
+        out["within_1_test_finalists"] = largest_within(finals, tp, tt, 1.0, "test_accuracy")
+        out["within_2_test_finalists"] = largest_within(finals, tp, tt, 2.0, "test_accuracy")
+    return out
+
+
+def mean_of(rows: list[dict], agent: str, key: str):
+    vals = [r[key] for r in rows if r["agent"] == agent]
+    if not vals:
+        return None
+    # a search that found nothing within the drop counts as 1x (no compression)
+    return round(statistics.fmean(v if v is not None else 1.0 for v in vals), 2)
+
+
+def summarise(rows: list[dict]) -> dict:
+    keys = ("exported_times_smaller", "test_drop_points", "within_1_val", "within_2_val",
+            "within_1_test_finalists", "within_2_test_finalists", "wall_seconds", "candidates")
+    return {a: {"seeds": sorted(r["seed"] for r in rows if r["agent"] == a), **{k: mean_of(rows, a, k) for k in keys}}
+            for a in dict.fromkeys(r["agent"] for r in rows)}
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--agents", nargs="+", default=["reinforce", "optuna", "random", "uniform"])
+    p.add_argument("--agents", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--drop", type=float, default=1.0)
     p.add_argument("--removal", type=int, default=30)
     p.add_argument("--shrink", type=int, default=40)
+    p.add_argument("--root", help="where the run folders go (default: a new temp folder)")
+    p.add_argument("--from", dest="source", help="analyse the run folders AGENT-SEED here again; search nothing")
     args = p.parse_args()
-    ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    root = Path(tempfile.mkdtemp(prefix="n2n-quality-"))
     path = Path(__file__).parent / "results" / "search_quality.json"
-    out = {"settings": vars(args), "rows": []}
+    root = Path(args.source or args.root or tempfile.mkdtemp(prefix="n2n-quality-"))
+    root.mkdir(parents=True, exist_ok=True)
+    out = {"settings": {k: v for k, v in vars(args).items() if k not in ("source", "root")}, "rows": []}
+    if not args.source:
+        ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     for seed in args.seeds:
         for agent in args.agents:
-            over = {"seed": seed, "search.agent": agent, "target.max_accuracy_drop": args.drop,
-                    "search.removal_budget": args.removal, "search.shrink_budget": args.shrink}
-            if agent == "uniform":
-                over["search.stages"] = ["shrink"]
-            start = time.perf_counter()
-            run = root / f"{agent}-{seed}"
-            summary = run_search(load_config(None, over), run, log=lambda *_: None)
-            wall = time.perf_counter() - start
-            m = export_best(run, root / f"{agent}-{seed}-student", log=lambda *_: None)
-            teacher = summary["teacher"]
-            recs = [r for r in read_records(run) if r["stage"] != "finalists"]
-            smallest = smallest_within(recs, teacher["val_accuracy"], args.drop)
-            row = {"agent": agent, "seed": seed, "candidates": summary["candidates_evaluated"],
-                   "wall_seconds": round(wall, 1), "exported_params": m["params"],
+            run, student = root / f"{agent}-{seed}", root / f"{agent}-{seed}-student"
+            if not args.source:
+                over = {"seed": seed, "target.max_accuracy_drop": args.drop, "search.removal_budget": args.removal,
+                        "search.shrink_budget": args.shrink, **VARIANTS[agent]}
+                start = time.perf_counter()
+                run_search(load_config(None, over), run, log=lambda *_: None)
+                print(f"{agent} seed {seed}: searched in {time.perf_counter() - start:.0f} s", flush=True)
+                export_best(run, student, log=lambda *_: None)
+            elif not (run / "summary.json").exists():
+                continue
+            m = json.loads((student / "metrics.json").read_text())
+            row = {"agent": agent, "seed": seed, "exported_params": m["params"],
                    "exported_times_smaller": m["times_smaller"], "exported_val": m["val_accuracy"],
-                   "exported_test": m["test_accuracy"], "teacher_test": teacher["test_accuracy"],
-                   "test_drop_points": round((teacher["test_accuracy"] - m["test_accuracy"]) * 100, 2),
-                   "chosen_because": m["chosen_because"],
-                   "search_largest_within_drop_val": round(teacher["params"] / smallest, 2) if smallest else None}
+                   "exported_test": m["test_accuracy"], "teacher_test": m["teacher"]["test_accuracy"],
+                   "test_drop_points": round((m["teacher"]["test_accuracy"] - m["test_accuracy"]) * 100, 2),
+                   "chosen_because": m["chosen_because"], **analyse(run, args.drop)}
             out["rows"].append(row)
-            print(json.dumps(row), flush=True)
+            out["means"] = summarise(out["rows"])
+            print(json.dumps({k: v for k, v in row.items() if k != "finalists_test"}), flush=True)
             path.write_text(json.dumps(out, indent=2) + "\n")  # after every search: partial results survive
-    ray.shutdown()
+    if not args.source:
+        ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 
 INVALID_REWARD = -1.0
+SIZE_KEYS = {"params": "params", "flops": "flops", "latency": "latency_ms"}  # reward.compression -> record field
 
 
 @dataclass
@@ -19,6 +20,10 @@ class Evaluation:
     wall_seconds: float = 0.0
     train_seconds: float = 0.0
     failure: str | None = None
+    # median ms of one forward pass, the student's and the teacher's, measured side by side on the
+    # trial's device (see n2n.deploy.latency_ms); None where not measured (a failed trial)
+    latency_ms: float | None = None
+    teacher_latency_ms: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -39,14 +44,16 @@ class Reference:
 
 @dataclass(frozen=True)
 class RewardConfig:
-    """N2N's reward or a target's, on parameters or FLOPs.
+    """N2N's reward or a target's, on parameters, FLOPs or latency.
 
-    C = 1 - size(student) / size(teacher), size = params or FLOPs (`compression`).
+    C = 1 - size(student) / size(teacher), size = params, FLOPs or latency (`compression`); latency's
+    C uses the teacher's latency measured beside the student's on the same worker, so a worker's
+    speed and load cancel out.
     ``kind="n2n"``: R = C (2 - C) * acc(student) / acc(teacher), N2N's trade of accuracy for size at
     a fixed rate. With constraints, a student over `max_params` or under `min_accuracy` gets -1: the
     same penalty as an unusable student, so the policy learns the constraint as a wall.
     ``kind="target"``: the user's target (`target_drop` points of accuracy below the teacher at most,
-    `target_params`, `target_flops`, any combination). A student inside it scores 0.5 + 0.5 C, so among
+    `target_params`, `target_flops`, `target_latency_ms`, any combination). A student inside it scores 0.5 + 0.5 C, so among
     students that meet the target the smaller wins; one outside scores 0.5 / (1 + miss) < 0.5, where
     miss adds the accuracy shortfall in units of the allowed drop and log2 of each size overshoot, so
     the policy still learns which way the target lies.
@@ -60,14 +67,22 @@ class RewardConfig:
     target_drop: float | None = None  # points (0-100) of validation accuracy below the teacher's
     target_params: int | None = None
     target_flops: int | None = None
+    target_latency_ms: float | None = None
 
     def __post_init__(self):
-        if self.compression not in ("params", "flops"):
-            raise ValueError(f"reward.compression: expected 'params' or 'flops', got {self.compression!r}")
+        if self.compression not in SIZE_KEYS:
+            raise ValueError(f"reward.compression: expected 'params', 'flops' or 'latency', got {self.compression!r}")
         if self.kind not in ("n2n", "target"):
             raise ValueError(f"reward.kind: expected 'n2n' or 'target', got {self.kind!r}")
-        if self.kind == "target" and self.target_drop is None and self.target_params is None and self.target_flops is None:
-            raise ValueError("reward.kind target: expected a target (target.max_accuracy_drop, max_params or max_flops)")
+        if self.kind == "target" and all(t is None for t in (self.target_drop, self.target_params, self.target_flops,
+                                                              self.target_latency_ms)):
+            raise ValueError("reward.kind target: expected a target (target.max_accuracy_drop, max_params, max_flops "
+                             "or max_latency_ms)")
+
+    @property
+    def size_key(self) -> str:
+        """The record field the reward compresses: params, flops or latency_ms."""
+        return SIZE_KEYS[self.compression]
 
     def miss(self, ev: "Evaluation", ref: "Reference") -> float:
         """How far a student is outside the target (0 inside it; see the class doc)."""
@@ -79,12 +94,16 @@ class RewardConfig:
             miss += math.log2(ev.params / self.target_params)
         if self.target_flops is not None and ev.flops > self.target_flops:
             miss += math.log2(ev.flops / self.target_flops)
+        if self.target_latency_ms is not None and (ev.latency_ms or math.inf) > self.target_latency_ms:
+            miss += math.log2((ev.latency_ms or math.inf) / self.target_latency_ms)
         return miss
 
 
 def compression(ev: Evaluation, ref: Reference, cfg: RewardConfig = RewardConfig()) -> float:
     if cfg.compression == "flops":
         return 1.0 - ev.flops / ref.flops
+    if cfg.compression == "latency":  # not measured (a failed trial): no compression, so no reward
+        return 1.0 - ev.latency_ms / ev.teacher_latency_ms if ev.latency_ms and ev.teacher_latency_ms else 0.0
     return 1.0 - ev.params / ref.params
 
 

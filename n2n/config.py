@@ -56,7 +56,7 @@ class EarlyStopConfig:
 @dataclass
 class RewardSection:
     kind: str = "auto"  # auto: "target" when a target is set, else "n2n" (N2N's C(2-C)·A/A_T)
-    compression: str = "params"  # params | flops: the size the reward (and the target's C) compresses
+    compression: str = "params"  # params | flops | latency: the size the reward (and the target's C) compresses
     max_params: int | None = None  # n2n reward: a hard wall (-1 above it)
     min_accuracy: float | None = None  # n2n reward: a hard wall (-1 below it)
 
@@ -68,14 +68,27 @@ class TargetConfig:
     max_accuracy_drop: float | None = None  # points of validation accuracy below the teacher (1.0 = one point)
     max_params: int | None = None
     max_flops: int | None = None
+    max_latency_ms: float | None = None  # the student's median latency as `latency` measures it
 
     def is_set(self) -> bool:
-        return any(v is not None for v in (self.max_accuracy_drop, self.max_params, self.max_flops))
+        return any(v is not None for v in (self.max_accuracy_drop, self.max_params, self.max_flops, self.max_latency_ms))
 
     def met_by(self, rec: dict, teacher_accuracy: float) -> bool:
+        latency = rec.get("latency_ms")
         return ((self.max_accuracy_drop is None or (teacher_accuracy - rec["accuracy"]) * 100 <= self.max_accuracy_drop)
                 and (self.max_params is None or rec["params"] <= self.max_params)
-                and (self.max_flops is None or rec["flops"] <= self.max_flops))
+                and (self.max_flops is None or rec["flops"] <= self.max_flops)
+                and (self.max_latency_ms is None or (latency is not None and latency <= self.max_latency_ms)))
+
+
+@dataclass
+class LatencyConfig:
+    """How every trial measures its student's latency (and the teacher's, beside it, on the same worker)."""
+
+    batch_size: int = 1  # inputs per forward pass (taken from the validation split)
+    threads: int = 1  # torch threads while measuring on CPU; 0: leave as the worker has them
+    warmup: int = 5  # passes first, not timed
+    repeats: int = 30  # timed passes of each model, interleaved; the median counts
 
 
 @dataclass
@@ -93,6 +106,7 @@ class Config:
     target: TargetConfig = field(default_factory=TargetConfig)
     reward: RewardSection = field(default_factory=RewardSection)
     finalists: FinalistsConfig = field(default_factory=FinalistsConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
 
@@ -101,7 +115,8 @@ class Config:
         kind = self.reward.kind if self.reward.kind != "auto" else ("target" if self.target.is_set() else "n2n")
         try:
             return RewardConfig(self.reward.compression, self.reward.max_params, self.reward.min_accuracy, kind,
-                                self.target.max_accuracy_drop, self.target.max_params, self.target.max_flops)
+                                self.target.max_accuracy_drop, self.target.max_params, self.target.max_flops,
+                                self.target.max_latency_ms)
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
@@ -122,6 +137,12 @@ class Config:
             (self.reward.kind in ("auto", "n2n", "target"), f"reward.kind: expected auto, n2n or target, got {self.reward.kind!r}"),
             (self.target.max_accuracy_drop is None or self.target.max_accuracy_drop >= 0,
              f"target.max_accuracy_drop: expected >= 0 (points), got {self.target.max_accuracy_drop}"),
+            (self.target.max_latency_ms is None or self.target.max_latency_ms > 0,
+             f"target.max_latency_ms: expected > 0, got {self.target.max_latency_ms}"),
+            (self.latency.batch_size >= 1, f"latency.batch_size: expected >= 1, got {self.latency.batch_size}"),
+            (self.latency.threads >= 0, f"latency.threads: expected >= 0, got {self.latency.threads}"),
+            (self.latency.warmup >= 0, f"latency.warmup: expected >= 0, got {self.latency.warmup}"),
+            (self.latency.repeats >= 3, f"latency.repeats: expected >= 3 (a median), got {self.latency.repeats}"),
             (self.finalists.k >= 0, f"finalists.k: expected >= 0, got {self.finalists.k}"),
             (self.finalists.epochs >= 1, f"finalists.epochs: expected >= 1, got {self.finalists.epochs}"),
             (self.early_stop.grace_period >= 1, f"early_stop.grace_period: expected >= 1 (epochs), got {self.early_stop.grace_period}"),

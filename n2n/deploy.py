@@ -1,4 +1,4 @@
-"""Deployment: an exported student as ONNX (checked against PyTorch with onnxruntime)."""
+"""Deployment: latency as trials measure it, and an exported student as ONNX (checked with onnxruntime)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import contextlib
 import importlib
 import io
 import logging
+import statistics
+import time
 import warnings
 from pathlib import Path
 
@@ -74,3 +76,40 @@ def check_onnx(model: nn.Module, path: Path, x: torch.Tensor, y: torch.Tensor, b
             "output": "logits", "checked_on": f"{len(x)} validation inputs, onnxruntime {ort.__version__} (CPU)",
             "max_abs_diff": diff, "val_accuracy": float((ours.argmax(1) == y.numpy()).mean()),
             "predictions_agree": float((ours.argmax(1) == ref.argmax(1)).mean())}
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to `n` (0: unchanged) for the block, restored after."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def latency_ms(models: list[nn.Module], x: torch.Tensor, *, threads: int = 1, warmup: int = 5,
+               repeats: int = 30) -> list[float]:
+    """Median milliseconds of one forward pass of each model on `x` (on the models' device).
+
+    The models are timed in interleaved rounds (teacher, student, teacher, ...), so a change of load
+    on a shared worker during the measurement touches every model alike and their ratio holds."""
+    device = next(models[0].parameters()).device
+    x = x.to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times: list[list[float]] = [[] for _ in models]
+    with torch_threads(threads), torch.inference_mode():
+        for m in models:
+            m.eval()
+            for _ in range(warmup):
+                m(x)
+        for _ in range(repeats):
+            for m, t in zip(models, times):
+                sync()
+                start = time.perf_counter()
+                m(x)
+                sync()  # a CUDA launch returns at once: wait for the work
+                t.append(time.perf_counter() - start)
+    return [statistics.median(t) * 1000.0 for t in times]

@@ -115,7 +115,7 @@ class SearchDriver:
         underrates students, so reach is the allowed drop plus 2 points); otherwise the best by reward."""
         k = self.budgets.get("finalists", 0)
         ok = [r for r in self.records if r["stage"] != "finalists" and r["failure"] is None and r["reward"] > -1]
-        size = "flops" if self.reward_config.compression == "flops" else "params"
+        size = self.reward_config.size_key
         front, best_acc = [], -1.0
         for r in sorted(ok, key=lambda r: (r[size], -r["accuracy"])):
             if r["accuracy"] > best_acc:
@@ -234,7 +234,7 @@ class SearchDriver:
         for cid in [t["cid"]] + self.waiters.pop(t["key"], []):
             if cid in self.agent.pending:  # always true within a stage; guards a stage switch
                 self.agent.tell(cid, r, ev)
-        extra = {k: metrics[k] for k in ("device", "gpus", "started", "ended") if metrics and k in metrics}
+        extra = {k: metrics[k] for k in ("device", "gpus", "node", "started", "ended") if metrics and k in metrics}
         rec = {"trial_id": trial_id, "stage": t["stage"], "key": t["key"], "spec": t["spec"],
                "summary": self.space.describe(spec), **m, **extra, "cached": bool(metrics and metrics.get("cached"))}
         self.records.append(rec)
@@ -317,11 +317,15 @@ class SearchDriver:
         write_json(self.run_dir / SUMMARY, self.summary())
         write_json(self.run_dir / RECORDS, self.records)
 
-    def _size(self, rec: dict) -> tuple[str, float]:
-        """The size the reward compresses, as text, and how many times smaller than the teacher."""
-        if self.reward_config.compression == "flops":
-            return f"{rec['flops']:,} FLOPs", self.reference.flops / max(rec["flops"], 1)
-        return f"{rec['params']:,} params", self.reference.params / max(rec["params"], 1)
+    def _size(self, rec: dict) -> tuple[str, str]:
+        """The size the reward compresses, as text, and how many times smaller (faster) than the teacher."""
+        key = self.reward_config.size_key
+        if key == "latency_ms":  # against the teacher timed beside it on the same worker
+            if not rec.get("latency_ms"):
+                return "latency not measured", "?"
+            return f"{rec['latency_ms']:.3f} ms", f"{rec['teacher_latency_ms'] / rec['latency_ms']:.1f}x faster"
+        ref = self.reference.flops if key == "flops" else self.reference.params
+        return f"{rec[key]:,} {'FLOPs' if key == 'flops' else 'params'}", f"{ref / max(rec[key], 1):.1f}x smaller"
 
     def _progress(self, rec: dict):
         s = rec["stage"]
@@ -331,7 +335,7 @@ class SearchDriver:
                 f"({size}, val acc {rec['accuracy']:.4f}{', cached' if rec['cached'] else ''})")
         if best:
             size, times = self._size(best)
-            line += f" | best {best['reward']:.3f}: {size} ({times:.1f}x smaller), val acc {best['accuracy']:.4f}"
+            line += f" | best {best['reward']:.3f}: {size} ({times}), val acc {best['accuracy']:.4f}"
         if rec["failure"]:
             line += f" | failed: {rec['failure']}"
         self.log(line + " | " + self._timing(s))

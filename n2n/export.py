@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 
 import torch
@@ -108,7 +109,7 @@ def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: P
         if ranked[rank - 1] not in done:
             raise RunError(f"--rank {rank}: that candidate was stopped early and saved no weights")
         return ranked[rank - 1], f"--rank {rank} by reward"
-    size = "flops" if cfg.reward.compression == "flops" else "params"
+    size = cfg.reward_config().size_key
     finalists = [r for r in done if r["stage"] == "finalists"]
     pool, what = (finalists, "finalist") if finalists else (done, "candidate")
     if cfg.target.is_set():
@@ -163,6 +164,9 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         "params": params, "flops": space.flops(spec), "val_accuracy": val, "test_accuracy": test,
         "search_val_accuracy": best["val_accuracy"], "search_reward": best["reward"], "key": best["key"],
         "stage": best["stage"], "chosen_because": why,
+        # as the search measured them, side by side on the trial's device (None in runs made before)
+        "latency_ms": best.get("latency_ms"), "teacher_latency_ms": best.get("teacher_latency_ms"),
+        "latency_measured": {"device": best.get("device"), **dataclasses.asdict(cfg.latency)},
         "finetune_epochs": finetune_epochs, "times_smaller": round(meta["reference"]["params"] / params, 2),
         "teacher": {"params": meta["reference"]["params"], "val_accuracy": meta["reference"]["accuracy"],
                     "test_accuracy": meta["teacher"]["test_accuracy"]},

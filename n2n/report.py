@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
+
+from envs.reward import SIZE_KEYS
 
 from .runfolder import read_records, read_run
 
@@ -17,14 +20,22 @@ def pareto_front(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
     return front
 
 
-def leaderboard(records: list[dict], teacher_size: int, top: int = 10, size: str = "params") -> str:
-    """The best `top` candidates by reward; `size` is what the reward compressed ("params" or "flops")."""
+def leaderboard(records: list[dict], teacher_size: float, top: int = 10, size: str = "params") -> str:
+    """The best `top` candidates by reward; `size` is the record field the reward compressed
+    ("params", "flops" or "latency_ms"). Latency, where measured, has a column of its own; a
+    latency's "smaller" is against the teacher timed beside that student."""
     rows = sorted((r for r in records if r["failure"] is None), key=lambda r: -r["reward"])[:top]
-    w = max([len(f"{r[size]:,}") for r in rows] + [len(size)])  # 8-digit counts keep their column
-    lines = [f"{'#':>2} {'stage':9} {size:>{w}} {'smaller':>9} {'val acc':>7} {'reward':>7}  spec"]
+    lat = size == "latency_ms"
+    show = (lambda v: f"{v:.3f}") if lat else (lambda v: f"{v:,}")
+    w = max([len(show(r[size])) for r in rows] + [len(size)])  # 8-digit counts keep their column
+    extra = not lat and any(r.get("latency_ms") for r in rows)
+    lines = [f"{'#':>2} {'stage':9} {size:>{w}} {'smaller':>9} {'val acc':>7} {'reward':>7}"
+             f"{' latency_ms' if extra else ''}  spec"]
     for i, r in enumerate(rows, 1):
-        lines.append(f"{i:>2} {r['stage']:9} {r[size]:>{w},} {teacher_size / max(r[size], 1):>8.1f}x "
-                     f"{r['accuracy']:>7.4f} {r['reward']:>7.3f}  {r['summary']}")
+        times = r["teacher_latency_ms"] / r[size] if lat else teacher_size / max(r[size], 1)
+        ms = f" {r['latency_ms']:>10.3f}" if extra and r.get("latency_ms") else " " * 11 if extra else ""
+        lines.append(f"{i:>2} {r['stage']:9} {show(r[size]):>{w}} {times:>8.1f}x "
+                     f"{r['accuracy']:>7.4f} {r['reward']:>7.3f}{ms}  {r['summary']}")
     return "\n".join(lines)
 
 
@@ -48,7 +59,10 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     records = read_records(run_dir)
     out_dir = Path(out_dir or run_dir)
     ref = meta["reference"]
-    size = meta["config"].get("reward", {}).get("compression", "params")  # what the reward compressed
+    size = SIZE_KEYS[meta["config"].get("reward", {}).get("compression", "params")]  # what the reward compressed
+    if size == "latency_ms":  # the teacher was timed beside every student: the median of those
+        timed = [r["teacher_latency_ms"] for r in records if r.get("teacher_latency_ms")]
+        ref = {**ref, size: round(statistics.median(timed), 3) if timed else float("nan")}
     search = meta["config"]["search"]
     # REINFORCE updates once per batch; other agents are shown in groups of 10 candidates
     batch = int(search["agent_options"].get("batch_size", 10)) if search["agent"] == "reinforce" else 10
@@ -86,7 +100,8 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     if front:
         ax.step([p for p, _ in front], [a for _, a in front], where="post", color="k", lw=1, label="Pareto front")
     ax.scatter([ref[size]], [ref["accuracy"]], marker="*", s=120, color="red", label="teacher")
-    ax.set(xscale="log", xlabel="parameters" if size == "params" else "FLOPs (multiply-accumulates)",
+    ax.set(xscale="log", xlabel={"params": "parameters", "flops": "FLOPs (multiply-accumulates)",
+                                 "latency_ms": "latency (ms, median)"}[size],
            ylabel="validation accuracy", title="Accuracy against size")
     ax.legend()
     fig.tight_layout()

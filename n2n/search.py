@@ -76,7 +76,8 @@ def make_context(meta: dict, cfg: Config, run_dir: Path, loaded: tuple, factorie
     return Context(arch, {k: v.contiguous() for k, v in teacher.state_dict().items()}, tuple(meta["input_shape"]),
                    tuple(cfg.search.ratios), ds.x_train, ds.y_train, t_logits, ds.x_val, ds.y_val, cfg.distill,
                    Reference(**meta["reference"]), cfg.reward_config(), str(run_dir / "results"), cfg.resources.device, cfg.seed,
-                   cfg.search.uniform_widths, per_epoch=cfg.early_stop.enabled, factories=tuple(factories))
+                   cfg.search.uniform_widths, per_epoch=cfg.early_stop.enabled, factories=tuple(factories),
+                   latency=cfg.latency)
 
 
 def check_labels(teacher, ds, dataset: str, exact: bool = False) -> None:

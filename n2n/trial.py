@@ -21,6 +21,7 @@ import torch
 from envs import Evaluation, Reference, RewardConfig, compression, reward
 from search_spaces import SearchSpace, StudentSpec
 
+from .deploy import latency_ms
 from .models import build_model, device_for, save_weights, write_json
 from .train import DistillConfig, HiddenTarget, distill
 
@@ -47,6 +48,7 @@ class Context:
     uniform: bool = False  # transformers: one FFN width for all layers
     per_epoch: bool = False  # report after every epoch (early stopping reads it); else once at the end
     factories: tuple = ()  # user factories the user allowed (module teachers); see n2n.models.build_model
+    latency: object = None  # n2n.config.LatencyConfig: how latency is measured (None: not measured)
 
 
 _SPACES: dict[str, SearchSpace] = {}  # per worker process: actors are reused across trials
@@ -96,8 +98,14 @@ def evaluate(space: SearchSpace, spec: StudentSpec, ctx: Context, report=None,
         hidden = HiddenTarget(space.teacher.to(device), pairs, space.hidden_states)
     res = distill(student, ctx.x_train, ctx.y_train, ctx.t_logits, ctx.x_val, ctx.y_val, ctx.distill,
                   seed=ctx.seed, device=device, on_epoch=on_epoch if report else None, hidden=hidden)
+    latency = (None, None)
+    if ctx.latency is not None and res.failure is None:  # on the device the student trained on
+        lat = ctx.latency
+        x = ctx.x_val[torch.arange(lat.batch_size) % len(ctx.x_val)]  # (batch_size, *input): real inputs
+        latency = tuple(latency_ms([student.to(device), space.teacher.to(device)], x, threads=lat.threads,
+                                   warmup=lat.warmup, repeats=lat.repeats))
     ev = Evaluation(res.val_accuracy, params, flops, res.epochs, time.perf_counter() - start, res.train_seconds,
-                    res.failure)
+                    res.failure, *latency)
     return ev, student.cpu()
 
 
@@ -125,8 +133,9 @@ def run_trial(config: dict, context: Context) -> None:
         (results / f"{config['key']}.traceback.txt").write_text(traceback.format_exc())
         ev, student = Evaluation(0.0, 0, 0, failure=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]), None
     final = metrics_of(ev, ctx, ev.epochs)
-    final.update(device=str(device_for(ctx.device)), started=started, ended=time.time(),
-                 gpus=float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)))
+    runtime = ray.get_runtime_context()
+    final.update(device=str(device_for(ctx.device)), started=started, ended=time.time(), node=runtime.get_node_id(),
+                 gpus=float(runtime.get_assigned_resources().get("GPU", 0.0)))
     save_result(results, config["key"], student if ev.failure is None else None, final)
     tune.report(final)
 

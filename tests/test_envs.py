@@ -9,7 +9,7 @@ from gymnasium.utils.env_checker import check_env
 
 import envs
 from envs import (INVALID_REWARD, CompressionEnv, Evaluation, ProxyEvaluator, Reference, RewardConfig, demo_space,
-                  reward)
+                  compression, reward)
 from search_spaces import FEATURE_DIM
 
 
@@ -54,7 +54,7 @@ def test_reward_matches_hand_computed_values():
     assert reward(ev, ref, RewardConfig(max_params=200)) == INVALID_REWARD
     assert reward(ev, ref, RewardConfig(max_params=300, min_accuracy=0.5)) == pytest.approx(0.703125)
     assert reward(ev, ref, RewardConfig(min_accuracy=0.7)) == INVALID_REWARD
-    with pytest.raises(ValueError, match="expected 'params' or 'flops', got 'macs'"):
+    with pytest.raises(ValueError, match="expected 'params', 'flops' or 'latency', got 'macs'"):
         RewardConfig(compression="macs")
 
 
@@ -186,3 +186,19 @@ def test_target_reward_on_hand_computed_cases():
     assert reward(Evaluation(0.5, 999, 500), ref, flops) == pytest.approx(0.5 + 0.5 * 0.9)  # accuracy free
     with pytest.raises(ValueError, match="expected a target"):
         RewardConfig(kind="target")
+
+
+def test_latency_reward_uses_the_teacher_timed_beside_the_student():
+    ref = Reference(params=1000, flops=5000, accuracy=0.90)
+    n2n = RewardConfig(compression="latency")
+    ev = Evaluation(0.90, 500, 100, latency_ms=2.0, teacher_latency_ms=8.0)  # C = 1 - 2/8 = 0.75
+    assert compression(ev, ref, n2n) == pytest.approx(0.75)
+    assert reward(ev, ref, n2n) == pytest.approx(0.75 * 1.25 * 1.0)
+    # no measurement (a failed trial): no compression, so -1; slower than the teacher: -1
+    assert reward(Evaluation(0.90, 500, 100), ref, n2n) == INVALID_REWARD
+    assert reward(Evaluation(0.90, 500, 100, latency_ms=9.0, teacher_latency_ms=8.0), ref, n2n) == INVALID_REWARD
+    target = RewardConfig(kind="target", compression="latency", target_latency_ms=1.0)
+    assert reward(ev, ref, target) == pytest.approx(0.5 / (1 + 1.0))  # 2x over 1 ms: log2 2 = 1
+    fast = Evaluation(0.50, 500, 100, latency_ms=0.5, teacher_latency_ms=8.0)  # accuracy free
+    assert reward(fast, ref, target) == pytest.approx(0.5 + 0.5 * (1 - 0.5 / 8))
+    assert target.size_key == "latency_ms" and RewardConfig().size_key == "params"

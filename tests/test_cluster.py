@@ -1,0 +1,71 @@
+"""A search pointed at a real multi-node Ray cluster (a head and two worker nodes on this machine)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import TINY_CONFIG
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _n2n(*args, wait=True):
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [sys.executable, "-m", "n2n.cli", *map(str, args)]
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def _records(run):
+    try:
+        return json.loads((run / "candidates.json").read_text())
+    except (OSError, ValueError):
+        return []
+
+
+@pytest.fixture
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    mib = 1024 * 1024
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 80 * mib})
+    workers = [c.add_node(num_cpus=1, object_store_memory=80 * mib) for _ in range(2)]  # trials run only here
+    c.wait_for_nodes()
+    yield c.address, {w.node_id for w in workers}
+    c.shutdown()
+
+
+def test_search_runs_on_both_worker_nodes_survives_a_killed_driver_and_exports(cluster, tmp_path):
+    address, worker_ids = cluster
+    (tmp_path / "c.yaml").write_text(TINY_CONFIG.replace("removal_budget: 6", "removal_budget: 8\n  stages: [removal]"))
+    run = tmp_path / "runs" / "cl"
+    driver = _n2n("search", tmp_path / "c.yaml", "--name", "cl", "--runs-dir", tmp_path / "runs", "--address", address,
+                  wait=False)
+    deadline = time.time() + 300
+    while len(_records(run)) < 3 and driver.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert driver.poll() is None, f"the search ended early: {driver.stderr.read()}"
+    driver.send_signal(signal.SIGKILL)  # the driver dies; the cluster lives on
+    driver.wait()
+    before = len(_records(run))
+    assert 3 <= before < 8
+    r = _n2n("resume", run, "--address", address)
+    assert r.returncode == 0, r.stderr
+    recs = _records(run)
+    assert len(recs) == 8 and all(r["failure"] is None for r in recs)
+    # trials ran on both worker nodes and never on the head (it has no CPUs)
+    assert {r["node"] for r in recs if not r["cached"]} == worker_ids
+    trained = (run / "results" / "trained.log").read_text().split()
+    assert len(trained) == len(set(trained))  # nothing trained twice across the kill
+    assert all((run / "results" / f"{r['key']}.json").exists() for r in recs)  # every result reached the run folder
+    r = _n2n("export", run, "--out", tmp_path / "student")
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((tmp_path / "student" / "metrics.json").read_text())
+    assert metrics["key"] in {r["key"] for r in recs} and metrics["params"] < json.loads(
+        (run / "summary.json").read_text())["teacher"]["params"]
