@@ -75,6 +75,7 @@ class DistillConfig:
     temperature: float = 4.0  # for "kl"
     ce_weight: float = 0.0  # lambda * cross-entropy on the labels, added to the distillation loss
     hidden_weight: float = 0.0  # transformers: + weight * MSE between mapped layers' hidden states (teacher runs per batch)
+    inherit: bool = True  # students start from the teacher's weights; false: fresh init, as N2N was published
     reconstruct: int = 0  # training samples for a least-squares re-fit of inherited layers before distilling (0: off)
     optimizer: str = "adam"  # "adam" | "sgd"
     schedule: str = "constant"  # "constant" | "cosine"

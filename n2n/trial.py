@@ -81,7 +81,7 @@ def evaluate(space: SearchSpace, spec: StudentSpec, ctx: Context, report=None,
     start = time.perf_counter()
     params, flops = space.params(spec), space.flops(spec)
     try:
-        student = space.build(spec, inherit=True, seed=ctx.seed)
+        student = space.build(spec, inherit=ctx.distill.inherit, seed=ctx.seed)
         if ctx.distill.reconstruct:  # start from the teacher's features, not only its weights
             student = space.reconstruct(student, spec, ctx.x_train[: ctx.distill.reconstruct])
     except Exception as e:  # a spec that validated but could not be built: a bug worth surfacing

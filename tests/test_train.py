@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from n2n.train import DistillConfig, distill, distill_loss
+from n2n.train import DistillConfig, distill, distill_loss, predict
 
 
 def test_diverging_distillation_stops_with_a_reason():
@@ -39,3 +39,24 @@ def test_distillation_moves_the_student_toward_the_teacher():
     before = (student(x).argmax(1) == y).float().mean().item()
     res = distill(student, x, y, t, x, y, DistillConfig(epochs=20, lr=1e-2))
     assert res.failure is None and res.epochs == 20 and res.val_accuracy > max(0.95, before + 0.2)
+
+
+def test_trials_inherit_the_teachers_weights_unless_told_not_to(small_teacher, mnist1d):
+    """`distill.inherit: false` is N2N as published: the same student, freshly initialised."""
+    from dataclasses import replace
+
+    from envs import Reference, RewardConfig
+    from n2n.trial import Context, evaluate
+    from search_spaces import StudentSpec, space_for
+
+    model, arch, val_acc = small_teacher
+    space = space_for(model, (1, 40))
+    spec = StudentSpec([], [0.9 if u.shrinkable else 1.0 for u in space.units])  # every layer at 90%
+    ds = mnist1d
+    tiny_lr = DistillConfig(epochs=1, lr=1e-9)  # distillation changes nothing: what the student starts from shows
+    ctx = Context(arch, model.state_dict(), (1, 40), tuple(space.ratios), ds.x_train, ds.y_train, predict(model, ds.x_train),
+                  ds.x_val, ds.y_val, tiny_lr, Reference(1, 1, val_acc), RewardConfig(), "unused")
+    inherited, _ = evaluate(space, spec, ctx)
+    fresh, _ = evaluate(space, spec, replace(ctx, distill=replace(tiny_lr, inherit=False)))
+    # here: inherited 0.92 of the teacher's 0.98, fresh 0.10 (chance)
+    assert inherited.accuracy > val_acc - 0.25 and fresh.accuracy < 0.25, (inherited.accuracy, fresh.accuracy, val_acc)
