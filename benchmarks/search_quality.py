@@ -12,7 +12,8 @@ finalists. Per search it records: the exported student (the smallest finalist wi
 validation) with its test accuracy; the largest compression within 1.0 and 2.0 points of the teacher
 on validation among the search's candidates; the same on test among the finalists (distilled
 longer); the anytime curve (the largest compression within `--drop` after every 10 candidates); wall
-time. Writes benchmarks/results/search_quality.json (rows, and means per agent).
+time. Writes benchmarks/results/search_quality.json (rows, and means per agent) and
+search_quality.png (the anytime curves, mean over seeds).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def analyse(run_dir: Path, drop: float) -> dict:
 
 
 def mean_of(rows: list[dict], agent: str, key: str):
-    vals = [r[key] for r in rows if r["agent"] == agent]
+    vals = [r.get(key) for r in rows if r["agent"] == agent]  # (no finalists: no finalist figures)
     if not vals:
         return None
     # a search that found nothing within the drop counts as 1x (no compression)
@@ -85,6 +86,28 @@ def summarise(rows: list[dict]) -> dict:
             "within_1_test_finalists", "within_2_test_finalists", "wall_seconds", "candidates")
     return {a: {"seeds": sorted(r["seed"] for r in rows if r["agent"] == a), **{k: mean_of(rows, a, k) for k in keys}}
             for a in dict.fromkeys(r["agent"] for r in rows)}
+
+
+def plot(rows: list[dict], drop: float, path: Path) -> None:
+    """The anytime curves: per agent, the mean over seeds of the largest compression within the drop
+    (validation) after every 10 candidates (a search with none counts 1x)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for agent in dict.fromkeys(r["agent"] for r in rows):
+        curves = [r["anytime_within_drop_val"] for r in rows if r["agent"] == agent]
+        n = max(len(c) for c in curves)
+        mean = [statistics.fmean((c[i] if i < len(c) else c[-1]) or 1.0 for c in curves) for i in range(n)]
+        ax.plot([10 * (i + 1) for i in range(n)], mean, marker="o", ms=3, label=f"{agent} ({len(curves)} seeds)")
+    ax.set(xlabel="candidates trained", ylabel=f"x smaller, within {drop:g} point (val)",
+           title="Largest compression within the target so far")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main():
@@ -125,6 +148,7 @@ def main():
             out["means"] = summarise(out["rows"])
             print(json.dumps({k: v for k, v in row.items() if k != "finalists_test"}), flush=True)
             path.write_text(json.dumps(out, indent=2) + "\n")  # after every search: partial results survive
+    plot(out["rows"], args.drop, path.with_suffix(".png"))
     if not args.source:
         ray.shutdown()
 

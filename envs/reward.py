@@ -99,6 +99,15 @@ class RewardConfig:
         return miss
 
 
+def size_of(rec: dict, cfg: RewardConfig) -> float:
+    """A record's size for ranking students: params or FLOPs; for latency the student's relative to
+    the teacher timed beside it, since raw milliseconds of unlike workers do not compare."""
+    if cfg.compression == "latency":
+        ok = rec.get("latency_ms") and rec.get("teacher_latency_ms")
+        return rec["latency_ms"] / rec["teacher_latency_ms"] if ok else math.inf
+    return rec[cfg.size_key]
+
+
 def compression(ev: Evaluation, ref: Reference, cfg: RewardConfig = RewardConfig()) -> float:
     if cfg.compression == "flops":
         return 1.0 - ev.flops / ref.flops

@@ -88,7 +88,7 @@ class LatencyConfig:
     batch_size: int = 1  # inputs per forward pass (taken from the validation split)
     threads: int = 1  # torch threads while measuring on CPU; 0: leave as the worker has them
     warmup: int = 5  # passes first, not timed
-    repeats: int = 30  # timed passes of each model, interleaved; the median counts
+    repeats: int = 30  # timed passes of each model, interleaved; the median counts (0: not measured)
 
 
 @dataclass
@@ -142,7 +142,10 @@ class Config:
             (self.latency.batch_size >= 1, f"latency.batch_size: expected >= 1, got {self.latency.batch_size}"),
             (self.latency.threads >= 0, f"latency.threads: expected >= 0, got {self.latency.threads}"),
             (self.latency.warmup >= 0, f"latency.warmup: expected >= 0, got {self.latency.warmup}"),
-            (self.latency.repeats >= 3, f"latency.repeats: expected >= 3 (a median), got {self.latency.repeats}"),
+            (self.latency.repeats == 0 or self.latency.repeats >= 3,
+             f"latency.repeats: expected 0 (not measured) or >= 3 (a median), got {self.latency.repeats}"),
+            (self.latency.repeats or (self.reward.compression != "latency" and self.target.max_latency_ms is None),
+             "latency.repeats: 0 turns latency off, but reward.compression: latency or target.max_latency_ms needs it"),
             (self.finalists.k >= 0, f"finalists.k: expected >= 0, got {self.finalists.k}"),
             (self.finalists.epochs >= 1, f"finalists.epochs: expected >= 1, got {self.finalists.epochs}"),
             (self.early_stop.grace_period >= 1, f"early_stop.grace_period: expected >= 1 (epochs), got {self.early_stop.grace_period}"),

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from agents import Candidate, make_agent
-from envs import CompressionEnv, Evaluation, Reference, RewardConfig, compression, reward
+from envs import CompressionEnv, Evaluation, Reference, RewardConfig, compression, reward, size_of
 from search_spaces import SearchSpace, StudentSpec
 
 from .models import write_json
@@ -115,9 +115,8 @@ class SearchDriver:
         underrates students, so reach is the allowed drop plus 2 points); otherwise the best by reward."""
         k = self.budgets.get("finalists", 0)
         ok = [r for r in self.records if r["stage"] != "finalists" and r["failure"] is None and r["reward"] > -1]
-        size = self.reward_config.size_key
         front, best_acc = [], -1.0
-        for r in sorted(ok, key=lambda r: (r[size], -r["accuracy"])):
+        for r in sorted(ok, key=lambda r: (size_of(r, self.reward_config), -r["accuracy"])):
             if r["accuracy"] > best_acc:
                 front.append(r)
                 best_acc = r["accuracy"]

@@ -10,12 +10,13 @@ import torch
 from dataclasses import replace
 from pathlib import Path
 
+from envs import size_of
 from search_spaces import StudentSpec, count_params
 
 from .config import Config, from_dict
 from .deploy import require_onnx, check_onnx, to_onnx
 from .errors import RunError
-from .models import RawInput, build_model, check_replaceable, load_weights, save_model, write_json
+from .models import RawInput, build_model, check_replaceable, device_for, load_weights, save_model, write_json
 from .runfolder import RunLock, read_records, read_run
 from .search import OpenRun, check_teacher
 from .train import accuracy, distill, predict
@@ -109,13 +110,13 @@ def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: P
         if ranked[rank - 1] not in done:
             raise RunError(f"--rank {rank}: that candidate was stopped early and saved no weights")
         return ranked[rank - 1], f"--rank {rank} by reward"
-    size = cfg.reward_config().size_key
+    rc = cfg.reward_config()
     finalists = [r for r in done if r["stage"] == "finalists"]
     pool, what = (finalists, "finalist") if finalists else (done, "candidate")
     if cfg.target.is_set():
         meeting = [r for r in pool if cfg.target.met_by(r, teacher_accuracy)]
         if meeting:
-            return min(meeting, key=lambda r: (r[size], -r["accuracy"])), f"the smallest {what} that meets the target"
+            return min(meeting, key=lambda r: (size_of(r, rc), -r["accuracy"])), f"the smallest {what} that meets the target"
         return pool[0], f"no {what} meets the target; the best {what} by reward"
     stopped = "" if finalists or pool[0] is ranked[0] else " that finished (the best was stopped early, without weights)"
     return pool[0], f"the best {what} by reward{stopped}"
@@ -143,7 +144,7 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         ft = replace(cfg.distill, epochs=finetune_epochs, ce_weight=max(cfg.distill.ce_weight, 1.0), schedule="cosine")
         log(f"fine-tuning for {finetune_epochs} epochs (distillation + cross-entropy)")
         distill(student, ds.x_train, ds.y_train, predict(teacher, ds.x_train), ds.x_val, ds.y_val, ft,
-                seed=cfg.seed, device=cfg.resources.device if cfg.resources.device != "auto" else "cpu")
+                seed=cfg.seed, device=device_for(cfg.resources.device))  # a GPU when there is one
         student.cpu()
     assert count_params(student) == best["params"] == space.params(spec)  # the spec's prediction is exact
     tokenizer = _teacher_tokenizer(Path(meta["teacher_folder"])) if arch["family"] == "hf-encoder" else None
@@ -166,7 +167,8 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         "stage": best["stage"], "chosen_because": why,
         # as the search measured them, side by side on the trial's device (None in runs made before)
         "latency_ms": best.get("latency_ms"), "teacher_latency_ms": best.get("teacher_latency_ms"),
-        "latency_measured": {"device": best.get("device"), **dataclasses.asdict(cfg.latency)},
+        "latency_measured": {"device": best.get("device"), "node": best.get("node"), **dataclasses.asdict(cfg.latency)}
+        if best.get("latency_ms") else None,
         "finetune_epochs": finetune_epochs, "times_smaller": round(meta["reference"]["params"] / params, 2),
         "teacher": {"params": meta["reference"]["params"], "val_accuracy": meta["reference"]["accuracy"],
                     "test_accuracy": meta["teacher"]["test_accuracy"]},

@@ -27,6 +27,7 @@ def leaderboard(records: list[dict], teacher_size: float, top: int = 10, size: s
     rows = sorted((r for r in records if r["failure"] is None), key=lambda r: -r["reward"])[:top]
     lat = size == "latency_ms"
     show = (lambda v: f"{v:.3f}") if lat else (lambda v: f"{v:,}")
+    rows = [r for r in rows if r.get(size) is not None]  # (latency of a run that did not measure it)
     w = max([len(show(r[size])) for r in rows] + [len(size)])  # 8-digit counts keep their column
     extra = not lat and any(r.get("latency_ms") for r in rows)
     lines = [f"{'#':>2} {'stage':9} {size:>{w}} {'smaller':>9} {'val acc':>7} {'reward':>7}"
@@ -85,7 +86,7 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     fig.savefig(out_dir / "reward_curve.png", dpi=120)
     plt.close(fig)
 
-    ok = [r for r in records if r["failure"] is None]
+    ok = [r for r in records if r["failure"] is None and r.get(size) is not None]
     fig, ax = plt.subplots(figsize=(6, 4))
     for stage in dict.fromkeys(r["stage"] for r in ok):
         rs = [r for r in ok if r["stage"] == stage]

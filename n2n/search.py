@@ -77,7 +77,7 @@ def make_context(meta: dict, cfg: Config, run_dir: Path, loaded: tuple, factorie
                    tuple(cfg.search.ratios), ds.x_train, ds.y_train, t_logits, ds.x_val, ds.y_val, cfg.distill,
                    Reference(**meta["reference"]), cfg.reward_config(), str(run_dir / "results"), cfg.resources.device, cfg.seed,
                    cfg.search.uniform_widths, per_epoch=cfg.early_stop.enabled, factories=tuple(factories),
-                   latency=cfg.latency)
+                   latency=cfg.latency if cfg.latency.repeats else None)
 
 
 def check_labels(teacher, ds, dataset: str, exact: bool = False) -> None:
@@ -198,6 +198,24 @@ def ray_session(address: str | None, log=print):
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def check_resources(cfg: Config, remote: bool, log=print) -> None:
+    """A trial that asks for more CPUs or GPUs than any Ray node has waits forever, silently (Tune
+    keeps it pending): refuse it on this machine, warn on a cluster (an autoscaler may add a node)."""
+    import ray
+
+    res = cfg.resources
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(r.get("CPU", 0) >= res.cpus_per_trial and r.get("GPU", 0) >= res.gpus_per_trial for r in nodes):
+        return
+    have = "; ".join(f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU" for r in nodes)
+    msg = (f"resources: a trial asks for {res.cpus_per_trial:g} CPU and {res.gpus_per_trial:g} GPU, but no Ray node "
+           f"has that (nodes: {have})")
+    if remote:
+        log(f"warning: {msg}; trials wait until the cluster has such a node")
+        return
+    raise ConfigError(f"{msg}; lower resources.cpus_per_trial or resources.gpus_per_trial (0 without a GPU)")
+
+
 def _trainable(ctx: Context, cfg: Config):
     from ray import tune
 
@@ -280,21 +298,23 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
     if run_dir.exists():  # before training a teacher: the same check again at creation
         raise RunError(f"{run_dir} already exists; resume it with `n2n resume {run_dir}` or choose another --name")
     meta, (teacher, arch, ds, space) = prepare_run(cfg, factories, log)
-    with ray_session(address, log), create_run(run_dir, meta):
-        log = teed(log, run_dir)
-        ref = meta["reference"]
-        log(f"teacher: {ref['params']:,} params, val acc {ref['accuracy']:.4f}, "
-            f"test acc {meta['teacher']['test_accuracy']:.4f}, {space.n_units} units")
-        for name, why in getattr(space, "untouched", {}).items():  # generic modules: say what stays as it is
-            log(f"  left untouched: {name} ({why})")
-        driver = make_driver(cfg, space, meta, run_dir, log)
-        driver.save()
-        ctx = make_context(meta, cfg, run_dir, (teacher, arch, ds), factories)
-        plan = " and ".join(f"{s} {cfg.budget(s)}" for s in cfg.search.stages) + " candidates"
-        if cfg.finalists.k:
-            plan += f", then {cfg.finalists.k} finalists at {cfg.finalists.epochs} epochs"
-        log(f"search {run_dir.name}: agent {cfg.search.agent}; {plan}; {cfg.search.concurrency} trials at a time")
-        _fit(run_dir, ctx, cfg, driver)
+    with ray_session(address, log):
+        check_resources(cfg, remote=bool(address), log=log)  # before the run folder exists
+        with create_run(run_dir, meta):
+            log = teed(log, run_dir)
+            ref = meta["reference"]
+            log(f"teacher: {ref['params']:,} params, val acc {ref['accuracy']:.4f}, "
+                f"test acc {meta['teacher']['test_accuracy']:.4f}, {space.n_units} units")
+            for name, why in getattr(space, "untouched", {}).items():  # generic modules: say what stays as it is
+                log(f"  left untouched: {name} ({why})")
+            driver = make_driver(cfg, space, meta, run_dir, log)
+            driver.save()
+            ctx = make_context(meta, cfg, run_dir, (teacher, arch, ds), factories)
+            plan = " and ".join(f"{s} {cfg.budget(s)}" for s in cfg.search.stages) + " candidates"
+            if cfg.finalists.k:
+                plan += f", then {cfg.finalists.k} finalists at {cfg.finalists.epochs} epochs"
+            log(f"search {run_dir.name}: agent {cfg.search.agent}; {plan}; {cfg.search.concurrency} trials at a time")
+            _fit(run_dir, ctx, cfg, driver)
     return _finish(run_dir, driver, log)
 
 
@@ -361,5 +381,6 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
             return _finish(run_dir, driver, log)
         log(f"resuming {run_dir.name}: {len(driver.records)} candidates so far, stage {driver.stage}")
         with ray_session(address, log):
+            check_resources(cfg, remote=bool(address), log=log)
             _fit(run_dir, make_context(meta, cfg, run_dir, (run.teacher, run.arch, run.ds), factories), cfg, driver)
     return _finish(run_dir, driver, log)

@@ -8,6 +8,7 @@ built-in data has no augmentation (with augmentation the teacher would have to r
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -66,6 +67,21 @@ def space_of(ctx: Context) -> SearchSpace:
     return _SPACES[key]
 
 
+_ON_DEVICE: dict[tuple, torch.nn.Module] = {}  # per worker process: the teacher's copy on an accelerator
+
+
+def teacher_on(space: SearchSpace, ctx: Context, device: torch.device) -> torch.nn.Module:
+    """The teacher on `device`, for timing and hidden-state targets. On an accelerator a copy: the
+    space's own teacher stays on the CPU, where every student is built (sliced) from it."""
+    if device.type == "cpu":
+        return space.teacher
+    key = (ctx.results_dir, str(device))
+    if key not in _ON_DEVICE:
+        _ON_DEVICE.clear()
+        _ON_DEVICE[key] = copy.deepcopy(space.teacher).to(device).eval()
+    return _ON_DEVICE[key]
+
+
 def metrics_of(ev: Evaluation, ctx: Context, epoch: int) -> dict:
     return {**ev.to_dict(), "failed": ev.failure is not None, "failure": ev.failure or "",
             "reward": reward(ev, ctx.reference, ctx.reward), "compression": compression(ev, ctx.reference, ctx.reward),
@@ -87,25 +103,27 @@ def evaluate(space: SearchSpace, spec: StudentSpec, ctx: Context, report=None,
     except Exception as e:  # a spec that validated but could not be built: a bug worth surfacing
         return Evaluation(0.0, params, flops, failure=f"build failed: {e}"), None
 
+    device = device_for(ctx.device)
+    teacher = teacher_on(space, ctx, device)
+    latency = (None, None)
+    if ctx.latency is not None:  # before distillation (the weights do not change the compute), so every
+        lat = ctx.latency        # per-epoch report carries it too: early stopping can rank on it
+        x = ctx.x_val[torch.arange(lat.batch_size) % len(ctx.x_val)]  # (batch_size, *input): real inputs
+        latency = tuple(latency_ms([student.to(device), teacher], x, threads=lat.threads, warmup=lat.warmup,
+                                   repeats=lat.repeats))
+
     def on_epoch(epoch, acc):
-        ev = Evaluation(acc, params, flops, epoch + 1, time.perf_counter() - start)
+        ev = Evaluation(acc, params, flops, epoch + 1, time.perf_counter() - start, 0.0, None, *latency)
         report(metrics_of(ev, ctx, epoch + 1))
 
-    device = device_for(ctx.device)
     hidden = None
     pairs = space.hidden_map(spec) if ctx.distill.hidden_weight else None
     if pairs:
-        hidden = HiddenTarget(space.teacher.to(device), pairs, space.hidden_states)
+        hidden = HiddenTarget(teacher, pairs, space.hidden_states)
     res = distill(student, ctx.x_train, ctx.y_train, ctx.t_logits, ctx.x_val, ctx.y_val, ctx.distill,
                   seed=ctx.seed, device=device, on_epoch=on_epoch if report else None, hidden=hidden)
-    latency = (None, None)
-    if ctx.latency is not None and res.failure is None:  # on the device the student trained on
-        lat = ctx.latency
-        x = ctx.x_val[torch.arange(lat.batch_size) % len(ctx.x_val)]  # (batch_size, *input): real inputs
-        latency = tuple(latency_ms([student.to(device), space.teacher.to(device)], x, threads=lat.threads,
-                                   warmup=lat.warmup, repeats=lat.repeats))
     ev = Evaluation(res.val_accuracy, params, flops, res.epochs, time.perf_counter() - start, res.train_seconds,
-                    res.failure, *latency)
+                    res.failure, *(latency if res.failure is None else (None, None)))
     return ev, student.cpu()
 
 

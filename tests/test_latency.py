@@ -46,6 +46,32 @@ def test_a_search_on_latency_records_rewards_exports_and_reports_it(ray_session,
     metrics = export_best(run, tmp_path / "student", log=lambda *_: None)
     chosen = next(r for r in recs if r["key"] == metrics["key"])
     assert metrics["latency_ms"] == chosen["latency_ms"] and metrics["teacher_latency_ms"] == chosen["teacher_latency_ms"]
-    assert metrics["latency_measured"] == {"device": "cpu", "batch_size": 1, "threads": 1, "warmup": 5, "repeats": 10}
+    measured = metrics["latency_measured"]
+    assert measured.pop("node") == chosen["node"] and len(chosen["node"]) == 56  # the Ray node it was timed on
+    assert measured == {"device": "cpu", "batch_size": 1, "threads": 1, "warmup": 5, "repeats": 10}
     header, first = make_report(run).splitlines()[1:3]
     assert header.split()[2] == "latency_ms" and first.split()[2] == f"{chosen['latency_ms']:.3f}"
+
+
+def test_every_epoch_report_carries_latency_so_early_stopping_can_rank_on_it(small_teacher, mnist1d):
+    from envs import RewardConfig
+    from n2n.config import LatencyConfig
+    from n2n.train import DistillConfig, predict
+    from n2n.trial import Context, evaluate
+    from search_spaces import StudentSpec, space_for
+
+    model, arch, val_acc = small_teacher
+    space = space_for(model, (1, 40))
+    spec = StudentSpec([], [0.25 if u.shrinkable else 1.0 for u in space.units])  # a quarter of every layer
+    ds = mnist1d
+    ctx = Context(arch, model.state_dict(), (1, 40), tuple(space.ratios), ds.x_train[:512], ds.y_train[:512],
+                  predict(model, ds.x_train[:512]), ds.x_val, ds.y_val, DistillConfig(epochs=2),
+                  Reference(1, 1, val_acc), RewardConfig(compression="latency"), "unused",
+                  latency=LatencyConfig(repeats=5, warmup=1))
+    reports = []
+    ev, _ = evaluate(space, spec, ctx, report=reports.append)
+    assert [r["epoch"] for r in reports] == [1, 2]
+    for r in reports:  # the final figures' latency, in every epoch's report
+        assert r["latency_ms"] == ev.latency_ms and r["teacher_latency_ms"] == ev.teacher_latency_ms
+        ev_r = Evaluation.from_dict({**r, "failure": None})  # a report says "" for no failure
+        assert r["reward"] == pytest.approx(reward(ev_r, ctx.reference, ctx.reward)) and r["reward"] > -1

@@ -248,7 +248,11 @@ def test_onnx_export_that_fails_writes_nothing_and_says_why(finished_run, tmp_pa
     def untraceable(*a, **k):
         raise RuntimeError("Unsupported operator aten::weird\nlong exporter report")
 
+    def no_finetuning(*a, **k):
+        raise AssertionError("fine-tuning started before the ONNX trace was tried")
+
     monkeypatch.setattr(torch.onnx, "export", untraceable)
+    monkeypatch.setattr("n2n.export.distill", no_finetuning)
     trained = (finished_run / "results" / "trained.log").read_text()
     # with --finetune-epochs the trace is tried first: the failure comes before minutes of fine-tuning
     status, err = _main(capsys, "export", finished_run, "--out", tmp_path / "o", "--onnx", "--finetune-epochs", "50")
@@ -271,6 +275,18 @@ def test_a_damaged_n2n_json_is_one_line(finished_run, tmp_path, capsys, content)
 
 
 # -- hostile or damaged inputs ----------------------------------------------------------------------
+
+def test_a_trial_no_node_can_hold_is_refused_not_left_waiting(ray_session, tiny_config, tmp_path):
+    """Tune would keep such a trial pending forever, with nothing said (the session has 2 CPUs, 1 GPU)."""
+    from n2n.errors import ConfigError
+
+    for over, asked in (({"resources.gpus_per_trial": 2.0}, "1 CPU and 2 GPU"),
+                        ({"resources.cpus_per_trial": 64.0}, "64 CPU and 0 GPU")):
+        cfg = load_config(tiny_config, over)
+        with pytest.raises(ConfigError, match=f"a trial asks for {asked}, but no Ray node has that"):
+            run_search(cfg, tmp_path / "runs" / "never", log=lambda *_: None)
+        assert not (tmp_path / "runs").exists()
+
 
 def test_address_where_no_cluster_answers_fails_fast_before_writing(tmp_path, capsys):
     import time

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,6 +94,14 @@ def test_fractional_gpu_packs_two_trials_on_one_logical_gpu(ray_session, tiny_co
     spans = sorted((r["started"], r["ended"]) for r in recs)
     overlaps = sum(a_end > b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
     assert overlaps >= 1  # two 0.5-GPU trials ran at the same time on the single GPU
+
+
+def test_gpu_check_skips_with_a_message_where_torch_sees_no_gpu():
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py")], capture_output=True, text=True,
+                       env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("gpu_check: skipped: torch ") and "sees no CUDA device" in r.stdout
+    assert not (root / "benchmarks" / "results" / "gpu_check.json").exists()  # figures only from a GPU
 
 
 def test_leaderboard_columns_hold_8_digit_counts_and_follow_the_reward_size():
