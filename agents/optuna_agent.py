@@ -3,7 +3,8 @@
 One categorical parameter per unit of the stage that has a choice: ``u{i}`` in {0 keep, 1 remove}
 (removal) or the index of a ratio (shrink). TPE is pinned explicitly (Optuna 5 changed its defaults:
 multivariate + constant liar, which suits batches of pending candidates). ``objective="multi"`` asks
-NSGA-II for the (accuracy, params) front instead of the scalar reward.
+NSGA-II for the (accuracy, size) front instead of the scalar reward, size being what the reward
+compresses (params, FLOPs or latency) relative to the teacher.
 
 State: the study's finished trials and the pending candidates as plain data. The sampler is reseeded
 from (seed, number of asks) before each ask, so a restored agent proposes exactly what an
@@ -18,6 +19,8 @@ import optuna
 from optuna.distributions import CategoricalDistribution, distribution_to_json, json_to_distribution
 from optuna.trial import TrialState, create_trial
 
+from envs import compression
+
 from .base import Agent, Candidate
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -25,7 +28,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 @dataclass
 class OptunaOptions:
-    objective: str = "reward"  # "reward": TPE on the reward; "multi": NSGA-II on (accuracy, params)
+    objective: str = "reward"  # "reward": TPE on the reward; "multi": NSGA-II on (accuracy, relative size)
     n_startup_trials: int = 10  # random candidates before TPE models the results
 
     def __post_init__(self):
@@ -90,8 +93,9 @@ class OptunaAgent(Agent):
         if self.objective == "reward":
             return reward
         if evaluation is None:  # invalid: the worst corner of the front
-            return [0.0, float(self.env.reference.params)]
-        return [evaluation.accuracy, float(evaluation.params)]
+            return [0.0, 1.0]
+        # size relative to the teacher's, in what the reward compresses (params, FLOPs or latency)
+        return [evaluation.accuracy, 1.0 - compression(evaluation, self.env.reference, self.env.reward_config)]
 
     def tell(self, cid, reward, evaluation=None):
         self._check_told(cid, reward)

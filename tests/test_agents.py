@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from agents import AGENTS, make_agent, run
-from envs import CompressionEnv, ProxyEvaluator, Reference, demo_space, reward
+from envs import CompressionEnv, ProxyEvaluator, Reference, RewardConfig, demo_space, reward
 from n2n.models import vgg_layers
 from search_spaces import SequentialSpace, layers_to_module
 
@@ -158,11 +158,20 @@ def test_stable_baselines3_ppo_drives_the_env(space):
         assert r == pytest.approx(reward(env.evaluator(info["spec"]), env.reference)) and 0 < r < 1
 
 
-def test_optuna_nsga2_tracks_the_accuracy_size_front(space):
-    agent = make_agent("optuna", _env(space, "shrink"), seed=0, objective="multi")
+@pytest.mark.parametrize("size", ["params", "flops"])
+def test_optuna_nsga2_tracks_the_accuracy_size_front(space, size):
+    """The front is over the size the reward compresses, relative to the teacher's."""
+    env = _env(space, "shrink")
+    env.reward_config = RewardConfig(compression=size)
+    agent = make_agent("optuna", env, seed=0, objective="multi")
     proxy = ProxyEvaluator(space)
     run(agent, proxy, 30)
     front = agent.best_trials()
     assert front and all(len(t.values) == 2 for t in front)
-    for t in front:  # no point of the front is dominated by another
+    teacher = env.reference.params if size == "params" else env.reference.flops
+    for t in front:
+        spec = env.spec_from_actions(agent._actions(t.params))
+        measured = space.params(spec) if size == "params" else space.flops(spec)
+        assert t.values[1] == pytest.approx(measured / teacher)  # the size NSGA-II saw is the reward's
+        # no point of the front is dominated by another
         assert not any(o.values[0] >= t.values[0] and o.values[1] < t.values[1] for o in front)
