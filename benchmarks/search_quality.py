@@ -74,10 +74,11 @@ def analyse(run_dir: Path, drop: float) -> dict:
 
 
 def mean_of(rows: list[dict], agent: str, key: str):
-    vals = [r.get(key) for r in rows if r["agent"] == agent]  # (no finalists: no finalist figures)
+    # a row without the key (no finalists: no finalist figures) does not count; a search that
+    # found nothing within the drop (None) counts as 1x, no compression
+    vals = [r[key] for r in rows if r["agent"] == agent and key in r]
     if not vals:
         return None
-    # a search that found nothing within the drop counts as 1x (no compression)
     return round(statistics.fmean(v if v is not None else 1.0 for v in vals), 2)
 
 
