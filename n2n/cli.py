@@ -96,7 +96,10 @@ def _search(args) -> int:
     from .config import load_config
     from .search import run_search
 
-    cfg = load_config(args.config, _overrides(args.set))
+    over = _overrides(args.set)
+    if args.storage:
+        over["resources.storage"] = args.storage
+    cfg = load_config(args.config, over)
     name = args.name or time.strftime("search-%Y%m%d-%H%M%S")
     summary = run_search(cfg, Path(args.runs_dir) / name, address=args.address, factories=args.allow_factory)
     return _status(summary)
@@ -164,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="run name (default: search-DATE-TIME); the run goes to RUNS_DIR/NAME")
     s.add_argument("--runs-dir", default="runs")
     s.add_argument("--address", help="an existing Ray cluster (e.g. auto); without it a local Ray starts")
+    s.add_argument("--storage", metavar="URI", help="a cluster without a shared disk: where trials leave results, "
+                   "a URI every node reaches (s3://bucket/runs); same as --set resources.storage=URI")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. search.agent=optuna")
     s.add_argument("--allow-factory", action="append", default=[], metavar="PKG.MOD:FN",
                    help="let a model folder's arch.json import and call this factory (your own module class); "

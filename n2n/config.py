@@ -44,6 +44,7 @@ class ResourcesConfig:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0  # fractional values pack several trials on one GPU
     device: str = "auto"  # auto: cuda when the worker sees a GPU, else cpu
+    storage: str = ""  # a URI every node reaches (s3://bucket/runs): trials leave results there (n2n.storage)
 
 
 @dataclass
@@ -134,6 +135,8 @@ class Config:
             (self.resources.gpus_per_trial >= 0, "resources.gpus_per_trial: expected >= 0"),
             (valid_device(self.resources.device),
              f"resources.device: expected auto, cpu, cuda, cuda:N or mps, got {self.resources.device!r}"),
+            (not self.resources.storage or "://" in self.resources.storage,
+             f"resources.storage: expected a URI such as s3://bucket/runs or file:///mnt/shared, got {self.resources.storage!r}"),
             (self.reward.kind in ("auto", "n2n", "target"), f"reward.kind: expected auto, n2n or target, got {self.reward.kind!r}"),
             (self.target.max_accuracy_drop is None or self.target.max_accuracy_drop >= 0,
              f"target.max_accuracy_drop: expected >= 0 (points), got {self.target.max_accuracy_drop}"),

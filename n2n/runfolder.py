@@ -7,7 +7,8 @@
       candidates.json     every trained candidate (what people, `export` and `report` read)
       summary.json        kept current
       n2n.log             every line the search and its resumes printed, with the time
-      results/            per-candidate metrics (KEY.json) and weights (KEY.safetensors), from the trials;
+      results/            per-candidate metrics (KEY.json) and weights (KEY.safetensors), from the trials
+                          (or fetched from resources.storage, n2n.storage);
                           KEY.traceback.txt for a trial that raised; trained.log, one line per training
       tune/session-N/     Ray Tune's experiment of each session: logs only, n2n never reads it back
       .lock               held (flock) by the one n2n process working on the run

@@ -26,6 +26,7 @@ from .driver import SearchDriver
 from .errors import ConfigError, RunError
 from .models import load_model, weights_digest
 from .runfolder import TUNE, RunLock, create_run, load_state, read_records, read_run
+from .storage import Fetcher, RemoteResults
 from .teachers import cached_teacher
 from .train import accuracy, predict
 from .trial import Context
@@ -75,9 +76,14 @@ def make_context(meta: dict, cfg: Config, run_dir: Path, loaded: tuple, factorie
     t_logits = predict(teacher, ds.x_train)  # (N_train, classes)
     return Context(arch, {k: v.contiguous() for k, v in teacher.state_dict().items()}, tuple(meta["input_shape"]),
                    tuple(cfg.search.ratios), ds.x_train, ds.y_train, t_logits, ds.x_val, ds.y_val, cfg.distill,
-                   Reference(**meta["reference"]), cfg.reward_config(), str(run_dir / "results"), cfg.resources.device, cfg.seed,
+                   Reference(**meta["reference"]), cfg.reward_config(), results_location(meta, run_dir), cfg.resources.device, cfg.seed,
                    cfg.search.uniform_widths, per_epoch=cfg.early_stop.enabled, factories=tuple(factories),
                    latency=cfg.latency if cfg.latency.repeats else None)
+
+
+def results_location(meta: dict, run_dir: Path) -> str:
+    """Where the run's trials leave their results: its storage URI, or its own results/ folder."""
+    return meta.get("results_store") or str(run_dir / "results")
 
 
 def check_labels(teacher, ds, dataset: str, exact: bool = False) -> None:
@@ -236,8 +242,9 @@ class _NoTuneRestoreHint(logging.Filter):
         return "Tuner.restore" not in record.getMessage()
 
 
-def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver) -> None:
-    """One Tune experiment (a session) under RUN/tune/session-N, driven by `driver`."""
+def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver, log=print) -> None:
+    """One Tune experiment (a session) under RUN/tune/session-N, driven by `driver`; then every
+    result the run folder lacks is fetched from remote storage."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
@@ -255,9 +262,10 @@ def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver) -> None
     tune_dir = run_dir / TUNE
     session = 1 + sum(1 for p in tune_dir.glob("session-*")) if tune_dir.exists() else 1
     logging.getLogger("ray.tune.tune").addFilter(_NoTuneRestoreHint())
+    fetch = Fetcher(ctx.results_dir, run_dir, log)
     tuner = tune.Tuner(
         _trainable(ctx, cfg),
-        tune_config=tune.TuneConfig(search_alg=N2NSearcher(driver), num_samples=-1, scheduler=scheduler,
+        tune_config=tune.TuneConfig(search_alg=N2NSearcher(driver, fetch), num_samples=-1, scheduler=scheduler,
                                     max_concurrent_trials=cfg.search.concurrency, reuse_actors=True,
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(name=f"session-{session}", storage_path=str(tune_dir), verbose=0,
@@ -265,6 +273,7 @@ def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver) -> None
                                   callbacks=[JsonLoggerCallback()]),
     )
     tuner.fit()
+    fetch.sync(r["key"] for r in driver.records)
 
 
 def _finish(run_dir: Path, driver: SearchDriver, log=print) -> dict:
@@ -298,6 +307,9 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
     if run_dir.exists():  # before training a teacher: the same check again at creation
         raise RunError(f"{run_dir} already exists; resume it with `n2n resume {run_dir}` or choose another --name")
     meta, (teacher, arch, ds, space) = prepare_run(cfg, factories, log)
+    if cfg.resources.storage:  # checked, like everything else, before the run folder exists
+        meta["results_store"] = f"{cfg.resources.storage.rstrip('/')}/{run_dir.name}/results"
+        RemoteResults(meta["results_store"]).check(run_dir)
     with ray_session(address, log):
         check_resources(cfg, remote=bool(address), log=log)  # before the run folder exists
         with create_run(run_dir, meta):
@@ -314,7 +326,7 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
             if cfg.finalists.k:
                 plan += f", then {cfg.finalists.k} finalists at {cfg.finalists.epochs} epochs"
             log(f"search {run_dir.name}: agent {cfg.search.agent}; {plan}; {cfg.search.concurrency} trials at a time")
-            _fit(run_dir, ctx, cfg, driver)
+            _fit(run_dir, ctx, cfg, driver, log)
     return _finish(run_dir, driver, log)
 
 
@@ -376,11 +388,12 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
         if driver.failed:
             raise RunError(f"{run_dir}: this search stopped because {driver.failed}; fix the cause and start a new one")
         driver.save()
+        Fetcher(results_location(meta, run_dir), run_dir, log).sync(r["key"] for r in driver.records)
         if driver.stage is None:
             log(f"{run_dir.name} has finished already")
             return _finish(run_dir, driver, log)
         log(f"resuming {run_dir.name}: {len(driver.records)} candidates so far, stage {driver.stage}")
         with ray_session(address, log):
             check_resources(cfg, remote=bool(address), log=log)
-            _fit(run_dir, make_context(meta, cfg, run_dir, (run.teacher, run.arch, run.ds), factories), cfg, driver)
+            _fit(run_dir, make_context(meta, cfg, run_dir, (run.teacher, run.arch, run.ds), factories), cfg, driver, log)
     return _finish(run_dir, driver, log)

@@ -13,14 +13,15 @@ from .driver import FINISHED, SearchDriver
 
 
 class N2NSearcher(Searcher):
-    def __init__(self, driver: SearchDriver, metric: str = "reward", mode: str = "max"):
+    def __init__(self, driver: SearchDriver, fetch=None, metric: str = "reward", mode: str = "max"):
         # metric/mode here: set_search_properties is not called when param_space is empty.
         super().__init__(metric=metric, mode=mode)
         self.driver = driver
+        self.fetch = fetch  # fetch(key): a trial's result from remote storage into the run folder (n2n.storage)
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["driver"] = None  # lives in the run folder, never in Tune's pickles
+        state["driver"] = state["fetch"] = None  # live in the run folder, never in Tune's pickles
         return state
 
     def suggest(self, trial_id: str):
@@ -28,6 +29,9 @@ class N2NSearcher(Searcher):
         return Searcher.FINISHED if out == FINISHED else out
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        t = self.driver.trials.get(trial_id)
+        if self.fetch and t and not error:  # the files first: a record implies its result is here
+            self.fetch(t["key"])
         self.driver.complete(trial_id, result, error)
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default"):

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import os
 import time
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -23,7 +20,8 @@ from envs import Evaluation, Reference, RewardConfig, compression, reward
 from search_spaces import SearchSpace, StudentSpec
 
 from .deploy import latency_ms
-from .models import build_model, device_for, save_weights, write_json
+from .models import build_model, device_for
+from .storage import open_results
 from .train import DistillConfig, HiddenTarget, distill
 
 
@@ -43,7 +41,7 @@ class Context:
     distill: DistillConfig
     reference: Reference
     reward: RewardConfig
-    results_dir: str  # n2n's per-candidate results (shared storage on a cluster)
+    results_dir: str  # where trials leave results: the run's results/ or a storage URI (n2n.storage)
     device: str = "auto"
     seed: int = 0
     uniform: bool = False  # transformers: one FFN width for all layers
@@ -132,10 +130,10 @@ def run_trial(config: dict, context: Context) -> None:
     from ray import tune
 
     ctx = context
-    results = Path(ctx.results_dir)
-    done = results / f"{config['key']}.json"
-    if done.exists():  # trained before an interruption: report the stored result, train nothing
-        tune.report({**json.loads(done.read_text()), "cached": True})
+    results = open_results(ctx.results_dir)
+    done = results.result(config["key"])
+    if done is not None:  # trained before an interruption: report the stored result, train nothing
+        tune.report({**done, "cached": True})
         return
     import ray
 
@@ -148,26 +146,12 @@ def run_trial(config: dict, context: Context) -> None:
         if type(e).__module__.startswith("ray"):
             raise  # Tune's own control flow (a stopped trial), not a failure of the candidate
         # The reason reaches the run's records and progress line; the traceback stays in results/.
-        (results / f"{config['key']}.traceback.txt").write_text(traceback.format_exc())
+        results.write_text(f"{config['key']}.traceback.txt", traceback.format_exc())
         ev, student = Evaluation(0.0, 0, 0, failure=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]), None
     final = metrics_of(ev, ctx, ev.epochs)
     runtime = ray.get_runtime_context()
     final.update(device=str(device_for(ctx.device)), started=started, ended=time.time(), node=runtime.get_node_id(),
                  gpus=float(runtime.get_assigned_resources().get("GPU", 0.0)))
-    save_result(results, config["key"], student if ev.failure is None else None, final)
+    results.save(config["key"], student.state_dict() if student is not None and ev.failure is None else None, final)
     tune.report(final)
 
-
-def save_result(results: Path, key: str, student: torch.nn.Module | None, final: dict) -> None:
-    """Weights, then the audit line, then the result file (whose presence means "complete").
-
-    The audit trail (results/trained.log, one line per training actually run) comes before the result
-    file: a kill between the two leaves the training logged and, with no result, run again and logged
-    again; never a result whose training is missing from the log."""
-    if student is not None:
-        save_weights(student.state_dict(), results / f"{key}.safetensors")
-    with open(results / "trained.log", "a") as f:
-        f.write(key + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    write_json(results / f"{key}.json", final)

@@ -42,19 +42,24 @@ def cluster():
 
 
 def test_search_runs_on_both_worker_nodes_survives_a_killed_driver_and_exports(cluster, tmp_path):
+    """Trials leave their results in storage (a URI, as on a cluster without a shared disk), and the
+    driver brings them into the run folder."""
     address, worker_ids = cluster
     (tmp_path / "c.yaml").write_text(TINY_CONFIG.replace("removal_budget: 6", "removal_budget: 8\n  stages: [removal]"))
-    run = tmp_path / "runs" / "cl"
+    run, store = tmp_path / "runs" / "cl", tmp_path / "store" / "cl" / "results"
     driver = _n2n("search", tmp_path / "c.yaml", "--name", "cl", "--runs-dir", tmp_path / "runs", "--address", address,
-                  wait=False)
+                  "--storage", f"file://{tmp_path}/store", wait=False)
     deadline = time.time() + 300
     while len(_records(run)) < 3 and driver.poll() is None and time.time() < deadline:
         time.sleep(0.5)
     assert driver.poll() is None, f"the search ended early: {driver.stderr.read()}"
     driver.send_signal(signal.SIGKILL)  # the driver dies; the cluster lives on
     driver.wait()
-    before = len(_records(run))
-    assert 3 <= before < 8
+    before = _records(run)
+    assert 3 <= len(before) < 8
+    lost = before[0]["key"]  # as if the driver died before fetching it: the store still has it
+    (run / "results" / f"{lost}.json").unlink()
+    (run / "results" / f"{lost}.safetensors").unlink()
     r = _n2n("resume", run, "--address", address)
     assert r.returncode == 0, r.stderr
     recs = _records(run)
@@ -63,7 +68,12 @@ def test_search_runs_on_both_worker_nodes_survives_a_killed_driver_and_exports(c
     assert {r["node"] for r in recs if not r["cached"]} == worker_ids
     trained = (run / "results" / "trained.log").read_text().split()
     assert len(trained) == len(set(trained))  # nothing trained twice across the kill
-    assert all((run / "results" / f"{r['key']}.json").exists() for r in recs)  # every result reached the run folder
+    assert json.loads((run / "n2n.json").read_text())["results_store"] == f"file://{store}"
+    for rec in recs:  # every result reached the store, and from there the run folder
+        assert json.loads((store / f"{rec['key']}.json").read_text()) == json.loads(
+            (run / "results" / f"{rec['key']}.json").read_text())
+        assert (store / f"{rec['key']}.safetensors").read_bytes() == (run / "results" / f"{rec['key']}.safetensors").read_bytes()
+    assert lost in trained
     r = _n2n("export", run, "--out", tmp_path / "student")
     assert r.returncode == 0, r.stderr
     metrics = json.loads((tmp_path / "student" / "metrics.json").read_text())

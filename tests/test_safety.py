@@ -345,16 +345,16 @@ def test_labels_outside_the_teachers_classes_are_refused_before_the_run_exists(s
 
 def test_trained_log_is_written_before_the_result(small_teacher, tmp_path, monkeypatch):
     """A kill between the audit line and the result file must leave the training in the audit log."""
-    import n2n.trial as trial
+    import n2n.storage as storage
 
     model, _, _ = small_teacher
 
     def killed(path, obj):
         raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(trial, "write_json", killed)
+    monkeypatch.setattr(storage, "write_json", killed)
     with pytest.raises(KeyboardInterrupt):
-        trial.save_result(tmp_path, "k1", model, {"accuracy": 0.5})
+        storage.LocalResults(tmp_path).save("k1", model.state_dict(), {"accuracy": 0.5})
     assert (tmp_path / "trained.log").read_text().split() == ["k1"]
     assert (tmp_path / "k1.safetensors").exists() and not (tmp_path / "k1.json").exists()
 

@@ -1,0 +1,198 @@
+"""Where trials leave their results, and how they reach the run folder.
+
+Without `resources.storage`, trials write into the run folder's results/ (one machine, or a cluster
+whose nodes share that disk). With it, a filesystem URI every node can reach (s3://bucket/runs,
+gs://..., hdfs://..., file:///mnt/shared), trials write to STORAGE/NAME/results and never touch the
+run folder; the driver copies each result into the run folder as its trial completes (and any it
+missed at the end of a session and on resume), so export, report and resume read the run folder as
+always. Either way a result is written weights first, then an audit entry (results/trained.log, one
+line per training actually run), then KEY.json, whose presence means "complete".
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+from .errors import ConfigError
+from .models import private_temp, save_weights, write_json
+
+AUDIT = "trained.log"
+
+
+def open_results(location: str):
+    """The results store at `location`: a local folder, or a URI (scheme://...)."""
+    return RemoteResults(location) if "://" in location else LocalResults(Path(location))
+
+
+class LocalResults:
+    """results/ in the run folder, written with plain file I/O (atomic renames, fsync'd audit)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def result(self, key: str) -> dict | None:
+        p = self.path / f"{key}.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def write_text(self, name: str, text: str) -> None:
+        (self.path / name).write_text(text)
+
+    def save(self, key: str, state: dict | None, final: dict) -> None:
+        """Weights, then the audit line, then the result file. The audit line comes before the
+        result: a kill between the two leaves the training logged and, with no result, run again and
+        logged again; never a result whose training is missing from the log."""
+        if state is not None:
+            save_weights(state, self.path / f"{key}.safetensors")
+        with open(self.path / AUDIT, "a") as f:
+            f.write(key + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        write_json(self.path / f"{key}.json", final)
+
+
+@functools.lru_cache(maxsize=4)
+def _filesystem(uri: str):
+    """(pyarrow filesystem, path) of a URI, once per process (S3 resolves the bucket's region)."""
+    from pyarrow import fs
+
+    return fs.FileSystem.from_uri(uri)
+
+
+class RemoteResults:
+    """STORAGE/NAME/results on a pyarrow filesystem. Object stores cannot append, so each training's
+    audit entry is an object of its own (trained/KEY.TIME), counted into the run's trained.log when
+    fetched."""
+
+    def __init__(self, uri: str):
+        self.uri = uri.rstrip("/")
+
+    @property
+    def _fs(self):
+        return _filesystem(self.uri)
+
+    def _exists(self, name: str) -> bool:
+        from pyarrow import fs
+
+        filesystem, root = self._fs
+        return filesystem.get_file_info(f"{root}/{name}").type == fs.FileType.File
+
+    def _read(self, name: str) -> bytes | None:
+        if not self._exists(name):
+            return None
+        filesystem, root = self._fs
+        with filesystem.open_input_stream(f"{root}/{name}") as f:
+            return f.read()
+
+    def _put(self, name: str, data: bytes) -> None:
+        """Through a temporary name, then a move: a reader never sees half an object."""
+        filesystem, root = self._fs
+        tmp = f"{root}/.{name.replace('/', '_')}.{uuid.uuid4().hex}.tmp"
+        with filesystem.open_output_stream(tmp) as f:
+            f.write(data)
+        filesystem.move(tmp, f"{root}/{name}")
+
+    def check(self, run_dir: Path) -> None:
+        """Reachable and writable, outside the run folder, and holding no results yet (another run's
+        would be taken as this one's: a trial reports a stored result instead of training). Called
+        before the run folder exists."""
+        if self.uri.startswith("file://") and Path(self.uri[len("file://"):]).resolve().is_relative_to(run_dir.resolve()):
+            raise ConfigError(f"resources.storage: {self.uri} is inside the run folder {run_dir}; a storage URI is for "
+                              "nodes that do not share the runs folder's disk (leave it empty where they do)")
+        try:
+            filesystem, root = self._fs
+            filesystem.create_dir(f"{root}/trained", recursive=True)
+            found = filesystem.get_file_info(_selector(root))
+        except Exception as e:  # pyarrow raises OSError, ValueError, ArrowInvalid... for a bad URI
+            raise ConfigError(f"resources.storage: cannot use {self.uri} ({str(e).splitlines()[0]})") from None
+        if any(i.path.endswith(".json") for i in found):
+            raise ConfigError(f"resources.storage: {self.uri} already holds results of another run; "
+                              "choose another --name or storage location")
+
+    def result(self, key: str) -> dict | None:
+        data = self._read(f"{key}.json")
+        return None if data is None else json.loads(data)
+
+    def write_text(self, name: str, text: str) -> None:
+        self._put(name, text.encode())
+
+    def save(self, key: str, state: dict | None, final: dict) -> None:
+        from safetensors.torch import save
+
+        filesystem, root = self._fs
+        filesystem.create_dir(f"{root}/trained", recursive=True)  # a local or mounted store needs the folders
+        if state is not None:
+            self._put(f"{key}.safetensors", save({k: v.detach().cpu().contiguous() for k, v in state.items()}))
+        self._put(f"trained/{key}.{time.time_ns()}", b"")
+        self._put(f"{key}.json", json.dumps(final, indent=2, sort_keys=True).encode() + b"\n")
+
+    def fetch(self, key: str, local: Path) -> bool:
+        """Copy KEY's result into the local results/ folder (audit lines first, KEY.json last);
+        False if the store has no result for KEY. Fetching twice adds nothing."""
+        result = self._read(f"{key}.json")
+        if result is None:
+            return False
+        for name in (f"{key}.safetensors", f"{key}.traceback.txt"):
+            data = self._read(name)
+            if data is not None:
+                _write_local(local / name, data)
+        filesystem, root = self._fs
+        runs = sum(1 for i in filesystem.get_file_info(_selector(f"{root}/trained"))
+                   if i.base_name.rsplit(".", 1)[0] == key)
+        audit = local / AUDIT
+        logged = audit.read_text().split().count(key) if audit.exists() else 0
+        if runs > logged:
+            with open(audit, "a") as f:
+                f.write(f"{key}\n" * (runs - logged))
+                f.flush()
+                os.fsync(f.fileno())
+        _write_local(local / f"{key}.json", result)
+        return True
+
+
+def _selector(path: str):
+    from pyarrow import fs
+
+    return fs.FileSelector(path, allow_not_found=True)
+
+
+def _write_local(path: Path, data: bytes) -> None:
+    fd, tmp = private_temp(path)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+class Fetcher:
+    """Copies results from a remote store into the run folder's results/ (a no-op for a local one)."""
+
+    def __init__(self, location: str, run_dir: Path, log=print):
+        store = open_results(location)
+        self.store = store if isinstance(store, RemoteResults) else None
+        self.local, self.log = Path(run_dir) / "results", log
+
+    def __call__(self, key: str) -> bool:
+        """One trial's result, as it completes; a failure is said and left for `sync`."""
+        if self.store is None or (self.local / f"{key}.json").exists():
+            return False
+        try:
+            return self.store.fetch(key, self.local)
+        except Exception as e:  # the result stays in the store: sync() fetches it later
+            self.log(f"warning: could not fetch {key} from {self.store.uri} yet ({str(e).splitlines()[0]})")
+            return False
+
+    def sync(self, keys) -> int:
+        """Every result of `keys` the run folder lacks (after a session, on resume); how many came."""
+        if self.store is None:
+            return 0
+        fetched = sum(self(k) for k in dict.fromkeys(keys))
+        if fetched:
+            self.log(f"fetched {fetched} results from {self.store.uri}")
+        return fetched
+
+
+__all__ = ["open_results", "LocalResults", "RemoteResults", "Fetcher"]

@@ -1,0 +1,81 @@
+"""Results through a storage URI instead of the run folder (a cluster without a shared disk).
+The whole search through it, on a multi-node cluster, is in test_cluster.py."""
+
+import json
+
+import pytest
+import torch
+
+from n2n import cli
+from n2n.config import load_config
+from n2n.errors import ConfigError
+from n2n.storage import Fetcher, LocalResults, RemoteResults, open_results
+
+
+def _state():
+    torch.manual_seed(0)
+    return torch.nn.Linear(4, 3).state_dict()
+
+
+def test_open_results_picks_the_store_by_the_location(tmp_path):
+    assert isinstance(open_results(str(tmp_path)), LocalResults)
+    assert isinstance(open_results(f"file://{tmp_path}"), RemoteResults)
+
+
+def test_a_result_saved_to_the_store_is_fetched_into_the_run_folder_once(tmp_path):
+    store = RemoteResults(f"file://{tmp_path}/bucket/runs/r/results")
+    store.check(tmp_path / "run")
+    assert store.result("k1") is None
+    store.save("k1", _state(), {"accuracy": 0.5})
+    store.save("k2", None, {"accuracy": 0.0, "failure": "nan loss"})  # a failed trial: no weights
+    assert store.result("k1") == {"accuracy": 0.5}
+    # the trial wrote to the store only
+    remote = tmp_path / "bucket" / "runs" / "r" / "results"
+    assert sorted(p.name for p in remote.glob("*.*")) == ["k1.json", "k1.safetensors", "k2.json"]
+
+    local = tmp_path / "run" / "results"
+    local.mkdir(parents=True)
+    fetch = Fetcher(store.uri, local.parent)
+    assert fetch("k1") and fetch("k2") and not fetch("k1")  # the second time: here already
+    assert not fetch("k3")  # no result in the store: nothing
+    assert (local / "k1.safetensors").read_bytes() == (remote / "k1.safetensors").read_bytes()
+    assert json.loads((local / "k1.json").read_text()) == {"accuracy": 0.5}
+    assert not (local / "k2.safetensors").exists()
+    assert (local / "trained.log").read_text().split() == ["k1", "k2"]
+
+    # trained again (a kill before the driver heard of it): one more audit line, none for a re-fetch
+    store.save("k1", _state(), {"accuracy": 0.6})
+    (local / "k1.json").unlink()
+    assert fetch.sync(["k1", "k2", "k1"]) == 1
+    assert fetch.sync(["k1", "k2"]) == 0
+    assert (local / "trained.log").read_text().split() == ["k1", "k2", "k1"]
+    assert json.loads((local / "k1.json").read_text()) == {"accuracy": 0.6}
+
+
+def test_a_local_location_fetches_nothing(tmp_path):
+    LocalResults(tmp_path).save("k1", _state(), {"accuracy": 0.5})
+    fetch = Fetcher(str(tmp_path), tmp_path / "run")
+    assert not fetch("k1") and fetch.sync(["k1"]) == 0 and not (tmp_path / "run").exists()
+
+
+def test_a_store_holding_another_runs_results_or_unusable_is_refused(tmp_path):
+    uri = f"file://{tmp_path}/store/r/results"
+    RemoteResults(uri).save("k1", None, {"accuracy": 0.5})
+    with pytest.raises(ConfigError, match="already holds results of another run"):
+        RemoteResults(uri).check(tmp_path / "run")
+    with pytest.raises(ConfigError, match="resources.storage: cannot use nosuch://bucket/x"):
+        RemoteResults("nosuch://bucket/x").check(tmp_path / "run")
+    with pytest.raises(ConfigError, match="is inside the run folder"):  # storage = the runs folder itself
+        RemoteResults(f"file://{tmp_path}/runs/r/results").check(tmp_path / "runs" / "r")
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(ConfigError, match="resources.storage: expected a URI such as s3://"):
+        load_config(None, {"resources.storage": "runs/store"})
+
+
+def test_search_refuses_a_used_store_before_the_run_folder_exists(tiny_config, tmp_path, capsys):
+    RemoteResults(f"file://{tmp_path}/store/r/results").save("k1", None, {"accuracy": 0.5})
+    status = cli.main(["search", str(tiny_config), "--name", "r", "--runs-dir", str(tmp_path / "runs"),
+                       "--storage", f"file://{tmp_path}/store"])
+    err = capsys.readouterr().err
+    assert status == 2 and "already holds results of another run" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
