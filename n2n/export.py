@@ -19,6 +19,7 @@ from .errors import RunError
 from .models import RawInput, build_model, check_replaceable, device_for, load_weights, save_model, write_json
 from .runfolder import RunLock, read_records, read_run
 from .search import OpenRun, check_teacher
+from .storage import Fetcher
 from .train import accuracy, distill, predict
 from .vocab import trim_vocabulary
 
@@ -125,7 +126,10 @@ def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: P
 def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrite: bool, log, factories,
             trim_vocab: bool = False, key: str | None = None, rank: int | None = None, onnx: bool = False) -> dict:
     cfg = from_dict(Config, meta["config"])
-    chosen, why = choose(read_records(run_dir), cfg, meta["reference"]["accuracy"], run_dir, key, rank)
+    records = read_records(run_dir)
+    if meta.get("results_store"):  # results a killed driver never fetched: before choosing among them
+        Fetcher(meta["results_store"], run_dir, log).sync(r["key"] for r in records if r["failure"] is None)
+    chosen, why = choose(records, cfg, meta["reference"]["accuracy"], run_dir, key, rank)
     best = {**chosen, "val_accuracy": chosen["accuracy"]}
     log(f"exporting {best['summary']} ({best['params']:,} params, {best['stage']}, val acc {best['accuracy']:.4f}): {why}")
     run = OpenRun.open(run_dir, factories)

@@ -26,7 +26,7 @@ from .driver import SearchDriver
 from .errors import ConfigError, RunError
 from .models import load_model, weights_digest
 from .runfolder import TUNE, RunLock, create_run, load_state, read_records, read_run
-from .storage import Fetcher, RemoteResults
+from .storage import Fetcher, RemoteResults, store_location
 from .teachers import cached_teacher
 from .train import accuracy, predict
 from .trial import Context
@@ -308,7 +308,7 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
         raise RunError(f"{run_dir} already exists; resume it with `n2n resume {run_dir}` or choose another --name")
     meta, (teacher, arch, ds, space) = prepare_run(cfg, factories, log)
     if cfg.resources.storage:  # checked, like everything else, before the run folder exists
-        meta["results_store"] = f"{cfg.resources.storage.rstrip('/')}/{run_dir.name}/results"
+        meta["results_store"] = store_location(cfg.resources.storage, run_dir.name)
         RemoteResults(meta["results_store"]).check(run_dir)
     with ray_session(address, log):
         check_resources(cfg, remote=bool(address), log=log)  # before the run folder exists

@@ -30,7 +30,7 @@ class N2NSearcher(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         t = self.driver.trials.get(trial_id)
-        if self.fetch and t and not error:  # the files first: a record implies its result is here
+        if self.fetch and t and not error:  # the files before the record (a failed fetch: sync() retries)
             self.fetch(t["key"])
         self.driver.complete(trial_id, result, error)
 

@@ -2,11 +2,12 @@
 
 Without `resources.storage`, trials write into the run folder's results/ (one machine, or a cluster
 whose nodes share that disk). With it, a filesystem URI every node can reach (s3://bucket/runs,
-gs://..., hdfs://..., file:///mnt/shared), trials write to STORAGE/NAME/results and never touch the
-run folder; the driver copies each result into the run folder as its trial completes (and any it
-missed at the end of a session and on resume), so export, report and resume read the run folder as
-always. Either way a result is written weights first, then an audit entry (results/trained.log, one
-line per training actually run), then KEY.json, whose presence means "complete".
+gs://..., file:///mnt/shared), trials write to STORAGE/NAME-ID/results and never touch the run
+folder; the driver copies each result into the run folder as its trial completes (and what it
+missed, at the end of a session, on resume and before an export), so export, report and resume read
+the run folder as always. Either way a result is written weights first, then an audit entry
+(results/trained.log, one line per training actually run), then KEY.json, whose presence means
+"complete".
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import json
 import os
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
 from .models import private_temp, save_weights, write_json
@@ -55,6 +58,14 @@ class LocalResults:
         write_json(self.path / f"{key}.json", final)
 
 
+def store_location(storage: str, run_name: str) -> str:
+    """A new run's results under `storage`: STORAGE/NAME-ID/results, the ID fresh for every run (two
+    runs of one name never share results). Appended to the URI's path, before any ?options."""
+    parts = urlsplit(storage)
+    path = f"{parts.path.rstrip('/')}/{run_name}-{uuid.uuid4().hex[:8]}/results"
+    return urlunsplit(parts._replace(path=path))
+
+
 @functools.lru_cache(maxsize=4)
 def _filesystem(uri: str):
     """(pyarrow filesystem, path) of a URI, once per process (S3 resolves the bucket's region)."""
@@ -64,12 +75,14 @@ def _filesystem(uri: str):
 
 
 class RemoteResults:
-    """STORAGE/NAME/results on a pyarrow filesystem. Object stores cannot append, so each training's
-    audit entry is an object of its own (trained/KEY.TIME), counted into the run's trained.log when
-    fetched."""
+    """STORAGE/NAME-ID/results on a pyarrow filesystem. Object stores cannot append, so each
+    training's audit entry is an object of its own (trained/KEY.TIME), counted into the run's
+    trained.log when fetched."""
 
     def __init__(self, uri: str):
-        self.uri = uri.rstrip("/")
+        self.uri = uri
+        # object stores show an upload only once it is complete; elsewhere a temporary name and a move
+        self.atomic_put = urlsplit(uri).scheme in ("s3", "gs", "gcs", "abfs", "abfss", "az")
 
     @property
     def _fs(self):
@@ -89,29 +102,38 @@ class RemoteResults:
             return f.read()
 
     def _put(self, name: str, data: bytes) -> None:
-        """Through a temporary name, then a move: a reader never sees half an object."""
+        """A reader never sees half an object."""
         filesystem, root = self._fs
+        target = f"{root}/{name}"
+        if self.atomic_put:
+            with filesystem.open_output_stream(target) as f:
+                f.write(data)
+            return
         tmp = f"{root}/.{name.replace('/', '_')}.{uuid.uuid4().hex}.tmp"
         with filesystem.open_output_stream(tmp) as f:
             f.write(data)
-        filesystem.move(tmp, f"{root}/{name}")
+        if self._exists(name):  # a result written again after a kill; some filesystems' move won't replace
+            filesystem.delete_file(target)
+        filesystem.move(tmp, target)
 
     def check(self, run_dir: Path) -> None:
-        """Reachable and writable, outside the run folder, and holding no results yet (another run's
-        would be taken as this one's: a trial reports a stored result instead of training). Called
-        before the run folder exists."""
-        if self.uri.startswith("file://") and Path(self.uri[len("file://"):]).resolve().is_relative_to(run_dir.resolve()):
+        """Reachable, writable, outside the run folder and empty (a result already there would be
+        reported by a trial as its own). Called before the run folder exists."""
+        parts = urlsplit(self.uri)
+        if parts.scheme == "file" and Path(parts.path).resolve().is_relative_to(run_dir.resolve()):
             raise ConfigError(f"resources.storage: {self.uri} is inside the run folder {run_dir}; a storage URI is for "
                               "nodes that do not share the runs folder's disk (leave it empty where they do)")
         try:
             filesystem, root = self._fs
-            filesystem.create_dir(f"{root}/trained", recursive=True)
             found = filesystem.get_file_info(_selector(root))
+            if not found:
+                filesystem.create_dir(f"{root}/trained", recursive=True)
+                self._put(".probe", b"n2n")  # the driver can write there (each worker is on its own)
+                filesystem.delete_file(f"{root}/.probe")
         except Exception as e:  # pyarrow raises OSError, ValueError, ArrowInvalid... for a bad URI
             raise ConfigError(f"resources.storage: cannot use {self.uri} ({str(e).splitlines()[0]})") from None
-        if any(i.path.endswith(".json") for i in found):
-            raise ConfigError(f"resources.storage: {self.uri} already holds results of another run; "
-                              "choose another --name or storage location")
+        if found:
+            raise ConfigError(f"resources.storage: {self.uri} is not empty; a run's results go to a place of their own")
 
     def result(self, key: str) -> dict | None:
         data = self._read(f"{key}.json")
@@ -130,8 +152,22 @@ class RemoteResults:
         self._put(f"trained/{key}.{time.time_ns()}", b"")
         self._put(f"{key}.json", json.dumps(final, indent=2, sort_keys=True).encode() + b"\n")
 
+    def audit(self, local: Path) -> None:
+        """Bring the run's trained.log up to the store's audit entries: one line per training,
+        including trainings killed before their result."""
+        filesystem, root = self._fs
+        runs = Counter(i.base_name.rsplit(".", 1)[0] for i in filesystem.get_file_info(_selector(f"{root}/trained")))
+        path = local / AUDIT
+        logged = Counter(path.read_text().split()) if path.exists() else Counter()
+        missing = "".join(f"{k}\n" * (n - logged[k]) for k, n in runs.items() if n > logged[k])
+        if missing:
+            with open(path, "a") as f:
+                f.write(missing)
+                f.flush()
+                os.fsync(f.fileno())
+
     def fetch(self, key: str, local: Path) -> bool:
-        """Copy KEY's result into the local results/ folder (audit lines first, KEY.json last);
+        """Copy KEY's result into the local results/ folder (the audit first, KEY.json last);
         False if the store has no result for KEY. Fetching twice adds nothing."""
         result = self._read(f"{key}.json")
         if result is None:
@@ -140,16 +176,7 @@ class RemoteResults:
             data = self._read(name)
             if data is not None:
                 _write_local(local / name, data)
-        filesystem, root = self._fs
-        runs = sum(1 for i in filesystem.get_file_info(_selector(f"{root}/trained"))
-                   if i.base_name.rsplit(".", 1)[0] == key)
-        audit = local / AUDIT
-        logged = audit.read_text().split().count(key) if audit.exists() else 0
-        if runs > logged:
-            with open(audit, "a") as f:
-                f.write(f"{key}\n" * (runs - logged))
-                f.flush()
-                os.fsync(f.fileno())
+        self.audit(local)
         _write_local(local / f"{key}.json", result)
         return True
 
@@ -182,17 +209,27 @@ class Fetcher:
         try:
             return self.store.fetch(key, self.local)
         except Exception as e:  # the result stays in the store: sync() fetches it later
-            self.log(f"warning: could not fetch {key} from {self.store.uri} yet ({str(e).splitlines()[0]})")
+            self.log(f"warning: could not fetch {key} from {self.store.uri} yet ({str(e).splitlines()[0]}); "
+                     "it is fetched again at the end of the session")
             return False
 
     def sync(self, keys) -> int:
-        """Every result of `keys` the run folder lacks (after a session, on resume); how many came."""
+        """Every result of `keys` the run folder lacks, and every audit entry (after a session, on
+        resume, before an export); how many results came. Stops at the first error, with one message."""
         if self.store is None:
             return 0
-        fetched = sum(self(k) for k in dict.fromkeys(keys))
+        fetched = 0
+        try:
+            for k in dict.fromkeys(keys):
+                if not (self.local / f"{k}.json").exists():
+                    fetched += self.store.fetch(k, self.local)
+            self.store.audit(self.local)
+        except Exception as e:
+            self.log(f"warning: could not fetch results from {self.store.uri} ({str(e).splitlines()[0]}); "
+                     "`n2n resume` fetches them when the storage can be reached")
         if fetched:
             self.log(f"fetched {fetched} results from {self.store.uri}")
         return fetched
 
 
-__all__ = ["open_results", "LocalResults", "RemoteResults", "Fetcher"]
+__all__ = ["open_results", "store_location", "LocalResults", "RemoteResults", "Fetcher"]

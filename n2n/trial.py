@@ -8,6 +8,7 @@ built-in data has no augmentation (with augmentation the teacher would have to r
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -131,7 +132,11 @@ def run_trial(config: dict, context: Context) -> None:
 
     ctx = context
     results = open_results(ctx.results_dir)
-    done = results.result(config["key"])
+    try:
+        done = results.result(config["key"])
+    except Exception as e:  # storage this worker cannot reach: say so in the record, not as a traceback
+        tune.report(metrics_of(Evaluation(0.0, 0, 0, failure=f"results storage {ctx.results_dir}: {e}"[:300]), ctx, 0))
+        return
     if done is not None:  # trained before an interruption: report the stored result, train nothing
         tune.report({**done, "cached": True})
         return
@@ -146,12 +151,16 @@ def run_trial(config: dict, context: Context) -> None:
         if type(e).__module__.startswith("ray"):
             raise  # Tune's own control flow (a stopped trial), not a failure of the candidate
         # The reason reaches the run's records and progress line; the traceback stays in results/.
-        results.write_text(f"{config['key']}.traceback.txt", traceback.format_exc())
+        with contextlib.suppress(Exception):  # best effort: the record carries the reason either way
+            results.write_text(f"{config['key']}.traceback.txt", traceback.format_exc())
         ev, student = Evaluation(0.0, 0, 0, failure=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]), None
     final = metrics_of(ev, ctx, ev.epochs)
     runtime = ray.get_runtime_context()
     final.update(device=str(device_for(ctx.device)), started=started, ended=time.time(), node=runtime.get_node_id(),
                  gpus=float(runtime.get_assigned_resources().get("GPU", 0.0)))
-    results.save(config["key"], student.state_dict() if student is not None and ev.failure is None else None, final)
+    try:
+        results.save(config["key"], student.state_dict() if student is not None and ev.failure is None else None, final)
+    except Exception as e:  # trained, but nothing kept: a failure whose reason names the storage
+        final.update(failed=True, failure=f"results storage {ctx.results_dir}: {e}"[:300])
     tune.report(final)
 

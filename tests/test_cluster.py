@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -46,7 +47,7 @@ def test_search_runs_on_both_worker_nodes_survives_a_killed_driver_and_exports(c
     driver brings them into the run folder."""
     address, worker_ids = cluster
     (tmp_path / "c.yaml").write_text(TINY_CONFIG.replace("removal_budget: 6", "removal_budget: 8\n  stages: [removal]"))
-    run, store = tmp_path / "runs" / "cl", tmp_path / "store" / "cl" / "results"
+    run = tmp_path / "runs" / "cl"
     driver = _n2n("search", tmp_path / "c.yaml", "--name", "cl", "--runs-dir", tmp_path / "runs", "--address", address,
                   "--storage", f"file://{tmp_path}/store", wait=False)
     deadline = time.time() + 300
@@ -68,7 +69,9 @@ def test_search_runs_on_both_worker_nodes_survives_a_killed_driver_and_exports(c
     assert {r["node"] for r in recs if not r["cached"]} == worker_ids
     trained = (run / "results" / "trained.log").read_text().split()
     assert len(trained) == len(set(trained))  # nothing trained twice across the kill
-    assert json.loads((run / "n2n.json").read_text())["results_store"] == f"file://{store}"
+    uri = json.loads((run / "n2n.json").read_text())["results_store"]
+    assert uri.startswith(f"file://{tmp_path}/store/cl-") and uri.endswith("/results")
+    store = Path(uri[len("file://"):])
     for rec in recs:  # every result reached the store, and from there the run folder
         assert json.loads((store / f"{rec['key']}.json").read_text()) == json.loads(
             (run / "results" / f"{rec['key']}.json").read_text())

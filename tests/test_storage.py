@@ -2,6 +2,8 @@
 The whole search through it, on a multi-node cluster, is in test_cluster.py."""
 
 import json
+import re
+from urllib.parse import urlsplit
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from n2n import cli
 from n2n.config import load_config
 from n2n.errors import ConfigError
-from n2n.storage import Fetcher, LocalResults, RemoteResults, open_results
+from n2n.storage import Fetcher, LocalResults, RemoteResults, open_results, store_location
 
 
 def _state():
@@ -41,14 +43,14 @@ def test_a_result_saved_to_the_store_is_fetched_into_the_run_folder_once(tmp_pat
     assert (local / "k1.safetensors").read_bytes() == (remote / "k1.safetensors").read_bytes()
     assert json.loads((local / "k1.json").read_text()) == {"accuracy": 0.5}
     assert not (local / "k2.safetensors").exists()
-    assert (local / "trained.log").read_text().split() == ["k1", "k2"]
+    assert sorted((local / "trained.log").read_text().split()) == ["k1", "k2"]
 
     # trained again (a kill before the driver heard of it): one more audit line, none for a re-fetch
     store.save("k1", _state(), {"accuracy": 0.6})
     (local / "k1.json").unlink()
     assert fetch.sync(["k1", "k2", "k1"]) == 1
     assert fetch.sync(["k1", "k2"]) == 0
-    assert (local / "trained.log").read_text().split() == ["k1", "k2", "k1"]
+    assert sorted((local / "trained.log").read_text().split()) == ["k1", "k1", "k2"]
     assert json.loads((local / "k1.json").read_text()) == {"accuracy": 0.6}
 
 
@@ -58,10 +60,10 @@ def test_a_local_location_fetches_nothing(tmp_path):
     assert not fetch("k1") and fetch.sync(["k1"]) == 0 and not (tmp_path / "run").exists()
 
 
-def test_a_store_holding_another_runs_results_or_unusable_is_refused(tmp_path):
+def test_a_store_not_empty_or_unusable_or_inside_the_run_is_refused(tmp_path):
     uri = f"file://{tmp_path}/store/r/results"
     RemoteResults(uri).save("k1", None, {"accuracy": 0.5})
-    with pytest.raises(ConfigError, match="already holds results of another run"):
+    with pytest.raises(ConfigError, match="is not empty"):
         RemoteResults(uri).check(tmp_path / "run")
     with pytest.raises(ConfigError, match="resources.storage: cannot use nosuch://bucket/x"):
         RemoteResults("nosuch://bucket/x").check(tmp_path / "run")
@@ -72,10 +74,27 @@ def test_a_store_holding_another_runs_results_or_unusable_is_refused(tmp_path):
         load_config(None, {"resources.storage": "runs/store"})
 
 
-def test_search_refuses_a_used_store_before_the_run_folder_exists(tiny_config, tmp_path, capsys):
-    RemoteResults(f"file://{tmp_path}/store/r/results").save("k1", None, {"accuracy": 0.5})
+def test_search_refuses_unusable_storage_before_the_run_folder_exists(tiny_config, tmp_path, capsys):
     status = cli.main(["search", str(tiny_config), "--name", "r", "--runs-dir", str(tmp_path / "runs"),
-                       "--storage", f"file://{tmp_path}/store"])
+                       "--storage", "nosuch://bucket/runs"])
     err = capsys.readouterr().err
-    assert status == 2 and "already holds results of another run" in err and "Traceback" not in err
+    assert status == 2 and "resources.storage: cannot use nosuch://bucket/runs/r-" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_every_run_gets_a_store_of_its_own_with_the_uri_options_kept():
+    a, b = (store_location("s3://bucket/runs/?endpoint_override=h:9000&scheme=http", "r") for _ in range(2))
+    pa, pb = urlsplit(a), urlsplit(b)
+    assert a != b and pa.query == "endpoint_override=h:9000&scheme=http" and pa.netloc == "bucket"
+    assert re.fullmatch(r"/runs/r-[0-9a-f]{8}/results", pa.path) and pb.path.endswith("/results")
+
+
+def test_a_training_killed_before_its_result_still_reaches_the_audit(tmp_path):
+    store = RemoteResults(f"file://{tmp_path}/store")
+    store.save("k1", None, {"accuracy": 0.5})
+    store._put("trained/k2@10ep.1", b"")  # k2 (a finalist key) trained, then killed before its result
+    local = tmp_path / "run" / "results"
+    local.mkdir(parents=True)
+    assert Fetcher(store.uri, local.parent).sync(["k1", "k2@10ep"]) == 1
+    assert sorted((local / "trained.log").read_text().split()) == ["k1", "k2@10ep"]
+    assert not (local / "k2@10ep.json").exists()
