@@ -66,6 +66,12 @@ def store_location(storage: str, run_name: str) -> str:
     return urlunsplit(parts._replace(path=path))
 
 
+def shown(uri: str) -> str:
+    """A URI as messages show it: without key:secret@ (prefer the nodes' own credentials)."""
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])) if "@" in parts.netloc else uri
+
+
 @functools.lru_cache(maxsize=4)
 def _filesystem(uri: str):
     """(pyarrow filesystem, path) of a URI, once per process (S3 resolves the bucket's region)."""
@@ -121,7 +127,7 @@ class RemoteResults:
         reported by a trial as its own). Called before the run folder exists."""
         parts = urlsplit(self.uri)
         if parts.scheme == "file" and Path(parts.path).resolve().is_relative_to(run_dir.resolve()):
-            raise ConfigError(f"resources.storage: {self.uri} is inside the run folder {run_dir}; a storage URI is for "
+            raise ConfigError(f"resources.storage: {shown(self.uri)} is inside the run folder {run_dir}; a storage URI is for "
                               "nodes that do not share the runs folder's disk (leave it empty where they do)")
         try:
             filesystem, root = self._fs
@@ -131,9 +137,9 @@ class RemoteResults:
                 self._put(".probe", b"n2n")  # the driver can write there (each worker is on its own)
                 filesystem.delete_file(f"{root}/.probe")
         except Exception as e:  # pyarrow raises OSError, ValueError, ArrowInvalid... for a bad URI
-            raise ConfigError(f"resources.storage: cannot use {self.uri} ({str(e).splitlines()[0]})") from None
+            raise ConfigError(f"resources.storage: cannot use {shown(self.uri)} ({str(e).splitlines()[0]})") from None
         if found:
-            raise ConfigError(f"resources.storage: {self.uri} is not empty; a run's results go to a place of their own")
+            raise ConfigError(f"resources.storage: {shown(self.uri)} is not empty; a run's results go to a place of their own")
 
     def result(self, key: str) -> dict | None:
         data = self._read(f"{key}.json")
@@ -209,7 +215,7 @@ class Fetcher:
         try:
             return self.store.fetch(key, self.local)
         except Exception as e:  # the result stays in the store: sync() fetches it later
-            self.log(f"warning: could not fetch {key} from {self.store.uri} yet ({str(e).splitlines()[0]}); "
+            self.log(f"warning: could not fetch {key} from {shown(self.store.uri)} yet ({str(e).splitlines()[0]}); "
                      "it is fetched again at the end of the session")
             return False
 
@@ -225,11 +231,11 @@ class Fetcher:
                     fetched += self.store.fetch(k, self.local)
             self.store.audit(self.local)
         except Exception as e:
-            self.log(f"warning: could not fetch results from {self.store.uri} ({str(e).splitlines()[0]}); "
+            self.log(f"warning: could not fetch results from {shown(self.store.uri)} ({str(e).splitlines()[0]}); "
                      "`n2n resume` fetches them when the storage can be reached")
         if fetched:
-            self.log(f"fetched {fetched} results from {self.store.uri}")
+            self.log(f"fetched {fetched} results from {shown(self.store.uri)}")
         return fetched
 
 
-__all__ = ["open_results", "store_location", "LocalResults", "RemoteResults", "Fetcher"]
+__all__ = ["open_results", "store_location", "shown", "LocalResults", "RemoteResults", "Fetcher"]

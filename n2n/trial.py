@@ -22,7 +22,7 @@ from search_spaces import SearchSpace, StudentSpec
 
 from .deploy import latency_ms
 from .models import build_model, device_for
-from .storage import open_results
+from .storage import open_results, shown
 from .train import DistillConfig, HiddenTarget, distill
 
 
@@ -135,7 +135,7 @@ def run_trial(config: dict, context: Context) -> None:
     try:
         done = results.result(config["key"])
     except Exception as e:  # storage this worker cannot reach: say so in the record, not as a traceback
-        tune.report(metrics_of(Evaluation(0.0, 0, 0, failure=f"results storage {ctx.results_dir}: {e}"[:300]), ctx, 0))
+        tune.report(metrics_of(Evaluation(0.0, 0, 0, failure=f"results storage {shown(ctx.results_dir)}: {e}"[:300]), ctx, 0))
         return
     if done is not None:  # trained before an interruption: report the stored result, train nothing
         tune.report({**done, "cached": True})
@@ -161,6 +161,6 @@ def run_trial(config: dict, context: Context) -> None:
     try:
         results.save(config["key"], student.state_dict() if student is not None and ev.failure is None else None, final)
     except Exception as e:  # trained, but nothing kept: a failure whose reason names the storage
-        final.update(failed=True, failure=f"results storage {ctx.results_dir}: {e}"[:300])
+        final.update(failed=True, failure=f"results storage {shown(ctx.results_dir)}: {e}"[:300])
     tune.report(final)
 

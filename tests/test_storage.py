@@ -1,5 +1,6 @@
-"""Results through a storage URI instead of the run folder (a cluster without a shared disk).
-The whole search through it, on a multi-node cluster, is in test_cluster.py."""
+"""Results through a storage URI instead of the run folder (a cluster without a shared disk): a
+local file:// store, and S3 as moto's server speaks it. A search on a multi-node cluster through a
+store is in test_cluster.py."""
 
 import json
 import re
@@ -10,8 +11,10 @@ import torch
 
 from n2n import cli
 from n2n.config import load_config
+from n2n.export import export_best
+from n2n.search import run_search
 from n2n.errors import ConfigError
-from n2n.storage import Fetcher, LocalResults, RemoteResults, open_results, store_location
+from n2n.storage import Fetcher, LocalResults, RemoteResults, open_results, shown, store_location
 
 
 def _state():
@@ -98,3 +101,78 @@ def test_a_training_killed_before_its_result_still_reaches_the_audit(tmp_path):
     assert Fetcher(store.uri, local.parent).sync(["k1", "k2@10ep"]) == 1
     assert sorted((local / "trained.log").read_text().split()) == ["k1", "k2@10ep"]
     assert not (local / "k2@10ep.json").exists()
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """An S3 endpoint (moto's server) with a bucket: (storage URI, pyarrow filesystem). Credentials
+    travel in the URI, so Ray's workers need nothing from the environment."""
+    from moto.server import ThreadedMotoServer
+    from pyarrow import fs
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    uri = f"s3://testing:testing@n2n-bucket/runs?scheme=http&endpoint_override={host}:{port}&region=us-east-1"
+    filesystem, _ = fs.FileSystem.from_uri(uri + "&allow_bucket_creation=true")
+    filesystem.create_dir("n2n-bucket")
+    yield uri, filesystem
+    server.stop()
+
+
+def _objects(filesystem, prefix):
+    from pyarrow import fs
+
+    return {i.path[len(prefix) + 1:] for i in filesystem.get_file_info(fs.FileSelector(prefix, recursive=True))
+            if i.type == fs.FileType.File}
+
+
+def test_results_through_s3(s3, tmp_path):
+    uri, filesystem = s3
+    loc = store_location(uri, "unit")
+    store = RemoteResults(loc)
+    store.check(tmp_path / "run")
+    state = _state()
+    store.save("k1@10ep", state, {"accuracy": 0.5})
+    store.save("k1@10ep", state, {"accuracy": 0.5})  # written again over itself (a retrained candidate)
+    prefix = _filesystem_path(loc)
+    objects = _objects(filesystem, prefix)
+    assert {"k1@10ep.json", "k1@10ep.safetensors"} <= objects and not any(o.endswith(".tmp") for o in objects)
+    assert sum(o.startswith("trained/k1@10ep.") for o in objects) == 2
+    with pytest.raises(ConfigError, match="is not empty"):
+        RemoteResults(loc).check(tmp_path / "run")
+    local = tmp_path / "run" / "results"
+    local.mkdir(parents=True)
+    assert Fetcher(loc, local.parent).sync(["k1@10ep"]) == 1
+    assert (local / "trained.log").read_text().split() == ["k1@10ep", "k1@10ep"]
+    from safetensors.torch import load_file
+
+    assert all(torch.equal(load_file(local / "k1@10ep.safetensors")[k], v) for k, v in state.items())
+    assert "testing:testing@" not in shown(loc) and shown(loc).startswith("s3://n2n-bucket/runs/unit-")
+
+
+def _filesystem_path(uri):
+    from pyarrow import fs
+
+    return fs.FileSystem.from_uri(uri)[1]
+
+
+@pytest.mark.ray
+def test_a_search_through_s3_fills_the_run_folder_and_exports(ray_session, tiny_config, s3, tmp_path):
+    uri, filesystem = s3
+    logs = []
+    run = tmp_path / "runs" / "s3run"
+    cfg = load_config(tiny_config, {"resources.storage": uri, "search.shrink_budget": 0, "search.stages": ["removal"]})
+    summary = run_search(cfg, run, log=logs.append)
+    recs = json.loads((run / "candidates.json").read_text())
+    assert summary["stage"] == "done" and len(recs) == 6
+    loc = json.loads((run / "n2n.json").read_text())["results_store"]
+    objects = _objects(filesystem, _filesystem_path(loc))
+    for r in recs:  # in S3 first, then byte for byte in the run folder
+        assert {f"{r['key']}.json", f"{r['key']}.safetensors"} <= objects
+        with filesystem.open_input_stream(f"{_filesystem_path(loc)}/{r['key']}.safetensors") as f:
+            assert f.read() == (run / "results" / f"{r['key']}.safetensors").read_bytes()
+    assert sorted((run / "results" / "trained.log").read_text().split()) == sorted(r["key"] for r in recs)
+    assert not any("testing:testing" in line for line in logs)
+    out = export_best(run, tmp_path / "student", log=lambda *_: None)
+    assert out["key"] in {r["key"] for r in recs}
