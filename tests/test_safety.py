@@ -427,3 +427,19 @@ def test_a_trial_that_raises_reports_why(ray_session, tiny_config, tmp_path):
     assert all(r["failure"] == "AssertionError: Torch not compiled with CUDA enabled" and r["params"] > 0
                for r in records), records[0]["failure"]
     assert (tmp_path / "run" / "results" / f"{records[0]['key']}.traceback.txt").read_text().startswith("Traceback")
+
+
+def test_export_says_when_its_student_misses_the_target_on_test():
+    from n2n.export import accuracy_target
+
+    teacher = {"val_accuracy": 0.99, "test_accuracy": 0.99}
+    out, warning = accuracy_target(1.0, teacher, 0.985, 0.9727)  # chosen on val (0.5 below), 1.73 below on test
+    assert out == {"max_accuracy_drop": 1.0, "val_drop_points": 0.5, "test_drop_points": 1.73,
+                   "met_on_val": True, "met_on_test": False}
+    assert warning.startswith("warning: on the test split this student is 1.73 points below the teacher, "
+                              "past the target of 1, though it meets it on validation")
+    assert accuracy_target(1.0, teacher, 0.985, 0.985) == ({"max_accuracy_drop": 1.0, "val_drop_points": 0.5,
+                                                            "test_drop_points": 0.5, "met_on_val": True,
+                                                            "met_on_test": True}, None)
+    assert "on validation too" in accuracy_target(0.2, teacher, 0.985, 0.985)[1]
+    assert accuracy_target(None, teacher, 0.5, 0.5) == (None, None)

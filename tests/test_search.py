@@ -215,6 +215,11 @@ def test_finalists_and_a_target_decide_what_export_picks(ray_session, tiny_confi
     smallest = min(meeting, key=lambda r: r["params"])
     assert chosen["key"] == smallest["key"] and chosen["chosen_because"] == "the smallest finalist that meets the target"
     assert any(chosen["chosen_because"] in m for m in logs)  # and it says so
+    t = chosen["teacher"]  # where it stands against the target, on val and on the held-out test split
+    assert chosen["target"] == {"max_accuracy_drop": 25.0,
+                                "val_drop_points": round((t["val_accuracy"] - chosen["val_accuracy"]) * 100, 2),
+                                "test_drop_points": round((t["test_accuracy"] - chosen["test_accuracy"]) * 100, 2),
+                                "met_on_val": True, "met_on_test": chosen["target"]["test_drop_points"] <= 25.0}
     by_reward = sorted((r for r in recs if r["failure"] is None), key=lambda r: -r["reward"])
     assert export_best(run, tmp_path / "r2", rank=2, log=lambda *_: None)["key"] == by_reward[1]["key"]
     some = recs[1]["key"]
