@@ -67,6 +67,35 @@ def masked_logits(logits: torch.Tensor, mask) -> torch.Tensor:
     return logits.masked_fill(~mask, float("-inf"))
 
 
+def sequence_log_prob(policy: nn.Module, feats: torch.Tensor, actions, masks) -> tuple[torch.Tensor, torch.Tensor]:
+    """Episodes over the same units: feats (T, F), actions (B, T), masks (B, T, K) -> the sum of each
+    episode's action log-probabilities under `policy` (B,) and of its masked choices' entropies (B,)."""
+    acts = torch.as_tensor(actions)  # (B, T)
+    masks = torch.as_tensor(masks, dtype=torch.bool)  # (B, T, K)
+    b, t_len = acts.shape
+    if isinstance(policy, RemovalPolicy):  # the logits do not depend on earlier actions
+        logits = policy(feats).expand(b, -1, -1)  # (B, T, 2)
+    else:  # teacher forcing: step t sees the action taken at t - 1, as in sampling
+        state = [(h.expand(b, -1), c.expand(b, -1)) for h, c in policy.initial_state()]
+        prev = torch.zeros(b, policy.n_ratios)  # (B, K) one-hot of the previous action; none at t = 0
+        rows = []
+        for t in range(t_len):
+            x = torch.cat([feats[t].expand(b, -1), prev], 1)  # (B, F + K)
+            new_state = []
+            for cell, (h, c) in zip(policy.cells, state):
+                h, c = cell(x, (h, c))
+                new_state.append((h, c))
+                x = h
+            state = new_state
+            rows.append(policy.head(x))  # (B, K)
+            prev = nn.functional.one_hot(acts[:, t], policy.n_ratios).float()
+        logits = torch.stack(rows, 1)  # (B, T, K)
+    logp = torch.log_softmax(logits.masked_fill(~masks, float("-inf")), -1)  # (B, T, K)
+    taken = logp.gather(2, acts[..., None]).squeeze(2)  # (B, T); 0 where the mask forced the action
+    entropy = -(logp.exp() * logp.masked_fill(~masks, 0.0)).sum((1, 2))  # (B,)
+    return taken.sum(1), entropy
+
+
 @dataclass
 class ReinforceConfig:
     batch_size: int = 10  # rollouts per policy update (N2N used 5; 10 halves the gradient noise)
@@ -74,6 +103,10 @@ class ReinforceConfig:
     hidden: int = 30
     baseline_decay: float = 0.8  # exponential moving average of batch-mean rewards
     entropy_coef: float = 0.0
+    # the starting policy: None a fresh one (seeded); "pretrained" the one shipped in
+    # agents/pretrained (fit to earlier searches, see agents/pretrain.py); or a folder holding
+    # removal/ and shrink/ as agents.pretrain or save_policy writes them
+    policy: str | None = None
     max_invalid_batches: int = 50  # give up proposing after this many all-invalid batches in a row
 
     def __post_init__(self):
@@ -112,6 +145,8 @@ class ReinforceAgent(Agent):
                 self.policy = RemovalPolicy(self.cfg.hidden)
             else:
                 self.policy = ShrinkPolicy(len(env.space.ratios), self.cfg.hidden)
+        if self.cfg.policy is not None:
+            self.load_policy(policy_folder(self.cfg.policy, env.stage))
         self.opt = torch.optim.Adam(self.policy.parameters(), lr=self.cfg.lr_for(env.stage))
         self.gen = torch.Generator().manual_seed(seed)
         self.baseline: float | None = None
@@ -187,24 +222,11 @@ class ReinforceAgent(Agent):
             self._update()
 
     # -- learning ---------------------------------------------------------------------------------
-    def log_prob(self, rollout: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum of log-probabilities of the rollout's actions under the current policy, and entropy."""
-        acts = torch.tensor(rollout["actions"])
-        masks = torch.tensor(rollout["masks"], dtype=torch.bool)  # (T, K)
-        if isinstance(self.policy, RemovalPolicy):
-            logits = self.policy(self._feats)  # (T, 2)
-        else:
-            state, rows, prev = self.policy.initial_state(), [], None
-            for t in range(len(acts)):
-                lg, state = self.policy.step(self._feats[t], prev, state)
-                rows.append(lg)
-                prev = int(acts[t])
-            logits = torch.stack(rows)  # (T, K)
-        logp = torch.log_softmax(logits.masked_fill(~masks, float("-inf")), -1)  # (T, K)
-        taken = logp.gather(1, acts[:, None]).squeeze(1)  # (T,); 0 where the mask forced the action
-        p = logp.exp()
-        entropy = -(p * logp.masked_fill(~masks, 0.0)).sum()
-        return taken.sum(), entropy
+    def log_prob(self, rollouts: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per rollout (B,): the sum of its actions' log-probabilities under the current policy, and
+        its entropy."""
+        return sequence_log_prob(self.policy, self._feats, [r["actions"] for r in rollouts],
+                                 [r["masks"] for r in rollouts])
 
     def _update(self):
         rewards = torch.tensor([r["reward"] for r in self.batch])  # (B,)
@@ -213,9 +235,9 @@ class ReinforceAgent(Agent):
             self.baseline = mean
         # Each rollout's own advantage (the original reinforced every rollout with the batch mean).
         # Not divided by the batch's std: a batch of equal rewards (all invalid, say) would blow up.
-        adv = rewards - self.baseline
-        logps, ents = zip(*(self.log_prob(r) for r in self.batch))
-        loss = -(adv * torch.stack(logps)).mean() - self.cfg.entropy_coef * torch.stack(ents).mean()
+        adv = rewards - self.baseline  # (B,)
+        logp, ent = self.log_prob(self.batch)  # (B,) log-probability and entropy of each whole rollout
+        loss = -(adv * logp).mean() - self.cfg.entropy_coef * ent.mean()
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()
@@ -253,9 +275,28 @@ class ReinforceAgent(Agent):
 
     def load_policy(self, folder) -> None:
         folder = Path(folder)
-        meta = json.loads((folder / "policy.json").read_text())
-        if meta["stage"] != self.env.stage:
-            raise ValueError(f"policy in {folder} is for the {meta['stage']} stage, this agent is {self.env.stage}")
-        if self.env.stage == "shrink" and list(self.env.space.ratios) != meta["ratios"]:
-            raise ValueError(f"policy in {folder} picks from ratios {meta['ratios']}, this space has {list(self.env.space.ratios)}")
+        problem = policy_problem(folder, self.env.stage, list(self.env.space.ratios), self.cfg.hidden)
+        if problem:
+            raise ValueError(problem)
         self.policy.load_state_dict(load_file(str(folder / "policy.safetensors")), strict=True)
+
+
+def policy_folder(policy: str, stage: str) -> Path:
+    """Where the `policy` option's weights for `stage` are."""
+    from .pretrain import PRETRAINED
+
+    return (PRETRAINED if policy == "pretrained" else Path(policy)) / stage
+
+
+def policy_problem(folder: Path, stage: str, ratios: list[float], hidden: int) -> str | None:
+    """Why the policy saved in `folder` cannot start `stage` over `ratios` with `hidden` units, or None."""
+    if not (folder / "policy.json").is_file() or not (folder / "policy.safetensors").is_file():
+        return f"{folder}: expected policy.json and policy.safetensors (a saved {stage} policy), found none"
+    meta = json.loads((folder / "policy.json").read_text())
+    if meta.get("stage") != stage:
+        return f"policy in {folder} is for the {meta.get('stage')} stage, this agent is {stage}"
+    if stage == "shrink" and meta.get("ratios") != list(ratios):
+        return f"policy in {folder} picks from ratios {meta.get('ratios')}, this space has {list(ratios)}"
+    if meta.get("config", {}).get("hidden", hidden) != hidden:
+        return f"policy in {folder} has hidden={meta['config']['hidden']}, this agent hidden={hidden}"
+    return None
