@@ -2,6 +2,7 @@
 
     python benchmarks/search_quality.py [--seeds 0 1 2] [--agents reinforce optuna random uniform n2n-published]
                                         [--drop 1.0] [--removal 30] [--shrink 40] [--root DIR]
+                                        [--dataset digits]
     python benchmarks/search_quality.py --from DIR     # the figures again from finished run folders
 
 Every search uses the same teacher and its split, the same distillation and the same finalist stage,
@@ -13,7 +14,9 @@ validation) with its test accuracy; the largest compression within 1.0 and 2.0 p
 on validation among the search's candidates; the same on test among the finalists (distilled
 longer); the anytime curve (the largest compression within `--drop` after every 10 candidates); wall
 time. Writes benchmarks/results/search_quality.json (rows, and means per agent) and
-search_quality.png (the anytime curves, mean over seeds).
+search_quality.png (the anytime curves, mean over seeds); with `--dataset digits` the default
+recipe's teacher is trained on scikit-learn's 8x8 digits instead (a 2D CNN) and the files are
+search_quality_digits.*.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ VARIANTS = {  # agent name -> config overrides beyond the shared ones
     "reinforce": {}, "optuna": {"search.agent": "optuna"}, "random": {"search.agent": "random"},
     "uniform": {"search.agent": "uniform", "search.stages": ["shrink"]},
     "n2n-published": {"distill.inherit": False, "reward.kind": "n2n", "finalists.k": 0},
+    # REINFORCE starting from the policy shipped in agents/pretrained (fit to MNIST-1D searches):
+    # a fair test of transfer only on another teacher (--dataset digits)
+    "reinforce-pretrained": {"search.agent_options": {"policy": "pretrained"}},
 }
 
 
@@ -118,13 +124,20 @@ def main():
     p.add_argument("--drop", type=float, default=1.0)
     p.add_argument("--removal", type=int, default=30)
     p.add_argument("--shrink", type=int, default=40)
+    p.add_argument("--dataset", default="mnist1d", choices=["mnist1d", "digits"], help="the teacher recipe's dataset")
     p.add_argument("--root", help="where the run folders go (default: a new temp folder)")
     p.add_argument("--from", dest="source", help="analyse the run folders AGENT-SEED here again; search nothing")
     args = p.parse_args()
-    path = Path(__file__).parent / "results" / "search_quality.json"
+    suffix = "" if args.dataset == "mnist1d" else f"_{args.dataset}"
+    path = Path(__file__).parent / "results" / f"search_quality{suffix}.json"
     root = Path(args.source or args.root or tempfile.mkdtemp(prefix="n2n-quality-"))
     root.mkdir(parents=True, exist_ok=True)
-    out = {"settings": {k: v for k, v in vars(args).items() if k not in ("source", "root")}, "rows": []}
+    settings = {k: v for k, v in vars(args).items() if k not in ("source", "root", "seeds", "agents")}
+    out = {"settings": settings, "rows": []}
+    if path.exists():  # keep the rows of other agents and seeds measured under the same settings
+        old = json.loads(path.read_text())
+        if {k: old["settings"].get(k) for k in settings} == settings:
+            out["rows"] = [r for r in old["rows"] if not (r["agent"] in args.agents and r["seed"] in args.seeds)]
     if not args.source:
         ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     for seed in args.seeds:
@@ -132,7 +145,7 @@ def main():
             run, student = root / f"{agent}-{seed}", root / f"{agent}-{seed}-student"
             if not args.source:
                 over = {"seed": seed, "target.max_accuracy_drop": args.drop, "search.removal_budget": args.removal,
-                        "search.shrink_budget": args.shrink, **VARIANTS[agent]}
+                        "search.shrink_budget": args.shrink, "teacher.recipe.dataset": args.dataset, **VARIANTS[agent]}
                 start = time.perf_counter()
                 run_search(load_config(None, over), run, log=lambda *_: None)
                 print(f"{agent} seed {seed}: searched in {time.perf_counter() - start:.0f} s", flush=True)

@@ -133,6 +133,14 @@ def _report(args) -> int:
     return 0
 
 
+def _policy_fit(args) -> int:
+    from .policies import fit_policies
+
+    fit_policies([Path(r) for r in args.runs], Path(args.out), steps=args.steps, seed=args.seed,
+                 factories=args.allow_factory)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="n2n", description="Compress a trained network by policy search (N2N learning).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -202,6 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("config", help="print the default config (every key documented) to start your own from")
     c.set_defaults(func=_config)
+
+    pol = sub.add_parser("policy", help="N2N policies learned from earlier searches").add_subparsers(dest="policy_cmd", required=True)
+    pf = pol.add_parser("fit", help="fit the removal and shrink policies to finished searches' candidates; "
+                        "start a search from them with search.agent_options: {policy: OUT}")
+    pf.add_argument("runs", nargs="+", help="run folders (their candidates.json and teachers)")
+    pf.add_argument("--out", required=True, help="folder to write (must not exist): OUT/removal, OUT/shrink")
+    pf.add_argument("--steps", type=int, default=300, help="gradient steps")
+    pf.add_argument("--seed", type=int, default=0)
+    pf.add_argument("--allow-factory", action="append", default=[], metavar="PKG.MOD:FN",
+                    help="let a teacher folder's arch.json import and call this factory (your own module class)")
+    pf.set_defaults(func=_policy_fit)
 
     rep = sub.add_parser("report", help="leaderboard and plots of a run")
     rep.add_argument("run", help="the run folder, e.g. runs/NAME")

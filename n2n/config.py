@@ -163,6 +163,14 @@ class Config:
             agent_options(s.agent, s.agent_options)
         except AgentOptionError as e:
             raise ConfigError(f"search.agent_options.{e}") from None
+        if s.agent == "reinforce" and s.agent_options.get("policy") is not None:
+            from agents.reinforce import policy_folder, policy_problem
+
+            hidden = s.agent_options.get("hidden", 30)
+            for stage in (st for st in s.stages if st in ("removal", "shrink")):
+                problem = policy_problem(policy_folder(s.agent_options["policy"], stage), stage, s.ratios, hidden)
+                if problem:
+                    raise ConfigError(f"search.agent_options.policy: {problem}")
         self.reward_config()  # reward.compression / kind checks
 
     def space(self, teacher, input_shape, arch: dict | None = None):

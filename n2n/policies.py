@@ -1,0 +1,53 @@
+"""`n2n policy fit`: N2N's policies fit to finished searches (agents.pretrain), written as a folder
+that `search.agent_options: {policy: DIR}` starts a REINFORCE search from."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from agents.pretrain import episodes, fit, save
+
+from .errors import ConfigError
+from .models import check_target, temp_folder
+from .runfolder import read_records
+from .search import OpenRun
+
+
+def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, factories=(), log=print) -> Path:
+    """Fit the removal and shrink policies to the candidates of `runs`; write OUT/removal, OUT/shrink."""
+    out = Path(out)
+    check_target(out)  # never over anything: a new folder, written whole or not at all
+    groups: dict[str, list] = {"removal": [], "shrink": []}
+    ratios, spaces = None, []
+    for run_dir in runs:
+        space = OpenRun.open(run_dir, factories).space
+        if ratios is not None and list(space.ratios) != ratios:
+            raise ConfigError(f"{run_dir}: search.ratios {list(space.ratios)}, expected the same as the other runs' {ratios}")
+        ratios = list(space.ratios)
+        spaces.append(repr(space))
+        recs = read_records(run_dir)
+        for stage, g in groups.items():
+            eps = episodes(space, recs, stage)
+            if eps:
+                g.append(eps)
+    if not any(groups.values()):
+        raise ConfigError(f"no evaluated removal or shrink candidates in {', '.join(map(str, runs))}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_folder(out, f".{out.name}.")
+    try:
+        for stage, g in groups.items():
+            if not g:
+                log(f"{stage}: no candidates in these runs; no {stage} policy written")
+                continue
+            n = sum(len(e) for e in g)
+            log(f"{stage}: fitting to {n} candidates of {len(g)} searches ({steps} steps)")
+            meta = {"runs": [Path(r).name for r in runs], "teachers": sorted(set(spaces)), "episodes": n, "steps": steps}
+            save(fit(stage, g, len(ratios), steps=steps, seed=seed), stage, ratios, tmp / stage, meta)
+        check_target(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"wrote {out}; start a search from it with --set 'search.agent_options={{policy: {out}}}'")
+    return out
