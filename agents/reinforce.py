@@ -22,7 +22,7 @@ from torch import nn
 
 from search_spaces import FEATURE_DIM
 
-from .base import Agent, Candidate, rollout
+from .base import Agent, AgentOptionError, Candidate, rollout
 
 
 class RemovalPolicy(nn.Module):
@@ -277,7 +277,7 @@ class ReinforceAgent(Agent):
         folder = Path(folder)
         problem = policy_problem(folder, self.env.stage, list(self.env.space.ratios), self.cfg.hidden)
         if problem:
-            raise ValueError(problem)
+            raise AgentOptionError(f"policy: {problem}")
         self.policy.load_state_dict(load_file(str(folder / "policy.safetensors")), strict=True)
 
 

@@ -148,7 +148,11 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
         log(f"warning: the teacher measures {val_acc:.4f} validation accuracy on this split, its metrics.json says "
             f"{stored:.4f}: is this the data and the split it was trained on?")
     ref = Reference(space.teacher_params(), space.flops(space.identity()), val_acc)
-    meta = {"config": cfg.to_dict(), "teacher_folder": str(folder.resolve()), "dataset": dataset,
+    config = cfg.to_dict()
+    policy = config["search"]["agent_options"].get("policy")
+    if policy not in (None, "pretrained"):  # later stages and resumes load it, maybe from another directory
+        config["search"]["agent_options"]["policy"] = str(Path(policy).resolve())
+    meta = {"config": config, "teacher_folder": str(folder.resolve()), "dataset": dataset,
             "input_shape": list(ds.input_shape), "reference": asdict(ref), "split": ds.split,
             "teacher_digest": weights_digest(folder),
             "teacher": {"folder": str(folder.resolve()), "dataset": dataset, "test_accuracy": test_acc,

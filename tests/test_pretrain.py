@@ -169,7 +169,8 @@ def test_the_benchmarks_baseline_variant_is_the_shipped_agent():
 
 
 @pytest.mark.ray
-def test_policy_fit_command_learns_from_a_run_and_starts_the_next_search(ray_session, tiny_config, tmp_path, capsys):
+def test_policy_fit_command_learns_from_a_run_and_starts_the_next_search(ray_session, tiny_config, tmp_path, capsys,
+                                                                        monkeypatch):
     from n2n.cli import main
     from n2n.search import run_search
 
@@ -193,7 +194,8 @@ def test_policy_fit_command_learns_from_a_run_and_starts_the_next_search(ray_ses
     assert not (tmp_path / "p2").exists()
 
     second = tmp_path / "runs" / "second"
-    cfg = load_config(tiny_config, {"search.agent_options": {"policy": str(out)}})
+    monkeypatch.chdir(tmp_path)  # a relative policy folder is recorded absolute: resumes may run elsewhere
+    cfg = load_config(tiny_config, {"search.agent_options": {"policy": "policy"}})
     summary = run_search(cfg, second, log=lambda *_: None)
     assert summary["stage"] == "done" and summary["candidates_evaluated"] == 12
     assert json.loads((second / "n2n.json").read_text())["config"]["search"]["agent_options"] == {"policy": str(out)}
