@@ -281,11 +281,16 @@ class ReinforceAgent(Agent):
         self.policy.load_state_dict(load_file(str(folder / "policy.safetensors")), strict=True)
 
 
-def policy_folder(policy: str, stage: str) -> Path:
-    """Where the `policy` option's weights for `stage` are."""
+def policy_root(policy: str) -> Path:
+    """The folder the `policy` option names: the shipped one for "pretrained", else the path."""
     from .pretrain import PRETRAINED
 
-    return (PRETRAINED if policy == "pretrained" else Path(policy)) / stage
+    return PRETRAINED if policy == "pretrained" else Path(policy)
+
+
+def policy_folder(policy: str, stage: str) -> Path:
+    """Where the `policy` option's weights for `stage` are."""
+    return policy_root(policy) / stage
 
 
 def policy_problem(folder: Path, stage: str, ratios: list[float], hidden: int) -> str | None:
@@ -299,4 +304,16 @@ def policy_problem(folder: Path, stage: str, ratios: list[float], hidden: int) -
         return f"policy in {folder} picks from ratios {meta.get('ratios')}, this space has {list(ratios)}"
     if meta.get("config", {}).get("hidden", hidden) != hidden:
         return f"policy in {folder} has hidden={meta['config']['hidden']}, this agent hidden={hidden}"
+    from safetensors import safe_open
+
+    want = RemovalPolicy(hidden) if stage == "removal" else ShrinkPolicy(len(ratios), hidden)
+    want = {k: tuple(v.shape) for k, v in want.state_dict().items()}
+    try:
+        with safe_open(str(folder / "policy.safetensors"), framework="pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # a damaged or foreign file
+        return f"{folder / 'policy.safetensors'}: not readable as safetensors ({e})"
+    if found != want:
+        wrong = sorted(set(want) ^ set(found)) or sorted(k for k in want if want[k] != found[k])
+        return f"{folder / 'policy.safetensors'}: expected the {stage} policy's tensors {want}, found other names or shapes ({', '.join(wrong[:4])})"
     return None

@@ -163,15 +163,24 @@ class Config:
             agent_options(s.agent, s.agent_options)
         except AgentOptionError as e:
             raise ConfigError(f"search.agent_options.{e}") from None
-        if s.agent == "reinforce" and s.agent_options.get("policy") is not None:
-            from agents.reinforce import policy_folder, policy_problem
-
-            hidden = s.agent_options.get("hidden", 30)
-            for stage in (st for st in s.stages if st in ("removal", "shrink")):
-                problem = policy_problem(policy_folder(s.agent_options["policy"], stage), stage, s.ratios, hidden)
-                if problem:
-                    raise ConfigError(f"search.agent_options.policy: {problem}")
         self.reward_config()  # reward.compression / kind checks
+
+    def policy_folder(self) -> Path | None:
+        """The folder REINFORCE's starting policy comes from (agent_options.policy), checked: it holds a
+        policy for every stage searched that fits this config; None when the search starts fresh.
+        Checked when a search starts, not when a run is opened: the run keeps its own copy."""
+        s = self.search
+        if s.agent != "reinforce" or s.agent_options.get("policy") is None:
+            return None
+        from agents import ReinforceConfig
+        from agents.reinforce import policy_folder, policy_problem, policy_root
+
+        hidden = s.agent_options.get("hidden", ReinforceConfig.hidden)
+        for stage in (st for st in s.stages if st in ("removal", "shrink")):
+            problem = policy_problem(policy_folder(s.agent_options["policy"], stage), stage, s.ratios, hidden)
+            if problem:
+                raise ConfigError(f"search.agent_options.policy: {problem}")
+        return policy_root(s.agent_options["policy"]).resolve()
 
     def space(self, teacher, input_shape, arch: dict | None = None):
         """The search space of `teacher` (whose arch.json is `arch`) under this config."""

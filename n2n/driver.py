@@ -25,7 +25,7 @@ from envs import CompressionEnv, Evaluation, Reference, RewardConfig, compressio
 from search_spaces import SearchSpace, StudentSpec
 
 from .models import write_json
-from .runfolder import RECORDS, SUMMARY, save_state
+from .runfolder import POLICY, RECORDS, SUMMARY, save_state
 
 FINISHED = "FINISHED"
 
@@ -107,7 +107,10 @@ class SearchDriver:
             return Finalists(self._finalist_specs())
         env = CompressionEnv(self.space, evaluator=None, stage=stage, base_spec=base,
                              reward_config=self.reward_config, reference=self.reference)
-        return make_agent(self.kind, env, seed=self.seed + self.stage_idx, **self.options)
+        options = self.options
+        if options.get("policy") is not None and self.run_dir is not None:  # the run's own copy
+            options = {**options, "policy": str(self.run_dir / POLICY)}
+        return make_agent(self.kind, env, seed=self.seed + self.stage_idx, **options)
 
     def _finalist_specs(self) -> list[StudentSpec]:
         """The `budgets["finalists"]` candidates of the accuracy/size Pareto front worth distilling

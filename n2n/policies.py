@@ -10,7 +10,7 @@ from pathlib import Path
 from agents.pretrain import episodes, fit, save
 
 from .errors import ConfigError
-from .models import check_target, temp_folder
+from .models import temp_folder
 from .runfolder import read_records
 from .search import OpenRun
 
@@ -18,7 +18,12 @@ from .search import OpenRun
 def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, factories=(), log=print) -> Path:
     """Fit the removal and shrink policies to the candidates of `runs`; write OUT/removal, OUT/shrink."""
     out = Path(out)
-    check_target(out)  # never over anything: a new folder, written whole or not at all
+
+    def taken() -> bool:
+        return out.is_symlink() or out.exists()  # a dangling link is something too
+
+    if taken():  # never over anything: a new folder, written whole or not at all
+        raise FileExistsError(f"{out} already exists; choose another --out")
     groups: dict[str, list] = {"removal": [], "shrink": []}
     ratios, spaces = None, []
     for run_dir in runs:
@@ -45,7 +50,8 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
             log(f"{stage}: fitting to {n} candidates of {len(g)} searches ({steps} steps)")
             meta = {"runs": [Path(r).name for r in runs], "teachers": sorted(set(spaces)), "episodes": n, "steps": steps}
             save(fit(stage, g, len(ratios), steps=steps, seed=seed), stage, ratios, tmp / stage, meta)
-        check_target(out)
+        if taken():
+            raise FileExistsError(f"{out} appeared while fitting; choose another --out")
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -41,6 +41,7 @@ RECORDS = "candidates.json"
 SUMMARY = "summary.json"
 RESULTS = "results"
 TUNE = "tune"
+POLICY = "policy"  # the copy of REINFORCE's starting policy a run was started from (agent_options.policy)
 LOCK = ".lock"
 
 
@@ -113,9 +114,9 @@ class RunLock:
         self.release()
 
 
-def create_run(run_dir: Path, meta: dict) -> RunLock:
-    """Create RUN with n2n.json and results/ in one rename, locked: a kill at any moment leaves
-    either no run folder or one that `n2n resume` continues."""
+def create_run(run_dir: Path, meta: dict, copies: dict[str, Path] | None = None) -> RunLock:
+    """Create RUN with n2n.json, results/ and `copies` ({path in RUN: source file}) in one rename,
+    locked: a kill at any moment leaves either no run folder or one that `n2n resume` continues."""
     run_dir = Path(run_dir)
     if run_dir.exists():
         raise RunError(f"{run_dir} already exists; resume it with `n2n resume {run_dir}` or choose another --name")
@@ -123,6 +124,9 @@ def create_run(run_dir: Path, meta: dict) -> RunLock:
     tmp = temp_folder(run_dir, f".{run_dir.name}.")
     try:
         (tmp / RESULTS).mkdir()
+        for rel, src in (copies or {}).items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, tmp / rel)
         write_json(tmp / META, meta)
         lock = RunLock(tmp).acquire()
         try:

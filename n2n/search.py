@@ -25,7 +25,7 @@ from .config import Config, from_dict
 from .driver import SearchDriver
 from .errors import ConfigError, RunError
 from .models import load_model, weights_digest
-from .runfolder import TUNE, RunLock, create_run, load_state, read_records, read_run
+from .runfolder import POLICY, TUNE, RunLock, create_run, load_state, read_records, read_run
 from .storage import Fetcher, RemoteResults, store_location
 from .teachers import cached_teacher
 from .train import accuracy, predict
@@ -134,6 +134,7 @@ def run_data(meta: dict) -> data_mod.Dataset:
 def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
     """Everything a new run needs, checked before anything is written: teacher, data, reference
     figures, agent options. Returns the metadata and (teacher, arch, dataset, space)."""
+    policy = cfg.policy_folder()  # before a teacher is trained
     folder, dataset = resolve_teacher(cfg, log, factories)
     teacher, arch, metrics = load_model(folder, factories)
     ds = teacher_data(folder, metrics, dataset, log)
@@ -149,9 +150,8 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
             f"{stored:.4f}: is this the data and the split it was trained on?")
     ref = Reference(space.teacher_params(), space.flops(space.identity()), val_acc)
     config = cfg.to_dict()
-    policy = config["search"]["agent_options"].get("policy")
-    if policy not in (None, "pretrained"):  # later stages and resumes load it, maybe from another directory
-        config["search"]["agent_options"]["policy"] = str(Path(policy).resolve())
+    if policy is not None:  # what it was started from; the run loads its own copy (RUN/policy)
+        config["search"]["agent_options"]["policy"] = str(policy)
     meta = {"config": config, "teacher_folder": str(folder.resolve()), "dataset": dataset,
             "input_shape": list(ds.input_shape), "reference": asdict(ref), "split": ds.split,
             "teacher_digest": weights_digest(folder),
@@ -159,6 +159,16 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
                         "units": space.n_units},
             "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     return meta, (teacher, arch, ds, space)
+
+
+def policy_files(cfg: Config) -> dict[str, Path]:
+    """The starting policy's files, to copy into the run folder (RUN/policy/STAGE/...): later stages
+    and resumes load that copy, so the run does not depend on a folder that may change or go."""
+    root = cfg.policy_folder()
+    if root is None:
+        return {}
+    return {f"{POLICY}/{stage}/{name}": root / stage / name for stage in cfg.search.stages
+            if stage in ("removal", "shrink") for name in ("policy.json", "policy.safetensors")}
 
 
 def _check_address(address: str) -> None:
@@ -316,7 +326,7 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
         RemoteResults(meta["results_store"]).check(run_dir)
     with ray_session(address, log):
         check_resources(cfg, remote=bool(address), log=log)  # before the run folder exists
-        with create_run(run_dir, meta):
+        with create_run(run_dir, meta, copies=policy_files(cfg)):
             log = teed(log, run_dir)
             ref = meta["reference"]
             log(f"teacher: {ref['params']:,} params, val acc {ref['accuracy']:.4f}, "

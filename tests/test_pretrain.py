@@ -1,22 +1,25 @@
 """Policies fit offline to earlier searches (agents.pretrain) and the shipped pretrained policy."""
 
 import json
+import re
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from agents import make_agent, run
 from agents.pretrain import PRETRAINED, episodes, fit
-from agents.reinforce import sequence_log_prob
+from agents.reinforce import RemovalPolicy, ShrinkPolicy, sequence_log_prob
 from envs import CompressionEnv, ProxyEvaluator, Reference, RewardConfig, demo_space
 from n2n.config import load_config
 from n2n.errors import ConfigError
 from n2n.models import vgg_layers
-from search_spaces import DEFAULT_RATIOS, ResNet, ResNetSpace, SequentialSpace, layers_to_module, resnet_arch
+from n2n.search import OpenRun, run_search
+from search_spaces import DEFAULT_RATIOS, StudentSpec, ResNet, ResNetSpace, SequentialSpace, layers_to_module, resnet_arch
 
 from helpers import randomise_bn
 
@@ -40,31 +43,48 @@ def _records(space, proxy, seed=0):
     return recs
 
 
-def test_batched_log_prob_equals_what_sampling_drew():
-    """The update's teacher-forced, batched log-probabilities are those of the draws (shrink policy)."""
-    space = _space()
-    agent = make_agent("reinforce", CompressionEnv(space, evaluator=None, stage="shrink"), seed=3)
-    rollouts, drawn = [], []
-    for _ in range(4):
-        state, prev, total = agent.policy.initial_state(), None, 0.0
-        r = agent._rollout()
+def _drawn_log_prob(policy, feats, r):
+    """One rollout's log-probability as sampling computes it: unit by unit (with gradients)."""
+    total = torch.zeros(())
+    if isinstance(policy, RemovalPolicy):
+        logits = policy(feats)  # (T, 2)
+    else:
+        state, prev, rows = policy.initial_state(), None, []
         for t, a in enumerate(r["actions"]):
-            with torch.no_grad():
-                logits, state = agent.policy.step(agent._feats[t], prev, state)
-            mask = torch.tensor(r["masks"][t], dtype=torch.bool)
-            total += float(torch.log_softmax(logits.masked_fill(~mask, float("-inf")), -1)[a])
+            lg, state = policy.step(feats[t], prev, state)
+            rows.append(lg)
             prev = a
-        rollouts.append(r)
-        drawn.append(total)
-    with torch.no_grad():
-        batched, _ = agent.log_prob(rollouts)
-    assert batched.shape == (4,)
-    assert batched.tolist() == pytest.approx(drawn, abs=1e-5)
-    assert len(set(round(x, 4) for x in drawn)) > 1  # four different rollouts, not one repeated
+        logits = torch.stack(rows)
+    for t, a in enumerate(r["actions"]):
+        mask = torch.tensor(r["masks"][t], dtype=torch.bool)
+        total = total + torch.log_softmax(logits[t].masked_fill(~mask, float("-inf")), -1)[a]
+    return total
+
+
+@pytest.mark.parametrize("stage", ["removal", "shrink"])
+def test_batched_log_prob_and_its_gradient_equal_the_unit_by_unit_ones(stage):
+    """The update's teacher-forced, batched log-probabilities (and REINFORCE's gradient through them)
+    are those of the draws, masked (forced) units included."""
+    space = _space()
+    agent = make_agent("reinforce", CompressionEnv(space, evaluator=None, stage=stage), seed=3)
+    rollouts = [agent._rollout() for _ in range(5)]
+    assert any(0 in m for r in rollouts for m in r["masks"])  # some units had a forced action
+    adv = torch.tensor([0.3, -0.1, 0.5, -0.7, 0.2])  # (B,)
+    batched, _ = agent.log_prob(rollouts)
+    unit_by_unit = torch.stack([_drawn_log_prob(agent.policy, agent._feats, r) for r in rollouts])
+    assert batched.tolist() == pytest.approx(unit_by_unit.tolist(), abs=1e-5)
+    assert len({round(x, 4) for x in unit_by_unit.tolist()}) > 1  # five different rollouts
+    grads = []
+    for logp in (batched, unit_by_unit):
+        agent.policy.zero_grad()
+        (-(adv * logp).mean()).backward(retain_graph=True)
+        grads.append(torch.cat([p.grad.flatten() for p in agent.policy.parameters() if p.grad is not None]))
+    assert grads[0].abs().sum() > 0
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
 def test_episodes_rebuild_each_candidate_from_its_actions():
-    space, proxy = _space(), None
+    space = _space()
     proxy = ProxyEvaluator(space)
     recs = _records(space, proxy)
     recs.append({**recs[0], "failure": "CUDA out of memory"})  # failed: left out
@@ -76,14 +96,31 @@ def test_episodes_rebuild_each_candidate_from_its_actions():
         for e, r in zip(eps, mine):
             base = None
             if stage == "shrink":
-                from search_spaces import StudentSpec
-
                 spec = StudentSpec.from_dict(r["spec"])
                 base = StudentSpec(spec.removed, (1.0,) * space.n_units)
             env = CompressionEnv(space, evaluator=None, stage=stage, base_spec=base)
             assert env.spec_from_actions(dict(zip(env.active, e["actions"]))).to_dict() == r["spec"]
             assert e["feats"].shape == (len(env.active), space.features().shape[1])
             assert e["reward"] == r["reward"]
+
+
+@pytest.mark.parametrize("family", ["vgg", "resnet"])
+def test_episodes_are_the_draws_of_the_agent_that_made_them(family):
+    """Rebuilt from the specs alone, the episodes hold the very actions and masks the agent drew,
+    also where removing a block takes its sub-units with it (ResNet)."""
+    torch.manual_seed(0)
+    space = _space() if family == "vgg" else _other_teachers()["resnet"]
+    removal = make_agent("reinforce", CompressionEnv(space, evaluator=None, stage="removal"), seed=5)
+    drawn = [removal._rollout() for _ in range(6)]
+    base = next(StudentSpec.from_dict(r["spec"]) for r in drawn if r["spec"]["removed"])
+    shrink = make_agent("reinforce", CompressionEnv(space, evaluator=None, stage="shrink", base_spec=base), seed=5)
+    drawn_shrink = [shrink._rollout() for _ in range(6)]
+    assert len(shrink.env.active) < space.n_units  # the removed units (and their sub-units) are not shrunk
+    for stage, rollouts in (("removal", drawn), ("shrink", drawn_shrink)):
+        recs = [{"stage": stage, "spec": r["spec"], "reward": 0.1 * i, "failure": None} for i, r in enumerate(rollouts)]
+        eps = episodes(space, recs, stage)
+        assert [e["actions"] for e in eps] == [r["actions"] for r in rollouts]
+        assert [e["masks"] for e in eps] == [r["masks"] for r in rollouts]
 
 
 @pytest.mark.parametrize("stage", ["removal", "shrink"])
@@ -142,13 +179,30 @@ def test_shipped_removal_policy_prefers_removing_deep_layers():
     assert 0.05 < float(p.min()) and float(p.max()) < 0.95
 
 
-def test_config_refuses_a_policy_that_cannot_start_the_search(tmp_path):
-    with pytest.raises(ConfigError, match=r"agent_options.policy: .*nowhere/removal: expected policy.json"):
-        load_config(None, {"search.agent_options": {"policy": str(tmp_path / "nowhere")}})
-    with pytest.raises(ConfigError, match=r"picks from ratios \[0.25, 0.5, .*this space has \[0.5, 1.0\]"):
-        load_config(None, {"search.agent_options": {"policy": "pretrained"}, "search.ratios": [0.5, 1.0]})
-    cfg = load_config(None, {"search.agent_options": {"policy": "pretrained"}})
-    assert cfg.search.ratios == list(DEFAULT_RATIOS)
+def test_a_policy_that_cannot_start_the_search_is_refused_before_anything_is_written(tmp_path):
+    def problem(policy, **over):
+        cfg = load_config(None, {"search.agent_options": {"policy": str(policy)}, **over})
+        with pytest.raises(ConfigError) as e:
+            run_search(cfg, tmp_path / "run", log=lambda *_: None)
+        assert not (tmp_path / "run").exists()
+        return str(e.value)
+
+    assert "nowhere/removal: expected policy.json and policy.safetensors" in problem(tmp_path / "nowhere")
+    assert re.search(r"picks from ratios \[0.25, 0.5, .*this space has \[0.5, 1.0\]",
+                     problem("pretrained", **{"search.ratios": [0.5, 1.0]}))
+    bad = tmp_path / "bad"
+    shutil.copytree(PRETRAINED, bad)
+    shutil.copytree(PRETRAINED / "removal", bad / "shrink", dirs_exist_ok=True)  # the removal policy as shrink's
+    assert "is for the removal stage, this agent is shrink" in problem(bad)
+    shutil.rmtree(bad / "shrink")
+    shutil.copytree(PRETRAINED / "shrink", bad / "shrink")
+    assert "has hidden=30, this agent hidden=16" in problem(bad, **{"search.agent_options": {"policy": str(bad), "hidden": 16}})
+    small = ShrinkPolicy(len(DEFAULT_RATIOS), 16)  # tensors of another size under a JSON that says 30
+    save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(bad / "shrink" / "policy.safetensors"))
+    assert "bad/shrink/policy.safetensors: expected the shrink policy's tensors" in problem(bad)
+    (bad / "shrink" / "policy.safetensors").write_text("not safetensors")
+    assert "not readable as safetensors" in problem(bad)
+    assert load_config(None, {"search.agent_options": {"policy": "pretrained"}}).policy_folder() == PRETRAINED.resolve()
 
 
 def test_the_benchmarks_baseline_variant_is_the_shipped_agent():
@@ -172,7 +226,6 @@ def test_the_benchmarks_baseline_variant_is_the_shipped_agent():
 def test_policy_fit_command_learns_from_a_run_and_starts_the_next_search(ray_session, tiny_config, tmp_path, capsys,
                                                                         monkeypatch):
     from n2n.cli import main
-    from n2n.search import run_search
 
     first = tmp_path / "runs" / "first"
     run_search(load_config(tiny_config), first, log=lambda *_: None)
@@ -199,3 +252,23 @@ def test_policy_fit_command_learns_from_a_run_and_starts_the_next_search(ray_ses
     summary = run_search(cfg, second, log=lambda *_: None)
     assert summary["stage"] == "done" and summary["candidates_evaluated"] == 12
     assert json.loads((second / "n2n.json").read_text())["config"]["search"]["agent_options"] == {"policy": str(out)}
+    for stage in ("removal", "shrink"):  # the run keeps a copy of what it started from
+        for name in ("policy.json", "policy.safetensors"):
+            assert (second / "policy" / stage / name).read_bytes() == (out / stage / name).read_bytes()
+    shutil.rmtree(out)  # the folder it started from may go: the run still opens, its agents still load
+    run = OpenRun.open(second)
+    from n2n.search import make_driver
+
+    driver = make_driver(run.cfg, run.space, run.meta, second, log=lambda *_: None)
+    fitted = load_file(str(second / "policy" / "removal" / "policy.safetensors"))
+    assert all(torch.equal(driver.agent.policy.state_dict()[k], v) for k, v in fitted.items())
+
+
+def test_policy_fit_refuses_a_dangling_link_as_out(tmp_path):
+    from n2n.policies import fit_policies
+
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone")
+    with pytest.raises(FileExistsError, match="already exists"):
+        fit_policies([tmp_path / "no-run"], link)
+    assert link.is_symlink() and not (tmp_path / "gone").exists()
