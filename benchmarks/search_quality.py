@@ -2,7 +2,7 @@
 
     python benchmarks/search_quality.py [--seeds 0 1 2] [--agents reinforce optuna random uniform n2n-published]
                                         [--drop 1.0] [--removal 30] [--shrink 40] [--root DIR]
-                                        [--dataset digits]
+                                        [--dataset digits] [--name STEM]
     python benchmarks/search_quality.py --from DIR     # the figures again from finished run folders
 
 Every search uses the same teacher and its split, the same distillation and the same finalist stage,
@@ -130,14 +130,15 @@ def main():
     p.add_argument("--removal", type=int, default=30)
     p.add_argument("--shrink", type=int, default=40)
     p.add_argument("--dataset", default="mnist1d", choices=["mnist1d", "digits"], help="the teacher recipe's dataset")
+    p.add_argument("--name", help="results file stem (default: search_quality, search_quality_digits)")
     p.add_argument("--root", help="where the run folders go (default: a new temp folder)")
     p.add_argument("--from", dest="source", help="analyse the run folders AGENT-SEED here again; search nothing")
     args = p.parse_args()
     suffix = "" if args.dataset == "mnist1d" else f"_{args.dataset}"
-    path = Path(__file__).parent / "results" / f"search_quality{suffix}.json"
+    path = Path(__file__).parent / "results" / f"{args.name or 'search_quality' + suffix}.json"
     root = Path(args.source or args.root or tempfile.mkdtemp(prefix="n2n-quality-"))
     root.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("source", "root", "seeds", "agents")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("source", "root", "seeds", "agents", "name")}
     out = {"settings": settings, "rows": []}
     if path.exists():  # other agents and seeds measured under the same settings stay; a rerun replaces its row
         old = json.loads(path.read_text())
