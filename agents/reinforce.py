@@ -103,10 +103,12 @@ class ReinforceConfig:
     hidden: int = 30
     baseline_decay: float = 0.8  # exponential moving average of batch-mean rewards
     entropy_coef: float = 0.0
-    # the starting policy: None a fresh one (seeded); "pretrained" the one shipped in
-    # agents/pretrained (fit to earlier searches, see agents/pretrain.py); or a folder holding
-    # removal/ and shrink/ as agents.pretrain or save_policy writes them
-    policy: str | None = None
+    # the starting policy: "auto" the shipped one where it fits (the same ratios and hidden size, a
+    # teacher of the unit kinds it was fit on; it beat a fresh start in benchmarks/search_quality.py),
+    # else fresh; None a fresh one (seeded);
+    # "pretrained" the one shipped in agents/pretrained (fit to earlier searches, see
+    # agents/pretrain.py); or a folder holding removal/ and shrink/ as `n2n policy fit` writes them
+    policy: str | None = "auto"
     max_invalid_batches: int = 50  # give up proposing after this many all-invalid batches in a row
 
     def __post_init__(self):
@@ -145,8 +147,10 @@ class ReinforceAgent(Agent):
                 self.policy = RemovalPolicy(self.cfg.hidden)
             else:
                 self.policy = ShrinkPolicy(len(env.space.ratios), self.cfg.hidden)
-        if self.cfg.policy is not None:
-            self.load_policy(policy_folder(self.cfg.policy, env.stage))
+        policy = resolve_policy(self.cfg.policy, env.stage, env.space, self.cfg.hidden)
+        if policy is not None:
+            self.load_policy(policy_folder(policy, env.stage))
+        self.started_from = policy or "fresh"
         self.opt = torch.optim.Adam(self.policy.parameters(), lr=self.cfg.lr_for(env.stage))
         self.gen = torch.Generator().manual_seed(seed)
         self.baseline: float | None = None
@@ -288,6 +292,19 @@ def policy_root(policy: str) -> Path:
     return PRETRAINED if policy == "pretrained" else Path(policy)
 
 
+def resolve_policy(policy: str | None, stage: str, space, hidden: int) -> str | None:
+    """The `policy` option made concrete: "auto" is "pretrained" where the shipped policy fits the
+    stage (same ratios and hidden size) and was fit on teachers made of the same kinds of units as
+    `space` (its transfer to others is unmeasured), else None (fresh); anything else as given."""
+    if policy != "auto":
+        return policy
+    folder = policy_folder("pretrained", stage)
+    if policy_problem(folder, stage, list(space.ratios), hidden) is not None:
+        return None
+    seen = json.loads((folder / "policy.json").read_text()).get("pretrained", {}).get("unit_kinds", [])
+    return "pretrained" if {u.kind for u in space.units} <= set(seen) else None
+
+
 def policy_folder(policy: str, stage: str) -> Path:
     """Where the `policy` option's weights for `stage` are."""
     return policy_root(policy) / stage
@@ -306,7 +323,8 @@ def policy_problem(folder: Path, stage: str, ratios: list[float], hidden: int) -
         return f"policy in {folder} has hidden={meta['config']['hidden']}, this agent hidden={hidden}"
     from safetensors import safe_open
 
-    want = RemovalPolicy(hidden) if stage == "removal" else ShrinkPolicy(len(ratios), hidden)
+    with torch.random.fork_rng(devices=[]):  # only the shapes matter; the caller's RNG stays untouched
+        want = RemovalPolicy(hidden) if stage == "removal" else ShrinkPolicy(len(ratios), hidden)
     want = {k: tuple(v.shape) for k, v in want.state_dict().items()}
     try:
         with safe_open(str(folder / "policy.safetensors"), framework="pt") as f:

@@ -6,7 +6,8 @@ the proxy evaluator (envs.proxy: deterministic, seconds per search) with a targe
 teachers (vgg1d at width 0.25 and 1.0) and `--seeds` seeds each, and reports the largest compression
 within the target. Variants:
 
-- `reinforce`: the agent as shipped (batches of 10, one gradient step per batch);
+- `reinforce`: the agent as shipped (batches of 10, one gradient step per batch), from a fresh
+  policy like every variant here;
 - `reinforce-b5`: batches of 5 (twice the updates, noisier ones);
 - `clipped-b10x4` / `clipped-b5x4`: 4 gradient steps per batch, later ones on PPO's clipped ratio to
   the policy that sampled the batch;
@@ -73,12 +74,13 @@ class VariantReinforce(ReinforceAgent):
         self.batch, self.queue = [], []
 
 
+FRESH = {"policy": None}  # every variant learns from scratch: the update is what is compared
 VARIANTS = {  # name -> (agent kind, ReinforceConfig options, VariantReinforce options)
-    "reinforce": ("reinforce", {}, None),
-    "reinforce-b5": ("reinforce", {"batch_size": 5}, None),
-    "clipped-b10x4": ("reinforce", {}, {"epochs": 4}),
-    "clipped-b5x4": ("reinforce", {"batch_size": 5}, {"epochs": 4}),
-    "elite10": ("reinforce", {}, {"elite": 10}),
+    "reinforce": ("reinforce", FRESH, None),
+    "reinforce-b5": ("reinforce", {**FRESH, "batch_size": 5}, None),
+    "clipped-b10x4": ("reinforce", FRESH, {"epochs": 4}),
+    "clipped-b5x4": ("reinforce", {**FRESH, "batch_size": 5}, {"epochs": 4}),
+    "elite10": ("reinforce", FRESH, {"elite": 10}),
     "optuna": ("optuna", {}, None),
     "random": ("random", {}, None),
     "uniform": ("uniform", {}, None),

@@ -38,7 +38,8 @@ def main():
             for seed in range(args.seeds):
                 env = CompressionEnv(space, evaluator=None, stage=stage, reference=ref)
                 start = time.perf_counter()
-                r = [x[1] for x in run(make_agent(kind, env, seed=seed), proxy, args.budget)]
+                fresh = {"policy": None} if kind == "reinforce" else {}  # learning from scratch
+                r = [x[1] for x in run(make_agent(kind, env, seed=seed, **fresh), proxy, args.budget)]
                 secs.append(time.perf_counter() - start)
                 first.append(np.mean(r[:30]))
                 last.append(np.mean(r[-30:]))

@@ -165,22 +165,33 @@ class Config:
             raise ConfigError(f"search.agent_options.{e}") from None
         self.reward_config()  # reward.compression / kind checks
 
-    def policy_folder(self) -> Path | None:
+    def policy_folder(self, space=None) -> Path | None:
         """The folder REINFORCE's starting policy comes from (agent_options.policy), checked: it holds a
-        policy for every stage searched that fits this config; None when the search starts fresh.
-        Checked when a search starts, not when a run is opened: the run keeps its own copy."""
+        policy for every stage searched that fits this config; None when the search starts fresh
+        ("auto", the default, is the shipped policy when it fits every stage searched and the teacher
+        `space`, else fresh; without a space it cannot tell yet: None). Checked when a search
+        starts, not when a run is opened: the run keeps its own copy."""
         s = self.search
-        if s.agent != "reinforce" or s.agent_options.get("policy") is None:
+        if s.agent != "reinforce":
             return None
         from agents import ReinforceConfig
         from agents.reinforce import policy_folder, policy_problem, policy_root
 
+        policy = s.agent_options.get("policy", ReinforceConfig.policy)
         hidden = s.agent_options.get("hidden", ReinforceConfig.hidden)
-        for stage in (st for st in s.stages if st in ("removal", "shrink")):
-            problem = policy_problem(policy_folder(s.agent_options["policy"], stage), stage, s.ratios, hidden)
+        stages = [st for st in s.stages if st in ("removal", "shrink")]
+        if policy == "auto":
+            from agents.reinforce import resolve_policy
+
+            fits = space is not None and all(resolve_policy("auto", st, space, hidden) for st in stages)
+            policy = "pretrained" if fits else None
+        if policy is None:
+            return None
+        for stage in stages:
+            problem = policy_problem(policy_folder(policy, stage), stage, s.ratios, hidden)
             if problem:
                 raise ConfigError(f"search.agent_options.policy: {problem}")
-        return policy_root(s.agent_options["policy"]).resolve()
+        return policy_root(policy).resolve()
 
     def space(self, teacher, input_shape, arch: dict | None = None):
         """The search space of `teacher` (whose arch.json is `arch`) under this config."""

@@ -108,8 +108,10 @@ class SearchDriver:
         env = CompressionEnv(self.space, evaluator=None, stage=stage, base_spec=base,
                              reward_config=self.reward_config, reference=self.reference)
         options = self.options
-        if options.get("policy") is not None and self.run_dir is not None:  # the run's own copy
-            options = {**options, "policy": str(self.run_dir / POLICY)}
+        if self.kind == "reinforce" and self.run_dir is not None:
+            # the run's own copy of its starting policy; runs record None for a fresh one, and runs
+            # from before starting policies existed record nothing: they started fresh too
+            options = {**options, "policy": None if options.get("policy") is None else str(self.run_dir / POLICY)}
         return make_agent(self.kind, env, seed=self.seed + self.stage_idx, **options)
 
     def _finalist_specs(self) -> list[StudentSpec]:

@@ -25,13 +25,14 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
     if taken():  # never over anything: a new folder, written whole or not at all
         raise FileExistsError(f"{out} already exists; choose another --out")
     groups: dict[str, list] = {"removal": [], "shrink": []}
-    ratios, spaces = None, []
+    ratios, spaces, kinds = None, [], set()
     for run_dir in runs:
         space = OpenRun.open(run_dir, factories).space
         if ratios is not None and list(space.ratios) != ratios:
             raise ConfigError(f"{run_dir}: search.ratios {list(space.ratios)}, expected the same as the other runs' {ratios}")
         ratios = list(space.ratios)
         spaces.append(repr(space))
+        kinds |= {u.kind for u in space.units}
         recs = read_records(run_dir)
         for stage, g in groups.items():
             eps = episodes(space, recs, stage)
@@ -48,7 +49,8 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
                 continue
             n = sum(len(e) for e in g)
             log(f"{stage}: fitting to {n} candidates of {len(g)} searches ({steps} steps)")
-            meta = {"runs": [Path(r).name for r in runs], "teachers": sorted(set(spaces)), "episodes": n, "steps": steps}
+            meta = {"runs": [Path(r).name for r in runs], "teachers": sorted(set(spaces)),
+                    "unit_kinds": sorted(kinds), "episodes": n, "steps": steps}
             save(fit(stage, g, len(ratios), steps=steps, seed=seed), stage, ratios, tmp / stage, meta)
         if taken():
             raise FileExistsError(f"{out} appeared while fitting; choose another --out")

@@ -134,7 +134,7 @@ def run_data(meta: dict) -> data_mod.Dataset:
 def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
     """Everything a new run needs, checked before anything is written: teacher, data, reference
     figures, agent options. Returns the metadata and (teacher, arch, dataset, space)."""
-    policy = cfg.policy_folder()  # before a teacher is trained
+    cfg.policy_folder()  # a policy folder named but unusable: refused before a teacher is trained
     folder, dataset = resolve_teacher(cfg, log, factories)
     teacher, arch, metrics = load_model(folder, factories)
     ds = teacher_data(folder, metrics, dataset, log)
@@ -143,6 +143,7 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
         raise ConfigError(f"teacher expects inputs of shape {tuple(shape)}, dataset {dataset} gives {ds.input_shape}")
     check_labels(teacher, ds, dataset, exact=arch.get("family") == "hf-pretrained")
     space = cfg.space(teacher, ds.input_shape, arch)
+    policy = cfg.policy_folder(space)
     val_acc, test_acc = accuracy(teacher, ds.x_val, ds.y_val), accuracy(teacher, ds.x_test, ds.y_test)
     stored = metrics.get("val_accuracy")
     if isinstance(stored, (int, float)) and abs(val_acc - stored) > ACCURACY_GAP:
@@ -150,8 +151,9 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
             f"{stored:.4f}: is this the data and the split it was trained on?")
     ref = Reference(space.teacher_params(), space.flops(space.identity()), val_acc)
     config = cfg.to_dict()
-    if policy is not None:  # what it was started from; the run loads its own copy (RUN/policy)
-        config["search"]["agent_options"]["policy"] = str(policy)
+    if cfg.search.agent == "reinforce":  # what it starts from, concrete; the run loads its own copy (RUN/policy)
+        config["search"]["agent_options"]["policy"] = None if policy is None else str(policy)
+        log(f"REINFORCE starts from {'the policy in ' + str(policy) if policy else 'a fresh policy'}")
     meta = {"config": config, "teacher_folder": str(folder.resolve()), "dataset": dataset,
             "input_shape": list(ds.input_shape), "reference": asdict(ref), "split": ds.split,
             "teacher_digest": weights_digest(folder),
@@ -321,6 +323,7 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
     if run_dir.exists():  # before training a teacher: the same check again at creation
         raise RunError(f"{run_dir} already exists; resume it with `n2n resume {run_dir}` or choose another --name")
     meta, (teacher, arch, ds, space) = prepare_run(cfg, factories, log)
+    cfg = from_dict(Config, meta["config"])  # as recorded: the starting policy made concrete
     if cfg.resources.storage:  # checked, like everything else, before the run folder exists
         meta["results_store"] = store_location(cfg.resources.storage, run_dir.name)
         RemoteResults(meta["results_store"]).check(run_dir)

@@ -107,7 +107,8 @@ def test_uniform_shrink_proposes_each_ratio_once(space):
 
 
 def _curve(space, kind, stage, seed, budget=300):
-    r = [x[1] for x in run(make_agent(kind, _env(space, stage), seed=seed), ProxyEvaluator(space), budget)]
+    fresh = {"policy": None} if kind == "reinforce" else {}  # learning from scratch, not from the shipped policy
+    r = [x[1] for x in run(make_agent(kind, _env(space, stage), seed=seed, **fresh), ProxyEvaluator(space), budget)]
     return np.mean(r[:30]), np.mean(r[-30:]), max(r)
 
 

@@ -66,7 +66,8 @@ def test_batched_log_prob_and_its_gradient_equal_the_unit_by_unit_ones(stage):
     """The update's teacher-forced, batched log-probabilities (and REINFORCE's gradient through them)
     are those of the draws, masked (forced) units included."""
     space = _space()
-    agent = make_agent("reinforce", CompressionEnv(space, evaluator=None, stage=stage), seed=3)
+    # a fresh policy: small weights keep float32 rounding far below the tolerance
+    agent = make_agent("reinforce", CompressionEnv(space, evaluator=None, stage=stage), seed=3, policy=None)
     rollouts = [agent._rollout() for _ in range(5)]
     assert any(0 in m for r in rollouts for m in r["masks"])  # some units had a forced action
     adv = torch.tensor([0.3, -0.1, 0.5, -0.7, 0.2])  # (B,)
@@ -80,7 +81,7 @@ def test_batched_log_prob_and_its_gradient_equal_the_unit_by_unit_ones(stage):
         (-(adv * logp).mean()).backward(retain_graph=True)
         grads.append(torch.cat([p.grad.flatten() for p in agent.policy.parameters() if p.grad is not None]))
     assert grads[0].abs().sum() > 0
-    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
 
 def test_episodes_rebuild_each_candidate_from_its_actions():
@@ -229,6 +230,10 @@ def test_policy_fit_command_learns_from_a_run_and_starts_the_next_search(ray_ses
 
     first = tmp_path / "runs" / "first"
     run_search(load_config(tiny_config), first, log=lambda *_: None)
+    # by default (policy: auto) a search with the shipped ratios starts from the shipped policy, says
+    # so in n2n.json and keeps a copy
+    assert json.loads((first / "n2n.json").read_text())["config"]["search"]["agent_options"]["policy"] == str(PRETRAINED.resolve())
+    assert (first / "policy" / "shrink" / "policy.safetensors").read_bytes() == (PRETRAINED / "shrink" / "policy.safetensors").read_bytes()
     out = tmp_path / "policy"
     assert main(["policy", "fit", str(first), "--out", str(out), "--steps", "20"]) == 0
     for stage in ("removal", "shrink"):
@@ -272,3 +277,33 @@ def test_policy_fit_refuses_a_dangling_link_as_out(tmp_path):
     with pytest.raises(FileExistsError, match="already exists"):
         fit_policies([tmp_path / "no-run"], link)
     assert link.is_symlink() and not (tmp_path / "gone").exists()
+
+
+def test_by_default_reinforce_starts_from_the_shipped_policy_where_it_fits():
+    space = _space()
+    shipped = {st: load_file(str(PRETRAINED / st / "policy.safetensors")) for st in ("removal", "shrink")}
+
+    def same(agent, stage):
+        return all(torch.equal(agent.policy.state_dict()[k], v) for k, v in shipped[stage].items())
+
+    for stage in ("removal", "shrink"):
+        agent = make_agent("reinforce", CompressionEnv(space, evaluator=None, stage=stage), seed=0)
+        assert agent.started_from == "pretrained" and same(agent, stage)
+        fresh = make_agent("reinforce", CompressionEnv(space, evaluator=None, stage=stage), seed=0, policy=None)
+        assert fresh.started_from == "fresh" and not same(fresh, stage)
+    # other ratios: the shipped shrink policy does not fit, so shrinking starts fresh (removal still fits)
+    torch.manual_seed(0)
+    other = SequentialSpace(layers_to_module(vgg_layers((1, 40), 10, "vgg1d", 0.25, 32)), (1, 40), ratios=(0.5, 1.0))
+    assert make_agent("reinforce", CompressionEnv(other, evaluator=None, stage="shrink"), seed=0).started_from == "fresh"
+    assert make_agent("reinforce", CompressionEnv(other, evaluator=None, stage="removal"), seed=0).started_from == "pretrained"
+    # a teacher of unit kinds the shipped policy never saw (ResNet blocks): fresh, its transfer is unmeasured
+    resnet = _other_teachers()["resnet"]
+    assert make_agent("reinforce", CompressionEnv(resnet, evaluator=None, stage="removal"), seed=0).started_from == "fresh"
+    # a search decides for all its stages at once, before anything is written, and records it
+    assert load_config(None).policy_folder(space) == PRETRAINED.resolve()
+    assert load_config(None).policy_folder() is None  # no teacher yet: cannot tell
+    assert load_config(None).policy_folder(resnet) is None
+    assert load_config(None, {"search.ratios": [0.5, 1.0]}).policy_folder(other) is None
+    assert load_config(None, {"search.agent_options": {"hidden": 16}}).policy_folder(space) is None
+    assert load_config(None, {"search.agent_options": {"policy": None}}).policy_folder(space) is None
+    assert load_config(None, {"search.agent": "optuna"}).policy_folder(space) is None
