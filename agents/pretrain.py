@@ -13,7 +13,6 @@ the shipped policy (agents/pretrained) was written that way, from 9 searches of 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -87,15 +86,3 @@ def fit(stage: str, groups: list[list[dict]], n_ratios: int, hidden: int = 30, s
         loss.backward()
         opt.step()
     return policy
-
-
-def save(policy, stage: str, ratios, folder: Path, meta: dict) -> Path:
-    """The same files ReinforceAgent.save_policy writes, so load_policy reads either."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in policy.state_dict().items()}, str(folder / "policy.safetensors"))
-    hidden = policy.head.in_features // (2 if stage == "removal" else 1)
-    info = {"stage": stage, "ratios": list(ratios), "config": {"hidden": hidden}, "pretrained": meta}
-    (folder / "policy.json").write_text(json.dumps(info, indent=2) + "\n")
-    return folder

@@ -105,9 +105,9 @@ class ReinforceConfig:
     entropy_coef: float = 0.0
     # the starting policy: None a fresh one (seeded); "auto" the shipped one where it fits (the same
     # ratios and hidden size, a teacher of the unit kinds it was fit on; it beat a fresh start in
-    # benchmarks/search_quality.py), else fresh;
-    # "pretrained" the one shipped in agents/pretrained (fit to earlier searches, see
-    # agents/pretrain.py); or a folder holding removal/ and shrink/ as `n2n policy fit` writes them
+    # benchmarks/search_quality.py), else fresh; "pretrained" the one shipped in agents/pretrained
+    # (fit to earlier searches, see agents/pretrain.py); or a folder holding removal/ and shrink/
+    # as `n2n policy fit` writes them
     policy: str | None = None
     max_invalid_batches: int = 50  # give up proposing after this many all-invalid batches in a row
 
@@ -239,17 +239,20 @@ class ReinforceAgent(Agent):
             self.baseline = mean
         # Each rollout's own advantage (the original reinforced every rollout with the batch mean).
         # Not divided by the batch's std: a batch of equal rewards (all invalid, say) would blow up.
-        adv = rewards - self.baseline  # (B,)
-        logp, ent = self.log_prob(self.batch)  # (B,) log-probability and entropy of each whole rollout
-        loss = -(adv * logp).mean() - self.cfg.entropy_coef * ent.mean()
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
+        self._learn(rewards - self.baseline)
         d = self.cfg.baseline_decay
         self.baseline = d * self.baseline + (1 - d) * mean
         self.updates += 1
         self.history.append(mean)
         self.batch, self.queue = [], []
+
+    def _learn(self, adv: torch.Tensor) -> None:
+        """One gradient step on the batch, given each rollout's advantage (B,)."""
+        logp, ent = self.log_prob(self.batch)  # (B,) log-probability and entropy of each whole rollout
+        loss = -(adv * logp).mean() - self.cfg.entropy_coef * ent.mean()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self):
@@ -270,12 +273,7 @@ class ReinforceAgent(Agent):
     # -- transfer ---------------------------------------------------------------------------------
     def save_policy(self, folder) -> Path:
         """The policy alone (safetensors + JSON), to start a search on another teacher."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.policy.state_dict().items()}, str(folder / "policy.safetensors"))
-        meta = {"stage": self.env.stage, "ratios": list(self.env.space.ratios), "config": asdict(self.cfg)}
-        (folder / "policy.json").write_text(json.dumps(meta, indent=2))
-        return folder
+        return write_policy(self.policy, self.env.stage, self.env.space.ratios, folder, asdict(self.cfg))
 
     def load_policy(self, folder) -> None:
         folder = Path(folder)
@@ -283,6 +281,17 @@ class ReinforceAgent(Agent):
         if problem:
             raise AgentOptionError(f"policy: {problem}")
         self.policy.load_state_dict(load_file(str(folder / "policy.safetensors")), strict=True)
+
+
+def write_policy(policy: nn.Module, stage: str, ratios, folder, config: dict, extra: dict | None = None) -> Path:
+    """A policy alone, as `load_policy` and the `policy` option read it: FOLDER/policy.safetensors and
+    FOLDER/policy.json (stage, ratios, the agent config it needs, e.g. hidden; `extra` under "pretrained")."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in policy.state_dict().items()}, str(folder / "policy.safetensors"))
+    meta = {"stage": stage, "ratios": list(ratios), "config": config, **({"pretrained": extra} if extra else {})}
+    (folder / "policy.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return folder
 
 
 def policy_root(policy: str) -> Path:

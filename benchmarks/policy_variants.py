@@ -44,11 +44,7 @@ class VariantReinforce(ReinforceAgent):
         super().__init__(env, seed, options)
         self.epochs, self.clip, self.elite, self.best = epochs, clip, elite, []
 
-    def _update(self):
-        rewards = torch.tensor([r["reward"] for r in self.batch])  # (B,)
-        mean = float(rewards.mean())
-        self.baseline = mean if self.baseline is None else self.baseline
-        adv = rewards - self.baseline  # (B,)
+    def _learn(self, adv):
         if self.elite:
             ok = [r for r in self.batch if r["reward"] > -1.0]
             self.best = sorted(self.best + ok, key=lambda r: -r["reward"])[: self.elite]
@@ -67,11 +63,6 @@ class VariantReinforce(ReinforceAgent):
             self.opt.zero_grad()
             loss.backward()
             self.opt.step()
-        d = self.cfg.baseline_decay
-        self.baseline = d * self.baseline + (1 - d) * mean
-        self.updates += 1
-        self.history.append(mean)
-        self.batch, self.queue = [], []
 
 
 FRESH = {"policy": None}  # every variant learns from scratch: the update is what is compared

@@ -45,7 +45,7 @@ VARIANTS = {  # agent name -> config overrides beyond the shared ones
                       "search.agent_options": {"policy": None}},
     # `reinforce` above starts fresh (as these results were measured); this one from the policy
     # shipped in agents/pretrained (fit to seeds 0-2 of MNIST-1D: a fair test on other seeds or
-    # another teacher, --dataset digits). The shipped default, policy: auto, is this one.
+    # another teacher, --dataset digits); on these teachers `policy: auto` picks it too.
     "reinforce-pretrained": {"search.agent_options": {"policy": "pretrained"}},
     # multi-fidelity by a cheaper first fidelity: 1 distillation epoch per candidate instead of 3,
     # twice the candidates, the same finalists (compare wall times side by side)

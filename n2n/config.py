@@ -168,7 +168,7 @@ class Config:
     def policy_folder(self, space=None) -> Path | None:
         """The folder REINFORCE's starting policy comes from (agent_options.policy), checked: it holds a
         policy for every stage searched that fits this config; None when the search starts fresh
-        ("auto", the default, is the shipped policy when it fits every stage searched and the teacher
+        (the default; "auto" is the shipped policy when it fits every stage searched and the teacher
         `space`, else fresh; without a space it cannot tell yet: None). Checked when a search
         starts, not when a run is opened: the run keeps its own copy."""
         s = self.search

@@ -7,12 +7,16 @@ import os
 import shutil
 from pathlib import Path
 
-from agents.pretrain import episodes, fit, save
+from agents.pretrain import episodes, fit
+from agents import ReinforceConfig
+from agents.reinforce import write_policy
 
 from .errors import ConfigError
 from .models import temp_folder
 from .runfolder import read_records
 from .search import OpenRun
+
+HIDDEN = ReinforceConfig.hidden  # the policies fit here start searches with the agent's default size
 
 
 def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, factories=(), log=print) -> Path:
@@ -51,7 +55,8 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
             log(f"{stage}: fitting to {n} candidates of {len(g)} searches ({steps} steps)")
             meta = {"runs": [Path(r).name for r in runs], "teachers": sorted(set(spaces)),
                     "unit_kinds": sorted(kinds), "episodes": n, "steps": steps}
-            save(fit(stage, g, len(ratios), steps=steps, seed=seed), stage, ratios, tmp / stage, meta)
+            write_policy(fit(stage, g, len(ratios), hidden=HIDDEN, steps=steps, seed=seed), stage, ratios, tmp / stage,
+                         {"hidden": HIDDEN}, meta)
         if taken():
             raise FileExistsError(f"{out} appeared while fitting; choose another --out")
         os.replace(tmp, out)
