@@ -15,7 +15,11 @@ whose fingerprint differs. The reward uses the validation split; the test split 
 
 Float features are standardised with training-split statistics as ``x * scale + shift`` on the raw
 inputs (``Dataset.preprocess``); exported students carry the same two numbers and apply them, so they
-take the raw inputs (`n2n.load_student`). Integer features (token ids) are kept as they are.
+take the raw inputs (`n2n.load_student`). Integer features (token ids) are kept as they are. Like the
+split, the two numbers belong to the teacher: a teacher folder records those it was trained with
+(``arch.json`` "input") and searches of it use them (`load_split`'s `preprocess`). Computed afresh, they
+come from float64 sums in numpy, the same on every machine (torch's float32 reductions change in
+the last bits with the thread count, and with them every distilled student's figures).
 """
 
 from __future__ import annotations
@@ -95,10 +99,15 @@ def load_raw(name: str) -> tuple[np.ndarray, np.ndarray, list | None]:
     raise DataError(f"unknown dataset {name!r}: expected 'mnist1d', 'digits', 'npz:PATH' or 'folder:PATH'")
 
 
-def load_split(name: str, record: dict, tokenizer=None) -> Dataset:
+def load_split(name: str, record: dict, tokenizer=None, preprocess: dict | None = None) -> Dataset:
     """The split a teacher recorded (`Dataset.split`), checked against the data found now.
-    `tokenizer`: the teacher's folder, for text datasets."""
-    ds = load_dataset(name, seed=record.get("seed") or 0, tokenizer=tokenizer, max_length=record.get("max_length", 128))
+    `tokenizer`: the teacher's folder, for text datasets. `preprocess`: the standardisation the
+    teacher was trained with (its arch.json "input"), used instead of recomputing it."""
+    if name.startswith("text:"):
+        ds = _text_dataset(name, record.get("seed") or 0, tokenizer, record.get("max_length", 128))
+    else:
+        x, y, parts = load_raw(name)
+        ds = split(name, x, y, record.get("seed") or 0, parts, preprocess)
     if record.get("fingerprint") and ds.split["fingerprint"] != record["fingerprint"]:
         raise DataError(f"{name}: expected the data the teacher was trained on ({record.get('dataset')}, fingerprint "
                         f"{record['fingerprint']}), found different data or a different split (fingerprint {ds.split['fingerprint']})")
@@ -115,10 +124,11 @@ def fingerprint(x: np.ndarray, y: np.ndarray, parts) -> str:
     return h.hexdigest()[:16]
 
 
-def split(name: str, x: np.ndarray, y: np.ndarray, seed: int = 0, parts: list | None = None) -> Dataset:
+def split(name: str, x: np.ndarray, y: np.ndarray, seed: int = 0, parts: list | None = None,
+          preprocess: dict | None = None) -> Dataset:
     """Split into train/val/test: `parts` (index arrays) when the data brings its own split, else
-    seeded 70/15/15. Float features are standardised with train statistics (see module doc),
-    integer features (token ids) are kept as they are."""
+    seeded 70/15/15. Float features are standardised with `preprocess` when given (a teacher's),
+    else with train statistics (see module doc); integer features (token ids) are kept as they are."""
     n = len(y)
     if n < 10:
         raise DataError(f"{name}: expected at least 10 samples, got {n}")
@@ -139,15 +149,16 @@ def split(name: str, x: np.ndarray, y: np.ndarray, seed: int = 0, parts: list | 
     record = {"dataset": name, "seed": None if given else seed, "fingerprint": fingerprint(x_np, np.asarray(y), parts),
               "sizes": {k: len(p) for k, p in zip(("train", "val", "test"), parts)}}
     y = torch.as_tensor(np.asarray(y), dtype=torch.long)
-    preprocess = None
     if np.issubdtype(x_np.dtype, np.integer):
-        x = torch.as_tensor(np.ascontiguousarray(x_np), dtype=torch.long)
+        x, preprocess = torch.as_tensor(np.ascontiguousarray(x_np), dtype=torch.long), None
     else:
-        x = torch.as_tensor(np.ascontiguousarray(x_np), dtype=torch.float32)
-        train = x[torch.as_tensor(parts[0])]
-        mean, std = train.mean().item(), max(train.std().item(), 1e-8)
-        preprocess = {"scale": 1.0 / std, "shift": -mean / std, "shape": list(x.shape[1:])}
-        x = standardise(x, preprocess)
+        # another shape is other data: the split's fingerprint or the teacher's input shape refuses it
+        # later, with the message that says so
+        if preprocess is None or list(preprocess.get("shape", [])) != list(x_np.shape[1:]):
+            train = x_np[np.asarray(parts[0])].astype(np.float32).astype(np.float64)  # the float32 values the model sees
+            mean, std = float(train.mean()), max(float(train.std(ddof=1)), 1e-8)
+            preprocess = {"scale": 1.0 / std, "shift": -mean / std, "shape": list(x_np.shape[1:])}
+        x = standardise(torch.as_tensor(np.ascontiguousarray(x_np), dtype=torch.float32), preprocess)
     tr, va, te = (torch.as_tensor(p) for p in parts)
     index = {k: np.asarray(p) for k, p in zip(("train", "val", "test"), parts)}
     return Dataset(name, x[tr], y[tr], x[va], y[va], x[te], y[te], int(y.max()) + 1, record, index, preprocess)

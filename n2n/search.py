@@ -105,15 +105,15 @@ def check_labels(teacher, ds, dataset: str, exact: bool = False) -> None:
 ACCURACY_GAP = 0.03  # a teacher measured this far from its own figure is probably not on its own split
 
 
-def teacher_data(folder: Path, metrics: dict, dataset: str, log=print) -> data_mod.Dataset:
-    """The split the teacher was trained and measured on (recorded in its metrics.json); never one
-    that depends on the search's seed."""
+def teacher_data(folder: Path, metrics: dict, arch: dict, dataset: str, log=print) -> data_mod.Dataset:
+    """The split the teacher was trained and measured on (recorded in its metrics.json), standardised
+    as it was (its arch.json "input"); never one that depends on the search's seed."""
     if metrics.get("split"):
-        return data_mod.load_split(dataset, metrics["split"], tokenizer=folder)
+        return data_mod.load_split(dataset, metrics["split"], tokenizer=folder, preprocess=arch.get("input"))
     log(f"warning: {folder} records no data split, so n2n uses split seed 0 of {dataset}; if the teacher was "
         "trained on other samples of it, every accuracy here is too high. Teachers from `n2n teacher train` "
         "record theirs; for your own, bring the split (npz: x_train, y_train, x_val, ...)")
-    return data_mod.load_dataset(dataset, seed=0, tokenizer=folder)
+    return data_mod.load_split(dataset, {"seed": 0}, tokenizer=folder, preprocess=arch.get("input"))
 
 
 def check_teacher(meta: dict) -> None:
@@ -125,10 +125,11 @@ def check_teacher(meta: dict) -> None:
                        f"{recorded}, now {now}); its figures are relative to the old teacher: restore it, or start a new search")
 
 
-def run_data(meta: dict) -> data_mod.Dataset:
-    """The data of a run: the teacher's split, as recorded in n2n.json."""
+def run_data(meta: dict, arch: dict) -> data_mod.Dataset:
+    """The data of a run: the teacher's split, as recorded in n2n.json, standardised as the teacher
+    (`arch`, its arch.json) was trained."""
     return data_mod.load_split(meta["dataset"], meta.get("split") or {"seed": meta["config"].get("seed", 0)},
-                               tokenizer=meta["teacher_folder"])
+                               tokenizer=meta["teacher_folder"], preprocess=arch.get("input"))
 
 
 def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
@@ -137,7 +138,7 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
     cfg.policy_folder()  # a policy folder named but unusable: refused before a teacher is trained
     folder, dataset = resolve_teacher(cfg, log, factories)
     teacher, arch, metrics = load_model(folder, factories)
-    ds = teacher_data(folder, metrics, dataset, log)
+    ds = teacher_data(folder, metrics, arch, dataset, log)
     shape = arch.get("input_shape") or arch.get("hparams", {}).get("input_shape") or ds.input_shape
     if tuple(shape) != ds.input_shape:
         raise ConfigError(f"teacher expects inputs of shape {tuple(shape)}, dataset {dataset} gives {ds.input_shape}")
@@ -386,7 +387,7 @@ class OpenRun:
         check_teacher(meta)
         cfg = from_dict(Config, meta["config"])
         teacher, arch, _ = load_model(meta["teacher_folder"], factories)
-        return cls(Path(run_dir), meta, cfg, teacher, arch, run_data(meta),
+        return cls(Path(run_dir), meta, cfg, teacher, arch, run_data(meta, arch),
                    cfg.space(teacher, meta["input_shape"], arch))
 
 

@@ -80,3 +80,36 @@ def test_a_teacher_without_a_split_or_far_from_its_own_figure_is_flagged(tmp_pat
     assert meta["split"]["seed"] == 0
     assert any("records no data split, so n2n uses split seed 0 of mnist1d" in m for m in logs)
     assert any(f"measures {val_acc:.4f} validation accuracy on this split, its metrics.json says 0.5000" in m for m in logs)
+
+
+def test_inputs_are_standardised_as_the_teacher_was_on_any_thread_count(tmp_path):
+    """torch's float32 mean over the training split changed in its last bits with the thread count,
+    so a resume or export in a process with other threads distilled every student on other inputs
+    (a kill-and-resume run and an uninterrupted one differed in most accuracies)."""
+    from n2n.data import load_raw
+
+    before = torch.get_num_threads()
+    try:
+        stats = []
+        for threads in (1, 2, 3):  # MNIST-1D's 280,000 training values: large enough to be summed in parallel
+            torch.set_num_threads(threads)
+            stats.append(load_dataset("mnist1d").preprocess)
+    finally:
+        torch.set_num_threads(before)
+    assert stats[0] == stats[1] == stats[2]
+    train = load_raw("mnist1d")[0][load_dataset("mnist1d").index["train"]].astype(np.float64)
+    assert stats[0]["shift"] == pytest.approx(-train.mean() / train.std(ddof=1), rel=1e-12)
+
+    x, _ = _npz_task(tmp_path / "d.npz")
+    npz = load_dataset(f"npz:{tmp_path / 'd.npz'}").preprocess
+
+    # a search uses the standardisation recorded with the teacher (arch.json "input"), not its own
+    recipe = TeacherRecipe(dataset=f"npz:{tmp_path / 'd.npz'}", arch="mlp", hidden=[16], epochs=1)
+    train_teacher(recipe, out=tmp_path / "t", log=lambda *_: None)
+    arch = json.loads((tmp_path / "t" / "arch.json").read_text())
+    assert arch["input"] == npz
+    arch["input"] = {**arch["input"], "scale": 0.5, "shift": 1.0}  # as if trained on other statistics
+    (tmp_path / "t" / "arch.json").write_text(json.dumps(arch))
+    meta, (_, _, ds, _) = prepare_run(load_config(None, {"teacher.path": str(tmp_path / "t")}), log=lambda *_: None)
+    assert ds.preprocess == arch["input"]
+    assert torch.allclose(ds.x_val, torch.as_tensor(x[ds.index["val"]]) * 0.5 + 1.0)
