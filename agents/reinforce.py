@@ -103,12 +103,12 @@ class ReinforceConfig:
     hidden: int = 30
     baseline_decay: float = 0.8  # exponential moving average of batch-mean rewards
     entropy_coef: float = 0.0
-    # the starting policy: None a fresh one (seeded); "auto" the shipped one where it fits (the same
-    # ratios and hidden size, a teacher of the unit kinds it was fit on; it beat a fresh start in
-    # benchmarks/search_quality.py), else fresh; "pretrained" the one shipped in agents/pretrained
-    # (fit to earlier searches, see agents/pretrain.py); or a folder holding removal/ and shrink/
-    # as `n2n policy fit` writes them
-    policy: str | None = None
+    # the starting policy: "auto" (the default) the shipped one where it fits (the same ratios and
+    # hidden size, a teacher of the unit kinds it was fit on; it beat a fresh start in
+    # benchmarks/search_quality.py), else fresh; None a fresh one (seeded); "pretrained" the one
+    # shipped in agents/pretrained (fit to earlier searches, see agents/pretrain.py); or a folder
+    # holding removal/ and shrink/ as `n2n policy fit` writes them
+    policy: str | None = "auto"
     max_invalid_batches: int = 50  # give up proposing after this many all-invalid batches in a row
 
     def __post_init__(self):

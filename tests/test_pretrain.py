@@ -230,9 +230,10 @@ def test_policy_fit_command_learns_from_a_run_and_starts_the_next_search(ray_ses
 
     first = tmp_path / "runs" / "first"
     run_search(load_config(tiny_config), first, log=lambda *_: None)
-    # by default a search starts fresh, says so in n2n.json and keeps no policy copy
-    assert json.loads((first / "n2n.json").read_text())["config"]["search"]["agent_options"]["policy"] is None
-    assert not (first / "policy").exists()
+    # by default (policy: auto) a search with the shipped ratios starts from the shipped policy, says
+    # so in n2n.json and keeps a copy
+    assert json.loads((first / "n2n.json").read_text())["config"]["search"]["agent_options"]["policy"] == str(PRETRAINED.resolve())
+    assert (first / "policy" / "shrink" / "policy.safetensors").read_bytes() == (PRETRAINED / "shrink" / "policy.safetensors").read_bytes()
     out = tmp_path / "policy"
     assert main(["policy", "fit", str(first), "--out", str(out), "--steps", "20"]) == 0
     for stage in ("removal", "shrink"):
@@ -278,7 +279,7 @@ def test_policy_fit_refuses_a_dangling_link_as_out(tmp_path):
     assert link.is_symlink() and not (tmp_path / "gone").exists()
 
 
-def test_policy_auto_starts_from_the_shipped_policy_where_it_fits():
+def test_by_default_reinforce_starts_from_the_shipped_policy_where_it_fits():
     space = _space()
     shipped = {st: load_file(str(PRETRAINED / st / "policy.safetensors")) for st in ("removal", "shrink")}
 
@@ -286,24 +287,23 @@ def test_policy_auto_starts_from_the_shipped_policy_where_it_fits():
         return all(torch.equal(agent.policy.state_dict()[k], v) for k, v in shipped[stage].items())
 
     for stage in ("removal", "shrink"):
-        agent = make_agent("reinforce", CompressionEnv(space, evaluator=None, stage=stage), seed=0, policy="auto")
+        agent = make_agent("reinforce", CompressionEnv(space, evaluator=None, stage=stage), seed=0)
         assert agent.started_from == "pretrained" and same(agent, stage)
-        fresh = make_agent("reinforce", CompressionEnv(space, evaluator=None, stage=stage), seed=0)  # the default
+        fresh = make_agent("reinforce", CompressionEnv(space, evaluator=None, stage=stage), seed=0, policy=None)
         assert fresh.started_from == "fresh" and not same(fresh, stage)
     # other ratios: the shipped shrink policy does not fit, so shrinking starts fresh (removal still fits)
     torch.manual_seed(0)
     other = SequentialSpace(layers_to_module(vgg_layers((1, 40), 10, "vgg1d", 0.25, 32)), (1, 40), ratios=(0.5, 1.0))
-    assert make_agent("reinforce", CompressionEnv(other, evaluator=None, stage="shrink"), seed=0, policy="auto").started_from == "fresh"
-    assert make_agent("reinforce", CompressionEnv(other, evaluator=None, stage="removal"), seed=0, policy="auto").started_from == "pretrained"
+    assert make_agent("reinforce", CompressionEnv(other, evaluator=None, stage="shrink"), seed=0).started_from == "fresh"
+    assert make_agent("reinforce", CompressionEnv(other, evaluator=None, stage="removal"), seed=0).started_from == "pretrained"
     # a teacher of unit kinds the shipped policy never saw (ResNet blocks): fresh, its transfer is unmeasured
     resnet = _other_teachers()["resnet"]
-    assert make_agent("reinforce", CompressionEnv(resnet, evaluator=None, stage="removal"), seed=0, policy="auto").started_from == "fresh"
+    assert make_agent("reinforce", CompressionEnv(resnet, evaluator=None, stage="removal"), seed=0).started_from == "fresh"
     # a search decides for all its stages at once, before anything is written, and records it
-    auto = {"search.agent_options": {"policy": "auto"}}
-    assert load_config(None, auto).policy_folder(space) == PRETRAINED.resolve()
-    assert load_config(None, auto).policy_folder() is None  # no teacher yet: cannot tell
-    assert load_config(None, auto).policy_folder(resnet) is None
-    assert load_config(None, {**auto, "search.ratios": [0.5, 1.0]}).policy_folder(other) is None
-    assert load_config(None, {"search.agent_options": {"policy": "auto", "hidden": 16}}).policy_folder(space) is None
-    assert load_config(None).policy_folder(space) is None  # the default: fresh
+    assert load_config(None).policy_folder(space) == PRETRAINED.resolve()
+    assert load_config(None).policy_folder() is None  # no teacher yet: cannot tell
+    assert load_config(None).policy_folder(resnet) is None
+    assert load_config(None, {"search.ratios": [0.5, 1.0]}).policy_folder(other) is None
+    assert load_config(None, {"search.agent_options": {"hidden": 16}}).policy_folder(space) is None
+    assert load_config(None, {"search.agent_options": {"policy": None}}).policy_folder(space) is None
     assert load_config(None, {"search.agent": "optuna"}).policy_folder(space) is None
