@@ -66,7 +66,7 @@ class RewardSection:
 class TargetConfig:
     """The student the user asks for; any combination. Used by the target reward and by export."""
 
-    max_accuracy_drop: float | None = None  # points of validation accuracy below the teacher (1.0 = one point)
+    max_accuracy_drop: float | None = 1.0  # points of validation accuracy below the teacher (None: no accuracy target)
     max_params: int | None = None
     max_flops: int | None = None
     max_latency_ms: float | None = None  # the student's median latency as `latency` measures it

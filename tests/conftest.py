@@ -58,6 +58,7 @@ search:
 distill:
   epochs: 1
 finalists: {k: 0}
+target: {max_accuracy_drop: null}  # 1-epoch students of a tiny teacher: the mechanics, under N2N's reward
 """
 
 

@@ -23,6 +23,14 @@ def test_default_yaml_is_the_builtin_default():
     assert written == dataclasses.asdict(Config())  # no key missing from the documented file
 
 
+def test_by_default_the_search_asks_for_the_smallest_student_within_one_point():
+    """What users ask for (and what benchmarks/search_quality.py measures); null opts out into N2N's reward."""
+    cfg = load_config(None)
+    assert cfg.target.max_accuracy_drop == 1.0 and cfg.reward_config().kind == "target"
+    off = load_config(None, {"target.max_accuracy_drop": None})
+    assert not off.target.is_set() and off.reward_config().kind == "n2n"
+
+
 @pytest.mark.parametrize("text,message", [
     ("search: {budget: 3}", "search.budget: unknown key; expected one of"),
     ("distill: {loss: mse}", "distill.loss: expected 'l2' or 'kl', got 'mse'"),
