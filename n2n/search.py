@@ -293,16 +293,23 @@ def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver, log=pri
     fetch.sync(r["key"] for r in driver.records)
 
 
-def _finish(run_dir: Path, driver: SearchDriver, log=print) -> dict:
+def _finish(run_dir: Path, driver: SearchDriver, cfg: Config, log=print) -> dict:
     summary = driver.summary()
     if summary["stage"] == "failed":
         log(f"search stopped: {summary['failure']}")
     elif summary["stage"] != "done":
         log(f"search interrupted; continue it with `n2n resume {run_dir}`")
     elif summary.get("best"):
-        b = summary["best"]
-        log(f"best student: {b['params']:,} params ({b['times_smaller']}x smaller), val acc "
-            f"{b['val_accuracy']:.4f}, reward {b['reward']:.3f} -> `n2n export {run_dir} --out DIR`")
+        from .export import choose
+
+        # the student `n2n export` will write, not merely the best reward (a brief distillation's)
+        try:
+            pick, why = choose(driver.records, cfg, driver.reference.accuracy, run_dir)
+        except RunError:  # no weights here (remote storage not fetched): the best by reward, as recorded
+            pick, why = driver.best(), "the best candidate by reward"
+        log(f"`n2n export` picks {why}: {pick['params']:,} params ({driver.reference.params / pick['params']:.1f}x "
+            f"smaller), val acc {pick['accuracy']:.4f} -> `n2n export {run_dir} --out DIR` "
+            "(`--finetune-epochs 10` trains it longer first)")
     return summary
 
 
@@ -345,7 +352,7 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
                 plan += f", then {cfg.finalists.k} finalists at {cfg.finalists.epochs} epochs"
             log(f"search {run_dir.name}: agent {cfg.search.agent}; {plan}; {cfg.search.concurrency} trials at a time")
             _fit(run_dir, ctx, cfg, driver, log)
-    return _finish(run_dir, driver, log)
+    return _finish(run_dir, driver, cfg, log)
 
 
 def restore_driver(make, run_dir: Path, log=print) -> SearchDriver:
@@ -409,9 +416,9 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
         Fetcher(results_location(meta, run_dir), run_dir, log).sync(r["key"] for r in driver.records)
         if driver.stage is None:
             log(f"{run_dir.name} has finished already")
-            return _finish(run_dir, driver, log)
+            return _finish(run_dir, driver, cfg, log)
         log(f"resuming {run_dir.name}: {len(driver.records)} candidates so far, stage {driver.stage}")
         with ray_session(address, log):
             check_resources(cfg, remote=bool(address), log=log)
             _fit(run_dir, make_context(meta, cfg, run_dir, (run.teacher, run.arch, run.ds), factories), cfg, driver, log)
-    return _finish(run_dir, driver, log)
+    return _finish(run_dir, driver, cfg, log)

@@ -201,7 +201,8 @@ def test_finalists_and_a_target_decide_what_export_picks(ray_session, tiny_confi
     cfg = load_config(tiny_config, {"search.removal_budget": 4, "search.shrink_budget": 4, "finalists.k": 2,
                                     "finalists.epochs": 3, "target.max_accuracy_drop": 25.0})
     run = tmp_path / "runs" / "target"
-    summary = run_search(cfg, run, log=lambda *_: None)
+    said = []
+    summary = run_search(cfg, run, log=said.append)
     recs = _records(run)
     assert summary["candidates_per_stage"] == {"removal": 4, "shrink": 4, "finalists": 2}
     finals = [r for r in recs if r["stage"] == "finalists"]
@@ -215,6 +216,8 @@ def test_finalists_and_a_target_decide_what_export_picks(ray_session, tiny_confi
     smallest = min(meeting, key=lambda r: r["params"])
     assert chosen["key"] == smallest["key"] and chosen["chosen_because"] == "the smallest finalist that meets the target"
     assert any(chosen["chosen_because"] in m for m in logs)  # and it says so
+    # the search's last line names that student, not the best reward of a brief distillation
+    assert said[-1].startswith(f"`n2n export` picks the smallest finalist that meets the target: {smallest['params']:,} params")
     t = chosen["teacher"]  # where it stands against the target, on val and on the held-out test split
     assert chosen["target"] == {"max_accuracy_drop": 25.0,
                                 "val_drop_points": round((t["val_accuracy"] - chosen["val_accuracy"]) * 100, 2),
