@@ -74,4 +74,5 @@ def test_every_epoch_report_carries_latency_so_early_stopping_can_rank_on_it(sma
     for r in reports:  # the final figures' latency, in every epoch's report
         assert r["latency_ms"] == ev.latency_ms and r["teacher_latency_ms"] == ev.teacher_latency_ms
         ev_r = Evaluation.from_dict({**r, "failure": None})  # a report says "" for no failure
-        assert r["reward"] == pytest.approx(reward(ev_r, ctx.reference, ctx.reward)) and r["reward"] > -1
+        # (not "> -1": on a loaded machine 5 timings of a tiny student need not beat the teacher's)
+        assert r["reward"] == pytest.approx(reward(ev_r, ctx.reference, ctx.reward))
