@@ -68,7 +68,8 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def load_dataset(name: str, seed: int = 0, tokenizer=None, max_length: int = 128) -> Dataset:
+def load_dataset(name: str, seed: int = 0, tokenizer=None, max_length: int = 128,
+                 preprocess: dict | None = None) -> Dataset:
     """A dataset by name: 'mnist1d', 'digits', 'npz:PATH' or 'folder:PATH', split by `seed` (70/15/15)
     unless the data comes with its own split (npz: ``x_train``... or a ``split`` array).
 
@@ -78,7 +79,7 @@ def load_dataset(name: str, seed: int = 0, tokenizer=None, max_length: int = 128
     if name.startswith("text:"):
         return _text_dataset(name, seed, tokenizer, max_length)
     x, y, parts = load_raw(name)
-    return split(name, x, y, seed, parts)
+    return split(name, x, y, seed, parts, preprocess)
 
 
 def load_raw(name: str) -> tuple[np.ndarray, np.ndarray, list | None]:
@@ -103,11 +104,8 @@ def load_split(name: str, record: dict, tokenizer=None, preprocess: dict | None 
     """The split a teacher recorded (`Dataset.split`), checked against the data found now.
     `tokenizer`: the teacher's folder, for text datasets. `preprocess`: the standardisation the
     teacher was trained with (its arch.json "input"), used instead of recomputing it."""
-    if name.startswith("text:"):
-        ds = _text_dataset(name, record.get("seed") or 0, tokenizer, record.get("max_length", 128))
-    else:
-        x, y, parts = load_raw(name)
-        ds = split(name, x, y, record.get("seed") or 0, parts, preprocess)
+    ds = load_dataset(name, seed=record.get("seed") or 0, tokenizer=tokenizer, max_length=record.get("max_length", 128),
+                      preprocess=preprocess)
     if record.get("fingerprint") and ds.split["fingerprint"] != record["fingerprint"]:
         raise DataError(f"{name}: expected the data the teacher was trained on ({record.get('dataset')}, fingerprint "
                         f"{record['fingerprint']}), found different data or a different split (fingerprint {ds.split['fingerprint']})")
