@@ -24,7 +24,9 @@ from agents import Candidate, make_agent
 from envs import CompressionEnv, Evaluation, Reference, RewardConfig, compression, reward, size_of
 from search_spaces import SearchSpace, StudentSpec
 
+from .errors import RunError
 from .models import write_json
+from .pick import choose
 from .runfolder import POLICY, RECORDS, SUMMARY, save_state
 
 FINISHED = "FINISHED"
@@ -73,7 +75,8 @@ class SearchDriver:
                  stages=("removal", "shrink"), budgets: dict[str, int], seed: int = 0,
                  reward_config: RewardConfig = RewardConfig(), agent_options: dict | None = None,
                  max_asks_per_candidate: int = 50, run_dir: str | Path | None = None,
-                 teacher_info: dict | None = None, log=print, finalist_epochs: int = 10, target=None):
+                 teacher_info: dict | None = None, log=print, finalist_epochs: int = 10, target=None,
+                 early_stop: bool = False):
         self.space, self.reference, self.kind = space, reference, agent
         self.stages, self.budgets, self.seed = list(stages), dict(budgets), seed
         self.reward_config, self.options = reward_config, dict(agent_options or {})
@@ -81,6 +84,7 @@ class SearchDriver:
         self.run_dir = Path(run_dir) if run_dir else None
         self.teacher_info, self.log = teacher_info or {}, log
         self.finalist_epochs, self.target = finalist_epochs, target  # target: n2n.config.TargetConfig or None
+        self.early_stop = early_stop  # Tune may stop trials before they save weights (ASHA)
         self.stage_idx = 0
         self.base = space.identity()
         self.agent = self._make_agent(self.stages[0], self.base)
@@ -291,9 +295,27 @@ class SearchDriver:
     def wall_seconds(self) -> float:
         return self.wall_before + time.time() - self.session_start
 
+    def pick(self) -> tuple[dict, str] | tuple[None, None]:
+        """The student `n2n export` would write now, and why (n2n.pick): the search's answer."""
+        # with early stopping, a trial Tune stopped reported no final result (no "ended"), saved no weights
+        finished = (lambda r: "ended" in r) if self.early_stop else (lambda r: True)
+        try:
+            return choose(self.records, self.target, self.reward_config, self.reference.accuracy, finished,
+                          str(self.run_dir))
+        except RunError:  # nothing evaluated successfully yet
+            return None, None
+
     def summary(self) -> dict:
-        best = self.best()
-        out = {
+        def shown(rec: dict) -> dict:
+            out = {k: rec[k] for k in ("spec", "key", "summary", "params", "flops", "accuracy", "reward",
+                                       "compression", "stage", "trial_id")}
+            out["val_accuracy"] = out.pop("accuracy")
+            out["times_smaller"] = round(self.reference.params / rec["params"], 2)
+            return out
+
+        pick, why = self.pick()
+        top = self.best()
+        return {
             "teacher": {**self.teacher_info, "params": self.reference.params, "flops": self.reference.flops,
                         "val_accuracy": self.reference.accuracy},
             "agent": self.kind, "stage": "failed" if self.failed else self.stage or "done",
@@ -303,14 +325,11 @@ class SearchDriver:
             "cache_hits": self.cache_hits,
             "wall_seconds": round(self.wall_seconds(), 1),
             "agent_updates": self.agent_updates(),
-            "best": None,
+            # "best": the student `n2n export` writes by default (with the target, the smallest finalist
+            # that meets it), not merely the highest reward, which a brief distillation's noise can win
+            "best": {**shown(pick), "chosen_because": why} if pick else None,
+            "best_by_reward": shown(top) if top else None,
         }
-        if best:
-            out["best"] = {k: best[k] for k in ("spec", "key", "summary", "params", "flops", "accuracy", "reward",
-                                                "compression", "stage", "trial_id")}
-            out["best"]["val_accuracy"] = out["best"].pop("accuracy")
-            out["best"]["times_smaller"] = round(self.reference.params / best["params"], 2)
-        return out
 
     def save(self):
         """State first, then the files people read: the state never lags candidates.json by more

@@ -10,9 +10,9 @@ import torch
 from dataclasses import replace
 from pathlib import Path
 
-from envs import size_of
 from search_spaces import StudentSpec, count_params
 
+from . import pick
 from .config import Config, from_dict
 from .deploy import require_onnx, check_onnx, to_onnx
 from .errors import RunError
@@ -90,37 +90,9 @@ def _retokenised(ds, tokenizer):
 
 def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: Path,
            key: str | None = None, rank: int | None = None) -> tuple[dict, str]:
-    """The candidate to export and why. By default the smallest finalist that meets the target (the
-    finalists' longer distillation ranks students better than the search's brief one), else the
-    best finalist, else the best candidate by reward; `key` or `rank` (1 = best reward) pick any."""
-    ranked = sorted((r for r in records if r["failure"] is None and r["reward"] > -1), key=lambda r: -r["reward"])
-    if not ranked:
-        raise RunError(f"{run_dir}: no candidate has been evaluated successfully yet; nothing to export")
-    # Early-stopped trials (ASHA) end before saving weights: only candidates that finished qualify.
-    done = [r for r in ranked if (run_dir / "results" / f"{r['key']}.safetensors").exists()]
-    if not done:
-        raise RunError(f"{run_dir}/results: no candidate's weights are there (was the run folder copied without results/?)")
-    if key is not None:
-        match = [r for r in done if r["key"] == key]
-        if not match:
-            raise RunError(f"--key {key}: expected the key of a trained candidate with weights in {run_dir}/candidates.json")
-        return match[0], f"--key {key}"
-    if rank is not None:
-        if not 1 <= rank <= len(ranked):
-            raise RunError(f"--rank: expected 1..{len(ranked)} (candidates by reward), got {rank}")
-        if ranked[rank - 1] not in done:
-            raise RunError(f"--rank {rank}: that candidate was stopped early and saved no weights")
-        return ranked[rank - 1], f"--rank {rank} by reward"
-    rc = cfg.reward_config()
-    finalists = [r for r in done if r["stage"] == "finalists"]
-    pool, what = (finalists, "finalist") if finalists else (done, "candidate")
-    if cfg.target.is_set():
-        meeting = [r for r in pool if cfg.target.met_by(r, teacher_accuracy)]
-        if meeting:
-            return min(meeting, key=lambda r: (size_of(r, rc), -r["accuracy"])), f"the smallest {what} that meets the target"
-        return pool[0], f"no {what} meets the target; the best {what} by reward"
-    stopped = "" if finalists or pool[0] is ranked[0] else " that finished (the best was stopped early, without weights)"
-    return pool[0], f"the best {what} by reward{stopped}"
+    """`n2n.pick.choose` among the candidates whose weights are in RUN/results."""
+    return pick.choose(records, cfg.target, cfg.reward_config(), teacher_accuracy,
+                       lambda r: (run_dir / "results" / f"{r['key']}.safetensors").exists(), str(run_dir), key, rank)
 
 
 def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: float) -> tuple[dict | None, str | None]:

@@ -52,7 +52,7 @@ def make_driver(cfg: Config, space, meta: dict, run_dir: Path | None, log=print)
                             agent_options=cfg.search.agent_options,
                             max_asks_per_candidate=cfg.search.max_asks_per_candidate, run_dir=run_dir,
                             teacher_info=meta["teacher"], log=log, finalist_epochs=cfg.finalists.epochs,
-                            target=cfg.target)
+                            target=cfg.target, early_stop=cfg.early_stop.enabled)
     except AgentOptionError as e:  # config load checks them too; this covers a driver built from code
         raise ConfigError(f"search.agent_options.{e}") from None
 
@@ -293,22 +293,16 @@ def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver, log=pri
     fetch.sync(r["key"] for r in driver.records)
 
 
-def _finish(run_dir: Path, driver: SearchDriver, cfg: Config, log=print) -> dict:
+def _finish(run_dir: Path, driver: SearchDriver, log=print) -> dict:
     summary = driver.summary()
     if summary["stage"] == "failed":
         log(f"search stopped: {summary['failure']}")
     elif summary["stage"] != "done":
         log(f"search interrupted; continue it with `n2n resume {run_dir}`")
-    elif summary.get("best"):
-        from .export import choose
-
-        # the student `n2n export` will write, not merely the best reward (a brief distillation's)
-        try:
-            pick, why = choose(driver.records, cfg, driver.reference.accuracy, run_dir)
-        except RunError:  # no weights here (remote storage not fetched): the best by reward, as recorded
-            pick, why = driver.best(), "the best candidate by reward"
-        log(f"`n2n export` picks {why}: {pick['params']:,} params ({driver.reference.params / pick['params']:.1f}x "
-            f"smaller), val acc {pick['accuracy']:.4f} -> `n2n export {run_dir} --out DIR` "
+    elif summary["best"]:
+        pick = summary["best"]  # the student `n2n export` will write, not merely the best brief-distillation reward
+        log(f"`n2n export` picks {pick['chosen_because']}: {pick['params']:,} params ({pick['times_smaller']:.1f}x "
+            f"smaller), val acc {pick['val_accuracy']:.4f} -> `n2n export {run_dir} --out DIR` "
             "(`--finetune-epochs 10` trains it longer first)")
     return summary
 
@@ -352,7 +346,7 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
                 plan += f", then {cfg.finalists.k} finalists at {cfg.finalists.epochs} epochs"
             log(f"search {run_dir.name}: agent {cfg.search.agent}; {plan}; {cfg.search.concurrency} trials at a time")
             _fit(run_dir, ctx, cfg, driver, log)
-    return _finish(run_dir, driver, cfg, log)
+    return _finish(run_dir, driver, log)
 
 
 def restore_driver(make, run_dir: Path, log=print) -> SearchDriver:
@@ -416,9 +410,9 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
         Fetcher(results_location(meta, run_dir), run_dir, log).sync(r["key"] for r in driver.records)
         if driver.stage is None:
             log(f"{run_dir.name} has finished already")
-            return _finish(run_dir, driver, cfg, log)
+            return _finish(run_dir, driver, log)
         log(f"resuming {run_dir.name}: {len(driver.records)} candidates so far, stage {driver.stage}")
         with ray_session(address, log):
             check_resources(cfg, remote=bool(address), log=log)
             _fit(run_dir, make_context(meta, cfg, run_dir, (run.teacher, run.arch, run.ds), factories), cfg, driver, log)
-    return _finish(run_dir, driver, cfg, log)
+    return _finish(run_dir, driver, log)

@@ -113,14 +113,13 @@ def test_a_failed_trial_gets_the_invalid_reward(space):
 
 def test_finalists_are_the_front_near_the_target_trained_once_and_survive_a_resume(space, tmp_path):
     """After the stages, k candidates of the Pareto front are distilled longer under keys of their own."""
-    from types import SimpleNamespace
-
+    from n2n.config import TargetConfig
     from n2n.search import restore_driver
 
     def make():
         return _driver(space, budgets={"removal": 6, "shrink": 4, "finalists": 2}, run_dir=tmp_path,
                        stages=["removal", "shrink", "finalists"], finalist_epochs=7,
-                       target=SimpleNamespace(max_accuracy_drop=5.0))
+                       target=TargetConfig(max_accuracy_drop=80.0))
 
     proxy, trained, issued = ProxyEvaluator(space), [], []
     d = make()
@@ -147,3 +146,32 @@ def test_finalists_are_the_front_near_the_target_trained_once_and_survive_a_resu
     for r in finals:  # each finalist is a student of the earlier stages, on their accuracy/size front
         base = earlier[r["key"][: -len("@7ep")]]
         assert not any(o["params"] <= base["params"] and o["accuracy"] > base["accuracy"] for o in earlier.values())
+    # summary.json's "best" is the student export writes (the smallest finalist within 80 points: the
+    # proxy's accuracies are low),
+    # not the highest reward: the proxy scores a finalist as its earlier twin, which came first
+    summary = d.summary()
+    meeting = [r for r in finals if (d.reference.accuracy - r["accuracy"]) * 100 <= 80.0]
+    assert meeting
+    assert summary["best"]["key"] == min(meeting, key=lambda r: r["params"])["key"]
+    assert summary["best"]["chosen_because"] == "the smallest finalist that meets the target"
+    assert summary["best_by_reward"]["key"] == max(d.records, key=lambda r: r["reward"])["key"] != summary["best"]["key"]
+
+
+def test_with_early_stopping_the_summary_names_a_candidate_that_finished(space):
+    """Tune's ASHA stops trials before they save weights; the last report of such a trial carries no
+    "ended". summary.json's best must be one export can write: the best that ran to the end."""
+    proxy = ProxyEvaluator(space)
+    d = _driver(space, budgets={"removal": 6}, stages=["removal"], early_stop=True)
+    for i in range(6):  # REINFORCE asks its batch of 3, then waits (None)
+        if d.suggest(f"t{i}") is None:
+            break
+    for i, (tid, t) in enumerate(list(d.trials.items())):
+        m = _metrics(space, proxy, d._trial_config(t))
+        d.complete(tid, m if i % 2 else {**m, "ended": 1.0})
+    assert len(d.records) == 3
+    ended = [r for r in d.records if "ended" in r]
+    best = d.summary()["best"]
+    assert best["key"] == max(ended, key=lambda r: r["reward"])["key"]
+    top = max(d.records, key=lambda r: r["reward"])
+    assert d.summary()["best_by_reward"]["key"] == top["key"]
+    assert ("stopped early" in best["chosen_because"]) == ("ended" not in top)

@@ -1,0 +1,47 @@
+"""Which candidate a run stands for: the one `n2n export` writes, and why. One rule, used by the
+export, by the search's last line and by summary.json, so that all three name the same student."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from envs import RewardConfig, size_of
+
+from .errors import RunError
+
+
+def choose(records: list[dict], target, reward_config: RewardConfig, teacher_accuracy: float,
+           has_weights: Callable[[dict], bool], where: str, key: str | None = None,
+           rank: int | None = None) -> tuple[dict, str]:
+    """The candidate to export and why. By default the smallest finalist that meets `target` (an
+    n2n.config.TargetConfig; the finalists' longer distillation ranks students better than the
+    search's brief one), else the best finalist, else the best candidate by reward; `key` or `rank`
+    (1 = best reward) pick any. Only candidates `has_weights` qualifies can be chosen (early-stopped
+    trials end before saving weights); `where` names the run in errors."""
+    ranked = sorted((r for r in records if r["failure"] is None and r["reward"] > -1), key=lambda r: -r["reward"])
+    if not ranked:
+        raise RunError(f"{where}: no candidate has been evaluated successfully yet; nothing to export")
+    done = [r for r in ranked if has_weights(r)]
+    if not done:
+        raise RunError(f"{where}/results: no candidate's weights are there (was the run folder copied without results/?)")
+    if key is not None:
+        match = [r for r in done if r["key"] == key]
+        if not match:
+            raise RunError(f"--key {key}: expected the key of a trained candidate with weights in {where}/candidates.json")
+        return match[0], f"--key {key}"
+    if rank is not None:
+        if not 1 <= rank <= len(ranked):
+            raise RunError(f"--rank: expected 1..{len(ranked)} (candidates by reward), got {rank}")
+        if ranked[rank - 1] not in done:
+            raise RunError(f"--rank {rank}: that candidate was stopped early and saved no weights")
+        return ranked[rank - 1], f"--rank {rank} by reward"
+    finalists = [r for r in done if r["stage"] == "finalists"]
+    pool, what = (finalists, "finalist") if finalists else (done, "candidate")
+    if target is not None and target.is_set():
+        meeting = [r for r in pool if target.met_by(r, teacher_accuracy)]
+        if meeting:
+            return (min(meeting, key=lambda r: (size_of(r, reward_config), -r["accuracy"])),
+                    f"the smallest {what} that meets the target")
+        return pool[0], f"no {what} meets the target; the best {what} by reward"
+    stopped = "" if finalists or pool[0] is ranked[0] else " that finished (the best was stopped early, without weights)"
+    return pool[0], f"the best {what} by reward{stopped}"
