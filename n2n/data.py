@@ -18,8 +18,8 @@ inputs (``Dataset.preprocess``); exported students carry the same two numbers an
 take the raw inputs (`n2n.load_student`). Integer features (token ids) are kept as they are. Like the
 split, the two numbers belong to the teacher: a teacher folder records those it was trained with
 (``arch.json`` "input") and searches of it use them (`load_split`'s `preprocess`). Computed afresh, they
-come from float64 sums in numpy, the same on every machine (torch's float32 reductions change in
-the last bits with the thread count, and with them every distilled student's figures).
+come from float64 sums in numpy, whatever the thread count (torch's float32 reductions change in
+the last bits with it, and with them every distilled student's figures).
 """
 
 from __future__ import annotations
@@ -150,16 +150,30 @@ def split(name: str, x: np.ndarray, y: np.ndarray, seed: int = 0, parts: list | 
     if np.issubdtype(x_np.dtype, np.integer):
         x, preprocess = torch.as_tensor(np.ascontiguousarray(x_np), dtype=torch.long), None
     else:
+        if preprocess is not None and not {"scale", "shift", "shape"} <= set(preprocess):
+            raise DataError(f"{name}: the teacher's standardisation (arch.json \"input\") needs scale, shift and "
+                            f"shape, as n2n writes it; found {sorted(preprocess)}")
         # another shape is other data: the split's fingerprint or the teacher's input shape refuses it
         # later, with the message that says so
-        if preprocess is None or list(preprocess.get("shape", [])) != list(x_np.shape[1:]):
-            train = x_np[np.asarray(parts[0])].astype(np.float32).astype(np.float64)  # the float32 values the model sees
-            mean, std = float(train.mean()), max(float(train.std(ddof=1)), 1e-8)
-            preprocess = {"scale": 1.0 / std, "shift": -mean / std, "shape": list(x_np.shape[1:])}
+        if preprocess is None or list(preprocess["shape"]) != list(x_np.shape[1:]):
+            preprocess = _standardisation(x_np[np.asarray(parts[0])])
         x = standardise(torch.as_tensor(np.ascontiguousarray(x_np), dtype=torch.float32), preprocess)
     tr, va, te = (torch.as_tensor(p) for p in parts)
     index = {k: np.asarray(p) for k, p in zip(("train", "val", "test"), parts)}
     return Dataset(name, x[tr], y[tr], x[va], y[va], x[te], y[te], int(y.max()) + 1, record, index, preprocess)
+
+
+def _standardisation(train: np.ndarray, chunk: int = 1 << 20) -> dict:
+    """Scale and shift that standardise `train` (N, *shape), from float64 sums over the float32 values
+    the model sees, in chunks (no float64 copy of the whole split). numpy sums the same way with any
+    number of threads, unlike torch's float32 reductions, so a process's thread count cannot change
+    them; teachers record them (arch.json "input") and every later use takes the recorded ones."""
+    flat = train.reshape(-1)
+    parts = range(0, len(flat), chunk)
+    mean = sum(flat[i:i + chunk].astype(np.float32).sum(dtype=np.float64) for i in parts) / len(flat)
+    sq = sum(np.square(flat[i:i + chunk].astype(np.float32).astype(np.float64) - mean).sum() for i in parts)
+    std = max(float(np.sqrt(sq / max(len(flat) - 1, 1))), 1e-8)
+    return {"scale": 1.0 / std, "shift": -float(mean) / std, "shape": list(train.shape[1:])}
 
 
 def standardise(x: torch.Tensor, preprocess: dict) -> torch.Tensor:

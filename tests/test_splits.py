@@ -113,3 +113,20 @@ def test_inputs_are_standardised_as_the_teacher_was_on_any_thread_count(tmp_path
     meta, (_, _, ds, _) = prepare_run(load_config(None, {"teacher.path": str(tmp_path / "t")}), log=lambda *_: None)
     assert ds.preprocess == arch["input"]
     assert torch.allclose(ds.x_val, torch.as_tensor(x[ds.index["val"]]) * 0.5 + 1.0)
+    # hand-written, without the shape n2n records: refused, not silently replaced by fresh numbers
+    arch["input"] = {"scale": 0.5, "shift": 1.0}
+    (tmp_path / "t" / "arch.json").write_text(json.dumps(arch))
+    with pytest.raises(DataError, match=r"needs scale, shift and shape, as n2n writes it; found \['scale', 'shift'\]"):
+        prepare_run(load_config(None, {"teacher.path": str(tmp_path / "t")}), log=lambda *_: None)
+
+
+def test_standardisation_is_summed_in_chunks_without_a_float64_copy():
+    from n2n.data import _standardisation
+
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(5000, 1, 40)).astype(np.float32)
+    whole, chunked = _standardisation(x), _standardisation(x, chunk=777)  # 200,000 values, 258 chunks
+    wide = x.astype(np.float64)
+    assert whole["shape"] == chunked["shape"] == [1, 40]
+    for s in (whole, chunked):
+        assert s["scale"] == pytest.approx(1 / wide.std(ddof=1), rel=1e-12)
+        assert s["shift"] == pytest.approx(-wide.mean() / wide.std(ddof=1), rel=1e-12)
