@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from envs import RewardConfig
+from envs import RewardConfig, within_drop
 from search_spaces import DEFAULT_RATIOS
 
 from .errors import ConfigError
@@ -76,7 +76,7 @@ class TargetConfig:
 
     def met_by(self, rec: dict, teacher_accuracy: float) -> bool:
         latency = rec.get("latency_ms")
-        return ((self.max_accuracy_drop is None or (teacher_accuracy - rec["accuracy"]) * 100 <= self.max_accuracy_drop)
+        return ((self.max_accuracy_drop is None or within_drop(teacher_accuracy, rec["accuracy"], self.max_accuracy_drop))
                 and (self.max_params is None or rec["params"] <= self.max_params)
                 and (self.max_flops is None or rec["flops"] <= self.max_flops)
                 and (self.max_latency_ms is None or (latency is not None and latency <= self.max_latency_ms)))
@@ -262,6 +262,17 @@ def from_dict(cls, data: dict, prefix: str = ""):
         raise
     except ValueError as e:  # a nested config's own check (DistillConfig, RewardConfig)
         raise ConfigError(str(e)) from None
+
+
+# Sections a run's n2n.json lacks when the run was made before they existed, as that run had them:
+# no target (today's default asks for 1 point) and no finalists (today's default distils 3 again).
+# Without this, a resumed or exported old run would be judged by a target it never asked for.
+_BEFORE_THEY_EXISTED = {"target": {"max_accuracy_drop": None}, "finalists": {"k": 0}}
+
+
+def run_config(recorded: dict) -> Config:
+    """The config a run recorded in n2n.json, with sections added since read as the run had them."""
+    return from_dict(Config, {**{k: v for k, v in _BEFORE_THEY_EXISTED.items() if k not in recorded}, **recorded})
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:

@@ -297,12 +297,10 @@ class SearchDriver:
 
     def pick(self) -> tuple[dict, str] | tuple[None, None]:
         """The student `n2n export` would write now, and why (n2n.pick): the search's answer."""
-        # with early stopping, a trial Tune stopped reported no final result (no "ended"), saved no weights
-        finished = (lambda r: "ended" in r) if self.early_stop else (lambda r: True)
         try:
-            return choose(self.records, self.target, self.reward_config, self.reference.accuracy, finished,
+            return choose(self.records, self.target, self.reward_config, self.reference.accuracy, self.early_stop,
                           str(self.run_dir))
-        except RunError:  # nothing evaluated successfully yet
+        except RunError:  # nothing evaluated successfully (and finished) yet
             return None, None
 
     def summary(self) -> dict:
@@ -358,7 +356,7 @@ class SearchDriver:
                 f"({size}, val acc {rec['accuracy']:.4f}{', cached' if rec['cached'] else ''})")
         if best:
             size, times = self._size(best)
-            line += f" | best {best['reward']:.3f}: {size} ({times}), val acc {best['accuracy']:.4f}"
+            line += f" | best reward {best['reward']:.3f}: {size} ({times}), val acc {best['accuracy']:.4f}"
         if rec["failure"]:
             line += f" | failed: {rec['failure']}"
         self.log(line + " | " + self._timing(s))

@@ -3,31 +3,34 @@ export, by the search's last line and by summary.json, so that all three name th
 
 from __future__ import annotations
 
-from typing import Callable
-
 from envs import RewardConfig, size_of
 
 from .errors import RunError
 
 
+def finished(rec: dict, early_stop: bool) -> bool:
+    """Whether a candidate ran to the end and saved its weights. With early stopping, a trial Tune
+    stopped (ASHA) sent only per-epoch reports, which lack the final report's "ended"."""
+    return not early_stop or "ended" in rec
+
+
 def choose(records: list[dict], target, reward_config: RewardConfig, teacher_accuracy: float,
-           has_weights: Callable[[dict], bool], where: str, key: str | None = None,
-           rank: int | None = None) -> tuple[dict, str]:
+           early_stop: bool, where: str, key: str | None = None, rank: int | None = None) -> tuple[dict, str]:
     """The candidate to export and why. By default the smallest finalist that meets `target` (an
     n2n.config.TargetConfig; the finalists' longer distillation ranks students better than the
     search's brief one), else the best finalist, else the best candidate by reward; `key` or `rank`
-    (1 = best reward) pick any. Only candidates `has_weights` qualifies can be chosen (early-stopped
-    trials end before saving weights); `where` names the run in errors."""
+    (1 = best reward) pick any. Only candidates that `finished` can be chosen; `where` names the run
+    in errors."""
     ranked = sorted((r for r in records if r["failure"] is None and r["reward"] > -1), key=lambda r: -r["reward"])
     if not ranked:
         raise RunError(f"{where}: no candidate has been evaluated successfully yet; nothing to export")
-    done = [r for r in ranked if has_weights(r)]
+    done = [r for r in ranked if finished(r, early_stop)]
     if not done:
-        raise RunError(f"{where}/results: no candidate's weights are there (was the run folder copied without results/?)")
+        raise RunError(f"{where}: every candidate was stopped early (without saving weights); nothing to export")
     if key is not None:
         match = [r for r in done if r["key"] == key]
         if not match:
-            raise RunError(f"--key {key}: expected the key of a trained candidate with weights in {where}/candidates.json")
+            raise RunError(f"--key {key}: expected the key of a candidate in {where}/candidates.json that finished")
         return match[0], f"--key {key}"
     if rank is not None:
         if not 1 <= rank <= len(ranked):

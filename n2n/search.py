@@ -21,7 +21,7 @@ from agents import AgentOptionError
 from envs import Reference
 
 from . import data as data_mod
-from .config import Config, from_dict
+from .config import Config, run_config
 from .driver import SearchDriver
 from .errors import ConfigError, RunError
 from .models import load_model, weights_digest
@@ -301,9 +301,11 @@ def _finish(run_dir: Path, driver: SearchDriver, log=print) -> dict:
         log(f"search interrupted; continue it with `n2n resume {run_dir}`")
     elif summary["best"]:
         pick = summary["best"]  # the student `n2n export` will write, not merely the best brief-distillation reward
-        log(f"`n2n export` picks {pick['chosen_because']}: {pick['params']:,} params ({pick['times_smaller']:.1f}x "
-            f"smaller), val acc {pick['val_accuracy']:.4f} -> `n2n export {run_dir} --out DIR` "
+        log(f"`n2n export` picks {pick['params']:,} params ({pick['times_smaller']:.1f}x smaller), val acc "
+            f"{pick['val_accuracy']:.4f}: {pick['chosen_because']} -> `n2n export {run_dir} --out DIR` "
             "(`--finetune-epochs 10` trains it longer first)")
+    elif summary["best_by_reward"]:
+        log("no candidate ran to the end (early stopping stopped every one before it saved weights); nothing to export")
     return summary
 
 
@@ -325,7 +327,7 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
     if run_dir.exists():  # before training a teacher: the same check again at creation
         raise RunError(f"{run_dir} already exists; resume it with `n2n resume {run_dir}` or choose another --name")
     meta, (teacher, arch, ds, space) = prepare_run(cfg, factories, log)
-    cfg = from_dict(Config, meta["config"])  # as recorded: the starting policy made concrete
+    cfg = run_config(meta["config"])  # as recorded: the starting policy made concrete
     if cfg.resources.storage:  # checked, like everything else, before the run folder exists
         meta["results_store"] = store_location(cfg.resources.storage, run_dir.name)
         RemoteResults(meta["results_store"]).check(run_dir)
@@ -386,7 +388,7 @@ class OpenRun:
     def open(cls, run_dir: Path, factories=()) -> OpenRun:
         meta = read_run(run_dir)
         check_teacher(meta)
-        cfg = from_dict(Config, meta["config"])
+        cfg = run_config(meta["config"])
         teacher, arch, _ = load_model(meta["teacher_folder"], factories)
         return cls(Path(run_dir), meta, cfg, teacher, arch, run_data(meta, arch),
                    cfg.space(teacher, meta["input_shape"], arch))

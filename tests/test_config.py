@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import yaml
 
-from n2n.config import Config, load_config
+from n2n.config import Config, load_config, run_config
 from n2n.errors import ConfigError
 
 
@@ -29,6 +29,16 @@ def test_by_default_the_search_asks_for_the_smallest_student_within_one_point():
     assert cfg.target.max_accuracy_drop == 1.0 and cfg.reward_config().kind == "target"
     off = load_config(None, {"target.max_accuracy_drop": None})
     assert not off.target.is_set() and off.reward_config().kind == "n2n"
+
+
+def test_a_run_made_before_targets_and_finalists_keeps_what_it_had():
+    """n2n.json of a run made before the target and finalists sections existed: resumed or exported
+    by today's n2n, it must not be judged by today's default target nor grow a finalist stage."""
+    recorded = dataclasses.asdict(load_config(None))
+    del recorded["target"], recorded["finalists"]
+    old = run_config(recorded)
+    assert not old.target.is_set() and old.reward_config().kind == "n2n" and old.finalists.k == 0
+    assert run_config(dataclasses.asdict(load_config(None))) == load_config(None)  # recorded sections as they are
 
 
 @pytest.mark.parametrize("text,message", [

@@ -5,6 +5,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env
 
 import envs
@@ -186,6 +187,24 @@ def test_target_reward_on_hand_computed_cases():
     assert reward(Evaluation(0.5, 999, 500), ref, flops) == pytest.approx(0.5 + 0.5 * 0.9)  # accuracy free
     with pytest.raises(ValueError, match="expected a target"):
         RewardConfig(kind="target")
+
+
+def test_a_student_exactly_at_the_allowed_drop_meets_the_target():
+    """Accuracies are float32 means of counts: 1402/1500 and 15 samples fewer is exactly 1 point, but
+    the float32 figures differ by 1.000005 points. Judged literally it missed: reward 0.5 instead of
+    0.5 + 0.5 C, and export would pass it over."""
+    from n2n.config import TargetConfig
+
+    hits = lambda k: (torch.arange(1500) < k).float().mean().item()  # noqa: E731 (as a trial measures it)
+    teacher, student = hits(1402), hits(1387)
+    assert (teacher - student) * 100 > 1.0  # the float32 artefact this test is about
+    ref = Reference(params=1000, flops=5000, accuracy=teacher)
+    cfg = RewardConfig(kind="target", target_drop=1.0)
+    assert reward(Evaluation(student, 100, 10), ref, cfg) == pytest.approx(0.5 + 0.5 * 0.9)
+    assert TargetConfig(max_accuracy_drop=1.0).met_by({"accuracy": student, "params": 100, "flops": 10}, teacher)
+    one_more = hits(1386)  # 16 samples below: 1.07 points, a miss by 0.07 of the allowed point
+    assert reward(Evaluation(one_more, 100, 10), ref, cfg) == pytest.approx(0.5 / (1 + (teacher - one_more) * 100 - 1.0))
+    assert not TargetConfig(max_accuracy_drop=1.0).met_by({"accuracy": one_more, "params": 100, "flops": 10}, teacher)
 
 
 def test_latency_reward_uses_the_teacher_timed_beside_the_student():

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from helpers import onnx_check
 from envs import Evaluation, Reference, reward
 from n2n import data as data_mod
 from n2n.config import load_config
+from n2n.errors import RunError
 from n2n.export import export_best
 from n2n.report import make_report, pareto_front
 from n2n.search import run_search
@@ -216,8 +218,18 @@ def test_finalists_and_a_target_decide_what_export_picks(ray_session, tiny_confi
     smallest = min(meeting, key=lambda r: r["params"])
     assert chosen["key"] == smallest["key"] and chosen["chosen_because"] == "the smallest finalist that meets the target"
     assert any(chosen["chosen_because"] in m for m in logs)  # and it says so
-    # the search's last line names that student, not the best reward of a brief distillation
-    assert said[-1].startswith(f"`n2n export` picks the smallest finalist that meets the target: {smallest['params']:,} params")
+    # the search's last line and summary.json name that student, not the best reward of a brief distillation
+    assert said[-1].startswith(f"`n2n export` picks {smallest['params']:,} params (")
+    assert ": the smallest finalist that meets the target -> `n2n export" in said[-1]
+    assert summary["best"]["key"] == json.loads((run / "summary.json").read_text())["best"]["key"] == chosen["key"]
+    # without that student's weights (a copy without them, a store not reached), export says so and
+    # writes no other student in its place
+    shutil.copytree(run, tmp_path / "copy")
+    (tmp_path / "copy" / "results" / f"{chosen['key']}.safetensors").unlink()
+    with pytest.raises(RunError, match="the weights of the student to export .the smallest finalist that meets the "
+                                       "target. are not there"):
+        export_best(tmp_path / "copy", tmp_path / "none", log=lambda *_: None)
+    assert not (tmp_path / "none").exists()
     t = chosen["teacher"]  # where it stands against the target, on val and on the held-out test split
     assert chosen["target"] == {"max_accuracy_drop": 25.0,
                                 "val_drop_points": round((t["val_accuracy"] - chosen["val_accuracy"]) * 100, 2),
@@ -227,5 +239,5 @@ def test_finalists_and_a_target_decide_what_export_picks(ray_session, tiny_confi
     assert export_best(run, tmp_path / "r2", rank=2, log=lambda *_: None)["key"] == by_reward[1]["key"]
     some = recs[1]["key"]
     assert export_best(run, tmp_path / "k", key=some, log=lambda *_: None)["params"] == recs[1]["params"]
-    with pytest.raises(Exception, match="--key nope: expected the key of a trained candidate"):
+    with pytest.raises(Exception, match="--key nope: expected the key of a candidate in .* that finished"):
         export_best(run, tmp_path / "x", key="nope", log=lambda *_: None)
