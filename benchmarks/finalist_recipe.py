@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from envs import within_drop
 from n2n.models import build_model, load_weights
 from n2n.runfolder import read_records
 from n2n.search import OpenRun
@@ -32,11 +33,12 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def points(teacher: float, student: float) -> float:
-    return round((teacher - student) * 100, 2)  # as `n2n export` rounds the drop it compares with the target
+    return round((teacher - student) * 100, 2)  # as `n2n export` shows it
 
 
 def pick(rows: list[dict], teacher_val: float, drop: float, recipe: str) -> dict | None:
-    ok = [r for r in rows if points(teacher_val, r[f"{recipe}_val"]) <= drop]
+    """The smallest finalist within `drop` on validation, judged as n2n.pick judges it."""
+    ok = [r for r in rows if within_drop(teacher_val, r[f"{recipe}_val"], drop)]
     return min(ok, key=lambda r: r["params"]) if ok else None
 
 
@@ -68,7 +70,7 @@ def analyse(run_dir: Path) -> dict:
     return out
 
 
-def summarise(runs: list[dict], margins=(0.0, 0.2, 0.33, 0.5)) -> dict:
+def summarise(runs: list[dict], margins=(0.0, 0.1, 0.3, 0.5)) -> dict:
     """Per recipe and validation margin (pick the smallest finalist within drop - margin on
     validation): how many picks meet the target on test, and their mean compression (1x: no pick)."""
     out = {}
@@ -79,7 +81,7 @@ def summarise(runs: list[dict], margins=(0.0, 0.2, 0.33, 0.5)) -> dict:
             picks = [(r, pick(r["finalists"], r["teacher_val"], r["drop"] - m, name)) for r in runs]
             out[name]["by_margin"][str(m)] = {
                 "runs": len(runs), "no_pick": sum(p is None for _, p in picks),
-                "met_on_test": sum(p is not None and points(r["teacher_test"], p[f"{name}_test"]) <= r["drop"]
+                "met_on_test": sum(p is not None and within_drop(r["teacher_test"], p[f"{name}_test"], r["drop"])
                                    for r, p in picks),
                 "mean_times_smaller": round(statistics.mean(r["teacher_params"] / p["params"] if p else 1.0
                                                             for r, p in picks), 2)}

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import ray
 
+from envs import within_drop
 from n2n.config import load_config
 from n2n.export import export_best
 from n2n.models import build_model, load_weights
@@ -57,7 +58,7 @@ VARIANTS = {  # agent name -> config overrides beyond the shared ones
 
 def largest_within(records: list[dict], teacher_params: int, teacher_acc: float, drop: float, key="accuracy"):
     """Times smaller than the teacher of the smallest record within `drop` points of it (or None)."""
-    ok = [r["params"] for r in records if r["failure"] is None and (teacher_acc - r[key]) * 100 <= drop]
+    ok = [r["params"] for r in records if r["failure"] is None and within_drop(teacher_acc, r[key], drop)]
     return round(teacher_params / min(ok), 2) if ok else None
 
 
