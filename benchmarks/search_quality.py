@@ -3,6 +3,7 @@
     python benchmarks/search_quality.py [--seeds 0 1 2] [--agents reinforce optuna random uniform n2n-published]
                                         [--drop 1.0] [--removal 30] [--shrink 40] [--root DIR]
                                         [--dataset digits] [--name STEM]
+    python benchmarks/search_quality.py --agents reinforce-policy --policy DIR   # a policy `n2n policy fit` wrote
     python benchmarks/search_quality.py --from DIR     # the figures again from finished run folders
 
 Every search uses the same teacher and its split, the same distillation and the same finalist stage,
@@ -48,6 +49,8 @@ VARIANTS = {  # agent name -> config overrides beyond the shared ones
     # shipped in agents/pretrained (fit to seeds 0-2 of MNIST-1D: a fair test on other seeds or
     # another teacher, --dataset digits); on these teachers `policy: auto` picks it too.
     "reinforce-pretrained": {"search.agent_options": {"policy": "pretrained"}},
+    # a policy `n2n policy fit` wrote, named by --policy DIR (a candidate for the next shipped one)
+    "reinforce-policy": {},
     # multi-fidelity by a cheaper first fidelity: 1 distillation epoch per candidate instead of 3,
     # twice the candidates, the same finalists (compare wall times side by side)
     "reinforce-1ep": {"search.agent_options": {"policy": None}, "distill.epochs": 1, "search.removal_budget": 60, "search.shrink_budget": 80},
@@ -135,13 +138,17 @@ def main():
     p.add_argument("--dataset", default="mnist1d", choices=["mnist1d", "digits"], help="the teacher recipe's dataset")
     p.add_argument("--name", help="results file stem (default: search_quality, search_quality_digits)")
     p.add_argument("--root", help="where the run folders go (default: a new temp folder)")
+    p.add_argument("--policy", help="the policy folder the reinforce-policy agent starts from")
     p.add_argument("--from", dest="source", help="analyse the run folders AGENT-SEED here again; search nothing")
     args = p.parse_args()
+    if "reinforce-policy" in args.agents and not args.policy and not args.source:
+        p.error("the reinforce-policy agent needs --policy DIR (a folder `n2n policy fit` wrote)")
+    VARIANTS["reinforce-policy"] = {"search.agent_options": {"policy": args.policy}}
     suffix = "" if args.dataset == "mnist1d" else f"_{args.dataset}"
     path = Path(__file__).parent / "results" / f"{args.name or 'search_quality' + suffix}.json"
     root = Path(args.source or args.root or tempfile.mkdtemp(prefix="n2n-quality-"))
     root.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("source", "root", "seeds", "agents", "name")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("source", "root", "seeds", "agents", "name", "policy")}
     out = {"settings": settings, "rows": []}
     if path.exists():  # other agents and seeds measured under the same settings stay; a rerun replaces its row
         old = json.loads(path.read_text())

@@ -19,9 +19,9 @@ from .deploy import require_onnx, check_onnx, to_onnx
 from .errors import RunError
 from .models import RawInput, build_model, check_replaceable, device_for, load_weights, save_model, write_json
 from .runfolder import RunLock, read_records, read_run
-from .search import OpenRun, check_teacher
+from .search import OpenRun, check_teacher, teacher_logits
 from .storage import Fetcher
-from .train import accuracy, distill, predict
+from .train import accuracy, distill
 from .vocab import trim_vocabulary
 
 
@@ -150,7 +150,8 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         # N2N's headline students were fine-tuned longer at the end: distillation + cross-entropy.
         ft = replace(cfg.distill, epochs=finetune_epochs, ce_weight=max(cfg.distill.ce_weight, 1.0), schedule="cosine")
         log(f"fine-tuning for {finetune_epochs} epochs (distillation + cross-entropy)")
-        distill(student, ds.x_train, ds.y_train, predict(teacher, ds.x_train), ds.x_val, ds.y_val, ft,
+        t_logits = teacher_logits(run_dir, teacher, ds.x_train, log, keep=False)  # the run's own, if kept
+        distill(student, ds.x_train, ds.y_train, t_logits, ds.x_val, ds.y_val, ft,
                 seed=cfg.seed, device=device_for(cfg.resources.device))  # a GPU when there is one
         student.cpu()
     assert count_params(student) == best["params"] == space.params(spec)  # the spec's prediction is exact

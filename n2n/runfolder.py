@@ -5,6 +5,9 @@
       search_state.pt     the driver's whole state: plain data + tensors, rewritten atomically at every
                           step (search_state.prev.pt is the one before); read with weights_only=True
       candidates.json     every trained candidate (what people, `export` and `report` read)
+      teacher_logits.safetensors
+                          the teacher's logits on the training split, the targets of every
+                          distillation of the run (n2n.search.teacher_logits)
       summary.json        kept current
       n2n.log             every line the search and its resumes printed, with the time
       results/            per-candidate metrics (KEY.json) and weights (KEY.safetensors), from the trials
@@ -43,6 +46,7 @@ RESULTS = "results"
 TUNE = "tune"
 POLICY = "policy"  # the copy of REINFORCE's starting policy a run was started from (agent_options.policy)
 LOCK = ".lock"
+TEACHER_LOGITS = "teacher_logits.safetensors"
 
 
 def read_run(run_dir: Path) -> dict:

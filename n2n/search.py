@@ -24,8 +24,8 @@ from . import data as data_mod
 from .config import Config, run_config
 from .driver import SearchDriver
 from .errors import ConfigError, RunError
-from .models import load_model, weights_digest
-from .runfolder import POLICY, TUNE, RunLock, create_run, load_state, read_records, read_run
+from .models import ModelError, load_model, load_weights, save_weights, weights_digest
+from .runfolder import POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, load_state, read_records, read_run
 from .storage import Fetcher, RemoteResults, store_location
 from .teachers import cached_teacher
 from .train import accuracy, predict
@@ -69,11 +69,32 @@ def resolve_teacher(cfg: Config, log=print, factories=()) -> tuple[Path, str]:
     return cached_teacher(cfg.teacher.recipe, log=log), cfg.teacher.dataset or cfg.teacher.recipe.dataset
 
 
-def make_context(meta: dict, cfg: Config, run_dir: Path, loaded: tuple, factories=()) -> Context:
-    """Teacher, data and the teacher's training-set logits (computed once) for every trial.
+def teacher_logits(run_dir: Path, teacher, x_train, log=print, keep: bool = True):
+    """The teacher's logits on the training split, (N_train, classes): the targets of every
+    distillation in the run. Computed once and kept in RUN/teacher_logits.safetensors (`keep`), so
+    that a resume, on another machine or with another thread count, distils on the very same numbers:
+    a float sum's last bits depend on both, and they change which students come out ahead."""
+    path = Path(run_dir) / TEACHER_LOGITS
+    if path.is_file():
+        try:
+            logits = load_weights(path)["logits"]
+            if logits.ndim == 2 and len(logits) == len(x_train):
+                return logits
+            problem = f"logits of shape {tuple(logits.shape)} for {len(x_train)} training samples"
+        except (ModelError, KeyError) as e:
+            problem = str(e)
+        log(f"warning: {path} is damaged ({problem}); computing the teacher's logits again")
+    logits = predict(teacher, x_train)  # (N_train, classes)
+    if keep:
+        save_weights({"logits": logits}, path)
+    return logits
+
+
+def make_context(meta: dict, cfg: Config, run_dir: Path, loaded: tuple, factories=(), log=print) -> Context:
+    """Teacher, data and the teacher's training-set logits (kept in the run folder) for every trial.
     `loaded`: (teacher, arch, dataset)."""
     teacher, arch, ds = loaded
-    t_logits = predict(teacher, ds.x_train)  # (N_train, classes)
+    t_logits = teacher_logits(run_dir, teacher, ds.x_train, log)  # (N_train, classes)
     return Context(arch, {k: v.contiguous() for k, v in teacher.state_dict().items()}, tuple(meta["input_shape"]),
                    tuple(cfg.search.ratios), ds.x_train, ds.y_train, t_logits, ds.x_val, ds.y_val, cfg.distill,
                    Reference(**meta["reference"]), cfg.reward_config(), results_location(meta, run_dir), cfg.resources.device, cfg.seed,
@@ -342,7 +363,7 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
                 log(f"  left untouched: {name} ({why})")
             driver = make_driver(cfg, space, meta, run_dir, log)
             driver.save()
-            ctx = make_context(meta, cfg, run_dir, (teacher, arch, ds), factories)
+            ctx = make_context(meta, cfg, run_dir, (teacher, arch, ds), factories, log)
             plan = " and ".join(f"{s} {cfg.budget(s)}" for s in cfg.search.stages) + " candidates"
             if cfg.finalists.k:
                 plan += f", then {cfg.finalists.k} finalists at {cfg.finalists.epochs} epochs"
@@ -416,5 +437,6 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
         log(f"resuming {run_dir.name}: {len(driver.records)} candidates so far, stage {driver.stage}")
         with ray_session(address, log):
             check_resources(cfg, remote=bool(address), log=log)
-            _fit(run_dir, make_context(meta, cfg, run_dir, (run.teacher, run.arch, run.ds), factories), cfg, driver, log)
+            _fit(run_dir, make_context(meta, cfg, run_dir, (run.teacher, run.arch, run.ds), factories, log), cfg,
+                 driver, log)
     return _finish(run_dir, driver, log)

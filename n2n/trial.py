@@ -2,8 +2,9 @@
 
 Everything a trial needs that is large (teacher weights, data, the teacher's logits on the training
 set) arrives once per search through Ray's object store (`tune.with_parameters`); the trial's own
-config is only the spec. The teacher's logits are computed once per search on the driver, since the
-built-in data has no augmentation (with augmentation the teacher would have to run on every batch).
+config is only the spec. The teacher's logits are computed once per run on the driver and kept in the
+run folder (n2n.search.teacher_logits), since the built-in data has no augmentation (with augmentation
+the teacher would have to run on every batch).
 """
 
 from __future__ import annotations

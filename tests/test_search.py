@@ -18,8 +18,9 @@ from n2n.config import load_config
 from n2n.errors import RunError
 from n2n.export import export_best
 from n2n.report import make_report, pareto_front
-from n2n.search import run_search
-from n2n.train import accuracy
+from n2n.models import load_weights, save_weights
+from n2n.search import OpenRun, run_search, teacher_logits
+from n2n.train import accuracy, predict
 
 pytestmark = pytest.mark.ray
 
@@ -57,6 +58,10 @@ def test_search_end_to_end(ray_session, tiny_config, tmp_path):
     assert summary["teacher"]["params"] == ref.params and 0.8 < summary["teacher"]["val_accuracy"] <= 1
     story = (run / "n2n.log").read_text()  # the run keeps what was printed, line by line
     assert story.count("] reward ") == 12 and "search finished: 12 candidates trained" in story
+    # the distillation targets stay with the run (resumes and export's fine-tune read them back)
+    opened = OpenRun.open(run)
+    kept = load_weights(run / "teacher_logits.safetensors")["logits"]
+    assert torch.equal(kept, predict(opened.teacher, opened.ds.x_train))  # (N_train, 10)
 
     # export + load reproduces the reported validation accuracy
     out = tmp_path / "student"
@@ -96,6 +101,29 @@ def test_fractional_gpu_packs_two_trials_on_one_logical_gpu(ray_session, tiny_co
     spans = sorted((r["started"], r["ended"]) for r in recs)
     overlaps = sum(a_end > b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
     assert overlaps >= 1  # two 0.5-GPU trials ran at the same time on the single GPU
+
+
+def test_a_run_distils_on_its_kept_teacher_logits_and_replaces_a_damaged_copy(small_teacher, mnist1d, tmp_path):
+    teacher, x = small_teacher[0], mnist1d.x_train[:300]
+    fresh = predict(teacher, x)  # (300, 10)
+    assert torch.equal(teacher_logits(tmp_path, teacher, x), fresh)  # first call: computed and kept
+    path = tmp_path / "teacher_logits.safetensors"
+    assert torch.equal(load_weights(path)["logits"], fresh)
+    # a resume reads the kept numbers, whatever this process would compute (here: other numbers)
+    save_weights({"logits": fresh + 1}, path)
+    assert torch.equal(teacher_logits(tmp_path, teacher, x), fresh + 1)
+    said = []
+    for damage in (b"not safetensors", None):  # an unreadable file; logits for another training split
+        if damage:
+            path.write_bytes(damage)
+        else:
+            save_weights({"logits": fresh[:7]}, path)
+        assert torch.equal(teacher_logits(tmp_path, teacher, x, log=said.append), fresh)
+        assert torch.equal(load_weights(path)["logits"], fresh)  # replaced by the right ones
+    assert len(said) == 2 and all(m.startswith(f"warning: {path} is damaged") for m in said)
+    assert "logits of shape (7, 10) for 300 training samples" in said[1]
+    path.unlink()  # export reads, never writes, the run folder
+    assert torch.equal(teacher_logits(tmp_path, teacher, x, keep=False), fresh) and not path.exists()
 
 
 def test_gpu_check_skips_with_a_message_where_torch_sees_no_gpu():
