@@ -26,5 +26,6 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/overhead.py
 
+# Only what setup made: runs/ holds your searches and is never removed by make.
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV)

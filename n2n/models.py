@@ -173,6 +173,20 @@ def temp_folder(folder: Path, prefix: str) -> Path:
     return tmp
 
 
+def append_to(path: Path):
+    """`path` opened to append, never through a symlink: a run folder someone else made must not
+    make n2n write into a file elsewhere (the open fails with ELOOP instead)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666), "a")
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write a file atomically (temp file, then rename): a symlink at `path` is replaced, not followed."""
+    fd, tmp = private_temp(path)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def write_json(path: Path, obj) -> None:
     """Write JSON atomically (temp file, then rename), so a crash never leaves half a file."""
     path = Path(path)
@@ -220,10 +234,11 @@ def check_replaceable(folder: Path, kind: str) -> None:
     """`overwrite` replaces only an earlier n2n `kind` ("export" or "teacher"): a run folder, a folder
     of runs, your own checkpoint or a folder holding anything else is refused, never deleted."""
     folder = Path(folder)
-    if not folder.exists():
+    if not folder.exists() and not folder.is_symlink():
         return
     if folder.is_symlink() or not folder.is_dir() or written_by_n2n(folder) != kind:
-        held = sorted(p.name for p in folder.iterdir())[:6] if folder.is_dir() else "a file"
+        held = ("a symlink to " + os.readlink(folder) if folder.is_symlink() else
+                sorted(p.name for p in folder.iterdir())[:6] if folder.is_dir() else "a file")
         raise FileExistsError(f"{folder} exists and is not an earlier n2n {kind} (it holds {held}); --overwrite "
                               f"only replaces one of those; choose another --out")
 
@@ -231,7 +246,7 @@ def check_replaceable(folder: Path, kind: str) -> None:
 def check_target(folder: Path, overwrite: bool = False, kind: str = "teacher") -> None:
     """A folder n2n is about to write: free, or (with overwrite) an earlier n2n `kind`."""
     folder = Path(folder)
-    if folder.exists():
+    if folder.exists() or folder.is_symlink():  # a dangling link is something too: never written through
         if not overwrite:
             raise FileExistsError(f"{folder} already exists; choose another --out or pass --overwrite")
         check_replaceable(folder, kind)
@@ -249,7 +264,7 @@ def commit_folder(tmp: Path, folder: Path, overwrite: bool = False, kind: str = 
     """Move a finished temp folder into place; an old folder is moved aside first and deleted last.
     The checks run again: the folder may have appeared or changed while we worked."""
     old = None
-    if folder.exists():
+    if folder.exists() or folder.is_symlink():
         check_target(folder, overwrite, kind)
         old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old."))
         os.replace(folder, old / "x")

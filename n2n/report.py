@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import statistics
 from pathlib import Path
 
 from envs.reward import SIZE_KEYS
 
+from .models import write_bytes
 from .runfolder import read_records, read_run
 
 
@@ -49,6 +51,13 @@ def batch_means(records: list[dict], batch: int) -> list[tuple[str, float]]:
     return out
 
 
+def _save_png(fig, path: Path) -> None:
+    """savefig into memory, then an atomic write: a symlink planted at `path` is replaced, never written through."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    write_bytes(path, buf.getvalue())
+
+
 def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     import matplotlib
 
@@ -83,7 +92,7 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_dir / "reward_curve.png", dpi=120)
+    _save_png(fig, out_dir / "reward_curve.png")
     plt.close(fig)
 
     ok = [r for r in records if r["failure"] is None and r.get(size) is not None]
@@ -106,7 +115,7 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
            ylabel="validation accuracy", title="Accuracy against size")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_dir / "pareto.png", dpi=120)
+    _save_png(fig, out_dir / "pareto.png")
     plt.close(fig)
     text.append(f"plots: {out_dir / 'reward_curve.png'}, {out_dir / 'pareto.png'}")
     return "\n".join(text)

@@ -36,6 +36,7 @@ import torch
 
 from .errors import RunError
 from .models import private_temp, temp_folder, write_json
+from .storage import check_key
 
 META = "n2n.json"
 STATE = "search_state.pt"
@@ -76,6 +77,8 @@ def read_records(run_dir: Path) -> list[dict]:
         raise RunError(f"{path}: damaged, not readable JSON ({e}); restore it from a copy") from None
     if not isinstance(records, list) or not all(isinstance(r, dict) and "key" in r for r in records):
         raise RunError(f"{path}: damaged, expected a list of candidate records")
+    for r in records:
+        check_key(r["key"])
     return records
 
 

@@ -24,7 +24,7 @@ from . import data as data_mod
 from .config import Config, run_config
 from .driver import SearchDriver
 from .errors import ConfigError, RunError
-from .models import ModelError, load_model, load_weights, save_weights, weights_digest
+from .models import ModelError, append_to, load_model, load_weights, save_weights, weights_digest
 from .runfolder import POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, load_state, read_records, read_run
 from .storage import Fetcher, RemoteResults, store_location
 from .teachers import cached_teacher
@@ -334,8 +334,12 @@ def teed(log, run_dir: Path):
     """`log`, and a copy of every line in RUN/n2n.log (with the time): the run keeps its own story."""
     def both(msg: str):
         log(msg)
-        with open(run_dir / "n2n.log", "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+        try:
+            with append_to(run_dir / "n2n.log") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+        except OSError as e:  # ELOOP: a symlink planted there is never written through
+            raise RunError(f"{run_dir / 'n2n.log'}: cannot append to the run's log ({e.strerror}); it must be a "
+                           "plain file") from None
     return both
 
 

@@ -15,16 +15,29 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import ConfigError
-from .models import private_temp, save_weights, write_json
+from .errors import ConfigError, RunError
+from .models import append_to, save_weights, write_bytes, write_json
 
 AUDIT = "trained.log"
+
+
+KEY = re.compile(r"[\w-]+")  # what SearchSpace.key makes: widths and "x", joined by "-"
+
+
+def check_key(key) -> str:
+    """A candidate key names files under results/: one with "/" or ".." (a doctored candidates.json or
+    search state) would have n2n read or write files elsewhere."""
+    if not isinstance(key, str) or not KEY.fullmatch(key):
+        raise RunError(f"candidate key {key!r}: expected letters, digits, '_' and '-' only (it names files under "
+                       "results/); the run folder is damaged or was edited")
+    return key
 
 
 def open_results(location: str):
@@ -39,19 +52,19 @@ class LocalResults:
         self.path = path
 
     def result(self, key: str) -> dict | None:
-        p = self.path / f"{key}.json"
+        p = self.path / f"{check_key(key)}.json"
         return json.loads(p.read_text()) if p.exists() else None
 
     def write_text(self, name: str, text: str) -> None:
-        (self.path / name).write_text(text)
+        write_bytes(self.path / name, text.encode())
 
     def save(self, key: str, state: dict | None, final: dict) -> None:
         """Weights, then the audit line, then the result file. The audit line comes before the
         result: a kill between the two leaves the training logged and, with no result, run again and
         logged again; never a result whose training is missing from the log."""
         if state is not None:
-            save_weights(state, self.path / f"{key}.safetensors")
-        with open(self.path / AUDIT, "a") as f:
+            save_weights(state, self.path / f"{check_key(key)}.safetensors")
+        with append_to(self.path / AUDIT) as f:
             f.write(key + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -142,7 +155,7 @@ class RemoteResults:
             raise ConfigError(f"resources.storage: {shown(self.uri)} is not empty; a run's results go to a place of their own")
 
     def result(self, key: str) -> dict | None:
-        data = self._read(f"{key}.json")
+        data = self._read(f"{check_key(key)}.json")
         return None if data is None else json.loads(data)
 
     def write_text(self, name: str, text: str) -> None:
@@ -151,6 +164,7 @@ class RemoteResults:
     def save(self, key: str, state: dict | None, final: dict) -> None:
         from safetensors.torch import save
 
+        check_key(key)
         filesystem, root = self._fs
         filesystem.create_dir(f"{root}/trained", recursive=True)  # a local or mounted store needs the folders
         if state is not None:
@@ -167,7 +181,7 @@ class RemoteResults:
         logged = Counter(path.read_text().split()) if path.exists() else Counter()
         missing = "".join(f"{k}\n" * (n - logged[k]) for k, n in runs.items() if n > logged[k])
         if missing:
-            with open(path, "a") as f:
+            with append_to(path) as f:
                 f.write(missing)
                 f.flush()
                 os.fsync(f.fileno())
@@ -175,15 +189,15 @@ class RemoteResults:
     def fetch(self, key: str, local: Path) -> bool:
         """Copy KEY's result into the local results/ folder (the audit first, KEY.json last);
         False if the store has no result for KEY. Fetching twice adds nothing."""
-        result = self._read(f"{key}.json")
+        result = self._read(f"{check_key(key)}.json")
         if result is None:
             return False
         for name in (f"{key}.safetensors", f"{key}.traceback.txt"):
             data = self._read(name)
             if data is not None:
-                _write_local(local / name, data)
+                write_bytes(local / name, data)
         self.audit(local)
-        _write_local(local / f"{key}.json", result)
+        write_bytes(local / f"{key}.json", result)
         return True
 
 
@@ -191,13 +205,6 @@ def _selector(path: str):
     from pyarrow import fs
 
     return fs.FileSelector(path, allow_not_found=True)
-
-
-def _write_local(path: Path, data: bytes) -> None:
-    fd, tmp = private_temp(path)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 class Fetcher:

@@ -418,6 +418,47 @@ def test_a_symlinked_lock_file_is_never_followed(tmp_path):
 
 
 
+def test_a_run_folder_from_elsewhere_cannot_make_n2n_write_outside_it(finished_run, tmp_path, capsys):
+    import shutil
+
+    from n2n.storage import Fetcher, LocalResults
+
+    run = tmp_path / "theirs"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    victims = {name: tmp_path / f"victim-{name.replace('/', '-')}" for name in
+               ("reward_curve.png", "pareto.png", "results/trained.log", "n2n.log")}
+    for name, victim in victims.items():
+        victim.write_text("precious")
+        (run / name).unlink(missing_ok=True)
+        (run / name).symlink_to(victim)
+    make_report(run)  # the plots replace the links, never write through them
+    assert (run / "pareto.png").read_bytes()[:4] == b"\x89PNG" and not (run / "pareto.png").is_symlink()
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):  # the trial fails, saying why
+        LocalResults(run / "results").save("1-2-x", None, {"key": "1-2-x"})
+    status, err = _main(capsys, "resume", run)  # the run's log is appended to by every command
+    assert status == 2 and "cannot append to the run's log" in err and "Traceback" not in err
+    assert all(v.read_text() == "precious" for v in victims.values())
+
+    (run / "n2n.log").unlink()
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")  # an --out that is a link to nothing: taken
+    for overwrite in ((), ("--overwrite",)):
+        status, err = _main(capsys, "export", run, "--out", tmp_path / "dangling", *overwrite)
+        assert status == 2 and "dangling" in err and "Traceback" not in err and not (tmp_path / "nowhere").exists()
+
+    # keys name files under results/: one that climbs out is refused wherever it is read
+    records = json.loads((run / "candidates.json").read_text())
+    records[0]["key"] = "../../escaped"
+    (run / "candidates.json").write_text(json.dumps(records))
+    status, err = _main(capsys, "export", run, "--out", tmp_path / "student")
+    assert status == 2 and "candidate key '../../escaped'" in err and not (tmp_path / "student").exists()
+    store = tmp_path / "store"
+    (store / "x").mkdir(parents=True)
+    (store / "x" / "escaped.json").write_text("{}")
+    said = []
+    Fetcher(f"file://{store}/x", run, said.append).sync(["../x/escaped"])
+    assert not (tmp_path / "x").exists() and "candidate key '../x/escaped'" in said[0]
+
+
 def test_a_trial_that_raises_reports_why(ray_session, tiny_config, tmp_path):
     """cuda asked for on a machine without it: every trial raises; the records say why, briefly."""
     cfg = load_config(tiny_config, {"resources.device": "cuda", "search.concurrency": 1})
