@@ -232,11 +232,10 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
     if getattr(args, "allow_factory", None):
-        # factories are the user's own modules: importable from where they run n2n, like `python -m`,
-        # here and in the Ray workers this process starts (they inherit PYTHONPATH)
-        cwd = os.getcwd()
-        sys.path.insert(0, cwd)
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, os.environ.get("PYTHONPATH")) if p)
+        # factories are the user's own modules, importable from where they run n2n, here and in the Ray
+        # workers this process starts (they inherit the environment); searched after the installed
+        # packages (search_spaces.generic.load_factory), so a stray yaml.py there shadows nothing
+        os.environ["N2N_FACTORY_PATH"] = os.getcwd()
     try:
         return args.func(args)
     except USER_ERRORS as e:

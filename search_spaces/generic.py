@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import copy
 import importlib
+import os
+import sys
 
 import torch
 from torch import nn
@@ -46,6 +48,9 @@ def load_factory(path: str, allowed=()):
     mod, _, fn = path.partition(":")
     if not mod or not fn:
         raise UnsupportedModel(f"factory: expected 'package.module:function', got {path!r}")
+    where = os.environ.get("N2N_FACTORY_PATH")  # the folder `n2n --allow-factory` ran in
+    if where and where not in sys.path:
+        sys.path.append(where)  # last: an installed package of the same name wins over a local file
     try:
         return getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as e:

@@ -130,5 +130,11 @@ def test_a_module_teacher_imports_its_factory_from_the_working_directory(tmp_pat
     ok = subprocess.run([n2n_bin, "teacher", "show", "t", "--allow-factory", "mynet:make"], cwd=tmp_path, env=env,
                         capture_output=True, text=True)
     assert ok.returncode == 0 and "params: 51" in ok.stdout, ok.stderr
+    # the working directory comes after the installed packages: a stray file named like one of them
+    # (yaml.py, imported once the config is read) is not run
+    (tmp_path / "yaml.py").write_text("import pathlib\npathlib.Path('PWNED').write_text('ran')\n")
+    shadow = subprocess.run([n2n_bin, "search", "--allow-factory", "mynet:make", "--set", "foo=1"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True)
+    assert shadow.returncode == 2 and "foo: unknown key" in shadow.stderr and not (tmp_path / "PWNED").exists()
     refused = subprocess.run([n2n_bin, "teacher", "show", "t"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert refused.returncode == 2 and "--allow-factory mynet:make" in refused.stderr
