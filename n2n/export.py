@@ -156,6 +156,10 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         student.cpu()
     assert count_params(student) == best["params"] == space.params(spec)  # the spec's prediction is exact
     tokenizer = _teacher_tokenizer(Path(meta["teacher_folder"])) if arch["family"] == "hf-encoder" else None
+    if tokenizer is not None and "max_length" in ds.split:
+        # the student was measured on texts cut to this many tokens: so is what `truncation=True` cuts
+        # to outside n2n (pipeline), instead of the checkpoint's 512
+        tokenizer.model_max_length = ds.split["max_length"]
     vocab = None
     if trim_vocab:
         if tokenizer is None:

@@ -28,14 +28,14 @@ from .models import append_to, save_weights, write_bytes, write_json
 AUDIT = "trained.log"
 
 
-KEY = re.compile(r"[\w-]+")  # what SearchSpace.key makes: widths and "x", joined by "-"
+KEY = re.compile(r"[\w@.-]+")  # SearchSpace.key's widths and "x" joined by "-", "@10ep" for a finalist; no "/"
 
 
 def check_key(key) -> str:
     """A candidate key names files under results/: one with "/" or ".." (a doctored candidates.json or
     search state) would have n2n read or write files elsewhere."""
     if not isinstance(key, str) or not KEY.fullmatch(key):
-        raise RunError(f"candidate key {key!r}: expected letters, digits, '_' and '-' only (it names files under "
+        raise RunError(f"candidate key {key!r}: expected letters, digits and _ @ . - only (it names files under "
                        "results/); the run folder is damaged or was edited")
     return key
 

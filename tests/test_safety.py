@@ -457,6 +457,9 @@ def test_a_run_folder_from_elsewhere_cannot_make_n2n_write_outside_it(finished_r
     said = []
     Fetcher(f"file://{store}/x", run, said.append).sync(["../x/escaped"])
     assert not (tmp_path / "x").exists() and "candidate key '../x/escaped'" in said[0]
+    from n2n.storage import check_key
+
+    assert check_key("x-12-x-384@10ep") == "x-12-x-384@10ep"  # a finalist's key is fine
 
 
 def test_a_trial_that_raises_reports_why(ray_session, tiny_config, tmp_path):

@@ -123,6 +123,13 @@ def test_minilm_journey_csv_to_teacher_to_search_to_pipeline(ray_session, tmp_pa
         by_n2n = [student.model.config.id2label[i] for i in student(ids).argmax(1).tolist()]
     truth = [label for _ in HELD_OUT for label in ["positive"] * 3 + ["negative"] * 3]
     assert by_pipeline == by_n2n and sum(a == b for a, b in zip(by_n2n, truth)) >= 15  # of 18 unseen sentences
+    # a text past the length the student was measured on is cut where n2n cut it, not at BERT's 512
+    assert tok.model_max_length == 16
+    long = [t + " and so on" * 200 for t in texts]
+    ids = tok(long, padding="max_length", max_length=16, truncation=True, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert [r["label"] for r in clf(long, truncation=True)] == \
+            [student.model.config.id2label[i] for i in student(ids).argmax(1).tolist()]
 
     # the embeddings bound a transformer's compression; trimmed to the training texts' tokens they do not
     trimmed = export_best(run, tmp_path / "trimmed", trim_vocab=True, log=lambda *_: None)
