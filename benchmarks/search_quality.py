@@ -46,7 +46,7 @@ VARIANTS = {  # agent name -> config overrides beyond the shared ones
     "n2n-published": {"distill.inherit": False, "reward.kind": "n2n", "finalists.k": 0,
                       "search.agent_options": {"policy": None}},
     # `reinforce` above starts fresh (as these results were measured); this one from the policy
-    # shipped in agents/pretrained (fit to seeds 0-2 of MNIST-1D: a fair test on other seeds or
+    # shipped in agents/pretrained (fit to seeds 0-5 of MNIST-1D: a fair test on other seeds or
     # another teacher, --dataset digits); on these teachers `policy: auto` picks it too.
     "reinforce-pretrained": {"search.agent_options": {"policy": "pretrained"}},
     # a policy `n2n policy fit` wrote, named by --policy DIR (a candidate for the next shipped one)
