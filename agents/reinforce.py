@@ -323,7 +323,12 @@ def policy_problem(folder: Path, stage: str, ratios: list[float], hidden: int) -
     """Why the policy saved in `folder` cannot start `stage` over `ratios` with `hidden` units, or None."""
     if not (folder / "policy.json").is_file() or not (folder / "policy.safetensors").is_file():
         return f"{folder}: expected policy.json and policy.safetensors (a saved {stage} policy), found none"
-    meta = json.loads((folder / "policy.json").read_text())
+    try:
+        meta = json.loads((folder / "policy.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"{folder}/policy.json: damaged, not readable JSON ({e})"
+    if not isinstance(meta, dict):
+        return f"{folder}/policy.json: expected a JSON object, found {type(meta).__name__}"
     if meta.get("stage") != stage:
         return f"policy in {folder} is for the {meta.get('stage')} stage, this agent is {stage}"
     if stage == "shrink" and meta.get("ratios") != list(ratios):

@@ -63,7 +63,13 @@ def read_run(run_dir: Path) -> dict:
                if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise RunError(f"{path}: damaged, expected the keys {missing} of a run's metadata")
+    if not isinstance(meta["reference"], dict) or not {"params", "accuracy"} <= set(meta["reference"]):
+        raise RunError(f"{path}: damaged, expected the teacher's reference figures (params, accuracy), "
+                       f"found {meta['reference']!r}")
     return meta
+
+
+RECORD_KEYS = ("stage", "spec", "accuracy", "params", "failure", "reward")  # what every record has ever held
 
 
 def read_records(run_dir: Path) -> list[dict]:
@@ -77,8 +83,11 @@ def read_records(run_dir: Path) -> list[dict]:
         raise RunError(f"{path}: damaged, not readable JSON ({e}); restore it from a copy") from None
     if not isinstance(records, list) or not all(isinstance(r, dict) and "key" in r for r in records):
         raise RunError(f"{path}: damaged, expected a list of candidate records")
-    for r in records:
+    for i, r in enumerate(records):
         check_key(r["key"])
+        missing = [k for k in RECORD_KEYS if k not in r]
+        if missing:
+            raise RunError(f"{path}: damaged, candidate {i} ({r['key']}) lacks {missing}")
     return records
 
 

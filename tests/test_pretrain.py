@@ -198,6 +198,11 @@ def test_a_policy_that_cannot_start_the_search_is_refused_before_anything_is_wri
     shutil.rmtree(bad / "shrink")
     shutil.copytree(PRETRAINED / "shrink", bad / "shrink")
     assert "has hidden=30, this agent hidden=16" in problem(bad, **{"search.agent_options": {"policy": str(bad), "hidden": 16}})
+    (bad / "removal" / "policy.json").write_text("{not json")
+    assert "bad/removal/policy.json: damaged, not readable JSON" in problem(bad)
+    (bad / "removal" / "policy.json").write_text("[1, 2]")
+    assert "bad/removal/policy.json: expected a JSON object, found list" in problem(bad)
+    shutil.copy(PRETRAINED / "removal" / "policy.json", bad / "removal" / "policy.json")
     small = ShrinkPolicy(len(DEFAULT_RATIOS), 16)  # tensors of another size under a JSON that says 30
     save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(bad / "shrink" / "policy.safetensors"))
     assert "bad/shrink/policy.safetensors: expected the shrink policy's tensors" in problem(bad)

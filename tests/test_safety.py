@@ -274,6 +274,23 @@ def test_a_damaged_n2n_json_is_one_line(finished_run, tmp_path, capsys, content)
         assert status == 2 and "n2n.json: damaged" in err and "Traceback" not in err
 
 
+def test_a_damaged_record_or_reference_is_one_line(finished_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    meta = json.loads((run / "n2n.json").read_text())
+    (run / "candidates.json").write_text('[{"key": "a"}]')
+    for cmd in (("report", run), ("export", run, "--out", tmp_path / "o")):
+        status, err = _main(capsys, *cmd)
+        assert status == 2 and "candidate 0 (a) lacks ['stage', 'spec'," in err and "Traceback" not in err
+    (run / "n2n.json").write_text(json.dumps({**meta, "reference": {}}))
+    for cmd in (("report", run), ("export", run, "--out", tmp_path / "o")):
+        status, err = _main(capsys, *cmd)
+        assert status == 2 and "expected the teacher's reference figures (params, accuracy), found {}" in err
+    assert not (tmp_path / "o").exists()
+
+
 # -- hostile or damaged inputs ----------------------------------------------------------------------
 
 def test_a_trial_no_node_can_hold_is_refused_not_left_waiting(ray_session, tiny_config, tmp_path):
