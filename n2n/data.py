@@ -251,6 +251,9 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, list | None]:
         raise DataError(f"npz dataset {path}: expected as many labels as samples, got {len(x)} samples and {len(y)} labels")
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
         raise DataError(f"npz dataset {path}: expected 'y' to be 1-D non-negative integer labels, got dtype {y.dtype} shape {y.shape}")
+    if x.ndim < 2:  # a model needs a vector (or more) per sample: (N,) is one number each
+        raise DataError(f"npz dataset {path}: expected 'x' with a feature axis, (N, L), (N, C, L) or (N, C, H, W), "
+                        f"got shape {x.shape}")
     if np.issubdtype(x.dtype, np.integer):
         return x.astype(np.int64), y.astype(np.int64), parts  # token ids (N, T)
     if x.ndim == 2:

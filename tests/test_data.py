@@ -57,6 +57,9 @@ def test_npz_errors_name_what_was_expected(tmp_path):
     np.savez(tmp_path / "c.npz", x=np.zeros((20, 4)), y=np.zeros(20))
     with pytest.raises(DataError, match="integer labels"):
         load_dataset(f"npz:{tmp_path / 'c.npz'}")
+    np.savez(tmp_path / "e.npz", x=np.zeros(20), y=np.zeros(20, int))
+    with pytest.raises(DataError, match=r"expected 'x' with a feature axis, .*got shape \(20,\)"):
+        load_dataset(f"npz:{tmp_path / 'e.npz'}")
     with pytest.raises(DataError, match="unknown dataset 'cifar'"):
         load_dataset("cifar")
 
