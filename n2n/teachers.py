@@ -142,6 +142,12 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
         raise ConfigError(f"--max-length: expected 2..{positions} (the checkpoint's positions), got {max_length}")
     tok = data_mod.tokenizer_for(checkpoint)
     ds = data_mod.load_dataset(dataset, seed=split_seed, tokenizer=tok, max_length=max_length)
+    ids = ds.x_train
+    if ids.dtype.is_floating_point or ids.ndim != 2 or int(ids.min()) < 0 or int(ids.max()) >= len(tok):
+        # npz data goes in as it is: for an encoder it must be token ids of this tokenizer, (N, T)
+        raise data_mod.DataError(f"{dataset}: --hf expects token ids of the checkpoint's tokenizer, integers in "
+                                 f"0..{len(tok) - 1} of shape (N, T); found {ids.dtype} of shape "
+                                 f"{tuple(ids.shape)} (training split) in 0..{ids.max().item():g}")
     names = ds.labels or [str(i) for i in range(ds.num_classes)]
     hf_logging.set_verbosity_error()  # the new head is meant to start random here: no warning about it
     hf_logging.disable_progress_bar()

@@ -91,6 +91,20 @@ def test_a_bare_encoder_or_a_head_of_the_wrong_size_never_becomes_a_teacher(tmp_
 
 @pytest.mark.slow
 @pytest.mark.ray
+def test_hf_teacher_on_npz_data_needs_token_ids_of_its_tokenizer(tmp_path, capsys):
+    import numpy as np
+
+    y = np.arange(40) % 2
+    for name, x, found in (("floats", np.zeros((40, 8), np.float32), "found torch.float32 of shape (28, 1, 8) (training split)"),
+                           ("far", np.full((40, 8), 10**6), "found torch.int64 of shape (28, 8) (training split) in 0..1e+06")):
+        np.savez(tmp_path / f"{name}.npz", x=x, y=y)
+        status = cli.main(["teacher", "train", "--hf", str(minilm_path()), "--dataset", f"npz:{tmp_path / name}.npz",
+                           "--out", str(tmp_path / "t")])
+        err = capsys.readouterr().err
+        assert status == 2 and "--hf expects token ids of the checkpoint's tokenizer, integers in 0..30521" in err
+        assert found in err and "Traceback" not in err and not (tmp_path / "t").exists()
+
+
 def test_minilm_journey_csv_to_teacher_to_search_to_pipeline(ray_session, tmp_path, capsys):
     from transformers import AutoTokenizer, pipeline
 
