@@ -189,12 +189,7 @@ def write_bytes(path: Path, data: bytes) -> None:
 
 def write_json(path: Path, obj) -> None:
     """Write JSON atomically (temp file, then rename), so a crash never leaves half a file."""
-    path = Path(path)
-    fd, tmp = private_temp(path)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 MODEL_FILES = {"model.safetensors", "arch.json", "metrics.json"}

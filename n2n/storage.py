@@ -32,8 +32,8 @@ KEY = re.compile(r"[\w@.-]+")  # SearchSpace.key's widths and "x" joined by "-",
 
 
 def check_key(key) -> str:
-    """A candidate key names files under results/: one with "/" or ".." (a doctored candidates.json or
-    search state) would have n2n read or write files elsewhere."""
+    """A candidate key names files under results/ (KEY.json, ...): one with "/" (a doctored
+    candidates.json or search state) would have n2n read or write files elsewhere."""
     if not isinstance(key, str) or not KEY.fullmatch(key):
         raise RunError(f"candidate key {key!r}: expected letters, digits and _ @ . - only (it names files under "
                        "results/); the run folder is damaged or was edited")
