@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -187,8 +188,19 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
 
 
 def cached_teacher(recipe: TeacherRecipe, log=print) -> Path:
-    """Folder of the teacher trained from `recipe`, training it on first use."""
-    folder = data_mod.cache_dir() / "teachers" / f"{recipe.dataset}-{recipe.arch}-{recipe.key()}"
+    """Folder of the teacher trained from `recipe`, training it on first use.
+
+    A dataset read from the user's files (``npz:``, ``folder:``) keys the cache by its contents too:
+    the same path holding other samples trains a new teacher, where the one cached for the old
+    contents would refuse the new data at its fingerprint check, with no command to retrain it."""
+    key, label = recipe.key(), recipe.dataset
+    if ":" in recipe.dataset:
+        x, y, parts = data_mod.load_raw(recipe.dataset)
+        key = hashlib.sha1(f"{key}-{data_mod.fingerprint(x, y, parts or [])}".encode()).hexdigest()[:12]
+        kind, path = recipe.dataset.split(":", 1)
+        label = f"{kind}-{Path(path).name}"  # one folder name, not the user's path as nested folders
+    label = re.sub(r"[^\w.-]", "_", label)
+    folder = data_mod.cache_dir() / "teachers" / f"{label}-{recipe.arch}-{key}"
     if not (folder / "model.safetensors").exists():
         train_teacher(recipe, out=folder, log=log)
     return folder

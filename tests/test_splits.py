@@ -48,6 +48,23 @@ def test_a_teacher_refuses_data_other_than_its_own_and_names_both(tmp_path):
         prepare_run(moved, log=lambda *_: None)
 
 
+def test_the_teacher_cache_follows_the_contents_of_a_users_file(tmp_path):
+    """The cache was keyed on the name "npz:PATH": after the file changed, every search failed the old
+    teacher's fingerprint check, and no command retrained it."""
+    _npz_task(tmp_path / "d.npz")
+    recipe = TeacherRecipe(dataset=f"npz:{tmp_path / 'd.npz'}", arch="mlp", hidden=[16], epochs=1)
+    first = cached_teacher(recipe, log=lambda *_: None)
+    assert first.parent.name == "teachers" and first.name.startswith("npz-d.npz-mlp-")  # not tmp_path's folders
+    assert cached_teacher(recipe, log=lambda *_: None) == first  # the same contents: the same teacher
+    _npz_task(tmp_path / "d.npz", shift=0.1)  # the same path, other samples
+    second = cached_teacher(recipe, log=lambda *_: None)
+    assert second != first and (first / "model.safetensors").exists()  # the old teacher is kept
+    cfg = load_config(None, {"teacher.recipe": {"dataset": recipe.dataset, "arch": "mlp", "hidden": [16], "epochs": 1}})
+    meta, _ = prepare_run(cfg, log=lambda *_: None)
+    assert meta["split"] == json.loads((second / "metrics.json").read_text())["split"]
+    assert meta["split"]["fingerprint"] != json.loads((first / "metrics.json").read_text())["split"]["fingerprint"]
+
+
 def test_users_bring_their_own_split(tmp_path):
     x, y = _npz_task(tmp_path / "d.npz", n=90)
     np.savez(tmp_path / "sep.npz", x_train=x[:50], y_train=y[:50], x_val=x[50:70], y_val=y[50:70], x_test=x[70:],
