@@ -190,8 +190,11 @@ def _mnist1d() -> tuple[np.ndarray, np.ndarray]:
     tag = hashlib.sha1(repr(sorted(vars(args).items())).encode()).hexdigest()[:10]
     path = cache_dir() / "data" / f"mnist1d-{tag}.npz"
     if path.exists():
-        with np.load(path) as f:
-            return f["x"], f["y"]
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return f["x"], f["y"]
+        except Exception:  # a damaged copy (cut short, overwritten): it is a cache, so make it again
+            pass
     # make_dataset reseeds numpy's global RNG; keep the caller's RNG untouched.
     state = np.random.get_state()
     try:
@@ -201,7 +204,7 @@ def _mnist1d() -> tuple[np.ndarray, np.ndarray]:
     x = np.concatenate([d["x"], d["x_test"]]).astype(np.float32)[:, None]  # (N, 1, 40)
     y = np.concatenate([d["y"], d["y_test"]]).astype(np.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # two processes filling the cache at once
     np.savez(tmp, x=x, y=y)
     os.replace(tmp, path)
     return x, y

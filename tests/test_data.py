@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from n2n.data import DataError, cache_dir, load_dataset
+from n2n.data import DataError, cache_dir, load_dataset, load_raw
 
 
 def _row_set(x: torch.Tensor) -> set:
@@ -29,9 +29,17 @@ def test_builtin_splits_sizes_disjoint_and_seeded(name, sizes, shape):
     assert abs(ds.x_train.mean().item()) < 1e-4 and abs(ds.x_train.std().item() - 1) < 1e-3
 
 
-def test_mnist1d_is_cached_on_disk():
-    load_dataset("mnist1d")
-    assert list((cache_dir() / "data").glob("mnist1d-*.npz"))
+def test_mnist1d_is_cached_on_disk_and_a_damaged_copy_is_made_again(tmp_path, monkeypatch):
+    x, y = load_raw("mnist1d")[:2]
+    (cached,) = (cache_dir() / "data").glob("mnist1d-*.npz")
+    monkeypatch.setenv("N2N_CACHE", str(tmp_path))
+    (tmp_path / "data").mkdir()
+    # a copy cut short (a full disk, an interrupted rsync) used to stop every search with a zipfile traceback
+    (tmp_path / "data" / cached.name).write_bytes(cached.read_bytes()[:5000])
+    x2, y2 = load_raw("mnist1d")[:2]
+    assert np.array_equal(x2, x) and np.array_equal(y2, y)
+    with np.load(tmp_path / "data" / cached.name) as f:  # and the cache is whole again
+        assert np.array_equal(f["x"], x) and np.array_equal(f["y"], y)
 
 
 def test_npz_dataset(tmp_path):
