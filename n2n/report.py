@@ -8,6 +8,7 @@ from pathlib import Path
 
 from envs.reward import SIZE_KEYS
 
+from .config import run_config
 from .models import write_bytes
 from .runfolder import read_records, read_run
 
@@ -69,14 +70,15 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     records = read_records(run_dir)
     out_dir = Path(out_dir or run_dir)
     ref = meta["reference"]
-    size = SIZE_KEYS[meta["config"].get("reward", {}).get("compression", "params")]  # what the reward compressed
+    cfg = run_config(meta["config"])  # as recorded, sections it lacks read as the run had them
+    size = SIZE_KEYS[cfg.reward.compression]  # what the reward compressed
     if size == "latency_ms":  # the teacher was timed beside every student: the median of those
         timed = [r["teacher_latency_ms"] for r in records if r.get("teacher_latency_ms")]
         ref = {**ref, size: round(statistics.median(timed), 3) if timed else float("nan")}
-    search = meta["config"]["search"]
     # REINFORCE updates once per batch; other agents are shown in groups of 10 candidates
-    batch = int(search["agent_options"].get("batch_size", 10)) if search["agent"] == "reinforce" else 10
-    what = f"batch of {batch} candidates (one policy update each)" if search["agent"] == "reinforce" \
+    reinforce = cfg.search.agent == "reinforce"
+    batch = int(cfg.search.agent_options.get("batch_size", 10)) if reinforce else 10
+    what = f"batch of {batch} candidates (one policy update each)" if reinforce \
         else f"group of {batch} candidates, in order"
     text = [f"run {run_dir.name}: {len(records)} candidates; teacher {ref[size]:,} {size}, val acc {ref['accuracy']:.4f}",
             leaderboard(records, ref[size], size=size)]
@@ -101,9 +103,9 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
         rs = [r for r in ok if r["stage"] == stage]
         finals = stage == "finalists"  # distilled longer: their own marker
         ax.scatter([r[size] for r in rs], [r["accuracy"] for r in rs], s=40 if finals else 14, alpha=0.9 if finals else 0.7,
-                   marker="D" if finals else "o", label=f"finalists ({meta['config']['finalists']['epochs']} epochs)"
+                   marker="D" if finals else "o", label=f"finalists ({cfg.finalists.epochs} epochs)"
                    if finals else stage)
-    drop = meta["config"].get("target", {}).get("max_accuracy_drop")
+    drop = cfg.target.max_accuracy_drop
     if drop is not None:
         ax.axhline(ref["accuracy"] - drop / 100, color="tab:red", ls="--", lw=1, label=f"target: -{drop} points")
     front = pareto_front([(r[size], r["accuracy"]) for r in ok if r["stage"] != "finalists"])

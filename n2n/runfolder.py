@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import RunError
+from .config import run_config
+from .errors import ConfigError, RunError
 from .models import private_temp, temp_folder, write_json
 from .storage import check_key
 
@@ -63,6 +64,12 @@ def read_run(run_dir: Path) -> dict:
                if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise RunError(f"{path}: damaged, expected the keys {missing} of a run's metadata")
+    try:  # every command reads the run's config through run_config: a bad one is named here, once
+        if not isinstance(meta["config"], dict):
+            raise ConfigError(f"expected a mapping, found {type(meta['config']).__name__}")
+        run_config(meta["config"])
+    except ConfigError as e:
+        raise RunError(f"{path}: damaged, its recorded config is not one n2n reads ({e})") from None
     if not isinstance(meta["reference"], dict) or not {"params", "accuracy"} <= set(meta["reference"]):
         raise RunError(f"{path}: damaged, expected the teacher's reference figures (params, accuracy), "
                        f"found {meta['reference']!r}")

@@ -284,6 +284,13 @@ def test_a_damaged_record_or_reference_is_one_line(finished_run, tmp_path, capsy
     for cmd in (("report", run), ("export", run, "--out", tmp_path / "o")):
         status, err = _main(capsys, *cmd)
         assert status == 2 and "candidate 0 (a) lacks ['stage', 'spec'," in err and "Traceback" not in err
+    for config, found in (({"seed": 0}, None), ({"search": {"agent": "foo"}}, "search.agent: expected reinforce"),
+                          (3, "config is not one n2n reads (expected a mapping, found int)")):
+        # a config lacking sections reads them as defaults (report used to stop with KeyError 'search')
+        (run / "n2n.json").write_text(json.dumps({**meta, "config": config}))
+        (run / "candidates.json").write_text((finished_run / "candidates.json").read_text())
+        status, err = _main(capsys, "report", run)
+        assert (status, "Traceback" in err) == ((0, False) if found is None else (2, False)) and (found or "") in err
     (run / "n2n.json").write_text(json.dumps({**meta, "reference": {}}))
     for cmd in (("report", run), ("export", run, "--out", tmp_path / "o")):
         status, err = _main(capsys, *cmd)
