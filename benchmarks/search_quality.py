@@ -139,8 +139,6 @@ def main():
     p.add_argument("--name", help="results file stem (default: search_quality, search_quality_digits)")
     p.add_argument("--root", help="where the run folders go (default: a new temp folder)")
     p.add_argument("--policy", help="the policy folder the reinforce-policy agent starts from")
-    p.add_argument("--slack", type=float, default=0.0,
-                   help="finalists.search_slack for every agent with finalists (points the stages search past the target)")
     p.add_argument("--from", dest="source", help="analyse the run folders AGENT-SEED here again; search nothing")
     args = p.parse_args()
     if "reinforce-policy" in args.agents and not args.policy and not args.source:
@@ -150,8 +148,7 @@ def main():
     path = Path(__file__).parent / "results" / f"{args.name or 'search_quality' + suffix}.json"
     root = Path(args.source or args.root or tempfile.mkdtemp(prefix="n2n-quality-"))
     root.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("source", "root", "seeds", "agents", "name", "policy")
-                and not (k == "slack" and v == 0.0)}  # results from before --slack existed had none
+    settings = {k: v for k, v in vars(args).items() if k not in ("source", "root", "seeds", "agents", "name", "policy")}
     out = {"settings": settings, "rows": []}
     if path.exists():  # other agents and seeds measured under the same settings stay; a rerun replaces its row
         old = json.loads(path.read_text())
@@ -166,8 +163,6 @@ def main():
             if not args.source:
                 over = {"seed": seed, "target.max_accuracy_drop": args.drop, "search.removal_budget": args.removal,
                         "search.shrink_budget": args.shrink, "teacher.recipe.dataset": args.dataset, **VARIANTS[agent]}
-                if args.slack and over.get("finalists.k", 1):
-                    over["finalists.search_slack"] = args.slack
                 start = time.perf_counter()
                 run_search(load_config(None, over), run, log=lambda *_: None)
                 print(f"{agent} seed {seed}: searched in {time.perf_counter() - start:.0f} s", flush=True)

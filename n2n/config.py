@@ -96,9 +96,6 @@ class LatencyConfig:
 class FinalistsConfig:
     k: int = 3  # candidates of the Pareto front distilled again, longer, after the stages (0: none)
     epochs: int = 10  # their distillation epochs; export chooses among them by these figures
-    # points added to target.max_accuracy_drop while the stages score briefly distilled candidates:
-    # the finalists' longer distillation recovers accuracy, and they are judged by the target itself
-    search_slack: float = 0.0
 
 
 @dataclass
@@ -118,11 +115,9 @@ class Config:
         """The reward every agent and trial uses: N2N's, or the target's (see envs.RewardConfig)."""
         kind = self.reward.kind if self.reward.kind != "auto" else ("target" if self.target.is_set() else "n2n")
         try:
-            drop = self.target.max_accuracy_drop
-            if drop is not None:
-                drop += self.finalists.search_slack
             return RewardConfig(self.reward.compression, self.reward.max_params, self.reward.min_accuracy, kind,
-                                drop, self.target.max_params, self.target.max_flops, self.target.max_latency_ms)
+                                self.target.max_accuracy_drop, self.target.max_params, self.target.max_flops,
+                                self.target.max_latency_ms)
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
@@ -156,9 +151,6 @@ class Config:
              "latency.repeats: 0 turns latency off, but reward.compression: latency or target.max_latency_ms needs it"),
             (self.finalists.k >= 0, f"finalists.k: expected >= 0, got {self.finalists.k}"),
             (self.finalists.epochs >= 1, f"finalists.epochs: expected >= 1, got {self.finalists.epochs}"),
-            (self.finalists.search_slack >= 0, f"finalists.search_slack: expected >= 0 (points), got {self.finalists.search_slack}"),
-            (not self.finalists.search_slack or self.finalists.k >= 1,
-             "finalists.search_slack: the stages may only search past the target when finalists (k >= 1) check it"),
             (self.early_stop.grace_period >= 1, f"early_stop.grace_period: expected >= 1 (epochs), got {self.early_stop.grace_period}"),
             (self.early_stop.reduction_factor >= 2, f"early_stop.reduction_factor: expected >= 2, got {self.early_stop.reduction_factor}"),
         ]
