@@ -10,6 +10,7 @@ from .base import (
     StudentSpec,
     Unit,
     UnsupportedModel,
+    count_macs,
     count_params,
 )
 from .generic import GenericSpace, load_factory, pruned_from_arch
@@ -19,7 +20,7 @@ from .transformer import HFClassifier, TransformerSpace, encoder_from_arch, hf_e
 
 __all__ = [
     "DEFAULT_RATIOS", "FEATURE_DIM", "FEATURE_NAMES", "UNIT_KINDS", "SearchSpace", "SpecError",
-    "StudentSpec", "Unit", "count_params", "SequentialSpace", "UnsupportedModel",
+    "StudentSpec", "Unit", "count_macs", "count_params", "SequentialSpace", "UnsupportedModel",
     "layers_to_module", "module_to_layers", "space_for", "build_student", "STUDENT_FAMILIES", "ResNet", "ResNetSpace", "from_torchvision",
     "resnet_arch", "GenericSpace", "load_factory", "pruned_from_arch", "HFClassifier", "TransformerSpace", "encoder_from_arch", "hf_expressible", "is_hf_encoder",
 ]
@@ -54,13 +55,20 @@ def space_for(teacher, input_shape, ratios=None, uniform: bool = False, arch: di
 
     if is_hf_encoder(teacher):
         return TransformerSpace(teacher, input_shape, ratios, uniform=uniform)
-    if isinstance(teacher, ResNet) or (hasattr(teacher, "layer1") and hasattr(teacher, "fc")):
+    if isinstance(teacher, ResNet):
         return ResNetSpace(teacher, input_shape, ratios)
-    if isinstance(teacher, nn.Sequential):
-        try:
+    reason = None
+    try:
+        if hasattr(teacher, "layer1") and hasattr(teacher, "fc"):  # torchvision-style, converted
+            return ResNetSpace(teacher, input_shape, ratios)
+        if isinstance(teacher, nn.Sequential):
             return SequentialSpace(teacher, input_shape, ratios)
-        except UnsupportedModel:
-            pass  # a Sequential holding other layers: the generic space may still trace it
-    # any other module: torch-pruning's dependency graph (see search_spaces/generic.py)
+    except UnsupportedModel as e:  # layers or a layout that family cannot read exactly
+        reason = str(e)
+    # any other module: torch-pruning's dependency graph (see search_spaces/generic.py), which
+    # slices the teacher's own modules, whatever their settings
     factory = {"factory": arch["factory"], "kwargs": arch.get("kwargs", {})} if arch and arch.get("family") == "module" else None
-    return GenericSpace(teacher, input_shape, ratios, factory=factory)
+    try:
+        return GenericSpace(teacher, input_shape, ratios, factory=factory)
+    except UnsupportedModel as e:
+        raise UnsupportedModel(f"{reason}; nor can the generic space take it: {e}" if reason else str(e)) from None

@@ -265,8 +265,54 @@ class SearchSpace(ABC):
         return " ".join(parts) or "identity"
 
 
+@torch.no_grad()
+def check_reproduces(teacher: nn.Module, copy, input_shape, what: str) -> None:
+    """Raise UnsupportedModel unless `copy()` (a family's reading of `teacher`, rebuilt) computes what
+    the teacher computes, in eval mode on random inputs. A layer setting the reading dropped would
+    otherwise make every student inherit weights into another function, and export a network that
+    is not the slimmed teacher; `space_for` then tries the generic space, which keeps the modules."""
+    dtype = next(teacher.parameters()).dtype
+    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)).to(dtype)  # (2, *input_shape)
+    was = teacher.training
+    try:
+        teacher.eval()
+        want, got = teacher(x), copy().eval()(x)  # (2, classes) each
+        diff = (want - got).abs().max().item() if got.shape == want.shape else float("inf")
+    except Exception as e:  # a layer read wrongly enough that the copy does not even run
+        raise UnsupportedModel(f"{what} cannot rebuild this network ({type(e).__name__}: {e})") from None
+    finally:
+        teacher.train(was)
+    if not diff <= 1e-4 * (1.0 + want.abs().max().item()):
+        raise UnsupportedModel(f"{what} does not reproduce this network: its copy's outputs differ by up to {diff:.3g}")
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one sample's forward pass in `model`'s Conv and Linear modules, by
+    hooks: what every family's `flops` counts. Normalisation, activations, pooling and additions are
+    not multiply-accumulates; functional matmuls (``F.linear``, ``x @ w``) are not seen by hooks."""
+    total = 0
+
+    def hook(m, inp, out):  # out[0]: the one sample's output, (C, *spatial) or (*positions, features)
+        nonlocal total
+        if isinstance(m, nn.modules.conv._ConvNd):
+            total += out[0].numel() * (m.in_channels // m.groups) * m.weight[0, 0].numel()
+        elif isinstance(m, nn.Linear):
+            total += out[0].numel() * m.in_features
+
+    was = model.training
+    hooks = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        model.eval()(example[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    return total
 
 
 def top_l1(weight: torch.Tensor, k: int, dim: int = 0) -> list[int]:

@@ -24,7 +24,7 @@ import sys
 import torch
 from torch import nn
 
-from .base import SearchSpace, StudentSpec, Unit
+from .base import SearchSpace, StudentSpec, Unit, count_macs, count_params
 from .base import UnsupportedModel
 
 
@@ -191,8 +191,9 @@ class GenericSpace(SearchSpace):
         key = self.key(spec)
         if key not in self._cache:
             student, _ = self._prune(spec)
-            macs, params = _tp().utils.count_ops_and_params(student, self.example)
-            self._cache[key] = (int(params), int(macs))
+            # not torch-pruning's count_ops_and_params: it adds normalisation, activation and bias
+            # operations, so its "FLOPs" were not the multiply-accumulates the other families count
+            self._cache[key] = (count_params(student), count_macs(student, self.example))
         return self._cache[key]
 
     def _check(self, spec: StudentSpec) -> str | None:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .base import SearchSpace, StudentSpec, Unit, top_l1
-from .base import UnsupportedModel
+from .base import UnsupportedModel, check_reproduces
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d}
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
@@ -149,6 +149,8 @@ def from_torchvision(model: nn.Module, input_shape) -> ResNet:
             k = ".".join(["blocks", str(idx)] + parts[2:])
         mapped[k] = v
     out.load_state_dict(mapped, strict=True)
+    # the reading assumes torchvision's layout (stem pool 3/2/1, padding k//2, average-pooled head)
+    check_reproduces(model, lambda: out, input_shape, "n2n's reading of a torchvision-style ResNet")
     return out.eval()
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import SearchSpace, StudentSpec, Unit, UnsupportedModel, top_l1
+from .base import SearchSpace, StudentSpec, Unit, UnsupportedModel, check_reproduces, top_l1
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -32,6 +32,7 @@ ACTIVATIONS = {
     "leaky_relu": nn.LeakyReLU,
     "sigmoid": nn.Sigmoid,
 }
+ACTIVATION_SETTINGS = {"leaky_relu": {"negative_slope": 0.01}, "elu": {"alpha": 1.0}, "gelu": {"approximate": "none"}}
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d}
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
 _POOL = {(1, "max"): nn.MaxPool1d, (2, "max"): nn.MaxPool2d, (1, "avg"): nn.AvgPool1d, (2, "avg"): nn.AvgPool2d}
@@ -53,9 +54,10 @@ def layer_of(m: nn.Module, path: str) -> dict:
         if type(m) is cls:
             if m.groups != 1 or _int(m.dilation) != 1 or isinstance(m.padding, str):
                 raise UnsupportedModel(f"{path}: grouped, dilated or string-padded convs are not supported")
-            return {"kind": "conv", "dim": dim, "in": m.in_channels, "out": m.out_channels,
-                    "kernel": _int(m.kernel_size), "stride": _int(m.stride),
-                    "padding": _int(m.padding), "bias": m.bias is not None}
+            d = {"kind": "conv", "dim": dim, "in": m.in_channels, "out": m.out_channels,
+                 "kernel": _int(m.kernel_size), "stride": _int(m.stride),
+                 "padding": _int(m.padding), "bias": m.bias is not None}
+            return {**d, "padding_mode": m.padding_mode} if m.padding_mode != "zeros" else d
     for dim, cls in _BN.items():
         if type(m) is cls:
             return {"kind": "bn", "dim": dim, "num": m.num_features, "eps": m.eps,
@@ -64,9 +66,12 @@ def layer_of(m: nn.Module, path: str) -> dict:
         if type(m) is cls:
             if getattr(m, "ceil_mode", False) or _int(getattr(m, "dilation", 1)) != 1:
                 raise UnsupportedModel(f"{path}: ceil_mode or dilated pooling is not supported")
+            if getattr(m, "divisor_override", None):
+                raise UnsupportedModel(f"{path}: average pooling with divisor_override is not supported")
             stride = m.stride if m.stride is not None else m.kernel_size
-            return {"kind": "pool", "dim": dim, "op": op, "kernel": _int(m.kernel_size),
-                    "stride": _int(stride), "padding": _int(m.padding)}
+            d = {"kind": "pool", "dim": dim, "op": op, "kernel": _int(m.kernel_size),
+                 "stride": _int(stride), "padding": _int(m.padding)}
+            return {**d, "count_include_pad": False} if not getattr(m, "count_include_pad", True) else d
     for (dim, op), cls in _GPOOL.items():
         if type(m) is cls:
             if _int(m.output_size) != 1:
@@ -74,7 +79,9 @@ def layer_of(m: nn.Module, path: str) -> dict:
             return {"kind": "gpool", "dim": dim, "op": op}
     for name, cls in ACTIVATIONS.items():
         if type(m) is cls:
-            return {"kind": "act", "fn": name}
+            # the settings that change what it computes, where they differ from the default
+            kw = {k: getattr(m, k) for k, v in ACTIVATION_SETTINGS.get(name, {}).items() if getattr(m, k) != v}
+            return {"kind": "act", "fn": name, **({"kwargs": kw} if kw else {})}
     if type(m) is nn.Flatten:
         return {"kind": "flatten"}
     if type(m) is nn.Linear:
@@ -106,15 +113,17 @@ def module_to_layers(model: nn.Module) -> list[dict]:
 def make_layer(d: dict) -> nn.Module:
     k = d["kind"]
     if k == "conv":
-        return _CONV[d["dim"]](d["in"], d["out"], d["kernel"], d["stride"], d["padding"], bias=d["bias"])
+        return _CONV[d["dim"]](d["in"], d["out"], d["kernel"], d["stride"], d["padding"], bias=d["bias"],
+                               padding_mode=d.get("padding_mode", "zeros"))
     if k == "bn":
         return _BN[d["dim"]](d["num"], eps=d["eps"], momentum=d["momentum"], affine=d["affine"])
     if k == "pool":
-        return _POOL[d["dim"], d["op"]](d["kernel"], d["stride"], d["padding"])
+        extra = {"count_include_pad": False} if d.get("count_include_pad") is False else {}
+        return _POOL[d["dim"], d["op"]](d["kernel"], d["stride"], d["padding"], **extra)
     if k == "gpool":
         return _GPOOL[d["dim"], d["op"]](1)
     if k == "act":
-        return ACTIVATIONS[d["fn"]]()
+        return ACTIVATIONS[d["fn"]](**d.get("kwargs", {}))
     if k == "flatten":
         return nn.Flatten()
     if k == "linear":
@@ -164,6 +173,7 @@ class SequentialSpace(SearchSpace):
         if len(self.input_shape) - 1 not in (1, 2) and self.layers[0]["kind"] != "flatten":
             raise UnsupportedModel(f"expected an input shape (C, L) or (C, H, W), got {self.input_shape}")
         self._group_units()
+        check_reproduces(teacher, lambda: self.build(self.identity()), self.input_shape, "the sequential search space")
 
     # -- units --------------------------------------------------------------------------------
     def _group_units(self):

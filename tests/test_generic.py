@@ -57,6 +57,31 @@ def test_identity_random_specs_and_json_round_trip(space):
         assert torch.allclose(rebuilt.eval()(x), student(x), atol=1e-6)
 
 
+def test_flops_are_multiply_accumulates_as_in_every_family():
+    """torch-pruning's count added BatchNorm, ReLU, pooling and bias operations: 21,610 for this
+    network, whose convs and linear layer do 17,440 multiply-accumulates (the sequential space's count)."""
+    from torch import nn
+
+    class Net(nn.Module):  # not a Sequential: the generic space takes it
+        def __init__(self):
+            super().__init__()
+            self.f = nn.Sequential(nn.Conv1d(1, 16, 3, padding=1), nn.BatchNorm1d(16), nn.ReLU(), nn.MaxPool1d(2),
+                                   nn.Conv1d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten())
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.fc(self.f(x))
+
+    net = Net().eval()
+    space = space_for(net, (1, 40))
+    by_hand = 16 * 40 * 1 * 3 + 16 * 20 * 16 * 3 + 16 * 10  # conv (40 positions), conv after the pool (20), linear
+    assert isinstance(space, GenericSpace) and space.flops(space.identity()) == by_hand == 17_440
+    flat = space_for(nn.Sequential(*net.f, net.fc).eval(), (1, 40))
+    assert flat.flops(flat.identity()) == by_hand
+    half = space.identity().with_ratios([0.5 if u.shrinkable else 1.0 for u in space.units])
+    assert space.flops(half) == 8 * 40 * 3 + 8 * 20 * 8 * 3 + 8 * 10  # both convs at 8 channels
+
+
 def test_coupled_widths_shrink_together(space):
     ratios = [0.5 if u.name == "stem" else 1.0 for u in space.units]
     student = space.build(StudentSpec((), ratios))

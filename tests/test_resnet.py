@@ -9,7 +9,8 @@ from envs import CompressionEnv, ProxyEvaluator
 from agents import make_agent, run
 from helpers import count_macs, random_spec, randomise_bn
 from n2n.models import build_model
-from search_spaces import ResNet, ResNetSpace, StudentSpec, count_params, from_torchvision, resnet_arch, space_for
+from search_spaces import (ResNet, ResNetSpace, StudentSpec, UnsupportedModel, count_params, from_torchvision, resnet_arch,
+                           space_for)
 
 SHAPES = {"1d": (1, 40), "2d": (3, 12, 12)}
 
@@ -142,6 +143,20 @@ def test_torchvision_style_resnet_is_accepted():
     assert isinstance(space, ResNetSpace) and space.teacher_params() == count_params(tv)
     spec = space.identity().with_ratios([0.5 if u.shrinkable else 1.0 for u in space.units])
     assert space.build(spec)(x).shape == (3, 5)
+
+
+def test_a_resnet_laid_out_otherwise_is_not_read_as_torchvisions():
+    """The reading assumed torchvision's stem pool (3, 2, 1): a MaxPool(2, 2) stem made every student
+    inherit into another network, with nothing said."""
+    from search_spaces import GenericSpace
+
+    torch.manual_seed(0)
+    tv = randomise_bn(_TVResNet())
+    tv.maxpool = nn.MaxPool2d(2, 2)
+    with pytest.raises(UnsupportedModel, match="does not reproduce this network"):
+        from_torchvision(tv, (3, 32, 32))
+    space = space_for(tv.eval(), (3, 32, 32))  # the generic space slices the module itself
+    assert isinstance(space, GenericSpace) and space.teacher_params() == count_params(tv)
 
 
 def test_same_env_and_agents_search_a_resnet():

@@ -134,6 +134,43 @@ def test_unsupported_module_is_named():
         SequentialSpace(nn.Linear(4, 2), (4,))
 
 
+@pytest.mark.parametrize("layer,setting", [(nn.LeakyReLU(0.2), "negative_slope"), (nn.ELU(alpha=2.0), "alpha"),
+                                           (nn.GELU(approximate="tanh"), "approximate"),
+                                           (nn.Conv1d(8, 8, 3, padding=1, padding_mode="circular"), "padding_mode"),
+                                           (nn.AvgPool1d(3, 1, 1, count_include_pad=False), "count_include_pad")])
+def test_layer_settings_survive_into_students_and_their_json(layer, setting):
+    """These settings were dropped: the identity student computed another function (LeakyReLU(0.2):
+    logits off by 0.16), every student inherited weights into it, and arch.json exported it."""
+    from search_spaces import GenericSpace, space_for
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv1d(1, 8, 3, padding=1), nn.ReLU(), layer, nn.Flatten(), nn.Linear(8 * 40, 5)).eval()
+    space = space_for(teacher, (1, 40))
+    assert isinstance(space, SequentialSpace)
+    x = torch.randn(16, 1, 40)
+    assert torch.equal(space.build(space.identity())(x), teacher(x))
+    spec = space.identity().with_ratios([0.5 if u.shrinkable else 1.0 for u in space.units])
+    student = space.build(spec)
+    rebuilt = build_model(json.loads(json.dumps(space.arch(spec))))  # what export writes and load_student reads
+    rebuilt.load_state_dict(student.state_dict())
+    assert torch.equal(rebuilt.eval()(x), student(x))
+    (same,) = [m for m in rebuilt if type(m) is type(layer) and m is not rebuilt[0]]
+    assert getattr(same, setting) == getattr(layer, setting)  # the setting itself, not a look-alike
+    # a setting the sequential space cannot write down goes to the generic space, which keeps the module
+    odd = nn.Sequential(nn.Conv1d(1, 8, 3, padding=1), nn.BatchNorm1d(8, track_running_stats=False), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(8 * 40, 5)).eval()
+    assert isinstance(space_for(odd, (1, 40)), GenericSpace)
+
+
+def test_a_linear_on_a_sequence_is_counted_as_pytorch_applies_it():
+    """n2n read Linear(38, 8) on a (B, 4, 38) activation as 4 -> 8 features: 146 teacher params, not 658."""
+    from search_spaces import space_for
+
+    teacher = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Linear(38, 8), nn.Flatten(), nn.Linear(32, 10)).eval()
+    space = space_for(teacher, (1, 40))
+    assert not isinstance(space, SequentialSpace) and space.teacher_params() == count_params(teacher) == 658
+
+
 def test_inherited_student_beats_fresh_init_without_training(small_teacher, mnist1d):
     model, _, teacher_acc = small_teacher
     space = SequentialSpace(model, mnist1d.input_shape)
