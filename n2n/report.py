@@ -75,11 +75,12 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     if size == "latency_ms":  # the teacher was timed beside every student: the median of those
         timed = [r["teacher_latency_ms"] for r in records if r.get("teacher_latency_ms")]
         ref = {**ref, size: round(statistics.median(timed), 3) if timed else float("nan")}
-    # REINFORCE updates once per batch; other agents are shown in groups of 10 candidates
+    # groups as large as REINFORCE's batch, but not its batches: these are trained candidates in the
+    # order they finished, while a policy batch also holds proposals the env refused (reward -1) and
+    # specs evaluated before, and waits for the slowest of its trials
     reinforce = cfg.search.agent == "reinforce"
     batch = int(cfg.search.agent_options.get("batch_size", 10)) if reinforce else 10
-    what = f"batch of {batch} candidates (one policy update each)" if reinforce \
-        else f"group of {batch} candidates, in order"
+    what = f"group of {batch} trained candidates, in the order they finished"
     text = [f"run {run_dir.name}: {len(records)} candidates; teacher {ref[size]:,} {size}, val acc {ref['accuracy']:.4f}",
             leaderboard(records, ref[size], size=size)]
 
@@ -90,7 +91,7 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     for stage in dict.fromkeys(s for s, _ in curve):
         xs = [i for i, (s, _) in enumerate(curve) if s == stage]
         ax.plot(xs, [curve[i][1] for i in xs], marker="o", label=stage)
-    ax.set(xlabel=what, ylabel="mean reward", title="Reward over the search")
+    ax.set(xlabel=what, ylabel="mean reward of the group", title="Reward over the search")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     fig.tight_layout()
