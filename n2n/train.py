@@ -6,6 +6,7 @@ device: no DataLoader, no per-epoch worker start-up.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -16,12 +17,27 @@ import torch.nn.functional as F
 from torch import nn
 
 
+@contextlib.contextmanager
+def no_tf32():
+    """Float32 convolutions and matmuls on CUDA: cuDNN's default TF32 keeps 10 mantissa bits, so an
+    accuracy measured in a GPU trial could differ from the one export measures on the CPU. No effect
+    on CPUs; training keeps whatever the user set."""
+    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
-    """Logits (N, classes) of `model` in eval mode, computed on the model's device, returned on CPU."""
+    """Logits (N, classes) of `model` in eval mode, computed on the model's device in float32 (no
+    TF32), returned on CPU."""
     model.eval()
     device = next(model.parameters()).device
-    return torch.cat([model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+    with no_tf32():
+        return torch.cat([model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -60,3 +60,23 @@ def test_trials_inherit_the_teachers_weights_unless_told_not_to(small_teacher, m
     fresh, _ = evaluate(space, spec, replace(ctx, distill=replace(tiny_lr, inherit=False)))
     # here: inherited 0.92 of the teacher's 0.98, fresh 0.10 (chance)
     assert inherited.accuracy > val_acc - 0.25 and fresh.accuracy < 0.25, (inherited.accuracy, fresh.accuracy, val_acc)
+
+
+def test_figures_are_measured_without_tf32_and_the_users_setting_is_kept():
+    """cuDNN's default TF32 convolutions (10 mantissa bits) made a GPU trial's accuracy differ from the
+    one export measures on the CPU; evaluation turns it off, and leaves the setting as it was."""
+    seen = []
+
+    class Probe(nn.Linear):
+        def forward(self, x):
+            seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            return super().forward(x)
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # as a user may set them
+    try:
+        assert predict(Probe(4, 3), torch.randn(5, 4)).shape == (5, 3)
+        assert seen == [(False, False)]
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
