@@ -73,8 +73,8 @@ def load_dataset(name: str, seed: int = 0, tokenizer=None, max_length: int = 128
     """A dataset by name: 'mnist1d', 'digits', 'npz:PATH' or 'folder:PATH', split by `seed` (70/15/15)
     unless the data comes with its own split (npz: ``x_train``... or a ``split`` array).
 
-    Raw inputs (what `n2n.load_student` takes): mnist1d the generator's ``x`` (N, 40); digits
-    scikit-learn's ``load_digits().images`` (N, 8, 8); npz the file's ``x``; folder the pixels as
+    Raw inputs (what `n2n.load_student` takes): mnist1d the generator's ``x`` as (N, 1, 40); digits
+    scikit-learn's ``load_digits().images`` as (N, 1, 8, 8); npz the file's ``x``; folder the pixels as
     (C, H, W) values in 0..255."""
     if name.startswith("text:"):
         return _text_dataset(name, seed, tokenizer, max_length)

@@ -18,7 +18,7 @@ from .config import Config, run_config
 from .deploy import require_onnx, check_onnx, to_onnx
 from .errors import RunError
 from .models import RawInput, build_model, check_replaceable, device_for, load_weights, save_model, write_json
-from .runfolder import RunLock, read_records, read_run
+from .runfolder import RunLock, read_records, read_run, read_summary
 from .search import OpenRun, check_teacher, teacher_logits
 from .storage import Fetcher
 from .train import accuracy, distill
@@ -105,6 +105,17 @@ def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: P
     return chosen, why
 
 
+def unfinished(run_dir: Path) -> str | None:
+    """Why the run's search has not finished (its summary.json's stage), or None when it has."""
+    summary = read_summary(run_dir) or {}
+    stage, count = summary.get("stage"), summary.get("candidates_evaluated")
+    if stage == "done":
+        return None
+    if stage is None:  # interrupted before its first summary, or damaged
+        return "it has no readable summary.json"
+    return f"it {'failed' if stage == 'failed' else 'stopped'} in stage {stage} after {count} candidates"
+
+
 def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: float) -> tuple[dict | None, str | None]:
     """How the exported student stands against target.max_accuracy_drop on validation (where it was
     chosen) and on the held-out test split (where it was not), and a warning where it misses."""
@@ -135,6 +146,11 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     chosen, why = choose(records, cfg, meta["reference"]["accuracy"], run_dir, key, rank)
     best = {**chosen, "val_accuracy": chosen["accuracy"]}
     log(f"exporting {best['summary']} ({best['params']:,} params, {best['stage']}, val acc {best['accuracy']:.4f}): {why}")
+    stopped = unfinished(run_dir)
+    if stopped:  # the pick is among what exists, not what the search would have found
+        log(f"warning: this search has not finished ({stopped}), so this is the choice among the candidates so "
+            f"far{'' if cfg.finalists.k == 0 or best['stage'] == 'finalists' else ', on brief-distillation figures'}; "
+            f"`n2n resume {run_dir}` finishes it")
     run = OpenRun.open(run_dir, factories)
     teacher, space, ds = run.teacher, run.space, run.ds
     spec = StudentSpec.from_dict(best["spec"])
@@ -176,7 +192,7 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     metrics = {
         "params": params, "flops": space.flops(spec), "val_accuracy": val, "test_accuracy": test,
         "search_val_accuracy": best["val_accuracy"], "search_reward": best["reward"], "key": best["key"],
-        "stage": best["stage"], "chosen_because": why,
+        "stage": best["stage"], "chosen_because": why, "search_finished": stopped is None,
         # as the search measured them, side by side on the trial's device (None in runs made before)
         "latency_ms": best.get("latency_ms"), "teacher_latency_ms": best.get("teacher_latency_ms"),
         "latency_measured": {"device": best.get("device"), "node": best.get("node"), **dataclasses.asdict(cfg.latency)}

@@ -76,6 +76,16 @@ def read_run(run_dir: Path) -> dict:
     return meta
 
 
+def read_summary(run_dir: Path) -> dict | None:
+    """summary.json, or None when there is none yet or it cannot be read (it is rewritten at every
+    step from the state, so nothing depends on it but what people and export are told)."""
+    try:
+        summary = json.loads((Path(run_dir) / SUMMARY).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
 RECORD_KEYS = ("stage", "spec", "accuracy", "params", "failure", "reward")  # what every record has ever held
 
 

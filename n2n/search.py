@@ -11,8 +11,10 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ from .config import Config, run_config
 from .driver import SearchDriver
 from .errors import ConfigError, RunError
 from .models import ModelError, append_to, load_model, load_weights, save_weights, weights_digest
-from .runfolder import POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, load_state, read_records, read_run
+from .runfolder import POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, load_state, read_records, read_run, read_summary
 from .storage import Fetcher, RemoteResults, store_location
 from .teachers import cached_teacher
 from .train import accuracy, predict
@@ -226,7 +228,8 @@ def ray_session(address: str | None, log=print):
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise RunError(f"--address {address}: cannot connect to a Ray cluster ({str(e).splitlines()[0]})") from None
         try:
-            yield
+            with sigterm_as_sigint():
+                yield
         finally:
             ray.shutdown()
         return
@@ -236,10 +239,26 @@ def ray_session(address: str | None, log=print):
         # user's terminal; a trial's failure reaches the records with its reason (n2n.trial)
         ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, _temp_dir=temp,
                  log_to_driver=False)
-        yield
+        with sigterm_as_sigint():
+            yield
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def sigterm_as_sigint():
+    """SIGTERM (`kill`, `timeout`, a batch scheduler) stops the search as Ctrl-C does: Tune stops it
+    cleanly, the run says how to resume it, and the local Ray's temp folder is removed. Otherwise
+    Ray's own handler printed a crash dump and left the folder. Main thread only, as Python's signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def check_resources(cfg: Config, remote: bool, log=print) -> None:
@@ -433,7 +452,9 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
         driver = restore_driver(lambda: make_driver(cfg, run.space, meta, run_dir, log), run_dir, log)
         if driver.failed:
             raise RunError(f"{run_dir}: this search stopped because {driver.failed}; fix the cause and start a new one")
-        driver.save()
+        done = driver.stage is None and (read_summary(run_dir) or {}).get("stage") == "done"
+        if not done:  # a finished run, recorded as finished, is read and not written
+            driver.save()
         Fetcher(results_location(meta, run_dir), run_dir, log).sync(r["key"] for r in driver.records)
         if driver.stage is None:
             log(f"{run_dir.name} has finished already")

@@ -59,6 +59,8 @@ def test_a_run_made_before_targets_and_finalists_keeps_what_it_had():
     ("latency: {repeats: 1}", "latency.repeats: expected 0 (not measured) or >= 3 (a median), got 1"),
     ("{latency: {repeats: 0}, reward: {compression: latency}}", "latency.repeats: 0 turns latency off, but reward.compression: latency"),
     ("latency: {batch_size: 0}", "latency.batch_size: expected >= 1, got 0"),
+    ("search: {removal_budget: -1}", "search.removal_budget: expected >= 0, got -1"),
+    ("search: {shrink_budget: -2}", "search.shrink_budget: expected >= 0, got -2"),
     ("target: {max_latency_ms: 0}", "target.max_latency_ms: expected > 0, got 0"),
     ("reward: {max_params: lots}", "reward.max_params: expected an integer, got 'lots'"),
     ("teacher: {recipe: {hidden: 256}}", "teacher.recipe.hidden: expected a list, got 256"),

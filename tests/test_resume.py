@@ -32,8 +32,8 @@ def _records(run):
         return []
 
 
-def _ray_temps():
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "n2n-ray-*")))
+def _ray_temps(root):
+    return set(glob.glob(os.path.join(root, "n2n-ray-*")))
 
 
 def _damage(run: Path, how: str):
@@ -52,8 +52,11 @@ def test_kills_at_random_moments_then_resume_matches_an_uninterrupted_search(ray
     rng = random.Random(0)
     runs, run = tmp_path / "runs", tmp_path / "runs" / "r"
     sets = [a for o in OVERRIDES for a in ("--set", o)]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    temps_before = _ray_temps()
+    # the searches' temp folders go to a folder of this test's own, so other processes' Ray folders
+    # in /tmp (another test run beside this one) cannot make the checks below pass or fail; short,
+    # since Ray's socket paths must stay under 108 bytes
+    tmp = tempfile.mkdtemp(prefix="n2nt-")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "TMPDIR": tmp}
 
     def start():
         # a kill before the run folder exists leaves nothing: search again; after, resume it
@@ -77,12 +80,18 @@ def test_kills_at_random_moments_then_resume_matches_an_uninterrupted_search(ray
     time.sleep(rng.uniform(1.0, 4.0))
     kill(proc)
 
-    proc = start()  # Ctrl-C early, with most of the search still to run: exits 130 with n2n's hint, not Tune's
+    # SIGTERM (kill, timeout) early, with most of the search still to run: stops as Ctrl-C does, exits
+    # 130 with n2n's hint, not Tune's, and removes its Ray temp folder (it used to print Ray's crash
+    # dump and leave the folder)
+    temps = _ray_temps(tmp)
+    proc = start()
     until(proc, 1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, out[-3000:]
     assert f"continue it with `n2n resume {run}`" in out and "Tuner.restore" not in out
+    assert "SIGTERM received" not in out, out[-3000:]
+    assert _ray_temps(tmp) == temps, "the stopped search left its Ray temp folder behind"
 
     seen = [r["key"] for r in _records(run)]
     for n, damage in zip(sorted(rng.sample(range(len(seen) + 1, 11), 3)), ["truncate Tune's snapshots",
@@ -100,13 +109,12 @@ def test_kills_at_random_moments_then_resume_matches_an_uninterrupted_search(ray
     time.sleep(rng.uniform(0.5, 3.0))
     kill(proc)
 
-    temps = _ray_temps()
+    temps = _ray_temps(tmp)
     done = subprocess.run([sys.executable, "-m", "n2n.cli", "resume", str(run)], env=env, capture_output=True,
                           text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert _ray_temps() == temps, "the finished resume left its Ray temp folder behind"
-    for leftover in _ray_temps() - temps_before:  # those of the killed processes
-        shutil.rmtree(leftover, ignore_errors=True)
+    assert _ray_temps(tmp) == temps, "the finished resume left its Ray temp folder behind"
+    shutil.rmtree(tmp, ignore_errors=True)  # and with it the folders of the killed processes
 
     after = _records(run)
     summary = json.loads((run / "summary.json").read_text())

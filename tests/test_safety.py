@@ -236,10 +236,33 @@ def test_export_and_report_need_nothing_from_tunes_pickles(finished_run, tmp_pat
     metrics = export_best(run, tmp_path / "student", log=lambda *_: None)
     assert metrics["search_reward"] == json.loads((run / "summary.json").read_text())["best"]["reward"]
     assert "3 candidates" in make_report(run)
-    # a resume of a finished run without tune/ says so and trains nothing
+    # a resume of a finished run without tune/ says so, trains nothing and rewrites nothing
+    kept = {name: (run / name).read_bytes() for name in ("search_state.pt", "search_state.prev.pt", "summary.json",
+                                                          "candidates.json") if (run / name).exists()}
     status, err = _main(capsys, "resume", run)
     assert status == 0 and (run / "results" / "trained.log").read_text().split() == \
         (finished_run / "results" / "trained.log").read_text().split()
+    assert "search_state.pt" in kept and {name: (run / name).read_bytes() for name in kept} == kept
+
+
+def test_exporting_a_search_that_has_not_finished_says_so(finished_run, tmp_path):
+    """An interrupted run exported with exit 0 and nothing said: its pick rests on the candidates so far."""
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    lines = []
+    done = export_best(run, tmp_path / "a", log=lines.append)
+    assert done["search_finished"] is True and not any("has not finished" in line for line in lines)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "stage": "shrink"}))  # as a killed search leaves it
+    lines = []
+    stopped = export_best(run, tmp_path / "b", log=lines.append)
+    assert stopped["search_finished"] is False and stopped["key"] == done["key"]
+    assert any(line.startswith("warning: this search has not finished (it stopped in stage shrink after 3 candidates)")
+               and f"n2n resume {run}" in line for line in lines)
+    (run / "summary.json").unlink()
+    assert export_best(run, tmp_path / "c", log=lines.append)["search_finished"] is False
 
 
 def test_onnx_export_that_fails_writes_nothing_and_says_why(finished_run, tmp_path, capsys, monkeypatch):
