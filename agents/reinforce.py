@@ -110,6 +110,10 @@ class ReinforceConfig:
     # holding removal/ and shrink/ as `n2n policy fit` writes them
     policy: str | None = "auto"
     max_invalid_batches: int = 50  # give up proposing after this many all-invalid batches in a row
+    # after a batch whose every spec the env refused, the next is sampled at temperature 1 + that
+    # streak, at most this: a policy sure of itself otherwise repeats refused specs until it gives
+    # up (the shipped policy on digits: its removal stage ended after 24 of 30 candidates); 1: never
+    explore_temperature: float = 4.0
 
     def __post_init__(self):
         for ok, msg in ((self.batch_size >= 1, f"batch_size: expected >= 1, got {self.batch_size}"),
@@ -117,7 +121,8 @@ class ReinforceConfig:
                         (self.hidden >= 1, f"hidden: expected >= 1, got {self.hidden}"),
                         (0 <= self.baseline_decay < 1, f"baseline_decay: expected in [0, 1), got {self.baseline_decay}"),
                         (self.entropy_coef >= 0, f"entropy_coef: expected >= 0, got {self.entropy_coef}"),
-                        (self.max_invalid_batches >= 1, f"max_invalid_batches: expected >= 1, got {self.max_invalid_batches}")):
+                        (self.max_invalid_batches >= 1, f"max_invalid_batches: expected >= 1, got {self.max_invalid_batches}"),
+                        (self.explore_temperature >= 1, f"explore_temperature: expected >= 1, got {self.explore_temperature}")):
             if not ok:
                 raise ValueError(msg)
 
@@ -163,7 +168,9 @@ class ReinforceAgent(Agent):
 
     # -- sampling -------------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor, mask) -> int:
-        probs = torch.softmax(masked_logits(logits, mask), -1)
+        # hotter after batches the env refused whole; the update still scores the policy's own probabilities
+        temperature = min(1.0 + self.invalid_streak, self.cfg.explore_temperature)
+        probs = torch.softmax(masked_logits(logits, mask) / temperature, -1)
         return int(torch.multinomial(probs, 1, generator=self.gen))
 
     def _rollout(self) -> dict:

@@ -176,3 +176,20 @@ def test_optuna_nsga2_tracks_the_accuracy_size_front(space, size):
         assert t.values[1] == pytest.approx(measured / teacher)  # the size NSGA-II saw is the reward's
         # no point of the front is dominated by another
         assert not any(o.values[0] >= t.values[0] and o.values[1] < t.values[1] for o in front)
+
+
+@pytest.mark.parametrize("temperature,new_specs", [(1.0, False), (4.0, True)])
+def test_a_policy_sure_of_refused_specs_explores_instead_of_giving_up(space, temperature, new_specs):
+    """The shipped policy on digits proposed removals the env refused, batch after batch, until its
+    removal stage ended with 24 of 30 candidates. After a batch refused whole, sampling is hotter."""
+    agent = make_agent("reinforce", _env(space, "removal"), seed=0,
+                       policy=None, lr=1e-9, max_invalid_batches=8, explore_temperature=temperature)
+    with torch.no_grad():  # "keep every unit" (the teacher itself: refused, not smaller), near certain
+        agent.policy.head.weight.zero_()
+        agent.policy.head.bias.copy_(torch.tensor([12.0, 0.0]))
+    cands = agent.ask(1)
+    # at temperature 1 a removal has probability ~6e-6 per unit: batch after batch refused, then it gives
+    # up; hotter, removals appear within a few batches (probability ~0.05 per unit at temperature 4)
+    assert bool(cands) == new_specs and agent.finished != new_specs
+    if new_specs:
+        assert cands[0].spec.removed and 1 <= agent.updates < 8
