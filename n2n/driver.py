@@ -331,12 +331,14 @@ class SearchDriver:
 
     def save(self):
         """State first, then the files people read: the state never lags candidates.json by more
-        than the step in progress, and `adopt` covers that step."""
+        than the step in progress, and `adopt` covers that step. Records before the summary, so a
+        summary that says "done" is never ahead of candidates.json (a resume of a finished run
+        writes nothing)."""
         if self.run_dir is None:
             return
         save_state(self.run_dir, self.state_dict())
-        write_json(self.run_dir / SUMMARY, self.summary())
         write_json(self.run_dir / RECORDS, self.records)
+        write_json(self.run_dir / SUMMARY, self.summary())
 
     def _size(self, rec: dict) -> tuple[str, str]:
         """The size the reward compresses, as text, and how many times smaller (faster) than the teacher."""

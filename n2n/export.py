@@ -113,7 +113,7 @@ def unfinished(run_dir: Path) -> str | None:
         return None
     if stage is None:  # interrupted before its first summary, or damaged
         return "it has no readable summary.json"
-    return f"it {'failed' if stage == 'failed' else 'stopped'} in stage {stage} after {count} candidates"
+    return f"it stopped in stage {stage} after {count} candidates"
 
 
 def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: float) -> tuple[dict | None, str | None]:

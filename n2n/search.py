@@ -167,6 +167,8 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
         raise ConfigError(f"teacher expects inputs of shape {tuple(shape)}, dataset {dataset} gives {ds.input_shape}")
     check_labels(teacher, ds, dataset, exact=arch.get("family") == "hf-pretrained")
     space = cfg.space(teacher, ds.input_shape, arch)
+    if getattr(space, "fallback", None):  # say why the teacher is not searched as its own family
+        log(f"searching the teacher as a generic module (torch-pruning): {space.fallback}")
     policy = cfg.policy_folder(space)
     val_acc, test_acc = accuracy(teacher, ds.x_val, ds.y_val), accuracy(teacher, ds.x_test, ds.y_test)
     stored = metrics.get("val_accuracy")
@@ -254,7 +256,14 @@ def sigterm_as_sigint():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    def as_sigint(signum, frame):  # the SIGINT handler of the moment (Tune's during a fit), called
+        handler = signal.getsignal(signal.SIGINT)  # directly: a job started in the background
+        if callable(handler):                      # ignores SIGINT, and a re-sent one would vanish
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, as_sigint)
     try:
         yield
     finally:
@@ -434,8 +443,23 @@ class OpenRun:
         check_teacher(meta)
         cfg = run_config(meta["config"])
         teacher, arch, _ = load_model(meta["teacher_folder"], factories)
-        return cls(Path(run_dir), meta, cfg, teacher, arch, run_data(meta, arch),
-                   cfg.space(teacher, meta["input_shape"], arch))
+        space = cfg.space(teacher, meta["input_shape"], arch)
+        check_space(space, meta, run_dir)
+        return cls(Path(run_dir), meta, cfg, teacher, arch, run_data(meta, arch), space)
+
+
+def check_space(space, meta: dict, run_dir: Path) -> None:
+    """The space this n2n builds for the run's teacher must be the one the run searched: another
+    reading of the teacher (a family it now hands to the generic space, FLOPs counted otherwise)
+    would resume the agent on other units, or score new candidates against other figures."""
+    ref, units = meta["reference"], meta.get("teacher", {}).get("units")
+    now = {"params": space.teacher_params(), "flops": space.flops(space.identity()), "units": space.n_units}
+    was = {"params": ref.get("params"), "flops": ref.get("flops"), "units": units}
+    diff = [f"{k} {was[k]:,} then, {now[k]:,} now" for k in now if was[k] is not None and was[k] != now[k]]
+    if diff:
+        raise RunError(f"{run_dir}: this n2n reads the run's teacher as another search space than the run did "
+                       f"({type(space).__name__}: {'; '.join(diff)}); resume or export it with the n2n that made "
+                       f"it, or start a new search")
 
 
 def resume_search(run_dir: Path, address: str | None = None, log=print, factories=()) -> dict:

@@ -18,16 +18,28 @@ from torch import nn
 
 
 @contextlib.contextmanager
-def no_tf32():
+def no_tf32(device: torch.device):
     """Float32 convolutions and matmuls on CUDA: cuDNN's default TF32 keeps 10 mantissa bits, so an
-    accuracy measured in a GPU trial could differ from the one export measures on the CPU. No effect
-    on CPUs; training keeps whatever the user set."""
-    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    accuracy measured in a GPU trial could differ from the one export measures on the CPU. Through
+    whichever of torch's two APIs the process uses (reading the legacy flags after the newer
+    `fp32_precision` was set raises), restored after; nothing is touched off CUDA."""
+    if device.type != "cuda":
+        yield
+        return
+    try:  # the legacy flags, unless the newer API is in use
+        flags = [(torch.backends.cudnn, "allow_tf32", False), (torch.backends.cuda.matmul, "allow_tf32", False)]
+        before = [getattr(m, name) for m, name, _ in flags]
+    except RuntimeError:
+        flags = [(torch.backends.cudnn.conv, "fp32_precision", "ieee"),
+                 (torch.backends.cuda.matmul, "fp32_precision", "ieee")]
+        before = [getattr(m, name) for m, name, _ in flags]
+    for m, name, value in flags:
+        setattr(m, name, value)
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
+        for (m, name, _), value in zip(flags, before):
+            setattr(m, name, value)
 
 
 @torch.no_grad()
@@ -36,7 +48,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2048) -> torch.
     TF32), returned on CPU."""
     model.eval()
     device = next(model.parameters()).device
-    with no_tf32():
+    with no_tf32(device):
         return torch.cat([model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
 
 

@@ -271,12 +271,13 @@ def check_reproduces(teacher: nn.Module, copy, input_shape, what: str) -> None:
     the teacher computes, in eval mode on random inputs. A layer setting the reading dropped would
     otherwise make every student inherit weights into another function, and export a network that
     is not the slimmed teacher; `space_for` then tries the generic space, which keeps the modules."""
-    dtype = next(teacher.parameters()).dtype
-    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)).to(dtype)  # (2, *input_shape)
+    p = next(teacher.parameters())
+    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)  # (2, *input_shape)
     was = teacher.training
     try:
         teacher.eval()
-        want, got = teacher(x), copy().eval()(x)  # (2, classes) each
+        with torch.random.fork_rng(devices=[]):  # building the copy leaves the caller's random stream as it was
+            want, got = teacher(x), copy().eval().to(p.device)(x)  # (2, classes) each
         diff = (want - got).abs().max().item() if got.shape == want.shape else float("inf")
     except Exception as e:  # a layer read wrongly enough that the copy does not even run
         raise UnsupportedModel(f"{what} cannot rebuild this network ({type(e).__name__}: {e})") from None
@@ -294,12 +295,15 @@ def count_params(model: nn.Module) -> int:
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     """Multiply-accumulates of one sample's forward pass in `model`'s Conv and Linear modules, by
     hooks: what every family's `flops` counts. Normalisation, activations, pooling and additions are
-    not multiply-accumulates; functional matmuls (``F.linear``, ``x @ w``) are not seen by hooks."""
+    not multiply-accumulates; functional matmuls (``F.linear``, ``x @ w``, and so
+    ``nn.MultiheadAttention``'s projections and products) are not seen by hooks."""
     total = 0
 
     def hook(m, inp, out):  # out[0]: the one sample's output, (C, *spatial) or (*positions, features)
         nonlocal total
-        if isinstance(m, nn.modules.conv._ConvNd):
+        if isinstance(m, nn.modules.conv._ConvNd) and m.transposed:  # each input position meets the kernel once
+            total += inp[0][0].numel() * (m.out_channels // m.groups) * m.weight[0, 0].numel()
+        elif isinstance(m, nn.modules.conv._ConvNd):
             total += out[0].numel() * (m.in_channels // m.groups) * m.weight[0, 0].numel()
         elif isinstance(m, nn.Linear):
             total += out[0].numel() * m.in_features

@@ -89,6 +89,8 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 class GenericSpace(SearchSpace):
+    fallback: str | None = None  # why the teacher's own family did not take it (set by space_for)
+
     def __init__(self, teacher: nn.Module, input_shape, ratios=None, factory: dict | None = None,
                  output_layer: str | None = None):
         kwargs = {} if ratios is None else {"ratios": tuple(ratios)}

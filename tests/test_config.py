@@ -31,6 +31,13 @@ def test_by_default_the_search_asks_for_the_smallest_student_within_one_point():
     assert not off.target.is_set() and off.reward_config().kind == "n2n"
 
 
+def test_a_run_recording_a_key_n2n_removed_is_still_read():
+    cfg = run_config({"finalists": {"k": 3, "epochs": 10, "search_slack": 0.0}})  # recorded by 7f71a2c
+    assert (cfg.finalists.k, cfg.finalists.epochs) == (3, 10)
+    with pytest.raises(ConfigError, match="search_slack: unknown key"):  # a new search may not ask for it
+        load_config(None, {"finalists.search_slack": 0.0})
+
+
 def test_a_run_made_before_targets_and_finalists_keeps_what_it_had():
     """n2n.json of a run made before the target and finalists sections existed: resumed or exported
     by today's n2n, it must not be judged by today's default target nor grow a finalist stage."""

@@ -80,6 +80,10 @@ def test_flops_are_multiply_accumulates_as_in_every_family():
     assert flat.flops(flat.identity()) == by_hand
     half = space.identity().with_ratios([0.5 if u.shrinkable else 1.0 for u in space.units])
     assert space.flops(half) == 8 * 40 * 3 + 8 * 20 * 8 * 3 + 8 * 10  # both convs at 8 channels
+    from search_spaces import count_macs
+
+    up = nn.ConvTranspose1d(4, 8, 4, stride=2, padding=1)  # 10 input positions, each meets 8 x 4 weights per channel
+    assert count_macs(up, torch.randn(1, 4, 10)) == 10 * 4 * 8 * 4  # not the output's 20 positions
 
 
 def test_coupled_widths_shrink_together(space):

@@ -265,6 +265,50 @@ def test_exporting_a_search_that_has_not_finished_says_so(finished_run, tmp_path
     assert export_best(run, tmp_path / "c", log=lines.append)["search_finished"] is False
 
 
+def test_a_run_read_as_another_search_space_is_refused(finished_run, tmp_path, capsys):
+    """Another n2n may read the same teacher as another space (a family now handed to the generic
+    space, FLOPs counted otherwise): resuming on other units, or exporting by other figures, is refused."""
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    meta = json.loads((run / "n2n.json").read_text())
+    flops = meta["reference"]["flops"]
+    (run / "n2n.json").write_text(json.dumps({**meta, "reference": {**meta["reference"], "flops": flops + 1}}))
+    for cmd in (("resume", run), ("export", run, "--out", tmp_path / "o")):
+        status, err = _main(capsys, *cmd)
+        assert status == 2 and "reads the run's teacher as another search space than the run did" in err
+        assert f"flops {flops + 1:,} then, {flops:,} now" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_summary_that_says_done_is_never_ahead_of_the_records(space, tmp_path, monkeypatch):
+    """A resume of a finished run writes nothing, so a kill between the two files at the last save
+    must not leave a "done" summary beside records lacking the last candidate."""
+    import n2n.driver
+
+    order, real = [], n2n.driver.write_json
+    monkeypatch.setattr(n2n.driver, "write_json", lambda path, data: (order.append(path.name), real(path, data)))
+    _driver(space, tmp_path).save()
+    assert order == ["candidates.json", "summary.json"]
+
+
+def test_sigterm_stops_a_search_as_ctrl_c_does_even_where_sigint_is_ignored():
+    """A job started in the background ignores SIGINT: re-sending it to itself turned SIGTERM into nothing."""
+    import time
+
+    from n2n.search import sigterm_as_sigint
+
+    term, interrupt = signal.getsignal(signal.SIGTERM), signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(KeyboardInterrupt), sigterm_as_sigint():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs at the next bytecode; never this long
+        assert signal.getsignal(signal.SIGTERM) == term  # restored
+    finally:
+        signal.signal(signal.SIGINT, interrupt)
+
+
 def test_onnx_export_that_fails_writes_nothing_and_says_why(finished_run, tmp_path, capsys, monkeypatch):
     import sys
 

@@ -64,19 +64,28 @@ def test_trials_inherit_the_teachers_weights_unless_told_not_to(small_teacher, m
 
 def test_figures_are_measured_without_tf32_and_the_users_setting_is_kept():
     """cuDNN's default TF32 convolutions (10 mantissa bits) made a GPU trial's accuracy differ from the
-    one export measures on the CPU; evaluation turns it off, and leaves the setting as it was."""
-    seen = []
+    one export measures on the CPU; evaluation on CUDA turns TF32 off through whichever API the process
+    uses (reading the legacy flags after the newer one was set raises) and restores it. In a fresh
+    process: the settings are global."""
+    import subprocess
+    import sys
 
-    class Probe(nn.Linear):
-        def forward(self, x):
-            seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
-            return super().forward(x)
-
-    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # as a user may set them
-    try:
-        assert predict(Probe(4, 3), torch.randn(5, 4)).shape == (5, 3)
-        assert seen == [(False, False)]
-        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+    legacy = """
+torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+with no_tf32(cuda):
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (False, False)
+assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+"""
+    newer = """
+torch.backends.cuda.matmul.fp32_precision = "tf32"  # the legacy flags now raise when read
+with no_tf32(cuda):
+    assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == ("ieee", "ieee")
+assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+assert predict(nn.Linear(4, 3), torch.randn(5, 4)).shape == (5, 3)  # on the CPU: nothing touched, no error
+"""
+    for api in (legacy, newer):  # one process each: the settings are global, and a process uses one API
+        script = ("import torch\nfrom torch import nn\nfrom n2n.train import no_tf32, predict\n"
+                  "cuda = torch.device('cuda')  # the flags exist on CPU builds too; nothing runs on a GPU\n"
+                  + api + "print('ok')\n")
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
