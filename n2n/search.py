@@ -256,9 +256,12 @@ def sigterm_as_sigint():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    def as_sigint(signum, frame):  # the SIGINT handler of the moment (Tune's during a fit), called
-        handler = signal.getsignal(signal.SIGINT)  # directly: a job started in the background
-        if callable(handler):                      # ignores SIGINT, and a re-sent one would vanish
+
+    def as_sigint(signum, frame):
+        # the SIGINT handler of the moment (Tune's during a fit), called directly: a job started in
+        # the background ignores SIGINT, so a SIGINT sent to itself would vanish
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
             handler(signal.SIGINT, frame)
         else:
             raise KeyboardInterrupt
@@ -266,8 +269,8 @@ def sigterm_as_sigint():
     previous = signal.signal(signal.SIGTERM, as_sigint)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    finally:  # None: a handler installed outside Python, which cannot be put back
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def check_resources(cfg: Config, remote: bool, log=print) -> None:
