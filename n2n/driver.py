@@ -190,15 +190,18 @@ class SearchDriver:
             t = self.trials[trial_id] = self.reissue.pop(0)
             return self._trial_config(t)
         while True:
-            if self.stage is None or self.failed:
+            if self.failed:
                 return FINISHED
             if self._all_failing():
                 if self.in_flight():
                     return None  # those still training may succeed: decide when they are in
-                self.failed = (f"the first {len(self.records)} candidates all failed; "
-                               f"the first: {self.records[0]['failure']}")
+                n = len(self.records)
+                what = f"all {n} candidates of the search" if self.stage is None else f"the first {n} candidates all"
+                self.failed = f"{what} failed; the first: {self.records[0]['failure']}"
                 self.log(f"search stopped: {self.failed}")
                 self.save()
+                return FINISHED
+            if self.stage is None:
                 return FINISHED
             if self._stage_done():
                 if self.in_flight():
@@ -256,7 +259,11 @@ class SearchDriver:
         return out
 
     def _all_failing(self) -> bool:
-        return len(self.records) >= ABORT_AFTER and all(r["failure"] is not None for r in self.records)
+        """Every candidate so far failed, and there are enough to stop: ABORT_AFTER of them, or the
+        whole search's (a budget under ABORT_AFTER once finished 'successfully' with nothing)."""
+        if not self.records or any(r["failure"] is None for r in self.records):
+            return False
+        return len(self.records) >= ABORT_AFTER or self.stage is None
 
     def adopt(self, records: list[dict]):
         """Take in records from candidates.json that this state lacks (it was older, or rebuilt):

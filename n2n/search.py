@@ -132,11 +132,17 @@ def teacher_data(folder: Path, metrics: dict, arch: dict, dataset: str, log=prin
     """The split the teacher was trained and measured on (recorded in its metrics.json), standardised
     as it was (its arch.json "input"); never one that depends on the search's seed."""
     if metrics.get("split"):
-        return data_mod.load_split(dataset, metrics["split"], tokenizer=folder, preprocess=arch.get("input"))
-    log(f"warning: {folder} records no data split, so n2n uses split seed 0 of {dataset}; if the teacher was "
-        "trained on other samples of it, every accuracy here is too high. Teachers from `n2n teacher train` "
-        "record theirs; for your own, bring the split (npz: x_train, y_train, x_val, ...)")
-    return data_mod.load_split(dataset, {"seed": 0}, tokenizer=folder, preprocess=arch.get("input"))
+        ds = data_mod.load_split(dataset, metrics["split"], tokenizer=folder, preprocess=arch.get("input"))
+    else:
+        log(f"warning: {folder} records no data split, so n2n uses split seed 0 of {dataset}; if the teacher was "
+            "trained on other samples of it, every accuracy here is too high. Teachers from `n2n teacher train` "
+            "record theirs; for your own, bring the split (npz: x_train, y_train, x_val, ...)")
+        ds = data_mod.load_split(dataset, {"seed": 0}, tokenizer=folder, preprocess=arch.get("input"))
+    if ds.preprocess is not None and "input" not in arch:  # float inputs, a teacher that says nothing of them
+        log(f"warning: {folder}/arch.json records no input standardisation (\"input\"), so float inputs are "
+            "standardised with fresh training-split statistics; a model trained on raw inputs needs "
+            "\"input\": {\"scale\": 1.0, \"shift\": 0.0, \"shape\": [...]} there, or it is measured near chance")
+    return ds
 
 
 def check_teacher(meta: dict) -> None:
@@ -226,7 +232,8 @@ def ray_session(address: str | None, log=print):
         _check_address(address)
         log(f"connecting to Ray cluster at {address}")
         try:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            with _neutral_cwd():
+                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise RunError(f"--address {address}: cannot connect to a Ray cluster ({str(e).splitlines()[0]})") from None
         try:
@@ -239,13 +246,29 @@ def ray_session(address: str | None, log=print):
     try:
         # log_to_driver=False: workers' own output (prefixed lines, library banners) stays out of the
         # user's terminal; a trial's failure reaches the records with its reason (n2n.trial)
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, _temp_dir=temp,
-                 log_to_driver=False)
+        with _neutral_cwd(temp):
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, _temp_dir=temp,
+                     log_to_driver=False)
         with sigterm_as_sigint():
             yield
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _neutral_cwd(folder: str | None = None):
+    """ray.init puts the driver's working directory at the front of every worker's sys.path, so a
+    stray numpy.py or envs.py there ran in every trial, shadowing the installed packages. Ray is
+    started from an empty folder instead; factories the user names (--allow-factory) are found
+    through N2N_FACTORY_PATH, after the installed packages."""
+    here = os.getcwd()
+    with contextlib.ExitStack() as stack:
+        os.chdir(folder or stack.enter_context(tempfile.TemporaryDirectory(prefix="n2n-cwd-")))
+        try:
+            yield
+        finally:
+            os.chdir(here)
 
 
 @contextlib.contextmanager

@@ -113,6 +113,22 @@ def test_a_search_whose_candidates_all_fail_stops_with_the_first_reason(space, t
 
 
 
+def test_a_search_too_short_to_stop_early_fails_when_every_candidate_failed(space, tmp_path):
+    """A budget of 2 never reached the 3 failures that stop a search: it 'finished', exit 0, nothing to export."""
+    ref = Reference(space.teacher_params(), space.flops(space.identity()), 0.95)
+    d = SearchDriver(space, ref, agent="random", stages=["shrink"], budgets={"shrink": 2}, run_dir=tmp_path,
+                     log=lambda *_: None)
+    for t in ("t0", "t1"):
+        assert isinstance(d.suggest(t), dict)
+    d.complete("t0", None, error=True)
+    assert d.suggest("t2") is None and not d.failed  # the other may still succeed
+    d.complete("t1", {"accuracy": 0.1, "params": 10, "flops": 10, "failure": "CUDA out of memory"})
+    assert d.suggest("t3") == FINISHED
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stage"] == "failed" and cli._status(summary) == 1
+    assert summary["failure"].startswith("all 2 candidates of the search failed; the first: ")
+
+
 def test_three_failures_with_a_candidate_still_training_wait_for_it(space, tmp_path):
     """Two at a time: the fourth candidate is training when the third fails, and may succeed."""
     ref = Reference(space.teacher_params(), space.flops(space.identity()), 0.95)
@@ -366,6 +382,24 @@ def test_a_damaged_record_or_reference_is_one_line(finished_run, tmp_path, capsy
 
 
 # -- hostile or damaged inputs ----------------------------------------------------------------------
+
+def test_a_stray_module_where_n2n_runs_is_never_imported_by_the_trials(tiny_config, tmp_path):
+    """Ray put the driver's working directory first on every worker's sys.path: an envs.py there
+    replaced n2n's own package in every trial (a numpy.py, numpy), with or without --allow-factory."""
+    from pathlib import Path
+
+    work, marker = tmp_path / "project", tmp_path / "ran"
+    work.mkdir()
+    (work / "envs.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    n2n_command = Path(sys.executable).parent / "n2n"  # the console script, as users run it
+    done = subprocess.run([str(n2n_command), "search", str(tiny_config), "--runs-dir", str(tmp_path / "runs"),
+                           "--name", "r", "--set", "search.stages=[shrink]", "--set", "search.shrink_budget=2",
+                           "--set", "finalists.k=0"], cwd=work, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = read_records(tmp_path / "runs" / "r")
+    assert not marker.exists() and len(records) == 2 and all(r["failure"] is None for r in records)
+
 
 def test_a_trial_no_node_can_hold_is_refused_not_left_waiting(ray_session, tiny_config, tmp_path):
     """Tune would keep such a trial pending forever, with nothing said (the session has 2 CPUs, 1 GPU)."""

@@ -65,6 +65,24 @@ def test_the_teacher_cache_follows_the_contents_of_a_users_file(tmp_path):
     assert meta["split"]["fingerprint"] != json.loads((first / "metrics.json").read_text())["split"]["fingerprint"]
 
 
+def test_a_teacher_that_records_no_input_standardisation_is_warned_about(tmp_path):
+    """A user's model trained on raw inputs was measured on standardised ones, near chance, with nothing said."""
+    from n2n.models import build_model, load_model
+    from n2n.search import teacher_data
+
+    _npz_task(tmp_path / "d.npz")
+    hp = {"input_shape": [1, 40], "num_classes": 3, "hidden": [8]}
+    for arch, warned in (({"family": "mlp", "hparams": hp}, True),
+                         ({"family": "mlp", "hparams": hp, "input": {"scale": 1.0, "shift": 0.0, "shape": [1, 40]}}, False)):
+        folder = tmp_path / f"t{int(warned)}"
+        save_model(folder, build_model(arch), arch, {})
+        logs = []
+        ds = teacher_data(folder, {}, load_model(folder)[1], f"npz:{tmp_path / 'd.npz'}", log=logs.append)
+        assert any("records no input standardisation" in m for m in logs) == warned
+        if not warned:  # the recorded scale and shift are used as they are: the model sees raw inputs
+            assert torch.equal(ds.x_train, torch.as_tensor(np.load(tmp_path / "d.npz")["x"])[ds.index["train"]])
+
+
 def test_users_bring_their_own_split(tmp_path):
     x, y = _npz_task(tmp_path / "d.npz", n=90)
     np.savez(tmp_path / "sep.npz", x_train=x[:50], y_train=y[:50], x_val=x[50:70], y_val=y[50:70], x_test=x[70:],
