@@ -18,7 +18,7 @@ from .config import Config, run_config
 from .deploy import require_onnx, check_onnx, to_onnx
 from .errors import RunError
 from .models import RawInput, build_model, check_replaceable, device_for, load_weights, save_model, write_json
-from .runfolder import RunLock, read_records, read_run, read_summary
+from .runfolder import RunLock, lock_holder, read_records, read_run, read_summary
 from .search import OpenRun, check_teacher, teacher_logits
 from .storage import Fetcher
 from .train import accuracy, distill
@@ -111,6 +111,9 @@ def unfinished(run_dir: Path) -> str | None:
     stage, count = summary.get("stage"), summary.get("candidates_evaluated")
     if stage == "done":
         return None
+    holder = lock_holder(run_dir)
+    if holder:
+        return f"it is still running, in {holder}, in stage {stage} after {count} candidates"
     if stage is None:  # interrupted before its first summary, or damaged
         return "it has no readable summary.json"
     return f"it stopped in stage {stage} after {count} candidates"
@@ -149,8 +152,9 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     stopped = unfinished(run_dir)
     if stopped:  # the pick is among what exists, not what the search would have found
         log(f"warning: this search has not finished ({stopped}), so this is the choice among the candidates so "
-            f"far{'' if cfg.finalists.k == 0 or best['stage'] == 'finalists' else ', on brief-distillation figures'}; "
-            f"`n2n resume {run_dir}` finishes it")
+            f"far{'' if cfg.finalists.k == 0 or best['stage'] == 'finalists' else ', on brief-distillation figures'}"
+            + ("; export again when it has finished" if stopped.startswith("it is still running")
+               else f"; `n2n resume {run_dir}` finishes it"))
     run = OpenRun.open(run_dir, factories)
     teacher, space, ds = run.teacher, run.space, run.ds
     spec = StudentSpec.from_dict(best["spec"])

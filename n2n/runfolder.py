@@ -147,6 +147,24 @@ class RunLock:
         self.release()
 
 
+def lock_holder(run_dir: Path) -> str | None:
+    """Which other process holds the run's lock ("pid N on HOST"), or None: a look, not a take."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:  # no lock file: no n2n process has opened this run
+        return None
+    try:
+        try:  # shared: it conflicts only with a holder's exclusive lock
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown process"
+            return None if holder == f"pid {os.getpid()} on {socket.gethostname()}" else holder
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def create_run(run_dir: Path, meta: dict, copies: dict[str, Path] | None = None) -> RunLock:
     """Create RUN with n2n.json, results/ and `copies` ({path in RUN: source file}) in one rename,
     locked: a kill at any moment leaves either no run folder or one that `n2n resume` continues."""

@@ -277,6 +277,19 @@ def test_exporting_a_search_that_has_not_finished_says_so(finished_run, tmp_path
     assert stopped["search_finished"] is False and stopped["key"] == done["key"]
     assert any(line.startswith("warning: this search has not finished (it stopped in stage shrink after 3 candidates)")
                and f"n2n resume {run}" in line for line in lines)
+    # a search still running in another process: export works, says so, and does not suggest a resume
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from n2n.runfolder import RunLock; "
+                               f"RunLock({str(run)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        lines = []
+        export_best(run, tmp_path / "d", log=lines.append)
+        assert any(line.startswith(f"warning: this search has not finished (it is still running, in pid {holder.pid} on ")
+                   and line.endswith("export again when it has finished") for line in lines), lines
+    finally:
+        holder.kill()
+        holder.wait()
     (run / "summary.json").unlink()
     assert export_best(run, tmp_path / "c", log=lines.append)["search_finished"] is False
 
