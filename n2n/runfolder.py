@@ -108,6 +108,15 @@ def read_records(run_dir: Path) -> list[dict]:
     return records
 
 
+def _me() -> str:
+    """What a lock holder writes into RUN/.lock: names it in the messages of others."""
+    return f"pid {os.getpid()} on {socket.gethostname()}"
+
+
+def _holder(fd: int) -> str:
+    return os.read(fd, 200).decode(errors="replace").strip() or "unknown process"
+
+
 class RunLock:
     """An exclusive flock on RUN/.lock. The kernel drops it when the holder dies (even by kill -9),
     so a stale lock is simply taken over; the file names the holder for the error message."""
@@ -125,12 +134,12 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown process"
+            holder = _holder(fd)
             os.close(fd)
             raise RunError(f"{self.path.parent} is in use by another n2n process ({holder}); "
                            "wait for it to finish or stop it first") from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        os.write(fd, _me().encode())
         self.fd = fd
         return self
 
@@ -157,8 +166,8 @@ def lock_holder(run_dir: Path) -> str | None:
         try:  # shared: it conflicts only with a holder's exclusive lock
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown process"
-            return None if holder == f"pid {os.getpid()} on {socket.gethostname()}" else holder
+            holder = _holder(fd)
+            return None if holder == _me() else holder
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
