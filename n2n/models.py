@@ -116,7 +116,7 @@ def build_model(arch: dict, factories=()) -> nn.Module:
         if family == "resnet" and "hparams" in arch:  # a teacher recipe: preset + width
             return ResNet(resnet_arch(**arch["hparams"]))
         if family == "module":  # the user's own class: {"factory": "pkg.mod:fn", "kwargs": {...}}
-            return load_factory(arch["factory"], factories)(**arch.get("kwargs", {}))
+            return load_factory(arch["factory"], factories, arch.get("source_sha256"))(**arch.get("kwargs", {}))
         if family == "hf-pretrained":
             return load_hf_classifier(Path(arch["path"]))
         if family in STUDENT_FAMILIES:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from agents import AgentOptionError
 from envs import Reference
+from search_spaces import factory_sha256
 
 from . import data as data_mod
 from .config import Config, run_config
@@ -190,7 +191,7 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
             "input_shape": list(ds.input_shape), "reference": asdict(ref), "split": ds.split,
             "teacher_digest": weights_digest(folder),
             "teacher": {"folder": str(folder.resolve()), "dataset": dataset, "test_accuracy": test_acc,
-                        "units": space.n_units},
+                        "units": space.n_units, "factory_sha256": factory_source(arch)},
             "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     return meta, (teacher, arch, ds, space)
 
@@ -469,9 +470,26 @@ class OpenRun:
         check_teacher(meta)
         cfg = run_config(meta["config"])
         teacher, arch, _ = load_model(meta["teacher_folder"], factories)
+        check_factory(meta, arch, run_dir)
         space = cfg.space(teacher, meta["input_shape"], arch)
         check_space(space, meta, run_dir)
         return cls(Path(run_dir), meta, cfg, teacher, arch, run_data(meta, arch), space)
+
+
+def factory_source(arch: dict) -> str | None:
+    """The digest of a ``module`` teacher's factory source (None for any other teacher)."""
+    return factory_sha256(arch["factory"]) if arch.get("family") == "module" else None
+
+
+def check_factory(meta: dict, arch: dict, run_dir: Path) -> None:
+    """A ``module`` teacher's factory must be the code the run searched with: edited since (a layer's
+    setting, an activation), the same weights load into another network, which no params or FLOPs
+    count sees, and every candidate would be rebuilt and exported as that other network."""
+    recorded = meta.get("teacher", {}).get("factory_sha256")
+    if recorded and factory_source(arch) != recorded:
+        raise RunError(f"{run_dir}: the source of the teacher's factory {arch['factory']!r} changed since this run "
+                       "started, so the teacher and every candidate would be built as other networks than the ones "
+                       "searched; restore that file, or start a new search")
 
 
 def check_space(space, meta: dict, run_dir: Path) -> None:

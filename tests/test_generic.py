@@ -12,7 +12,7 @@ from agents import make_agent, run
 from envs import CompressionEnv, ProxyEvaluator
 from helpers import random_spec, randomise_bn
 from n2n.models import build_model, load_model, save_model
-from search_spaces import GenericSpace, StudentSpec, count_params, pruned_from_arch, space_for
+from search_spaces import GenericSpace, StudentSpec, count_params, factory_sha256, pruned_from_arch, space_for
 
 import custom_net
 import n2n
@@ -100,7 +100,7 @@ def test_user_module_teacher_folder_and_student_export_round_trip(space, tmp_pat
     save_model(tmp_path / "t", space.teacher, arch, {"dataset": "mnist1d"})
     teacher, _, _ = load_model(tmp_path / "t", ALLOW)
     loaded = space_for(teacher, (1, 40), arch=arch)
-    assert isinstance(loaded, GenericSpace) and loaded.factory == FACTORY
+    assert isinstance(loaded, GenericSpace) and loaded.factory == {**FACTORY, "source_sha256": factory_sha256("custom_net:make")}
     spec = StudentSpec((loaded.units.index(next(u for u in loaded.units if u.name == "body.1")),),
                        [0.5 if u.shrinkable else 1.0 for u in loaded.units])
     student = loaded.build(spec)
@@ -115,6 +115,62 @@ def test_user_module_teacher_folder_and_student_export_round_trip(space, tmp_pat
             load_model(tmp_path / folder)
     with pytest.raises(UnsupportedModel, match="--allow-factory custom_net:make"):
         n2n.load_student(tmp_path / "s", factories=["custom_net:other"])  # a different name is not enough
+
+
+def test_a_factory_edited_after_the_fact_is_refused_not_built_as_another_network(tmp_path, monkeypatch):
+    """helper-11: a LeakyReLU edited into a ReLU after a search. The same weights load into the
+    edited network and no params or FLOPs count changes, so the run and its exports would silently
+    be another function: an exported student, and the run's teacher, are refused instead."""
+    import hashlib
+    import textwrap
+
+    from n2n.errors import RunError
+    from n2n.search import check_factory, factory_source
+
+    src = tmp_path / "edited_net.py"
+    src.write_text(textwrap.dedent("""
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.body = nn.Sequential(nn.Sequential(nn.Conv1d(1, 8, 3, padding=1), nn.LeakyReLU(0.2)))
+                self.head = nn.Linear(8, 10)
+
+            def forward(self, x):  # (B, 1, L)
+                return self.head(self.body(x).mean(-1))
+
+        def make():
+            return Net()
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "edited_net", raising=False)
+    allow = ["edited_net:make"]
+    arch = {"family": "module", "factory": "edited_net:make", "input_shape": [1, 40]}
+    teacher = build_model(arch, allow)
+    space = space_for(teacher, (1, 40), arch=arch)
+    spec = space.identity().with_ratios([0.5 if u.shrinkable else 1.0 for u in space.units])
+    save_model(tmp_path / "s", space.build(spec), space.arch(spec), {})
+    was = hashlib.sha256(src.read_bytes()).hexdigest()
+    meta = {"teacher": {"factory_sha256": factory_source(arch)}}
+    assert space.arch(spec)["base"]["source_sha256"] == meta["teacher"]["factory_sha256"] == was
+    x = torch.randn(3, 1, 40)
+    before = load_model(tmp_path / "s", allow)[0](x)
+    check_factory(meta, arch, tmp_path)  # unchanged: loads and opens
+
+    src.write_text(src.read_text().replace("nn.LeakyReLU(0.2)", "nn.ReLU()"))
+    with pytest.raises(UnsupportedModel, match=r"the source of factory 'edited_net:make' \(.*edited_net.py\) changed "
+                                               r"since this model was saved.*delete 'source_sha256' from arch.json"):
+        load_model(tmp_path / "s", allow)
+    with pytest.raises(RunError, match="the source of the teacher's factory 'edited_net:make' changed since this run"):
+        check_factory(meta, arch, tmp_path)
+    # the escape the message names: the user vouches for the edit, and gets the edited network
+    folder_arch = json.loads((tmp_path / "s" / "arch.json").read_text())
+    del folder_arch["base"]["source_sha256"]
+    (tmp_path / "s" / "arch.json").write_text(json.dumps(folder_arch))
+    monkeypatch.delitem(sys.modules, "edited_net")
+    after = load_model(tmp_path / "s", allow)[0](x)
+    assert not torch.allclose(before, after)  # what the check stood between: another function, same weights
 
 
 @pytest.mark.parametrize("family", ["module", "pruned"])
