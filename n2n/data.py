@@ -62,6 +62,17 @@ class Dataset:
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
 
+    def unused_classes_warning(self) -> str | None:
+        """Labels are class ids: with labels 1, 2, 3 a classifier made for this data has an output 0
+        that no sample trains. Said, not changed: renumbering would move every prediction."""
+        seen = set(torch.cat([self.y_train, self.y_val, self.y_test]).unique().tolist())
+        unused = [c for c in range(self.num_classes) if c not in seen]
+        if not unused:
+            return None
+        return (f"warning: {self.name}: labels are class ids, and {len(unused)} of the ids 0..{self.num_classes - 1} "
+                f"never appear ({', '.join(map(str, unused[:5]))}{', ...' if len(unused) > 5 else ''}); a teacher "
+                "trained here has an output for each id, trained by no sample. Number the classes 0..K-1 to avoid that")
+
 
 def cache_dir() -> Path:
     root = os.environ.get("N2N_CACHE") or Path.home() / ".cache" / "n2n"

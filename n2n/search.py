@@ -143,6 +143,8 @@ def teacher_data(folder: Path, metrics: dict, arch: dict, dataset: str, log=prin
         log(f"warning: {folder}/arch.json records no input standardisation (\"input\"), so float inputs are "
             "standardised with fresh training-split statistics; a model trained on raw inputs needs "
             "\"input\": {\"scale\": 1.0, \"shift\": 0.0, \"shape\": [...]} there, or it is measured near chance")
+    if warning := ds.unused_classes_warning():
+        log(warning)
     return ds
 
 

@@ -79,6 +79,8 @@ def train_teacher(recipe: TeacherRecipe, out: Path | None = None, device: str = 
     """Train a teacher from its recipe; save it to `out` when given (`overwrite` replaces only a
     model folder n2n wrote). Returns (model, arch, metrics)."""
     ds = data_mod.load_dataset(recipe.dataset, seed=recipe.split_seed)
+    if warning := ds.unused_classes_warning():
+        log(warning)
     arch = teacher_arch(recipe, ds)
     if recipe.arch == "vgg" and (dropped := vgg_dropped_pools(ds.input_shape, recipe.preset)):
         log(f"note: {recipe.preset} on inputs of shape {ds.input_shape}: {dropped} of its "
@@ -149,6 +151,8 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
         raise data_mod.DataError(f"{dataset}: --hf expects token ids of the checkpoint's tokenizer, integers in "
                                  f"0..{len(tok) - 1} of shape (N, T); found {ids.dtype} of shape "
                                  f"{tuple(ids.shape)} (training split) in 0..{ids.max().item():g}")
+    if warning := ds.unused_classes_warning():
+        log(warning)
     names = ds.labels or [str(i) for i in range(ds.num_classes)]
     hf_logging.set_verbosity_error()  # the new head is meant to start random here: no warning about it
     hf_logging.disable_progress_bar()

@@ -51,6 +51,20 @@ def test_npz_dataset(tmp_path):
     assert ds.sizes() == {"train": 70, "val": 15, "test": 15}
     assert ds.input_shape == (3, 16) and ds.num_classes == 4
     assert sorted(torch.cat([ds.y_train, ds.y_val, ds.y_test]).tolist()) == sorted(y.tolist())
+    assert ds.unused_classes_warning() is None
+
+
+def test_labels_that_skip_class_ids_are_said_not_renumbered(tmp_path):
+    """Labels 1, 2, 3 (helper-11): a teacher made for them has an output 0 that no sample trains. n2n
+    says so and keeps the ids, since renumbering would move every prediction the user reads."""
+    rng = np.random.default_rng(0)
+    y = np.array([1, 2, 3, 7] * 25)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(100, 1, 8)).astype(np.float32), y=y)
+    ds = load_dataset(f"npz:{tmp_path / 'd.npz'}")
+    assert ds.num_classes == 8 and set(ds.y_train.tolist()) <= {1, 2, 3, 7}
+    assert ds.unused_classes_warning() == (
+        f"warning: npz:{tmp_path / 'd.npz'}: labels are class ids, and 4 of the ids 0..7 never appear (0, 4, 5, 6); "
+        "a teacher trained here has an output for each id, trained by no sample. Number the classes 0..K-1 to avoid that")
 
 
 def test_npz_errors_name_what_was_expected(tmp_path):
