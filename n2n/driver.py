@@ -157,7 +157,12 @@ class SearchDriver:
     def _advance(self):
         done = self.stage
         if self.trained(done) < self.budgets[done]:
-            why = "the agent has nothing more to propose" if self.agent.finished else "the agent kept proposing known specs"
+            if done == "removal" and not any(u.removable for u in self.space.units):
+                why = "the teacher has no removable units (layers or blocks whose output has their input's shape)"
+            elif self.asks > self.max_asks * max(self.budgets[done], 1):
+                why = "the agent kept proposing known specs"
+            else:
+                why = "the agent has nothing more to propose"
             self.log(f"stage {done} ended after {self.trained(done)} of {self.budgets[done]} candidates: {why}")
         self.updates_done[done] = getattr(self.agent, "updates", 0)
         self.stage_idx += 1
@@ -210,7 +215,7 @@ class SearchDriver:
                 continue
             cands = self.agent.ask(1)
             if not cands:
-                if self.agent.finished and not self.in_flight():
+                if not self.in_flight():  # no result is coming that could change its mind: the stage is over
                     self._advance()
                     continue
                 return None  # waiting for results (e.g. the rest of a REINFORCE batch)

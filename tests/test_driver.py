@@ -175,3 +175,30 @@ def test_with_early_stopping_the_summary_names_a_candidate_that_finished(space):
     top = max(d.records, key=lambda r: r["reward"])
     assert d.summary()["best_by_reward"]["key"] == top["key"]
     assert ("stopped early" in best["chosen_because"]) == ("ended" not in top)
+
+
+@pytest.mark.parametrize("agent", ["random", "optuna", "reinforce", "uniform"])
+def test_a_teacher_with_nothing_to_remove_moves_on_and_says_why(agent):
+    """A user module with no removable block (helper-11). The random and Optuna agents proposed
+    nothing and the driver waited for results with none in flight, a search that never ends. REINFORCE's
+    log read "the agent has nothing more to propose"; it now names the teacher's structure."""
+    from torch import nn
+
+    from search_spaces import space_for
+
+    class Net(nn.Module):  # no Sequential of same-shape blocks: the generic space has no block to remove
+        def __init__(self):
+            super().__init__()
+            self.hidden, self.head = nn.Linear(40, 32), nn.Linear(32, 10)
+
+        def forward(self, x):  # (B, 1, 40)
+            return self.head(torch.relu(self.hidden(x.flatten(1))))
+
+    mlp = space_for(Net().eval(), (1, 40))
+    assert not any(u.removable for u in mlp.units) and any(u.shrinkable for u in mlp.units)
+    lines = []
+    d = _driver(mlp, agent=agent, agent_options={}, log=lines.append)
+    _drive(d, mlp, ProxyEvaluator(mlp))
+    assert [r["stage"] for r in d.records] == ["shrink"] * 4
+    assert "stage removal ended after 0 of 6 candidates: the teacher has no removable units (layers or blocks " \
+           "whose output has their input's shape)" in lines
