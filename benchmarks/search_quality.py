@@ -49,6 +49,9 @@ VARIANTS = {  # agent name -> config overrides beyond the shared ones
     # shipped in agents/pretrained (fit to seeds 0-5 of MNIST-1D: a fair test on other seeds or
     # another teacher, --dataset digits); on these teachers `policy: auto` picks it too.
     "reinforce-pretrained": {"search.agent_options": {"policy": "pretrained"}},
+    # the shipped policy with each candidate's layers first re-fit to the teacher's features by least
+    # squares on 512 training samples (README: "Starting from the teacher's features")
+    "reinforce-reconstruct": {"search.agent_options": {"policy": "pretrained"}, "distill.reconstruct": 512},
     # a policy `n2n policy fit` wrote, named by --policy DIR (a candidate for the next shipped one)
     "reinforce-policy": {},
     # multi-fidelity by a cheaper first fidelity: 1 distillation epoch per candidate instead of 3,
