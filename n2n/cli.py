@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import USER_ERRORS
 
 
@@ -143,6 +144,7 @@ def _policy_fit(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="n2n", description="Compress a trained network by policy search (N2N learning).")
+    p.add_argument("--version", action="version", version=f"n2n {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     teacher = sub.add_parser("teacher", help="train or inspect teachers").add_subparsers(dest="teacher_cmd", required=True)

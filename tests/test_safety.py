@@ -629,3 +629,12 @@ def test_export_says_when_its_student_misses_the_target_on_test():
     hits = lambda k: (torch.arange(1500) < k).float().mean().item()  # noqa: E731
     at = {"val_accuracy": hits(1402), "test_accuracy": hits(1402)}
     assert accuracy_target(1.0, at, hits(1387), hits(1387))[0]["met_on_test"] is True
+
+
+def test_version_is_the_installed_one(capsys):
+    """`n2n --version` says what a bug report needs: the n2n that ran, as pip installed it."""
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"n2n {version('n2n')}\n"
