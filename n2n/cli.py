@@ -142,6 +142,13 @@ def _policy_fit(args) -> int:
     return 0
 
 
+def _path(text: str) -> str:
+    """A folder argument: an empty one would mean the current directory, which no one asks for so."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder path, got an empty string")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="n2n", description="Compress a trained network by policy search (N2N learning).")
     p.add_argument("--version", action="version", version=f"n2n {__version__}")
@@ -163,11 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--split-seed", type=int, default=0,
                    help="train/val/test split of the dataset (recorded with the teacher; ignored when the data brings its own split)")
     t.add_argument("--device", default="auto", help="auto (a GPU when torch sees one), cpu, mps, cuda or cuda:N")
-    t.add_argument("--out", required=True, help="folder to write (must not exist)")
+    t.add_argument("--out", required=True, type=_path, help="folder to write (must not exist)")
     t.add_argument("--overwrite", action="store_true", help="replace --out if it is a teacher n2n trained (nothing else)")
     t.set_defaults(func=_teacher_train)
     show = teacher.add_parser("show", help="architecture, size, accuracy and split of a teacher folder")
-    show.add_argument("dir", help="a teacher folder")
+    show.add_argument("dir", type=_path, help="a teacher folder")
     show.add_argument("--allow-factory", action="append", default=[], metavar="PKG.MOD:FN",
                       help="let the folder's arch.json import and call this factory (your own module class)")
     show.set_defaults(func=_teacher_show)
@@ -175,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="run a search (no CONFIG: the built-in MNIST-1D default)")
     s.add_argument("config", nargs="?", help="YAML config (`n2n config` prints the default, every key documented)")
     s.add_argument("--name", help="run name (default: search-DATE-TIME); the run goes to RUNS_DIR/NAME")
-    s.add_argument("--runs-dir", default="runs", help="the folder runs go to (default: runs)")
+    s.add_argument("--runs-dir", default="runs", type=_path, help="the folder runs go to (default: runs)")
     s.add_argument("--address", help="an existing Ray cluster (e.g. auto); without it a local Ray starts")
     s.add_argument("--storage", metavar="URI", help="a cluster without a shared disk: where trials leave results, "
                    "a URI every node reaches (s3://bucket/runs); same as --set resources.storage=URI")
@@ -186,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_search)
 
     r = sub.add_parser("resume", help="continue an interrupted search")
-    r.add_argument("run", help="the run folder, e.g. runs/NAME")
+    r.add_argument("run", type=_path, help="the run folder, e.g. runs/NAME")
     r.add_argument("--address", help="an existing Ray cluster")
     r.add_argument("--allow-factory", action="append", default=[], metavar="PKG.MOD:FN",
                    help="let a model folder's arch.json import and call this factory (your own module class); "
@@ -194,8 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_resume)
 
     e = sub.add_parser("export", help="write the best student as a deployable folder")
-    e.add_argument("run", help="the run folder, e.g. runs/NAME")
-    e.add_argument("--out", required=True, help="folder to write (must not exist)")
+    e.add_argument("run", type=_path, help="the run folder, e.g. runs/NAME")
+    e.add_argument("--out", required=True, type=_path, help="folder to write (must not exist)")
     e.add_argument("--finetune-epochs", type=int, default=0, help="distil + cross-entropy this long first")
     e.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier export (nothing else)")
     pick = e.add_mutually_exclusive_group()
@@ -217,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     pf = pol.add_parser("fit", help="fit the removal and shrink policies to finished searches' candidates; "
                         "start a search from them with search.agent_options: {policy: OUT}")
     pf.add_argument("runs", nargs="+", help="run folders (their candidates.json and teachers)")
-    pf.add_argument("--out", required=True, help="folder to write (must not exist): OUT/removal, OUT/shrink")
+    pf.add_argument("--out", required=True, type=_path, help="folder to write (must not exist): OUT/removal, OUT/shrink")
     pf.add_argument("--steps", type=int, default=300, help="gradient steps")
     pf.add_argument("--seed", type=int, default=0)
     pf.add_argument("--allow-factory", action="append", default=[], metavar="PKG.MOD:FN",
@@ -225,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     pf.set_defaults(func=_policy_fit)
 
     rep = sub.add_parser("report", help="leaderboard and plots of a run")
-    rep.add_argument("run", help="the run folder, e.g. runs/NAME")
+    rep.add_argument("run", type=_path, help="the run folder, e.g. runs/NAME")
     rep.set_defaults(func=_report)
     return p
 

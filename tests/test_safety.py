@@ -638,3 +638,15 @@ def test_version_is_the_installed_one(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out == f"n2n {version('n2n')}\n"
+
+
+@pytest.mark.parametrize("argv", [("export", "runs/x", "--out", ""), ("export", " ", "--out", "o"),
+                                  ("search", "--runs-dir", ""), ("report", ""), ("teacher", "train", "--out", "")])
+def test_an_empty_folder_argument_is_refused_not_read_as_the_current_directory(argv, capsys, tmp_path, monkeypatch):
+    """`--out ""` meant the folder n2n runs in (helper-8): refused by argparse, naming the argument."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        cli.main(list(argv))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "expected a folder path, got an empty string" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
