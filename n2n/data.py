@@ -79,6 +79,16 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def absolute(name: str) -> str:
+    """A dataset name with its file or folder made absolute (``npz:data.npz`` -> ``npz:/home/me/data.npz``).
+    Names are recorded (a teacher's metrics.json, a run's n2n.json, an export's metrics.json) and read
+    again from other directories, where a relative path names another file or none."""
+    kind, sep, path = name.partition(":")
+    if sep and kind in ("npz", "folder", "text") and path:
+        return f"{kind}:{os.path.abspath(os.path.expanduser(path))}"
+    return name
+
+
 def load_dataset(name: str, seed: int = 0, tokenizer=None, max_length: int = 128,
                  preprocess: dict | None = None) -> Dataset:
     """A dataset by name: 'mnist1d', 'digits', 'npz:PATH' or 'folder:PATH', split by `seed` (70/15/15)

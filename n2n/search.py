@@ -68,8 +68,8 @@ def resolve_teacher(cfg: Config, log=print, factories=()) -> tuple[Path, str]:
         dataset = cfg.teacher.dataset or metrics.get("dataset")
         if not dataset:
             raise ConfigError(f"teacher.dataset: {folder}/metrics.json names no dataset; set teacher.dataset")
-        return folder, dataset
-    return cached_teacher(cfg.teacher.recipe, log=log), cfg.teacher.dataset or cfg.teacher.recipe.dataset
+        return folder, data_mod.absolute(dataset)
+    return cached_teacher(cfg.teacher.recipe, log=log), data_mod.absolute(cfg.teacher.dataset or cfg.teacher.recipe.dataset)
 
 
 def teacher_logits(run_dir: Path, teacher, x_train, log=print, keep: bool = True):

@@ -7,7 +7,7 @@ import json
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -78,6 +78,7 @@ def train_teacher(recipe: TeacherRecipe, out: Path | None = None, device: str = 
                   overwrite: bool = False) -> tuple:
     """Train a teacher from its recipe; save it to `out` when given (`overwrite` replaces only a
     model folder n2n wrote). Returns (model, arch, metrics)."""
+    recipe = replace(recipe, dataset=data_mod.absolute(recipe.dataset))  # as it is recorded
     ds = data_mod.load_dataset(recipe.dataset, seed=recipe.split_seed)
     if warning := ds.unused_classes_warning():
         log(warning)
@@ -174,7 +175,7 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
     train_classifier(clf, ds.x_train, ds.y_train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=dev,
                      on_epoch=on_epoch)
     clf.cpu()
-    metrics = {"dataset": dataset, "params": count_params(clf), "val_accuracy": accuracy(clf, ds.x_val, ds.y_val),
+    metrics = {"dataset": data_mod.absolute(dataset), "params": count_params(clf), "val_accuracy": accuracy(clf, ds.x_val, ds.y_val),
                "test_accuracy": accuracy(clf, ds.x_test, ds.y_test), "train_seconds": time.perf_counter() - start,
                "checkpoint": str(checkpoint.resolve()), "labels": names, "split": ds.split,
                "recipe": {"epochs": epochs, "lr": lr, "max_length": max_length, "batch_size": batch_size, "seed": seed}}

@@ -138,3 +138,29 @@ def test_a_module_teacher_imports_its_factory_from_the_working_directory(tmp_pat
     assert shadow.returncode == 2 and "foo: unknown key" in shadow.stderr and not (tmp_path / "PWNED").exists()
     refused = subprocess.run([n2n_bin, "teacher", "show", "t"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert refused.returncode == 2 and "--allow-factory mynet:make" in refused.stderr
+
+
+def test_a_relative_dataset_path_is_recorded_absolute(tmp_path, monkeypatch):
+    """helper-12: `--dataset npz:dg.npz` was recorded as typed, so the teacher, the runs searched from
+    it and their exports failed from any other directory ("expected a file at dg.npz")."""
+    import numpy as np
+
+    from n2n.config import load_config
+    from n2n.data import absolute, load_dataset
+    from n2n.search import resolve_teacher
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "a" / "dg.npz", x=rng.normal(size=(60, 1, 8)).astype(np.float32), y=np.arange(60) % 3)
+    monkeypatch.chdir(tmp_path / "a")
+    recipe = TeacherRecipe(dataset="npz:dg.npz", arch="mlp", hidden=[8], epochs=1)
+    _, _, metrics = train_teacher(recipe, out=tmp_path / "t", log=lambda *_: None)
+    where = f"npz:{tmp_path / 'a' / 'dg.npz'}"
+    assert metrics["dataset"] == metrics["recipe"]["dataset"] == where
+    monkeypatch.chdir(tmp_path / "b")  # where a run, a resume or an export may be started
+    cfg = load_config(None, {"teacher.path": str(tmp_path / "t")})
+    assert resolve_teacher(cfg, log=lambda *_: None) == (tmp_path / "t", where)
+    assert load_dataset(where).split["fingerprint"] == metrics["split"]["fingerprint"]
+    assert absolute("npz:../a/dg.npz") == where and absolute("digits") == "digits"
+    assert absolute("folder:~/imgs") == f"folder:{Path.home() / 'imgs'}" and absolute(where) == where
