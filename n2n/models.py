@@ -256,8 +256,14 @@ def new_folder(folder: Path, overwrite: bool = False, kind: str = "teacher") -> 
 
 
 def commit_folder(tmp: Path, folder: Path, overwrite: bool = False, kind: str = "teacher") -> None:
-    """Move a finished temp folder into place; an old folder is moved aside first and deleted last.
-    The checks run again: the folder may have appeared or changed while we worked."""
+    """Move a finished temp folder into place, its files and folders with the modes a plain open()
+    and mkdir() give; an old folder is moved aside first and deleted last. The checks run again: the
+    folder may have appeared or changed while we worked."""
+    for root, dirs, files in os.walk(tmp):  # what other writers made (save_pretrained writes 0600 weights)
+        for name in files + dirs:
+            p = os.path.join(root, name)
+            if not os.path.islink(p):
+                os.chmod(p, (0o777 if name in dirs else 0o666) & ~umask())
     old = None
     if folder.exists() or folder.is_symlink():
         check_target(folder, overwrite, kind)

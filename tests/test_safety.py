@@ -524,6 +524,15 @@ def test_files_follow_the_users_umask(small_teacher, tmp_path):
     for path in [*(tmp_path / "t").iterdir(), run / "n2n.json", run / "search_state.pt"]:
         assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
 
+    def like_save_pretrained(tmp):  # helper-12: transformers' save_pretrained left hf/model.safetensors 0600
+        (tmp / "hf").mkdir(mode=0o700)
+        fd = os.open(tmp / "hf" / "model.safetensors", os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+
+    save_model(tmp_path / "e", model, arch, {}, extra={"spec.json": {}}, finish=like_save_pretrained)
+    assert (tmp_path / "e" / "hf").stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (tmp_path / "e" / "hf" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
+
 
 def test_a_run_refuses_a_teacher_whose_weights_changed(finished_run, small_teacher, tmp_path, capsys):
     """`teacher train --overwrite` may replace a teacher that a run still uses; the run must notice."""
