@@ -27,7 +27,7 @@ from . import data as data_mod
 from .config import Config, run_config
 from .driver import SearchDriver
 from .errors import ConfigError, RunError
-from .models import ModelError, append_to, load_model, load_weights, save_weights, weights_digest
+from .models import ModelError, append_to, load_model, load_weights, save_weights, weights_digest, written_by_n2n
 from .runfolder import POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, load_state, read_records, read_run, read_summary
 from .storage import Fetcher, RemoteResults, store_location
 from .teachers import cached_teacher
@@ -170,6 +170,9 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
     cfg.policy_folder()  # a policy folder named but unusable: refused before a teacher is trained
     folder, dataset = resolve_teacher(cfg, log, factories)
     teacher, arch, metrics = load_model(folder, factories)
+    if written_by_n2n(folder) == "export":  # replaceable by design: say so before the run depends on it
+        log(f"warning: the teacher {folder} is an n2n export, which `n2n export --overwrite` replaces; this run "
+            "would then refuse to resume or export (its teacher changed). Copy it elsewhere first to keep the run usable")
     ds = teacher_data(folder, metrics, arch, dataset, log)
     shape = arch.get("input_shape") or arch.get("hparams", {}).get("input_shape") or ds.input_shape
     if tuple(shape) != ds.input_shape:

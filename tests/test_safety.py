@@ -230,6 +230,19 @@ def test_export_overwrite_replaces_only_an_earlier_export(finished_run, tmp_path
     status, err = _main(capsys, "teacher", "train", "--dataset", "digits", "--out", out, "--overwrite")
     assert status == 2 and "is not an earlier n2n teacher" in err  # an export is not a teacher either
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "mine", "student"]  # no temp folder left
+    for inside in (run / "results" / "x", run / "policy" / "removal" / "x", run / "new"):  # helper-12
+        status, err = _main(capsys, "export", run, "--out", inside)
+        assert status == 2 and f"is inside the run folder {run}" in err and not inside.exists()
+    assert {p: _tree(p) for p in (run, runs)} == kept
+
+    # an export another search starts from: replaceable by --overwrite, so the search says so
+    from n2n.search import prepare_run
+
+    lines, again = [], tmp_path / "again"
+    export_best(run, again, log=lambda *_: None)
+    prepare_run(load_config(None, {"teacher.path": str(again)}), log=lines.append)
+    assert f"warning: the teacher {again} is an n2n export, which `n2n export --overwrite` replaces; this run would " \
+           "then refuse to resume or export (its teacher changed). Copy it elsewhere first to keep the run usable" in lines
 
 
 def test_a_failed_save_leaves_no_temp_folder(small_teacher, tmp_path):
