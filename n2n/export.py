@@ -17,7 +17,7 @@ from . import pick
 from .config import Config, run_config
 from .deploy import require_onnx, check_onnx, to_onnx
 from .errors import RunError
-from .models import RawInput, build_model, check_replaceable, device_for, load_weights, save_model, write_json
+from .models import RawInput, build_model, check_creatable, check_replaceable, device_for, load_weights, save_model, write_json
 from .runfolder import RunLock, lock_holder, read_records, read_run, read_summary
 from .search import OpenRun, check_teacher, teacher_logits
 from .storage import Fetcher
@@ -27,6 +27,7 @@ from .vocab import trim_vocabulary
 
 def _check_out(out: Path, run_dir: Path, teacher_folder: Path, overwrite: bool) -> None:
     """Refuse, before any work, an --out that would replace something other than an earlier export."""
+    check_creatable(out)
     o = out.resolve()
     for what, p in (("the run folder", run_dir.resolve()), ("the run's teacher", teacher_folder.resolve())):
         if o == p or o in p.parents:

@@ -238,9 +238,17 @@ def check_replaceable(folder: Path, kind: str) -> None:
                               f"only replaces one of those; choose another --out")
 
 
+def check_creatable(folder: Path) -> None:
+    """Refuse, before any work, a path under a file (`--out notes.txt/student`)."""
+    blocker = next((p for p in reversed(Path(folder).parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise FileExistsError(f"{folder}: cannot be made, {blocker} is a file, not a folder; choose another path")
+
+
 def check_target(folder: Path, overwrite: bool = False, kind: str = "teacher") -> None:
     """A folder n2n is about to write: free, or (with overwrite) an earlier n2n `kind`."""
     folder = Path(folder)
+    check_creatable(folder)
     if folder.exists() or folder.is_symlink():  # a dangling link is something too: never written through
         if not overwrite:
             raise FileExistsError(f"{folder} already exists; choose another --out or pass --overwrite")

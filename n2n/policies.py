@@ -12,7 +12,7 @@ from agents import ReinforceConfig
 from agents.reinforce import write_policy
 
 from .errors import ConfigError
-from .models import temp_folder
+from .models import check_creatable, temp_folder
 from .runfolder import read_records
 from .search import OpenRun
 
@@ -28,6 +28,7 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
 
     if taken():  # never over anything: a new folder, written whole or not at all
         raise FileExistsError(f"{out} already exists; choose another --out")
+    check_creatable(out)
     groups: dict[str, list] = {"removal": [], "shrink": []}
     ratios, spaces, kinds = None, [], set()
     for run_dir in runs:

@@ -91,7 +91,8 @@ def train_teacher(recipe: TeacherRecipe, out: Path | None = None, device: str = 
     torch.manual_seed(recipe.seed)
     model = build_model(arch)
     dev = device_for(device)
-    log(f"training {recipe.arch}/{recipe.preset} teacher on {recipe.dataset} "
+    name = recipe.arch if recipe.arch == "mlp" else f"{recipe.arch}/{recipe.preset}"  # an MLP has no preset
+    log(f"training {name} teacher on {recipe.dataset} "
         f"({count_params(model):,} params, {recipe.epochs} epochs, {dev})")
     start = time.perf_counter()
 

@@ -672,3 +672,16 @@ def test_an_empty_folder_argument_is_refused_not_read_as_the_current_directory(a
     err = capsys.readouterr().err
     assert e.value.code == 2 and "expected a folder path, got an empty string" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_out_under_a_file_is_refused_before_any_work(finished_run, tmp_path, capsys):
+    """`--out notes.txt/student` printed "[Errno 17] File exists: 'notes.txt'", for `teacher train`
+    only after training (helper-12); now one line naming the file, before anything runs."""
+    (tmp_path / "notes.txt").write_text("mine")
+    for argv in (("teacher", "train", "--dataset", "digits", "--out", tmp_path / "notes.txt" / "sub" / "t"),
+                 ("export", finished_run, "--out", tmp_path / "notes.txt" / "x"),
+                 ("policy", "fit", finished_run, "--out", tmp_path / "notes.txt" / "p")):
+        status, err = _main(capsys, *argv)
+        assert status == 2 and f"cannot be made, {tmp_path / 'notes.txt'} is a file, not a folder" in err, err
+        assert "training" not in capsys.readouterr().out
+    assert (tmp_path / "notes.txt").read_text() == "mine" and len(list(tmp_path.iterdir())) == 1
