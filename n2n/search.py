@@ -334,10 +334,17 @@ def trial_dirname(trial) -> str:
 
 
 class _NoTuneRestoreHint(logging.Filter):
-    """Tune tells users to call Tuner.restore on an interrupted run; with n2n it is `n2n resume`."""
+    """Tune's advice on an interrupted run is not n2n's: it tells users to call Tuner.restore (with
+    n2n it is `n2n resume`, which the interruption line says), announces the stop signal n2n already
+    answers, and warns that the trials cut short have no metrics (n2n's records are its own)."""
+
+    HIDDEN = ("Tuner.restore", "Stop signal received", "Failed to fetch metrics for")
 
     def filter(self, record):
-        return "Tuner.restore" not in record.getMessage()
+        return not any(h in record.getMessage() for h in self.HIDDEN)
+
+
+_TUNE_ADVICE = _NoTuneRestoreHint()
 
 
 def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver, log=print) -> None:
@@ -359,7 +366,8 @@ def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver, log=pri
                                   reduction_factor=cfg.early_stop.reduction_factor)
     tune_dir = run_dir / TUNE
     session = 1 + sum(1 for p in tune_dir.glob("session-*")) if tune_dir.exists() else 1
-    logging.getLogger("ray.tune.tune").addFilter(_NoTuneRestoreHint())
+    for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
+        logging.getLogger(name).addFilter(_TUNE_ADVICE)  # the same object: added once per process
     fetch = Fetcher(ctx.results_dir, run_dir, log)
     tuner = tune.Tuner(
         _trainable(ctx, cfg),
