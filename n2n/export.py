@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from envs import within_drop
-from search_spaces import StudentSpec, count_params
+from search_spaces import StudentSpec, count_params, probe
 
 from . import pick
 from .config import Config, run_config
@@ -217,6 +217,8 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         metrics["vocab"] = vocab
     if ds.preprocess:  # the export takes raw inputs (n2n.load_student): accuracies above hold on them
         arch = {**arch, "input": ds.preprocess}
+    if arch["family"] == "pruned":  # rebuilt by the user's factory: a later edit of it must not pass unseen
+        arch = {**arch, "probe": probe(student, arch["input_shape"])}
     if arch["family"] == "hf-encoder" and tokenizer is None:
         log("the teacher folder has no tokenizer: the student takes token ids only")
     extras = []

@@ -116,7 +116,7 @@ def build_model(arch: dict, factories=()) -> nn.Module:
         if family == "resnet" and "hparams" in arch:  # a teacher recipe: preset + width
             return ResNet(resnet_arch(**arch["hparams"]))
         if family == "module":  # the user's own class: {"factory": "pkg.mod:fn", "kwargs": {...}}
-            return load_factory(arch["factory"], factories, arch.get("source_sha256"))(**arch.get("kwargs", {}))
+            return load_factory(arch["factory"], factories)(**arch.get("kwargs", {}))
         if family == "hf-pretrained":
             return load_hf_classifier(Path(arch["path"]))
         if family in STUDENT_FAMILIES:
@@ -399,6 +399,16 @@ def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:
         model.load_state_dict(load_weights(folder / "model.safetensors"), strict=True)
     except RuntimeError as e:
         raise ModelError(f"{folder}: weights do not match arch.json ({str(e).splitlines()[0]})") from None
+    if arch.get("probe") is not None:  # a student of the user's own code: does that code still build it?
+        from search_spaces import probe_gap
+
+        gap = probe_gap(model, arch["input_shape"], arch["probe"])
+        if gap is not None:
+            raise ModelError(
+                f"{folder}: this model computes other outputs than when it was saved (up to {gap:.3g} apart on n2n's "
+                f"probe input), so the code that builds it ({(arch.get('base') or {}).get('factory')}) changed since; "
+                "its weights and figures belong to the old network: restore that code, or, to accept the new "
+                "network as it is, delete \"probe\" from arch.json")
     metrics = read_json(metrics_path) if metrics_path.is_file() else {}
     return model.eval(), arch, metrics
 

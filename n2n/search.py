@@ -21,7 +21,6 @@ from pathlib import Path
 
 from agents import AgentOptionError
 from envs import Reference
-from search_spaces import factory_sha256
 
 from . import data as data_mod
 from .config import Config, run_config
@@ -483,26 +482,30 @@ class OpenRun:
         check_teacher(meta)
         cfg = run_config(meta["config"])
         teacher, arch, _ = load_model(meta["teacher_folder"], factories)
-        check_factory(meta, arch, run_dir)
         space = cfg.space(teacher, meta["input_shape"], arch)
         check_space(space, meta, run_dir)
-        return cls(Path(run_dir), meta, cfg, teacher, arch, run_data(meta, arch), space)
+        ds = run_data(meta, arch)
+        check_outputs(run_dir, teacher, ds)
+        return cls(Path(run_dir), meta, cfg, teacher, arch, ds, space)
 
 
-def factory_source(arch: dict) -> str | None:
-    """The digest of a ``module`` teacher's factory source (None for any other teacher)."""
-    return factory_sha256(arch["factory"]) if arch.get("family") == "module" else None
-
-
-def check_factory(meta: dict, arch: dict, run_dir: Path) -> None:
-    """A ``module`` teacher's factory must be the code the run searched with: edited since (a layer's
-    setting, an activation), the same weights load into another network, which no params or FLOPs
-    count sees, and every candidate would be rebuilt and exported as that other network."""
-    recorded = meta.get("teacher", {}).get("factory_sha256")
-    if recorded and factory_source(arch) != recorded:
-        raise RunError(f"{run_dir}: the source of the teacher's factory {arch['factory']!r} changed since this run "
-                       "started, so the teacher and every candidate would be built as other networks than the ones "
-                       "searched; restore that file, or start a new search")
+def check_outputs(run_dir: Path, teacher, ds: data_mod.Dataset) -> None:
+    """The teacher must compute what it computed when the run started, as its kept logits on the
+    training split say. Its weights are checked by digest; this catches its code: a user module's
+    factory edited since (a LeakyReLU made a ReLU loads the same weights into another network, with
+    the same params and FLOPs), whose candidates would be rebuilt and exported as that other network."""
+    path = Path(run_dir) / TEACHER_LOGITS
+    try:
+        kept = load_weights(path)["logits"][:64]  # (64, classes)
+    except (ModelError, KeyError):  # none kept (an old or damaged run): nothing to compare with
+        return
+    got = predict(teacher, ds.x_train[: len(kept)])  # (64, classes)
+    gap = (got - kept).abs().max().item() if got.shape == kept.shape else float("inf")
+    if gap > 5e-3 * (1.0 + kept.abs().max().item()):  # wide: logits kept on a GPU (TF32 in old runs)
+        raise RunError(f"{run_dir}: the teacher computes other outputs than when this run started (up to {gap:.3g} "
+                       "apart on its first training samples) though its weights are the same, so the code that builds "
+                       "it changed since (a module's factory, a library); every candidate would be rebuilt as another "
+                       "network: restore that code, or start a new search")
 
 
 def check_space(space, meta: dict, run_dir: Path) -> None:

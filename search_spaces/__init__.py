@@ -12,17 +12,19 @@ from .base import (
     UnsupportedModel,
     count_macs,
     count_params,
+    probe,
+    probe_gap,
 )
-from .generic import GenericSpace, factory_sha256, load_factory, pruned_from_arch
+from .generic import GenericSpace, load_factory, pruned_from_arch
 from .resnet import ResNet, ResNetSpace, from_torchvision, resnet_arch
 from .sequential import SequentialSpace, layers_to_module, module_to_layers
 from .transformer import HFClassifier, TransformerSpace, encoder_from_arch, hf_expressible, is_hf_encoder
 
 __all__ = [
     "DEFAULT_RATIOS", "FEATURE_DIM", "FEATURE_NAMES", "UNIT_KINDS", "SearchSpace", "SpecError",
-    "StudentSpec", "Unit", "count_macs", "count_params", "SequentialSpace", "UnsupportedModel",
+    "StudentSpec", "Unit", "count_macs", "count_params", "probe", "probe_gap", "SequentialSpace", "UnsupportedModel",
     "layers_to_module", "module_to_layers", "space_for", "build_student", "STUDENT_FAMILIES", "ResNet", "ResNetSpace", "from_torchvision",
-    "resnet_arch", "GenericSpace", "factory_sha256", "load_factory", "pruned_from_arch", "HFClassifier", "TransformerSpace", "encoder_from_arch", "hf_expressible", "is_hf_encoder",
+    "resnet_arch", "GenericSpace", "load_factory", "pruned_from_arch", "HFClassifier", "TransformerSpace", "encoder_from_arch", "hf_expressible", "is_hf_encoder",
 ]
 
 
@@ -67,10 +69,7 @@ def space_for(teacher, input_shape, ratios=None, uniform: bool = False, arch: di
         reason = str(e)
     # any other module: torch-pruning's dependency graph (see search_spaces/generic.py), which
     # slices the teacher's own modules, whatever their settings
-    factory = None
-    if arch and arch.get("family") == "module":  # students record the factory's source they were cut from
-        digest = factory_sha256(arch["factory"])
-        factory = {"factory": arch["factory"], "kwargs": arch.get("kwargs", {}), **({"source_sha256": digest} if digest else {})}
+    factory = {"factory": arch["factory"], "kwargs": arch.get("kwargs", {})} if arch and arch.get("family") == "module" else None
     try:
         space = GenericSpace(teacher, input_shape, ratios, factory=factory)
     except UnsupportedModel as e:

@@ -8,6 +8,7 @@ plain data: it serialises to JSON and is what trials, checkpoints and exports ca
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -285,6 +286,30 @@ def check_reproduces(teacher: nn.Module, copy, input_shape, what: str) -> None:
         teacher.train(was)
     if not diff <= 1e-4 * (1.0 + want.abs().max().item()):
         raise UnsupportedModel(f"{what} does not reproduce this network: its copy's outputs differ by up to {diff:.3g}")
+
+
+def probe_input(input_shape) -> torch.Tensor:
+    """Two inputs of `input_shape` made without any random generator, (2, *input_shape): the same
+    numbers on every machine and torch version."""
+    n = 2 * math.prod(input_shape)
+    return torch.sin(torch.arange(n, dtype=torch.float64) * 0.731).to(torch.float32).reshape(2, *input_shape)
+
+
+@torch.no_grad()
+def probe(model: nn.Module, input_shape) -> list[list[float]]:
+    """`model`'s outputs on `probe_input`, (2, classes) as lists: a student rebuilt by the user's own
+    code records them, so that a load computing anything else (the code changed since) is noticed."""
+    return model.eval()(probe_input(input_shape)).tolist()
+
+
+@torch.no_grad()
+def probe_gap(model: nn.Module, input_shape, recorded) -> float | None:
+    """How far `model`'s probe outputs are from `recorded`, or None when within float noise (thread
+    counts and CPUs move the last bits, never 1e-4 of the outputs' scale)."""
+    want = torch.tensor(recorded, dtype=torch.float32)  # (2, classes)
+    got = model.eval()(probe_input(input_shape))
+    gap = (got - want).abs().max().item() if got.shape == want.shape else float("inf")
+    return None if gap <= 1e-4 * (1.0 + want.abs().max().item()) else gap
 
 
 def count_params(model: nn.Module) -> int:

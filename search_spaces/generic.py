@@ -17,7 +17,6 @@ building the student (cached per spec): a traced graph has no closed form.
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib
 import os
 import sys
@@ -37,24 +36,11 @@ def _tp():
     return torch_pruning
 
 
-def factory_sha256(path: str) -> str | None:
-    """sha256 of the source file of an imported factory's module (None when it has none). Runs and
-    exports record it: an edit to the factory afterwards (a LeakyReLU made a ReLU) builds another
-    network that the same weights load into, and only this notices."""
-    mod = sys.modules.get(path.partition(":")[0]) if isinstance(path, str) else None
-    file = getattr(mod, "__file__", None)
-    if not file or not os.path.isfile(file):
-        return None
-    with open(file, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def load_factory(path: str, allowed=(), sha256: str | None = None):
+def load_factory(path: str, allowed=()):
     """``"package.module:function"`` -> the function (the user's own code, imported like any module).
 
     A model folder is data: the factory it names is imported and called only when the user named that
-    exact factory in `allowed` (``--allow-factory``), and nothing is imported before that check.
-    `sha256`: the factory's source as it was when the model was saved (`factory_sha256`)."""
+    exact factory in `allowed` (``--allow-factory``), and nothing is imported before that check."""
     if not isinstance(path, str) or path not in set(allowed):
         raise UnsupportedModel(
             f"this model folder names the factory {path!r}, which n2n would import and call; it does so only "
@@ -66,15 +52,9 @@ def load_factory(path: str, allowed=(), sha256: str | None = None):
     if where and where not in sys.path:
         sys.path.append(where)  # last: an installed package of the same name wins over a local file
     try:
-        found = getattr(importlib.import_module(mod), fn)
+        return getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as e:
         raise UnsupportedModel(f"factory {path!r} cannot be imported: {e}") from None
-    if sha256 and factory_sha256(path) != sha256:
-        raise UnsupportedModel(
-            f"the source of factory {path!r} ({sys.modules[mod].__file__}) changed since this model was saved, so it "
-            "may build another network than the one its weights and figures belong to; restore that file, or, if "
-            "the network it builds is the same, delete 'source_sha256' from arch.json")
-    return found
 
 
 def _shape_preserving_blocks(model: nn.Module, example: torch.Tensor) -> list[str]:
@@ -252,7 +232,7 @@ def pruned_from_arch(arch: dict, factories=()) -> nn.Module:
     base = arch.get("base")
     if not base or "factory" not in base:
         raise UnsupportedModel("this student came from an in-memory teacher with no factory; it cannot be rebuilt from JSON")
-    factory = load_factory(base["factory"], factories, base.get("source_sha256"))
+    factory = load_factory(base["factory"], factories)
     tp = _tp()
     model = factory(**base.get("kwargs", {})).eval()
     for name in arch["removed_blocks"]:

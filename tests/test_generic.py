@@ -12,7 +12,7 @@ from agents import make_agent, run
 from envs import CompressionEnv, ProxyEvaluator
 from helpers import random_spec, randomise_bn
 from n2n.models import build_model, load_model, save_model
-from search_spaces import GenericSpace, StudentSpec, count_params, factory_sha256, pruned_from_arch, space_for
+from search_spaces import GenericSpace, StudentSpec, count_params, pruned_from_arch, space_for
 
 import custom_net
 import n2n
@@ -100,7 +100,7 @@ def test_user_module_teacher_folder_and_student_export_round_trip(space, tmp_pat
     save_model(tmp_path / "t", space.teacher, arch, {"dataset": "mnist1d"})
     teacher, _, _ = load_model(tmp_path / "t", ALLOW)
     loaded = space_for(teacher, (1, 40), arch=arch)
-    assert isinstance(loaded, GenericSpace) and loaded.factory == {**FACTORY, "source_sha256": factory_sha256("custom_net:make")}
+    assert isinstance(loaded, GenericSpace) and loaded.factory == FACTORY
     spec = StudentSpec((loaded.units.index(next(u for u in loaded.units if u.name == "body.1")),),
                        [0.5 if u.shrinkable else 1.0 for u in loaded.units])
     student = loaded.build(spec)
@@ -118,17 +118,24 @@ def test_user_module_teacher_folder_and_student_export_round_trip(space, tmp_pat
 
 
 def test_a_factory_edited_after_the_fact_is_refused_not_built_as_another_network(tmp_path, monkeypatch):
-    """helper-11: a LeakyReLU edited into a ReLU after a search. The same weights load into the
-    edited network and no params or FLOPs count changes, so the run and its exports would silently
-    be another function: an exported student, and the run's teacher, are refused instead."""
-    import hashlib
+    """helper-11: a LeakyReLU edited into a ReLU after a search, in a file the factory only imports
+    (helper-13: a digest of the factory's own file missed that, and refused a comment edit). The same
+    weights load into the edited network and no params or FLOPs count changes, so the run and its
+    exports would silently be another function: what they compute is checked instead."""
     import textwrap
+    from types import SimpleNamespace
 
     from n2n.errors import RunError
-    from n2n.search import check_factory, factory_source
+    from n2n.models import ModelError, save_weights
+    from n2n.runfolder import TEACHER_LOGITS
+    from n2n.search import check_outputs
+    from n2n.train import predict
+    from search_spaces import probe
 
-    src = tmp_path / "edited_net.py"
-    src.write_text(textwrap.dedent("""
+    pkg = tmp_path / "edited_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from .layers import make\n")
+    (pkg / "layers.py").write_text(textwrap.dedent("""
         from torch import nn
 
         class Net(nn.Module):
@@ -144,32 +151,46 @@ def test_a_factory_edited_after_the_fact_is_refused_not_built_as_another_network
             return Net()
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "edited_net", raising=False)
-    allow = ["edited_net:make"]
-    arch = {"family": "module", "factory": "edited_net:make", "input_shape": [1, 40]}
-    teacher = build_model(arch, allow)
+
+    def fresh(allow=("edited_pkg:make",)):  # what a new process sees: the files as they are now
+        for name in ("edited_pkg", "edited_pkg.layers"):
+            monkeypatch.delitem(sys.modules, name, raising=False)
+        return build_model(arch, allow)
+
+    arch = {"family": "module", "factory": "edited_pkg:make", "input_shape": [1, 40]}
+    torch.manual_seed(0)
+    teacher = fresh()
     space = space_for(teacher, (1, 40), arch=arch)
     spec = space.identity().with_ratios([0.5 if u.shrinkable else 1.0 for u in space.units])
-    save_model(tmp_path / "s", space.build(spec), space.arch(spec), {})
-    was = hashlib.sha256(src.read_bytes()).hexdigest()
-    meta = {"teacher": {"factory_sha256": factory_source(arch)}}
-    assert space.arch(spec)["base"]["source_sha256"] == meta["teacher"]["factory_sha256"] == was
-    x = torch.randn(3, 1, 40)
-    before = load_model(tmp_path / "s", allow)[0](x)
-    check_factory(meta, arch, tmp_path)  # unchanged: loads and opens
+    student = space.build(spec)
+    save_model(tmp_path / "s", student, {**space.arch(spec), "probe": probe(student, (1, 40))}, {})
+    run, ds = tmp_path / "run", SimpleNamespace(x_train=torch.randn(100, 1, 40))
+    run.mkdir()
+    save_weights({"logits": predict(teacher, ds.x_train)}, run / TEACHER_LOGITS)  # as a search keeps them
 
-    src.write_text(src.read_text().replace("nn.LeakyReLU(0.2)", "nn.ReLU()"))
-    with pytest.raises(UnsupportedModel, match=r"the source of factory 'edited_net:make' \(.*edited_net.py\) changed "
-                                               r"since this model was saved.*delete 'source_sha256' from arch.json"):
-        load_model(tmp_path / "s", allow)
-    with pytest.raises(RunError, match="the source of the teacher's factory 'edited_net:make' changed since this run"):
-        check_factory(meta, arch, tmp_path)
-    # the escape the message names: the user vouches for the edit, and gets the edited network
+    layers = pkg / "layers.py"
+    layers.write_text(layers.read_text().replace("return Net()", "return Net()  # a comment changes nothing"))
+    again = fresh()
+    again.load_state_dict(teacher.state_dict())
+    check_outputs(run, again, ds)
+    x = torch.randn(3, 1, 40)
+    before = load_model(tmp_path / "s", ["edited_pkg:make"])[0](x)
+
+    layers.write_text(layers.read_text().replace("nn.LeakyReLU(0.2)", "nn.ReLU()"))
+    edited = fresh()
+    edited.load_state_dict(teacher.state_dict())
+    with pytest.raises(RunError, match="the teacher computes other outputs than when this run started .* though its "
+                                       "weights are the same, so the code that builds it changed since"):
+        check_outputs(run, edited, ds)
+    fresh()
+    with pytest.raises(ModelError, match=r"computes other outputs than when it was saved \(up to .* apart on n2n's "
+                                         r"probe input\), so the code that builds it \(edited_pkg:make\) changed since"):
+        load_model(tmp_path / "s", ["edited_pkg:make"])
+    # the escape the message names: the user accepts the edited network, and gets it
     folder_arch = json.loads((tmp_path / "s" / "arch.json").read_text())
-    del folder_arch["base"]["source_sha256"]
+    del folder_arch["probe"]
     (tmp_path / "s" / "arch.json").write_text(json.dumps(folder_arch))
-    monkeypatch.delitem(sys.modules, "edited_net")
-    after = load_model(tmp_path / "s", allow)[0](x)
+    after = load_model(tmp_path / "s", ["edited_pkg:make"])[0](x)
     assert not torch.allclose(before, after)  # what the check stood between: another function, same weights
 
 
