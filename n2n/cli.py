@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     pol = sub.add_parser("policy", help="N2N policies learned from earlier searches").add_subparsers(dest="policy_cmd", required=True)
     pf = pol.add_parser("fit", help="fit the removal and shrink policies to finished searches' candidates; "
                         "start a search from them with search.agent_options: {policy: OUT}")
-    pf.add_argument("runs", nargs="+", help="run folders (their candidates.json and teachers)")
+    pf.add_argument("runs", nargs="+", type=_path, help="run folders (their candidates.json and teachers)")
     pf.add_argument("--out", required=True, type=_path, help="folder to write (must not exist): OUT/removal, OUT/shrink")
     pf.add_argument("--steps", type=int, default=300, help="gradient steps")
     pf.add_argument("--seed", type=int, default=0)

@@ -62,16 +62,20 @@ class Dataset:
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
 
-    def unused_classes_warning(self) -> str | None:
+    def unused_classes_warning(self, training: bool = True) -> str | None:
         """Labels are class ids: with labels 1, 2, 3 a classifier made for this data has an output 0
-        that no sample trains. Said, not changed: renumbering would move every prediction."""
+        that no sample trains. Said, not changed: renumbering would move every prediction.
+        `training`: a teacher is about to be trained on this data (else a search reads it)."""
         seen = set(torch.cat([self.y_train, self.y_val, self.y_test]).unique().tolist())
         unused = [c for c in range(self.num_classes) if c not in seen]
         if not unused:
             return None
-        return (f"warning: {self.name}: labels are class ids, and {len(unused)} of the ids 0..{self.num_classes - 1} "
-                f"never appear ({', '.join(map(str, unused[:5]))}{', ...' if len(unused) > 5 else ''}); a teacher "
-                "trained here has an output for each id, trained by no sample. Number the classes 0..K-1 to avoid that")
+        head = (f"warning: {self.name}: labels are class ids, and {len(unused)} of the ids 0..{self.num_classes - 1} "
+                f"never appear ({', '.join(map(str, unused[:5]))}{', ...' if len(unused) > 5 else ''}); ")
+        if training:
+            return head + ("a teacher trained here has an output for each id, trained by no sample. Number the "
+                           "classes 0..K-1 to avoid that")
+        return head + "the teacher's outputs for them are distilled from, but never scored"
 
 
 def cache_dir() -> Path:
@@ -84,8 +88,8 @@ def absolute(name: str) -> str:
     Names are recorded (a teacher's metrics.json, a run's n2n.json, an export's metrics.json) and read
     again from other directories, where a relative path names another file or none."""
     kind, sep, path = name.partition(":")
-    if sep and kind in ("npz", "folder", "text") and path:
-        return f"{kind}:{os.path.abspath(os.path.expanduser(path))}"
+    if sep and kind in ("npz", "folder", "text") and path:  # joined, not normalised: `link/..` is not `.`
+        return f"{kind}:{os.path.join(os.getcwd(), os.path.expanduser(path))}"
     return name
 
 

@@ -26,7 +26,7 @@ from . import data as data_mod
 from .config import Config, run_config
 from .driver import SearchDriver
 from .errors import ConfigError, RunError
-from .models import ModelError, append_to, load_model, load_weights, save_weights, weights_digest, written_by_n2n
+from .models import ModelError, append_to, check_creatable, load_model, load_weights, save_weights, weights_digest, written_by_n2n
 from .runfolder import POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, load_state, read_records, read_run, read_summary
 from .storage import Fetcher, RemoteResults, store_location
 from .teachers import cached_teacher
@@ -142,7 +142,7 @@ def teacher_data(folder: Path, metrics: dict, arch: dict, dataset: str, log=prin
         log(f"warning: {folder}/arch.json records no input standardisation (\"input\"), so float inputs are "
             "standardised with fresh training-split statistics; a model trained on raw inputs needs "
             "\"input\": {\"scale\": 1.0, \"shift\": 0.0, \"shape\": [...]} there, or it is measured near chance")
-    if warning := ds.unused_classes_warning():
+    if warning := ds.unused_classes_warning(training=False):
         log(warning)
     return ds
 
@@ -195,7 +195,7 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
             "input_shape": list(ds.input_shape), "reference": asdict(ref), "split": ds.split,
             "teacher_digest": weights_digest(folder),
             "teacher": {"folder": str(folder.resolve()), "dataset": dataset, "test_accuracy": test_acc,
-                        "units": space.n_units, "factory_sha256": factory_source(arch)},
+                        "units": space.n_units},
             "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     return meta, (teacher, arch, ds, space)
 
@@ -416,6 +416,7 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
     if address:
         _check_address(address)  # before a teacher is trained or anything written
     run_dir = Path(run_dir).resolve()
+    check_creatable(run_dir)  # --runs-dir notes.txt/runs: refused before a teacher is trained
     if run_dir.exists():  # before training a teacher: the same check again at creation
         raise RunError(f"{run_dir} already exists; resume it with `n2n resume {run_dir}` or choose another --name")
     meta, (teacher, arch, ds, space) = prepare_run(cfg, factories, log)

@@ -679,9 +679,11 @@ def test_an_out_under_a_file_is_refused_before_any_work(finished_run, tmp_path, 
     only after training (helper-12); now one line naming the file, before anything runs."""
     (tmp_path / "notes.txt").write_text("mine")
     for argv in (("teacher", "train", "--dataset", "digits", "--out", tmp_path / "notes.txt" / "sub" / "t"),
+                 ("search", "--runs-dir", tmp_path / "notes.txt" / "runs", "--set", "teacher.recipe.dataset=digits"),
                  ("export", finished_run, "--out", tmp_path / "notes.txt" / "x"),
                  ("policy", "fit", finished_run, "--out", tmp_path / "notes.txt" / "p")):
-        status, err = _main(capsys, *argv)
+        status = cli.main([str(a) for a in argv])
+        out, err = capsys.readouterr()
         assert status == 2 and f"cannot be made, {tmp_path / 'notes.txt'} is a file, not a folder" in err, err
-        assert "training" not in capsys.readouterr().out
+        assert "training" not in out and "REINFORCE" not in out  # nothing ran first
     assert (tmp_path / "notes.txt").read_text() == "mine" and len(list(tmp_path.iterdir())) == 1
