@@ -158,6 +158,7 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
     names = ds.labels or [str(i) for i in range(ds.num_classes)]
     hf_logging.set_verbosity_error()  # the new head is meant to start random here: no warning about it
     hf_logging.disable_progress_bar()
+    torch.manual_seed(seed)  # the new head's start: from the seed, not from whatever ran before in this process
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             checkpoint, local_files_only=True, num_labels=ds.num_classes, id2label=dict(enumerate(names)),
