@@ -21,6 +21,7 @@ from pathlib import Path
 
 from agents import AgentOptionError
 from envs import Reference
+from search_spaces import output_gap
 
 from . import data as data_mod
 from .config import Config, run_config
@@ -500,9 +501,8 @@ def check_outputs(run_dir: Path, teacher, ds: data_mod.Dataset) -> None:
         kept = load_weights(path)["logits"][:64]  # (64, classes)
     except (ModelError, KeyError):  # none kept (an old or damaged run): nothing to compare with
         return
-    got = predict(teacher, ds.x_train[: len(kept)])  # (64, classes)
-    gap = (got - kept).abs().max().item() if got.shape == kept.shape else float("inf")
-    if gap > 5e-3 * (1.0 + kept.abs().max().item()):  # wide: logits kept on a GPU (TF32 in old runs)
+    gap = output_gap(predict(teacher, ds.x_train[: len(kept)]), kept, 5e-3)  # wide: kept on a GPU (TF32 in old runs)
+    if gap is not None:
         raise RunError(f"{run_dir}: the teacher computes other outputs than when this run started (up to {gap:.3g} "
                        "apart on its first training samples) though its weights are the same, so the code that builds "
                        "it changed since (a module's factory, a library); every candidate would be rebuilt as another "

@@ -12,6 +12,7 @@ from .base import (
     UnsupportedModel,
     count_macs,
     count_params,
+    output_gap,
     probe,
     probe_gap,
 )
@@ -22,7 +23,7 @@ from .transformer import HFClassifier, TransformerSpace, encoder_from_arch, hf_e
 
 __all__ = [
     "DEFAULT_RATIOS", "FEATURE_DIM", "FEATURE_NAMES", "UNIT_KINDS", "SearchSpace", "SpecError",
-    "StudentSpec", "Unit", "count_macs", "count_params", "probe", "probe_gap", "SequentialSpace", "UnsupportedModel",
+    "StudentSpec", "Unit", "count_macs", "count_params", "output_gap", "probe", "probe_gap", "SequentialSpace", "UnsupportedModel",
     "layers_to_module", "module_to_layers", "space_for", "build_student", "STUDENT_FAMILIES", "ResNet", "ResNetSpace", "from_torchvision",
     "resnet_arch", "GenericSpace", "load_factory", "pruned_from_arch", "HFClassifier", "TransformerSpace", "encoder_from_arch", "hf_expressible", "is_hf_encoder",
 ]

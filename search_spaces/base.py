@@ -279,12 +279,12 @@ def check_reproduces(teacher: nn.Module, copy, input_shape, what: str) -> None:
         teacher.eval()
         with torch.random.fork_rng(devices=[]):  # building the copy leaves the caller's random stream as it was
             want, got = teacher(x), copy().eval().to(p.device)(x)  # (2, classes) each
-        diff = (want - got).abs().max().item() if got.shape == want.shape else float("inf")
+        diff = output_gap(got, want, 1e-4)
     except Exception as e:  # a layer read wrongly enough that the copy does not even run
         raise UnsupportedModel(f"{what} cannot rebuild this network ({type(e).__name__}: {e})") from None
     finally:
         teacher.train(was)
-    if not diff <= 1e-4 * (1.0 + want.abs().max().item()):
+    if diff is not None:
         raise UnsupportedModel(f"{what} does not reproduce this network: its copy's outputs differ by up to {diff:.3g}")
 
 
@@ -302,14 +302,18 @@ def probe(model: nn.Module, input_shape) -> list[list[float]]:
     return model.eval()(probe_input(input_shape)).tolist()
 
 
+def output_gap(got: torch.Tensor, want: torch.Tensor, rtol: float) -> float | None:
+    """The largest difference between two models' outputs, or None when it is within `rtol` of
+    `want`'s scale (float noise: thread counts and CPUs move the last bits). Another shape is
+    infinitely far; a NaN is never within."""
+    gap = (got - want).abs().max().item() if got.shape == want.shape else float("inf")
+    return None if gap <= rtol * (1.0 + want.abs().max().item()) else gap
+
+
 @torch.no_grad()
 def probe_gap(model: nn.Module, input_shape, recorded) -> float | None:
-    """How far `model`'s probe outputs are from `recorded`, or None when within float noise (thread
-    counts and CPUs move the last bits, never 1e-4 of the outputs' scale)."""
-    want = torch.tensor(recorded, dtype=torch.float32)  # (2, classes)
-    got = model.eval()(probe_input(input_shape))
-    gap = (got - want).abs().max().item() if got.shape == want.shape else float("inf")
-    return None if gap <= 1e-4 * (1.0 + want.abs().max().item()) else gap
+    """`output_gap` of `model`'s probe outputs from `recorded` (the saved model's)."""
+    return output_gap(model.eval()(probe_input(input_shape)), torch.tensor(recorded, dtype=torch.float32), 1e-4)
 
 
 def count_params(model: nn.Module) -> int:
