@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 from agents import Candidate, make_agent
-from envs import CompressionEnv, Evaluation, Reference, RewardConfig, compression, reward, size_of
+from envs import CompressionEnv, Evaluation, Reference, RewardConfig, compression, reward
 from search_spaces import SearchSpace, StudentSpec
 
 from .errors import RunError
 from .models import write_json
-from .pick import choose
+from .pick import choose, finalists
 from .runfolder import POLICY, RECORDS, SUMMARY, save_state
 
 FINISHED = "FINISHED"
@@ -119,23 +119,9 @@ class SearchDriver:
         return make_agent(self.kind, env, seed=self.seed + self.stage_idx, **options)
 
     def _finalist_specs(self) -> list[StudentSpec]:
-        """The `budgets["finalists"]` candidates of the accuracy/size Pareto front worth distilling
-        longer: with an accuracy target, the smallest within reach of it (brief distillation
-        underrates students, so reach is the allowed drop plus 2 points); otherwise the best by reward."""
-        k = self.budgets.get("finalists", 0)
-        ok = [r for r in self.records if r["stage"] != "finalists" and r["failure"] is None and r["reward"] > -1]
-        front, best_acc = [], -1.0
-        for r in sorted(ok, key=lambda r: (size_of(r, self.reward_config), -r["accuracy"])):
-            if r["accuracy"] > best_acc:
-                front.append(r)
-                best_acc = r["accuracy"]
-        chosen = []
-        drop = getattr(self.target, "max_accuracy_drop", None)
-        if drop is not None:
-            chosen = [r for r in front if (self.reference.accuracy - r["accuracy"]) * 100 <= drop + 2.0][:k]
-        for r in sorted(front, key=lambda r: -r["reward"]):
-            if len(chosen) < k and r not in chosen:
-                chosen.append(r)
+        """The finalists (n2n.pick.finalists): the front's smallest within reach of the target."""
+        chosen = finalists(self.records, self.budgets.get("finalists", 0), getattr(self.target, "max_accuracy_drop", None),
+                           self.reference.accuracy, self.reward_config)
         return [StudentSpec.from_dict(r["spec"]) for r in chosen]
 
     def _key(self, spec: StudentSpec, stage: str) -> str:

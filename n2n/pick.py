@@ -14,6 +14,32 @@ def finished(rec: dict, early_stop: bool) -> bool:
     return not early_stop or "ended" in rec
 
 
+def front(records: list[dict], reward_config: RewardConfig) -> list[dict]:
+    """The accuracy/size Pareto front of the search's evaluated candidates (finalists excluded),
+    smallest first: each member is more accurate than every smaller one."""
+    ok = [r for r in records if r["stage"] != "finalists" and r["failure"] is None and r["reward"] > -1]
+    out, best = [], -1.0
+    for r in sorted(ok, key=lambda r: (size_of(r, reward_config), -r["accuracy"])):
+        if r["accuracy"] > best:
+            out.append(r)
+            best = r["accuracy"]
+    return out
+
+
+def finalists(records: list[dict], k: int, drop: float | None, teacher_accuracy: float,
+              reward_config: RewardConfig, reach: float = 2.0) -> list[dict]:
+    """The `k` candidates worth distilling longer: with an accuracy target (`drop` points), the
+    smallest of the front within `drop + reach` points of the teacher (brief distillation underrates
+    students, so the longer one recovers some of those below the target); the rest, or all without a
+    target, the front's best by reward."""
+    members = front(records, reward_config)
+    chosen = [] if drop is None else [r for r in members if (teacher_accuracy - r["accuracy"]) * 100 <= drop + reach][:k]
+    for r in sorted(members, key=lambda r: -r["reward"]):
+        if len(chosen) < k and r not in chosen:
+            chosen.append(r)
+    return chosen
+
+
 def choose(records: list[dict], target, reward_config: RewardConfig, teacher_accuracy: float,
            early_stop: bool, where: str, key: str | None = None, rank: int | None = None) -> tuple[dict, str]:
     """The candidate to export and why. By default the smallest finalist that meets `target` (an
