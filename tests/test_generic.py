@@ -261,3 +261,66 @@ def test_removing_a_block_without_a_group_of_its_own_has_its_own_key():
         keys.add(space.key(spec))
         assert count_params(space.build(spec)) == space.params(spec) == space.teacher_params() - (8 * 8 * 3 + 8)
     assert len(keys) == 3  # the teacher and each removal: three different students, three keys
+
+
+def test_a_module_teacher_searched_and_exported_from_the_command_line_loads_as_measured(tmp_path):
+    """The whole user path for an own module (README "Your own module"): search, export, load outside
+    n2n; the export records its outputs on n2n's probe input, so a later edit of the factory is
+    refused where the student is loaded, not deployed as another network."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from n2n.data import load_dataset, load_raw
+    from n2n.train import accuracy
+
+    (tmp_path / "usernet.py").write_text(Path(custom_net.__file__).read_text())
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import usernet
+
+        torch.manual_seed(0)
+        save_model(tmp_path / "t", usernet.make(8), {"family": "module", "factory": "usernet:make", "kwargs": {"width": 8},
+                                                     "input_shape": [1, 40], "num_classes": 10}, {"dataset": "mnist1d"})
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("usernet", None)
+    n2n_bin = str(Path(sys.executable).parent / "n2n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def cli(*args):
+        return subprocess.run([n2n_bin, *args, "--allow-factory", "usernet:make"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+
+    tiny = ["--set", "teacher.path=t", "--set", "teacher.dataset=mnist1d", "--set", "search.removal_budget=2",
+            "--set", "search.shrink_budget=2", "--set", "distill.epochs=1", "--set", "finalists.k=0",
+            "--set", "latency.repeats=0", "--set", "target.max_accuracy_drop=null"]
+    searched = cli("search", "--name", "r", *tiny)
+    assert searched.returncode == 0, searched.stderr[-2000:]
+    exported = cli("export", "runs/r", "--out", "s")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    arch = json.loads((tmp_path / "s" / "arch.json").read_text())
+    metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert arch["family"] == "pruned" and len(arch["probe"]) == 2 and len(arch["probe"][0]) == 10
+    sys.path.insert(0, str(tmp_path))
+    try:
+        student = n2n.load_student(tmp_path / "s", factories=["usernet:make"])
+        x, y, _ = load_raw("mnist1d")  # raw inputs, as a deployment has them (README "Exporting")
+        val = load_dataset("mnist1d").index["val"]  # the teacher's split (seed 0)
+        got = accuracy(student, torch.as_tensor(x[val]), torch.as_tensor(y[val]))
+        assert got == pytest.approx(metrics["val_accuracy"], abs=1e-9)
+        assert metrics["params"] == count_params(student)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("usernet", None)
+    # the factory edited after the export: loading refuses, export and resume refuse, nothing is written
+    src = (tmp_path / "usernet.py").read_text()
+    edited = src.replace("self.body(torch.relu(self.stem(x)))", "self.body(torch.tanh(self.stem(x)))")
+    assert edited != src  # the stem: every student keeps it
+    (tmp_path / "usernet.py").write_text(edited)
+    again = cli("export", "runs/r", "--out", "s2")
+    assert again.returncode == 2 and "changed since" in again.stderr and "Traceback" not in again.stderr
+    assert not (tmp_path / "s2").exists()
+    refused = subprocess.run([sys.executable, "-c", "import n2n; n2n.load_student('s', factories=['usernet:make'])"],
+                             cwd=tmp_path, env={**env, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True)
+    assert refused.returncode != 0 and "computes other outputs than when it was saved" in refused.stderr
