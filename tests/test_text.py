@@ -165,3 +165,21 @@ def test_minilm_journey_csv_to_teacher_to_search_to_pipeline(ray_session, tmp_pa
                                                 device="cpu")(texts)]
     with torch.no_grad():
         assert by_trimmed == [small.model.config.id2label[i] for i in small(ids2).argmax(1).tolist()]
+
+
+def test_an_hf_teacher_does_not_depend_on_what_ran_before_in_the_process(tmp_path):
+    """The new classifier head started from the process's random state: in the suite's order the
+    MiniLM journey trained another teacher than alone. Two trainings after different draws match."""
+    from n2n.models import load_weights
+    from n2n.teachers import train_hf_teacher
+
+    data = write_csv(tmp_path / "few.csv", sentences(TEMPLATES[:1], SUBJECTS[:3]))
+    heads = []
+    for before in (1, 2):
+        torch.manual_seed(before)
+        torch.rand(before)  # whatever earlier code drew
+        train_hf_teacher(minilm_path(), f"text:{data}", tmp_path / f"t{before}", epochs=1, max_length=12,
+                         batch_size=16, log=lambda *_: None)
+        heads.append(load_weights(tmp_path / f"t{before}" / "model.safetensors"))
+    assert heads[0].keys() == heads[1].keys() and any("classifier" in k for k in heads[0])
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
