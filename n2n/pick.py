@@ -14,12 +14,11 @@ def finished(rec: dict, early_stop: bool) -> bool:
     return not early_stop or "ended" in rec
 
 
-def front(records: list[dict], reward_config: RewardConfig) -> list[dict]:
-    """The accuracy/size Pareto front of the search's evaluated candidates (finalists excluded),
-    smallest first: each member is more accurate than every smaller one."""
-    ok = [r for r in records if r["stage"] != "finalists" and r["failure"] is None and r["reward"] > -1]
+def front(records: list[dict], size) -> list[dict]:
+    """The accuracy/size Pareto front of `records`, smallest first: each member more accurate than
+    every smaller one. `size(record)` is the size that counts."""
     out, best = [], -1.0
-    for r in sorted(ok, key=lambda r: (size_of(r, reward_config), -r["accuracy"])):
+    for r in sorted(records, key=lambda r: (size(r), -r["accuracy"])):
         if r["accuracy"] > best:
             out.append(r)
             best = r["accuracy"]
@@ -32,7 +31,8 @@ def finalists(records: list[dict], k: int, drop: float | None, teacher_accuracy:
     smallest of the front within `drop + reach` points of the teacher (brief distillation underrates
     students, so the longer one recovers some of those below the target); the rest, or all without a
     target, the front's best by reward."""
-    members = front(records, reward_config)
+    ok = [r for r in records if r["stage"] != "finalists" and r["failure"] is None and r["reward"] > -1]
+    members = front(ok, lambda r: size_of(r, reward_config))
     chosen = [] if drop is None else [r for r in members if (teacher_accuracy - r["accuracy"]) * 100 <= drop + reach][:k]
     for r in sorted(members, key=lambda r: -r["reward"]):
         if len(chosen) < k and r not in chosen:

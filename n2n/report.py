@@ -10,17 +10,8 @@ from envs.reward import SIZE_KEYS
 
 from .config import run_config
 from .models import write_bytes
+from .pick import front
 from .runfolder import read_records, read_run
-
-
-def pareto_front(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    """(params, accuracy) points not beaten by any smaller-or-equal, more-accurate point; by size."""
-    front, best = [], -1.0
-    for p, a in sorted(points, key=lambda t: (t[0], -t[1])):
-        if a > best:
-            front.append((p, a))
-            best = a
-    return front
 
 
 def leaderboard(records: list[dict], teacher_size: float, top: int = 10, size: str = "params") -> str:
@@ -109,9 +100,9 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     drop = cfg.target.max_accuracy_drop
     if drop is not None:
         ax.axhline(ref["accuracy"] - drop / 100, color="tab:red", ls="--", lw=1, label=f"target: -{drop} points")
-    front = pareto_front([(r[size], r["accuracy"]) for r in ok if r["stage"] != "finalists"])
-    if front:
-        ax.step([p for p, _ in front], [a for _, a in front], where="post", color="k", lw=1, label="Pareto front")
+    pareto = front([r for r in ok if r["stage"] != "finalists"], lambda r: r[size])
+    if pareto:
+        ax.step([r[size] for r in pareto], [r["accuracy"] for r in pareto], where="post", color="k", lw=1, label="Pareto front")
     ax.scatter([ref[size]], [ref["accuracy"]], marker="*", s=120, color="red", label="teacher")
     ax.set(xscale="log", xlabel={"params": "parameters", "flops": "FLOPs (multiply-accumulates)",
                                  "latency_ms": "latency (ms, median)"}[size],

@@ -17,7 +17,7 @@ from n2n import data as data_mod
 from n2n.config import load_config
 from n2n.errors import RunError
 from n2n.export import export_best
-from n2n.report import make_report, pareto_front
+from n2n.report import make_report
 from n2n.models import load_weights, save_weights
 from n2n.search import OpenRun, run_search, teacher_logits
 from n2n.train import accuracy, predict
@@ -147,9 +147,22 @@ def test_leaderboard_columns_hold_8_digit_counts_and_follow_the_reward_size():
     assert flops[0].split()[2] == "flops" and flops[2].split()[2:4] == ["90,000,000", "1.1x"]
 
 
-def test_pareto_front():
-    pts = [(10, 0.5), (20, 0.7), (15, 0.4), (30, 0.65), (40, 0.9)]
-    assert pareto_front(pts) == [(10, 0.5), (20, 0.7), (40, 0.9)]
+def test_pareto_front_and_the_finalists_it_gives():
+    from envs import RewardConfig
+    from n2n.pick import finalists, front
+
+    pts = [(10, 0.5), (20, 0.7), (15, 0.4), (30, 0.65), (40, 0.9), (20, 0.6)]
+    recs = [{"key": f"s{p}-{a}", "params": p, "accuracy": a, "reward": a, "failure": None, "stage": "shrink"} for p, a in pts]
+    assert [(r["params"], r["accuracy"]) for r in front(recs, lambda r: r["params"])] == [(10, 0.5), (20, 0.7), (40, 0.9)]
+    rc = RewardConfig(kind="target", target_drop=1.0)
+    recs += [{**recs[0], "key": "failed", "params": 1, "accuracy": 0.95, "failure": "boom"},
+             {**recs[0], "key": "final", "params": 2, "accuracy": 0.95, "stage": "finalists"}]
+    # teacher at 0.92, 1 point allowed: reach 2 -> within 3 points (0.9 only); reach 25 -> 0.7 too
+    assert [r["key"] for r in finalists(recs, 1, 1.0, 0.92, rc)] == ["s40-0.9"]
+    assert [r["key"] for r in finalists(recs, 2, 1.0, 0.92, rc, reach=25.0)] == ["s20-0.7", "s40-0.9"]
+    # k beyond those within reach: the rest of the front by reward; no target: by reward alone
+    assert [r["key"] for r in finalists(recs, 2, 1.0, 0.92, rc)] == ["s40-0.9", "s20-0.7"]
+    assert [r["key"] for r in finalists(recs, 2, None, 0.92, rc)] == ["s40-0.9", "s20-0.7"]
 
 
 def _cli(*args, **kw):
