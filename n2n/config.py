@@ -138,7 +138,21 @@ class Config:
              f"resources.device: expected auto, cpu, cuda, cuda:N or mps, got {self.resources.device!r}"),
             (not self.resources.storage or "://" in self.resources.storage,
              f"resources.storage: expected a URI such as s3://bucket/runs or file:///mnt/shared, got {self.resources.storage!r}"),
+            (s.agent != "uniform" or "shrink" in s.stages,
+             f"search.stages: the uniform agent shrinks every layer by one ratio, so it needs the shrink stage; got {s.stages!r}"),
+            (self.teacher.path is None or self.teacher.path.strip(),
+             "teacher.path: expected a teacher folder, or null for the recipe's teacher; got an empty string"),
+            (self.teacher.dataset is None or self.teacher.dataset.strip(),
+             "teacher.dataset: expected a dataset, or null for the teacher's own; got an empty string"),
             (self.reward.kind in ("auto", "n2n", "target"), f"reward.kind: expected auto, n2n or target, got {self.reward.kind!r}"),
+            (self.reward.max_params is None or self.reward.max_params >= 1,
+             f"reward.max_params: expected >= 1, got {self.reward.max_params}"),
+            (self.reward.min_accuracy is None or 0 <= self.reward.min_accuracy <= 1,
+             f"reward.min_accuracy: expected a fraction in 0..1 (0.9 for 90%), got {self.reward.min_accuracy}"),
+            (self.target.max_params is None or self.target.max_params >= 1,
+             f"target.max_params: expected >= 1, got {self.target.max_params}"),
+            (self.target.max_flops is None or self.target.max_flops >= 1,
+             f"target.max_flops: expected >= 1, got {self.target.max_flops}"),
             (self.target.max_accuracy_drop is None or self.target.max_accuracy_drop >= 0,
              f"target.max_accuracy_drop: expected >= 0 (points), got {self.target.max_accuracy_drop}"),
             (self.target.max_latency_ms is None or self.target.max_latency_ms > 0,
@@ -298,7 +312,9 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
-        for p in parents:
+        for i, p in enumerate(parents):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):  # `--set search=3 --set search.agent=x`, or a file with `search: 3`
+                raise ConfigError(f"{dotted}: {'.'.join(parents[: i + 1])} is {node!r}, not a section")
         node[leaf] = value
     return from_dict(Config, data)

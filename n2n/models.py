@@ -419,6 +419,14 @@ def valid_device(name: str) -> bool:
 
 
 def device_for(requested: str = "auto") -> torch.device:
+    """The device to train on; one this machine's torch cannot use is refused (ModelError), not left
+    to fail inside the first step."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    dev = torch.device(requested)
+    usable = {"cuda": lambda: torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count(),
+              "mps": lambda: torch.backends.mps.is_available()}.get(dev.type, lambda: True)
+    if not usable():
+        raise ModelError(f"device {requested}: this machine's torch {torch.__version__} cannot use it "
+                         f"({torch.cuda.device_count()} CUDA devices); use auto or cpu")
+    return dev

@@ -27,7 +27,7 @@ from . import data as data_mod
 from .config import Config, run_config
 from .driver import SearchDriver
 from .errors import ConfigError, RunError
-from .models import ModelError, append_to, check_creatable, load_model, load_weights, save_weights, weights_digest, written_by_n2n
+from .models import ModelError, append_to, check_creatable, device_for, load_model, load_weights, save_weights, weights_digest, written_by_n2n
 from .runfolder import POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, load_state, read_records, read_run, read_summary
 from .storage import Fetcher, RemoteResults, store_location
 from .teachers import cached_teacher
@@ -308,6 +308,8 @@ def check_resources(cfg: Config, remote: bool, log=print) -> None:
     import ray
 
     res = cfg.resources
+    if not remote:  # trials run on this machine: a device its torch cannot use fails every one of them
+        device_for(res.device)
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if any(r.get("CPU", 0) >= res.cpus_per_trial and r.get("GPU", 0) >= res.gpus_per_trial for r in nodes):
         return

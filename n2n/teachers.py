@@ -46,6 +46,10 @@ class TeacherRecipe:
             (self.lr > 0, "lr", "> 0", self.lr),
             (self.batch_size >= 1, "batch_size", ">= 1", self.batch_size),
             (all(h >= 1 for h in self.hidden), "hidden", "widths >= 1", self.hidden),
+            (self.arch != "vgg" or len(self.hidden) <= 1, "hidden", "one width for vgg (its one classifier layer)",
+             self.hidden),
+            (self.seed >= 0, "seed", ">= 0", self.seed),
+            (self.split_seed >= 0, "split_seed", ">= 0", self.split_seed),
         ]
         for ok, name, expected, got in checks:
             if not ok:  # the same recipe comes from YAML (teacher.recipe.*) and from `n2n teacher train --*`
@@ -100,8 +104,12 @@ def train_teacher(recipe: TeacherRecipe, out: Path | None = None, device: str = 
         if (epoch + 1) % 5 == 0 or epoch + 1 == recipe.epochs:
             log(f"  epoch {epoch + 1}/{recipe.epochs}  loss {loss:.4f}  val acc {accuracy(model, ds.x_val, ds.y_val):.4f}")
 
-    train_classifier(model, ds.x_train, ds.y_train, epochs=recipe.epochs, lr=recipe.lr,
-                     batch_size=recipe.batch_size, seed=recipe.seed, device=dev, on_epoch=on_epoch)
+    try:
+        train_classifier(model, ds.x_train, ds.y_train, epochs=recipe.epochs, lr=recipe.lr,
+                         batch_size=recipe.batch_size, seed=recipe.seed, device=dev, on_epoch=on_epoch)
+    except FloatingPointError as e:
+        raise ConfigError(f"teacher training diverged: {e} (lr {recipe.lr:g}); lower --lr (teacher.recipe.lr). "
+                          "Nothing was saved") from None
     model.cpu()
     metrics = {
         "dataset": recipe.dataset,
@@ -174,8 +182,11 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
     def on_epoch(epoch, loss):
         log(f"  epoch {epoch + 1}/{epochs}  loss {loss:.4f}  val acc {accuracy(clf, ds.x_val, ds.y_val):.4f}")
 
-    train_classifier(clf, ds.x_train, ds.y_train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=dev,
-                     on_epoch=on_epoch)
+    try:
+        train_classifier(clf, ds.x_train, ds.y_train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=dev,
+                         on_epoch=on_epoch)
+    except FloatingPointError as e:
+        raise ConfigError(f"teacher training diverged: {e} (lr {lr:g}); lower --lr. Nothing was saved") from None
     clf.cpu()
     metrics = {"dataset": data_mod.absolute(dataset), "params": count_params(clf), "val_accuracy": accuracy(clf, ds.x_val, ds.y_val),
                "test_accuracy": accuracy(clf, ds.x_test, ds.y_test), "train_seconds": time.perf_counter() - start,

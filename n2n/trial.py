@@ -22,7 +22,7 @@ from envs import Evaluation, Reference, RewardConfig, compression, reward
 from search_spaces import SearchSpace, StudentSpec
 
 from .deploy import latency_ms
-from .models import build_model, device_for
+from .models import ModelError, build_model, device_for
 from .storage import open_results, shown
 from .train import DistillConfig, HiddenTarget, distill
 
@@ -157,7 +157,11 @@ def run_trial(config: dict, context: Context) -> None:
         ev, student = Evaluation(0.0, 0, 0, failure=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]), None
     final = metrics_of(ev, ctx, ev.epochs)
     runtime = ray.get_runtime_context()
-    final.update(device=str(device_for(ctx.device)), started=started, ended=time.time(), node=runtime.get_node_id(),
+    try:
+        device = str(device_for(ctx.device))
+    except ModelError:  # the failure above says why; the record still names what was asked for
+        device = ctx.device
+    final.update(device=device, started=started, ended=time.time(), node=runtime.get_node_id(),
                  gpus=float(runtime.get_assigned_resources().get("GPU", 0.0)))
     try:
         results.save(config["key"], student.state_dict() if student is not None and ev.failure is None else None, final)

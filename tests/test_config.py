@@ -1,6 +1,7 @@
 import dataclasses
 
 import pytest
+import torch
 import yaml
 
 from n2n.config import Config, load_config, run_config
@@ -73,6 +74,19 @@ def test_a_run_made_before_targets_and_finalists_keeps_what_it_had():
     ("teacher: {recipe: {hidden: 256}}", "teacher.recipe.hidden: expected a list, got 256"),
     ("early_stop: {enabled: yes please}", "early_stop.enabled: expected true or false"),
     ("[1, 2]", "expected a mapping at the top level, got list"),
+    # helper-14: accepted before, then every trial failed or the search did something else
+    ("teacher: {path: ''}", "teacher.path: expected a teacher folder, or null for the recipe's teacher; got an empty string"),
+    ("teacher: {dataset: ''}", "teacher.dataset: expected a dataset, or null for the teacher's own; got an empty string"),
+    ("target: {max_params: -5}", "target.max_params: expected >= 1, got -5"),
+    ("target: {max_flops: 0}", "target.max_flops: expected >= 1, got 0"),
+    ("reward: {max_params: -1}", "reward.max_params: expected >= 1, got -1"),
+    ("reward: {min_accuracy: 90}", "reward.min_accuracy: expected a fraction in 0..1 (0.9 for 90%), got 90"),
+    ("distill: {weight_decay: -1}", "distill.weight_decay: expected >= 0, got -1"),
+    ("teacher: {recipe: {split_seed: -1}}", "teacher.recipe.split_seed (--split-seed): expected >= 0, got -1"),
+    ("teacher: {recipe: {hidden: [64, 32]}}", "teacher.recipe.hidden (--hidden): expected one width for vgg (its one "
+                                              "classifier layer), got [64, 32]"),
+    ("search: {agent: uniform, stages: [removal]}", "search.stages: the uniform agent shrinks every layer by one ratio, "
+                                                    "so it needs the shrink stage; got ['removal']"),
     # agent options are typed per agent and checked when the config is read, by name
     ("search: {agent_options: {batchsize: 3}}", "search.agent_options.batchsize: not an option of the reinforce agent; it takes ['batch_size'"),
     ("search: {agent_options: {batch_size: many}}", "search.agent_options.batch_size: expected int, got 'many'"),
@@ -86,6 +100,23 @@ def test_bad_config_names_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError) as e:
         load_config(p)
     assert message in str(e.value)
+
+
+def test_a_key_set_inside_a_value_that_is_not_a_section_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"search.agent: search is 3, not a section"):
+        load_config(None, {"search": 3, "search.agent": "optuna"})
+    (tmp_path / "c.yaml").write_text("search: 3\n")
+    with pytest.raises(ConfigError, match=r"search.x: search is 3, not a section"):
+        load_config(tmp_path / "c.yaml", {"search.x": 1})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_this_machine_cannot_use_is_refused_by_name():
+    from n2n.models import ModelError, device_for
+
+    with pytest.raises(ModelError, match=r"device cuda: this machine's torch .* cannot use it \(0 CUDA devices\); use auto or cpu"):
+        device_for("cuda")
+    assert device_for("cpu").type == "cpu" and device_for().type == "cpu"
 
 
 def test_overrides_and_types(tmp_path):

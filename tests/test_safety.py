@@ -16,7 +16,7 @@ from n2n import cli
 from n2n.config import load_config
 from n2n.driver import FINISHED, SearchDriver
 from n2n.export import export_best
-from n2n.models import save_model, vgg_layers
+from n2n.models import ModelError, save_model, vgg_layers
 from n2n.report import make_report
 from n2n.runfolder import PREV_STATE, STATE, RunLock, read_records
 from n2n.search import restore_driver, run_search
@@ -623,13 +623,17 @@ def test_a_run_folder_from_elsewhere_cannot_make_n2n_write_outside_it(finished_r
 
 
 def test_a_trial_that_raises_reports_why(ray_session, tiny_config, tmp_path):
-    """cuda asked for on a machine without it: every trial raises; the records say why, briefly."""
+    """cuda asked for on cluster workers without it (the driver cannot check them; on this machine it
+    is refused up front, test_config): every trial raises; the records say why, briefly."""
     cfg = load_config(tiny_config, {"resources.device": "cuda", "search.concurrency": 1})
-    summary = run_search(cfg, tmp_path / "run", log=lambda *_: None)
+    with pytest.raises(ModelError, match="device cuda: this machine's torch"):  # a local search: before any work
+        run_search(cfg, tmp_path / "local", log=lambda *_: None)
+    assert not (tmp_path / "local").exists()
+    summary = run_search(cfg, tmp_path / "run", address="auto", log=lambda *_: None)  # the session's Ray as a "cluster"
     records = read_records(tmp_path / "run")
     assert summary["stage"] == "failed" and len(records) == 3
-    assert all(r["failure"] == "AssertionError: Torch not compiled with CUDA enabled" and r["params"] > 0
-               for r in records), records[0]["failure"]
+    assert all(r["failure"].startswith("ModelError: device cuda: this machine's torch") and r["params"] > 0
+               and r["device"] == "cuda" for r in records), records[0]["failure"]
     assert (tmp_path / "run" / "results" / f"{records[0]['key']}.traceback.txt").read_text().startswith("Traceback")
 
 

@@ -165,3 +165,15 @@ def test_a_relative_dataset_path_is_recorded_absolute(tmp_path, monkeypatch):
     assert absolute("npz:../a/dg.npz") == f"npz:{tmp_path / 'b' / '..' / 'a' / 'dg.npz'}"  # not normalised:
     assert absolute("digits") == "digits" and absolute(where) == where                  # b may be a symlink
     assert absolute("folder:~/imgs") == f"folder:{Path.home() / 'imgs'}"
+
+
+def test_a_teacher_whose_training_diverges_is_not_saved(tmp_path):
+    """helper-14: `--lr 1e9` printed "loss nan", saved NaN weights and exited 0; a search of that
+    teacher then failed minutes later without naming it."""
+    from n2n.errors import ConfigError
+
+    recipe = TeacherRecipe(dataset="digits", preset="small", width_mult=0.25, hidden=[8], epochs=2, lr=1e9)
+    with pytest.raises(ConfigError, match=r"teacher training diverged: the training loss became (nan|inf) in epoch 1 "
+                                          r"\(lr 1e\+09\); lower --lr \(teacher.recipe.lr\). Nothing was saved"):
+        train_teacher(recipe, out=tmp_path / "t", log=lambda *_: None)
+    assert not (tmp_path / "t").exists()
