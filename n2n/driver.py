@@ -189,8 +189,7 @@ class SearchDriver:
                 n = len(self.records)
                 what = f"all {n} candidates of the search" if self.stage is None else f"the first {n} candidates all"
                 self.failed = f"{what} failed; the first: {self.records[0]['failure']}"
-                self.log(f"search stopped: {self.failed}")
-                self.save()
+                self.save()  # the search's last line says why (n2n.search._finish)
                 return FINISHED
             if self.stage is None:
                 return FINISHED

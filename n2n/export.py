@@ -175,8 +175,11 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         ft = replace(cfg.distill, epochs=finetune_epochs, ce_weight=max(cfg.distill.ce_weight, 1.0), schedule="cosine")
         log(f"fine-tuning for {finetune_epochs} epochs (distillation + cross-entropy)")
         t_logits = teacher_logits(run_dir, teacher, ds.x_train, log, keep=False)  # the run's own, if kept
-        distill(student, ds.x_train, ds.y_train, t_logits, ds.x_val, ds.y_val, ft,
-                seed=cfg.seed, device=device_for(cfg.resources.device))  # a GPU when there is one
+        # a GPU when this machine has one (the search's workers may have been other machines)
+        res = distill(student, ds.x_train, ds.y_train, t_logits, ds.x_val, ds.y_val, ft, seed=cfg.seed, device=device_for())
+        if res.failure is not None:  # weights past a NaN/inf loss are no student to ship: nothing is written
+            raise RunError(f"--finetune-epochs {finetune_epochs}: the fine-tune failed ({res.failure}) with the run's "
+                           f"distill.lr {ft.lr:g}; nothing was written (export without --finetune-epochs, or fewer epochs)")
         student.cpu()
     assert count_params(student) == best["params"] == space.params(spec)  # the spec's prediction is exact
     tokenizer = _teacher_tokenizer(Path(meta["teacher_folder"])) if arch["family"] == "hf-encoder" else None

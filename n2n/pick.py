@@ -49,7 +49,10 @@ def choose(records: list[dict], target, reward_config: RewardConfig, teacher_acc
     in errors."""
     ranked = sorted((r for r in records if r["failure"] is None and r["reward"] > -1), key=lambda r: -r["reward"])
     if not ranked:
-        raise RunError(f"{where}: no candidate has been evaluated successfully yet; nothing to export")
+        walled = sum(r["failure"] is None for r in records)
+        why = (f"all {walled} candidates evaluated scored -1, outside the reward's walls (reward.max_params, "
+               "reward.min_accuracy)" if walled else "no candidate has been evaluated successfully yet")
+        raise RunError(f"{where}: {why}; nothing to export")
     done = [r for r in ranked if finished(r, early_stop)]
     if not done:
         raise RunError(f"{where}: every candidate was stopped early (without saving weights); nothing to export")

@@ -29,6 +29,11 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
     if taken():  # never over anything: a new folder, written whole or not at all
         raise FileExistsError(f"{out} already exists; choose another --out")
     check_creatable(out)
+    seen: dict[Path, Path] = {}
+    for run_dir in runs:  # one search given twice (or through a link) would count twice
+        same = seen.setdefault(Path(run_dir).resolve(), Path(run_dir))
+        if same != Path(run_dir):
+            raise ConfigError(f"{same} and {run_dir} are the same run; give each run once")
     groups: dict[str, list] = {"removal": [], "shrink": []}
     ratios, spaces, kinds = None, [], set()
     for run_dir in runs:

@@ -284,6 +284,18 @@ def test_policy_fit_refuses_a_dangling_link_as_out(tmp_path):
     assert link.is_symlink() and not (tmp_path / "gone").exists()
 
 
+def test_policy_fit_refuses_one_run_given_twice(tmp_path):
+    """helper-14: a run named twice (or through a link) was fitted as that many searches."""
+    from n2n.errors import ConfigError
+    from n2n.policies import fit_policies
+
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "r1")
+    with pytest.raises(ConfigError, match=r"r1 and .*link are the same run; give each run once"):
+        fit_policies([tmp_path / "r1", tmp_path / "link"], tmp_path / "pol")
+    assert not (tmp_path / "pol").exists()
+
+
 def test_by_default_reinforce_starts_from_the_shipped_policy_where_it_fits():
     space = _space()
     shipped = {st: load_file(str(PRETRAINED / st / "policy.safetensors")) for st in ("removal", "shrink")}

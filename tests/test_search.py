@@ -84,6 +84,15 @@ def test_search_end_to_end(ray_session, tiny_config, tmp_path):
     assert export_best(run, out, overwrite=True, onnx=True, log=lambda *_: None) == metrics  # with model.onnx: n2n's
     tuned = export_best(run, tmp_path / "tuned", finetune_epochs=2, log=lambda *_: None)
     assert tuned["val_accuracy"] > best["accuracy"] - 0.02  # fine-tuning does not wreck the student
+    # helper-14: a fine-tune whose loss became NaN/inf was written as if it had finished
+    shutil.copytree(run, tmp_path / "wild")
+    meta = json.loads((tmp_path / "wild" / "n2n.json").read_text())
+    meta["config"]["distill"].update(lr=1e6, optimizer="sgd")
+    (tmp_path / "wild" / "n2n.json").write_text(json.dumps(meta))
+    with pytest.raises(RunError, match=r"--finetune-epochs 2: the fine-tune failed \(loss became (nan|inf) in epoch "
+                                       r"\d\) with the run's distill.lr 1e\+06; nothing was written"):
+        export_best(tmp_path / "wild", tmp_path / "wild-student", finetune_epochs=2, log=lambda *_: None)
+    assert not (tmp_path / "wild-student").exists()
 
     text = make_report(run)
     assert text.splitlines()[2].split()[:3] == ["1", best["stage"], f"{best['params']:,}"]  # the best leads
@@ -145,6 +154,22 @@ def test_leaderboard_columns_hold_8_digit_counts_and_follow_the_reward_size():
     assert len({line.index("x ") for line in lines[1:]}) == 1 and "12,345,678" in lines[1]  # aligned
     flops = leaderboard(recs, 100_000_000, size="flops").splitlines()
     assert flops[0].split()[2] == "flops" and flops[2].split()[2:4] == ["90,000,000", "1.1x"]
+
+
+def test_export_says_why_when_every_candidate_hit_the_rewards_walls():
+    """helper-14: with reward.min_accuracy above every student, export said no candidate had been
+    evaluated successfully, which was false."""
+    from envs import RewardConfig
+    from n2n.pick import choose
+
+    recs = [{"key": f"k{i}", "params": 10, "accuracy": 0.8, "reward": -1.0, "failure": None, "stage": "removal"}
+            for i in range(3)]
+    with pytest.raises(RunError, match=r"run: all 3 candidates evaluated scored -1, outside the reward's walls "
+                                       r"\(reward.max_params, reward.min_accuracy\); nothing to export"):
+        choose(recs, None, RewardConfig(min_accuracy=0.9), 0.95, early_stop=False, where="run")
+    failed = [{**r, "failure": "boom"} for r in recs]
+    with pytest.raises(RunError, match="run: no candidate has been evaluated successfully yet"):
+        choose(failed, None, RewardConfig(min_accuracy=0.9), 0.95, early_stop=False, where="run")
 
 
 def test_pareto_front_and_the_finalists_it_gives():
