@@ -87,6 +87,8 @@ def _overrides(pairs) -> dict:
         if "=" not in pair:
             raise ConfigError(f"--set: expected KEY=VALUE (e.g. search.removal_budget=20), got {pair!r}")
         k, v = pair.split("=", 1)
+        if not v.strip():  # `--set teacher.path=$UNSET` would read as null: the default, not what was meant
+            raise ConfigError(f"--set {pair}: empty value; write {k.strip()}=null for none")
         out[k.strip()] = yaml.safe_load(v)
     return out
 

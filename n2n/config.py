@@ -138,21 +138,7 @@ class Config:
              f"resources.device: expected auto, cpu, cuda, cuda:N or mps, got {self.resources.device!r}"),
             (not self.resources.storage or "://" in self.resources.storage,
              f"resources.storage: expected a URI such as s3://bucket/runs or file:///mnt/shared, got {self.resources.storage!r}"),
-            (s.agent != "uniform" or "shrink" in s.stages,
-             f"search.stages: the uniform agent shrinks every layer by one ratio, so it needs the shrink stage; got {s.stages!r}"),
-            (self.teacher.path is None or self.teacher.path.strip(),
-             "teacher.path: expected a teacher folder, or null for the recipe's teacher; got an empty string"),
-            (self.teacher.dataset is None or self.teacher.dataset.strip(),
-             "teacher.dataset: expected a dataset, or null for the teacher's own; got an empty string"),
             (self.reward.kind in ("auto", "n2n", "target"), f"reward.kind: expected auto, n2n or target, got {self.reward.kind!r}"),
-            (self.reward.max_params is None or self.reward.max_params >= 1,
-             f"reward.max_params: expected >= 1, got {self.reward.max_params}"),
-            (self.reward.min_accuracy is None or 0 <= self.reward.min_accuracy <= 1,
-             f"reward.min_accuracy: expected a fraction in 0..1 (0.9 for 90%), got {self.reward.min_accuracy}"),
-            (self.target.max_params is None or self.target.max_params >= 1,
-             f"target.max_params: expected >= 1, got {self.target.max_params}"),
-            (self.target.max_flops is None or self.target.max_flops >= 1,
-             f"target.max_flops: expected >= 1, got {self.target.max_flops}"),
             (self.target.max_accuracy_drop is None or self.target.max_accuracy_drop >= 0,
              f"target.max_accuracy_drop: expected >= 0 (points), got {self.target.max_accuracy_drop}"),
             (self.target.max_latency_ms is None or self.target.max_latency_ms > 0,
@@ -179,6 +165,33 @@ class Config:
         except AgentOptionError as e:
             raise ConfigError(f"search.agent_options.{e}") from None
         self.reward_config()  # reward.compression / kind checks
+
+    def check_new(self) -> None:
+        """Checks added after runs were recorded with such configs: a config about to start a search
+        must pass them; one a run recorded is read as it is (its report, export and resume still work)."""
+        s = self.search
+        checks = [
+            (s.agent != "uniform" or "shrink" in s.stages,
+             f"search.stages: the uniform agent shrinks every layer by one ratio, so it needs the shrink stage; got {s.stages!r}"),
+            (self.teacher.path is None or self.teacher.path.strip(),
+             f"teacher.path: expected a teacher folder, or null for the recipe's teacher; got {self.teacher.path!r}"),
+            (self.teacher.dataset is None or self.teacher.dataset.strip(),
+             f"teacher.dataset: expected a dataset, or null for the teacher's own; got {self.teacher.dataset!r}"),
+            (self.reward.max_params is None or self.reward.max_params >= 1,
+             f"reward.max_params: expected >= 1, got {self.reward.max_params}"),
+            (self.reward.min_accuracy is None or 0 <= self.reward.min_accuracy <= 1,
+             f"reward.min_accuracy: expected a fraction in 0..1 (0.9 for 90%), got {self.reward.min_accuracy}"),
+            (self.target.max_params is None or self.target.max_params >= 1,
+             f"target.max_params: expected >= 1, got {self.target.max_params}"),
+            (self.target.max_flops is None or self.target.max_flops >= 1,
+             f"target.max_flops: expected >= 1, got {self.target.max_flops}"),
+            (self.distill.weight_decay >= 0, f"distill.weight_decay: expected >= 0, got {self.distill.weight_decay}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        if self.teacher.path is None:
+            self.teacher.recipe.check_new()
 
     def policy_folder(self, space=None) -> Path | None:
         """The folder REINFORCE's starting policy comes from (agent_options.policy), checked: it holds a
@@ -317,4 +330,6 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             if not isinstance(node, dict):  # `--set search=3 --set search.agent=x`, or a file with `search: 3`
                 raise ConfigError(f"{dotted}: {'.'.join(parents[: i + 1])} is {node!r}, not a section")
         node[leaf] = value
-    return from_dict(Config, data)
+    cfg = from_dict(Config, data)
+    cfg.check_new()
+    return cfg

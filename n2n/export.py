@@ -17,7 +17,7 @@ from . import pick
 from .config import Config, run_config
 from .deploy import require_onnx, check_onnx, to_onnx
 from .errors import RunError
-from .models import RawInput, build_model, check_creatable, check_replaceable, device_for, load_weights, save_model, write_json
+from .models import ModelError, RawInput, build_model, check_creatable, check_replaceable, device_for, load_weights, save_model, write_json
 from .runfolder import RunLock, lock_holder, read_records, read_run, read_summary
 from .search import OpenRun, check_teacher, teacher_logits
 from .storage import Fetcher
@@ -175,8 +175,11 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         ft = replace(cfg.distill, epochs=finetune_epochs, ce_weight=max(cfg.distill.ce_weight, 1.0), schedule="cosine")
         log(f"fine-tuning for {finetune_epochs} epochs (distillation + cross-entropy)")
         t_logits = teacher_logits(run_dir, teacher, ds.x_train, log, keep=False)  # the run's own, if kept
-        # a GPU when this machine has one (the search's workers may have been other machines)
-        res = distill(student, ds.x_train, ds.y_train, t_logits, ds.x_val, ds.y_val, ft, seed=cfg.seed, device=device_for())
+        try:  # the run's device where this machine has it; else this machine's own (the search's
+            device = device_for(cfg.resources.device)  # workers may have been other machines)
+        except ModelError:
+            device = device_for()
+        res = distill(student, ds.x_train, ds.y_train, t_logits, ds.x_val, ds.y_val, ft, seed=cfg.seed, device=device)
         if res.failure is not None:  # weights past a NaN/inf loss are no student to ship: nothing is written
             raise RunError(f"--finetune-epochs {finetune_epochs}: the fine-tune failed ({res.failure}) with the run's "
                            f"distill.lr {ft.lr:g}; nothing was written (export without --finetune-epochs, or fewer epochs)")

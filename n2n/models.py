@@ -424,9 +424,10 @@ def device_for(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(requested)
-    usable = {"cuda": lambda: torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count(),
-              "mps": lambda: torch.backends.mps.is_available()}.get(dev.type, lambda: True)
-    if not usable():
-        raise ModelError(f"device {requested}: this machine's torch {torch.__version__} cannot use it "
-                         f"({torch.cuda.device_count()} CUDA devices); use auto or cpu")
-    return dev
+    if dev.type == "cuda" and not (torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()):
+        have = f"{torch.cuda.device_count()} CUDA devices"
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        have = "no MPS"
+    else:
+        return dev
+    raise ModelError(f"device {requested}: this machine's torch {torch.__version__} cannot use it ({have})")

@@ -49,9 +49,12 @@ def choose(records: list[dict], target, reward_config: RewardConfig, teacher_acc
     in errors."""
     ranked = sorted((r for r in records if r["failure"] is None and r["reward"] > -1), key=lambda r: -r["reward"])
     if not ranked:
-        walled = sum(r["failure"] is None for r in records)
-        why = (f"all {walled} candidates evaluated scored -1, outside the reward's walls (reward.max_params, "
-               "reward.min_accuracy)" if walled else "no candidate has been evaluated successfully yet")
+        scored = sum(r["failure"] is None for r in records)
+        walls = [f"reward.{k}" for k in ("max_params", "min_accuracy") if getattr(reward_config, k) is not None]
+        outside = (f"outside the reward's walls ({', '.join(walls)}) or " if walls else "") + \
+            f"no smaller than the teacher in {reward_config.compression}"
+        why = (f"every candidate evaluated ({scored}) scored -1: {outside}" if scored
+               else "no candidate has been evaluated successfully yet")
         raise RunError(f"{where}: {why}; nothing to export")
     done = [r for r in ranked if finished(r, early_stop)]
     if not done:

@@ -31,9 +31,10 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
     check_creatable(out)
     seen: dict[Path, Path] = {}
     for run_dir in runs:  # one search given twice (or through a link) would count twice
-        same = seen.setdefault(Path(run_dir).resolve(), Path(run_dir))
-        if same != Path(run_dir):
-            raise ConfigError(f"{same} and {run_dir} are the same run; give each run once")
+        where = Path(run_dir).resolve()
+        if where in seen:
+            raise ConfigError(f"{seen[where]} and {run_dir} are the same run; give each run once")
+        seen[where] = run_dir
     groups: dict[str, list] = {"removal": [], "shrink": []}
     ratios, spaces, kinds = None, [], set()
     for run_dir in runs:

@@ -302,14 +302,25 @@ def sigterm_as_sigint():
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
-def check_resources(cfg: Config, remote: bool, log=print) -> None:
+def check_device(cfg: Config, resumed: bool) -> None:
+    """Trials on this machine: a device its torch cannot use would fail every one of them."""
+    try:
+        device_for(cfg.resources.device)
+    except ModelError as e:
+        fix = ("resume on a machine that has it, or with --address on a cluster whose workers have it" if resumed
+               else "set resources.device to auto or cpu")
+        raise ConfigError(f"resources.device {cfg.resources.device}{' (recorded in this run)' if resumed else ''}: "
+                          f"{str(e).split(': ', 1)[1]}; {fix}") from None
+
+
+def check_resources(cfg: Config, remote: bool, log=print, resumed: bool = False) -> None:
     """A trial that asks for more CPUs or GPUs than any Ray node has waits forever, silently (Tune
     keeps it pending): refuse it on this machine, warn on a cluster (an autoscaler may add a node)."""
     import ray
 
     res = cfg.resources
-    if not remote:  # trials run on this machine: a device its torch cannot use fails every one of them
-        device_for(res.device)
+    if not remote:
+        check_device(cfg, resumed)
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if any(r.get("CPU", 0) >= res.cpus_per_trial and r.get("GPU", 0) >= res.gpus_per_trial for r in nodes):
         return
@@ -418,6 +429,9 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
     _setdefault_env()
     if address:
         _check_address(address)  # before a teacher is trained or anything written
+    cfg.check_new()  # a Config made in Python, not through load_config
+    if not address:  # trials on this machine: before a teacher is trained
+        check_device(cfg, resumed=False)
     run_dir = Path(run_dir).resolve()
     check_creatable(run_dir)  # --runs-dir notes.txt/runs: refused before a teacher is trained
     if run_dir.exists():  # before training a teacher: the same check again at creation
@@ -548,7 +562,7 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
             return _finish(run_dir, driver, log)
         log(f"resuming {run_dir.name}: {len(driver.records)} candidates so far, stage {driver.stage}")
         with ray_session(address, log):
-            check_resources(cfg, remote=bool(address), log=log)
+            check_resources(cfg, remote=bool(address), log=log, resumed=True)
             _fit(run_dir, make_context(meta, cfg, run_dir, (run.teacher, run.arch, run.ds), factories, log), cfg,
                  driver, log)
     return _finish(run_dir, driver, log)

@@ -46,20 +46,31 @@ class TeacherRecipe:
             (self.lr > 0, "lr", "> 0", self.lr),
             (self.batch_size >= 1, "batch_size", ">= 1", self.batch_size),
             (all(h >= 1 for h in self.hidden), "hidden", "widths >= 1", self.hidden),
-            (self.arch != "vgg" or len(self.hidden) <= 1, "hidden", "one width for vgg (its one classifier layer)",
-             self.hidden),
-            (self.seed >= 0, "seed", ">= 0", self.seed),
-            (self.split_seed >= 0, "split_seed", ">= 0", self.split_seed),
         ]
-        for ok, name, expected, got in checks:
-            if not ok:  # the same recipe comes from YAML (teacher.recipe.*) and from `n2n teacher train --*`
-                flag = name.replace("_", "-")
-                raise ConfigError(f"teacher.recipe.{name} (--{flag}): expected {expected}, got {got!r}")
+        _refuse(checks)
+
+    def check_new(self) -> None:
+        """Checks added after runs were recorded with such recipes (read as they are): applied to a
+        recipe about to train a teacher, not to one a run recorded."""
+        _refuse([(self.arch != "vgg" or len(self.hidden) <= 1, "hidden", "one width for vgg (its one classifier layer)",
+                  self.hidden),
+                 (self.seed >= 0, "seed", ">= 0", self.seed), (self.split_seed >= 0, "split_seed", ">= 0", self.split_seed)])
 
     def key(self) -> str:
         # FORMAT: what a cached teacher folder records (split fingerprints, input preprocessing); a
         # teacher cached by an n2n that recorded less is trained again rather than half-trusted
         return hashlib.sha1(json.dumps({**asdict(self), "format": TEACHER_FORMAT}, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _refuse(checks) -> None:
+    for ok, name, expected, got in checks:
+        if not ok:  # the same recipe comes from YAML (teacher.recipe.*) and from `n2n teacher train --*`
+            flag = name.replace("_", "-")
+            raise ConfigError(f"teacher.recipe.{name} (--{flag}): expected {expected}, got {got!r}")
+
+
+def _diverged(e: FloatingPointError, lr: float, flag: str) -> ConfigError:
+    return ConfigError(f"teacher training diverged: {e} (lr {lr:g}); lower {flag}. Nothing was saved")
 
 
 def teacher_arch(recipe: TeacherRecipe, dataset: data_mod.Dataset) -> dict:
@@ -82,6 +93,7 @@ def train_teacher(recipe: TeacherRecipe, out: Path | None = None, device: str = 
                   overwrite: bool = False) -> tuple:
     """Train a teacher from its recipe; save it to `out` when given (`overwrite` replaces only a
     model folder n2n wrote). Returns (model, arch, metrics)."""
+    recipe.check_new()
     recipe = replace(recipe, dataset=data_mod.absolute(recipe.dataset))  # as it is recorded
     ds = data_mod.load_dataset(recipe.dataset, seed=recipe.split_seed)
     if warning := ds.unused_classes_warning():
@@ -108,8 +120,7 @@ def train_teacher(recipe: TeacherRecipe, out: Path | None = None, device: str = 
         train_classifier(model, ds.x_train, ds.y_train, epochs=recipe.epochs, lr=recipe.lr,
                          batch_size=recipe.batch_size, seed=recipe.seed, device=dev, on_epoch=on_epoch)
     except FloatingPointError as e:
-        raise ConfigError(f"teacher training diverged: {e} (lr {recipe.lr:g}); lower --lr (teacher.recipe.lr). "
-                          "Nothing was saved") from None
+        raise _diverged(e, recipe.lr, "--lr (teacher.recipe.lr)") from None
     model.cpu()
     metrics = {
         "dataset": recipe.dataset,
@@ -186,7 +197,7 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
         train_classifier(clf, ds.x_train, ds.y_train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=dev,
                          on_epoch=on_epoch)
     except FloatingPointError as e:
-        raise ConfigError(f"teacher training diverged: {e} (lr {lr:g}); lower --lr. Nothing was saved") from None
+        raise _diverged(e, lr, "--lr") from None
     clf.cpu()
     metrics = {"dataset": data_mod.absolute(dataset), "params": count_params(clf), "val_accuracy": accuracy(clf, ds.x_val, ds.y_val),
                "test_accuracy": accuracy(clf, ds.x_test, ds.y_test), "train_seconds": time.perf_counter() - start,

@@ -117,7 +117,6 @@ class DistillConfig:
             (self.schedule in ("constant", "cosine"), f"distill.schedule: expected 'constant' or 'cosine', got {self.schedule!r}"),
             (self.epochs >= 1, f"distill.epochs: expected >= 1, got {self.epochs}"),
             (self.lr > 0, f"distill.lr: expected > 0, got {self.lr}"),
-            (self.weight_decay >= 0, f"distill.weight_decay: expected >= 0, got {self.weight_decay}"),
             (self.batch_size >= 1, f"distill.batch_size: expected >= 1, got {self.batch_size}"),
             (self.temperature > 0, f"distill.temperature: expected > 0, got {self.temperature}"),
             (self.ce_weight >= 0, f"distill.ce_weight: expected >= 0, got {self.ce_weight}"),

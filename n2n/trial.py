@@ -159,7 +159,7 @@ def run_trial(config: dict, context: Context) -> None:
     runtime = ray.get_runtime_context()
     try:
         device = str(device_for(ctx.device))
-    except ModelError:  # the failure above says why; the record still names what was asked for
+    except ModelError:  # the failure above says why; the record names what was asked for
         device = ctx.device
     final.update(device=device, started=started, ended=time.time(), node=runtime.get_node_id(),
                  gpus=float(runtime.get_assigned_resources().get("GPU", 0.0)))

@@ -75,8 +75,8 @@ def test_a_run_made_before_targets_and_finalists_keeps_what_it_had():
     ("early_stop: {enabled: yes please}", "early_stop.enabled: expected true or false"),
     ("[1, 2]", "expected a mapping at the top level, got list"),
     # helper-14: accepted before, then every trial failed or the search did something else
-    ("teacher: {path: ''}", "teacher.path: expected a teacher folder, or null for the recipe's teacher; got an empty string"),
-    ("teacher: {dataset: ''}", "teacher.dataset: expected a dataset, or null for the teacher's own; got an empty string"),
+    ("teacher: {path: ''}", "teacher.path: expected a teacher folder, or null for the recipe's teacher; got ''"),
+    ("teacher: {dataset: ''}", "teacher.dataset: expected a dataset, or null for the teacher's own; got ''"),
     ("target: {max_params: -5}", "target.max_params: expected >= 1, got -5"),
     ("target: {max_flops: 0}", "target.max_flops: expected >= 1, got 0"),
     ("reward: {max_params: -1}", "reward.max_params: expected >= 1, got -1"),
@@ -114,9 +114,33 @@ def test_a_key_set_inside_a_value_that_is_not_a_section_is_refused(tmp_path):
 def test_a_device_this_machine_cannot_use_is_refused_by_name():
     from n2n.models import ModelError, device_for
 
-    with pytest.raises(ModelError, match=r"device cuda: this machine's torch .* cannot use it \(0 CUDA devices\); use auto or cpu"):
+    with pytest.raises(ModelError, match=r"device cuda: this machine's torch .* cannot use it \(0 CUDA devices\)"):
         device_for("cuda")
     assert device_for("cpu").type == "cpu" and device_for().type == "cpu"
+
+
+def test_checks_added_later_apply_to_new_configs_not_to_recorded_runs():
+    """helper-15: a run recorded with vgg hidden [256, 128] (the extra width was ignored) or with
+    reward.min_accuracy 90 is still read (report, export, resume); a new search with it is refused."""
+    recorded = Config().to_dict()
+    recorded["teacher"]["recipe"]["hidden"] = [256, 128]
+    recorded["reward"]["min_accuracy"] = 90
+    old = run_config(recorded)
+    assert old.teacher.recipe.hidden == [256, 128] and old.reward.min_accuracy == 90
+    with pytest.raises(ConfigError, match="reward.min_accuracy: expected a fraction in 0..1"):
+        old.check_new()
+    with pytest.raises(ConfigError, match=r"teacher.recipe.hidden \(--hidden\): expected one width for vgg"):
+        load_config(None, {"teacher.recipe.hidden": [256, 128]})
+    load_config(None, {"teacher.recipe.hidden": [256, 128], "teacher.path": "t"})  # the recipe is not used
+
+
+def test_an_empty_set_value_is_refused_not_read_as_null(capsys):
+    """helper-15: `--set teacher.path=$UNSET` read as null and ran the default teacher's search."""
+    from n2n import cli
+
+    assert cli.main(["search", "--set", "teacher.path="]) == 2
+    err = capsys.readouterr().err
+    assert "--set teacher.path=: empty value; write teacher.path=null for none" in err and "Traceback" not in err
 
 
 def test_overrides_and_types(tmp_path):

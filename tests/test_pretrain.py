@@ -293,6 +293,9 @@ def test_policy_fit_refuses_one_run_given_twice(tmp_path):
     (tmp_path / "link").symlink_to(tmp_path / "r1")
     with pytest.raises(ConfigError, match=r"r1 and .*link are the same run; give each run once"):
         fit_policies([tmp_path / "r1", tmp_path / "link"], tmp_path / "pol")
+    for twice in ([tmp_path / "r1", tmp_path / "r1"], [tmp_path / "r1", tmp_path / "." / "r1" / ""]):
+        with pytest.raises(ConfigError, match="are the same run"):
+            fit_policies(twice, tmp_path / "pol")
     assert not (tmp_path / "pol").exists()
 
 

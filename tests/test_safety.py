@@ -14,9 +14,10 @@ import torch
 from envs import ProxyEvaluator, Reference
 from n2n import cli
 from n2n.config import load_config
+from n2n.errors import ConfigError
 from n2n.driver import FINISHED, SearchDriver
 from n2n.export import export_best
-from n2n.models import ModelError, save_model, vgg_layers
+from n2n.models import save_model, vgg_layers
 from n2n.report import make_report
 from n2n.runfolder import PREV_STATE, STATE, RunLock, read_records
 from n2n.search import restore_driver, run_search
@@ -626,8 +627,9 @@ def test_a_trial_that_raises_reports_why(ray_session, tiny_config, tmp_path):
     """cuda asked for on cluster workers without it (the driver cannot check them; on this machine it
     is refused up front, test_config): every trial raises; the records say why, briefly."""
     cfg = load_config(tiny_config, {"resources.device": "cuda", "search.concurrency": 1})
-    with pytest.raises(ModelError, match="device cuda: this machine's torch"):  # a local search: before any work
-        run_search(cfg, tmp_path / "local", log=lambda *_: None)
+    with pytest.raises(ConfigError, match=r"resources.device cuda: this machine's torch .* cannot use it \(0 CUDA "
+                                          r"devices\); set resources.device to auto or cpu"):
+        run_search(cfg, tmp_path / "local", log=lambda *_: None)  # a local search: before the teacher or the run
     assert not (tmp_path / "local").exists()
     summary = run_search(cfg, tmp_path / "run", address="auto", log=lambda *_: None)  # the session's Ray as a "cluster"
     records = read_records(tmp_path / "run")

@@ -164,9 +164,12 @@ def test_export_says_why_when_every_candidate_hit_the_rewards_walls():
 
     recs = [{"key": f"k{i}", "params": 10, "accuracy": 0.8, "reward": -1.0, "failure": None, "stage": "removal"}
             for i in range(3)]
-    with pytest.raises(RunError, match=r"run: all 3 candidates evaluated scored -1, outside the reward's walls "
-                                       r"\(reward.max_params, reward.min_accuracy\); nothing to export"):
+    with pytest.raises(RunError, match=r"run: every candidate evaluated \(3\) scored -1: outside the reward's walls "
+                                       r"\(reward.min_accuracy\) or no smaller than the teacher in params; nothing"):
         choose(recs, None, RewardConfig(min_accuracy=0.9), 0.95, early_stop=False, where="run")
+    with pytest.raises(RunError, match=r"run: every candidate evaluated \(3\) scored -1: no smaller than the teacher "
+                                       r"in flops; nothing to export"):  # no walls to blame
+        choose(recs, None, RewardConfig(compression="flops"), 0.95, early_stop=False, where="run")
     failed = [{**r, "failure": "boom"} for r in recs]
     with pytest.raises(RunError, match="run: no candidate has been evaluated successfully yet"):
         choose(failed, None, RewardConfig(min_accuracy=0.9), 0.95, early_stop=False, where="run")
