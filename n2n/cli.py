@@ -13,11 +13,15 @@ from .errors import USER_ERRORS
 
 def _teacher_train(args) -> int:
     from .errors import ConfigError
-    from .models import check_target, valid_device
+    from .models import ModelError, check_target, device_for, valid_device
     from .teachers import TeacherRecipe, train_hf_teacher, train_teacher
 
     if not valid_device(args.device):
         raise ConfigError(f"--device: expected auto, cpu, cuda, cuda:N or mps, got {args.device!r}")
+    try:
+        device_for(args.device)  # before the data is read or anything trained
+    except ModelError as e:
+        raise ConfigError(f"--{e}; use --device auto or cpu") from None
     out = Path(args.out)
     if args.hf:  # fine-tune a local Hugging Face encoder checkpoint into a classifier
         if args.dataset == "mnist1d" or not args.dataset.startswith(("text:", "npz:")):

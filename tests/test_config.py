@@ -111,8 +111,12 @@ def test_a_key_set_inside_a_value_that_is_not_a_section_is_refused(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_a_device_this_machine_cannot_use_is_refused_by_name():
+def test_a_device_this_machine_cannot_use_is_refused_by_name(tmp_path, capsys):
+    from n2n import cli
     from n2n.models import ModelError, device_for
+
+    assert cli.main(["teacher", "train", "--device", "cuda", "--dataset", "digits", "--out", str(tmp_path / "t")]) == 2
+    assert "--device cuda: this machine's torch" in capsys.readouterr().err and not (tmp_path / "t").exists()
 
     with pytest.raises(ModelError, match=r"device cuda: this machine's torch .* cannot use it \(0 CUDA devices\)"):
         device_for("cuda")
