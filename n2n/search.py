@@ -313,14 +313,12 @@ def check_device(cfg: Config, resumed: bool) -> None:
                           f"{str(e).split(': ', 1)[1]}; {fix}") from None
 
 
-def check_resources(cfg: Config, remote: bool, log=print, resumed: bool = False) -> None:
+def check_resources(cfg: Config, remote: bool, log=print) -> None:
     """A trial that asks for more CPUs or GPUs than any Ray node has waits forever, silently (Tune
     keeps it pending): refuse it on this machine, warn on a cluster (an autoscaler may add a node)."""
     import ray
 
     res = cfg.resources
-    if not remote:
-        check_device(cfg, resumed)
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if any(r.get("CPU", 0) >= res.cpus_per_trial and r.get("GPU", 0) >= res.gpus_per_trial for r in nodes):
         return
@@ -545,7 +543,9 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
     if address:
         _check_address(address)
     run_dir = Path(run_dir).resolve()
-    read_run(run_dir)  # a clear error for a folder that is no run, before taking its lock
+    recorded = read_run(run_dir)  # a clear error for a folder that is no run, before taking its lock
+    if not address:  # trials on this machine (a cluster's workers cannot be checked from here)
+        check_device(run_config(recorded["config"]), resumed=True)
     with RunLock(run_dir):
         log = teed(log, run_dir)
         run = OpenRun.open(run_dir, factories)
@@ -562,7 +562,7 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
             return _finish(run_dir, driver, log)
         log(f"resuming {run_dir.name}: {len(driver.records)} candidates so far, stage {driver.stage}")
         with ray_session(address, log):
-            check_resources(cfg, remote=bool(address), log=log, resumed=True)
+            check_resources(cfg, remote=bool(address), log=log)
             _fit(run_dir, make_context(meta, cfg, run_dir, (run.teacher, run.arch, run.ds), factories, log), cfg,
                  driver, log)
     return _finish(run_dir, driver, log)

@@ -310,10 +310,9 @@ def output_gap(got: torch.Tensor, want: torch.Tensor, rtol: float) -> float | No
     return None if gap <= rtol * (1.0 + want.abs().max().item()) else gap
 
 
-@torch.no_grad()
 def probe_gap(model: nn.Module, input_shape, recorded) -> float | None:
     """`output_gap` of `model`'s probe outputs from `recorded` (the saved model's)."""
-    return output_gap(model.eval()(probe_input(input_shape)), torch.tensor(recorded, dtype=torch.float32), 1e-4)
+    return output_gap(torch.tensor(probe(model, input_shape)), torch.tensor(recorded, dtype=torch.float32), 1e-4)
 
 
 def count_params(model: nn.Module) -> int:

@@ -20,7 +20,7 @@ from n2n.export import export_best
 from n2n.models import save_model, vgg_layers
 from n2n.report import make_report
 from n2n.runfolder import PREV_STATE, STATE, RunLock, read_records
-from n2n.search import restore_driver, run_search
+from n2n.search import restore_driver, resume_search, run_search
 from search_spaces import SequentialSpace, StudentSpec, layers_to_module
 
 
@@ -637,6 +637,10 @@ def test_a_trial_that_raises_reports_why(ray_session, tiny_config, tmp_path):
     assert all(r["failure"].startswith("ModelError: device cuda: this machine's torch") and r["params"] > 0
                and r["device"] == "cuda" for r in records), records[0]["failure"]
     assert (tmp_path / "run" / "results" / f"{records[0]['key']}.traceback.txt").read_text().startswith("Traceback")
+    # resumed on this machine: refused by name, with what can be done (resume takes no --set)
+    with pytest.raises(ConfigError, match=r"resources.device cuda \(recorded in this run\): this machine's torch .* "
+                                          r"cannot use it .*; resume on a machine that has it, or with --address"):
+        resume_search(tmp_path / "run", log=lambda *_: None)
 
 
 def test_export_says_when_its_student_misses_the_target_on_test():
