@@ -8,7 +8,7 @@ Life of a candidate::
     state = agent.state_dict()    # at any point between calls, pending candidates included
     agent.load_state_dict(state)  # into a fresh agent built over the same env and config
 
-An agent works on one stage's env (removal or shrink) in deferred mode: the env says at once when a
+An agent works on one stage's env (removal, shrink or refine) in deferred mode: the env says at once when a
 spec is invalid (reward -1, never handed out, never trained) and leaves the rest to the caller.
 ``finished`` is True when an agent has nothing more to propose (a fixed baseline ran out).
 """

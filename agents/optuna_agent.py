@@ -1,7 +1,7 @@
 """The same candidates proposed through Optuna's ask/tell.
 
 One categorical parameter per unit of the stage that has a choice: ``u{i}`` in {0 keep, 1 remove}
-(removal) or the index of a ratio (shrink). TPE is pinned explicitly (Optuna 5 changed its defaults:
+(removal) or the index of a ratio the unit may take (shrink, refine). TPE is pinned explicitly (Optuna 5 changed its defaults:
 multivariate + constant liar, which suits batches of pending candidates). ``objective="multi"`` asks
 NSGA-II for the (accuracy, size) front instead of the scalar reward, size being what the reward
 compresses (params, FLOPs or latency) relative to the teacher.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution, distribution_to_json, json_to_distribution
 from optuna.trial import TrialState, create_trial
@@ -48,7 +49,9 @@ class OptunaAgent(Agent):
         options = options or OptunaOptions()
         self.objective, self.n_startup = options.objective, options.n_startup_trials
         self.units = [u for u in env.active if env.action_mask(u).sum() > 1]
-        self.dists = {f"u{u}": CategoricalDistribution(list(range(env.action_space.n))) for u in self.units}
+        # only the unit's allowed actions: a refine stage allows each unit the ratios up to its base's
+        self.dists = {f"u{u}": CategoricalDistribution([int(a) for a in np.flatnonzero(env.action_mask(u))])
+                      for u in self.units}
         self.asks = 0
         self.study = self._new_study()
         self.trial_of: dict[int, int] = {}  # candidate id -> optuna trial number

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from envs import CompressionEnv
+from envs import STAGES, CompressionEnv
 from envs.compression import KEEP, REMOVE
 from search_spaces import SearchSpace, StudentSpec
 
@@ -33,10 +33,11 @@ def episodes(space: SearchSpace, records: list[dict], stage: str) -> list[dict]:
     out (they teach the wall, which the new teacher's own masks already enforce)."""
     out = []
     for r in records:
-        if r["stage"] != stage or r["failure"] is not None or r["reward"] <= -1:
+        if STAGES.get(r["stage"]) != stage or r["failure"] is not None or r["reward"] <= -1:
             continue
         spec = StudentSpec.from_dict(r["spec"])
-        # the shrink stage started from a spec that removed what this one removes, at full width
+        # the shrink stage started from a spec that removed what this one removes, at full width (a
+        # refine's spec is one the shrink stage could have proposed, and is read as such)
         base = StudentSpec(spec.removed, tuple(1.0 for _ in spec.ratios)) if stage == "shrink" else None
         env = CompressionEnv(space, evaluator=None, stage=stage, base_spec=base)
         if stage == "removal":

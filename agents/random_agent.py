@@ -44,7 +44,7 @@ class RandomAgent(Agent):
 class UniformShrinkAgent(Agent):
     """Shrink stage only: every shrinkable unit at the same ratio, one candidate per ratio (< 1).
 
-    In the removal stage it proposes nothing (finished at once)."""
+    In the removal and refine stages it proposes nothing (finished at once)."""
 
     name = "uniform"
 
@@ -53,7 +53,7 @@ class UniformShrinkAgent(Agent):
     def __init__(self, env, seed: int = 0, options: NoOptions | None = None):
         super().__init__(env, seed)
         ratios = sorted((r for r in env.space.ratios if r < 1.0), reverse=True)
-        self.queue = [] if env.stage == "removal" else ratios
+        self.queue = ratios if env.stage == "shrink" else []
 
     @property
     def finished(self) -> bool:

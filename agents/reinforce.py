@@ -152,11 +152,11 @@ class ReinforceAgent(Agent):
                 self.policy = RemovalPolicy(self.cfg.hidden)
             else:
                 self.policy = ShrinkPolicy(len(env.space.ratios), self.cfg.hidden)
-        policy = resolve_policy(self.cfg.policy, env.stage, env.space, self.cfg.hidden)
+        policy = resolve_policy(self.cfg.policy, env.kind, env.space, self.cfg.hidden)
         if policy is not None:
-            self.load_policy(policy_folder(policy, env.stage))
+            self.load_policy(policy_folder(policy, env.kind))
         self.started_from = policy or "fresh"
-        self.opt = torch.optim.Adam(self.policy.parameters(), lr=self.cfg.lr_for(env.stage))
+        self.opt = torch.optim.Adam(self.policy.parameters(), lr=self.cfg.lr_for(env.kind))
         self.gen = torch.Generator().manual_seed(seed)
         self.baseline: float | None = None
         self.updates = 0
@@ -280,11 +280,11 @@ class ReinforceAgent(Agent):
     # -- transfer ---------------------------------------------------------------------------------
     def save_policy(self, folder) -> Path:
         """The policy alone (safetensors + JSON), to start a search on another teacher."""
-        return write_policy(self.policy, self.env.stage, self.env.space.ratios, folder, asdict(self.cfg))
+        return write_policy(self.policy, self.env.kind, self.env.space.ratios, folder, asdict(self.cfg))
 
     def load_policy(self, folder) -> None:
         folder = Path(folder)
-        problem = policy_problem(folder, self.env.stage, list(self.env.space.ratios), self.cfg.hidden)
+        problem = policy_problem(folder, self.env.kind, list(self.env.space.ratios), self.cfg.hidden)
         if problem:
             raise AgentOptionError(f"policy: {problem}")
         self.policy.load_state_dict(load_file(str(folder / "policy.safetensors")), strict=True)

@@ -52,6 +52,12 @@ VARIANTS = {  # agent name -> config overrides beyond the shared ones
     # the shipped policy with each candidate's layers first re-fit to the teacher's features by least
     # squares on 512 training samples (README: "Starting from the teacher's features")
     "reinforce-reconstruct": {"search.agent_options": {"policy": "pretrained"}, "distill.reconstruct": 512},
+    # the shipped policy with a refine stage (a shrink that only narrows the shrink stage's best),
+    # the same 70 candidates split 20 / 30 / 20
+    "reinforce-refine": {"search.agent_options": {"policy": "pretrained"}, "search.stages": ["removal", "shrink", "refine"],
+                         "search.removal_budget": 20, "search.shrink_budget": 30, "search.refine_budget": 20},
+    "optuna-refine": {"search.agent": "optuna", "search.stages": ["removal", "shrink", "refine"],
+                      "search.removal_budget": 20, "search.shrink_budget": 30, "search.refine_budget": 20},
     # a policy `n2n policy fit` wrote, named by --policy DIR (a candidate for the next shipped one)
     "reinforce-policy": {},
     # multi-fidelity by a cheaper first fidelity: 1 distillation epoch per candidate instead of 3,

@@ -2,7 +2,7 @@
 
 import gymnasium
 
-from .compression import CompressionEnv, LayerRemovalEnv, LayerShrinkEnv, demo_space
+from .compression import STAGES, CompressionEnv, LayerRemovalEnv, LayerShrinkEnv, demo_space
 from .proxy import ProxyEvaluator
 from .reward import INVALID_REWARD, Evaluation, Reference, RewardConfig, compression, reward, size_of, within_drop
 
@@ -14,7 +14,7 @@ for _id, _cls in zip(ENV_IDS, ("LayerRemovalEnv", "LayerShrinkEnv")):
         gymnasium.register(id=_id, entry_point=f"envs.compression:{_cls}")
 
 __all__ = [
-    "CompressionEnv", "LayerRemovalEnv", "LayerShrinkEnv", "demo_space", "ProxyEvaluator",
+    "STAGES", "CompressionEnv", "LayerRemovalEnv", "LayerShrinkEnv", "demo_space", "ProxyEvaluator",
     "INVALID_REWARD", "Evaluation", "Reference", "RewardConfig", "compression", "reward", "size_of", "within_drop",
     "ENV_IDS",
 ]

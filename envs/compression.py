@@ -15,6 +15,8 @@ from .reward import INVALID_REWARD, Evaluation, Reference, RewardConfig, reward
 
 Evaluator = Callable[[StudentSpec], Evaluation]
 KEEP, REMOVE = 0, 1
+# stage -> the kind of decision it takes per unit (and so the policy that takes it)
+STAGES = {"removal": "removal", "shrink": "shrink", "refine": "shrink"}
 
 
 class CompressionEnv(gym.Env):
@@ -24,14 +26,17 @@ class CompressionEnv(gym.Env):
     decision per unit; the student built from those decisions is scored once, at the end.
     Stage ``"removal"`` decides keep/remove per unit; stage ``"shrink"`` starts from `base_spec`
     (by default the identity; in a search, the best removal result) and picks a width ratio for
-    every unit the base keeps.
+    every unit the base keeps; stage ``"refine"`` is a shrink that only narrows: from `base_spec`
+    (in a search, the best shrink result) each unit keeps its ratio or takes a smaller one, so its
+    candidates explore the base's neighbourhood on the small side.
 
     ## Action Space
     ``removal``: ``Discrete(2)``: 0 keep, 1 remove.
-    ``shrink``: ``Discrete(len(space.ratios))``: index into ``space.ratios``.
+    ``shrink`` and ``refine``: ``Discrete(len(space.ratios))``: index into ``space.ratios``.
     ``info["action_mask"]`` (int8, one entry per action) marks the allowed actions of the current
-    unit. A masked action is never applied: the unit keeps its default (keep / ratio 1.0) and
-    ``info["applied_action"]`` says what was applied.
+    unit (``refine``: the ratios up to the base's). A masked action is never applied: the unit keeps
+    its default (keep / ratio 1.0 / refine: the base's ratio) and ``info["applied_action"]`` says
+    what was applied.
 
     ## Observation Space
     A ``Dict``, padded to ``max_units`` rows:
@@ -60,8 +65,8 @@ class CompressionEnv(gym.Env):
 
     ## Arguments
     ``space``: a SearchSpace (default: a small demo teacher). ``evaluator``: spec -> Evaluation,
-    or None to defer (default: ``ProxyEvaluator`` on the demo space). ``stage``: "removal" or
-    "shrink". ``base_spec``: where shrinking starts. ``reward_config``: ``RewardConfig``.
+    or None to defer (default: ``ProxyEvaluator`` on the demo space). ``stage``: "removal",
+    "shrink" or "refine". ``base_spec``: where shrinking starts. ``reward_config``: ``RewardConfig``.
     ``reference``: the teacher's figures (default: the space's params/FLOPs and the evaluator's
     ``ref_accuracy``). ``max_units``: padding length (default 64, or the teacher's unit count when it has more).
 
@@ -75,8 +80,8 @@ class CompressionEnv(gym.Env):
                  stage: str = "removal", base_spec: StudentSpec | None = None,
                  reward_config: RewardConfig = RewardConfig(), reference: Reference | None = None,
                  max_units: int | None = None):
-        if stage not in ("removal", "shrink"):
-            raise ValueError(f"stage: expected 'removal' or 'shrink', got {stage!r}")
+        if stage not in STAGES:
+            raise ValueError(f"stage: expected one of {list(STAGES)}, got {stage!r}")
         if space is None:
             space = demo_space()
         if evaluator == "proxy":
@@ -87,6 +92,7 @@ class CompressionEnv(gym.Env):
         if space.n_units > max_units:
             raise ValueError(f"the teacher has {space.n_units} units, more than max_units={max_units}; raise max_units")
         self.space, self.evaluator, self.stage = space, evaluator, stage
+        self.kind = STAGES[stage]  # the kind of decision: what a policy for this stage decides
         self.base = base_spec or space.identity()
         reason = space.validate(self.base)
         if reason:
@@ -120,15 +126,17 @@ class CompressionEnv(gym.Env):
         u = self.space.units[unit]
         if self.stage == "removal":
             return np.array([1, int(u.removable)], np.int8)
-        if u.shrinkable:
-            return np.ones(len(self.space.ratios), np.int8)
-        return np.array([r == 1.0 for r in self.space.ratios], np.int8)
+        top = self.base.ratios[unit] if self.stage == "refine" else 1.0  # refine only narrows
+        return np.array([r <= top + 1e-9 if u.shrinkable else r == 1.0 for r in self.space.ratios], np.int8)
 
     def action_mask(self, unit: int) -> np.ndarray:
         return self._masks[unit].copy()
 
     def default_action(self, unit: int) -> int:
-        return KEEP if self.stage == "removal" else self.space.ratios.index(1.0)
+        if self.stage == "removal":
+            return KEEP
+        r = self.base.ratios[unit] if self.stage == "refine" else 1.0
+        return min(range(len(self.space.ratios)), key=lambda a: abs(self.space.ratios[a] - r))
 
     def spec_from_actions(self, actions: dict[int, int]) -> StudentSpec:
         """The spec that actions {unit: action} (over this stage's units) give, masks applied."""

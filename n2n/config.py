@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from envs import RewardConfig, within_drop
+from envs import STAGES, RewardConfig, within_drop
 from search_spaces import DEFAULT_RATIOS
 
 from .errors import ConfigError
@@ -32,6 +32,7 @@ class SearchConfig:
     stages: list[str] = field(default_factory=lambda: ["removal", "shrink"])
     removal_budget: int = 30  # candidates trained in the removal stage
     shrink_budget: int = 40  # candidates trained in the shrink stage
+    refine_budget: int = 20  # candidates trained in the refine stage (only narrows the shrink stage's best)
     ratios: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
     concurrency: int = 2  # trials running at once
     agent_options: dict = field(default_factory=dict)  # passed to the agent (e.g. {batch_size: 10})
@@ -125,10 +126,13 @@ class Config:
         s = self.search
         checks = [
             (s.agent in ("reinforce", "optuna", "random", "uniform"), f"search.agent: expected reinforce, optuna, random or uniform, got {s.agent!r}"),
-            (s.stages and all(x in ("removal", "shrink") for x in s.stages) and len(set(s.stages)) == len(s.stages),
-             f"search.stages: expected a list of 'removal' and/or 'shrink', got {s.stages!r}"),
+            (s.stages and all(x in STAGES for x in s.stages) and len(set(s.stages)) == len(s.stages),
+             f"search.stages: expected a list of 'removal', 'shrink' and/or 'refine', each once, got {s.stages!r}"),
+            ("refine" not in s.stages or "shrink" in s.stages[:s.stages.index("refine")],
+             f"search.stages: refine narrows the shrink stage's best, so it comes after shrink; got {s.stages!r}"),
             (s.removal_budget >= 0, f"search.removal_budget: expected >= 0, got {s.removal_budget}"),
             (s.shrink_budget >= 0, f"search.shrink_budget: expected >= 0, got {s.shrink_budget}"),
+            (s.refine_budget >= 0, f"search.refine_budget: expected >= 0, got {s.refine_budget}"),
             (s.concurrency >= 1, f"search.concurrency: expected >= 1, got {s.concurrency}"),
             (1.0 in s.ratios and all(0 < r <= 1 for r in s.ratios), f"search.ratios: expected values in (0, 1] including 1.0, got {s.ratios}"),
             (s.max_asks_per_candidate >= 1, f"search.max_asks_per_candidate: expected >= 1, got {s.max_asks_per_candidate}"),
@@ -207,7 +211,7 @@ class Config:
 
         policy = s.agent_options.get("policy", ReinforceConfig.policy)
         hidden = s.agent_options.get("hidden", ReinforceConfig.hidden)
-        stages = [st for st in s.stages if st in ("removal", "shrink")]
+        stages = sorted({STAGES[st] for st in s.stages})  # the policies the stages use (refine: shrink's)
         if policy == "auto":
             from agents.reinforce import resolve_policy
 
@@ -228,7 +232,7 @@ class Config:
         return space_for(teacher, tuple(input_shape), self.search.ratios, uniform=self.search.uniform_widths, arch=arch)
 
     def budget(self, stage: str) -> int:
-        return self.search.removal_budget if stage == "removal" else self.search.shrink_budget
+        return getattr(self.search, f"{stage}_budget")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from agents import AgentOptionError
-from envs import Reference
+from envs import STAGES, Reference
 from search_spaces import output_gap
 
 from . import data as data_mod
@@ -47,7 +47,7 @@ def _setdefault_env():
 
 
 def make_driver(cfg: Config, space, meta: dict, run_dir: Path | None, log=print) -> SearchDriver:
-    budgets = {"removal": cfg.search.removal_budget, "shrink": cfg.search.shrink_budget, "finalists": cfg.finalists.k}
+    budgets = {**{s: cfg.budget(s) for s in cfg.search.stages}, "finalists": cfg.finalists.k}
     stages = cfg.search.stages + (["finalists"] if cfg.finalists.k else [])
     try:
         return SearchDriver(space, Reference(**meta["reference"]), agent=cfg.search.agent, stages=stages,
@@ -207,8 +207,8 @@ def policy_files(cfg: Config) -> dict[str, Path]:
     root = cfg.policy_folder()
     if root is None:
         return {}
-    return {f"{POLICY}/{stage}/{name}": root / stage / name for stage in cfg.search.stages
-            if stage in ("removal", "shrink") for name in ("policy.json", "policy.safetensors")}
+    return {f"{POLICY}/{kind}/{name}": root / kind / name for kind in {STAGES[s] for s in cfg.search.stages}
+            for name in ("policy.json", "policy.safetensors")}
 
 
 def _check_address(address: str) -> None:

@@ -59,6 +59,22 @@ def test_stages_budgets_and_rewards(space):
     assert d.summary()["best"]["reward"] == max(r["reward"] for r in d.records)
 
 
+@pytest.mark.parametrize("agent", ["reinforce", "optuna", "random"])
+def test_refine_narrows_the_best_shrink_spec(space, agent):
+    proxy = ProxyEvaluator(space)
+    d = _driver(space, agent=agent, stages=["removal", "shrink", "refine"],
+                budgets={"removal": 6, "shrink": 6, "refine": 6}, agent_options={"batch_size": 3} if agent == "reinforce" else {})
+    _drive(d, space, proxy)
+    assert [r["stage"] for r in d.records] == ["removal"] * 6 + ["shrink"] * 6 + ["refine"] * 6
+    base = max(d.records[6:12], key=lambda r: r["reward"])["spec"]
+    for r in d.records[12:]:
+        assert r["spec"]["removed"] == base["removed"]
+        assert all(a <= b for a, b in zip(r["spec"]["ratios"], base["ratios"]))  # never wider than the base
+        assert r["spec"]["ratios"] != base["ratios"]  # the base itself is known: never trained again
+    if agent == "reinforce":  # refine takes the shrink policy's kind of decision
+        assert type(d.agent).__name__ == "ReinforceAgent" and d.agent.env.kind == "shrink"
+
+
 def test_known_specs_are_not_trained_again(space):
     proxy = ProxyEvaluator(space)
     d = _driver(space, agent="uniform", stages=["shrink"], budgets={"removal": 0, "shrink": 20}, agent_options={})

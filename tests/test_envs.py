@@ -133,6 +133,31 @@ def test_shrink_stage_starts_from_the_base_and_skips_its_removed_units():
         CompressionEnv(space, stage="shrink", base_spec=space.identity().with_removed([space.n_units - 1]))
 
 
+def test_refine_stage_only_narrows_its_base():
+    space = demo_space()
+    half, quarter = space.ratios.index(0.5), space.ratios.index(0.25)
+    shrinkable = [i for i, u in enumerate(space.units) if u.shrinkable]
+    base = space.identity().with_ratios([0.5 if i == shrinkable[0] else 1.0 for i in range(space.n_units)])
+    env = CompressionEnv(space, evaluator=None, stage="refine", base_spec=base)
+    assert env.kind == "shrink" and env.action_space.n == len(space.ratios)
+    # the unit at 0.5 may take 0.25 or stay; the others anything up to 1.0; fixed units only 1.0
+    allowed = {u: [space.ratios[a] for a in np.flatnonzero(env.action_mask(u))] for u in env.active}
+    assert allowed[shrinkable[0]] == [0.25, 0.5]
+    assert all(allowed[u] == list(space.ratios) for u in shrinkable[1:])
+    assert all(allowed[u] == [1.0] for u in env.active if u not in shrinkable)
+    # a wider ratio than the base's is masked: the unit keeps the base's, never widens
+    obs, _, info = _play(env, [space.ratios.index(1.0)] * len(env.active))
+    assert info["spec"] == base and env.default_action(shrinkable[0]) == half
+    _, _, info = _play(env, [quarter] * len(env.active))
+    assert info["spec"].ratios == tuple(0.25 if u in shrinkable else 1.0 for u in range(space.n_units))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(CompressionEnv(space, stage="refine", base_spec=base), skip_render_check=True)
+    assert [str(w.message) for w in caught] == []
+    with pytest.raises(ValueError, match="expected one of \\['removal', 'shrink', 'refine'\\], got 'grow'"):
+        CompressionEnv(space, stage="grow")
+
+
 def test_proxy_evaluator_has_a_known_best_region():
     space = demo_space()
     proxy = ProxyEvaluator(space)
