@@ -4,9 +4,9 @@ The Tune searcher (n2n.searcher) is a thin adapter over `SearchDriver`:
 ``suggest(trial_id)`` -> a trial config, None (wait) or FINISHED; ``complete(trial_id, metrics)``.
 Its whole state (agents included) is plain data + tensors, saved with every experiment snapshot.
 
-Stages run in order (removal, then shrink from the best removal spec); every reward is relative to
-the original teacher. A spec evaluated before is never trained again: its cached result is handed
-to the agent. Invalid specs never reach the driver (the env rejects them for free).
+Stages run in order (removal; shrink from the best removal spec; refine, when asked for, from the
+best shrink spec); every reward is relative to the original teacher. A spec evaluated before is
+never trained again: its cached result is handed to the agent. Invalid specs never reach the driver (the env rejects them for free).
 
 With a run folder, the state is written there (n2n.runfolder) after every step that changes it, and
 before candidates.json: a resume continues from it with a fresh Tune experiment, first re-issuing
