@@ -129,6 +129,12 @@ class CompressionEnv(gym.Env):
         top = self.base.ratios[unit] if self.stage == "refine" else 1.0  # refine only narrows
         return np.array([r <= top + 1e-9 if u.shrinkable else r == 1.0 for r in self.space.ratios], np.int8)
 
+    @property
+    def fixed(self) -> bool:
+        """No unit has a choice, so the only spec this stage can give is its base (a teacher with
+        nothing removable; a refine whose base already has every unit at the smallest ratio)."""
+        return all(self._masks[i].sum() <= 1 for i in self.active)
+
     def action_mask(self, unit: int) -> np.ndarray:
         return self._masks[unit].copy()
 

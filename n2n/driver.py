@@ -137,14 +137,23 @@ class SearchDriver:
 
     def _stage_done(self) -> bool:
         s = self.stage
-        return (self.trained(s) + self.in_flight() >= self.budgets[s] or self.agent.finished
+        return (self.trained(s) + self.in_flight() >= self.budgets[s] or self.agent.finished or self._fixed()
                 or self.asks > self.max_asks * max(self.budgets[s], 1))
+
+    def _fixed(self) -> bool:
+        """The stage has nothing to choose (CompressionEnv.fixed): it ends at once instead of asking
+        its agent max_asks times for a spec other than its base."""
+        return getattr(getattr(self.agent, "env", None), "fixed", False)
 
     def _advance(self):
         done = self.stage
         if self.trained(done) < self.budgets[done]:
             if done == "removal" and not any(u.removable for u in self.space.units):
                 why = "the teacher has no removable units (layers or blocks whose output has their input's shape)"
+            elif self._fixed():
+                why = {"shrink": "no unit it keeps can be shrunk",
+                       "refine": "every unit the shrink stage's best keeps is already at the smallest ratio it can "
+                                 "take: nothing narrower to try"}.get(done, "no unit has a choice")
             elif self.asks > self.max_asks * max(self.budgets[done], 1):
                 why = "the agent kept proposing known specs"
             else:

@@ -75,6 +75,24 @@ def test_refine_narrows_the_best_shrink_spec(space, agent):
         assert type(d.agent).__name__ == "ReinforceAgent" and d.agent.env.kind == "shrink"
 
 
+def test_a_refine_with_nothing_narrower_ends_at_once_and_says_why(space):
+    """A shrink stage's best already at the smallest ratio leaves refine only its base (known): the
+    stage ends before asking its agent for anything, instead of after max_asks fruitless proposals."""
+    said = []
+    smallest = StudentSpec((), tuple(min(space.ratios) if u.shrinkable else 1.0 for u in space.units))
+    for base, fixed in ((smallest, True), (space.identity(), False)):
+        d = _driver(space, agent="random", stages=["refine"], budgets={"refine": 3}, agent_options={}, log=said.append)
+        d.base, d.agent = base, d._make_agent("refine", base)
+        assert d.agent.env.fixed is fixed
+        out = d.suggest("t0")
+        if fixed:
+            assert out == FINISHED and d.asks == 0 and d.records == []
+            assert said[0] == ("stage refine ended after 0 of 3 candidates: every unit the shrink stage's best keeps "
+                               "is already at the smallest ratio it can take: nothing narrower to try")
+        else:
+            assert all(a <= 1.0 for a in out["spec"]["ratios"]) and out["spec"]["ratios"] != list(base.ratios)
+
+
 def test_known_specs_are_not_trained_again(space):
     proxy = ProxyEvaluator(space)
     d = _driver(space, agent="uniform", stages=["shrink"], budgets={"removal": 0, "shrink": 20}, agent_options={})

@@ -64,10 +64,12 @@ def test_cli_teacher_train_and_refuses_to_overwrite(tmp_path):
     out = tmp_path / "teacher"
     cmd = [sys.executable, "-m", "n2n.cli", "teacher", "train", "--dataset", "digits", "--preset", "small",
            "--width-mult", "0.5", "--hidden", "16", "--epochs", "6", "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dataset"] == "digits" and 0.5 < metrics["test_accuracy"] <= 1.0
+    # what else decides the weights, recorded: the thread count sets the order of float sums
+    assert metrics["trained_on"] == {"device": "cpu", "torch_threads": 1, "torch": torch.__version__}
     before = (out / "model.safetensors").read_bytes()
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 2
