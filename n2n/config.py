@@ -29,9 +29,9 @@ class TeacherConfig:
 @dataclass
 class SearchConfig:
     agent: str = "reinforce"  # reinforce | optuna | random | uniform (uniform: shrink stage only)
-    stages: list[str] = field(default_factory=lambda: ["removal", "shrink"])
-    removal_budget: int = 30  # candidates trained in the removal stage
-    shrink_budget: int = 40  # candidates trained in the shrink stage
+    stages: list[str] = field(default_factory=lambda: ["removal", "shrink", "refine"])
+    removal_budget: int = 20  # candidates trained in the removal stage
+    shrink_budget: int = 30  # candidates trained in the shrink stage
     refine_budget: int = 20  # candidates trained in the refine stage (only narrows the shrink stage's best)
     ratios: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
     concurrency: int = 2  # trials running at once

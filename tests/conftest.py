@@ -53,6 +53,7 @@ search:
   agent: reinforce
   removal_budget: 6
   shrink_budget: 6
+  refine_budget: 2
   concurrency: 2
   agent_options: {batch_size: 3}
 distill:

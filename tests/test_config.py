@@ -154,4 +154,4 @@ def test_an_empty_set_value_is_refused_not_read_as_null(capsys):
 def test_overrides_and_types(tmp_path):
     cfg = load_config(None, {"search.agent": "optuna", "distill.lr": 1, "reward.max_params": 5000})
     assert cfg.search.agent == "optuna" and cfg.distill.lr == 1.0 and isinstance(cfg.distill.lr, float)
-    assert cfg.reward.max_params == 5000 and cfg.budget("removal") == 30
+    assert cfg.reward.max_params == 5000 and cfg.budget("removal") == 20 and cfg.budget("refine") == 20

@@ -293,7 +293,7 @@ def test_a_module_teacher_searched_and_exported_from_the_command_line_loads_as_m
                               capture_output=True, text=True, timeout=600)
 
     tiny = ["--set", "teacher.path=t", "--set", "teacher.dataset=mnist1d", "--set", "search.removal_budget=2",
-            "--set", "search.shrink_budget=2", "--set", "distill.epochs=1", "--set", "finalists.k=0",
+            "--set", "search.shrink_budget=2", "--set", "search.refine_budget=1", "--set", "distill.epochs=1", "--set", "finalists.k=0",
             "--set", "latency.repeats=0", "--set", "target.max_accuracy_drop=null"]
     searched = cli("search", "--name", "r", *tiny)
     assert searched.returncode == 0, searched.stderr[-2000:]

@@ -241,10 +241,10 @@ def test_policy_fit_command_learns_from_a_run_and_starts_the_next_search(ray_ses
     assert (first / "policy" / "shrink" / "policy.safetensors").read_bytes() == (PRETRAINED / "shrink" / "policy.safetensors").read_bytes()
     out = tmp_path / "policy"
     assert main(["policy", "fit", str(first), "--out", str(out), "--steps", "20"]) == 0
-    for stage in ("removal", "shrink"):
+    for stage, episodes in (("removal", 6), ("shrink", 6 + 2)):  # refine's 2 candidates are shrink episodes
         meta = json.loads((out / stage / "policy.json").read_text())
         assert meta["stage"] == stage and meta["pretrained"]["runs"] == ["first"]
-        assert meta["pretrained"]["episodes"] == 6 and meta["pretrained"]["steps"] == 20
+        assert meta["pretrained"]["episodes"] == episodes and meta["pretrained"]["steps"] == 20
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy", "runs", "tiny.yaml"]  # no temp folder left
 
     # a taken --out is refused, untouched
@@ -260,7 +260,7 @@ def test_policy_fit_command_learns_from_a_run_and_starts_the_next_search(ray_ses
     monkeypatch.chdir(tmp_path)  # a relative policy folder is recorded absolute: resumes may run elsewhere
     cfg = load_config(tiny_config, {"search.agent_options": {"policy": "policy"}})
     summary = run_search(cfg, second, log=lambda *_: None)
-    assert summary["stage"] == "done" and summary["candidates_evaluated"] == 12
+    assert summary["stage"] == "done" and summary["candidates_evaluated"] == 6 + 6 + 2
     assert json.loads((second / "n2n.json").read_text())["config"]["search"]["agent_options"] == {"policy": str(out)}
     for stage in ("removal", "shrink"):  # the run keeps a copy of what it started from
         for name in ("policy.json", "policy.safetensors"):

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 # One trial at a time makes the whole search deterministic, so the resumed run must match an
 # uninterrupted one candidate for candidate.
-OVERRIDES = ["search.concurrency=1", "search.removal_budget=8", "search.shrink_budget=4", "distill.epochs=2"]
+OVERRIDES = ["search.concurrency=1", "search.removal_budget=8", "search.shrink_budget=4", "search.refine_budget=2", "distill.epochs=2"]
 
 
 def _records(run):
@@ -119,7 +119,7 @@ def test_kills_at_random_moments_then_resume_matches_an_uninterrupted_search(ray
 
     after = _records(run)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["stage"] == "done" and summary["candidates_per_stage"] == {"removal": 8, "shrink": 4}
+    assert summary["stage"] == "done" and summary["candidates_per_stage"] == {"removal": 8, "shrink": 4, "refine": 2}
     trained = (run / "results" / "trained.log").read_text().split()
     assert len(trained) == len(set(trained)), "a candidate was trained twice"
     assert sorted(trained) == sorted(r["key"] for r in after)

@@ -34,8 +34,8 @@ def test_search_end_to_end(ray_session, tiny_config, tmp_path):
     summary = run_search(load_config(tiny_config), run, log=lambda *_: None)
     recs = _records(run)
     assert summary["stage"] == "done"
-    assert summary["candidates_per_stage"] == {"removal": 6, "shrink": 6}
-    assert len(recs) == summary["candidates_evaluated"] == 12
+    assert summary["candidates_per_stage"] == {"removal": 6, "shrink": 6, "refine": 2}
+    assert len(recs) == summary["candidates_evaluated"] == 14
     keys = [r["key"] for r in recs]
     assert len(set(keys)) == len(keys)  # no spec trained twice
     trained = (run / "results" / "trained.log").read_text().split()
@@ -52,6 +52,11 @@ def test_search_end_to_end(ray_session, tiny_config, tmp_path):
     for r in recs:
         if r["stage"] == "shrink":
             assert r["spec"]["removed"] == best_removal["spec"]["removed"]
+    # refine candidates (the default's third stage) only narrow the best shrink spec
+    best_shrink = max((r for r in recs if r["stage"] == "shrink"), key=lambda r: r["reward"])["spec"]
+    for r in (r for r in recs if r["stage"] == "refine"):
+        assert r["spec"]["removed"] == best_shrink["removed"]
+        assert all(a <= b for a, b in zip(r["spec"]["ratios"], best_shrink["ratios"])) and r["spec"] != best_shrink
     best = max(recs, key=lambda r: r["reward"])
     assert summary["best"]["key"] == best["key"] and summary["best"]["val_accuracy"] == best["accuracy"]
     # one policy update per batch of 3 episodes; every candidate is an episode, and so is every spec the
@@ -59,7 +64,7 @@ def test_search_end_to_end(ray_session, tiny_config, tmp_path):
     assert all(summary["agent_updates"][stage] >= 6 // 3 for stage in ("removal", "shrink"))
     assert summary["teacher"]["params"] == ref.params and 0.8 < summary["teacher"]["val_accuracy"] <= 1
     story = (run / "n2n.log").read_text()  # the run keeps what was printed, line by line
-    assert story.count("] reward ") == 12 and "search finished: 12 candidates trained" in story
+    assert story.count("] reward ") == 14 and "search finished: 14 candidates trained" in story
     # the distillation targets stay with the run (resumes and export's fine-tune read them back)
     opened = OpenRun.open(run)
     kept = load_weights(run / "teacher_logits.safetensors")["logits"]
@@ -250,11 +255,11 @@ def test_resnet_teacher_on_2d_images_through_the_same_search(ray_session, tmp_pa
     """A 2D ResNet on digits goes through the same trials, driver and export as the default CNN."""
     cfg = load_config(None, {"teacher.recipe": {"dataset": "digits", "arch": "resnet", "preset": "resnet18",
                                                 "width_mult": 0.125, "epochs": 4},
-                             "search.removal_budget": 3, "search.shrink_budget": 3,
+                             "search.removal_budget": 3, "search.shrink_budget": 3, "search.refine_budget": 1,
                              "search.agent_options": {"batch_size": 3}, "distill.epochs": 1, "finalists.k": 0})
     run = tmp_path / "runs" / "resnet"
     summary = run_search(cfg, run, log=lambda *_: None)
-    assert summary["candidates_per_stage"] == {"removal": 3, "shrink": 3}
+    assert summary["candidates_per_stage"] == {"removal": 3, "shrink": 3, "refine": 1}
     assert summary["teacher"]["units"] == 4 + 8 + 1  # 4 streams, 8 blocks, the classifier
     metrics = export_best(run, tmp_path / "student", log=lambda *_: None, onnx=True)
     student = n2n.load_student(tmp_path / "student")
@@ -277,7 +282,7 @@ def test_finalists_and_a_target_decide_what_export_picks(ray_session, tiny_confi
     said = []
     summary = run_search(cfg, run, log=said.append)
     recs = _records(run)
-    assert summary["candidates_per_stage"] == {"removal": 4, "shrink": 4, "finalists": 2}
+    assert summary["candidates_per_stage"] == {"removal": 4, "shrink": 4, "refine": 2, "finalists": 2}
     finals = [r for r in recs if r["stage"] == "finalists"]
     assert all(r["epochs"] == 3 and r["key"].endswith("@3ep") for r in finals)
     teacher_acc = summary["teacher"]["val_accuracy"]

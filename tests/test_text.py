@@ -118,7 +118,7 @@ def test_minilm_journey_csv_to_teacher_to_search_to_pipeline(ray_session, tmp_pa
     assert (teacher / "tokenizer.json").exists() and metrics["split"]["max_length"] == 16
 
     cfg = load_config(None, {"teacher.path": str(teacher), "search.uniform_widths": True, "search.removal_budget": 3,
-                             "search.shrink_budget": 2, "search.agent_options": {"batch_size": 2},
+                             "search.shrink_budget": 2, "search.refine_budget": 1, "search.agent_options": {"batch_size": 2},
                              "distill.epochs": 2})
     run = tmp_path / "runs" / "text"
     summary = run_search(cfg, run, log=lambda *_: None)
