@@ -148,10 +148,9 @@ class SearchDriver:
     def _advance(self):
         done = self.stage
         if self.trained(done) < self.budgets[done]:
-            if done == "removal" and not any(u.removable for u in self.space.units):
-                why = "the teacher has no removable units (layers or blocks whose output has their input's shape)"
-            elif self._fixed():
-                why = {"shrink": "no unit it keeps can be shrunk",
+            if self._fixed():
+                why = {"removal": "the teacher has no removable units (layers or blocks whose output has their input's shape)",
+                       "shrink": "no unit it keeps can be shrunk",
                        "refine": "every unit the shrink stage's best keeps is already at the smallest ratio it can "
                                  "take: nothing narrower to try"}.get(done, "no unit has a choice")
             elif self.asks > self.max_asks * max(self.budgets[done], 1):
