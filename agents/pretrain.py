@@ -28,19 +28,21 @@ PRETRAINED = Path(__file__).parent / "pretrained"  # the shipped policies: remov
 
 
 def episodes(space: SearchSpace, records: list[dict], stage: str) -> list[dict]:
-    """The stage's evaluated episodes as the agent would have taken them: per record, the active
-    units' features (T, F), actions (T,), masks (T, K) and its reward. Failed and invalid ones are left
-    out (they teach the wall, which the new teacher's own masks already enforce)."""
+    """The evaluated episodes of one stage of a search (removal, shrink or refine) as the agent of its
+    policy (envs.STAGES) would have taken them: per record, the active units' features (T, F),
+    actions (T,), masks (T, K) and its reward. Failed and invalid ones are left out (they teach the
+    wall, which the new teacher's own masks already enforce)."""
     out = []
+    kind = STAGES[stage]
     for r in records:
-        if STAGES.get(r["stage"]) != stage or r["failure"] is not None or r["reward"] <= -1:
+        if r["stage"] != stage or r["failure"] is not None or r["reward"] <= -1:
             continue
         spec = StudentSpec.from_dict(r["spec"])
         # the shrink stage started from a spec that removed what this one removes, at full width (a
         # refine's spec is one the shrink stage could have proposed, and is read as such)
-        base = StudentSpec(spec.removed, tuple(1.0 for _ in spec.ratios)) if stage == "shrink" else None
-        env = CompressionEnv(space, evaluator=None, stage=stage, base_spec=base)
-        if stage == "removal":
+        base = StudentSpec(spec.removed, tuple(1.0 for _ in spec.ratios)) if kind == "shrink" else None
+        env = CompressionEnv(space, evaluator=None, stage=kind, base_spec=base)
+        if kind == "removal":
             acts = [REMOVE if u in spec.removed else KEEP for u in env.active]
         elif all(spec.ratios[u] in space.ratios for u in env.active):
             acts = [space.ratios.index(spec.ratios[u]) for u in env.active]
@@ -64,7 +66,7 @@ def weights(groups: list[list[dict]], beta: float = 1.0, cap: float = 20.0) -> l
 
 def fit(stage: str, groups: list[list[dict]], n_ratios: int, hidden: int = 30, steps: int = 300,
         lr: float = 3e-3, beta: float = 1.0, entropy_coef: float = 0.01, seed: int = 0):
-    """A policy for `stage` fit to the episodes of `groups` (lists of episodes, one per search)."""
+    """A policy for `stage` fit to the episodes of `groups` (lists of episodes, one per stage of a search)."""
     torch.manual_seed(seed)
     policy = RemovalPolicy(hidden) if stage == "removal" else ShrinkPolicy(n_ratios, hidden)
     eps = [e for g in groups for e in g]

@@ -82,7 +82,8 @@ def analyse(run_dir: Path, drop: float) -> dict:
     tp, tv = teacher["params"], teacher["val_accuracy"]
     recs = read_records(run_dir)
     search = [r for r in recs if r["stage"] != "finalists"]
-    out = {"candidates": len(search), "wall_seconds": summary["wall_seconds"],
+    out = {"candidates": len(search), "candidates_per_stage": summary.get("candidates_per_stage"),
+           "wall_seconds": summary["wall_seconds"],
            "within_1_val": largest_within(search, tp, tv, 1.0), "within_2_val": largest_within(search, tp, tv, 2.0),
            "anytime_within_drop_val": [largest_within(search[:n], tp, tv, drop)
                                        for n in range(10, len(search) + 10, 10)]}

@@ -32,7 +32,7 @@ class SearchConfig:
     stages: list[str] = field(default_factory=lambda: ["removal", "shrink", "refine"])
     removal_budget: int = 20  # candidates trained in the removal stage
     shrink_budget: int = 30  # candidates trained in the shrink stage
-    refine_budget: int = 20  # candidates trained in the refine stage (only narrows the shrink stage's best)
+    refine_budget: int = 20  # candidates trained in the refine stage (only narrows the shrink stage's best); 0 skips it
     ratios: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
     concurrency: int = 2  # trials running at once
     agent_options: dict = field(default_factory=dict)  # passed to the agent (e.g. {batch_size: 10})
@@ -175,8 +175,15 @@ class Config:
         must pass them; one a run recorded is read as it is (its report, export and resume still work)."""
         s = self.search
         checks = [
-            (s.agent != "uniform" or "shrink" in s.stages,
-             f"search.stages: the uniform agent shrinks every layer by one ratio, so it needs the shrink stage; got {s.stages!r}"),
+            # its removal and refine stages would end at once, a search that is not the one asked for
+            (s.agent != "uniform" or s.stages == ["shrink"],
+             f"search.stages: the uniform agent shrinks every layer by one ratio, only in the shrink stage; "
+             f"expected [shrink], got {s.stages!r}"),
+            ("refine" not in s.stages or s.stages[s.stages.index("refine") - 1] == "shrink",
+             f"search.stages: refine narrows the shrink stage's best, so it comes right after shrink; got {s.stages!r}"),
+            ("refine" not in s.stages or s.shrink_budget >= 1,
+             f"search.shrink_budget: refine narrows the shrink stage's best, so the shrink stage needs >= 1 candidate; "
+             f"got {s.shrink_budget} (or drop refine from search.stages)"),
             (self.teacher.path is None or self.teacher.path.strip(),
              f"teacher.path: expected a teacher folder, or null for the recipe's teacher; got {self.teacher.path!r}"),
             (self.teacher.dataset is None or self.teacher.dataset.strip(),

@@ -162,12 +162,20 @@ class SearchDriver:
         self.stage_idx += 1
         self.asks = 0
         self.stage_started = self.wall_seconds()
+        best = self.best(stage="shrink" if self.stage == "refine" else done) if self.stage else None
+        if self.stage == "refine" and best is None:
+            # narrowing another stage's best would be an unrestricted shrink under refine's name
+            self.log("stage refine skipped: the shrink stage has no valid student to narrow")
+            self.updates_done["refine"] = 0
+            self.stage_idx += 1
+        elif best is not None and self.stage != "finalists":
+            self.base = StudentSpec.from_dict(best["spec"])
+        self._start_stage()
+
+    def _start_stage(self):
         if self.stage is None:
             self.log(f"search finished: {len(self.records)} candidates trained")
             return
-        best = self.best(stage=done)
-        if best is not None and self.stage != "finalists":
-            self.base = StudentSpec.from_dict(best["spec"])
         self.agent = self._make_agent(self.stage, self.base)
         if self.stage == "finalists":
             specs = [self.space.describe(StudentSpec.from_dict(s)) for s in self.agent.specs]

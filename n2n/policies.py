@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from agents.pretrain import episodes, fit
+from envs import STAGES
 from agents import ReinforceConfig
 from agents.reinforce import write_policy
 
@@ -45,10 +46,12 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
         spaces.append(repr(space))
         kinds |= {u.kind for u in space.units}
         recs = read_records(run_dir)
-        for stage, g in groups.items():
+        for stage in ("removal", "shrink", "refine"):
+            # a refine stage's rewards sit in the shrink best's neighbourhood, above its shrink stage's:
+            # normalised together, the refine episodes would take most of the weight
             eps = episodes(space, recs, stage)
             if eps:
-                g.append(eps)
+                groups[STAGES[stage]].append(eps)
     if not any(groups.values()):
         raise ConfigError(f"no evaluated removal or shrink candidates in {', '.join(map(str, runs))}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +62,7 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
                 log(f"{stage}: no candidates in these runs; no {stage} policy written")
                 continue
             n = sum(len(e) for e in g)
-            log(f"{stage}: fitting to {n} candidates of {len(g)} searches ({steps} steps)")
+            log(f"{stage}: fitting to {n} candidates of {len(g)} search stages, rewards normalised per stage ({steps} steps)")
             meta = {"runs": [Path(r).name for r in runs], "teachers": sorted(set(spaces)),
                     "unit_kinds": sorted(kinds), "episodes": n, "steps": steps}
             write_policy(fit(stage, g, len(ratios), hidden=HIDDEN, steps=steps, seed=seed), stage, ratios, tmp / stage,

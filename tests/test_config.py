@@ -90,7 +90,13 @@ def test_a_run_made_before_targets_and_finalists_keeps_what_it_had():
     ("teacher: {recipe: {hidden: [64, 32]}}", "teacher.recipe.hidden (--hidden): expected one width for vgg (its one "
                                               "classifier layer), got [64, 32]"),
     ("search: {agent: uniform, stages: [removal]}", "search.stages: the uniform agent shrinks every layer by one ratio, "
-                                                    "so it needs the shrink stage; got ['removal']"),
+                                                    "only in the shrink stage; expected [shrink], got ['removal']"),
+    ("search: {agent: uniform}", "search.stages: the uniform agent shrinks every layer by one ratio, only in the shrink "
+                                 "stage; expected [shrink], got ['removal', 'shrink', 'refine']"),
+    ("search: {stages: [shrink, removal, refine]}", "search.stages: refine narrows the shrink stage's best, so it comes "
+                                                    "right after shrink; got ['shrink', 'removal', 'refine']"),
+    ("search: {shrink_budget: 0}", "search.shrink_budget: refine narrows the shrink stage's best, so the shrink stage "
+                                   "needs >= 1 candidate; got 0 (or drop refine from search.stages)"),
     # agent options are typed per agent and checked when the config is read, by name
     ("search: {agent_options: {batchsize: 3}}", "search.agent_options.batchsize: not an option of the reinforce agent; it takes ['batch_size'"),
     ("search: {agent_options: {batch_size: many}}", "search.agent_options.batch_size: expected int, got 'many'"),

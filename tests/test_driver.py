@@ -93,6 +93,25 @@ def test_a_refine_with_nothing_narrower_ends_at_once_and_says_why(space):
             assert all(a <= 1.0 for a in out["spec"]["ratios"]) and out["spec"]["ratios"] != list(base.ratios)
 
 
+def test_a_refine_with_no_shrink_best_is_skipped_not_run_as_a_shrink(space):
+    """helper-16: with every shrink trial failed, refine narrowed the removal stage's best from full
+    width, an unrestricted shrink under refine's name. It is skipped, and the log says why."""
+    proxy, said = ProxyEvaluator(space), []
+    d = _driver(space, stages=["removal", "shrink", "refine"], budgets={"removal": 6, "shrink": 4, "refine": 6},
+                log=said.append)
+    queue, n = [], 0
+    while (out := d.suggest(f"t{n}")) != FINISHED:
+        if out is None:
+            tid, cfg = queue.pop(0)
+            d.complete(tid, None if cfg["stage"] == "shrink" else _metrics(space, proxy, cfg), error=cfg["stage"] == "shrink")
+        else:
+            queue.append((f"t{n}", out))
+            n += 1
+    assert [r["stage"] for r in d.records] == ["removal"] * 6 + ["shrink"] * 4
+    assert "stage refine skipped: the shrink stage has no valid student to narrow" in said
+    assert said[-1] == "search finished: 10 candidates trained" and d.agent_updates()["refine"] == 0
+
+
 def test_known_specs_are_not_trained_again(space):
     proxy = ProxyEvaluator(space)
     d = _driver(space, agent="uniform", stages=["shrink"], budgets={"removal": 0, "shrink": 20}, agent_options={})

@@ -90,16 +90,18 @@ def test_episodes_rebuild_each_candidate_from_its_actions():
     recs = _records(space, proxy)
     recs.append({**recs[0], "failure": "CUDA out of memory"})  # failed: left out
     recs.append({**recs[1], "reward": -1.0})  # invalid: left out
-    for stage in ("removal", "shrink"):
+    # a refine stage's episodes are its own group (rewards normalised apart), read as shrink episodes
+    recs += [{**r, "stage": "refine", "reward": r["reward"] + 0.5} for r in recs if r["stage"] == "shrink"][:3]
+    for stage in ("removal", "shrink", "refine"):
         eps = episodes(space, recs, stage)
         mine = [r for r in recs if r["stage"] == stage and r["failure"] is None and r["reward"] > -1]
         assert len(eps) == len(mine) > 0
         for e, r in zip(eps, mine):
             base = None
-            if stage == "shrink":
+            if stage != "removal":
                 spec = StudentSpec.from_dict(r["spec"])
                 base = StudentSpec(spec.removed, (1.0,) * space.n_units)
-            env = CompressionEnv(space, evaluator=None, stage=stage, base_spec=base)
+            env = CompressionEnv(space, evaluator=None, stage="removal" if stage == "removal" else "shrink", base_spec=base)
             assert env.spec_from_actions(dict(zip(env.active, e["actions"]))).to_dict() == r["spec"]
             assert e["feats"].shape == (len(env.active), space.features().shape[1])
             assert e["reward"] == r["reward"]
@@ -241,6 +243,8 @@ def test_policy_fit_command_learns_from_a_run_and_starts_the_next_search(ray_ses
     assert (first / "policy" / "shrink" / "policy.safetensors").read_bytes() == (PRETRAINED / "shrink" / "policy.safetensors").read_bytes()
     out = tmp_path / "policy"
     assert main(["policy", "fit", str(first), "--out", str(out), "--steps", "20"]) == 0
+    # the shrink policy's episodes: the shrink stage's and the refine stage's, each normalised apart
+    assert "shrink: fitting to 8 candidates of 2 search stages" in capsys.readouterr().out
     for stage, episodes in (("removal", 6), ("shrink", 6 + 2)):  # refine's 2 candidates are shrink episodes
         meta = json.loads((out / stage / "policy.json").read_text())
         assert meta["stage"] == stage and meta["pretrained"]["runs"] == ["first"]
