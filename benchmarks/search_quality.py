@@ -1,7 +1,7 @@
 """Agents side by side on the default problem with a target: what student does each one find?
 
     python benchmarks/search_quality.py [--seeds 0 1 2] [--agents reinforce optuna random uniform n2n-published]
-                                        [--drop 1.0] [--removal 30] [--shrink 40] [--root DIR]
+                                        [--drop 1.0] [--removal 30] [--shrink 40] [--refine N] [--root DIR]
                                         [--dataset digits] [--name STEM]
     python benchmarks/search_quality.py --agents reinforce-policy --policy DIR   # a policy `n2n policy fit` wrote
     python benchmarks/search_quality.py --from DIR     # the figures again from finished run folders
@@ -146,6 +146,8 @@ def main():
     p.add_argument("--drop", type=float, default=1.0)
     p.add_argument("--removal", type=int, default=30)
     p.add_argument("--shrink", type=int, default=40)
+    p.add_argument("--refine", type=int, help="the variants with refine: --removal / --shrink / --refine candidates "
+                                              "instead of their 20 / 30 / 20 (e.g. 57 / 86 / 57 for 200)")
     p.add_argument("--dataset", default="mnist1d", choices=["mnist1d", "digits"], help="the teacher recipe's dataset")
     p.add_argument("--name", help="results file stem (default: search_quality, search_quality_digits)")
     p.add_argument("--root", help="where the run folders go (default: a new temp folder)")
@@ -176,6 +178,9 @@ def main():
                 over = {"seed": seed, "target.max_accuracy_drop": args.drop, "search.stages": ["removal", "shrink"],
                         "search.removal_budget": args.removal, "search.shrink_budget": args.shrink,
                         "teacher.recipe.dataset": args.dataset, **VARIANTS[agent]}
+                if args.refine is not None and "refine" in over["search.stages"]:
+                    over.update({"search.removal_budget": args.removal, "search.shrink_budget": args.shrink,
+                                 "search.refine_budget": args.refine})
                 start = time.perf_counter()
                 run_search(load_config(None, over), run, log=lambda *_: None)
                 print(f"{agent} seed {seed}: searched in {time.perf_counter() - start:.0f} s", flush=True)
