@@ -191,6 +191,7 @@ def main():
             row = {"agent": agent, "seed": seed, "exported_params": m["params"],
                    "exported_times_smaller": m["times_smaller"], "exported_val": m["val_accuracy"],
                    "exported_test": m["test_accuracy"], "teacher_test": m["teacher"]["test_accuracy"],
+                   "teacher_val": m["teacher"]["val_accuracy"], "teacher_params": m["teacher"]["params"],
                    "test_drop_points": round((m["teacher"]["test_accuracy"] - m["test_accuracy"]) * 100, 2),
                    "chosen_because": m["chosen_because"], **analyse(run, args.drop)}
             out["rows"] = [r for r in out["rows"] if (r["agent"], r["seed"]) != (agent, seed)] + [row]

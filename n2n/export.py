@@ -52,8 +52,9 @@ def _teacher_tokenizer(folder: Path):
 
 def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: bool = False, log=print,
                 factories=(), trim_vocab: bool = False, key: str | None = None, rank: int | None = None,
-                onnx: bool = False) -> dict:
+                onnx: bool = False, margin: float = 0.0) -> dict:
     """Write model.safetensors + spec.json + arch.json + metrics.json for the run's best student.
+    `margin`: points to spare on the accuracy target (n2n.pick.choose);
     `overwrite` replaces only an earlier export; `factories`: see `n2n.models.build_model`;
     `trim_vocab`: keep only the embeddings of tokens in the training texts (see n2n.vocab);
     `onnx`: also model.onnx, taking what `n2n.load_student` takes, checked with onnxruntime."""
@@ -77,7 +78,7 @@ def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: b
     check_teacher(meta)
     # fine-tuning takes minutes: hold the run, so no search or resume changes it meanwhile
     with RunLock(run_dir) if finetune_epochs else contextlib.nullcontext():
-        return _export(run_dir, out, meta, finetune_epochs, overwrite, log, factories, trim_vocab, key, rank, onnx)
+        return _export(run_dir, out, meta, finetune_epochs, overwrite, log, factories, trim_vocab, key, rank, onnx, margin)
 
 
 def _retokenised(ds, tokenizer):
@@ -94,13 +95,13 @@ def _retokenised(ds, tokenizer):
 
 
 def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: Path,
-           key: str | None = None, rank: int | None = None) -> tuple[dict, str]:
+           key: str | None = None, rank: int | None = None, margin: float = 0.0) -> tuple[dict, str]:
     """`n2n.pick.choose`: the rule summary.json and the search's last line use too, so all name the
     same student. Its weights must be in RUN/results: when they are not (remote storage that could
     not be reached, a folder copied without results/), that is said, and no other student is
     written in its place."""
     chosen, why = pick.choose(records, cfg.target, cfg.reward_config(), teacher_accuracy, cfg.early_stop.enabled,
-                              str(run_dir), key, rank)
+                              str(run_dir), key, rank, margin)
     if not (run_dir / "results" / f"{chosen['key']}.safetensors").is_file():
         where = (f"fetched from {cfg.resources.storage} (retry when it is reachable)" if cfg.resources.storage
                  else "there (was the run folder copied without results/?)")
@@ -138,19 +139,20 @@ def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: flo
     # The smallest student within the target on validation, picked among many noisy ones, tends to be
     # one whose validation figure is luckier than its true accuracy (the winner's curse).
     where = ("on validation too" if not out["met_on_val"] else
-             "though it meets it on validation, where it was picked among many (a margin helps: a smaller "
-             "target.max_accuracy_drop, or --rank / --key a larger finalist)")
+             "though it meets it on validation, where it was picked among many (a margin helps: export "
+             "again with --margin 0.25, or --rank / --key a larger finalist)")
     return out, (f"warning: on the test split this student is {drops['test_drop_points']:.2f} points below the "
                  f"teacher, past the target of {max_drop:g}, {where}")
 
 
 def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrite: bool, log, factories,
-            trim_vocab: bool = False, key: str | None = None, rank: int | None = None, onnx: bool = False) -> dict:
+            trim_vocab: bool = False, key: str | None = None, rank: int | None = None, onnx: bool = False,
+            margin: float = 0.0) -> dict:
     cfg = run_config(meta["config"])
     records = read_records(run_dir)
     if meta.get("results_store"):  # results a killed driver never fetched: before choosing among them
         Fetcher(meta["results_store"], run_dir, log).sync(r["key"] for r in records if r["failure"] is None)
-    chosen, why = choose(records, cfg, meta["reference"]["accuracy"], run_dir, key, rank)
+    chosen, why = choose(records, cfg, meta["reference"]["accuracy"], run_dir, key, rank, margin)
     best = {**chosen, "val_accuracy": chosen["accuracy"]}
     log(f"exporting {best['summary']} ({best['params']:,} params, {best['stage']}, val acc {best['accuracy']:.4f}): {why}")
     stopped = unfinished(run_dir)

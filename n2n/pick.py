@@ -41,12 +41,19 @@ def finalists(records: list[dict], k: int, drop: float | None, teacher_accuracy:
 
 
 def choose(records: list[dict], target, reward_config: RewardConfig, teacher_accuracy: float,
-           early_stop: bool, where: str, key: str | None = None, rank: int | None = None) -> tuple[dict, str]:
+           early_stop: bool, where: str, key: str | None = None, rank: int | None = None,
+           margin: float = 0.0) -> tuple[dict, str]:
     """The candidate to export and why. By default the smallest finalist that meets `target` (an
     n2n.config.TargetConfig; the finalists' longer distillation ranks students better than the
     search's brief one), else the best finalist, else the best candidate by reward; `key` or `rank`
-    (1 = best reward) pick any. Only candidates that `finished` can be chosen; `where` names the run
-    in errors."""
+    (1 = best reward) pick any. `margin` (points): the accuracy target must be met with that much
+    to spare on validation, where the smallest of several finalists is the one most flattered by
+    its noise (the winner's curse); when none does, the smallest that meets the target. Only
+    candidates that `finished` can be chosen; `where` names the run in errors."""
+    if margin and (target is None or target.max_accuracy_drop is None):
+        raise RunError(f"--margin: expected a run with an accuracy target (target.max_accuracy_drop), {where} has none")
+    if margin < 0:
+        raise RunError(f"--margin: expected >= 0 points, got {margin:g}")
     ranked = sorted((r for r in records if r["failure"] is None and r["reward"] > -1), key=lambda r: -r["reward"])
     if not ranked:
         scored = sum(r["failure"] is None for r in records)
@@ -73,10 +80,16 @@ def choose(records: list[dict], target, reward_config: RewardConfig, teacher_acc
     finalists = [r for r in done if r["stage"] == "finalists"]
     pool, what = (finalists, "finalist") if finalists else (done, "candidate")
     if target is not None and target.is_set():
+        def smallest(rows):
+            return min(rows, key=lambda r: (size_of(r, reward_config), -r["accuracy"]))
+
+        spared = [r for r in pool if target.met_by(r, teacher_accuracy, margin)]
+        if spared:
+            return smallest(spared), f"the smallest {what} that meets the target" + \
+                (f" with {margin:g} points to spare on validation" if margin else "")
         meeting = [r for r in pool if target.met_by(r, teacher_accuracy)]
         if meeting:
-            return (min(meeting, key=lambda r: (size_of(r, reward_config), -r["accuracy"])),
-                    f"the smallest {what} that meets the target")
+            return smallest(meeting), f"no {what} meets the target with {margin:g} points to spare; the smallest that meets it"
         return pool[0], f"no {what} meets the target; the best {what} by reward"
     stopped = "" if finalists or pool[0] is ranked[0] else " that finished (the best was stopped early, without weights)"
     return pool[0], f"the best {what} by reward{stopped}"
