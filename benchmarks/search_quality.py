@@ -156,6 +156,8 @@ def main():
     args = p.parse_args()
     if "reinforce-policy" in args.agents and not args.policy and not args.source:
         p.error("the reinforce-policy agent needs --policy DIR (a folder `n2n policy fit` wrote)")
+    if args.refine is not None and not any("refine" in VARIANTS[a].get("search.stages", []) for a in args.agents):
+        p.error("--refine sets the budgets of the variants with refine; none of --agents has it")
     VARIANTS["reinforce-policy"] = {"search.agent_options": {"policy": args.policy}}
     suffix = "" if args.dataset == "mnist1d" else f"_{args.dataset}"
     path = Path(__file__).parent / "results" / f"{args.name or 'search_quality' + suffix}.json"

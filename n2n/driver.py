@@ -162,13 +162,21 @@ class SearchDriver:
         self.stage_idx += 1
         self.asks = 0
         self.stage_started = self.wall_seconds()
-        best = self.best(stage="shrink" if self.stage == "refine" else done) if self.stage else None
-        if self.stage == "refine" and best is None:
-            # narrowing another stage's best would be an unrestricted shrink under refine's name
-            self.log("stage refine skipped: the shrink stage has no valid student to narrow")
-            self.updates_done["refine"] = 0
+        best = self.best(stage=done)
+        while self.stage in ("removal", "shrink", "refine"):
+            if self.stage == "refine":  # it narrows the shrink stage's best, wherever the stage stood
+                best = self.best(stage="shrink")
+            if self.budgets[self.stage] == 0:
+                why = f"search.{self.stage}_budget is 0"
+            elif self.stage == "refine" and best is None:
+                # narrowing another stage's best would be an unrestricted shrink under refine's name
+                why = "the shrink stage has no valid student to narrow"
+            else:
+                break
+            self.log(f"stage {self.stage} skipped: {why}")
+            self.updates_done[self.stage] = 0
             self.stage_idx += 1
-        elif best is not None and self.stage != "finalists":
+        if best is not None and self.stage not in (None, "finalists"):
             self.base = StudentSpec.from_dict(best["spec"])
         self._start_stage()
 

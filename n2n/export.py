@@ -63,6 +63,7 @@ def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: b
     _check_out(out, run_dir, Path(meta["teacher_folder"]), overwrite)
     if finetune_epochs < 0:
         raise RunError(f"--finetune-epochs: expected >= 0, got {finetune_epochs}")
+    pick.check_margin(margin)  # before any lock or fetch
     if trim_vocab:  # checked before any fine-tuning, not after
         from transformers import BertTokenizer
 
@@ -124,7 +125,8 @@ def unfinished(run_dir: Path) -> str | None:
     return f"it stopped in stage {stage} after {count} candidates"
 
 
-def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: float) -> tuple[dict | None, str | None]:
+def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: float,
+                    margin: float = 0.0) -> tuple[dict | None, str | None]:
     """How the exported student stands against target.max_accuracy_drop on validation (where it was
     chosen) and on the held-out test split (where it was not), and a warning where it misses."""
     if max_drop is None:
@@ -139,8 +141,9 @@ def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: flo
     # The smallest student within the target on validation, picked among many noisy ones, tends to be
     # one whose validation figure is luckier than its true accuracy (the winner's curse).
     where = ("on validation too" if not out["met_on_val"] else
-             "though it meets it on validation, where it was picked among many (a margin helps: export "
-             "again with --margin 0.25, or --rank / --key a larger finalist)")
+             "though it meets it on validation, where it was picked among many noisy figures ("
+             + (f"--margin {margin:g} was not enough here; " if margin else "--margin P picks a finalist with points "
+                "to spare; ") + "choose a margin before reading test figures, as a choice made on them makes them optimistic)")
     return out, (f"warning: on the test split this student is {drops['test_drop_points']:.2f} points below the "
                  f"teacher, past the target of {max_drop:g}, {where}")
 
@@ -218,7 +221,7 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
                     "test_accuracy": meta["teacher"]["test_accuracy"]},
         "dataset": meta["dataset"], "split": ds.split, "run": str(run_dir.resolve()), "summary": best["summary"],
     }
-    target, warning = accuracy_target(cfg.target.max_accuracy_drop, metrics["teacher"], val, test)
+    target, warning = accuracy_target(cfg.target.max_accuracy_drop, metrics["teacher"], val, test, margin)
     if target:
         metrics["target"] = target
     if vocab:

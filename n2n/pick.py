@@ -3,6 +3,8 @@ export, by the search's last line and by summary.json, so that all three name th
 
 from __future__ import annotations
 
+import math
+
 from envs import RewardConfig, size_of
 
 from .errors import RunError
@@ -40,6 +42,11 @@ def finalists(records: list[dict], k: int, drop: float | None, teacher_accuracy:
     return chosen
 
 
+def check_margin(margin: float) -> None:
+    if not (math.isfinite(margin) and margin >= 0):
+        raise RunError(f"--margin: expected a number of points >= 0, got {margin:g}")
+
+
 def choose(records: list[dict], target, reward_config: RewardConfig, teacher_accuracy: float,
            early_stop: bool, where: str, key: str | None = None, rank: int | None = None,
            margin: float = 0.0) -> tuple[dict, str]:
@@ -50,10 +57,11 @@ def choose(records: list[dict], target, reward_config: RewardConfig, teacher_acc
     to spare on validation, where the smallest of several finalists is the one most flattered by
     its noise (the winner's curse); when none does, the smallest that meets the target. Only
     candidates that `finished` can be chosen; `where` names the run in errors."""
+    check_margin(margin)
+    if margin and (key is not None or rank is not None):
+        raise RunError("--margin: a margin applies to the default pick, not to --key or --rank; give one of them")
     if margin and (target is None or target.max_accuracy_drop is None):
         raise RunError(f"--margin: expected a run with an accuracy target (target.max_accuracy_drop), {where} has none")
-    if margin < 0:
-        raise RunError(f"--margin: expected >= 0 points, got {margin:g}")
     ranked = sorted((r for r in records if r["failure"] is None and r["reward"] > -1), key=lambda r: -r["reward"])
     if not ranked:
         scored = sum(r["failure"] is None for r in records)

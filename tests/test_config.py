@@ -146,6 +146,16 @@ def test_checks_added_later_apply_to_new_configs_not_to_recorded_runs():
     with pytest.raises(ConfigError, match=r"teacher.recipe.hidden \(--hidden\): expected one width for vgg"):
         load_config(None, {"teacher.recipe.hidden": [256, 128]})
     load_config(None, {"teacher.recipe.hidden": [256, 128], "teacher.path": "t"})  # the recipe is not used
+    # helper-16's checks on stages: a run recorded before them still opens (its report, export, resume)
+    for search, message in (({"agent": "uniform"}, "the uniform agent shrinks every layer by one ratio"),
+                            ({"stages": ["shrink", "removal", "refine"]}, "so it comes right after shrink"),
+                            ({"shrink_budget": 0}, "so the shrink stage needs >= 1 candidate")):
+        recorded = Config().to_dict()
+        recorded["search"].update(search)
+        old = run_config(recorded)
+        assert all(getattr(old.search, k) == v for k, v in search.items())
+        with pytest.raises(ConfigError, match=message):
+            old.check_new()
 
 
 def test_an_empty_set_value_is_refused_not_read_as_null(capsys):

@@ -110,6 +110,13 @@ def test_a_refine_with_no_shrink_best_is_skipped_not_run_as_a_shrink(space):
     assert [r["stage"] for r in d.records] == ["removal"] * 6 + ["shrink"] * 4
     assert "stage refine skipped: the shrink stage has no valid student to narrow" in said
     assert said[-1] == "search finished: 10 candidates trained" and d.agent_updates()["refine"] == 0
+    # a refine budget of 0 skips it too, said as such (no "starting from" for a stage that never starts)
+    said.clear()
+    d = _driver(space, stages=["removal", "shrink", "refine"], budgets={"removal": 3, "shrink": 3, "refine": 0},
+                agent_options={"batch_size": 3}, log=said.append)
+    _drive(d, space, proxy)
+    assert [r["stage"] for r in d.records] == ["removal"] * 3 + ["shrink"] * 3
+    assert "stage refine skipped: search.refine_budget is 0" in said and not any("stage refine:" in m for m in said)
 
 
 def test_known_specs_are_not_trained_again(space):

@@ -201,8 +201,11 @@ def test_export_margin_picks_the_smallest_finalist_with_points_to_spare():
     assert pick(0.25) == (recs[1], "the smallest finalist that meets the target with 0.25 points to spare on validation")
     assert pick(0.6)[0] is recs[2] and pick(1.0)[0] is recs[2]  # 0 points below: 1 to spare
     assert pick(1.5) == (recs[0], "no finalist meets the target with 1.5 points to spare; the smallest that meets it")
-    with pytest.raises(RunError, match=r"--margin: expected >= 0 points, got -0.5"):
-        pick(-0.5)
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(RunError, match=rf"--margin: expected a number of points >= 0, got {bad:g}"):
+            pick(bad)
+    with pytest.raises(RunError, match=r"--margin: a margin applies to the default pick, not to --key or --rank"):
+        choose(recs, target, rc, 0.95, early_stop=False, where="run", rank=1, margin=0.5)
     with pytest.raises(RunError, match=r"--margin: expected a run with an accuracy target \(target.max_accuracy_drop\), "
                                        r"run has none"):
         choose(recs, TargetConfig(max_accuracy_drop=None, max_params=25), rc, 0.95, early_stop=False, where="run", margin=0.5)
