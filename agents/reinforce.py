@@ -110,9 +110,11 @@ class ReinforceConfig:
     # holding removal/ and shrink/ as `n2n policy fit` writes them
     policy: str | None = "auto"
     max_invalid_batches: int = 50  # give up proposing after this many all-invalid batches in a row
-    # after a batch whose every spec the env refused, the next is sampled at temperature 1 + that
-    # streak, at most this: a policy sure of itself otherwise repeats refused specs until it gives
-    # up (the shipped policy on digits: its removal stage ended after 24 of 30 candidates); 1: never
+    # after a batch whose every spec the env refused, or that proposed mostly specs this stage had
+    # already tried, the next is sampled at temperature 1 + the streak of such batches, at most
+    # this: a policy sure of itself otherwise repeats refused or known specs until the stage gives
+    # up (the shipped policy on digits: its removal stage ended after 24 of 30 candidates; a
+    # 200-candidate search's refine stage after 14 of 57); 1: never
     explore_temperature: float = 4.0
 
     def __post_init__(self):
@@ -163,13 +165,16 @@ class ReinforceAgent(Agent):
         self.batch: list[dict] = []  # rollouts of the current batch: actions, masks, reward or None
         self.queue: list[int] = []  # ids sampled but not handed out yet
         self.invalid_streak = 0
+        self.seen: set[str] = set()  # the specs this stage's batches proposed
+        self.stale_streak = 0  # batches in a row that proposed nothing new
         self.history: list[float] = []  # mean reward of each batch, for progress reports
         self._feats = torch.as_tensor(env.space.features()[env.active])  # (T, F)
 
     # -- sampling -------------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor, mask) -> int:
-        # hotter after batches the env refused whole; the update still scores the policy's own probabilities
-        temperature = min(1.0 + self.invalid_streak, self.cfg.explore_temperature)
+        # hotter after batches the env refused whole or that held only known specs; the update still
+        # scores the policy's own probabilities
+        temperature = min(1.0 + self.invalid_streak + self.stale_streak, self.cfg.explore_temperature)
         probs = torch.softmax(masked_logits(logits, mask) / temperature, -1)
         return int(torch.multinomial(probs, 1, generator=self.gen))
 
@@ -202,6 +207,12 @@ class ReinforceAgent(Agent):
     def ask(self, n: int) -> list[Candidate]:
         while not self.queue and not self.pending and not self.finished:
             self.batch = [self._rollout() for _ in range(self.cfg.batch_size)]
+            keys = [json.dumps(r["spec"], sort_keys=True) for r in self.batch]
+            # mostly known: hotter; mostly new: cooler again, a step at a time (a reset would swing
+            # between a hot batch of new specs and a cold one of known ones)
+            fresh = len(set(keys) - self.seen)
+            self.stale_streak = self.stale_streak + 1 if 2 * fresh < len(keys) else max(0, self.stale_streak - 1)
+            self.seen.update(keys)
             for i, r in enumerate(self.batch):
                 if r["reward"] is None:
                     self.queue.append(i)
@@ -266,7 +277,7 @@ class ReinforceAgent(Agent):
         return {**super().state_dict(), "policy": self.policy.state_dict(), "optimizer": self.opt.state_dict(),
                 "rng": self.gen.get_state(), "baseline": self.baseline, "updates": self.updates,
                 "batch": self.batch, "queue": self.queue, "invalid_streak": self.invalid_streak,
-                "history": self.history}
+                "history": self.history, "seen": sorted(self.seen), "stale_streak": self.stale_streak}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
@@ -276,6 +287,9 @@ class ReinforceAgent(Agent):
         self.baseline, self.updates = state["baseline"], state["updates"]
         self.batch, self.queue = state["batch"], state["queue"]
         self.invalid_streak, self.history = state["invalid_streak"], state["history"]
+        # states saved before known specs made sampling hotter: rebuilt from the batch in hand
+        self.seen = set(state.get("seen", (json.dumps(r["spec"], sort_keys=True) for r in self.batch)))
+        self.stale_streak = state.get("stale_streak", 0)
 
     # -- transfer ---------------------------------------------------------------------------------
     def save_policy(self, folder) -> Path:

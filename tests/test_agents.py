@@ -1,4 +1,5 @@
 import io
+import json
 
 import numpy as np
 import pytest
@@ -176,6 +177,29 @@ def test_optuna_nsga2_tracks_the_accuracy_size_front(space, size):
         assert t.values[1] == pytest.approx(measured / teacher)  # the size NSGA-II saw is the reward's
         # no point of the front is dominated by another
         assert not any(o.values[0] >= t.values[0] and o.values[1] < t.values[1] for o in front)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_a_policy_sure_of_known_specs_explores_instead_of_ending_the_stage(space, temperature):
+    """A 200-candidate search's refine stage ended after 14 of its 57 candidates: the converged policy
+    proposed only specs already trained until the driver gave up. After a batch with nothing new,
+    sampling is hotter, so the budget the user gave is spent on new students."""
+    agent = make_agent("reinforce", _env(space, "shrink"), seed=0, policy=None, lr=1e-9, explore_temperature=temperature)
+    with torch.no_grad():  # one ratio (0.5) near certain for every unit: one spec, batch after batch
+        agent.policy.head.weight.zero_()
+        agent.policy.head.bias.copy_(torch.tensor([0.0, 9.0] + [0.0] * (len(space.ratios) - 2)))
+    specs = []
+    for _ in range(60):  # as the driver does: a known spec is told its cached reward at once
+        (c,) = agent.ask(1)
+        specs.append(json.dumps(c.spec.to_dict()))
+        agent.tell(c.id, 0.5)
+    # at temperature 1 another ratio has probability ~1e-3 per unit: ~1 new spec in 60 proposals; hotter,
+    # after the first stale batches (10 proposals each) others appear at ~0.4 per unit
+    assert len(set(specs[:10])) == 1  # the first batch, at temperature 1, is the policy's own choice: stale
+    if temperature == 1:  # every batch stale, none hotter
+        assert len(set(specs)) <= 3 and agent.stale_streak == 6
+    else:  # hotter until batches are mostly new again
+        assert len(set(specs)) > 10 and agent.stale_streak < 6
 
 
 @pytest.mark.parametrize("temperature,new_specs", [(1.0, False), (4.0, True)])
