@@ -134,6 +134,10 @@ class ReinforceConfig:
         return self.lr if self.lr is not None else (0.03 if stage == "removal" else 0.01)
 
 
+def _spec_key(rollout: dict) -> str:
+    return json.dumps(rollout["spec"], sort_keys=True)
+
+
 class ReinforceAgent(Agent):
     """REINFORCE with an EMA baseline over batches of `batch_size` rollouts.
 
@@ -166,14 +170,14 @@ class ReinforceAgent(Agent):
         self.queue: list[int] = []  # ids sampled but not handed out yet
         self.invalid_streak = 0
         self.seen: set[str] = set()  # the specs this stage's batches proposed
-        self.stale_streak = 0  # batches in a row that proposed nothing new
+        self.stale_streak = 0  # up a step per batch of mostly known specs, down a step per mostly new one
         self.history: list[float] = []  # mean reward of each batch, for progress reports
         self._feats = torch.as_tensor(env.space.features()[env.active])  # (T, F)
 
     # -- sampling -------------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor, mask) -> int:
-        # hotter after batches the env refused whole or that held only known specs; the update still
-        # scores the policy's own probabilities
+        # hotter after batches the env refused whole or that held mostly known specs; the update
+        # still scores the policy's own probabilities
         temperature = min(1.0 + self.invalid_streak + self.stale_streak, self.cfg.explore_temperature)
         probs = torch.softmax(masked_logits(logits, mask) / temperature, -1)
         return int(torch.multinomial(probs, 1, generator=self.gen))
@@ -207,7 +211,7 @@ class ReinforceAgent(Agent):
     def ask(self, n: int) -> list[Candidate]:
         while not self.queue and not self.pending and not self.finished:
             self.batch = [self._rollout() for _ in range(self.cfg.batch_size)]
-            keys = [json.dumps(r["spec"], sort_keys=True) for r in self.batch]
+            keys = [_spec_key(r) for r in self.batch]
             # mostly known: hotter; mostly new: cooler again, a step at a time (a reset would swing
             # between a hot batch of new specs and a cold one of known ones)
             fresh = len(set(keys) - self.seen)
@@ -288,7 +292,7 @@ class ReinforceAgent(Agent):
         self.batch, self.queue = state["batch"], state["queue"]
         self.invalid_streak, self.history = state["invalid_streak"], state["history"]
         # states saved before known specs made sampling hotter: rebuilt from the batch in hand
-        self.seen = set(state.get("seen", (json.dumps(r["spec"], sort_keys=True) for r in self.batch)))
+        self.seen = set(state.get("seen", map(_spec_key, self.batch)))
         self.stale_streak = state.get("stale_streak", 0)
 
     # -- transfer ---------------------------------------------------------------------------------

@@ -6,9 +6,7 @@
 The export picks the smallest finalist within the target on validation, and of several finalists
 the one whose validation figure its noise flattered most tends to be that one (the winner's curse).
 Each results row holds every finalist's validation and test accuracy (`finalists_test`), so the pick
-can be replayed with any margin without training anything: the smallest finalist with `margin`
-points to spare, else the smallest that meets the target (as n2n.pick.choose does), else the most
-accurate (choose takes the best by reward there, which outside the target is the smallest miss).
+can be replayed with any margin, by n2n.pick.choose itself, without training anything.
 Per margin: mean compression of the picks, how many are past the target on test, and the mean with
 every miss counted as 1x (nothing delivered). Writes benchmarks/results/pick_margin.json.
 """
@@ -20,7 +18,9 @@ import json
 import statistics
 from pathlib import Path
 
-from envs import within_drop
+from envs import RewardConfig, within_drop
+from n2n.config import TargetConfig
+from n2n.pick import choose
 
 RESULTS = Path(__file__).parent / "results"
 # The teachers of rows recorded before rows carried `teacher_val` and `teacher_params`, by their test
@@ -30,10 +30,14 @@ KNOWN = {0.9906666874885559: (0.9919999837875366, 845514), 0.9889298677444458: (
 
 
 def replay(finalists: list[dict], teacher_val: float, drop: float, margin: float) -> dict:
-    spared = [f for f in finalists if within_drop(teacher_val, f["val"], drop - margin)]
-    meeting = [f for f in finalists if within_drop(teacher_val, f["val"], drop)]
-    pool = spared or meeting
-    return min(pool, key=lambda f: (f["params"], -f["val"])) if pool else max(finalists, key=lambda f: f["val"])
+    """The finalist `n2n export --margin` picks, by n2n.pick.choose itself. The rows keep no rewards:
+    each finalist's validation accuracy stands in for it, which orders them as the target reward
+    does where it matters (outside the target, the smallest miss ranks first)."""
+    recs = [{"key": str(i), "params": f["params"], "accuracy": f["val"], "reward": f["val"], "failure": None,
+             "stage": "finalists", "finalist": f} for i, f in enumerate(finalists)]
+    chosen, _ = choose(recs, TargetConfig(max_accuracy_drop=drop), RewardConfig(kind="target", target_drop=drop),
+                       teacher_val, early_stop=False, where="replay", margin=margin)
+    return chosen["finalist"]
 
 
 def main():
