@@ -5,7 +5,8 @@
 
 The finalists today are the `finalists.k` (3) smallest students of the search's accuracy/size front
 within `reach` (2) points below the target (n2n.pick.finalists), distilled for `finalists.epochs`;
-`n2n export` then ships the smallest that meets the target on validation (n2n.pick.choose). For
+`n2n export` then ships the smallest that meets the target on validation, with the run's
+target.margin to spare when one has it (n2n.pick.choose). For
 finished runs of benchmarks/search_quality.py this distils, once each and exactly as a finalist
 trial does (n2n.trial.evaluate, the run's seed, one thread as a Tune worker has), every front member
 that any rule of --reach x --k would pick and the run did not already distil; then applies each

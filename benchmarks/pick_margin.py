@@ -8,7 +8,9 @@ the one whose validation figure its noise flattered most tends to be that one (t
 Each results row holds every finalist's validation and test accuracy (`finalists_test`), so the pick
 can be replayed with any margin, by n2n.pick.choose itself, without training anything.
 Per margin: mean compression of the picks, how many are past the target on test, and the mean with
-every miss counted as 1x (nothing delivered). Writes benchmarks/results/pick_margin.json.
+every miss counted as 1x (nothing delivered); the same per agent variant (`by_agent`; one variant
+across teachers and budgets, so compare its margins with each other only). Writes
+benchmarks/results/pick_margin.json.
 """
 
 from __future__ import annotations
@@ -53,19 +55,20 @@ def main():
             if row.get("finalists_test") and teacher:
                 searches.append((path.name, row, drop, *teacher))
     out = {"searches": len(searches), "files": sorted({s[0] for s in searches}), "margins": []}
+    def figures(picks: list[tuple[float, bool]]) -> dict:  # (times smaller, missed on test) per search
+        return {"searches": len(picks), "mean_times_smaller": round(statistics.fmean(x for x, _ in picks), 1),
+                "past_target_on_test": sum(m for _, m in picks),
+                "mean_times_smaller_misses_as_1x": round(statistics.fmean(1.0 if m else x for x, m in picks), 1)}
+
     for margin in args.margins:
-        x, missed, delivered = [], 0, []
+        picks = []
         for _, row, drop, teacher_val, teacher_params in searches:
             f = replay(row["finalists_test"], teacher_val, drop, margin)
-            times = teacher_params / f["params"]
-            miss = not within_drop(row["teacher_test"], f["test"], drop)
-            x.append(times)
-            missed += miss
-            delivered.append(1.0 if miss else times)
-        out["margins"].append({"margin": margin, "mean_times_smaller": round(statistics.fmean(x), 1),
-                               "past_target_on_test": missed,
-                               "mean_times_smaller_misses_as_1x": round(statistics.fmean(delivered), 1)})
-        print(json.dumps(out["margins"][-1]))
+            picks.append((row["agent"], teacher_params / f["params"], not within_drop(row["teacher_test"], f["test"], drop)))
+        agents = dict.fromkeys(a for a, _, _ in picks)
+        out["margins"].append({"margin": margin, **figures([(x, m) for _, x, m in picks]),
+                               "by_agent": {a: figures([(x, m) for b, x, m in picks if b == a]) for a in agents}})
+        print(json.dumps({k: v for k, v in out["margins"][-1].items() if k != "by_agent"}))
     (RESULTS / "pick_margin.json").write_text(json.dumps(out, indent=2) + "\n")
 
 

@@ -12,7 +12,7 @@ variant names others: `reinforce-refine` is the default search (removal, shrink,
 only: one candidate per ratio, so it spends far less of the budget). `n2n-published` is N2N as the
 paper ran it: REINFORCE, students freshly initialised (no inherited weights), N2N's reward, no
 finalists. Per search it records: the exported student (the smallest finalist within the target on
-validation) with its test accuracy; the largest compression within 1.0 and 2.0 points of the teacher
+validation, with target.margin to spare when one has it; rows record the margin) with its test accuracy; the largest compression within 1.0 and 2.0 points of the teacher
 on validation among the search's candidates; the same on test among the finalists (distilled
 longer); the anytime curve (the largest compression within `--drop` after every 10 candidates); wall
 time. Writes benchmarks/results/search_quality.json (rows, and means per agent) and
@@ -195,7 +195,8 @@ def main():
                    "exported_test": m["test_accuracy"], "teacher_test": m["teacher"]["test_accuracy"],
                    "teacher_val": m["teacher"]["val_accuracy"], "teacher_params": m["teacher"]["params"],
                    "test_drop_points": round((m["teacher"]["test_accuracy"] - m["test_accuracy"]) * 100, 2),
-                   "chosen_because": m["chosen_because"], **analyse(run, args.drop)}
+                   "chosen_because": m["chosen_because"], "margin": m.get("target", {}).get("margin"),
+                   **analyse(run, args.drop)}
             out["rows"] = [r for r in out["rows"] if (r["agent"], r["seed"]) != (agent, seed)] + [row]
             out["means"] = summarise(out["rows"])
             print(json.dumps({k: v for k, v in row.items() if k != "finalists_test"}), flush=True)

@@ -127,7 +127,7 @@ def _export(args) -> int:
     from .export import export_best
 
     export_best(Path(args.run), Path(args.out), args.finetune_epochs, args.overwrite, factories=args.allow_factory,
-                trim_vocab=args.trim_vocab, key=args.key, rank=args.rank, onnx=args.onnx, margin=args.margin or 0.0)
+                trim_vocab=args.trim_vocab, key=args.key, rank=args.rank, onnx=args.onnx, margin=args.margin)
     return 0
 
 
@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument("--rank", type=int, help="export the candidate of this rank by reward (1 = best)")
     pick.add_argument("--margin", type=float, metavar="POINTS",
                       help="export the smallest finalist that meets the accuracy target with POINTS of validation "
-                           "accuracy to spare (fewer exports past the target on unseen data, larger students)")
+                           "accuracy to spare (more: fewer exports past the target on unseen data, larger students); "
+                           "default: the run's target.margin")
     e.add_argument("--trim-vocab", action="store_true", help="transformers on text: keep only the embeddings "
                    "(and tokenizer entries) of tokens in the training texts")
     e.add_argument("--onnx", action="store_true", help="also write model.onnx (dynamic batch; raw inputs, as "

@@ -52,9 +52,9 @@ def _teacher_tokenizer(folder: Path):
 
 def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: bool = False, log=print,
                 factories=(), trim_vocab: bool = False, key: str | None = None, rank: int | None = None,
-                onnx: bool = False, margin: float = 0.0) -> dict:
+                onnx: bool = False, margin: float | None = None) -> dict:
     """Write model.safetensors + spec.json + arch.json + metrics.json for the run's best student.
-    `margin`: points to spare on the accuracy target (n2n.pick.choose);
+    `margin`: points to spare on the accuracy target (n2n.pick.choose; None: the run's target.margin);
     `overwrite` replaces only an earlier export; `factories`: see `n2n.models.build_model`;
     `trim_vocab`: keep only the embeddings of tokens in the training texts (see n2n.vocab);
     `onnx`: also model.onnx, taking what `n2n.load_student` takes, checked with onnxruntime."""
@@ -63,7 +63,8 @@ def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: b
     _check_out(out, run_dir, Path(meta["teacher_folder"]), overwrite)
     if finetune_epochs < 0:
         raise RunError(f"--finetune-epochs: expected >= 0, got {finetune_epochs}")
-    pick.check_margin(margin)  # before any lock or fetch
+    if margin is not None:
+        pick.check_margin(margin)  # before any lock or fetch
     if trim_vocab:  # checked before any fine-tuning, not after
         from transformers import BertTokenizer
 
@@ -96,7 +97,7 @@ def _retokenised(ds, tokenizer):
 
 
 def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: Path,
-           key: str | None = None, rank: int | None = None, margin: float = 0.0) -> tuple[dict, str]:
+           key: str | None = None, rank: int | None = None, margin: float | None = None) -> tuple[dict, str]:
     """`n2n.pick.choose`: the rule summary.json and the search's last line use too, so all name the
     same student. Its weights must be in RUN/results: when they are not (remote storage that could
     not be reached, a folder copied without results/), that is said, and no other student is
@@ -126,15 +127,17 @@ def unfinished(run_dir: Path) -> str | None:
 
 
 def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: float,
-                    margin: float = 0.0) -> tuple[dict | None, str | None]:
+                    margin: float | None = 0.0) -> tuple[dict | None, str | None]:
     """How the exported student stands against target.max_accuracy_drop on validation (where it was
-    chosen) and on the held-out test split (where it was not), and a warning where it misses."""
+    chosen) and on the held-out test split (where it was not), and a warning where it misses.
+    `margin`: the points the pick asked to spare (None: picked by --key or --rank)."""
     if max_drop is None:
         return None, None
     drops = {"val_drop_points": round((teacher["val_accuracy"] - val) * 100, 2),
              "test_drop_points": round((teacher["test_accuracy"] - test) * 100, 2)}
     # judged unrounded, as the search and the pick judge it (a drop shown as 1.00 may be 1.004)
-    out = {"max_accuracy_drop": max_drop, **drops, "met_on_val": within_drop(teacher["val_accuracy"], val, max_drop),
+    out = {"max_accuracy_drop": max_drop, "margin": margin, **drops,
+           "met_on_val": within_drop(teacher["val_accuracy"], val, max_drop),
            "met_on_test": within_drop(teacher["test_accuracy"], test, max_drop)}
     if out["met_on_test"]:
         return out, None
@@ -142,15 +145,15 @@ def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: flo
     # one whose validation figure is luckier than its true accuracy (the winner's curse).
     where = ("on validation too" if not out["met_on_val"] else
              "though it meets it on validation, where it was picked among many noisy figures ("
-             + (f"--margin {margin:g} was not enough here; " if margin else "--margin P picks a finalist with points "
-                "to spare; ") + "choose a margin before reading test figures, as a choice made on them makes them optimistic)")
+             + (f"its margin of {margin:g} points was not enough here; " if margin else "a margin, target.margin or "
+                "export --margin P, picks a finalist with points to spare; ") + "choose a margin before reading test figures, as a choice made on them makes them optimistic)")
     return out, (f"warning: on the test split this student is {drops['test_drop_points']:.2f} points below the "
                  f"teacher, past the target of {max_drop:g}, {where}")
 
 
 def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrite: bool, log, factories,
             trim_vocab: bool = False, key: str | None = None, rank: int | None = None, onnx: bool = False,
-            margin: float = 0.0) -> dict:
+            margin: float | None = None) -> dict:
     cfg = run_config(meta["config"])
     records = read_records(run_dir)
     if meta.get("results_store"):  # results a killed driver never fetched: before choosing among them
@@ -221,7 +224,8 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
                     "test_accuracy": meta["teacher"]["test_accuracy"]},
         "dataset": meta["dataset"], "split": ds.split, "run": str(run_dir.resolve()), "summary": best["summary"],
     }
-    target, warning = accuracy_target(cfg.target.max_accuracy_drop, metrics["teacher"], val, test, margin)
+    target, warning = accuracy_target(cfg.target.max_accuracy_drop, metrics["teacher"], val, test,
+                                      None if key is not None or rank is not None else pick.margin_of(cfg.target, margin))
     if target:
         metrics["target"] = target
     if vocab:

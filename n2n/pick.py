@@ -47,21 +47,33 @@ def check_margin(margin: float) -> None:
         raise RunError(f"--margin: expected a number of points >= 0, got {margin:g}")
 
 
+def margin_of(target, margin: float | None) -> float:
+    """The margin a pick uses: `margin` when given (`n2n export --margin`), else the run's
+    target.margin, which applies only to an accuracy target."""
+    if margin is not None:
+        return margin
+    if target is None or target.max_accuracy_drop is None:
+        return 0.0
+    return target.margin
+
+
 def choose(records: list[dict], target, reward_config: RewardConfig, teacher_accuracy: float,
            early_stop: bool, where: str, key: str | None = None, rank: int | None = None,
-           margin: float = 0.0) -> tuple[dict, str]:
+           margin: float | None = None) -> tuple[dict, str]:
     """The candidate to export and why. By default the smallest finalist that meets `target` (an
     n2n.config.TargetConfig; the finalists' longer distillation ranks students better than the
     search's brief one), else the best finalist, else the best candidate by reward; `key` or `rank`
-    (1 = best reward) pick any. `margin` (points): the accuracy target must be met with that much
-    to spare on validation, where the smallest of several finalists is the one most flattered by
-    its noise (the winner's curse); when none does, the smallest that meets the target. Only
-    candidates that `finished` can be chosen; `where` names the run in errors."""
-    check_margin(margin)
-    if margin and (key is not None or rank is not None):
-        raise RunError("--margin: a margin applies to the default pick, not to --key or --rank; give one of them")
-    if margin and (target is None or target.max_accuracy_drop is None):
-        raise RunError(f"--margin: expected a run with an accuracy target (target.max_accuracy_drop), {where} has none")
+    (1 = best reward) pick any. `margin` (points; default: target.margin): the accuracy target must
+    be met with that much to spare on validation, where the smallest of several finalists is the one
+    most flattered by its noise (the winner's curse); when none does, the smallest that meets the
+    target. Only candidates that `finished` can be chosen; `where` names the run in errors."""
+    if margin is not None:  # asked for on the command line
+        check_margin(margin)
+        if margin and (key is not None or rank is not None):
+            raise RunError("--margin: a margin applies to the default pick, not to --key or --rank; give one of them")
+        if margin and (target is None or target.max_accuracy_drop is None):
+            raise RunError(f"--margin: expected a run with an accuracy target (target.max_accuracy_drop), {where} has none")
+    margin = margin_of(target, margin)
     ranked = sorted((r for r in records if r["failure"] is None and r["reward"] > -1), key=lambda r: -r["reward"])
     if not ranked:
         scored = sum(r["failure"] is None for r in records)

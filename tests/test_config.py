@@ -46,7 +46,18 @@ def test_a_run_made_before_targets_and_finalists_keeps_what_it_had():
     del recorded["target"], recorded["finalists"]
     old = run_config(recorded)
     assert not old.target.is_set() and old.reward_config().kind == "n2n" and old.finalists.k == 0
+    assert old.target.margin == 0.0
     assert run_config(dataclasses.asdict(load_config(None))) == load_config(None)  # recorded sections as they are
+
+
+def test_a_run_made_before_target_margin_exports_the_student_it_named():
+    """A run recorded before target.margin picked the smallest student within the target: read with
+    today's default margin, its export would be another student than its summary names."""
+    recorded = dataclasses.asdict(load_config(None))
+    del recorded["target"]["margin"]
+    old = run_config(recorded)
+    assert old.target.margin == 0.0 and old.target.max_accuracy_drop == 1.0
+    assert load_config(None).target.margin == 0.25
 
 
 @pytest.mark.parametrize("text,message", [
@@ -58,6 +69,8 @@ def test_a_run_made_before_targets_and_finalists_keeps_what_it_had():
     ("resources: {device: tpu}", "resources.device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
     ("early_stop: {grace_period: 0}", "early_stop.grace_period: expected >= 1 (epochs), got 0"),
     ("early_stop: {reduction_factor: 1}", "early_stop.reduction_factor: expected >= 2, got 1"),
+    ("target: {margin: -0.5}", "target.margin: expected points of validation accuracy >= 0, got -0.5"),
+    ("target: {margin: .nan}", "target.margin: expected points of validation accuracy >= 0, got nan"),
     ("teacher: {recipe: {width_mult: 0}}", "teacher.recipe.width_mult (--width-mult): expected > 0, got 0"),
     ("teacher: {recipe: {epochs: -1}}", "teacher.recipe.epochs (--epochs): expected >= 1, got -1"),
     ("search: {concurrency: 0}", "search.concurrency: expected >= 1, got 0"),

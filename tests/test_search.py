@@ -12,7 +12,7 @@ import torch
 
 import n2n
 from helpers import onnx_check
-from envs import Evaluation, Reference, reward
+from envs import Evaluation, Reference, reward, within_drop
 from n2n import data as data_mod
 from n2n.config import load_config
 from n2n.errors import RunError
@@ -198,6 +198,11 @@ def test_export_margin_picks_the_smallest_finalist_with_points_to_spare():
         return choose(recs, target, rc, 0.95, early_stop=False, where="run", margin=margin)
 
     assert pick(0.0) == (recs[0], "the smallest finalist that meets the target")
+    # without --margin, the run's target.margin (0.25 by default; an accuracy target only)
+    assert TargetConfig().margin == 0.25 and pick(None) == pick(0.25)
+    assert choose(recs, TargetConfig(max_accuracy_drop=1.0, margin=0.6), rc, 0.95, early_stop=False, where="run")[0] is recs[2]
+    assert choose(recs, TargetConfig(max_accuracy_drop=1.0, margin=0.6), rc, 0.95, early_stop=False, where="run",
+                  rank=2)[1] == "--rank 2 by reward"  # a config margin does not stand in the way of --rank
     assert pick(0.25) == (recs[1], "the smallest finalist that meets the target with 0.25 points to spare on validation")
     assert pick(0.6)[0] is recs[2] and pick(1.0)[0] is recs[2]  # 0 points below: 1 to spare
     assert pick(1.5) == (recs[0], "no finalist meets the target with 1.5 points to spare; the smallest that meets it")
@@ -307,8 +312,10 @@ def test_resnet_teacher_on_2d_images_through_the_same_search(ray_session, tmp_pa
 
 
 def test_finalists_and_a_target_decide_what_export_picks(ray_session, tiny_config, tmp_path):
+    # a 10-point margin: export, summary.json and the last line pick the smallest finalist with 10 of
+    # the 25 points to spare when one has them, else the smallest within 25
     cfg = load_config(tiny_config, {"search.removal_budget": 4, "search.shrink_budget": 4, "finalists.k": 2,
-                                    "finalists.epochs": 3, "target.max_accuracy_drop": 25.0})
+                                    "finalists.epochs": 3, "target.max_accuracy_drop": 25.0, "target.margin": 10.0})
     run = tmp_path / "runs" / "target"
     said = []
     summary = run_search(cfg, run, log=said.append)
@@ -322,39 +329,41 @@ def test_finalists_and_a_target_decide_what_export_picks(ray_session, tiny_confi
     logs = []
     chosen = export_best(run, tmp_path / "default", log=logs.append)
     assert meeting  # 25 points is within reach of a 3-epoch finalist of this teacher
-    smallest = min(meeting, key=lambda r: r["params"])
-    assert chosen["key"] == smallest["key"] and chosen["chosen_because"] == "the smallest finalist that meets the target"
-    assert any(chosen["chosen_because"] in m for m in logs)  # and it says so
+    spared = [r for r in finals if within_drop(teacher_acc, r["accuracy"], 15.0)]
+    smallest = min(spared or meeting, key=lambda r: r["params"])
+    why = ("the smallest finalist that meets the target with 10 points to spare on validation" if spared
+           else "no finalist meets the target with 10 points to spare; the smallest that meets it")
+    assert chosen["key"] == smallest["key"] and chosen["chosen_because"] == why
+    assert any(why in m for m in logs)  # and it says so
     # the search's last line and summary.json name that student, not the best reward of a brief distillation
     assert said[-1].startswith(f"`n2n export` picks {smallest['params']:,} params (")
-    assert ": the smallest finalist that meets the target -> `n2n export" in said[-1]
+    assert f": {why} -> `n2n export" in said[-1]
     assert summary["best"]["key"] == json.loads((run / "summary.json").read_text())["best"]["key"] == chosen["key"]
     # without that student's weights (a copy without them, a store not reached), export says so and
     # writes no other student in its place
     shutil.copytree(run, tmp_path / "copy")
     (tmp_path / "copy" / "results" / f"{chosen['key']}.safetensors").unlink()
-    with pytest.raises(RunError, match="the weights of the student to export .the smallest finalist that meets the "
-                                       "target. are not there"):
+    with pytest.raises(RunError, match=rf"the weights of the student to export \({why}\) are not there"):
         export_best(tmp_path / "copy", tmp_path / "none", log=lambda *_: None)
     assert not (tmp_path / "none").exists()
     t = chosen["teacher"]  # where it stands against the target, on val and on the held-out test split
-    assert chosen["target"] == {"max_accuracy_drop": 25.0,
+    assert chosen["target"] == {"max_accuracy_drop": 25.0, "margin": 10.0,
                                 "val_drop_points": round((t["val_accuracy"] - chosen["val_accuracy"]) * 100, 2),
                                 "test_drop_points": round((t["test_accuracy"] - chosen["test_accuracy"]) * 100, 2),
                                 "met_on_val": True, "met_on_test": chosen["target"]["test_drop_points"] <= 25.0}
     by_reward = sorted((r for r in recs if r["failure"] is None), key=lambda r: -r["reward"])
-    assert export_best(run, tmp_path / "r2", rank=2, log=lambda *_: None)["key"] == by_reward[1]["key"]
+    second = export_best(run, tmp_path / "r2", rank=2, log=lambda *_: None)
+    assert second["key"] == by_reward[1]["key"] and second["target"]["margin"] is None  # picked by rank, not by margin
     some = recs[1]["key"]
     assert export_best(run, tmp_path / "k", key=some, log=lambda *_: None)["params"] == recs[1]["params"]
-    # --margin on the command line: the smallest finalist with 10 of the 25 points to spare, if any
+    # --margin on the command line overrides the run's: 0, the smallest finalist within the 25 points
     from n2n.cli import main
 
-    assert main(["export", str(run), "--out", str(tmp_path / "m"), "--margin", "10"]) == 0
-    spared = [r for r in finals if (teacher_acc - r["accuracy"]) * 100 <= 15.0 + 1e-4]
+    assert main(["export", str(run), "--out", str(tmp_path / "m"), "--margin", "0"]) == 0
     picked = json.loads((tmp_path / "m" / "metrics.json").read_text())
-    assert picked["key"] == min(spared or meeting, key=lambda r: r["params"])["key"]
-    assert picked["chosen_because"] == ("the smallest finalist that meets the target with 10 points to spare on validation"
-                                        if spared else "no finalist meets the target with 10 points to spare; the smallest that meets it")
+    assert picked["key"] == min(meeting, key=lambda r: r["params"])["key"]
+    assert picked["chosen_because"] == "the smallest finalist that meets the target"
+    assert picked["target"]["margin"] == 0.0
     with pytest.raises(SystemExit):  # one way to pick at a time
         main(["export", str(run), "--out", str(tmp_path / "mk"), "--margin", "1", "--key", some])
     assert not (tmp_path / "mk").exists()
