@@ -39,8 +39,10 @@ def ray_session():
     """One local Ray for the whole session, with a logical GPU for fractional-GPU scheduling."""
     import ray
 
+    # log_to_driver=False as n2n's own ray.init: workers' lines (their interpreter-shutdown noise
+    # included) stay out of the stderr the CLI tests read
     ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, object_store_memory=200 * 1024**2,
-             logging_level="WARNING")
+             logging_level="WARNING", log_to_driver=False)
     yield ray
     ray.shutdown()
 

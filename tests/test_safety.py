@@ -25,13 +25,10 @@ from search_spaces import SequentialSpace, StudentSpec, layers_to_module
 
 
 def _main(capsys, *argv):
-    """The CLI in-process: (exit status, its stderr). Lines a Ray worker of an earlier search in this
-    process forwards to the driver's stderr ("(run_trial pid=N) ...", e.g. its interpreter's
-    shutdown noise) are not the command's and are left out."""
-    capsys.readouterr()  # what earlier work in this process printed
+    """The CLI in-process: (exit status, its stderr), without what earlier work in this process printed."""
+    capsys.readouterr()
     status = cli.main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    return status, "".join(line for line in err.splitlines(keepends=True) if "pid=" not in line.split(")")[0])
+    return status, capsys.readouterr().err
 
 
 # -- resume from damaged state, without Ray ---------------------------------------------------------
