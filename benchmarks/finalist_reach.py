@@ -5,8 +5,9 @@
 
 The finalists today are the `finalists.k` (3) smallest students of the search's accuracy/size front
 within `reach` (2) points below the target (n2n.pick.finalists), distilled for `finalists.epochs`;
-`n2n export` then ships the smallest that meets the target on validation, with the run's
-target.margin to spare when one has it (n2n.pick.choose). For
+`n2n export` then ships the smallest that meets the target on validation (n2n.pick.choose; here
+with no margin, as these results were recorded, so the rules are compared at one margin;
+benchmarks/pick_margin.py compares margins). For
 finished runs of benchmarks/search_quality.py this distils, once each and exactly as a finalist
 trial does (n2n.trial.evaluate, the run's seed, one thread as a Tune worker has), every front member
 that any rule of --reach x --k would pick and the run did not already distil; then applies each
@@ -80,7 +81,7 @@ def analyse(run_dir: Path, reaches: list[float], ks: list[int]) -> dict:
     picks = {}
     for name, keys in rules.items():
         pool = [figures[k] for k in keys]
-        chosen, why = choose(pool, cfg.target, rc, ref.accuracy, early_stop=False, where=str(run_dir))
+        chosen, why = choose(pool, cfg.target, rc, ref.accuracy, early_stop=False, where=str(run_dir), margin=0.0)
         picks[name] = {"finalists": len(keys), "key": chosen["key"], "params": chosen["params"],
                        "times_smaller": round(ref.params / chosen["params"], 2), "val": chosen["accuracy"],
                        "test": chosen["test_accuracy"], "why": why,

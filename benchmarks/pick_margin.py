@@ -8,8 +8,8 @@ the one whose validation figure its noise flattered most tends to be that one (t
 Each results row holds every finalist's validation and test accuracy (`finalists_test`), so the pick
 can be replayed with any margin, by n2n.pick.choose itself, without training anything.
 Per margin: mean compression of the picks, how many are past the target on test, and the mean with
-every miss counted as 1x (nothing delivered); the same per agent variant (`by_agent`; one variant
-across teachers and budgets, so compare its margins with each other only). Writes
+every miss counted as 1x (nothing delivered); the same per results file and agent variant
+(`by_file_and_agent`: one code version's searches, compare its margins with each other). Writes
 benchmarks/results/pick_margin.json.
 """
 
@@ -62,13 +62,14 @@ def main():
 
     for margin in args.margins:
         picks = []
-        for _, row, drop, teacher_val, teacher_params in searches:
+        for name, row, drop, teacher_val, teacher_params in searches:
             f = replay(row["finalists_test"], teacher_val, drop, margin)
-            picks.append((row["agent"], teacher_params / f["params"], not within_drop(row["teacher_test"], f["test"], drop)))
-        agents = dict.fromkeys(a for a, _, _ in picks)
+            picks.append((f"{name}:{row['agent']}", teacher_params / f["params"],
+                          not within_drop(row["teacher_test"], f["test"], drop)))
+        groups = dict.fromkeys(g for g, _, _ in picks)
         out["margins"].append({"margin": margin, **figures([(x, m) for _, x, m in picks]),
-                               "by_agent": {a: figures([(x, m) for b, x, m in picks if b == a]) for a in agents}})
-        print(json.dumps({k: v for k, v in out["margins"][-1].items() if k != "by_agent"}))
+                               "by_file_and_agent": {g: figures([(x, m) for h, x, m in picks if h == g]) for g in groups}})
+        print(json.dumps({k: v for k, v in out["margins"][-1].items() if k != "by_file_and_agent"}))
     (RESULTS / "pick_margin.json").write_text(json.dumps(out, indent=2) + "\n")
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import ray
 
 from envs import within_drop
-from n2n.config import load_config
+from n2n.config import TargetConfig, load_config
 from n2n.export import export_best
 from n2n.models import build_model, load_weights
 from n2n.runfolder import read_records
@@ -148,6 +148,9 @@ def main():
     p.add_argument("--shrink", type=int, default=40)
     p.add_argument("--refine", type=int, help="the variants with refine: --removal / --shrink / --refine candidates "
                                               "instead of their 20 / 30 / 20 (e.g. 57 / 86 / 57 for 200)")
+    p.add_argument("--margin", type=float, default=TargetConfig().margin,
+                   help="target.margin of every search: the points its export spares (files recorded before "
+                        "2026-12-05 hold margin 0 exports)")
     p.add_argument("--dataset", default="mnist1d", choices=["mnist1d", "digits"], help="the teacher recipe's dataset")
     p.add_argument("--name", help="results file stem (default: search_quality, search_quality_digits)")
     p.add_argument("--root", help="where the run folders go (default: a new temp folder)")
@@ -167,8 +170,9 @@ def main():
     out = {"settings": settings, "rows": []}
     if path.exists():  # other agents and seeds measured under the same settings stay; a rerun replaces its row
         old = json.loads(path.read_text())
-        if {k: old["settings"].get(k) for k in settings} != settings:
-            raise SystemExit(f"{path} holds results under other settings ({old['settings']}); move it away first")
+        recorded = {"margin": 0.0, **old["settings"]}  # files from before target.margin: exports picked with 0
+        if {k: recorded.get(k) for k in settings} != settings:
+            raise SystemExit(f"{path} holds results under other settings ({recorded}, not {settings}); move it away first")
         out["rows"] = old["rows"]
     if not args.source:
         ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
@@ -177,7 +181,8 @@ def main():
             run, student = root / f"{agent}-{seed}", root / f"{agent}-{seed}-student"
             if not args.source:
                 # two stages unless the variant says otherwise: the setting these results were first measured in
-                over = {"seed": seed, "target.max_accuracy_drop": args.drop, "search.stages": ["removal", "shrink"],
+                over = {"seed": seed, "target.max_accuracy_drop": args.drop, "target.margin": args.margin,
+                        "search.stages": ["removal", "shrink"],
                         "search.removal_budget": args.removal, "search.shrink_budget": args.shrink,
                         "teacher.recipe.dataset": args.dataset, **VARIANTS[agent]}
                 if args.refine is not None and "refine" in over["search.stages"]:
@@ -195,7 +200,7 @@ def main():
                    "exported_test": m["test_accuracy"], "teacher_test": m["teacher"]["test_accuracy"],
                    "teacher_val": m["teacher"]["val_accuracy"], "teacher_params": m["teacher"]["params"],
                    "test_drop_points": round((m["teacher"]["test_accuracy"] - m["test_accuracy"]) * 100, 2),
-                   "chosen_because": m["chosen_because"], "margin": m.get("target", {}).get("margin"),
+                   "chosen_because": m["chosen_because"], "margin": m["target"].get("margin", 0.0) if "target" in m else None,
                    **analyse(run, args.drop)}
             out["rows"] = [r for r in out["rows"] if (r["agent"], r["seed"]) != (agent, seed)] + [row]
             out["means"] = summarise(out["rows"])

@@ -49,12 +49,13 @@ def check_margin(margin: float) -> None:
 
 def margin_of(target, margin: float | None) -> float:
     """The margin a pick uses: `margin` when given (`n2n export --margin`), else the run's
-    target.margin, which applies only to an accuracy target."""
+    target.margin, which applies only to an accuracy target and at most all of it (past that it
+    would ask for students above the teacher: `max_accuracy_drop: 0` under the default margin)."""
     if margin is not None:
         return margin
     if target is None or target.max_accuracy_drop is None:
         return 0.0
-    return target.margin
+    return min(target.margin, target.max_accuracy_drop)
 
 
 def choose(records: list[dict], target, reward_config: RewardConfig, teacher_accuracy: float,

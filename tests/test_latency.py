@@ -22,6 +22,9 @@ def test_latency_follows_compute_and_the_interleaved_ratio_is_stable():
     big = nn.Sequential(*[nn.Linear(256, 256) for _ in range(8)])  # 8x the multiply-adds
     x = torch.randn(256, 256)  # (batch, features): milliseconds, not the timer's microseconds
     threads = torch.get_num_threads()
+    # these models' first timed rounds gave the one outlier seen (9.8 against 7.8 four times, beside
+    # other work): allocator and caches warming, not the pair's ratio
+    latency_ms([big, small], x, threads=1, warmup=3, repeats=3)
     runs = [latency_ms([big, small], x, threads=1, warmup=3, repeats=30) for _ in range(5)]
     assert torch.get_num_threads() == threads  # the worker's setting is restored
     ratios = [b / s for b, s in runs]

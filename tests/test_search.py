@@ -1,5 +1,6 @@
 """End to end under a real (local) Ray Tune: search, export, report, CLI errors."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import n2n
 from helpers import onnx_check
 from envs import Evaluation, Reference, reward, within_drop
 from n2n import data as data_mod
-from n2n.config import load_config
+from n2n.config import load_config, run_config
 from n2n.errors import RunError
 from n2n.export import export_best
 from n2n.report import make_report
@@ -182,7 +183,7 @@ def test_export_says_why_when_every_candidate_hit_the_rewards_walls():
 
 def test_export_margin_picks_the_smallest_finalist_with_points_to_spare():
     """The smallest finalist within the target on validation is the one its noise flattered most: of
-    127 benchmark exports, 22 were past the target on test (benchmarks/pick_margin.py). --margin
+    133 benchmark exports, 23 were past the target on test (benchmarks/pick_margin.py). --margin
     asks for points to spare; when no finalist has them, the smallest that meets the target."""
     from envs import RewardConfig
     from n2n.config import TargetConfig
@@ -203,6 +204,21 @@ def test_export_margin_picks_the_smallest_finalist_with_points_to_spare():
     assert choose(recs, TargetConfig(max_accuracy_drop=1.0, margin=0.6), rc, 0.95, early_stop=False, where="run")[0] is recs[2]
     assert choose(recs, TargetConfig(max_accuracy_drop=1.0, margin=0.6), rc, 0.95, early_stop=False, where="run",
                   rank=2)[1] == "--rank 2 by reward"  # a config margin does not stand in the way of --rank
+    # a run recorded before target.margin picks as it did then, the student its summary.json named
+    recorded = dataclasses.asdict(load_config(None))
+    del recorded["target"]["margin"]
+    old_run = run_config(recorded).target
+    assert choose(recs, old_run, rc, 0.95, early_stop=False, where="run") == pick(0.0) != pick(None)
+    # at most all of the allowed drop (else it would ask for students above the teacher), and none
+    # without an accuracy target
+    assert choose(recs, TargetConfig(max_accuracy_drop=0.5), rc, 0.95, early_stop=False, where="run") == \
+        (recs[2], "the smallest finalist that meets the target with 0.25 points to spare on validation")
+    assert choose(recs, TargetConfig(max_accuracy_drop=0.1), rc, 0.95, early_stop=False, where="run") == \
+        (recs[2], "the smallest finalist that meets the target with 0.1 points to spare on validation")
+    assert choose(recs, TargetConfig(max_accuracy_drop=0.0), rc, 0.95, early_stop=False, where="run") == \
+        (recs[2], "the smallest finalist that meets the target")  # not "no finalist ... 0.25 points to spare"
+    assert choose(recs, TargetConfig(max_accuracy_drop=None, max_params=25, margin=5.0), rc, 0.95, early_stop=False,
+                  where="run") == (recs[0], "the smallest finalist that meets the target")
     assert pick(0.25) == (recs[1], "the smallest finalist that meets the target with 0.25 points to spare on validation")
     assert pick(0.6)[0] is recs[2] and pick(1.0)[0] is recs[2]  # 0 points below: 1 to spare
     assert pick(1.5) == (recs[0], "no finalist meets the target with 1.5 points to spare; the smallest that meets it")
