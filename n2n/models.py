@@ -263,29 +263,43 @@ def new_folder(folder: Path, overwrite: bool = False, kind: str = "teacher") -> 
     return temp_folder(folder, f".{folder.name}.")
 
 
-def commit_folder(tmp: Path, folder: Path, overwrite: bool = False, kind: str = "teacher") -> None:
+def replaced_teacher(folder: Path, digest: str) -> Path:
+    """Where `commit_folder` keeps a teacher it replaced: runs searched from it check its digest,
+    and without it they could neither resume nor export."""
+    folder = Path(folder)
+    return folder.parent / f"{folder.name}.replaced-{digest}"
+
+
+def commit_folder(tmp: Path, folder: Path, overwrite: bool = False, kind: str = "teacher") -> Path | None:
     """Move a finished temp folder into place, its files and folders with the modes a plain open()
-    and mkdir() give; an old folder is moved aside first and deleted last. The checks run again: the
-    folder may have appeared or changed while we worked."""
+    and mkdir() give; an old folder is moved aside first and deleted last, but an old teacher is
+    kept (`replaced_teacher`; returned). The checks run again: the folder may have appeared or
+    changed while we worked."""
     for root, dirs, files in os.walk(tmp):  # what other writers made (save_pretrained writes 0600 weights)
         for name in files + dirs:
             p = os.path.join(root, name)
             if not os.path.islink(p):
                 os.chmod(p, (0o777 if name in dirs else 0o666) & ~umask())
-    old = None
+    old = kept = None
     if folder.exists() or folder.is_symlink():
         check_target(folder, overwrite, kind)
+        digest = weights_digest(folder) if kind == "teacher" else None
+        kept = replaced_teacher(folder, digest) if digest else None
         old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old."))
         os.replace(folder, old / "x")
     os.replace(tmp, folder)
     if old is not None:
+        if kept is not None and not kept.exists():  # one there already holds the same weights
+            os.replace(old / "x", kept)
         shutil.rmtree(old)
+    return kept
 
 
 def save_model(folder, model: nn.Module, arch: dict, metrics: dict, extra: dict | None = None,
-               overwrite: bool = False, finish=None) -> Path:
+               overwrite: bool = False, finish=None, log=print) -> Path:
     """Save a model folder. Written to a hidden temp folder first, then moved, so a crash leaves
-    nothing half-written and a failure leaves no temp folder. `finish(tmp)` may add files first."""
+    nothing half-written and a failure leaves no temp folder. `finish(tmp)` may add files first.
+    A teacher it replaces is kept, and `log` says where."""
     folder = Path(folder)
     kind = "export" if extra and "spec.json" in extra else "teacher"
     tmp = new_folder(folder, overwrite, kind)
@@ -297,11 +311,18 @@ def save_model(folder, model: nn.Module, arch: dict, metrics: dict, extra: dict 
             write_json(tmp / name, obj)
         if finish is not None:
             finish(tmp)
-        commit_folder(tmp, folder, overwrite, kind)
+        kept = commit_folder(tmp, folder, overwrite, kind)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+    if kept:
+        log(kept_message(folder, kept))
     return folder
+
+
+def kept_message(folder: Path, kept: Path) -> str:
+    return (f"the teacher {folder} replaced is kept at {kept}: runs searched from it need it to resume or "
+            f"export (move it back for them); delete it when none does")
 
 
 def load_hf_classifier(folder: Path, trust_remote_code: bool = False) -> nn.Module:

@@ -27,7 +27,8 @@ from . import data as data_mod
 from .config import Config, run_config
 from .driver import SearchDriver
 from .errors import ConfigError, RunError
-from .models import ModelError, append_to, check_creatable, device_for, load_model, load_weights, save_weights, weights_digest, written_by_n2n
+from .models import (ModelError, append_to, check_creatable, device_for, load_model, load_weights, replaced_teacher,
+                     save_weights, weights_digest, written_by_n2n)
 from .runfolder import POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, load_state, read_records, read_run, read_summary
 from .storage import Fetcher, RemoteResults, store_location
 from .teachers import cached_teacher
@@ -151,10 +152,14 @@ def teacher_data(folder: Path, metrics: dict, arch: dict, dataset: str, log=prin
 def check_teacher(meta: dict) -> None:
     """The teacher folder must hold the weights the run started with: every reward and figure of
     the run is relative to them."""
-    recorded, now = meta.get("teacher_digest"), weights_digest(Path(meta["teacher_folder"]))
+    folder = Path(meta["teacher_folder"])
+    recorded, now = meta.get("teacher_digest"), weights_digest(folder)
     if recorded and now != recorded:
-        raise RunError(f"{meta['teacher_folder']}: the teacher's weights changed since this run started (digest "
-                       f"{recorded}, now {now}); its figures are relative to the old teacher: restore it, or start a new search")
+        kept = replaced_teacher(folder, recorded)
+        fix = (f"`n2n teacher train --overwrite` kept it at {kept}: move it back to {folder}" if kept.is_dir()
+               else "restore it")
+        raise RunError(f"{folder}: the teacher's weights changed since this run started (digest "
+                       f"{recorded}, now {now}); its figures are relative to the old teacher: {fix}, or start a new search")
 
 
 def run_data(meta: dict, arch: dict) -> data_mod.Dataset:

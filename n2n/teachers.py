@@ -136,7 +136,7 @@ def train_teacher(recipe: TeacherRecipe, out: Path | None = None, device: str = 
     }
     log(f"  teacher: val {metrics['val_accuracy']:.4f}  test {metrics['test_accuracy']:.4f}")
     if out is not None:
-        save_model(out, model, arch, metrics, overwrite=overwrite)
+        save_model(out, model, arch, metrics, overwrite=overwrite, log=log)
     return model, arch, metrics
 
 
@@ -151,7 +151,7 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
 
     from search_spaces import HFClassifier
 
-    from .models import check_target, commit_folder, new_folder, write_json
+    from .models import check_target, commit_folder, kept_message, new_folder, write_json
 
     for ok, what in ((epochs >= 1, f"--epochs: expected >= 1, got {epochs}"), (lr > 0, f"--lr: expected > 0, got {lr}"),
                      (batch_size >= 1, f"batch size: expected >= 1, got {batch_size}")):
@@ -211,10 +211,12 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
         clf.model.save_pretrained(tmp)
         tok.save_pretrained(tmp)  # the teacher's tokenizer travels with it, and on to its students
         write_json(tmp / "metrics.json", metrics)
-        commit_folder(tmp, Path(out), overwrite)
+        kept = commit_folder(tmp, Path(out), overwrite)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+    if kept:
+        log(kept_message(Path(out), kept))
     log(f"  teacher: val {metrics['val_accuracy']:.4f}  test {metrics['test_accuracy']:.4f} -> {out}")
     return metrics
 

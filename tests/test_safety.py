@@ -17,7 +17,7 @@ from n2n.config import load_config
 from n2n.errors import ConfigError
 from n2n.driver import FINISHED, SearchDriver
 from n2n.export import export_best
-from n2n.models import save_model, vgg_layers
+from n2n.models import save_model, vgg_layers, weights_digest
 from n2n.report import make_report
 from n2n.runfolder import PREV_STATE, STATE, RunLock, read_records
 from n2n.search import restore_driver, resume_search, run_search
@@ -562,10 +562,22 @@ def test_a_run_refuses_a_teacher_whose_weights_changed(finished_run, small_teach
     (run / "n2n.json").write_text(json.dumps(meta))
     assert export_best(run, tmp_path / "ok", log=lambda *_: None)["params"] > 0  # the same teacher: fine
     model, arch, _ = small_teacher
-    save_model(teacher, model, json.loads((teacher / "arch.json").read_text()), {"recipe": {}}, overwrite=True)
+    said = []
+    save_model(teacher, model, json.loads((teacher / "arch.json").read_text()), {"recipe": {}}, overwrite=True,
+               log=said.append)
+    # the teacher it replaced is kept, not deleted: without it the run could never be exported again
+    kept = tmp_path / f"teacher.replaced-{meta['teacher_digest']}"
+    assert weights_digest(kept) == meta["teacher_digest"] != weights_digest(teacher)
+    assert said == [f"the teacher {teacher} replaced is kept at {kept}: runs searched from it need it to resume "
+                    f"or export (move it back for them); delete it when none does"]
     for cmd in (("resume", run), ("export", run, "--out", tmp_path / "o")):
         status, err = _main(capsys, *cmd)
         assert status == 2 and "the teacher's weights changed since this run started" in err
+        assert f"`n2n teacher train --overwrite` kept it at {kept}: move it back to {teacher}, or start a new search" in err
+    assert not (tmp_path / "o").exists()
+    os.replace(teacher, tmp_path / "newer")
+    os.replace(kept, teacher)  # moved back as the error says: the run exports again
+    assert export_best(run, tmp_path / "again", log=lambda *_: None)["params"] > 0
 
 
 def test_a_symlinked_lock_file_is_never_followed(tmp_path):
