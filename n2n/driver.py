@@ -345,7 +345,7 @@ class SearchDriver:
             "wall_seconds": round(self.wall_seconds(), 1),
             "agent_updates": self.agent_updates(),
             # "best": the student `n2n export` writes by default (with the target, the smallest finalist
-            # that meets it with target.margin to spare, else the smallest that meets it), not merely
+            # that meets it with target.margin to spare, else the one with the most), not merely
             # the highest reward, which a brief distillation's noise can win
             "best": {**shown(pick), "chosen_because": why} if pick else None,
             "best_by_reward": shown(top) if top else None,

@@ -66,8 +66,8 @@ def choose(records: list[dict], target, reward_config: RewardConfig, teacher_acc
     search's brief one), else the best finalist, else the best candidate by reward; `key` or `rank`
     (1 = best reward) pick any. `margin` (points; default: target.margin): the accuracy target must
     be met with that much to spare on validation, where the smallest of several finalists is the one
-    most flattered by its noise (the winner's curse); when none does, the smallest that meets the
-    target. Only candidates that `finished` can be chosen; `where` names the run in errors."""
+    most flattered by its noise (the winner's curse); when none does, the one that meets the target
+    with the most to spare. Only candidates that `finished` can be chosen; `where` names the run in errors."""
     if margin is not None:  # asked for on the command line
         check_margin(margin)
         if margin and (key is not None or rank is not None):
@@ -109,8 +109,9 @@ def choose(records: list[dict], target, reward_config: RewardConfig, teacher_acc
             return smallest(spared), f"the smallest {what} that meets the target" + \
                 (f" with {margin:g} points to spare on validation" if margin else "")
         meeting = [r for r in pool if target.met_by(r, teacher_accuracy)]
-        if meeting:
-            return smallest(meeting), f"no {what} meets the target with {margin:g} points to spare; the smallest that meets it"
+        if meeting:  # the most to spare: a larger margin never picks a student with less of it
+            safest = max(meeting, key=lambda r: (r["accuracy"], -size_of(r, reward_config)))
+            return safest, f"no {what} meets the target with {margin:g} points to spare; the one that meets it with the most"
         return pool[0], f"no {what} meets the target; the best {what} by reward"
     stopped = "" if finalists or pool[0] is ranked[0] else " that finished (the best was stopped early, without weights)"
     return pool[0], f"the best {what} by reward{stopped}"

@@ -184,7 +184,7 @@ def test_export_says_why_when_every_candidate_hit_the_rewards_walls():
 def test_export_margin_picks_the_smallest_finalist_with_points_to_spare():
     """The smallest finalist within the target on validation is the one its noise flattered most: of
     133 benchmark exports, 23 were past the target on test (benchmarks/pick_margin.py). --margin
-    asks for points to spare; when no finalist has them, the smallest that meets the target."""
+    asks for points to spare; when no finalist has them, the one that meets the target with the most."""
     from envs import RewardConfig
     from n2n.config import TargetConfig
     from n2n.pick import choose
@@ -221,7 +221,12 @@ def test_export_margin_picks_the_smallest_finalist_with_points_to_spare():
                   where="run") == (recs[0], "the smallest finalist that meets the target")
     assert pick(0.25) == (recs[1], "the smallest finalist that meets the target with 0.25 points to spare on validation")
     assert pick(0.6)[0] is recs[2] and pick(1.0)[0] is recs[2]  # 0 points below: 1 to spare
-    assert pick(1.5) == (recs[0], "no finalist meets the target with 1.5 points to spare; the smallest that meets it")
+    assert pick(1.5) == (recs[2], "no finalist meets the target with 1.5 points to spare; the one that meets it "
+                                  "with the most")
+    # so a larger margin never picks a student with less to spare (the smallest that met the target
+    # did: helper-19 asked for 0.5 points and got the finalist with none)
+    drops = [0.95 - pick(m)[0]["accuracy"] for m in (0.0, 0.25, 0.5, 0.6, 1.0, 1.5, 3.0)]
+    assert drops == sorted(drops, reverse=True)
     for bad in (-0.5, float("nan"), float("inf")):
         with pytest.raises(RunError, match=rf"--margin: expected a number of points >= 0, got {bad:g}"):
             pick(bad)
@@ -329,7 +334,7 @@ def test_resnet_teacher_on_2d_images_through_the_same_search(ray_session, tmp_pa
 
 def test_finalists_and_a_target_decide_what_export_picks(ray_session, tiny_config, tmp_path):
     # a 10-point margin: export, summary.json and the last line pick the smallest finalist with 10 of
-    # the 25 points to spare when one has them, else the smallest within 25
+    # the 25 points to spare when one has them, else the one within 25 with the most to spare
     cfg = load_config(tiny_config, {"search.removal_budget": 4, "search.shrink_budget": 4, "finalists.k": 2,
                                     "finalists.epochs": 3, "target.max_accuracy_drop": 25.0, "target.margin": 10.0})
     run = tmp_path / "runs" / "target"
@@ -346,9 +351,10 @@ def test_finalists_and_a_target_decide_what_export_picks(ray_session, tiny_confi
     chosen = export_best(run, tmp_path / "default", log=logs.append)
     assert meeting  # 25 points is within reach of a 3-epoch finalist of this teacher
     spared = [r for r in finals if within_drop(teacher_acc, r["accuracy"], 15.0)]
-    smallest = min(spared or meeting, key=lambda r: r["params"])
+    smallest = (min(spared, key=lambda r: r["params"]) if spared
+                else max(meeting, key=lambda r: (r["accuracy"], -r["params"])))
     why = ("the smallest finalist that meets the target with 10 points to spare on validation" if spared
-           else "no finalist meets the target with 10 points to spare; the smallest that meets it")
+           else "no finalist meets the target with 10 points to spare; the one that meets it with the most")
     assert chosen["key"] == smallest["key"] and chosen["chosen_because"] == why
     assert any(why in m for m in logs)  # and it says so
     # the search's last line and summary.json name that student, not the best reward of a brief distillation
