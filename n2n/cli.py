@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import USER_ERRORS
+from .errors import USER_ERRORS, sigterm_as_sigint
 
 
 def _teacher_train(args) -> int:
@@ -256,7 +256,8 @@ def main(argv=None) -> int:
         # packages (search_spaces.generic.load_factory), so a stray yaml.py there shadows nothing
         os.environ["N2N_FACTORY_PATH"] = os.getcwd()
     try:
-        return args.func(args)
+        with sigterm_as_sigint():  # `kill` as Ctrl-C: temp folders go, nothing half-written stays
+            return args.func(args)
     except USER_ERRORS as e:
         print(f"n2n: error: {e}", file=sys.stderr)
         return 2

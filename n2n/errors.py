@@ -1,4 +1,9 @@
-"""Exceptions that mean "the user asked for something that cannot be done" (exit 2, no traceback)."""
+"""Exceptions that mean "the user asked for something that cannot be done" (exit 2, no traceback),
+and SIGTERM made an interruption like Ctrl-C."""
+
+import contextlib
+import signal
+import threading
 
 from search_spaces import SpecError, UnsupportedModel
 
@@ -16,3 +21,29 @@ class RunError(ValueError):
 
 USER_ERRORS = (ConfigError, RunError, DataError, ModelError, SpecError, UnsupportedModel, FileExistsError,
                FileNotFoundError, PermissionError)
+
+
+@contextlib.contextmanager
+def sigterm_as_sigint():
+    """SIGTERM (`kill`, `timeout`, a batch scheduler) stops a command as Ctrl-C does: a search's Tune
+    stops cleanly, the run says how to resume it, and the local Ray's temp folder is removed
+    (Ray's own handler printed a crash dump and left the folder); an export or a teacher removes
+    its temp folder (Python's default for SIGTERM left it). Main thread only, as Python's signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def as_sigint(signum, frame):
+        # the SIGINT handler of the moment (Tune's during a fit), called directly: a job started in
+        # the background ignores SIGINT, so a SIGINT sent to itself would vanish
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, as_sigint)
+    try:
+        yield
+    finally:  # None: a handler installed outside Python, which cannot be put back
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

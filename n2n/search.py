@@ -11,10 +11,8 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import socket
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from search_spaces import output_gap
 from . import data as data_mod
 from .config import Config, run_config
 from .driver import SearchDriver
-from .errors import ConfigError, RunError
+from .errors import ConfigError, RunError, sigterm_as_sigint
 from .models import (ModelError, append_to, check_creatable, device_for, load_model, load_weights, replaced_teacher,
                      save_weights, weights_digest, written_by_n2n)
 from .runfolder import POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, load_state, read_records, read_run, read_summary
@@ -280,31 +278,6 @@ def _neutral_cwd(folder: str | None = None):
             yield
         finally:
             os.chdir(here)
-
-
-@contextlib.contextmanager
-def sigterm_as_sigint():
-    """SIGTERM (`kill`, `timeout`, a batch scheduler) stops the search as Ctrl-C does: Tune stops it
-    cleanly, the run says how to resume it, and the local Ray's temp folder is removed. Otherwise
-    Ray's own handler printed a crash dump and left the folder. Main thread only, as Python's signals."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def as_sigint(signum, frame):
-        # the SIGINT handler of the moment (Tune's during a fit), called directly: a job started in
-        # the background ignores SIGINT, so a SIGINT sent to itself would vanish
-        handler = signal.getsignal(signal.SIGINT)
-        if callable(handler):
-            handler(signal.SIGINT, frame)
-        else:
-            raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, as_sigint)
-    try:
-        yield
-    finally:  # None: a handler installed outside Python, which cannot be put back
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def check_device(cfg: Config, resumed: bool) -> None:
