@@ -155,6 +155,15 @@ def _path(text: str) -> str:
     return text
 
 
+def _run_name(text: str) -> str:
+    """A run's name: one folder inside --runs-dir. `..`, `.`, or a path named another folder, which
+    n2n then took for an existing run ("resume it with `n2n resume /home/me`")."""
+    if text.strip() in ("", ".", "..") or "/" in text or os.sep in text:
+        raise argparse.ArgumentTypeError(f"expected a folder name (the run goes to RUNS_DIR/NAME; --runs-dir picks "
+                                         f"where), got {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="n2n", description="Compress a trained network by policy search (N2N learning).")
     p.add_argument("--version", action="version", version=f"n2n {__version__}")
@@ -187,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("search", help="run a search (no CONFIG: the built-in MNIST-1D default)")
     s.add_argument("config", nargs="?", help="YAML config (`n2n config` prints the default, every key documented)")
-    s.add_argument("--name", help="run name (default: search-DATE-TIME); the run goes to RUNS_DIR/NAME")
+    s.add_argument("--name", type=_run_name, help="run name (default: search-DATE-TIME); the run goes to RUNS_DIR/NAME")
     s.add_argument("--runs-dir", default="runs", type=_path, help="the folder runs go to (default: runs)")
     s.add_argument("--address", help="an existing Ray cluster (e.g. auto); without it a local Ray starts")
     s.add_argument("--storage", metavar="URI", help="a cluster without a shared disk: where trials leave results, "

@@ -28,7 +28,9 @@ def sigterm_as_sigint():
     """SIGTERM (`kill`, `timeout`, a batch scheduler) stops a command as Ctrl-C does: a search's Tune
     stops cleanly, the run says how to resume it, and the local Ray's temp folder is removed
     (Ray's own handler printed a crash dump and left the folder); an export or a teacher removes
-    its temp folder (Python's default for SIGTERM left it). Main thread only, as Python's signals."""
+    its temp folder (Python's default for SIGTERM left it). Ctrl-C's handler is put back as it was
+    too: a Tune fit leaves its own, which afterwards swallowed Ctrl-C in the process that searched.
+    Main thread only, as Python's signals."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -42,8 +44,10 @@ def sigterm_as_sigint():
         else:
             raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, as_sigint)
+    interrupt, previous = signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, as_sigint)
     try:
         yield
     finally:  # None: a handler installed outside Python, which cannot be put back
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        if interrupt is not None:
+            signal.signal(signal.SIGINT, interrupt)

@@ -173,7 +173,15 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     arch = space.arch(spec)
     weights = run_dir / "results" / f"{best['key']}.safetensors"
     student = build_model(arch, factories)
-    student.load_state_dict(load_weights(weights), strict=True)
+    try:
+        student.load_state_dict(load_weights(weights), strict=True)
+    except RuntimeError as e:  # a spec edited by hand, or weights of another run
+        raise RunError(f"{weights}: expected the weights of the student candidates.json describes as {best['key']} "
+                       f"({best['summary']}), found others ({str(e).splitlines()[0].strip()}); was "
+                       f"candidates.json or results/ changed?") from None
+    if best["params"] != space.params(spec):
+        raise RunError(f"{run_dir}/candidates.json: {best['key']} records {best['params']:,} params, its spec "
+                       f"builds {space.params(spec):,}; was candidates.json changed?")
     deployed = RawInput(student, ds.preprocess).eval() if ds.preprocess else student  # what load_student returns
     if onnx and finetune_epochs:  # a student that cannot be traced fails now, not after minutes of fine-tuning
         with tempfile.TemporaryDirectory() as tmp:
@@ -192,7 +200,7 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
             raise RunError(f"--finetune-epochs {finetune_epochs}: the fine-tune failed ({res.failure}) with the run's "
                            f"distill.lr {ft.lr:g}; nothing was written (export without --finetune-epochs, or fewer epochs)")
         student.cpu()
-    assert count_params(student) == best["params"] == space.params(spec)  # the spec's prediction is exact
+    assert count_params(student) == space.params(spec)  # the spec's prediction is exact
     tokenizer = _teacher_tokenizer(Path(meta["teacher_folder"])) if arch["family"] == "hf-encoder" else None
     if tokenizer is not None and "max_length" in ds.split:
         # the student was measured on texts cut to this many tokens: so is what `truncation=True` cuts

@@ -137,8 +137,13 @@ class RawInput(nn.Module):
 
     def forward(self, x):
         x = torch.as_tensor(x)
+        given = tuple(x.shape)
         if x.dim() == len(self.input_shape) and self.input_shape[0] == 1:
             x = x.unsqueeze(1)  # (N, L) -> (N, 1, L)
+        if tuple(x.shape[1:]) != self.input_shape:  # else a conv's message about weights, not inputs
+            one = " or (N, " + ", ".join(map(str, self.input_shape[1:])) + ")" if self.input_shape[0] == 1 else ""
+            raise ValueError(f"expected a batch of inputs of shape (N, {', '.join(map(str, self.input_shape))}){one}, "
+                             f"got {given}; one sample x is x[None]")
         from .data import standardise
 
         return self.model(standardise(x, self.preprocess))

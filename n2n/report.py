@@ -9,8 +9,9 @@ from pathlib import Path
 from envs.reward import SIZE_KEYS
 
 from .config import run_config
+from .errors import RunError
 from .models import write_bytes
-from .pick import front
+from .pick import choose, front
 from .runfolder import read_records, read_run
 
 
@@ -74,6 +75,13 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     what = f"group of {batch} trained candidates, in the order they finished"
     text = [f"run {run_dir.name}: {len(records)} candidates; teacher {ref[size]:,} {size}, val acc {ref['accuracy']:.4f}",
             leaderboard(records, ref[size], size=size)]
+    try:  # the leaderboard ranks by reward; the export picks by the target (n2n.pick), often another
+        pick, why = choose(records, cfg.target, cfg.reward_config(), ref["accuracy"], cfg.early_stop.enabled, str(run_dir))
+        text.append(f"`n2n export` picks {pick['key']} ({pick['params']:,} params, {pick['stage']}, val acc "
+                    f"{pick['accuracy']:.4f}): {why}")
+    except RunError as e:
+        pick = None
+        text.append(f"`n2n export` has nothing to pick: {e}")
 
     from matplotlib.ticker import MaxNLocator
 
@@ -103,6 +111,9 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     pareto = front([r for r in ok if r["stage"] != "finalists"], lambda r: r[size])
     if pareto:
         ax.step([r[size] for r in pareto], [r["accuracy"] for r in pareto], where="post", color="k", lw=1, label="Pareto front")
+    if pick is not None and pick.get(size) is not None:
+        ax.scatter([pick[size]], [pick["accuracy"]], s=160, facecolors="none", edgecolors="k", lw=1.5,
+                   label="`n2n export`'s pick")
     ax.scatter([ref[size]], [ref["accuracy"]], marker="*", s=120, color="red", label="teacher")
     ax.set(xscale="log", xlabel={"params": "parameters", "flops": "FLOPs (multiply-accumulates)",
                                  "latency_ms": "latency (ms, median)"}[size],

@@ -235,7 +235,8 @@ def ray_session(address: str | None, log=print):
     import ray
 
     if ray.is_initialized():
-        yield
+        with sigterm_as_sigint():
+            yield
         return
     if address:
         _check_address(address)

@@ -14,7 +14,7 @@ import torch
 from envs import ProxyEvaluator, Reference
 from n2n import cli
 from n2n.config import load_config
-from n2n.errors import ConfigError
+from n2n.errors import ConfigError, RunError
 from n2n.driver import FINISHED, SearchDriver
 from n2n.export import export_best
 from n2n.models import save_model, vgg_layers, weights_digest
@@ -185,8 +185,11 @@ def finished_run(ray_session, tmp_path_factory):
     (root / "tiny.yaml").write_text(TINY_CONFIG)
     cfg = load_config(root / "tiny.yaml", {"search.stages": ["removal"], "search.removal_budget": 3})
     run = root / "runs" / "done"
+    interrupt = signal.getsignal(signal.SIGINT)
     summary = run_search(cfg, run, log=lambda *_: None)
     assert summary["stage"] == "done" and summary["candidates_evaluated"] == 3
+    # Tune's fit leaves a Ctrl-C handler of its own, which afterwards only asked a finished fit to stop
+    assert signal.getsignal(signal.SIGINT) is interrupt
     return run
 
 
@@ -383,6 +386,27 @@ def test_sigterm_during_an_export_keeps_the_earlier_one_and_leaves_no_temp_folde
     assert status == 130 and err == "n2n: interrupted\n"
     assert (out / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]
+
+
+def test_export_of_a_hand_edited_candidate_says_so_and_writes_nothing(finished_run, tmp_path):
+    """candidates.json edited by hand (helper-19): a bare AssertionError, or a load_state_dict dump."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    recs = read_records(run)
+    key = json.loads((run / "summary.json").read_text())["best"]["key"]
+    i = next(i for i, r in enumerate(recs) if r["key"] == key)
+    other = next(r for r in recs if r["spec"] != recs[i]["spec"])
+    for edit, message in (({"params": recs[i]["params"] + 1}, rf"candidates.json: {key} records [\d,]+ params, its "
+                                                               rf"spec builds [\d,]+; was candidates.json changed\?"),
+                          ({"spec": other["spec"], "params": other["params"]},
+                           rf"results/{key}.safetensors: expected the weights of the student candidates.json "
+                           rf"describes as {key} .*found others .*; was candidates.json or results/ changed\?")):
+        (run / "candidates.json").write_text(json.dumps([{**r, **edit} if j == i else r for j, r in enumerate(recs)]))
+        with pytest.raises(RunError, match=message):
+            export_best(run, tmp_path / "out", key=key, log=lambda *_: None)
+        assert not (tmp_path / "out").exists()
 
 
 def test_onnx_export_that_fails_writes_nothing_and_says_why(finished_run, tmp_path, capsys, monkeypatch):
@@ -729,6 +753,18 @@ def test_an_empty_folder_argument_is_refused_not_read_as_the_current_directory(a
         cli.main(list(argv))
     err = capsys.readouterr().err
     assert e.value.code == 2 and "expected a folder path, got an empty string" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "/home"])
+def test_a_run_name_is_one_folder_name(name, capsys, tmp_path, monkeypatch):
+    """`--name ..` was taken for an existing run: "already exists; resume it with `n2n resume DIR`" (helper-19)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["search", "--name", name])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert f"--name: expected a folder name (the run goes to RUNS_DIR/NAME; --runs-dir picks where), got {name!r}" in err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -102,6 +102,10 @@ def test_search_end_to_end(ray_session, tiny_config, tmp_path):
 
     text = make_report(run)
     assert text.splitlines()[2].split()[:3] == ["1", best["stage"], f"{best['params']:,}"]  # the best leads
+    # and it names the student export writes (here, without a target, the best by reward), as summary.json does
+    assert f"`n2n export` picks {metrics['key']} ({metrics['params']:,} params, {metrics['stage']}, val acc " \
+           f"{metrics['val_accuracy']:.4f}): {metrics['chosen_because']}" in text.splitlines()
+    assert metrics["key"] == summary["best"]["key"]
     for png in ("reward_curve.png", "pareto.png"):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -360,6 +364,7 @@ def test_finalists_and_a_target_decide_what_export_picks(ray_session, tiny_confi
     # the search's last line and summary.json name that student, not the best reward of a brief distillation
     assert said[-1].startswith(f"`n2n export` picks {smallest['params']:,} params (")
     assert f": {why} -> `n2n export" in said[-1]
+    assert f"`n2n export` picks {smallest['key']} ({smallest['params']:,} params, finalists, " in make_report(run)
     assert summary["best"]["key"] == json.loads((run / "summary.json").read_text())["best"]["key"] == chosen["key"]
     # without that student's weights (a copy without them, a store not reached), export says so and
     # writes no other student in its place

@@ -100,6 +100,11 @@ def test_resnet_teacher_from_a_recipe_round_trips(tmp_path):
         i = ds.index[part]
         got = accuracy(deployed, torch.as_tensor(raw.images[i]), torch.as_tensor(raw.target[i]))
         assert got == metrics[f"{part}_accuracy"] and count_params(deployed) == metrics["params"]
+    one = raw.images[ds.index["test"][0]]  # one raw image, no batch axis: said so, not a conv's weight error
+    with pytest.raises(ValueError, match=r"expected a batch of inputs of shape \(N, 1, 8, 8\) or \(N, 8, 8\), "
+                                         r"got \(8, 8\); one sample x is x\[None\]"):
+        deployed(torch.as_tensor(one))
+    assert deployed(torch.as_tensor(one)[None]).shape == (1, 10)
 
 
 def test_teacher_show_and_a_preset_adapted_to_small_inputs_says_so(tmp_path):
