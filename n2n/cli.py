@@ -156,11 +156,12 @@ def _path(text: str) -> str:
 
 
 def _run_name(text: str) -> str:
-    """A run's name: one folder inside --runs-dir. `..`, `.`, or a path named another folder, which
-    n2n then took for an existing run ("resume it with `n2n resume /home/me`")."""
-    if text.strip() in ("", ".", "..") or "/" in text or os.sep in text:
-        raise argparse.ArgumentTypeError(f"expected a folder name (the run goes to RUNS_DIR/NAME; --runs-dir picks "
-                                         f"where), got {text!r}")
+    """A run's name: a folder inside --runs-dir (`exp1/seed0` too). `..`, `.` or an absolute path
+    named another folder, which n2n then took for an existing run ("resume it with `n2n resume /home/me`")."""
+    parts = text.replace(os.sep, "/").split("/")
+    if not text.strip() or text.startswith(("/", os.sep)) or any(p in ("", ".", "..") for p in parts):
+        raise argparse.ArgumentTypeError(f"expected a folder name inside --runs-dir (the run goes to RUNS_DIR/NAME), "
+                                         f"got {text!r}")
     return text
 
 

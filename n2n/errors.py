@@ -44,6 +44,9 @@ def sigterm_as_sigint():
         else:
             raise KeyboardInterrupt
 
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:  # the parent asked for it to be ignored
+        yield
+        return
     interrupt, previous = signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, as_sigint)
     try:
         yield

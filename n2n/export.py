@@ -170,6 +170,9 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     run = OpenRun.open(run_dir, factories)
     teacher, space, ds = run.teacher, run.space, run.ds
     spec = StudentSpec.from_dict(best["spec"])
+    if best["key"].split("@")[0] != space.key(spec):  # (a finalist's key ends @Nep)
+        raise RunError(f"{run_dir}/candidates.json: {best['key']} records the spec of {space.key(spec)}; "
+                       f"was candidates.json changed?")
     arch = space.arch(spec)
     weights = run_dir / "results" / f"{best['key']}.safetensors"
     student = build_model(arch, factories)

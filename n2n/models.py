@@ -6,12 +6,15 @@ hyperparameters, enough to rebuild the module) and ``metrics.json``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -286,18 +289,48 @@ def commit_folder(tmp: Path, folder: Path, overwrite: bool = False, kind: str = 
             if not os.path.islink(p):
                 os.chmod(p, (0o777 if name in dirs else 0o666) & ~umask())
     old = kept = None
-    if folder.exists() or folder.is_symlink():
-        check_target(folder, overwrite, kind)
-        digest = weights_digest(folder) if kind == "teacher" else None
-        kept = replaced_teacher(folder, digest) if digest else None
-        old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old."))
-        os.replace(folder, old / "x")
-    os.replace(tmp, folder)
-    if old is not None:
-        if kept is not None and not kept.exists():  # one there already holds the same weights
-            os.replace(old / "x", kept)
-        shutil.rmtree(old)
+    with signals_held():  # a Ctrl-C or `kill` between the renames left the old folder hidden, or none
+        if folder.exists() or folder.is_symlink():
+            check_target(folder, overwrite, kind)
+            digest = weights_digest(folder) if kind == "teacher" else None
+            if digest and digest != weights_digest(tmp):  # the same weights again: no run needs a copy
+                kept = replaced_teacher(folder, digest)
+                if kept.is_symlink() or kept.exists() and not (kept.is_dir() and weights_digest(kept) == digest):
+                    kept = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f"{kept.name}."))  # taken by something else
+                    kept.rmdir()
+            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old."))
+            os.replace(folder, old / "x")
+        os.replace(tmp, folder)
+        if old is not None:
+            if kept is not None and not kept.exists():  # else it holds these weights already
+                os.replace(old / "x", kept)
+            shutil.rmtree(old)
     return kept
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM wait until the block is done, then reach the handlers they would have.
+    (Python-level: blocking them in this thread alone lets another thread of the process, Ray's or
+    torch's, take them.) Main thread only, as Python's signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    before = {s: h for s, h in before.items() if h not in (None, signal.SIG_IGN)}  # None: set outside Python
+    for s in before:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+        for s in dict.fromkeys(caught):
+            if callable(before[s]):
+                before[s](s, None)
+            else:  # SIG_DFL: what it would have done
+                signal.raise_signal(s)
 
 
 def save_model(folder, model: nn.Module, arch: dict, metrics: dict, extra: dict | None = None,

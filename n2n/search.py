@@ -154,8 +154,8 @@ def check_teacher(meta: dict) -> None:
     recorded, now = meta.get("teacher_digest"), weights_digest(folder)
     if recorded and now != recorded:
         kept = replaced_teacher(folder, recorded)
-        fix = (f"`n2n teacher train --overwrite` kept it at {kept}: move it back to {folder}" if kept.is_dir()
-               else "restore it")
+        fix = (f"`n2n teacher train --overwrite` kept it at {kept}: move {folder} aside, then {kept} to {folder}"
+               if kept.is_dir() else "restore it")
         raise RunError(f"{folder}: the teacher's weights changed since this run started (digest "
                        f"{recorded}, now {now}); its figures are relative to the old teacher: {fix}, or start a new search")
 

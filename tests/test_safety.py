@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from collections import Counter
 
 import pytest
@@ -401,9 +402,14 @@ def test_export_of_a_hand_edited_candidate_says_so_and_writes_nothing(finished_r
     for edit, message in (({"params": recs[i]["params"] + 1}, rf"candidates.json: {key} records [\d,]+ params, its "
                                                                rf"spec builds [\d,]+; was candidates.json changed\?"),
                           ({"spec": other["spec"], "params": other["params"]},
-                           rf"results/{key}.safetensors: expected the weights of the student candidates.json "
-                           rf"describes as {key} .*found others .*; was candidates.json or results/ changed\?")):
-        (run / "candidates.json").write_text(json.dumps([{**r, **edit} if j == i else r for j, r in enumerate(recs)]))
+                           rf"candidates.json: {key} records the spec of {other['key']}; was candidates.json changed\?"),
+                          ("weights", rf"results/{key}.safetensors: expected the weights of the student candidates.json "
+                                      rf"describes as {key} .*found others .*; was candidates.json or results/ changed\?")):
+        if edit == "weights":  # another candidate's weights under this one's name
+            (run / "candidates.json").write_text(json.dumps(recs))
+            shutil.copy(run / "results" / f"{other['key']}.safetensors", run / "results" / f"{key}.safetensors")
+        else:
+            (run / "candidates.json").write_text(json.dumps([{**r, **edit} if j == i else r for j, r in enumerate(recs)]))
         with pytest.raises(RunError, match=message):
             export_best(run, tmp_path / "out", key=key, log=lambda *_: None)
         assert not (tmp_path / "out").exists()
@@ -629,11 +635,60 @@ def test_a_run_refuses_a_teacher_whose_weights_changed(finished_run, small_teach
     for cmd in (("resume", run), ("export", run, "--out", tmp_path / "o")):
         status, err = _main(capsys, *cmd)
         assert status == 2 and "the teacher's weights changed since this run started" in err
-        assert f"`n2n teacher train --overwrite` kept it at {kept}: move it back to {teacher}, or start a new search" in err
+        assert f"`n2n teacher train --overwrite` kept it at {kept}: move {teacher} aside, then {kept} to {teacher}, " \
+               "or start a new search" in err
     assert not (tmp_path / "o").exists()
     os.replace(teacher, tmp_path / "newer")
     os.replace(kept, teacher)  # moved back as the error says: the run exports again
     assert export_best(run, tmp_path / "again", log=lambda *_: None)["params"] > 0
+    # the same weights again keep no copy; a kept name taken by something else is never deleted or
+    # written through: the teacher goes to a name of its own
+    said.clear()
+    save_model(teacher, model, json.loads((teacher / "arch.json").read_text()), {"recipe": {}}, overwrite=True,
+               log=said.append)
+    save_model(teacher, model, json.loads((teacher / "arch.json").read_text()), {"recipe": {}}, overwrite=True,
+               log=said.append)
+    assert len(said) == 1 and kept.is_dir()  # the first replaced the run's teacher, the second the same weights
+    os.replace(teacher, tmp_path / "newest")
+    os.replace(kept, teacher)  # the run's teacher again, and a file of the user's where it would be kept
+    kept.write_text("mine")
+    save_model(teacher, model, json.loads((teacher / "arch.json").read_text()), {"recipe": {}}, overwrite=True,
+               log=said.append)
+    assert kept.read_text() == "mine" and len(said) == 2
+    elsewhere = Path(said[1].split(" is kept at ")[1].split(": ")[0])
+    assert elsewhere != kept and elsewhere.name.startswith(kept.name) and weights_digest(elsewhere) == meta["teacher_digest"]
+
+
+def test_ctrl_c_between_the_renames_of_an_overwrite_waits_until_they_are_done(small_teacher, tmp_path, monkeypatch):
+    """Interrupted between moving the old teacher aside and the new one in, the finally deleted the
+    new one and left the old hidden in .t.old.* (helper-20): the renames now finish first."""
+    import copy
+
+    import n2n.models as models
+
+    model, arch, _ = small_teacher
+    save_model(tmp_path / "t", model, arch, {"recipe": {}})
+    old_digest = weights_digest(tmp_path / "t")
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    replace = os.replace
+
+    def interrupted(src, dst):
+        replace(src, dst)
+        if Path(dst).name == "x":  # the old folder just went aside
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(models.os, "replace", interrupted)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            save_model(tmp_path / "t", other, arch, {"recipe": {}}, overwrite=True, log=lambda *_: None)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    kept = tmp_path / f"t.replaced-{old_digest}"
+    assert weights_digest(kept) == old_digest != weights_digest(tmp_path / "t")  # both whole, in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["t", kept.name])  # nothing hidden left
 
 
 def test_a_symlinked_lock_file_is_never_followed(tmp_path):
@@ -756,7 +811,7 @@ def test_an_empty_folder_argument_is_refused_not_read_as_the_current_directory(a
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "/home"])
+@pytest.mark.parametrize("name", ["..", ".", "", "/home", "a/../..", "./x", "a//b"])
 def test_a_run_name_is_one_folder_name(name, capsys, tmp_path, monkeypatch):
     """`--name ..` was taken for an existing run: "already exists; resume it with `n2n resume DIR`" (helper-19)."""
     monkeypatch.chdir(tmp_path)
@@ -764,7 +819,7 @@ def test_a_run_name_is_one_folder_name(name, capsys, tmp_path, monkeypatch):
         cli.main(["search", "--name", name])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "Traceback" not in err
-    assert f"--name: expected a folder name (the run goes to RUNS_DIR/NAME; --runs-dir picks where), got {name!r}" in err
+    assert f"--name: expected a folder name inside --runs-dir (the run goes to RUNS_DIR/NAME), got {name!r}" in err
     assert list(tmp_path.iterdir()) == []
 
 
