@@ -19,7 +19,7 @@ from .deploy import require_onnx, check_onnx, to_onnx
 from .errors import RunError
 from .models import ModelError, RawInput, build_model, check_creatable, check_replaceable, device_for, load_weights, save_model, write_json
 from .runfolder import RunLock, lock_holder, read_records, read_run, read_summary
-from .search import OpenRun, check_teacher, teacher_logits
+from .search import OpenRun, check_teacher, check_teacher_figures, teacher_logits
 from .storage import Fetcher
 from .train import accuracy, distill
 from .vocab import trim_vocabulary
@@ -169,6 +169,7 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
                else f"; `n2n resume {run_dir}` finishes it"))
     run = OpenRun.open(run_dir, factories)
     teacher, space, ds = run.teacher, run.space, run.ds
+    check_teacher_figures(meta, teacher, ds, run_dir)  # what the pick and metrics.json are judged against
     spec = StudentSpec.from_dict(best["spec"])
     if best["key"].split("@")[0] != space.key(spec):  # (a finalist's key ends @Nep)
         raise RunError(f"{run_dir}/candidates.json: {best['key']} records the spec of {space.key(spec)}; "

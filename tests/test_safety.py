@@ -659,6 +659,28 @@ def test_a_run_refuses_a_teacher_whose_weights_changed(finished_run, small_teach
     assert elsewhere != kept and elsewhere.name.startswith(kept.name) and weights_digest(elsewhere) == meta["teacher_digest"]
 
 
+def test_export_refuses_teacher_figures_edited_in_n2n_json(finished_run, tmp_path):
+    """n2n.json's teacher accuracies, edited (helper-19: test 0.980 for 0.9907), made an export 1.47
+    points below the teacher on test say met_on_test: true. Measured again, they must agree."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    meta = json.loads((run / "n2n.json").read_text())
+    for edit, part in ((("reference", "accuracy"), "val"), (("teacher", "test_accuracy"), "test")):
+        doctored = json.loads(json.dumps(meta))
+        recorded = doctored[edit[0]][edit[1]]
+        doctored[edit[0]][edit[1]] = recorded - 0.01  # one point: more than two samples of either split
+        (run / "n2n.json").write_text(json.dumps(doctored))
+        with pytest.raises(RunError, match=rf"n2n.json: records the teacher's {part} accuracy as "
+                                           rf"{recorded - 0.01:.4f}, the teacher measures {recorded:.4f} on the "
+                                           rf"run's split; was n2n.json changed\?"):
+            export_best(run, tmp_path / "out", log=lambda *_: None)
+        assert not (tmp_path / "out").exists()
+    (run / "n2n.json").write_text(json.dumps(meta))  # as recorded: exports
+    assert export_best(run, tmp_path / "out", log=lambda *_: None)["teacher"]["val_accuracy"] == meta["reference"]["accuracy"]
+
+
 def test_ctrl_c_between_the_renames_of_an_overwrite_waits_until_they_are_done(small_teacher, tmp_path, monkeypatch):
     """Interrupted between moving the old teacher aside and the new one in, the finally deleted the
     new one and left the old hidden in .t.old.* (helper-20): the renames now finish first."""
