@@ -18,7 +18,7 @@ from .config import Config, run_config
 from .deploy import require_onnx, check_onnx, to_onnx
 from .errors import RunError
 from .models import ModelError, RawInput, build_model, check_creatable, check_replaceable, device_for, load_weights, save_model, write_json
-from .runfolder import RunLock, lock_holder, read_records, read_run, read_summary
+from .runfolder import RunLock, read_records, read_run, unfinished
 from .search import OpenRun, check_teacher, check_teacher_figures, teacher_logits
 from .storage import Fetcher
 from .train import accuracy, distill
@@ -110,20 +110,6 @@ def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: P
         raise RunError(f"{run_dir}/results/{chosen['key']}.safetensors: the weights of the student to export "
                        f"({why}) are not {where}")
     return chosen, why
-
-
-def unfinished(run_dir: Path) -> str | None:
-    """Why the run's search has not finished (its summary.json's stage), or None when it has."""
-    summary = read_summary(run_dir) or {}
-    stage, count = summary.get("stage"), summary.get("candidates_evaluated")
-    if stage == "done":
-        return None
-    holder = lock_holder(run_dir)
-    if holder:
-        return f"it is still running, in {holder}, in stage {stage} after {count} candidates"
-    if stage is None:  # interrupted before its first summary, or damaged
-        return "it has no readable summary.json"
-    return f"it stopped in stage {stage} after {count} candidates"
 
 
 def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: float,

@@ -174,6 +174,20 @@ def lock_holder(run_dir: Path) -> str | None:
         os.close(fd)
 
 
+def unfinished(run_dir: Path) -> str | None:
+    """Why the run's search has not finished (its summary.json's stage), or None when it has."""
+    summary = read_summary(run_dir) or {}
+    stage, count = summary.get("stage"), summary.get("candidates_evaluated")
+    if stage == "done":
+        return None
+    holder = lock_holder(run_dir)
+    if holder:
+        return f"it is still running, in {holder}, in stage {stage} after {count} candidates"
+    if stage is None:  # interrupted before its first summary, or damaged
+        return "it has no readable summary.json"
+    return f"it stopped in stage {stage} after {count} candidates"
+
+
 def create_run(run_dir: Path, meta: dict, copies: dict[str, Path] | None = None) -> RunLock:
     """Create RUN with n2n.json, results/ and `copies` ({path in RUN: source file}) in one rename,
     locked: a kill at any moment leaves either no run folder or one that `n2n resume` continues."""

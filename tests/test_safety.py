@@ -296,6 +296,10 @@ def test_exporting_a_search_that_has_not_finished_says_so(finished_run, tmp_path
     assert stopped["search_finished"] is False and stopped["key"] == done["key"]
     assert any(line.startswith("warning: this search has not finished (it stopped in stage shrink after 3 candidates)")
                and f"n2n resume {run}" in line for line in lines)
+    (tmp_path / "plots").mkdir()
+    assert "has not finished" not in make_report(finished_run, tmp_path / "plots")
+    assert (f"this search has not finished (it stopped in stage shrink after 3 candidates): these are the candidates "
+            f"so far; `n2n resume {run}` finishes it") in make_report(run).splitlines()
     # a search still running in another process: export works, says so, and does not suggest a resume
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from n2n.runfolder import RunLock; "
                                f"RunLock({str(run)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
