@@ -354,6 +354,7 @@ def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver, log=pri
     """One Tune experiment (a session) under RUN/tune/session-N, driven by `driver`; then every
     result the run folder lacks is fetched from remote storage."""
     from ray import tune
+    from ray.exceptions import OutOfMemoryError
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
@@ -381,8 +382,29 @@ def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver, log=pri
                                   failure_config=tune.FailureConfig(max_failures=1),
                                   callbacks=[JsonLoggerCallback()]),
     )
-    tuner.fit()
+    try:
+        tuner.fit()
+    except Exception as e:
+        oom = _cause(e, OutOfMemoryError)
+        if oom is None:
+            raise
+        # Tune raises when Ray kills a trial's actor as it starts; everything recorded is saved, and
+        # the trials in flight are issued again on resume: an interruption, not a traceback
+        log(f"Ray killed trial workers, this machine running low on memory: {str(oom).split('. ')[0]}. "
+            "Every candidate recorded is kept; free some memory, then resume")
+        return
     fetch.sync(r["key"] for r in driver.records)
+
+
+def _cause(e: BaseException | None, kind: type) -> BaseException | None:
+    """The first exception of `kind` in e's chain (raised from or during another), or None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, kind):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _finish(run_dir: Path, driver: SearchDriver, log=print) -> dict:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import n2n
+from n2n import cli
 from helpers import onnx_check
 from envs import Evaluation, Reference, reward, within_drop
 from n2n import data as data_mod
@@ -108,6 +109,35 @@ def test_search_end_to_end(ray_session, tiny_config, tmp_path):
     assert metrics["key"] == summary["best"]["key"]
     for png in ("reward_curve.png", "pareto.png"):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ray_killing_trials_for_memory_interrupts_the_search_and_resume_finishes_it(ray_session, tiny_config, tmp_path,
+                                                                                    monkeypatch, capsys):
+    """Ray's memory monitor killed a trial's actor as it started; Tune raised from fit() and the
+    search ended in a 100-line traceback. Now it is an interruption (exit 130) that names the cause,
+    and `n2n resume` finishes the run."""
+    from ray import tune
+    from ray.exceptions import OutOfMemoryError
+
+    def killed(self):
+        try:
+            raise OutOfMemoryError("2 worker(s) were killed due to the node running low on memory. Memory on the node "
+                                   "(IP: 10.0.0.1) was 22.30GB used / 23.59GB limit")
+        except OutOfMemoryError as e:
+            raise RuntimeError(f"Caught unexpected exception: {e}") from e
+
+    run = tmp_path / "runs" / "oom"
+    args = ["--set", "search.stages=[removal]", "--set", "search.removal_budget=2", "--set", "search.concurrency=1"]
+    with monkeypatch.context() as m:
+        m.setattr(tune.Tuner, "fit", killed)
+        status = cli.main(["search", str(tiny_config), "--runs-dir", str(tmp_path / "runs"), "--name", "oom", *args])
+    out = capsys.readouterr()
+    assert status == 130 and "Traceback" not in out.err
+    assert ("Ray killed trial workers, this machine running low on memory: 2 worker(s) were killed due to the node "
+            "running low on memory. Every candidate recorded is kept; free some memory, then resume") in out.out
+    assert f"search interrupted; continue it with `n2n resume {run}`" in out.out
+    assert cli.main(["resume", str(run)]) == 0
+    assert json.loads((run / "summary.json").read_text())["candidates_evaluated"] == 2
 
 
 def test_fractional_gpu_packs_two_trials_on_one_logical_gpu(ray_session, tiny_config, tmp_path):
