@@ -17,6 +17,8 @@ search stops with the first failure's reason instead of spending its budget on f
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import time
 from pathlib import Path
 
@@ -87,6 +89,7 @@ class SearchDriver:
         self.early_stop = early_stop  # Tune may stop trials before they save weights (ASHA)
         self.stage_idx = 0
         self.base = space.identity()
+        self.refine_bases: list[str] = []  # keys of the students refine narrowed, in order
         self.agent = self._make_agent(self.stages[0], self.base)
         self.cache: dict[str, dict] = {}  # spec key -> final metrics
         self.trials: dict[str, dict] = {}  # trial id -> {"stage", "cid", "key"} while in flight
@@ -106,17 +109,22 @@ class SearchDriver:
     def stage(self) -> str | None:
         return self.stages[self.stage_idx] if self.stage_idx < len(self.stages) else None
 
+    def _env(self, stage: str, base: StudentSpec) -> CompressionEnv:
+        return CompressionEnv(self.space, evaluator=None, stage=stage, base_spec=base,
+                              reward_config=self.reward_config, reference=self.reference)
+
     def _make_agent(self, stage: str, base: StudentSpec):
         if stage == "finalists":
             return Finalists(self._finalist_specs())
-        env = CompressionEnv(self.space, evaluator=None, stage=stage, base_spec=base,
-                             reward_config=self.reward_config, reference=self.reference)
+        env = self._env(stage, base)
         options = self.options
         if self.kind == "reinforce" and self.run_dir is not None:
             # the run's own copy of its starting policy; runs record None for a fresh one, and runs
             # from before starting policies existed record nothing: they started fresh too
             options = {**options, "policy": None if options.get("policy") is None else str(self.run_dir / POLICY)}
-        return make_agent(self.kind, env, seed=self.seed + self.stage_idx, **options)
+        # a refine that moved on to another base starts its agent from another seed
+        seed = self.seed + self.stage_idx + 1000 * max(len(self.refine_bases) - 1, 0) * (stage == "refine")
+        return make_agent(self.kind, env, seed=seed, **options)
 
     def _finalist_specs(self) -> list[StudentSpec]:
         """The finalists (n2n.pick.finalists): the front's smallest within reach of the target."""
@@ -145,14 +153,49 @@ class SearchDriver:
         its agent max_asks times for a spec other than its base."""
         return getattr(getattr(self.agent, "env", None), "fixed", False)
 
+    def _untrained(self, base: StudentSpec, limit: int = 4096) -> bool:
+        """Whether some student refine could make of `base` (its units narrowed) is not in the cache.
+        A space larger than `limit` is taken to have one (the cache holds a few hundred at most)."""
+        env = self._env("refine", base)
+        choices = [[a for a, ok in enumerate(env.action_mask(u)) if ok] for u in env.active]  # per unit
+        if math.prod(len(c) for c in choices) > max(limit, len(self.cache)):
+            return True
+        return any(self.space.key(env.spec_from_actions(dict(zip(env.active, acts)))) not in self.cache
+                   for acts in itertools.product(*choices))
+
+    def _next_refine_base(self) -> dict | None:
+        """The best student of shrink or refine (by reward) not narrowed yet that has narrower
+        students not trained yet: where a refine whose base is exhausted spends the rest of its budget."""
+        rows = [r for r in self.records if r["stage"] in ("shrink", "refine") and r["failure"] is None
+                and r["reward"] > -1 and r["key"] not in self.refine_bases]
+        for r in sorted(rows, key=lambda r: -r["reward"]):
+            if self._untrained(StudentSpec.from_dict(r["spec"])):
+                return r
+        return None
+
     def _advance(self):
         done = self.stage
+        if done == "refine" and self.trained(done) < self.budgets[done] and self.asks > self.max_asks * self.budgets[done]:
+            spent = "every student narrower than it is trained" if not self._untrained(self.base) \
+                else "the agent kept proposing known students"
+            nxt = self._next_refine_base()
+            if nxt is not None:  # the rest of the budget narrows the next best student instead
+                self.log(f"stage refine: {spent} ({self.space.describe(self.base)}); narrowing "
+                         f"{self.space.describe(StudentSpec.from_dict(nxt['spec']))} next, "
+                         f"{self.budgets[done] - self.trained(done)} candidates left")
+                self.refine_bases.append(nxt["key"])
+                self.base, self.asks = StudentSpec.from_dict(nxt["spec"]), 0
+                self.agent = self._make_agent(done, self.base)
+                return
         if self.trained(done) < self.budgets[done]:
             if self._fixed():
                 why = {"removal": "the teacher has no removable units (layers or blocks whose output has their input's shape)",
                        "shrink": "no unit it keeps can be shrunk",
                        "refine": "every unit the shrink stage's best keeps is already at the smallest ratio it can "
                                  "take: nothing narrower to try"}.get(done, "no unit has a choice")
+            elif done == "refine" and self.asks > self.max_asks * max(self.budgets[done], 1):
+                why = (f"it narrowed {len(self.refine_bases)} student(s) until its agent proposed only known ones, "
+                       f"and no other shrink or refine student has a narrower one left untrained")
             elif self.asks > self.max_asks * max(self.budgets[done], 1):
                 why = "the agent kept proposing known specs"
             else:
@@ -178,6 +221,8 @@ class SearchDriver:
             self.stage_idx += 1
         if best is not None and self.stage not in (None, "finalists"):
             self.base = StudentSpec.from_dict(best["spec"])
+            if self.stage == "refine":
+                self.refine_bases = [best["key"]]
         self._start_stage()
 
     def _start_stage(self):
@@ -398,12 +443,14 @@ class SearchDriver:
                 "agent": self.agent.state_dict() if self.stage else None, "cache": self.cache,
                 "trials": [*self.reissue, *self.trials.values()], "waiters": self.waiters, "failed": self.failed, "records": self.records, "asks": self.asks,
                 "cache_hits": self.cache_hits, "updates_done": self.updates_done, "wall_seconds": self.wall_seconds(),
-                "stage_started": self.stage_started}
+                "stage_started": self.stage_started, "refine_bases": self.refine_bases}
 
     def load_state_dict(self, state: dict):
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"expected search state version {STATE_VERSION}, got {state.get('version')!r}")
         self.stage_idx, self.base = state["stage_idx"], StudentSpec.from_dict(state["base"])
+        # states from before refine moved on had narrowed one base, the one they record
+        self.refine_bases = state.get("refine_bases") or ([self.space.key(self.base)] if self.stage == "refine" else [])
         if self.stage is not None:
             self.agent = self._make_agent(self.stage, self.base)
             self.agent.load_state_dict(state["agent"])

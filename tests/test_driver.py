@@ -93,6 +93,43 @@ def test_a_refine_with_nothing_narrower_ends_at_once_and_says_why(space):
             assert all(a <= 1.0 for a in out["spec"]["ratios"]) and out["spec"]["ratios"] != list(base.ratios)
 
 
+def test_a_refine_that_has_trained_every_narrower_student_narrows_the_next_best(space):
+    """`make run`'s refine ended after 11 of 20 candidates: the shrink stage's best had 12 narrower
+    students (itself included), all trained. The rest of the budget narrows the next best student
+    that still has untrained narrower ones; the log says which, and why the stage ends when none has."""
+    from n2n.driver import Finalists
+
+    shrinkable = [i for i, u in enumerate(space.units) if u.shrinkable]
+
+    def spec(wider):  # every shrinkable unit at 0.25 but `wider` at 0.5: 2 ** len(wider) narrower students
+        return StudentSpec((), tuple((0.5 if i in wider else 0.25) if i in shrinkable else 1.0 for i in range(len(space.units))))
+
+    proxy, said = ProxyEvaluator(space), []
+    first, second = spec((0, 1)), spec((10, 11))  # the proxy ranks them so (first reward 0.834, second 0.825)
+    d = _driver(space, agent="random", stages=["shrink", "refine"], budgets={"shrink": 2, "refine": 8},
+                agent_options={}, max_asks_per_candidate=5, log=said.append)
+    d.agent = Finalists([first, second])
+    _drive(d, space, proxy)
+    refined = [StudentSpec.from_dict(r["spec"]) for r in d.records if r["stage"] == "refine"]
+    # first: (0,), (1,) and the narrowest (); then second: (10,) and (11,); then every base is spent
+    assert sorted(map(space.key, refined[:3])) == sorted(space.key(spec(w)) for w in ((0,), (1,), ()))
+    assert sorted(map(space.key, refined[3:])) == sorted(space.key(spec(w)) for w in ((10,), (11,)))
+    assert d.refine_bases == [space.key(first), space.key(second)]
+    assert (f"stage refine: every student narrower than it is trained ({space.describe(first)}); narrowing "
+            f"{space.describe(second)} next, 5 candidates left") in said
+    assert ("stage refine ended after 5 of 8 candidates: it narrowed 2 student(s) until its agent proposed only "
+            "known ones, and no other shrink or refine student has a narrower one left untrained") in said
+    # a resume knows which students refine has narrowed
+    again = _driver(space, agent="random", stages=["shrink", "refine"], budgets={"shrink": 2, "refine": 8}, agent_options={})
+    state = d.state_dict()
+    state.update(stage_idx=1, agent=d._make_agent("refine", second).state_dict(), base=second.to_dict())
+    again.load_state_dict(state)
+    assert again.refine_bases == d.refine_bases and again._next_refine_base() is None
+    del state["refine_bases"]  # a state saved before refine moved on: it had narrowed only its base
+    again.load_state_dict(state)
+    assert again.refine_bases == [space.key(second)]
+
+
 def test_a_refine_with_no_shrink_best_is_skipped_not_run_as_a_shrink(space):
     """helper-16: with every shrink trial failed, refine narrowed the removal stage's best from full
     width, an unrestricted shrink under refine's name. It is skipped, and the log says why."""
