@@ -407,6 +407,9 @@ def test_export_of_a_hand_edited_candidate_says_so_and_writes_nothing(finished_r
                                                                rf"spec builds [\d,]+; was candidates.json changed\?"),
                           ({"spec": other["spec"], "params": other["params"]},
                            rf"candidates.json: {key} records the spec of {other['key']}; was candidates.json changed\?"),
+                          ({"accuracy": recs[i]["accuracy"] - 0.05},
+                           rf"candidates.json: records {key} at val acc [\d.]+, its weights measure [\d.]+ on the run's "
+                           rf"split; was candidates.json or results/ changed\?"),
                           ("weights", rf"results/{key}.safetensors: expected the weights of the student candidates.json "
                                       rf"describes as {key} .*found others .*; was candidates.json or results/ changed\?")):
         if edit == "weights":  # another candidate's weights under this one's name
