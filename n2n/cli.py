@@ -262,8 +262,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "allow_factory", None):
         # factories are the user's own modules, importable from where they run n2n, here and in the Ray
-        # workers this process starts (they inherit the environment); searched after the installed
-        # packages (search_spaces.generic.load_factory), so a stray yaml.py there shadows nothing
+        # workers this process starts (they inherit the environment); only the factory's own module is
+        # searched for there, after the installed packages (search_spaces.generic.load_factory)
         os.environ["N2N_FACTORY_PATH"] = os.getcwd()
     try:
         with sigterm_as_sigint():  # `kill` as Ctrl-C: temp folders go, nothing half-written stays

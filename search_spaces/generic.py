@@ -49,12 +49,46 @@ def load_factory(path: str, allowed=()):
     if not mod or not fn:
         raise UnsupportedModel(f"factory: expected 'package.module:function', got {path!r}")
     where = os.environ.get("N2N_FACTORY_PATH")  # the folder `n2n --allow-factory` ran in
-    if where and where not in sys.path:
-        sys.path.append(where)  # last: an installed package of the same name wins over a local file
+    if where:
+        _FolderFinder.allow(where, mod.split(".")[0])
     try:
         return getattr(importlib.import_module(mod), fn)
+    except ModuleNotFoundError as e:
+        local = f"; from {where} n2n imports only {mod.split('.')[0]!r} itself (a package may import its own modules), " \
+                f"so install what it imports (pip install -e .) or make it one package" if where and e.name != mod else ""
+        raise UnsupportedModel(f"factory {path!r} cannot be imported: {e}{local}") from None
     except (ImportError, AttributeError) as e:
         raise UnsupportedModel(f"factory {path!r} cannot be imported: {e}") from None
+
+
+class _FolderFinder:
+    """Finds the factories' top-level modules, and nothing else, in the folder n2n ran in; last on
+    sys.meta_path, so an installed package of the same name wins. The folder itself never goes on
+    sys.path: there every module a library merely probes for (tabulate, psutil, ...) would be
+    imported from whatever .py files lie in it."""
+
+    _instance = None
+
+    def __init__(self):
+        self.names: dict[str, str] = {}  # top-level module name -> folder
+
+    @classmethod
+    def allow(cls, folder: str, name: str) -> None:
+        if cls._instance is None or cls._instance not in sys.meta_path:
+            cls._instance = cls()
+            sys.meta_path.append(cls._instance)
+        cls._instance.names[name] = folder
+
+    def find_spec(self, fullname, path=None, target=None):
+        folder = self.names.get(fullname)  # submodules come through their package's __path__
+        if folder is None:
+            return None
+        from importlib.machinery import PathFinder
+
+        return PathFinder.find_spec(fullname, [folder])
+
+    def invalidate_caches(self):
+        pass
 
 
 def _shape_preserving_blocks(model: nn.Module, example: torch.Tensor) -> list[str]:

@@ -147,6 +147,32 @@ def test_a_module_teacher_imports_its_factory_from_the_working_directory(tmp_pat
     assert refused.returncode == 2 and "--allow-factory mynet:make" in refused.stderr
 
 
+def test_allowing_a_factory_imports_that_module_alone_from_the_working_folder(tmp_path, monkeypatch):
+    """helper-22: --allow-factory put the working folder on sys.path (here and in every Ray worker),
+    so each optional module a library probes for (tabulate, gmpy2, psutil...) ran from any .py lying
+    there. Only the factory's own top-level module is found there now, after the installed packages."""
+    import importlib.util
+
+    from search_spaces import UnsupportedModel
+    from search_spaces.generic import load_factory
+
+    (tmp_path / "mynet2.py").write_text("import torch\ndef make():\n    return torch.nn.Linear(2, 2)\n")
+    (tmp_path / "tabulate_probe.py").write_text("import pathlib\npathlib.Path('PWNED').write_text('ran')\n")
+    (tmp_path / "uses_sibling.py").write_text("import mynet_helpers\ndef make():\n    return None\n")
+    (tmp_path / "mynet_helpers.py").write_text("")
+    monkeypatch.setenv("N2N_FACTORY_PATH", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    make = load_factory("mynet2:make", ["mynet2:make"])
+    assert make().in_features == 2 and str(tmp_path) not in sys.path
+    assert importlib.util.find_spec("tabulate_probe") is None and not (tmp_path / "PWNED").exists()
+    with pytest.raises(UnsupportedModel, match=rf"No module named 'mynet_helpers'; from {tmp_path} n2n imports only "
+                                               r"'uses_sibling' itself"):
+        load_factory("uses_sibling:make", ["uses_sibling:make"])
+    for name in ("mynet2", "uses_sibling"):
+        sys.modules.pop(name, None)
+
+
 def test_a_relative_dataset_path_is_recorded_absolute(tmp_path, monkeypatch):
     """helper-12: `--dataset npz:dg.npz` was recorded as typed, so the teacher, the runs searched from
     it and their exports failed from any other directory ("expected a file at dg.npz")."""
