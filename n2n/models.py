@@ -363,6 +363,24 @@ def kept_message(folder: Path, kept: Path) -> str:
             f"export (move it back for them); delete it when none does")
 
 
+def check_hf_folder(folder: Path) -> None:
+    """What transformers would read from a Hugging Face folder besides JSON and safetensors, refused
+    before it is read: pickled weights (pytorch_model.bin: torch.load, even if restricted) and an
+    attention implementation named as a Hub repository (transformers fetches that kernel and runs it)."""
+    folder = Path(folder)
+    config = read_json(folder / "config.json")
+    for key in ("attn_implementation", "_attn_implementation"):
+        value = config.get(key)
+        if value is not None and (not isinstance(value, str) or "/" in value or ":" in value):
+            raise ModelError(f"{folder}/config.json: {key} is {value!r}, a kernel transformers would fetch from the "
+                             f"Hub and run; expected a built-in one (eager, sdpa) or none")
+    if not any(folder.glob("*.safetensors")):
+        found = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack"))
+        raise ModelError(f"{folder}: expected weights in model.safetensors, found {', '.join(found) or 'none'}; n2n "
+                         f"reads no pickled weights: convert them once, where you trust the file, with "
+                         f"model.save_pretrained(DIR, safe_serialization=True)")
+
+
 def load_hf_classifier(folder: Path, trust_remote_code: bool = False) -> nn.Module:
     """A local Hugging Face ...ForSequenceClassification folder, as ids -> logits (no download).
 
@@ -377,9 +395,11 @@ def load_hf_classifier(folder: Path, trust_remote_code: bool = False) -> nn.Modu
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the missing-weights report is ours to give, in one line
     hf_logging.disable_progress_bar()  # no weight-loading bars in the user's terminal
+    check_hf_folder(folder)
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            folder, local_files_only=True, trust_remote_code=trust_remote_code, output_loading_info=True)
+            folder, local_files_only=True, trust_remote_code=trust_remote_code, output_loading_info=True,
+            use_safetensors=True)
     except (OSError, ValueError) as e:
         raise ModelError(f"{folder}: not a loadable Hugging Face classifier folder ({str(e).splitlines()[0]})") from None
     finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import data as data_mod
-from .models import VGG_PRESETS, ModelError, build_model, device_for, load_model, save_model, vgg_dropped_pools
+from .models import VGG_PRESETS, ModelError, build_model, check_hf_folder, device_for, load_model, save_model, vgg_dropped_pools
 from .train import accuracy, train_classifier
 from search_spaces import count_params
 
@@ -165,6 +165,7 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
         positions = AutoConfig.from_pretrained(checkpoint, local_files_only=True).max_position_embeddings
     except (OSError, ValueError, AttributeError) as e:
         raise ModelError(f"{checkpoint}: not a Hugging Face encoder checkpoint ({str(e).splitlines()[0]})") from None
+    check_hf_folder(checkpoint)
     if not 2 <= max_length <= positions:
         raise ConfigError(f"--max-length: expected 2..{positions} (the checkpoint's positions), got {max_length}")
     tok = data_mod.tokenizer_for(checkpoint)
@@ -184,7 +185,7 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             checkpoint, local_files_only=True, num_labels=ds.num_classes, id2label=dict(enumerate(names)),
-            label2id={n: i for i, n in enumerate(names)})
+            label2id={n: i for i, n in enumerate(names)}, use_safetensors=True)
     except (OSError, ValueError) as e:
         raise ModelError(f"{checkpoint}: not a loadable Hugging Face checkpoint ({str(e).splitlines()[0]})") from None
     clf = HFClassifier(model)

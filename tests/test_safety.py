@@ -480,6 +480,32 @@ def test_a_damaged_record_or_reference_is_one_line(finished_run, tmp_path, capsy
 
 # -- hostile or damaged inputs ----------------------------------------------------------------------
 
+def test_a_hugging_face_folder_with_pickled_weights_or_a_hub_kernel_is_refused_unread(tmp_path, capsys):
+    """helper-22: a folder with pytorch_model.bin alone went through torch.load (a hostile one gave a
+    30-line traceback advising weights_only=False), and config.json's attn_implementation may name a
+    Hub kernel that transformers fetches and runs."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    model = BertForSequenceClassification(BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=8))
+    model.save_pretrained(tmp_path / "bin")  # as older transformers wrote checkpoints: a pickle
+    torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    (tmp_path / "bin" / "model.safetensors").unlink()
+    status, err = _main(capsys, "teacher", "show", tmp_path / "bin")
+    assert status == 2 and err == (f"n2n: error: {tmp_path / 'bin'}: expected weights in model.safetensors, found "
+                                   f"pytorch_model.bin; n2n reads no pickled weights: convert them once, where you "
+                                   f"trust the file, with model.save_pretrained(DIR, safe_serialization=True)\n")
+    status, err = _main(capsys, "teacher", "train", "--hf", tmp_path / "bin", "--dataset", "text:none.jsonl",
+                        "--out", tmp_path / "t")
+    assert status == 2 and "n2n reads no pickled weights" in err and not (tmp_path / "t").exists()
+    model.save_pretrained(tmp_path / "ok")
+    assert _main(capsys, "teacher", "show", tmp_path / "ok") == (0, "")  # the same folder in safetensors loads
+    config = json.loads((tmp_path / "ok" / "config.json").read_text())
+    (tmp_path / "ok" / "config.json").write_text(json.dumps({**config, "attn_implementation": "kernels-community/x"}))
+    status, err = _main(capsys, "teacher", "show", tmp_path / "ok")
+    assert status == 2 and "attn_implementation is 'kernels-community/x', a kernel transformers would fetch" in err
+
+
 def test_a_stray_module_where_n2n_runs_is_never_imported_by_the_trials(tiny_config, tmp_path):
     """Ray put the driver's working directory first on every worker's sys.path: an envs.py there
     replaced n2n's own package in every trial (a numpy.py, numpy), with or without --allow-factory."""
