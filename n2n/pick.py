@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from envs import RewardConfig, size_of
+from envs import RewardConfig, size_of, within_drop
 
 from .errors import RunError
 
@@ -32,10 +32,16 @@ def finalists(records: list[dict], k: int, drop: float | None, teacher_accuracy:
     """The `k` candidates worth distilling longer: with an accuracy target (`drop` points), the
     smallest of the front within `drop + reach` points of the teacher (brief distillation underrates
     students, so the longer one recovers some of those below the target); the rest, or all without a
-    target, the front's best by reward."""
+    target, the front's best by reward. When none of those meets the target and a member of the
+    front does, the smallest such member takes the last place."""
     ok = [r for r in records if r["stage"] != "finalists" and r["failure"] is None and r["reward"] > -1]
     members = front(ok, lambda r: size_of(r, reward_config))
     chosen = [] if drop is None else [r for r in members if (teacher_accuracy - r["accuracy"]) * 100 <= drop + reach][:k]
+    meets = [] if drop is None else [r for r in members if within_drop(teacher_accuracy, r["accuracy"], drop)]
+    if k and meets and not any(r in meets for r in chosen):
+        # every one of the k smallest misses the target: the last place goes to the smallest that meets
+        # it, or export could only ship a student past the target while the run holds one within it
+        chosen = chosen[:k - 1] + meets[:1]
     for r in sorted(members, key=lambda r: -r["reward"]):
         if len(chosen) < k and r not in chosen:
             chosen.append(r)

@@ -287,6 +287,10 @@ def test_pareto_front_and_the_finalists_it_gives():
     # k beyond those within reach: the rest of the front by reward; no target: by reward alone
     assert [r["key"] for r in finalists(recs, 2, 1.0, 0.92, rc)] == ["s40-0.9", "s20-0.7"]
     assert [r["key"] for r in finalists(recs, 2, None, 0.92, rc)] == ["s40-0.9", "s20-0.7"]
+    # helper-21: the k smallest within reach all missed the target, so export shipped a student past it
+    # while the run held one within it; the smallest that meets the target takes the last place
+    assert [r["key"] for r in finalists(recs, 1, 1.0, 0.905, rc, reach=25.0)] == ["s40-0.9"]
+    assert [r["key"] for r in finalists(recs, 2, 1.0, 0.905, rc, reach=25.0)] == ["s20-0.7", "s40-0.9"]
 
 
 def _cli(*args, **kw):
