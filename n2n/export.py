@@ -164,7 +164,7 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
                else f"; `n2n resume {run_dir}` finishes it"))
     run = OpenRun.open(run_dir, factories)
     teacher, space, ds = run.teacher, run.space, run.ds
-    check_teacher_figures(meta, teacher, ds, run_dir)  # what the pick and metrics.json are judged against
+    measured = check_teacher_figures(meta, teacher, ds, run_dir)  # what metrics.json states and judges by
     spec = StudentSpec.from_dict(best["spec"])
     if best["key"].split("@")[0] != space.key(spec):  # (a finalist's key ends @Nep)
         raise RunError(f"{run_dir}/candidates.json: {best['key']} records the spec of {space.key(spec)}; "
@@ -183,10 +183,10 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
                        f"builds {space.params(spec):,}; was candidates.json changed?")
     # the pick rests on the recorded accuracy: the weights must still measure it (2 samples of slack:
     # the trial's device may sum in another order), else a file was edited or swapped
-    measured = accuracy(student, ds.x_val, ds.y_val)
-    if abs(measured - best["val_accuracy"]) > 2 / len(ds.y_val) + 1e-9:
+    as_saved = accuracy(student, ds.x_val, ds.y_val)
+    if abs(as_saved - best["val_accuracy"]) > 2 / len(ds.y_val) + 1e-9:
         raise RunError(f"{run_dir}/candidates.json: records {best['key']} at val acc {best['val_accuracy']:.4f}, its "
-                       f"weights measure {measured:.4f} on the run's split; was candidates.json or results/ changed?")
+                       f"weights measure {as_saved:.4f} on the run's split; was candidates.json or results/ changed?")
     deployed = RawInput(student, ds.preprocess).eval() if ds.preprocess else student  # what load_student returns
     if onnx and finetune_epochs:  # a student that cannot be traced fails now, not after minutes of fine-tuning
         with tempfile.TemporaryDirectory() as tmp:
@@ -233,8 +233,7 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         "latency_measured": {"device": best.get("device"), "node": best.get("node"), **dataclasses.asdict(cfg.latency)}
         if best.get("latency_ms") else None,
         "finetune_epochs": finetune_epochs, "times_smaller": round(meta["reference"]["params"] / params, 2),
-        "teacher": {"params": meta["reference"]["params"], "val_accuracy": meta["reference"]["accuracy"],
-                    "test_accuracy": meta["teacher"]["test_accuracy"]},
+        "teacher": {"params": meta["reference"]["params"], "val_accuracy": measured["val"], "test_accuracy": measured["test"]},
         "dataset": meta["dataset"], "split": ds.split, "run": str(run_dir.resolve()), "summary": best["summary"],
     }
     target, warning = accuracy_target(cfg.target.max_accuracy_drop, metrics["teacher"], val, test,
@@ -268,7 +267,7 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     if "hf" in extras:
         log(f"also saved as a Hugging Face model: {out / 'hf'} (AutoModelForSequenceClassification.from_pretrained)")
     log(f"exported {params:,} params ({metrics['times_smaller']}x smaller than the teacher): "
-        f"val acc {val:.4f}, test acc {test:.4f} (teacher test {meta['teacher']['test_accuracy']:.4f}) -> {out}")
+        f"val acc {val:.4f}, test acc {test:.4f} (teacher test {measured['test']:.4f}) -> {out}")
     if warning:
         log(warning)
     return metrics

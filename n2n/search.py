@@ -160,17 +160,20 @@ def check_teacher(meta: dict) -> None:
                        f"{recorded}, now {now}); its figures are relative to the old teacher: {fix}, or start a new search")
 
 
-def check_teacher_figures(meta: dict, teacher, ds: data_mod.Dataset, run_dir: Path) -> None:
+def check_teacher_figures(meta: dict, teacher, ds: data_mod.Dataset, run_dir: Path) -> dict[str, float]:
     """n2n.json's teacher accuracies judge every candidate, the pick and the exported metrics.json:
     measured again (as the run measured them, on this machine's CPU), they must agree to within 2
-    samples (float sums in another order can flip one), else the file was edited."""
+    samples (float sums in another order can flip one), else the file was edited. Returns the
+    figures measured ({"val": ..., "test": ...}): what an export writes and judges its student by."""
+    measured = {}
     for part, recorded in (("val", meta["reference"]["accuracy"]), ("test", meta["teacher"]["test_accuracy"])):
         y = getattr(ds, f"y_{part}")
-        now = accuracy(teacher, getattr(ds, f"x_{part}"), y)
+        now = measured[part] = accuracy(teacher, getattr(ds, f"x_{part}"), y)
         if abs(now - recorded) > 2 / len(y) + 1e-9:
             raise RunError(f"{run_dir}/n2n.json: records the teacher's {part} accuracy as {recorded:.4f}, the teacher "
                            f"measures {now:.4f} on the run's split; was n2n.json changed? Every figure of the run "
                            f"is judged against it: start a new search")
+    return measured
 
 
 def run_data(meta: dict, arch: dict) -> data_mod.Dataset:

@@ -712,6 +712,13 @@ def test_export_refuses_teacher_figures_edited_in_n2n_json(finished_run, tmp_pat
         assert not (tmp_path / "out").exists()
     (run / "n2n.json").write_text(json.dumps(meta))  # as recorded: exports
     assert export_best(run, tmp_path / "out", log=lambda *_: None)["teacher"]["val_accuracy"] == meta["reference"]["accuracy"]
+    # within the 2 samples a float sum may flip, an edit passes, but what is written is what the teacher
+    # measures (helper-22: the edited figure made a student 0.37 points below read 0.37 above)
+    doctored = json.loads(json.dumps(meta))
+    doctored["teacher"]["test_accuracy"] -= 1e-4  # less than a sample: passes
+    (run / "n2n.json").write_text(json.dumps(doctored))
+    written = export_best(run, tmp_path / "out2", log=lambda *_: None)
+    assert written["teacher"]["test_accuracy"] == meta["teacher"]["test_accuracy"]
 
 
 def test_ctrl_c_between_the_renames_of_an_overwrite_waits_until_they_are_done(small_teacher, tmp_path, monkeypatch):
