@@ -338,6 +338,31 @@ def run_config(recorded: dict) -> Config:
     return from_dict(Config, recorded)
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping: PyYAML keeps the last, so a second
+    `target:` section silently dropped the first one's settings."""
+
+    def construct_mapping(self, node, deep=False):
+        lines: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`, whose keys the mapping may override
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in lines:
+                    raise _DuplicateKey(f"the key {key!r} is given twice (lines {lines[key]} and {line}); the later "
+                                        f"would silently replace the earlier")
+                lines[key] = line
+            except TypeError:  # an unhashable key: the base class says so
+                pass
+        return super().construct_mapping(node, deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
     """The built-in default, or a YAML file validated into `Config`."""
     data: dict = {}
@@ -346,7 +371,9 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         if not path.is_file():
             raise ConfigError(f"config: expected a YAML file at {path}, found none")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.load(path.read_text(), Loader=_UniqueKeys) or {}
+        except _DuplicateKey as e:
+            raise ConfigError(f"config {path}: {e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config {path}: not valid YAML ({e})") from None
         if not isinstance(data, dict):

@@ -184,3 +184,20 @@ def test_overrides_and_types(tmp_path):
     cfg = load_config(None, {"search.agent": "optuna", "distill.lr": 1, "reward.max_params": 5000})
     assert cfg.search.agent == "optuna" and cfg.distill.lr == 1.0 and isinstance(cfg.distill.lr, float)
     assert cfg.reward.max_params == 5000 and cfg.budget("removal") == 20 and cfg.budget("refine") == 20
+
+
+def test_a_key_given_twice_is_refused_not_silently_replaced(tmp_path):
+    """helper-22: PyYAML keeps the last of two `target:` sections, so `max_accuracy_drop: 0.5` in the
+    first became the default 1.0 with nothing said. A merge (`<<: *anchor`) may still be overridden."""
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("target:\n  max_accuracy_drop: 0.5\nsearch:\n  agent: optuna\ntarget:\n  max_params: 50000\n")
+    with pytest.raises(ConfigError, match=rf"^config {dup}: the key 'target' is given twice \(lines 1 and 5\); the "
+                                          r"later would silently replace the earlier$"):
+        load_config(dup)
+    dup.write_text("distill:\n  epochs: 2\n  lr: 0.01\n  epochs: 4\n")
+    with pytest.raises(ConfigError, match=r"the key 'epochs' is given twice \(lines 2 and 4\)"):
+        load_config(dup)
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("distill: &d {epochs: 2, lr: 0.01}\nfinalists:\n  <<: {k: 2, epochs: 5}\n  k: 4\n")
+    cfg = load_config(merged)
+    assert (cfg.finalists.k, cfg.finalists.epochs, cfg.distill.epochs) == (4, 5, 2)
