@@ -34,6 +34,7 @@ import torch
 
 SPLIT = (0.7, 0.15, 0.15)  # train / validation / test
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"}
+MAX_SPARSE_CLASSES = 10_000  # class ids past the sample count are refused beyond this (an output unit each)
 
 
 class DataError(ValueError):
@@ -279,6 +280,12 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, list | None]:
         raise DataError(f"npz dataset {path}: expected as many labels as samples, got {len(x)} samples and {len(y)} labels")
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
         raise DataError(f"npz dataset {path}: expected 'y' to be 1-D non-negative integer labels, got dtype {y.dtype} shape {y.shape}")
+    top = int(y.max())  # a Python int: uint64 labels past 2**63 would wrap negative as int64
+    if top + 1 > max(len(y), MAX_SPARSE_CLASSES):  # the output layer has a unit per id up to the largest
+        raise DataError(f"npz dataset {path}: expected class ids 0..K-1, found the id {top} among {len(y):,} samples "
+                        f"({len(np.unique(y)):,} distinct): a {top + 1:,}-way output layer; number the classes 0..K-1")
+    if np.iscomplexobj(x) or not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise DataError(f"npz dataset {path}: expected real-valued 'x' (floats, or integer token ids), got dtype {x.dtype}")
     if x.ndim < 2:  # a model needs a vector (or more) per sample: (N,) is one number each
         raise DataError(f"npz dataset {path}: expected 'x' with a feature axis, (N, L), (N, C, L) or (N, C, H, W), "
                         f"got shape {x.shape}")
@@ -332,6 +339,10 @@ def read_text(path: Path) -> tuple[list[str], list, list | None]:
     parts = None
     if rows and all("split" in r for r in rows):
         parts = _split_array(path, np.array([str(r["split"]) for r in rows]), len(rows))
+    elif any("split" in r for r in rows):  # a split for some rows only: a seeded one would mix test into training
+        i = next(i for i, r in enumerate(rows, 1) if "split" not in r)
+        raise DataError(f"text dataset {path}: expected 'split' in every row once any row has one; row {i} has "
+                        f"{sorted(rows[i - 1])}")
     return texts, labels, parts
 
 
@@ -382,7 +393,8 @@ def _folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
 
     if not root.is_dir():
         raise DataError(f"image folder: expected a directory at {root}, found none")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    # hidden folders (.git, .ipynb_checkpoints) are no class
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise DataError(f"image folder {root}: expected one sub-folder per class (at least 2), found {classes}")
     xs, ys, size = [], [], None
@@ -392,7 +404,13 @@ def _folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
                 continue
             try:
                 img = Image.open(f)
-                img = img.convert("L" if img.mode in ("L", "1", "P", "I;16") else "RGB")
+                if img.mode.startswith(("I", "F")):  # 16/32-bit: convert() would clip every value to 255
+                    raise DataError(f"image folder {root}: expected 8-bit images (pixel values 0..255), {f} is "
+                                    f"{img.mode} (16- or 32-bit); convert the folder to 8-bit, or save the pixels in "
+                                    f"an npz: dataset")
+                img = img.convert("L" if img.mode in ("L", "1", "P") else "RGB")
+            except DataError:
+                raise
             except Exception as e:  # truncated or not an image at all
                 raise DataError(f"image folder {root}: cannot read {f} as an image ({e})") from None
             a = np.asarray(img, dtype=np.float32)  # raw pixel values 0..255
@@ -403,6 +421,9 @@ def _folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
                 raise DataError(f"image folder {root}: expected every image to be {size} (C, H, W), {f} is {a.shape}")
             xs.append(a)
             ys.append(label)
+        if label not in ys[-1:]:  # an empty class would be an output no sample teaches
+            raise DataError(f"image folder {root}: expected images in every class folder, {root / cls} has none "
+                            f"({', '.join(sorted(IMAGE_SUFFIXES))})")
     if not xs:
         raise DataError(f"image folder {root}: found no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return np.stack(xs), np.asarray(ys)

@@ -74,6 +74,9 @@ def _diverged(e: FloatingPointError, lr: float, flag: str) -> ConfigError:
 
 
 def teacher_arch(recipe: TeacherRecipe, dataset: data_mod.Dataset) -> dict:
+    if not torch.is_floating_point(torch.as_tensor(dataset.x_train[:1])):
+        raise data_mod.DataError(f"{dataset.name}: integer 'x' is read as token ids, which only a transformer teacher "
+                                 f"(--hf) takes; for --arch {recipe.arch} save x as floats (x.astype('float32'))")
     shape = list(dataset.input_shape)
     if recipe.arch == "vgg":
         hidden = recipe.hidden[0] if recipe.hidden else 0

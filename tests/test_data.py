@@ -135,3 +135,56 @@ def test_a_corrupt_image_is_named(tmp_path):
     (tmp_path / "b" / "3.png").write_bytes(good[: len(good) // 2])  # a copy cut short
     with pytest.raises(DataError, match="cannot read .*b/3.png as an image"):
         load_dataset(f"folder:{tmp_path}")
+
+
+def test_data_that_would_be_silently_misread_is_refused(tmp_path):
+    """helper-22: each of these trained a teacher (or died) instead of saying what was wrong."""
+    from PIL import Image
+
+    from n2n.data import read_text
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    for name, labels in (("big", (y * 2**40).astype(np.uint64)), ("wrap", y.astype(np.uint64) + np.uint64(2**63))):
+        np.savez(tmp_path / f"{name}.npz", x=x, y=labels)  # a 2**40-way output layer took the machine's memory
+        with pytest.raises(DataError, match=rf"{name}.npz: expected class ids 0..K-1, found the id \d+ among 300 "
+                                            r"samples \(2 distinct\)"):
+            load_dataset(f"npz:{tmp_path / name}.npz")
+    np.savez(tmp_path / "complex.npz", x=x + 1j * x, y=y)  # the imaginary part was dropped with a warning
+    with pytest.raises(DataError, match=r"complex.npz: expected real-valued 'x' .*got dtype complex"):
+        load_dataset(f"npz:{tmp_path / 'complex.npz'}")
+    # a JSONL split on all rows but one: the file's split was dropped for a seeded one, test rows trained on
+    rows = [f'{{"text": "t{i}", "label": {i % 2}, "split": "{("train", "val", "test")[i % 3]}"}}' for i in range(30)]
+    rows[3] = '{"text": "t3", "label": 1}'
+    (tmp_path / "t.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"t.jsonl: expected 'split' in every row once any row has one; row 4 has "
+                                        r"\['label', 'text'\]"):
+        read_text(tmp_path / "t.jsonl")
+    # image folders: 16-bit images were clipped to 255 (every pixel the same); hidden folders became classes
+    root = tmp_path / "img"
+    for cls, base in (("a", 1000), ("b", 3000)):
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((4, 4), base + i, np.uint16)).save(root / cls / f"{i}.png")
+    with pytest.raises(DataError, match=r"expected 8-bit images \(pixel values 0..255\), .*0.png is I;16"):
+        load_dataset(f"folder:{root}")
+    for cls in ("a", "b"):
+        for i in range(6):
+            Image.fromarray(np.full((4, 4), 40 * i + (cls == "b"), np.uint8)).save(root / cls / f"{i}.png")
+    (root / ".ipynb_checkpoints").mkdir()
+    assert load_dataset(f"folder:{root}").num_classes == 2
+    (root / "c").mkdir()
+    with pytest.raises(DataError, match=rf"expected images in every class folder, {root / 'c'} has none"):
+        load_dataset(f"folder:{root}")
+
+
+def test_integer_features_for_a_non_transformer_teacher_are_refused(tmp_path):
+    from n2n.teachers import TeacherRecipe, teacher_arch
+
+    x = np.random.default_rng(0).integers(0, 9, (60, 8))
+    np.savez(tmp_path / "ints.npz", x=x, y=np.arange(60) % 3)
+    ds = load_dataset(f"npz:{tmp_path / 'ints.npz'}")
+    with pytest.raises(DataError, match=r"integer 'x' is read as token ids, which only a transformer teacher "
+                                        r"\(--hf\) takes; for --arch mlp save x as floats"):
+        teacher_arch(TeacherRecipe(dataset=f"npz:{tmp_path / 'ints.npz'}", arch="mlp", hidden=[8]), ds)
