@@ -149,7 +149,9 @@ class RawInput(nn.Module):
                              f"got {given}; one sample x is x[None]")
         from .data import standardise
 
-        return self.model(standardise(x, self.preprocess))
+        z = standardise(x, self.preprocess)  # (N, *shape) float32: as n2n computed it
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), z.dtype)
+        return self.model(z.to(dtype))  # a student made .half() / .double() takes its own dtype
 
 
 @functools.cache

@@ -105,6 +105,13 @@ def test_resnet_teacher_from_a_recipe_round_trips(tmp_path):
                                          r"got \(8, 8\); one sample x is x\[None\]"):
         deployed(torch.as_tensor(one))
     assert deployed(torch.as_tensor(one)[None]).shape == (1, 10)
+    # helper-21: .half() / .double() failed whatever the input (the inputs were always float32)
+    x = torch.as_tensor(raw.images[ds.index["test"]])
+    full = deployed(x)
+    for dtype, tol in ((torch.float64, 1e-4), (torch.bfloat16, 0.25)):
+        other = n2n.load_student(tmp_path / "r").to(dtype)(x)
+        assert other.dtype == dtype and (other.float() - full).abs().max() < tol
+        assert (other.argmax(1) == full.argmax(1)).float().mean() > 0.95
 
 
 def test_teacher_show_and_a_preset_adapted_to_small_inputs_says_so(tmp_path):
