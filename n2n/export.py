@@ -32,6 +32,9 @@ def _check_out(out: Path, run_dir: Path, teacher_folder: Path, overwrite: bool) 
     for what, p in (("the run folder", run_dir.resolve()), ("the run's teacher", teacher_folder.resolve())):
         if o == p or o in p.parents:
             raise FileExistsError(f"--out {out} is {what} or holds it ({p}); choose another --out")
+    t = teacher_folder.resolve()
+    if t in o.parents:  # a stray folder inside the teacher: it would no longer be one n2n can replace or check
+        raise FileExistsError(f"--out {out} is inside the run's teacher folder {t}; choose another --out")
     inside = next((p for p in o.parents if (p / "n2n.json").is_file() and (p / "results").is_dir()), None)
     if inside is not None:  # a run's results/, policy/, tune/: its own files, resumed and read as they are
         raise FileExistsError(f"--out {out} is inside the run folder {inside}; choose another --out")

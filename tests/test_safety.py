@@ -236,6 +236,8 @@ def test_export_overwrite_replaces_only_an_earlier_export(finished_run, tmp_path
     status, err = _main(capsys, "teacher", "train", "--dataset", "digits", "--out", out, "--overwrite")
     assert status == 2 and "is not an earlier n2n teacher" in err  # an export is not a teacher either
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "mine", "student"]  # no temp folder left
+    status, err = _main(capsys, "export", run, "--out", Path(teacher) / "sub")  # helper-22
+    assert status == 2 and "is inside the run's teacher folder" in err and not (Path(teacher) / "sub").exists()
     for inside in (run / "results" / "x", run / "policy" / "removal" / "x", run / "new"):  # helper-12
         status, err = _main(capsys, "export", run, "--out", inside)
         assert status == 2 and f"is inside the run folder {run}" in err and not inside.exists()
