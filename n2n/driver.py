@@ -78,7 +78,7 @@ class SearchDriver:
                  reward_config: RewardConfig = RewardConfig(), agent_options: dict | None = None,
                  max_asks_per_candidate: int = 50, run_dir: str | Path | None = None,
                  teacher_info: dict | None = None, log=print, finalist_epochs: int = 10, target=None,
-                 early_stop: bool = False):
+                 early_stop: bool = False, run_id: str | None = None):
         self.space, self.reference, self.kind = space, reference, agent
         self.stages, self.budgets, self.seed = list(stages), dict(budgets), seed
         self.reward_config, self.options = reward_config, dict(agent_options or {})
@@ -87,6 +87,7 @@ class SearchDriver:
         self.teacher_info, self.log = teacher_info or {}, log
         self.finalist_epochs, self.target = finalist_epochs, target  # target: n2n.config.TargetConfig or None
         self.early_stop = early_stop  # Tune may stop trials before they save weights (ASHA)
+        self.run_id = run_id  # n2n.json's; None in runs made before it existed
         self.stage_idx = 0
         self.base = space.identity()
         self.refine_bases: list[str] = []  # keys of the students refine narrowed, in order
@@ -443,11 +444,14 @@ class SearchDriver:
                 "agent": self.agent.state_dict() if self.stage else None, "cache": self.cache,
                 "trials": [*self.reissue, *self.trials.values()], "waiters": self.waiters, "failed": self.failed, "records": self.records, "asks": self.asks,
                 "cache_hits": self.cache_hits, "updates_done": self.updates_done, "wall_seconds": self.wall_seconds(),
-                "stage_started": self.stage_started, "refine_bases": self.refine_bases}
+                "stage_started": self.stage_started, "refine_bases": self.refine_bases, "run_id": self.run_id}
 
     def load_state_dict(self, state: dict):
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"expected search state version {STATE_VERSION}, got {state.get('version')!r}")
+        if None not in (self.run_id, state.get("run_id")) and state["run_id"] != self.run_id:
+            # a state file copied from another run: its records and stage are that run's
+            raise ValueError(f"it belongs to another run (run id {state['run_id']}, this run's {self.run_id})")
         self.stage_idx, self.base = state["stage_idx"], StudentSpec.from_dict(state["base"])
         # states from before refine moved on had narrowed one base, the one they record
         self.refine_bases = state.get("refine_bases") or ([self.space.key(self.base)] if self.stage == "refine" else [])

@@ -14,6 +14,7 @@ import shutil
 import socket
 import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def make_driver(cfg: Config, space, meta: dict, run_dir: Path | None, log=print)
                             agent_options=cfg.search.agent_options,
                             max_asks_per_candidate=cfg.search.max_asks_per_candidate, run_dir=run_dir,
                             teacher_info=meta["teacher"], log=log, finalist_epochs=cfg.finalists.epochs,
-                            target=cfg.target, early_stop=cfg.early_stop.enabled)
+                            target=cfg.target, early_stop=cfg.early_stop.enabled, run_id=meta.get("run_id"))
     except AgentOptionError as e:  # config load checks them too; this covers a driver built from code
         raise ConfigError(f"search.agent_options.{e}") from None
 
@@ -216,7 +217,8 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
             "teacher_digest": weights_digest(folder),
             "teacher": {"folder": str(folder.resolve()), "dataset": dataset, "test_accuracy": test_acc,
                         "units": space.n_units},
-            "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "run_id": uuid.uuid4().hex}  # the run's search states carry it: one of another run is refused
     return meta, (teacher, arch, ds, space)
 
 

@@ -40,10 +40,10 @@ def space():
     return SequentialSpace(layers_to_module(vgg_layers((1, 40), 10, "vgg1d", 0.25, 32)), (1, 40))
 
 
-def _driver(space, run_dir):
+def _driver(space, run_dir, run_id=None):
     ref = Reference(space.teacher_params(), space.flops(space.identity()), 0.95)
     return SearchDriver(space, ref, agent="reinforce", budgets={"removal": 6, "shrink": 6}, seed=0,
-                        agent_options={"batch_size": 3}, run_dir=run_dir, log=lambda *_: None)
+                        agent_options={"batch_size": 3}, run_dir=run_dir, log=lambda *_: None, run_id=run_id)
 
 
 class Trainer:
@@ -70,6 +70,30 @@ class Trainer:
             queue.append((f"t{self.n}", out))
             self.n += 1
         raise AssertionError("the driver never finished")
+
+
+def test_a_search_state_copied_from_another_run_is_not_taken_for_this_ones(space, tmp_path):
+    """helper-22: another run's search_state.pt marked an interrupted run finished and mixed that
+    run's records into its candidates.json (whose weights it lacks). Now it is set aside and the
+    state rebuilt from this run's own records."""
+    import shutil
+
+    other, run = tmp_path / "other", tmp_path / "run"
+    other.mkdir()
+    run.mkdir()
+    Trainer(space).run(_driver(space, other, "other-id"))
+    trainer = Trainer(space)
+    trainer.run(_driver(space, run, "this-id"), stop_after=4)
+    before = read_records(run)
+    shutil.copy(other / STATE, run / STATE)
+    logs = []
+    driver = restore_driver(lambda: _driver(space, run, "this-id"), run, log=logs.append)
+    assert logs == ["search state not usable (it belongs to another run (run id other-id, this run's this-id)); "
+                    "rebuilding it from candidates.json"]
+    assert [r["key"] for r in driver.records] == [r["key"] for r in before]
+    trainer.run(driver)
+    assert Counter(r["stage"] for r in read_records(run)) == {"removal": 6, "shrink": 6}
+    assert max(trainer.trained.values()) == 1
 
 
 @pytest.mark.parametrize("damage", ["truncated state", "both states empty", "no state"])
