@@ -80,8 +80,10 @@ class Dataset:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("N2N_CACHE") or Path.home() / ".cache" / "n2n"
-    return Path(root)
+    root = Path(os.environ.get("N2N_CACHE") or Path.home() / ".cache" / "n2n")
+    if root.exists() and not root.is_dir():
+        raise DataError(f"N2N_CACHE: expected a folder for n2n's cache, {root} is a file")
+    return root
 
 
 def absolute(name: str) -> str:

@@ -17,7 +17,7 @@ from .models import VGG_PRESETS, ModelError, build_model, check_hf_folder, devic
 from .train import accuracy, train_classifier
 from search_spaces import count_params
 
-from .errors import ConfigError
+from .errors import ConfigError, RunError
 
 
 TEACHER_FORMAT = 2
@@ -240,8 +240,28 @@ def cached_teacher(recipe: TeacherRecipe, log=print) -> Path:
     label = re.sub(r"[^\w.-]", "_", label)
     folder = data_mod.cache_dir() / "teachers" / f"{label}-{recipe.arch}-{key}"
     if not (folder / "model.safetensors").exists():
-        train_teacher(recipe, out=folder, log=log)
+        try:
+            train_teacher(recipe, out=folder, log=log)
+        except FileExistsError:  # another search cached it while this one trained: the same recipe
+            if not (folder / "model.safetensors").exists():
+                raise
+            log(f"another process cached this teacher while this one trained it: using {folder}")
+    _check_cached(folder, recipe)
     return folder
+
+
+def _check_cached(folder: Path, recipe: TeacherRecipe) -> None:
+    """The cache is keyed by recipe; a folder there trained from another (replaced by hand, or by
+    `teacher train --out` into the cache) would be searched under this recipe's name."""
+    stored = None
+    try:
+        stored = json.loads((folder / "metrics.json").read_text()).get("recipe")
+        same = TeacherRecipe(**stored).key() == recipe.key()
+    except (OSError, ValueError, TypeError, AttributeError):
+        same = False
+    if not same:
+        raise RunError(f"{folder}: the cached teacher was not trained from this recipe; its metrics.json records "
+                       f"the recipe {stored}; move that folder aside and n2n trains the teacher again")
 
 
 __all__ = ["TeacherRecipe", "train_teacher", "train_hf_teacher", "cached_teacher", "load_model", "teacher_arch"]

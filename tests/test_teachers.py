@@ -217,3 +217,41 @@ def test_a_teacher_whose_training_diverges_is_not_saved(tmp_path):
                                           r"\(lr 1e\+09\); lower --lr \(teacher.recipe.lr\). Nothing was saved"):
         train_teacher(recipe, out=tmp_path / "t", log=lambda *_: None)
     assert not (tmp_path / "t").exists()
+
+
+def test_the_teacher_cache_holds_only_what_its_recipe_trained(tmp_path, monkeypatch):
+    """helper-22: a folder put at a recipe's cache key (`teacher train --out` into the cache, with
+    --overwrite) was searched under that recipe's name: a vgg search ran on a 610-parameter MLP. Two
+    searches that trained the same teacher at once: the second died after training it."""
+    import shutil
+
+    from n2n import teachers
+    from n2n.data import DataError
+    from n2n.errors import RunError
+    from n2n.teachers import cached_teacher
+
+    monkeypatch.setenv("N2N_CACHE", str(tmp_path / "cache"))
+    recipe = TeacherRecipe(dataset="digits", arch="mlp", hidden=[8], epochs=1)
+    folder = cached_teacher(recipe, log=lambda *_: None)
+    assert cached_teacher(recipe, log=lambda *_: None) == folder  # a hit: nothing trained
+    kept = tmp_path / "kept"
+    shutil.copytree(folder, kept)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    (folder / "metrics.json").write_text(json.dumps({**metrics, "recipe": {**metrics["recipe"], "hidden": [64]}}))
+    with pytest.raises(RunError, match=rf"{folder}: the cached teacher was not trained from this recipe; its "
+                                       r"metrics.json records the recipe .*'hidden': \[64\].*; move that folder aside"):
+        cached_teacher(recipe, log=lambda *_: None)
+    shutil.rmtree(folder)
+    said = []
+
+    def raced(recipe, out, log):  # another search commits the same teacher first
+        shutil.copytree(kept, out)
+        raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
+
+    monkeypatch.setattr(teachers, "train_teacher", raced)
+    assert cached_teacher(recipe, log=said.append) == folder
+    assert said == [f"another process cached this teacher while this one trained it: using {folder}"]
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("N2N_CACHE", str(tmp_path / "file"))
+    with pytest.raises(DataError, match=r"N2N_CACHE: expected a folder for n2n's cache, .*file is a file"):
+        cached_teacher(recipe, log=lambda *_: None)
