@@ -102,7 +102,7 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     plt.close(fig)
 
     ok = [r for r in records if r["failure"] is None and r.get(size) is not None]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8, 4))
     for stage in dict.fromkeys(r["stage"] for r in ok):
         rs = [r for r in ok if r["stage"] == stage]
         finals = stage == "finalists"  # distilled longer: their own marker
@@ -122,9 +122,18 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     ax.set(xscale="log", xlabel={"params": "parameters", "flops": "FLOPs (multiply-accumulates)",
                                  "latency_ms": "latency (ms, median)"}[size],
            ylabel="validation accuracy", title="Accuracy against size")
-    ax.legend()
+    # a candidate near chance would squeeze the target region into a few pixels: the axis stops 5
+    # points below the target (or the teacher) and says how many it leaves out
+    floor = ref["accuracy"] - ((drop or 0) + 5) / 100
+    below = sum(r["accuracy"] < floor for r in ok)
+    if below:
+        ax.set_ylim(bottom=floor)
+        ax.text(0.01, 0.01, f"{below} candidate{'s' * (below > 1)} below {floor:.3f} not shown", transform=ax.transAxes,
+                fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside the plot: it hid points inside
     fig.tight_layout()
     _save_png(fig, out_dir / "pareto.png")
     plt.close(fig)
-    text.append(f"plots: {out_dir / 'reward_curve.png'}, {out_dir / 'pareto.png'}")
+    text.append(f"plots: {out_dir / 'reward_curve.png'}, {out_dir / 'pareto.png'}"
+                + (f" (its axis leaves out {below} candidate{'s' * (below > 1)} below val acc {floor:.4f})" if below else ""))
     return "\n".join(text)

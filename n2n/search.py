@@ -474,6 +474,10 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
             if cfg.finalists.k:
                 plan += f", then {cfg.finalists.k} finalists at {cfg.finalists.epochs} epochs"
             log(f"search {run_dir.name}: agent {cfg.search.agent}; {plan}; {cfg.search.concurrency} trials at a time")
+            if cfg.finalists.k and cfg.finalists.epochs <= cfg.distill.epochs:  # helper-22: accepted unsaid
+                log(f"note: finalists.epochs {cfg.finalists.epochs} is no more than distill.epochs {cfg.distill.epochs}: "
+                    f"finalists start again from the teacher's weights, so their figures, which export picks by, "
+                    f"are no better than the stages'")
             _fit(run_dir, ctx, cfg, driver, log)
     return _finish(run_dir, driver, log)
 

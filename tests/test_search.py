@@ -20,6 +20,7 @@ from n2n.config import load_config, run_config
 from n2n.errors import RunError
 from n2n.export import export_best
 from n2n.report import make_report
+from n2n.runfolder import read_records
 from n2n.models import load_weights, save_weights
 from n2n.search import OpenRun, run_search, teacher_logits
 from n2n.train import accuracy, predict
@@ -109,6 +110,11 @@ def test_search_end_to_end(ray_session, tiny_config, tmp_path):
     assert metrics["key"] == summary["best"]["key"]
     for png in ("reward_curve.png", "pareto.png"):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # candidates near chance are left off the Pareto plot's axis (no target: 5 points below the teacher), said
+    floor = json.loads((run / "n2n.json").read_text())["reference"]["accuracy"] - 0.05
+    below = sum(r["accuracy"] < floor for r in read_records(run) if r["failure"] is None)
+    assert text.splitlines()[-1] == f"plots: {run / 'reward_curve.png'}, {run / 'pareto.png'}" + (
+        f" (its axis leaves out {below} candidate{'s' * (below > 1)} below val acc {floor:.4f})" if below else "")
 
 
 def test_ray_killing_trials_for_memory_interrupts_the_search_and_resume_finishes_it(ray_session, tiny_config, tmp_path,
@@ -127,7 +133,8 @@ def test_ray_killing_trials_for_memory_interrupts_the_search_and_resume_finishes
             raise RuntimeError(f"Caught unexpected exception: {e}") from e
 
     run = tmp_path / "runs" / "oom"
-    args = ["--set", "search.stages=[removal]", "--set", "search.removal_budget=2", "--set", "search.concurrency=1"]
+    args = ["--set", "search.stages=[removal]", "--set", "search.removal_budget=2", "--set", "search.concurrency=1",
+            "--set", "finalists.k=1", "--set", "finalists.epochs=1"]
     with monkeypatch.context() as m:
         m.setattr(tune.Tuner, "fit", killed)
         status = cli.main(["search", str(tiny_config), "--runs-dir", str(tmp_path / "runs"), "--name", "oom", *args])
@@ -136,8 +143,11 @@ def test_ray_killing_trials_for_memory_interrupts_the_search_and_resume_finishes
     assert ("Ray killed trial workers, this machine running low on memory: 2 worker(s) were killed due to the node "
             "running low on memory. Every candidate recorded is kept; free some memory, then resume") in out.out
     assert f"search interrupted; continue it with `n2n resume {run}`" in out.out
+    # finalists no longer than the stages' distillation (helper-22: accepted without a word)
+    assert ("note: finalists.epochs 1 is no more than distill.epochs 1: finalists start again from the teacher's "
+            "weights, so their figures, which export picks by, are no better than the stages'") in out.out
     assert cli.main(["resume", str(run)]) == 0
-    assert json.loads((run / "summary.json").read_text())["candidates_evaluated"] == 2
+    assert json.loads((run / "summary.json").read_text())["candidates_evaluated"] == 3  # 2 and the finalist
 
 
 def test_fractional_gpu_packs_two_trials_on_one_logical_gpu(ray_session, tiny_config, tmp_path):
@@ -382,6 +392,7 @@ def test_finalists_and_a_target_decide_what_export_picks(ray_session, tiny_confi
     assert summary["candidates_per_stage"] == {"removal": 4, "shrink": 4, "refine": 2, "finalists": 2}
     finals = [r for r in recs if r["stage"] == "finalists"]
     assert all(r["epochs"] == 3 and r["key"].endswith("@3ep") for r in finals)
+    assert not any(m.startswith("note: finalists.epochs") for m in said)  # 3 > the stages' 1 epoch
     teacher_acc = summary["teacher"]["val_accuracy"]
     meeting = [r for r in finals if (teacher_acc - r["accuracy"]) * 100 <= 25.0]
     assert all(r["reward"] >= 0.5 for r in meeting) and all(r["reward"] < 0.5 for r in finals if r not in meeting)
