@@ -253,10 +253,13 @@ def cached_teacher(recipe: TeacherRecipe, log=print) -> Path:
 def _check_cached(folder: Path, recipe: TeacherRecipe) -> None:
     """The cache is keyed by recipe; a folder there trained from another (replaced by hand, or by
     `teacher train --out` into the cache) would be searched under this recipe's name."""
+    def recorded(r: TeacherRecipe) -> str:  # train_teacher records a file dataset's path absolute
+        return replace(r, dataset=data_mod.absolute(r.dataset)).key()
+
     stored = None
     try:
         stored = json.loads((folder / "metrics.json").read_text()).get("recipe")
-        same = TeacherRecipe(**stored).key() == recipe.key()
+        same = recorded(TeacherRecipe(**stored)) == recorded(recipe)
     except (OSError, ValueError, TypeError, AttributeError):
         same = False
     if not same:

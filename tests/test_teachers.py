@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -251,6 +252,14 @@ def test_the_teacher_cache_holds_only_what_its_recipe_trained(tmp_path, monkeypa
     monkeypatch.setattr(teachers, "train_teacher", raced)
     assert cached_teacher(recipe, log=said.append) == folder
     assert said == [f"another process cached this teacher while this one trained it: using {folder}"]
+    # a file dataset named by a relative path is recorded absolute: still the same recipe (helper-23)
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(60, 6)).astype(np.float32), y=np.arange(60) % 3)
+    monkeypatch.setattr(teachers, "train_teacher", train_teacher)
+    relative = TeacherRecipe(dataset="npz:d.npz", arch="mlp", hidden=[4], epochs=1)
+    first = cached_teacher(relative, log=lambda *_: None)
+    assert cached_teacher(relative, log=lambda *_: None) == first
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("N2N_CACHE", str(tmp_path / "file"))
     with pytest.raises(DataError, match=r"N2N_CACHE: expected a folder for n2n's cache, .*file is a file"):
