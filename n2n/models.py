@@ -371,11 +371,14 @@ def check_hf_folder(folder: Path) -> None:
     attention implementation named as a Hub repository (transformers fetches that kernel and runs it)."""
     folder = Path(folder)
     config = read_json(folder / "config.json")
-    for key in ("attn_implementation", "_attn_implementation"):
+    # flash_attention_2 without the flash_attn package also makes transformers fetch a Hub kernel
+    for key, allowed in (("attn_implementation", ("eager", "sdpa")), ("_attn_implementation", ("eager", "sdpa")),
+                         ("experts_implementation", ()), ("_experts_implementation", ())):
         value = config.get(key)
-        if value is not None and (not isinstance(value, str) or "/" in value or ":" in value):
-            raise ModelError(f"{folder}/config.json: {key} is {value!r}, a kernel transformers would fetch from the "
-                             f"Hub and run; expected a built-in one (eager, sdpa) or none")
+        if value is not None and value not in allowed:
+            raise ModelError(f"{folder}/config.json: {key} is {value!r}, which transformers may fetch from the Hub "
+                             f"as a kernel and run; expected {' or '.join(allowed) or 'none'} (delete the key for "
+                             f"the default)")
     if not any(folder.glob("*.safetensors")):
         found = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack"))
         raise ModelError(f"{folder}: expected weights in model.safetensors, found {', '.join(found) or 'none'}; n2n "
@@ -394,10 +397,10 @@ def load_hf_classifier(folder: Path, trust_remote_code: bool = False) -> nn.Modu
 
     from search_spaces import HFClassifier
 
+    check_hf_folder(folder)  # before the logging changes below: a refusal leaves them as they were
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the missing-weights report is ours to give, in one line
     hf_logging.disable_progress_bar()  # no weight-loading bars in the user's terminal
-    check_hf_folder(folder)
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
             folder, local_files_only=True, trust_remote_code=trust_remote_code, output_loading_info=True,

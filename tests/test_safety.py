@@ -529,7 +529,17 @@ def test_a_hugging_face_folder_with_pickled_weights_or_a_hub_kernel_is_refused_u
     config = json.loads((tmp_path / "ok" / "config.json").read_text())
     (tmp_path / "ok" / "config.json").write_text(json.dumps({**config, "attn_implementation": "kernels-community/x"}))
     status, err = _main(capsys, "teacher", "show", tmp_path / "ok")
-    assert status == 2 and "attn_implementation is 'kernels-community/x', a kernel transformers would fetch" in err
+    assert status == 2 and "attn_implementation is 'kernels-community/x', which transformers may fetch from the Hub" in err
+    # helper-23: flash_attention_2 without the flash_attn package makes transformers fetch a Hub kernel
+    (tmp_path / "ok" / "config.json").write_text(json.dumps({**config, "attn_implementation": "flash_attention_2"}))
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    status, err = _main(capsys, "teacher", "show", tmp_path / "ok")
+    assert status == 2 and "expected eager or sdpa (delete the key for the default)" in err
+    assert hf_logging.get_verbosity() == verbosity  # a refusal leaves transformers' logging as it was
+    (tmp_path / "ok" / "config.json").write_text(json.dumps({**config, "attn_implementation": "sdpa"}))
+    assert _main(capsys, "teacher", "show", tmp_path / "ok") == (0, "")
 
 
 def test_a_stray_module_where_n2n_runs_is_never_imported_by_the_trials(tiny_config, tmp_path):
