@@ -282,10 +282,7 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, list | None]:
         raise DataError(f"npz dataset {path}: expected as many labels as samples, got {len(x)} samples and {len(y)} labels")
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
         raise DataError(f"npz dataset {path}: expected 'y' to be 1-D non-negative integer labels, got dtype {y.dtype} shape {y.shape}")
-    top = int(y.max())  # a Python int: uint64 labels past 2**63 would wrap negative as int64
-    if top + 1 > max(len(y), MAX_SPARSE_CLASSES):  # the output layer has a unit per id up to the largest
-        raise DataError(f"npz dataset {path}: expected class ids 0..K-1, found the id {top} among {len(y):,} samples "
-                        f"({len(np.unique(y)):,} distinct): a {top + 1:,}-way output layer; number the classes 0..K-1")
+    _check_class_ids(f"npz dataset {path}", int(y.max()), len(y), len(np.unique(y)))  # int: uint64 past 2**63
     if np.iscomplexobj(x) or not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise DataError(f"npz dataset {path}: expected real-valued 'x' (floats, or integer token ids), got dtype {x.dtype}")
     if x.ndim < 2:  # a model needs a vector (or more) per sample: (N,) is one number each
@@ -296,6 +293,14 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, list | None]:
     if x.ndim == 2:
         x = x[:, None]  # (N, L) -> (N, 1, L)
     return x.astype(np.float32), y.astype(np.int64), parts
+
+
+def _check_class_ids(what: str, top: int, n: int, distinct: int) -> None:
+    """The output layer has a unit per id up to the largest: ids far past the sample count would ask
+    for a layer no machine holds (2**40 units) or wrap past int64."""
+    if top + 1 > max(n, MAX_SPARSE_CLASSES):
+        raise DataError(f"{what}: expected class ids 0..K-1, found the id {top} among {n:,} samples ({distinct:,} "
+                        f"distinct): a {top + 1:,}-way output layer; number the classes 0..K-1")
 
 
 def _split_array(path: Path, split: np.ndarray, n: int) -> list:
@@ -353,6 +358,7 @@ def _label_ids(path: Path, labels: list) -> tuple[np.ndarray, list[str] | None]:
     try:
         ints = [int(v) for v in labels]
         if all(str(i) == str(v).strip() for i, v in zip(ints, labels)) and min(ints) >= 0:
+            _check_class_ids(f"text dataset {path}", max(ints), len(ints), len(set(ints)))
             return np.asarray(ints, dtype=np.int64), None
     except (TypeError, ValueError):
         pass

@@ -141,7 +141,7 @@ def test_data_that_would_be_silently_misread_is_refused(tmp_path):
     """helper-22: each of these trained a teacher (or died) instead of saying what was wrong."""
     from PIL import Image
 
-    from n2n.data import read_text
+    from n2n.data import _label_ids, read_text
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 8)).astype(np.float32)
@@ -151,6 +151,11 @@ def test_data_that_would_be_silently_misread_is_refused(tmp_path):
         with pytest.raises(DataError, match=rf"{name}.npz: expected class ids 0..K-1, found the id \d+ among 300 "
                                             r"samples \(2 distinct\)"):
             load_dataset(f"npz:{tmp_path / name}.npz")
+    for top in (2**40, 2**64):  # the same in a text file (helper-23: 2**64 raised an OverflowError traceback)
+        (tmp_path / "big.jsonl").write_text("".join(f'{{"text": "t{i}", "label": {top if i == 5 else i % 2}}}\n'
+                                                    for i in range(30)))
+        with pytest.raises(DataError, match=rf"big.jsonl: expected class ids 0..K-1, found the id {top} among 30 samples"):
+            _label_ids(tmp_path / "big.jsonl", read_text(tmp_path / "big.jsonl")[1])
     np.savez(tmp_path / "complex.npz", x=x + 1j * x, y=y)  # the imaginary part was dropped with a warning
     with pytest.raises(DataError, match=r"complex.npz: expected real-valued 'x' .*got dtype complex"):
         load_dataset(f"npz:{tmp_path / 'complex.npz'}")
