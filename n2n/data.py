@@ -357,11 +357,12 @@ def _label_ids(path: Path, labels: list) -> tuple[np.ndarray, list[str] | None]:
     """Integer labels as they are; any other labels (strings) -> ids in sorted order, with their names."""
     try:
         ints = [int(v) for v in labels]
-        if all(str(i) == str(v).strip() for i, v in zip(ints, labels)) and min(ints) >= 0:
-            _check_class_ids(f"text dataset {path}", max(ints), len(ints), len(set(ints)))
-            return np.asarray(ints, dtype=np.int64), None
+        integers = all(str(i) == str(v).strip() for i, v in zip(ints, labels)) and min(ints) >= 0
     except (TypeError, ValueError):
-        pass
+        integers = False
+    if integers:
+        _check_class_ids(f"text dataset {path}", max(ints), len(ints), len(set(ints)))
+        return np.asarray(ints, dtype=np.int64), None
     names = sorted({str(v) for v in labels})
     index = {n: i for i, n in enumerate(names)}
     return np.asarray([index[str(v)] for v in labels], dtype=np.int64), names
