@@ -154,15 +154,22 @@ class SearchDriver:
         its agent max_asks times for a spec other than its base."""
         return getattr(getattr(self.agent, "env", None), "fixed", False)
 
+    def _count_updates(self, stage: str) -> None:
+        """Add the current agent's policy updates to the stage's (refine may have had several agents)."""
+        self.updates_done[stage] = self.updates_done.get(stage, 0) + getattr(self.agent, "updates", 0)
+
     def _untrained(self, base: StudentSpec, limit: int = 4096) -> bool:
-        """Whether some student refine could make of `base` (its units narrowed) is not in the cache.
-        A space larger than `limit` is taken to have one (the cache holds a few hundred at most)."""
+        """Whether some student refine could make of `base` (its units narrowed) is valid and not in the
+        cache. A space larger than `limit` is taken to have one (the cache holds a few hundred at most)."""
         env = self._env("refine", base)
         choices = [[a for a, ok in enumerate(env.action_mask(u)) if ok] for u in env.active]  # per unit
         if math.prod(len(c) for c in choices) > max(limit, len(self.cache)):
             return True
-        return any(self.space.key(env.spec_from_actions(dict(zip(env.active, acts)))) not in self.cache
-                   for acts in itertools.product(*choices))
+        for acts in itertools.product(*choices):
+            spec = env.spec_from_actions(dict(zip(env.active, acts)))
+            if self.space.key(spec) not in self.cache and env.score(spec)[1]["pending"]:  # valid, never trained
+                return True
+        return False
 
     def _next_refine_base(self) -> dict | None:
         """The best student of shrink or refine (by reward) not narrowed yet that has narrower
@@ -176,14 +183,16 @@ class SearchDriver:
 
     def _advance(self):
         done = self.stage
-        if done == "refine" and self.trained(done) < self.budgets[done] and self.asks > self.max_asks * self.budgets[done]:
-            spent = "every student narrower than it is trained" if not self._untrained(self.base) \
-                else "the agent kept proposing known students"
+        stuck = self.asks > self.max_asks * self.budgets[done]
+        if done == "refine" and self.trained(done) < self.budgets[done] and (stuck or self._fixed()):
+            spent = ("nothing is narrower than it" if self._fixed() else "every student narrower than it is trained"
+                     if not self._untrained(self.base) else "the agent kept proposing known students")
             nxt = self._next_refine_base()
             if nxt is not None:  # the rest of the budget narrows the next best student instead
                 self.log(f"stage refine: {spent} ({self.space.describe(self.base)}); narrowing "
                          f"{self.space.describe(StudentSpec.from_dict(nxt['spec']))} next, "
                          f"{self.budgets[done] - self.trained(done)} candidates left")
+                self._count_updates(done)
                 self.refine_bases.append(nxt["key"])
                 self.base, self.asks = StudentSpec.from_dict(nxt["spec"]), 0
                 self.agent = self._make_agent(done, self.base)
@@ -202,7 +211,7 @@ class SearchDriver:
             else:
                 why = "the agent has nothing more to propose"
             self.log(f"stage {done} ended after {self.trained(done)} of {self.budgets[done]} candidates: {why}")
-        self.updates_done[done] = getattr(self.agent, "updates", 0)
+        self._count_updates(done)
         self.stage_idx += 1
         self.asks = 0
         self.stage_started = self.wall_seconds()
@@ -356,7 +365,7 @@ class SearchDriver:
 
     def agent_updates(self) -> dict[str, int]:
         """Policy updates per stage (REINFORCE; 0 for agents that do not update in batches)."""
-        now = {self.stage: getattr(self.agent, "updates", 0)} if self.stage else {}
+        now = {self.stage: self.updates_done.get(self.stage, 0) + getattr(self.agent, "updates", 0)} if self.stage else {}
         return {**self.updates_done, **now}
 
     def wall_seconds(self) -> float:

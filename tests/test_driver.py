@@ -129,6 +129,20 @@ def test_a_refine_that_has_trained_every_narrower_student_narrows_the_next_best(
     again.load_state_dict(state)
     assert again.refine_bases == [space.key(second)]
 
+    # a best shrink student with nothing narrower (every unit at the smallest ratio) passes the budget on too
+    from envs import RewardConfig
+
+    said.clear()
+    smallest, wider = spec(()), spec((0, 1))  # within a 50-point target the smallest has the best reward
+    d = _driver(space, agent="random", stages=["shrink", "refine"], budgets={"shrink": 2, "refine": 3}, agent_options={},
+                max_asks_per_candidate=5, log=said.append, reward_config=RewardConfig(kind="target", target_drop=50.0))
+    d.agent = Finalists([smallest, wider])
+    _drive(d, space, proxy)
+    assert sorted(r["key"] for r in d.records if r["stage"] == "refine") == sorted(space.key(spec(w)) for w in ((0,), (1,)))
+    assert (f"stage refine: nothing is narrower than it ({space.describe(smallest)}); narrowing {space.describe(wider)} "
+            f"next, 3 candidates left") in said
+    assert d.refine_bases == [space.key(smallest), space.key(wider)]
+
 
 def test_a_refine_with_no_shrink_best_is_skipped_not_run_as_a_shrink(space):
     """helper-16: with every shrink trial failed, refine narrowed the removal stage's best from full
