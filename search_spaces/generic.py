@@ -54,8 +54,11 @@ def load_factory(path: str, allowed=()):
     try:
         return getattr(importlib.import_module(mod), fn)
     except ModuleNotFoundError as e:
-        local = f"; from {where} n2n imports only {mod.split('.')[0]!r} itself (a package may import its own modules), " \
-                f"so install what it imports (pip install -e .) or make it one package" if where and e.name != mod else ""
+        # a module the factory imports that lies in the folder, beside it, but is not part of it
+        missing, top = (e.name or "").split(".")[0], mod.split(".")[0]
+        beside = where and missing != top and any(os.path.exists(os.path.join(where, missing + end)) for end in (".py", ""))
+        local = (f"; from {where} n2n imports only {top!r} itself (a package may import its own modules), so "
+                 f"install what it imports (pip install -e .) or make it one package") if beside else ""
         raise UnsupportedModel(f"factory {path!r} cannot be imported: {e}{local}") from None
     except (ImportError, AttributeError) as e:
         raise UnsupportedModel(f"factory {path!r} cannot be imported: {e}") from None

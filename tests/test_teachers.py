@@ -177,6 +177,12 @@ def test_allowing_a_factory_imports_that_module_alone_from_the_working_folder(tm
     with pytest.raises(UnsupportedModel, match=rf"No module named 'mynet_helpers'; from {tmp_path} n2n imports only "
                                                r"'uses_sibling' itself"):
         load_factory("uses_sibling:make", ["uses_sibling:make"])
+    # a factory that is not there at all, or a missing third-party module, gets no such hint (helper-23)
+    with pytest.raises(UnsupportedModel, match=r"cannot be imported: No module named 'nosuch'$"):
+        load_factory("nosuch.models:make", ["nosuch.models:make"])
+    (tmp_path / "needs_dep.py").write_text("import not_installed_anywhere\ndef make():\n    return None\n")
+    with pytest.raises(UnsupportedModel, match=r"No module named 'not_installed_anywhere'$"):
+        load_factory("needs_dep:make", ["needs_dep:make"])
     for name in ("mynet2", "uses_sibling"):
         sys.modules.pop(name, None)
 
