@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import statistics
 from pathlib import Path
 
@@ -122,9 +123,11 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     ax.set(xscale="log", xlabel={"params": "parameters", "flops": "FLOPs (multiply-accumulates)",
                                  "latency_ms": "latency (ms, median)"}[size],
            ylabel="validation accuracy", title="Accuracy against size")
-    # a candidate near chance would squeeze the target region into a few pixels: the axis stops 5
-    # points below the target (or the teacher) and says how many it leaves out
-    floor = ref["accuracy"] - ((drop or 0) + 5) / 100
+    # with a target, a candidate near chance would squeeze its region into a few pixels: the axis stops
+    # 5 points below it (never above export's pick) and says how many candidates it leaves out
+    floor = -math.inf if drop is None else ref["accuracy"] - (drop + 5) / 100
+    if pick is not None:
+        floor = min(floor, pick["accuracy"] - 0.005)
     below = sum(r["accuracy"] < floor for r in ok)
     if below:
         ax.set_ylim(bottom=floor)
