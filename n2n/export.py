@@ -18,7 +18,7 @@ from .config import Config, run_config
 from .deploy import require_onnx, check_onnx, to_onnx
 from .errors import RunError
 from .models import ModelError, RawInput, build_model, check_creatable, check_replaceable, device_for, load_weights, save_model, write_json
-from .runfolder import RunLock, read_records, read_run, unfinished
+from .runfolder import RunLock, finish_hint, read_records, read_run, unfinished
 from .search import OpenRun, check_teacher, check_teacher_figures, teacher_logits
 from .storage import Fetcher
 from .train import accuracy, distill
@@ -163,8 +163,7 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     if stopped:  # the pick is among what exists, not what the search would have found
         log(f"warning: this search has not finished ({stopped}), so this is the choice among the candidates so "
             f"far{'' if cfg.finalists.k == 0 or best['stage'] == 'finalists' else ', on brief-distillation figures'}"
-            + ("; export again when it has finished" if stopped.startswith("it is still running")
-               else f"; `n2n resume {run_dir}` finishes it"))
+            + f"; {finish_hint(stopped, run_dir, 'export')}")
     run = OpenRun.open(run_dir, factories)
     teacher, space, ds = run.teacher, run.space, run.ds
     measured = check_teacher_figures(meta, teacher, ds, run_dir)  # what metrics.json states and judges by

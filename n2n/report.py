@@ -13,7 +13,7 @@ from .config import run_config
 from .errors import RunError
 from .models import write_bytes
 from .pick import choose, front
-from .runfolder import read_records, read_run, unfinished
+from .runfolder import finish_hint, read_records, read_run, unfinished
 
 
 def leaderboard(records: list[dict], teacher_size: float, top: int = 10, size: str = "params") -> str:
@@ -85,8 +85,8 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
         text.append(f"`n2n export` has nothing to pick: {e}")
     stopped = unfinished(run_dir)
     if stopped:  # every figure above is of the candidates so far
-        text.append(f"this search has not finished ({stopped}): these are the candidates so far"
-                    + ("" if stopped.startswith("it is still running") else f"; `n2n resume {run_dir}` finishes it"))
+        text.append(f"this search has not finished ({stopped}): these are the candidates so far; "
+                    f"{finish_hint(stopped, run_dir, 'report')}")
 
     from matplotlib.ticker import MaxNLocator
 

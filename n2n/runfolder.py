@@ -185,7 +185,18 @@ def unfinished(run_dir: Path) -> str | None:
         return f"it is still running, in {holder}, in stage {stage} after {count} candidates"
     if stage is None:  # interrupted before its first summary, or damaged
         return "it has no readable summary.json"
+    if stage == "failed":  # resume refuses it: the cause must be fixed and a new search started
+        return f"it failed after {count} candidates: {summary.get('failure')}"
     return f"it stopped in stage {stage} after {count} candidates"
+
+
+def finish_hint(stopped: str, run_dir: Path, command: str) -> str:
+    """What to do about an unfinished search (`unfinished`'s reason), said by `command`."""
+    if stopped.startswith("it is still running"):
+        return f"{command} again when it has finished"
+    if stopped.startswith("it failed"):
+        return "fix the cause and start a new search"
+    return f"`n2n resume {run_dir}` finishes it"
 
 
 def create_run(run_dir: Path, meta: dict, copies: dict[str, Path] | None = None) -> RunLock:

@@ -326,6 +326,15 @@ def test_exporting_a_search_that_has_not_finished_says_so(finished_run, tmp_path
     assert "has not finished" not in make_report(finished_run, tmp_path / "plots")
     assert (f"this search has not finished (it stopped in stage shrink after 3 candidates): these are the candidates "
             f"so far; `n2n resume {run}` finishes it") in make_report(run).splitlines()
+    # a failed search: resume refuses it, so neither command suggests it (helper-23)
+    (run / "summary.json").write_text(json.dumps({**summary, "stage": "failed", "failure": "boom"}))
+    assert ("this search has not finished (it failed after 3 candidates: boom): these are the candidates so far; fix "
+            "the cause and start a new search") in make_report(run).splitlines()
+    lines = []
+    export_best(run, tmp_path / "failed", log=lines.append)
+    assert any("(it failed after 3 candidates: boom)" in m and m.endswith("fix the cause and start a new search")
+               for m in lines)
+    (run / "summary.json").write_text(json.dumps({**summary, "stage": "shrink"}))
     # a search still running in another process: export works, says so, and does not suggest a resume
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from n2n.runfolder import RunLock; "
                                f"RunLock({str(run)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
