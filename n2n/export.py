@@ -116,10 +116,11 @@ def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: P
 
 
 def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: float,
-                    margin: float | None = 0.0) -> tuple[dict | None, str | None]:
+                    margin: float | None = 0.0, short_of_margin: bool = False) -> tuple[dict | None, str | None]:
     """How the exported student stands against target.max_accuracy_drop on validation (where it was
     chosen) and on the held-out test split (where it was not), and a warning where it misses.
-    `margin`: the points the pick asked to spare (None: picked by --key or --rank)."""
+    `margin`: the points the pick asked to spare (None: picked by --key or --rank); `short_of_margin`:
+    no candidate had them, so the pick fell back to the one with the most to spare."""
     if max_drop is None:
         return None, None
     drops = {"val_drop_points": round((teacher["val_accuracy"] - val) * 100, 2),
@@ -136,11 +137,10 @@ def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: flo
         return out, None
     # The smallest student within the target on validation, picked among many noisy ones, tends to be
     # one whose validation figure is luckier than its true accuracy (the winner's curse).
-    spare = max_drop - drops["val_drop_points"]
-    if margin and spare + 1e-9 >= margin:
+    if margin and not short_of_margin:
         had = f"its margin of {margin:g} points was not enough here; "
-    elif margin:
-        had = f"no finalist had the margin of {margin:g} points, this one {spare:.2f}; "
+    elif margin:  # as the pick judged it, on the search's figures
+        had = f"none of the candidates it chose among had the margin of {margin:g} points; "
     else:
         had = "a margin, target.margin or export --margin P, picks a finalist with points to spare; "
     return out, (f"warning: on the test split this student is {drops['test_drop_points']:.2f} points below the "
@@ -240,7 +240,8 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         "dataset": meta["dataset"], "split": ds.split, "run": str(run_dir.resolve()), "summary": best["summary"],
     }
     target, warning = accuracy_target(cfg.target.max_accuracy_drop, metrics["teacher"], val, test,
-                                      None if key is not None or rank is not None else pick.margin_of(cfg.target, margin))
+                                      None if key is not None or rank is not None else pick.margin_of(cfg.target, margin),
+                                      short_of_margin=" points to spare; the one that meets it with the most" in why)
     if target:
         metrics["target"] = target
     if vocab:
