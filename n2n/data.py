@@ -409,7 +409,7 @@ def _folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
     xs, ys, size = [], [], None
     for label, cls in enumerate(classes):
         for f in sorted((root / cls).iterdir()):
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
+            if f.suffix.lower() not in IMAGE_SUFFIXES or f.name.startswith("."):  # ._x.png: macOS metadata
                 continue
             try:
                 img = Image.open(f)

@@ -178,6 +178,7 @@ def test_data_that_would_be_silently_misread_is_refused(tmp_path):
         for i in range(6):
             Image.fromarray(np.full((4, 4), 40 * i + (cls == "b"), np.uint8)).save(root / cls / f"{i}.png")
     (root / ".ipynb_checkpoints").mkdir()
+    (root / "a" / "._0.png").write_bytes(b"\x00\x05\x16\x07")  # macOS metadata beside an image: not one
     assert load_dataset(f"folder:{root}").num_classes == 2
     (root / "c").mkdir()
     with pytest.raises(DataError, match=rf"expected images in every class folder, {root / 'c'} has none"):
