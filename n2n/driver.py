@@ -41,6 +41,12 @@ def _clock(seconds: float) -> str:
 _CACHED = (*Evaluation.__dataclass_fields__, "reward", "compression")  # a cache entry's keys
 STATE_VERSION = 2
 ABORT_AFTER = 3  # failures in a row, before any success, that stop a search
+# A trial that ended in error without reporting: the trainable catches a student's own failures and
+# reports them, so this is its worker dying (Ray's memory monitor, a kill, a lost node). Not the
+# student's fault: not cached, so a resume trains it again. (The second: runs before this wording.)
+WORKER_DIED = ("the trial's worker died before it reported (out of memory, a killed process or a lost node; "
+               "tune/'s error.txt says which); a resume trains it again")
+_WORKER_FAILURES = (WORKER_DIED, "trial raised an error")
 
 
 class Finalists:
@@ -303,14 +309,15 @@ class SearchDriver:
             return
         spec = StudentSpec.from_dict(t["spec"])
         if error or not metrics or "accuracy" not in metrics:
-            ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec), failure="trial raised an error")
+            ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec), failure=WORKER_DIED)
         else:
             ev = Evaluation.from_dict({**metrics, "failure": metrics.get("failure") or None})
             if ev.failure and not ev.params:  # a trial that raised before measuring: the space knows the size
                 ev = dataclasses.replace(ev, params=self.space.params(spec), flops=self.space.flops(spec))
         r = reward(ev, self.reference, self.reward_config)
         m = {**ev.to_dict(), "reward": r, "compression": compression(ev, self.reference, self.reward_config)}
-        self.cache[t["key"]] = m
+        if ev.failure not in _WORKER_FAILURES:
+            self.cache[t["key"]] = m
         for cid in [t["cid"]] + self.waiters.pop(t["key"], []):
             if cid in self.agent.pending:  # always true within a stage; guards a stage switch
                 self.agent.tell(cid, r, ev)
@@ -343,7 +350,8 @@ class SearchDriver:
             if (rec["trial_id"], rec["key"]) in known:
                 continue
             self.records.append(rec)
-            self.cache.setdefault(rec["key"], {k: v for k, v in rec.items() if k in _CACHED})
+            if rec.get("failure") not in _WORKER_FAILURES:
+                self.cache.setdefault(rec["key"], {k: v for k, v in rec.items() if k in _CACHED})
             waiting = [t for t in self.reissue if t["key"] == rec["key"] and t["stage"] == rec["stage"]]
             for t in waiting[:1]:
                 self.reissue.remove(t)
@@ -469,6 +477,8 @@ class SearchDriver:
             self.agent.load_state_dict(state["agent"])
         # trials in flight when the state was saved ran under a Tune experiment that is gone: issue them again
         self.cache, self.trials, self.reissue = state["cache"], {}, list(state["trials"])
+        # states saved before a dead worker's candidate was left uncached: trained again on resume
+        self.cache = {k: v for k, v in self.cache.items() if v.get("failure") not in _WORKER_FAILURES}
         self.waiters, self.failed = state["waiters"], state["failed"]
         self.records, self.asks, self.cache_hits = state["records"], state["asks"], state["cache_hits"]
         self.updates_done = state["updates_done"]

@@ -213,13 +213,23 @@ def test_state_round_trip_mid_batch(space):
     assert [r["key"] for r in a.records] == [r["key"] for r in b.records]
 
 
-def test_a_failed_trial_gets_the_invalid_reward(space):
+def test_a_trial_whose_worker_died_gets_the_invalid_reward_and_is_trained_again_on_resume(space):
+    """helper-23: a worker Ray killed for memory was recorded as the student's failure and cached, so
+    no resume ever trained that student."""
+    from n2n.driver import WORKER_DIED
+
     d = _driver(space)
     cfg = d.suggest("t0")
     d.complete("t0", None, error=True)
     rec = d.records[0]
-    assert rec["reward"] == -1.0 and rec["failure"] == "trial raised an error"
-    assert rec["key"] == cfg["key"]
+    assert rec["reward"] == -1.0 and rec["failure"] == WORKER_DIED and rec["key"] == cfg["key"]
+    assert cfg["key"] not in d.cache  # the student is not to blame: not cached
+    state = d.state_dict()
+    state["cache"][cfg["key"]] = {"failure": "trial raised an error", "reward": -1.0}  # as older runs cached it
+    again = _driver(space)
+    again.load_state_dict(state)
+    again.adopt([{**rec, "trial_id": "earlier", "failure": "trial raised an error"}])  # a record the state lacked
+    assert cfg["key"] not in again.cache and len(again.records) == 2
 
 
 def test_finalists_are_the_front_near_the_target_trained_once_and_survive_a_resume(space, tmp_path):
