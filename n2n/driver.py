@@ -45,7 +45,7 @@ ABORT_AFTER = 3  # failures in a row, before any success, that stop a search
 # reports them, so this is its worker dying (Ray's memory monitor, a kill, a lost node). Not the
 # student's fault: not cached, so a resume trains it again. (The second: runs before this wording.)
 WORKER_DIED = ("the trial's worker died before it reported (out of memory, a killed process or a lost node; "
-               "tune/'s error.txt says which); a resume trains it again")
+               "tune/'s error.txt says which); a resume trains it again")  # see retry_dead
 _WORKER_FAILURES = (WORKER_DIED, "trial raised an error")
 
 
@@ -94,6 +94,8 @@ class SearchDriver:
         self.finalist_epochs, self.target = finalist_epochs, target  # target: n2n.config.TargetConfig or None
         self.early_stop = early_stop  # Tune may stop trials before they save weights (ASHA)
         self.run_id = run_id  # n2n.json's; None in runs made before it existed
+        # trials in a row whose worker died, this session (a resume tries again): ABORT_AFTER stop it
+        self.deaths_in_a_row, self.stopped_for_deaths = 0, False
         self.stage_idx = 0
         self.base = space.identity()
         self.refine_bases: list[str] = []  # keys of the students refine narrowed, in order
@@ -145,7 +147,18 @@ class SearchDriver:
         return f"{key}@{self.finalist_epochs}ep" if stage == "finalists" else key
 
     def trained(self, stage: str) -> int:
-        return sum(r["stage"] == stage for r in self.records)
+        """Candidates of the stage trained to a result (a trial whose worker died has none)."""
+        return sum(r["stage"] == stage and r["failure"] not in _WORKER_FAILURES for r in self.records)
+
+    def retry_dead(self) -> None:
+        """On resume: the current stage's candidates whose worker died, with no result since, are
+        issued again first (their agent was told they failed; the budget never counted them)."""
+        queued = {t["key"] for t in self.reissue}
+        for r in self.records:
+            if (r["failure"] in _WORKER_FAILURES and r["stage"] == self.stage and r["key"] not in self.cache
+                    and r["key"] not in queued):
+                self.reissue.append({"stage": r["stage"], "cid": None, "key": r["key"], "spec": r["spec"]})
+                queued.add(r["key"])
 
     def in_flight(self) -> int:
         return len(self.trials) + len(self.reissue)
@@ -271,10 +284,19 @@ class SearchDriver:
             if self._all_failing():
                 if self.in_flight():
                     return None  # those still training may succeed: decide when they are in
-                n = len(self.records)
-                what = f"all {n} candidates of the search" if self.stage is None else f"the first {n} candidates all"
-                self.failed = f"{what} failed; the first: {self.records[0]['failure']}"
+                own = [r for r in self.records if r["failure"] not in _WORKER_FAILURES]
+                what = f"all {len(own)} candidates of the search" if self.stage is None else f"the first {len(own)} candidates all"
+                self.failed = f"{what} failed; the first: {own[0]['failure']}"
                 self.save()  # the search's last line says why (n2n.search._finish)
+                return FINISHED
+            if self.deaths_in_a_row >= ABORT_AFTER:  # the machine, not the students: stop, resumable
+                if self.in_flight():
+                    return None
+                if not self.stopped_for_deaths:
+                    self.log(f"stopping: the workers of the last {self.deaths_in_a_row} trials died before they reported "
+                             f"(out of memory, killed, or a lost node; tune/'s error.txt files say which); free memory "
+                             f"or mend the cluster, then resume: those candidates are trained again")
+                    self.stopped_for_deaths = True
                 return FINISHED
             if self.stage is None:
                 return FINISHED
@@ -318,6 +340,7 @@ class SearchDriver:
         m = {**ev.to_dict(), "reward": r, "compression": compression(ev, self.reference, self.reward_config)}
         if ev.failure not in _WORKER_FAILURES:
             self.cache[t["key"]] = m
+        self.deaths_in_a_row = self.deaths_in_a_row + 1 if ev.failure in _WORKER_FAILURES else 0
         for cid in [t["cid"]] + self.waiters.pop(t["key"], []):
             if cid in self.agent.pending:  # always true within a stage; guards a stage switch
                 self.agent.tell(cid, r, ev)
@@ -336,10 +359,12 @@ class SearchDriver:
 
     def _all_failing(self) -> bool:
         """Every candidate so far failed, and there are enough to stop: ABORT_AFTER of them, or the
-        whole search's (a budget under ABORT_AFTER once finished 'successfully' with nothing)."""
-        if not self.records or any(r["failure"] is None for r in self.records):
+        whole search's (a budget under ABORT_AFTER once finished 'successfully' with nothing). Trials
+        whose worker died are not counted: the students did not fail, the machine did."""
+        own = [r for r in self.records if r["failure"] not in _WORKER_FAILURES]
+        if not own or any(r["failure"] is None for r in own):
             return False
-        return len(self.records) >= ABORT_AFTER or self.stage is None
+        return len(own) >= ABORT_AFTER or self.stage is None
 
     def adopt(self, records: list[dict]):
         """Take in records from candidates.json that this state lacks (it was older, or rebuilt):

@@ -499,6 +499,7 @@ def restore_driver(make, run_dir: Path, log=print) -> SearchDriver:
         log(f"no usable search state; rebuilding it from candidates.json ({len(records)} candidates)")
     driver.adopt(records)
     driver.settle()
+    driver.retry_dead()
     return driver
 
 

@@ -154,7 +154,8 @@ def test_a_refine_with_no_shrink_best_is_skipped_not_run_as_a_shrink(space):
     while (out := d.suggest(f"t{n}")) != FINISHED:
         if out is None:
             tid, cfg = queue.pop(0)
-            d.complete(tid, None if cfg["stage"] == "shrink" else _metrics(space, proxy, cfg), error=cfg["stage"] == "shrink")
+            failed = {"accuracy": 0.0, "params": 1, "flops": 1, "failure": "NaN loss"}  # the student's own failure
+            d.complete(tid, failed if cfg["stage"] == "shrink" else _metrics(space, proxy, cfg))
         else:
             queue.append((f"t{n}", out))
             n += 1
@@ -230,6 +231,35 @@ def test_a_trial_whose_worker_died_gets_the_invalid_reward_and_is_trained_again_
     again.load_state_dict(state)
     again.adopt([{**rec, "trial_id": "earlier", "failure": "trial raised an error"}])  # a record the state lacked
     assert cfg["key"] not in again.cache and len(again.records) == 2
+
+
+def test_trials_whose_workers_keep_dying_stop_the_search_resumably_not_as_failed(space):
+    """Three worker deaths in a row (a machine out of memory) are not three failed students: the
+    search stops as interrupted, says why, and a resume (a fresh session) tries again."""
+    proxy, said = ProxyEvaluator(space), []
+    d = _driver(space, log=said.append)
+    cfgs = [d.suggest(f"t{i}") for i in range(3)]
+    for i in range(3):
+        d.complete(f"t{i}", None, error=True)
+    assert d.suggest("t3") == FINISHED and d.summary()["stage"] == "removal" and not d.failed
+    assert said[-1].startswith("stopping: the workers of the last 3 trials died before they reported")
+    assert d.trained("removal") == 0  # the budget never counted them
+    again = _driver(space)
+    again.load_state_dict(d.state_dict())
+    again.retry_dead()  # as n2n.search.restore_driver does on resume
+    retried = [again.suggest(f"r{i}") for i in range(3)]
+    assert [c["key"] for c in retried] == [c["key"] for c in cfgs]  # the same candidates, first
+    for i, c in enumerate(retried):
+        again.complete(f"r{i}", _metrics(space, proxy, c))
+    assert [r["failure"] for r in again.records[3:]] == [None] * 3 and again.trained("removal") == 3
+    assert again.deaths_in_a_row == 0 and all(c["key"] in again.cache for c in cfgs)
+    # three students that fail on their own still stop it as failed, with their reason
+    d = _driver(space)
+    for i in range(3):
+        d.suggest(f"t{i}")
+    for i in range(3):
+        d.complete(f"t{i}", {"accuracy": 0.0, "params": 1, "flops": 1, "failure": "NaN loss"})
+    assert d.suggest("t3") == FINISHED and d.summary()["stage"] == "failed" and "NaN loss" in d.failed
 
 
 def test_finalists_are_the_front_near_the_target_trained_once_and_survive_a_resume(space, tmp_path):

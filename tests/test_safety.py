@@ -129,9 +129,9 @@ def test_a_search_whose_candidates_all_fail_stops_with_the_first_reason(space, t
     for i in range(3):
         assert isinstance(d.suggest(f"t{i}"), dict)
     d.complete("t0", {"accuracy": 0.1, "params": 10, "flops": 10, "failure": "loss became nan at epoch 1"})
-    d.complete("t1", None, error=True)
+    d.complete("t1", {"accuracy": 0.1, "params": 10, "flops": 10, "failure": "loss became nan at epoch 2"})
     assert d.suggest("t3") is None and not d.failed  # two failures could still be bad luck
-    d.complete("t2", None, error=True)
+    d.complete("t2", {"accuracy": 0.1, "params": 10, "flops": 10, "failure": "loss became nan at epoch 1"})
     assert d.suggest("t4") == FINISHED and d.in_flight() == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["stage"] == "failed" and "loss became nan at epoch 1" in summary["failure"]
@@ -147,7 +147,7 @@ def test_a_search_too_short_to_stop_early_fails_when_every_candidate_failed(spac
                      log=lambda *_: None)
     for t in ("t0", "t1"):
         assert isinstance(d.suggest(t), dict)
-    d.complete("t0", None, error=True)
+    d.complete("t0", {"accuracy": 0.1, "params": 10, "flops": 10, "failure": "loss became nan at epoch 1"})
     assert d.suggest("t2") is None and not d.failed  # the other may still succeed
     d.complete("t1", {"accuracy": 0.1, "params": 10, "flops": 10, "failure": "CUDA out of memory"})
     assert d.suggest("t3") == FINISHED
@@ -162,10 +162,11 @@ def test_three_failures_with_a_candidate_still_training_wait_for_it(space, tmp_p
     d = SearchDriver(space, ref, agent="random", budgets={"removal": 6, "shrink": 6}, run_dir=tmp_path,
                      log=lambda *_: None)
     cfgs = {t: d.suggest(t) for t in ("t0", "t1")}
+    nan = {"accuracy": 0.1, "params": 10, "flops": 10, "failure": "loss became nan at epoch 1"}
     for done, new in (("t0", "t2"), ("t1", "t3")):
-        d.complete(done, None, error=True)
+        d.complete(done, nan)
         cfgs[new] = d.suggest(new)
-    d.complete("t2", None, error=True)
+    d.complete("t2", nan)
     assert not d.failed and d.suggest("x") is None  # t3 still training: wait, do not stop
     d.complete("t3", Trainer(space).proxy(StudentSpec.from_dict(cfgs["t3"]["spec"])).to_dict())
     assert not d.failed and isinstance(d.suggest("t4"), dict)  # it succeeded: the search goes on
