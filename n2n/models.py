@@ -194,6 +194,8 @@ def write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = private_temp(path)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename: after a power cut, the old file or the new
     os.replace(tmp, path)
 
 

@@ -234,6 +234,8 @@ def save_state(run_dir: Path, state: dict) -> None:
     fd, tmp = private_temp(run_dir / STATE)
     with os.fdopen(fd, "wb") as f:
         f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the renames (a power cut: this state or the one before)
     if (run_dir / STATE).exists():
         os.replace(run_dir / STATE, run_dir / PREV_STATE)
     os.replace(tmp, run_dir / STATE)

@@ -950,3 +950,20 @@ def test_an_out_under_a_file_is_refused_before_any_work(finished_run, tmp_path, 
         assert status == 2 and f"cannot be made, {tmp_path / 'notes.txt'} is a file, not a folder" in err, err
         assert "training" not in out and "REINFORCE" not in out  # nothing ran first
     assert (tmp_path / "notes.txt").read_text() == "mine" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_run_files_reach_the_disk_before_they_replace_the_old_ones(tmp_path, monkeypatch):
+    """helper-22: nothing was fsync'd before the atomic renames, so a power cut could leave a renamed
+    but empty candidates.json or search state (resume after a reboot is promised)."""
+    from n2n import models, runfolder
+
+    events = []
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))))
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(a))), real_replace(a, b)))
+    models.write_json(tmp_path / "candidates.json", [1])
+    runfolder.save_state(tmp_path, {"records": []})
+    synced = [path for kind, path in events if kind == "fsync"]
+    assert [Path(p).name.split(".")[0] for p in synced] == ["candidates", "search_state"]
+    for p in synced:  # each temp file synced, then renamed into place
+        assert events.index(("replace", p)) > events.index(("fsync", p))
