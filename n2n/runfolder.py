@@ -243,6 +243,11 @@ def save_state(run_dir: Path, state: dict) -> None:
 
 def load_state(run_dir: Path, log=print) -> dict | None:
     """The newest readable search state (weights_only: plain data and tensors, never code), or None."""
+    return next(load_states(run_dir, log), None)
+
+
+def load_states(run_dir: Path, log=print):
+    """The readable search states, newest first (the saved one, then the one before it)."""
     for name in (STATE, PREV_STATE):
         path = Path(run_dir) / name
         if not path.exists():
@@ -250,9 +255,9 @@ def load_state(run_dir: Path, log=print) -> dict | None:
         try:
             state = torch.load(path, weights_only=True)
             if isinstance(state, dict) and "records" in state:
-                return state
+                yield state
+                continue
             why = "not a search state"
         except Exception as e:  # truncated, empty or foreign file: fall back, never hang
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
         log(f"{path.name} is damaged ({why}); falling back")
-    return None

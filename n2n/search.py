@@ -28,7 +28,7 @@ from .driver import SearchDriver
 from .errors import ConfigError, RunError, sigterm_as_sigint
 from .models import (ModelError, append_to, check_creatable, device_for, load_model, load_weights, replaced_teacher,
                      save_weights, weights_digest, written_by_n2n)
-from .runfolder import POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, load_state, read_records, read_run, read_summary
+from .runfolder import POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, load_states, read_records, read_run, read_summary
 from .storage import Fetcher, RemoteResults, store_location
 from .teachers import cached_teacher
 from .train import accuracy, predict
@@ -487,15 +487,16 @@ def restore_driver(make, run_dir: Path, log=print) -> SearchDriver:
     `make()` rebuilt from candidates.json; records on disk that the state lacks are taken in, never
     dropped, and no candidate with a result is trained again."""
     records = read_records(run_dir)
-    driver = make()
-    state = load_state(run_dir, log)
-    if state is not None:
+    driver, usable = make(), False
+    for state in load_states(run_dir, log):  # the saved state, else the one before it
         try:
             driver.load_state_dict(state)
+            usable = True
+            break
         except (KeyError, TypeError, ValueError) as e:
-            log(f"search state not usable ({e}); rebuilding it from candidates.json")
+            log(f"search state not usable ({e}); falling back")
             driver = make()
-    else:
+    if not usable:
         log(f"no usable search state; rebuilding it from candidates.json ({len(records)} candidates)")
     driver.adopt(records)
     driver.settle()

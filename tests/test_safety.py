@@ -88,12 +88,18 @@ def test_a_search_state_copied_from_another_run_is_not_taken_for_this_ones(space
     shutil.copy(other / STATE, run / STATE)
     logs = []
     driver = restore_driver(lambda: _driver(space, run, "this-id"), run, log=logs.append)
+    # the state before it is this run's own: used (helper-23: it was skipped for a rebuild)
     assert logs == ["search state not usable (it belongs to another run (run id other-id, this run's this-id)); "
-                    "rebuilding it from candidates.json"]
+                    "falling back"]
     assert [r["key"] for r in driver.records] == [r["key"] for r in before]
     trainer.run(driver)
     assert Counter(r["stage"] for r in read_records(run)) == {"removal": 6, "shrink": 6}
     assert max(trainer.trained.values()) == 1
+    (run / PREV_STATE).unlink()  # no state of its own left: rebuilt from its records
+    logs.clear()
+    shutil.copy(other / STATE, run / STATE)
+    restore_driver(lambda: _driver(space, run, "this-id"), run, log=logs.append)
+    assert logs[-1] == "no usable search state; rebuilding it from candidates.json (12 candidates)"
 
 
 @pytest.mark.parametrize("damage", ["truncated state", "both states empty", "no state"])
