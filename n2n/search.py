@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -39,7 +40,6 @@ __all__ = ["run_search", "resume_search", "read_run"]
 
 def _setdefault_env():
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # machines may be offline
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # n2n keeps its own records (candidates.json); of Tune's per-trial loggers only the JSON one
     # is kept (Tune reads it back at the end), not CSV and TensorBoard.
@@ -259,6 +259,8 @@ def ray_session(address: str | None, log=print):
     if address:
         _check_address(address)
         log(f"connecting to Ray cluster at {address}")
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a cluster with tokens: set RAY_AUTH_MODE=token
+        _refresh_ray_config()
         try:
             with _neutral_cwd():
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
@@ -271,6 +273,13 @@ def ray_session(address: str | None, log=print):
             ray.shutdown()
         return
     temp = tempfile.mkdtemp(prefix="n2n-ray-")  # short: Ray's socket paths must stay under 108 bytes
+    # Ray 2.60 has its servers listen on every interface, whatever node IP it is given: without a token
+    # anyone reaching this machine could join as a driver and run code as the user. A fresh random token
+    # per search, in the environment of Ray's processes only (no file), unless the user chose a mode.
+    owned = "RAY_AUTH_MODE" not in os.environ
+    if owned:
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+        _refresh_ray_config()
     try:
         # log_to_driver=False: workers' own output (prefixed lines, library banners) stays out of the
         # user's terminal; a trial's failure reaches the records with its reason (n2n.trial)
@@ -282,6 +291,18 @@ def ray_session(address: str | None, log=print):
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+        if owned:
+            for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+                os.environ.pop(name, None)
+            _refresh_ray_config()
+
+
+def _refresh_ray_config() -> None:
+    """Ray reads RAY_AUTH_MODE into its config when imported; re-read it (as Ray itself does when
+    it turns token authentication on)."""
+    from ray._raylet import Config
+
+    Config.initialize("")
 
 
 @contextlib.contextmanager

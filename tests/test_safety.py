@@ -566,14 +566,40 @@ def test_a_stray_module_where_n2n_runs_is_never_imported_by_the_trials(tiny_conf
     work, marker = tmp_path / "project", tmp_path / "ran"
     work.mkdir()
     (work / "envs.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    n2n_command = Path(sys.executable).parent / "n2n"  # the console script, as users run it
+    # as users run it: the console script, and Ray's authentication mode left to n2n (a token)
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}, "RAY_USAGE_STATS_ENABLED": "0"}
+    n2n_command = Path(sys.executable).parent / "n2n"
     done = subprocess.run([str(n2n_command), "search", str(tiny_config), "--runs-dir", str(tmp_path / "runs"),
                            "--name", "r", "--set", "search.stages=[shrink]", "--set", "search.shrink_budget=2",
                            "--set", "finalists.k=0"], cwd=work, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     records = read_records(tmp_path / "runs" / "r")
     assert not marker.exists() and len(records) == 2 and all(r["failure"] is None for r in records)
+
+
+def test_a_local_search_s_ray_admits_no_one_without_its_token(tmp_path):
+    """helper-25: the local Ray ran with authentication off and its servers listen on every
+    interface (Ray 2.60, whatever node IP it is given): anyone reaching the machine could join as a
+    driver and run code as the user. Each search's Ray now wants a fresh random token, held only in
+    its processes' environment; the user's environment is as it was afterwards."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import os, subprocess, sys\n"
+        "import ray\n"
+        "from n2n.search import ray_session\n"
+        "with ray_session(None, log=lambda *_: None):\n"
+        "    token, gcs = os.environ['RAY_AUTH_TOKEN'], ray.get_runtime_context().gcs_address\n"
+        "    assert ray.get(ray.remote(lambda: 7).remote()) == 7 and len(token) == 64\n"
+        "    env = {k: v for k, v in os.environ.items() if k != 'RAY_AUTH_TOKEN'}\n"
+        "    for mode, extra in (('disabled', {}), ('token', {'RAY_AUTH_TOKEN': '0' * 64})):\n"
+        "        r = subprocess.run([sys.executable, '-c', f'import ray; ray.init(address={gcs!r}); print(\"JOINED\")'],\n"
+        "                           env={**env, 'RAY_AUTH_MODE': mode, **extra}, capture_output=True, text=True)\n"
+        "        print(mode, 'JOINED' in r.stdout, r.returncode)\n"
+        "print('after', os.environ.get('RAY_AUTH_MODE'), os.environ.get('RAY_AUTH_TOKEN'))\n")
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}, "RAY_USAGE_STATS_ENABLED": "0"}
+    done = subprocess.run([sys.executable, str(probe)], env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-4:] == ["disabled False 1", "token False 1", "after None None", ""], done.stdout
 
 
 def test_a_trial_no_node_can_hold_is_refused_not_left_waiting(ray_session, tiny_config, tmp_path):
