@@ -127,7 +127,8 @@ def _export(args) -> int:
     from .export import export_best
 
     export_best(Path(args.run), Path(args.out), args.finetune_epochs, args.overwrite, factories=args.allow_factory,
-                trim_vocab=args.trim_vocab, key=args.key, rank=args.rank, onnx=args.onnx, margin=args.margin)
+                trim_vocab=args.trim_vocab, key=args.key, rank=args.rank, onnx=args.onnx, margin=args.margin,
+                fetch=args.fetch)
     return 0
 
 
@@ -221,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, type=_path, help="folder to write (must not exist)")
     e.add_argument("--finetune-epochs", type=int, default=0, help="distil + cross-entropy this long first")
     e.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier export (nothing else)")
+    e.add_argument("--fetch", action="store_true", help="first download from the run's resources.storage the results "
+                   "its results/ lacks (a driver killed before it fetched them); never done without it")
     pick = e.add_mutually_exclusive_group()
     pick.add_argument("--key", help="export this candidate (its key in candidates.json) instead of the default choice")
     pick.add_argument("--rank", type=int, help="export the candidate of this rank by reward (1 = best)")

@@ -20,7 +20,7 @@ from .errors import RunError
 from .models import ModelError, RawInput, build_model, check_creatable, check_replaceable, device_for, load_weights, save_model, write_json
 from .runfolder import RunLock, finish_hint, read_records, read_run, unfinished
 from .search import OpenRun, check_teacher, check_teacher_figures, teacher_logits
-from .storage import Fetcher
+from .storage import Fetcher, shown
 from .train import accuracy, distill
 from .vocab import trim_vocabulary
 
@@ -55,8 +55,10 @@ def _teacher_tokenizer(folder: Path):
 
 def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: bool = False, log=print,
                 factories=(), trim_vocab: bool = False, key: str | None = None, rank: int | None = None,
-                onnx: bool = False, margin: float | None = None) -> dict:
+                onnx: bool = False, margin: float | None = None, fetch: bool = False) -> dict:
     """Write model.safetensors + spec.json + arch.json + metrics.json for the run's best student.
+    `fetch`: first download the results the run's remote storage holds that RUN/results lacks (a
+    driver killed before it fetched them); never without it: a run folder names its own storage.
     `margin`: points to spare on the accuracy target (n2n.pick.choose; None: the run's target.margin);
     `overwrite` replaces only an earlier export; `factories`: see `n2n.models.build_model`;
     `trim_vocab`: keep only the embeddings of tokens in the training texts (see n2n.vocab);
@@ -83,7 +85,8 @@ def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: b
     check_teacher(meta)
     # fine-tuning takes minutes: hold the run, so no search or resume changes it meanwhile
     with RunLock(run_dir) if finetune_epochs else contextlib.nullcontext():
-        return _export(run_dir, out, meta, finetune_epochs, overwrite, log, factories, trim_vocab, key, rank, onnx, margin)
+        return _export(run_dir, out, meta, finetune_epochs, overwrite, log, factories, trim_vocab, key, rank, onnx, margin,
+                       fetch)
 
 
 def _retokenised(ds, tokenizer):
@@ -100,7 +103,8 @@ def _retokenised(ds, tokenizer):
 
 
 def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: Path,
-           key: str | None = None, rank: int | None = None, margin: float | None = None) -> tuple[dict, str]:
+           key: str | None = None, rank: int | None = None, margin: float | None = None,
+           stored: bool = False) -> tuple[dict, str]:
     """`n2n.pick.choose`: the rule summary.json and the search's last line use too, so all name the
     same student. Its weights must be in RUN/results: when they are not (remote storage that could
     not be reached, a folder copied without results/), that is said, and no other student is
@@ -108,7 +112,8 @@ def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: P
     chosen, why = pick.choose(records, cfg.target, cfg.reward_config(), teacher_accuracy, cfg.early_stop.enabled,
                               str(run_dir), key, rank, margin)
     if not (run_dir / "results" / f"{chosen['key']}.safetensors").is_file():
-        where = (f"fetched from {cfg.resources.storage} (retry when it is reachable)" if cfg.resources.storage
+        where = (f"there; they may be in the run's storage {shown(cfg.resources.storage)}: `n2n export {run_dir} --fetch` "
+                 f"downloads what results/ lacks from there" if stored
                  else "there (was the run folder copied without results/?)")
         raise RunError(f"{run_dir}/results/{chosen['key']}.safetensors: the weights of the student to export "
                        f"({why}) are not {where}")
@@ -151,12 +156,13 @@ def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: flo
 
 def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrite: bool, log, factories,
             trim_vocab: bool = False, key: str | None = None, rank: int | None = None, onnx: bool = False,
-            margin: float | None = None) -> dict:
+            margin: float | None = None, fetch: bool = False) -> dict:
     cfg = run_config(meta["config"])
     records = read_records(run_dir)
-    if meta.get("results_store"):  # results a killed driver never fetched: before choosing among them
+    if fetch and meta.get("results_store"):  # results a killed driver never fetched: before choosing among them
+        log(f"fetching results from {shown(meta['results_store'])}")
         Fetcher(meta["results_store"], run_dir, log).sync(r["key"] for r in records if r["failure"] is None)
-    chosen, why = choose(records, cfg, meta["reference"]["accuracy"], run_dir, key, rank, margin)
+    chosen, why = choose(records, cfg, meta["reference"]["accuracy"], run_dir, key, rank, margin, bool(meta.get("results_store")))
     best = {**chosen, "val_accuracy": chosen["accuracy"]}
     log(f"exporting {best['summary']} ({best['params']:,} params, {best['stage']}, val acc {best['accuracy']:.4f}): {why}")
     stopped = unfinished(run_dir)

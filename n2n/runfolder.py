@@ -37,7 +37,7 @@ import torch
 from .config import run_config
 from .errors import ConfigError, RunError
 from .models import private_temp, temp_folder, write_json
-from .storage import check_key
+from .storage import check_key, check_store
 
 META = "n2n.json"
 STATE = "search_state.pt"
@@ -73,6 +73,8 @@ def read_run(run_dir: Path) -> dict:
     if not isinstance(meta["reference"], dict) or not {"params", "accuracy"} <= set(meta["reference"]):
         raise RunError(f"{path}: damaged, expected the teacher's reference figures (params, accuracy), "
                        f"found {meta['reference']!r}")
+    if "results_store" in meta:
+        check_store(meta["results_store"], run_config(meta["config"]).resources.storage, path)
     return meta
 
 

@@ -79,6 +79,20 @@ def store_location(storage: str, run_name: str) -> str:
     return urlunsplit(parts._replace(path=path))
 
 
+def check_store(store, storage: str, where) -> None:
+    """n2n.json's results_store must be where store_location put it: STORAGE/NAME-ID/results under
+    the run's own resources.storage, same scheme, host and options. Another value (edited, or a run
+    folder from someone else) would have resume write, and export read, results anywhere (a local
+    folder outside the run, another endpoint signed with the user's credentials)."""
+    base, got = urlsplit(storage or ""), urlsplit(store if isinstance(store, str) else "")
+    tail = got.path[len(base.path.rstrip("/")):]
+    if not (storage and (got.scheme, got.netloc, got.query) == (base.scheme, base.netloc, base.query)
+            and got.path.startswith(base.path.rstrip("/") + "/") and re.fullmatch(r"/[^/]+-[0-9a-f]{8}/results", tail)
+            and ".." not in tail):
+        raise RunError(f"{where}: results_store {store!r} is not a results folder under the run's resources.storage "
+                       f"{storage!r}; was n2n.json changed? n2n neither reads nor writes there")
+
+
 def shown(uri: str) -> str:
     """A URI as messages show it: without key:secret@ (prefer the nodes' own credentials)."""
     parts = urlsplit(uri)

@@ -13,7 +13,7 @@ from n2n import cli
 from n2n.config import load_config
 from n2n.export import export_best
 from n2n.search import run_search
-from n2n.errors import ConfigError
+from n2n.errors import ConfigError, RunError
 from n2n.storage import Fetcher, LocalResults, RemoteResults, open_results, shown, store_location
 
 
@@ -176,3 +176,28 @@ def test_a_search_through_s3_fills_the_run_folder_and_exports(ray_session, tiny_
     assert not any("testing:testing" in line for line in logs)
     out = export_best(run, tmp_path / "student", log=lambda *_: None)
     assert out["key"] in {r["key"] for r in recs}
+    # a result the run folder lacks is fetched only when asked (helper-25: a run folder names its own
+    # storage, and export contacted it, signing with the user's credentials)
+    for suffix in (".json", ".safetensors"):  # as a driver killed before it fetched them leaves a run
+        (run / "results" / f"{out['key']}{suffix}").unlink()
+    with pytest.raises(RunError, match=rf"the weights of the student to export .* are not there; they may be in the "
+                                       rf"run's storage .*: `n2n export {run} --fetch` downloads"):
+        export_best(run, tmp_path / "again", log=lambda *_: None)
+    assert export_best(run, tmp_path / "again", log=lambda *_: None, fetch=True)["key"] == out["key"]
+
+
+def test_a_results_store_other_than_the_run_s_own_storage_is_refused():
+    """helper-25: n2n.json's results_store was used as it stood: a received run folder made resume
+    write results into any local folder, and export contact any endpoint with the user's key."""
+    from n2n.storage import check_store
+
+    storage = "s3://bucket/runs"
+    check_store("s3://bucket/runs/exp1-0123abcd/results", storage, "n2n.json")  # as store_location makes it
+    check_store("file:///mnt/shared/my run-89abcdef/results", "file:///mnt/shared", "n2n.json")
+    for store, storage in (("/tmp/victim", ""), ("/tmp/victim", storage),
+                           ("s3://bucket/runs/x-0123abcd/results?endpoint_override=evil:9999", storage),
+                           ("s3://other/runs/x-0123abcd/results", storage), ("s3://bucket/runs/../x-0123abcd/results", storage),
+                           ("s3://bucket/runsx/x-0123abcd/results", storage), ("s3://bucket/runs/x/y-0123abcd/results", storage),
+                           (["s3://bucket/runs/x-0123abcd/results"], storage)):
+        with pytest.raises(RunError, match="is not a results folder under the run's resources.storage"):
+            check_store(store, storage, "n2n.json")
