@@ -75,6 +75,10 @@ def read_run(run_dir: Path) -> dict:
                        f"found {meta['reference']!r}")
     if "results_store" in meta:
         check_store(meta["results_store"], run_config(meta["config"]).resources.storage, path)
+    for name in ("results", "policy"):  # written into by resume: through a link, that would be elsewhere
+        if (Path(run_dir) / name).is_symlink():
+            raise RunError(f"{Path(run_dir) / name}: expected the run's own folder, found a link to "
+                           f"{os.readlink(Path(run_dir) / name)}; n2n writes only inside the run folder")
     return meta
 
 

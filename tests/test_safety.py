@@ -72,6 +72,21 @@ class Trainer:
         raise AssertionError("the driver never finished")
 
 
+def test_a_run_whose_results_folder_is_a_link_is_refused(finished_run, tmp_path, capsys):
+    """helper-25: results/ made a link to another folder had resume write every new trial there."""
+    import shutil
+
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    shutil.move(run / "results", elsewhere)
+    (run / "results").symlink_to(elsewhere)
+    before = sorted(p.name for p in elsewhere.iterdir())
+    for command in (("resume", run), ("export", run, "--out", tmp_path / "out"), ("report", run)):
+        status, err = _main(capsys, *command)
+        assert status == 2 and f"{run / 'results'}: expected the run's own folder, found a link to {elsewhere}" in err
+    assert sorted(p.name for p in elsewhere.iterdir()) == before and not (tmp_path / "out").exists()
+
+
 def test_a_search_state_copied_from_another_run_is_not_taken_for_this_ones(space, tmp_path):
     """helper-22: another run's search_state.pt marked an interrupted run finished and mixed that
     run's records into its candidates.json (whose weights it lacks). Now it is set aside and the
