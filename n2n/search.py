@@ -234,7 +234,10 @@ def policy_files(cfg: Config) -> dict[str, Path]:
 
 def _check_address(address: str) -> None:
     """Fail fast on an address where no Ray head answers (Ray itself retries silently for minutes)."""
-    if address in ("auto", "local"):
+    if address == "local":  # Ray's own word for a new local Ray: n2n starts that one itself, without --address
+        raise ConfigError("--address local: drop --address to run on this machine (n2n starts its own Ray); "
+                          "--address takes auto or HOST:PORT of a running Ray head node")
+    if address == "auto":
         return
     host, sep, port = address.split("://", 1)[-1].rpartition(":")
     if not sep or not host or not port.isdigit():

@@ -633,7 +633,8 @@ def test_address_where_no_cluster_answers_fails_fast_before_writing(tmp_path, ca
     import time
 
     for address, why in (("127.0.0.1:1", "no Ray cluster answers there"), ("no-such-host.invalid:6379", "no Ray cluster answers"),
-                         ("nonsense", "expected auto or HOST:PORT")):
+                         ("nonsense", "expected auto or HOST:PORT"),
+                         ("local", "--address local: drop --address to run on this machine")):  # helper-25: runs lost
         start = time.monotonic()
         status, err = _main(capsys, "search", "--address", address, "--runs-dir", tmp_path / "runs", "--name", "x")
         assert status == 2 and why in err and time.monotonic() - start < 30
