@@ -447,10 +447,14 @@ def save_weights(state: dict, path: Path) -> None:
 
 def weights_digest(folder: Path) -> str | None:
     """A digest of a model folder's weights file: a run records its teacher's, and checks it."""
+    return file_digest(Path(folder) / "model.safetensors")
+
+
+def file_digest(path: Path) -> str | None:
+    """A digest of a file's bytes (None when there is no file)."""
     import hashlib
 
-    path = Path(folder) / "model.safetensors"
-    if not path.is_file():
+    if not Path(path).is_file():
         return None
     h = hashlib.sha1()
     with open(path, "rb") as f:

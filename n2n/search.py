@@ -27,9 +27,10 @@ from . import data as data_mod
 from .config import Config, run_config
 from .driver import SearchDriver
 from .errors import ConfigError, RunError, sigterm_as_sigint
-from .models import (ModelError, append_to, check_creatable, device_for, load_model, load_weights, replaced_teacher,
-                     save_weights, weights_digest, written_by_n2n)
-from .runfolder import POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, load_states, read_records, read_run, read_summary
+from .models import (ModelError, append_to, check_creatable, device_for, file_digest, load_model, load_weights,
+                     replaced_teacher, save_weights, weights_digest, write_json, written_by_n2n)
+from .runfolder import (META, POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, load_states, read_records, read_run,
+                        read_summary)
 from .storage import Fetcher, RemoteResults, store_location
 from .teachers import cached_teacher
 from .train import accuracy, predict
@@ -72,13 +73,18 @@ def resolve_teacher(cfg: Config, log=print, factories=()) -> tuple[Path, str]:
     return cached_teacher(cfg.teacher.recipe, log=log), data_mod.absolute(cfg.teacher.dataset or cfg.teacher.recipe.dataset)
 
 
-def teacher_logits(run_dir: Path, teacher, x_train, log=print, keep: bool = True):
+def teacher_logits(run_dir: Path, teacher, x_train, log=print, keep: bool = True, digest: str | None = None):
     """The teacher's logits on the training split, (N_train, classes): the targets of every
     distillation in the run. Computed once and kept in RUN/teacher_logits.safetensors (`keep`), so
     that a resume, on another machine or with another thread count, distils on the very same numbers:
-    a float sum's last bits depend on both, and they change which students come out ahead."""
+    a float sum's last bits depend on both, and they change which students come out ahead. `digest`:
+    the kept file's, as n2n.json recorded it; a file that no longer has it is computed again."""
     path = Path(run_dir) / TEACHER_LOGITS
-    if path.is_file():
+    if path.is_file() and digest is not None and file_digest(path) != digest:
+        # edited rows past the ones check_outputs compares would poison every distillation unseen
+        log(f"warning: {path} is not the file this run kept (its digest differs from n2n.json's); computing the "
+            f"teacher's logits again")
+    elif path.is_file():
         try:
             logits = load_weights(path)["logits"]
             if logits.ndim == 2 and len(logits) == len(x_train):
@@ -97,7 +103,7 @@ def make_context(meta: dict, cfg: Config, run_dir: Path, loaded: tuple, factorie
     """Teacher, data and the teacher's training-set logits (kept in the run folder) for every trial.
     `loaded`: (teacher, arch, dataset)."""
     teacher, arch, ds = loaded
-    t_logits = teacher_logits(run_dir, teacher, ds.x_train, log)  # (N_train, classes)
+    t_logits = teacher_logits(run_dir, teacher, ds.x_train, log, digest=meta.get("teacher_logits_digest"))  # (N, classes)
     return Context(arch, {k: v.contiguous() for k, v in teacher.state_dict().items()}, tuple(meta["input_shape"]),
                    tuple(cfg.search.ratios), ds.x_train, ds.y_train, t_logits, ds.x_val, ds.y_val, cfg.distill,
                    Reference(**meta["reference"]), cfg.reward_config(), results_location(meta, run_dir), cfg.resources.device, cfg.seed,
@@ -494,6 +500,8 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
             driver = make_driver(cfg, space, meta, run_dir, log)
             driver.save()
             ctx = make_context(meta, cfg, run_dir, (teacher, arch, ds), factories, log)
+            meta["teacher_logits_digest"] = file_digest(run_dir / TEACHER_LOGITS)  # what resume and export check
+            write_json(run_dir / META, meta)
             plan = " and ".join(f"{s} {cfg.budget(s)}" for s in cfg.search.stages) + " candidates"
             if cfg.finalists.k:
                 plan += f", then {cfg.finalists.k} finalists at {cfg.finalists.epochs} epochs"

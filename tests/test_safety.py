@@ -21,7 +21,7 @@ from n2n.export import export_best
 from n2n.models import save_model, vgg_layers, weights_digest
 from n2n.report import make_report
 from n2n.runfolder import PREV_STATE, STATE, RunLock, read_records
-from n2n.search import restore_driver, resume_search, run_search
+from n2n.search import OpenRun, restore_driver, resume_search, run_search
 from search_spaces import SequentialSpace, StudentSpec, layers_to_module
 
 
@@ -70,6 +70,34 @@ class Trainer:
             queue.append((f"t{self.n}", out))
             self.n += 1
         raise AssertionError("the driver never finished")
+
+
+def test_teacher_logits_edited_past_the_rows_checked_are_computed_again(finished_run, tmp_path):
+    """helper-25: resume and export compared only the first 64 rows of teacher_logits.safetensors
+    with the teacher; rows past them, shifted by 3 classes, made export --finetune-epochs ship a
+    student at 0.3% validation accuracy. The file's digest is in n2n.json now."""
+    import shutil
+
+    from n2n.models import load_weights, save_weights
+    from n2n.search import teacher_logits
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    meta = json.loads((run / "n2n.json").read_text())
+    kept = load_weights(run / "teacher_logits.safetensors")["logits"]
+    assert meta["teacher_logits_digest"]
+    poisoned = kept.clone()
+    poisoned[64:] = poisoned[64:].roll(3, dims=1)
+    save_weights({"logits": poisoned}, run / "teacher_logits.safetensors")
+    said = []
+    teacher = OpenRun.open(run).teacher
+    x = OpenRun.open(run).ds.x_train
+    again = teacher_logits(run, teacher, x, said.append, digest=meta["teacher_logits_digest"])
+    assert said == [f"warning: {run / 'teacher_logits.safetensors'} is not the file this run kept (its digest differs "
+                    "from n2n.json's); computing the teacher's logits again"]
+    assert torch.allclose(again, kept, atol=1e-4)
+    said.clear()  # rewritten as computed: as the run kept it, no warning
+    assert torch.equal(teacher_logits(run, teacher, x, said.append, digest=meta["teacher_logits_digest"]), again)
 
 
 def test_a_run_whose_results_folder_is_a_link_is_refused(finished_run, tmp_path, capsys):
