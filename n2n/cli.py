@@ -41,6 +41,28 @@ def _teacher_train(args) -> int:
     return 0
 
 
+def _accuracies(model, arch: dict, metrics: dict, folder: Path) -> list[tuple[str, str | None]]:
+    """Validation and test accuracy measured on the split metrics.json records, beside what it
+    records (helper-25: an edited metrics.json was shown as if measured)."""
+    from . import data as data_mod
+    from .train import accuracy
+
+    recorded = {part: metrics.get(f"{part}_accuracy") for part in ("val", "test")}
+    split = metrics.get("split")
+    try:
+        if not (metrics.get("dataset") and split):
+            raise data_mod.DataError("no split recorded")
+        ds = data_mod.load_split(metrics["dataset"], split, tokenizer=folder, preprocess=arch.get("input"))
+        measured = {part: accuracy(model, getattr(ds, f"x_{part}"), getattr(ds, f"y_{part}")) for part in recorded}
+    except (data_mod.DataError, OSError, ValueError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return [(f"{part} accuracy", None if v is None else f"{v:.4f} (as metrics.json records it; not measured: {why})")
+                for part, v in recorded.items()]
+    return [(f"{part} accuracy", f"{measured[part]:.4f}" + ("" if v is None or abs(v - measured[part]) < 1e-9 else
+                                                            f" (metrics.json records {v:.4f})"))
+            for part, v in recorded.items()]
+
+
 def _teacher_show(args) -> int:
     """What a teacher folder is: architecture, size, the figures it records and the split they hold on."""
     from search_spaces import count_params, space_for
@@ -61,8 +83,7 @@ def _teacher_show(args) -> int:
             flops = f"? ({str(e).splitlines()[0]})"
     rows = [("folder", str(folder)), ("family", arch.get("family")), ("input shape", shape),
             ("params", f"{count_params(model):,}"), ("FLOPs (MACs/sample)", flops),
-            ("dataset", metrics.get("dataset")), ("val accuracy", metrics.get("val_accuracy")),
-            ("test accuracy", metrics.get("test_accuracy"))]
+            ("dataset", metrics.get("dataset")), *_accuracies(model, arch, metrics, folder)]
     if split:
         how = "as given by the data" if split.get("seed") is None else f"seed {split['seed']}"
         rows.append(("split", f"{how}, sizes {split.get('sizes')}, fingerprint {split.get('fingerprint')}"))

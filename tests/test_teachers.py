@@ -126,6 +126,13 @@ def test_teacher_show_and_a_preset_adapted_to_small_inputs_says_so(tmp_path):
     rows = {k.strip(): v for k, v in rows.items()}
     assert shown.returncode == 0 and rows["params"] == f"{metrics['params']:,}" and rows["family"] == "vgg"
     assert rows["val accuracy"] == f"{metrics['val_accuracy']:.4f}" and rows["split"].startswith("seed 0, sizes")
+    # measured on the recorded split, not read from metrics.json: an edit shows beside it (helper-25)
+    edited = {**metrics, "val_accuracy": 0.9999, "test_accuracy": 0.9998}
+    (tmp_path / "t" / "metrics.json").write_text(json.dumps(edited))
+    shown = subprocess.run([n2n_bin, "teacher", "show", str(tmp_path / "t")], capture_output=True, text=True)
+    rows = {k.strip(): v for k, v in (line.split(": ", 1) for line in shown.stdout.strip().splitlines())}
+    assert rows["val accuracy"] == f"{metrics['val_accuracy']:.4f} (metrics.json records 0.9999)"
+    assert rows["test accuracy"] == f"{metrics['test_accuracy']:.4f} (metrics.json records 0.9998)"
 
 
 def test_a_module_teacher_imports_its_factory_from_the_working_directory(tmp_path):
