@@ -27,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import io
 import json
+import math
 import os
 import shutil
 import socket
@@ -111,7 +112,25 @@ def read_records(run_dir: Path) -> list[dict]:
         missing = [k for k in RECORD_KEYS if k not in r]
         if missing:
             raise RunError(f"{path}: damaged, candidate {i} ({r['key']}) lacks {missing}")
+        wrong = _wrong_types(r)
+        if wrong:  # helper-25: a string reward was a TypeError traceback in report and policy fit
+            raise RunError(f"{path}: damaged, candidate {i} ({r['key']}) has {wrong}")
     return records
+
+
+def _wrong_types(r: dict) -> str | None:
+    """What in a record is not of the type n2n wrote, or None."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    spec = r["spec"]
+    checks = (("reward", number(r["reward"])), ("accuracy", number(r["accuracy"])),
+              ("params", isinstance(r["params"], int) and not isinstance(r["params"], bool) and r["params"] >= 0),
+              ("stage", isinstance(r["stage"], str)), ("failure", r["failure"] is None or isinstance(r["failure"], str)),
+              ("spec", isinstance(spec, dict) and isinstance(spec.get("removed"), list) and isinstance(spec.get("ratios"), list)
+               and all(isinstance(u, int) for u in spec["removed"]) and all(number(x) for x in spec["ratios"])))
+    bad = [name for name, ok in checks if not ok]
+    return ", ".join(f"{name} {r[name]!r}" for name in bad) or None
 
 
 def _me() -> str:

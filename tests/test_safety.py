@@ -478,6 +478,21 @@ def test_sigterm_during_an_export_keeps_the_earlier_one_and_leaves_no_temp_folde
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]
 
 
+def test_candidates_json_values_of_the_wrong_type_are_named_not_a_traceback(finished_run, tmp_path, capsys):
+    """helper-25: a string reward was a TypeError traceback in report and policy fit."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    recs = read_records(run)
+    for edit, shown in (({"reward": "0.9"}, "reward '0.9'"), ({"accuracy": float("nan")}, "accuracy nan"),
+                        ({"spec": {"removed": "x", "ratios": [1.0]}}, "spec {'removed': 'x', 'ratios': [1.0]}")):
+        (run / "candidates.json").write_text(json.dumps([{**recs[0], **edit}, *recs[1:]]))
+        for command in (("report", run), ("policy", "fit", run, "--out", tmp_path / "pol")):
+            status, err = _main(capsys, *command)
+            assert status == 2 and f"candidates.json: damaged, candidate 0 ({recs[0]['key']}) has {shown}" in err, err
+
+
 def test_export_of_a_hand_edited_candidate_says_so_and_writes_nothing(finished_run, tmp_path):
     """candidates.json edited by hand (helper-19): a bare AssertionError, or a load_state_dict dump."""
     import shutil
