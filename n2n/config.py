@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -286,6 +287,8 @@ def _convert(tp, value, path: str):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
         return dict(value)
+    if tp is float and isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string: helper-24's --set distill.lr=1e-4
     if tp in _SCALARS:
         accepted, what = _SCALARS[tp]
         # YAML's true/false are ints to Python; a bool is only ever accepted as a bool

@@ -201,3 +201,11 @@ def test_a_key_given_twice_is_refused_not_silently_replaced(tmp_path):
     merged.write_text("distill: &d {epochs: 2, lr: 0.01}\nfinalists:\n  <<: {k: 2, epochs: 5}\n  k: 4\n")
     cfg = load_config(merged)
     assert (cfg.finalists.k, cfg.finalists.epochs, cfg.distill.epochs) == (4, 5, 2)
+
+
+def test_a_number_in_scientific_notation_without_a_dot_is_a_number(tmp_path):
+    """helper-24: YAML 1.1 reads 1e-4 as a string, so `--set distill.lr=1e-4` was refused."""
+    cfg = load_config(None, {"distill.lr": yaml.safe_load("1e-4"), "target.margin": yaml.safe_load("5E-1")})
+    assert cfg.distill.lr == 1e-4 and cfg.target.margin == 0.5
+    with pytest.raises(ConfigError, match="distill.lr: expected a number, got 'fast'"):
+        load_config(None, {"distill.lr": "fast"})
