@@ -186,9 +186,14 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
     hf_logging.disable_progress_bar()
     torch.manual_seed(seed)  # the new head's start: from the seed, not from whatever ran before in this process
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        # a classifier of other labels gets a new head (helper-24: it was transformers' traceback)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
             checkpoint, local_files_only=True, num_labels=ds.num_classes, id2label=dict(enumerate(names)),
-            label2id={n: i for i, n in enumerate(names)}, use_safetensors=True)
+            label2id={n: i for i, n in enumerate(names)}, use_safetensors=True, ignore_mismatched_sizes=True,
+            output_loading_info=True)
+        if info.get("mismatched_keys"):
+            log(f"{checkpoint.name}'s classifier head has other outputs than the {ds.num_classes} classes of {dataset}: "
+                f"it starts anew")
     except (OSError, ValueError) as e:
         raise ModelError(f"{checkpoint}: not a loadable Hugging Face checkpoint ({str(e).splitlines()[0]})") from None
     clf = HFClassifier(model)

@@ -183,3 +183,14 @@ def test_an_hf_teacher_does_not_depend_on_what_ran_before_in_the_process(tmp_pat
         heads.append(load_weights(tmp_path / f"t{before}" / "model.safetensors"))
     assert heads[0].keys() == heads[1].keys() and any("classifier" in k for k in heads[0])
     assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+    # re-fine-tuned on data of another number of classes: a new head, said (helper-24: a traceback)
+    import csv
+
+    rows = list(csv.DictReader(open(data)))
+    labels = sorted({r["label"] for r in rows})
+    more = write_csv(tmp_path / "more.csv", [(r["text"], f"c{i % (len(labels) + 1)}") for i, r in enumerate(rows)])
+    said = []
+    train_hf_teacher(tmp_path / "t1", f"text:{more}", tmp_path / "t3", epochs=1, max_length=12, batch_size=16,
+                     log=said.append)
+    assert f"t1's classifier head has other outputs than the {len(labels) + 1} classes of text:{more}: it starts anew" in said
+    assert load_weights(tmp_path / "t3" / "model.safetensors")["classifier.weight"].shape[0] == len(labels) + 1
