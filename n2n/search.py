@@ -159,6 +159,10 @@ def check_teacher(meta: dict) -> None:
     the run is relative to them."""
     folder = Path(meta["teacher_folder"])
     recorded, now = meta.get("teacher_digest"), weights_digest(folder)
+    if recorded and now is None and not replaced_teacher(folder, recorded).is_dir():
+        # helper-24: a moved teacher read as changed weights ("now None")
+        raise RunError(f"{folder}: the run's teacher is not there (moved or deleted?); a run names its teacher by "
+                       f"this path: put the folder back there")
     if recorded and now != recorded:
         kept = replaced_teacher(folder, recorded)
         fix = (f"`n2n teacher train --overwrite` kept it at {kept}: move {folder} aside, then {kept} to {folder}"

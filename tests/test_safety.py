@@ -793,6 +793,10 @@ def test_a_run_refuses_a_teacher_whose_weights_changed(finished_run, small_teach
     meta["teacher_folder"] = str(teacher)
     (run / "n2n.json").write_text(json.dumps(meta))
     assert export_best(run, tmp_path / "ok", log=lambda *_: None)["params"] > 0  # the same teacher: fine
+    os.replace(teacher, tmp_path / "moved")  # helper-24: a moved teacher read as changed weights
+    status, err = _main(capsys, "export", run, "--out", tmp_path / "o")
+    assert status == 2 and f"{teacher}: the run's teacher is not there (moved or deleted?)" in err
+    os.replace(tmp_path / "moved", teacher)
     model, arch, _ = small_teacher
     said = []
     save_model(teacher, model, json.loads((teacher / "arch.json").read_text()), {"recipe": {}}, overwrite=True,
