@@ -324,7 +324,7 @@ def from_dict(cls, data: dict, prefix: str = ""):
 _BEFORE_THEY_EXISTED = {"target": {"max_accuracy_drop": None}, "finalists": {"k": 0}}
 # Keys added to a section since, as runs recorded before them had them: no margin (export picked the
 # smallest student within the target).
-_KEYS_BEFORE_THEY_EXISTED = {"target": {"margin": 0.0}}
+_KEYS_BEFORE_THEY_EXISTED = {"target": {"margin": 0.0}, "distill": {"transformer_lr": None}}
 
 
 # keys a released n2n recorded and a later one removed: a run that holds them is still read

@@ -202,7 +202,8 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
             to_onnx(deployed, ds.x_val[:2], Path(tmp) / "model.onnx")
     if finetune_epochs:
         # N2N's headline students were fine-tuned longer at the end: distillation + cross-entropy.
-        ft = replace(cfg.distill, epochs=finetune_epochs, ce_weight=max(cfg.distill.ce_weight, 1.0), schedule="cosine")
+        ft = replace(cfg.distill.for_space(space), epochs=finetune_epochs, ce_weight=max(cfg.distill.ce_weight, 1.0),
+                     schedule="cosine")
         log(f"fine-tuning for {finetune_epochs} epochs (distillation + cross-entropy)")
         t_logits = teacher_logits(run_dir, teacher, ds.x_train, log, keep=False,  # the run's own, if kept
                                   digest=meta.get("teacher_logits_digest"))

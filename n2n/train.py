@@ -10,7 +10,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +99,9 @@ class DistillConfig:
 
     epochs: int = 3  # N2N used 5; 3 keeps the default search within 15 CPU-minutes
     lr: float = 3e-3  # N2N: 5e-4; 3e-3 gave +2-3 points after 3 epochs on the default teacher's students
+    # pretrained transformer students (their weights want a small step: at 3e-3 every MiniLM student of
+    # helper-24's searches fell to chance, at 1e-4 they kept the teacher's accuracy); None: lr for all
+    transformer_lr: float | None = 1e-4
     weight_decay: float = 0.0
     batch_size: int = 128
     loss: str = "l2"  # "l2": MSE between logits (Ba & Caruana, N2N's default); "kl": Hinton's soft targets
@@ -117,6 +120,8 @@ class DistillConfig:
             (self.schedule in ("constant", "cosine"), f"distill.schedule: expected 'constant' or 'cosine', got {self.schedule!r}"),
             (self.epochs >= 1, f"distill.epochs: expected >= 1, got {self.epochs}"),
             (self.lr > 0, f"distill.lr: expected > 0, got {self.lr}"),
+            (self.transformer_lr is None or self.transformer_lr > 0,
+             f"distill.transformer_lr: expected > 0 or null, got {self.transformer_lr}"),
             (self.batch_size >= 1, f"distill.batch_size: expected >= 1, got {self.batch_size}"),
             (self.temperature > 0, f"distill.temperature: expected > 0, got {self.temperature}"),
             (self.ce_weight >= 0, f"distill.ce_weight: expected >= 0, got {self.ce_weight}"),
@@ -126,6 +131,12 @@ class DistillConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+
+    def for_space(self, space) -> DistillConfig:
+        """The settings a student of `space` is distilled with: transformer_lr for a transformer."""
+        if getattr(space, "pretrained_transformer", False) and self.transformer_lr is not None:
+            return replace(self, lr=self.transformer_lr)
+        return self
 
 
 def distill_loss(cfg: DistillConfig, s_logits: torch.Tensor, t_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

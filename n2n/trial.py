@@ -120,7 +120,7 @@ def evaluate(space: SearchSpace, spec: StudentSpec, ctx: Context, report=None,
     pairs = space.hidden_map(spec) if ctx.distill.hidden_weight else None
     if pairs:
         hidden = HiddenTarget(teacher, pairs, space.hidden_states)
-    res = distill(student, ctx.x_train, ctx.y_train, ctx.t_logits, ctx.x_val, ctx.y_val, ctx.distill,
+    res = distill(student, ctx.x_train, ctx.y_train, ctx.t_logits, ctx.x_val, ctx.y_val, ctx.distill.for_space(space),
                   seed=ctx.seed, device=device, on_epoch=on_epoch if report else None, hidden=hidden)
     ev = Evaluation(res.val_accuracy, params, flops, res.epochs, time.perf_counter() - start, res.train_seconds,
                     res.failure, *(latency if res.failure is None else (None, None)))

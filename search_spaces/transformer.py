@@ -89,6 +89,8 @@ def hf_expressible(arch: dict) -> bool:
 
 
 class TransformerSpace(SearchSpace):
+    pretrained_transformer = True  # distilled at distill.transformer_lr (n2n.train.DistillConfig.for_space)
+
     def __init__(self, teacher: nn.Module, input_shape, ratios=None, uniform: bool = False):
         if not isinstance(teacher, HFClassifier):
             teacher = HFClassifier(teacher)

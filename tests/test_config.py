@@ -209,3 +209,20 @@ def test_a_number_in_scientific_notation_without_a_dot_is_a_number(tmp_path):
     assert cfg.distill.lr == 1e-4 and cfg.target.margin == 0.5
     with pytest.raises(ConfigError, match="distill.lr: expected a number, got 'fast'"):
         load_config(None, {"distill.lr": "fast"})
+
+
+def test_transformer_students_are_distilled_at_their_own_learning_rate():
+    """helper-24: at distill.lr 0.003 (chosen for CNN students) every MiniLM student fell to chance;
+    transformer students take distill.transformer_lr (1e-4); runs made before it used lr for all."""
+    from types import SimpleNamespace
+
+    from search_spaces import TransformerSpace
+
+    cfg = load_config()
+    assert (cfg.distill.lr, cfg.distill.transformer_lr) == (0.003, 1e-4)
+    assert cfg.distill.for_space(SimpleNamespace()).lr == 0.003  # a CNN's space
+    assert TransformerSpace.pretrained_transformer and cfg.distill.for_space(TransformerSpace).lr == 1e-4
+    old = run_config({k: v for k, v in cfg.to_dict().items()} | {"distill": {"epochs": 3, "lr": 0.003}})
+    assert old.distill.transformer_lr is None and old.distill.for_space(TransformerSpace).lr == 0.003
+    with pytest.raises(ConfigError, match="distill.transformer_lr: expected > 0 or null, got 0"):
+        load_config(None, {"distill.transformer_lr": 0})

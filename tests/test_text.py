@@ -148,7 +148,10 @@ def test_minilm_journey_csv_to_teacher_to_search_to_pipeline(ray_session, tmp_pa
     # the embeddings bound a transformer's compression; trimmed to the training texts' tokens they do not
     trimmed = export_best(run, tmp_path / "trimmed", trim_vocab=True, log=lambda *_: None)
     assert trimmed["vocab"]["of"] == 30522 and trimmed["vocab"]["kept"] < 200
-    assert trimmed["params"] < exported["params"] - 384 * (30522 - 200) and trimmed["times_smaller"] > 10
+    # the embeddings dominate a small encoder: trimming them multiplies the compression, whatever layers
+    # the search kept
+    assert trimmed["params"] < exported["params"] - 384 * (30522 - 200)
+    assert trimmed["times_smaller"] > 3 * exported["times_smaller"]
     tok2 = AutoTokenizer.from_pretrained(tmp_path / "trimmed" / "hf", local_files_only=True)
     small = n2n.load_student(tmp_path / "trimmed")
     rows = list(csv.DictReader(open(data)))
