@@ -373,4 +373,9 @@ def policy_problem(folder: Path, stage: str, ratios: list[float], hidden: int) -
     if found != want:
         wrong = sorted(set(want) ^ set(found)) or sorted(k for k in want if want[k] != found[k])
         return f"{folder / 'policy.safetensors'}: expected the {stage} policy's tensors {want}, found other names or shapes ({', '.join(wrong[:4])})"
+    # helper-25: NaN weights passed, and the search died in torch.multinomial after its run folder existed
+    tensors = load_file(str(folder / "policy.safetensors"))
+    bad = sorted(k for k, v in tensors.items() if not (v.is_floating_point() and torch.isfinite(v).all()))
+    if bad:
+        return f"{folder / 'policy.safetensors'}: expected finite float weights, found others in {', '.join(bad[:4])}"
     return None

@@ -208,6 +208,9 @@ def test_a_policy_that_cannot_start_the_search_is_refused_before_anything_is_wri
     small = ShrinkPolicy(len(DEFAULT_RATIOS), 16)  # tensors of another size under a JSON that says 30
     save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(bad / "shrink" / "policy.safetensors"))
     assert "bad/shrink/policy.safetensors: expected the shrink policy's tensors" in problem(bad)
+    nan = {k: torch.full_like(v, float("nan")) for k, v in load_file(str(PRETRAINED / "shrink" / "policy.safetensors")).items()}
+    save_file(nan, str(bad / "shrink" / "policy.safetensors"))  # helper-25: the search died mid-run on these
+    assert "bad/shrink/policy.safetensors: expected finite float weights, found others in " in problem(bad)
     (bad / "shrink" / "policy.safetensors").write_text("not safetensors")
     assert "not readable as safetensors" in problem(bad)
     assert load_config(None, {"search.agent_options": {"policy": "pretrained"}}).policy_folder() == PRETRAINED.resolve()
