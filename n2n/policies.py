@@ -3,6 +3,8 @@ that `search.agent_options: {policy: DIR}` starts a REINFORCE search from."""
 
 from __future__ import annotations
 
+import json
+
 import os
 import shutil
 from pathlib import Path
@@ -20,6 +22,14 @@ from .search import OpenRun
 HIDDEN = ReinforceConfig.hidden  # the policies fit here start searches with the agent's default size
 
 
+def _run_id(run_dir: Path) -> str | None:
+    """n2n.json's run id (a copy of a run folder keeps it), or None (a run made before it existed)."""
+    try:
+        return json.loads((run_dir / "n2n.json").read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, factories=(), log=print) -> Path:
     """Fit the removal and shrink policies to the candidates of `runs`; write OUT/removal, OUT/shrink."""
     out = Path(out)
@@ -30,12 +40,14 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
     if taken():  # never over anything: a new folder, written whole or not at all
         raise FileExistsError(f"{out} already exists; choose another --out")
     check_creatable(out)
-    seen: dict[Path, Path] = {}
-    for run_dir in runs:  # one search given twice (or through a link) would count twice
+    seen: dict = {}
+    for run_dir in runs:  # one search given twice (through a link, or copied) would count twice
         where = Path(run_dir).resolve()
-        if where in seen:
-            raise ConfigError(f"{seen[where]} and {run_dir} are the same run; give each run once")
-        seen[where] = run_dir
+        same = [w for w in (where, _run_id(where)) if w is not None and w in seen]
+        if same:
+            raise ConfigError(f"{seen[same[0]]} and {run_dir} are the same run{' (copied)' if same[0] != where else ''}; "
+                              f"give each run once")
+        seen.update({w: run_dir for w in (where, _run_id(where)) if w is not None})
     groups: dict[str, list] = {"removal": [], "shrink": []}
     ratios, spaces, kinds = None, [], set()
     for run_dir in runs:

@@ -303,6 +303,10 @@ def test_policy_fit_refuses_one_run_given_twice(tmp_path):
     for twice in ([tmp_path / "r1", tmp_path / "r1"], [tmp_path / "r1", tmp_path / "." / "r1" / ""]):
         with pytest.raises(ConfigError, match="are the same run"):
             fit_policies(twice, tmp_path / "pol")
+    (tmp_path / "r1" / "n2n.json").write_text('{"run_id": "abc"}')  # helper-25: a cp -a copy counted twice
+    shutil.copytree(tmp_path / "r1", tmp_path / "copy")
+    with pytest.raises(ConfigError, match=r"r1 and .*copy are the same run \(copied\); give each run once"):
+        fit_policies([tmp_path / "r1", tmp_path / "copy"], tmp_path / "pol")
     assert not (tmp_path / "pol").exists()
 
 
