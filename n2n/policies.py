@@ -4,7 +4,6 @@ that `search.agent_options: {policy: DIR}` starts a REINFORCE search from."""
 from __future__ import annotations
 
 import json
-
 import os
 import shutil
 from pathlib import Path
