@@ -190,7 +190,12 @@ def check_teacher_figures(meta: dict, teacher, ds: data_mod.Dataset, run_dir: Pa
 def run_data(meta: dict, arch: dict) -> data_mod.Dataset:
     """The data of a run: the teacher's split, as recorded in n2n.json, standardised as the teacher
     (`arch`, its arch.json) was trained."""
-    return data_mod.load_split(meta["dataset"], meta.get("split") or {"seed": meta["config"].get("seed", 0)},
+    name = meta["dataset"]
+    where = name.split(":", 1)[1] if ":" in name else None
+    if where is not None and not Path(where).exists():  # helper-24: the loader's "expected a file" said no more
+        raise RunError(f"{where}: the run's data ({name}) is not there (moved or deleted?); a run names its data by "
+                       f"this path: put it back there (its fingerprint is checked, not its place)")
+    return data_mod.load_split(name, meta.get("split") or {"seed": meta["config"].get("seed", 0)},
                                tokenizer=meta["teacher_folder"], preprocess=arch.get("input"))
 
 

@@ -1062,3 +1062,13 @@ def test_run_files_reach_the_disk_before_they_replace_the_old_ones(tmp_path, mon
     assert [Path(p).name.split(".")[0] for p in synced] == ["candidates", "search_state"]
     for p in synced:  # each temp file synced, then renamed into place
         assert events.index(("replace", p)) > events.index(("fsync", p))
+
+
+def test_a_run_whose_data_file_was_moved_says_so(tmp_path):
+    """helper-24: a moved data file gave the loader's "expected a CSV or JSONL file at ..." and no more."""
+    from n2n.search import run_data
+
+    meta = {"dataset": f"text:{tmp_path / 'moved.jsonl'}", "split": {"seed": 0}, "config": {}, "teacher_folder": "t"}
+    with pytest.raises(RunError, match=rf"{tmp_path / 'moved.jsonl'}: the run's data \(text:.*moved.jsonl\) is not "
+                                       r"there \(moved or deleted\?\); a run names its data by this path: put it back"):
+        run_data(meta, {})
