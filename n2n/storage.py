@@ -20,7 +20,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .errors import ConfigError, RunError
 from .models import append_to, save_weights, write_bytes, write_json
@@ -153,7 +153,8 @@ class RemoteResults:
         """Reachable, writable, outside the run folder and empty (a result already there would be
         reported by a trial as its own). Called before the run folder exists."""
         parts = urlsplit(self.uri)
-        if parts.scheme == "file" and Path(parts.path).resolve().is_relative_to(run_dir.resolve()):
+        # the path as pyarrow will use it: percent-decoded (helper-25: .../runs/p%65 was the run folder runs/pe)
+        if parts.scheme == "file" and Path(unquote(parts.path)).resolve().is_relative_to(run_dir.resolve()):
             raise ConfigError(f"resources.storage: {shown(self.uri)} is inside the run folder {run_dir}; a storage URI is for "
                               "nodes that do not share the runs folder's disk (leave it empty where they do)")
         try:

@@ -72,6 +72,8 @@ def test_a_store_not_empty_or_unusable_or_inside_the_run_is_refused(tmp_path):
         RemoteResults("nosuch://bucket/x").check(tmp_path / "run")
     with pytest.raises(ConfigError, match="is inside the run folder"):  # storage = the runs folder itself
         RemoteResults(f"file://{tmp_path}/runs/r/results").check(tmp_path / "runs" / "r")
+    with pytest.raises(ConfigError, match="is inside the run folder"):  # helper-25: runs/p%65 is runs/pe
+        RemoteResults(f"file://{tmp_path}/runs/p%65/results").check(tmp_path / "runs" / "pe")
     assert not (tmp_path / "runs").exists()
     with pytest.raises(ConfigError, match="resources.storage: expected a URI such as s3://"):
         load_config(None, {"resources.storage": "runs/store"})
