@@ -45,8 +45,11 @@ ABORT_AFTER = 3  # failures in a row, before any success, that stop a search
 # reports them, so this is its worker dying (Ray's memory monitor, a kill, a lost node). Not the
 # student's fault: not cached, so a resume trains it again. (The second: runs before this wording.)
 WORKER_DIED = ("the trial's worker died before it reported (out of memory, a killed process or a lost node; "
-               "tune/'s error.txt says which); a resume trains it again")  # see retry_dead
+               "tune/'s error.txt says which); tried again")  # at once (complete), or on resume (retry_dead)
 _WORKER_FAILURES = (WORKER_DIED, "trial raised an error")
+MAX_DEATHS = 2  # a student whose worker died this often is held to have failed (too big for the memory?)
+DIED_AGAIN = (f"the trial's worker died {MAX_DEATHS} times before it reported (out of memory, a killed process or a "
+              f"lost node; tune/'s error.txt says which): held as this student's failure, not tried again")
 
 
 class Finalists:
@@ -150,15 +153,23 @@ class SearchDriver:
         """Candidates of the stage trained to a result (a trial whose worker died has none)."""
         return sum(r["stage"] == stage and r["failure"] not in _WORKER_FAILURES for r in self.records)
 
+    def deaths(self, key: str) -> int:
+        return sum(r["key"] == key and r["failure"] in _WORKER_FAILURES for r in self.records)
+
     def retry_dead(self) -> None:
-        """On resume: the current stage's candidates whose worker died, with no result since, are
-        issued again first (their agent was told they failed; the budget never counted them)."""
-        queued = {t["key"] for t in self.reissue}
+        """On resume (before settle): the current stage's candidates whose worker died, with no result
+        since, are issued again first, as many as its budget has room for (their agent was told they
+        failed; the budget never counted them). A session re-issues its own at once (complete)."""
+        queued = {t["key"] for t in (*self.reissue, *self.trials.values())}
+        room = self.budgets.get(self.stage, 0) - self.trained(self.stage) - self.in_flight() if self.stage else 0
         for r in self.records:
+            if room <= 0:
+                break
             if (r["failure"] in _WORKER_FAILURES and r["stage"] == self.stage and r["key"] not in self.cache
                     and r["key"] not in queued):
                 self.reissue.append({"stage": r["stage"], "cid": None, "key": r["key"], "spec": r["spec"]})
                 queued.add(r["key"])
+                room -= 1
 
     def in_flight(self) -> int:
         return len(self.trials) + len(self.reissue)
@@ -275,7 +286,9 @@ class SearchDriver:
         return out
 
     def _suggest(self, trial_id: str):
-        if self.reissue:  # a candidate of an interrupted session: same spec, new trial id
+        # candidates of an interrupted session, or whose worker died: same spec, new trial id (unless
+        # workers keep dying: then the search stops below, and a resume issues them)
+        if self.reissue and self.deaths_in_a_row < ABORT_AFTER:
             t = self.trials[trial_id] = self.reissue.pop(0)
             return self._trial_config(t)
         while True:
@@ -290,7 +303,7 @@ class SearchDriver:
                 self.save()  # the search's last line says why (n2n.search._finish)
                 return FINISHED
             if self.deaths_in_a_row >= ABORT_AFTER:  # the machine, not the students: stop, resumable
-                if self.in_flight():
+                if self.trials:
                     return None
                 if not self.stopped_for_deaths:
                     self.log(f"stopping: the workers of the last {self.deaths_in_a_row} trials died before they reported "
@@ -331,7 +344,10 @@ class SearchDriver:
             return
         spec = StudentSpec.from_dict(t["spec"])
         if error or not metrics or "accuracy" not in metrics:
-            ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec), failure=WORKER_DIED)
+            again = self.deaths(t["key"]) + 1 >= MAX_DEATHS
+            ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec), failure=DIED_AGAIN if again else WORKER_DIED)
+            if not again:  # tried again at once, within this stage's budget (it never counted the death)
+                self.reissue.append({"stage": t["stage"], "cid": None, "key": t["key"], "spec": t["spec"]})
         else:
             ev = Evaluation.from_dict({**metrics, "failure": metrics.get("failure") or None})
             if ev.failure and not ev.params:  # a trial that raised before measuring: the space knows the size
@@ -340,7 +356,7 @@ class SearchDriver:
         m = {**ev.to_dict(), "reward": r, "compression": compression(ev, self.reference, self.reward_config)}
         if ev.failure not in _WORKER_FAILURES:
             self.cache[t["key"]] = m
-        self.deaths_in_a_row = self.deaths_in_a_row + 1 if ev.failure in _WORKER_FAILURES else 0
+        self.deaths_in_a_row = self.deaths_in_a_row + 1 if ev.failure in (*_WORKER_FAILURES, DIED_AGAIN) else 0
         for cid in [t["cid"]] + self.waiters.pop(t["key"], []):
             if cid in self.agent.pending:  # always true within a stage; guards a stage switch
                 self.agent.tell(cid, r, ev)

@@ -540,8 +540,8 @@ def restore_driver(make, run_dir: Path, log=print) -> SearchDriver:
     if not usable:
         log(f"no usable search state; rebuilding it from candidates.json ({len(records)} candidates)")
     driver.adopt(records)
+    driver.retry_dead()  # before settle: a stage with a dead candidate to train again is not over
     driver.settle()
-    driver.retry_dead()
     return driver
 
 

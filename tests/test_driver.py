@@ -262,6 +262,27 @@ def test_trials_whose_workers_keep_dying_stop_the_search_resumably_not_as_failed
     assert d.suggest("t3") == FINISHED and d.summary()["stage"] == "failed" and "NaN loss" in d.failed
 
 
+def test_a_dead_worker_s_candidate_is_tried_again_at_once_and_blamed_after_two_deaths(space):
+    """helper-26: a finalist whose worker died was never trained again (its agent had handed out
+    every candidate, so the stage ended, and a resume re-issued only the current stage's); a student
+    whose worker always dies re-stopped every resume. Now: again at once, held failed after two deaths."""
+    from n2n.driver import DIED_AGAIN, Finalists
+
+    proxy = ProxyEvaluator(space)
+    a = StudentSpec((), tuple(0.5 if u.shrinkable else 1.0 for u in space.units))
+    b = StudentSpec((), tuple(0.25 if u.shrinkable else 1.0 for u in space.units))
+    d = _driver(space, agent="random", stages=["shrink"], budgets={"shrink": 2}, agent_options={})
+    d.agent = Finalists([a, b])
+    first = [d.suggest("t0"), d.suggest("t1")]
+    d.complete("t0", None, error=True)  # a's worker died
+    d.complete("t1", _metrics(space, proxy, first[1]))
+    again = d.suggest("t2")
+    assert again["key"] == first[0]["key"] and d.trained("shrink") == 1  # a, at once; the death not counted
+    d.complete("t2", None, error=True)  # died again: the student is held to have failed
+    assert d.records[-1]["failure"] == DIED_AGAIN and first[0]["key"] in d.cache
+    assert d.suggest("t3") == FINISHED and d.trained("shrink") == 2 and not d.reissue
+
+
 def test_finalists_are_the_front_near_the_target_trained_once_and_survive_a_resume(space, tmp_path):
     """After the stages, k candidates of the Pareto front are distilled longer under keys of their own."""
     from n2n.config import TargetConfig
