@@ -277,6 +277,7 @@ def ray_session(address: str | None, log=print):
     if address:
         _check_address(address)
         log(f"connecting to Ray cluster at {address}")
+        saved = _ray_auth_env()
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a cluster with tokens: set RAY_AUTH_MODE=token
         _refresh_ray_config()
         try:
@@ -289,14 +290,16 @@ def ray_session(address: str | None, log=print):
                 yield
         finally:
             ray.shutdown()
+            _ray_auth_env(saved)  # a later local session must not inherit "disabled" as the user's choice
         return
     temp = tempfile.mkdtemp(prefix="n2n-ray-")  # short: Ray's socket paths must stay under 108 bytes
     # Ray 2.60 has its servers listen on every interface, whatever node IP it is given: without a token
     # anyone reaching this machine could join as a driver and run code as the user. A fresh random token
     # per search, in the environment of Ray's processes only (no file), unless the user chose a mode.
-    owned = "RAY_AUTH_MODE" not in os.environ
-    if owned:
+    saved = _ray_auth_env()
+    if "RAY_AUTH_MODE" not in os.environ:
         os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
         _refresh_ray_config()
     try:
         # log_to_driver=False: workers' own output (prefixed lines, library banners) stays out of the
@@ -309,18 +312,34 @@ def ray_session(address: str | None, log=print):
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
-        if owned:
-            for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
-                os.environ.pop(name, None)
-            _refresh_ray_config()
+        _ray_auth_env(saved)  # the user's own values, exactly as they were
+
+
+_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def _ray_auth_env(saved: dict | None = None) -> dict:
+    """Ray's authentication variables as they are now; given `saved`, put them back as they were
+    (and make Ray read them again where they changed)."""
+    now = {k: os.environ.get(k) for k in _AUTH_VARS}
+    if saved is not None and saved != now:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        _refresh_ray_config()
+    return now
 
 
 def _refresh_ray_config() -> None:
-    """Ray reads RAY_AUTH_MODE into its config when imported; re-read it (as Ray itself does when
-    it turns token authentication on)."""
-    from ray._raylet import Config
+    """Ray reads RAY_AUTH_MODE into its config when imported, and caches the token it first loads:
+    re-read both (as Ray's own tests do between sessions), or a second session in this process would
+    offer the first one's token (helper-26)."""
+    from ray._raylet import AuthenticationTokenLoader, Config
 
-    Config.initialize("")
+    Config.initialize("")  # first: a draining gRPC thread must not reload a token the config disowns
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 @contextlib.contextmanager

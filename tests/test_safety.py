@@ -653,11 +653,15 @@ def test_a_local_search_s_ray_admits_no_one_without_its_token(tmp_path):
         "        r = subprocess.run([sys.executable, '-c', f'import ray; ray.init(address={gcs!r}); print(\"JOINED\")'],\n"
         "                           env={**env, 'RAY_AUTH_MODE': mode, **extra}, capture_output=True, text=True)\n"
         "        print(mode, 'JOINED' in r.stdout, r.returncode)\n"
+        "with ray_session(None, log=lambda *_: None):  # a second session in the process (helper-26: refused)\n"
+        "    assert ray.get(ray.remote(lambda: 8).remote()) == 8 and os.environ['RAY_AUTH_TOKEN'] != token\n"
         "print('after', os.environ.get('RAY_AUTH_MODE'), os.environ.get('RAY_AUTH_TOKEN'))\n")
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}, "RAY_USAGE_STATS_ENABLED": "0"}
+    # a token of the user's own, without a mode: replaced during the sessions, put back after (helper-26)
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}, "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_TOKEN": "users-own"}
     done = subprocess.run([sys.executable, str(probe)], env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split("\n")[-4:] == ["disabled False 1", "token False 1", "after None None", ""], done.stdout
+    assert done.stdout.split("\n")[-4:] == ["disabled False 1", "token False 1", "after None users-own", ""], done.stdout
 
 
 def test_a_trial_no_node_can_hold_is_refused_not_left_waiting(ray_session, tiny_config, tmp_path):
