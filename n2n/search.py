@@ -31,7 +31,7 @@ from .models import (ModelError, append_to, check_creatable, device_for, file_di
                      replaced_teacher, save_weights, weights_digest, write_json, written_by_n2n)
 from .runfolder import (META, POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, load_states, read_records, read_run,
                         read_summary)
-from .storage import Fetcher, RemoteResults, store_location
+from .storage import Fetcher, RemoteResults, check_store, store_location
 from .teachers import cached_teacher
 from .train import accuracy, predict
 from .trial import Context
@@ -515,6 +515,10 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
     cfg = run_config(meta["config"])  # as recorded: the starting policy made concrete
     if cfg.resources.storage:  # checked, like everything else, before the run folder exists
         meta["results_store"] = store_location(cfg.resources.storage, run_dir.name)
+        try:  # what every later command checks: a name that makes another store is refused now
+            check_store(meta["results_store"], cfg.resources.storage, "resources.storage")
+        except RunError as e:
+            raise ConfigError(f"--name {run_dir.name}: {e}") from None
         RemoteResults(meta["results_store"]).check(run_dir)
     with ray_session(address, log):
         check_resources(cfg, remote=bool(address), log=log)  # before the run folder exists

@@ -85,10 +85,12 @@ def check_store(store, storage: str, where) -> None:
     folder from someone else) would have resume write, and export read, results anywhere (a local
     folder outside the run, another endpoint signed with the user's credentials)."""
     base, got = urlsplit(storage or ""), urlsplit(store if isinstance(store, str) else "")
-    tail = got.path[len(base.path.rstrip("/")):]
+    # judged as pyarrow reads the paths: percent-decoded (helper-26: %2e%2e%2f passed as a name)
+    root, path = unquote(base.path).rstrip("/"), unquote(got.path)
+    tail = path[len(root):]
     if not (storage and (got.scheme, got.netloc, got.query) == (base.scheme, base.netloc, base.query)
-            and got.path.startswith(base.path.rstrip("/") + "/") and re.fullmatch(r"/[^/]+-[0-9a-f]{8}/results", tail)
-            and ".." not in tail):
+            and path.startswith(root + "/") and re.fullmatch(r"/[^/]+-[0-9a-f]{8}/results", tail)
+            and ".." not in tail.split("/")):
         raise RunError(f"{where}: results_store {store!r} is not a results folder under the run's resources.storage "
                        f"{storage!r}; was n2n.json changed? n2n neither reads nor writes there")
 

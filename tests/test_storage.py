@@ -196,10 +196,13 @@ def test_a_results_store_other_than_the_run_s_own_storage_is_refused():
     storage = "s3://bucket/runs"
     check_store("s3://bucket/runs/exp1-0123abcd/results", storage, "n2n.json")  # as store_location makes it
     check_store("file:///mnt/shared/my run-89abcdef/results", "file:///mnt/shared", "n2n.json")
+    check_store("s3://bucket/runs/a..b-0123abcd/results", storage, "n2n.json")  # helper-26: --name a..b was refused
     for store, storage in (("/tmp/victim", ""), ("/tmp/victim", storage),
                            ("s3://bucket/runs/x-0123abcd/results?endpoint_override=evil:9999", storage),
                            ("s3://other/runs/x-0123abcd/results", storage), ("s3://bucket/runs/../x-0123abcd/results", storage),
                            ("s3://bucket/runsx/x-0123abcd/results", storage), ("s3://bucket/runs/x/y-0123abcd/results", storage),
+                           ("file:///base/%2e%2e%2f%2e%2e%2fetc-12345678/results", "file:///base"),  # helper-26
+                           ("file:///base/..-12345678/results/../../x-12345678/results", "file:///base"),
                            (["s3://bucket/runs/x-0123abcd/results"], storage)):
         with pytest.raises(RunError, match="is not a results folder under the run's resources.storage"):
             check_store(store, storage, "n2n.json")
