@@ -1,7 +1,8 @@
 """A run folder on disk: n2n's own files, the lock that keeps one process on it, the search state.
 
     runs/NAME/
-      n2n.json            config, teacher folder, reference figures (written once, at creation)
+      n2n.json            config, teacher folder, reference figures (written at creation; again when the
+                          kept teacher logits are computed, with their digest)
       search_state.pt     the driver's whole state: plain data + tensors, rewritten atomically at every
                           step (search_state.prev.pt is the one before); read with weights_only=True
       candidates.json     every trained candidate (what people, `export` and `report` read)

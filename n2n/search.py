@@ -104,6 +104,10 @@ def make_context(meta: dict, cfg: Config, run_dir: Path, loaded: tuple, factorie
     `loaded`: (teacher, arch, dataset)."""
     teacher, arch, ds = loaded
     t_logits = teacher_logits(run_dir, teacher, ds.x_train, log, digest=meta.get("teacher_logits_digest"))  # (N, classes)
+    digest = file_digest(Path(run_dir) / TEACHER_LOGITS)
+    if digest != meta.get("teacher_logits_digest"):  # a new run, or logits computed again (under the run's lock)
+        meta["teacher_logits_digest"] = digest  # what later resumes and exports check
+        write_json(Path(run_dir) / META, meta)
     return Context(arch, {k: v.contiguous() for k, v in teacher.state_dict().items()}, tuple(meta["input_shape"]),
                    tuple(cfg.search.ratios), ds.x_train, ds.y_train, t_logits, ds.x_val, ds.y_val, cfg.distill,
                    Reference(**meta["reference"]), cfg.reward_config(), results_location(meta, run_dir), cfg.resources.device, cfg.seed,
@@ -532,8 +536,6 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
             driver = make_driver(cfg, space, meta, run_dir, log)
             driver.save()
             ctx = make_context(meta, cfg, run_dir, (teacher, arch, ds), factories, log)
-            meta["teacher_logits_digest"] = file_digest(run_dir / TEACHER_LOGITS)  # what resume and export check
-            write_json(run_dir / META, meta)
             plan = " and ".join(f"{s} {cfg.budget(s)}" for s in cfg.search.stages) + " candidates"
             if cfg.finalists.k:
                 plan += f", then {cfg.finalists.k} finalists at {cfg.finalists.epochs} epochs"
