@@ -48,6 +48,7 @@ def _accuracies(model, arch: dict, metrics: dict, folder: Path) -> list[tuple[st
     from .train import accuracy
 
     recorded = {part: metrics.get(f"{part}_accuracy") for part in ("val", "test")}
+    recorded = {k: v if isinstance(v, (int, float)) and not isinstance(v, bool) else None for k, v in recorded.items()}
     split = metrics.get("split")
     try:
         if not (metrics.get("dataset") and split):

@@ -112,8 +112,8 @@ def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: P
     chosen, why = pick.choose(records, cfg.target, cfg.reward_config(), teacher_accuracy, cfg.early_stop.enabled,
                               str(run_dir), key, rank, margin)
     if not (run_dir / "results" / f"{chosen['key']}.safetensors").is_file():
-        where = (f"there; they may be in the run's storage {shown(cfg.resources.storage)}: `n2n export {run_dir} --fetch` "
-                 f"downloads what results/ lacks from there" if stored
+        where = (f"there; they may be in the run's storage {shown(cfg.resources.storage)}: `n2n export {run_dir} --out "
+                 f"DIR --fetch` downloads what results/ lacks from there" if stored
                  else "there (was the run folder copied without results/?)")
         raise RunError(f"{run_dir}/results/{chosen['key']}.safetensors: the weights of the student to export "
                        f"({why}) are not {where}")
@@ -162,7 +162,8 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     if fetch and meta.get("results_store"):  # results a killed driver never fetched: before choosing among them
         log(f"fetching results from {shown(meta['results_store'])}")
         Fetcher(meta["results_store"], run_dir, log).sync(r["key"] for r in records if r["failure"] is None)
-    chosen, why = choose(records, cfg, meta["reference"]["accuracy"], run_dir, key, rank, margin, bool(meta.get("results_store")))
+    chosen, why = choose(records, cfg, meta["reference"]["accuracy"], run_dir, key, rank, margin,
+                         bool(meta.get("results_store")) and not fetch)  # fetched already: no --fetch to suggest
     best = {**chosen, "val_accuracy": chosen["accuracy"]}
     log(f"exporting {best['summary']} ({best['params']:,} params, {best['stage']}, val acc {best['accuracy']:.4f}): {why}")
     stopped = unfinished(run_dir)

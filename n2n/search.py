@@ -559,7 +559,7 @@ def restore_driver(make, run_dir: Path, log=print) -> SearchDriver:
             driver.load_state_dict(state)
             usable = True
             break
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # RuntimeError: a policy's tensors
             log(f"search state not usable ({e}); falling back")
             driver = make()
     if not usable:

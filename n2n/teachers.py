@@ -191,9 +191,13 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
             checkpoint, local_files_only=True, num_labels=ds.num_classes, id2label=dict(enumerate(names)),
             label2id={n: i for i, n in enumerate(names)}, use_safetensors=True, ignore_mismatched_sizes=True,
             output_loading_info=True)
-        if info.get("mismatched_keys"):
+        changed = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or []]
+        if changed and all("classifier" in k or "score" in k for k in changed):
             log(f"{checkpoint.name}'s classifier head has other outputs than the {ds.num_classes} classes of {dataset}: "
                 f"it starts anew")
+        elif changed:  # more than the head: say which
+            log(f"{len(changed)} weights of {checkpoint.name} have other shapes than this model needs and start anew: "
+                f"{', '.join(map(str, changed[:4]))}{' ...' if len(changed) > 4 else ''}")
     except (OSError, ValueError) as e:
         raise ModelError(f"{checkpoint}: not a loadable Hugging Face checkpoint ({str(e).splitlines()[0]})") from None
     clf = HFClassifier(model)

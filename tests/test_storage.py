@@ -183,7 +183,7 @@ def test_a_search_through_s3_fills_the_run_folder_and_exports(ray_session, tiny_
     for suffix in (".json", ".safetensors"):  # as a driver killed before it fetched them leaves a run
         (run / "results" / f"{out['key']}{suffix}").unlink()
     with pytest.raises(RunError, match=rf"the weights of the student to export .* are not there; they may be in the "
-                                       rf"run's storage .*: `n2n export {run} --fetch` downloads"):
+                                       rf"run's storage .*: `n2n export {run} --out DIR --fetch` downloads"):
         export_best(run, tmp_path / "again", log=lambda *_: None)
     assert export_best(run, tmp_path / "again", log=lambda *_: None, fetch=True)["key"] == out["key"]
 
