@@ -540,6 +540,9 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
             if cfg.finalists.k:
                 plan += f", then {cfg.finalists.k} finalists at {cfg.finalists.epochs} epochs"
             log(f"search {run_dir.name}: agent {cfg.search.agent}; {plan}; {cfg.search.concurrency} trials at a time")
+            if cfg.distill.for_space(space).lr != cfg.distill.lr:  # helper-26: distill.lr alone seemed ignored
+                log(f"transformer students distil at distill.transformer_lr {cfg.distill.transformer_lr:g} "
+                    f"(distill.lr {cfg.distill.lr:g} is for other students)")
             if cfg.finalists.k and cfg.finalists.epochs <= cfg.distill.epochs:  # helper-22: accepted unsaid
                 log(f"note: finalists.epochs {cfg.finalists.epochs} is no more than distill.epochs {cfg.distill.epochs}: "
                     f"finalists start again from the teacher's weights, so their figures, which export picks by, "

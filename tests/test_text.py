@@ -121,7 +121,9 @@ def test_minilm_journey_csv_to_teacher_to_search_to_pipeline(ray_session, tmp_pa
                              "search.shrink_budget": 2, "search.refine_budget": 1, "search.agent_options": {"batch_size": 2},
                              "distill.epochs": 2})
     run = tmp_path / "runs" / "text"
-    summary = run_search(cfg, run, log=lambda *_: None)
+    said = []
+    summary = run_search(cfg, run, log=said.append)
+    assert "transformer students distil at distill.transformer_lr 0.0001 (distill.lr 0.003 is for other students)" in said
     assert summary["stage"] == "done" and summary["teacher"]["val_accuracy"] == metrics["val_accuracy"]
     out = tmp_path / "student"
     exported = export_best(run, out, log=lambda *_: None)
