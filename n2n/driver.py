@@ -141,7 +141,7 @@ class SearchDriver:
     def _finalist_specs(self) -> list[StudentSpec]:
         """The finalists (n2n.pick.finalists): the front's smallest within reach of the target."""
         chosen = finalists(self.records, self.budgets.get("finalists", 0), getattr(self.target, "max_accuracy_drop", None),
-                           self.reference.accuracy, self.reward_config)
+                           self.reference.accuracy, self.reward_config, target=self.target)
         return [StudentSpec.from_dict(r["spec"]) for r in chosen]
 
     def _key(self, spec: StudentSpec, stage: str) -> str:

@@ -298,6 +298,11 @@ def test_pareto_front_and_the_finalists_it_gives():
     # while the run held one within it; the smallest that meets the target takes the last place
     assert [r["key"] for r in finalists(recs, 1, 1.0, 0.905, rc, reach=25.0)] == ["s40-0.9"]
     assert [r["key"] for r in finalists(recs, 2, 1.0, 0.905, rc, reach=25.0)] == ["s20-0.7", "s40-0.9"]
+    # the whole target decides who meets it: under max_params 30 the 40-param student does not (helper-23)
+    from n2n.config import TargetConfig
+
+    small = TargetConfig(max_accuracy_drop=1.0, max_params=30)
+    assert [r["key"] for r in finalists(recs, 1, 1.0, 0.905, rc, reach=25.0, target=small)] == ["s20-0.7"]
 
 
 def _cli(*args, **kw):
