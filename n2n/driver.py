@@ -151,7 +151,11 @@ class SearchDriver:
 
     def trained(self, stage: str) -> int:
         """Candidates of the stage trained to a result (a trial whose worker died has none)."""
-        return sum(r["stage"] == stage and r["failure"] not in _WORKER_FAILURES for r in self.records)
+        return sum(r["stage"] == stage for r in self._students())
+
+    def _students(self) -> list[dict]:
+        """The records of trials that reported: a dead worker's say nothing about its student."""
+        return [r for r in self.records if r["failure"] not in _WORKER_FAILURES]
 
     def deaths(self, key: str) -> int:
         return sum(r["key"] == key and r["failure"] in _WORKER_FAILURES for r in self.records)
@@ -297,7 +301,7 @@ class SearchDriver:
             if self._all_failing():
                 if self.in_flight():
                     return None  # those still training may succeed: decide when they are in
-                own = [r for r in self.records if r["failure"] not in _WORKER_FAILURES]
+                own = self._students()
                 what = f"all {len(own)} candidates of the search" if self.stage is None else f"the first {len(own)} candidates all"
                 self.failed = f"{what} failed; the first: {own[0]['failure']}"
                 self.save()  # the search's last line says why (n2n.search._finish)
@@ -377,7 +381,7 @@ class SearchDriver:
         """Every candidate so far failed, and there are enough to stop: ABORT_AFTER of them, or the
         whole search's (a budget under ABORT_AFTER once finished 'successfully' with nothing). Trials
         whose worker died are not counted: the students did not fail, the machine did."""
-        own = [r for r in self.records if r["failure"] not in _WORKER_FAILURES]
+        own = self._students()
         if not own or any(r["failure"] is None for r in own):
             return False
         return len(own) >= ABORT_AFTER or self.stage is None

@@ -51,6 +51,9 @@ def finalists(records: list[dict], k: int, drop: float | None, teacher_accuracy:
     return chosen
 
 
+SHORT_OF_MARGIN = "the one that meets it with the most"  # how `choose` says no candidate had the margin
+
+
 def check_margin(margin: float) -> None:
     if not (math.isfinite(margin) and margin >= 0):
         raise RunError(f"--margin: expected a number of points >= 0, got {margin:g}")
@@ -120,7 +123,7 @@ def choose(records: list[dict], target, reward_config: RewardConfig, teacher_acc
         meeting = [r for r in pool if target.met_by(r, teacher_accuracy)]
         if meeting:  # the most to spare: a larger margin never picks a student with less of it
             safest = max(meeting, key=lambda r: (r["accuracy"], -size_of(r, reward_config)))
-            return safest, f"no {what} meets the target with {margin:g} points to spare; the one that meets it with the most"
+            return safest, f"no {what} meets the target with {margin:g} points to spare; {SHORT_OF_MARGIN}"
         return pool[0], f"no {what} meets the target; the best {what} by reward"
     stopped = "" if finalists or pool[0] is ranked[0] else " that finished (the best was stopped early, without weights)"
     return pool[0], f"the best {what} by reward{stopped}"

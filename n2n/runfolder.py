@@ -267,13 +267,9 @@ def save_state(run_dir: Path, state: dict) -> None:
     os.replace(tmp, run_dir / STATE)
 
 
-def load_state(run_dir: Path, log=print) -> dict | None:
-    """The newest readable search state (weights_only: plain data and tensors, never code), or None."""
-    return next(load_states(run_dir, log), None)
-
-
 def load_states(run_dir: Path, log=print):
-    """The readable search states, newest first (the saved one, then the one before it)."""
+    """The readable search states, newest first (the saved one, then the one before it), read with
+    weights_only: plain data and tensors, never code."""
     for name in (STATE, PREV_STATE):
         path = Path(run_dir) / name
         if not path.exists():
