@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import tempfile
 import time
 import uuid
@@ -296,7 +297,9 @@ def ray_session(address: str | None, log=print):
             ray.shutdown()
             _ray_auth_env(saved)  # a later local session must not inherit "disabled" as the user's choice
         return
+    _remove_stale_ray_temps(tempfile.gettempdir())
     temp = tempfile.mkdtemp(prefix="n2n-ray-")  # short: Ray's socket paths must stay under 108 bytes
+    Path(temp, _DRIVER_PID).write_text(str(os.getpid()))
     # Ray 2.60 has its servers listen on every interface, whatever node IP it is given: without a token
     # anyone reaching this machine could join as a driver and run code as the user. A fresh random token
     # per search, in the environment of Ray's processes only (no file), unless the user chose a mode.
@@ -317,6 +320,29 @@ def ray_session(address: str | None, log=print):
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
         _ray_auth_env(saved)  # the user's own values, exactly as they were
+
+
+_DRIVER_PID = "n2n-driver.pid"
+
+
+def _remove_stale_ray_temps(root: str) -> None:
+    """A search killed outright (kill -9, a lost session) cannot remove its Ray temp folder: its
+    logs, sockets and spilled objects stayed in /tmp for good. Remove those whose driver is gone:
+    only folders n2n marked with its driver's pid, owned by this user, never following a link."""
+    for folder in Path(root).glob("n2n-ray-*"):
+        try:
+            st = folder.lstat()
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            pid = int((folder / _DRIVER_PID).read_text())
+        except (OSError, ValueError):  # not n2n's, or its driver has not written the marker yet
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # alive, another user's process
+            pass
 
 
 _AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")

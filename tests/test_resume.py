@@ -93,7 +93,7 @@ def test_kills_at_random_moments_then_resume_matches_an_uninterrupted_search(ray
     assert f"continue it with `n2n resume {run}`" in out and "Tuner.restore" not in out
     assert "WARNING" not in out, out[-3000:]  # Tune's "Stop signal received", "Failed to fetch metrics"
     assert "received at time=" not in out, out[-3000:]  # Ray's crash dump: "*** SIGTERM received at time=..."
-    assert _ray_temps(tmp) == temps, "the stopped search left its Ray temp folder behind"
+    assert _ray_temps(tmp) <= temps, "the stopped search left its Ray temp folder behind"
 
     seen = [r["key"] for r in _records(run)]
     for n, damage in zip(sorted(rng.sample(range(len(seen) + 1, 11), 3)), ["truncate Tune's snapshots",
@@ -111,11 +111,16 @@ def test_kills_at_random_moments_then_resume_matches_an_uninterrupted_search(ray
     time.sleep(rng.uniform(0.5, 3.0))
     kill(proc)
 
-    temps = _ray_temps(tmp)
+    killed = [t for t in _ray_temps(tmp) if os.path.exists(os.path.join(t, "n2n-driver.pid"))]
+    # three searches were killed mid-search, but each start removed the folders of those killed before it
+    assert 1 <= len(killed) <= 2, killed
     done = subprocess.run([sys.executable, "-m", "n2n.cli", "resume", str(run)], env=env, capture_output=True,
                           text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert _ray_temps(tmp) == temps, "the finished resume left its Ray temp folder behind"
+    # and the folders of the searches killed outright are gone too: each start removes those whose
+    # driver is dead (kill -9 had left them in /tmp for good)
+    left = [t for t in _ray_temps(tmp) if os.path.exists(os.path.join(t, "n2n-driver.pid"))]
+    assert not left and len(_ray_temps(tmp)) <= 1, left  # 1: a kill between its mkdtemp and its marker
 
     after = _records(run)
     summary = json.loads((run / "summary.json").read_text())

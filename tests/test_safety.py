@@ -1076,3 +1076,27 @@ def test_a_run_whose_data_file_was_moved_says_so(tmp_path):
     with pytest.raises(RunError, match=rf"{tmp_path / 'moved.jsonl'}: the run's data \(text:.*moved.jsonl\) is not "
                                        r"there \(moved or deleted\?\); a run names its data by this path: put it back"):
         run_data(meta, {})
+
+
+def test_only_n2n_s_own_ray_folders_whose_driver_is_dead_are_removed(tmp_path):
+    """kill -9 left a search's Ray temp folder in /tmp for good; the next search removes it, and
+    nothing else: not a live search's, not one without n2n's marker, not a link to a folder."""
+
+    from n2n.search import _DRIVER_PID, _remove_stale_ray_temps
+
+    child = subprocess.Popen(["true"])  # its pid, once it has exited and been reaped: a dead driver
+    child.wait()
+    folders = {}
+    for name, pid in (("dead", child.pid), ("live", os.getpid()), ("unmarked", None), ("garbled", "x")):
+        folders[name] = tmp_path / f"n2n-ray-{name}"
+        (folders[name] / "session").mkdir(parents=True)
+        if pid is not None:
+            (folders[name] / _DRIVER_PID).write_text(str(pid))
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / _DRIVER_PID).write_text(str(child.pid))
+    (tmp_path / "n2n-ray-link").symlink_to(victim)
+    _remove_stale_ray_temps(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["n2n-ray-garbled", "n2n-ray-link", "n2n-ray-live",
+                                                          "n2n-ray-unmarked", "victim"]
+    assert (victim / _DRIVER_PID).exists()
