@@ -135,16 +135,57 @@ def load_split(name: str, record: dict, tokenizer=None, preprocess: dict | None 
     ds = load_dataset(name, seed=record.get("seed") or 0, tokenizer=tokenizer, max_length=record.get("max_length", 128),
                       preprocess=preprocess)
     if record.get("fingerprint") and ds.split["fingerprint"] != record["fingerprint"]:
-        raise DataError(f"{name}: expected the data the teacher was trained on ({record.get('dataset')}, fingerprint "
-                        f"{record['fingerprint']}), found different data or a different split (fingerprint {ds.split['fingerprint']})")
+        raise DataError(f"{name}: expected the data the teacher was trained on ({_described(record)}), found "
+                        f"{_differences(record, ds.split)}")
+    if "parts" not in record:  # a teacher recorded before the parts' digests: its record, as it was
+        ds.split.pop("parts", None)
     return ds
+
+
+def _described(record: dict, named: bool = True) -> str:
+    sizes = [record.get("sizes", {}).get(k) for k in ("train", "val", "test")]
+    shape = f"{sum(sizes)} samples, train/val/test {'/'.join(map(str, sizes))}, " if None not in sizes else ""
+    return f"{record.get('dataset') + ': ' if named else ''}{shape}fingerprint {record['fingerprint']}"
+
+
+def _differences(record: dict, found: dict) -> str:
+    """What differs between the recorded split and the one found: the user must learn whether the
+    file gained or lost samples, its labels changed, or only its train/val/test assignment did."""
+    if any(record.get("sizes", {}).get(k, n) != n for k, n in found["sizes"].items()):
+        what = _described(found, named=False)
+        if found["dataset"].startswith("folder:") and sum(found["sizes"].values()) < sum(record["sizes"].values()):
+            what += (" (n2n skips hidden files and folders, names starting with '.'; a teacher trained before "
+                     "2026-12-05 counted them)")
+        return what
+    parts = record.get("parts") or {}
+    changed = [what for what, k in (("its inputs (x)", "x"), ("its labels (y)", "y"),
+                                    ("which samples are train, val or test", "split"))
+               if k in parts and parts[k] != found["parts"][k]]
+    if changed:
+        return f"the same sizes but other data: {', '.join(changed)} changed (fingerprint {found['fingerprint']})"
+    return f"the same sizes but other inputs, labels or split (fingerprint {found['fingerprint']})"
 
 
 def fingerprint(x: np.ndarray, y: np.ndarray, parts) -> str:
     """Identifies the samples, the labels and which samples are in train, val and test (not where
     they came from: a moved file keeps its fingerprint)."""
+    return _digest(np.ascontiguousarray(x), np.ascontiguousarray(y), *_index_arrays(parts))
+
+
+def _part_digests(x: np.ndarray, y: np.ndarray, parts) -> dict:
+    """The inputs, the labels and the split apart, so a refused dataset can be told what changed
+    (the fingerprint says only that something did)."""
+    return {"x": _digest(np.ascontiguousarray(x)), "y": _digest(np.ascontiguousarray(y)),
+            "split": _digest(*_index_arrays(parts))}
+
+
+def _index_arrays(parts) -> list[np.ndarray]:
+    return [np.asarray(p, dtype=np.int64) for p in parts]
+
+
+def _digest(*arrays: np.ndarray) -> str:
     h = hashlib.sha1()
-    for a in (np.ascontiguousarray(x), np.ascontiguousarray(y), *(np.asarray(p, dtype=np.int64) for p in parts)):
+    for a in arrays:
         h.update(f"{a.dtype}{a.shape}".encode())
         h.update(a.tobytes())
     return h.hexdigest()[:16]
@@ -173,7 +214,8 @@ def split(name: str, x: np.ndarray, y: np.ndarray, seed: int = 0, parts: list | 
         n_train, n_val = int(SPLIT[0] * n), int(SPLIT[1] * n)
         parts = np.split(perm, [n_train, n_train + n_val])
     record = {"dataset": name, "seed": None if given else seed, "fingerprint": fingerprint(x_np, np.asarray(y), parts),
-              "sizes": {k: len(p) for k, p in zip(("train", "val", "test"), parts)}}
+              "sizes": {k: len(p) for k, p in zip(("train", "val", "test"), parts)},
+              "parts": _part_digests(x_np, np.asarray(y), parts)}
     y = torch.as_tensor(np.asarray(y), dtype=torch.long)
     if np.issubdtype(x_np.dtype, np.integer):
         x, preprocess = torch.as_tensor(np.ascontiguousarray(x_np), dtype=torch.long), None

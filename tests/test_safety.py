@@ -1081,7 +1081,6 @@ def test_a_run_whose_data_file_was_moved_says_so(tmp_path):
 def test_only_n2n_s_own_ray_folders_whose_driver_is_dead_are_removed(tmp_path):
     """kill -9 left a search's Ray temp folder in /tmp for good; the next search removes it, and
     nothing else: not a live search's, not one without n2n's marker, not a link to a folder."""
-
     from n2n.search import _DRIVER_PID, _remove_stale_ray_temps
 
     child = subprocess.Popen(["true"])  # its pid, once it has exited and been reaped: a dead driver

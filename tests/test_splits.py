@@ -42,9 +42,17 @@ def test_a_teacher_refuses_data_other_than_its_own_and_names_both(tmp_path):
     (tmp_path / "d.npz").rename(tmp_path / "moved.npz")  # a moved file is the same data
     moved = load_config(None, {"teacher.path": str(tmp_path / "t"), "teacher.dataset": f"npz:{tmp_path / 'moved.npz'}"})
     assert prepare_run(moved, log=lambda *_: None)[0]["split"]["fingerprint"] == meta["split"]["fingerprint"]
-    _npz_task(tmp_path / "moved.npz", shift=0.1)  # the same file name, other samples
-    with pytest.raises(DataError, match=f"expected the data the teacher was trained on \\(npz:{tmp_path / 'd.npz'}, "
-                                        f"fingerprint {meta['split']['fingerprint']}\\), found different data"):
+    recorded = (f"expected the data the teacher was trained on \\(npz:{tmp_path / 'd.npz'}: 300 samples, "
+                f"train/val/test 210/45/45, fingerprint {meta['split']['fingerprint']}\\), found ")
+    # what changed is named: the same file name with other samples, other labels, fewer rows
+    x, y = _npz_task(tmp_path / "moved.npz", shift=0.1)
+    with pytest.raises(DataError, match=recorded + "the same sizes but other data: its inputs \\(x\\) changed"):
+        prepare_run(moved, log=lambda *_: None)
+    np.savez(tmp_path / "moved.npz", x=_npz_task(tmp_path / "d.npz")[0], y=(y + 1) % 3)
+    with pytest.raises(DataError, match=recorded + "the same sizes but other data: its labels \\(y\\) changed"):
+        prepare_run(moved, log=lambda *_: None)
+    np.savez(tmp_path / "moved.npz", x=x[:-20], y=y[:-20])
+    with pytest.raises(DataError, match=recorded + "280 samples, train/val/test 196/42/42"):
         prepare_run(moved, log=lambda *_: None)
 
 
@@ -98,9 +106,10 @@ def test_users_bring_their_own_split(tmp_path):
     # a teacher trained on that split refuses the same samples split otherwise, or not split at all
     from n2n.data import load_split
 
-    for other in (dict(x=x, y=y, split=labels[::-1]), dict(x=x, y=y)):
+    for other, found in ((dict(x=x, y=y, split=labels[::-1]), "which samples are train, val or test changed"),
+                         (dict(x=x, y=y), "found 90 samples, train/val/test 62/13/15")):
         np.savez(tmp_path / "arr2.npz", **other)
-        with pytest.raises(DataError, match="found different data or a different split"):
+        with pytest.raises(DataError, match=found):
             load_split(f"npz:{tmp_path / 'arr2.npz'}", arr.split)
     np.savez(tmp_path / "bad.npz", x=x, y=y, split=np.array(["train", "dev"] * 45))
     with pytest.raises(DataError, match="expected 'split' to give each of the 90 samples 'train', 'val' or 'test'"):
@@ -165,3 +174,18 @@ def test_standardisation_is_summed_in_chunks_without_a_float64_copy():
     for s in (whole, chunked):
         assert s["scale"] == pytest.approx(1 / wide.std(ddof=1), rel=1e-12)
         assert s["shift"] == pytest.approx(-wide.mean() / wide.std(ddof=1), rel=1e-12)
+
+
+def test_a_folder_that_lost_hidden_files_says_why():
+    """A teacher trained before n2n skipped hidden files (.ipynb_checkpoints, ._x.png) counted them:
+    its data is now refused, and the message says what changed and why, not just two fingerprints."""
+    from n2n.data import _differences
+
+    old = {"dataset": "folder:/d", "fingerprint": "a", "sizes": {"train": 71, "val": 15, "test": 16}}
+    now = {"dataset": "folder:/d", "fingerprint": "b", "sizes": {"train": 70, "val": 15, "test": 15},
+           "parts": {"x": "1", "y": "2", "split": "3"}}
+    assert _differences(old, now) == ("100 samples, train/val/test 70/15/15, fingerprint b (n2n skips hidden "
+                                      "files and folders, names starting with '.'; a teacher trained before "
+                                      "2026-12-05 counted them)")
+    assert _differences({**now, "parts": {"x": "1", "y": "9", "split": "8"}}, {**now, "fingerprint": "c"}) == (
+        "the same sizes but other data: its labels (y), which samples are train, val or test changed (fingerprint c)")
