@@ -142,7 +142,8 @@ def _status(summary: dict) -> int:
 def _resume(args) -> int:
     from .search import resume_search
 
-    return _status(resume_search(Path(args.run), address=args.address, factories=args.allow_factory))
+    return _status(resume_search(Path(args.run), address=args.address, factories=args.allow_factory,
+                                 concurrency=args.concurrency))
 
 
 def _export(args) -> int:
@@ -169,6 +170,12 @@ def _policy_fit(args) -> int:
     fit_policies([Path(r) for r in args.runs], Path(args.out), steps=args.steps, seed=args.seed,
                  factories=args.allow_factory)
     return 0
+
+
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def _path(text: str) -> str:
@@ -234,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("resume", help="continue an interrupted search")
     r.add_argument("run", type=_path, help="the run folder, e.g. runs/NAME")
     r.add_argument("--address", help="an existing Ray cluster")
+    r.add_argument("--concurrency", type=_at_least_one, metavar="N",
+                   help="trials at once for this resume (fewer, when workers died for memory); default: the run's own")
     r.add_argument("--allow-factory", action="append", default=[], metavar="PKG.MOD:FN",
                    help="let a model folder's arch.json import and call this factory (your own module class); "
                         "repeat for several. Nothing else is ever imported from a model folder")

@@ -312,7 +312,8 @@ class SearchDriver:
                 if not self.stopped_for_deaths:
                     self.log(f"stopping: the workers of the last {self.deaths_in_a_row} trials died before they reported "
                              f"(out of memory, killed, or a lost node; tune/'s error.txt files say which); free memory "
-                             f"or mend the cluster, then resume: those candidates are trained again")
+                             f"or mend the cluster, then resume (with `--concurrency 1` for fewer at once): those candidates are "
+                             "trained again")
                     self.stopped_for_deaths = True
                 return FINISHED
             if self.stage is None:

@@ -484,7 +484,7 @@ def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver, log=pri
         # Tune raises when Ray kills a trial's actor as it starts; everything recorded is saved, and
         # the trials in flight are issued again on resume: an interruption, not a traceback
         log(f"Ray killed trial workers, this machine running low on memory: {str(oom).split('. ')[0]}. "
-            "Every candidate recorded is kept; free some memory, then resume")
+            "Every candidate recorded is kept; free some memory, then resume (`--concurrency 1` runs fewer at once)")
         return
     fetch.sync(r["key"] for r in driver.records)
 
@@ -657,8 +657,11 @@ def check_space(space, meta: dict, run_dir: Path) -> None:
                        f"it, or start a new search")
 
 
-def resume_search(run_dir: Path, address: str | None = None, log=print, factories=()) -> dict:
-    """Continue any run folder with n2n.json, whatever state Tune's own files are in."""
+def resume_search(run_dir: Path, address: str | None = None, log=print, factories=(),
+                  concurrency: int | None = None) -> dict:
+    """Continue any run folder with n2n.json, whatever state Tune's own files are in. `concurrency`:
+    trials at once for this resume instead of the run's own (not recorded: it changes how fast trials run and
+    the order they finish in, not what a candidate is or how it is trained)."""
     _setdefault_env()
     if address:
         _check_address(address)
@@ -681,6 +684,9 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
             log(f"{run_dir.name} has finished already")
             return _finish(run_dir, driver, log)
         log(f"resuming {run_dir.name}: {len(driver.records)} candidates so far, stage {driver.stage}")
+        if concurrency and concurrency != cfg.search.concurrency:
+            log(f"{concurrency} trials at a time for this resume (the run's own: {cfg.search.concurrency})")
+            cfg.search.concurrency = concurrency
         with ray_session(address, log):
             check_resources(cfg, remote=bool(address), log=log)
             _fit(run_dir, make_context(meta, cfg, run_dir, (run.teacher, run.arch, run.ds), factories, log), cfg,

@@ -130,7 +130,7 @@ def test_ray_killing_trials_for_memory_interrupts_the_search_and_resume_finishes
             raise RuntimeError(f"Caught unexpected exception: {e}") from e
 
     run = tmp_path / "runs" / "oom"
-    args = ["--set", "search.stages=[removal]", "--set", "search.removal_budget=2", "--set", "search.concurrency=1",
+    args = ["--set", "search.stages=[removal]", "--set", "search.removal_budget=2", "--set", "search.concurrency=2",
             "--set", "finalists.k=1", "--set", "finalists.epochs=1"]
     with monkeypatch.context() as m:
         m.setattr(tune.Tuner, "fit", killed)
@@ -138,13 +138,24 @@ def test_ray_killing_trials_for_memory_interrupts_the_search_and_resume_finishes
     out = capsys.readouterr()
     assert status == 130 and "Traceback" not in out.err
     assert ("Ray killed trial workers, this machine running low on memory: 2 worker(s) were killed due to the node "
-            "running low on memory. Every candidate recorded is kept; free some memory, then resume") in out.out
+            "running low on memory. Every candidate recorded is kept; free some memory, then resume "
+            "(`--concurrency 1` runs fewer at once)") in out.out
     assert f"search interrupted; continue it with `n2n resume {run}`" in out.out
     # finalists no longer than the stages' distillation (helper-22: accepted without a word)
     assert ("note: finalists.epochs 1 is no more than distill.epochs 1: finalists start again from the teacher's "
             "weights, so their figures, which export picks by, are no better than the stages'") in out.out
-    assert cli.main(["resume", str(run)]) == 0
+    # fewer trials at once for this resume, as the message offers; the run's own setting is kept
+    made = []
+    real = tune.TuneConfig
+    monkeypatch.setattr(tune, "TuneConfig", lambda **kw: made.append(kw["max_concurrent_trials"]) or real(**kw))
+    assert cli.main(["resume", str(run), "--concurrency", "1"]) == 0
+    assert made == [1] and "1 trials at a time for this resume (the run's own: 2)" in capsys.readouterr().out
+    assert json.loads((run / "n2n.json").read_text())["config"]["search"]["concurrency"] == 2
     assert json.loads((run / "summary.json").read_text())["candidates_evaluated"] == 3  # 2 and the finalist
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["resume", str(run), "--concurrency", bad])
+        assert e.value.code == 2 and f"expected a whole number >= 1, got '{bad}'" in capsys.readouterr().err
 
 
 def test_fractional_gpu_packs_two_trials_on_one_logical_gpu(ray_session, tiny_config, tmp_path):
