@@ -61,6 +61,9 @@ VARIANTS = {  # agent name -> config overrides beyond the shared ones
                       "search.removal_budget": 20, "search.shrink_budget": 30, "search.refine_budget": 20},
     # a policy `n2n policy fit` wrote, named by --policy DIR (a candidate for the next shipped one)
     "reinforce-policy": {},
+    # the same with refine, as the default search runs (against reinforce-refine: only the policy differs)
+    "reinforce-policy-refine": {"search.stages": ["removal", "shrink", "refine"], "search.removal_budget": 20,
+                                "search.shrink_budget": 30, "search.refine_budget": 20},
     # multi-fidelity by a cheaper first fidelity: 1 distillation epoch per candidate instead of 3,
     # twice the candidates, the same finalists (compare wall times side by side)
     "reinforce-1ep": {"search.agent_options": {"policy": None}, "distill.epochs": 1, "search.removal_budget": 60, "search.shrink_budget": 80},
@@ -157,11 +160,12 @@ def main():
     p.add_argument("--policy", help="the policy folder the reinforce-policy agent starts from")
     p.add_argument("--from", dest="source", help="analyse the run folders AGENT-SEED here again; search nothing")
     args = p.parse_args()
-    if "reinforce-policy" in args.agents and not args.policy and not args.source:
-        p.error("the reinforce-policy agent needs --policy DIR (a folder `n2n policy fit` wrote)")
+    if {"reinforce-policy", "reinforce-policy-refine"} & set(args.agents) and not args.policy and not args.source:
+        p.error("the reinforce-policy agents need --policy DIR (a folder `n2n policy fit` wrote)")
     if args.refine is not None and not any("refine" in VARIANTS[a].get("search.stages", []) for a in args.agents):
         p.error("--refine sets the budgets of the variants with refine; none of --agents has it")
     VARIANTS["reinforce-policy"] = {"search.agent_options": {"policy": args.policy}}
+    VARIANTS["reinforce-policy-refine"]["search.agent_options"] = {"policy": args.policy}
     suffix = "" if args.dataset == "mnist1d" else f"_{args.dataset}"
     path = Path(__file__).parent / "results" / f"{args.name or 'search_quality' + suffix}.json"
     root = Path(args.source or args.root or tempfile.mkdtemp(prefix="n2n-quality-"))

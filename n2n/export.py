@@ -17,7 +17,8 @@ from . import pick
 from .config import Config, run_config
 from .deploy import require_onnx, check_onnx, to_onnx
 from .errors import RunError
-from .models import ModelError, RawInput, build_model, check_creatable, check_replaceable, device_for, load_weights, save_model, write_json
+from .models import (ModelError, RawInput, build_model, check_creatable, check_replaceable, device_for, load_weights,
+                     save_model, weights_mismatch, write_json)
 from .runfolder import RunLock, finish_hint, read_records, read_run, unfinished
 from .search import OpenRun, check_teacher, check_teacher_figures, teacher_logits
 from .storage import Fetcher, shown
@@ -181,12 +182,12 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     arch = space.arch(spec)
     weights = run_dir / "results" / f"{best['key']}.safetensors"
     student = build_model(arch, factories)
-    try:
-        student.load_state_dict(load_weights(weights), strict=True)
-    except RuntimeError as e:  # a spec edited by hand, or weights of another run
+    state = load_weights(weights)
+    mismatch = weights_mismatch(student.state_dict(), state)
+    if mismatch:  # a spec edited by hand, or weights of another run
         raise RunError(f"{weights}: expected the weights of the student candidates.json describes as {best['key']} "
-                       f"({best['summary']}), found others ({str(e).splitlines()[0].strip()}); was "
-                       f"candidates.json or results/ changed?") from None
+                       f"({best['summary']}), found others ({mismatch}); was candidates.json or results/ changed?")
+    student.load_state_dict(state, strict=True)
     if best["params"] != space.params(spec):
         raise RunError(f"{run_dir}/candidates.json: {best['key']} records {best['params']:,} params, its spec "
                        f"builds {space.params(spec):,}; was candidates.json changed?")

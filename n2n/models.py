@@ -106,7 +106,7 @@ def build_model(arch: dict, factories=()) -> nn.Module:
 
     `factories`: the ``"package.module:function"`` names the user allows a ``module`` / ``pruned``
     arch to import and call; any other factory is refused before anything is imported."""
-    from search_spaces import STUDENT_FAMILIES, build_student, load_factory
+    from search_spaces import STUDENT_FAMILIES, build_student, call_factory
 
     if not isinstance(arch, dict):
         raise ModelError(f"arch: expected a JSON object with a 'family', got {type(arch).__name__}")
@@ -119,7 +119,7 @@ def build_model(arch: dict, factories=()) -> nn.Module:
         if family == "resnet" and "hparams" in arch:  # a teacher recipe: preset + width
             return ResNet(resnet_arch(**arch["hparams"]))
         if family == "module":  # the user's own class: {"factory": "pkg.mod:fn", "kwargs": {...}}
-            return load_factory(arch["factory"], factories)(**arch.get("kwargs", {}))
+            return call_factory(arch["factory"], factories, arch.get("kwargs", {}))
         if family == "hf-pretrained":
             return load_hf_classifier(Path(arch["path"]))
         if family in STUDENT_FAMILIES:
@@ -470,6 +470,25 @@ def load_weights(path: Path) -> dict:
         raise ModelError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
 
 
+def weights_mismatch(expected: dict, found: dict) -> str | None:
+    """What keeps `found` weights from loading where `expected` (a state_dict) is: torch's own
+    message was cut to its first line, which names nothing ("Error(s) in loading state_dict for X:")."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shaped = [k for k in expected if k in found and tuple(expected[k].shape) != tuple(found[k].shape)]
+    said = []
+    if missing:
+        said.append(f"{len(missing)} tensors missing from the file ({', '.join(missing[:3])}{', ...' * (len(missing) > 3)})")
+    if unexpected:
+        said.append(f"{len(unexpected)} tensors the model has no place for ({', '.join(unexpected[:3])}"
+                    f"{', ...' * (len(unexpected) > 3)})")
+    if shaped:
+        k = shaped[0]
+        said.append(f"{len(shaped)} tensors of another shape ({k}: the file holds {list(found[k].shape)}, the model "
+                    f"built from arch.json takes {list(expected[k].shape)}{', ...' * (len(shaped) > 1)})")
+    return "; ".join(said) or None
+
+
 def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:
     """(module in eval mode, arch, metrics) from a saved folder; strict weight loading.
 
@@ -485,10 +504,11 @@ def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:
             raise ModelError(f"{folder}: expected a model folder with {name}, found none")
     arch = read_json(folder / "arch.json")
     model = build_model(arch, factories)  # refuses an unnamed factory before reading anything else
-    try:
-        model.load_state_dict(load_weights(folder / "model.safetensors"), strict=True)
-    except RuntimeError as e:
-        raise ModelError(f"{folder}: weights do not match arch.json ({str(e).splitlines()[0]})") from None
+    weights = load_weights(folder / "model.safetensors")
+    mismatch = weights_mismatch(model.state_dict(), weights)
+    if mismatch:
+        raise ModelError(f"{folder}: weights do not match arch.json: {mismatch}")
+    model.load_state_dict(weights, strict=True)
     if arch.get("probe") is not None:  # a student of the user's own code: does that code still build it?
         from search_spaces import probe_gap
 

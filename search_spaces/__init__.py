@@ -16,7 +16,7 @@ from .base import (
     probe,
     probe_gap,
 )
-from .generic import GenericSpace, load_factory, pruned_from_arch
+from .generic import GenericSpace, call_factory, load_factory, pruned_from_arch
 from .resnet import ResNet, ResNetSpace, from_torchvision, resnet_arch
 from .sequential import SequentialSpace, layers_to_module, module_to_layers
 from .transformer import HFClassifier, TransformerSpace, encoder_from_arch, hf_expressible, is_hf_encoder
@@ -25,7 +25,7 @@ __all__ = [
     "DEFAULT_RATIOS", "FEATURE_DIM", "FEATURE_NAMES", "UNIT_KINDS", "SearchSpace", "SpecError",
     "StudentSpec", "Unit", "count_macs", "count_params", "output_gap", "probe", "probe_gap", "SequentialSpace", "UnsupportedModel",
     "layers_to_module", "module_to_layers", "space_for", "build_student", "STUDENT_FAMILIES", "ResNet", "ResNetSpace", "from_torchvision",
-    "resnet_arch", "GenericSpace", "load_factory", "pruned_from_arch", "HFClassifier", "TransformerSpace", "encoder_from_arch", "hf_expressible", "is_hf_encoder",
+    "resnet_arch", "GenericSpace", "call_factory", "load_factory", "pruned_from_arch", "HFClassifier", "TransformerSpace", "encoder_from_arch", "hf_expressible", "is_hf_encoder",
 ]
 
 

@@ -64,6 +64,17 @@ def load_factory(path: str, allowed=()):
         raise UnsupportedModel(f"factory {path!r} cannot be imported: {e}") from None
 
 
+def call_factory(path: str, allowed=(), kwargs: dict | None = None) -> nn.Module:
+    """The module the user's factory builds (see `load_factory`), checked to be one: a factory that
+    returns its class, or a (model, extra) tuple, failed later in a traceback about load_state_dict."""
+    model = load_factory(path, allowed)(**(kwargs or {}))
+    if not isinstance(model, nn.Module):
+        what = f"the class {model.__name__}" if isinstance(model, type) else f"a {type(model).__name__}"
+        raise UnsupportedModel(f"factory {path!r}: expected it to return a torch.nn.Module instance, it returned {what}"
+                               f"{' (call the class in the factory)' if isinstance(model, type) else ''}")
+    return model
+
+
 class _FolderFinder:
     """Finds the factories' top-level modules, and nothing else, in the folder n2n ran in; last on
     sys.meta_path, so an installed package of the same name wins. The folder itself never goes on
@@ -269,9 +280,8 @@ def pruned_from_arch(arch: dict, factories=()) -> nn.Module:
     base = arch.get("base")
     if not base or "factory" not in base:
         raise UnsupportedModel("this student came from an in-memory teacher with no factory; it cannot be rebuilt from JSON")
-    factory = load_factory(base["factory"], factories)
     tp = _tp()
-    model = factory(**base.get("kwargs", {})).eval()
+    model = call_factory(base["factory"], factories, base.get("kwargs", {})).eval()
     for name in arch["removed_blocks"]:
         _set_module(model, name, nn.Identity())
     with torch.enable_grad():

@@ -33,3 +33,11 @@ class MyNet(nn.Module):
 
 def make(width=16, classes=10):
     return MyNet(width, classes)
+
+
+def make_class(width=16, classes=10):  # a user's slip: the class, not an instance
+    return MyNet
+
+
+def make_pair(width=16, classes=10):  # another: the model and something else
+    return MyNet(width, classes), {"width": width}

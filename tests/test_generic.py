@@ -324,3 +324,20 @@ def test_a_module_teacher_searched_and_exported_from_the_command_line_loads_as_m
     refused = subprocess.run([sys.executable, "-c", "import n2n; n2n.load_student('s', factories=['usernet:make'])"],
                              cwd=tmp_path, env={**env, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True)
     assert refused.returncode != 0 and "computes other outputs than when it was saved" in refused.stderr
+
+
+def test_a_factory_that_returns_no_module_is_a_clear_error(tmp_path, capsys):
+    """helper-27: a factory returning its class, or a (model, extra) pair, ended in a traceback
+    about load_state_dict; the README promises a one-line error."""
+    from n2n import cli
+    from n2n.models import save_model
+
+    for name, said in (("make_class", "it returned the class MyNet (call the class in the factory)"),
+                       ("make_pair", "it returned a tuple")):
+        folder = tmp_path / name
+        save_model(folder, custom_net.make(16), {"family": "module", "factory": f"custom_net:{name}",
+                                                 "kwargs": {"width": 16}}, {})
+        assert cli.main(["teacher", "show", str(folder), "--allow-factory", f"custom_net:{name}"]) == 2
+        err = capsys.readouterr().err
+        assert f"factory 'custom_net:{name}': expected it to return a torch.nn.Module instance, {said}" in err, err
+        assert "Traceback" not in err
