@@ -308,6 +308,10 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, list | None]:
                 if bad:
                     raise DataError(f"npz dataset {path}: expected as many labels as samples, at least one, in "
                                     f"x_{bad[0]}/y_{bad[0]}")
+                shapes = {s: a.shape[1:] for s, a in zip(SPLIT_NAMES, xs)}
+                if len(set(shapes.values())) > 1:  # np.concatenate's error read as an object array's
+                    raise DataError(f"npz dataset {path}: expected one sample shape in x_train, x_val and x_test, "
+                                    f"found {', '.join(f'x_{s} {list(v)}' for s, v in shapes.items())}")
                 ends = np.cumsum([len(a) for a in xs])
                 x, y, parts = np.concatenate(xs), np.concatenate(ys), list(np.split(np.arange(ends[-1]), ends[:-1]))
             else:

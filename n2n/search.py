@@ -146,10 +146,11 @@ def teacher_data(folder: Path, metrics: dict, arch: dict, dataset: str, log=prin
     if metrics.get("split"):
         ds = data_mod.load_split(dataset, metrics["split"], tokenizer=folder, preprocess=arch.get("input"))
     else:
-        log(f"warning: {folder} records no data split, so n2n uses split seed 0 of {dataset}; if the teacher was "
-            "trained on other samples of it, every accuracy here is too high. Teachers from `n2n teacher train` "
-            "record theirs; for your own, bring the split (npz: x_train, y_train, x_val, ...)")
         ds = data_mod.load_split(dataset, {"seed": 0}, tokenizer=folder, preprocess=arch.get("input"))
+        if ds.split["seed"] is not None:  # data that brings its own split is used as it is: nothing to say
+            log(f"warning: {folder} records no data split, so n2n uses split seed 0 of {dataset}; if the teacher "
+                "was trained on other samples of it, every accuracy here is too high. Teachers from `n2n teacher "
+                "train` record theirs; for your own, bring the split (npz: x_train, y_train, x_val, ...)")
     if ds.preprocess is not None and "input" not in arch:  # float inputs, a teacher that says nothing of them
         log(f"warning: {folder}/arch.json records no input standardisation (\"input\"), so float inputs are "
             "standardised with fresh training-split statistics; a model trained on raw inputs needs "

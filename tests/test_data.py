@@ -84,6 +84,12 @@ def test_npz_errors_name_what_was_expected(tmp_path):
         load_dataset(f"npz:{tmp_path / 'e.npz'}")
     with pytest.raises(DataError, match="unknown dataset 'cifar'"):
         load_dataset("cifar")
+    # splits of another sample shape (helper-27: said to need pickle)
+    np.savez(tmp_path / "f.npz", **{f"{a}_{s}": np.zeros((5, 1, 8, 7 if s == "train" else 8)) if a == "x" else
+                                    np.zeros(5, int) for a in "xy" for s in ("train", "val", "test")})
+    with pytest.raises(DataError, match=r"f.npz: expected one sample shape in x_train, x_val and x_test, found "
+                                        r"x_train \[1, 8, 7\], x_val \[1, 8, 8\], x_test \[1, 8, 8\]$"):
+        load_dataset(f"npz:{tmp_path / 'f.npz'}")
 
 
 def test_image_folder(tmp_path):

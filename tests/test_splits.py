@@ -124,6 +124,16 @@ def test_a_teacher_without_a_split_or_far_from_its_own_figure_is_flagged(tmp_pat
     assert meta["split"]["seed"] == 0
     assert any("records no data split, so n2n uses split seed 0 of mnist1d" in m for m in logs)
     assert any(f"measures {val_acc:.4f} validation accuracy on this split, its metrics.json says 0.5000" in m for m in logs)
+    # data that brings its own split is used as given: no warning that a seed split it (helper-27)
+    from n2n.search import teacher_data
+
+    x, y = np.random.default_rng(0).normal(size=(60, 1, 40)).astype(np.float32), np.arange(60) % 10
+    np.savez(tmp_path / "own.npz", x_train=x[:40], y_train=y[:40], x_val=x[40:50], y_val=y[40:50], x_test=x[50:],
+             y_test=y[50:])
+    logs.clear()
+    ds = teacher_data(tmp_path / "t", {}, arch, f"npz:{tmp_path / 'own.npz'}", log=logs.append)
+    assert ds.split["seed"] is None and ds.sizes() == {"train": 40, "val": 10, "test": 10}
+    assert not any("records no data split" in m for m in logs), logs
 
 
 def test_inputs_are_standardised_as_the_teacher_was_on_any_thread_count(tmp_path):
