@@ -297,6 +297,8 @@ def test_a_module_teacher_searched_and_exported_from_the_command_line_loads_as_m
             "--set", "latency.repeats=0", "--set", "target.max_accuracy_drop=null"]
     searched = cli("search", "--name", "r", *tiny)
     assert searched.returncode == 0, searched.stderr[-2000:]
+    # the command it names works as it stands: it carries the factory (helper-27: it did not)
+    assert f"-> `n2n export {tmp_path / 'runs' / 'r'} --out DIR --allow-factory usernet:make`" in searched.stdout
     exported = cli("export", "runs/r", "--out", "s")
     assert exported.returncode == 0, exported.stderr[-2000:]
     arch = json.loads((tmp_path / "s" / "arch.json").read_text())
