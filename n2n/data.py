@@ -107,7 +107,10 @@ def load_dataset(name: str, seed: int = 0, tokenizer=None, max_length: int = 128
     if name.startswith("text:"):
         return _text_dataset(name, seed, tokenizer, max_length)
     x, y, parts = load_raw(name)
-    return split(name, x, y, seed, parts, preprocess)
+    ds = split(name, x, y, seed, parts, preprocess)
+    if name.startswith("folder:"):  # class ids are the sub-folders in sorted order: recorded, so a user can tell
+        ds.split["labels"] = ds.labels = _classes(Path(name[7:]))
+    return ds
 
 
 def load_raw(name: str) -> tuple[np.ndarray, np.ndarray, list | None]:
@@ -443,13 +446,17 @@ def _text_dataset(name: str, seed: int, tokenizer, max_length: int) -> Dataset:
     return ds
 
 
+def _classes(root: Path) -> list[str]:
+    """An image folder's class names, class id i the i-th; hidden folders (.git, .ipynb_checkpoints) are no class."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def _folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
     if not root.is_dir():
         raise DataError(f"image folder: expected a directory at {root}, found none")
-    # hidden folders (.git, .ipynb_checkpoints) are no class
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = _classes(root)
     if len(classes) < 2:
         raise DataError(f"image folder {root}: expected one sub-folder per class (at least 2), found {classes}")
     xs, ys, size = [], [], None

@@ -104,6 +104,8 @@ def test_image_folder(tmp_path):
     (tmp_path / "cat" / "notes.txt").write_text("not an image")
     ds = load_dataset(f"folder:{tmp_path}")
     assert ds.input_shape == (3, 6, 6) and ds.num_classes == 2
+    # class id i is the i-th sub-folder in sorted order, recorded with the split (helper-27: said nowhere)
+    assert ds.labels == ["cat", "dog"] and ds.split["labels"] == ["cat", "dog"]
     assert sum(ds.sizes().values()) == 20
     assert torch.bincount(torch.cat([ds.y_train, ds.y_val, ds.y_test])).tolist() == [10, 10]
     Image.fromarray(np.zeros((5, 6, 3), np.uint8)).save(tmp_path / "dog" / "odd.png")
