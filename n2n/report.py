@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import statistics
+import time
 from pathlib import Path
 
 from envs.reward import SIZE_KEYS
@@ -90,12 +91,17 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
 
     from matplotlib.ticker import MaxNLocator
 
+    # a plot saved mid-search outlives the search (helper-27: a 2-candidate plot after it finished):
+    # it says on the image that it shows the candidates so far, and when
+    partial = (f"\nunfinished search: the {len(records)} candidates as of {time.strftime('%Y-%m-%d %H:%M')}"
+               if stopped else "")
+
     curve = batch_means(records, batch)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for stage in dict.fromkeys(s for s, _ in curve):
         xs = [i for i, (s, _) in enumerate(curve) if s == stage]
         ax.plot(xs, [curve[i][1] for i in xs], marker="o", label=stage)
-    ax.set(xlabel=what, ylabel="mean reward of the group", title="Reward over the search")
+    ax.set(xlabel=what, ylabel="mean reward of the group", title="Reward over the search" + partial)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     fig.tight_layout()
@@ -122,7 +128,7 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     ax.scatter([ref[size]], [ref["accuracy"]], marker="*", s=120, color="red", label="teacher")
     ax.set(xscale="log", xlabel={"params": "parameters", "flops": "FLOPs (multiply-accumulates)",
                                  "latency_ms": "latency (ms, median)"}[size],
-           ylabel="validation accuracy", title="Accuracy against size")
+           ylabel="validation accuracy", title="Accuracy against size" + partial)
     # with a target, a candidate near chance would squeeze its region into a few pixels: the axis stops
     # 5 points below it (never above export's pick) and says how many candidates it leaves out
     floor = -math.inf if drop is None else ref["accuracy"] - (drop + 5) / 100

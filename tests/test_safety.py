@@ -19,6 +19,7 @@ from n2n.errors import ConfigError, RunError
 from n2n.driver import FINISHED, SearchDriver
 from n2n.export import export_best
 from n2n.models import save_model, vgg_layers, weights_digest
+from n2n import report as report_mod
 from n2n.report import make_report
 from n2n.runfolder import PREV_STATE, STATE, RunLock, read_records
 from n2n.search import OpenRun, restore_driver, resume_search, run_search
@@ -373,9 +374,15 @@ def test_exporting_a_search_that_has_not_finished_says_so(finished_run, tmp_path
     assert any(line.startswith("warning: this search has not finished (it stopped in stage shrink after 3 candidates)")
                and f"n2n resume {run}" in line for line in lines)
     (tmp_path / "plots").mkdir()
-    assert "has not finished" not in make_report(finished_run, tmp_path / "plots")
-    assert (f"this search has not finished (it stopped in stage shrink after 3 candidates): these are the candidates "
-            f"so far; `n2n resume {run}` finishes it") in make_report(run).splitlines()
+    titles = []  # the plots' own titles say it too: a PNG outlives the search it was made during (helper-27)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(report_mod, "_save_png", lambda fig, path: titles.append([ax.get_title() for ax in fig.axes]))
+        assert "has not finished" not in make_report(finished_run, tmp_path / "plots")
+        assert (f"this search has not finished (it stopped in stage shrink after 3 candidates): these are the "
+                f"candidates so far; `n2n resume {run}` finishes it") in make_report(run).splitlines()
+    n = len(read_records(run))
+    assert titles[:2] == [["Reward over the search"], ["Accuracy against size"]]
+    assert [t[0].split("\n")[1][:-16] for t in titles[2:]] == [f"unfinished search: the {n} candidates as of "] * 2
     # a failed search: resume refuses it, so neither command suggests it (helper-23)
     (run / "summary.json").write_text(json.dumps({**summary, "stage": "failed", "failure": "boom"}))
     assert ("this search has not finished (it failed after 3 candidates: boom): these are the candidates so far; fix "
