@@ -59,6 +59,7 @@ def weights(groups: list[list[dict]], beta: float = 1.0, cap: float = 20.0) -> l
     out = []
     for g in groups:
         r = np.array([e["reward"] for e in g])
+        r = r / max(1.0, np.abs(r).max())  # the same advantages; rewards near 1e308 no longer overflow to NaN
         adv = (r - r.mean()) / (r.std() + 1e-8) if len(r) > 1 else np.zeros(len(r))
         out += np.minimum(np.exp(adv / beta), cap).tolist()
     return out

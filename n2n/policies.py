@@ -8,10 +8,13 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
+
 from agents.pretrain import episodes, fit
 from envs import STAGES
 from agents import ReinforceConfig
 from agents.reinforce import write_policy
+from search_spaces import SpecError, StudentSpec
 
 from .errors import ConfigError
 from .models import check_creatable, temp_folder
@@ -27,6 +30,21 @@ def _run_id(run_dir: Path) -> str | None:
         return json.loads((run_dir / "n2n.json").read_text()).get("run_id")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _check_specs(run_dir: Path, space, records: list[dict]) -> None:
+    """Every evaluated spec must be one this run's teacher builds: an edited spec (removed [999, -3]) was
+    learnt as "keep everything", and a malformed one ended in a traceback (helper-28)."""
+    for r in records:
+        if r["failure"] is not None or r["reward"] <= -1:  # left out of the fit (agents.pretrain.episodes)
+            continue
+        try:
+            why = space.validate(StudentSpec.from_dict(r["spec"]))
+        except (SpecError, TypeError, ValueError) as e:
+            why = str(e)
+        if why:
+            raise ConfigError(f"{run_dir}/candidates.json: candidate {r['key']} holds a spec its teacher cannot "
+                              f"build ({why}); was candidates.json changed?")
 
 
 def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, factories=(), log=print) -> Path:
@@ -57,6 +75,7 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
         spaces.append(repr(space))
         kinds |= {u.kind for u in space.units}
         recs = read_records(run_dir)
+        _check_specs(run_dir, space, recs)
         for stage in ("removal", "shrink", "refine"):
             # a refine stage's rewards sit in the shrink best's neighbourhood, above its shrink stage's:
             # normalised together, the refine episodes would take most of the weight
@@ -76,8 +95,10 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
             log(f"{stage}: fitting to {n} candidates of {len(g)} search stages, rewards normalised per stage ({steps} steps)")
             meta = {"runs": [Path(r).name for r in runs], "teachers": sorted(set(spaces)),
                     "unit_kinds": sorted(kinds), "episodes": n, "steps": steps}
-            write_policy(fit(stage, g, len(ratios), hidden=HIDDEN, steps=steps, seed=seed), stage, ratios, tmp / stage,
-                         {"hidden": HIDDEN}, meta)
+            policy = fit(stage, g, len(ratios), hidden=HIDDEN, steps=steps, seed=seed)
+            if not all(torch.isfinite(t).all() for t in policy.state_dict().values()):
+                raise ConfigError(f"{stage}: the fit diverged (weights not finite); check these runs' rewards")
+            write_policy(policy, stage, ratios, tmp / stage, {"hidden": HIDDEN}, meta)
         if taken():
             raise FileExistsError(f"{out} appeared while fitting; choose another --out")
         os.replace(tmp, out)

@@ -33,7 +33,7 @@ def leaderboard(records: list[dict], teacher_size: float, top: int = 10, size: s
         times = r["teacher_latency_ms"] / r[size] if lat else teacher_size / max(r[size], 1)
         ms = f" {r['latency_ms']:>10.3f}" if extra and r.get("latency_ms") else " " * 11 if extra else ""
         lines.append(f"{i:>2} {r['stage']:9} {show(r[size]):>{w}} {times:>8.1f}x "
-                     f"{r['accuracy']:>7.4f} {r['reward']:>7.3f}{ms}  {r['summary']}")
+                     f"{r['accuracy']:>7.4f} {r['reward']:>7.3f}{ms}  {r.get('summary', '')}")
     return "\n".join(lines)
 
 

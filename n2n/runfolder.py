@@ -75,13 +75,41 @@ def read_run(run_dir: Path) -> dict:
     if not isinstance(meta["reference"], dict) or not {"params", "accuracy"} <= set(meta["reference"]):
         raise RunError(f"{path}: damaged, expected the teacher's reference figures (params, accuracy), "
                        f"found {meta['reference']!r}")
+    wrong = _wrong_meta(meta)
+    if wrong:  # a NaN reference accuracy passed every later check (NaN compares False) and no student met the target
+        raise RunError(f"{path}: damaged, expected {wrong}; was n2n.json changed?")
     if "results_store" in meta:
         check_store(meta["results_store"], run_config(meta["config"]).resources.storage, path)
-    for name in ("results", "policy"):  # written into by resume: through a link, that would be elsewhere
+    # written into by resume (tune/: Ray Tune's sessions): through a link, that would be elsewhere
+    for name in (RESULTS, POLICY, TUNE):
         if (Path(run_dir) / name).is_symlink():
             raise RunError(f"{Path(run_dir) / name}: expected the run's own folder, found a link to "
                            f"{os.readlink(Path(run_dir) / name)}; n2n writes only inside the run folder")
     return meta
+
+
+def _number(v, low: float = -math.inf, high: float = math.inf, whole: bool = False) -> bool:
+    ok = isinstance(v, int) if whole else isinstance(v, (int, float))
+    return ok and not isinstance(v, bool) and math.isfinite(v) and low <= v <= high
+
+
+def _wrong_meta(meta: dict) -> str | None:
+    """The first of n2n.json's figures that is not what n2n wrote (a number where it wrote one, in range)."""
+    ref, teacher, shape = meta["reference"], meta["teacher"], meta["input_shape"]
+    checks = (
+        (_number(ref["params"], 1, whole=True), "reference.params a whole number >= 1", ref["params"]),
+        (_number(ref["accuracy"], 0, 1), "reference.accuracy a number in [0, 1]", ref["accuracy"]),
+        (ref.get("flops") is None or _number(ref["flops"], 0, whole=True), "reference.flops a whole number >= 0",
+         ref.get("flops")),
+        (isinstance(shape, list) and shape and all(_number(n, 1, whole=True) for n in shape),
+         "input_shape a list of whole numbers >= 1", shape),
+        (isinstance(teacher, dict), "teacher a mapping", teacher),
+        (not isinstance(teacher, dict) or teacher.get("test_accuracy") is None or _number(teacher["test_accuracy"], 0, 1),
+         "teacher.test_accuracy a number in [0, 1]", isinstance(teacher, dict) and teacher.get("test_accuracy")),
+        (isinstance(meta["teacher_folder"], str) and isinstance(meta["dataset"], str),
+         "teacher_folder and dataset as text", (meta["teacher_folder"], meta["dataset"])),
+    )
+    return next((f"{what}, found {found!r}" for ok, what, found in checks if not ok), None)
 
 
 def read_summary(run_dir: Path) -> dict | None:
@@ -129,7 +157,11 @@ def _wrong_types(r: dict) -> str | None:
               ("params", isinstance(r["params"], int) and not isinstance(r["params"], bool) and r["params"] >= 0),
               ("stage", isinstance(r["stage"], str)), ("failure", r["failure"] is None or isinstance(r["failure"], str)),
               ("spec", isinstance(spec, dict) and isinstance(spec.get("removed"), list) and isinstance(spec.get("ratios"), list)
-               and all(isinstance(u, int) for u in spec["removed"]) and all(number(x) for x in spec["ratios"])))
+               and all(isinstance(u, int) for u in spec["removed"]) and all(number(x) for x in spec["ratios"])),
+              # fields later n2n versions added: checked where present (helper-28: tracebacks in report)
+              ("summary", isinstance(r.get("summary", ""), str)),
+              ("flops", r.get("flops") is None or isinstance(r["flops"], int) and not isinstance(r["flops"], bool)),
+              *((k, r.get(k) is None or number(r[k])) for k in ("latency_ms", "teacher_latency_ms")))
     bad = [name for name, ok in checks if not ok]
     return ", ".join(f"{name} {r[name]!r}" for name in bad) or None
 

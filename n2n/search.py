@@ -463,7 +463,7 @@ def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver, log=pri
                                   grace_period=cfg.early_stop.grace_period,
                                   reduction_factor=cfg.early_stop.reduction_factor)
     tune_dir = run_dir / TUNE
-    session = 1 + sum(1 for p in tune_dir.glob("session-*")) if tune_dir.exists() else 1
+    session = next_session(tune_dir)
     for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
         logging.getLogger(name).addFilter(_TUNE_ADVICE)  # the same object: added once per process
     fetch = Fetcher(ctx.results_dir, run_dir, log)
@@ -472,7 +472,7 @@ def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver, log=pri
         tune_config=tune.TuneConfig(search_alg=N2NSearcher(driver, fetch), num_samples=-1, scheduler=scheduler,
                                     max_concurrent_trials=cfg.search.concurrency, reuse_actors=True,
                                     trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(name=f"session-{session}", storage_path=str(tune_dir), verbose=0,
+        run_config=tune.RunConfig(name=session, storage_path=str(tune_dir), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=1),
                                   callbacks=[JsonLoggerCallback()]),
     )
@@ -488,6 +488,13 @@ def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver, log=pri
             "Every candidate recorded is kept; free some memory, then resume (`--concurrency 1` runs fewer at once)")
         return
     fetch.sync(r["key"] for r in driver.records)
+
+
+def next_session(tune_dir: Path) -> str:
+    """A name under RUN/tune/ that no entry has: counting the sessions reused one after a gap (a
+    deleted session-2), and Tune wrote through a link planted under that name, outside the run (helper-28)."""
+    taken = [int(p.name[8:]) for p in tune_dir.glob("session-*") if p.name[8:].isdigit()]
+    return f"session-{max(taken, default=0) + 1}"
 
 
 def _cause(e: BaseException | None, kind: type) -> BaseException | None:

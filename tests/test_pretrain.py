@@ -262,6 +262,24 @@ def test_policy_fit_command_learns_from_a_run_and_starts_the_next_search(ray_ses
     # a folder that is no run: a clear error, nothing written
     assert main(["policy", "fit", str(tmp_path / "runs"), "--out", str(tmp_path / "p2")]) == 2
     assert not (tmp_path / "p2").exists()
+    # edited records (helper-28): a spec no teacher unit matches was learnt as "keep everything";
+    # rewards near 1e308 overflowed the normalisation and wrote a policy of NaNs
+    edited = tmp_path / "edited"
+    shutil.copytree(first, edited, ignore=shutil.ignore_patterns(".lock"))
+    recs = json.loads((first / "candidates.json").read_text())
+    i = next(i for i, r in enumerate(recs) if r["failure"] is None and r["reward"] > -1)
+    (edited / "candidates.json").write_text(json.dumps(
+        [{**r, "spec": {**r["spec"], "removed": [999, -3]}} if j == i else r for j, r in enumerate(recs)]))
+    assert main(["policy", "fit", str(edited), "--out", str(tmp_path / "p3")]) == 2
+    assert (f"candidates.json: candidate {recs[i]['key']} holds a spec its teacher cannot build (removed unit -3 "
+            f"does not exist") in capsys.readouterr().err and not (tmp_path / "p3").exists()
+    (edited / "candidates.json").write_text(json.dumps(
+        [{**r, "reward": 1e308 if r["reward"] > -1 else r["reward"]} for r in recs]))
+    assert main(["policy", "fit", str(edited), "--out", str(tmp_path / "p3"), "--steps", "5"]) == 0
+    assert all(torch.isfinite(t).all() for stage in ("removal", "shrink")
+               for t in load_file(str(tmp_path / "p3" / stage / "policy.safetensors")).values())
+    shutil.rmtree(edited)
+    shutil.rmtree(tmp_path / "p3")
 
     second = tmp_path / "runs" / "second"
     monkeypatch.chdir(tmp_path)  # a relative policy folder is recorded absolute: resumes may run elsewhere

@@ -101,19 +101,30 @@ def test_teacher_logits_edited_past_the_rows_checked_are_computed_again(finished
     assert torch.equal(teacher_logits(run, teacher, x, said.append, digest=meta["teacher_logits_digest"]), again)
 
 
-def test_a_run_whose_results_folder_is_a_link_is_refused(finished_run, tmp_path, capsys):
-    """helper-25: results/ made a link to another folder had resume write every new trial there."""
+def test_a_run_whose_results_or_tune_folder_is_a_link_is_refused(finished_run, tmp_path, capsys):
+    """helper-25: results/ made a link to another folder had resume write every new trial there;
+    helper-28: tune/ too (Ray Tune's sessions, its pickles among them)."""
     import shutil
 
-    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
-    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
-    shutil.move(run / "results", elsewhere)
-    (run / "results").symlink_to(elsewhere)
-    before = sorted(p.name for p in elsewhere.iterdir())
-    for command in (("resume", run), ("export", run, "--out", tmp_path / "out"), ("report", run)):
-        status, err = _main(capsys, *command)
-        assert status == 2 and f"{run / 'results'}: expected the run's own folder, found a link to {elsewhere}" in err
-    assert sorted(p.name for p in elsewhere.iterdir()) == before and not (tmp_path / "out").exists()
+    from n2n.search import next_session
+
+    for name in ("results", "tune"):
+        run, elsewhere = tmp_path / name / "run", tmp_path / name / "elsewhere"
+        shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+        shutil.move(run / name, elsewhere)
+        (run / name).symlink_to(elsewhere)
+        before = sorted(p.name for p in elsewhere.iterdir())
+        for command in (("resume", run), ("export", run, "--out", tmp_path / "out"), ("report", run)):
+            status, err = _main(capsys, *command)
+            assert status == 2 and f"{run / name}: expected the run's own folder, found a link to {elsewhere}" in err
+        assert sorted(p.name for p in elsewhere.iterdir()) == before and not (tmp_path / "out").exists()
+    # a session of a name no entry has: after a gap (session-2 deleted) or a link planted as the next
+    # number, counting the sessions named one that was there, and Tune wrote into it or through it
+    tune = tmp_path / "tune-gap"
+    (tune / "session-1").mkdir(parents=True)
+    (tune / "session-3").symlink_to(tmp_path)
+    (tune / "session-x").mkdir()
+    assert next_session(tune) == "session-4" and next_session(tmp_path / "none") == "session-1"
 
 
 def test_a_search_state_copied_from_another_run_is_not_taken_for_this_ones(space, tmp_path):
@@ -582,6 +593,25 @@ def test_a_damaged_record_or_reference_is_one_line(finished_run, tmp_path, capsy
     for cmd in (("report", run), ("export", run, "--out", tmp_path / "o")):
         status, err = _main(capsys, *cmd)
         assert status == 2 and "expected the teacher's reference figures (params, accuracy), found {}" in err
+    # figures of the wrong kind (helper-28): a NaN accuracy passed every check (NaN compares False), a
+    # resume then met no target and marked the run done; strings were tracebacks in report and export
+    ref = meta["reference"]
+    for edit, said in (({"reference": {**ref, "accuracy": float("nan")}}, "reference.accuracy a number in [0, 1], found nan"),
+                       ({"reference": {**ref, "accuracy": "x"}}, "reference.accuracy a number in [0, 1], found 'x'"),
+                       ({"reference": {**ref, "params": "many"}}, "reference.params a whole number >= 1, found 'many'"),
+                       ({"input_shape": "abc"}, "input_shape a list of whole numbers >= 1, found 'abc'"),
+                       ({"teacher": {**meta["teacher"], "test_accuracy": "x"}},
+                        "teacher.test_accuracy a number in [0, 1], found 'x'")):
+        (run / "n2n.json").write_text(json.dumps({**meta, **edit}))
+        for cmd in (("report", run), ("export", run, "--out", tmp_path / "o"), ("resume", run)):
+            status, err = _main(capsys, *cmd)
+            assert status == 2 and f"n2n.json: damaged, expected {said}; was n2n.json changed?" in err, err
+    (run / "n2n.json").write_text(json.dumps(meta))
+    recs = json.loads((finished_run / "candidates.json").read_text())
+    for edit, said in (({"latency_ms": "fast"}, "latency_ms 'fast'"), ({"summary": 3}, "summary 3")):
+        (run / "candidates.json").write_text(json.dumps([{**recs[0], **edit}, *recs[1:]]))
+        status, err = _main(capsys, "report", run)
+        assert status == 2 and f"candidate 0 ({recs[0]['key']}) has {said}" in err, err
     assert not (tmp_path / "o").exists()
 
 
