@@ -223,10 +223,17 @@ def written_by_n2n(folder: Path) -> str | None:
         metrics = None
     if not isinstance(metrics, dict):
         return None
+
+    def plain(p: Path) -> bool:  # what n2n writes: a file, never a folder or a link under a file's name
+        return p.is_file() and not p.is_symlink()
+
+    if not all(plain(p) for name, p in entries.items() if name not in ("hf", "tokenizer")):
+        return None  # helper-28: a folder named model.onnx, and all it held, went with --overwrite
     for sub in ("hf", "tokenizer"):  # n2n's own subfolders: nothing but Hugging Face files inside
         p = entries.get(sub)
         if p is not None and (p.is_symlink() or not p.is_dir() or
-                              {q.name for q in p.iterdir()} - HF_FILES - {"model.safetensors"}):
+                              {q.name for q in p.iterdir()} - HF_FILES - {"model.safetensors"} or
+                              not all(plain(q) for q in p.iterdir())):
             return None
     if names <= MODEL_FILES | EXPORT_EXTRAS and {*MODEL_FILES, "spec.json"} <= names and "run" in metrics:
         return "export"

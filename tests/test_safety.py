@@ -285,6 +285,8 @@ def _tree(path):
 
 
 def test_export_overwrite_replaces_only_an_earlier_export(finished_run, tmp_path, capsys):
+    import shutil
+
     run, runs = finished_run, finished_run.parent
     teacher = json.loads((run / "n2n.json").read_text())["teacher_folder"]
     kept = {p: _tree(p) for p in (run, runs)}
@@ -319,6 +321,14 @@ def test_export_overwrite_replaces_only_an_earlier_export(finished_run, tmp_path
     (out / "hf" / "notes.txt").write_text("mine now")  # n2n's subfolder with a file of the user's inside
     status, err = _main(capsys, "export", run, "--out", out, "--overwrite")
     assert status == 2 and (out / "hf" / "notes.txt").exists()
+    (out / "hf" / "notes.txt").unlink()
+    # folders under the names of n2n's files, holding the user's (helper-28: deleted without a word)
+    for inside in (out / "model.onnx", out / "hf" / "config.json"):
+        inside.mkdir()
+        (inside / "thesis.tex").write_text("mine")
+        status, err = _main(capsys, "export", run, "--out", out, "--overwrite")
+        assert status == 2 and "is not an earlier n2n export" in err and (inside / "thesis.tex").read_text() == "mine"
+        shutil.rmtree(inside)
     status, err = _main(capsys, "teacher", "train", "--dataset", "digits", "--out", out, "--overwrite")
     assert status == 2 and "is not an earlier n2n teacher" in err  # an export is not a teacher either
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "mine", "student"]  # no temp folder left
