@@ -358,8 +358,11 @@ def policy_problem(folder: Path, stage: str, ratios: list[float], hidden: int) -
         return f"policy in {folder} is for the {meta.get('stage')} stage, this agent is {stage}"
     if stage == "shrink" and meta.get("ratios") != list(ratios):
         return f"policy in {folder} picks from ratios {meta.get('ratios')}, this space has {list(ratios)}"
-    if meta.get("config", {}).get("hidden", hidden) != hidden:
-        return f"policy in {folder} has hidden={meta['config']['hidden']}, this agent hidden={hidden}"
+    config = meta.get("config", {})
+    if not isinstance(config, dict):  # helper-28: an AttributeError traceback
+        return f"{folder}/policy.json: expected \"config\" to be a JSON object, found {config!r}"
+    if config.get("hidden", hidden) != hidden:
+        return f"policy in {folder} has hidden={config['hidden']}, this agent hidden={hidden}"
     from safetensors import safe_open
 
     with torch.random.fork_rng(devices=[]):  # only the shapes matter; the caller's RNG stays untouched

@@ -464,6 +464,8 @@ def _folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
         for f in sorted((root / cls).iterdir()):
             if f.suffix.lower() not in IMAGE_SUFFIXES or f.name.startswith("."):  # ._x.png: macOS metadata
                 continue
+            if not f.is_file():  # helper-28: a FIFO named zz.png blocked Image.open forever
+                raise DataError(f"image folder {root}: expected image files, {f} is not a regular file")
             try:
                 img = Image.open(f)
                 if img.mode.startswith(("I", "F")):  # 16/32-bit: convert() would clip every value to 255

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import re
 import shutil
@@ -106,7 +107,7 @@ def build_model(arch: dict, factories=()) -> nn.Module:
 
     `factories`: the ``"package.module:function"`` names the user allows a ``module`` / ``pruned``
     arch to import and call; any other factory is refused before anything is imported."""
-    from search_spaces import STUDENT_FAMILIES, build_student, call_factory
+    from search_spaces import STUDENT_FAMILIES, UnsupportedModel, build_student, call_factory
 
     if not isinstance(arch, dict):
         raise ModelError(f"arch: expected a JSON object with a 'family', got {type(arch).__name__}")
@@ -124,8 +125,14 @@ def build_model(arch: dict, factories=()) -> nn.Module:
             return load_hf_classifier(Path(arch["path"]))
         if family in STUDENT_FAMILIES:
             return build_student(arch, factories)
+    except (ModelError, UnsupportedModel):
+        raise
     except (KeyError, TypeError) as e:
         raise ModelError(f"arch of family {family!r} is malformed: {e}") from None
+    except (ValueError, RuntimeError, OverflowError) as e:  # negative or NaN sizes, an unknown layer kind
+        if family in ("module", "pruned"):  # raised by the user's own code: its own traceback helps them
+            raise
+        raise ModelError(f"arch of family {family!r} is malformed: {str(e).splitlines()[0]}") from None
     raise ModelError(f"unknown model family {family!r}: expected one of {sorted({*TEACHER_FAMILIES, *STUDENT_FAMILIES})}")
 
 
@@ -192,11 +199,17 @@ def append_to(path: Path):
 def write_bytes(path: Path, data: bytes) -> None:
     """Write a file atomically (temp file, then rename): a symlink at `path` is replaced, not followed."""
     fd, tmp = private_temp(path)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())  # on disk before the rename: after a power cut, the old file or the new
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename: after a power cut, the old file or the new
+        os.replace(tmp, path)
+    except IsADirectoryError:  # helper-28: a traceback, and the temp file left beside it
+        raise ModelError(f"{path}: expected a file n2n may replace, found a folder; move it away") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def write_json(path: Path, obj) -> None:
@@ -433,6 +446,8 @@ def read_json(path: Path, expect: type = dict):
         obj = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelError(f"{path}: not a readable JSON file ({e})") from None
+    except RecursionError:  # 200,000 nested brackets
+        raise ModelError(f"{path}: not a readable JSON file (nested too deep)") from None
     if not isinstance(obj, expect):
         raise ModelError(f"{path}: expected a JSON {'object' if expect is dict else expect.__name__}, "
                          f"got {type(obj).__name__}")
@@ -496,6 +511,10 @@ def weights_mismatch(expected: dict, found: dict) -> str | None:
     return "; ".join(said) or None
 
 
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:
     """(module in eval mode, arch, metrics) from a saved folder; strict weight loading.
 
@@ -510,6 +529,12 @@ def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:
         if not (folder / name).is_file():
             raise ModelError(f"{folder}: expected a model folder with {name}, found none")
     arch = read_json(folder / "arch.json")
+    pre = arch.get("input")
+    if pre is not None and not (isinstance(pre, dict) and all(_finite(pre.get(k)) for k in ("scale", "shift"))
+                                and isinstance(pre.get("shape"), list)
+                                and all(isinstance(n, int) and n >= 1 for n in pre["shape"])):
+        raise ModelError(f"{folder}/arch.json: expected \"input\" to hold numbers scale and shift and a shape of whole "
+                         f"numbers >= 1, as n2n writes it; found {pre!r}")
     model = build_model(arch, factories)  # refuses an unnamed factory before reading anything else
     weights = load_weights(folder / "model.safetensors")
     mismatch = weights_mismatch(model.state_dict(), weights)

@@ -139,6 +139,7 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
         ax.set_ylim(bottom=floor)
         ax.text(0.01, 0.01, f"{below} candidate{'s' * (below > 1)} below {floor:.3f} not shown", transform=ax.transAxes,
                 fontsize=8)
+    ax.set_ylim(top=min(ax.get_ylim()[1], 1.005))  # no accuracy past 100% on the axis (helper-28)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside the plot: it hid points inside
     fig.tight_layout()
     _save_png(fig, out_dir / "pareto.png")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import shutil
 import time
@@ -42,8 +43,8 @@ class TeacherRecipe:
         checks = [
             (self.arch in ("vgg", "mlp", "resnet"), "arch", "'vgg', 'mlp' or 'resnet'", self.arch),
             (self.epochs >= 1, "epochs", ">= 1", self.epochs),
-            (self.width_mult > 0, "width_mult", "> 0", self.width_mult),
-            (self.lr > 0, "lr", "> 0", self.lr),
+            (0 < self.width_mult < math.inf, "width_mult", "a finite number > 0", self.width_mult),
+            (0 < self.lr < math.inf, "lr", "a finite number > 0", self.lr),
             (self.batch_size >= 1, "batch_size", ">= 1", self.batch_size),
             (all(h >= 1 for h in self.hidden), "hidden", "widths >= 1", self.hidden),
         ]

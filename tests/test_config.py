@@ -71,7 +71,7 @@ def test_a_run_made_before_target_margin_exports_the_student_it_named():
     ("early_stop: {reduction_factor: 1}", "early_stop.reduction_factor: expected >= 2, got 1"),
     ("target: {margin: -0.5}", "target.margin: expected points of validation accuracy >= 0, got -0.5"),
     ("target: {margin: .nan}", "target.margin: expected points of validation accuracy >= 0, got nan"),
-    ("teacher: {recipe: {width_mult: 0}}", "teacher.recipe.width_mult (--width-mult): expected > 0, got 0"),
+    ("teacher: {recipe: {width_mult: 0}}", "teacher.recipe.width_mult (--width-mult): expected a finite number > 0, got 0"),
     ("teacher: {recipe: {epochs: -1}}", "teacher.recipe.epochs (--epochs): expected >= 1, got -1"),
     ("search: {concurrency: 0}", "search.concurrency: expected >= 1, got 0"),
     ("search: {ratios: [0.5, 0.7]}", "search.ratios: expected values in (0, 1] including 1.0"),

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -142,6 +144,10 @@ def test_a_corrupt_image_is_named(tmp_path):
     good = (tmp_path / "b" / "0.png").read_bytes()
     (tmp_path / "b" / "3.png").write_bytes(good[: len(good) // 2])  # a copy cut short
     with pytest.raises(DataError, match="cannot read .*b/3.png as an image"):
+        load_dataset(f"folder:{tmp_path}")
+    (tmp_path / "b" / "3.png").write_bytes(good)
+    os.mkfifo(tmp_path / "b" / "zz.png")  # helper-28: reading it blocked forever
+    with pytest.raises(DataError, match="expected image files, .*b/zz.png is not a regular file"):
         load_dataset(f"folder:{tmp_path}")
 
 

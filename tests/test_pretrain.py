@@ -204,6 +204,9 @@ def test_a_policy_that_cannot_start_the_search_is_refused_before_anything_is_wri
     assert "bad/removal/policy.json: damaged, not readable JSON" in problem(bad)
     (bad / "removal" / "policy.json").write_text("[1, 2]")
     assert "bad/removal/policy.json: expected a JSON object, found list" in problem(bad)
+    meta = json.loads((PRETRAINED / "removal" / "policy.json").read_text())
+    (bad / "removal" / "policy.json").write_text(json.dumps({**meta, "config": [1]}))  # helper-28: a traceback
+    assert "bad/removal/policy.json: expected \"config\" to be a JSON object, found [1]" in problem(bad)
     shutil.copy(PRETRAINED / "removal" / "policy.json", bad / "removal" / "policy.json")
     small = ShrinkPolicy(len(DEFAULT_RATIOS), 16)  # tensors of another size under a JSON that says 30
     save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(bad / "shrink" / "policy.safetensors"))

@@ -751,10 +751,30 @@ def test_damaged_teacher_folders_are_one_line_errors(small_teacher, tmp_path, ca
     assert not (tmp_path / "runs").exists()
 
 
+def test_hostile_arch_json_values_are_one_line_errors(small_teacher, tmp_path, capsys):
+    """helper-28: negative or NaN sizes, a malformed "input" and deep nesting were tracebacks."""
+    model, arch, _ = small_teacher
+    hp = arch["hparams"]
+    for name, edit, said in (
+            ("negative", {"hparams": {**hp, "hidden": -5}}, "arch of family 'vgg' is malformed: "),
+            ("nan", {"hparams": {**hp, "width_mult": float("nan")}}, "arch of family 'vgg' is malformed: "),
+            ("input-str", {"input": {"scale": "x", "shift": 0.0, "shape": [1, 40]}},
+             "arch.json: expected \"input\" to hold numbers scale and shift and a shape of whole numbers >= 1"),
+            ("input-list", {"input": [1, 2]}, "as n2n writes it; found [1, 2]"),
+            ("deep", None, "arch.json: not a readable JSON file (nested too deep)")):
+        folder = tmp_path / name
+        save_model(folder, model, arch, {"dataset": "mnist1d"})
+        (folder / "arch.json").write_text("[" * 200_000 if edit is None else json.dumps({**arch, **edit}))
+        status, err = _main(capsys, "teacher", "show", folder)
+        assert status == 2 and said in err and "Traceback" not in err, (name, err)
+    status, err = _main(capsys, "teacher", "train", "--width-mult", "inf", "--out", tmp_path / "t")
+    assert status == 2 and "width_mult (--width-mult): expected a finite number > 0, got inf" in err and not (tmp_path / "t").exists()
+
+
 def test_teacher_train_rejects_bad_values_before_training(tmp_path, capsys):
     cases = {("--epochs", "-1"): "teacher.recipe.epochs (--epochs): expected >= 1, got -1",
-             ("--width-mult", "0"): "(--width-mult): expected > 0, got 0.0",
-             ("--lr", "-1"): "(--lr): expected > 0, got -1.0",
+             ("--width-mult", "0"): "(--width-mult): expected a finite number > 0, got 0.0",
+             ("--lr", "-1"): "(--lr): expected a finite number > 0, got -1.0",
              ("--device", "tpu"): "--device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"}
     for (flag, value), message in cases.items():
         status, err = _main(capsys, "teacher", "train", "--dataset", "digits", flag, value, "--out", tmp_path / "t")
@@ -1146,3 +1166,17 @@ def test_only_n2n_s_own_ray_folders_whose_driver_is_dead_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["n2n-ray-garbled", "n2n-ray-link", "n2n-ray-live",
                                                           "n2n-ray-unmarked", "victim"]
     assert (victim / _DRIVER_PID).exists()
+
+
+def test_a_folder_where_report_writes_a_plot_is_one_line_and_leaves_nothing(finished_run, tmp_path, capsys):
+    """helper-28: pareto.png made a folder was an IsADirectoryError traceback, its temp file left in the run."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    (run / "pareto.png").unlink(missing_ok=True)
+    (run / "pareto.png").mkdir()
+    before = sorted(p.name for p in run.iterdir())
+    status, err = _main(capsys, "report", run)
+    assert status == 2 and f"{run / 'pareto.png'}: expected a file n2n may replace, found a folder" in err
+    assert sorted(p.name for p in run.iterdir()) == sorted({*before, "reward_curve.png"})
