@@ -350,7 +350,7 @@ def policy_problem(folder: Path, stage: str, ratios: list[float], hidden: int) -
         return f"{folder}: expected policy.json and policy.safetensors (a saved {stage} policy), found none"
     try:
         meta = json.loads((folder / "policy.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         return f"{folder}/policy.json: damaged, not readable JSON ({e})"
     if not isinstance(meta, dict):
         return f"{folder}/policy.json: expected a JSON object, found {type(meta).__name__}"

@@ -140,25 +140,33 @@ def load_split(name: str, record: dict, tokenizer=None, preprocess: dict | None 
     if record.get("fingerprint") and ds.split["fingerprint"] != record["fingerprint"]:
         raise DataError(f"{name}: expected the data the teacher was trained on ({_described(record)}), found "
                         f"{_differences(record, ds.split)}")
-    if "parts" not in record:  # a teacher recorded before the parts' digests: its record, as it was
+    if record.get("fingerprint") and "parts" not in record:  # a teacher's record from before the parts' digests
         ds.split.pop("parts", None)
     return ds
 
 
+def _sizes(record: dict) -> list[int] | None:
+    sizes = record.get("sizes")
+    sizes = [sizes.get(k) for k in ("train", "val", "test")] if isinstance(sizes, dict) else []
+    return sizes if len(sizes) == 3 and all(isinstance(n, int) for n in sizes) else None
+
+
 def _described(record: dict, named: bool = True) -> str:
-    sizes = [record.get("sizes", {}).get(k) for k in ("train", "val", "test")]
-    shape = f"{sum(sizes)} samples, train/val/test {'/'.join(map(str, sizes))}, " if None not in sizes else ""
-    return f"{record.get('dataset') + ': ' if named else ''}{shape}fingerprint {record['fingerprint']}"
+    sizes = _sizes(record)
+    shape = f"{sum(sizes)} samples, train/val/test {'/'.join(map(str, sizes))}, " if sizes else ""
+    return f"{str(record.get('dataset')) + ': ' if named else ''}{shape}fingerprint {record['fingerprint']}"
 
 
 def _differences(record: dict, found: dict) -> str:
     """What differs between the recorded split and the one found: the user must learn whether the
     file gained or lost samples, its labels changed, or only its train/val/test assignment did."""
-    if any(record.get("sizes", {}).get(k, n) != n for k, n in found["sizes"].items()):
+    was, now = _sizes(record), _sizes(found)
+    if was is not None and was != now:
         what = _described(found, named=False)
-        if found["dataset"].startswith("folder:") and sum(found["sizes"].values()) < sum(record["sizes"].values()):
-            what += (" (n2n skips hidden files and folders, names starting with '.'; a teacher trained before "
-                     "2026-12-05 counted them)")
+        if found["dataset"].startswith("folder:") and sum(now) < sum(was) and "parts" not in record:
+            # a teacher of an n2n that recorded no parts' digests may have counted them
+            what += (" (n2n now skips hidden files and folders, names starting with '.': an earlier n2n counted "
+                     "them)")
         return what
     parts = record.get("parts") or {}
     changed = [what for what, k in (("its inputs (x)", "x"), ("its labels (y)", "y"),
@@ -190,7 +198,10 @@ def _digest(*arrays: np.ndarray) -> str:
     h = hashlib.sha1()
     for a in arrays:
         h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
+        try:  # the array's own bytes, not a copy of them (a large x is hashed twice per load)
+            h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+        except (TypeError, ValueError):  # a dtype memoryview cannot cast: the bytes are the same
+            h.update(a.tobytes())
     return h.hexdigest()[:16]
 
 
@@ -386,7 +397,7 @@ def read_text(path: Path) -> tuple[list[str], list, list | None]:
         else:
             with open(path, newline="", encoding="utf-8") as f:
                 rows = list(csv.DictReader(f))
-    except (UnicodeDecodeError, csv.Error, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, csv.Error, json.JSONDecodeError, RecursionError) as e:
         raise DataError(f"text dataset {path}: not a readable CSV/JSONL file of text,label ({e})") from None
     for i, row in enumerate(rows, 1):
         if not {"text", "label"} <= set(row) or not isinstance(row["text"], str) or row["label"] in (None, ""):

@@ -87,7 +87,7 @@ class SearchDriver:
                  reward_config: RewardConfig = RewardConfig(), agent_options: dict | None = None,
                  max_asks_per_candidate: int = 50, run_dir: str | Path | None = None,
                  teacher_info: dict | None = None, log=print, finalist_epochs: int = 10, target=None,
-                 early_stop: bool = False, run_id: str | None = None):
+                 early_stop: bool = False, run_id: str | None = None, concurrency: int = 1):
         self.space, self.reference, self.kind = space, reference, agent
         self.stages, self.budgets, self.seed = list(stages), dict(budgets), seed
         self.reward_config, self.options = reward_config, dict(agent_options or {})
@@ -97,6 +97,7 @@ class SearchDriver:
         self.finalist_epochs, self.target = finalist_epochs, target  # target: n2n.config.TargetConfig or None
         self.early_stop = early_stop  # Tune may stop trials before they save weights (ASHA)
         self.run_id = run_id  # n2n.json's; None in runs made before it existed
+        self.concurrency = concurrency  # trials at once, this session: what the advice after deaths offers
         # trials in a row whose worker died, this session (a resume tries again): ABORT_AFTER stop it
         self.deaths_in_a_row, self.stopped_for_deaths = 0, False
         self.stage_idx = 0
@@ -310,10 +311,10 @@ class SearchDriver:
                 if self.trials:
                     return None
                 if not self.stopped_for_deaths:
+                    fewer = " (with `--concurrency 1` for fewer at once)" if self.concurrency > 1 else ""
                     self.log(f"stopping: the workers of the last {self.deaths_in_a_row} trials died before they reported "
                              f"(out of memory, killed, or a lost node; tune/'s error.txt files say which); free memory "
-                             f"or mend the cluster, then resume (with `--concurrency 1` for fewer at once): those candidates are "
-                             "trained again")
+                             f"or mend the cluster, then resume{fewer}: those candidates are trained again")
                     self.stopped_for_deaths = True
                 return FINISHED
             if self.stage is None:

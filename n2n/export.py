@@ -182,12 +182,12 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     arch = space.arch(spec)
     weights = run_dir / "results" / f"{best['key']}.safetensors"
     student = build_model(arch, factories)
-    state = load_weights(weights)
-    mismatch = weights_mismatch(student.state_dict(), state)
-    if mismatch:  # a spec edited by hand, or weights of another run
+    try:
+        student.load_state_dict(load_weights(weights), strict=True)
+    except RuntimeError as e:  # a spec edited by hand, or weights of another run
         raise RunError(f"{weights}: expected the weights of the student candidates.json describes as {best['key']} "
-                       f"({best['summary']}), found others ({mismatch}); was candidates.json or results/ changed?")
-    student.load_state_dict(state, strict=True)
+                       f"({best['summary']}), found others ({weights_mismatch(student, weights, e)}); was "
+                       f"candidates.json or results/ changed?") from None
     if best["params"] != space.params(spec):
         raise RunError(f"{run_dir}/candidates.json: {best['key']} records {best['params']:,} params, its spec "
                        f"builds {space.params(spec):,}; was candidates.json changed?")

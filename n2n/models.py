@@ -130,7 +130,7 @@ def build_model(arch: dict, factories=()) -> nn.Module:
     except (KeyError, TypeError) as e:
         raise ModelError(f"arch of family {family!r} is malformed: {e}") from None
     except (ValueError, RuntimeError, OverflowError) as e:  # negative or NaN sizes, an unknown layer kind
-        if family in ("module", "pruned"):  # raised by the user's own code: its own traceback helps them
+        if family in ("module", "pruned", "hf-pretrained"):  # the user's code, or transformers': their own words
             raise
         raise ModelError(f"arch of family {family!r} is malformed: {str(e).splitlines()[0]}") from None
     raise ModelError(f"unknown model family {family!r}: expected one of {sorted({*TEACHER_FAMILIES, *STUDENT_FAMILIES})}")
@@ -192,8 +192,11 @@ def temp_folder(folder: Path, prefix: str) -> Path:
 
 def append_to(path: Path):
     """`path` opened to append, never through a symlink: a run folder someone else made must not
-    make n2n write into a file elsewhere (the open fails with ELOOP instead)."""
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666), "a")
+    make n2n write into a file elsewhere (the open fails with ELOOP instead), nor into a FIFO (which
+    blocked the open until a reader came: ENXIO instead, helper-29)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "a")
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -232,7 +235,7 @@ def written_by_n2n(folder: Path) -> str | None:
     names = set(entries)
     try:
         metrics = json.loads((Path(folder) / "metrics.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         metrics = None
     if not isinstance(metrics, dict):
         return None
@@ -444,10 +447,8 @@ def read_json(path: Path, expect: type = dict):
     """A JSON file that must hold `expect`; a ModelError names the file otherwise."""
     try:
         obj = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # (200,000 nested brackets)
         raise ModelError(f"{path}: not a readable JSON file ({e})") from None
-    except RecursionError:  # 200,000 nested brackets
-        raise ModelError(f"{path}: not a readable JSON file (nested too deep)") from None
     if not isinstance(obj, expect):
         raise ModelError(f"{path}: expected a JSON {'object' if expect is dict else expect.__name__}, "
                          f"got {type(obj).__name__}")
@@ -492,12 +493,18 @@ def load_weights(path: Path) -> dict:
         raise ModelError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
 
 
-def weights_mismatch(expected: dict, found: dict) -> str | None:
-    """What keeps `found` weights from loading where `expected` (a state_dict) is: torch's own
-    message was cut to its first line, which names nothing ("Error(s) in loading state_dict for X:")."""
+def weights_mismatch(model: nn.Module, path: Path, error: RuntimeError) -> str:
+    """Why strict loading of `path` into `model` failed, naming tensors: torch's message, cut to its
+    first line, named nothing ("Error(s) in loading state_dict for X:"). Strict loading itself
+    decides (it fills in what modules supply, a BatchNorm's num_batches_tracked); this only words it."""
+    try:
+        expected, found = model.state_dict(), load_weights(path)
+        shapes = {k: list(v.shape) for k, v in expected.items()}  # a lazy module's unset shapes raise
+    except (RuntimeError, ValueError):
+        return str(error).splitlines()[0].strip()
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
-    shaped = [k for k in expected if k in found and tuple(expected[k].shape) != tuple(found[k].shape)]
+    shaped = [k for k in expected if k in found and shapes[k] != list(found[k].shape)]
     said = []
     if missing:
         said.append(f"{len(missing)} tensors missing from the file ({', '.join(missing[:3])}{', ...' * (len(missing) > 3)})")
@@ -507,8 +514,8 @@ def weights_mismatch(expected: dict, found: dict) -> str | None:
     if shaped:
         k = shaped[0]
         said.append(f"{len(shaped)} tensors of another shape ({k}: the file holds {list(found[k].shape)}, the model "
-                    f"built from arch.json takes {list(expected[k].shape)}{', ...' * (len(shaped) > 1)})")
-    return "; ".join(said) or None
+                    f"built from arch.json takes {shapes[k]}{', ...' * (len(shaped) > 1)})")
+    return "; ".join(said) or str(error).splitlines()[0].strip()
 
 
 def _finite(v) -> bool:
@@ -536,11 +543,10 @@ def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:
         raise ModelError(f"{folder}/arch.json: expected \"input\" to hold numbers scale and shift and a shape of whole "
                          f"numbers >= 1, as n2n writes it; found {pre!r}")
     model = build_model(arch, factories)  # refuses an unnamed factory before reading anything else
-    weights = load_weights(folder / "model.safetensors")
-    mismatch = weights_mismatch(model.state_dict(), weights)
-    if mismatch:
-        raise ModelError(f"{folder}: weights do not match arch.json: {mismatch}")
-    model.load_state_dict(weights, strict=True)
+    try:
+        model.load_state_dict(load_weights(folder / "model.safetensors"), strict=True)
+    except RuntimeError as e:
+        raise ModelError(f"{folder}: weights do not match arch.json: {weights_mismatch(model, folder / 'model.safetensors', e)}") from None
     if arch.get("probe") is not None:  # a student of the user's own code: does that code still build it?
         from search_spaces import probe_gap
 

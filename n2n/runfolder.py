@@ -60,7 +60,7 @@ def read_run(run_dir: Path) -> dict:
         raise RunError(f"{run_dir}: expected a run folder made by `n2n search` (with n2n.json), found none")
     try:
         meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise RunError(f"{path}: damaged, not readable JSON ({e})") from None
     missing = [k for k in ("config", "teacher_folder", "dataset", "input_shape", "reference", "teacher")
                if not isinstance(meta, dict) or k not in meta]
@@ -80,6 +80,11 @@ def read_run(run_dir: Path) -> dict:
         raise RunError(f"{path}: damaged, expected {wrong}; was n2n.json changed?")
     if "results_store" in meta:
         check_store(meta["results_store"], run_config(meta["config"]).resources.storage, path)
+    # n2n's own files, where they are, as n2n writes them: reading a FIFO under such a name blocked forever
+    for name in (RECORDS, SUMMARY, STATE, PREV_STATE, TEACHER_LOGITS):
+        p = Path(run_dir) / name
+        if p.is_symlink() or p.exists() and not p.is_file():
+            raise RunError(f"{p}: expected a plain file, as n2n writes it, found {'a link' if p.is_symlink() else 'something else'}")
     # written into by resume (tune/: Ray Tune's sessions): through a link, that would be elsewhere
     for name in (RESULTS, POLICY, TUNE):
         if (Path(run_dir) / name).is_symlink():
@@ -99,12 +104,11 @@ def _wrong_meta(meta: dict) -> str | None:
     checks = (
         (_number(ref["params"], 1, whole=True), "reference.params a whole number >= 1", ref["params"]),
         (_number(ref["accuracy"], 0, 1), "reference.accuracy a number in [0, 1]", ref["accuracy"]),
-        (ref.get("flops") is None or _number(ref["flops"], 0, whole=True), "reference.flops a whole number >= 0",
-         ref.get("flops")),
+        (_number(ref.get("flops"), 0, whole=True), "reference.flops a whole number >= 0", ref.get("flops")),
         (isinstance(shape, list) and shape and all(_number(n, 1, whole=True) for n in shape),
          "input_shape a list of whole numbers >= 1", shape),
         (isinstance(teacher, dict), "teacher a mapping", teacher),
-        (not isinstance(teacher, dict) or teacher.get("test_accuracy") is None or _number(teacher["test_accuracy"], 0, 1),
+        (not isinstance(teacher, dict) or _number(teacher.get("test_accuracy"), 0, 1),
          "teacher.test_accuracy a number in [0, 1]", isinstance(teacher, dict) and teacher.get("test_accuracy")),
         (isinstance(meta["teacher_folder"], str) and isinstance(meta["dataset"], str),
          "teacher_folder and dataset as text", (meta["teacher_folder"], meta["dataset"])),
@@ -117,7 +121,7 @@ def read_summary(run_dir: Path) -> dict | None:
     step from the state, so nothing depends on it but what people and export are told)."""
     try:
         summary = json.loads((Path(run_dir) / SUMMARY).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     return summary if isinstance(summary, dict) else None
 
@@ -132,7 +136,7 @@ def read_records(run_dir: Path) -> list[dict]:
         return []
     try:
         records = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise RunError(f"{path}: damaged, not readable JSON ({e}); restore it from a copy") from None
     if not isinstance(records, list) or not all(isinstance(r, dict) and "key" in r for r in records):
         raise RunError(f"{path}: damaged, expected a list of candidate records")

@@ -8,6 +8,7 @@ search state in the run folder and never unpickles anything Tune wrote.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -57,7 +58,8 @@ def make_driver(cfg: Config, space, meta: dict, run_dir: Path | None, log=print)
                             agent_options=cfg.search.agent_options,
                             max_asks_per_candidate=cfg.search.max_asks_per_candidate, run_dir=run_dir,
                             teacher_info=meta["teacher"], log=log, finalist_epochs=cfg.finalists.epochs,
-                            target=cfg.target, early_stop=cfg.early_stop.enabled, run_id=meta.get("run_id"))
+                            target=cfg.target, early_stop=cfg.early_stop.enabled, run_id=meta.get("run_id"),
+                            concurrency=cfg.search.concurrency)
     except AgentOptionError as e:  # config load checks them too; this covers a driver built from code
         raise ConfigError(f"search.agent_options.{e}") from None
 
@@ -300,7 +302,7 @@ def ray_session(address: str | None, log=print):
         return
     _remove_stale_ray_temps(tempfile.gettempdir())
     temp = tempfile.mkdtemp(prefix="n2n-ray-")  # short: Ray's socket paths must stay under 108 bytes
-    Path(temp, _DRIVER_PID).write_text(str(os.getpid()))
+    Path(temp, _DRIVER).write_text(json.dumps(_this_process()))
     # Ray 2.60 has its servers listen on every interface, whatever node IP it is given: without a token
     # anyone reaching this machine could join as a driver and run code as the user. A fresh random token
     # per search, in the environment of Ray's processes only (no file), unless the user chose a mode.
@@ -323,27 +325,62 @@ def ray_session(address: str | None, log=print):
         _ray_auth_env(saved)  # the user's own values, exactly as they were
 
 
-_DRIVER_PID = "n2n-driver.pid"
+_DRIVER = "n2n-driver.json"  # in each local Ray temp folder: the n2n process it belongs to
+
+
+def _this_process() -> dict:
+    """What identifies this process beyond its pid: the host, the boot, the pid namespace (another
+    container's pids are not ours to judge) and its start time (a pid is reused)."""
+    def read(path: str) -> str | None:
+        try:
+            return os.readlink(path) if path.startswith("/proc/self/ns") else Path(path).read_text().strip()
+        except OSError:
+            return None
+
+    return {"pid": os.getpid(), "host": socket.gethostname(), "boot": read("/proc/sys/kernel/random/boot_id"),
+            "pidns": read("/proc/self/ns/pid"), "start": _start_time(os.getpid())}
+
+
+def _start_time(pid: int) -> int | None:
+    try:  # field 22 of /proc/PID/stat, counted after the command name's closing parenthesis
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _driver_gone(marker: dict) -> bool:
+    """True only when the process that made a Ray temp folder is certainly gone: on this host and in
+    this pid namespace, and since rebooted, or its pid is free or now another process's."""
+    me = _this_process()
+    if marker.get("host") != me["host"] or marker.get("pidns") != me["pidns"]:
+        return False  # a shared /tmp (another container or node): its processes cannot be seen from here
+    if me["boot"] and marker.get("boot") and marker["boot"] != me["boot"]:
+        return True
+    try:
+        os.kill(marker["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's process
+        return False
+    start = _start_time(marker["pid"])
+    return None not in (start, marker.get("start")) and start != marker["start"]
 
 
 def _remove_stale_ray_temps(root: str) -> None:
     """A search killed outright (kill -9, a lost session) cannot remove its Ray temp folder: its
     logs, sockets and spilled objects stayed in /tmp for good. Remove those whose driver is gone:
-    only folders n2n marked with its driver's pid, owned by this user, never following a link."""
+    only folders n2n marked, owned by this user, never following a link."""
     for folder in Path(root).glob("n2n-ray-*"):
         try:
             st = folder.lstat()
             if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
                 continue
-            pid = int((folder / _DRIVER_PID).read_text())
+            marker = json.loads((folder / _DRIVER).read_text())
+            gone = isinstance(marker, dict) and isinstance(marker.get("pid"), int) and _driver_gone(marker)
         except (OSError, ValueError):  # not n2n's, or its driver has not written the marker yet
             continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if gone:
             shutil.rmtree(folder, ignore_errors=True)
-        except OSError:  # alive, another user's process
-            pass
 
 
 _AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
@@ -485,7 +522,8 @@ def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver, log=pri
         # Tune raises when Ray kills a trial's actor as it starts; everything recorded is saved, and
         # the trials in flight are issued again on resume: an interruption, not a traceback
         log(f"Ray killed trial workers, this machine running low on memory: {str(oom).split('. ')[0]}. "
-            "Every candidate recorded is kept; free some memory, then resume (`--concurrency 1` runs fewer at once)")
+            "Every candidate recorded is kept; free some memory, then resume"
+            + (" (`--concurrency 1` runs fewer at once)" if cfg.search.concurrency > 1 else ""))
         return
     fetch.sync(r["key"] for r in driver.records)
 
@@ -493,7 +531,7 @@ def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver, log=pri
 def next_session(tune_dir: Path) -> str:
     """A name under RUN/tune/ that no entry has: counting the sessions reused one after a gap (a
     deleted session-2), and Tune wrote through a link planted under that name, outside the run (helper-28)."""
-    taken = [int(p.name[8:]) for p in tune_dir.glob("session-*") if p.name[8:].isdigit()]
+    taken = [int(p.name[8:]) for p in tune_dir.glob("session-*") if p.name[8:].isascii() and p.name[8:].isdigit()]
     return f"session-{max(taken, default=0) + 1}"
 
 
@@ -683,6 +721,8 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
         log = teed(log, run_dir)
         run = OpenRun.open(run_dir, factories)
         cfg, meta = run.cfg, run.meta
+        recorded_concurrency = cfg.search.concurrency
+        cfg.search.concurrency = concurrency or recorded_concurrency
         driver = restore_driver(lambda: make_driver(cfg, run.space, meta, run_dir, log), run_dir, log)
         if driver.failed:
             raise RunError(f"{run_dir}: this search stopped because {driver.failed}; fix the cause and start a new one")
@@ -694,9 +734,8 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
             log(f"{run_dir.name} has finished already")
             return _finish(run_dir, driver, log, factories)
         log(f"resuming {run_dir.name}: {len(driver.records)} candidates so far, stage {driver.stage}")
-        if concurrency and concurrency != cfg.search.concurrency:
-            log(f"{concurrency} trials at a time for this resume (the run's own: {cfg.search.concurrency})")
-            cfg.search.concurrency = concurrency
+        if cfg.search.concurrency != recorded_concurrency:
+            log(f"{cfg.search.concurrency} trials at a time for this resume (the run's own: {recorded_concurrency})")
         with ray_session(address, log):
             check_resources(cfg, remote=bool(address), log=log)
             _fit(run_dir, make_context(meta, cfg, run_dir, (run.teacher, run.arch, run.ds), factories, log), cfg,

@@ -270,7 +270,7 @@ def _check_cached(folder: Path, recipe: TeacherRecipe) -> None:
     try:
         stored = json.loads((folder / "metrics.json").read_text()).get("recipe")
         same = recorded(TeacherRecipe(**stored)) == recorded(recipe)
-    except (OSError, ValueError, TypeError, AttributeError):
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError):
         same = False
     if not same:
         raise RunError(f"{folder}: the cached teacher was not trained from this recipe; its metrics.json records "

@@ -174,6 +174,11 @@ class SearchSpace(ABC):
 
     def validate(self, spec: StudentSpec) -> str | None:
         """None when `spec` builds a working student, else the reason it does not."""
+        return self.check_structure(spec) or self._check(spec)
+
+    def check_structure(self, spec: StudentSpec) -> str | None:
+        """`validate` without the family's own checks (which may build the student): the units and
+        ratios the spec names exist and may be removed or shrunk."""
         if len(spec.ratios) != self.n_units:
             return f"expected {self.n_units} ratios (one per unit), got {len(spec.ratios)}"
         for i in spec.removed:
@@ -186,7 +191,7 @@ class SearchSpace(ABC):
                 return f"unit {i} has ratio {r}, expected one of {list(self.ratios)}"
             if r != 1.0 and not self.units[i].shrinkable and i not in spec.removed:
                 return f"unit {i} ({self.units[i].name}) may not be shrunk"
-        return self._check(spec)
+        return None
 
     def hidden_states(self, model: nn.Module, x: torch.Tensor):
         """(logits, hidden states) of the teacher or a student, for hidden-state distillation

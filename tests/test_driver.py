@@ -237,12 +237,14 @@ def test_trials_whose_workers_keep_dying_stop_the_search_resumably_not_as_failed
     """Three worker deaths in a row (a machine out of memory) are not three failed students: the
     search stops as interrupted, says why, and a resume (a fresh session) tries again."""
     proxy, said = ProxyEvaluator(space), []
-    d = _driver(space, log=said.append)
+    d = _driver(space, log=said.append, concurrency=2)
     cfgs = [d.suggest(f"t{i}") for i in range(3)]
     for i in range(3):
         d.complete(f"t{i}", None, error=True)
     assert d.suggest("t3") == FINISHED and d.summary()["stage"] == "removal" and not d.failed
     assert said[-1].startswith("stopping: the workers of the last 3 trials died before they reported")
+    # fewer at once is offered where it can help: 2 trials ran at once here (helper-29: also at 1)
+    assert "then resume (with `--concurrency 1` for fewer at once): those candidates" in said[-1]
     assert d.trained("removal") == 0  # the budget never counted them
     again = _driver(space)
     again.load_state_dict(d.state_dict())

@@ -343,3 +343,20 @@ def test_a_factory_that_returns_no_module_is_a_clear_error(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"factory 'custom_net:{name}': expected it to return a torch.nn.Module instance, {said}" in err, err
         assert "Traceback" not in err
+
+
+def test_weights_strict_loading_accepts_still_load(tmp_path):
+    """helper-29: a pre-check of keys and shapes refused what strict loading accepts: a BatchNorm's
+    num_batches_tracked missing from a converted checkpoint (loading fills it in)."""
+    from safetensors.torch import load_file, save_file
+
+    from n2n.models import load_model, save_model
+
+    model = custom_net.make(16)
+    save_model(tmp_path / "t", model, {"family": "module", "factory": "custom_net:make", "kwargs": {"width": 16}}, {})
+    weights = load_file(str(tmp_path / "t" / "model.safetensors"))
+    dropped = {k: v for k, v in weights.items() if not k.endswith("num_batches_tracked")}
+    assert len(dropped) < len(weights)
+    save_file(dropped, str(tmp_path / "t" / "model.safetensors"))
+    loaded, _, _ = load_model(tmp_path / "t", factories=ALLOW)
+    assert torch.equal(loaded.stem.weight, model.stem.weight)

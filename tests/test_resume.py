@@ -111,7 +111,7 @@ def test_kills_at_random_moments_then_resume_matches_an_uninterrupted_search(ray
     time.sleep(rng.uniform(0.5, 3.0))
     kill(proc)
 
-    killed = [t for t in _ray_temps(tmp) if os.path.exists(os.path.join(t, "n2n-driver.pid"))]
+    killed = [t for t in _ray_temps(tmp) if os.path.exists(os.path.join(t, "n2n-driver.json"))]
     # three searches were killed mid-search, but each start removed the folders of those killed before it
     assert 1 <= len(killed) <= 2, killed
     done = subprocess.run([sys.executable, "-m", "n2n.cli", "resume", str(run)], env=env, capture_output=True,
@@ -119,7 +119,7 @@ def test_kills_at_random_moments_then_resume_matches_an_uninterrupted_search(ray
     assert done.returncode == 0, done.stderr[-3000:]
     # and the folders of the searches killed outright are gone too: each start removes those whose
     # driver is dead (kill -9 had left them in /tmp for good)
-    left = [t for t in _ray_temps(tmp) if os.path.exists(os.path.join(t, "n2n-driver.pid"))]
+    left = [t for t in _ray_temps(tmp) if os.path.exists(os.path.join(t, "n2n-driver.json"))]
     assert not left and len(_ray_temps(tmp)) <= 1, left  # 1: a kill between its mkdtemp and its marker
 
     after = _records(run)

@@ -124,6 +124,7 @@ def test_a_run_whose_results_or_tune_folder_is_a_link_is_refused(finished_run, t
     (tune / "session-1").mkdir(parents=True)
     (tune / "session-3").symlink_to(tmp_path)
     (tune / "session-x").mkdir()
+    (tune / "session-²").mkdir()  # a digit to str.isdigit, not to int() (helper-29)
     assert next_session(tune) == "session-4" and next_session(tmp_path / "none") == "session-1"
 
 
@@ -236,7 +237,7 @@ def test_three_failures_with_a_candidate_still_training_wait_for_it(space, tmp_p
 
 def _fake_meta():
     return {"config": {}, "teacher_folder": "/nonexistent", "dataset": "mnist1d", "input_shape": [1, 40],
-            "reference": {"params": 1, "flops": 1, "accuracy": 1.0}, "teacher": {}}
+            "reference": {"params": 1, "flops": 1, "accuracy": 1.0}, "teacher": {"test_accuracy": 1.0}}
 
 
 def test_one_process_per_run_folder_and_a_dead_holder_is_taken_over(tmp_path, capsys):
@@ -572,7 +573,7 @@ def test_onnx_export_that_fails_writes_nothing_and_says_why(finished_run, tmp_pa
     assert list(tmp_path.iterdir()) == [] and (finished_run / "results" / "trained.log").read_text() == trained
 
 
-@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"config": {}}'])
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"config": {}}', "[" * 200_000])  # deep: helper-29
 def test_a_damaged_n2n_json_is_one_line(finished_run, tmp_path, capsys, content):
     run = tmp_path / "run"
     run.mkdir()
@@ -761,7 +762,7 @@ def test_hostile_arch_json_values_are_one_line_errors(small_teacher, tmp_path, c
             ("input-str", {"input": {"scale": "x", "shift": 0.0, "shape": [1, 40]}},
              "arch.json: expected \"input\" to hold numbers scale and shift and a shape of whole numbers >= 1"),
             ("input-list", {"input": [1, 2]}, "as n2n writes it; found [1, 2]"),
-            ("deep", None, "arch.json: not a readable JSON file (nested too deep)")):
+            ("deep", None, "arch.json: not a readable JSON file (maximum recursion depth exceeded")):
         folder = tmp_path / name
         save_model(folder, model, arch, {"dataset": "mnist1d"})
         (folder / "arch.json").write_text("[" * 200_000 if edit is None else json.dumps({**arch, **edit}))
@@ -1147,25 +1148,34 @@ def test_a_run_whose_data_file_was_moved_says_so(tmp_path):
 
 def test_only_n2n_s_own_ray_folders_whose_driver_is_dead_are_removed(tmp_path):
     """kill -9 left a search's Ray temp folder in /tmp for good; the next search removes it, and
-    nothing else: not a live search's, not one without n2n's marker, not a link to a folder."""
-    from n2n.search import _DRIVER_PID, _remove_stale_ray_temps
+    nothing else: not a live search's, not one of another host or pid namespace (a shared /tmp:
+    their processes cannot be seen from here, helper-29), not one without n2n's marker, not a link."""
+    import socket
 
+    from n2n.search import _DRIVER, _remove_stale_ray_temps, _this_process
+
+    me = _this_process()
+    assert me["host"] == socket.gethostname() and me["start"] is not None and me["pidns"].startswith("pid:")
     child = subprocess.Popen(["true"])  # its pid, once it has exited and been reaped: a dead driver
     child.wait()
-    folders = {}
-    for name, pid in (("dead", child.pid), ("live", os.getpid()), ("unmarked", None), ("garbled", "x")):
-        folders[name] = tmp_path / f"n2n-ray-{name}"
-        (folders[name] / "session").mkdir(parents=True)
-        if pid is not None:
-            (folders[name] / _DRIVER_PID).write_text(str(pid))
+    dead = {**me, "pid": child.pid}
+    markers = {"dead": dead, "rebooted": {**me, "boot": "another boot"},  # every process of that boot is gone
+               "pid-reused": {**me, "start": me["start"] - 1},  # this pid, but not the process that made it
+               "live": me, "other-host": {**dead, "host": "elsewhere"}, "other-ns": {**dead, "pidns": "pid:[1]"},
+               "unmarked": None, "garbled": "x"}
+    for name, marker in markers.items():
+        (tmp_path / f"n2n-ray-{name}" / "session").mkdir(parents=True)
+        if marker is not None:
+            (tmp_path / f"n2n-ray-{name}" / _DRIVER).write_text(marker if isinstance(marker, str) else json.dumps(marker))
     victim = tmp_path / "victim"
     victim.mkdir()
-    (victim / _DRIVER_PID).write_text(str(child.pid))
+    (victim / _DRIVER).write_text(json.dumps(dead))
     (tmp_path / "n2n-ray-link").symlink_to(victim)
     _remove_stale_ray_temps(str(tmp_path))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["n2n-ray-garbled", "n2n-ray-link", "n2n-ray-live",
-                                                          "n2n-ray-unmarked", "victim"]
-    assert (victim / _DRIVER_PID).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "n2n-ray-garbled", "n2n-ray-link", "n2n-ray-live", "n2n-ray-other-host", "n2n-ray-other-ns",
+        "n2n-ray-unmarked", "victim"]
+    assert (victim / _DRIVER).exists()
 
 
 def test_a_folder_where_report_writes_a_plot_is_one_line_and_leaves_nothing(finished_run, tmp_path, capsys):
@@ -1180,3 +1190,20 @@ def test_a_folder_where_report_writes_a_plot_is_one_line_and_leaves_nothing(fini
     status, err = _main(capsys, "report", run)
     assert status == 2 and f"{run / 'pareto.png'}: expected a file n2n may replace, found a folder" in err
     assert sorted(p.name for p in run.iterdir()) == sorted({*before, "reward_curve.png"})
+
+
+def test_a_fifo_among_a_run_s_files_is_refused_not_waited_on(finished_run, tmp_path):
+    """helper-29: a FIFO under candidates.json's name blocked read_records, one under n2n.log's the
+    log's open, forever."""
+    import shutil
+
+    for name, command in (("candidates.json", "report"), ("n2n.log", "resume")):
+        run = tmp_path / name / "run"
+        shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+        (run / name).unlink(missing_ok=True)
+        os.mkfifo(run / name)
+        done = subprocess.run([sys.executable, "-m", "n2n.cli", command, str(run)], capture_output=True, text=True,
+                              timeout=120)
+        said = ("expected a plain file, as n2n writes it, found something else" if name == "candidates.json" else
+                "cannot append to the run's log")
+        assert done.returncode == 2 and f"{run / name}: {said}" in done.stderr, done.stderr[-2000:]

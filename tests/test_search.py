@@ -339,7 +339,7 @@ def test_cli_user_errors_exit_2_without_traceback(tmp_path, tiny_config):
     assert not (tmp_path / "runs" / "opts").exists()  # nothing written for a rejected config
     r = _cli("search", str(tiny_config), "--set", "teacher.dataset=digits", "--name", "shape",
              "--runs-dir", str(tmp_path / "runs"))
-    assert r.returncode == 2 and "digits: expected the data the teacher was trained on (mnist1d: 4000 samples" in r.stderr
+    assert r.returncode == 2 and "digits: expected the data the teacher was trained on (mnist1d: 10000 samples, train/val/test 7000/1500/1500" in r.stderr
     assert "found 1797 samples, train/val/test 1257/269/271" in r.stderr
     assert not (tmp_path / "runs" / "shape").exists()
     (tmp_path / "runs" / "taken").mkdir(parents=True)
