@@ -135,6 +135,9 @@ def load_split(name: str, record: dict, tokenizer=None, preprocess: dict | None 
     """The split a teacher recorded (`Dataset.split`), checked against the data found now.
     `tokenizer`: the teacher's folder, for text datasets. `preprocess`: the standardisation the
     teacher was trained with (its arch.json "input"), used instead of recomputing it."""
+    if not isinstance(record, dict):
+        raise DataError(f"{name}: expected the teacher's split record (metrics.json \"split\") to be an object, "
+                        f"found {type(record).__name__}")
     ds = load_dataset(name, seed=record.get("seed") or 0, tokenizer=tokenizer, max_length=record.get("max_length", 128),
                       preprocess=preprocess)
     if record.get("fingerprint") and ds.split["fingerprint"] != record["fingerprint"]:
@@ -168,7 +171,7 @@ def _differences(record: dict, found: dict) -> str:
             what += (" (n2n now skips hidden files and folders, names starting with '.': an earlier n2n counted "
                      "them)")
         return what
-    parts = record.get("parts") or {}
+    parts = record.get("parts") if isinstance(record.get("parts"), dict) else {}
     changed = [what for what, k in (("its inputs (x)", "x"), ("its labels (y)", "y"),
                                     ("which samples are train, val or test", "split"))
                if k in parts and parts[k] != found["parts"][k]]

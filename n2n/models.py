@@ -233,18 +233,18 @@ def written_by_n2n(folder: Path) -> str | None:
     recipe it was trained from. A checkpoint of your own has neither, so it is never either."""
     entries = {p.name: p for p in Path(folder).iterdir()}
     names = set(entries)
+
+    def plain(p: Path) -> bool:  # what n2n writes: a file, never a folder, link or FIFO under a file's name
+        return p.is_file() and not p.is_symlink()
+
+    if not all(plain(p) for name, p in entries.items() if name not in ("hf", "tokenizer")):
+        return None  # helper-28: a folder named model.onnx, and all it held, went with --overwrite
     try:
         metrics = json.loads((Path(folder) / "metrics.json").read_text())
     except (OSError, ValueError, RecursionError):
         metrics = None
     if not isinstance(metrics, dict):
         return None
-
-    def plain(p: Path) -> bool:  # what n2n writes: a file, never a folder or a link under a file's name
-        return p.is_file() and not p.is_symlink()
-
-    if not all(plain(p) for name, p in entries.items() if name not in ("hf", "tokenizer")):
-        return None  # helper-28: a folder named model.onnx, and all it held, went with --overwrite
     for sub in ("hf", "tokenizer"):  # n2n's own subfolders: nothing but Hugging Face files inside
         p = entries.get(sub)
         if p is not None and (p.is_symlink() or not p.is_dir() or
@@ -502,7 +502,7 @@ def weights_mismatch(model: nn.Module, path: Path, error: RuntimeError) -> str:
         shapes = {k: list(v.shape) for k, v in expected.items()}  # a lazy module's unset shapes raise
     except (RuntimeError, ValueError):
         return str(error).splitlines()[0].strip()
-    missing = [k for k in expected if k not in found]
+    missing = [k for k in expected if k not in found and not k.endswith("num_batches_tracked")]  # (filled in)
     unexpected = [k for k in found if k not in expected]
     shaped = [k for k in expected if k in found and shapes[k] != list(found[k].shape)]
     said = []

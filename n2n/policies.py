@@ -18,7 +18,7 @@ from search_spaces import SpecError, StudentSpec
 
 from .errors import ConfigError
 from .models import check_creatable, temp_folder
-from .runfolder import read_records
+from .runfolder import plain_file, read_records
 from .search import OpenRun
 
 HIDDEN = ReinforceConfig.hidden  # the policies fit here start searches with the agent's default size
@@ -26,6 +26,8 @@ HIDDEN = ReinforceConfig.hidden  # the policies fit here start searches with the
 
 def _run_id(run_dir: Path) -> str | None:
     """n2n.json's run id (a copy of a run folder keeps it), or None (a run made before it existed)."""
+    if not plain_file(run_dir / "n2n.json"):  # (read_run names the problem; a FIFO here blocked for good)
+        return None
     try:
         return json.loads((run_dir / "n2n.json").read_text()).get("run_id")
     except (OSError, ValueError, AttributeError, RecursionError):
@@ -33,8 +35,8 @@ def _run_id(run_dir: Path) -> str | None:
 
 
 def _check_specs(run_dir: Path, space, records: list[dict]) -> None:
-    """Every evaluated spec must be one this run's teacher builds: an edited spec (removed [999, -3]) was
-    learnt as "keep everything", and a malformed one ended in a traceback (helper-28)."""
+    """Every evaluated spec must name units and ratios of this run's teacher: an edited spec (removed
+    [999, -3]) was learnt as "keep everything", and a malformed one ended in a traceback (helper-28)."""
     for r in records:
         if r["failure"] is not None or r["reward"] <= -1:  # left out of the fit (agents.pretrain.episodes)
             continue
@@ -44,8 +46,8 @@ def _check_specs(run_dir: Path, space, records: list[dict]) -> None:
         except (SpecError, TypeError, ValueError) as e:
             why = str(e)
         if why:
-            raise ConfigError(f"{run_dir}/candidates.json: candidate {r['key']} holds a spec its teacher cannot "
-                              f"build ({why}); was candidates.json changed?")
+            raise ConfigError(f"{run_dir}/candidates.json: candidate {r['key']} holds a spec that does not fit "
+                              f"its teacher ({why}); was candidates.json changed?")
 
 
 def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, factories=(), log=print) -> Path:

@@ -25,6 +25,7 @@ finished candidates are never trained again either way, since their results/ fil
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import io
 import json
@@ -32,6 +33,7 @@ import math
 import os
 import shutil
 import socket
+import stat
 from pathlib import Path
 
 import torch
@@ -56,8 +58,10 @@ TEACHER_LOGITS = "teacher_logits.safetensors"
 def read_run(run_dir: Path) -> dict:
     """n2n.json of a run folder; a RunError names what is wrong."""
     path = Path(run_dir) / META
-    if not path.is_file():
-        raise RunError(f"{run_dir}: expected a run folder made by `n2n search` (with n2n.json), found none")
+    if not plain_file(path):
+        found = "none" if not (path.exists() or path.is_symlink()) else "something else under its name"
+        raise RunError(f"{run_dir}: expected a run folder made by `n2n search` (with n2n.json as a plain file), "
+                       f"found {found}")
     try:
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
@@ -81,9 +85,9 @@ def read_run(run_dir: Path) -> dict:
     if "results_store" in meta:
         check_store(meta["results_store"], run_config(meta["config"]).resources.storage, path)
     # n2n's own files, where they are, as n2n writes them: reading a FIFO under such a name blocked forever
-    for name in (RECORDS, SUMMARY, STATE, PREV_STATE, TEACHER_LOGITS):
+    for name in (RECORDS, SUMMARY, STATE, PREV_STATE, TEACHER_LOGITS, LOCK):
         p = Path(run_dir) / name
-        if p.is_symlink() or p.exists() and not p.is_file():
+        if (p.exists() or p.is_symlink()) and not plain_file(p):
             raise RunError(f"{p}: expected a plain file, as n2n writes it, found {'a link' if p.is_symlink() else 'something else'}")
     # written into by resume (tune/: Ray Tune's sessions): through a link, that would be elsewhere
     for name in (RESULTS, POLICY, TUNE):
@@ -189,7 +193,7 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         try:  # never through a symlink: a hostile run folder's .lock must not truncate another file
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            fd = _open_plain(self.path, os.O_RDWR | os.O_CREAT)
         except OSError as e:
             raise RunError(f"{self.path}: cannot take the run's lock ({e.strerror}); "
                            "it must be a plain file in a folder you can write") from None
@@ -218,11 +222,30 @@ class RunLock:
         self.release()
 
 
+def _open_plain(path: Path, flags: int) -> int:
+    """os.open of a plain file only: never through a link (ELOOP), and a FIFO, whose open or read
+    blocked forever (helper-30), is refused at once."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a plain file")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def plain_file(path: Path) -> bool:
+    """A regular file, not a link to one (n2n writes none) nor a FIFO or folder under its name."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def lock_holder(run_dir: Path) -> str | None:
     """Which other process holds the run's lock ("pid N on HOST"), or None: a look, not a take."""
     try:
-        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:  # no lock file: no n2n process has opened this run
+        fd = _open_plain(Path(run_dir) / LOCK, os.O_RDONLY)
+    except OSError:  # no lock file (or no plain one): no n2n process has opened this run
         return None
     try:
         try:  # shared: it conflicts only with a holder's exclusive lock

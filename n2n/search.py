@@ -352,16 +352,18 @@ def _driver_gone(marker: dict) -> bool:
     """True only when the process that made a Ray temp folder is certainly gone: on this host and in
     this pid namespace, and since rebooted, or its pid is free or now another process's."""
     me = _this_process()
-    if marker.get("host") != me["host"] or marker.get("pidns") != me["pidns"]:
-        return False  # a shared /tmp (another container or node): its processes cannot be seen from here
+    if marker.get("host") != me["host"]:
+        return False  # a shared /tmp (another node): its processes cannot be seen from here
     if me["boot"] and marker.get("boot") and marker["boot"] != me["boot"]:
-        return True
+        return True  # every process of that boot is gone (a container restarted with /tmp kept too)
+    if marker.get("pidns") != me["pidns"]:
+        return False  # another container's processes: not visible from here
     try:
         os.kill(marker["pid"], 0)
     except ProcessLookupError:
         return True
-    except OSError:  # alive, another user's process
-        return False
+    except PermissionError:  # the pid is another user's now: the folder's owner (this user) ran the driver
+        return True
     start = _start_time(marker["pid"])
     return None not in (start, marker.get("start")) and start != marker["start"]
 
@@ -376,8 +378,9 @@ def _remove_stale_ray_temps(root: str) -> None:
             if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
                 continue
             marker = json.loads((folder / _DRIVER).read_text())
-            gone = isinstance(marker, dict) and isinstance(marker.get("pid"), int) and _driver_gone(marker)
-        except (OSError, ValueError):  # not n2n's, or its driver has not written the marker yet
+            gone = (isinstance(marker, dict) and isinstance(marker.get("pid"), int) and 0 < marker["pid"] < 2**22
+                    and _driver_gone(marker))
+        except (OSError, ValueError, OverflowError, RecursionError):  # not n2n's, or no marker written yet
             continue
         if gone:
             shutil.rmtree(folder, ignore_errors=True)

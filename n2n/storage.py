@@ -53,6 +53,8 @@ class LocalResults:
 
     def result(self, key: str) -> dict | None:
         p = self.path / f"{check_key(key)}.json"
+        if p.exists() and not p.is_file():  # a FIFO here blocked the read for good (helper-30)
+            raise ValueError(f"{p}: expected a result file, found something else under its name")
         return json.loads(p.read_text()) if p.exists() else None
 
     def write_text(self, name: str, text: str) -> None:

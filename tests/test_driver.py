@@ -245,6 +245,12 @@ def test_trials_whose_workers_keep_dying_stop_the_search_resumably_not_as_failed
     assert said[-1].startswith("stopping: the workers of the last 3 trials died before they reported")
     # fewer at once is offered where it can help: 2 trials ran at once here (helper-29: also at 1)
     assert "then resume (with `--concurrency 1` for fewer at once): those candidates" in said[-1]
+    alone = []
+    one = _driver(space, log=alone.append)  # one trial at a time: nothing fewer to offer
+    for i in range(3):
+        one.suggest(f"t{i}")
+        one.complete(f"t{i}", None, error=True)
+    assert one.suggest("t3") == FINISHED and alone[-1].endswith("then resume: those candidates are trained again")
     assert d.trained("removal") == 0  # the budget never counted them
     again = _driver(space)
     again.load_state_dict(d.state_dict())

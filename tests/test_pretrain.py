@@ -274,7 +274,7 @@ def test_policy_fit_command_learns_from_a_run_and_starts_the_next_search(ray_ses
     (edited / "candidates.json").write_text(json.dumps(
         [{**r, "spec": {**r["spec"], "removed": [999, -3]}} if j == i else r for j, r in enumerate(recs)]))
     assert main(["policy", "fit", str(edited), "--out", str(tmp_path / "p3")]) == 2
-    assert (f"candidates.json: candidate {recs[i]['key']} holds a spec its teacher cannot build (removed unit -3 "
+    assert (f"candidates.json: candidate {recs[i]['key']} holds a spec that does not fit its teacher (removed unit -3 "
             f"does not exist") in capsys.readouterr().err and not (tmp_path / "p3").exists()
     (edited / "candidates.json").write_text(json.dumps(
         [{**r, "reward": 1e308 if r["reward"] > -1 else r["reward"]} for r in recs]))

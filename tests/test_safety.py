@@ -1155,14 +1155,19 @@ def test_only_n2n_s_own_ray_folders_whose_driver_is_dead_are_removed(tmp_path):
     from n2n.search import _DRIVER, _remove_stale_ray_temps, _this_process
 
     me = _this_process()
-    assert me["host"] == socket.gethostname() and me["start"] is not None and me["pidns"].startswith("pid:")
+    assert me["host"] == socket.gethostname()
+    linux = os.path.exists("/proc/self/stat")  # elsewhere: the pid alone decides (no boot, namespace, start)
+    assert not linux or (me["start"] is not None and me["pidns"].startswith("pid:") and me["boot"])
     child = subprocess.Popen(["true"])  # its pid, once it has exited and been reaped: a dead driver
     child.wait()
     dead = {**me, "pid": child.pid}
-    markers = {"dead": dead, "rebooted": {**me, "boot": "another boot"},  # every process of that boot is gone
-               "pid-reused": {**me, "start": me["start"] - 1},  # this pid, but not the process that made it
-               "live": me, "other-host": {**dead, "host": "elsewhere"}, "other-ns": {**dead, "pidns": "pid:[1]"},
-               "unmarked": None, "garbled": "x"}
+    markers = {"dead": dead, "live": me, "other-host": {**dead, "host": "elsewhere"},
+               "other-ns": {**dead, "pidns": "pid:[1]"}, "unmarked": None, "garbled": "x",
+               "huge-pid": {**me, "pid": 2**70}}  # helper-30: an OverflowError out of os.kill stopped the search
+    if linux:
+        markers.update({"rebooted": {**me, "boot": "another boot"},  # every process of that boot is gone,
+                        "restarted": {**me, "boot": "another boot", "pidns": "pid:[1]"},  # in any container
+                        "pid-reused": {**me, "start": me["start"] - 1}})  # this pid, not the process that made it
     for name, marker in markers.items():
         (tmp_path / f"n2n-ray-{name}" / "session").mkdir(parents=True)
         if marker is not None:
@@ -1173,7 +1178,7 @@ def test_only_n2n_s_own_ray_folders_whose_driver_is_dead_are_removed(tmp_path):
     (tmp_path / "n2n-ray-link").symlink_to(victim)
     _remove_stale_ray_temps(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "n2n-ray-garbled", "n2n-ray-link", "n2n-ray-live", "n2n-ray-other-host", "n2n-ray-other-ns",
+        "n2n-ray-garbled", "n2n-ray-huge-pid", "n2n-ray-link", "n2n-ray-live", "n2n-ray-other-host", "n2n-ray-other-ns",
         "n2n-ray-unmarked", "victim"]
     assert (victim / _DRIVER).exists()
 
@@ -1197,13 +1202,19 @@ def test_a_fifo_among_a_run_s_files_is_refused_not_waited_on(finished_run, tmp_p
     log's open, forever."""
     import shutil
 
-    for name, command in (("candidates.json", "report"), ("n2n.log", "resume")):
-        run = tmp_path / name / "run"
+    said = {"candidates.json": "candidates.json: expected a plain file, as n2n writes it, found something else",
+            ".lock": ".lock: expected a plain file, as n2n writes it, found something else",  # helper-30: hung
+            "n2n.log": "n2n.log: cannot append to the run's log",
+            "n2n.json": "expected a run folder made by `n2n search` (with n2n.json as a plain file), found something "
+                        "else under its name"}
+    for name, command in (("candidates.json", "report"), (".lock", "report"), (".lock", "export"),
+                          ("n2n.log", "resume"), ("n2n.json", "report"), ("n2n.json", "policy")):
+        run = tmp_path / f"{name}-{command}" / "run"
         shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
         (run / name).unlink(missing_ok=True)
         os.mkfifo(run / name)
-        done = subprocess.run([sys.executable, "-m", "n2n.cli", command, str(run)], capture_output=True, text=True,
-                              timeout=120)
-        said = ("expected a plain file, as n2n writes it, found something else" if name == "candidates.json" else
-                "cannot append to the run's log")
-        assert done.returncode == 2 and f"{run / name}: {said}" in done.stderr, done.stderr[-2000:]
+        args = {"export": ["export", str(run), "--out", str(tmp_path / "out")],
+                "policy": ["policy", "fit", str(run), "--out", str(tmp_path / "pol")]}.get(command, [command, str(run)])
+        done = subprocess.run([sys.executable, "-m", "n2n.cli", *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and said[name] in done.stderr, (name, command, done.stderr[-2000:])
+    assert not (tmp_path / "out").exists() and not (tmp_path / "pol").exists()
