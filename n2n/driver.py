@@ -484,7 +484,10 @@ class SearchDriver:
 
     def _progress(self, rec: dict):
         s = rec["stage"]
-        best = self.best()
+        # of equal rewards (students of one size within the target), the most accurate: a finalist of
+        # the best student, not its 3-epoch figure (helper-27)
+        rows = [r for r in self.records if r["failure"] is None and r["reward"] > -1]
+        best = max(rows, key=lambda r: (r["reward"], r["accuracy"])) if rows else None
         size, _ = self._size(rec)
         line = (f"[{s} {self.trained(s)}/{self.budgets[s]}] reward {rec['reward']:+.3f} "
                 f"({size}, val acc {rec['accuracy']:.4f}{', cached' if rec['cached'] else ''})")

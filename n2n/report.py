@@ -109,14 +109,22 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     plt.close(fig)
 
     ok = [r for r in records if r["failure"] is None and r.get(size) is not None]
+    drop = cfg.target.max_accuracy_drop
+    # with a target, a candidate near chance would squeeze its region into a few pixels: the axis stops
+    # 5 points below it (never above export's pick) and says how many candidates it leaves out
+    floor = -math.inf if drop is None else ref["accuracy"] - (drop + 5) / 100
+    if pick is not None:
+        floor = min(floor, pick["accuracy"] - 0.005)
+    below = sum(r["accuracy"] < floor for r in ok)
     fig, ax = plt.subplots(figsize=(8, 4))
     for stage in dict.fromkeys(r["stage"] for r in ok):
-        rs = [r for r in ok if r["stage"] == stage]
+        rs = [r for r in ok if r["stage"] == stage and r["accuracy"] >= floor]
+        if not rs:  # every point of the stage below the axis: no legend entry for nothing drawn (helper-28)
+            continue
         finals = stage == "finalists"  # distilled longer: their own marker
         ax.scatter([r[size] for r in rs], [r["accuracy"] for r in rs], s=40 if finals else 14, alpha=0.9 if finals else 0.7,
                    marker="D" if finals else "o", label=f"finalists ({cfg.finalists.epochs} epochs)"
                    if finals else stage)
-    drop = cfg.target.max_accuracy_drop
     if drop is not None:
         ax.axhline(ref["accuracy"] - drop / 100, color="tab:red", ls="--", lw=1, label=f"target: -{drop} points")
     pareto = front([r for r in ok if r["stage"] != "finalists"], lambda r: r[size])
@@ -129,12 +137,6 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     ax.set(xscale="log", xlabel={"params": "parameters", "flops": "FLOPs (multiply-accumulates)",
                                  "latency_ms": "latency (ms, median)"}[size],
            ylabel="validation accuracy", title="Accuracy against size" + partial)
-    # with a target, a candidate near chance would squeeze its region into a few pixels: the axis stops
-    # 5 points below it (never above export's pick) and says how many candidates it leaves out
-    floor = -math.inf if drop is None else ref["accuracy"] - (drop + 5) / 100
-    if pick is not None:
-        floor = min(floor, pick["accuracy"] - 0.005)
-    below = sum(r["accuracy"] < floor for r in ok)
     if below:
         ax.set_ylim(bottom=floor)
         ax.text(0.01, 0.01, f"{below} candidate{'s' * (below > 1)} below {floor:.3f} not shown", transform=ax.transAxes,

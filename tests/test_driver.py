@@ -382,3 +382,15 @@ def test_a_teacher_with_nothing_to_remove_moves_on_and_says_why(agent):
     assert [r["stage"] for r in d.records] == ["shrink"] * 4
     assert "stage removal ended after 0 of 6 candidates: the teacher has no removable units (layers or blocks " \
            "whose output has their input's shape)" in lines
+
+
+def test_progress_names_the_most_accurate_of_equal_best_rewards(space):
+    """helper-27: a finalist scored 0.9704, the progress line went on naming its 3-epoch figure
+    (0.9630): within the target, students of one size have equal rewards."""
+    said = []
+    d = _driver(space, log=said.append)
+    base = {"failure": None, "reward": 0.98, "params": 2614, "flops": 9120, "cached": False, "key": "k", "spec": {}}
+    d.records = [{**base, "stage": "removal", "accuracy": 0.9630}, {**base, "stage": "removal", "accuracy": 0.9704},
+                 {**base, "stage": "removal", "accuracy": 0.5, "reward": 0.4}]
+    d._progress(d.records[-1])
+    assert "| best reward 0.980: 2,614 params (" in said[-1] and "val acc 0.9704 |" in said[-1], said[-1]

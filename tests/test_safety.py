@@ -1218,3 +1218,25 @@ def test_a_fifo_among_a_run_s_files_is_refused_not_waited_on(finished_run, tmp_p
         done = subprocess.run([sys.executable, "-m", "n2n.cli", *args], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and said[name] in done.stderr, (name, command, done.stderr[-2000:])
     assert not (tmp_path / "out").exists() and not (tmp_path / "pol").exists()
+
+
+def test_the_pareto_legend_names_only_what_the_axis_shows(finished_run, tmp_path):
+    """helper-28: with every point of a stage below the axis' floor, the legend still listed it."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    meta = json.loads((run / "n2n.json").read_text())
+    meta["config"]["target"] = {**meta["config"].get("target", {}), "max_accuracy_drop": 1.0}  # the axis' floor
+    (run / "n2n.json").write_text(json.dumps(meta))
+    recs = json.loads((run / "candidates.json").read_text())
+    recs = [{**r, "stage": "shrink", "accuracy": meta["reference"]["accuracy"]} if i == 0 else {**r, "accuracy": 0.1}
+            for i, r in enumerate(recs)]  # one shrink student at the teacher's accuracy, removal far below
+    (run / "candidates.json").write_text(json.dumps(recs))
+    legends = []
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(report_mod, "_save_png", lambda fig, path: legends.append(
+            [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]))
+        text = make_report(run)
+    assert legends[1][:2] == ["shrink", "target: -1.0 points"] and "removal" not in legends[1], legends
+    assert f"its axis leaves out {len(recs) - 1} candidates below val acc" in text
