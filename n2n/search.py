@@ -7,15 +7,8 @@ search state in the run folder and never unpickles anything Tune wrote.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
-import secrets
-import shutil
-import socket
-import stat
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -28,9 +21,10 @@ from search_spaces import output_gap
 from . import data as data_mod
 from .config import Config, run_config
 from .driver import SearchDriver
-from .errors import ConfigError, RunError, sigterm_as_sigint
+from .errors import ConfigError, RunError
 from .models import (ModelError, append_to, check_creatable, device_for, file_digest, load_model, load_weights,
                      replaced_teacher, save_weights, weights_digest, write_json, written_by_n2n)
+from .raysession import check_address, ray_session
 from .runfolder import (META, POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, load_states, read_records, read_run,
                         read_summary)
 from .storage import Fetcher, RemoteResults, check_store, store_location
@@ -255,179 +249,6 @@ def policy_files(cfg: Config) -> dict[str, Path]:
             for name in ("policy.json", "policy.safetensors")}
 
 
-def _check_address(address: str) -> None:
-    """Fail fast on an address where no Ray head answers (Ray itself retries silently for minutes)."""
-    if address == "local":  # Ray's own word for a new local Ray: n2n starts that one itself, without --address
-        raise ConfigError("--address local: drop --address to run on this machine (n2n starts its own Ray); "
-                          "--address takes auto or HOST:PORT of a running Ray head node")
-    if address == "auto":
-        return
-    host, sep, port = address.split("://", 1)[-1].rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ConfigError(f"--address: expected auto or HOST:PORT of a Ray head node, got {address!r}")
-    try:
-        socket.create_connection((host, int(port)), timeout=10).close()
-    except OSError as e:
-        raise RunError(f"--address {address}: no Ray cluster answers there ({e}); start one with "
-                       "`ray start --head` there, or drop --address to run on this machine") from None
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None, log=print):
-    """Connect to `address`, or start a local Ray whose temp files live in a folder of their own
-    and are removed when the search ends. A Ray the caller started is used as it is."""
-    import ray
-
-    if ray.is_initialized():
-        with sigterm_as_sigint():
-            yield
-        return
-    if address:
-        _check_address(address)
-        log(f"connecting to Ray cluster at {address}")
-        saved = _ray_auth_env()
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a cluster with tokens: set RAY_AUTH_MODE=token
-        _refresh_ray_config()
-        try:
-            with _neutral_cwd():
-                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise RunError(f"--address {address}: cannot connect to a Ray cluster ({str(e).splitlines()[0]})") from None
-        try:
-            with sigterm_as_sigint():
-                yield
-        finally:
-            ray.shutdown()
-            _ray_auth_env(saved)  # a later local session must not inherit "disabled" as the user's choice
-        return
-    _remove_stale_ray_temps(tempfile.gettempdir())
-    temp = tempfile.mkdtemp(prefix="n2n-ray-")  # short: Ray's socket paths must stay under 108 bytes
-    Path(temp, _DRIVER).write_text(json.dumps(_this_process()))
-    # Ray 2.60 has its servers listen on every interface, whatever node IP it is given: without a token
-    # anyone reaching this machine could join as a driver and run code as the user. A fresh random token
-    # per search, in the environment of Ray's processes only (no file), unless the user chose a mode.
-    saved = _ray_auth_env()
-    if "RAY_AUTH_MODE" not in os.environ:
-        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
-        _refresh_ray_config()
-    try:
-        # log_to_driver=False: workers' own output (prefixed lines, library banners) stays out of the
-        # user's terminal; a trial's failure reaches the records with its reason (n2n.trial)
-        with _neutral_cwd(temp):
-            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, _temp_dir=temp,
-                     log_to_driver=False)
-        with sigterm_as_sigint():
-            yield
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
-        _ray_auth_env(saved)  # the user's own values, exactly as they were
-
-
-_DRIVER = "n2n-driver.json"  # in each local Ray temp folder: the n2n process it belongs to
-
-
-def _this_process() -> dict:
-    """What identifies this process beyond its pid: the host, the boot, the pid namespace (another
-    container's pids are not ours to judge) and its start time (a pid is reused)."""
-    def read(path: str) -> str | None:
-        try:
-            return os.readlink(path) if path.startswith("/proc/self/ns") else Path(path).read_text().strip()
-        except OSError:
-            return None
-
-    return {"pid": os.getpid(), "host": socket.gethostname(), "boot": read("/proc/sys/kernel/random/boot_id"),
-            "pidns": read("/proc/self/ns/pid"), "start": _start_time(os.getpid())}
-
-
-def _start_time(pid: int) -> int | None:
-    try:  # field 22 of /proc/PID/stat, counted after the command name's closing parenthesis
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _driver_gone(marker: dict) -> bool:
-    """True only when the process that made a Ray temp folder is certainly gone: on this host and in
-    this pid namespace, and since rebooted, or its pid is free or now another process's."""
-    me = _this_process()
-    if marker.get("host") != me["host"]:
-        return False  # a shared /tmp (another node): its processes cannot be seen from here
-    if me["boot"] and marker.get("boot") and marker["boot"] != me["boot"]:
-        return True  # every process of that boot is gone (a container restarted with /tmp kept too)
-    if marker.get("pidns") != me["pidns"]:
-        return False  # another container's processes: not visible from here
-    try:
-        os.kill(marker["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # the pid is another user's now: the folder's owner (this user) ran the driver
-        return True
-    start = _start_time(marker["pid"])
-    return None not in (start, marker.get("start")) and start != marker["start"]
-
-
-def _remove_stale_ray_temps(root: str) -> None:
-    """A search killed outright (kill -9, a lost session) cannot remove its Ray temp folder: its
-    logs, sockets and spilled objects stayed in /tmp for good. Remove those whose driver is gone:
-    only folders n2n marked, owned by this user, never following a link."""
-    for folder in Path(root).glob("n2n-ray-*"):
-        try:
-            st = folder.lstat()
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-                continue
-            marker = json.loads((folder / _DRIVER).read_text())
-            gone = (isinstance(marker, dict) and isinstance(marker.get("pid"), int) and 0 < marker["pid"] < 2**22
-                    and _driver_gone(marker))
-        except (OSError, ValueError, OverflowError, RecursionError):  # not n2n's, or no marker written yet
-            continue
-        if gone:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
-
-
-def _ray_auth_env(saved: dict | None = None) -> dict:
-    """Ray's authentication variables as they are now; given `saved`, put them back as they were
-    (and make Ray read them again where they changed)."""
-    now = {k: os.environ.get(k) for k in _AUTH_VARS}
-    if saved is not None and saved != now:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        _refresh_ray_config()
-    return now
-
-
-def _refresh_ray_config() -> None:
-    """Ray reads RAY_AUTH_MODE into its config when imported, and caches the token it first loads:
-    re-read both (as Ray's own tests do between sessions), or a second session in this process would
-    offer the first one's token (helper-26)."""
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    Config.initialize("")  # first: a draining gRPC thread must not reload a token the config disowns
-    AuthenticationTokenLoader.instance().reset_cache()
-
-
-@contextlib.contextmanager
-def _neutral_cwd(folder: str | None = None):
-    """ray.init puts the driver's working directory at the front of every worker's sys.path, so a
-    stray numpy.py or envs.py there ran in every trial, shadowing the installed packages. Ray is
-    started from an empty folder instead; factories the user names (--allow-factory) are found
-    through N2N_FACTORY_PATH, after the installed packages."""
-    here = os.getcwd()
-    with contextlib.ExitStack() as stack:
-        os.chdir(folder or stack.enter_context(tempfile.TemporaryDirectory(prefix="n2n-cwd-")))
-        try:
-            yield
-        finally:
-            os.chdir(here)
-
-
 def check_device(cfg: Config, resumed: bool) -> None:
     """Trials on this machine: a device its torch cannot use would fail every one of them."""
     try:
@@ -584,7 +405,7 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
     """A new search in `run_dir` (which must not exist). `factories`: see `n2n.models.build_model`."""
     _setdefault_env()
     if address:
-        _check_address(address)  # before a teacher is trained or anything written
+        check_address(address)  # before a teacher is trained or anything written
     cfg.check_new()  # a Config made in Python, not through load_config
     if not address:  # trials on this machine: before a teacher is trained
         check_device(cfg, resumed=False)
@@ -715,7 +536,7 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
     the order they finish in, not what a candidate is or how it is trained)."""
     _setdefault_env()
     if address:
-        _check_address(address)
+        check_address(address)
     run_dir = Path(run_dir).resolve()
     recorded = read_run(run_dir)  # a clear error for a folder that is no run, before taking its lock
     if not address:  # trials on this machine (a cluster's workers cannot be checked from here)

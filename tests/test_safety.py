@@ -692,7 +692,7 @@ def test_a_local_search_s_ray_admits_no_one_without_its_token(tmp_path):
     probe.write_text(
         "import os, subprocess, sys\n"
         "import ray\n"
-        "from n2n.search import ray_session\n"
+        "from n2n.raysession import ray_session\n"
         "with ray_session(None, log=lambda *_: None):\n"
         "    token, gcs = os.environ['RAY_AUTH_TOKEN'], ray.get_runtime_context().gcs_address\n"
         "    assert ray.get(ray.remote(lambda: 7).remote()) == 7 and len(token) == 64\n"
@@ -1152,7 +1152,7 @@ def test_only_n2n_s_own_ray_folders_whose_driver_is_dead_are_removed(tmp_path):
     their processes cannot be seen from here, helper-29), not one without n2n's marker, not a link."""
     import socket
 
-    from n2n.search import _DRIVER, _remove_stale_ray_temps, _this_process
+    from n2n.raysession import _DRIVER, _remove_stale_ray_temps, _this_process
 
     me = _this_process()
     assert me["host"] == socket.gethostname()
