@@ -160,11 +160,14 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
             margin: float | None = None, fetch: bool = False) -> dict:
     cfg = run_config(meta["config"])
     records = read_records(run_dir)
-    if fetch and meta.get("results_store"):  # results a killed driver never fetched: before choosing among them
+    fetcher = Fetcher(meta["results_store"], run_dir, log) if fetch and meta.get("results_store") else None
+    if fetcher:  # results a killed driver never fetched, or weights lost since: before choosing among them
         log(f"fetching results from {shown(meta['results_store'])}")
-        Fetcher(meta["results_store"], run_dir, log).sync(r["key"] for r in records if r["failure"] is None)
+        fetcher.sync(r["key"] for r in records if r["failure"] is None)
     chosen, why = choose(records, cfg, meta["reference"]["accuracy"], run_dir, key, rank, margin,
                          bool(meta.get("results_store")) and not fetch)  # fetched already: no --fetch to suggest
+    if fetcher:
+        fetcher.repair(chosen["key"])
     best = {**chosen, "val_accuracy": chosen["accuracy"]}
     log(f"exporting {best['summary']} ({best['params']:,} params, {best['stage']}, val acc {best['accuracy']:.4f}): {why}")
     stopped = unfinished(run_dir)

@@ -50,20 +50,27 @@ def ray_session(address: str | None, log=print):
     if address:
         check_address(address)
         log(f"connecting to Ray cluster at {address}")
+        from ray.exceptions import AuthenticationError
+
+        # authentication as Ray's own drivers decide it: a token where this machine holds one (RAY_AUTH_TOKEN,
+        # ~/.ray/auth_token, which `ray start --head` writes), else none; RAY_AUTH_MODE, if set, decides
         saved = _ray_auth_env()
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a cluster with tokens: set RAY_AUTH_MODE=token
         _refresh_ray_config()
         try:
-            with _neutral_cwd():
-                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise RunError(f"--address {address}: cannot connect to a Ray cluster ({str(e).splitlines()[0]})") from None
-        try:
+            try:
+                with _neutral_cwd():
+                    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError, AuthenticationError) as e:
+                # helper-31: a cluster wanting a token this machine lacks said only "Failed to connect"
+                raise RunError(f"--address {address}: cannot connect to a Ray cluster ({str(e).splitlines()[0]}); "
+                               "a cluster started with token authentication (the default of Ray 2.60's `ray start "
+                               "--head`) admits only drivers with its token: set RAY_AUTH_MODE=token and "
+                               "RAY_AUTH_TOKEN to what `ray get-auth-token` prints on its head node") from None
             with sigterm_as_sigint():
                 yield
         finally:
             ray.shutdown()
-            _ray_auth_env(saved)  # a later local session must not inherit "disabled" as the user's choice
+            _ray_auth_env(saved)  # the mode Ray chose is not left for a later local session to take as the user's
         return
     _remove_stale_ray_temps(tempfile.gettempdir())
     temp = tempfile.mkdtemp(prefix="n2n-ray-")  # short: Ray's socket paths must stay under 108 bytes
@@ -72,6 +79,9 @@ def ray_session(address: str | None, log=print):
     # anyone reaching this machine could join as a driver and run code as the user. A fresh random token
     # per search, in the environment of Ray's processes only (no file), unless the user chose a mode.
     saved = _ray_auth_env()
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":  # as Ray's own banner suggests: said (helper-31)
+        log("warning: RAY_AUTH_MODE=disabled: this search's Ray admits any process that reaches this machine (its "
+            "servers listen on every interface) and runs its code; unset it for a fresh token per search")
     if "RAY_AUTH_MODE" not in os.environ:
         os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
         os.environ.pop("RAY_AUTH_TOKEN_PATH", None)

@@ -370,14 +370,16 @@ def _cause(e: BaseException | None, kind: type) -> BaseException | None:
     return None
 
 
-def _finish(run_dir: Path, driver: SearchDriver, log=print, factories=()) -> dict:
+def _finish(run_dir: Path, driver: SearchDriver, log=print, factories=(), address: str | None = None) -> dict:
     summary = driver.summary()
-    # the commands this run needs, whole: a teacher of the user's own module loads only with its factory
+    # the commands this run needs, whole: a teacher of the user's own module loads only with its factory,
+    # and a search on a cluster resumes there (helper-31: the hint's resume ran on this machine)
     allow = "".join(f" --allow-factory {f}" for f in factories)
     if summary["stage"] == "failed":
         log(f"search stopped: {summary['failure']}")
     elif summary["stage"] != "done":
-        log(f"search interrupted; continue it with `n2n resume {run_dir}{allow}`")
+        log(f"search interrupted; continue it with `n2n resume {run_dir}{f' --address {address}' if address else ''}"
+            f"{allow}`")
     elif summary["best"]:
         pick = summary["best"]  # the student `n2n export` will write, not merely the best brief-distillation reward
         log(f"`n2n export` picks {pick['params']:,} params ({pick['times_smaller']:.1f}x smaller), val acc "
@@ -446,7 +448,7 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
                     f"finalists start again from the teacher's weights, so their figures, which export picks by, "
                     f"are no better than the stages'")
             _fit(run_dir, ctx, cfg, driver, log)
-    return _finish(run_dir, driver, log, factories)
+    return _finish(run_dir, driver, log, factories, address)
 
 
 def restore_driver(make, run_dir: Path, log=print) -> SearchDriver:
@@ -556,7 +558,7 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
         Fetcher(results_location(meta, run_dir), run_dir, log).sync(r["key"] for r in driver.records)
         if driver.stage is None:
             log(f"{run_dir.name} has finished already")
-            return _finish(run_dir, driver, log, factories)
+            return _finish(run_dir, driver, log, factories, address)
         log(f"resuming {run_dir.name}: {len(driver.records)} candidates so far, stage {driver.stage}")
         if cfg.search.concurrency != recorded_concurrency:
             log(f"{cfg.search.concurrency} trials at a time for this resume (the run's own: {recorded_concurrency})")
@@ -564,4 +566,4 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
             check_resources(cfg, remote=bool(address), log=log)
             _fit(run_dir, make_context(meta, cfg, run_dir, (run.teacher, run.arch, run.ds), factories, log), cfg,
                  driver, log)
-    return _finish(run_dir, driver, log, factories)
+    return _finish(run_dir, driver, log, factories, address)

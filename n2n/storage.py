@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .errors import ConfigError, RunError
-from .models import append_to, save_weights, write_bytes, write_json
+from .models import ModelError, append_to, load_weights, save_weights, write_bytes, write_json
 
 AUDIT = "trained.log"
 
@@ -244,6 +244,32 @@ class Fetcher:
                      "it is fetched again at the end of the session")
             return False
 
+    def _lacks(self, key: str) -> bool:
+        """KEY's result is not here, or its weights are not though it has some: deleted since
+        (helper-31: --fetch could not bring them back). A failed trial saves no weights."""
+        result = self.local / f"{key}.json"
+        if not result.exists():
+            return True
+        if (self.local / f"{key}.safetensors").exists():
+            return False
+        try:
+            return not json.loads(result.read_text()).get("failure")  # ("" when it trained)
+        except (OSError, ValueError, AttributeError, RecursionError):
+            return True
+
+    def repair(self, key: str) -> bool:
+        """KEY's weights from the store again when the local copy does not read (cut short, damaged);
+        True when it fetched them."""
+        try:
+            load_weights(self.local / f"{key}.safetensors")
+            return False
+        except ModelError:
+            pass
+        if self.store is None or not self.store.fetch(key, self.local):
+            return False
+        self.log(f"fetched {key} from {shown(self.store.uri)} again: its local weights did not read")
+        return True
+
     def sync(self, keys) -> int:
         """Every result of `keys` the run folder lacks, and every audit entry (after a session, on
         resume, before an export); how many results came. Stops at the first error, with one message."""
@@ -252,7 +278,7 @@ class Fetcher:
         fetched = 0
         try:
             for k in dict.fromkeys(keys):
-                if not (self.local / f"{k}.json").exists():
+                if self._lacks(k):
                     fetched += self.store.fetch(k, self.local)
             self.store.audit(self.local)
         except Exception as e:

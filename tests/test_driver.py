@@ -394,3 +394,14 @@ def test_progress_names_the_most_accurate_of_equal_best_rewards(space):
                  {**base, "stage": "removal", "accuracy": 0.5, "reward": 0.4}]
     d._progress(d.records[-1])
     assert "| best reward 0.980: 2,614 params (" in said[-1] and "val acc 0.9704 |" in said[-1], said[-1]
+
+
+def test_an_interrupted_search_names_its_resume_command_whole(space, tmp_path):
+    """The command as printed must work: with the factory a module teacher needs (helper-27) and the
+    cluster the search ran on (helper-31: the resume ran on this machine instead)."""
+    from n2n.search import _finish
+
+    said = []
+    _finish(tmp_path / "r", _driver(space), said.append, factories=["pkg.m:f"], address="10.0.0.1:6379")
+    assert said == [f"search interrupted; continue it with `n2n resume {tmp_path / 'r'} --address 10.0.0.1:6379 "
+                    f"--allow-factory pkg.m:f`"]

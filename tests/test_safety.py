@@ -703,13 +703,27 @@ def test_a_local_search_s_ray_admits_no_one_without_its_token(tmp_path):
         "        print(mode, 'JOINED' in r.stdout, r.returncode)\n"
         "with ray_session(None, log=lambda *_: None):  # a second session in the process (helper-26: refused)\n"
         "    assert ray.get(ray.remote(lambda: 8).remote()) == 8 and os.environ['RAY_AUTH_TOKEN'] != token\n"
+        "    gcs = ray.get_runtime_context().gcs_address\n"
+        "    from n2n.errors import RunError\n"  # n2n as the driver, without the token (helper-31: no hint)
+        "    r = subprocess.run([sys.executable, '-c', 'from n2n.raysession import ray_session\\n'\n"
+        "                        f'with ray_session({gcs!r}, log=print): print(\"JOINED\")'], env={**env, 'HOME': os.getcwd()},\n"
+        "                       capture_output=True, text=True)\n"
+        "    print('n2n', 'JOINED' in r.stdout, 'set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to what `ray get-auth-token`' in r.stderr)\n"
+        "said = []\n"
+        "os.environ['RAY_AUTH_MODE'] = 'disabled'\n"
+        "with ray_session(None, log=said.append):  # the user's own choice, said\n"
+        "    pass\n"
+        "del os.environ['RAY_AUTH_MODE']\n"
+        "print('disabled', said[0].startswith('warning: RAY_AUTH_MODE=disabled: this search') and len(said))\n"
         "print('after', os.environ.get('RAY_AUTH_MODE'), os.environ.get('RAY_AUTH_TOKEN'))\n")
     # a token of the user's own, without a mode: replaced during the sessions, put back after (helper-26)
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}, "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_TOKEN": "users-own"}
-    done = subprocess.run([sys.executable, str(probe)], env=env, capture_output=True, text=True, timeout=400)
+    done = subprocess.run([sys.executable, str(probe)], env=env, capture_output=True, text=True, timeout=400,
+                          cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split("\n")[-4:] == ["disabled False 1", "token False 1", "after None users-own", ""], done.stdout
+    assert done.stdout.split("\n")[-6:] == ["disabled False 1", "token False 1", "n2n False True", "disabled 1",
+                                            "after None users-own", ""], done.stdout
 
 
 def test_a_trial_no_node_can_hold_is_refused_not_left_waiting(ray_session, tiny_config, tmp_path):

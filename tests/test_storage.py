@@ -53,6 +53,8 @@ def test_a_result_saved_to_the_store_is_fetched_into_the_run_folder_once(tmp_pat
     (local / "k1.json").unlink()
     assert fetch.sync(["k1", "k2", "k1"]) == 1
     assert fetch.sync(["k1", "k2"]) == 0
+    (local / "k1.safetensors").unlink()  # weights lost since, the result kept (helper-31): fetched again
+    assert fetch.sync(["k1", "k2"]) == 1 and (local / "k1.safetensors").exists()  # k2 failed: it has none
     assert sorted((local / "trained.log").read_text().split()) == ["k1", "k1", "k2"]
     assert json.loads((local / "k1.json").read_text()) == {"accuracy": 0.6}
 
@@ -186,6 +188,15 @@ def test_a_search_through_s3_fills_the_run_folder_and_exports(ray_session, tiny_
                                        rf"run's storage .*: `n2n export {run} --out DIR --fetch` downloads"):
         export_best(run, tmp_path / "again", log=lambda *_: None)
     assert export_best(run, tmp_path / "again", log=lambda *_: None, fetch=True)["key"] == out["key"]
+    # weights lost or cut short since, their result file kept (helper-31: --fetch fetched only what
+    # lacked a result file, so it could not repair either): the store's copy is fetched again
+    weights = run / "results" / f"{out['key']}.safetensors"
+    good = weights.read_bytes()
+    for damage in (lambda: weights.unlink(), lambda: weights.write_bytes(good[:1000])):
+        damage()
+        said = []
+        assert export_best(run, tmp_path / "repaired", overwrite=True, log=said.append, fetch=True)["key"] == out["key"]
+        assert weights.read_bytes() == good, said
 
 
 def test_a_results_store_other_than_the_run_s_own_storage_is_refused():
