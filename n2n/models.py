@@ -7,6 +7,7 @@ hyperparameters, enough to rebuild the module) and ``metrics.json``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import math
@@ -14,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -190,13 +192,36 @@ def temp_folder(folder: Path, prefix: str) -> Path:
     return tmp
 
 
-def append_to(path: Path):
-    """`path` opened to append, never through a symlink: a run folder someone else made must not
-    make n2n write into a file elsewhere (the open fails with ELOOP instead), nor into a FIFO (which
-    blocked the open until a reader came: ENXIO instead, helper-29)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+def open_plain(path: Path, flags: int, mode: int = 0o666) -> int:
+    """os.open of a plain file only: never through a link (ELOOP: a run folder someone else made must
+    not make n2n write into a file elsewhere), and a FIFO, whose open or read blocked forever
+    (helper-29, helper-30), is refused at once."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a plain file")
     os.set_blocking(fd, True)
-    return os.fdopen(fd, "a")
+    return fd
+
+
+def plain_file(path: Path) -> bool:
+    """A regular file, not a link to one (n2n writes none) nor a FIFO or folder under its name."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def is_number(v, low: float = -math.inf, high: float = math.inf, whole: bool = False) -> bool:
+    """A finite number (an int where `whole`) in [low, high], as n2n writes its figures: not a bool,
+    a string or NaN (NaN compares False, so it passed every check it met)."""
+    ok = isinstance(v, int) if whole else isinstance(v, (int, float))
+    return ok and not isinstance(v, bool) and math.isfinite(v) and low <= v <= high
+
+
+def append_to(path: Path):
+    """`path` opened to append, a plain file only (`open_plain`)."""
+    return os.fdopen(open_plain(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a")
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -233,11 +258,8 @@ def written_by_n2n(folder: Path) -> str | None:
     recipe it was trained from. A checkpoint of your own has neither, so it is never either."""
     entries = {p.name: p for p in Path(folder).iterdir()}
     names = set(entries)
-
-    def plain(p: Path) -> bool:  # what n2n writes: a file, never a folder, link or FIFO under a file's name
-        return p.is_file() and not p.is_symlink()
-
-    if not all(plain(p) for name, p in entries.items() if name not in ("hf", "tokenizer")):
+    # what n2n writes: files, never a folder, link or FIFO under a file's name
+    if not all(plain_file(p) for name, p in entries.items() if name not in ("hf", "tokenizer")):
         return None  # helper-28: a folder named model.onnx, and all it held, went with --overwrite
     try:
         metrics = json.loads((Path(folder) / "metrics.json").read_text())
@@ -249,7 +271,7 @@ def written_by_n2n(folder: Path) -> str | None:
         p = entries.get(sub)
         if p is not None and (p.is_symlink() or not p.is_dir() or
                               {q.name for q in p.iterdir()} - HF_FILES - {"model.safetensors"} or
-                              not all(plain(q) for q in p.iterdir())):
+                              not all(plain_file(q) for q in p.iterdir())):
             return None
     if names <= MODEL_FILES | EXPORT_EXTRAS and {*MODEL_FILES, "spec.json"} <= names and "run" in metrics:
         return "export"
@@ -518,10 +540,6 @@ def weights_mismatch(model: nn.Module, path: Path, error: RuntimeError) -> str:
     return "; ".join(said) or str(error).splitlines()[0].strip()
 
 
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:
     """(module in eval mode, arch, metrics) from a saved folder; strict weight loading.
 
@@ -537,7 +555,7 @@ def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:
             raise ModelError(f"{folder}: expected a model folder with {name}, found none")
     arch = read_json(folder / "arch.json")
     pre = arch.get("input")
-    if pre is not None and not (isinstance(pre, dict) and all(_finite(pre.get(k)) for k in ("scale", "shift"))
+    if pre is not None and not (isinstance(pre, dict) and all(is_number(pre.get(k)) for k in ("scale", "shift"))
                                 and isinstance(pre.get("shape"), list)
                                 and all(isinstance(n, int) and n >= 1 for n in pre["shape"])):
         raise ModelError(f"{folder}/arch.json: expected \"input\" to hold numbers scale and shift and a shape of whole "

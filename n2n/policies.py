@@ -17,8 +17,8 @@ from agents.reinforce import write_policy
 from search_spaces import SpecError, StudentSpec
 
 from .errors import ConfigError
-from .models import check_creatable, temp_folder
-from .runfolder import plain_file, read_records
+from .models import check_creatable, plain_file, temp_folder
+from .runfolder import read_records
 from .search import OpenRun
 
 HIDDEN = ReinforceConfig.hidden  # the policies fit here start searches with the agent's default size

@@ -25,22 +25,19 @@ finished candidates are never trained again either way, since their results/ fil
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import io
 import json
-import math
 import os
 import shutil
 import socket
-import stat
 from pathlib import Path
 
 import torch
 
 from .config import run_config
 from .errors import ConfigError, RunError
-from .models import private_temp, temp_folder, write_json
+from .models import is_number, open_plain, plain_file, private_temp, temp_folder, write_json
 from .storage import check_key, check_store
 
 META = "n2n.json"
@@ -97,22 +94,17 @@ def read_run(run_dir: Path) -> dict:
     return meta
 
 
-def _number(v, low: float = -math.inf, high: float = math.inf, whole: bool = False) -> bool:
-    ok = isinstance(v, int) if whole else isinstance(v, (int, float))
-    return ok and not isinstance(v, bool) and math.isfinite(v) and low <= v <= high
-
-
 def _wrong_meta(meta: dict) -> str | None:
     """The first of n2n.json's figures that is not what n2n wrote (a number where it wrote one, in range)."""
     ref, teacher, shape = meta["reference"], meta["teacher"], meta["input_shape"]
     checks = (
-        (_number(ref["params"], 1, whole=True), "reference.params a whole number >= 1", ref["params"]),
-        (_number(ref["accuracy"], 0, 1), "reference.accuracy a number in [0, 1]", ref["accuracy"]),
-        (_number(ref.get("flops"), 0, whole=True), "reference.flops a whole number >= 0", ref.get("flops")),
-        (isinstance(shape, list) and shape and all(_number(n, 1, whole=True) for n in shape),
+        (is_number(ref["params"], 1, whole=True), "reference.params a whole number >= 1", ref["params"]),
+        (is_number(ref["accuracy"], 0, 1), "reference.accuracy a number in [0, 1]", ref["accuracy"]),
+        (is_number(ref.get("flops"), 0, whole=True), "reference.flops a whole number >= 0", ref.get("flops")),
+        (isinstance(shape, list) and shape and all(is_number(n, 1, whole=True) for n in shape),
          "input_shape a list of whole numbers >= 1", shape),
         (isinstance(teacher, dict), "teacher a mapping", teacher),
-        (not isinstance(teacher, dict) or _number(teacher.get("test_accuracy"), 0, 1),
+        (not isinstance(teacher, dict) or is_number(teacher.get("test_accuracy"), 0, 1),
          "teacher.test_accuracy a number in [0, 1]", isinstance(teacher, dict) and teacher.get("test_accuracy")),
         (isinstance(meta["teacher_folder"], str) and isinstance(meta["dataset"], str),
          "teacher_folder and dataset as text", (meta["teacher_folder"], meta["dataset"])),
@@ -157,19 +149,16 @@ def read_records(run_dir: Path) -> list[dict]:
 
 def _wrong_types(r: dict) -> str | None:
     """What in a record is not of the type n2n wrote, or None."""
-    def number(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
     spec = r["spec"]
-    checks = (("reward", number(r["reward"])), ("accuracy", number(r["accuracy"])),
+    checks = (("reward", is_number(r["reward"])), ("accuracy", is_number(r["accuracy"])),
               ("params", isinstance(r["params"], int) and not isinstance(r["params"], bool) and r["params"] >= 0),
               ("stage", isinstance(r["stage"], str)), ("failure", r["failure"] is None or isinstance(r["failure"], str)),
               ("spec", isinstance(spec, dict) and isinstance(spec.get("removed"), list) and isinstance(spec.get("ratios"), list)
-               and all(isinstance(u, int) for u in spec["removed"]) and all(number(x) for x in spec["ratios"])),
+               and all(isinstance(u, int) for u in spec["removed"]) and all(is_number(x) for x in spec["ratios"])),
               # fields later n2n versions added: checked where present (helper-28: tracebacks in report)
               ("summary", isinstance(r.get("summary", ""), str)),
               ("flops", r.get("flops") is None or isinstance(r["flops"], int) and not isinstance(r["flops"], bool)),
-              *((k, r.get(k) is None or number(r[k])) for k in ("latency_ms", "teacher_latency_ms")))
+              *((k, r.get(k) is None or is_number(r[k])) for k in ("latency_ms", "teacher_latency_ms")))
     bad = [name for name, ok in checks if not ok]
     return ", ".join(f"{name} {r[name]!r}" for name in bad) or None
 
@@ -193,7 +182,7 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         try:  # never through a symlink: a hostile run folder's .lock must not truncate another file
-            fd = _open_plain(self.path, os.O_RDWR | os.O_CREAT)
+            fd = open_plain(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise RunError(f"{self.path}: cannot take the run's lock ({e.strerror}); "
                            "it must be a plain file in a folder you can write") from None
@@ -222,29 +211,10 @@ class RunLock:
         self.release()
 
 
-def _open_plain(path: Path, flags: int) -> int:
-    """os.open of a plain file only: never through a link (ELOOP), and a FIFO, whose open or read
-    blocked forever (helper-30), is refused at once."""
-    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, "not a plain file")
-    os.set_blocking(fd, True)
-    return fd
-
-
-def plain_file(path: Path) -> bool:
-    """A regular file, not a link to one (n2n writes none) nor a FIFO or folder under its name."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
 def lock_holder(run_dir: Path) -> str | None:
     """Which other process holds the run's lock ("pid N on HOST"), or None: a look, not a take."""
     try:
-        fd = _open_plain(Path(run_dir) / LOCK, os.O_RDONLY)
+        fd = open_plain(Path(run_dir) / LOCK, os.O_RDONLY)
     except OSError:  # no lock file (or no plain one): no n2n process has opened this run
         return None
     try:
