@@ -414,9 +414,12 @@ class SearchDriver:
             self._advance()
 
     # -- results ----------------------------------------------------------------------------------
-    def best(self, stage: str | None = None) -> dict | None:
+    def best(self, stage: str | None = None, most_accurate: bool = False) -> dict | None:
+        """The best record by reward (of `stage`); of equal rewards the first, or with `most_accurate`
+        the most accurate (students of one size within the target tie: a finalist of the best student
+        over its 3-epoch figure, helper-27)."""
         rows = [r for r in self.records if r["failure"] is None and r["reward"] > -1 and (stage is None or r["stage"] == stage)]
-        return max(rows, key=lambda r: r["reward"]) if rows else None
+        return max(rows, key=lambda r: (r["reward"], r["accuracy"] if most_accurate else 0)) if rows else None
 
     def agent_updates(self) -> dict[str, int]:
         """Policy updates per stage (REINFORCE; 0 for agents that do not update in batches)."""
@@ -484,10 +487,7 @@ class SearchDriver:
 
     def _progress(self, rec: dict):
         s = rec["stage"]
-        # of equal rewards (students of one size within the target), the most accurate: a finalist of
-        # the best student, not its 3-epoch figure (helper-27)
-        rows = [r for r in self.records if r["failure"] is None and r["reward"] > -1]
-        best = max(rows, key=lambda r: (r["reward"], r["accuracy"])) if rows else None
+        best = self.best(most_accurate=True)
         size, _ = self._size(rec)
         line = (f"[{s} {self.trained(s)}/{self.budgets[s]}] reward {rec['reward']:+.3f} "
                 f"({size}, val acc {rec['accuracy']:.4f}{', cached' if rec['cached'] else ''})")
