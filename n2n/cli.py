@@ -143,7 +143,7 @@ def _resume(args) -> int:
     from .search import resume_search
 
     return _status(resume_search(Path(args.run), address=args.address, factories=args.allow_factory,
-                                 concurrency=args.concurrency))
+                                 concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial))
 
 
 def _export(args) -> int:
@@ -176,6 +176,16 @@ def _at_least_one(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return int(text)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
 
 
 def _path(text: str) -> str:
@@ -243,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", help="an existing Ray cluster")
     r.add_argument("--concurrency", type=_at_least_one, metavar="N",
                    help="trials at once for this resume (fewer, when workers died for memory); default: the run's own")
+    r.add_argument("--cpus-per-trial", type=_positive, metavar="N",
+                   help="CPUs each trial asks Ray for in this resume (a machine smaller than the run's); default: the run's own")
     r.add_argument("--allow-factory", action="append", default=[], metavar="PKG.MOD:FN",
                    help="let a model folder's arch.json import and call this factory (your own module class); "
                         "repeat for several. Nothing else is ever imported from a model folder")

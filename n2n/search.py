@@ -260,7 +260,7 @@ def check_device(cfg: Config, resumed: bool) -> None:
                           f"{str(e).split(': ', 1)[1]}; {fix}") from None
 
 
-def check_resources(cfg: Config, remote: bool, log=print) -> None:
+def check_resources(cfg: Config, remote: bool, log=print, resumed: bool = False) -> None:
     """A trial that asks for more CPUs or GPUs than any Ray node has waits forever, silently (Tune
     keeps it pending): refuse it on this machine, warn on a cluster (an autoscaler may add a node)."""
     import ray
@@ -275,6 +275,10 @@ def check_resources(cfg: Config, remote: bool, log=print) -> None:
     if remote:
         log(f"warning: {msg}; trials wait until the cluster has such a node")
         return
+    if resumed:  # the run's config is not the user's to edit: say what this resume can change
+        gpus_found = any(r.get("GPU", 0) >= res.gpus_per_trial for r in nodes)
+        raise ConfigError(f"{msg}; " + ("resume with --cpus-per-trial N, N at most a node's CPUs" if gpus_found else
+                                        "resume where a node has that many GPUs (--address for a cluster)"))
     raise ConfigError(f"{msg}; lower resources.cpus_per_trial or resources.gpus_per_trial (0 without a GPU)")
 
 
@@ -532,10 +536,11 @@ def check_space(space, meta: dict, run_dir: Path) -> None:
 
 
 def resume_search(run_dir: Path, address: str | None = None, log=print, factories=(),
-                  concurrency: int | None = None) -> dict:
-    """Continue any run folder with n2n.json, whatever state Tune's own files are in. `concurrency`:
-    trials at once for this resume instead of the run's own (not recorded: it changes how fast trials run and
-    the order they finish in, not what a candidate is or how it is trained)."""
+                  concurrency: int | None = None, cpus_per_trial: float | None = None) -> dict:
+    """Continue any run folder with n2n.json, whatever state Tune's own files are in. `concurrency`
+    and `cpus_per_trial`: for this resume instead of the run's own (a smaller machine than the one it
+    started on). Not recorded: they change how fast trials run and the order they finish in, not what
+    a candidate is or how it is trained."""
     _setdefault_env()
     if address:
         check_address(address)
@@ -547,8 +552,9 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
         log = teed(log, run_dir)
         run = OpenRun.open(run_dir, factories)
         cfg, meta = run.cfg, run.meta
-        recorded_concurrency = cfg.search.concurrency
+        recorded_concurrency, recorded_cpus = cfg.search.concurrency, cfg.resources.cpus_per_trial
         cfg.search.concurrency = concurrency or recorded_concurrency
+        cfg.resources.cpus_per_trial = cpus_per_trial or recorded_cpus
         driver = restore_driver(lambda: make_driver(cfg, run.space, meta, run_dir, log), run_dir, log)
         if driver.failed:
             raise RunError(f"{run_dir}: this search stopped because {driver.failed}; fix the cause and start a new one")
@@ -562,8 +568,10 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
         log(f"resuming {run_dir.name}: {len(driver.records)} candidates so far, stage {driver.stage}")
         if cfg.search.concurrency != recorded_concurrency:
             log(f"{cfg.search.concurrency} trials at a time for this resume (the run's own: {recorded_concurrency})")
+        if cfg.resources.cpus_per_trial != recorded_cpus:
+            log(f"{cfg.resources.cpus_per_trial:g} CPU per trial for this resume (the run's own: {recorded_cpus:g})")
         with ray_session(address, log):
-            check_resources(cfg, remote=bool(address), log=log)
+            check_resources(cfg, remote=bool(address), log=log, resumed=True)
             _fit(run_dir, make_context(meta, cfg, run_dir, (run.teacher, run.arch, run.ds), factories, log), cfg,
                  driver, log)
     return _finish(run_dir, driver, log, factories, address)

@@ -141,8 +141,10 @@ def test_policy_transfers_to_a_teacher_of_other_depth_and_width(space, tmp_path)
         shrink.load_policy(tmp_path / "policy")
 
 
-def test_stable_baselines3_ppo_drives_the_env(space):
+def test_stable_baselines3_ppo_drives_the_env(space, tmp_path, monkeypatch):
     from stable_baselines3 import PPO
+
+    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path))  # else SB3 leaves an empty /tmp/SB3-<time> folder per run
 
     env = CompressionEnv(demo_space(), evaluator="proxy")
     model = PPO("MultiInputPolicy", env, n_steps=64, batch_size=32, n_epochs=2, seed=0, device="cpu")

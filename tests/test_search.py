@@ -144,18 +144,33 @@ def test_ray_killing_trials_for_memory_interrupts_the_search_and_resume_finishes
     # finalists no longer than the stages' distillation (helper-22: accepted without a word)
     assert ("note: finalists.epochs 1 is no more than distill.epochs 1: finalists start again from the teacher's "
             "weights, so their figures, which export picks by, are no better than the stages'") in out.out
-    # fewer trials at once for this resume, as the message offers; the run's own setting is kept
+    # resumed on a machine too small for the run's trials: the way out is a flag, not the run's config
+    import ray
+
+    with monkeypatch.context() as m:
+        m.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 0.5}}])
+        assert cli.main(["resume", str(run)]) == 2
+    assert ("resources: a trial asks for 1 CPU and 0 GPU, but no Ray node has that (nodes: 0.5 CPU, 0 GPU); "
+            "resume with --cpus-per-trial N, N at most a node's CPUs") in capsys.readouterr().err
+    # fewer trials at once, and fewer CPUs each, for this resume; the run's own settings are kept
     made = []
     real = tune.TuneConfig
     monkeypatch.setattr(tune, "TuneConfig", lambda **kw: made.append(kw["max_concurrent_trials"]) or real(**kw))
-    assert cli.main(["resume", str(run), "--concurrency", "1"]) == 0
-    assert made == [1] and "1 trials at a time for this resume (the run's own: 2)" in capsys.readouterr().out
-    assert json.loads((run / "n2n.json").read_text())["config"]["search"]["concurrency"] == 2
+    assert cli.main(["resume", str(run), "--concurrency", "1", "--cpus-per-trial", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert made == [1] and "1 trials at a time for this resume (the run's own: 2)" in out
+    assert "0.5 CPU per trial for this resume (the run's own: 1)" in out
+    recorded = json.loads((run / "n2n.json").read_text())["config"]
+    assert recorded["search"]["concurrency"] == 2 and recorded["resources"]["cpus_per_trial"] == 1
     assert json.loads((run / "summary.json").read_text())["candidates_evaluated"] == 3  # 2 and the finalist
     for bad in ("0", "two"):
         with pytest.raises(SystemExit) as e:
             cli.main(["resume", str(run), "--concurrency", bad])
         assert e.value.code == 2 and f"expected a whole number >= 1, got '{bad}'" in capsys.readouterr().err
+    for bad in ("0", "-1", "nan", "inf", "one"):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["resume", str(run), "--cpus-per-trial", bad])
+        assert e.value.code == 2 and f"expected a number > 0, got '{bad}'" in capsys.readouterr().err
 
 
 def test_fractional_gpu_packs_two_trials_on_one_logical_gpu(ray_session, tiny_config, tmp_path):
