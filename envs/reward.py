@@ -62,10 +62,12 @@ class RewardConfig:
     a fixed rate. With constraints, a student over `max_params` or under `min_accuracy` gets -1: the
     same penalty as an unusable student, so the policy learns the constraint as a wall.
     ``kind="target"``: the user's target (`target_drop` points of accuracy below the teacher at most,
-    `target_params`, `target_flops`, `target_latency_ms`, any combination). A student inside it scores 0.5 + 0.5 C, so among
-    students that meet the target the smaller wins; one outside scores 0.5 / (1 + miss) < 0.5, where
-    miss adds the accuracy shortfall in units of the allowed drop and log2 of each size overshoot, so
-    the policy still learns which way the target lies.
+    `target_params`, `target_flops`, `target_latency_ms`, any combination). With an accuracy target
+    a student inside it scores 0.5 + 0.5 C, so among students that meet the target the smaller wins
+    ("the smallest within 1 point"); with size or latency limits alone, 0.5 + 0.5 accuracy, so the more
+    accurate wins ("the most accurate under 50,000 params"). One outside scores 0.5 / (1 + miss) < 0.5,
+    where miss adds the accuracy shortfall in units of the allowed drop and log2 of each size
+    overshoot, so the policy still learns which way the target lies.
     Failed or non-compressing (C <= 0) students get -1 either way.
     """
 
@@ -136,5 +138,7 @@ def reward(ev: Evaluation, ref: Reference, cfg: RewardConfig = RewardConfig()) -
         return INVALID_REWARD
     if cfg.kind == "target":
         miss = cfg.miss(ev, ref)
-        return 0.5 + 0.5 * c if miss == 0 else 0.5 / (1.0 + miss)
+        if miss:
+            return 0.5 / (1.0 + miss)
+        return 0.5 + 0.5 * (c if cfg.target_drop is not None else ev.accuracy)
     return c * (2.0 - c) * ev.accuracy / ref.accuracy

@@ -155,6 +155,24 @@ def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: flo
                  f"them makes them optimistic)")
 
 
+def size_limits(target, metrics: dict) -> tuple[dict, str | None]:
+    """The target's size and latency limits as metrics.json records them, whether the exported student
+    is within them (its params and FLOPs as exported; its latency as the search measured it), and a
+    warning where it is not: the pick ships the best by reward when no finalist meets the target."""
+    asked = {k: getattr(target, k) for k in ("max_params", "max_flops", "max_latency_ms") if getattr(target, k) is not None}
+    if not asked:
+        return {}, None
+    has = {"max_params": metrics["params"], "max_flops": metrics["flops"], "max_latency_ms": metrics["latency_ms"]}
+    def shown(k, v):
+        return f"{v:.3g} ms" if k == "max_latency_ms" else f"{v:,}"
+
+    over = [f"{k.removeprefix('max_')} " + (f"{shown(k, has[k])} > {shown(k, v)}" if has[k] is not None else "not measured")
+            for k, v in asked.items() if has[k] is None or has[k] > v]
+    warning = (f"warning: this student is outside the target's limits ({'; '.join(over)}): no candidate within them "
+               f"was found; `n2n report` lists the candidates") if over else None
+    return {**asked, "limits_met": not over}, warning
+
+
 def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrite: bool, log, factories,
             trim_vocab: bool = False, key: str | None = None, rank: int | None = None, onnx: bool = False,
             margin: float | None = None, fetch: bool = False) -> dict:
@@ -257,8 +275,10 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     target, warning = accuracy_target(cfg.target.max_accuracy_drop, metrics["teacher"], val, test,
                                       None if key is not None or rank is not None else pick.margin_of(cfg.target, margin),
                                       short_of_margin=why.endswith(pick.SHORT_OF_MARGIN))
-    if target:
-        metrics["target"] = target
+    limits, outside = size_limits(cfg.target, metrics)
+    if target or limits:
+        metrics["target"] = {**(target or {}), **limits}
+    warning = outside or warning  # past a size limit says more than an accuracy miss beside it
     if vocab:
         metrics["vocab"] = vocab
     if ds.preprocess:  # the export takes raw inputs (n2n.load_student): accuracies above hold on them

@@ -75,7 +75,8 @@ def choose(records: list[dict], target, reward_config: RewardConfig, teacher_acc
            margin: float | None = None) -> tuple[dict, str]:
     """The candidate to export and why. By default the smallest finalist that meets `target` (an
     n2n.config.TargetConfig; the finalists' longer distillation ranks students better than the
-    search's brief one), else the best finalist, else the best candidate by reward; `key` or `rank`
+    search's brief one; the most accurate where the target sets size or latency limits alone),
+    else the best finalist, else the best candidate by reward; `key` or `rank`
     (1 = best reward) pick any. `margin` (points; default: target.margin): the accuracy target must
     be met with that much to spare on validation, where the smallest of several finalists is the one
     most flattered by its noise (the winner's curse); when none does, the one that meets the target
@@ -113,12 +114,15 @@ def choose(records: list[dict], target, reward_config: RewardConfig, teacher_acc
     finalists = [r for r in done if r["stage"] == "finalists"]
     pool, what = (finalists, "finalist") if finalists else (done, "candidate")
     if target is not None and target.is_set():
-        def smallest(rows):
+        def best(rows):  # the smallest within an accuracy target; the most accurate within size limits alone
+            if target.max_accuracy_drop is None:
+                return max(rows, key=lambda r: (r["accuracy"], -size_of(r, reward_config)))
             return min(rows, key=lambda r: (size_of(r, reward_config), -r["accuracy"]))
 
         spared = [r for r in pool if target.met_by(r, teacher_accuracy, margin)]
         if spared:
-            return smallest(spared), f"the smallest {what} that meets the target" + \
+            which = "smallest" if target.max_accuracy_drop is not None else "most accurate"
+            return best(spared), f"the {which} {what} that meets the target" + \
                 (f" with {margin:g} points to spare on validation" if margin else "")
         meeting = [r for r in pool if target.met_by(r, teacher_accuracy)]
         if meeting:  # the most to spare: a larger margin never picks a student with less of it

@@ -127,6 +127,9 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
                    if finals else stage)
     if drop is not None:
         ax.axhline(ref["accuracy"] - drop / 100, color="tab:red", ls="--", lw=1, label=f"target: -{drop} points")
+    limit = {"params": cfg.target.max_params, "flops": cfg.target.max_flops, "latency_ms": cfg.target.max_latency_ms}[size]
+    if limit is not None:  # the size limit on this axis; the other limits cannot be drawn on it
+        ax.axvline(limit, color="tab:red", ls=":", lw=1, label=f"target: at most {limit:,g}")
     pareto = front([r for r in ok if r["stage"] != "finalists"], lambda r: r[size])
     if pareto:
         ax.step([r[size] for r in pareto], [r["accuracy"] for r in pareto], where="post", color="k", lw=1, label="Pareto front")

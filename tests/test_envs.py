@@ -195,7 +195,8 @@ def test_a_teacher_with_more_than_64_units_sizes_the_observation():
 
 
 def test_target_reward_on_hand_computed_cases():
-    """Inside the target: 0.5 + 0.5 C, so the smaller wins; outside: 0.5 / (1 + miss) < 0.5."""
+    """Inside an accuracy target: 0.5 + 0.5 C, so the smaller wins; inside size limits alone: 0.5 +
+    0.5 accuracy, so the more accurate wins; outside: 0.5 / (1 + miss) < 0.5."""
     ref = Reference(params=1000, flops=5000, accuracy=0.90)
     cfg = RewardConfig(kind="target", target_drop=1.0, target_params=200)
     inside = Evaluation(0.895, 100, 10)  # 0.5 points down, 100 params: C = 0.9
@@ -209,7 +210,12 @@ def test_target_reward_on_hand_computed_cases():
     assert reward(both, ref, cfg) == pytest.approx(0.5 / (1 + 1.0 + 1.0))
     assert reward(Evaluation(0.99, 1000, 10), ref, cfg) == INVALID_REWARD  # not smaller than the teacher
     flops = RewardConfig(kind="target", compression="flops", target_flops=1000)
-    assert reward(Evaluation(0.5, 999, 500), ref, flops) == pytest.approx(0.5 + 0.5 * 0.9)  # accuracy free
+    # "the most accurate student under 1000 FLOPs": accuracy decides inside the limit, not size (it
+    # had been 0.5 + 0.5 C there too, so a search with size limits alone sought the tiniest student at
+    # any accuracy, and export shipped the smallest finalist under the limit)
+    assert reward(Evaluation(0.5, 999, 500), ref, flops) == pytest.approx(0.5 + 0.5 * 0.5)
+    assert reward(Evaluation(0.8, 999, 900), ref, flops) == pytest.approx(0.5 + 0.5 * 0.8)
+    assert reward(Evaluation(0.9, 999, 2000), ref, flops) == pytest.approx(0.5 / (1 + 1.0))  # 2x over: outside
     with pytest.raises(ValueError, match="expected a target"):
         RewardConfig(kind="target")
 
@@ -243,6 +249,8 @@ def test_latency_reward_uses_the_teacher_timed_beside_the_student():
     assert reward(Evaluation(0.90, 500, 100, latency_ms=9.0, teacher_latency_ms=8.0), ref, n2n) == INVALID_REWARD
     target = RewardConfig(kind="target", compression="latency", target_latency_ms=1.0)
     assert reward(ev, ref, target) == pytest.approx(0.5 / (1 + 1.0))  # 2x over 1 ms: log2 2 = 1
-    fast = Evaluation(0.50, 500, 100, latency_ms=0.5, teacher_latency_ms=8.0)  # accuracy free
-    assert reward(fast, ref, target) == pytest.approx(0.5 + 0.5 * (1 - 0.5 / 8))
+    fast = Evaluation(0.50, 500, 100, latency_ms=0.5, teacher_latency_ms=8.0)  # within the limit: accuracy decides
+    assert reward(fast, ref, target) == pytest.approx(0.5 + 0.5 * 0.50)
+    with_drop = RewardConfig(kind="target", compression="latency", target_latency_ms=1.0, target_drop=50.0)
+    assert reward(fast, ref, with_drop) == pytest.approx(0.5 + 0.5 * (1 - 0.5 / 8))  # and the smaller, with a drop
     assert target.size_key == "latency_ms" and RewardConfig().size_key == "params"

@@ -284,8 +284,10 @@ def test_export_margin_picks_the_smallest_finalist_with_points_to_spare():
         (recs[2], "the smallest finalist that meets the target with 0.1 points to spare on validation")
     assert choose(recs, TargetConfig(max_accuracy_drop=0.0), rc, 0.95, early_stop=False, where="run") == \
         (recs[2], "the smallest finalist that meets the target")  # not "no finalist ... 0.25 points to spare"
+    # size limits alone ask for the most accurate student within them, not the smallest (which had been
+    # picked: recs[0], the least accurate under 25 params)
     assert choose(recs, TargetConfig(max_accuracy_drop=None, max_params=25, margin=5.0), rc, 0.95, early_stop=False,
-                  where="run") == (recs[0], "the smallest finalist that meets the target")
+                  where="run") == (recs[1], "the most accurate finalist that meets the target")
     assert pick(0.25) == (recs[1], "the smallest finalist that meets the target with 0.25 points to spare on validation")
     assert pick(0.6)[0] is recs[2] and pick(1.0)[0] is recs[2]  # 0 points below: 1 to spare
     assert pick(1.5) == (recs[2], "no finalist meets the target with 1.5 points to spare; the one that meets it "
@@ -477,3 +479,45 @@ def test_finalists_and_a_target_decide_what_export_picks(ray_session, tiny_confi
     assert not (tmp_path / "mk").exists()
     with pytest.raises(Exception, match="--key nope: expected the key of a candidate in .* that finished"):
         export_best(run, tmp_path / "x", key="nope", log=lambda *_: None)
+
+
+def test_size_limits_alone_ask_for_the_most_accurate_student_within_them(ray_session, tiny_config, mnist1d, tmp_path):
+    """`target: {max_accuracy_drop: null, max_params: P}` is "the most accurate student of at most P
+    params". Inside the limit the reward and the pick had ranked by size alone, so the search sought
+    the tiniest student at any accuracy and export shipped the smallest finalist under P."""
+    from n2n.config import TargetConfig
+    from n2n.models import build_model
+    from n2n.teachers import teacher_arch
+
+    recipe = load_config(tiny_config).teacher.recipe
+    teacher_params = sum(p.numel() for p in build_model(teacher_arch(recipe, mnist1d)).parameters())
+    limit = teacher_params // 3
+    cfg = load_config(tiny_config, {"search.stages": ["shrink"], "search.shrink_budget": 6, "finalists.k": 3,
+                                    "finalists.epochs": 2, "target.max_params": limit})
+    assert cfg.target.max_accuracy_drop is None
+    run = tmp_path / "runs" / "limit"
+    summary = run_search(cfg, run, log=lambda *_: None)
+    assert summary["teacher"]["params"] == teacher_params
+    recs = [r for r in _records(run) if r["failure"] is None]
+    inside = [r for r in recs if r["params"] <= limit]
+    assert inside and all(r["reward"] == pytest.approx(0.5 + 0.5 * r["accuracy"]) for r in inside)
+    assert all(r["reward"] < 0.5 for r in recs if r["params"] > limit)
+    finals = [r for r in recs if r["stage"] == "finalists" and r["params"] <= limit]
+    chosen = export_best(run, tmp_path / "student", log=lambda *_: None)
+    best = max(finals, key=lambda r: (r["accuracy"], -r["params"]))
+    assert (chosen["key"], chosen["chosen_because"]) == (best["key"], "the most accurate finalist that meets the target")
+    assert chosen["target"] == {"max_params": limit, "limits_met": True} and chosen["params"] <= limit
+    assert summary["best"]["key"] == chosen["key"]
+    assert f"`n2n export` picks {chosen['key']} ({chosen['params']:,} params, finalists, " in make_report(run)
+    # a student past the limits (the best by reward where none is within them, or --key) is said to be
+    from n2n.export import size_limits
+
+    metrics = {"params": limit + 1, "flops": 10, "latency_ms": None}
+    assert size_limits(TargetConfig(max_params=limit, max_flops=10), metrics) == (
+        {"max_params": limit, "max_flops": 10, "limits_met": False},
+        f"warning: this student is outside the target's limits (params {limit + 1:,} > {limit:,}): no candidate "
+        "within them was found; `n2n report` lists the candidates")
+    assert size_limits(TargetConfig(max_latency_ms=2.5), metrics)[1].startswith(
+        "warning: this student is outside the target's limits (latency_ms not measured)")
+    assert size_limits(TargetConfig(max_params=limit + 1), metrics) == ({"max_params": limit + 1, "limits_met": True}, None)
+    assert size_limits(TargetConfig(), metrics) == ({}, None)  # an accuracy target alone: nothing added
