@@ -413,6 +413,22 @@ class SearchDriver:
                 self._stage_done() or any(r["stage"] in self.stages[self.stage_idx + 1:] for r in self.records)):
             self._advance()
 
+    def check_rewards(self, where: str) -> None:
+        """Refuse to go on with records whose rewards this n2n's reward would not give their figures
+        (the reward changed since the run was made): the agent, the finalists and the pick would rank
+        candidates by two rewards at once."""
+        def now(r):
+            return reward(Evaluation.from_dict(r), self.reference, self.reward_config)
+
+        stale = [r for r in self.records if not math.isclose(r["reward"], now(r), rel_tol=1e-9, abs_tol=1e-12)]
+        if stale:
+            r = stale[0]
+            raise RunError(f"{where}: {len(stale)} of its {len(self.records)} candidates carry rewards this n2n's "
+                           f"reward does not give them (e.g. {r['key']}: {r['reward']:.4f} recorded, {now(r):.4f} now), "
+                           "so the reward changed since the run was made, and a resume would rank candidates by "
+                           "both; resume it with the n2n that made it, or start a new search (export and report "
+                           "still read it)")
+
     # -- results ----------------------------------------------------------------------------------
     def best(self, stage: str | None = None, most_accurate: bool = False) -> dict | None:
         """The best record by reward (of `stage`); of equal rewards the first, or with `most_accurate`
