@@ -416,16 +416,17 @@ def check_hf_folder(folder: Path) -> None:
     """What transformers would read from a Hugging Face folder besides JSON and safetensors, refused
     before it is read: pickled weights (pytorch_model.bin: torch.load, even if restricted) and an
     attention implementation named as a Hub repository (transformers fetches that kernel and runs it)."""
+    from search_spaces import UnsupportedModel
+    from search_spaces.transformer import check_no_hub_code
+
     folder = Path(folder)
     config = read_json(folder / "config.json")
-    # flash_attention_2 without the flash_attn package also makes transformers fetch a Hub kernel
-    for key, allowed in (("attn_implementation", ("eager", "sdpa")), ("_attn_implementation", ("eager", "sdpa")),
-                         ("experts_implementation", ()), ("_experts_implementation", ())):
-        value = config.get(key)
-        if value is not None and value not in allowed:
-            raise ModelError(f"{folder}/config.json: {key} is {value!r}, which transformers may fetch from the Hub "
-                             f"as a kernel and run; expected {' or '.join(allowed) or 'none'} (delete the key for "
-                             f"the default)")
+    if not isinstance(config, dict):
+        raise ModelError(f"{folder}/config.json: expected a JSON object, got {type(config).__name__}")
+    try:
+        check_no_hub_code(config, f"{folder}/config.json")
+    except UnsupportedModel as e:
+        raise ModelError(str(e)) from None
     if not any(folder.glob("*.safetensors")):
         found = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack"))
         raise ModelError(f"{folder}: expected weights in model.safetensors, found {', '.join(found) or 'none'}; n2n "

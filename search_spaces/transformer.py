@@ -68,10 +68,30 @@ def _shrink_layer(layer: nn.Module, heads: int, ffn: int, head_size: int) -> Non
     layer.output.dense = nn.Linear(ffn, hidden)
 
 
+# transformers fetches a Hub kernel named as an attention or experts implementation, and runs it
+# (flash_attention_2 without its package too): only its own attention code is let through
+_HUB_CODE_KEYS = {key: allowed for name, allowed in (("attn_implementation", ("eager", "sdpa")), ("experts_implementation", ()))
+                  for key in (name, f"_{name}", f"_{name}_internal")}
+
+
+def check_no_hub_code(config: dict, where: str) -> None:
+    """Refuse a transformers config (a Hugging Face folder's config.json, an n2n student's arch.json)
+    that would make transformers fetch code from the Hub and run it."""
+    for key, allowed in _HUB_CODE_KEYS.items():
+        value = config.get(key)
+        if value is not None and value not in allowed:
+            raise UnsupportedModel(f"{where}: {key} is {value!r}, which transformers may fetch from the Hub as a "
+                                   f"kernel and run; expected {' or '.join(allowed) or 'none'} (delete the key for "
+                                   f"the default)")
+
+
 def encoder_from_arch(arch: dict) -> HFClassifier:
     """Rebuild an encoder student from n2n's arch (weights not loaded)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    if not isinstance(arch["config"], dict):
+        raise UnsupportedModel(f"arch.json config: expected a JSON object, got {type(arch['config']).__name__}")
+    check_no_hub_code(arch["config"], "arch.json config")  # before transformers reads any of it (helper-32)
     cfg = dict(arch["config"])
     config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
     config.num_hidden_layers = len(arch["layers"])

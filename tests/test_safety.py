@@ -664,6 +664,38 @@ def test_a_hugging_face_folder_with_pickled_weights_or_a_hub_kernel_is_refused_u
     assert _main(capsys, "teacher", "show", tmp_path / "ok") == (0, "")
 
 
+@pytest.mark.parametrize("key, value", [("attn_implementation", "kernels-community/evil"),
+                                        ("_attn_implementation_internal", "flash_attention_2"),
+                                        ("experts_implementation", "kernels-community/moe"),
+                                        ("attn_implementation", {"": "kernels-community/evil"})])
+def test_an_encoder_student_s_arch_json_naming_a_hub_kernel_is_refused_before_transformers_reads_it(
+        tmp_path, capsys, monkeypatch, key, value):
+    """helper-32: the check of config.json above did not reach the config block of an exported
+    transformer student's arch.json, which went to AutoConfig.for_model as it was: a kernel in the
+    local cache would have been imported and run by `teacher show`, a search or load_student."""
+    import transformers
+    from safetensors.torch import save_file
+
+    from n2n import load_student
+    from search_spaces import UnsupportedModel
+
+    arch = {"family": "hf-encoder", "input_shape": [8], "layers": [{"heads": 2, "ffn": 16}],
+            "config": {"model_type": "bert", "hidden_size": 8, "num_attention_heads": 2, "intermediate_size": 16,
+                       "num_hidden_layers": 1, "vocab_size": 20, "num_labels": 2, "max_position_embeddings": 16,
+                       key: value}}
+    folder = tmp_path / "student"
+    folder.mkdir()
+    (folder / "arch.json").write_text(json.dumps(arch))
+    save_file({"x": torch.zeros(1)}, folder / "model.safetensors")
+    read = []
+    monkeypatch.setattr(transformers.AutoConfig, "for_model", lambda *a, **k: read.append(a) or 1 / 0)
+    status, err = _main(capsys, "teacher", "show", folder)
+    assert status == 2 and f"arch.json config: {key} is {value!r}, which transformers may fetch from the Hub" in err
+    with pytest.raises(UnsupportedModel, match=f"{key} is"):
+        load_student(folder)
+    assert read == []  # refused before transformers saw any of it
+
+
 def test_a_stray_module_where_n2n_runs_is_never_imported_by_the_trials(tiny_config, tmp_path):
     """Ray put the driver's working directory first on every worker's sys.path: an envs.py there
     replaced n2n's own package in every trial (a numpy.py, numpy), with or without --allow-factory."""
