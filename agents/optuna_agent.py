@@ -62,7 +62,9 @@ class OptunaAgent(Agent):
         return optuna.create_study(direction="maximize", sampler=self._sampler())
 
     def _sampler(self):
-        seed = self.seed * 1_000_003 + self.asks
+        # numpy's RandomState, under Optuna's samplers, takes seeds below 2**32 only (seed 5000 had
+        # raised at the first ask); unchanged for the seeds that fitted
+        seed = (self.seed * 1_000_003 + self.asks) % 2**32
         if self.objective == "multi":
             return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup, multivariate=True,

@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
 
 __version__ = "0.1.0"
+SEED_LIMIT = 2**32  # seeds are 0 .. 2**32 - 1: numpy's RandomState (under Optuna) takes no more
 
 
 def load_student(folder, factories=()):

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import SEED_LIMIT, __version__
 from .errors import USER_ERRORS, sigterm_as_sigint
 
 
@@ -178,6 +178,16 @@ def _at_least_one(text: str) -> int:
     return int(text)
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {SEED_LIMIT - 1}, got {text!r}")
+    return value
+
+
 def _positive(text: str) -> float:
     try:
         value = float(text)
@@ -222,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=int, nargs="*", default=[256], help="classifier widths")
     t.add_argument("--epochs", type=int, default=None, help="default 30; 3 with --hf")
     t.add_argument("--lr", type=float, default=None, help="default 3e-3; 5e-5 with --hf")
-    t.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
-    t.add_argument("--split-seed", type=int, default=0,
+    t.add_argument("--seed", type=_seed, default=0, help="initialisation and batch order")
+    t.add_argument("--split-seed", type=_seed, default=0,
                    help="train/val/test split of the dataset (recorded with the teacher; ignored when the data brings its own split)")
     t.add_argument("--device", default="auto", help="auto (a GPU when torch sees one), cpu, mps, cuda or cuda:N")
     t.add_argument("--out", required=True, type=_path, help="folder to write (must not exist)")
@@ -291,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "start a search from them with search.agent_options: {policy: OUT}")
     pf.add_argument("runs", nargs="+", type=_path, help="run folders (their candidates.json and teachers)")
     pf.add_argument("--out", required=True, type=_path, help="folder to write (must not exist): OUT/removal, OUT/shrink")
-    pf.add_argument("--steps", type=int, default=300, help="gradient steps")
-    pf.add_argument("--seed", type=int, default=0)
+    pf.add_argument("--steps", type=_at_least_one, default=300, help="gradient steps")
+    pf.add_argument("--seed", type=_seed, default=0)
     pf.add_argument("--allow-factory", action="append", default=[], metavar="PKG.MOD:FN",
                     help="let a teacher folder's arch.json import and call this factory (your own module class)")
     pf.set_defaults(func=_policy_fit)

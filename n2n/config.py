@@ -15,6 +15,7 @@ import yaml
 from envs import STAGES, RewardConfig, within_drop
 from search_spaces import DEFAULT_RATIOS
 
+from . import SEED_LIMIT
 from .errors import ConfigError
 from .models import valid_device
 from .teachers import TeacherRecipe
@@ -147,6 +148,7 @@ class Config:
             (s.concurrency >= 1, f"search.concurrency: expected >= 1, got {s.concurrency}"),
             (1.0 in s.ratios and all(0 < r <= 1 for r in s.ratios), f"search.ratios: expected values in (0, 1] including 1.0, got {s.ratios}"),
             (s.max_asks_per_candidate >= 1, f"search.max_asks_per_candidate: expected >= 1, got {s.max_asks_per_candidate}"),
+            (0 <= self.seed < SEED_LIMIT, f"seed: expected a whole number from 0 to {SEED_LIMIT - 1}, got {self.seed}"),
             (self.resources.cpus_per_trial > 0, "resources.cpus_per_trial: expected > 0"),
             (self.resources.gpus_per_trial >= 0, "resources.gpus_per_trial: expected >= 0"),
             (valid_device(self.resources.device),
@@ -209,7 +211,6 @@ class Config:
              f"target.max_params: expected >= 1, got {self.target.max_params}"),
             (self.target.max_flops is None or self.target.max_flops >= 1,
              f"target.max_flops: expected >= 1, got {self.target.max_flops}"),
-            (self.distill.weight_decay >= 0, f"distill.weight_decay: expected >= 0, got {self.distill.weight_decay}"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -131,10 +131,16 @@ def build_model(arch: dict, factories=()) -> nn.Module:
         raise
     except (KeyError, TypeError) as e:
         raise ModelError(f"arch of family {family!r} is malformed: {e}") from None
+    except MemoryError:
+        raise ModelError(f"a model of family {family!r} this large does not fit in this machine's memory") from None
     except (ValueError, RuntimeError, OverflowError) as e:  # negative or NaN sizes, an unknown layer kind
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "can't allocate memory" in first:  # sizes that are well formed, only too large (helper-32)
+            raise ModelError(f"a model of family {family!r} this large does not fit in this machine's memory "
+                             f"({first})") from None
         if family in ("module", "pruned", "hf-pretrained"):  # the user's code, or transformers': their own words
             raise
-        raise ModelError(f"arch of family {family!r} is malformed: {str(e).splitlines()[0]}") from None
+        raise ModelError(f"arch of family {family!r} is malformed: {first}") from None
     raise ModelError(f"unknown model family {family!r}: expected one of {sorted({*TEACHER_FAMILIES, *STUDENT_FAMILIES})}")
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from . import SEED_LIMIT
 from . import data as data_mod
 from .models import VGG_PRESETS, ModelError, build_model, check_hf_folder, device_for, load_model, save_model, vgg_dropped_pools
 from .train import accuracy, train_classifier
@@ -55,7 +56,8 @@ class TeacherRecipe:
         recipe about to train a teacher, not to one a run recorded."""
         _refuse([(self.arch != "vgg" or len(self.hidden) <= 1, "hidden", "one width for vgg (its one classifier layer)",
                   self.hidden),
-                 (self.seed >= 0, "seed", ">= 0", self.seed), (self.split_seed >= 0, "split_seed", ">= 0", self.split_seed)])
+                 (0 <= self.seed < SEED_LIMIT, "seed", f"0 to {SEED_LIMIT - 1}", self.seed),
+                 (0 <= self.split_seed < SEED_LIMIT, "split_seed", f"0 to {SEED_LIMIT - 1}", self.split_seed)])
 
     def key(self) -> str:
         # FORMAT: what a cached teacher folder records (split fingerprints, input preprocessing); a

@@ -162,6 +162,23 @@ def test_stable_baselines3_ppo_drives_the_env(space, tmp_path, monkeypatch):
         assert r == pytest.approx(reward(env.evaluator(info["spec"]), env.reference)) and 0 < r < 1
 
 
+@pytest.mark.parametrize("objective", ["reward", "multi"])
+def test_optuna_takes_every_seed_a_config_allows(space, objective):
+    """Optuna's samplers seed numpy's RandomState, which takes seeds below 2**32 only: the sampler
+    seed (seed * 1_000_003 + asks) passed it from seed 4295 on, and the first ask raised."""
+    from n2n import SEED_LIMIT
+
+    proposals = []
+    for seed in (5000, SEED_LIMIT - 1):
+        agent = make_agent("optuna", _env(space, "shrink"), seed=seed, objective=objective)
+        run(agent, ProxyEvaluator(space), 12)
+        assert agent.asks == 12
+        proposals.append([c.spec.to_dict() for c in agent.ask(2)])
+    again = make_agent("optuna", _env(space, "shrink"), seed=5000, objective=objective)
+    run(again, ProxyEvaluator(space), 12)
+    assert [c.spec.to_dict() for c in again.ask(2)] == proposals[0]  # still seeded by it
+
+
 @pytest.mark.parametrize("size", ["params", "flops"])
 def test_optuna_nsga2_tracks_the_accuracy_size_front(space, size):
     """The front is over the size the reward compresses, relative to the teacher's."""

@@ -98,8 +98,17 @@ def test_a_run_made_before_target_margin_exports_the_student_it_named():
     ("target: {max_flops: 0}", "target.max_flops: expected >= 1, got 0"),
     ("reward: {max_params: -1}", "reward.max_params: expected >= 1, got -1"),
     ("reward: {min_accuracy: 90}", "reward.min_accuracy: expected a fraction in 0..1 (0.9 for 90%), got 90"),
-    ("distill: {weight_decay: -1}", "distill.weight_decay: expected >= 0, got -1"),
-    ("teacher: {recipe: {split_seed: -1}}", "teacher.recipe.split_seed (--split-seed): expected >= 0, got -1"),
+    ("distill: {weight_decay: -1}", "distill.weight_decay: expected a finite number >= 0, got -1"),
+    ("teacher: {recipe: {split_seed: -1}}", "teacher.recipe.split_seed (--split-seed): expected 0 to 4294967295, got -1"),
+    # helper-32: an infinite lr or weight made every candidate's loss NaN; a seed past 64 bits was a
+    # traceback from torch.manual_seed that left a run folder no resume could continue
+    ("distill: {lr: .inf}", "distill.lr: expected a finite number > 0, got inf"),
+    ("distill: {ce_weight: .inf}", "distill.ce_weight: expected a finite number >= 0, got inf"),
+    ("distill: {temperature: .inf}", "distill.temperature: expected a finite number > 0, got inf"),
+    ("distill: {transformer_lr: .inf}", "distill.transformer_lr: expected a finite number > 0 or null, got inf"),
+    ("seed: 18446744073709551616", "seed: expected a whole number from 0 to 4294967295, got 18446744073709551616"),
+    ("seed: -1", "seed: expected a whole number from 0 to 4294967295, got -1"),
+    ("teacher: {recipe: {seed: 4294967296}}", "teacher.recipe.seed (--seed): expected 0 to 4294967295, got 4294967296"),
     ("teacher: {recipe: {hidden: [64, 32]}}", "teacher.recipe.hidden (--hidden): expected one width for vgg (its one "
                                               "classifier layer), got [64, 32]"),
     ("search: {agent: uniform, stages: [removal]}", "search.stages: the uniform agent shrinks every layer by one ratio, "
@@ -224,5 +233,5 @@ def test_transformer_students_are_distilled_at_their_own_learning_rate():
     assert TransformerSpace.pretrained_transformer and cfg.distill.for_space(TransformerSpace).lr == 1e-4
     old = run_config({k: v for k, v in cfg.to_dict().items()} | {"distill": {"epochs": 3, "lr": 0.003}})
     assert old.distill.transformer_lr is None and old.distill.for_space(TransformerSpace).lr == 0.003
-    with pytest.raises(ConfigError, match="distill.transformer_lr: expected > 0 or null, got 0"):
+    with pytest.raises(ConfigError, match="distill.transformer_lr: expected a finite number > 0 or null, got 0"):
         load_config(None, {"distill.transformer_lr": 0})

@@ -805,6 +805,9 @@ def test_hostile_arch_json_values_are_one_line_errors(small_teacher, tmp_path, c
     for name, edit, said in (
             ("negative", {"hparams": {**hp, "hidden": -5}}, "arch of family 'vgg' is malformed: "),
             ("nan", {"hparams": {**hp, "width_mult": float("nan")}}, "arch of family 'vgg' is malformed: "),
+            # well formed, only too large (tens of terabytes): not "malformed" (helper-32)
+            ("huge", {"hparams": {**hp, "width_mult": 30000.0}},
+             "a model of family 'vgg' this large does not fit in this machine's memory"),
             ("input-str", {"input": {"scale": "x", "shift": 0.0, "shape": [1, 40]}},
              "arch.json: expected \"input\" to hold numbers scale and shift and a shape of whole numbers >= 1"),
             ("input-list", {"input": [1, 2]}, "as n2n writes it; found [1, 2]"),

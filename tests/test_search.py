@@ -367,6 +367,17 @@ def test_cli_user_errors_exit_2_without_traceback(tmp_path, tiny_config):
     for cmd in (("resume", str(tmp_path)), ("export", str(tmp_path), "--out", str(tmp_path / "o")), ("report", str(tmp_path))):
         r = _cli(*cmd)
         assert r.returncode == 2 and "expected a run folder" in r.stderr and "Traceback" not in r.stderr
+    # helper-32: a seed past 64 bits was a traceback that left a run folder no resume could continue,
+    # and `policy fit --steps -5` wrote an unfitted policy as a fitted one
+    r = _cli("search", str(tiny_config), "--set", "seed=18446744073709551616", "--name", "seed",
+             "--runs-dir", str(tmp_path / "runs"))
+    assert r.returncode == 2 and "seed: expected a whole number from 0 to 4294967295" in r.stderr
+    assert not (tmp_path / "runs" / "seed").exists()
+    r = _cli("teacher", "train", "--seed", "-1", "--out", str(tmp_path / "t"))
+    assert r.returncode == 2 and "argument --seed: expected a whole number from 0 to 4294967295, got '-1'" in r.stderr
+    r = _cli("policy", "fit", str(tmp_path), "--out", str(tmp_path / "p"), "--steps", "-5")
+    assert r.returncode == 2 and "argument --steps: expected a whole number >= 1, got '-5'" in r.stderr
+    assert not (tmp_path / "t").exists() and not (tmp_path / "p").exists()
 
 
 def test_early_stopping_with_asha_stops_weak_candidates(ray_session, tiny_config, tmp_path):
