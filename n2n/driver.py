@@ -28,7 +28,7 @@ from search_spaces import SearchSpace, StudentSpec
 
 from .errors import RunError
 from .models import write_json
-from .pick import choose, finalists
+from .pick import choose, finalists, misscored
 from .runfolder import POLICY, RECORDS, SUMMARY, save_state
 
 FINISHED = "FINISHED"
@@ -417,14 +417,11 @@ class SearchDriver:
         """Refuse to go on with records whose rewards this n2n's reward would not give their figures
         (the reward changed since the run was made): the agent, the finalists and the pick would rank
         candidates by two rewards at once."""
-        def now(r):
-            return reward(Evaluation.from_dict(r), self.reference, self.reward_config)
-
-        stale = [r for r in self.records if not math.isclose(r["reward"], now(r), rel_tol=1e-9, abs_tol=1e-12)]
+        stale = misscored(self.records, self.reference, self.reward_config)
         if stale:
-            r = stale[0]
+            r, now, _ = stale[0]
             raise RunError(f"{where}: {len(stale)} of its {len(self.records)} candidates carry rewards this n2n's "
-                           f"reward does not give them (e.g. {r['key']}: {r['reward']:.4f} recorded, {now(r):.4f} now), "
+                           f"reward does not give them (e.g. {r['key']}: {r['reward']:.4f} recorded, {now:.4f} now), "
                            "so the reward changed since the run was made, and a resume would rank candidates by "
                            "both; resume it with the n2n that made it, or start a new search (export and report "
                            "still read it)")

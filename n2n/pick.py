@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from envs import RewardConfig, size_of, within_drop
+from envs import Evaluation, Reference, RewardConfig, compression, reward, size_of, within_drop
 
 from .errors import RunError
 
@@ -14,6 +14,20 @@ def finished(rec: dict, early_stop: bool) -> bool:
     """Whether a candidate ran to the end and saved its weights. With early stopping, a trial Tune
     stopped (ASHA) sent only per-epoch reports, which lack the final report's "ended"."""
     return not early_stop or "ended" in rec
+
+
+def misscored(records: list[dict], reference: Reference, reward_config: RewardConfig) -> list[tuple[dict, float, float]]:
+    """The records whose recorded reward or compression their own figures do not give against
+    `reference` (the run's teacher) under `reward_config`: (record, reward, compression) as they
+    should be. A file edited since, or a run scored by another version's reward."""
+    out = []
+    for r in records:
+        ev = Evaluation.from_dict(r)
+        now = (reward(ev, reference, reward_config), compression(ev, reference, reward_config))
+        was = (r["reward"], r.get("compression", now[1]))  # (runs that did not record compression)
+        if not all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(was, now)):
+            out.append((r, *now))
+    return out
 
 
 def front(records: list[dict], size) -> list[dict]:

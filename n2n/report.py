@@ -8,12 +8,13 @@ import statistics
 import time
 from pathlib import Path
 
+from envs import Reference
 from envs.reward import SIZE_KEYS
 
 from .config import run_config
 from .errors import RunError
 from .models import write_bytes
-from .pick import choose, front
+from .pick import choose, front, misscored
 from .runfolder import finish_hint, read_records, read_run, unfinished
 
 
@@ -65,6 +66,16 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     out_dir = Path(out_dir or run_dir)
     ref = meta["reference"]
     cfg = run_config(meta["config"])  # as recorded, sections it lacks read as the run had them
+    # every figure below comes from these two files: refuse where they disagree (helper-32: a teacher
+    # 10x larger in n2n.json, a candidate's accuracy raised, were printed as the run's)
+    wrong = misscored(records, Reference(ref["params"], ref["flops"], ref["accuracy"]), cfg.reward_config())
+    if wrong:
+        r, now, c = wrong[0]
+        raise RunError(f"{run_dir}: candidates.json and n2n.json disagree: {len(wrong)} of {len(records)} candidates "
+                       f"record a reward or compression their figures do not give against n2n.json's teacher (e.g. "
+                       f"{r['key']}: reward {r['reward']:.4f}, compression {r.get('compression', c):.4f} recorded; "
+                       f"{now:.4f}, {c:.4f} from its figures): a file was edited since, or an n2n with another reward "
+                       f"made the run")
     size = SIZE_KEYS[cfg.reward.compression]  # what the reward compressed
     if size == "latency_ms":  # the teacher was timed beside every student: the median of those
         timed = [r["teacher_latency_ms"] for r in records if r.get("teacher_latency_ms")]

@@ -386,7 +386,8 @@ def _finish(run_dir: Path, driver: SearchDriver, log=print, factories=(), addres
             f"{allow}`")
     elif summary["best"]:
         pick = summary["best"]  # the student `n2n export` will write, not merely the best brief-distillation reward
-        log(f"`n2n export` picks {pick['params']:,} params ({pick['times_smaller']:.1f}x smaller), val acc "
+        # times_smaller as export prints it (rounded to 2 places; a :.1f of that rounded twice: 1.454 -> 1.4)
+        log(f"`n2n export` picks {pick['params']:,} params ({pick['times_smaller']}x smaller), val acc "
             f"{pick['val_accuracy']:.4f}: {pick['chosen_because']} -> `n2n export {run_dir} --out DIR{allow}` "
             "(`--finetune-epochs 10` trains it longer first)")
     elif summary["best_by_reward"]:
@@ -529,10 +530,10 @@ def check_space(space, meta: dict, run_dir: Path) -> None:
     now = {"params": space.teacher_params(), "flops": space.flops(space.identity()), "units": space.n_units}
     was = {"params": ref.get("params"), "flops": ref.get("flops"), "units": units}
     diff = [f"{k} {was[k]:,} then, {now[k]:,} now" for k in now if was[k] is not None and was[k] != now[k]]
-    if diff:
+    if diff:  # helper-32: an edited n2n.json had been blamed on the version alone
         raise RunError(f"{run_dir}: this n2n reads the run's teacher as another search space than the run did "
-                       f"({type(space).__name__}: {'; '.join(diff)}); resume or export it with the n2n that made "
-                       f"it, or start a new search")
+                       f"({type(space).__name__}: {'; '.join(diff)}): either n2n.json's figures were edited (restore "
+                       f"them), or another n2n made the run (resume or export it with that one, or start a new search)")
 
 
 def resume_search(run_dir: Path, address: str | None = None, log=print, factories=(),

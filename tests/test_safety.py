@@ -3,6 +3,7 @@ folders, bad input. Each test names the failure it guards against."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -623,6 +624,32 @@ def test_a_damaged_record_or_reference_is_one_line(finished_run, tmp_path, capsy
         (run / "candidates.json").write_text(json.dumps([{**recs[0], **edit}, *recs[1:]]))
         status, err = _main(capsys, "report", run)
         assert status == 2 and f"candidate 0 ({recs[0]['key']}) has {said}" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_report_refuses_figures_its_two_files_do_not_agree_on(finished_run, tmp_path, capsys):
+    """helper-32: with n2n.json's teacher made 10x larger, `report` printed every student 10x smaller
+    than it is; with a candidate's accuracy raised to the teacher's, that accuracy; `export` refused
+    the same run. A candidate's reward and compression are functions of its figures and the teacher's:
+    report checks that they still agree."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    assert _main(capsys, "report", run)[0] == 0
+    meta = json.loads((run / "n2n.json").read_text())
+    recs = json.loads((run / "candidates.json").read_text())
+    larger = {**meta, "reference": {**meta["reference"], "params": meta["reference"]["params"] * 10}}
+    (run / "n2n.json").write_text(json.dumps(larger))
+    status, err = _main(capsys, "report", run)
+    assert status == 2 and f"{run}: candidates.json and n2n.json disagree: {len(recs)} of {len(recs)} candidates" in err
+    assert "a file was edited since, or an n2n with another reward made the run" in err and "Traceback" not in err
+    status, err = _main(capsys, "export", run, "--out", tmp_path / "o")  # export's own check, worded as the cause
+    assert status == 2 and "either n2n.json's figures were edited (restore them), or another n2n made the run" in err
+    (run / "n2n.json").write_text(json.dumps(meta))
+    raised = [{**recs[0], "accuracy": meta["reference"]["accuracy"]}, *recs[1:]]
+    (run / "candidates.json").write_text(json.dumps(raised))
+    status, err = _main(capsys, "report", run)
+    assert status == 2 and f"1 of {len(recs)} candidates record a reward or compression their figures do not give" in err
+    assert f"(e.g. {recs[0]['key']}: reward {recs[0]['reward']:.4f}" in err
     assert not (tmp_path / "o").exists()
 
 

@@ -450,6 +450,9 @@ def test_finalists_and_a_target_decide_what_export_picks(ray_session, tiny_confi
     assert any(why in m for m in logs)  # and it says so
     # the search's last line and summary.json name that student, not the best reward of a brief distillation
     assert said[-1].startswith(f"`n2n export` picks {smallest['params']:,} params (")
+    # the compression as export prints it (helper-33: 1.4x here, 1.45x there, 1.5x in the progress lines)
+    assert f"params ({chosen['times_smaller']}x smaller), val acc" in said[-1]
+    assert any(f"({chosen['times_smaller']}x smaller than the teacher)" in m for m in logs)
     assert f": {why} -> `n2n export" in said[-1]
     text = make_report(run)
     assert f"`n2n export` picks {smallest['key']} ({smallest['params']:,} params, finalists, " in text
