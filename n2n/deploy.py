@@ -54,6 +54,27 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
                        "export without --onnx to get the PyTorch student") from None
     finally:
         quiet.setLevel(level)
+    _drop_stack_traces(path)
+
+
+def _drop_stack_traces(path: Path) -> None:
+    """The exporter records each node's Python stack trace, with the absolute paths of the exporting
+    machine's source files (the user's own module's too: helper-33); a deployed file carries none."""
+    import onnx
+
+    def nodes(graph):
+        for node in graph.node:
+            yield node
+            for attr in node.attribute:  # If / Loop bodies
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    yield from nodes(sub)
+
+    proto = onnx.load(str(path))
+    for node in [*nodes(proto.graph), *(n for f in proto.functions for n in f.node)]:
+        kept = [m for m in node.metadata_props if m.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    onnx.save(proto, str(path))
 
 
 def check_onnx(model: nn.Module, path: Path, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict:

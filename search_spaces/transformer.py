@@ -99,6 +99,9 @@ def encoder_from_arch(arch: dict) -> HFClassifier:
     hs = _head_size(config)
     for layer, w in zip(_layers(model), arch["layers"]):
         _shrink_layer(layer, w["heads"], w["ffn"], hs)
+    ffn = {w["ffn"] for w in arch["layers"]}
+    if len(ffn) == 1:  # one FFN width: the module's config says it (one head count per config cannot say fewer heads)
+        model.config.intermediate_size = ffn.pop()
     return HFClassifier(model).eval()
 
 

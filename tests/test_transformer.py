@@ -96,6 +96,14 @@ def test_uniform_students_export_through_save_pretrained(tiny_bert, tmp_path):
     again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
     ids = torch.randint(1, 100, (4, 16))
     assert torch.allclose(again(input_ids=ids).logits, student.model(input_ids=ids).logits, atol=1e-6)
+    # as n2n.load_student rebuilds it: its config says the FFN width it has (helper-33: the teacher's 64),
+    # so the user's own save_pretrained of it loads too
+    rebuilt = encoder_from_arch(json.loads(json.dumps(arch)))
+    rebuilt.load_state_dict(student.state_dict(), strict=True)
+    assert rebuilt.model.config.intermediate_size == 32 and rebuilt.model.config.num_hidden_layers == 3
+    rebuilt.model.save_pretrained(tmp_path / "mine")
+    mine = AutoModelForSequenceClassification.from_pretrained(tmp_path / "mine", local_files_only=True).eval()
+    assert torch.allclose(mine(input_ids=ids).logits, student.model(input_ids=ids).logits, atol=1e-6)
     per_layer = space_for(tiny_bert, (16,))
     r = [1.0] * per_layer.n_units
     r[per_layer.ffn_unit[0]] = 0.5
