@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 
 INVALID_REWARD = -1.0
+LIMIT_SLOPE = 0.1  # size limits alone: a student twice past them scores 1/1.1 of its accuracy (RewardConfig)
 SIZE_KEYS = {"params": "params", "flops": "flops", "latency": "latency_ms"}  # reward.compression -> record field
 # Accuracies are float32 fractions of counts: a student exactly at the allowed drop (15 of 1,500
 # validation samples below the teacher, for 1 point) can come out 1e-6 points past it, for 16 of
@@ -64,10 +65,14 @@ class RewardConfig:
     ``kind="target"``: the user's target (`target_drop` points of accuracy below the teacher at most,
     `target_params`, `target_flops`, `target_latency_ms`, any combination). With an accuracy target
     a student inside it scores 0.5 + 0.5 C, so among students that meet the target the smaller wins
-    ("the smallest within 1 point"); with size or latency limits alone, 0.5 + 0.5 accuracy, so the more
-    accurate wins ("the most accurate under 50,000 params"). One outside scores 0.5 / (1 + miss) < 0.5,
-    where miss adds the accuracy shortfall in units of the allowed drop and log2 of each size
-    overshoot, so the policy still learns which way the target lies.
+    ("the smallest within 1 point"); one outside scores 0.5 / (1 + miss) < 0.5, where miss adds the
+    accuracy shortfall in units of the allowed drop and log2 of each size overshoot, so the policy
+    still learns which way the target lies. With size or latency limits alone ("the most accurate
+    under 50,000 params") a student scores accuracy / (1 + LIMIT_SLOPE miss): inside the limits its
+    accuracy, so the more accurate wins; past them its accuracy less about a tenth per doubling. No
+    step at the limit: the removal stage, which cannot reach a tight limit alone, then keeps an
+    accurate student to shrink, not the one tiny wreck that fell inside (a 3,850-param student at
+    28% had scored above every accurate one, and shrinking could only go down from it).
     Failed or non-compressing (C <= 0) students get -1 either way.
     """
 
@@ -138,7 +143,7 @@ def reward(ev: Evaluation, ref: Reference, cfg: RewardConfig = RewardConfig()) -
         return INVALID_REWARD
     if cfg.kind == "target":
         miss = cfg.miss(ev, ref)
-        if miss:
-            return 0.5 / (1.0 + miss)
-        return 0.5 + 0.5 * (c if cfg.target_drop is not None else ev.accuracy)
+        if cfg.target_drop is None:
+            return ev.accuracy / (1.0 + LIMIT_SLOPE * miss)
+        return 0.5 + 0.5 * c if miss == 0 else 0.5 / (1.0 + miss)
     return c * (2.0 - c) * ev.accuracy / ref.accuracy

@@ -148,7 +148,6 @@ class Config:
             (s.concurrency >= 1, f"search.concurrency: expected >= 1, got {s.concurrency}"),
             (1.0 in s.ratios and all(0 < r <= 1 for r in s.ratios), f"search.ratios: expected values in (0, 1] including 1.0, got {s.ratios}"),
             (s.max_asks_per_candidate >= 1, f"search.max_asks_per_candidate: expected >= 1, got {s.max_asks_per_candidate}"),
-            (0 <= self.seed < SEED_LIMIT, f"seed: expected a whole number from 0 to {SEED_LIMIT - 1}, got {self.seed}"),
             (self.resources.cpus_per_trial > 0, "resources.cpus_per_trial: expected > 0"),
             (self.resources.gpus_per_trial >= 0, "resources.gpus_per_trial: expected >= 0"),
             (valid_device(self.resources.device),
@@ -172,6 +171,7 @@ class Config:
             (self.finalists.k >= 0, f"finalists.k: expected >= 0, got {self.finalists.k}"),
             (self.finalists.epochs >= 1, f"finalists.epochs: expected >= 1, got {self.finalists.epochs}"),
             (self.early_stop.grace_period >= 1, f"early_stop.grace_period: expected >= 1 (epochs), got {self.early_stop.grace_period}"),
+            (self.distill.weight_decay >= 0, f"distill.weight_decay: expected >= 0, got {self.distill.weight_decay}"),
             (self.early_stop.reduction_factor >= 2, f"early_stop.reduction_factor: expected >= 2, got {self.early_stop.reduction_factor}"),
         ]
         for ok, msg in checks:
@@ -188,8 +188,15 @@ class Config:
     def check_new(self) -> None:
         """Checks added after runs were recorded with such configs: a config about to start a search
         must pass them; one a run recorded is read as it is (its report, export and resume still work)."""
-        s = self.search
+        s, d = self.search, self.distill
         checks = [
+            # helper-32: past 64 bits a traceback from torch.manual_seed left a run folder no resume could continue
+            (0 <= self.seed < SEED_LIMIT, f"seed: expected a whole number from 0 to {SEED_LIMIT - 1}, got {self.seed}"),
+            # helper-32: an infinite lr or loss weight made every candidate's loss NaN
+            *[(v is None or math.isfinite(v), f"distill.{name}: expected a finite number, got {v}")
+              for name, v in (("lr", d.lr), ("transformer_lr", d.transformer_lr), ("temperature", d.temperature),
+                              ("ce_weight", d.ce_weight), ("hidden_weight", d.hidden_weight),
+                              ("weight_decay", d.weight_decay))],
             # its removal and refine stages would end at once, a search that is not the one asked for
             (s.agent != "uniform" or s.stages == ["shrink"],
              f"search.stages: the uniform agent shrinks every layer by one ratio, only in the shrink stage; "

@@ -140,7 +140,8 @@ class SearchDriver:
         return make_agent(self.kind, env, seed=seed, **options)
 
     def _finalist_specs(self) -> list[StudentSpec]:
-        """The finalists (n2n.pick.finalists): the front's smallest within reach of the target."""
+        """The finalists (n2n.pick.finalists): the front's smallest within reach of the target, or the
+        most accurate within size limits alone."""
         chosen = finalists(self.records, self.budgets.get("finalists", 0), getattr(self.target, "max_accuracy_drop", None),
                            self.reference.accuracy, self.reward_config, target=self.target)
         return [StudentSpec.from_dict(r["spec"]) for r in chosen]
@@ -413,18 +414,22 @@ class SearchDriver:
                 self._stage_done() or any(r["stage"] in self.stages[self.stage_idx + 1:] for r in self.records)):
             self._advance()
 
-    def check_rewards(self, where: str) -> None:
-        """Refuse to go on with records whose rewards this n2n's reward would not give their figures
-        (the reward changed since the run was made): the agent, the finalists and the pick would rank
-        candidates by two rewards at once."""
+    def rescore(self) -> str | None:
+        """Score again, under this n2n's reward, the records and cached results whose rewards it would
+        not give their figures (a run made before the reward changed: size limits alone ranked by
+        size until 2026-12-06), so that nothing ranks candidates by two rewards at once; what the
+        agent learnt from the old rewards stays. Returns what to tell the user, or None."""
         stale = misscored(self.records, self.reference, self.reward_config)
-        if stale:
-            r, now, _ = stale[0]
-            raise RunError(f"{where}: {len(stale)} of its {len(self.records)} candidates carry rewards this n2n's "
-                           f"reward does not give them (e.g. {r['key']}: {r['reward']:.4f} recorded, {now:.4f} now), "
-                           "so the reward changed since the run was made, and a resume would rank candidates by "
-                           "both; resume it with the n2n that made it, or start a new search (export and report "
-                           "still read it)")
+        if not stale:
+            return None
+        r, now, _ = stale[0]
+        said = (f"{len(stale)} of {len(self.records)} candidates were scored by another reward than this n2n's (e.g. "
+                f"{r['key']}: {r['reward']:.4f} then, {now:.4f} now): rescored, so that every candidate is ranked "
+                f"by this one")
+        for rec, reward_now, compression_now in stale + misscored(list(self.cache.values()), self.reference,
+                                                                   self.reward_config):
+            rec.update(reward=reward_now, compression=compression_now)
+        return said
 
     # -- results ----------------------------------------------------------------------------------
     def best(self, stage: str | None = None, most_accurate: bool = False) -> dict | None:
@@ -470,8 +475,8 @@ class SearchDriver:
             "cache_hits": self.cache_hits,
             "wall_seconds": round(self.wall_seconds(), 1),
             "agent_updates": self.agent_updates(),
-            # "best": the student `n2n export` writes by default (with the target, the smallest finalist
-            # that meets it with target.margin to spare, else the one with the most), not merely
+            # "best": the student `n2n export` writes by default (n2n.pick.choose: with an accuracy target
+            # the smallest finalist that meets it with target.margin to spare), not merely
             # the highest reward, which a brief distillation's noise can win
             "best": {**shown(pick), "chosen_because": why} if pick else None,
             "best_by_reward": shown(top) if top else None,

@@ -155,7 +155,7 @@ def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: flo
                  f"them makes them optimistic)")
 
 
-def size_limits(target, metrics: dict) -> tuple[dict, str | None]:
+def size_limits(target, metrics: dict, asked_for: str | None = None) -> tuple[dict, str | None]:
     """The target's size and latency limits as metrics.json records them, whether the exported student
     is within them (its params and FLOPs as exported; its latency as the search measured it), and a
     warning where it is not: the pick ships the best by reward when no finalist meets the target."""
@@ -168,8 +168,9 @@ def size_limits(target, metrics: dict) -> tuple[dict, str | None]:
 
     over = [f"{k.removeprefix('max_')} " + (f"{shown(k, has[k])} > {shown(k, v)}" if has[k] is not None else "not measured")
             for k, v in asked.items() if has[k] is None or has[k] > v]
-    warning = (f"warning: this student is outside the target's limits ({'; '.join(over)}): no candidate within them "
-               f"was found; `n2n report` lists the candidates") if over else None
+    why = (f"exported as asked by {asked_for}" if asked_for else
+           "no candidate within them finished; `n2n report` lists the candidates")
+    warning = f"warning: this student is outside the target's limits ({'; '.join(over)}): {why}" if over else None
     return {**asked, "limits_met": not over}, warning
 
 
@@ -275,10 +276,11 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     target, warning = accuracy_target(cfg.target.max_accuracy_drop, metrics["teacher"], val, test,
                                       None if key is not None or rank is not None else pick.margin_of(cfg.target, margin),
                                       short_of_margin=why.endswith(pick.SHORT_OF_MARGIN))
-    limits, outside = size_limits(cfg.target, metrics)
+    limits, outside = size_limits(cfg.target, metrics, f"--key {key}" if key is not None else
+                                  f"--rank {rank}" if rank is not None else None)
     if target or limits:
         metrics["target"] = {**(target or {}), **limits}
-    warning = outside or warning  # past a size limit says more than an accuracy miss beside it
+    warning = "\n".join(w for w in (outside, warning) if w) or None
     if vocab:
         metrics["vocab"] = vocab
     if ds.preprocess:  # the export takes raw inputs (n2n.load_student): accuracies above hold on them

@@ -43,22 +43,31 @@ def front(records: list[dict], size) -> list[dict]:
 
 def finalists(records: list[dict], k: int, drop: float | None, teacher_accuracy: float,
               reward_config: RewardConfig, reach: float = 2.0, target=None) -> list[dict]:
-    """The `k` candidates worth distilling longer: with an accuracy target (`drop` points), the
+    """The `k` candidates worth distilling longer. With an accuracy target (`drop` points): the
     smallest of the front within `drop + reach` points of the teacher (brief distillation underrates
-    students, so the longer one recovers some of those below the target); the rest, or all without a
-    target, the front's best by reward. When none of those meets the target (`target`: an
-    n2n.config.TargetConfig; else the drop alone) and a member of the front does, the smallest such
-    member takes the last place."""
+    students, so the longer one recovers some of those below the target), and when none of those
+    meets the whole target (`target`: an n2n.config.TargetConfig; else the drop alone) the smallest
+    candidate that does takes the last place. With size or latency limits alone: the most accurate
+    candidates within them. The rest, or all without a target, the front's best by reward. Those
+    that meet the target are sought among all candidates, not the front's members only: a limit on
+    FLOPs or latency does not follow the params front (helper-34)."""
     ok = [r for r in records if r["stage"] != "finalists" and r["failure"] is None and r["reward"] > -1]
-    members = front(ok, lambda r: size_of(r, reward_config))
-    chosen = [] if drop is None else [r for r in members if (teacher_accuracy - r["accuracy"]) * 100 <= drop + reach][:k]
-    # the whole target where it is given (size and latency limits too: helper-23), else the drop alone
-    meets = [] if drop is None else [r for r in members if (target.met_by(r, teacher_accuracy) if target is not None
-                                                            else within_drop(teacher_accuracy, r["accuracy"], drop))]
-    if k and meets and not any(r in meets for r in chosen):
-        # every one of the k smallest misses the target: the last place goes to the smallest that meets
-        # it, or export could only ship a student past the target while the run holds one within it
-        chosen = chosen[:k - 1] + meets[:1]
+    def size(r):
+        return size_of(r, reward_config)
+
+    members = front(ok, size)
+    if target is not None and target.is_set():  # the whole target: size and latency limits too (helper-23)
+        meets = front([r for r in ok if target.met_by(r, teacher_accuracy)], size)  # smallest first
+    else:
+        meets = [] if drop is None else [r for r in members if within_drop(teacher_accuracy, r["accuracy"], drop)]
+    if drop is None:  # limits alone: the most accurate within them (none without a target)
+        chosen = meets[::-1][:k]
+    else:
+        chosen = [r for r in members if (teacher_accuracy - r["accuracy"]) * 100 <= drop + reach][:k]
+        if k and meets and not any(r in meets for r in chosen):
+            # every one of the k smallest misses the target: the last place goes to the smallest that meets
+            # it, or export could only ship a student past the target while the run holds one within it
+            chosen = chosen[:k - 1] + meets[:1]
     for r in sorted(members, key=lambda r: -r["reward"]):
         if len(chosen) < k and r not in chosen:
             chosen.append(r)

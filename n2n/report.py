@@ -66,16 +66,21 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     out_dir = Path(out_dir or run_dir)
     ref = meta["reference"]
     cfg = run_config(meta["config"])  # as recorded, sections it lacks read as the run had them
-    # every figure below comes from these two files: refuse where they disagree (helper-32: a teacher
-    # 10x larger in n2n.json, a candidate's accuracy raised, were printed as the run's)
+    # every figure below comes from these two files (helper-32: a teacher 10x larger in n2n.json, a
+    # candidate's accuracy raised, were printed as the run's): a compression that the candidate's size
+    # and n2n.json's teacher do not give is refused; a reward its figures do not give is said (an
+    # edited accuracy, or a run scored by an earlier reward: resume rescores those)
     wrong = misscored(records, Reference(ref["params"], ref["flops"], ref["accuracy"]), cfg.reward_config())
-    if wrong:
-        r, now, c = wrong[0]
-        raise RunError(f"{run_dir}: candidates.json and n2n.json disagree: {len(wrong)} of {len(records)} candidates "
-                       f"record a reward or compression their figures do not give against n2n.json's teacher (e.g. "
-                       f"{r['key']}: reward {r['reward']:.4f}, compression {r.get('compression', c):.4f} recorded; "
-                       f"{now:.4f}, {c:.4f} from its figures): a file was edited since, or an n2n with another reward "
-                       f"made the run")
+    resized = [(r, c) for r, _, c in wrong if "compression" in r and not math.isclose(r["compression"], c, abs_tol=1e-9)]
+    if resized:
+        r, c = resized[0]
+        raise RunError(f"{run_dir}: candidates.json and n2n.json disagree: {len(resized)} of {len(records)} candidates "
+                       f"record a compression their size does not give against n2n.json's teacher (e.g. {r['key']}: "
+                       f"{r['compression']:.4f} recorded, {c:.4f} from its figures): one of them was edited since")
+    rescored = (f"warning: {len(wrong)} of {len(records)} candidates record a reward their figures do not give under "
+                f"this n2n's reward (e.g. {wrong[0][0]['key']}: {wrong[0][0]['reward']:.4f}, {wrong[0][1]:.4f} from "
+                f"its figures): candidates.json was edited, or an earlier n2n's reward scored them (`n2n resume` "
+                f"rescores those); the rewards below are as recorded") if wrong else None
     size = SIZE_KEYS[cfg.reward.compression]  # what the reward compressed
     if size == "latency_ms":  # the teacher was timed beside every student: the median of those
         timed = [r["teacher_latency_ms"] for r in records if r.get("teacher_latency_ms")]
@@ -87,7 +92,7 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     batch = int(cfg.search.agent_options.get("batch_size", 10)) if reinforce else 10
     what = f"group of {batch} trained candidates, in the order they finished"
     text = [f"run {run_dir.name}: {len(records)} candidates; teacher {ref[size]:,} {size}, val acc {ref['accuracy']:.4f}",
-            leaderboard(records, ref[size], size=size)]
+            *([rescored] if rescored else []), leaderboard(records, ref[size], size=size)]
     try:  # the leaderboard ranks by reward; the export picks by the target (n2n.pick), often another
         pick, why = choose(records, cfg.target, cfg.reward_config(), ref["accuracy"], cfg.early_stop.enabled, str(run_dir))
         text.append(f"`n2n export` picks {pick['key']} ({pick['params']:,} params, {pick['stage']}, val acc "

@@ -561,7 +561,9 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
             raise RunError(f"{run_dir}: this search stopped because {driver.failed}; fix the cause and start a new one")
         done = driver.stage is None and (read_summary(run_dir) or {}).get("stage") == "done"
         if not done:  # a finished run, recorded as finished, is read and not written
-            driver.check_rewards(str(run_dir))
+            rescored = driver.rescore()
+            if rescored:
+                log(rescored)
             driver.save()
         Fetcher(results_location(meta, run_dir), run_dir, log).sync(r["key"] for r in driver.records)
         if driver.stage is None:

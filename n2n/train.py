@@ -119,17 +119,13 @@ class DistillConfig:
             (self.optimizer in ("adam", "sgd"), f"distill.optimizer: expected 'adam' or 'sgd', got {self.optimizer!r}"),
             (self.schedule in ("constant", "cosine"), f"distill.schedule: expected 'constant' or 'cosine', got {self.schedule!r}"),
             (self.epochs >= 1, f"distill.epochs: expected >= 1, got {self.epochs}"),
-            # finite too: an infinite lr or weight made every candidate's loss NaN (helper-32)
-            (0 < self.lr < math.inf, f"distill.lr: expected a finite number > 0, got {self.lr}"),
-            (self.transformer_lr is None or 0 < self.transformer_lr < math.inf,
-             f"distill.transformer_lr: expected a finite number > 0 or null, got {self.transformer_lr}"),
+            (self.lr > 0, f"distill.lr: expected > 0, got {self.lr}"),
+            (self.transformer_lr is None or self.transformer_lr > 0,
+             f"distill.transformer_lr: expected > 0 or null, got {self.transformer_lr}"),
             (self.batch_size >= 1, f"distill.batch_size: expected >= 1, got {self.batch_size}"),
-            (0 < self.temperature < math.inf, f"distill.temperature: expected a finite number > 0, got {self.temperature}"),
-            (0 <= self.ce_weight < math.inf, f"distill.ce_weight: expected a finite number >= 0, got {self.ce_weight}"),
-            (0 <= self.hidden_weight < math.inf,
-             f"distill.hidden_weight: expected a finite number >= 0, got {self.hidden_weight}"),
-            (0 <= self.weight_decay < math.inf,
-             f"distill.weight_decay: expected a finite number >= 0, got {self.weight_decay}"),
+            (self.temperature > 0, f"distill.temperature: expected > 0, got {self.temperature}"),
+            (self.ce_weight >= 0, f"distill.ce_weight: expected >= 0, got {self.ce_weight}"),
+            (self.hidden_weight >= 0, f"distill.hidden_weight: expected >= 0, got {self.hidden_weight}"),
             (self.reconstruct >= 0, f"distill.reconstruct: expected >= 0 (samples), got {self.reconstruct}"),
         ]
         for ok, msg in checks:

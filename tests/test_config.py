@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -50,6 +51,19 @@ def test_a_run_made_before_targets_and_finalists_keeps_what_it_had():
     assert run_config(dataclasses.asdict(load_config(None))) == load_config(None)  # recorded sections as they are
 
 
+def test_a_run_recorded_with_values_refused_since_is_read_as_it_was():
+    """helper-34: the seed range and the finite distillation values are checked for new searches; a
+    run that recorded a seed past 2**32 (torch took it) or an unused infinite temperature still
+    resumes, exports and reports."""
+    recorded = dataclasses.asdict(load_config(None))
+    recorded["seed"] = 2**40
+    recorded["distill"]["temperature"] = math.inf  # the l2 loss never reads it
+    old = run_config(recorded)
+    assert old.seed == 2**40 and old.distill.temperature == math.inf
+    with pytest.raises(ConfigError, match="seed: expected a whole number from 0 to 4294967295, got 1099511627776"):
+        old.check_new()
+
+
 def test_a_run_made_before_target_margin_exports_the_student_it_named():
     """A run recorded before target.margin picked the smallest student within the target: read with
     today's default margin, its export would be another student than its summary names."""
@@ -98,14 +112,14 @@ def test_a_run_made_before_target_margin_exports_the_student_it_named():
     ("target: {max_flops: 0}", "target.max_flops: expected >= 1, got 0"),
     ("reward: {max_params: -1}", "reward.max_params: expected >= 1, got -1"),
     ("reward: {min_accuracy: 90}", "reward.min_accuracy: expected a fraction in 0..1 (0.9 for 90%), got 90"),
-    ("distill: {weight_decay: -1}", "distill.weight_decay: expected a finite number >= 0, got -1"),
+    ("distill: {weight_decay: -1}", "distill.weight_decay: expected >= 0, got -1"),
     ("teacher: {recipe: {split_seed: -1}}", "teacher.recipe.split_seed (--split-seed): expected 0 to 4294967295, got -1"),
     # helper-32: an infinite lr or weight made every candidate's loss NaN; a seed past 64 bits was a
     # traceback from torch.manual_seed that left a run folder no resume could continue
-    ("distill: {lr: .inf}", "distill.lr: expected a finite number > 0, got inf"),
-    ("distill: {ce_weight: .inf}", "distill.ce_weight: expected a finite number >= 0, got inf"),
-    ("distill: {temperature: .inf}", "distill.temperature: expected a finite number > 0, got inf"),
-    ("distill: {transformer_lr: .inf}", "distill.transformer_lr: expected a finite number > 0 or null, got inf"),
+    ("distill: {lr: .inf}", "distill.lr: expected a finite number, got inf"),
+    ("distill: {ce_weight: .inf}", "distill.ce_weight: expected a finite number, got inf"),
+    ("distill: {temperature: .inf}", "distill.temperature: expected a finite number, got inf"),
+    ("distill: {transformer_lr: .inf}", "distill.transformer_lr: expected a finite number, got inf"),
     ("seed: 18446744073709551616", "seed: expected a whole number from 0 to 4294967295, got 18446744073709551616"),
     ("seed: -1", "seed: expected a whole number from 0 to 4294967295, got -1"),
     ("teacher: {recipe: {seed: 4294967296}}", "teacher.recipe.seed (--seed): expected 0 to 4294967295, got 4294967296"),
@@ -233,5 +247,5 @@ def test_transformer_students_are_distilled_at_their_own_learning_rate():
     assert TransformerSpace.pretrained_transformer and cfg.distill.for_space(TransformerSpace).lr == 1e-4
     old = run_config({k: v for k, v in cfg.to_dict().items()} | {"distill": {"epochs": 3, "lr": 0.003}})
     assert old.distill.transformer_lr is None and old.distill.for_space(TransformerSpace).lr == 0.003
-    with pytest.raises(ConfigError, match="distill.transformer_lr: expected a finite number > 0 or null, got 0"):
+    with pytest.raises(ConfigError, match="distill.transformer_lr: expected > 0 or null, got 0"):
         load_config(None, {"distill.transformer_lr": 0})

@@ -7,7 +7,6 @@ import torch
 
 from envs import Evaluation, ProxyEvaluator, Reference, RewardConfig, reward
 from n2n.driver import FINISHED, SearchDriver
-from n2n.errors import RunError
 from n2n.models import vgg_layers
 from search_spaces import SequentialSpace, StudentSpec, layers_to_module
 
@@ -194,10 +193,10 @@ def test_waits_for_the_batch_then_for_the_stage(space):
     assert len(d.records) == 1
 
 
-def test_a_resume_under_another_reward_is_refused_not_ranked_by_two(space):
+def test_a_resume_under_another_reward_rescores_rather_than_rank_by_two(space):
     """A run made before a change of the reward (size limits alone had ranked by size until
-    2026-12-06) holds rewards this n2n would not give: resumed, its candidates would be ranked by
-    both rewards at once."""
+    2026-12-06) holds rewards this n2n would not give: resumed as it was, its candidates would be
+    ranked by both rewards at once. Its records and cache are scored again; nothing is lost."""
     proxy = ProxyEvaluator(space)
     limit = space.teacher_params() // 2
     made = _driver(space, reward_config=RewardConfig(kind="target", target_params=limit))
@@ -205,15 +204,19 @@ def test_a_resume_under_another_reward_is_refused_not_ranked_by_two(space):
     state = made.state_dict()
     same = _driver(space, reward_config=RewardConfig(kind="target", target_params=limit))
     same.load_state_dict(state)
-    same.check_rewards("runs/r")  # the reward it was made with: nothing to say
+    assert same.rescore() is None  # the reward it was made with: nothing to say
     other = _driver(space, reward_config=RewardConfig(kind="target", target_params=limit, target_drop=1.0))
     other.load_state_dict(state)
-    changed = sum(r["reward"] != reward(Evaluation.from_dict(r), other.reference, other.reward_config)
-                  for r in other.records)
+    def now(r):
+        return reward(Evaluation.from_dict(r), other.reference, other.reward_config)
+
+    changed = sum(r["reward"] != now(r) for r in other.records)
     assert changed
-    with pytest.raises(RunError, match=rf"runs/r: {changed} of its {len(other.records)} candidates carry rewards this "
-                                       r"n2n's reward does not give them \(e.g. .*: .* recorded, .* now\)"):
-        other.check_rewards("runs/r")
+    said = other.rescore()
+    assert said.startswith(f"{changed} of {len(other.records)} candidates were scored by another reward than this n2n's")
+    assert [r["key"] for r in other.records] == [r["key"] for r in made.records]  # nothing dropped
+    assert all(r["reward"] == now(r) for r in [*other.records, *other.cache.values()])
+    assert other.rescore() is None
 
 
 def test_state_round_trip_mid_batch(space):

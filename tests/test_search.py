@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -331,6 +332,19 @@ def test_pareto_front_and_the_finalists_it_gives():
 
     small = TargetConfig(max_accuracy_drop=1.0, max_params=30)
     assert [r["key"] for r in finalists(recs, 1, 1.0, 0.905, rc, reach=25.0, target=small)] == ["s20-0.7"]
+    # limits alone: the most accurate within them, first
+    limit = TargetConfig(max_accuracy_drop=None, max_params=30)
+    rl = RewardConfig(kind="target", target_params=30)
+    assert [r["key"] for r in finalists(recs, 2, None, 0.92, rl, target=limit)] == ["s20-0.7", "s10-0.5"]
+    # a limit on another axis than the front's (helper-34): B, within 1000 FLOPs and the most accurate
+    # there, is on no params front (A is smaller and more accurate), and was never a finalist
+    flops = [{"key": key, "params": p, "flops": f, "accuracy": a, "reward": a, "failure": None, "stage": "shrink"}
+             for key, p, f, a in (("A", 100, 2000, 0.94), ("B", 200, 800, 0.93), ("C", 150, 1500, 0.90), ("D", 300, 900, 0.8))]
+    by_params = RewardConfig(kind="target", target_flops=1000)
+    assert [r["key"] for r in finalists(flops, 1, None, 0.95, by_params, target=TargetConfig(None, max_flops=1000))] == ["B"]
+    with_drop = TargetConfig(max_accuracy_drop=3.0, max_flops=1000)
+    assert [r["key"] for r in finalists(flops, 1, 3.0, 0.95, RewardConfig(kind="target", target_drop=3.0),
+                                        target=with_drop)] == ["B"]
 
 
 def _cli(*args, **kw):
@@ -514,9 +528,15 @@ def test_size_limits_alone_ask_for_the_most_accurate_student_within_them(ray_ses
     assert summary["teacher"]["params"] == teacher_params
     recs = [r for r in _records(run) if r["failure"] is None]
     inside = [r for r in recs if r["params"] <= limit]
-    assert inside and all(r["reward"] == pytest.approx(0.5 + 0.5 * r["accuracy"]) for r in inside)
-    assert all(r["reward"] < 0.5 for r in recs if r["params"] > limit)
+    assert inside and all(r["reward"] == pytest.approx(r["accuracy"]) for r in inside)
+    assert all(r["reward"] == pytest.approx(r["accuracy"] / (1 + 0.1 * math.log2(r["params"] / limit)))
+               for r in recs if r["params"] > limit)
     finals = [r for r in recs if r["stage"] == "finalists" and r["params"] <= limit]
+    # the finalists are the most accurate of the front within the limit, whatever past it scores
+    from n2n.pick import front
+
+    front_inside = front([r for r in recs if r["stage"] != "finalists" and r["params"] <= limit], lambda r: r["params"])
+    assert sorted(str(f["spec"]) for f in finals) == sorted(str(r["spec"]) for r in front_inside[-3:])
     chosen = export_best(run, tmp_path / "student", log=lambda *_: None)
     best = max(finals, key=lambda r: (r["accuracy"], -r["params"]))
     assert (chosen["key"], chosen["chosen_because"]) == (best["key"], "the most accurate finalist that meets the target")
@@ -530,7 +550,9 @@ def test_size_limits_alone_ask_for_the_most_accurate_student_within_them(ray_ses
     assert size_limits(TargetConfig(max_params=limit, max_flops=10), metrics) == (
         {"max_params": limit, "max_flops": 10, "limits_met": False},
         f"warning: this student is outside the target's limits (params {limit + 1:,} > {limit:,}): no candidate "
-        "within them was found; `n2n report` lists the candidates")
+        "within them finished; `n2n report` lists the candidates")
+    assert size_limits(TargetConfig(max_params=limit), metrics, "--rank 2")[1].endswith(
+        f"(params {limit + 1:,} > {limit:,}): exported as asked by --rank 2")
     assert size_limits(TargetConfig(max_latency_ms=2.5), metrics)[1].startswith(
         "warning: this student is outside the target's limits (latency_ms not measured)")
     assert size_limits(TargetConfig(max_params=limit + 1), metrics) == ({"max_params": limit + 1, "limits_met": True}, None)
