@@ -541,7 +541,8 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
     """Continue any run folder with n2n.json, whatever state Tune's own files are in. `concurrency`
     and `cpus_per_trial`: for this resume instead of the run's own (a smaller machine than the one it
     started on). Not recorded: they change how fast trials run and the order they finish in, not what
-    a candidate is or how it is trained."""
+    a candidate is or how it is trained (Ray gives a trial as many threads as CPUs: with
+    latency.threads 0, latency is then measured on another number of threads)."""
     _setdefault_env()
     if address:
         check_address(address)
