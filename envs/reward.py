@@ -6,7 +6,6 @@ import math
 from dataclasses import asdict, dataclass
 
 INVALID_REWARD = -1.0
-LIMIT_SLOPE = 0.1  # size limits alone: a student twice past them scores 1/1.1 of its accuracy (RewardConfig)
 SIZE_KEYS = {"params": "params", "flops": "flops", "latency": "latency_ms"}  # reward.compression -> record field
 # Accuracies are float32 fractions of counts: a student exactly at the allowed drop (15 of 1,500
 # validation samples below the teacher, for 1 point) can come out 1e-6 points past it, for 16 of
@@ -68,11 +67,11 @@ class RewardConfig:
     ("the smallest within 1 point"); one outside scores 0.5 / (1 + miss) < 0.5, where miss adds the
     accuracy shortfall in units of the allowed drop and log2 of each size overshoot, so the policy
     still learns which way the target lies. With size or latency limits alone ("the most accurate
-    under 50,000 params") a student scores accuracy / (1 + LIMIT_SLOPE miss): inside the limits its
-    accuracy, so the more accurate wins; past them its accuracy less about a tenth per doubling. No
-    step at the limit: the removal stage, which cannot reach a tight limit alone, then keeps an
-    accurate student to shrink, not the one tiny wreck that fell inside (a 3,850-param student at
-    28% had scored above every accurate one, and shrinking could only go down from it).
+    under 50,000 params") a student inside them scores 0.5 + 0.5 accuracy, so the more accurate wins;
+    one outside 0.5 accuracy / (1 + miss) < 0.5: the limits first, then accuracy. (A removal stage
+    that cannot reach a tight limit alone would then start the shrink stage from its one tiny wreck
+    inside it: with limits alone the driver starts shrinking from an accurate removal student
+    instead, n2n.driver.REMOVAL_KEEP_DROP.)
     Failed or non-compressing (C <= 0) students get -1 either way.
     """
 
@@ -143,7 +142,7 @@ def reward(ev: Evaluation, ref: Reference, cfg: RewardConfig = RewardConfig()) -
         return INVALID_REWARD
     if cfg.kind == "target":
         miss = cfg.miss(ev, ref)
-        if cfg.target_drop is None:
-            return ev.accuracy / (1.0 + LIMIT_SLOPE * miss)
+        if cfg.target_drop is None:  # limits alone: accuracy within them
+            return 0.5 + 0.5 * ev.accuracy if miss == 0 else 0.5 * ev.accuracy / (1.0 + miss)
         return 0.5 + 0.5 * c if miss == 0 else 0.5 / (1.0 + miss)
     return c * (2.0 - c) * ev.accuracy / ref.accuracy

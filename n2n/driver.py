@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from agents import Candidate, make_agent
-from envs import CompressionEnv, Evaluation, Reference, RewardConfig, compression, reward
+from envs import CompressionEnv, Evaluation, Reference, RewardConfig, compression, reward, within_drop
 from search_spaces import SearchSpace, StudentSpec
 
 from .errors import RunError
@@ -47,6 +47,12 @@ ABORT_AFTER = 3  # failures in a row, before any success, that stop a search
 WORKER_DIED = ("the trial's worker died before it reported (out of memory, a killed process or a lost node; "
                "tune/'s error.txt says which); tried again")  # at once (complete), or on resume (retry_dead)
 _WORKER_FAILURES = (WORKER_DIED, "trial raised an error")
+# With size or latency limits alone, the shrink stage starts from the smallest removal student within
+# this many points of the teacher (validation), not from the removal stage's best by reward: removal
+# cannot reach a tight limit alone, and its best was then the one wreck inside the limit (3,850
+# params at 28%: benchmarks/size_limit.py), from which shrinking only goes down. The shrink stage
+# meets the limit; removal keeps what costs little accuracy, as the 1-point search's removal does.
+REMOVAL_KEEP_DROP = 1.0
 MAX_DEATHS = 2  # a student whose worker died this often is held to have failed (too big for the memory?)
 DIED_AGAIN = (f"the trial's worker died {MAX_DEATHS} times before it reported (out of memory, a killed process or a "
               f"lost node; tune/'s error.txt says which): held as this student's failure, not tried again")
@@ -251,7 +257,7 @@ class SearchDriver:
         self.stage_idx += 1
         self.asks = 0
         self.stage_started = self.wall_seconds()
-        best = self.best(stage=done)
+        best = self._removal_base() if done == "removal" else self.best(stage=done)
         while self.stage in ("removal", "shrink", "refine"):
             if self.stage == "refine":  # it narrows the shrink stage's best, wherever the stage stood
                 best = self.best(stage="shrink")
@@ -270,6 +276,24 @@ class SearchDriver:
             if self.stage == "refine":
                 self.refine_bases = [best["key"]]
         self._start_stage()
+
+    def _removal_base(self) -> dict | None:
+        """The removal student the next stage starts from: the best by reward; with size or latency
+        limits alone the smallest within REMOVAL_KEEP_DROP points of the teacher, where one is."""
+        best = self.best(stage="removal")
+        limits_alone = self.target is not None and self.target.is_set() and self.target.max_accuracy_drop is None
+        if not limits_alone:
+            return best
+        kept = [r for r in self.records if r["stage"] == "removal" and r["failure"] is None and r["reward"] > -1
+                and within_drop(self.reference.accuracy, r["accuracy"], REMOVAL_KEEP_DROP)]
+        if not kept:
+            return best
+        base = min(kept, key=lambda r: (r["params"], -r["accuracy"]))
+        if base is not best:
+            self.log(f"stage removal: the next stage starts from the smallest removal student within "
+                     f"{REMOVAL_KEEP_DROP:g} point of the teacher ({base['params']:,} params, val acc "
+                     f"{base['accuracy']:.4f}), not its best by reward: with limits alone the stages after it meet them")
+        return base
 
     def _start_stage(self):
         if self.stage is None:

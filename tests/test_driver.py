@@ -219,6 +219,28 @@ def test_a_resume_under_another_reward_rescores_rather_than_rank_by_two(space):
     assert other.rescore() is None
 
 
+def test_with_limits_alone_shrinking_starts_from_an_accurate_removal_student(space):
+    """With size limits alone the removal stage's best by reward was its one tiny wreck inside the
+    limit (3,850 params at 28% in the benchmark), and the shrink stage could only go down from it:
+    it starts from the smallest removal student within 1 point of the teacher (0.95 here) instead."""
+    from n2n.config import TargetConfig
+
+    limit = 1000
+    d = _driver(space, reward_config=RewardConfig(kind="target", target_params=limit),
+                target=TargetConfig(max_accuracy_drop=None, max_params=limit))
+    rows = [(900, 0.28), (50_000, 0.945), (30_000, 0.93), (80_000, 0.951)]  # (params, val accuracy)
+    d.records = [{"stage": "removal", "key": f"r{p}", "params": p, "accuracy": a, "failure": None,
+                  "reward": reward(Evaluation(a, p, p), d.reference, d.reward_config)} for p, a in rows]
+    assert d.best(stage="removal")["params"] == 900  # inside the limit: it outscores every accurate one
+    assert d._removal_base()["params"] == 50_000  # the smallest within 1 point
+    # an accuracy target keeps the best by reward, and so do limits with no removal student within 1 point
+    d.target = TargetConfig(max_accuracy_drop=1.0, max_params=limit)
+    assert d._removal_base()["params"] == 900
+    d.target = TargetConfig(max_accuracy_drop=None, max_params=limit)
+    d.records = [r for r in d.records if r["accuracy"] < 0.94]
+    assert d._removal_base()["params"] == 900
+
+
 def test_state_round_trip_mid_batch(space):
     proxy = ProxyEvaluator(space)
     a = _driver(space)

@@ -196,7 +196,8 @@ def test_a_teacher_with_more_than_64_units_sizes_the_observation():
 
 def test_target_reward_on_hand_computed_cases():
     """Inside an accuracy target: 0.5 + 0.5 C, so the smaller wins; outside: 0.5 / (1 + miss) < 0.5.
-    Size limits alone: accuracy / (1 + 0.1 miss), so inside them the more accurate wins."""
+    Size limits alone: inside 0.5 + 0.5 accuracy, so the more accurate wins; outside 0.5 accuracy /
+    (1 + miss) < 0.5."""
     ref = Reference(params=1000, flops=5000, accuracy=0.90)
     cfg = RewardConfig(kind="target", target_drop=1.0, target_params=200)
     inside = Evaluation(0.895, 100, 10)  # 0.5 points down, 100 params: C = 0.9
@@ -213,12 +214,11 @@ def test_target_reward_on_hand_computed_cases():
     # "the most accurate student under 1000 FLOPs": accuracy decides inside the limit, not size (it
     # had been 0.5 + 0.5 C there too, so a search with size limits alone sought the tiniest student at
     # any accuracy, and export shipped the smallest finalist under the limit)
-    assert reward(Evaluation(0.5, 999, 500), ref, flops) == pytest.approx(0.5)
-    assert reward(Evaluation(0.8, 999, 900), ref, flops) == pytest.approx(0.8)
-    assert reward(Evaluation(0.9, 999, 2000), ref, flops) == pytest.approx(0.9 / 1.1)  # 2x over: a tenth off
-    # no step at the limit: an accurate student 4x past it outranks a wreck inside (the removal stage
-    # must keep a student worth shrinking)
-    assert reward(Evaluation(0.98, 999, 4000), ref, flops) > reward(Evaluation(0.3, 999, 100), ref, flops)
+    assert reward(Evaluation(0.5, 999, 500), ref, flops) == pytest.approx(0.5 + 0.5 * 0.5)
+    assert reward(Evaluation(0.8, 999, 900), ref, flops) == pytest.approx(0.5 + 0.5 * 0.8)
+    assert reward(Evaluation(0.9, 999, 2000), ref, flops) == pytest.approx(0.5 * 0.9 / (1 + 1.0))  # 2x over
+    # outside, of two equally far past the limit the more accurate scores more
+    assert reward(Evaluation(0.9, 999, 2000), ref, flops) > reward(Evaluation(0.3, 999, 2000), ref, flops)
     with pytest.raises(ValueError, match="expected a target"):
         RewardConfig(kind="target")
 
@@ -251,9 +251,9 @@ def test_latency_reward_uses_the_teacher_timed_beside_the_student():
     assert reward(Evaluation(0.90, 500, 100), ref, n2n) == INVALID_REWARD
     assert reward(Evaluation(0.90, 500, 100, latency_ms=9.0, teacher_latency_ms=8.0), ref, n2n) == INVALID_REWARD
     target = RewardConfig(kind="target", compression="latency", target_latency_ms=1.0)
-    assert reward(ev, ref, target) == pytest.approx(0.9 / 1.1)  # 2x over 1 ms: log2 2 = 1
+    assert reward(ev, ref, target) == pytest.approx(0.5 * 0.9 / (1 + 1.0))  # 2x over 1 ms: log2 2 = 1
     fast = Evaluation(0.50, 500, 100, latency_ms=0.5, teacher_latency_ms=8.0)  # within the limit: accuracy decides
-    assert reward(fast, ref, target) == pytest.approx(0.50)
+    assert reward(fast, ref, target) == pytest.approx(0.5 + 0.5 * 0.50)
     with_drop = RewardConfig(kind="target", compression="latency", target_latency_ms=1.0, target_drop=50.0)
     assert reward(fast, ref, with_drop) == pytest.approx(0.5 + 0.5 * (1 - 0.5 / 8))  # and the smaller, with a drop
     assert target.size_key == "latency_ms" and RewardConfig().size_key == "params"

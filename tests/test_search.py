@@ -528,8 +528,8 @@ def test_size_limits_alone_ask_for_the_most_accurate_student_within_them(ray_ses
     assert summary["teacher"]["params"] == teacher_params
     recs = [r for r in _records(run) if r["failure"] is None]
     inside = [r for r in recs if r["params"] <= limit]
-    assert inside and all(r["reward"] == pytest.approx(r["accuracy"]) for r in inside)
-    assert all(r["reward"] == pytest.approx(r["accuracy"] / (1 + 0.1 * math.log2(r["params"] / limit)))
+    assert inside and all(r["reward"] == pytest.approx(0.5 + 0.5 * r["accuracy"]) for r in inside)
+    assert all(r["reward"] == pytest.approx(0.5 * r["accuracy"] / (1 + math.log2(r["params"] / limit)))
                for r in recs if r["params"] > limit)
     finals = [r for r in recs if r["stage"] == "finalists" and r["params"] <= limit]
     # the finalists are the most accurate of the front within the limit, whatever past it scores
