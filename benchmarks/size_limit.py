@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +39,18 @@ VARIANTS = {**VARIANTS,
             "reinforce-shrink-refine": {"search.agent_options": {"policy": "pretrained"}, "search.stages": ["shrink", "refine"],
                                         "search.shrink_budget": 50, "search.refine_budget": 20},
             "optuna-shrink": {"search.agent": "optuna", "search.stages": ["shrink"], "search.shrink_budget": 70}}
+
+
+def _revision() -> str | None:
+    """The commit measured: rows of different designs must not be averaged unawares (helper-35)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+REVISION = _revision()
 
 
 def finalists_on_test(run_dir: Path, limit: int) -> list[dict]:
@@ -71,6 +84,9 @@ def main():
         if old["settings"] != out["settings"]:
             raise SystemExit(f"{path} holds results under other settings ({old['settings']}); move it away first")
         out["rows"] = old["rows"]
+        others = {r.get("revision") for r in old["rows"]} - {REVISION}
+        if others:
+            print(f"note: {path} holds rows measured at {sorted(map(str, others))}, this is {REVISION}", flush=True)
     ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     for seed in args.seeds:
         for agent in args.agents:
@@ -87,7 +103,7 @@ def main():
                    "exported_test": m["test_accuracy"], "teacher_test": m["teacher"]["test_accuracy"],
                    "within_limit": m["target"]["limits_met"], "chosen_because": m["chosen_because"],
                    "best_finalist_test": max((f["test"] for f in finals), default=None), "finalists": finals,
-                   "wall_seconds": wall}
+                   "wall_seconds": wall, "revision": REVISION}
             out["rows"] = [r for r in out["rows"] if (r["agent"], r["seed"]) != (agent, seed)] + [row]
             out["means"] = {a: {k: round(statistics.fmean(r[k] for r in out["rows"] if r["agent"] == a), 4)
                                 for k in ("exported_test", "exported_val", "exported_params", "wall_seconds")}

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from agents import Candidate, make_agent
-from envs import CompressionEnv, Evaluation, Reference, RewardConfig, compression, reward, within_drop
+from envs import CompressionEnv, Evaluation, Reference, RewardConfig, compression, reward, size_of, within_drop
 from search_spaces import SearchSpace, StudentSpec
 
 from .errors import RunError
@@ -257,7 +257,7 @@ class SearchDriver:
         self.stage_idx += 1
         self.asks = 0
         self.stage_started = self.wall_seconds()
-        best = self._removal_base() if done == "removal" else self.best(stage=done)
+        best = self._removal_base() if (done, self.stage) == ("removal", "shrink") else self.best(stage=done)
         while self.stage in ("removal", "shrink", "refine"):
             if self.stage == "refine":  # it narrows the shrink stage's best, wherever the stage stood
                 best = self.best(stage="shrink")
@@ -278,21 +278,29 @@ class SearchDriver:
         self._start_stage()
 
     def _removal_base(self) -> dict | None:
-        """The removal student the next stage starts from: the best by reward; with size or latency
-        limits alone the smallest within REMOVAL_KEEP_DROP points of the teacher, where one is."""
+        """The removal student the shrink stage starts from: the best by reward, or with size or
+        latency limits alone one within REMOVAL_KEEP_DROP points of the teacher (validation): the
+        most accurate that meets the limits, else the one nearest them; None (the teacher itself)
+        where no removal student is within it, as the best by reward is then the wreck the rule is
+        for (helper-35)."""
         best = self.best(stage="removal")
         limits_alone = self.target is not None and self.target.is_set() and self.target.max_accuracy_drop is None
         if not limits_alone:
             return best
         kept = [r for r in self.records if r["stage"] == "removal" and r["failure"] is None and r["reward"] > -1
                 and within_drop(self.reference.accuracy, r["accuracy"], REMOVAL_KEEP_DROP)]
-        if not kept:
-            return best
-        base = min(kept, key=lambda r: (r["params"], -r["accuracy"]))
+        def miss(r):  # how far past the limits, in the quantities they limit (params, FLOPs, latency)
+            return self.reward_config.miss(Evaluation.from_dict(r), self.reference)
+
+        inside = [r for r in kept if miss(r) == 0]
+        base = (max(inside, key=lambda r: (r["accuracy"], -size_of(r, self.reward_config))) if inside
+                else min(kept, key=lambda r: (miss(r), size_of(r, self.reward_config))) if kept else None)
         if base is not best:
-            self.log(f"stage removal: the next stage starts from the smallest removal student within "
-                     f"{REMOVAL_KEEP_DROP:g} point of the teacher ({base['params']:,} params, val acc "
-                     f"{base['accuracy']:.4f}), not its best by reward: with limits alone the stages after it meet them")
+            what = (f"the teacher itself: no removal student is within {REMOVAL_KEEP_DROP:g} point of it" if base is None
+                    else f"a removal student within {REMOVAL_KEEP_DROP:g} point of the teacher ({base['params']:,} params, "
+                         f"val acc {base['accuracy']:.4f}; {'within' if inside else 'nearest'} the limits)")
+            self.log(f"stage shrink starts from {what}, not from removal's best by reward: with limits alone, "
+                     f"the shrink stage meets them")
         return base
 
     def _start_stage(self):
@@ -440,8 +448,8 @@ class SearchDriver:
 
     def rescore(self) -> str | None:
         """Score again, under this n2n's reward, the records and cached results whose rewards it would
-        not give their figures (a run made before the reward changed: size limits alone ranked by
-        size until 2026-12-06), so that nothing ranks candidates by two rewards at once; what the
+        not give their figures (a run made before the reward changed, e.g. one with size limits alone
+        made before 55deb2d), so that nothing ranks candidates by two rewards at once; what the
         agent learnt from the old rewards stays. Returns what to tell the user, or None."""
         stale = misscored(self.records, self.reference, self.reward_config)
         if not stale:

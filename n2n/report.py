@@ -79,8 +79,8 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
                        f"{r['compression']:.4f} recorded, {c:.4f} from its figures): one of them was edited since")
     rescored = (f"warning: {len(wrong)} of {len(records)} candidates record a reward their figures do not give under "
                 f"this n2n's reward (e.g. {wrong[0][0]['key']}: {wrong[0][0]['reward']:.4f}, {wrong[0][1]:.4f} from "
-                f"its figures): candidates.json was edited, or an earlier n2n's reward scored them (`n2n resume` "
-                f"rescores those); the rewards below are as recorded") if wrong else None
+                f"its figures): candidates.json was edited, or an earlier n2n's reward scored them (`n2n resume` of an "
+                f"unfinished run rescores those); the rewards below are as recorded") if wrong else None
     size = SIZE_KEYS[cfg.reward.compression]  # what the reward compressed
     if size == "latency_ms":  # the teacher was timed beside every student: the median of those
         timed = [r["teacher_latency_ms"] for r in records if r.get("teacher_latency_ms")]

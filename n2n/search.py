@@ -473,6 +473,9 @@ def restore_driver(make, run_dir: Path, log=print) -> SearchDriver:
     if not usable:
         log(f"no usable search state; rebuilding it from candidates.json ({len(records)} candidates)")
     driver.adopt(records)
+    rescored = driver.rescore()  # before settle, whose stage ends and bases rank by reward
+    if rescored:
+        log(rescored)
     driver.retry_dead()  # before settle: a stage with a dead candidate to train again is not over
     driver.settle()
     return driver
@@ -562,9 +565,6 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
             raise RunError(f"{run_dir}: this search stopped because {driver.failed}; fix the cause and start a new one")
         done = driver.stage is None and (read_summary(run_dir) or {}).get("stage") == "done"
         if not done:  # a finished run, recorded as finished, is read and not written
-            rescored = driver.rescore()
-            if rescored:
-                log(rescored)
             driver.save()
         Fetcher(results_location(meta, run_dir), run_dir, log).sync(r["key"] for r in driver.records)
         if driver.stage is None:

@@ -221,24 +221,55 @@ def test_a_resume_under_another_reward_rescores_rather_than_rank_by_two(space):
 
 def test_with_limits_alone_shrinking_starts_from_an_accurate_removal_student(space):
     """With size limits alone the removal stage's best by reward was its one tiny wreck inside the
-    limit (3,850 params at 28% in the benchmark), and the shrink stage could only go down from it:
-    it starts from the smallest removal student within 1 point of the teacher (0.95 here) instead."""
+    limit (3,850 params at 28% in the benchmark), and the shrink stage could only go down from it: it
+    starts from a removal student within 1 point of the teacher (0.95 here): the most accurate within
+    the limits, else the nearest them; the teacher itself when none is within the point."""
     from n2n.config import TargetConfig
 
-    limit = 1000
-    d = _driver(space, reward_config=RewardConfig(kind="target", target_params=limit),
-                target=TargetConfig(max_accuracy_drop=None, max_params=limit))
-    rows = [(900, 0.28), (50_000, 0.945), (30_000, 0.93), (80_000, 0.951)]  # (params, val accuracy)
-    d.records = [{"stage": "removal", "key": f"r{p}", "params": p, "accuracy": a, "failure": None,
-                  "reward": reward(Evaluation(a, p, p), d.reference, d.reward_config)} for p, a in rows]
+    def base(limit, rows, **target):
+        d = _driver(space, reward_config=RewardConfig(kind="target", **{f"target_{k.removeprefix('max_')}": v
+                                                                          for k, v in target.items()}),
+                    target=TargetConfig(max_accuracy_drop=None, **target))
+        d.records = [{"stage": "removal", "key": f"r{p}-{f}", "params": p, "flops": f, "accuracy": a, "failure": None,
+                      "reward": reward(Evaluation(a, p, f), d.reference, d.reward_config)} for p, f, a in rows]
+        return d, d._removal_base()
+
+    teacher = space.teacher_params()  # 51,546
+    rows = [(900, 900, 0.28), (40_000, 4_000, 0.945), (30_000, 9_000, 0.942), (20_000, 2_000, 0.93)]
+    d, b = base(1000, rows, max_params=1000)
     assert d.best(stage="removal")["params"] == 900  # inside the limit: it outscores every accurate one
-    assert d._removal_base()["params"] == 50_000  # the smallest within 1 point
-    # an accuracy target keeps the best by reward, and so do limits with no removal student within 1 point
-    d.target = TargetConfig(max_accuracy_drop=1.0, max_params=limit)
+    assert b["params"] == 30_000  # none within the point meets the limit: the nearest it
+    assert base(1000, rows, max_flops=5000)[1]["params"] == 40_000  # the most accurate within 5,000 FLOPs
+    assert base(1000, rows, max_params=35_000)[1]["params"] == 30_000  # and within 35,000 params
+    assert base(1000, [r for r in rows if r[2] < 0.94], max_params=1000)[1] is None  # the teacher itself
+    assert all(p < teacher for p, _, _ in rows)
+    # an accuracy target keeps the best by reward
+    d.target = TargetConfig(max_accuracy_drop=1.0, max_params=1000)
     assert d._removal_base()["params"] == 900
-    d.target = TargetConfig(max_accuracy_drop=None, max_params=limit)
-    d.records = [r for r in d.records if r["accuracy"] < 0.94]
-    assert d._removal_base()["params"] == 900
+
+
+def test_with_limits_alone_the_shrink_base_survives_a_rebuild_and_a_state_round_trip(space):
+    proxy = ProxyEvaluator(space)
+    from n2n.config import TargetConfig
+
+    limit = space.teacher_params() // 20
+    kw = {"reward_config": RewardConfig(kind="target", target_params=limit),
+          "target": TargetConfig(max_accuracy_drop=None, max_params=limit)}
+    d = _driver(space, **kw)
+    said = []
+    d.log = said.append
+    _drive(d, space, proxy)
+    shrink = [r for r in d.records if r["stage"] == "shrink"]
+    expected = d._removal_base()
+    start = space.identity() if expected is None else StudentSpec.from_dict(expected["spec"])
+    assert all(set(r["spec"]["removed"]) == set(start.removed) for r in shrink)
+    rebuilt = _driver(space, **kw)
+    rebuilt.adopt(d.records)
+    rebuilt.settle()
+    assert rebuilt.base.removed == d.base.removed
+    again = _driver(space, **kw)
+    again.load_state_dict(d.state_dict())
+    assert again.base.removed == d.base.removed
 
 
 def test_state_round_trip_mid_batch(space):
