@@ -449,7 +449,7 @@ class SearchDriver:
     def rescore(self) -> str | None:
         """Score again, under this n2n's reward, the records and cached results whose rewards it would
         not give their figures (a run made before the reward changed, e.g. one with size limits alone
-        made before 55deb2d), so that nothing ranks candidates by two rewards at once; what the
+        made before a28e39b), so that nothing ranks candidates by two rewards at once; what the
         agent learnt from the old rewards stays. Returns what to tell the user, or None."""
         stale = misscored(self.records, self.reference, self.reward_config)
         if not stale:
