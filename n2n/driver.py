@@ -296,11 +296,11 @@ class SearchDriver:
         base = (max(inside, key=lambda r: (r["accuracy"], -size_of(r, self.reward_config))) if inside
                 else min(kept, key=lambda r: (miss(r), size_of(r, self.reward_config))) if kept else None)
         if base is not best:
-            what = (f"the teacher itself: no removal student is within {REMOVAL_KEEP_DROP:g} point of it" if base is None
+            what = (f"the teacher itself (no removal student is within {REMOVAL_KEEP_DROP:g} point of it)" if base is None
                     else f"a removal student within {REMOVAL_KEEP_DROP:g} point of the teacher ({base['params']:,} params, "
-                         f"val acc {base['accuracy']:.4f}; {'within' if inside else 'nearest'} the limits)")
-            self.log(f"stage shrink starts from {what}, not from removal's best by reward: with limits alone, "
-                     f"the shrink stage meets them")
+                         f"val acc {base['accuracy']:.4f}, {'within' if inside else 'nearest to'} the limits)")
+            self.log(f"stage shrink starts from {what}, not from removal's best by reward: with limits alone the "
+                     f"shrink stage is the one that meets them")
         return base
 
     def _start_stage(self):
