@@ -171,7 +171,6 @@ class Config:
             (self.finalists.k >= 0, f"finalists.k: expected >= 0, got {self.finalists.k}"),
             (self.finalists.epochs >= 1, f"finalists.epochs: expected >= 1, got {self.finalists.epochs}"),
             (self.early_stop.grace_period >= 1, f"early_stop.grace_period: expected >= 1 (epochs), got {self.early_stop.grace_period}"),
-            (self.distill.weight_decay >= 0, f"distill.weight_decay: expected >= 0, got {self.distill.weight_decay}"),
             (self.early_stop.reduction_factor >= 2, f"early_stop.reduction_factor: expected >= 2, got {self.early_stop.reduction_factor}"),
         ]
         for ok, msg in checks:
@@ -218,6 +217,7 @@ class Config:
              f"target.max_params: expected >= 1, got {self.target.max_params}"),
             (self.target.max_flops is None or self.target.max_flops >= 1,
              f"target.max_flops: expected >= 1, got {self.target.max_flops}"),
+            (self.distill.weight_decay >= 0, f"distill.weight_decay: expected >= 0, got {self.distill.weight_decay}"),
         ]
         for ok, msg in checks:
             if not ok:

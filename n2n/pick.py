@@ -137,15 +137,13 @@ def choose(records: list[dict], target, reward_config: RewardConfig, teacher_acc
     finalists = [r for r in done if r["stage"] == "finalists"]
     pool, what = (finalists, "finalist") if finalists else (done, "candidate")
     if target is not None and target.is_set():
-        def best(rows):  # the smallest within an accuracy target; the most accurate within size limits alone
-            if target.max_accuracy_drop is None:
-                return max(rows, key=lambda r: (r["accuracy"], -size_of(r, reward_config)))
-            return min(rows, key=lambda r: (size_of(r, reward_config), -r["accuracy"]))
-
+        # the smallest within an accuracy target; the most accurate within size limits alone
+        limits_alone = target.max_accuracy_drop is None
         spared = [r for r in pool if target.met_by(r, teacher_accuracy, margin)]
         if spared:
-            which = "smallest" if target.max_accuracy_drop is not None else "most accurate"
-            return best(spared), f"the {which} {what} that meets the target" + \
+            best = min(spared, key=lambda r: (-r["accuracy"], size_of(r, reward_config)) if limits_alone
+                       else (size_of(r, reward_config), -r["accuracy"]))
+            return best, f"the {'most accurate' if limits_alone else 'smallest'} {what} that meets the target" + \
                 (f" with {margin:g} points to spare on validation" if margin else "")
         meeting = [r for r in pool if target.met_by(r, teacher_accuracy)]
         if meeting:  # the most to spare: a larger margin never picks a student with less of it

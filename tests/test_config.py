@@ -58,8 +58,9 @@ def test_a_run_recorded_with_values_refused_since_is_read_as_it_was():
     recorded = dataclasses.asdict(load_config(None))
     recorded["seed"] = 2**40
     recorded["distill"]["temperature"] = math.inf  # the l2 loss never reads it
+    recorded["distill"]["weight_decay"] = -0.01  # checked for new searches since before; read as it was
     old = run_config(recorded)
-    assert old.seed == 2**40 and old.distill.temperature == math.inf
+    assert old.seed == 2**40 and old.distill.temperature == math.inf and old.distill.weight_decay == -0.01
     with pytest.raises(ConfigError, match="seed: expected a whole number from 0 to 4294967295, got 1099511627776"):
         old.check_new()
 

@@ -262,6 +262,7 @@ def test_with_limits_alone_the_shrink_base_survives_a_rebuild_and_a_state_round_
     shrink = [r for r in d.records if r["stage"] == "shrink"]
     expected = d._removal_base()
     start = space.identity() if expected is None else StudentSpec.from_dict(expected["spec"])
+    assert list(start.removed) != d.best(stage="removal")["spec"]["removed"]  # the rule, not the best, decided
     assert all(set(r["spec"]["removed"]) == set(start.removed) for r in shrink)
     rebuilt = _driver(space, **kw)
     rebuilt.adopt(d.records)
