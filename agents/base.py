@@ -16,6 +16,7 @@ spec is invalid (reward -1, never handed out, never trained) and leaves the rest
 from __future__ import annotations
 
 import math
+import reprlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -23,6 +24,12 @@ import numpy as np
 
 from envs import CompressionEnv, Evaluation, RewardConfig, reward
 from search_spaces import StudentSpec
+
+# a value in an error, cut short: YAML aliases nest a few lines into billions of items (helper-36: a
+# MemoryError from writing out `seed: *bomb`; helper-38: 1.4 GB from an agent option)
+_short = reprlib.Repr()
+_short.maxlevel, _short.maxlist, _short.maxdict, _short.maxstring, _short.maxother = 2, 6, 6, 80, 80
+shown = _short.repr
 
 STATE_VERSION = 1
 
@@ -48,7 +55,7 @@ def parse_options(kind: str, cls, options: dict):
         if k not in names:
             raise AgentOptionError(f"{k}: not an option of the {kind} agent; it takes {names or 'none'}")
         if not _fits(hints[k], v):
-            raise AgentOptionError(f"{k}: expected {getattr(hints[k], '__name__', hints[k])}, got {v!r}")
+            raise AgentOptionError(f"{k}: expected {getattr(hints[k], '__name__', hints[k])}, got {shown(v)}")
     try:
         return cls(**options)
     except (TypeError, ValueError) as e:

@@ -33,6 +33,9 @@ class Evaluation:
     # trial's device (see n2n.deploy.latency_ms); None where not measured (a failed trial)
     latency_ms: float | None = None
     teacher_latency_ms: float | None = None
+    # the student's fastest pass over the teacher's, in those rounds (n2n.deploy.fastest_ratio): what
+    # ranks students by latency; runs recorded before it rank by the ratio of the medians
+    latency_ratio: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,12 +116,21 @@ class RewardConfig:
         return miss
 
 
+def latency_ratio(rec: dict) -> float | None:
+    """A record's latency relative to the teacher timed beside it (None where not measured): the
+    recorded `latency_ratio`, or in runs recorded before it the ratio of the medians."""
+    if rec.get("latency_ratio"):
+        return rec["latency_ratio"]
+    ok = rec.get("latency_ms") and rec.get("teacher_latency_ms")
+    return rec["latency_ms"] / rec["teacher_latency_ms"] if ok else None
+
+
 def size_of(rec: dict, cfg: RewardConfig) -> float:
     """A record's size for ranking students: params or FLOPs; for latency the student's relative to
     the teacher timed beside it, since raw milliseconds of unlike workers do not compare."""
     if cfg.compression == "latency":
-        ok = rec.get("latency_ms") and rec.get("teacher_latency_ms")
-        return rec["latency_ms"] / rec["teacher_latency_ms"] if ok else math.inf
+        ratio = latency_ratio(rec)
+        return ratio if ratio else math.inf
     return rec[cfg.size_key]
 
 
@@ -126,7 +138,8 @@ def compression(ev: Evaluation, ref: Reference, cfg: RewardConfig = RewardConfig
     if cfg.compression == "flops":
         return 1.0 - ev.flops / ref.flops
     if cfg.compression == "latency":  # not measured (a failed trial): no compression, so no reward
-        return 1.0 - ev.latency_ms / ev.teacher_latency_ms if ev.latency_ms and ev.teacher_latency_ms else 0.0
+        ratio = latency_ratio(ev.to_dict())
+        return 1.0 - ratio if ratio else 0.0
     return 1.0 - ev.params / ref.params
 
 

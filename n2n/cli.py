@@ -188,13 +188,16 @@ def _seed(text: str) -> int:
     return value
 
 
-def _positive(text: str) -> float:
+def _cpus(text: str) -> float:
+    from .config import ray_fraction
+
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    if not ray_fraction(value):  # helper-36: 1e-300 was a traceback from Ray at the first trial
+        raise argparse.ArgumentTypeError(f"expected a number of CPUs >= 0.0001 (the smallest fraction Ray "
+                                         f"takes), got {text!r}")
     return value
 
 
@@ -263,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", help="an existing Ray cluster")
     r.add_argument("--concurrency", type=_at_least_one, metavar="N",
                    help="trials at once for this resume (fewer, when workers died for memory); default: the run's own")
-    r.add_argument("--cpus-per-trial", type=_positive, metavar="N",
+    r.add_argument("--cpus-per-trial", type=_cpus, metavar="N",
                    help="CPUs each trial asks Ray for in this resume (a machine smaller than the run's); default: the run's own")
     r.add_argument("--allow-factory", action="append", default=[], metavar="PKG.MOD:FN",
                    help="let a model folder's arch.json import and call this factory (your own module class); "

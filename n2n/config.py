@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from agents.base import shown
 from envs import STAGES, RewardConfig, within_drop
 from search_spaces import DEFAULT_RATIOS
 
@@ -191,6 +192,10 @@ class Config:
         checks = [
             # helper-32: past 64 bits a traceback from torch.manual_seed left a run folder no resume could continue
             (0 <= self.seed < SEED_LIMIT, f"seed: expected a whole number from 0 to {SEED_LIMIT - 1}, got {self.seed}"),
+            # helper-36: Ray refuses finer fractions of a CPU or GPU at the first trial, in a traceback
+            *[(v == 0 or ray_fraction(v), f"resources.{name}: expected 0 or at least 0.0001 (the smallest fraction Ray takes), got {v:g}")
+              for name, v in (("cpus_per_trial", self.resources.cpus_per_trial),
+                              ("gpus_per_trial", self.resources.gpus_per_trial))],
             # helper-32: an infinite lr or loss weight made every candidate's loss NaN
             *[(v is None or math.isfinite(v), f"distill.{name}: expected a finite number, got {v}")
               for name, v in (("lr", d.lr), ("transformer_lr", d.transformer_lr), ("temperature", d.temperature),
@@ -288,12 +293,12 @@ def _convert(tp, value, path: str):
         raise ConfigError(errors[0])
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
+            raise ConfigError(f"{path}: expected a list, got {shown(value)}")
         (item,) = typing.get_args(tp) or (typing.Any,)
         return [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{path}: expected a mapping, got {shown(value)}")
         return dict(value)
     if tp is float and isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value.strip()):
         return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string: helper-24's --set distill.lr=1e-4
@@ -301,13 +306,19 @@ def _convert(tp, value, path: str):
         accepted, what = _SCALARS[tp]
         # YAML's true/false are ints to Python; a bool is only ever accepted as a bool
         if not isinstance(value, accepted) or (isinstance(value, bool) and tp is not bool):
-            raise ConfigError(f"{path}: expected {what}, got {value!r}")
+            raise ConfigError(f"{path}: expected {what}, got {shown(value)}")
         return tp(value)
     return value
 
 
 _SCALARS = {bool: (bool, "true or false"), int: (int, "an integer"), float: ((int, float), "a number"),
             str: (str, "a string")}
+
+
+def ray_fraction(value: float) -> bool:
+    """Whether Ray takes `value` as an amount of a resource: finite and at least 0.0001 (it refuses
+    less, at the first trial; finer digits it rounds away)."""
+    return math.isfinite(value) and value >= 0.0001
 
 
 def from_dict(cls, data: dict, prefix: str = ""):
@@ -382,11 +393,14 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         if not path.is_file():
             raise ConfigError(f"config: expected a YAML file at {path}, found none")
         try:
-            data = yaml.load(path.read_text(), Loader=_UniqueKeys) or {}
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeys) or {}  # whatever the locale
         except _DuplicateKey as e:
             raise ConfigError(f"config {path}: {e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config {path}: not valid YAML ({e})") from None
+        except UnicodeDecodeError as e:  # helper-36: a traceback; a config saved as cp1252, say
+            raise ConfigError(f"config {path}: expected UTF-8 text, found byte {e.object[e.start]:#04x} at "
+                              f"offset {e.start}; save it as UTF-8") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config {path}: expected a mapping at the top level, got {type(data).__name__}")
     for dotted, value in (overrides or {}).items():
@@ -395,7 +409,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         for i, p in enumerate(parents):
             node = node.setdefault(p, {})
             if not isinstance(node, dict):  # `--set search=3 --set search.agent=x`, or a file with `search: 3`
-                raise ConfigError(f"{dotted}: {'.'.join(parents[: i + 1])} is {node!r}, not a section")
+                raise ConfigError(f"{dotted}: {'.'.join(parents[: i + 1])} is {shown(node)}, not a section")
         node[leaf] = value
     cfg = from_dict(Config, data)
     cfg.check_new()

@@ -269,6 +269,11 @@ def standardise(x: torch.Tensor, preprocess: dict) -> torch.Tensor:
     return x.to(torch.float32) * preprocess["scale"] + preprocess["shift"]
 
 
+def unstandardise(z: torch.Tensor, preprocess: dict) -> torch.Tensor:
+    """Model inputs -> the raw inputs they came from (what an exported student takes)."""
+    return (z - preprocess["shift"]) / preprocess["scale"]
+
+
 def _mnist1d() -> tuple[np.ndarray, np.ndarray]:
     from mnist1d.data import get_dataset_args, make_dataset
 
@@ -343,6 +348,8 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, list | None]:
             raise DataError(f"npz dataset {path}: damaged ({e})") from None
     if len(x) != len(y):
         raise DataError(f"npz dataset {path}: expected as many labels as samples, got {len(x)} samples and {len(y)} labels")
+    if len(y) == 0:  # helper-36: a numpy traceback from y.min()
+        raise DataError(f"npz dataset {path}: expected samples, found none (x and y are empty)")
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
         raise DataError(f"npz dataset {path}: expected 'y' to be 1-D non-negative integer labels, got dtype {y.dtype} shape {y.shape}")
     _check_class_ids(f"npz dataset {path}", int(y.max()), len(y), len(np.unique(y)))  # int: uint64 past 2**63

@@ -111,12 +111,26 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def latency_ms(models: list[nn.Module], x: torch.Tensor, *, threads: int = 1, warmup: int = 5,
-               repeats: int = 30) -> list[float]:
-    """Median milliseconds of one forward pass of each model on `x` (on the models' device).
+def latency_ms(models: list[nn.Module], x: torch.Tensor, **timing) -> list[float]:
+    """Median milliseconds of one forward pass of each model on `x` (see `time_passes`)."""
+    return [statistics.median(t) for t in time_passes(models, x, **timing)]
+
+
+def fastest_ratio(student: list[float], teacher: list[float]) -> float:
+    """The student's latency relative to the teacher's, from passes timed in the same interleaved
+    rounds: the fastest of each. A neighbouring trial's load only ever adds time, and more to the
+    longer pass (it is preempted more often), so the ratio of medians swung 2.7x for one pair on a
+    loaded worker (helper-37); the ratio of the fastest passes spread half as much as the medians'
+    in benchmarks/latency.py."""
+    return min(student) / min(teacher)
+
+
+def time_passes(models: list[nn.Module], x: torch.Tensor, *, threads: int = 1, warmup: int = 5,
+                repeats: int = 30) -> list[list[float]]:
+    """Milliseconds of each of `repeats` forward passes of each model on `x` (on the models' device).
 
     The models are timed in interleaved rounds (teacher, student, teacher, ...), so a change of load
-    on a shared worker during the measurement touches every model alike and their ratio holds."""
+    on a shared worker during the measurement touches every model alike."""
     device = next(models[0].parameters()).device
     x = x.to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -133,4 +147,4 @@ def latency_ms(models: list[nn.Module], x: torch.Tensor, *, threads: int = 1, wa
                 m(x)
                 sync()  # a CUDA launch returns at once: wait for the work
                 t.append(time.perf_counter() - start)
-    return [statistics.median(t) * 1000.0 for t in times]
+    return [[s * 1000.0 for s in t] for t in times]

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from agents import Candidate, make_agent
-from envs import CompressionEnv, Evaluation, Reference, RewardConfig, compression, reward, size_of, within_drop
+from envs import CompressionEnv, Evaluation, Reference, RewardConfig, compression, latency_ratio, reward, size_of, within_drop
 from search_spaces import SearchSpace, StudentSpec
 
 from .errors import RunError
@@ -248,6 +248,9 @@ class SearchDriver:
             elif done == "refine" and self.asks > self.max_asks * max(self.budgets[done], 1):
                 why = (f"it narrowed {len(self.refine_bases)} student(s) until its agent proposed only known ones, "
                        f"and no other shrink or refine student has a narrower one left untrained")
+            elif done == "finalists" and len(self.agent.specs) < self.budgets[done]:  # (helper-37: it said
+                n = len(self.agent.specs)                                              # "nothing more to propose")
+                why = f"{'only ' if n else ''}{n} candidate{'s' if n != 1 else ''} qualified (n2n.pick.finalists)"
             elif self.asks > self.max_asks * max(self.budgets[done], 1):
                 why = "the agent kept proposing known specs"
             else:
@@ -531,16 +534,29 @@ class SearchDriver:
         if key == "latency_ms":  # against the teacher timed beside it on the same worker
             if not rec.get("latency_ms"):
                 return "latency not measured", "?"
-            return f"{rec['latency_ms']:.3f} ms", f"{rec['teacher_latency_ms'] / rec['latency_ms']:.1f}x faster"
+            return f"{rec['latency_ms']:.3f} ms", f"{1 / latency_ratio(rec):.1f}x faster"
         ref = self.reference.flops if key == "flops" else self.reference.params
         return f"{rec[key]:,} {'FLOPs' if key == 'flops' else 'params'}", f"{ref / max(rec[key], 1):.1f}x smaller"
+
+    def _limits(self, rec: dict) -> str:
+        """What the target limits that the size shown is not (helper-37: a latency-limited search showed
+        params only), and whether `rec` is within the limits; "" without limits."""
+        t, key = self.target, self.reward_config.size_key
+        if t is None or all(v is None for v in (t.max_params, t.max_flops, t.max_latency_ms)) or rec.get("failure"):
+            return ""
+        ms = f"{rec['latency_ms']:.3f} ms" if rec.get("latency_ms") else "latency not measured"
+        shown = [f"{rec['params']:,} params" if t.max_params is not None and key != "params" else "",
+                 f"{rec['flops']:,} FLOPs" if t.max_flops is not None and key != "flops" else "",
+                 ms if t.max_latency_ms is not None and key != "latency_ms" else ""]
+        within = dataclasses.replace(t, max_accuracy_drop=None).met_by(rec, self.reference.accuracy)
+        return "".join(f", {s}" for s in shown if s) + f", {'within' if within else 'past'} the limits"
 
     def _progress(self, rec: dict):
         s = rec["stage"]
         best = self.best(most_accurate=True)
         size, _ = self._size(rec)
         line = (f"[{s} {self.trained(s)}/{self.budgets[s]}] reward {rec['reward']:+.3f} "
-                f"({size}, val acc {rec['accuracy']:.4f}{', cached' if rec['cached'] else ''})")
+                f"({size}{self._limits(rec)}, val acc {rec['accuracy']:.4f}{', cached' if rec['cached'] else ''})")
         if best:
             size, times = self._size(best)
             line += f" | best reward {best['reward']:.3f}: {size} ({times}), val acc {best['accuracy']:.4f}"

@@ -25,7 +25,7 @@ USER_ERRORS = (ConfigError, RunError, DataError, ModelError, SpecError, Unsuppor
 
 @contextlib.contextmanager
 def sigterm_as_sigint():
-    """SIGTERM (`kill`, `timeout`, a batch scheduler) stops a command as Ctrl-C does: a search's Tune
+    """SIGTERM (`kill`, `timeout`, a batch scheduler) and SIGHUP stop a command as Ctrl-C does: a search's Tune
     stops cleanly, the run says how to resume it, and the local Ray's temp folder is removed
     (Ray's own handler printed a crash dump and left the folder); an export or a teacher removes
     its temp folder (Python's default for SIGTERM left it). Ctrl-C's handler is put back as it was
@@ -44,13 +44,16 @@ def sigterm_as_sigint():
         else:
             raise KeyboardInterrupt
 
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:  # the parent asked for it to be ignored
-        yield
-        return
-    interrupt, previous = signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, as_sigint)
+    # SIGHUP (the terminal closed) too: it killed a search outright, without its resume line, its Ray
+    # folder left and Ray's agents orphaned for a minute (helper-36); one the parent ignores (nohup) stays so
+    caught = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None))
+              if s is not None and signal.getsignal(s) is not signal.SIG_IGN]
+    interrupt = signal.getsignal(signal.SIGINT)
+    previous = {s: signal.signal(s, as_sigint) for s in caught}
     try:
         yield
     finally:  # None: a handler installed outside Python, which cannot be put back
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
         if interrupt is not None:
             signal.signal(signal.SIGINT, interrupt)

@@ -302,10 +302,20 @@ def check_replaceable(folder: Path, kind: str) -> None:
 
 
 def check_creatable(folder: Path) -> None:
-    """Refuse, before any work, a path under a file (`--out notes.txt/student`)."""
-    blocker = next((p for p in reversed(Path(folder).parents) if p.exists() and not p.is_dir()), None)
+    """Refuse, before any work, a path under a file (`--out notes.txt/student`), or where nothing can be
+    written (a read-only mount, a folder of another user's): a teacher trained or a student fine-tuned
+    for minutes then failed to save (helper-36)."""
+    folder = Path(folder)
+    blocker = next((p for p in reversed(folder.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise FileExistsError(f"{folder}: cannot be made, {blocker} is a file, not a folder; choose another path")
+    # where the first new entry goes: beside `folder` (its temp folder, new_folder), or above it
+    there = next(p for p in folder.absolute().parents if p.is_dir())
+    try:
+        tempfile.TemporaryFile(dir=there).close()
+    except OSError as e:
+        raise PermissionError(f"{folder}: cannot be written, {there} refuses new files ({e.strerror}); choose "
+                              f"another path") from None
 
 
 def check_target(folder: Path, overwrite: bool = False, kind: str = "teacher") -> None:
@@ -365,14 +375,14 @@ def commit_folder(tmp: Path, folder: Path, overwrite: bool = False, kind: str = 
 
 @contextlib.contextmanager
 def signals_held():
-    """Ctrl-C and SIGTERM wait until the block is done, then reach the handlers they would have.
+    """Ctrl-C, SIGTERM and SIGHUP wait until the block is done, then reach the handlers they would have.
     (Python-level: blocking them in this thread alone lets another thread of the process, Ray's or
     torch's, take them.) Main thread only, as Python's signals."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught = []
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     before = {s: h for s, h in before.items() if h not in (None, signal.SIG_IGN)}  # None: set outside Python
     for s in before:
         signal.signal(s, lambda signum, frame: caught.append(signum))
@@ -446,6 +456,7 @@ def load_hf_classifier(folder: Path, trust_remote_code: bool = False) -> nn.Modu
     A folder without a trained classification head (a bare encoder such as all-MiniLM-L6-v2) is
     refused: transformers would fill the head with random weights, and nothing random may enter a
     teacher. `n2n teacher train --hf FOLDER` fine-tunes one into a classifier."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -459,7 +470,7 @@ def load_hf_classifier(folder: Path, trust_remote_code: bool = False) -> nn.Modu
         model, info = AutoModelForSequenceClassification.from_pretrained(
             folder, local_files_only=True, trust_remote_code=trust_remote_code, output_loading_info=True,
             use_safetensors=True)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:  # (helper-36: a pickle named model.safetensors)
         raise ModelError(f"{folder}: not a loadable Hugging Face classifier folder ({str(e).splitlines()[0]})") from None
     finally:
         hf_logging.set_verbosity(verbosity)

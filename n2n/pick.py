@@ -48,21 +48,25 @@ def finalists(records: list[dict], k: int, drop: float | None, teacher_accuracy:
     students, so the longer one recovers some of those below the target), and when none of those
     meets the whole target (`target`: an n2n.config.TargetConfig; else the drop alone) the smallest
     candidate that does takes the last place. With size or latency limits alone: the most accurate
-    candidates within them. The rest, or all without a target, the front's best by reward. Those
-    that meet the target are sought among all candidates, not the front's members only: a limit on
-    FLOPs or latency does not follow the params front (helper-34)."""
+    candidates within them, on the front or not (size within the limits does not matter there), the
+    rest by reward (which ranks those nearest the limits next). Otherwise the rest, or all without a
+    target, the front's best by reward. Those that meet the target are sought among all candidates,
+    not the front's members only: a limit on FLOPs or latency does not follow the params front
+    (helper-34)."""
     ok = [r for r in records if r["stage"] != "finalists" and r["failure"] is None and r["reward"] > -1]
     def size(r):
         return size_of(r, reward_config)
 
     members = front(ok, size)
-    if target is not None and target.is_set():  # the whole target: size and latency limits too (helper-23)
-        meets = front([r for r in ok if target.met_by(r, teacher_accuracy)], size)  # smallest first
-    else:
-        meets = [] if drop is None else [r for r in members if within_drop(teacher_accuracy, r["accuracy"], drop)]
+    whole = target is not None and target.is_set()  # the whole target: size and latency limits too (helper-23)
     if drop is None:  # limits alone: the most accurate within them (none without a target)
-        chosen = meets[::-1][:k]
+        inside = [r for r in ok if whole and target.met_by(r, teacher_accuracy)]
+        chosen = sorted(inside, key=lambda r: (-r["accuracy"], size(r)))[:k]
+        if whole:  # the rest by reward, which ranks those nearest the limits next (helper-37)
+            members = ok
     else:
+        meets = (front([r for r in ok if target.met_by(r, teacher_accuracy)], size) if whole  # smallest first
+                 else [r for r in members if within_drop(teacher_accuracy, r["accuracy"], drop)])
         chosen = [r for r in members if (teacher_accuracy - r["accuracy"]) * 100 <= drop + reach][:k]
         if k and meets and not any(r in meets for r in chosen):
             # every one of the k smallest misses the target: the last place goes to the smallest that meets

@@ -14,6 +14,7 @@ import secrets
 import shutil
 import socket
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -72,8 +73,9 @@ def ray_session(address: str | None, log=print):
             ray.shutdown()
             _ray_auth_env(saved)  # the mode Ray chose is not left for a later local session to take as the user's
         return
-    _remove_stale_ray_temps(tempfile.gettempdir())
-    temp = tempfile.mkdtemp(prefix="n2n-ray-")  # short: Ray's socket paths must stay under 108 bytes
+    root = ray_temp_root(log)
+    _remove_stale_ray_temps(root)
+    temp = tempfile.mkdtemp(prefix="n2n-ray-", dir=root)
     Path(temp, _DRIVER).write_text(json.dumps(_this_process()))
     # Ray 2.60 has its servers listen on every interface, whatever node IP it is given: without a token
     # anyone reaching this machine could join as a driver and run code as the user. A fresh random token
@@ -98,6 +100,31 @@ def ray_session(address: str | None, log=print):
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
         _ray_auth_env(saved)  # the user's own values, exactly as they were
+
+
+# Ray puts Unix sockets at ROOT/n2n-ray-XXXXXXXX/session_<date>_<time>_<micro>_<pid>/sockets/plasma_store,
+# and a socket path holds at most 107 bytes (103 on macOS): ROOT gets what the rest leaves
+SOCKET_PATH_MAX = 103 if sys.platform == "darwin" else 107
+SOCKET_TAIL = len("/session_2026-12-06_04-36-56_123456_4194304/sockets/plasma_store")
+TEMP_NAME = len("/n2n-ray-XXXXXXXX")
+
+
+def ray_temp_root(log=print) -> str:
+    """Where a local Ray's temp folder goes: RAY_TMPDIR (Ray's own setting) or the temp folder
+    (TMPDIR); where that path is too long for Ray's socket paths (HPC schedulers set TMPDIR to deep
+    job folders: helper-36 found every search failing on a 31-character one), /tmp, and it says so."""
+    root = os.path.abspath(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir())  # Ray wants it absolute
+    room = SOCKET_PATH_MAX - SOCKET_TAIL - TEMP_NAME
+    if len(os.fsencode(root)) <= room:
+        return root
+    what = "RAY_TMPDIR" if os.environ.get("RAY_TMPDIR") else "the temp folder (TMPDIR)"
+    if os.path.isdir("/tmp") and os.access("/tmp", os.W_OK | os.X_OK):
+        log(f"{what} {root} is too long for Ray's socket paths (at most {room} bytes, to leave room for the "
+            f"{SOCKET_TAIL + TEMP_NAME} of n2n's and Ray's folders below it): this search's Ray keeps its temp "
+            f"files under /tmp instead")
+        return "/tmp"
+    raise RunError(f"{what} {root}: expected a path of at most {room} bytes (Ray's socket paths hold at most "
+                   f"{SOCKET_PATH_MAX}), and /tmp is not writable either; set RAY_TMPDIR to a short writable folder")
 
 
 _DRIVER = "n2n-driver.json"  # in each local Ray temp folder: the n2n process it belongs to

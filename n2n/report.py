@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import io
 import math
 import statistics
 import time
 from pathlib import Path
 
-from envs import Reference
+from envs import Reference, latency_ratio
 from envs.reward import SIZE_KEYS
 
 from .config import run_config
@@ -18,10 +20,12 @@ from .pick import choose, front, misscored
 from .runfolder import finish_hint, read_records, read_run, unfinished
 
 
-def leaderboard(records: list[dict], teacher_size: float, top: int = 10, size: str = "params") -> str:
+def leaderboard(records: list[dict], teacher_size: float, top: int = 10, size: str = "params",
+                within=None) -> str:
     """The best `top` candidates by reward; `size` is the record field the reward compressed
     ("params", "flops" or "latency_ms"). Latency, where measured, has a column of its own; a
-    latency's "smaller" is against the teacher timed beside that student."""
+    latency's "smaller" is against the teacher timed beside that student. `within(record)`: whether
+    it meets the target's size and latency limits, a column of its own (None: no limits)."""
     rows = sorted((r for r in records if r["failure"] is None), key=lambda r: -r["reward"])[:top]
     lat = size == "latency_ms"
     show = (lambda v: f"{v:.3f}") if lat else (lambda v: f"{v:,}")
@@ -29,12 +33,13 @@ def leaderboard(records: list[dict], teacher_size: float, top: int = 10, size: s
     w = max([len(show(r[size])) for r in rows] + [len(size)])  # 8-digit counts keep their column
     extra = not lat and any(r.get("latency_ms") for r in rows)
     lines = [f"{'#':>2} {'stage':9} {size:>{w}} {'smaller':>9} {'val acc':>7} {'reward':>7}"
-             f"{' latency_ms' if extra else ''}  spec"]
+             f"{' latency_ms' if extra else ''}{' limits' if within else ''}  spec"]
     for i, r in enumerate(rows, 1):
-        times = r["teacher_latency_ms"] / r[size] if lat else teacher_size / max(r[size], 1)
+        times = 1 / latency_ratio(r) if lat else teacher_size / max(r[size], 1)
         ms = f" {r['latency_ms']:>10.3f}" if extra and r.get("latency_ms") else " " * 11 if extra else ""
+        limits = f" {'within' if within(r) else 'past':>6}" if within else ""
         lines.append(f"{i:>2} {r['stage']:9} {show(r[size]):>{w}} {times:>8.1f}x "
-                     f"{r['accuracy']:>7.4f} {r['reward']:>7.3f}{ms}  {r.get('summary', '')}")
+                     f"{r['accuracy']:>7.4f} {r['reward']:>7.3f}{ms}{limits}  {r.get('summary', '')}")
     return "\n".join(lines)
 
 
@@ -47,11 +52,22 @@ def batch_means(records: list[dict], batch: int) -> list[tuple[str, float]]:
     return out
 
 
-def _save_png(fig, path: Path) -> None:
-    """savefig into memory, then an atomic write: a symlink planted at `path` is replaced, never written through."""
+UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
+
+
+def _save_png(fig, path: Path) -> str | None:
+    """savefig into memory, then an atomic write: a symlink planted at `path` is replaced, never written
+    through. Where the folder takes no file (a read-only or shared run, a full disk): why, and the
+    report is still printed (helper-36: a traceback instead of the leaderboard)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
-    write_bytes(path, buf.getvalue())
+    try:
+        write_bytes(path, buf.getvalue())
+    except OSError as e:
+        if e.errno not in UNWRITABLE:
+            raise
+        return f"{path.name} ({e.strerror})"
+    return None
 
 
 def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
@@ -91,8 +107,10 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     reinforce = cfg.search.agent == "reinforce"
     batch = int(cfg.search.agent_options.get("batch_size", 10)) if reinforce else 10
     what = f"group of {batch} trained candidates, in the order they finished"
+    limits = dataclasses.replace(cfg.target, max_accuracy_drop=None)  # the target's size and latency limits
+    within = (lambda r: limits.met_by(r, ref["accuracy"])) if limits.is_set() else None
     text = [f"run {run_dir.name}: {len(records)} candidates; teacher {ref[size]:,} {size}, val acc {ref['accuracy']:.4f}",
-            *([rescored] if rescored else []), leaderboard(records, ref[size], size=size)]
+            *([rescored] if rescored else []), leaderboard(records, ref[size], size=size, within=within)]
     try:  # the leaderboard ranks by reward; the export picks by the target (n2n.pick), often another
         pick, why = choose(records, cfg.target, cfg.reward_config(), ref["accuracy"], cfg.early_stop.enabled, str(run_dir))
         text.append(f"`n2n export` picks {pick['key']} ({pick['params']:,} params, {pick['stage']}, val acc "
@@ -121,10 +139,14 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     fig.tight_layout()
-    _save_png(fig, out_dir / "reward_curve.png")
+    unsaved = [_save_png(fig, out_dir / "reward_curve.png")]
     plt.close(fig)
 
     ok = [r for r in records if r["failure"] is None and r.get(size) is not None]
+    # latency is ranked by its ratio to the teacher timed beside it (envs.size_of), so it is drawn so too
+    def x_of(r):
+        return latency_ratio(r) if size == "latency_ms" else r[size]
+
     drop = cfg.target.max_accuracy_drop
     # with a target, a candidate near chance would squeeze its region into a few pixels: the axis stops
     # 5 points below it (never above export's pick) and says how many candidates it leaves out
@@ -133,28 +155,32 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
         floor = min(floor, pick["accuracy"] - 0.005)
     below = sum(r["accuracy"] < floor for r in ok)
     fig, ax = plt.subplots(figsize=(8, 4))
-    for stage in dict.fromkeys(r["stage"] for r in ok):
+    for i, stage in enumerate(dict.fromkeys(r["stage"] for r in ok)):
         rs = [r for r in ok if r["stage"] == stage and r["accuracy"] >= floor]
-        if not rs:  # every point of the stage below the axis: no legend entry for nothing drawn (helper-28)
-            continue
         finals = stage == "finalists"  # distilled longer: their own marker
-        ax.scatter([r[size] for r in rs], [r["accuracy"] for r in rs], s=40 if finals else 14, alpha=0.9 if finals else 0.7,
-                   marker="D" if finals else "o", label=f"finalists ({cfg.finalists.epochs} epochs)"
-                   if finals else stage)
+        label = f"finalists ({cfg.finalists.epochs} epochs)" if finals else stage
+        style = {"s": 40 if finals else 14, "alpha": 0.9 if finals else 0.7, "marker": "D" if finals else "o"}
+        # a stage's candidates past the size or latency limits hollow: a limit off this axis shows no line
+        for group, past in (([r for r in rs if not within or within(r)], False), ([r for r in rs if within and not within(r)], True)):
+            if group:  # every point of the stage below the axis: no legend entry for nothing drawn (helper-28)
+                ax.scatter([x_of(r) for r in group], [r["accuracy"] for r in group], **style,
+                           **({"facecolors": "none", "edgecolors": f"C{i}", "label": f"{label}, past the limits"}
+                              if past else {"color": f"C{i}", "label": label}))
     if drop is not None:
         ax.axhline(ref["accuracy"] - drop / 100, color="tab:red", ls="--", lw=1, label=f"target: -{drop} points")
-    limit = {"params": cfg.target.max_params, "flops": cfg.target.max_flops, "latency_ms": cfg.target.max_latency_ms}[size]
-    if limit is not None:  # the size limit on this axis; the other limits cannot be drawn on it
+    limit = {"params": cfg.target.max_params, "flops": cfg.target.max_flops, "latency_ms": None}[size]
+    if limit is not None:  # the size limit on this axis (a latency limit is in ms, this axis a ratio)
         ax.axvline(limit, color="tab:red", ls=":", lw=1, label=f"target: at most {limit:,g}")
-    pareto = front([r for r in ok if r["stage"] != "finalists"], lambda r: r[size])
+    pareto = front([r for r in ok if r["stage"] != "finalists"], x_of)
     if pareto:
-        ax.step([r[size] for r in pareto], [r["accuracy"] for r in pareto], where="post", color="k", lw=1, label="Pareto front")
+        ax.step([x_of(r) for r in pareto], [r["accuracy"] for r in pareto], where="post", color="k", lw=1, label="Pareto front")
     if pick is not None and pick.get(size) is not None:
-        ax.scatter([pick[size]], [pick["accuracy"]], s=160, facecolors="none", edgecolors="k", lw=1.5,
-                   label="`n2n export`'s pick")
-    ax.scatter([ref[size]], [ref["accuracy"]], marker="*", s=120, color="red", label="teacher")
+        ax.scatter([x_of(pick)], [pick["accuracy"]], s=160, facecolors="none", edgecolors="k", lw=1.5,
+                   label="n2n export's pick")
+    ax.scatter([1.0 if size == "latency_ms" else ref[size]], [ref["accuracy"]], marker="*", s=120, color="red", label="teacher")
     ax.set(xscale="log", xlabel={"params": "parameters", "flops": "FLOPs (multiply-accumulates)",
-                                 "latency_ms": "latency (ms, median)"}[size],
+                                 "latency_ms": "latency relative to the teacher timed beside it"
+                                 + (" (fastest passes)" if all(r.get("latency_ratio") for r in ok) else "")}[size],
            ylabel="validation accuracy", title="Accuracy against size" + partial)
     if below:
         ax.set_ylim(bottom=floor)
@@ -163,8 +189,11 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     ax.set_ylim(top=min(ax.get_ylim()[1], 1.005))  # no accuracy past 100% on the axis (helper-28)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside the plot: it hid points inside
     fig.tight_layout()
-    _save_png(fig, out_dir / "pareto.png")
+    unsaved = [u for u in (*unsaved, _save_png(fig, out_dir / "pareto.png")) if u]
     plt.close(fig)
-    text.append(f"plots: {out_dir / 'reward_curve.png'}, {out_dir / 'pareto.png'}"
-                + (f" (its axis leaves out {below} candidate{'s' * (below > 1)} below val acc {floor:.4f})" if below else ""))
+    if unsaved:
+        text.append(f"warning: the plots could not be saved in {out_dir}: {', '.join(unsaved)}")
+    else:
+        text.append(f"plots: {out_dir / 'reward_curve.png'}, {out_dir / 'pareto.png'}"
+                    + (f" (its axis leaves out {below} candidate{'s' * (below > 1)} below val acc {floor:.4f})" if below else ""))
     return "\n".join(text)

@@ -158,7 +158,7 @@ def _wrong_types(r: dict) -> str | None:
               # fields later n2n versions added: checked where present (helper-28: tracebacks in report)
               ("summary", isinstance(r.get("summary", ""), str)),
               ("flops", r.get("flops") is None or isinstance(r["flops"], int) and not isinstance(r["flops"], bool)),
-              *((k, r.get(k) is None or is_number(r[k])) for k in ("latency_ms", "teacher_latency_ms")))
+              *((k, r.get(k) is None or is_number(r[k])) for k in ("latency_ms", "teacher_latency_ms", "latency_ratio")))
     bad = [name for name, ok in checks if not ok]
     return ", ".join(f"{name} {r[name]!r}" for name in bad) or None
 
@@ -287,13 +287,17 @@ def save_state(run_dir: Path, state: dict) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
     fd, tmp = private_temp(run_dir / STATE)
-    with os.fdopen(fd, "wb") as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())  # on disk before the renames (a power cut: this state or the one before)
-    if (run_dir / STATE).exists():
-        os.replace(run_dir / STATE, run_dir / PREV_STATE)
-    os.replace(tmp, run_dir / STATE)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the renames (a power cut: this state or the one before)
+        if (run_dir / STATE).exists():
+            os.replace(run_dir / STATE, run_dir / PREV_STATE)
+        os.replace(tmp, run_dir / STATE)
+    finally:  # a full disk: no empty temp file left in the run (helper-36)
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def load_states(run_dir: Path, log=print):

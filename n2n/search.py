@@ -109,7 +109,7 @@ def make_context(meta: dict, cfg: Config, run_dir: Path, loaded: tuple, factorie
                    tuple(cfg.search.ratios), ds.x_train, ds.y_train, t_logits, ds.x_val, ds.y_val, cfg.distill,
                    Reference(**meta["reference"]), cfg.reward_config(), results_location(meta, run_dir), cfg.resources.device, cfg.seed,
                    cfg.search.uniform_widths, per_epoch=cfg.early_stop.enabled, factories=tuple(factories),
-                   latency=cfg.latency if cfg.latency.repeats else None)
+                   latency=cfg.latency if cfg.latency.repeats else None, preprocess=ds.preprocess)
 
 
 def results_location(meta: dict, run_dir: Path) -> str:
@@ -398,13 +398,19 @@ def _finish(run_dir: Path, driver: SearchDriver, log=print, factories=(), addres
 def teed(log, run_dir: Path):
     """`log`, and a copy of every line in RUN/n2n.log (with the time): the run keeps its own story."""
     def both(msg: str):
-        log(msg)
-        try:
+        unwritten = None
+        try:  # the run's copy first: after a hang-up the terminal is gone (helper-38: EIO), the run's log is not
             with append_to(run_dir / "n2n.log") as f:
                 f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
         except OSError as e:  # ELOOP: a symlink planted there is never written through
-            raise RunError(f"{run_dir / 'n2n.log'}: cannot append to the run's log ({e.strerror}); it must be a "
-                           "plain file") from None
+            unwritten = e
+        try:
+            log(msg)
+        except OSError:  # a closed terminal: the line is in n2n.log
+            pass
+        if unwritten is not None:
+            raise RunError(f"{run_dir / 'n2n.log'}: cannot append to the run's log ({unwritten.strerror}); it must be "
+                           "a plain file")
     return both
 
 
@@ -476,6 +482,10 @@ def restore_driver(make, run_dir: Path, log=print) -> SearchDriver:
     rescored = driver.rescore()  # before settle, whose stage ends and bases rank by reward
     if rescored:
         log(rescored)
+    medians = sum(bool(r.get("latency_ms")) and not r.get("latency_ratio") for r in driver.records)
+    if medians and driver.reward_config.compression == "latency":  # (helper-38) their timings are not kept
+        log(f"{medians} candidates were timed before n2n recorded the ratio of the fastest passes: they rank by the "
+            f"ratio of their medians, the candidates trained from now on by the fastest passes'")
     driver.retry_dead()  # before settle: a stage with a dead candidate to train again is not over
     driver.settle()
     return driver

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import statistics
 import time
 import traceback
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ import torch
 from envs import Evaluation, Reference, RewardConfig, compression, reward
 from search_spaces import SearchSpace, StudentSpec
 
-from .deploy import latency_ms
-from .models import ModelError, build_model, device_for
+from .data import unstandardise
+from .deploy import fastest_ratio, time_passes
+from .models import ModelError, RawInput, build_model, device_for
 from .storage import open_results, shown
 from .train import DistillConfig, HiddenTarget, distill
 
@@ -50,6 +52,7 @@ class Context:
     per_epoch: bool = False  # report after every epoch (early stopping reads it); else once at the end
     factories: tuple = ()  # user factories the user allowed (module teachers); see n2n.models.build_model
     latency: object = None  # n2n.config.LatencyConfig: how latency is measured (None: not measured)
+    preprocess: dict | None = None  # the data set's standardisation (n2n.models.RawInput), timed with the models
 
 
 _SPACES: dict[str, SearchSpace] = {}  # per worker process: actors are reused across trials
@@ -105,12 +108,17 @@ def evaluate(space: SearchSpace, spec: StudentSpec, ctx: Context, report=None,
 
     device = device_for(ctx.device)
     teacher = teacher_on(space, ctx, device)
-    latency = (None, None)
+    latency = (None, None, None)
     if ctx.latency is not None:  # before distillation (the weights do not change the compute), so every
         lat = ctx.latency        # per-epoch report carries it too: early stopping can rank on it
         x = ctx.x_val[torch.arange(lat.batch_size) % len(ctx.x_val)]  # (batch_size, *input): real inputs
-        latency = tuple(latency_ms([student.to(device), teacher], x, threads=lat.threads, warmup=lat.warmup,
-                                   repeats=lat.repeats))
+        # as they ship (n2n.load_student): on raw inputs, the standardisation timed too, which export times
+        # as well (helper-38: 70% of a small student's time; a limit judged on two modules misled)
+        pre = ctx.preprocess
+        models = [RawInput(m, pre).eval() if pre else m for m in (student.to(device), teacher)]
+        raw = unstandardise(x, pre) if pre else x
+        times = time_passes(models, raw, threads=lat.threads, warmup=lat.warmup, repeats=lat.repeats)
+        latency = (*map(statistics.median, times), fastest_ratio(*times))  # medians (ms), and the ratio
 
     def on_epoch(epoch, acc):
         ev = Evaluation(acc, params, flops, epoch + 1, time.perf_counter() - start, 0.0, None, *latency)
@@ -123,7 +131,7 @@ def evaluate(space: SearchSpace, spec: StudentSpec, ctx: Context, report=None,
     res = distill(student, ctx.x_train, ctx.y_train, ctx.t_logits, ctx.x_val, ctx.y_val, ctx.distill.for_space(space),
                   seed=ctx.seed, device=device, on_epoch=on_epoch if report else None, hidden=hidden)
     ev = Evaluation(res.val_accuracy, params, flops, res.epochs, time.perf_counter() - start, res.train_seconds,
-                    res.failure, *(latency if res.failure is None else (None, None)))
+                    res.failure, *(latency if res.failure is None else (None, None, None)))
     return ev, student.cpu()
 
 

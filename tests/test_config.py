@@ -250,3 +250,43 @@ def test_transformer_students_are_distilled_at_their_own_learning_rate():
     assert old.distill.transformer_lr is None and old.distill.for_space(TransformerSpace).lr == 0.003
     with pytest.raises(ConfigError, match="distill.transformer_lr: expected > 0 or null, got 0"):
         load_config(None, {"distill.transformer_lr": 0})
+
+
+def test_a_yaml_alias_bomb_is_refused_in_a_short_line(tmp_path):
+    """helper-36: nine levels of aliases under `seed` (9**9 items, a few lines of YAML) were written out
+    whole in the error message: a MemoryError or gigabytes. The value is shown cut short."""
+    levels = ["&l0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [f"&l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text(f"seed: [{', '.join(levels)}]\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    path.write_text(f"search: {{agent_options: {{batch_size: [{', '.join(levels)}]}}}}\n")  # an agent's own check too
+    with pytest.raises(ConfigError) as agent:
+        load_config(path)
+    assert len(str(agent.value)) < 400 and str(agent.value).startswith("search.agent_options.batch_size: expected int")
+    path.write_text(f"seed: [{', '.join(levels)}]\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == ("seed: expected an integer, got [[1, 1, 1, 1, 1, 1, ...], [[...], [...], [...], [...], "
+                            "[...], [...], ...], [[...], [...], [...], [...], [...], [...], ...], [[...], [...], [...], "
+                            "[...], [...], [...], ...], [[...], [...], [...], [...], [...], [...], ...], [[...], [...], "
+                            "[...], [...], [...], [...], ...], ...]")
+
+
+def test_a_fraction_of_a_cpu_or_gpu_finer_than_ray_takes_is_refused_before_a_run_exists():
+    """helper-36: cpus_per_trial 0.00001 made a run folder, then a Ray traceback at the first trial, and
+    a plain resume failed the same way."""
+    for name, value in (("cpus_per_trial", 0.00001), ("gpus_per_trial", 0.00005)):
+        with pytest.raises(ConfigError, match=rf"resources.{name}: expected 0 or at least 0.0001 \(the smallest "
+                                              rf"fraction Ray takes\), got {value:g}"):
+            load_config(None, {f"resources.{name}": value}).check_new()
+    # finer digits Ray rounds away (0.3333): taken (helper-38)
+    assert load_config(None, {"resources.cpus_per_trial": 0.33333, "resources.gpus_per_trial": 0.0001}).check_new() is None
+
+
+def test_a_config_that_is_not_utf8_is_refused_in_one_line(tmp_path):
+    """helper-36: a UnicodeDecodeError traceback (a config saved as cp1252 with an accented comment)."""
+    path = tmp_path / "cp1252.yaml"
+    path.write_bytes("seed: 3  # caf\xe9\n".encode("cp1252"))
+    with pytest.raises(ConfigError, match=rf"config {path}: expected UTF-8 text, found byte 0xe9 at offset 14; save it as UTF-8"):
+        load_config(path)

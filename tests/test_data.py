@@ -86,6 +86,9 @@ def test_npz_errors_name_what_was_expected(tmp_path):
         load_dataset(f"npz:{tmp_path / 'e.npz'}")
     with pytest.raises(DataError, match="unknown dataset 'cifar'"):
         load_dataset("cifar")
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 1, 8), np.float32), y=np.zeros(0, int))  # helper-36: a traceback
+    with pytest.raises(DataError, match=r"empty.npz: expected samples, found none \(x and y are empty\)$"):
+        load_dataset(f"npz:{tmp_path / 'empty.npz'}")
     # splits of another sample shape (helper-27: said to need pickle)
     np.savez(tmp_path / "f.npz", **{f"{a}_{s}": np.zeros((5, 1, 8, 7 if s == "train" else 8)) if a == "x" else
                                     np.zeros(5, int) for a in "xy" for s in ("train", "val", "test")})

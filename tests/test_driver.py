@@ -485,3 +485,26 @@ def test_an_interrupted_search_names_its_resume_command_whole(space, tmp_path):
     _finish(tmp_path / "r", _driver(space), said.append, factories=["pkg.m:f"], address="10.0.0.1:6379")
     assert said == [f"search interrupted; continue it with `n2n resume {tmp_path / 'r'} --address 10.0.0.1:6379 "
                     f"--allow-factory pkg.m:f`"]
+
+
+def test_progress_lines_show_what_the_target_limits(space):
+    """helper-37: a FLOPs- or latency-limited search's progress lines showed params only, so nobody could
+    see which candidates met the limits while it ran."""
+    from n2n.config import TargetConfig
+
+    d = _driver(space, target=TargetConfig(max_accuracy_drop=None, max_flops=1000, max_latency_ms=0.5))
+    rec = {"params": 10, "flops": 900, "latency_ms": 0.6, "accuracy": 0.9}
+    assert d._limits(rec) == ", 900 FLOPs, 0.600 ms, past the limits"
+    assert d._limits({**rec, "latency_ms": 0.4}) == ", 900 FLOPs, 0.400 ms, within the limits"
+    assert d._limits({**rec, "latency_ms": None}) == ", 900 FLOPs, latency not measured, past the limits"
+    assert _driver(space)._limits(rec) == ""  # no target, or an accuracy target alone: nothing more to show
+
+
+def test_a_finalist_stage_with_fewer_candidates_than_k_says_why(space):
+    """helper-37: it said "the agent has nothing more to propose" where only one candidate qualified."""
+    proxy, said = ProxyEvaluator(space), []
+    d = _driver(space, agent="random", stages=["shrink", "finalists"], budgets={"shrink": 2, "finalists": 3},
+                agent_options={}, log=said.append)
+    _drive(d, space, proxy)
+    assert [r["stage"] for r in d.records].count("finalists") == 2
+    assert "stage finalists ended after 2 of 3 candidates: only 2 candidates qualified (n2n.pick.finalists)" in said

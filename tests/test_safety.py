@@ -26,6 +26,8 @@ from n2n.runfolder import PREV_STATE, STATE, RunLock, read_records
 from n2n.search import OpenRun, restore_driver, resume_search, run_search
 from search_spaces import SequentialSpace, StudentSpec, layers_to_module
 
+from helpers import untimed
+
 
 def _main(capsys, *argv, stream="err"):
     """The CLI in-process: (exit status, its stderr or `stream`), without what earlier work in this process printed."""
@@ -318,7 +320,7 @@ def test_export_overwrite_replaces_only_an_earlier_export(finished_run, tmp_path
     first = export_best(run, out, log=lambda *_: None)
     status, err = _main(capsys, "export", run, "--out", out)
     assert status == 2 and "already exists" in err
-    assert export_best(run, out, overwrite=True, log=lambda *_: None) == first  # an earlier export: replaced
+    assert untimed(export_best(run, out, overwrite=True, log=lambda *_: None)) == untimed(first)  # an earlier export: replaced
     (out / "hf").mkdir()
     (out / "hf" / "notes.txt").write_text("mine now")  # n2n's subfolder with a file of the user's inside
     status, err = _main(capsys, "export", run, "--out", out, "--overwrite")
@@ -466,14 +468,24 @@ def test_sigterm_stops_a_search_as_ctrl_c_does_even_where_sigint_is_ignored():
 
     from n2n.errors import sigterm_as_sigint
 
-    term, interrupt = signal.getsignal(signal.SIGTERM), signal.signal(signal.SIGINT, signal.SIG_IGN)
+    term = signal.getsignal(signal.SIGTERM)
+    interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    hup = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal (the suite may run under nohup)
     try:
-        with pytest.raises(KeyboardInterrupt), sigterm_as_sigint():
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the handler runs at the next bytecode; never this long
-        assert signal.getsignal(signal.SIGTERM) == term  # restored
+        # SIGHUP (the terminal closed) as well: it killed a search outright, its Ray folder left (helper-36)
+        for sent in (signal.SIGTERM, signal.SIGHUP):
+            with pytest.raises(KeyboardInterrupt), sigterm_as_sigint():
+                os.kill(os.getpid(), sent)
+                time.sleep(5)  # the handler runs at the next bytecode; never this long
+        assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == (term, signal.SIG_DFL)  # restored
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # under nohup a hang-up stays ignored, as the user asked
+        with sigterm_as_sigint():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, interrupt)
+        signal.signal(signal.SIGHUP, hup)
 
 
 def test_sigterm_during_an_export_keeps_the_earlier_one_and_leaves_no_temp_folder(finished_run, tmp_path, capsys,
@@ -691,6 +703,12 @@ def test_a_hugging_face_folder_with_pickled_weights_or_a_hub_kernel_is_refused_u
     assert hf_logging.get_verbosity() == verbosity  # a refusal leaves transformers' logging as it was
     (tmp_path / "ok" / "config.json").write_text(json.dumps({**config, "attn_implementation": "sdpa"}))
     assert _main(capsys, "teacher", "show", tmp_path / "ok") == (0, "")
+    # helper-36: a pickle under model.safetensors' name was transformers' SafetensorError traceback (read as
+    # safetensors, so nothing was unpickled)
+    (tmp_path / "ok" / "model.safetensors").write_bytes((tmp_path / "bin" / "pytorch_model.bin").read_bytes())
+    status, err = _main(capsys, "teacher", "show", tmp_path / "ok")
+    assert status == 2 and err.startswith(f"n2n: error: {tmp_path / 'ok'}: not a loadable Hugging Face classifier "
+                                          "folder ("), err
 
 
 @pytest.mark.parametrize("key, value", [("attn_implementation", "kernels-community/evil"),
@@ -785,6 +803,29 @@ def test_a_local_search_s_ray_admits_no_one_without_its_token(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split("\n")[-6:] == ["disabled False 1", "token False 1", "n2n False True", "disabled 1",
                                             "after None users-own", ""], done.stdout
+
+
+def test_a_long_temp_folder_does_not_stop_a_local_search(tmp_path, monkeypatch):
+    """helper-36: TMPDIR longer than ~28 characters (HPC schedulers set deep job folders) made every
+    search a traceback: Ray's socket paths (at most 107 bytes) under n2n's Ray folder under it. Such a
+    Ray keeps its temp files under /tmp, and says so; a short RAY_TMPDIR, Ray's own setting, is used."""
+    deep = tmp_path / "scratch" / "jdoe" / "job1234567890"
+    deep.mkdir(parents=True)
+    probe = ("import ray\nfrom n2n.raysession import ray_session\n"
+             "with ray_session(None, log=print):\n"
+             "    print('ran', ray.get(ray.remote(lambda: 7).remote()), ray.get_runtime_context().get_node_id() != '')\n")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "TMPDIR": str(deep),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == [
+        f"the temp folder (TMPDIR) {deep} is too long for Ray's socket paths (at most 26 bytes, to leave room for the "
+        "81 of n2n's and Ray's folders below it): this search's Ray keeps its temp files under /tmp instead", "ran 7 True"]
+    assert not list(deep.iterdir())  # nothing of Ray's there, and nothing left behind
+    from n2n.raysession import ray_temp_root
+
+    monkeypatch.setenv("RAY_TMPDIR", "/tmp")  # a short one of the user's own: theirs, without a word
+    assert ray_temp_root(log=pytest.fail) == "/tmp"
 
 
 def test_a_trial_no_node_can_hold_is_refused_not_left_waiting(ray_session, tiny_config, tmp_path):
@@ -1197,6 +1238,21 @@ def test_an_out_under_a_file_is_refused_before_any_work(finished_run, tmp_path, 
     assert (tmp_path / "notes.txt").read_text() == "mine" and len(list(tmp_path.iterdir())) == 1
 
 
+def test_an_out_where_nothing_can_be_written_is_refused_before_any_work(finished_run, tmp_path, capsys):
+    """helper-36: on a read-only mount `teacher train` trained every epoch, `export --finetune-epochs`
+    fine-tuned, then both failed to save with a traceback. /sys refuses new files to root too."""
+    for argv in (("teacher", "train", "--dataset", "digits", "--out", "/sys/n2n-t"),
+                 ("search", "--runs-dir", "/sys/n2n-runs", "--set", "teacher.recipe.dataset=digits"),
+                 ("export", finished_run, "--out", "/sys/n2n-x", "--finetune-epochs", "5"),
+                 ("policy", "fit", finished_run, "--out", "/sys/n2n-p")):
+        status = cli.main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        out_arg = next(a for a in argv if str(a).startswith("/sys/"))  # (the search's run folder is under it)
+        assert status == 2 and err.startswith(f"n2n: error: {out_arg}") and \
+            ": cannot be written, /sys refuses new files (" in err, err
+        assert "training" not in out and "fine-tuning" not in out and "REINFORCE" not in out  # nothing ran first
+
+
 def test_run_files_reach_the_disk_before_they_replace_the_old_ones(tmp_path, monkeypatch):
     """helper-22: nothing was fsync'd before the atomic renames, so a power cut could leave a renamed
     but empty candidates.json or search state (resume after a reboot is promised)."""
@@ -1212,6 +1268,17 @@ def test_run_files_reach_the_disk_before_they_replace_the_old_ones(tmp_path, mon
     assert [Path(p).name.split(".")[0] for p in synced] == ["candidates", "search_state"]
     for p in synced:  # each temp file synced, then renamed into place
         assert events.index(("replace", p)) > events.index(("fsync", p))
+    # a full disk as the state is written: the error reaches the search, no empty temp file stays (helper-36)
+    import errno
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(OSError, match="No space left on device"):
+        runfolder.save_state(tmp_path, {"records": [1]})
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_a_run_whose_data_file_was_moved_says_so(tmp_path):
@@ -1273,6 +1340,23 @@ def test_a_folder_where_report_writes_a_plot_is_one_line_and_leaves_nothing(fini
     status, err = _main(capsys, "report", run)
     assert status == 2 and f"{run / 'pareto.png'}: expected a file n2n may replace, found a folder" in err
     assert sorted(p.name for p in run.iterdir()) == sorted({*before, "reward_curve.png"})
+
+
+def test_a_run_that_takes_no_file_is_still_reported(finished_run, capsys, monkeypatch):
+    """helper-36: on a read-only run folder (a shared or archived run) `n2n report` was a traceback
+    and printed nothing; it prints the leaderboard and says the plots were not saved."""
+    import errno
+
+    from n2n import report
+
+    def refused(path, data):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(report, "write_bytes", refused)
+    status, out = _main(capsys, "report", finished_run, stream="out")
+    assert status == 0 and out.splitlines()[1].split()[:3] == ["#", "stage", "params"]
+    assert out.splitlines()[-1] == (f"warning: the plots could not be saved in {finished_run}: reward_curve.png "
+                                    "(Read-only file system), pareto.png (Read-only file system)")
 
 
 def test_a_fifo_among_a_run_s_files_is_refused_not_waited_on(finished_run, tmp_path):
