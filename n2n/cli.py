@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -113,6 +114,8 @@ def _overrides(pairs) -> dict:
         if "=" not in pair:
             raise ConfigError(f"--set: expected KEY=VALUE (e.g. search.removal_budget=20), got {pair!r}")
         k, v = pair.split("=", 1)
+        if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", k.strip()):  # helper-36: "=3" said ": unknown key"
+            raise ConfigError(f"--set {pair}: expected a key such as search.removal_budget before '=', got {k!r}")
         if not v.strip():  # `--set teacher.path=$UNSET` would read as null: the default, not what was meant
             raise ConfigError(f"--set {pair}: empty value; write {k.strip()}=null for none")
         out[k.strip()] = yaml.safe_load(v)

@@ -192,6 +192,11 @@ class Config:
         checks = [
             # helper-32: past 64 bits a traceback from torch.manual_seed left a run folder no resume could continue
             (0 <= self.seed < SEED_LIMIT, f"seed: expected a whole number from 0 to {SEED_LIMIT - 1}, got {self.seed}"),
+            # helper-36: accepted without a word, searches that are not the one asked for
+            (self.target.max_accuracy_drop is None or self.target.max_accuracy_drop < 100,
+             f"target.max_accuracy_drop: expected points below the teacher's accuracy, under 100, got "
+             f"{self.target.max_accuracy_drop} (null asks for no accuracy target)"),
+            (len(set(s.ratios)) == len(s.ratios), f"search.ratios: expected each ratio once, got {s.ratios}"),
             # helper-36: Ray refuses finer fractions of a CPU or GPU at the first trial, in a traceback
             *[(v == 0 or ray_fraction(v), f"resources.{name}: expected 0 or at least 0.0001 (the smallest fraction Ray takes), got {v:g}")
               for name, v in (("cpus_per_trial", self.resources.cpus_per_trial),

@@ -310,9 +310,10 @@ def check_creatable(folder: Path) -> None:
     if blocker is not None:
         raise FileExistsError(f"{folder}: cannot be made, {blocker} is a file, not a folder; choose another path")
     # where the first new entry goes: beside `folder` (its temp folder, new_folder), or above it
-    there = next(p for p in folder.absolute().parents if p.is_dir())
+    there = next((p for p in folder.absolute().parents if p.is_dir()), None)  # (None: `--out /`, refused later)
     try:
-        tempfile.TemporaryFile(dir=there).close()
+        if there is not None:
+            tempfile.TemporaryFile(dir=there).close()
     except OSError as e:
         raise PermissionError(f"{folder}: cannot be written, {there} refuses new files ({e.strerror}); choose "
                               f"another path") from None

@@ -202,6 +202,22 @@ def test_an_empty_set_value_is_refused_not_read_as_null(capsys):
     assert cli.main(["search", "--set", "teacher.path="]) == 2
     err = capsys.readouterr().err
     assert "--set teacher.path=: empty value; write teacher.path=null for none" in err and "Traceback" not in err
+    # helper-36: "=3", ".seed=3", "seed.=3" said ": unknown key" or "expected an integer, got {'': 3}"
+    for pair in ("=3", ".seed=3", "seed.=3", "search..agent=x"):
+        assert cli.main(["search", "--set", pair]) == 2
+        key = pair.split("=")[0]
+        assert (f"--set {pair}: expected a key such as search.removal_budget before '=', got {key!r}"
+                in capsys.readouterr().err)
+
+
+def test_targets_and_ratios_that_ask_for_no_real_search_are_refused():
+    """helper-36: accepted without a word: a drop of 150 points (every student meets it), and a ratio
+    given twice (the policy's choices then count it twice)."""
+    with pytest.raises(ConfigError, match=r"target.max_accuracy_drop: expected points below the teacher's accuracy, "
+                                          r"under 100, got 150.0 \(null asks for no accuracy target\)"):
+        load_config(None, {"target.max_accuracy_drop": 150}).check_new()
+    with pytest.raises(ConfigError, match=r"search.ratios: expected each ratio once, got \[0.3, 1.0, 1.0\]"):
+        load_config(None, {"search.ratios": [0.3, 1.0, 1.0]}).check_new()
 
 
 def test_overrides_and_types(tmp_path):
