@@ -198,7 +198,9 @@ class Config:
              f"{self.target.max_accuracy_drop} (null asks for no accuracy target)"),
             (len(set(s.ratios)) == len(s.ratios), f"search.ratios: expected each ratio once, got {s.ratios}"),
             # helper-36: Ray refuses finer fractions of a CPU or GPU at the first trial, in a traceback
-            *[(v == 0 or ray_fraction(v), f"resources.{name}: expected 0 or at least 0.0001 (the smallest fraction Ray takes), got {v:g}")
+            *[(v == 0 and name == "gpus_per_trial" or ray_fraction(v),
+               f"resources.{name}: expected {'0 or ' if name == 'gpus_per_trial' else ''}a finite number of at least "
+               f"0.0001 (the smallest fraction Ray takes), got {v:g}")
               for name, v in (("cpus_per_trial", self.resources.cpus_per_trial),
                               ("gpus_per_trial", self.resources.gpus_per_trial))],
             # helper-32: an infinite lr or loss weight made every candidate's loss NaN

@@ -46,7 +46,14 @@ ABORT_AFTER = 3  # failures in a row, before any success, that stop a search
 # student's fault: not cached, so a resume trains it again. (The second: runs before this wording.)
 WORKER_DIED = ("the trial's worker died before it reported (out of memory, a killed process or a lost node; "
                "tune/'s error.txt says which); tried again")  # at once (complete), or on resume (retry_dead)
-_WORKER_FAILURES = (WORKER_DIED, "trial raised an error")
+_DEATHS = (WORKER_DIED, "trial raised an error")
+# A trial that trained but could not keep its result (a full disk, storage it cannot reach): the
+# machine again, not the student. Cached, a resume after freeing space would never train it again,
+# and a few in a row marked the whole run failed (helper-36); its reason goes to the log.
+STORAGE = "results storage "  # how n2n.trial words such a failure
+STORAGE_FAILED = ("the trial's result could not be saved (a full disk, or storage it cannot reach; n2n.log says "
+                  "which); trained again on resume")
+_WORKER_FAILURES = (*_DEATHS, STORAGE_FAILED)  # not the student's: never cached, trained again on resume
 # With size or latency limits alone, the shrink stage starts from the smallest removal student within
 # this many points of the teacher (validation), not from the removal stage's best by reward: removal
 # cannot reach a tight limit alone, and its best was then the one wreck inside the limit (3,850
@@ -166,7 +173,7 @@ class SearchDriver:
         return [r for r in self.records if r["failure"] not in _WORKER_FAILURES]
 
     def deaths(self, key: str) -> int:
-        return sum(r["key"] == key and r["failure"] in _WORKER_FAILURES for r in self.records)
+        return sum(r["key"] == key and r["failure"] in _DEATHS for r in self.records)
 
     def retry_dead(self) -> None:
         """On resume (before settle): the current stage's candidates whose worker died, with no result
@@ -348,9 +355,14 @@ class SearchDriver:
                     return None
                 if not self.stopped_for_deaths:
                     fewer = " (with `--concurrency 1` for fewer at once)" if self.concurrency > 1 else ""
-                    self.log(f"stopping: the workers of the last {self.deaths_in_a_row} trials died before they reported "
-                             f"(out of memory, killed, or a lost node; tune/'s error.txt files say which); free memory "
-                             f"or mend the cluster, then resume{fewer}: those candidates are trained again")
+                    if self.records and self.records[-1]["failure"] == STORAGE_FAILED:
+                        self.log(f"stopping: the last {self.deaths_in_a_row} trials could not save their results (a "
+                                 f"full disk, or storage they cannot reach: the lines above say which); free space or "
+                                 f"mend the storage, then resume: those candidates are trained again")
+                    else:
+                        self.log(f"stopping: the workers of the last {self.deaths_in_a_row} trials died before they "
+                                 f"reported (out of memory, killed, or a lost node; tune/'s error.txt files say which); "
+                                 f"free memory or mend the cluster, then resume{fewer}: those candidates are trained again")
                     self.stopped_for_deaths = True
                 return FINISHED
             if self.stage is None:
@@ -390,6 +402,9 @@ class SearchDriver:
             ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec), failure=DIED_AGAIN if again else WORKER_DIED)
             if not again:  # tried again at once, within this stage's budget (it never counted the death)
                 self.reissue.append({"stage": t["stage"], "cid": None, "key": t["key"], "spec": t["spec"]})
+        elif str(metrics.get("failure") or "").startswith(STORAGE):  # trained, nothing kept: not re-issued at
+            self.log(f"{t['key']}: {metrics['failure']}")                # once (the disk is likely still full)
+            ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec), failure=STORAGE_FAILED)
         else:
             ev = Evaluation.from_dict({**metrics, "failure": metrics.get("failure") or None})
             if ev.failure and not ev.params:  # a trial that raised before measuring: the space knows the size

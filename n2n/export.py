@@ -181,9 +181,11 @@ def export_latency(deployed, teacher, x, best: dict, lat, log, trial_cpus: float
     models = [deployed.to(device), teacher.to(device)]
     batch = x[torch.arange(lat.batch_size) % len(x)].to(device)  # (batch_size, *input): as the trials took
     threads = lat.threads or max(1, int(trial_cpus))
-    student_ms, teacher_ms = time_passes(models, batch, threads=threads, warmup=warmup, repeats=repeats)
-    for m in models:
-        m.cpu()
+    try:
+        student_ms, teacher_ms = time_passes(models, batch, threads=threads, warmup=warmup, repeats=repeats)
+    finally:  # both back on the CPU, where the export saves the one and the space keeps the other
+        for m in models:
+            m.cpu()
     return {"latency_ms": statistics.median(student_ms), "teacher_latency_ms": statistics.median(teacher_ms),
             "latency_ratio": fastest_ratio(student_ms, teacher_ms),
             "latency_measured": {
@@ -320,7 +322,8 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     # the validation inputs as the exported student takes them: raw, before the standardisation
     raw_val = unstandardise(ds.x_val, ds.preprocess) if ds.preprocess else ds.x_val
     if best.get("latency_ms"):  # the run timed its students: time the one shipped, as shipped
-        timed_teacher = RawInput(teacher, ds.preprocess).eval() if ds.preprocess else teacher.eval()
+        # the teacher as the trials timed it: the space's (a torchvision ResNet's is converted, helper-39)
+        timed_teacher = RawInput(space.teacher, ds.preprocess).eval() if ds.preprocess else space.teacher.eval()
         metrics.update(export_latency(deployed, timed_teacher, raw_val, best, cfg.latency, log,
                                       cfg.resources.cpus_per_trial))
         if metrics["latency_measured"]["when"] == "export":

@@ -315,7 +315,7 @@ def check_creatable(folder: Path) -> None:
         if there is not None:
             tempfile.TemporaryFile(dir=there).close()
     except OSError as e:
-        raise PermissionError(f"{folder}: cannot be written, {there} refuses new files ({e.strerror}); choose "
+        raise PermissionError(f"{folder}: cannot be written, a new file in {there} failed ({e.strerror}); choose "
                               f"another path") from None
 
 
@@ -383,7 +383,8 @@ def signals_held():
         yield
         return
     caught = []
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    held = (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
+    before = {s: signal.getsignal(s) for s in held}
     before = {s: h for s, h in before.items() if h not in (None, signal.SIG_IGN)}  # None: set outside Python
     for s in before:
         signal.signal(s, lambda signum, frame: caught.append(signum))

@@ -12,10 +12,12 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import stat
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from .errors import ConfigError, RunError, sigterm_as_sigint
@@ -91,7 +93,7 @@ def ray_session(address: str | None, log=print):
     try:
         # log_to_driver=False: workers' own output (prefixed lines, library banners) stays out of the
         # user's terminal; a trial's failure reaches the records with its reason (n2n.trial)
-        with _neutral_cwd(temp):
+        with _neutral_cwd(temp), _hangup_ignored():
             ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, _temp_dir=temp,
                      log_to_driver=False)
         with sigterm_as_sigint():
@@ -125,6 +127,23 @@ def ray_temp_root(log=print) -> str:
         return "/tmp"
     raise RunError(f"{what} {root}: expected a path of at most {room} bytes (Ray's socket paths hold at most "
                    f"{SOCKET_PATH_MAX}), and /tmp is not writable either; set RAY_TMPDIR to a short writable folder")
+
+
+@contextlib.contextmanager
+def _hangup_ignored():
+    """SIGHUP ignored while the local Ray starts, so its processes inherit that: a closed terminal
+    sends SIGHUP to the whole process group, and Ray's gcs_server and raylet died of it at once, so
+    the driver, which stops cleanly on it (n2n.errors.sigterm_as_sigint), waited 60 s for them and
+    was ended by Ray without its resume line (helper-39). Ray stops its own processes with SIGTERM."""
+    hup = getattr(signal, "SIGHUP", None)
+    if hup is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(hup, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(hup, signal.SIG_DFL if before is None else before)
 
 
 _DRIVER = "n2n-driver.json"  # in each local Ray temp folder: the n2n process it belongs to

@@ -482,10 +482,11 @@ def restore_driver(make, run_dir: Path, log=print) -> SearchDriver:
     rescored = driver.rescore()  # before settle, whose stage ends and bases rank by reward
     if rescored:
         log(rescored)
-    medians = sum(bool(r.get("latency_ms")) and not r.get("latency_ratio") for r in driver.records)
-    if medians and driver.reward_config.compression == "latency":  # (helper-38) their timings are not kept
-        log(f"{medians} candidates were timed before n2n recorded the ratio of the fastest passes: they rank by the "
-            f"ratio of their medians, the candidates trained from now on by the fastest passes'")
+    older = sum(bool(r.get("latency_ms")) and not r.get("latency_ratio") for r in driver.records)
+    if older:  # (helper-38, helper-39) their passes are not kept, so they cannot be timed alike again
+        log(f"{older} candidates were timed by an earlier n2n: the bare model on standardised inputs, ranked by the "
+            f"ratio of medians; the candidates trained from now on are timed as they ship (the input standardisation "
+            f"too) and ranked by the fastest passes, so their latencies and ratios do not compare exactly")
     driver.retry_dead()  # before settle: a stage with a dead candidate to train again is not over
     driver.settle()
     return driver

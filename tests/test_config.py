@@ -292,9 +292,10 @@ def test_a_yaml_alias_bomb_is_refused_in_a_short_line(tmp_path):
 def test_a_fraction_of_a_cpu_or_gpu_finer_than_ray_takes_is_refused_before_a_run_exists():
     """helper-36: cpus_per_trial 0.00001 made a run folder, then a Ray traceback at the first trial, and
     a plain resume failed the same way."""
-    for name, value in (("cpus_per_trial", 0.00001), ("gpus_per_trial", 0.00005)):
-        with pytest.raises(ConfigError, match=rf"resources.{name}: expected 0 or at least 0.0001 \(the smallest "
-                                              rf"fraction Ray takes\), got {value:g}"):
+    for name, value, zero in (("cpus_per_trial", 0.00001, ""), ("cpus_per_trial", float("inf"), ""),
+                              ("gpus_per_trial", 0.00005, "0 or ")):  # (no CPUs is refused by its own check)
+        with pytest.raises(ConfigError, match=rf"resources.{name}: expected {zero}a finite number of at least 0.0001 "
+                                              rf"\(the smallest fraction Ray takes\), got {value:g}"):
             load_config(None, {f"resources.{name}": value}).check_new()
     # finer digits Ray rounds away (0.3333): taken (helper-38)
     assert load_config(None, {"resources.cpus_per_trial": 0.33333, "resources.gpus_per_trial": 0.0001}).check_new() is None

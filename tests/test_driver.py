@@ -313,6 +313,29 @@ def test_a_trial_whose_worker_died_gets_the_invalid_reward_and_is_trained_again_
     assert cfg["key"] not in again.cache and len(again.records) == 2
 
 
+def test_trials_that_could_not_save_are_trained_again_on_resume_not_held_as_failed(space):
+    """helper-36: on a full disk a trained student's save failed, the record held the student to have
+    failed and cached it, so no resume after freeing space trained it again; three in a row marked the
+    whole run failed, which a resume refuses. The machine, not the students: as a worker's death."""
+    from n2n.driver import STORAGE_FAILED
+
+    proxy, said = ProxyEvaluator(space), []
+    d = _driver(space, log=said.append)
+    cfgs = [d.suggest(f"t{i}") for i in range(3)]
+    full = "results storage /runs/r/results: [Errno 28] No space left on device"
+    for i, cfg in enumerate(cfgs):
+        d.complete(f"t{i}", {**_metrics(space, proxy, cfg), "failure": full, "failed": True})
+    assert [r["failure"] for r in d.records] == [STORAGE_FAILED] * 3 and all(r["reward"] == -1 for r in d.records)
+    assert not set(c["key"] for c in cfgs) & set(d.cache)  # not cached: trained again
+    assert d.suggest("t3") == FINISHED and not d.failed and d.summary()["stage"] == "removal"
+    assert f"{cfgs[0]['key']}: {full}" in said
+    assert said[-1].startswith("stopping: the last 3 trials could not save their results (a full disk, or storage")
+    again = _driver(space)
+    again.load_state_dict(d.state_dict())
+    again.retry_dead()  # on resume, after the disk was freed
+    assert [t["key"] for t in again.reissue] == [c["key"] for c in cfgs] and again.deaths(cfgs[0]["key"]) == 0
+
+
 def test_trials_whose_workers_keep_dying_stop_the_search_resumably_not_as_failed(space):
     """Three worker deaths in a row (a machine out of memory) are not three failed students: the
     search stops as interrupted, says why, and a resume (a fresh session) tries again."""

@@ -805,6 +805,40 @@ def test_a_local_search_s_ray_admits_no_one_without_its_token(tmp_path):
                                             "after None users-own", ""], done.stdout
 
 
+def test_a_hang_up_of_the_whole_terminal_stops_a_search_cleanly(tiny_config, tmp_path):
+    """helper-39: a closed terminal sends SIGHUP to the whole process group; Ray's gcs_server and raylet
+    died of it, and the search, stopping cleanly, waited 60 s for them until Ray ended it without its
+    resume line, its Ray folder left. Ray's processes now ignore it; the search stops as on Ctrl-C."""
+    import tempfile
+    import time
+
+    short = Path(tempfile.mkdtemp(prefix="n2nh-", dir="/tmp"))  # room for Ray's socket paths under it
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "TMPDIR": str(short),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    run = tmp_path / "runs" / "h"
+    p = subprocess.Popen([sys.executable, "-m", "n2n.cli", "search", str(tiny_config), "--runs-dir", str(run.parent),
+                          "--name", "h", "--set", "search.removal_budget=40"], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, cwd=tmp_path, start_new_session=True)  # a terminal's group
+    try:
+        lines = []
+        while not (lines and lines[-1].startswith("[removal 2/")):
+            lines.append(p.stdout.readline())
+            assert lines[-1], "".join(lines)[-3000:]
+        start = time.monotonic()
+        os.killpg(p.pid, signal.SIGHUP)  # as the terminal's closing does: the driver and Ray's processes
+        out = p.communicate(timeout=150)[0]
+        took = time.monotonic() - start
+        left = [q.name for q in short.iterdir() if q.name.startswith("n2n-ray-")]
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        shutil.rmtree(short, ignore_errors=True)
+    assert p.returncode == 130 and f"search interrupted; continue it with `n2n resume {run}`" in out, out[-3000:]
+    assert f"search interrupted; continue it with `n2n resume {run}`" in (run / "n2n.log").read_text()
+    assert took < 45, f"the search waited {took:.0f} s for Ray's processes (60 s before the fix)"
+    assert left == []  # its Ray folder removed
+
+
 def test_a_long_temp_folder_does_not_stop_a_local_search(tmp_path, monkeypatch):
     """helper-36: TMPDIR longer than ~28 characters (HPC schedulers set deep job folders) made every
     search a traceback: Ray's socket paths (at most 107 bytes) under n2n's Ray folder under it. Such a
@@ -1249,7 +1283,7 @@ def test_an_out_where_nothing_can_be_written_is_refused_before_any_work(finished
         out, err = capsys.readouterr()
         out_arg = next(a for a in argv if str(a).startswith("/sys/"))  # (the search's run folder is under it)
         assert status == 2 and err.startswith(f"n2n: error: {out_arg}") and \
-            ": cannot be written, /sys refuses new files (" in err, err
+            ": cannot be written, a new file in /sys failed (" in err, err
         assert "training" not in out and "fine-tuning" not in out and "REINFORCE" not in out  # nothing ran first
 
 
