@@ -84,14 +84,22 @@ class TargetConfig:
     margin: float = 0.25
 
     def is_set(self) -> bool:
-        return any(v is not None for v in (self.max_accuracy_drop, self.max_params, self.max_flops, self.max_latency_ms))
+        return self.max_accuracy_drop is not None or self.has_limits()
+
+    def has_limits(self) -> bool:
+        """Whether it sets size or latency limits (params, FLOPs, milliseconds)."""
+        return any(v is not None for v in (self.max_params, self.max_flops, self.max_latency_ms))
 
     def met_by(self, rec: dict, teacher_accuracy: float, margin: float = 0.0) -> bool:
         """`margin`: points of validation accuracy to spare below the allowed drop."""
-        latency = rec.get("latency_ms")
         return ((self.max_accuracy_drop is None
                  or within_drop(teacher_accuracy, rec["accuracy"], self.max_accuracy_drop - margin))
-                and (self.max_params is None or rec["params"] <= self.max_params)
+                and self.within_limits(rec))
+
+    def within_limits(self, rec: dict) -> bool:
+        """Whether `rec` is within the size and latency limits (its accuracy aside)."""
+        latency = rec.get("latency_ms")
+        return ((self.max_params is None or rec["params"] <= self.max_params)
                 and (self.max_flops is None or rec["flops"] <= self.max_flops)
                 and (self.max_latency_ms is None or (latency is not None and latency <= self.max_latency_ms)))
 

@@ -294,7 +294,7 @@ class SearchDriver:
         where no removal student is within it, as the best by reward is then the wreck the rule is
         for (helper-35)."""
         best = self.best(stage="removal")
-        limits_alone = self.target is not None and self.target.is_set() and self.target.max_accuracy_drop is None
+        limits_alone = self.target is not None and self.target.has_limits() and self.target.max_accuracy_drop is None
         if not limits_alone:
             return best
         kept = [r for r in self.records if r["stage"] == "removal" and r["failure"] is None and r["reward"] > -1
@@ -557,14 +557,13 @@ class SearchDriver:
         """What the target limits that the size shown is not (helper-37: a latency-limited search showed
         params only), and whether `rec` is within the limits; "" without limits."""
         t, key = self.target, self.reward_config.size_key
-        if t is None or all(v is None for v in (t.max_params, t.max_flops, t.max_latency_ms)) or rec.get("failure"):
+        if t is None or not t.has_limits() or rec.get("failure"):
             return ""
         ms = f"{rec['latency_ms']:.3f} ms" if rec.get("latency_ms") else "latency not measured"
         shown = [f"{rec['params']:,} params" if t.max_params is not None and key != "params" else "",
                  f"{rec['flops']:,} FLOPs" if t.max_flops is not None and key != "flops" else "",
                  ms if t.max_latency_ms is not None and key != "latency_ms" else ""]
-        within = dataclasses.replace(t, max_accuracy_drop=None).met_by(rec, self.reference.accuracy)
-        return "".join(f", {s}" for s in shown if s) + f", {'within' if within else 'past'} the limits"
+        return "".join(f", {s}" for s in shown if s) + f", {'within' if t.within_limits(rec) else 'past'} the limits"
 
     def _progress(self, rec: dict):
         s = rec["stage"]

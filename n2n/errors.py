@@ -25,8 +25,8 @@ USER_ERRORS = (ConfigError, RunError, DataError, ModelError, SpecError, Unsuppor
 
 @contextlib.contextmanager
 def sigterm_as_sigint():
-    """SIGTERM (`kill`, `timeout --foreground`, a batch scheduler) and SIGHUP stop a command as Ctrl-C does: a search's Tune
-    stops cleanly, the run says how to resume it, and the local Ray's temp folder is removed
+    """SIGTERM (`kill`, `timeout --foreground`, a batch scheduler) and SIGHUP stop a command as Ctrl-C
+    does: a search's Tune stops cleanly, the run says how to resume it, and the local Ray's temp folder is removed
     (Ray's own handler printed a crash dump and left the folder); an export or a teacher removes
     its temp folder (Python's default for SIGTERM left it). Ctrl-C's handler is put back as it was
     too: a Tune fit leaves its own, which afterwards swallowed Ctrl-C in the process that searched.

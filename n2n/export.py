@@ -17,7 +17,7 @@ from search_spaces import StudentSpec, count_params, probe
 from . import pick
 from .config import Config, run_config
 from .data import unstandardise
-from .deploy import check_onnx, fastest_ratio, require_onnx, time_passes, to_onnx
+from .deploy import check_onnx, fastest_ratio, require_onnx, time_as_shipped, to_onnx
 from .errors import RunError
 from .models import (ModelError, RawInput, build_model, check_creatable, check_replaceable, device_for, load_weights,
                      save_model, weights_mismatch, write_json)
@@ -160,11 +160,11 @@ def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: flo
 EXPORT_REPEATS = 100  # passes export times (at least): one export, so a steadier median than a trial's
 
 
-def export_latency(deployed, teacher, x, best: dict, lat, log, trial_cpus: float = 1.0) -> dict:
+def export_latency(student, teacher, x, preprocess, best: dict, lat, log, trial_cpus: float = 1.0) -> dict:
     """The latency figures metrics.json states: the module as exported (n2n.load_student's, input
-    preprocessing included) timed now, beside the teacher as deployed, on the device the search timed
-    it on, with at least EXPORT_REPEATS passes. A trial's figure was taken once, beside other trials on
-    its worker: the same student measured 0.64 to 0.77 ms in five searches (helper-37). Where this
+    preprocessing included) timed now as the trials timed it (`time_as_shipped` of `student` and the
+    space's `teacher` on the validation inputs `x`), on the device the search timed it on, with at
+    least EXPORT_REPEATS passes. A trial's figure was taken once, beside other trials on its worker: the same student measured 0.64 to 0.77 ms in five searches (helper-37). Where this
     machine lacks that device, the search's figures, and it says so. `latency.threads: 0` (the
     worker's threads) times on as many threads as a trial had CPUs."""
     search = {"latency_ms": best.get("latency_ms"), "teacher_latency_ms": best.get("teacher_latency_ms"),
@@ -178,14 +178,13 @@ def export_latency(deployed, teacher, x, best: dict, lat, log, trial_cpus: float
                 "latency_ratio": latency_ratio(best),
                 "latency_measured": {"when": "search", **search, **dataclasses.asdict(lat)}}
     repeats, warmup = max(lat.repeats, EXPORT_REPEATS), max(lat.warmup, 5)
-    models = [deployed.to(device), teacher.to(device)]
-    batch = x[torch.arange(lat.batch_size) % len(x)].to(device)  # (batch_size, *input): as the trials took
     threads = lat.threads or max(1, int(trial_cpus))
     try:
-        student_ms, teacher_ms = time_passes(models, batch, threads=threads, warmup=warmup, repeats=repeats)
+        student_ms, teacher_ms = time_as_shipped(student.to(device), teacher.to(device), x, preprocess,
+                                                 batch_size=lat.batch_size, threads=threads, warmup=warmup,
+                                                 repeats=repeats)
     finally:  # both back on the CPU, where the export saves the one and the space keeps the other
-        for m in models:
-            m.cpu()
+        student.cpu(), teacher.cpu()
     return {"latency_ms": statistics.median(student_ms), "teacher_latency_ms": statistics.median(teacher_ms),
             "latency_ratio": fastest_ratio(student_ms, teacher_ms),
             "latency_measured": {
@@ -319,12 +318,9 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         "teacher": {"params": meta["reference"]["params"], "val_accuracy": measured["val"], "test_accuracy": measured["test"]},
         "dataset": meta["dataset"], "split": ds.split, "run": str(run_dir.resolve()), "summary": best["summary"],
     }
-    # the validation inputs as the exported student takes them: raw, before the standardisation
-    raw_val = unstandardise(ds.x_val, ds.preprocess) if ds.preprocess else ds.x_val
-    if best.get("latency_ms"):  # the run timed its students: time the one shipped, as shipped
-        # the teacher as the trials timed it: the space's (a torchvision ResNet's is converted, helper-39)
-        timed_teacher = RawInput(space.teacher, ds.preprocess).eval() if ds.preprocess else space.teacher.eval()
-        metrics.update(export_latency(deployed, timed_teacher, raw_val, best, cfg.latency, log,
+    if best.get("latency_ms"):  # the run timed its students: time the one shipped, as the trials did (with
+        # the space's teacher: a torchvision ResNet's is converted, helper-39)
+        metrics.update(export_latency(student, space.teacher, ds.x_val, ds.preprocess, best, cfg.latency, log,
                                       cfg.resources.cpus_per_trial))
         if metrics["latency_measured"]["when"] == "export":
             log(f"latency as exported, timed now: {metrics['latency_ms']:.3f} ms median of "
@@ -352,7 +348,8 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         extras.extend(space.export_extras(student, arch, tmp))  # e.g. hf/ for a stock-config transformer
         if tokenizer is not None:  # without it every token would be [UNK] to whoever loads the student
             tokenizer.save_pretrained(tmp / ("hf" if "hf" in extras else "tokenizer"))
-        if onnx:  # on the raw inputs the deployed student takes
+        if onnx:  # on the raw inputs the deployed student takes, before the standardisation
+            raw_val = unstandardise(ds.x_val, ds.preprocess) if ds.preprocess else ds.x_val
             to_onnx(deployed, raw_val[:2], tmp / "model.onnx")
             metrics["onnx"] = check_onnx(deployed, tmp / "model.onnx", raw_val, ds.y_val)
             write_json(tmp / "metrics.json", metrics)

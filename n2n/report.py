@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import io
 import math
@@ -107,8 +106,7 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     reinforce = cfg.search.agent == "reinforce"
     batch = int(cfg.search.agent_options.get("batch_size", 10)) if reinforce else 10
     what = f"group of {batch} trained candidates, in the order they finished"
-    limits = dataclasses.replace(cfg.target, max_accuracy_drop=None)  # the target's size and latency limits
-    within = (lambda r: limits.met_by(r, ref["accuracy"])) if limits.is_set() else None
+    within = cfg.target.within_limits if cfg.target.has_limits() else None  # its size and latency limits
     text = [f"run {run_dir.name}: {len(records)} candidates; teacher {ref[size]:,} {size}, val acc {ref['accuracy']:.4f}",
             *([rescored] if rescored else []), leaderboard(records, ref[size], size=size, within=within)]
     try:  # the leaderboard ranks by reward; the export picks by the target (n2n.pick), often another

@@ -22,9 +22,8 @@ import torch
 from envs import Evaluation, Reference, RewardConfig, compression, reward
 from search_spaces import SearchSpace, StudentSpec
 
-from .data import unstandardise
-from .deploy import fastest_ratio, time_passes
-from .models import ModelError, RawInput, build_model, device_for
+from .deploy import fastest_ratio, time_as_shipped
+from .models import ModelError, build_model, device_for
 from .storage import open_results, shown
 from .train import DistillConfig, HiddenTarget, distill
 
@@ -111,13 +110,8 @@ def evaluate(space: SearchSpace, spec: StudentSpec, ctx: Context, report=None,
     latency = (None, None, None)
     if ctx.latency is not None:  # before distillation (the weights do not change the compute), so every
         lat = ctx.latency        # per-epoch report carries it too: early stopping can rank on it
-        x = ctx.x_val[torch.arange(lat.batch_size) % len(ctx.x_val)]  # (batch_size, *input): real inputs
-        # as they ship (n2n.load_student): on raw inputs, the standardisation timed too, which export times
-        # as well (helper-38: 70% of a small student's time; a limit judged on two modules misled)
-        pre = ctx.preprocess
-        models = [RawInput(m, pre).eval() if pre else m for m in (student.to(device), teacher)]
-        raw = unstandardise(x, pre) if pre else x
-        times = time_passes(models, raw, threads=lat.threads, warmup=lat.warmup, repeats=lat.repeats)
+        times = time_as_shipped(student.to(device), teacher, ctx.x_val, ctx.preprocess, batch_size=lat.batch_size,
+                                threads=lat.threads, warmup=lat.warmup, repeats=lat.repeats)  # as export times them
         latency = (*map(statistics.median, times), fastest_ratio(*times))  # medians (ms), and the ratio
 
     def on_epoch(epoch, acc):
