@@ -472,6 +472,19 @@ def _classes(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _channels(img) -> str:
+    """The mode an image is read in: "L" for grey ones, "RGB" for colour; alpha is dropped.
+
+    A palette image is grey only if every colour in its palette is (helper-36: colour GIFs became grey
+    without a word when every palette image was read as "L")."""
+    if img.mode in ("1", "L", "LA", "La"):
+        return "L"
+    if img.mode in ("P", "PA"):
+        palette = np.asarray(img.getpalette() or [0, 0, 0]).reshape(-1, 3)  # (colours, RGB)
+        return "L" if (palette == palette[:, :1]).all() else "RGB"
+    return "RGB"
+
+
 def _folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
@@ -493,7 +506,7 @@ def _folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
                     raise DataError(f"image folder {root}: expected 8-bit images (pixel values 0..255), {f} is "
                                     f"{img.mode} (16- or 32-bit); convert the folder to 8-bit, or save the pixels in "
                                     f"an npz: dataset")
-                img = img.convert("L" if img.mode in ("L", "1", "P") else "RGB")
+                img = img.convert(_channels(img))
             except DataError:
                 raise
             except Exception as e:  # truncated or not an image at all
@@ -503,7 +516,8 @@ def _folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
             if size is None:
                 size = a.shape
             elif a.shape != size:
-                raise DataError(f"image folder {root}: expected every image to be {size} (C, H, W), {f} is {a.shape}")
+                raise DataError(f"image folder {root}: expected every image to be {size} (C, H, W; C 1 for grey, 3 for "
+                                f"colour), {f} is {a.shape}")
             xs.append(a)
             ys.append(label)
         if label not in ys[-1:]:  # an empty class would be an output no sample teaches

@@ -118,6 +118,51 @@ def test_image_folder(tmp_path):
         load_dataset(f"folder:{tmp_path}")
 
 
+def test_palette_and_alpha_images_keep_their_colours(tmp_path):
+    """helper-36: colour palette images (GIFs, 8-bit PNGs) were read as grey without a word."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, (256, 3), dtype=np.uint8)  # (palette entries, RGB)
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(5):
+            idx = rng.integers(0, 256, (4, 4), dtype=np.uint8)
+            img = Image.fromarray(idx, mode="P")
+            img.putpalette(colours.ravel().tolist())
+            img.save(tmp_path / cls / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (4, 4, 4), dtype=np.uint8), mode="RGBA").save(tmp_path / cls / "rgba.png")
+    x, y, _ = load_raw(f"folder:{tmp_path}")
+    assert x.shape == (12, 3, 4, 4)
+    # the palette image's pixels are its palette's colours, the RGBA one's its colours without alpha
+    assert np.array_equal(x[0], colours[idx_of(tmp_path / "a" / "0.png")].transpose(2, 0, 1))
+    rgba = np.asarray(Image.open(tmp_path / "a" / "rgba.png"))  # (H, W, RGBA)
+    assert np.array_equal(x[5], rgba[..., :3].transpose(2, 0, 1))  # a/rgba.png sorts after a/4.png
+
+    grey = tmp_path / "grey"
+    for cls in ("a", "b"):
+        (grey / cls).mkdir(parents=True)
+        for i in range(3):
+            idx = rng.integers(0, 256, (4, 4), dtype=np.uint8)
+            img = Image.fromarray(idx, mode="P")
+            img.putpalette(np.repeat(np.arange(256, dtype=np.uint8)[::-1], 3).tolist())  # greys, reversed
+            img.save(grey / cls / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (4, 4, 2), dtype=np.uint8), mode="LA").save(grey / cls / "la.png")
+    x, _, _ = load_raw(f"folder:{grey}")
+    assert x.shape == (8, 1, 4, 4)  # a grey palette and grey-with-alpha stay one channel
+    assert np.array_equal(x[0, 0], 255 - idx_of(grey / "a" / "0.png"))
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(grey / "b" / "rgb.png")
+    with pytest.raises(DataError, match=r"expected every image to be \(1, 4, 4\) \(C, H, W; C 1 for grey, 3 for "
+                                        r"colour\), .*rgb.png is \(3, 4, 4\)"):
+        load_dataset(f"folder:{grey}")
+
+
+def idx_of(path):
+    from PIL import Image
+
+    return np.asarray(Image.open(path))  # a palette image's indices, as saved
+
+
 def test_inputs_that_would_poison_a_search_are_refused(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 8)).astype(np.float32)
