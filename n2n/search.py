@@ -414,6 +414,23 @@ def teed(log, run_dir: Path):
     return both
 
 
+def notes(cfg: Config, space) -> list[str]:
+    """What a new search's config does that its keys alone do not say."""
+    said = []
+    if cfg.distill.for_space(space).lr != cfg.distill.lr:  # helper-26: distill.lr alone seemed ignored
+        said.append(f"transformer students distil at distill.transformer_lr {cfg.distill.transformer_lr:g} "
+                    f"(distill.lr {cfg.distill.lr:g} is for other students)")
+    if cfg.finalists.k and cfg.finalists.epochs <= cfg.distill.epochs:  # helper-22: accepted unsaid
+        said.append(f"note: finalists.epochs {cfg.finalists.epochs} is no more than distill.epochs "
+                    f"{cfg.distill.epochs}: finalists start again from the teacher's weights, so their figures, "
+                    f"which export picks by, are no better than the stages'")
+    drop, margin = cfg.target.max_accuracy_drop, cfg.target.margin
+    if drop is not None and margin > drop:  # helper-36: capped at the drop without a word
+        said.append(f"note: target.margin {margin:g} is more than target.max_accuracy_drop {drop:g}; export spares "
+                    f"at most the whole drop, {drop:g} points (a student at least as accurate as the teacher)")
+    return said
+
+
 def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print, factories=()) -> dict:
     """A new search in `run_dir` (which must not exist). `factories`: see `n2n.models.build_model`."""
     _setdefault_env()
@@ -451,13 +468,8 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
             if cfg.finalists.k:
                 plan += f", then {cfg.finalists.k} finalists at {cfg.finalists.epochs} epochs"
             log(f"search {run_dir.name}: agent {cfg.search.agent}; {plan}; {cfg.search.concurrency} trials at a time")
-            if cfg.distill.for_space(space).lr != cfg.distill.lr:  # helper-26: distill.lr alone seemed ignored
-                log(f"transformer students distil at distill.transformer_lr {cfg.distill.transformer_lr:g} "
-                    f"(distill.lr {cfg.distill.lr:g} is for other students)")
-            if cfg.finalists.k and cfg.finalists.epochs <= cfg.distill.epochs:  # helper-22: accepted unsaid
-                log(f"note: finalists.epochs {cfg.finalists.epochs} is no more than distill.epochs {cfg.distill.epochs}: "
-                    f"finalists start again from the teacher's weights, so their figures, which export picks by, "
-                    f"are no better than the stages'")
+            for line in notes(cfg, space):
+                log(line)
             _fit(run_dir, ctx, cfg, driver, log)
     return _finish(run_dir, driver, log, factories, address)
 

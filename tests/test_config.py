@@ -268,6 +268,22 @@ def test_transformer_students_are_distilled_at_their_own_learning_rate():
         load_config(None, {"distill.transformer_lr": 0})
 
 
+def test_a_margin_past_the_drop_is_said_at_the_start():
+    """helper-36: target.margin past max_accuracy_drop was capped at the drop without a word."""
+    from types import SimpleNamespace
+
+    from n2n.pick import margin_of
+    from n2n.search import notes
+
+    cnn = SimpleNamespace()
+    assert notes(load_config(), cnn) == []  # the default: margin 0.25 within a 1-point drop
+    cfg = load_config(None, {"target.max_accuracy_drop": 0.1})
+    assert margin_of(cfg.target, None) == 0.1
+    assert notes(cfg, cnn) == ["note: target.margin 0.25 is more than target.max_accuracy_drop 0.1; export spares at "
+                               "most the whole drop, 0.1 points (a student at least as accurate as the teacher)"]
+    assert notes(load_config(None, {"target.max_accuracy_drop": None}), cnn) == []  # no accuracy target, no margin
+
+
 def test_a_yaml_alias_bomb_is_refused_in_a_short_line(tmp_path):
     """helper-36: nine levels of aliases under `seed` (9**9 items, a few lines of YAML) were written out
     whole in the error message: a MemoryError or gigabytes. The value is shown cut short."""
