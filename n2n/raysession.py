@@ -114,8 +114,11 @@ TEMP_NAME = len("/n2n-ray-XXXXXXXX")
 def ray_temp_root(log=print) -> str:
     """Where a local Ray's temp folder goes: RAY_TMPDIR (Ray's own setting) or the temp folder
     (TMPDIR); where that path is too long for Ray's socket paths (HPC schedulers set TMPDIR to deep
-    job folders: helper-36 found every search failing on a 31-character one), /tmp, and it says so."""
-    root = os.path.abspath(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir())  # Ray wants it absolute
+    job folders: helper-36 found every search failing on a 31-character one), /tmp, and it says so.
+    On macOS, as Ray does, /tmp unless RAY_TMPDIR is set: its default temp folder (/var/folders/...,
+    about 49 bytes) is always too long, and said so on every search (helper-39)."""
+    system = "/tmp" if sys.platform == "darwin" else tempfile.gettempdir()
+    root = os.path.abspath(os.environ.get("RAY_TMPDIR") or system)  # Ray wants it absolute
     room = SOCKET_PATH_MAX - SOCKET_TAIL - TEMP_NAME
     if len(os.fsencode(root)) <= room:
         return root

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from collections import Counter
 
@@ -860,6 +861,15 @@ def test_a_long_temp_folder_does_not_stop_a_local_search(tmp_path, monkeypatch):
 
     monkeypatch.setenv("RAY_TMPDIR", "/tmp")  # a short one of the user's own: theirs, without a word
     assert ray_temp_root(log=pytest.fail) == "/tmp"
+    # macOS: Ray's own default is /tmp whatever TMPDIR says (its default, /var/folders/..., is always too long)
+    monkeypatch.delenv("RAY_TMPDIR")
+    monkeypatch.setenv("TMPDIR", str(deep))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() caches its answer
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert ray_temp_root(log=pytest.fail) == "/tmp"
+    monkeypatch.setattr(sys, "platform", "linux")
+    said = []
+    assert ray_temp_root(log=said.append) == "/tmp" and "is too long for Ray's socket paths" in said[0]
 
 
 def test_a_trial_no_node_can_hold_is_refused_not_left_waiting(ray_session, tiny_config, tmp_path):
