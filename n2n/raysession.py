@@ -77,8 +77,7 @@ def ray_session(address: str | None, log=print):
         return
     root = ray_temp_root(log)
     _remove_stale_ray_temps(root)
-    temp = tempfile.mkdtemp(prefix="n2n-ray-", dir=root)
-    Path(temp, _DRIVER).write_text(json.dumps(_this_process()))
+    temp = _ray_temp(root)
     # Ray 2.60 has its servers listen on every interface, whatever node IP it is given: without a token
     # anyone reaching this machine could join as a driver and run code as the user. A fresh random token
     # per search, in the environment of Ray's processes only (no file), unless the user chose a mode.
@@ -130,6 +129,26 @@ def ray_temp_root(log=print) -> str:
         return "/tmp"
     raise RunError(f"{what} {root}: expected a path of at most {room} bytes (Ray's socket paths hold at most "
                    f"{SOCKET_PATH_MAX}), and /tmp is not writable either; set RAY_TMPDIR to a short writable folder")
+
+
+RAY_TEMP_ROOM = 64 << 20  # bytes: a local Ray's sockets and logs take well under 1 MiB to start, more as trials log
+
+
+def _ray_temp(root: str) -> str:
+    """A local Ray's own folder under `root`, marked as this process's. A full temp folder is said
+    before Ray starts: Ray itself gave only a startup timeout a minute later (helper-36)."""
+    free = shutil.disk_usage(root).free
+    if free < RAY_TEMP_ROOM:
+        raise RunError(f"{root}: expected at least {RAY_TEMP_ROOM >> 20} MiB free for a local Ray's temp files, found "
+                       f"{free / 2**20:.1f} MiB; free some, or set RAY_TMPDIR to a folder with room")
+    temp = tempfile.mkdtemp(prefix="n2n-ray-", dir=root)
+    try:
+        Path(temp, _DRIVER).write_text(json.dumps(_this_process()))
+    except OSError as e:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise RunError(f"{root}: cannot write a local Ray's temp files there ({e.strerror}); free some space, or set "
+                       f"RAY_TMPDIR to a folder with room") from None
+    return temp
 
 
 @contextlib.contextmanager

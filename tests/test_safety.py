@@ -872,6 +872,22 @@ def test_a_long_temp_folder_does_not_stop_a_local_search(tmp_path, monkeypatch):
     assert ray_temp_root(log=said.append) == "/tmp" and "is too long for Ray's socket paths" in said[0]
 
 
+def test_a_full_temp_folder_is_said_before_ray_starts(tmp_path, monkeypatch):
+    """helper-36: a full TMPDIR ended in Ray's startup timeout a minute later, in a traceback."""
+    from collections import namedtuple
+
+    from n2n import raysession
+
+    monkeypatch.setattr(raysession, "ray_temp_root", lambda log: str(tmp_path))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(raysession.shutil, "disk_usage", lambda p: usage(10 << 30, (10 << 30) - (5 << 20), 5 << 20))
+    with pytest.raises(RunError, match=f"^{tmp_path}: expected at least 64 MiB free for a local Ray's temp files, "
+                                       r"found 5.0 MiB; free some, or set RAY_TMPDIR to a folder with room$"):
+        with raysession.ray_session(None, log=pytest.fail):
+            pytest.fail("Ray started")
+    assert list(tmp_path.iterdir()) == []  # nothing made
+
+
 def test_a_trial_no_node_can_hold_is_refused_not_left_waiting(ray_session, tiny_config, tmp_path):
     """Tune would keep such a trial pending forever, with nothing said (the session has 2 CPUs, 1 GPU)."""
     from n2n.errors import ConfigError
