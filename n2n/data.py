@@ -443,7 +443,7 @@ def tokenizer_for(folder):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, TypeError) as e:
         raise DataError(f"{folder}: expected a Hugging Face tokenizer there to tokenise a text dataset "
                         f"({str(e).splitlines()[0]})") from None

@@ -432,8 +432,11 @@ def kept_message(folder: Path, kept: Path) -> str:
 
 def check_hf_folder(folder: Path) -> None:
     """What transformers would read from a Hugging Face folder besides JSON and safetensors, refused
-    before it is read: pickled weights (pytorch_model.bin: torch.load, even if restricted) and an
-    attention implementation named as a Hub repository (transformers fetches that kernel and runs it)."""
+    before it is read: pickled weights (pytorch_model.bin: torch.load, even if restricted), an
+    attention implementation named as a Hub repository (transformers fetches that kernel and runs it)
+    and the folder's own model or tokenizer code (`auto_map`: transformers asked the user whether to
+    run it, and ran it on "y", helper-41)."""
+    from agents.base import shown
     from search_spaces import UnsupportedModel
     from search_spaces.transformer import check_no_hub_code
 
@@ -445,6 +448,12 @@ def check_hf_folder(folder: Path) -> None:
         check_no_hub_code(config, f"{folder}/config.json")
     except UnsupportedModel as e:
         raise ModelError(str(e)) from None
+    for name in ("config.json", "tokenizer_config.json"):
+        settings = config if name == "config.json" else read_json(folder / name) if (folder / name).is_file() else {}
+        if isinstance(settings, dict) and settings.get("auto_map"):
+            raise ModelError(f"{folder}/{name}: auto_map names code of the folder's own ({shown(settings['auto_map'])}), "
+                             f"which n2n never runs; expected a model and tokenizer transformers ships (BERT-family "
+                             f"encoders)")
     if not any(folder.glob("*.safetensors")):
         found = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack"))
         raise ModelError(f"{folder}: expected weights in model.safetensors, found {', '.join(found) or 'none'}; n2n "
@@ -452,7 +461,7 @@ def check_hf_folder(folder: Path) -> None:
                          f"model.save_pretrained(DIR, safe_serialization=True)")
 
 
-def load_hf_classifier(folder: Path, trust_remote_code: bool = False) -> nn.Module:
+def load_hf_classifier(folder: Path) -> nn.Module:
     """A local Hugging Face ...ForSequenceClassification folder, as ids -> logits (no download).
 
     A folder without a trained classification head (a bare encoder such as all-MiniLM-L6-v2) is
@@ -470,7 +479,7 @@ def load_hf_classifier(folder: Path, trust_remote_code: bool = False) -> nn.Modu
     hf_logging.disable_progress_bar()  # no weight-loading bars in the user's terminal
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            folder, local_files_only=True, trust_remote_code=trust_remote_code, output_loading_info=True,
+            folder, local_files_only=True, trust_remote_code=False, output_loading_info=True,
             use_safetensors=True)
     except (OSError, ValueError, SafetensorError) as e:  # (helper-36: a pickle named model.safetensors)
         raise ModelError(f"{folder}: not a loadable Hugging Face classifier folder ({str(e).splitlines()[0]})") from None

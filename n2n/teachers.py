@@ -167,11 +167,12 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
     checkpoint = Path(checkpoint)
     from transformers import AutoConfig
 
+    check_hf_folder(checkpoint)  # before transformers reads any of it
     try:
-        positions = AutoConfig.from_pretrained(checkpoint, local_files_only=True).max_position_embeddings
+        positions = AutoConfig.from_pretrained(checkpoint, local_files_only=True,
+                                               trust_remote_code=False).max_position_embeddings
     except (OSError, ValueError, AttributeError) as e:
         raise ModelError(f"{checkpoint}: not a Hugging Face encoder checkpoint ({str(e).splitlines()[0]})") from None
-    check_hf_folder(checkpoint)
     if not 2 <= max_length <= positions:
         raise ConfigError(f"--max-length: expected 2..{positions} (the checkpoint's positions), got {max_length}")
     tok = data_mod.tokenizer_for(checkpoint)
@@ -193,7 +194,7 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
         model, info = AutoModelForSequenceClassification.from_pretrained(
             checkpoint, local_files_only=True, num_labels=ds.num_classes, id2label=dict(enumerate(names)),
             label2id={n: i for i, n in enumerate(names)}, use_safetensors=True, ignore_mismatched_sizes=True,
-            output_loading_info=True)
+            output_loading_info=True, trust_remote_code=False)
         changed = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or []]
         if changed and all("classifier" in k or "score" in k for k in changed):
             log(f"{checkpoint.name}'s classifier head has other outputs than the {ds.num_classes} classes of {dataset}: "

@@ -712,6 +712,42 @@ def test_a_hugging_face_folder_with_pickled_weights_or_a_hub_kernel_is_refused_u
                                           "folder ("), err
 
 
+@pytest.mark.parametrize("where", ["config.json", "tokenizer_config.json"])
+def test_a_hugging_face_folder_s_own_code_is_never_run_even_when_the_user_says_yes(tmp_path, capsys, monkeypatch, where):
+    """helper-41: with trust_remote_code left at transformers' default, a checkpoint whose config names
+    code of its own (auto_map) made `teacher train --hf` ask "Do you wish to run the custom code?", and
+    a "y" ran it. Refused before transformers reads the folder."""
+    import io
+
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder = tmp_path / "evil"
+    BertForSequenceClassification(BertConfig(vocab_size=12, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                             intermediate_size=8)).save_pretrained(folder)
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad"])}
+    BertTokenizerFast(vocab=vocab).save_pretrained(folder)
+    marker = tmp_path / "RAN"
+    (folder / "evil_code.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast\n"
+        "class EvilConfig(BertConfig):\n    model_type = 'evilbert'\n"
+        "class EvilModel(BertForSequenceClassification):\n    config_class = EvilConfig\n"
+        "class EvilTokenizer(BertTokenizerFast):\n    pass\n")
+    if where == "config.json":
+        edit = {"model_type": "evilbert", "auto_map": {"AutoConfig": "evil_code.EvilConfig",
+                                                       "AutoModelForSequenceClassification": "evil_code.EvilModel"}}
+    else:
+        edit = {"auto_map": {"AutoTokenizer": [None, "evil_code.EvilTokenizer"]}}
+    settings = json.loads((folder / where).read_text())
+    (folder / where).write_text(json.dumps({**settings, **edit}))
+    (tmp_path / "reviews.csv").write_text("text,label\n" + "good good,pos\nbad bad,neg\n" * 20)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n" * 10))  # the user answers yes to every prompt
+    status, err = _main(capsys, "teacher", "train", "--hf", folder, "--dataset", f"text:{tmp_path / 'reviews.csv'}",
+                        "--max-length", "8", "--epochs", "1", "--out", tmp_path / "t")
+    assert status == 2 and err.startswith(f"n2n: error: {folder / where}: auto_map names code of the folder's own ("), err
+    assert "which n2n never runs" in err and not marker.exists() and not (tmp_path / "t").exists()
+
+
 @pytest.mark.parametrize("key, value", [("attn_implementation", "kernels-community/evil"),
                                         ("_attn_implementation_internal", "flash_attention_2"),
                                         ("experts_implementation", "kernels-community/moe"),
@@ -878,14 +914,16 @@ def test_a_full_temp_folder_is_said_before_ray_starts(tmp_path, monkeypatch):
 
     from n2n import raysession
 
-    monkeypatch.setattr(raysession, "ray_temp_root", lambda log: str(tmp_path))
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(raysession.shutil, "disk_usage", lambda p: usage(10 << 30, (10 << 30) - (5 << 20), 5 << 20))
+    # (the folder ray_session makes before ray.init; this test's process may hold a Ray already)
     with pytest.raises(RunError, match=f"^{tmp_path}: expected at least 64 MiB free for a local Ray's temp files, "
                                        r"found 5.0 MiB; free some, or set RAY_TMPDIR to a folder with room$"):
-        with raysession.ray_session(None, log=pytest.fail):
-            pytest.fail("Ray started")
+        raysession._ray_temp(str(tmp_path))
     assert list(tmp_path.iterdir()) == []  # nothing made
+    monkeypatch.undo()
+    made = Path(raysession._ray_temp(str(tmp_path)))
+    assert made.parent == tmp_path and json.loads((made / "n2n-driver.json").read_text())["pid"] == os.getpid()
 
 
 def test_a_trial_no_node_can_hold_is_refused_not_left_waiting(ray_session, tiny_config, tmp_path):
