@@ -398,15 +398,23 @@ def read_text(path: Path) -> tuple[list[str], list, list | None]:
     rows = []
     try:
         if path.suffix.lower() in (".jsonl", ".json"):
-            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for i, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):  # -sig: a BOM or none
                 if line.strip():
                     row = json.loads(line)
                     if not isinstance(row, dict):
                         raise DataError(f"text dataset {path}: line {i}: expected a JSON object, got {type(row).__name__}")
                     rows.append(row)
         else:
-            with open(path, newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
+            # utf-8-sig: Excel's "CSV UTF-8" starts with a BOM, which became part of the first column's name
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                for row in reader:
+                    if None in row:  # more fields than the header: the rest went under None (helper-41)
+                        raise DataError(
+                            f"text dataset {path}: line {reader.line_num} has {len(row) - 1 + len(row[None])} fields, "
+                            f"the header {len(reader.fieldnames)} ({', '.join(reader.fieldnames)}); a comma in a text "
+                            f"that is not quoted? Quote such texts (\"nice, fun\"), or write the file as JSONL")
+                    rows.append(row)
     except (UnicodeDecodeError, csv.Error, json.JSONDecodeError, RecursionError) as e:
         raise DataError(f"text dataset {path}: not a readable CSV/JSONL file of text,label ({e})") from None
     for i, row in enumerate(rows, 1):

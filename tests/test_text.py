@@ -68,6 +68,20 @@ def test_text_datasets_are_tokenised_with_the_teachers_tokenizer(tmp_path):
     (tmp_path / "bad.csv").write_text("sentence,label\nhello,1\n")
     with pytest.raises(DataError, match="expected 'text' and 'label' in every row; row 1 has \\['label', 'sentence'\\]"):
         load_dataset(f"text:{tmp_path / 'bad.csv'}", tokenizer=tok)
+    # helper-41: Excel's "CSV UTF-8" (a BOM first) was refused as a file without a 'text' column
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "d.csv").read_bytes())
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "d.jsonl").read_bytes())
+    assert torch.equal(load_dataset(f"text:{tmp_path / 'bom.csv'}", tokenizer=tok, max_length=12).x_train, ds.x_train)
+    assert torch.equal(load_dataset(f"text:{tmp_path / 'bom.jsonl'}", tokenizer=tok, max_length=12).y_val, js.y_val)
+    # helper-41: an unquoted comma put the rest of a text in the label column: 4 classes of 2, unsaid;
+    # with a semicolon-separated file it was a TypeError traceback
+    (tmp_path / "comma.csv").write_text("text,label\n" + "good one,positive\n" * 5 + "nice, fun movie,positive\n")
+    with pytest.raises(DataError, match=r"comma.csv: line 7 has 3 fields, the header 2 \(text, label\); a comma in a "
+                                        r"text that is not quoted\? Quote such texts"):
+        load_dataset(f"text:{tmp_path / 'comma.csv'}", tokenizer=tok)
+    (tmp_path / "semi.csv").write_text("text;label\nnice, fun;positive\nbad;negative\n")
+    with pytest.raises(DataError, match=r"semi.csv: line 2 has 2 fields, the header 1 \(text;label\)"):
+        load_dataset(f"text:{tmp_path / 'semi.csv'}", tokenizer=tok)
 
 
 def test_a_bare_encoder_or_a_head_of_the_wrong_size_never_becomes_a_teacher(tmp_path):
