@@ -308,6 +308,18 @@ def test_export_margin_picks_the_smallest_finalist_with_points_to_spare():
     # did: helper-19 asked for 0.5 points and got the finalist with none)
     drops = [0.95 - pick(m)[0]["accuracy"] for m in (0.0, 0.25, 0.5, 0.6, 1.0, 1.5, 3.0)]
     assert drops == sorted(drops, reverse=True)
+    # helper-40: every finalist's longer distillation fell past the target while a stage candidate was
+    # within it; export shipped the best finalist by reward, 7.6 points past the target
+    fell = [{**r, "accuracy": 0.93} for r in recs[:3]] + [recs[3]]
+    assert choose(fell, target, rc, 0.95, early_stop=False, where="run", margin=0.0) == \
+        (recs[3], "no finalist meets the target; among the stages' candidates, the smallest candidate that meets the "
+                  "target")
+    assert choose(fell, target, rc, 0.95, early_stop=False, where="run")[1] == (
+        "no finalist meets the target; among the stages' candidates, no candidate meets the target with 0.25 points to "
+        "spare; the one that meets it with the most")
+    below = fell[:3] + [{**recs[3], "accuracy": 0.9}]
+    assert choose(below, target, rc, 0.95, early_stop=False, where="run") == \
+        (below[0], "no finalist meets the target; the best finalist by reward")
     for bad in (-0.5, float("nan"), float("inf")):
         with pytest.raises(RunError, match=rf"--margin: expected a number of points >= 0, got {bad:g}"):
             pick(bad)
