@@ -133,6 +133,41 @@ def check_labels(teacher, ds, dataset: str, exact: bool = False) -> None:
                                  f"{outputs} outputs (classes 0..{outputs - 1}); is this the teacher's dataset?")
 
 
+def check_label_names(teacher, ds, dataset: str, log=print) -> None:
+    """A Hugging Face teacher's class names (config.json's id2label) against the data's (string labels,
+    numbered in sorted order): the same names in another order would score every class as another
+    (helper-40: a teacher trained with positive=0 measured 6.7% on its own data, unsaid)."""
+    config = getattr(getattr(teacher, "model", None), "config", None)
+    names = getattr(config, "id2label", None) or {}
+    theirs = [str(names.get(i, names.get(str(i), ""))) for i in range(len(names))]
+    if ds.labels is None or not theirs or all(n == f"LABEL_{i}" for i, n in enumerate(theirs)):
+        return  # integer labels, or a head with transformers' placeholder names: nothing to compare
+    ours = list(ds.labels)
+    if theirs == ours:
+        return
+    if sorted(theirs) == sorted(ours):
+        ids = ", ".join(f"{i} = {n}" for i, n in enumerate(theirs))
+        raise data_mod.DataError(f"{dataset}: the data's classes, numbered in sorted order, are {ours}; the teacher's "
+                                 f"(its config.json id2label) are {theirs}: every class would be scored as another. "
+                                 f"Write the labels as the teacher's class ids ({ids})")
+    log(f"warning: the teacher's class names (its config.json id2label) are {theirs}, the data's {ours}; class i of "
+        f"the data is taken as the teacher's output i")
+
+
+def chance_warning(accuracy: float, y) -> str | None:
+    """A warning when a teacher's validation accuracy is not clearly better than always answering the
+    most common class (3 standard errors): a student then meets any accuracy target trivially."""
+    import torch
+
+    n = len(y)
+    base = torch.bincount(y).max().item() / n
+    if accuracy < base + 3 * (base * (1 - base) / n) ** 0.5:
+        return (f"warning: the teacher's validation accuracy {accuracy:.4f} is not clearly better than always answering "
+                f"the most common class ({base:.4f}, {n} samples): is it trained, on this data, with its classes in "
+                f"this order? Any student meets an accuracy target against it")
+    return None
+
+
 ACCURACY_GAP = 0.03  # a teacher measured this far from its own figure is probably not on its own split
 
 
@@ -215,6 +250,7 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
     if tuple(shape) != ds.input_shape:
         raise ConfigError(f"teacher expects inputs of shape {tuple(shape)}, dataset {dataset} gives {ds.input_shape}")
     check_labels(teacher, ds, dataset, exact=arch.get("family") == "hf-pretrained")
+    check_label_names(teacher, ds, dataset, log)
     space = cfg.space(teacher, ds.input_shape, arch)
     if getattr(space, "fallback", None):  # say why the teacher is not searched as its own family
         log(f"searching the teacher as a generic module (torch-pruning): {space.fallback}")
@@ -224,6 +260,8 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
     if isinstance(stored, (int, float)) and abs(val_acc - stored) > ACCURACY_GAP:
         log(f"warning: the teacher measures {val_acc:.4f} validation accuracy on this split, its metrics.json says "
             f"{stored:.4f}: is this the data and the split it was trained on?")
+    if warning := chance_warning(val_acc, ds.y_val):
+        log(warning)
     ref = Reference(space.teacher_params(), space.flops(space.identity()), val_acc)
     config = cfg.to_dict()
     if cfg.search.agent == "reinforce":  # what it starts from, concrete; the run loads its own copy (RUN/policy)

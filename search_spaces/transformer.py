@@ -33,6 +33,11 @@ class HFClassifier(nn.Module):
         self.model = model
         self.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
 
+    @property
+    def config(self):
+        """The wrapped model's transformers config (helper-40: the README promised `.config`)."""
+        return self.model.config
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.forward_with_hidden(ids, hidden=False)[0]
 

@@ -213,3 +213,47 @@ def test_an_hf_teacher_does_not_depend_on_what_ran_before_in_the_process(tmp_pat
                      log=said.append)
     assert f"t1's classifier head has other outputs than the {len(labels) + 1} classes of text:{more}: it starts anew" in said
     assert load_weights(tmp_path / "t3" / "model.safetensors")["classifier.weight"].shape[0] == len(labels) + 1
+
+
+def test_a_teacher_whose_class_names_are_in_another_order_is_refused(tmp_path):
+    """helper-40: a teacher trained with positive=0 searched on a CSV whose sorted labels make
+    negative=0 measured 6.7% on its own data, and the search went on without a word."""
+    from types import SimpleNamespace
+
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from n2n.search import check_label_names
+    from search_spaces import HFClassifier
+
+    def teacher(id2label):
+        config = BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=8, num_labels=len(id2label), id2label=id2label)
+        return HFClassifier(BertForSequenceClassification(config))
+
+    data = SimpleNamespace(labels=["negative", "positive"])
+    flipped = teacher({0: "positive", 1: "negative"})
+    assert flipped.config.id2label == {0: "positive", 1: "negative"}  # `.config`, as the README says
+    with pytest.raises(DataError, match=r"^text:r.csv: the data's classes, numbered in sorted order, are \['negative', "
+                                        r"'positive'\]; the teacher's \(its config.json id2label\) are \['positive', "
+                                        r"'negative'\]: every class would be scored as another. Write the labels as "
+                                        r"the teacher's class ids \(0 = positive, 1 = negative\)$"):
+        check_label_names(flipped, data, "text:r.csv", log=pytest.fail)
+    check_label_names(teacher({0: "negative", 1: "positive"}), data, "text:r.csv", log=pytest.fail)
+    check_label_names(teacher({0: "LABEL_0", 1: "LABEL_1"}), data, "text:r.csv", log=pytest.fail)  # placeholders
+    check_label_names(flipped, SimpleNamespace(labels=None), "npz:ids.npz", log=pytest.fail)  # integer labels
+    said = []
+    check_label_names(teacher({0: "neg", 1: "pos"}), data, "text:r.csv", log=said.append)
+    assert said == ["warning: the teacher's class names (its config.json id2label) are ['neg', 'pos'], the data's "
+                    "['negative', 'positive']; class i of the data is taken as the teacher's output i"]
+
+
+def test_a_teacher_no_better_than_the_most_common_class_is_warned_of():
+    from n2n.search import chance_warning
+
+    y = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)  # the most common class: 0.6 of 100
+    # 3 standard errors above 0.6 on 100 samples: 0.6 + 3 * sqrt(0.24 / 100) = 0.747
+    assert chance_warning(0.74, y) == (
+        "warning: the teacher's validation accuracy 0.7400 is not clearly better than always answering the most common "
+        "class (0.6000, 100 samples): is it trained, on this data, with its classes in this order? Any student meets "
+        "an accuracy target against it")
+    assert chance_warning(0.75, y) is None and chance_warning(0.0667, torch.tensor([0, 1] * 15)) is not None
