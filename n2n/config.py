@@ -27,6 +27,7 @@ from .train import DistillConfig
 class TeacherConfig:
     path: str | None = None  # a saved teacher folder (model.safetensors + arch.json); None: train from `recipe`
     dataset: str | None = None  # data to distil on; None: the dataset the teacher was trained on
+    max_length: int | None = None  # text: tokens per text for a teacher that records none; None: 128 (or its positions)
     recipe: TeacherRecipe = field(default_factory=TeacherRecipe)  # used when `path` is None (trained once, cached)
 
 

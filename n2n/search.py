@@ -171,13 +171,31 @@ def chance_warning(accuracy: float, y) -> str | None:
 ACCURACY_GAP = 0.03  # a teacher measured this far from its own figure is probably not on its own split
 
 
-def teacher_data(folder: Path, metrics: dict, arch: dict, dataset: str, log=print) -> data_mod.Dataset:
+def teacher_data(folder: Path, metrics: dict, arch: dict, dataset: str, log=print, max_length: int | None = None,
+                 positions: int | None = None) -> data_mod.Dataset:
     """The split the teacher was trained and measured on (recorded in its metrics.json), standardised
-    as it was (its arch.json "input"); never one that depends on the search's seed."""
+    as it was (its arch.json "input"); never one that depends on the search's seed. Text is tokenised
+    to the length the teacher records, else `max_length` (teacher.max_length), else 128, at most the
+    teacher's `positions` (helper-40: 128 tokens into a 32-position teacher was a traceback)."""
+    recorded = metrics.get("split") or {}
+    if max_length is not None:
+        if not dataset.startswith("text:"):
+            raise ConfigError(f"teacher.max_length: applies to text: datasets, not {dataset}; expected null")
+        if recorded.get("max_length", max_length) != max_length:
+            raise ConfigError(f"teacher.max_length: the teacher records {recorded['max_length']} tokens per text, its "
+                              f"figures were measured at that; expected null or {recorded['max_length']}, got {max_length}")
+        if not 2 <= max_length <= (positions or max_length):
+            raise ConfigError(f"teacher.max_length: expected 2..{positions} (the teacher's positions), got {max_length}")
+    if dataset.startswith("text:") and "max_length" not in recorded:
+        length = max_length or min(128, positions or 128)
+        why = "teacher.max_length" if max_length else "the default" if length == 128 else "the teacher's positions"
+        log(f"{folder} records no text length: texts are tokenised to {length} tokens ({why}); set teacher.max_length "
+            f"to the length it was trained at")
+        recorded = {**recorded, "max_length": length}
     if metrics.get("split"):
-        ds = data_mod.load_split(dataset, metrics["split"], tokenizer=folder, preprocess=arch.get("input"))
+        ds = data_mod.load_split(dataset, recorded, tokenizer=folder, preprocess=arch.get("input"))
     else:
-        ds = data_mod.load_split(dataset, {"seed": 0}, tokenizer=folder, preprocess=arch.get("input"))
+        ds = data_mod.load_split(dataset, {"seed": 0, **recorded}, tokenizer=folder, preprocess=arch.get("input"))
         if ds.split["seed"] is not None:  # data that brings its own split is used as it is: nothing to say
             log(f"warning: {folder} records no data split, so n2n uses split seed 0 of {dataset}; if the teacher "
                 "was trained on other samples of it, every accuracy here is too high. Teachers from `n2n teacher "
@@ -245,7 +263,8 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
     if written_by_n2n(folder) == "export":  # replaceable by design: say so before the run depends on it
         log(f"warning: the teacher {folder} is an n2n export, which `n2n export --overwrite` replaces; this run "
             "would then refuse to resume or export (its teacher changed). Copy it elsewhere first to keep the run usable")
-    ds = teacher_data(folder, metrics, arch, dataset, log)
+    positions = getattr(getattr(teacher, "config", None), "max_position_embeddings", None)  # transformers
+    ds = teacher_data(folder, metrics, arch, dataset, log, cfg.teacher.max_length, positions)
     shape = arch.get("input_shape") or arch.get("hparams", {}).get("input_shape") or ds.input_shape
     if tuple(shape) != ds.input_shape:
         raise ConfigError(f"teacher expects inputs of shape {tuple(shape)}, dataset {dataset} gives {ds.input_shape}")

@@ -257,3 +257,40 @@ def test_a_teacher_no_better_than_the_most_common_class_is_warned_of():
         "class (0.6000, 100 samples): is it trained, on this data, with its classes in this order? Any student meets "
         "an accuracy target against it")
     assert chance_warning(0.75, y) is None and chance_warning(0.0667, torch.tensor([0, 1] * 15)) is not None
+
+
+def test_a_text_teacher_that_records_no_length_is_read_at_one_it_has_positions_for(tmp_path):
+    """helper-40: a teacher of the user's own with 32 positions was fed 128 tokens per text (a
+    transformers traceback), and nothing set another length."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    from n2n.errors import ConfigError
+    from n2n.search import teacher_data
+
+    folder = tmp_path / "own"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({w for t, _ in sentences(TEMPLATES, SUBJECTS)
+                                                                      for w in t.replace(",", " ").split()})
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(folder)
+    BertForSequenceClassification(BertConfig(vocab_size=len(vocab), hidden_size=8, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=8, max_position_embeddings=32,
+                                             id2label={0: "negative", 1: "positive"})).save_pretrained(folder)
+    data = f"text:{write_csv(tmp_path / 'r.csv', sentences(TEMPLATES[:2], SUBJECTS[:4]))}"
+    said = []
+    meta, (teacher, *_ ) = prepare_run(load_config(None, {"teacher.path": str(folder), "teacher.dataset": data}),
+                                       log=said.append)
+    assert meta["split"]["max_length"] == 32
+    assert (f"{folder} records no text length: texts are tokenised to 32 tokens (the teacher's positions); set "
+            "teacher.max_length to the length it was trained at") in said
+    arch = {"family": "hf-pretrained"}
+    said.clear()
+    assert teacher_data(folder, {}, arch, data, said.append, max_length=12, positions=32).x_val.shape[1] == 12
+    assert said[0].endswith("tokenised to 12 tokens (teacher.max_length); set teacher.max_length to the length it "
+                            "was trained at")
+    for max_length, metrics, dataset, error in (
+            (64, {}, data, r"teacher.max_length: expected 2..32 \(the teacher's positions\), got 64"),
+            (12, {"split": {"seed": 0, "max_length": 16}}, data,
+             r"teacher.max_length: the teacher records 16 tokens per text, its figures were measured at that; "
+             r"expected null or 16, got 12"),
+            (12, {}, "digits", r"teacher.max_length: applies to text: datasets, not digits; expected null")):
+        with pytest.raises(ConfigError, match=f"^{error}$"):
+            teacher_data(folder, metrics, arch, dataset, said.append, max_length=max_length, positions=32)
