@@ -148,17 +148,20 @@ def read_records(run_dir: Path) -> list[dict]:
 
 
 def _wrong_types(r: dict) -> str | None:
-    """What in a record is not of the type n2n wrote, or None."""
+    """What in a record is not of the type, or in the range, n2n wrote, or None."""
     spec = r["spec"]
-    checks = (("reward", is_number(r["reward"])), ("accuracy", is_number(r["accuracy"])),
+    # figures in the ranges n2n writes them in (helper-41: a forged accuracy of 1.5 ranked first in report)
+    checks = (("reward", is_number(r["reward"])), ("accuracy", is_number(r["accuracy"]) and 0 <= r["accuracy"] <= 1),
               ("params", isinstance(r["params"], int) and not isinstance(r["params"], bool) and r["params"] >= 0),
               ("stage", isinstance(r["stage"], str)), ("failure", r["failure"] is None or isinstance(r["failure"], str)),
               ("spec", isinstance(spec, dict) and isinstance(spec.get("removed"), list) and isinstance(spec.get("ratios"), list)
                and all(isinstance(u, int) for u in spec["removed"]) and all(is_number(x) for x in spec["ratios"])),
               # fields later n2n versions added: checked where present (helper-28: tracebacks in report)
               ("summary", isinstance(r.get("summary", ""), str)),
-              ("flops", r.get("flops") is None or isinstance(r["flops"], int) and not isinstance(r["flops"], bool)),
-              *((k, r.get(k) is None or is_number(r[k])) for k in ("latency_ms", "teacher_latency_ms", "latency_ratio")))
+              ("flops", r.get("flops") is None or isinstance(r["flops"], int) and not isinstance(r["flops"], bool)
+               and r["flops"] >= 0),
+              *((k, r.get(k) is None or is_number(r[k]) and r[k] >= 0)
+                for k in ("latency_ms", "teacher_latency_ms", "latency_ratio")))
     bad = [name for name, ok in checks if not ok]
     return ", ".join(f"{name} {r[name]!r}" for name in bad) or None
 

@@ -522,14 +522,17 @@ def test_sigterm_during_an_export_keeps_the_earlier_one_and_leaves_no_temp_folde
 
 
 def test_candidates_json_values_of_the_wrong_type_are_named_not_a_traceback(finished_run, tmp_path, capsys):
-    """helper-25: a string reward was a TypeError traceback in report and policy fit."""
+    """helper-25: a string reward was a TypeError traceback in report and policy fit; values out of range too."""
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
     recs = read_records(run)
     for edit, shown in (({"reward": "0.9"}, "reward '0.9'"), ({"accuracy": float("nan")}, "accuracy nan"),
-                        ({"spec": {"removed": "x", "ratios": [1.0]}}, "spec {'removed': 'x', 'ratios': [1.0]}")):
+                        ({"spec": {"removed": "x", "ratios": [1.0]}}, "spec {'removed': 'x', 'ratios': [1.0]}"),
+                        # helper-41: figures out of range ranked first in report, with val acc 1.5000
+                        ({"accuracy": 1.5}, "accuracy 1.5"), ({"flops": -5}, "flops -5"),
+                        ({"latency_ms": -3.0}, "latency_ms -3.0")):
         (run / "candidates.json").write_text(json.dumps([{**recs[0], **edit}, *recs[1:]]))
         for command in (("report", run), ("policy", "fit", run, "--out", tmp_path / "pol")):
             status, err = _main(capsys, *command)
