@@ -70,6 +70,13 @@ class Dataset:
         seen = set(torch.cat([self.y_train, self.y_val, self.y_test]).unique().tolist())
         unused = [c for c in range(self.num_classes) if c not in seen]
         if not unused:
+            untrained = sorted(seen - set(self.y_train.unique().tolist()))
+            if untrained:  # a split of the user's own (helper-41: a class only in y_test, unsaid)
+                return (f"warning: {self.name}: class{'es' if len(untrained) > 1 else ''} "
+                        f"{', '.join(map(str, untrained[:5]))}{', ...' if len(untrained) > 5 else ''} "
+                        f"appear{'' if len(untrained) > 1 else 's'} only in "
+                        f"the validation or test split: no training sample teaches "
+                        f"{'them' if len(untrained) > 1 else 'it'}, so every such sample is scored wrong")
             return None
         head = (f"warning: {self.name}: labels are class ids, and {len(unused)} of the ids 0..{self.num_classes - 1} "
                 f"never appear ({', '.join(map(str, unused[:5]))}{', ...' if len(unused) > 5 else ''}); ")

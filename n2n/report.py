@@ -23,7 +23,7 @@ def leaderboard(records: list[dict], teacher_size: float, top: int = 10, size: s
                 within=None) -> str:
     """The best `top` candidates by reward; `size` is the record field the reward compressed
     ("params", "flops" or "latency_ms"). Latency, where measured, has a column of its own; a
-    latency's "smaller" is against the teacher timed beside that student. `within(record)`: whether
+    latency's "faster" is against the teacher timed beside that student. `within(record)`: whether
     it meets the target's size and latency limits, a column of its own (None: no limits)."""
     rows = sorted((r for r in records if r["failure"] is None), key=lambda r: -r["reward"])[:top]
     lat = size == "latency_ms"
@@ -31,7 +31,7 @@ def leaderboard(records: list[dict], teacher_size: float, top: int = 10, size: s
     rows = [r for r in rows if r.get(size) is not None]  # (latency of a run that did not measure it)
     w = max([len(show(r[size])) for r in rows] + [len(size)])  # 8-digit counts keep their column
     extra = not lat and any(r.get("latency_ms") for r in rows)
-    lines = [f"{'#':>2} {'stage':9} {size:>{w}} {'smaller':>9} {'val acc':>7} {'reward':>7}"
+    lines = [f"{'#':>2} {'stage':9} {size:>{w}} {'faster' if lat else 'smaller':>9} {'val acc':>7} {'reward':>7}"
              f"{' latency_ms' if extra else ''}{' limits' if within else ''}  spec"]
     for i, r in enumerate(rows, 1):
         times = 1 / latency_ratio(r) if lat else teacher_size / max(r[size], 1)

@@ -257,12 +257,20 @@ def finish_hint(stopped: str, run_dir: Path, command: str) -> str:
     return f"`n2n resume {run_dir}` finishes it"
 
 
+def taken(run_dir: Path) -> RunError:
+    """Why a new search cannot have `run_dir`: a run to resume, or something else (helper-41: a folder
+    of the user's own was offered to `n2n resume`, which then said it is no run)."""
+    if (run_dir / META).is_file():
+        return RunError(f"{run_dir} already exists; resume it with `n2n resume {run_dir}` or choose another --name")
+    return RunError(f"{run_dir} already exists and is not an n2n run; choose another --name (or --runs-dir)")
+
+
 def create_run(run_dir: Path, meta: dict, copies: dict[str, Path] | None = None) -> RunLock:
     """Create RUN with n2n.json, results/ and `copies` ({path in RUN: source file}) in one rename,
     locked: a kill at any moment leaves either no run folder or one that `n2n resume` continues."""
     run_dir = Path(run_dir)
-    if run_dir.exists():
-        raise RunError(f"{run_dir} already exists; resume it with `n2n resume {run_dir}` or choose another --name")
+    if run_dir.exists() or run_dir.is_symlink():
+        raise taken(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_folder(run_dir, f".{run_dir.name}.")
     try:

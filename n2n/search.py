@@ -25,7 +25,7 @@ from .errors import ConfigError, RunError
 from .models import (ModelError, append_to, check_creatable, device_for, file_digest, load_model, load_weights,
                      replaced_teacher, save_weights, weights_digest, write_json, written_by_n2n)
 from .raysession import check_address, ray_session
-from .runfolder import (META, POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, load_states, read_records, read_run,
+from .runfolder import (META, POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, taken, load_states, read_records, read_run,
                         read_summary)
 from .storage import Fetcher, RemoteResults, check_store, store_location
 from .teachers import cached_teacher
@@ -499,7 +499,7 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
     run_dir = Path(run_dir).resolve()
     check_creatable(run_dir)  # --runs-dir notes.txt/runs: refused before a teacher is trained
     if run_dir.exists():  # before training a teacher: the same check again at creation
-        raise RunError(f"{run_dir} already exists; resume it with `n2n resume {run_dir}` or choose another --name")
+        raise taken(run_dir)
     meta, (teacher, arch, ds, space) = prepare_run(cfg, factories, log)
     cfg = run_config(meta["config"])  # as recorded: the starting policy made concrete
     if cfg.resources.storage:  # checked, like everything else, before the run folder exists

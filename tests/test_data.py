@@ -67,6 +67,13 @@ def test_labels_that_skip_class_ids_are_said_not_renumbered(tmp_path):
     assert ds.unused_classes_warning() == (
         f"warning: npz:{tmp_path / 'd.npz'}: labels are class ids, and 4 of the ids 0..7 never appear (0, 4, 5, 6); "
         "a teacher trained here has an output for each id, trained by no sample. Number the classes 0..K-1 to avoid that")
+    # helper-41: a split of the user's own where class 3 is only in the test split trained without a word
+    x = rng.normal(size=(30, 1, 8)).astype(np.float32)
+    np.savez(tmp_path / "own.npz", x_train=x[:20], y_train=np.arange(20) % 3, x_val=x[20:25], y_val=np.arange(5) % 3,
+             x_test=x[25:], y_test=np.array([0, 1, 2, 3, 3]))
+    assert load_dataset(f"npz:{tmp_path / 'own.npz'}").unused_classes_warning() == (
+        f"warning: npz:{tmp_path / 'own.npz'}: class 3 appears only in the validation or test split: no training "
+        "sample teaches it, so every such sample is scored wrong")
 
 
 def test_npz_errors_name_what_was_expected(tmp_path):

@@ -1324,6 +1324,20 @@ def test_a_run_name_is_one_folder_name(name, capsys, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_run_name_taken_by_a_folder_of_the_user_s_own_is_not_offered_to_resume(finished_run, tmp_path, capsys):
+    """helper-41: `--name mine` over a folder of the user's files said "resume it with `n2n resume
+    .../mine`", which then said it is no run."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    for name, said in (("mine", f"{tmp_path / 'mine'} already exists and is not an n2n run; choose another --name "
+                                "(or --runs-dir)"),
+                       (finished_run.name, f"{finished_run} already exists; resume it with `n2n resume {finished_run}`")):
+        status = cli.main(["search", "--runs-dir", str(tmp_path if name == "mine" else finished_run.parent),
+                           "--name", name])
+        assert status == 2 and said in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine" and len(list((tmp_path / "mine").iterdir())) == 1
+
+
 def test_an_out_under_a_file_is_refused_before_any_work(finished_run, tmp_path, capsys):
     """`--out notes.txt/student` printed "[Errno 17] File exists: 'notes.txt'", for `teacher train`
     only after training (helper-12); now one line naming the file, before anything runs."""

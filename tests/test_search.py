@@ -239,6 +239,7 @@ def test_leaderboard_columns_hold_8_digit_counts_and_follow_the_reward_size():
              {**recs[1], "latency_ms": 2.0, "teacher_latency_ms": 8.0}]
     lat = leaderboard(timed, 8.0, size="latency_ms").splitlines()
     assert [line.split()[3] for line in lat[1:]] == ["5.0x", "4.0x"]
+    assert lat[0].split()[2:4] == ["latency_ms", "faster"]  # helper-41: headed "smaller"
 
 
 def test_export_says_why_when_every_candidate_hit_the_rewards_walls():
