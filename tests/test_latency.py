@@ -57,7 +57,8 @@ def test_a_search_on_latency_records_rewards_exports_and_reports_it(ray_session,
     measured = metrics["latency_measured"]
     search = measured.pop("search")
     assert search.pop("node") == chosen["node"] and len(chosen["node"]) == 56  # the Ray node it was timed on
-    assert search == {"latency_ms": chosen["latency_ms"], "teacher_latency_ms": chosen["teacher_latency_ms"], "device": "cpu"}
+    assert search == {"latency_ms": chosen["latency_ms"], "teacher_latency_ms": chosen["teacher_latency_ms"], "device": "cpu",
+                      "module": "as exported"}
     fastest, p90 = measured.pop("student_ms_fastest"), measured.pop("student_ms_p90")
     assert 0 < fastest <= metrics["latency_ms"] <= p90 and 0 < metrics["latency_ratio"] < 1.5
     assert measured == {"when": "export", "module": "as exported (n2n.load_student's, input preprocessing included)",
@@ -108,7 +109,7 @@ def test_export_states_the_search_s_figures_where_it_cannot_time_on_the_search_s
                     "states the search's figures"]
     assert got == {"latency_ms": 0.5, "teacher_latency_ms": 2.0, "latency_ratio": 0.2, "latency_measured": {
         "when": "search", "latency_ms": 0.5, "teacher_latency_ms": 2.0, "device": "cuda:7", "node": "n",
-        "batch_size": 1, "threads": 1, "warmup": 5, "repeats": 5}}
+        "module": "as exported", "batch_size": 1, "threads": 1, "warmup": 5, "repeats": 5}}
     standardised = {"scale": 2.0, "shift": 1.0, "shape": [4]}  # timed through the wrapper load_student returns
     timed = export_latency(model, model, torch.zeros(3, 4), standardised, {**best, "device": "cpu"},
                            LatencyConfig(threads=0), said.append)
