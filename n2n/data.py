@@ -104,26 +104,34 @@ def absolute(name: str) -> str:
 
 
 def load_dataset(name: str, seed: int = 0, tokenizer=None, max_length: int = 128,
-                 preprocess: dict | None = None) -> Dataset:
+                 preprocess: dict | None = None, images: int | None = None) -> Dataset:
     """A dataset by name: 'mnist1d', 'digits', 'npz:PATH' or 'folder:PATH', split by `seed` (70/15/15)
     unless the data comes with its own split (npz: ``x_train``... or a ``split`` array).
 
     Raw inputs (what `n2n.load_student` takes): mnist1d the generator's ``x`` as (N, 1, 40); digits
     scikit-learn's ``load_digits().images`` as (N, 1, 8, 8); npz the file's ``x``; folder the pixels as
-    (C, H, W) values in 0..255."""
+    (C, H, W) values in 0..255. `images`: how image files are read (IMAGES, or 1 for a split an n2n
+    before 2026-12-06 recorded)."""
     if name.startswith("text:"):
         return _text_dataset(name, seed, tokenizer, max_length)
-    x, y, parts = load_raw(name)
+    x, y, parts = load_raw(name, images)
     ds = split(name, x, y, seed, parts, preprocess)
     if name.startswith("folder:"):  # class ids are the sub-folders in sorted order: recorded, so a user can tell
         ds.split["labels"] = ds.labels = _classes(Path(name[7:]))
+        ds.split["images"] = images or IMAGES
     return ds
 
 
-def load_raw(name: str) -> tuple[np.ndarray, np.ndarray, list | None]:
+# How an image folder's files are read, recorded with a folder's split. 1: palette images as grey and
+# grey-with-alpha as colour (until 2026-12-06); 2: each as the colours it shows (_channels). A teacher
+# recorded with 1 is read with 1 again: its inputs, and so its fingerprint, stay as it was trained.
+IMAGES = 2
+
+
+def load_raw(name: str, images: int | None = None) -> tuple[np.ndarray, np.ndarray, list | None]:
     """(x, y, parts) before any preprocessing: the inputs an exported student takes. `parts` are the
     train/val/test index arrays of data that brings its own split, else None. ``Dataset.index``
-    gives the positions of each split in these arrays."""
+    gives the positions of each split in these arrays. `images`: see load_dataset."""
     if name == "mnist1d":
         return (*_mnist1d(), None)
     if name == "digits":
@@ -134,7 +142,7 @@ def load_raw(name: str) -> tuple[np.ndarray, np.ndarray, list | None]:
     if name.startswith("npz:"):
         return _npz(Path(name[4:]))
     if name.startswith("folder:"):
-        return (*_folder(Path(name[7:])), None)
+        return (*_folder(Path(name[7:]), images or IMAGES), None)
     raise DataError(f"unknown dataset {name!r}: expected 'mnist1d', 'digits', 'npz:PATH' or 'folder:PATH'")
 
 
@@ -145,8 +153,12 @@ def load_split(name: str, record: dict, tokenizer=None, preprocess: dict | None 
     if not isinstance(record, dict):
         raise DataError(f"{name}: expected the teacher's split record (metrics.json \"split\") to be an object, "
                         f"found {type(record).__name__}")
+    old_images = name.startswith("folder:") and record.get("fingerprint") and "images" not in record
+    if record.get("images", IMAGES) not in (1, IMAGES):
+        raise DataError(f"{name}: expected the split record's \"images\" to be 1 or {IMAGES} (how images are read), "
+                        f"found {record['images']!r}")
     ds = load_dataset(name, seed=record.get("seed") or 0, tokenizer=tokenizer, max_length=record.get("max_length", 128),
-                      preprocess=preprocess)
+                      preprocess=preprocess, images=1 if old_images else record.get("images"))
     if record.get("fingerprint") and ds.split["fingerprint"] != record["fingerprint"]:
         raise DataError(f"{name}: expected the data the teacher was trained on ({_described(record)}), found "
                         f"{_differences(record, ds.split)}")
@@ -487,20 +499,26 @@ def _classes(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _channels(img) -> str:
-    """The mode an image is read in: "L" for grey ones, "RGB" for colour; alpha is dropped.
-
-    A palette image is grey only if every colour in its palette is (helper-36: colour GIFs became grey
-    without a word when every palette image was read as "L")."""
+def _read(img, images: int = IMAGES):
+    """An image as "L" (grey) or "RGB" (colour), alpha dropped. A palette image is colour if any colour
+    it uses is (helper-36: colour GIFs became grey without a word when every palette image was read
+    as "L"); `images` 1 reads as n2n did before (see IMAGES)."""
+    if images == 1:
+        return img.convert("L" if img.mode in ("L", "1", "P") else "RGB")
     if img.mode in ("1", "L", "LA", "La"):
-        return "L"
-    if img.mode in ("P", "PA"):
-        palette = np.asarray(img.getpalette() or [0, 0, 0]).reshape(-1, 3)  # (colours, RGB)
-        return "L" if (palette == palette[:, :1]).all() else "RGB"
-    return "RGB"
+        return img.convert("L")
+    if img.mode not in ("P", "PA"):
+        return img.convert("RGB")
+    palette = np.asarray(img.getpalette() or [0, 0, 0]).reshape(-1, 3)  # (colours, RGB)
+    used = np.unique(np.asarray(img if img.mode == "P" else img.getchannel(0)))  # the palette indices in use
+    used = palette[used[used < len(palette)]]
+    grey = (used == used[:, :1]).all()
+    if "transparency" in img.info:  # through RGBA: Pillow warns when converting such a palette directly
+        img = img.convert("RGBA")
+    return img.convert("L" if grey else "RGB")
 
 
-def _folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
+def _folder(root: Path, images: int = IMAGES) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
     if not root.is_dir():
@@ -521,7 +539,7 @@ def _folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
                     raise DataError(f"image folder {root}: expected 8-bit images (pixel values 0..255), {f} is "
                                     f"{img.mode} (16- or 32-bit); convert the folder to 8-bit, or save the pixels in "
                                     f"an npz: dataset")
-                img = img.convert(_channels(img))
+                img = _read(img, images)
             except DataError:
                 raise
             except Exception as e:  # truncated or not an image at all

@@ -1,4 +1,5 @@
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -158,10 +159,49 @@ def test_palette_and_alpha_images_keep_their_colours(tmp_path):
     x, _, _ = load_raw(f"folder:{grey}")
     assert x.shape == (8, 1, 4, 4)  # a grey palette and grey-with-alpha stay one channel
     assert np.array_equal(x[0, 0], 255 - idx_of(grey / "a" / "0.png"))
+    # helper-42: only the colours an image uses count (a grey image's palette may hold unused colours), and
+    # a palette with transparency reads without Pillow's warning
+    idx = rng.integers(0, 4, (4, 4), dtype=np.uint8)
+    img = Image.fromarray(idx, mode="P")
+    img.putpalette([0, 0, 0, 80, 80, 80, 160, 160, 160, 255, 255, 255, 255, 0, 0])  # red, unused
+    img.save(grey / "a" / "unused.png", transparency=b"\x80\xff")  # partly transparent: bytes, as pngquant writes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x, _, _ = load_raw(f"folder:{grey}")
+    assert x.shape == (9, 1, 4, 4) and np.array_equal(x[4, 0], np.array([0, 80, 160, 255])[idx])  # a/unused.png
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(grey / "b" / "rgb.png")
     with pytest.raises(DataError, match=r"expected every image to be \(1, 4, 4\) \(C, H, W; C 1 for grey, 3 for "
                                         r"colour\), .*rgb.png is \(3, 4, 4\)"):
         load_dataset(f"folder:{grey}")
+
+
+def test_a_folder_recorded_before_colour_palettes_is_read_as_it_was(tmp_path):
+    """helper-42: reading colour palette images in colour changed the inputs of a folder a teacher had
+    been trained on, so its fingerprint, and every run of it was refused as if the data had changed."""
+    from PIL import Image
+
+    from n2n.data import load_split
+
+    rng = np.random.default_rng(1)
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(10):
+            img = Image.fromarray(rng.integers(0, 256, (4, 4), dtype=np.uint8), mode="P")
+            img.putpalette(rng.integers(0, 256, 768).tolist())
+            img.save(tmp_path / cls / f"{i}.png")
+    name = f"folder:{tmp_path}"
+    now = load_dataset(name)
+    assert now.input_shape == (3, 4, 4) and now.split["images"] == 2
+    then = load_dataset(name, images=1)  # as n2n read it before, recorded without "images"
+    record = {k: v for k, v in then.split.items() if k != "images"}
+    assert then.input_shape == (1, 4, 4) and record["fingerprint"] != now.split["fingerprint"]
+    again = load_split(name, record)
+    assert again.input_shape == (1, 4, 4) and again.split["fingerprint"] == record["fingerprint"]
+    assert again.split["images"] == 1  # so a run of that teacher resumes the same way
+    assert load_split(name, again.split).split["fingerprint"] == record["fingerprint"]
+    with pytest.raises(DataError, match=r"expected the split record's \"images\" to be 1 or 2 \(how images are read\), "
+                                        r"found 7"):
+        load_split(name, {**record, "images": 7})
 
 
 def idx_of(path):
