@@ -65,25 +65,31 @@ class Dataset:
 
     def unused_classes_warning(self, training: bool = True) -> str | None:
         """Labels are class ids: with labels 1, 2, 3 a classifier made for this data has an output 0
-        that no sample trains. Said, not changed: renumbering would move every prediction.
+        that no sample trains. Said, not changed: renumbering would move every prediction. Classes in
+        the validation or test split only (a split of the user's own) are said too (helper-41).
         `training`: a teacher is about to be trained on this data (else a search reads it)."""
         seen = set(torch.cat([self.y_train, self.y_val, self.y_test]).unique().tolist())
         unused = [c for c in range(self.num_classes) if c not in seen]
-        if not unused:
-            untrained = sorted(seen - set(self.y_train.unique().tolist()))
-            if untrained:  # a split of the user's own (helper-41: a class only in y_test, unsaid)
-                return (f"warning: {self.name}: class{'es' if len(untrained) > 1 else ''} "
-                        f"{', '.join(map(str, untrained[:5]))}{', ...' if len(untrained) > 5 else ''} "
-                        f"appear{'' if len(untrained) > 1 else 's'} only in "
-                        f"the validation or test split: no training sample teaches "
-                        f"{'them' if len(untrained) > 1 else 'it'}, so every such sample is scored wrong")
-            return None
-        head = (f"warning: {self.name}: labels are class ids, and {len(unused)} of the ids 0..{self.num_classes - 1} "
-                f"never appear ({', '.join(map(str, unused[:5]))}{', ...' if len(unused) > 5 else ''}); ")
-        if training:
-            return head + ("a teacher trained here has an output for each id, trained by no sample. Number the "
-                           "classes 0..K-1 to avoid that")
-        return head + "the teacher's outputs for them are distilled from, but never scored"
+        untrained = sorted(seen - set(self.y_train.unique().tolist()))
+        said = []
+        if unused:
+            said.append(f"labels are class ids, and {len(unused)} of the ids 0..{self.num_classes - 1} never appear "
+                        f"({_listed(unused)}); " + (
+                            "a teacher trained here has an output for each id, trained by no sample. Number the "
+                            "classes 0..K-1 to avoid that" if training else
+                            "the teacher's outputs for them are distilled from, but never scored"))
+        if untrained:
+            named = _listed([f"{c} ({self.labels[c]})" if self.labels else str(c) for c in untrained])
+            said.append(f"class{'es' if len(untrained) > 1 else ''} {named} appear{'' if len(untrained) > 1 else 's'} "
+                        f"only in the validation or test split; " + (
+                            "no training sample teaches a teacher trained here, so every such sample is scored wrong"
+                            if training else "students distil on the training split only, where no sample is of "
+                            f"{'these classes' if len(untrained) > 1 else 'that class'}"))
+        return f"warning: {self.name}: " + "; and ".join(said) if said else None
+
+
+def _listed(items: list) -> str:
+    return f"{', '.join(map(str, items[:5]))}{', ...' if len(items) > 5 else ''}"
 
 
 def cache_dir() -> Path:
@@ -428,11 +434,16 @@ def read_text(path: Path) -> tuple[list[str], list, list | None]:
             with open(path, newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f)
                 for row in reader:
-                    if None in row:  # more fields than the header: the rest went under None (helper-41)
-                        raise DataError(
-                            f"text dataset {path}: line {reader.line_num} has {len(row) - 1 + len(row[None])} fields, "
-                            f"the header {len(reader.fieldnames)} ({', '.join(reader.fieldnames)}); a comma in a text "
-                            f"that is not quoted? Quote such texts (\"nice, fun\"), or write the file as JSONL")
+                    extra = row.pop(None, [])  # fields past the header's (helper-41: an unquoted comma)
+                    short = [k for k, v in row.items() if v is None]  # fields the line lacks
+                    if any(v.strip() for v in extra) or short:
+                        header = reader.fieldnames
+                        hint = (f"is the file separated by {sep!r}? n2n reads comma-separated files"
+                                if len(header) == 1 and (sep := next((c for c in ";\t|" if c in header[0]), None))
+                                else "a comma in a text that is not quoted? Quote such texts (\"nice, fun\"), or "
+                                     "write the file as JSONL" if extra else "a line break in a text that is not quoted?")
+                        raise DataError(f"text dataset {path}: line {reader.line_num} has {len(row) - len(short) + len(extra)} "
+                                        f"fields, the header {len(header)} ({', '.join(header)}); {hint}")
                     rows.append(row)
     except (UnicodeDecodeError, csv.Error, json.JSONDecodeError, RecursionError) as e:
         raise DataError(f"text dataset {path}: not a readable CSV/JSONL file of text,label ({e})") from None

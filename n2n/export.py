@@ -21,7 +21,7 @@ from .deploy import check_onnx, fastest_ratio, require_onnx, time_as_shipped, to
 from .errors import RunError
 from .models import (ModelError, RawInput, build_model, check_creatable, check_replaceable, device_for, load_weights,
                      save_model, weights_mismatch, write_json)
-from .runfolder import RunLock, finish_hint, read_records, read_run, unfinished
+from .runfolder import RunLock, finish_hint, read_records, read_run, read_summary, unfinished
 from .search import OpenRun, check_teacher, check_teacher_figures, teacher_logits
 from .storage import Fetcher, shown
 from .train import accuracy, distill
@@ -200,7 +200,7 @@ def export_latency(student, teacher, x, preprocess, best: dict, lat, log, trial_
 def size_limits(target, metrics: dict, asked_for: str | None = None) -> tuple[dict, str | None]:
     """The target's size and latency limits as metrics.json records them, whether the exported student
     is within them (its params and FLOPs as exported; its latency as export timed it), and a warning
-    where it is not: the pick ships the best by reward when no finalist meets the target, and a
+    where it is not: the pick ships the best by reward when no candidate meets the target, and a
     student the search timed within a latency limit may time past it as exported."""
     asked = {k: getattr(target, k) for k in ("max_params", "max_flops", "max_latency_ms") if getattr(target, k) is not None}
     if not asked:
@@ -222,8 +222,8 @@ def size_limits(target, metrics: dict, asked_for: str | None = None) -> tuple[di
            f"{'without its input preprocessing (as n2n timed students then)' if bare else 'beside its other trials'}; "
            f"timed as exported on this machine it is past it (`--key` exports another candidate)"
            if timed_over and len(over) == 1 else
-           f"no {'finalist' if metrics.get('stage') == 'finalists' else 'candidate'} meets the whole target, so "
-           "export ships the best by reward; `n2n report` lists the candidates and `--key` exports any")
+           "no candidate meets the whole target, so export ships the best by reward; `n2n report` lists the "
+           "candidates and `--key` exports any")
     warning = f"warning: this student is outside the target's limits ({'; '.join(over)}): {why}" if over else None
     return {**asked, "limits_met": not over}, warning
 
@@ -244,6 +244,11 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     best = {**chosen, "val_accuracy": chosen["accuracy"]}
     log(f"exporting {best['summary']} ({best['params']:,} params, {best['stage']}, val acc {best['accuracy']:.4f}): {why}")
     stopped = unfinished(run_dir)
+    named = ((read_summary(run_dir) or {}).get("best") or {}).get("key")
+    if not stopped and key is None and rank is None and margin is None and named not in (None, chosen["key"]):
+        # a finished run's summary.json, written by an earlier n2n, may name another student (helper-42)
+        log(f"note: the run's summary.json names {named}, picked by the n2n that wrote it; this n2n's rule picks "
+            f"{chosen['key']} (`--key {named}` exports that one)")
     if stopped:  # the pick is among what exists, not what the search would have found
         log(f"warning: this search has not finished ({stopped}), so this is the choice among the candidates so "
             f"far{'' if cfg.finalists.k == 0 or best['stage'] == 'finalists' else ', on brief-distillation figures'}"

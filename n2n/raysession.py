@@ -137,11 +137,19 @@ RAY_TEMP_ROOM = 64 << 20  # bytes: a local Ray's sockets and logs take well unde
 def _ray_temp(root: str) -> str:
     """A local Ray's own folder under `root`, marked as this process's. A full temp folder is said
     before Ray starts: Ray itself gave only a startup timeout a minute later (helper-36)."""
-    free = shutil.disk_usage(root).free
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError as e:  # helper-42: a RAY_TMPDIR that does not exist was "[Errno 2] ...", naming no setting
+        raise RunError(f"{root}: expected a folder for a local Ray's temp files (RAY_TMPDIR, else the temp folder), "
+                       f"{e.strerror.lower()}; set RAY_TMPDIR to a writable folder") from None
     if free < RAY_TEMP_ROOM:
         raise RunError(f"{root}: expected at least {RAY_TEMP_ROOM >> 20} MiB free for a local Ray's temp files, found "
                        f"{free / 2**20:.1f} MiB; free some, or set RAY_TMPDIR to a folder with room")
-    temp = tempfile.mkdtemp(prefix="n2n-ray-", dir=root)
+    try:
+        temp = tempfile.mkdtemp(prefix="n2n-ray-", dir=root)
+    except OSError as e:
+        raise RunError(f"{root}: cannot make a local Ray's temp folder there ({e.strerror}); set RAY_TMPDIR to a "
+                       f"writable folder") from None
     try:
         Path(temp, _DRIVER).write_text(json.dumps(_this_process()))
     except OSError as e:

@@ -163,7 +163,10 @@ def _wrong_types(r: dict) -> str | None:
               *((k, r.get(k) is None or is_number(r[k]) and r[k] >= 0)
                 for k in ("latency_ms", "teacher_latency_ms", "latency_ratio")))
     bad = [name for name, ok in checks if not ok]
-    return ", ".join(f"{name} {r[name]!r}" for name in bad) or None
+    expected = {"accuracy": "a fraction 0..1", "flops": "a whole number >= 0", "params": "a whole number >= 0",
+                **dict.fromkeys(("latency_ms", "teacher_latency_ms", "latency_ratio"), "a number >= 0 or null")}
+    return ", ".join(f"{name} {r[name]!r}" + (f" (expected {expected[name]})" if name in expected else "")
+                     for name in bad) or None
 
 
 def _me() -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from agents import AgentOptionError
 from envs import STAGES, Reference
 from search_spaces import output_gap
+from search_spaces.transformer import text_positions
 
 from . import data as data_mod
 from .config import Config, run_config
@@ -143,9 +144,12 @@ def check_label_names(teacher, ds, dataset: str, log=print) -> None:
     if ds.labels is None or not theirs or all(n == f"LABEL_{i}" for i, n in enumerate(theirs)):
         return  # integer labels, or a head with transformers' placeholder names: nothing to compare
     ours = list(ds.labels)
-    if theirs == ours:
+    def plain(names):  # POSITIVE and positive are one class (helper-42: a common Hub style)
+        return [n.strip().casefold() for n in names]
+
+    if plain(theirs) == plain(ours):
         return
-    if sorted(theirs) == sorted(ours):
+    if sorted(plain(theirs)) == sorted(plain(ours)):
         ids = ", ".join(f"{i} = {n}" for i, n in enumerate(theirs))
         raise data_mod.DataError(f"{dataset}: the data's classes, numbered in sorted order, are {ours}; the teacher's "
                                  f"(its config.json id2label) are {theirs}: every class would be scored as another. "
@@ -154,18 +158,22 @@ def check_label_names(teacher, ds, dataset: str, log=print) -> None:
         f"the data is taken as the teacher's output i")
 
 
-def chance_warning(accuracy: float, y) -> str | None:
-    """A warning when a teacher's validation accuracy is not clearly better than always answering the
-    most common class (3 standard errors): a student then meets any accuracy target trivially."""
+def chance_warning(accuracy: float, y, drop: float | None = None) -> str | None:
+    """A warning when a teacher's validation accuracy is not clearly better (3 standard errors) than
+    always answering the most common class; `drop`: the target's max_accuracy_drop (points), which a
+    student answering that class may already meet."""
     import torch
 
     n = len(y)
     base = torch.bincount(y).max().item() / n
-    if accuracy < base + 3 * (base * (1 - base) / n) ** 0.5:
-        return (f"warning: the teacher's validation accuracy {accuracy:.4f} is not clearly better than always answering "
-                f"the most common class ({base:.4f}, {n} samples): is it trained, on this data, with its classes in "
-                f"this order? Any student meets an accuracy target against it")
-    return None
+    if accuracy >= base + 3 * (base * (1 - base) / n) ** 0.5:
+        return None
+    said = (f"warning: the teacher's validation accuracy {accuracy:.4f} is not clearly better than always answering "
+            f"the most common class ({base:.4f}, {n} samples): is it trained, on this data, with its classes in "
+            f"this order?")
+    if drop is not None and (accuracy - base) * 100 <= drop:
+        said += f" A student that always answers that class meets the {drop:g}-point accuracy target"
+    return said
 
 
 ACCURACY_GAP = 0.03  # a teacher measured this far from its own figure is probably not on its own split
@@ -184,13 +192,16 @@ def teacher_data(folder: Path, metrics: dict, arch: dict, dataset: str, log=prin
         if recorded.get("max_length", max_length) != max_length:
             raise ConfigError(f"teacher.max_length: the teacher records {recorded['max_length']} tokens per text, its "
                               f"figures were measured at that; expected null or {recorded['max_length']}, got {max_length}")
-        if not 2 <= max_length <= (positions or max_length):
+        if positions is not None and max_length > positions:
             raise ConfigError(f"teacher.max_length: expected 2..{positions} (the teacher's positions), got {max_length}")
     if dataset.startswith("text:") and "max_length" not in recorded:
         length = max_length or min(128, positions or 128)
-        why = "teacher.max_length" if max_length else "the default" if length == 128 else "the teacher's positions"
-        log(f"{folder} records no text length: texts are tokenised to {length} tokens ({why}); set teacher.max_length "
-            f"to the length it was trained at")
+        if max_length:
+            log(f"{folder} records no text length: texts are tokenised to {length} tokens (teacher.max_length)")
+        else:
+            why = "the default" if length == 128 else "the teacher's positions"
+            log(f"{folder} records no text length: texts are tokenised to {length} tokens ({why}); set "
+                f"teacher.max_length to the length it was trained at")
         recorded = {**recorded, "max_length": length}
     if metrics.get("split"):
         ds = data_mod.load_split(dataset, recorded, tokenizer=folder, preprocess=arch.get("input"))
@@ -263,7 +274,7 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
     if written_by_n2n(folder) == "export":  # replaceable by design: say so before the run depends on it
         log(f"warning: the teacher {folder} is an n2n export, which `n2n export --overwrite` replaces; this run "
             "would then refuse to resume or export (its teacher changed). Copy it elsewhere first to keep the run usable")
-    positions = getattr(getattr(teacher, "config", None), "max_position_embeddings", None)  # transformers
+    positions = text_positions(teacher)  # transformers teachers; None for others
     ds = teacher_data(folder, metrics, arch, dataset, log, cfg.teacher.max_length, positions)
     shape = arch.get("input_shape") or arch.get("hparams", {}).get("input_shape") or ds.input_shape
     if tuple(shape) != ds.input_shape:
@@ -279,7 +290,7 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
     if isinstance(stored, (int, float)) and abs(val_acc - stored) > ACCURACY_GAP:
         log(f"warning: the teacher measures {val_acc:.4f} validation accuracy on this split, its metrics.json says "
             f"{stored:.4f}: is this the data and the split it was trained on?")
-    if warning := chance_warning(val_acc, ds.y_val):
+    if warning := chance_warning(val_acc, ds.y_val, cfg.target.max_accuracy_drop):
         log(warning)
     ref = Reference(space.teacher_params(), space.flops(space.identity()), val_acc)
     config = cfg.to_dict()
@@ -482,7 +493,7 @@ def notes(cfg: Config, space) -> list[str]:
                     f"{cfg.distill.epochs}: finalists start again from the teacher's weights, so their figures, "
                     f"which export picks by, are no better than the stages'")
     drop, margin = cfg.target.max_accuracy_drop, cfg.target.margin
-    if drop is not None and margin > drop:  # helper-36: capped at the drop without a word
+    if drop and margin > drop:  # helper-36: capped at the drop without a word (a drop of 0 spares nothing)
         said.append(f"note: target.margin {margin:g} is more than target.max_accuracy_drop {drop:g}; export spares "
                     f"at most the whole drop, {drop:g} points (a student at least as accurate as the teacher)")
     return said

@@ -237,6 +237,16 @@ class TransformerSpace(SearchSpace):
         return student
 
 
+def text_positions(model) -> int | None:
+    """How many tokens a transformers encoder reads (None for other models): its position embeddings,
+    less RoBERTa's offset (its positions start after the padding id, so 514 embeddings read 512 tokens)."""
+    model = getattr(model, "model", model)  # an HFClassifier's transformers model
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    embeddings = getattr(getattr(model, "base_model", None), "embeddings", None)
+    offset = getattr(embeddings, "padding_idx", None)
+    return None if positions is None else positions - (offset + 1 if isinstance(offset, int) else 0)
+
+
 def is_hf_encoder(model: nn.Module) -> bool:
     inner = model.model if isinstance(model, HFClassifier) else model
     return hasattr(inner, "config") and hasattr(getattr(inner, "base_model", None), "encoder")

@@ -72,9 +72,15 @@ def test_labels_that_skip_class_ids_are_said_not_renumbered(tmp_path):
     x = rng.normal(size=(30, 1, 8)).astype(np.float32)
     np.savez(tmp_path / "own.npz", x_train=x[:20], y_train=np.arange(20) % 3, x_val=x[20:25], y_val=np.arange(5) % 3,
              x_test=x[25:], y_test=np.array([0, 1, 2, 3, 3]))
-    assert load_dataset(f"npz:{tmp_path / 'own.npz'}").unused_classes_warning() == (
-        f"warning: npz:{tmp_path / 'own.npz'}: class 3 appears only in the validation or test split: no training "
-        "sample teaches it, so every such sample is scored wrong")
+    own = load_dataset(f"npz:{tmp_path / 'own.npz'}")
+    assert own.unused_classes_warning() == (
+        f"warning: npz:{tmp_path / 'own.npz'}: class 3 appears only in the validation or test split; no training "
+        "sample teaches a teacher trained here, so every such sample is scored wrong")
+    assert own.unused_classes_warning(training=False).endswith(  # a search: the teacher may know it (helper-42)
+        "class 3 appears only in the validation or test split; students distil on the training split only, where no "
+        "sample is of that class")
+    own.labels = ["ant", "bee", "cat", "dog"]  # class names, where the data has them
+    assert "class 3 (dog) appears only" in own.unused_classes_warning()
 
 
 def test_npz_errors_name_what_was_expected(tmp_path):

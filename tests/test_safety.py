@@ -289,6 +289,26 @@ def _tree(path):
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
 
 
+def test_export_says_when_a_finished_run_s_summary_names_another_student(finished_run, tmp_path):
+    """helper-42: summary.json of a run an earlier n2n finished names the student its rule picked; where
+    this n2n's rule picks another (the fallback to the stages' candidates), export says so."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    summary = json.loads((run / "summary.json").read_text())
+    picked = summary["best"]["key"]
+    other = next(r["key"] for r in read_records(run) if r["key"] != picked and r["failure"] is None)
+    said = []
+    assert export_best(run, tmp_path / "a", log=said.append)["key"] == picked
+    assert not any(line.startswith("note: the run's summary.json") for line in said)
+    (run / "summary.json").write_text(json.dumps({**summary, "best": {**summary["best"], "key": other}}))
+    said.clear()
+    assert export_best(run, tmp_path / "b", log=said.append)["key"] == picked
+    assert (f"note: the run's summary.json names {other}, picked by the n2n that wrote it; this n2n's rule picks "
+            f"{picked} (`--key {other}` exports that one)") in said
+
+
 def test_export_overwrite_replaces_only_an_earlier_export(finished_run, tmp_path, capsys):
     import shutil
 
@@ -531,8 +551,9 @@ def test_candidates_json_values_of_the_wrong_type_are_named_not_a_traceback(fini
     for edit, shown in (({"reward": "0.9"}, "reward '0.9'"), ({"accuracy": float("nan")}, "accuracy nan"),
                         ({"spec": {"removed": "x", "ratios": [1.0]}}, "spec {'removed': 'x', 'ratios': [1.0]}"),
                         # helper-41: figures out of range ranked first in report, with val acc 1.5000
-                        ({"accuracy": 1.5}, "accuracy 1.5"), ({"flops": -5}, "flops -5"),
-                        ({"latency_ms": -3.0}, "latency_ms -3.0")):
+                        ({"accuracy": 1.5}, "accuracy 1.5 (expected a fraction 0..1)"),
+                        ({"flops": -5}, "flops -5 (expected a whole number >= 0)"),
+                        ({"latency_ms": -3.0}, "latency_ms -3.0 (expected a number >= 0 or null)")):
         (run / "candidates.json").write_text(json.dumps([{**recs[0], **edit}, *recs[1:]]))
         for command in (("report", run), ("policy", "fit", run, "--out", tmp_path / "pol")):
             status, err = _main(capsys, *command)
@@ -925,6 +946,10 @@ def test_a_full_temp_folder_is_said_before_ray_starts(tmp_path, monkeypatch):
         raysession._ray_temp(str(tmp_path))
     assert list(tmp_path.iterdir()) == []  # nothing made
     monkeypatch.undo()
+    with pytest.raises(RunError, match=f"^{tmp_path / 'none'}: expected a folder for a local Ray's temp files "
+                                       r"\(RAY_TMPDIR, else the temp folder\), no such file or directory; set RAY_TMPDIR "
+                                       "to a writable folder$"):
+        raysession._ray_temp(str(tmp_path / "none"))  # helper-42: "[Errno 2] ...", naming no setting
     made = Path(raysession._ray_temp(str(tmp_path)))
     assert made.parent == tmp_path and json.loads((made / "n2n-driver.json").read_text())["pid"] == os.getpid()
 

@@ -577,7 +577,7 @@ def test_size_limits_alone_ask_for_the_most_accurate_student_within_them(ray_ses
     metrics = {"params": limit + 1, "flops": 10, "latency_ms": None, "stage": "finalists"}
     assert size_limits(TargetConfig(max_params=limit, max_flops=10), metrics) == (
         {"max_params": limit, "max_flops": 10, "limits_met": False},
-        f"warning: this student is outside the target's limits (params {limit + 1:,} > {limit:,}): no finalist "
+        f"warning: this student is outside the target's limits (params {limit + 1:,} > {limit:,}): no candidate "
         "meets the whole target, so export ships the best by reward; `n2n report` lists the candidates and `--key` "
         "exports any")
     # a run without finalists (finalists.k 0, or stopped before them) picked among its candidates (helper-38)

@@ -4,6 +4,7 @@ that `transformers.pipeline` loads and that agrees with `n2n.load_student`."""
 import csv
 import json
 import random
+import re
 
 import pytest
 import torch
@@ -80,8 +81,17 @@ def test_text_datasets_are_tokenised_with_the_teachers_tokenizer(tmp_path):
                                         r"text that is not quoted\? Quote such texts"):
         load_dataset(f"text:{tmp_path / 'comma.csv'}", tokenizer=tok)
     (tmp_path / "semi.csv").write_text("text;label\nnice, fun;positive\nbad;negative\n")
-    with pytest.raises(DataError, match=r"semi.csv: line 2 has 2 fields, the header 1 \(text;label\)"):
+    with pytest.raises(DataError, match=r"semi.csv: line 2 has 2 fields, the header 1 \(text;label\); is the file "
+                                        r"separated by ';'\? n2n reads comma-separated files$"):
         load_dataset(f"text:{tmp_path / 'semi.csv'}", tokenizer=tok)
+    # helper-42: a line short of a field said it had them all; trailing empty fields are only commas
+    (tmp_path / "short.csv").write_text("text,label\ngood one,positive\njust text\n")
+    with pytest.raises(DataError, match=r"short.csv: line 3 has 1 fields, the header 2 \(text, label\); a line break "
+                                        r"in a text that is not quoted\?$"):
+        load_dataset(f"text:{tmp_path / 'short.csv'}", tokenizer=tok)
+    with open(tmp_path / "trailing.csv", "w", newline="") as f:  # Excel's trailing commas: empty fields
+        csv.writer(f).writerows([["text", "label"], *([t, lab, ""] for t, lab in rows)])
+    assert torch.equal(load_dataset(f"text:{tmp_path / 'trailing.csv'}", tokenizer=tok, max_length=12).y_train, ds.y_train)
 
 
 def test_a_bare_encoder_or_a_head_of_the_wrong_size_never_becomes_a_teacher(tmp_path):
@@ -239,6 +249,9 @@ def test_a_teacher_whose_class_names_are_in_another_order_is_refused(tmp_path):
                                         r"the teacher's class ids \(0 = positive, 1 = negative\)$"):
         check_label_names(flipped, data, "text:r.csv", log=pytest.fail)
     check_label_names(teacher({0: "negative", 1: "positive"}), data, "text:r.csv", log=pytest.fail)
+    check_label_names(teacher({0: "NEGATIVE", 1: " Positive"}), data, "text:r.csv", log=pytest.fail)
+    with pytest.raises(DataError, match=r"the teacher's \(its config.json id2label\) are \['POSITIVE', 'NEGATIVE'\]"):
+        check_label_names(teacher({0: "POSITIVE", 1: "NEGATIVE"}), data, "text:r.csv", log=pytest.fail)  # helper-42
     check_label_names(teacher({0: "LABEL_0", 1: "LABEL_1"}), data, "text:r.csv", log=pytest.fail)  # placeholders
     check_label_names(flipped, SimpleNamespace(labels=None), "npz:ids.npz", log=pytest.fail)  # integer labels
     said = []
@@ -252,10 +265,15 @@ def test_a_teacher_no_better_than_the_most_common_class_is_warned_of():
 
     y = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)  # the most common class: 0.6 of 100
     # 3 standard errors above 0.6 on 100 samples: 0.6 + 3 * sqrt(0.24 / 100) = 0.747
-    assert chance_warning(0.74, y) == (
-        "warning: the teacher's validation accuracy 0.7400 is not clearly better than always answering the most common "
-        "class (0.6000, 100 samples): is it trained, on this data, with its classes in this order? Any student meets "
-        "an accuracy target against it")
+    said = ("warning: the teacher's validation accuracy 0.7400 is not clearly better than always answering the most "
+            "common class (0.6000, 100 samples): is it trained, on this data, with its classes in this order?")
+    assert chance_warning(0.74, y) == said and chance_warning(0.74, y, drop=1.0) == said
+    # helper-42: a student answering the most common class meets only a target that wide
+    assert chance_warning(0.605, y, drop=1.0) == ("warning: the teacher's validation accuracy 0.6050 is not clearly "
+                                                  "better than always answering the most common class (0.6000, 100 "
+                                                  "samples): is it trained, on this data, with its classes in this "
+                                                  "order? A student that always answers that class meets the 1-point "
+                                                  "accuracy target")
     assert chance_warning(0.75, y) is None and chance_warning(0.0667, torch.tensor([0, 1] * 15)) is not None
 
 
@@ -266,6 +284,7 @@ def test_a_text_teacher_that_records_no_length_is_read_at_one_it_has_positions_f
 
     from n2n.errors import ConfigError
     from n2n.search import teacher_data
+    from search_spaces import HFClassifier
 
     folder = tmp_path / "own"
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({w for t, _ in sentences(TEMPLATES, SUBJECTS)
@@ -284,8 +303,7 @@ def test_a_text_teacher_that_records_no_length_is_read_at_one_it_has_positions_f
     arch = {"family": "hf-pretrained"}
     said.clear()
     assert teacher_data(folder, {}, arch, data, said.append, max_length=12, positions=32).x_val.shape[1] == 12
-    assert said[0].endswith("tokenised to 12 tokens (teacher.max_length); set teacher.max_length to the length it "
-                            "was trained at")
+    assert said[0] == f"{folder} records no text length: texts are tokenised to 12 tokens (teacher.max_length)"
     for max_length, metrics, dataset, error in (
             (64, {}, data, r"teacher.max_length: expected 2..32 \(the teacher's positions\), got 64"),
             (12, {"split": {"seed": 0, "max_length": 16}}, data,
@@ -294,3 +312,22 @@ def test_a_text_teacher_that_records_no_length_is_read_at_one_it_has_positions_f
             (12, {}, "digits", r"teacher.max_length: applies to text: datasets, not digits; expected null")):
         with pytest.raises(ConfigError, match=f"^{error}$"):
             teacher_data(folder, metrics, arch, dataset, said.append, max_length=max_length, positions=32)
+    # refused before any teacher is trained or read (helper-42)
+    for over, error in (({"teacher.max_length": 1}, "teacher.max_length: expected tokens per text >= 2, or null; got 1"),
+                        ({"teacher.max_length": 12, "teacher.dataset": "digits"},
+                         "teacher.max_length: applies to text: datasets, not digits; expected null")):
+        with pytest.raises(ConfigError, match=f"^{re.escape(error)}$"):
+            load_config(None, over)
+    # RoBERTa's positions start after its padding id: 34 embeddings read 32 tokens (helper-42)
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from search_spaces.transformer import text_positions
+
+    roberta = RobertaForSequenceClassification(RobertaConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1,
+                                                             num_attention_heads=2, intermediate_size=8, pad_token_id=1,
+                                                             max_position_embeddings=34))
+    assert text_positions(HFClassifier(roberta)) == 32 and text_positions(teacher) == 32
+    assert text_positions(torch.nn.Linear(2, 2)) is None
+    roberta(input_ids=torch.full((1, 32), 5))  # reads 32 tokens
+    with pytest.raises((IndexError, RuntimeError)):
+        roberta(input_ids=torch.full((1, 33), 5))
