@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 import shutil
 from pathlib import Path
 
@@ -69,9 +70,14 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
                               f"give each run once")
         seen.update({w: run_dir for w in (where, _run_id(where)) if w is not None})
     groups: dict[str, list] = {"removal": [], "shrink": []}
-    ratios, spaces, kinds = None, [], set()
+    ratios, spaces, kinds, asked = None, [], set(), {}
     for run_dir in runs:
-        space = OpenRun.open(run_dir, factories).space
+        run = OpenRun.open(run_dir, factories)
+        space = run.space
+        # what the run's rewards asked for: runs that asked for different students teach a mix (helper-41)
+        target = {k: v for k, v in asdict(run.cfg.target).items() if k != "margin"}  # (the pick's, not the reward's)
+        asked.setdefault(json.dumps({"target": target, "reward": asdict(run.cfg.reward)}, sort_keys=True),
+                         []).append(str(run_dir))
         if ratios is not None and list(space.ratios) != ratios:
             raise ConfigError(f"{run_dir}: search.ratios {list(space.ratios)}, expected the same as the other runs' {ratios}")
         ratios = list(space.ratios)
@@ -87,6 +93,10 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
                 groups[STAGES[stage]].append(eps)
     if not any(groups.values()):
         raise ConfigError(f"no evaluated removal or shrink candidates in {', '.join(map(str, runs))}")
+    if len(asked) > 1:
+        kinds_said = "; ".join(f"{', '.join(where)}: {_asked(json.loads(a))}" for a, where in asked.items())
+        log(f"warning: these runs reward students for different things ({kinds_said}); a policy fit to them learns a "
+            f"mix of those. Fit one policy per target")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_folder(out, f".{out.name}.")
     try:
@@ -109,3 +119,10 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"wrote {out}; start a search from it with --set 'search.agent_options={{policy: {out}}}'")
     return out
+
+
+def _asked(cfg: dict) -> str:
+    """A run's target and reward in a few words, for the warning above."""
+    t, r = cfg["target"], cfg["reward"]
+    said = [f"{k} {t[k]:g}" for k in ("max_accuracy_drop", "max_params", "max_flops", "max_latency_ms") if t.get(k) is not None]
+    return (", ".join(said) or "no target") + f", reward.kind {r['kind']}, compression {r['compression']}"

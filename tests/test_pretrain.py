@@ -283,6 +283,19 @@ def test_policy_fit_command_learns_from_a_run_and_starts_the_next_search(ray_ses
                for t in load_file(str(tmp_path / "p3" / stage / "policy.safetensors")).values())
     shutil.rmtree(edited)
     shutil.rmtree(tmp_path / "p3")
+    # runs that asked for different students teach a mix (helper-41: fitted together without a word)
+    wider = tmp_path / "wider"
+    shutil.copytree(first, wider, ignore=shutil.ignore_patterns(".lock"))
+    meta = json.loads((wider / "n2n.json").read_text())
+    meta["run_id"], meta["config"]["target"]["max_accuracy_drop"] = "another", 2.0
+    (wider / "n2n.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(["policy", "fit", str(first), str(wider), "--out", str(tmp_path / "p4"), "--steps", "2"]) == 0
+    assert (f"warning: these runs reward students for different things ({first}: no target, reward.kind "
+            f"auto, compression params; {wider}: max_accuracy_drop 2, reward.kind auto, compression params); a policy "
+            f"fit to them learns a mix of those. Fit one policy per target") in capsys.readouterr().out
+    shutil.rmtree(wider)
+    shutil.rmtree(tmp_path / "p4")
 
     second = tmp_path / "runs" / "second"
     monkeypatch.chdir(tmp_path)  # a relative policy folder is recorded absolute: resumes may run elsewhere
