@@ -2,8 +2,10 @@
 # Both create .venv and install n2n into it first.
 PY ?= python3
 VENV ?= .venv
-# CPU machines take the local CPU wheel; on a GPU machine pass TORCH="torch" (or your CUDA build).
+# Where pip finds no CPU wheel of torch 2.13.0, pass TORCH_INDEX=https://download.pytorch.org/whl/cpu;
+# on a GPU machine pass TORCH="torch" (or your CUDA build).
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
 .PHONY: setup run test bench clean
@@ -11,7 +13,7 @@ BIN := $(VENV)/bin
 $(BIN)/n2n: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 

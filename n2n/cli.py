@@ -76,14 +76,17 @@ def _teacher_show(args) -> int:
     split = metrics.get("split") or {}
     shape = arch.get("input_shape") or arch.get("hparams", {}).get("input_shape") or \
         ([split["max_length"]] if "max_length" in split else None)
-    flops = "?"
+    flops, units = "?", None
     if shape:
         try:
             space = space_for(model, tuple(shape), arch=arch)
             flops = f"{space.flops(space.identity()):,}"
+            # the architecture as the search sees it (helper-43: `family: vgg` alone said nothing of it)
+            units = f"{len(space.units)} (name kind width): " + ", ".join(f"{u.name} {u.kind} {u.width}" for u in space.units)
         except (ValueError, RuntimeError) as e:  # a model no space can trace: say so, show the rest
             flops = f"? ({str(e).splitlines()[0]})"
     rows = [("folder", str(folder)), ("family", arch.get("family")), ("input shape", shape),
+            ("units", units),
             ("params", f"{count_params(model):,}"), ("FLOPs (MACs/sample)", flops),
             ("dataset", metrics.get("dataset")), *_accuracies(model, arch, metrics, folder)]
     if split:

@@ -234,7 +234,7 @@ class SearchDriver:
         done = self.stage
         stuck = self.asks > self.max_asks * self.budgets[done]
         if done == "refine" and self.trained(done) < self.budgets[done] and (stuck or self._fixed()):
-            spent = ("nothing is narrower than it" if self._fixed() else "every student narrower than it is trained"
+            spent = ("nothing is narrower than it" if self._fixed() else "every student narrower than it has been trained already"
                      if not self._untrained(self.base) else "the agent kept proposing known students")
             nxt = self._next_refine_base()
             if nxt is not None:  # the rest of the budget narrows the next best student instead

@@ -81,6 +81,11 @@ def finalists(records: list[dict], k: int, drop: float | None, teacher_accuracy:
 SHORT_OF_MARGIN = "the one that meets it with the most"  # how `choose` says no candidate had the margin
 
 
+def points(x: float) -> str:
+    """'1 point', '0.25 points'."""
+    return f"{x:g} point{'' if x == 1 else 's'}"
+
+
 def check_margin(margin: float) -> None:
     if not (math.isfinite(margin) and margin >= 0):
         raise RunError(f"--margin: expected a number of points >= 0, got {margin:g}")
@@ -167,9 +172,9 @@ def _by_target(pool: list[dict], target, reward_config: RewardConfig, teacher_ac
         best = min(spared, key=lambda r: (-r["accuracy"], size_of(r, reward_config)) if limits_alone
                    else (size_of(r, reward_config), -r["accuracy"]))
         return best, f"the {'most accurate' if limits_alone else 'smallest'} {{what}} that meets the target" + \
-            (f" with {margin:g} points to spare on validation" if margin else "")
+            (f" with {points(margin)} to spare on validation" if margin else "")
     meeting = [r for r in pool if target.met_by(r, teacher_accuracy)]
     if meeting:  # the most to spare: a larger margin never picks a student with less of it
         safest = max(meeting, key=lambda r: (r["accuracy"], -size_of(r, reward_config)))
-        return safest, f"no {{what}} meets the target with {margin:g} points to spare; {SHORT_OF_MARGIN}"
+        return safest, f"no {{what}} meets the target with {points(margin)} to spare; {SHORT_OF_MARGIN}"
     return None

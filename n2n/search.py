@@ -25,6 +25,7 @@ from .driver import SearchDriver
 from .errors import ConfigError, RunError
 from .models import (ModelError, append_to, check_creatable, device_for, file_digest, load_model, load_weights,
                      replaced_teacher, save_weights, weights_digest, write_json, written_by_n2n)
+from .pick import points
 from .raysession import check_address, ray_session
 from .runfolder import (META, POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, taken, load_states, read_records, read_run,
                         read_summary)
@@ -495,7 +496,7 @@ def notes(cfg: Config, space) -> list[str]:
     drop, margin = cfg.target.max_accuracy_drop, cfg.target.margin
     if drop and margin > drop:  # helper-36: capped at the drop without a word (a drop of 0 spares nothing)
         said.append(f"note: target.margin {margin:g} is more than target.max_accuracy_drop {drop:g}; export spares "
-                    f"at most the whole drop, {drop:g} points (a student at least as accurate as the teacher)")
+                    f"at most the whole drop, {points(drop)} (a student at least as accurate as the teacher)")
     return said
 
 
@@ -525,6 +526,7 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
         with create_run(run_dir, meta, copies=policy_files(cfg)):
             log = teed(log, run_dir)
             ref = meta["reference"]
+            log(f"teacher: {meta['teacher_folder']}")  # (helper-43: the default teacher's cache folder was said nowhere)
             log(f"teacher: {ref['params']:,} params, val acc {ref['accuracy']:.4f}, "
                 f"test acc {meta['teacher']['test_accuracy']:.4f}, {space.n_units} units")
             for name, why in getattr(space, "untouched", {}).items():  # generic modules: say what stays as it is
@@ -534,7 +536,8 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
             ctx = make_context(meta, cfg, run_dir, (teacher, arch, ds), factories, log)
             plan = " and ".join(f"{s} {cfg.budget(s)}" for s in cfg.search.stages) + " candidates"
             if cfg.finalists.k:
-                plan += f", then {cfg.finalists.k} finalists at {cfg.finalists.epochs} epochs"
+                plan += (f", then {cfg.finalists.k} finalist{'s' if cfg.finalists.k != 1 else ''} at "
+                         f"{cfg.finalists.epochs} epoch{'s' if cfg.finalists.epochs != 1 else ''}")
             log(f"search {run_dir.name}: agent {cfg.search.agent}; {plan}; {cfg.search.concurrency} trials at a time")
             for line in notes(cfg, space):
                 log(line)

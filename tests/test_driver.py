@@ -115,7 +115,7 @@ def test_a_refine_that_has_trained_every_narrower_student_narrows_the_next_best(
     assert sorted(map(space.key, refined[:3])) == sorted(space.key(spec(w)) for w in ((0,), (1,), ()))
     assert sorted(map(space.key, refined[3:])) == sorted(space.key(spec(w)) for w in ((10,), (11,)))
     assert d.refine_bases == [space.key(first), space.key(second)]
-    assert (f"stage refine: every student narrower than it is trained ({space.describe(first)}); narrowing "
+    assert (f"stage refine: every student narrower than it has been trained already ({space.describe(first)}); narrowing "
             f"{space.describe(second)} next, 5 candidates left") in said
     assert ("stage refine ended after 5 of 8 candidates: it narrowed 2 student(s) until its agent proposed only "
             "known ones, and no other shrink or refine student has a narrower one left untrained") in said

@@ -1,4 +1,5 @@
 import json
+import re
 import os
 import subprocess
 import sys
@@ -128,6 +129,8 @@ def test_teacher_show_and_a_preset_adapted_to_small_inputs_says_so(tmp_path):
     rows = {k.strip(): v for k, v in rows.items()}
     assert shown.returncode == 0 and rows["params"] == f"{metrics['params']:,}" and rows["family"] == "vgg"
     assert rows["val accuracy"] == f"{metrics['val_accuracy']:.4f}" and rows["split"].startswith("seed 0, sizes")
+    # the architecture as the search sees it, unit by unit (helper-43: only `family: vgg` was shown)
+    assert re.fullmatch(r"\d+ \(name kind width\): conv0 conv 8, .* linear 10", rows["units"]), rows["units"]
     # measured on the recorded split, not read from metrics.json: an edit shows beside it (helper-25)
     edited = {**metrics, "val_accuracy": 0.9999, "test_accuracy": 0.9998}
     (tmp_path / "t" / "metrics.json").write_text(json.dumps(edited))
