@@ -54,15 +54,22 @@ STORAGE = "results storage "  # how n2n.trial words such a failure
 STORAGE_FAILED = ("the trial's result could not be saved (a full disk, or storage it cannot reach; n2n.log says "
                   "which); trained again on resume")
 _WORKER_FAILURES = (*_DEATHS, STORAGE_FAILED)  # not the student's: never cached, trained again on resume
+
 # With size or latency limits alone, the shrink stage starts from the smallest removal student within
 # this many points of the teacher (validation), not from the removal stage's best by reward: removal
 # cannot reach a tight limit alone, and its best was then the one wreck inside the limit (3,850
 # params at 28%: benchmarks/size_limit.py), from which shrinking only goes down. The shrink stage
 # meets the limit; removal keeps what costs little accuracy, as the 1-point search's removal does.
 REMOVAL_KEEP_DROP = 1.0
-MAX_DEATHS = 2  # a student whose worker died this often is held to have failed (too big for the memory?)
+MAX_DEATHS = 2  # a student whose worker died this often in one session is held to have failed (too big?)
 DIED_AGAIN = (f"the trial's worker died {MAX_DEATHS} times before it reported (out of memory, a killed process or a "
               f"lost node; tune/'s error.txt says which): held as this student's failure, not tried again")
+# On resume such a student is tried again (helper-44: preempted or killed workers on a cluster held good
+# students as failures for good, though the stop said "those candidates are trained again"); its record
+# then says so, and its deaths count afresh in the new session.
+FORGIVEN = (f"the trial's worker died {MAX_DEATHS} times before it reported (out of memory, a killed process or a "
+            f"lost node; tune/'s error.txt says which); tried again on resume")
+_WORKER_FAILURES = (*_WORKER_FAILURES, FORGIVEN)
 
 
 class Finalists:
@@ -123,6 +130,7 @@ class SearchDriver:
         self.failed: str | None = None  # why the search stopped early (every candidate failed)
         self.waiters: dict[str, list[int]] = {}  # key in flight -> candidate ids of duplicates
         self.records: list[dict] = []  # one per trained candidate, in completion order
+        self.session_from = 0  # records before it are earlier sessions' (deaths count per session)
         self.asks = 0  # candidates asked in this stage (cached ones included)
         self.cache_hits = 0
         self.updates_done: dict[str, int] = {}  # policy updates of finished stages
@@ -173,7 +181,17 @@ class SearchDriver:
         return [r for r in self.records if r["failure"] not in _WORKER_FAILURES]
 
     def deaths(self, key: str) -> int:
-        return sum(r["key"] == key and r["failure"] in _DEATHS for r in self.records)
+        """How often `key`'s worker died in this session (a resume gives every student a fresh count)."""
+        return sum(r["key"] == key and r["failure"] in _DEATHS for r in self.records[self.session_from:])
+
+    def forgive_deaths(self) -> None:
+        """On resume: students held as failures for their workers' deaths are tried again, the machine's
+        more likely than theirs (a resume follows the stop for deaths in a row, or a mended cluster)."""
+        self.session_from = len(self.records)
+        for r in self.records:
+            if r["failure"] == DIED_AGAIN:
+                r["failure"] = FORGIVEN
+        self.cache = {k: v for k, v in self.cache.items() if v.get("failure") != DIED_AGAIN}
 
     def retry_dead(self) -> None:
         """On resume (before settle): the current stage's candidates whose worker died, with no result
@@ -315,7 +333,9 @@ class SearchDriver:
 
     def _start_stage(self):
         if self.stage is None:
-            self.log(f"search finished: {len(self.records)} candidates trained")
+            dead = len(self.records) - len(self._students())
+            self.log(f"search finished: {len(self._students())} candidates trained"
+                     + (f" ({dead} trial{'s' if dead != 1 else ''} whose worker died, not counted)" if dead else ""))
             return
         self.agent = self._make_agent(self.stage, self.base)
         if self.stage == "finalists":
@@ -520,7 +540,8 @@ class SearchDriver:
                         "val_accuracy": self.reference.accuracy},
             "agent": self.kind, "stage": "failed" if self.failed else self.stage or "done",
             "failure": self.failed,
-            "candidates_evaluated": len(self.records),
+            "candidates_evaluated": len(self._students()),  # (helper-44: a worker's death counted as one)
+            "worker_deaths": len(self.records) - len(self._students()),
             "candidates_per_stage": {s: self.trained(s) for s in self.stages},
             "cache_hits": self.cache_hits,
             "wall_seconds": round(self.wall_seconds(), 1),

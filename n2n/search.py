@@ -570,6 +570,7 @@ def restore_driver(make, run_dir: Path, log=print) -> SearchDriver:
         log(f"{older} candidates were timed by an earlier n2n: the bare model on standardised inputs, ranked by the "
             f"ratio of medians; the candidates trained from now on are timed as they ship (the input standardisation "
             f"too) and ranked by the fastest passes, so their latencies and ratios do not compare exactly")
+    driver.forgive_deaths()  # students held as failures for their workers' deaths are tried again
     driver.retry_dead()  # before settle: a stage with a dead candidate to train again is not over
     driver.settle()
     return driver

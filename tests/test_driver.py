@@ -394,6 +394,37 @@ def test_a_dead_worker_s_candidate_is_tried_again_at_once_and_blamed_after_two_d
     assert d.suggest("t3") == FINISHED and d.trained("shrink") == 2 and not d.reissue
 
 
+def test_a_student_held_failed_for_its_worker_deaths_is_tried_again_on_resume(space, tmp_path):
+    """helper-44: workers killed on a cluster held a good student as failed for good, though the stop
+    said "those candidates are trained again"; the resumed search took another path, and exported a
+    student past the target. A resume tries it again, with a fresh count of deaths."""
+    from n2n.driver import DIED_AGAIN, FORGIVEN, WORKER_DIED
+    from n2n.search import restore_driver
+
+    def make():
+        return _driver(space, agent="random", stages=["shrink"], budgets={"shrink": 3}, agent_options={},
+                       run_dir=tmp_path)
+
+    proxy, d = ProxyEvaluator(space), make()
+    first = d.suggest("t0")
+    d.complete("t0", None, error=True)
+    assert d.suggest("t1")["key"] == first["key"]  # tried again at once
+    d.complete("t1", None, error=True)
+    assert [r["failure"] for r in d.records] == [WORKER_DIED, DIED_AGAIN] and first["key"] in d.cache
+
+    again = restore_driver(make, tmp_path, log=lambda *_: None)
+    assert [r["failure"] for r in again.records] == [WORKER_DIED, FORGIVEN] and first["key"] not in again.cache
+    assert again.trained("shrink") == 0
+    out = again.suggest("t2")
+    assert out["key"] == first["key"]  # first in line
+    again.complete("t2", None, error=True)  # one death in this session: tried again at once, not held
+    assert again.records[-1]["failure"] == WORKER_DIED and again.suggest("t3")["key"] == first["key"]
+    again.complete("t3", _metrics(space, proxy, out))
+    assert again.records[-1]["failure"] is None and again.trained("shrink") == 1
+    summary = again.summary()
+    assert summary["candidates_evaluated"] == 1 and summary["worker_deaths"] == 3  # (helper-44: deaths counted)
+
+
 def test_finalists_are_the_front_near_the_target_trained_once_and_survive_a_resume(space, tmp_path):
     """After the stages, k candidates of the Pareto front are distilled longer under keys of their own."""
     from n2n.config import TargetConfig
