@@ -23,6 +23,20 @@ from pathlib import Path
 from .errors import ConfigError, RunError, sigterm_as_sigint
 
 
+def _connect_hint(error: str) -> str:
+    """What to do about a failed connection, as far as the error and the environment tell (helper-44:
+    the token advice was given whatever the cause, even to a user who had set the token)."""
+    if "ray[client]" in error:  # a ray:// address: Ray Client, which n2n does not use
+        return "; give the head node's GCS address HOST:PORT (`ray start --head` prints it), not ray://"
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return ("; RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) is set: is it the cluster's token? `ray get-auth-token` on "
+                "its head node prints it")
+    # helper-31: a cluster wanting a token this machine lacks said only "Failed to connect"
+    return ("; a cluster started with token authentication (the default of Ray 2.60's `ray start --head`) admits only "
+            "drivers with its token: on its head node give --address auto, elsewhere set RAY_AUTH_MODE=token and "
+            "RAY_AUTH_TOKEN to what `ray get-auth-token` prints on the head node")
+
+
 def check_address(address: str) -> None:
     """Fail fast on an address where no Ray head answers (Ray itself retries silently for minutes)."""
     if address == "local":  # Ray's own word for a new local Ray: n2n starts that one itself, without --address
@@ -34,10 +48,45 @@ def check_address(address: str) -> None:
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"--address: expected auto or HOST:PORT of a Ray head node, got {address!r}")
     try:
-        socket.create_connection((host, int(port)), timeout=10).close()
+        conn = socket.create_connection((host, int(port)), timeout=10)
     except OSError as e:
         raise RunError(f"--address {address}: no Ray cluster answers there ({e}); start one with "
                        "`ray start --head` there, or drop --address to run on this machine") from None
+    with conn:
+        if os.environ.get("RAY_USE_TLS", "0").lower() not in ("0", "false", ""):
+            return  # a TLS cluster answers a plain preface otherwise: left to Ray
+        answer = _grpc_answer(conn)
+    # helper-44: a web server at the address had Ray retrying for 10 minutes and more, two warnings at a time
+    if answer is None:
+        raise RunError(f"--address {address}: something accepts connections there but said nothing in "
+                       f"{PROBE_SECONDS} s, where a Ray head node's gRPC server answers at once; `ray start --head` "
+                       f"prints the address to give")
+    if not (len(answer) == 9 and answer[3] == HTTP2_SETTINGS):
+        raise RunError(f"--address {address}: something answers there, but not a Ray head node (expected its gRPC "
+                       f"server, got {answer!r}); `ray start --head` prints the address to give")
+
+
+HTTP2_SETTINGS = 4  # the frame type a gRPC (HTTP/2) server sends first
+PROBE_SECONDS = 5
+
+
+def _grpc_answer(conn) -> bytes | None:
+    """The first 9 bytes a server sends back to an HTTP/2 client preface (a gRPC server, as Ray's GCS
+    is, answers with a SETTINGS frame header), or None when it says nothing in PROBE_SECONDS."""
+    conn.settimeout(PROBE_SECONDS)
+    try:  # the client preface, then an empty SETTINGS frame: length 0, type 4, flags 0, stream 0
+        conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, HTTP2_SETTINGS, 0, 0, 0, 0, 0]))
+        data = b""
+        while len(data) < 9:
+            chunk = conn.recv(9 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data or b"(closed)"
+    except socket.timeout:
+        return None
+    except OSError as e:  # a reset: not a gRPC server either
+        return f"({e.strerror or e})".encode()
 
 
 @contextlib.contextmanager
@@ -64,11 +113,8 @@ def ray_session(address: str | None, log=print):
                 with _neutral_cwd():
                     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError, AuthenticationError) as e:
-                # helper-31: a cluster wanting a token this machine lacks said only "Failed to connect"
-                raise RunError(f"--address {address}: cannot connect to a Ray cluster ({str(e).splitlines()[0]}); "
-                               "a cluster started with token authentication (the default of Ray 2.60's `ray start "
-                               "--head`) admits only drivers with its token: set RAY_AUTH_MODE=token and "
-                               "RAY_AUTH_TOKEN to what `ray get-auth-token` prints on its head node") from None
+                raise RunError(f"--address {address}: cannot connect to a Ray cluster ({str(e).splitlines()[0]})"
+                               f"{_connect_hint(str(e))}") from None
             with sigterm_as_sigint():
                 yield
         finally:

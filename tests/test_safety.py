@@ -978,6 +978,49 @@ def test_address_where_no_cluster_answers_fails_fast_before_writing(tmp_path, ca
     assert not (tmp_path / "runs").exists()
 
 
+def test_an_address_where_something_else_answers_is_refused_at_once(monkeypatch):
+    """helper-44: a web server at --address had Ray retrying for over 10 minutes; a server that
+    accepts and never answers would too. A Ray head's gRPC server answers an HTTP/2 preface at once
+    (the real one: tests/test_cluster.py)."""
+    import socket
+    import threading
+
+    from n2n import raysession
+
+    def serve(reply):
+        srv = socket.create_server(("127.0.0.1", 0))
+        def run():
+            conn, _ = srv.accept()
+            conn.recv(64)
+            if reply is not None:
+                conn.sendall(reply)
+            threading.Event().wait(3)  # hold the connection open
+            conn.close()
+        threading.Thread(target=run, daemon=True).start()
+        return f"127.0.0.1:{srv.getsockname()[1]}"
+
+    monkeypatch.setattr(raysession, "PROBE_SECONDS", 1)
+    web = serve(b"HTTP/1.0 400 Bad request\r\n\r\n")
+    with pytest.raises(RunError, match=rf"^--address {web}: something answers there, but not a Ray head node \(expected "
+                                       r"its gRPC server, got b'HTTP/1.0 '\); `ray start --head` prints"):
+        raysession.check_address(web)
+    silent = serve(None)
+    with pytest.raises(RunError, match=rf"^--address {silent}: something accepts connections there but said nothing in "
+                                       r"1 s, where a Ray head node's gRPC server answers at once"):
+        raysession.check_address(silent)
+    grpc = serve(bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))  # an HTTP/2 SETTINGS frame, as a gRPC server sends first
+    raysession.check_address(grpc)
+    # the hint after a failed connection fits its cause (helper-44: token advice to a user who had set one)
+    for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    assert "on its head node give --address auto, elsewhere set RAY_AUTH_MODE=token" in raysession._connect_hint("x")
+    assert raysession._connect_hint("Ray Client requires pip package `ray[client]`") == (
+        "; give the head node's GCS address HOST:PORT (`ray start --head` prints it), not ray://")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 64)
+    assert raysession._connect_hint("x").startswith("; RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) is set: is it the "
+                                                    "cluster's token?")
+
+
 def test_damaged_teacher_folders_are_one_line_errors(small_teacher, tmp_path, capsys):
     model, arch, _ = small_teacher
     damages = {
