@@ -115,8 +115,10 @@ def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: P
     chosen, why = pick.choose(records, cfg.target, cfg.reward_config(), teacher_accuracy, cfg.early_stop.enabled,
                               str(run_dir), key, rank, margin)
     if not (run_dir / "results" / f"{chosen['key']}.safetensors").is_file():
+        asked = (f" --key {key}" if key is not None else f" --rank {rank}" if rank is not None else
+                 f" --margin {margin:g}" if margin is not None else "")  # (helper-44: the hint dropped --key)
         where = (f"there; they may be in the run's storage {shown(cfg.resources.storage)}: `n2n export {run_dir} --out "
-                 f"DIR --fetch` downloads what results/ lacks from there" if stored
+                 f"DIR{asked} --fetch` downloads what results/ lacks from there" if stored
                  else "there (was the run folder copied without results/?)")
         raise RunError(f"{run_dir}/results/{chosen['key']}.safetensors: the weights of the student to export "
                        f"({why}) are not {where}")

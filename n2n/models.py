@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import tempfile
 import threading
@@ -625,4 +626,5 @@ def device_for(requested: str = "auto") -> torch.device:
         have = "no MPS"
     else:
         return dev
-    raise ModelError(f"device {requested}: this machine's torch {torch.__version__} cannot use it ({have})")
+    raise ModelError(f"device {requested}: the torch {torch.__version__} of this machine ({socket.gethostname()}) "
+                     f"cannot use it ({have})")  # on a cluster, a worker node: named (helper-44)

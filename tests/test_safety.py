@@ -1314,18 +1314,18 @@ def test_a_trial_that_raises_reports_why(ray_session, tiny_config, tmp_path):
     """cuda asked for on cluster workers without it (the driver cannot check them; on this machine it
     is refused up front, test_config): every trial raises; the records say why, briefly."""
     cfg = load_config(tiny_config, {"resources.device": "cuda", "search.concurrency": 1})
-    with pytest.raises(ConfigError, match=r"resources.device cuda: this machine's torch .* cannot use it \(0 CUDA "
+    with pytest.raises(ConfigError, match=r"resources.device cuda: the torch .* of this machine .* cannot use it \(0 CUDA "
                                           r"devices\); set resources.device to auto or cpu"):
         run_search(cfg, tmp_path / "local", log=lambda *_: None)  # a local search: before the teacher or the run
     assert not (tmp_path / "local").exists()
     summary = run_search(cfg, tmp_path / "run", address="auto", log=lambda *_: None)  # the session's Ray as a "cluster"
     records = read_records(tmp_path / "run")
     assert summary["stage"] == "failed" and len(records) == 3
-    assert all(r["failure"].startswith("ModelError: device cuda: this machine's torch") and r["params"] > 0
+    assert all(r["failure"].startswith("ModelError: device cuda: the torch ") and r["params"] > 0
                and r["device"] == "cuda" for r in records), records[0]["failure"]
     assert (tmp_path / "run" / "results" / f"{records[0]['key']}.traceback.txt").read_text().startswith("Traceback")
     # resumed on this machine: refused by name, with what can be done (resume takes no --set)
-    with pytest.raises(ConfigError, match=r"resources.device cuda \(recorded in this run\): this machine's torch .* "
+    with pytest.raises(ConfigError, match=r"resources.device cuda \(recorded in this run\): the torch .* "
                                           r"cannot use it .*; resume on a machine that has it, or with --address"):
         resume_search(tmp_path / "run", log=lambda *_: None)
 

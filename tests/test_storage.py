@@ -187,6 +187,8 @@ def test_a_search_through_s3_fills_the_run_folder_and_exports(ray_session, tiny_
     with pytest.raises(RunError, match=rf"the weights of the student to export .* are not there; they may be in the "
                                        rf"run's storage .*: `n2n export {run} --out DIR --fetch` downloads"):
         export_best(run, tmp_path / "again", log=lambda *_: None)
+    with pytest.raises(RunError, match=rf"`n2n export {run} --out DIR --key {out['key']} --fetch` downloads"):
+        export_best(run, tmp_path / "again", log=lambda *_: None, key=out["key"])  # helper-44: --key was dropped
     assert export_best(run, tmp_path / "again", log=lambda *_: None, fetch=True)["key"] == out["key"]
     # weights lost or cut short since, their result file kept (helper-31: --fetch fetched only what
     # lacked a result file, so it could not repair either): the store's copy is fetched again
