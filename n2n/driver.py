@@ -72,6 +72,23 @@ FORGIVEN = (f"the trial's worker died {MAX_DEATHS} times before it reported (out
 _WORKER_FAILURES = (*_WORKER_FAILURES, FORGIVEN)
 
 
+def counts(records: list[dict]) -> dict:
+    """What a run's records hold: students trained to a result (one held failed for its workers' deaths
+    counts, as its stage's budget does), worker deaths (every one), results that could not be saved
+    (helper-44: a worker's death was counted as a candidate evaluated)."""
+    return {"trained": sum(r["failure"] not in _WORKER_FAILURES for r in records),
+            "worker_deaths": sum(r["failure"] in (*_DEATHS, DIED_AGAIN, FORGIVEN) for r in records),
+            "storage_failures": sum(r["failure"] == STORAGE_FAILED for r in records)}
+
+
+def counted(records: list[dict]) -> str:
+    """'12 candidates trained (1 worker death)': counts() in words."""
+    n = counts(records)
+    extra = [f"{v} {what}{'s' if v != 1 else ''}" for v, what in ((n["worker_deaths"], "worker death"),
+                                                                   (n["storage_failures"], "unsaved result")) if v]
+    return f"{n['trained']} candidates trained" + (f" ({', '.join(extra)})" if extra else "")
+
+
 class Finalists:
     """The finalist stage's proposer: a fixed list of specs from the earlier stages, each once."""
 
@@ -185,13 +202,23 @@ class SearchDriver:
         return sum(r["key"] == key and r["failure"] in _DEATHS for r in self.records[self.session_from:])
 
     def forgive_deaths(self) -> None:
-        """On resume: students held as failures for their workers' deaths are tried again, the machine's
-        more likely than theirs (a resume follows the stop for deaths in a row, or a mended cluster)."""
+        """On resume: the current stage's students held as failures for their workers' deaths are tried
+        again, the machine's fault more likely than theirs (a resume follows the stop for deaths in a row,
+        or a mended cluster). Once each (helper-45: two students that always kill their worker stopped
+        every resume again), and only where retry_dead can issue them (an ended stage's are kept)."""
         self.session_from = len(self.records)
+        forgiven = {r["key"] for r in self.records if r["failure"] == FORGIVEN}
         for r in self.records:
-            if r["failure"] == DIED_AGAIN:
+            if r["failure"] == DIED_AGAIN and r["stage"] == self.stage and r["key"] not in forgiven:
                 r["failure"] = FORGIVEN
-        self.cache = {k: v for k, v in self.cache.items() if v.get("failure") != DIED_AGAIN}
+                self.cache.pop(r["key"], None)
+                forgiven.add(r["key"])
+
+    def counted(self) -> str:
+        return counted(self.records)
+
+    def counts(self) -> dict:
+        return counts(self.records)
 
     def retry_dead(self) -> None:
         """On resume (before settle): the current stage's candidates whose worker died, with no result
@@ -333,9 +360,7 @@ class SearchDriver:
 
     def _start_stage(self):
         if self.stage is None:
-            dead = len(self.records) - len(self._students())
-            self.log(f"search finished: {len(self._students())} candidates trained"
-                     + (f" ({dead} trial{'s' if dead != 1 else ''} whose worker died, not counted)" if dead else ""))
+            self.log(f"search finished: {self.counted()}")
             return
         self.agent = self._make_agent(self.stage, self.base)
         if self.stage == "finalists":
@@ -540,8 +565,9 @@ class SearchDriver:
                         "val_accuracy": self.reference.accuracy},
             "agent": self.kind, "stage": "failed" if self.failed else self.stage or "done",
             "failure": self.failed,
-            "candidates_evaluated": len(self._students()),  # (helper-44: a worker's death counted as one)
-            "worker_deaths": len(self.records) - len(self._students()),
+            # (helper-44: a worker's death counted as a candidate evaluated)
+            "candidates_evaluated": self.counts()["trained"],
+            "worker_deaths": self.counts()["worker_deaths"], "storage_failures": self.counts()["storage_failures"],
             "candidates_per_stage": {s: self.trained(s) for s in self.stages},
             "cache_hits": self.cache_hits,
             "wall_seconds": round(self.wall_seconds(), 1),

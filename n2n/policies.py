@@ -75,9 +75,10 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
         run = OpenRun.open(run_dir, factories)
         space = run.space
         # what the run's rewards asked for: runs that asked for different students teach a mix (helper-41)
-        target = {k: v for k, v in asdict(run.cfg.target).items() if k != "margin"}  # (the pick's, not the reward's)
-        asked.setdefault(json.dumps({"target": target, "reward": asdict(run.cfg.reward)}, sort_keys=True),
-                         []).append(str(run_dir))
+        rewarded = asdict(run.cfg.reward_config())  # the reward itself, not the keys that made it (helper-45)
+        if rewarded["kind"] == "n2n":  # N2N's reward reads no target
+            rewarded = {k: v for k, v in rewarded.items() if not k.startswith("target_")}
+        asked.setdefault(json.dumps(rewarded, sort_keys=True), []).append(str(run_dir))
         if ratios is not None and list(space.ratios) != ratios:
             raise ConfigError(f"{run_dir}: search.ratios {list(space.ratios)}, expected the same as the other runs' {ratios}")
         ratios = list(space.ratios)
@@ -121,8 +122,7 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
     return out
 
 
-def _asked(cfg: dict) -> str:
-    """A run's target and reward in a few words, for the warning above."""
-    t, r = cfg["target"], cfg["reward"]
-    said = [f"{k} {t[k]:g}" for k in ("max_accuracy_drop", "max_params", "max_flops", "max_latency_ms") if t.get(k) is not None]
-    return (", ".join(said) or "no target") + f", reward.kind {r['kind']}, compression {r['compression']}"
+def _asked(rewarded: dict) -> str:
+    """A run's reward (envs.RewardConfig as a dict) in a few words, for the warning above."""
+    said = [f"{k} {v:g}" for k, v in sorted(rewarded.items()) if v is not None and k not in ("kind", "compression")]
+    return f"reward {rewarded['kind']} on {rewarded['compression']}" + (f" ({', '.join(said)})" if said else "")

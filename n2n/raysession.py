@@ -23,18 +23,23 @@ from pathlib import Path
 from .errors import ConfigError, RunError, sigterm_as_sigint
 
 
-def _connect_hint(error: str) -> str:
+def _connect_hint(error: str, address: str = "") -> str:
     """What to do about a failed connection, as far as the error and the environment tell (helper-44:
     the token advice was given whatever the cause, even to a user who had set the token)."""
     if "ray[client]" in error:  # a ray:// address: Ray Client, which n2n does not use
         return "; give the head node's GCS address HOST:PORT (`ray start --head` prints it), not ray://"
-    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+    token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if token and os.environ.get("RAY_AUTH_MODE", "").lower() != "token" and address != "auto":
+        # Ray sends a token to an explicit address only in token mode (helper-45)
+        return "; RAY_AUTH_TOKEN is set but RAY_AUTH_MODE is not: set RAY_AUTH_MODE=token too"
+    if token:
         return ("; RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) is set: is it the cluster's token? `ray get-auth-token` on "
                 "its head node prints it")
     # helper-31: a cluster wanting a token this machine lacks said only "Failed to connect"
+    where = "" if address == "auto" else "on its head node give --address auto, elsewhere "
     return ("; a cluster started with token authentication (the default of Ray 2.60's `ray start --head`) admits only "
-            "drivers with its token: on its head node give --address auto, elsewhere set RAY_AUTH_MODE=token and "
-            "RAY_AUTH_TOKEN to what `ray get-auth-token` prints on the head node")
+            f"drivers with its token: {where}set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to what `ray get-auth-token` "
+            "prints on the head node")
 
 
 def check_address(address: str) -> None:
@@ -45,6 +50,10 @@ def check_address(address: str) -> None:
     if address == "auto":
         return
     host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if host.startswith("[") and host.endswith("]"):  # [::1]:6379, as Ray writes an IPv6 address (helper-45)
+        host = host[1:-1]
+    elif ":" in host:
+        raise ConfigError(f"--address: write an IPv6 address as [ADDR]:PORT, as Ray does; got {address!r}")
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"--address: expected auto or HOST:PORT of a Ray head node, got {address!r}")
     try:
@@ -61,6 +70,9 @@ def check_address(address: str) -> None:
         raise RunError(f"--address {address}: something accepts connections there but said nothing in "
                        f"{PROBE_SECONDS} s, where a Ray head node's gRPC server answers at once; `ray start --head` "
                        f"prints the address to give")
+    if answer[:1] in (b"\x15", b"\x16"):  # a TLS alert or handshake: a cluster with TLS on
+        raise RunError(f"--address {address}: the server there speaks TLS; a Ray cluster with TLS on needs RAY_USE_TLS=1 "
+                       f"and its certificates (RAY_TLS_SERVER_CERT, RAY_TLS_SERVER_KEY, RAY_TLS_CA_CERT) here too")
     if not (len(answer) == 9 and answer[3] == HTTP2_SETTINGS):
         raise RunError(f"--address {address}: something answers there, but not a Ray head node (expected its gRPC "
                        f"server, got {answer!r}); `ray start --head` prints the address to give")
@@ -74,9 +86,9 @@ def _grpc_answer(conn) -> bytes | None:
     """The first 9 bytes a server sends back to an HTTP/2 client preface (a gRPC server, as Ray's GCS
     is, answers with a SETTINGS frame header), or None when it says nothing in PROBE_SECONDS."""
     conn.settimeout(PROBE_SECONDS)
+    data = b""
     try:  # the client preface, then an empty SETTINGS frame: length 0, type 4, flags 0, stream 0
         conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, HTTP2_SETTINGS, 0, 0, 0, 0, 0]))
-        data = b""
         while len(data) < 9:
             chunk = conn.recv(9 - len(data))
             if not chunk:
@@ -84,7 +96,7 @@ def _grpc_answer(conn) -> bytes | None:
             data += chunk
         return data or b"(closed)"
     except socket.timeout:
-        return None
+        return data or None  # (a short answer, such as a TLS alert, then silence)
     except OSError as e:  # a reset: not a gRPC server either
         return f"({e.strerror or e})".encode()
 
@@ -114,7 +126,7 @@ def ray_session(address: str | None, log=print):
                     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError, AuthenticationError) as e:
                 raise RunError(f"--address {address}: cannot connect to a Ray cluster ({str(e).splitlines()[0]})"
-                               f"{_connect_hint(str(e))}") from None
+                               f"{_connect_hint(str(e), address)}") from None
             with sigterm_as_sigint():
                 yield
         finally:

@@ -13,6 +13,7 @@ from envs import Reference, latency_ratio
 from envs.reward import SIZE_KEYS
 
 from .config import run_config
+from .driver import counted
 from .errors import RunError
 from .models import write_bytes
 from .pick import choose, front, misscored
@@ -107,7 +108,7 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     batch = int(cfg.search.agent_options.get("batch_size", 10)) if reinforce else 10
     what = f"group of {batch} trained candidates, in the order they finished"
     within = cfg.target.within_limits if cfg.target.has_limits() else None  # its size and latency limits
-    text = [f"run {run_dir.name}: {len(records)} candidates; teacher {ref[size]:,} {size}, val acc {ref['accuracy']:.4f}",
+    text = [f"run {run_dir.name}: {counted(records)}; teacher {ref[size]:,} {size}, val acc {ref['accuracy']:.4f}",
             *([rescored] if rescored else []), leaderboard(records, ref[size], size=size, within=within)]
     try:  # the leaderboard ranks by reward; the export picks by the target (n2n.pick), often another
         pick, why = choose(records, cfg.target, cfg.reward_config(), ref["accuracy"], cfg.early_stop.enabled, str(run_dir))

@@ -665,7 +665,7 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
         if driver.stage is None:
             log(f"{run_dir.name} has finished already")
             return _finish(run_dir, driver, log, factories, address)
-        log(f"resuming {run_dir.name}: {len(driver.records)} candidates so far, stage {driver.stage}")
+        log(f"resuming {run_dir.name}: {driver.counted()} so far, stage {driver.stage}")
         if cfg.search.concurrency != recorded_concurrency:
             log(f"{cfg.search.concurrency} trials at a time for this resume (the run's own: {recorded_concurrency})")
         if cfg.resources.cpus_per_trial != recorded_cpus:

@@ -423,6 +423,45 @@ def test_a_student_held_failed_for_its_worker_deaths_is_tried_again_on_resume(sp
     assert again.records[-1]["failure"] is None and again.trained("shrink") == 1
     summary = again.summary()
     assert summary["candidates_evaluated"] == 1 and summary["worker_deaths"] == 3  # (helper-44: deaths counted)
+    assert again.counted() == "1 candidates trained (3 worker deaths)"
+
+
+def test_a_student_that_always_kills_its_worker_is_forgiven_once(space, tmp_path):
+    """helper-45: forgiven on every resume, a student that always kills its worker stopped every resume
+    again. Forgiven once; a finished stage's held student is left as it is (it would not be issued)."""
+    from n2n.driver import DIED_AGAIN, FORGIVEN, WORKER_DIED
+    from n2n.search import restore_driver
+
+    def make(stages=("shrink",)):
+        (tmp_path / "-".join(stages)).mkdir(exist_ok=True)
+        return _driver(space, agent="random", stages=list(stages), budgets={"removal": 2, "shrink": 3},
+                       agent_options={}, run_dir=tmp_path / "-".join(stages))
+
+    def dies_twice(d, key, ids):
+        for tid in ids:
+            assert d.suggest(tid)["key"] == key
+            d.complete(tid, None, error=True)
+
+    d = make()
+    killer = d.suggest("a0")["key"]
+    d.complete("a0", None, error=True)
+    dies_twice(d, killer, ["a1"])
+    d = restore_driver(make, tmp_path / "shrink", log=lambda *_: None)  # forgiven: tried again
+    dies_twice(d, killer, ["b0", "b1"])
+    d = restore_driver(make, tmp_path / "shrink", log=lambda *_: None)  # not again
+    assert [r["failure"] for r in d.records] == [WORKER_DIED, FORGIVEN, WORKER_DIED, DIED_AGAIN]
+    assert killer in d.cache and d.suggest("c0")["key"] != killer and d.trained("shrink") == 1
+
+    proxy = ProxyEvaluator(space)
+    d = make(("removal", "shrink"))
+    held = d.suggest("r0")["key"]
+    d.complete("r0", None, error=True)
+    dies_twice(d, held, ["r1"])
+    other = d.suggest("r2")
+    d.complete("r2", _metrics(space, proxy, other))
+    assert d.suggest("r3")["stage"] == "shrink"  # removal's budget of 2 spent: its held student counts
+    d = restore_driver(lambda: make(("removal", "shrink")), tmp_path / "removal-shrink", log=lambda *_: None)
+    assert [r["failure"] for r in d.records if r["key"] == held][-1] == DIED_AGAIN and held in d.cache
 
 
 def test_finalists_are_the_front_near_the_target_trained_once_and_survive_a_resume(space, tmp_path):

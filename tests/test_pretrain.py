@@ -291,9 +291,9 @@ def test_policy_fit_command_learns_from_a_run_and_starts_the_next_search(ray_ses
     (wider / "n2n.json").write_text(json.dumps(meta))
     capsys.readouterr()
     assert main(["policy", "fit", str(first), str(wider), "--out", str(tmp_path / "p4"), "--steps", "2"]) == 0
-    assert (f"warning: these runs reward students for different things ({first}: no target, reward.kind "
-            f"auto, compression params; {wider}: max_accuracy_drop 2, reward.kind auto, compression params); a policy "
-            f"fit to them learns a mix of those. Fit one policy per target") in capsys.readouterr().out
+    assert (f"warning: these runs reward students for different things ({first}: reward n2n on params; {wider}: "
+            f"reward target on params (target_drop 2)); a policy fit to them learns a mix of those. Fit one policy "
+            f"per target") in capsys.readouterr().out
     shutil.rmtree(wider)
     shutil.rmtree(tmp_path / "p4")
 

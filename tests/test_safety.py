@@ -1016,9 +1016,22 @@ def test_an_address_where_something_else_answers_is_refused_at_once(monkeypatch)
     assert "on its head node give --address auto, elsewhere set RAY_AUTH_MODE=token" in raysession._connect_hint("x")
     assert raysession._connect_hint("Ray Client requires pip package `ray[client]`") == (
         "; give the head node's GCS address HOST:PORT (`ray start --head` prints it), not ray://")
+    assert "admits only drivers with its token: set RAY_AUTH_MODE" in raysession._connect_hint("x", "auto")
     monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 64)
-    assert raysession._connect_hint("x").startswith("; RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) is set: is it the "
-                                                    "cluster's token?")
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # helper-45: Ray sends no token to HOST:PORT without it
+    assert raysession._connect_hint("x", "h:1") == "; RAY_AUTH_TOKEN is set but RAY_AUTH_MODE is not: set RAY_AUTH_MODE=token too"
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    assert raysession._connect_hint("x", "h:1").startswith("; RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) is set: is it "
+                                                           "the cluster's token?")
+    # IPv6 as Ray writes it (helper-45: the brackets were taken as part of the host name)
+    monkeypatch.setattr(raysession, "PROBE_SECONDS", 1)
+    with pytest.raises(ConfigError, match=r"write an IPv6 address as \[ADDR\]:PORT, as Ray does; got '::1:6379'"):
+        raysession.check_address("::1:6379")
+    with pytest.raises(RunError, match=r"^--address \[::1\]:1: no Ray cluster answers there"):
+        raysession.check_address("[::1]:1")  # looked up as ::1, where nothing listens on port 1
+    tls = serve(b"\x15\x03\x03\x00\x02\x02\x46")  # a TLS alert
+    with pytest.raises(RunError, match=r"the server there speaks TLS; a Ray cluster with TLS on needs RAY_USE_TLS=1"):
+        raysession.check_address(tls)
 
 
 def test_damaged_teacher_folders_are_one_line_errors(small_teacher, tmp_path, capsys):
