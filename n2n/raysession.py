@@ -189,6 +189,44 @@ def ray_temp_root(log=print) -> str:
                    f"{SOCKET_PATH_MAX}), and /tmp is not writable either; set RAY_TMPDIR to a short writable folder")
 
 
+WATCH_SECONDS, WATCH_MISSES = 5, 3  # how often a search checks its cluster's head, and how many misses stop it
+
+
+@contextlib.contextmanager
+def cluster_watch(address: str | None, on_lost):
+    """While a search runs on a cluster (`address`), check every WATCH_SECONDS that its head's GCS
+    still accepts connections; after WATCH_MISSES misses in a row call `on_lost(gcs_address)`. When
+    the whole cluster stopped, Ray itself waited 60 s and then ended the driver with its own message,
+    without n2n's resume line (helper-44). Nothing for a local Ray (this process starts and stops it)."""
+    if not address:
+        yield
+        return
+    import ray
+
+    gcs = ray.get_runtime_context().gcs_address
+    host, _, port = gcs.rpartition(":")
+    host = host.strip("[]")
+    stop = threading.Event()
+
+    def watch():
+        missed = 0
+        while not stop.wait(WATCH_SECONDS):
+            try:
+                socket.create_connection((host, int(port)), timeout=WATCH_SECONDS).close()
+                missed = 0
+            except OSError:
+                missed += 1
+                if missed >= WATCH_MISSES:
+                    on_lost(gcs)
+                    return
+
+    threading.Thread(target=watch, daemon=True, name="n2n-cluster-watch").start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
 RAY_TEMP_ROOM = 64 << 20  # bytes: a local Ray's sockets and logs take well under 1 MiB to start, more as trials log
 
 

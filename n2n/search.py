@@ -26,7 +26,7 @@ from .errors import ConfigError, RunError
 from .models import (ModelError, append_to, check_creatable, device_for, file_digest, load_model, load_weights,
                      replaced_teacher, save_weights, weights_digest, write_json, written_by_n2n)
 from .pick import points
-from .raysession import check_address, ray_session
+from .raysession import WATCH_MISSES, WATCH_SECONDS, check_address, cluster_watch, ray_session
 from .runfolder import (META, POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, taken, load_states, read_records, read_run,
                         read_summary)
 from .storage import Fetcher, RemoteResults, check_store, store_location
@@ -443,6 +443,26 @@ def _cause(e: BaseException | None, kind: type) -> BaseException | None:
     return None
 
 
+def resume_command(run_dir: Path, address: str | None, factories=()) -> str:
+    """The command that continues this run: on its cluster, with the factories its teacher needs."""
+    allow = "".join(f" --allow-factory {f}" for f in factories)
+    return f"n2n resume {run_dir}{f' --address {address}' if address else ''}{allow}"
+
+
+def _cluster_lost(run_dir: Path, address: str, factories, log):
+    """What a search does when its cluster's head stops answering (n2n.raysession.cluster_watch): say
+    how to continue, and end at once, as a kill would: every result so far is saved, and Ray's own
+    shutdown would wait 60 s for a head that is gone, then end the process without this line."""
+    def lost(gcs: str):
+        try:
+            log(f"the Ray cluster stopped answering: its head at {gcs} refused connections for about "
+                f"{WATCH_SECONDS * WATCH_MISSES} s. The search stops here; once the cluster is back, continue it "
+                f"with `{resume_command(run_dir, address, factories)}`")
+        finally:
+            os._exit(130)
+    return lost
+
+
 def _finish(run_dir: Path, driver: SearchDriver, log=print, factories=(), address: str | None = None) -> dict:
     summary = driver.summary()
     # the commands this run needs, whole: a teacher of the user's own module loads only with its factory,
@@ -451,8 +471,7 @@ def _finish(run_dir: Path, driver: SearchDriver, log=print, factories=(), addres
     if summary["stage"] == "failed":
         log(f"search stopped: {summary['failure']}")
     elif summary["stage"] != "done":
-        log(f"search interrupted; continue it with `n2n resume {run_dir}{f' --address {address}' if address else ''}"
-            f"{allow}`")
+        log(f"search interrupted; continue it with `{resume_command(run_dir, address, factories)}`")
     elif summary["best"]:
         pick = summary["best"]  # the student `n2n export` will write, not merely the best brief-distillation reward
         # times_smaller as export prints it (rounded to 2 places; a :.1f of that rounded twice: 1.454 -> 1.4)
@@ -541,7 +560,8 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
             log(f"search {run_dir.name}: agent {cfg.search.agent}; {plan}; {cfg.search.concurrency} trials at a time")
             for line in notes(cfg, space):
                 log(line)
-            _fit(run_dir, ctx, cfg, driver, log)
+            with cluster_watch(address, _cluster_lost(run_dir, address, factories, log)):
+                _fit(run_dir, ctx, cfg, driver, log)
     return _finish(run_dir, driver, log, factories, address)
 
 
@@ -672,6 +692,7 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
             log(f"{cfg.resources.cpus_per_trial:g} CPU per trial for this resume (the run's own: {recorded_cpus:g})")
         with ray_session(address, log):
             check_resources(cfg, remote=bool(address), log=log, resumed=True)
-            _fit(run_dir, make_context(meta, cfg, run_dir, (run.teacher, run.arch, run.ds), factories, log), cfg,
-                 driver, log)
+            with cluster_watch(address, _cluster_lost(run_dir, address, factories, log)):
+                _fit(run_dir, make_context(meta, cfg, run_dir, (run.teacher, run.arch, run.ds), factories, log),
+                     cfg, driver, log)
     return _finish(run_dir, driver, log, factories, address)

@@ -86,3 +86,36 @@ def test_search_runs_on_both_worker_nodes_survives_a_killed_driver_and_exports(c
     metrics = json.loads((tmp_path / "student" / "metrics.json").read_text())
     assert metrics["key"] in {r["key"] for r in recs} and metrics["params"] < json.loads(
         (run / "summary.json").read_text())["teacher"]["params"]
+
+
+def test_a_search_whose_cluster_stops_says_how_to_resume(tmp_path):
+    """helper-44: when the whole cluster was killed, Ray waited 60 s for its head, then ended the driver
+    with its own message: no resume line. n2n notices the head gone and stops with it. (A cluster shut
+    down gracefully ends the driver at once, in Ray's own code, exit 1: nothing n2n can add a line to.)"""
+    from ray.cluster_utils import Cluster
+
+    mib = 1024 * 1024
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 80 * mib})
+    c.add_node(num_cpus=2, object_store_memory=80 * mib)
+    c.wait_for_nodes()
+    (tmp_path / "c.yaml").write_text(TINY_CONFIG.replace("removal_budget: 6", "removal_budget: 40\n  stages: [removal]"))
+    run, address = tmp_path / "runs" / "gone", c.address
+    driver = _n2n("search", tmp_path / "c.yaml", "--name", "gone", "--runs-dir", tmp_path / "runs", "--address",
+                  address, wait=False)
+    try:
+        deadline = time.time() + 300
+        while len(_records(run)) < 2 and driver.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert driver.poll() is None, f"the search ended early: {driver.stderr.read()}"
+        for node in [*c.worker_nodes, c.head_node]:  # the whole cluster killed, as a lost machine goes
+            node.kill_all_processes(check_alive=False, allow_graceful=False)
+        stopped = time.time()
+        assert driver.wait(timeout=120) == 130, driver.stderr.read()[-2000:]
+        took = time.time() - stopped
+    finally:
+        c.shutdown()
+    said = (run / "n2n.log").read_text()
+    assert "the Ray cluster stopped answering: its head at " in said
+    assert f"continue it with `n2n resume {run} --address {address}`" in said
+    assert took < 45, f"{took:.0f} s after the cluster stopped (Ray alone: 60 s, without the line)"
+    assert len(_records(run)) >= 2  # what was recorded stays
