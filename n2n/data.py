@@ -129,7 +129,7 @@ def load_dataset(name: str, seed: int = 0, tokenizer=None, max_length: int = 128
 
 
 # How an image folder's files are read, recorded with a folder's split. 1: palette images as grey and
-# grey-with-alpha as colour (until 2026-12-06); 2: each as the colours it shows (_channels). A teacher
+# grey-with-alpha as colour (until 2026-12-06); 2: each as the colours it shows (_read). A teacher
 # recorded with 1 is read with 1 again: its inputs, and so its fingerprint, stay as it was trained.
 IMAGES = 2
 

@@ -53,7 +53,6 @@ _DEATHS = (WORKER_DIED, "trial raised an error")
 STORAGE = "results storage "  # how n2n.trial words such a failure
 STORAGE_FAILED = ("the trial's result could not be saved (a full disk, or storage it cannot reach; n2n.log says "
                   "which); trained again on resume")
-_WORKER_FAILURES = (*_DEATHS, STORAGE_FAILED)  # not the student's: never cached, trained again on resume
 
 # With size or latency limits alone, the shrink stage starts from the smallest removal student within
 # this many points of the teacher (validation), not from the removal stage's best by reward: removal
@@ -69,7 +68,8 @@ DIED_AGAIN = (f"the trial's worker died {MAX_DEATHS} times before it reported (o
 # then says so, and its deaths count afresh in the new session.
 FORGIVEN = (f"the trial's worker died {MAX_DEATHS} times before it reported (out of memory, a killed process or a "
             f"lost node; tune/'s error.txt says which); tried again on resume")
-_WORKER_FAILURES = (*_WORKER_FAILURES, FORGIVEN)
+# not the student's: never cached, not counted in a stage's budget, trained again (at once, or on resume)
+_WORKER_FAILURES = (*_DEATHS, STORAGE_FAILED, FORGIVEN)
 
 
 def counts(records: list[dict]) -> dict:
@@ -214,12 +214,6 @@ class SearchDriver:
                 self.cache.pop(r["key"], None)
                 forgiven.add(r["key"])
 
-    def counted(self) -> str:
-        return counted(self.records)
-
-    def counts(self) -> dict:
-        return counts(self.records)
-
     def retry_dead(self) -> None:
         """On resume (before settle): the current stage's candidates whose worker died, with no result
         since, are issued again first, as many as its budget has room for (their agent was told they
@@ -360,7 +354,7 @@ class SearchDriver:
 
     def _start_stage(self):
         if self.stage is None:
-            self.log(f"search finished: {self.counted()}")
+            self.log(f"search finished: {counted(self.records)}")
             return
         self.agent = self._make_agent(self.stage, self.base)
         if self.stage == "finalists":
@@ -559,15 +553,15 @@ class SearchDriver:
             return out
 
         pick, why = self.pick()
-        top = self.best()
+        top, n = self.best(), counts(self.records)
         return {
             "teacher": {**self.teacher_info, "params": self.reference.params, "flops": self.reference.flops,
                         "val_accuracy": self.reference.accuracy},
             "agent": self.kind, "stage": "failed" if self.failed else self.stage or "done",
             "failure": self.failed,
             # (helper-44: a worker's death counted as a candidate evaluated)
-            "candidates_evaluated": self.counts()["trained"],
-            "worker_deaths": self.counts()["worker_deaths"], "storage_failures": self.counts()["storage_failures"],
+            "candidates_evaluated": n["trained"], "worker_deaths": n["worker_deaths"],
+            "storage_failures": n["storage_failures"],
             "candidates_per_stage": {s: self.trained(s) for s in self.stages},
             "cache_hits": self.cache_hits,
             "wall_seconds": round(self.wall_seconds(), 1),

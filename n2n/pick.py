@@ -151,19 +151,18 @@ def choose(records: list[dict], target, reward_config: RewardConfig, teacher_acc
         # target while its own stage candidate, within it, was passed over)
         pools = [(pool, what)] + ([([r for r in done if r["stage"] != "finalists"], "candidate")] if finalists else [])
         for among, called in pools:
-            picked = _by_target(among, target, reward_config, teacher_accuracy, margin)
+            picked = _by_target(among, called, target, reward_config, teacher_accuracy, margin)
             if picked is not None:
                 best, why = picked
-                why = why.format(what=called)
                 return best, why if among is pool else f"no finalist meets the target; among the stages' candidates, {why}"
         return pool[0], f"no {what} meets the target; the best {what} by reward"
     stopped = "" if finalists or pool[0] is ranked[0] else " that finished (the best was stopped early, without weights)"
     return pool[0], f"the best {what} by reward{stopped}"
 
 
-def _by_target(pool: list[dict], target, reward_config: RewardConfig, teacher_accuracy: float,
+def _by_target(pool: list[dict], what: str, target, reward_config: RewardConfig, teacher_accuracy: float,
                margin: float) -> tuple[dict, str] | None:
-    """The candidate of `pool` the target picks, and why ("{what}" to be named), or None if none meets it:
+    """The candidate of `pool` (each a `what`) the target picks, and why, or None if none meets it:
     the smallest within an accuracy target (with `margin` to spare when one does), the most accurate
     within size limits alone."""
     limits_alone = target.max_accuracy_drop is None
@@ -171,10 +170,10 @@ def _by_target(pool: list[dict], target, reward_config: RewardConfig, teacher_ac
     if spared:
         best = min(spared, key=lambda r: (-r["accuracy"], size_of(r, reward_config)) if limits_alone
                    else (size_of(r, reward_config), -r["accuracy"]))
-        return best, f"the {'most accurate' if limits_alone else 'smallest'} {{what}} that meets the target" + \
+        return best, f"the {'most accurate' if limits_alone else 'smallest'} {what} that meets the target" + \
             (f" with {points(margin)} to spare on validation" if margin else "")
     meeting = [r for r in pool if target.met_by(r, teacher_accuracy)]
     if meeting:  # the most to spare: a larger margin never picks a student with less of it
         safest = max(meeting, key=lambda r: (r["accuracy"], -size_of(r, reward_config)))
-        return safest, f"no {{what}} meets the target with {points(margin)} to spare; {SHORT_OF_MARGIN}"
+        return safest, f"no {what} meets the target with {points(margin)} to spare; {SHORT_OF_MARGIN}"
     return None

@@ -49,12 +49,11 @@ def check_address(address: str) -> None:
                           "--address takes auto or HOST:PORT of a running Ray head node")
     if address == "auto":
         return
-    host, sep, port = address.split("://", 1)[-1].rpartition(":")
-    if host.startswith("[") and host.endswith("]"):  # [::1]:6379, as Ray writes an IPv6 address (helper-45)
-        host = host[1:-1]
-    elif ":" in host:
+    bare = address.split("://", 1)[-1]
+    host, port = _host_port(bare)
+    if ":" in host and not bare.startswith("["):
         raise ConfigError(f"--address: write an IPv6 address as [ADDR]:PORT, as Ray does; got {address!r}")
-    if not sep or not host or not port.isdigit():
+    if not host or not port.isdigit():
         raise ConfigError(f"--address: expected auto or HOST:PORT of a Ray head node, got {address!r}")
     try:
         conn = socket.create_connection((host, int(port)), timeout=10)
@@ -76,6 +75,15 @@ def check_address(address: str) -> None:
     if not (len(answer) == 9 and answer[3] == HTTP2_SETTINGS):
         raise RunError(f"--address {address}: something answers there, but not a Ray head node (expected its gRPC "
                        f"server, got {answer!r}); `ray start --head` prints the address to give")
+
+
+def _host_port(address: str) -> tuple[str, str]:
+    """HOST:PORT -> (HOST, PORT), [::1]:6379 as Ray writes an IPv6 address -> ("::1", "6379") (helper-45:
+    the brackets were looked up as part of the name); ("", "") without a colon."""
+    host, sep, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return (host, port) if sep else ("", "")
 
 
 HTTP2_SETTINGS = 4  # the frame type a gRPC (HTTP/2) server sends first
@@ -204,8 +212,7 @@ def cluster_watch(address: str | None, on_lost):
     import ray
 
     gcs = ray.get_runtime_context().gcs_address
-    host, _, port = gcs.rpartition(":")
-    host = host.strip("[]")
+    host, port = _host_port(gcs)
     stop = threading.Event()
 
     def watch():
@@ -241,17 +248,15 @@ def _ray_temp(root: str) -> str:
     if free < RAY_TEMP_ROOM:
         raise RunError(f"{root}: expected at least {RAY_TEMP_ROOM >> 20} MiB free for a local Ray's temp files, found "
                        f"{free / 2**20:.1f} MiB; free some, or set RAY_TMPDIR to a folder with room")
+    temp = None
     try:
         temp = tempfile.mkdtemp(prefix="n2n-ray-", dir=root)
-    except OSError as e:
-        raise RunError(f"{root}: cannot make a local Ray's temp folder there ({e.strerror}); set RAY_TMPDIR to a "
-                       f"writable folder") from None
-    try:
         Path(temp, _DRIVER).write_text(json.dumps(_this_process()))
     except OSError as e:
-        shutil.rmtree(temp, ignore_errors=True)
+        if temp:
+            shutil.rmtree(temp, ignore_errors=True)
         raise RunError(f"{root}: cannot write a local Ray's temp files there ({e.strerror}); free some space, or set "
-                       f"RAY_TMPDIR to a folder with room") from None
+                       f"RAY_TMPDIR to a writable folder with room") from None
     return temp
 
 

@@ -21,7 +21,7 @@ from search_spaces.transformer import text_positions
 
 from . import data as data_mod
 from .config import Config, run_config
-from .driver import SearchDriver
+from .driver import SearchDriver, counted
 from .errors import ConfigError, RunError
 from .models import (ModelError, append_to, check_creatable, device_for, file_digest, load_model, load_weights,
                      replaced_teacher, save_weights, weights_digest, write_json, written_by_n2n)
@@ -139,8 +139,7 @@ def check_label_names(teacher, ds, dataset: str, log=print) -> None:
     """A Hugging Face teacher's class names (config.json's id2label) against the data's (string labels,
     numbered in sorted order): the same names in another order would score every class as another
     (helper-40: a teacher trained with positive=0 measured 6.7% on its own data, unsaid)."""
-    config = getattr(getattr(teacher, "model", None), "config", None)
-    names = getattr(config, "id2label", None) or {}
+    names = getattr(getattr(teacher, "config", None), "id2label", None) or {}  # (HFClassifier.config)
     theirs = [str(names.get(i, names.get(str(i), ""))) for i in range(len(names))]
     if ds.labels is None or not theirs or all(n == f"LABEL_{i}" for i, n in enumerate(theirs)):
         return  # integer labels, or a head with transformers' placeholder names: nothing to compare
@@ -204,14 +203,11 @@ def teacher_data(folder: Path, metrics: dict, arch: dict, dataset: str, log=prin
             log(f"{folder} records no text length: texts are tokenised to {length} tokens ({why}); set "
                 f"teacher.max_length to the length it was trained at")
         recorded = {**recorded, "max_length": length}
-    if metrics.get("split"):
-        ds = data_mod.load_split(dataset, recorded, tokenizer=folder, preprocess=arch.get("input"))
-    else:
-        ds = data_mod.load_split(dataset, {"seed": 0, **recorded}, tokenizer=folder, preprocess=arch.get("input"))
-        if ds.split["seed"] is not None:  # data that brings its own split is used as it is: nothing to say
-            log(f"warning: {folder} records no data split, so n2n uses split seed 0 of {dataset}; if the teacher "
-                "was trained on other samples of it, every accuracy here is too high. Teachers from `n2n teacher "
-                "train` record theirs; for your own, bring the split (npz: x_train, y_train, x_val, ...)")
+    ds = data_mod.load_split(dataset, {"seed": 0, **recorded}, tokenizer=folder, preprocess=arch.get("input"))
+    if not metrics.get("split") and ds.split["seed"] is not None:  # data that brings its own split: nothing to say
+        log(f"warning: {folder} records no data split, so n2n uses split seed 0 of {dataset}; if the teacher "
+            "was trained on other samples of it, every accuracy here is too high. Teachers from `n2n teacher "
+            "train` record theirs; for your own, bring the split (npz: x_train, y_train, x_val, ...)")
     if ds.preprocess is not None and "input" not in arch:  # float inputs, a teacher that says nothing of them
         log(f"warning: {folder}/arch.json records no input standardisation (\"input\"), so float inputs are "
             "standardised with fresh training-split statistics; a model trained on raw inputs needs "
@@ -685,7 +681,7 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
         if driver.stage is None:
             log(f"{run_dir.name} has finished already")
             return _finish(run_dir, driver, log, factories, address)
-        log(f"resuming {run_dir.name}: {driver.counted()} so far, stage {driver.stage}")
+        log(f"resuming {run_dir.name}: {counted(driver.records)} so far, stage {driver.stage}")
         if cfg.search.concurrency != recorded_concurrency:
             log(f"{cfg.search.concurrency} trials at a time for this resume (the run's own: {recorded_concurrency})")
         if cfg.resources.cpus_per_trial != recorded_cpus:

@@ -206,9 +206,9 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
         raise ModelError(f"{checkpoint}: not a loadable Hugging Face checkpoint ({str(e).splitlines()[0]})") from None
     from search_spaces.transformer import text_positions
 
-    if max_length > text_positions(model):  # RoBERTa's positions start after its padding id (helper-42)
-        raise ConfigError(f"--max-length: expected 2..{text_positions(model)} (the tokens {checkpoint.name} reads), "
-                          f"got {max_length}")
+    reads = text_positions(model)  # fewer than the config's positions in RoBERTa, whose start after its padding id
+    if max_length > reads:  # (helper-42: the check against the config's alone let 514 through, a crash)
+        raise ConfigError(f"--max-length: expected 2..{reads} (the tokens {checkpoint.name} reads), got {max_length}")
     clf = HFClassifier(model)
     dev = device_for(device)
     log(f"fine-tuning {checkpoint.name} into a {ds.num_classes}-class classifier on {dataset} "

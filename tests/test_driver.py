@@ -398,7 +398,7 @@ def test_a_student_held_failed_for_its_worker_deaths_is_tried_again_on_resume(sp
     """helper-44: workers killed on a cluster held a good student as failed for good, though the stop
     said "those candidates are trained again"; the resumed search took another path, and exported a
     student past the target. A resume tries it again, with a fresh count of deaths."""
-    from n2n.driver import DIED_AGAIN, FORGIVEN, WORKER_DIED
+    from n2n.driver import DIED_AGAIN, FORGIVEN, WORKER_DIED, counted
     from n2n.search import restore_driver
 
     def make():
@@ -423,7 +423,7 @@ def test_a_student_held_failed_for_its_worker_deaths_is_tried_again_on_resume(sp
     assert again.records[-1]["failure"] is None and again.trained("shrink") == 1
     summary = again.summary()
     assert summary["candidates_evaluated"] == 1 and summary["worker_deaths"] == 3  # (helper-44: deaths counted)
-    assert again.counted() == "1 candidates trained (3 worker deaths)"
+    assert counted(again.records) == "1 candidates trained (3 worker deaths)"
 
 
 def test_a_student_that_always_kills_its_worker_is_forgiven_once(space, tmp_path):
