@@ -29,7 +29,7 @@ from search_spaces import SearchSpace, StudentSpec
 from .errors import RunError
 from .models import write_json
 from .pick import choose, finalists, misscored
-from .runfolder import POLICY, RECORDS, SUMMARY, save_state
+from .runfolder import HELD_FOR_DEATHS, POLICY, RECORDS, SUMMARY, save_state
 
 FINISHED = "FINISHED"
 
@@ -207,12 +207,21 @@ class SearchDriver:
         or a mended cluster). Once each (helper-45: two students that always kill their worker stopped
         every resume again), and only where retry_dead can issue them (an ended stage's are kept)."""
         self.session_from = len(self.records)
-        forgiven = {r["key"] for r in self.records if r["failure"] == FORGIVEN}
+        for r in self._forgivable():
+            r["failure"] = FORGIVEN
+            self.cache.pop(r["key"], None)
+        if self.failed and not self._all_failing():  # it failed only with the students forgiven now
+            self.log(f"resuming a search that stopped as failed ({self.failed}): those students are tried again")
+            self.failed = None
+
+    def _forgivable(self) -> list[dict]:
+        """The current stage's records of students held failed for their workers' deaths and not yet forgiven."""
+        forgiven, out = {r["key"] for r in self.records if r["failure"] == FORGIVEN}, []
         for r in self.records:
             if r["failure"] == DIED_AGAIN and r["stage"] == self.stage and r["key"] not in forgiven:
-                r["failure"] = FORGIVEN
-                self.cache.pop(r["key"], None)
+                out.append(r)
                 forgiven.add(r["key"])
+        return out
 
     def retry_dead(self) -> None:
         """On resume (before settle): the current stage's candidates whose worker died, with no result
@@ -387,6 +396,9 @@ class SearchDriver:
                 own = self._students()
                 what = f"all {len(own)} candidates of the search" if self.stage is None else f"the first {len(own)} candidates all"
                 self.failed = f"{what} failed; the first: {own[0]['failure']}"
+                held = len(self._forgivable())
+                if held:  # (helper-45: such a run was refused on resume, though resume tries those students again)
+                    self.failed += f"; {held} of them {HELD_FOR_DEATHS}"
                 self.save()  # the search's last line says why (n2n.search._finish)
                 return FINISHED
             if self.deaths_in_a_row >= ABORT_AFTER:  # the machine, not the students: stop, resumable

@@ -27,8 +27,8 @@ from .models import (ModelError, append_to, check_creatable, device_for, file_di
                      replaced_teacher, save_weights, weights_digest, write_json, written_by_n2n)
 from .pick import points
 from .raysession import WATCH_MISSES, WATCH_SECONDS, check_address, cluster_watch, ray_session
-from .runfolder import (META, POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, taken, load_states, read_records, read_run,
-                        read_summary)
+from .runfolder import (HELD_FOR_DEATHS, META, POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, taken, load_states,
+                        read_records, read_run, read_summary)
 from .storage import Fetcher, RemoteResults, check_store, store_location
 from .teachers import cached_teacher
 from .train import accuracy, predict
@@ -325,21 +325,21 @@ def check_device(cfg: Config, resumed: bool) -> None:
                           f"{str(e).split(': ', 1)[1]}; {fix}") from None
 
 
-def check_resources(cfg: Config, remote: bool, log=print, resumed: bool = False) -> None:
+def check_resources(cfg: Config, remote: bool, resumed: bool = False) -> str | None:
     """A trial that asks for more CPUs or GPUs than any Ray node has waits forever, silently (Tune
-    keeps it pending): refuse it on this machine, warn on a cluster (an autoscaler may add a node)."""
+    keeps it pending): refuse it on this machine; on a cluster (an autoscaler may add a node) the
+    warning to log, once the run's log is open (helper-44: it was missing from n2n.log)."""
     import ray
 
     res = cfg.resources
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if any(r.get("CPU", 0) >= res.cpus_per_trial and r.get("GPU", 0) >= res.gpus_per_trial for r in nodes):
-        return
+        return None
     have = "; ".join(f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU" for r in nodes)
     msg = (f"resources: a trial asks for {res.cpus_per_trial:g} CPU and {res.gpus_per_trial:g} GPU, but no Ray node "
            f"has that (nodes: {have})")
     if remote:
-        log(f"warning: {msg}; trials wait until the cluster has such a node")
-        return
+        return f"warning: {msg}; trials wait until the cluster has such a node"
     if resumed:  # the run's config is not the user's to edit: say what this resume can change
         gpus_found = any(r.get("GPU", 0) >= res.gpus_per_trial for r in nodes)
         raise ConfigError(f"{msg}; " + ("resume with --cpus-per-trial N, N at most a node's CPUs" if gpus_found else
@@ -465,7 +465,8 @@ def _finish(run_dir: Path, driver: SearchDriver, log=print, factories=(), addres
     # and a search on a cluster resumes there (helper-31: the hint's resume ran on this machine)
     allow = "".join(f" --allow-factory {f}" for f in factories)
     if summary["stage"] == "failed":
-        log(f"search stopped: {summary['failure']}")
+        again = f"; continue it with `{resume_command(run_dir, address, factories)}`" if HELD_FOR_DEATHS in summary["failure"] else ""
+        log(f"search stopped: {summary['failure']}{again}")
     elif summary["stage"] != "done":
         log(f"search interrupted; continue it with `{resume_command(run_dir, address, factories)}`")
     elif summary["best"]:
@@ -537,9 +538,11 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
             raise ConfigError(f"--name {run_dir.name}: {e}") from None
         RemoteResults(meta["results_store"]).check(run_dir)
     with ray_session(address, log):
-        check_resources(cfg, remote=bool(address), log=log)  # before the run folder exists
+        short = check_resources(cfg, remote=bool(address))  # before the run folder exists
         with create_run(run_dir, meta, copies=policy_files(cfg)):
             log = teed(log, run_dir)
+            if short:
+                log(short)
             ref = meta["reference"]
             log(f"teacher: {meta['teacher_folder']}")  # (helper-43: the default teacher's cache folder was said nowhere)
             log(f"teacher: {ref['params']:,} params, val acc {ref['accuracy']:.4f}, "
@@ -687,7 +690,9 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
         if cfg.resources.cpus_per_trial != recorded_cpus:
             log(f"{cfg.resources.cpus_per_trial:g} CPU per trial for this resume (the run's own: {recorded_cpus:g})")
         with ray_session(address, log):
-            check_resources(cfg, remote=bool(address), log=log, resumed=True)
+            short = check_resources(cfg, remote=bool(address), resumed=True)
+            if short:
+                log(short)
             with cluster_watch(address, _cluster_lost(run_dir, address, factories, log)):
                 _fit(run_dir, make_context(meta, cfg, run_dir, (run.teacher, run.arch, run.ds), factories, log),
                      cfg, driver, log)

@@ -464,6 +464,49 @@ def test_a_student_that_always_kills_its_worker_is_forgiven_once(space, tmp_path
     assert [r["failure"] for r in d.records if r["key"] == held][-1] == DIED_AGAIN and held in d.cache
 
 
+def test_a_run_failed_partly_for_worker_deaths_resumes(space, tmp_path):
+    """helper-45: a student held failed for its worker's deaths between two that failed on their own
+    marked the run failed, and resume refused it, though a resume tries that student again. The failure
+    says so, export's hint offers the resume, and the resume goes on with that student first."""
+    from n2n.driver import DIED_AGAIN, FORGIVEN
+    from n2n.runfolder import finish_hint
+    from n2n.search import restore_driver
+
+    said = []
+
+    def make():
+        return _driver(space, agent="random", stages=["shrink"], budgets={"shrink": 6}, agent_options={},
+                       run_dir=tmp_path, log=said.append)
+
+    proxy, d = ProxyEvaluator(space), make()
+    nan = {"accuracy": 0.0, "params": 1, "flops": 1, "failure": "NaN loss"}
+    d.suggest("t0")
+    d.complete("t0", nan)
+    held = d.suggest("t1")["key"]
+    d.complete("t1", None, error=True)
+    assert d.suggest("t2")["key"] == held
+    d.complete("t2", None, error=True)
+    d.suggest("t3")
+    d.complete("t3", nan)
+    assert d.suggest("t4") == FINISHED
+    assert [r["failure"] for r in d.records][2:] == [DIED_AGAIN, "NaN loss"]
+    assert d.failed == ("the first 3 candidates all failed; the first: NaN loss; 1 of them held failed for worker "
+                        "deaths, which `n2n resume` tries again")
+    assert finish_hint(f"it failed after 3 candidates: {d.failed}", tmp_path, "export") == f"`n2n resume {tmp_path}` finishes it"
+    assert finish_hint("it failed after 3 candidates: NaN loss", tmp_path, "export") == "fix the cause and start a new search"
+
+    said.clear()
+    again = restore_driver(make, tmp_path, log=lambda *_: None)
+    assert said == [f"resuming a search that stopped as failed ({d.failed}): those students are tried again"]
+    assert again.failed is None and again.records[2]["failure"] == FORGIVEN
+    out = again.suggest("r0")
+    assert out["key"] == held  # first in line
+    again.complete("r0", _metrics(space, proxy, out))
+    assert again.records[-1]["failure"] is None and again.summary()["stage"] == "shrink"
+    # without the forgiven student, two failures of their own are not enough to stop it again
+    assert again.suggest("r1") not in (FINISHED, None)
+
+
 def test_finalists_are_the_front_near_the_target_trained_once_and_survive_a_resume(space, tmp_path):
     """After the stages, k candidates of the Pareto front are distilled longer under keys of their own."""
     from n2n.config import TargetConfig

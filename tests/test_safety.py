@@ -957,6 +957,7 @@ def test_a_full_temp_folder_is_said_before_ray_starts(tmp_path, monkeypatch):
 def test_a_trial_no_node_can_hold_is_refused_not_left_waiting(ray_session, tiny_config, tmp_path):
     """Tune would keep such a trial pending forever, with nothing said (the session has 2 CPUs, 1 GPU)."""
     from n2n.errors import ConfigError
+    from n2n.search import check_resources
 
     for over, asked in (({"resources.gpus_per_trial": 2.0}, "1 CPU and 2 GPU"),
                         ({"resources.cpus_per_trial": 64.0}, "64 CPU and 0 GPU")):
@@ -964,6 +965,10 @@ def test_a_trial_no_node_can_hold_is_refused_not_left_waiting(ray_session, tiny_
         with pytest.raises(ConfigError, match=f"a trial asks for {asked}, but no Ray node has that"):
             run_search(cfg, tmp_path / "runs" / "never", log=lambda *_: None)
         assert not (tmp_path / "runs").exists()
+        # on a cluster (an autoscaler may add a node) a warning, for the run's n2n.log (helper-44: printed before it)
+        assert check_resources(cfg, remote=True) == (f"warning: resources: a trial asks for {asked}, but no Ray node "
+                                                     f"has that (nodes: 2 CPU, 1 GPU); trials wait until the cluster "
+                                                     f"has such a node")
 
 
 def test_address_where_no_cluster_answers_fails_fast_before_writing(tmp_path, capsys):
