@@ -28,7 +28,7 @@ from search_spaces import SearchSpace, StudentSpec
 
 from .errors import RunError
 from .models import write_json
-from .pick import choose, finalists, misscored
+from .pick import REACH, choose, finalists, misscored, points
 from .runfolder import HELD_FOR_DEATHS, POLICY, RECORDS, SUMMARY, save_state
 
 FINISHED = "FINISHED"
@@ -340,9 +340,20 @@ class SearchDriver:
         latency limits alone one within REMOVAL_KEEP_DROP points of the teacher (validation): the
         most accurate that meets the limits, else the one nearest them; None (the teacher itself)
         where no removal student is within it, as the best by reward is then the wreck the rule is
-        for (helper-35)."""
+        for (helper-35). With an accuracy target, None too where the best by reward is more than
+        REACH points past it."""
         best = self.best(stage="removal")
         limits_alone = self.target is not None and self.target.has_limits() and self.target.max_accuracy_drop is None
+        drop = getattr(self.target, "max_accuracy_drop", None)
+        if drop is not None and best is not None and not within_drop(self.reference.accuracy, best["accuracy"], drop + REACH):
+            # (helper-47: a 4-candidate removal stage's best was 27.9 points below the teacher; shrink and refine
+            # only went further down from it, and export shipped it) further than the finalists' longer
+            # distillation recovers: shrinking from it could not meet the target
+            self.log(f"stage shrink starts from the teacher itself, not from removal's best by reward ({best['params']:,} "
+                     f"params, val acc {best['accuracy']:.4f}, {(self.reference.accuracy - best['accuracy']) * 100:.2f} "
+                     f"points below the teacher: past the target's {points(drop)} by more than the {points(REACH)} the "
+                     f"finalists' longer distillation is given to recover)")
+            return None
         if not limits_alone:
             return best
         kept = [r for r in self.records if r["stage"] == "removal" and r["failure"] is None and r["reward"] > -1

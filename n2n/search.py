@@ -16,7 +16,7 @@ from pathlib import Path
 
 from agents import AgentOptionError
 from envs import STAGES, Reference
-from search_spaces import output_gap
+from search_spaces import StudentSpec, output_gap
 from search_spaces.transformer import text_positions
 
 from . import data as data_mod
@@ -25,7 +25,7 @@ from .driver import SearchDriver, counted
 from .errors import ConfigError, RunError
 from .models import (ModelError, append_to, check_creatable, device_for, file_digest, load_model, load_weights,
                      replaced_teacher, save_weights, weights_digest, write_json, written_by_n2n)
-from .pick import points
+from .pick import flops_said, points
 from .raysession import WATCH_MISSES, WATCH_SECONDS, check_address, cluster_watch, ray_session
 from .runfolder import (HELD_FOR_DEATHS, META, POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, taken, load_states,
                         read_records, read_run, read_summary)
@@ -472,7 +472,8 @@ def _finish(run_dir: Path, driver: SearchDriver, log=print, factories=(), addres
     elif summary["best"]:
         pick = summary["best"]  # the student `n2n export` will write, not merely the best brief-distillation reward
         # times_smaller as export prints it (rounded to 2 places; a :.1f of that rounded twice: 1.454 -> 1.4)
-        log(f"`n2n export` picks {pick['params']:,} params ({pick['times_smaller']}x smaller), val acc "
+        flops = flops_said(driver.target, driver.reward_config, pick["flops"])
+        log(f"`n2n export` picks {pick['params']:,} params ({pick['times_smaller']}x smaller{flops}), val acc "
             f"{pick['val_accuracy']:.4f}: {pick['chosen_because']} -> `n2n export {run_dir} --out DIR{allow}` "
             "(`--finetune-epochs 10` trains it longer first)")
     elif summary["best_by_reward"]:
@@ -509,11 +510,30 @@ def notes(cfg: Config, space) -> list[str]:
         said.append(f"note: finalists.epochs {cfg.finalists.epochs} is no more than distill.epochs "
                     f"{cfg.distill.epochs}: finalists start again from the teacher's weights, so their figures, "
                     f"which export picks by, are no better than the stages'")
+    said += _out_of_reach(cfg, space)
     drop, margin = cfg.target.max_accuracy_drop, cfg.target.margin
     if drop and margin > drop:  # helper-36: capped at the drop without a word (a drop of 0 spares nothing)
         said.append(f"note: target.margin {margin:g} is more than target.max_accuracy_drop {drop:g}; export spares "
                     f"at most the whole drop, {points(drop)} (a student at least as accurate as the teacher)")
     return said
+
+
+def _out_of_reach(cfg: Config, space) -> list[str]:
+    """Size limits below the smallest student shrinking alone builds (helper-47: max_params 50 spent the
+    whole budget unsaid, and export then said no candidate met it)."""
+    if cfg.target.max_params is None and cfg.target.max_flops is None:
+        return []
+    ratio = min(space.ratios)
+    smallest = StudentSpec((), tuple(ratio if u.shrinkable else 1.0 for u in space.units))
+    if space.validate(smallest):
+        return []
+    limits = [("max_params", "params", cfg.target.max_params, space.params),
+              ("max_flops", "FLOPs", cfg.target.max_flops, space.flops)]
+    lower = ("only removing layers goes lower, and the search may find no student within it" if "removal" in cfg.search.stages
+             else "without a removal stage no student this search builds is within it")
+    return [f"note: target.{key} {limit:,} is below the smallest student shrinking alone builds ({size(smallest):,} "
+            f"{what}, every shrinkable unit at ratio {ratio:g}); {lower}" for key, what, limit, size in limits
+            if limit is not None and limit < size(smallest)]
 
 
 def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print, factories=()) -> dict:

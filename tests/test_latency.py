@@ -61,6 +61,7 @@ def test_a_search_on_latency_records_rewards_exports_and_reports_it(ray_session,
                       "module": "as exported"}
     fastest, p90 = measured.pop("student_ms_fastest"), measured.pop("student_ms_p90")
     assert 0 < fastest <= metrics["latency_ms"] <= p90 and 0 < metrics["latency_ratio"] < 1.5
+    assert 1 <= measured.pop("timings") <= 3  # timed again while the load made its median unsteady
     assert measured == {"when": "export", "module": "as exported (n2n.load_student's, input preprocessing included)",
                         "runtime": f"PyTorch {torch.__version__} eager", "device": "cpu", "threads": 1, "batch_size": 1,
                         "warmup": 5, "repeats": 100}
@@ -93,6 +94,38 @@ def test_every_epoch_report_carries_latency_so_early_stopping_can_rank_on_it(sma
         ev_r = Evaluation.from_dict({**r, "failure": None})  # a report says "" for no failure
         # (not "> -1": on a loaded machine 5 timings of a tiny student need not beat the teacher's)
         assert r["reward"] == pytest.approx(reward(ev_r, ctx.reference, ctx.reward))
+
+
+def test_export_times_again_while_the_load_makes_the_median_unsteady(monkeypatch):
+    """helper-47: one export timed a student at 0.355 ms median (fastest 0.201), past a 0.3 ms limit; three
+    more exports timed it at 0.207-0.210. A median more than 1.25x the fastest pass is timed again, at
+    most 3 times, and the steadiest timing (the lowest median) is kept, with their number."""
+    from n2n import export as export_mod
+    from n2n.config import LatencyConfig
+
+    noisy = ([0.2, 0.36, 0.36, 0.4], [1.0] * 4)  # median 0.36 > 1.25 x 0.2
+    steady = ([0.2, 0.21, 0.21, 0.22], [1.1] * 4)
+    calls = []
+
+    def timed(sequence):
+        def fake(*args, **kw):
+            calls.append(kw["repeats"])
+            return sequence[len(calls) - 1]
+        return fake
+
+    model, best = nn.Linear(4, 2), {"latency_ms": 0.3, "teacher_latency_ms": 1.0, "latency_ratio": 0.3, "device": "cpu"}
+    monkeypatch.setattr(export_mod, "time_as_shipped", timed([noisy, steady, noisy]))
+    got = export_mod.export_latency(model, model, torch.zeros(3, 4), None, best, LatencyConfig(), print)
+    assert calls == [100, 100] and got["latency_ms"] == 0.21 and got["teacher_latency_ms"] == 1.1
+    assert got["latency_measured"]["timings"] == 2 and got["latency_ratio"] == 0.2 / 1.1
+    calls.clear()
+    monkeypatch.setattr(export_mod, "time_as_shipped", timed([noisy, noisy, ([0.2, 0.3, 0.3, 0.4], [1.0] * 4)]))
+    got = export_mod.export_latency(model, model, torch.zeros(3, 4), None, best, LatencyConfig(), print)
+    assert len(calls) == 3 and got["latency_ms"] == 0.3 and got["latency_measured"]["timings"] == 3  # at most 3
+    calls.clear()
+    monkeypatch.setattr(export_mod, "time_as_shipped", timed([steady]))
+    assert export_mod.export_latency(model, model, torch.zeros(3, 4), None, best, LatencyConfig(), print)[
+        "latency_measured"]["timings"] == 1 and calls == [100]
 
 
 def test_export_states_the_search_s_figures_where_it_cannot_time_on_the_search_s_device():
