@@ -125,14 +125,20 @@ def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: P
     return chosen, why
 
 
+FAR_BELOW = 10.0  # points below the teacher that export warns of where no accuracy target did
+
+
 def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: float,
                     margin: float | None = 0.0, short_of_margin: bool = False) -> tuple[dict | None, str | None]:
     """How the exported student stands against target.max_accuracy_drop on validation (where it was
     chosen) and on the held-out test split (where it was not), and a warning where it misses.
     `margin`: the points the pick asked to spare (None: picked by --key or --rank); `short_of_margin`:
     no candidate had them, so the pick fell back to the one with the most to spare."""
-    if max_drop is None:
-        return None, None
+    if max_drop is None:  # limits alone, or none: the most accurate within them, however far below (helper-47: 24.5%)
+        below = (teacher["val_accuracy"] - val) * 100
+        return None, (f"warning: this student is {below:.2f} points below the teacher on validation "
+                      f"({(teacher['test_accuracy'] - test) * 100:.2f} on test), with no accuracy target to hold it: "
+                      f"looser limits, or target.max_accuracy_drop, ask for a usable one" if below > FAR_BELOW else None)
     drops = {"val_drop_points": round((teacher["val_accuracy"] - val) * 100, 2),
              "test_drop_points": round((teacher["test_accuracy"] - test) * 100, 2)}
     # judged unrounded, as the search and the pick judge it (a drop shown as 1.00 may be 1.004)
