@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import sys
@@ -121,7 +122,12 @@ def _overrides(pairs) -> dict:
             raise ConfigError(f"--set {pair}: expected a key such as search.removal_budget before '=', got {k!r}")
         if not v.strip():  # `--set teacher.path=$UNSET` would read as null: the default, not what was meant
             raise ConfigError(f"--set {pair}: empty value; write {k.strip()}=null for none")
-        out[k.strip()] = yaml.safe_load(v)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except RecursionError:  # helper-46: a traceback
+            raise ConfigError(f"--set {k.strip()}: the value is nested too deeply to read (hundreds of levels)") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {k.strip()}: not valid YAML ({e})") from None
     return out
 
 
@@ -136,7 +142,8 @@ def _search(args) -> int:
         over["resources.storage"] = args.storage
     cfg = load_config(args.config, over)
     name = args.name or time.strftime("search-%Y%m%d-%H%M%S")
-    summary = run_search(cfg, Path(args.runs_dir) / name, address=args.address, factories=args.allow_factory)
+    args.run = Path(args.runs_dir) / name  # (named in an error the machine causes: main)
+    summary = run_search(cfg, args.run, address=args.address, factories=args.allow_factory)
     return _status(summary)
 
 
@@ -342,6 +349,34 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # `n2n report ... | head`
         sys.stderr.close()
         return 0
+    except OSError as e:
+        if e.errno not in MACHINE_ERRNOS:
+            raise
+        print(f"n2n: error: {_machine_error(e, args)}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # pathlib's resolve() before Python 3.13
+        if not str(e).startswith("Symlink loop"):
+            raise
+        print(f"n2n: error: {e}: expected a file or folder, found links that lead back to themselves", file=sys.stderr)
+        return 2
+
+
+# what the machine or the paths given cause, not n2n: said in a line, not a traceback (helper-46)
+MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP, errno.EROFS}
+
+
+def _machine_error(e: OSError, args) -> str:
+    """'PATH: No space left on device', and for a search or resume whose run folder exists, how to go on."""
+    where = f"{e.filename}: " if e.filename else ""
+    run = getattr(args, "run", None) if args.command in ("search", "resume") else None
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) and run is not None and (Path(run) / "n2n.json").is_file():
+        from .search import resume_command
+
+        again = resume_command(Path(run).resolve(), getattr(args, "address", None), args.allow_factory)
+        return f"{where}{e.strerror}; every candidate recorded is kept: free some space, then continue with `{again}`"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{where}{e.strerror}; nothing was left half-written: free some space and run it again"
+    return f"{where}{e.strerror}"
 
 
 if __name__ == "__main__":

@@ -418,6 +418,9 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             raise ConfigError(f"config {path}: {e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config {path}: not valid YAML ({e})") from None
+        except RecursionError:  # helper-46: `seed: [[[...]]]` 500 deep was a traceback
+            raise ConfigError(f"config {path}: nested too deeply to read (lists or mappings hundreds of levels "
+                              f"deep); a config is a few levels") from None
         except UnicodeDecodeError as e:  # helper-36: a traceback; a config saved as cp1252, say
             raise ConfigError(f"config {path}: expected UTF-8 text, found byte {e.object[e.start]:#04x} at "
                               f"offset {e.start}; save it as UTF-8") from None
@@ -431,6 +434,10 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             if not isinstance(node, dict):  # `--set search=3 --set search.agent=x`, or a file with `search: 3`
                 raise ConfigError(f"{dotted}: {'.'.join(parents[: i + 1])} is {shown(node)}, not a section")
         node[leaf] = value
-    cfg = from_dict(Config, data)
+    try:
+        cfg = from_dict(Config, data)
+    except RecursionError:
+        raise ConfigError("config: a value nested too deeply to check (hundreds of levels); a config is a few "
+                          "levels") from None
     cfg.check_new()
     return cfg

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shlex
 import statistics
 import tempfile
 
@@ -11,7 +12,7 @@ import torch
 from dataclasses import replace
 from pathlib import Path
 
-from envs import latency_ratio, within_drop
+from envs import Reference, latency_ratio, within_drop
 from search_spaces import StudentSpec, count_params, probe
 
 from . import pick
@@ -117,7 +118,7 @@ def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: P
     if not (run_dir / "results" / f"{chosen['key']}.safetensors").is_file():
         asked = (f" --key {key}" if key is not None else f" --rank {rank}" if rank is not None else
                  f" --margin {margin:g}" if margin is not None else "")  # (helper-44: the hint dropped --key)
-        where = (f"there; they may be in the run's storage {shown(cfg.resources.storage)}: `n2n export {run_dir} --out "
+        where = (f"there; they may be in the run's storage {shown(cfg.resources.storage)}: `n2n export {shlex.quote(str(run_dir))} --out "
                  f"DIR{asked} --fetch` downloads what results/ lacks from there" if stored
                  else "there (was the run folder copied without results/?)")
         raise RunError(f"{run_dir}/results/{chosen['key']}.safetensors: the weights of the student to export "
@@ -251,7 +252,12 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
             trim_vocab: bool = False, key: str | None = None, rank: int | None = None, onnx: bool = False,
             margin: float | None = None, fetch: bool = False) -> dict:
     cfg = run_config(meta["config"])
-    records = read_records(run_dir)
+    ref = meta["reference"]
+    records, rescored = pick.from_figures(read_records(run_dir), Reference(ref["params"], ref["flops"], ref["accuracy"]),
+                                          cfg.reward_config(), str(run_dir), "export ranks them by the rewards their "
+                                          "figures give", strict=False)
+    if rescored:
+        log(rescored)
     fetcher = Fetcher(meta["results_store"], run_dir, log) if fetch and meta.get("results_store") else None
     if fetcher:  # results a killed driver never fetched, or weights lost since: before choosing among them
         log(f"fetching results from {shown(meta['results_store'])}")

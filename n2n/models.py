@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -226,6 +227,26 @@ def is_number(v, low: float = -math.inf, high: float = math.inf, whole: bool = F
     return ok and not isinstance(v, bool) and math.isfinite(v) and low <= v <= high
 
 
+def unshared(path: Path) -> None:
+    """Give `path` a file of its own where it is hard-linked (a `cp -al` or `rsync --link-dest` copy of
+    a run): appended or rewritten in place, it changed the other copy too (helper-46: resuming the copy
+    wrote its log lines and trainings into the original's). A copy, then a rename: atomic."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink < 2:
+        return
+    fd, tmp = private_temp(path)
+    try:
+        with os.fdopen(fd, "wb") as out, os.fdopen(open_plain(path, os.O_RDONLY), "rb") as src:
+            shutil.copyfileobj(src, out)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def append_to(path: Path):
     """`path` opened to append, a plain file only (`open_plain`)."""
     return os.fdopen(open_plain(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a")
@@ -343,6 +364,21 @@ def replaced_teacher(folder: Path, digest: str) -> Path:
     and without it they could neither resume nor export."""
     folder = Path(folder)
     return folder.parent / f"{folder.name}.replaced-{digest}"
+
+
+def kept_teacher(folder: Path, digest: str) -> Path | None:
+    """The folder holding the teacher of weights `digest` that `commit_folder` kept when it replaced
+    `folder`: at `replaced_teacher`, or beside it under a suffix where that name was taken (helper-46:
+    never named), its weights checked (a folder of the user's at that name is not it); None if none."""
+    plain = replaced_teacher(folder, digest)
+    try:
+        beside = sorted(p for p in plain.parent.iterdir() if p.name.startswith(f"{plain.name}."))
+    except OSError:
+        beside = []
+    for p in (plain, *beside):
+        if not p.is_symlink() and p.is_dir() and weights_digest(p) == digest:
+            return p
+    return None
 
 
 def commit_folder(tmp: Path, folder: Path, overwrite: bool = False, kind: str = "teacher") -> Path | None:
@@ -512,7 +548,12 @@ def save_weights(state: dict, path: Path) -> None:
     fd, tmp = private_temp(path)  # then a rename: a reader never sees half a file
     os.close(fd)
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
+        except SafetensorError as e:  # its I/O failures are not OSErrors: a full disk was a traceback (helper-46)
+            full = "StorageFull" in str(e) or "No space" in str(e)
+            raise OSError(errno.ENOSPC if full else errno.EIO, "No space left on device" if full else str(e),
+                          str(path)) from None
         os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     finally:

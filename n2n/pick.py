@@ -30,6 +30,32 @@ def misscored(records: list[dict], reference: Reference, reward_config: RewardCo
     return out
 
 
+def from_figures(records: list[dict], reference: Reference, reward_config: RewardConfig, where: str,
+                 what: str, strict: bool = True) -> tuple[list[dict], str | None]:
+    """`records` with the rewards their figures give against `reference` under `reward_config`, and a
+    warning where some recorded another (candidates.json edited, or an earlier n2n's reward scored
+    them): report, export and policy fit rank by the figures (helper-46: a reward edited to 1e300 was
+    exported by `--rank 1` and fitted by `policy fit`, unsaid but in report). A compression that a
+    candidate's size does not give against the teacher is refused (`strict`; export checks n2n.json's
+    teacher against the teacher itself, and says more): one file or the other was edited. `where`
+    names the run; `what` ends the warning (what the command does with them)."""
+    wrong = misscored(records, reference, reward_config)
+    resized = [(r, c) for r, _, c in wrong if "compression" in r and not math.isclose(r["compression"], c, abs_tol=1e-9)]
+    if resized and strict:
+        r, c = resized[0]
+        raise RunError(f"{where}: candidates.json and n2n.json disagree: {len(resized)} of {len(records)} candidates "
+                       f"record a compression their size does not give against n2n.json's teacher (e.g. {r['key']}: "
+                       f"{r['compression']:.4f} recorded, {c:.4f} from its figures): one of them was edited since")
+    if not wrong:
+        return records, None
+    now = {id(r): (rw, c) for r, rw, c in wrong}
+    fixed = [{**r, "reward": now[id(r)][0], "compression": now[id(r)][1]} if id(r) in now else r for r in records]
+    r, rw, _ = wrong[0]
+    return fixed, (f"warning: {len(wrong)} of {len(records)} candidates of {where} record a reward their figures do not "
+                   f"give under this n2n's reward (e.g. {r['key']}: {r['reward']:.4g}, {rw:.4f} from its figures): "
+                   f"candidates.json was edited, or an earlier n2n's reward scored them; {what}")
+
+
 def front(records: list[dict], size) -> list[dict]:
     """The accuracy/size Pareto front of `records`, smallest first: each member more accurate than
     every smaller one. `size(record)` is the size that counts."""

@@ -16,7 +16,7 @@ from .config import run_config
 from .driver import counted
 from .errors import RunError
 from .models import write_bytes
-from .pick import choose, front, misscored
+from .pick import choose, from_figures, front
 from .runfolder import finish_hint, read_records, read_run, unfinished
 
 
@@ -86,17 +86,8 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     # candidate's accuracy raised, were printed as the run's): a compression that the candidate's size
     # and n2n.json's teacher do not give is refused; a reward its figures do not give is said (an
     # edited accuracy, or a run scored by an earlier reward: resume rescores those)
-    wrong = misscored(records, Reference(ref["params"], ref["flops"], ref["accuracy"]), cfg.reward_config())
-    resized = [(r, c) for r, _, c in wrong if "compression" in r and not math.isclose(r["compression"], c, abs_tol=1e-9)]
-    if resized:
-        r, c = resized[0]
-        raise RunError(f"{run_dir}: candidates.json and n2n.json disagree: {len(resized)} of {len(records)} candidates "
-                       f"record a compression their size does not give against n2n.json's teacher (e.g. {r['key']}: "
-                       f"{r['compression']:.4f} recorded, {c:.4f} from its figures): one of them was edited since")
-    rescored = (f"warning: {len(wrong)} of {len(records)} candidates record a reward their figures do not give under "
-                f"this n2n's reward (e.g. {wrong[0][0]['key']}: {wrong[0][0]['reward']:.4f}, {wrong[0][1]:.4f} from "
-                f"its figures): candidates.json was edited, or an earlier n2n's reward scored them (`n2n resume` of an "
-                f"unfinished run rescores those); the rewards below are as recorded") if wrong else None
+    records, rescored = from_figures(records, Reference(ref["params"], ref["flops"], ref["accuracy"]),
+                                     cfg.reward_config(), str(run_dir), "the rewards below are from their figures")
     size = SIZE_KEYS[cfg.reward.compression]  # what the reward compressed
     if size == "latency_ms":  # the teacher was timed beside every student: the median of those
         timed = [r["teacher_latency_ms"] for r in records if r.get("teacher_latency_ms")]

@@ -29,6 +29,7 @@ import fcntl
 import io
 import json
 import os
+import shlex
 import shutil
 import socket
 from pathlib import Path
@@ -37,8 +38,8 @@ import torch
 
 from .config import run_config
 from .errors import ConfigError, RunError
-from .models import is_number, open_plain, plain_file, private_temp, temp_folder, write_json
-from .storage import check_key, check_store
+from .models import is_number, open_plain, plain_file, private_temp, temp_folder, unshared, write_json
+from .storage import AUDIT, check_key, check_store
 
 META = "n2n.json"
 STATE = "search_state.pt"
@@ -49,6 +50,7 @@ RESULTS = "results"
 TUNE = "tune"
 POLICY = "policy"  # the copy of REINFORCE's starting policy a run was started from (agent_options.policy)
 LOCK = ".lock"
+LOG = "n2n.log"
 TEACHER_LOGITS = "teacher_logits.safetensors"
 
 
@@ -119,7 +121,14 @@ def read_summary(run_dir: Path) -> dict | None:
         summary = json.loads((Path(run_dir) / SUMMARY).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
-    return summary if isinstance(summary, dict) else None
+    if not isinstance(summary, dict):
+        return None
+    # the fields commands read, of the kinds n2n writes (helper-46: `"best": 5` crashed export)
+    best = summary.get("best")
+    fine = (all(summary.get(k) is None or isinstance(summary[k], str) for k in ("stage", "failure"))
+            and (summary.get("candidates_evaluated") is None or is_number(summary["candidates_evaluated"], 0, whole=True))
+            and (best is None or isinstance(best, dict) and isinstance(best.get("key", ""), str)))
+    return summary if fine else None
 
 
 RECORD_KEYS = ("stage", "spec", "accuracy", "params", "failure", "reward")  # what every record has ever held
@@ -187,21 +196,28 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> RunLock:
-        try:  # never through a symlink: a hostile run folder's .lock must not truncate another file
-            fd = open_plain(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise RunError(f"{self.path}: cannot take the run's lock ({e.strerror}); "
-                           "it must be a plain file in a folder you can write") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(fd)
-            os.close(fd)
-            raise RunError(f"{self.path.parent} is in use by another n2n process ({holder}); "
-                           "wait for it to finish or stop it first") from None
+        while True:
+            try:  # never through a symlink: a hostile run folder's .lock must not truncate another file
+                unshared(self.path)  # a hard-linked copy of a run locked the original too (helper-46)
+                fd = open_plain(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise RunError(f"{self.path}: cannot take the run's lock ({e.strerror}); "
+                               "it must be a plain file in a folder you can write") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                os.close(fd)
+                raise RunError(f"{self.path.parent} is in use by another n2n process ({holder}); "
+                               "wait for it to finish or stop it first") from None
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # another process gave the folder a new .lock meanwhile (unshared): take that one
         os.ftruncate(fd, 0)
         os.write(fd, _me().encode())
         self.fd = fd
+        for path in (self.path.parent / LOG, self.path.parent / RESULTS / AUDIT):  # appended in place
+            unshared(path)
         return self
 
     def release(self) -> None:
@@ -215,6 +231,15 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    here = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
 
 
 def lock_holder(run_dir: Path) -> str | None:
@@ -261,14 +286,14 @@ def finish_hint(stopped: str, run_dir: Path, command: str) -> str:
         return f"{command} again when it has finished"
     if stopped.startswith("it failed") and HELD_FOR_DEATHS not in stopped:
         return "fix the cause and start a new search"
-    return f"`n2n resume {run_dir}` finishes it"
+    return f"`n2n resume {shlex.quote(str(run_dir))}` finishes it"
 
 
 def taken(run_dir: Path) -> RunError:
     """Why a new search cannot have `run_dir`: a run to resume, or something else (helper-41: a folder
     of the user's own was offered to `n2n resume`, which then said it is no run)."""
     if (run_dir / META).is_file():
-        return RunError(f"{run_dir} already exists; resume it with `n2n resume {run_dir}` or choose another --name")
+        return RunError(f"{run_dir} already exists; resume it with `n2n resume {shlex.quote(str(run_dir))}` or choose another --name")
     return RunError(f"{run_dir} already exists and is not an n2n run; choose another --name (or --runs-dir)")
 
 
@@ -333,4 +358,6 @@ def load_states(run_dir: Path, log=print):
             why = "not a search state"
         except Exception as e:  # truncated, empty or foreign file: fall back, never hang
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "Weights only load failed" in str(e):  # torch's advice to unpickle it is not n2n's (helper-46)
+                why = "it holds objects other than plain data and tensors, which n2n never unpickles"
         log(f"{path.name} is damaged ({why}); falling back")

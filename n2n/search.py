@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -24,10 +25,10 @@ from .config import Config, run_config
 from .driver import SearchDriver, counted
 from .errors import ConfigError, RunError
 from .models import (ModelError, append_to, check_creatable, device_for, file_digest, load_model, load_weights,
-                     replaced_teacher, save_weights, weights_digest, write_json, written_by_n2n)
+                     kept_teacher, save_weights, weights_digest, write_json, written_by_n2n)
 from .pick import flops_said, points
 from .raysession import WATCH_MISSES, WATCH_SECONDS, check_address, cluster_watch, ray_session
-from .runfolder import (HELD_FOR_DEATHS, META, POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, taken, load_states,
+from .runfolder import (HELD_FOR_DEATHS, LOG, META, POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, taken, load_states,
                         read_records, read_run, read_summary)
 from .storage import Fetcher, RemoteResults, check_store, store_location
 from .teachers import cached_teacher
@@ -222,14 +223,14 @@ def check_teacher(meta: dict) -> None:
     the run is relative to them."""
     folder = Path(meta["teacher_folder"])
     recorded, now = meta.get("teacher_digest"), weights_digest(folder)
-    if recorded and now is None and not replaced_teacher(folder, recorded).is_dir():
+    kept = kept_teacher(folder, recorded) if recorded and now != recorded else None
+    if recorded and now is None and kept is None:
         # helper-24: a moved teacher read as changed weights ("now None")
         raise RunError(f"{folder}: the run's teacher is not there (moved or deleted?); a run names its teacher by "
                        f"this path: put the folder back there")
     if recorded and now != recorded:
-        kept = replaced_teacher(folder, recorded)
         fix = (f"`n2n teacher train --overwrite` kept it at {kept}: move {folder} aside, then {kept} to {folder}"
-               if kept.is_dir() else "restore it")
+               if kept else "restore it")
         raise RunError(f"{folder}: the teacher's weights changed since this run started (digest "
                        f"{recorded}, now {now}); its figures are relative to the old teacher: {fix}, or start a new search")
 
@@ -441,8 +442,8 @@ def _cause(e: BaseException | None, kind: type) -> BaseException | None:
 
 def resume_command(run_dir: Path, address: str | None, factories=()) -> str:
     """The command that continues this run: on its cluster, with the factories its teacher needs."""
-    allow = "".join(f" --allow-factory {f}" for f in factories)
-    return f"n2n resume {run_dir}{f' --address {address}' if address else ''}{allow}"
+    allow = "".join(f" --allow-factory {shlex.quote(f)}" for f in factories)  # quoted: pasted as printed (helper-46)
+    return f"n2n resume {shlex.quote(str(run_dir))}{f' --address {shlex.quote(address)}' if address else ''}{allow}"
 
 
 def _cluster_lost(run_dir: Path, address: str, factories, log):
@@ -463,7 +464,7 @@ def _finish(run_dir: Path, driver: SearchDriver, log=print, factories=(), addres
     summary = driver.summary()
     # the commands this run needs, whole: a teacher of the user's own module loads only with its factory,
     # and a search on a cluster resumes there (helper-31: the hint's resume ran on this machine)
-    allow = "".join(f" --allow-factory {f}" for f in factories)
+    allow = "".join(f" --allow-factory {shlex.quote(f)}" for f in factories)
     if summary["stage"] == "failed":
         again = f"; continue it with `{resume_command(run_dir, address, factories)}`" if HELD_FOR_DEATHS in summary["failure"] else ""
         log(f"search stopped: {summary['failure']}{again}")
@@ -474,7 +475,7 @@ def _finish(run_dir: Path, driver: SearchDriver, log=print, factories=(), addres
         # times_smaller as export prints it (rounded to 2 places; a :.1f of that rounded twice: 1.454 -> 1.4)
         flops = flops_said(driver.target, driver.reward_config, pick["flops"])
         log(f"`n2n export` picks {pick['params']:,} params ({pick['times_smaller']}x smaller{flops}), val acc "
-            f"{pick['val_accuracy']:.4f}: {pick['chosen_because']} -> `n2n export {run_dir} --out DIR{allow}` "
+            f"{pick['val_accuracy']:.4f}: {pick['chosen_because']} -> `n2n export {shlex.quote(str(run_dir))} --out DIR{allow}` "
             "(`--finetune-epochs 10` trains it longer first)")
     elif summary["best_by_reward"]:
         log("no candidate ran to the end (early stopping stopped every one before it saved weights); nothing to export")
@@ -486,7 +487,7 @@ def teed(log, run_dir: Path):
     def both(msg: str):
         unwritten = None
         try:  # the run's copy first: after a hang-up the terminal is gone (helper-38: EIO), the run's log is not
-            with append_to(run_dir / "n2n.log") as f:
+            with append_to(run_dir / LOG) as f:
                 f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
         except OSError as e:  # ELOOP: a symlink planted there is never written through
             unwritten = e
@@ -549,6 +550,10 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
     if run_dir.exists():  # before training a teacher: the same check again at creation
         raise taken(run_dir)
     meta, (teacher, arch, ds, space) = prepare_run(cfg, factories, log)
+    held = Path(meta["teacher_folder"]).resolve()
+    if held in run_dir.parents:  # (helper-46) as export refuses an --out there: a teacher folder n2n can check
+        raise ConfigError(f"{run_dir}: expected a run folder outside the teacher folder {held}, found it inside; "
+                          f"choose another --runs-dir")
     cfg = run_config(meta["config"])  # as recorded: the starting policy made concrete
     if cfg.resources.storage:  # checked, like everything else, before the run folder exists
         meta["results_store"] = store_location(cfg.resources.storage, run_dir.name)

@@ -687,9 +687,40 @@ def test_report_refuses_figures_its_two_files_do_not_agree_on(finished_run, tmp_
     raised = [{**recs[0], "accuracy": meta["reference"]["accuracy"]}, *recs[1:]]
     (run / "candidates.json").write_text(json.dumps(raised))
     status, out = _main(capsys, "report", run, stream="out")
-    assert status == 0 and (f"warning: 1 of {len(recs)} candidates record a reward their figures do not give under "
-                            f"this n2n's reward (e.g. {recs[0]['key']}: {recs[0]['reward']:.4f}, ") in out
+    assert status == 0 and (f"warning: 1 of {len(recs)} candidates of {run} record a reward their figures do not give "
+                            f"under this n2n's reward (e.g. {recs[0]['key']}: {recs[0]['reward']:.4g}, ") in out
+    assert "the rewards below are from their figures" in out
     assert not (tmp_path / "o").exists()
+    # helper-46: a reward edited to 1e300 was `--rank 1` to export (its metrics.json said search_reward 1e+300)
+    # and fitted by `policy fit`, unsaid: both rank by the rewards the figures give, and say so
+    from envs import Evaluation, Reference, reward
+    from n2n.config import run_config
+
+    cfg = run_config(meta["config"])
+    ref = Reference(meta["reference"]["params"], meta["reference"]["flops"], meta["reference"]["accuracy"])
+    worst = min((r for r in recs if r["failure"] is None), key=lambda r: r["reward"])
+    (run / "candidates.json").write_text(json.dumps([{**r, "reward": 1e300} if r is worst else r for r in recs]))
+    said = []
+    from n2n.export import export_best
+
+    metrics = export_best(run, tmp_path / "o", rank=1, log=said.append)
+    best = max((r for r in recs if r["failure"] is None), key=lambda r: r["reward"])
+    assert metrics["search_reward"] == best["reward"] == reward(Evaluation.from_dict(best), ref, cfg.reward_config())
+    assert said[0] == (f"warning: 1 of {len(recs)} candidates of {run} record a reward their figures do not give under "
+                       f"this n2n's reward (e.g. {worst['key']}: 1e+300, {worst['reward']:.4f} from its figures): "
+                       f"candidates.json was edited, or an earlier n2n's reward scored them; export ranks them by the "
+                       f"rewards their figures give")
+    from n2n.policies import fit_policies
+
+    said.clear()
+    fit_policies([run], tmp_path / "pol", steps=2, log=said.append)
+    assert said[0].endswith("; the policy is fit to the rewards their figures give")
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "stage": "shrink"}))  # as if interrupted
+    said.clear()
+    fit_policies([run], tmp_path / "pol2", steps=2, log=said.append)
+    assert said[0] == (f"warning: {run} has not finished (it stopped in stage shrink after "
+                       f"{summary['candidates_evaluated']} candidates): fitting to its candidates so far")
 
 
 # -- hostile or damaged inputs ----------------------------------------------------------------------
@@ -1209,6 +1240,10 @@ def test_a_run_refuses_a_teacher_whose_weights_changed(finished_run, small_teach
     assert kept.read_text() == "mine" and len(said) == 2
     elsewhere = Path(said[1].split(" is kept at ")[1].split(": ")[0])
     assert elsewhere != kept and elsewhere.name.startswith(kept.name) and weights_digest(elsewhere) == meta["teacher_digest"]
+    # and the errors name it there (helper-46: "restore it", and a folder of the user's at the plain name was
+    # named as the kept teacher, unchecked)
+    status, err = _main(capsys, "export", run, "--out", tmp_path / "o")
+    assert status == 2 and f"kept it at {elsewhere}: move {teacher} aside, then {elsewhere} to {teacher}" in err
 
 
 def test_export_refuses_teacher_figures_edited_in_n2n_json(finished_run, tmp_path):
@@ -1608,3 +1643,136 @@ def test_the_pareto_legend_names_only_what_the_axis_shows(finished_run, tmp_path
         text = make_report(run)
     assert legends[1][:2] == ["shrink", "target: -1.0 points"] and "removal" not in legends[1], legends
     assert f"its axis leaves out {len(recs) - 1} candidates below val acc" in text
+
+
+def test_a_hard_linked_copy_of_a_run_is_its_own(tmp_path):
+    """helper-46: `cp -al runs/a runs/b` (or rsync --link-dest backups), then `n2n resume runs/b`, wrote
+    b's log lines and trainings into a's files (appended in place), and b's lock locked a too. Taking a
+    run's lock gives those files a copy of their own; the original's stay as they were."""
+    import subprocess
+
+    from n2n.runfolder import RunLock
+    from n2n.search import teed
+    from n2n.storage import LocalResults
+
+    a = tmp_path / "a"
+    (a / "results").mkdir(parents=True)
+    (a / "n2n.log").write_text("a's line\n")
+    (a / "results" / "trained.log").write_text("k1\n")
+    RunLock(a).acquire().release()
+    subprocess.run(["cp", "-al", str(a), str(tmp_path / "b")], check=True)
+    b = tmp_path / "b"
+    assert os.stat(a / "n2n.log").st_nlink == 2
+    with RunLock(b):
+        with RunLock(a):  # not the same lock any more
+            pass
+        teed(lambda *_: None, b)("b's line")
+        LocalResults(b / "results").save("k2", None, {"accuracy": 0.5})
+    assert (a / "n2n.log").read_text() == "a's line\n" and (a / "results" / "trained.log").read_text() == "k1\n"
+    assert (b / "n2n.log").read_text().startswith("a's line\n") and (b / "n2n.log").read_text().endswith(" b's line\n")
+    assert (b / "results" / "trained.log").read_text() == "k1\nk2\n"
+    assert all(os.stat(p).st_nlink == 1 for p in (a / "n2n.log", a / ".lock", a / "results" / "trained.log"))
+
+
+def test_what_the_machine_or_the_paths_cause_is_a_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """helper-46: a full disk (in safetensors too), a name over 255 bytes and a symlink loop were tracebacks;
+    a search that ran out of space printed no resume line."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    from n2n import cli, models
+    from n2n import search as search_mod
+
+    def full(*_, **__):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
+                              'left on device" })')
+
+    monkeypatch.setattr(models, "save_file", full)
+    with pytest.raises(OSError) as e:
+        models.save_weights({"w": torch.zeros(2)}, tmp_path / "model.safetensors")
+    assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(tmp_path / "model.safetensors"))
+    assert list(tmp_path.iterdir()) == []  # no temp file left
+
+    def ran_out(cfg, run_dir, **_):
+        run_dir.mkdir(parents=True)
+        (run_dir / "n2n.json").write_text("{}")
+        raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "search_state.pt"))
+
+    monkeypatch.setattr(search_mod, "run_search", ran_out)
+    run = tmp_path / "runs" / "my run"
+    assert cli.main(["search", "--runs-dir", str(tmp_path / "runs"), "--name", "my run"]) == 2
+    assert capsys.readouterr().err == (f"n2n: error: {run / 'search_state.pt'}: No space left on device; every candidate "
+                                       f"recorded is kept: free some space, then continue with `n2n resume '{run}'`\n")
+    assert cli.main(["report", str(tmp_path / ("x" * 300))]) == 2
+    assert capsys.readouterr().err.endswith(": File name too long\n")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    assert cli.main(["resume", str(tmp_path / "loop")]) == 2
+    assert capsys.readouterr().err == (f"n2n: error: Symlink loop from '{tmp_path / 'loop'}': expected a file or "
+                                       f"folder, found links that lead back to themselves\n")
+
+
+def test_a_config_nested_hundreds_deep_is_refused_in_a_line(tmp_path):
+    """helper-46: `seed: [[[...]]]` 500 levels deep, in a file or --set, was a RecursionError traceback."""
+    from n2n.cli import _overrides
+    from n2n.errors import ConfigError
+
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("seed: " + "[" * 500 + "]" * 500 + "\n")
+    with pytest.raises(ConfigError, match=r"config .*deep.yaml: nested too deeply to read \(lists or mappings hundreds "):
+        load_config(deep)
+    with pytest.raises(ConfigError, match=r"^--set seed: the value is nested too deeply to read \(hundreds of levels\)$"):
+        _overrides(["seed=" + "[" * 5000 + "]" * 5000])
+    with pytest.raises(ConfigError, match=r"^--set seed: not valid YAML \(while parsing a flow sequence"):
+        _overrides(["seed=[1"])
+
+
+def test_a_summary_of_the_wrong_kinds_is_no_summary(tmp_path):
+    """helper-46: `"best": 5` in summary.json crashed export (AttributeError); `"stage": 3` was said as 'stage 3'."""
+    from n2n.runfolder import read_summary
+
+    for bad in ({"best": 5}, {"stage": 3, "done": "yes"}, {"best": {"key": ["a"]}}, {"candidates_evaluated": "7"},
+                {"failure": []}):
+        (tmp_path / "summary.json").write_text(json.dumps(bad))
+        assert read_summary(tmp_path) is None, bad
+    good = {"stage": "done", "best": {"key": "k"}, "candidates_evaluated": 7, "failure": None}
+    (tmp_path / "summary.json").write_text(json.dumps(good))
+    assert read_summary(tmp_path) == good
+
+
+def test_a_run_folder_inside_its_teacher_folder_is_refused(finished_run, tiny_config, tmp_path):
+    """helper-46: `search --runs-dir T --set teacher.path=T` made the run inside its own teacher folder
+    (export refuses an --out there: it would no longer be a folder n2n can replace or check)."""
+    import re
+
+    from n2n.errors import ConfigError
+
+    teacher = Path(json.loads((finished_run / "n2n.json").read_text())["teacher_folder"]).resolve()
+    cfg = load_config(tiny_config, {"teacher.path": str(teacher)})
+    inside = teacher / "runs" / "x"
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(inside))}: expected a run folder outside the teacher "
+                                          rf"folder {re.escape(str(teacher))}, found it inside; choose another --runs-dir$"):
+        run_search(cfg, inside, log=lambda *_: None)
+    assert not (teacher / "runs").exists()
+
+
+class _Hostile:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_hostile_search_state_is_never_unpickled_nor_advised_to_be(tmp_path):
+    """helper-46: a search_state.pt that runs os.system when unpickled was refused, but the log line
+    repeated torch's advice to load it with weights_only=False."""
+    from n2n.runfolder import STATE, load_states
+
+    marker = tmp_path / "ran"
+    torch.save({"records": [], "x": _Hostile(marker)}, tmp_path / STATE)
+    said = []
+    assert list(load_states(tmp_path, log=said.append)) == []
+    assert said == [f"{STATE} is damaged (it holds objects other than plain data and tensors, which n2n never "
+                    f"unpickles); falling back"]
+    assert not marker.exists()
