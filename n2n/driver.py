@@ -340,20 +340,26 @@ class SearchDriver:
         latency limits alone one within REMOVAL_KEEP_DROP points of the teacher (validation): the
         most accurate that meets the limits, else the one nearest them; None (the teacher itself)
         where no removal student is within it, as the best by reward is then the wreck the rule is
-        for (helper-35). With an accuracy target, None too where the best by reward is more than
-        REACH points past it."""
+        for (helper-35). With an accuracy target, where the best by reward is more than REACH points past
+        it, the best within that reach, else None."""
         best = self.best(stage="removal")
         limits_alone = self.target is not None and self.target.has_limits() and self.target.max_accuracy_drop is None
         drop = getattr(self.target, "max_accuracy_drop", None)
         if drop is not None and best is not None and not within_drop(self.reference.accuracy, best["accuracy"], drop + REACH):
             # (helper-47: a 4-candidate removal stage's best was 27.9 points below the teacher; shrink and refine
             # only went further down from it, and export shipped it) further than the finalists' longer
-            # distillation recovers: shrinking from it could not meet the target
-            self.log(f"stage shrink starts from the teacher itself, not from removal's best by reward ({best['params']:,} "
+            # distillation recovers: shrinking from it could not meet the target. The best within that
+            # reach instead (a size miss may outweigh an accuracy one, helper-48), else the teacher itself
+            near = [r for r in self.records if r["stage"] == "removal" and r["failure"] is None and r["reward"] > -1
+                    and within_drop(self.reference.accuracy, r["accuracy"], drop + REACH)]
+            base = max(near, key=lambda r: r["reward"]) if near else None
+            what = ("the teacher itself" if base is None else
+                    f"the best removal student within reach of it ({base['params']:,} params, val acc {base['accuracy']:.4f})")
+            self.log(f"stage shrink starts from {what}, not from removal's best by reward ({best['params']:,} "
                      f"params, val acc {best['accuracy']:.4f}, {(self.reference.accuracy - best['accuracy']) * 100:.2f} "
                      f"points below the teacher: past the target's {points(drop)} by more than the {points(REACH)} the "
                      f"finalists' longer distillation is given to recover)")
-            return None
+            return base
         if not limits_alone:
             return best
         kept = [r for r in self.records if r["stage"] == "removal" and r["failure"] is None and r["reward"] > -1
@@ -408,7 +414,9 @@ class SearchDriver:
                 what = f"all {len(own)} candidates of the search" if self.stage is None else f"the first {len(own)} candidates all"
                 self.failed = f"{what} failed; the first: {own[0]['failure']}"
                 held = len(self._forgivable())
-                if held:  # (helper-45: such a run was refused on resume, though resume tries those students again)
+                # (helper-45: such a run was refused on resume, though resume tries those students again), where
+                # without them too few failures are left to stop it (helper-48: said of 3 failures and 1 held)
+                if held and len(own) - held < ABORT_AFTER:
                     self.failed += f"; {held} of them {HELD_FOR_DEATHS}"
                 self.save()  # the search's last line says why (n2n.search._finish)
                 return FINISHED

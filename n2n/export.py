@@ -130,16 +130,18 @@ FAR_BELOW = 10.0  # points below the teacher that export warns of where no accur
 
 
 def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: float,
-                    margin: float | None = 0.0, short_of_margin: bool = False) -> tuple[dict | None, str | None]:
+                    margin: float | None = 0.0, short_of_margin: bool = False,
+                    limits: bool = False) -> tuple[dict | None, str | None]:
     """How the exported student stands against target.max_accuracy_drop on validation (where it was
     chosen) and on the held-out test split (where it was not), and a warning where it misses.
     `margin`: the points the pick asked to spare (None: picked by --key or --rank); `short_of_margin`:
     no candidate had them, so the pick fell back to the one with the most to spare."""
     if max_drop is None:  # limits alone, or none: the most accurate within them, however far below (helper-47: 24.5%)
         below = (teacher["val_accuracy"] - val) * 100
+        ask = "looser limits, or target.max_accuracy_drop, ask" if limits else "target.max_accuracy_drop asks"
         return None, (f"warning: this student is {below:.2f} points below the teacher on validation "
                       f"({(teacher['test_accuracy'] - test) * 100:.2f} on test), with no accuracy target to hold it: "
-                      f"looser limits, or target.max_accuracy_drop, ask for a usable one" if below > FAR_BELOW else None)
+                      f"{ask} for a usable one" if below > FAR_BELOW else None)
     drops = {"val_drop_points": round((teacher["val_accuracy"] - val) * 100, 2),
              "test_drop_points": round((teacher["test_accuracy"] - test) * 100, 2)}
     # judged unrounded, as the search and the pick judge it (a drop shown as 1.00 may be 1.004)
@@ -200,7 +202,7 @@ def export_latency(student, teacher, x, preprocess, best: dict, lat, log, trial_
     try:
         # a load that came and went inflates the median: 0.355 ms against 0.207 in three timings after,
         # past a 0.3 ms limit (helper-47). Timed again while the median sits far above the fastest pass,
-        # at most EXPORT_TIMINGS times; the steadiest (lowest median) is kept, and their number said
+        # at most EXPORT_TIMINGS times; the lowest median is kept (load only ever adds time), their number said
         while len(timings) < EXPORT_TIMINGS and (not timings or _unsteady(timings[-1][0])):
             timings.append(time_as_shipped(student.to(device), teacher.to(device), x, preprocess,
                                            batch_size=lat.batch_size, threads=threads, warmup=warmup, repeats=repeats))
@@ -360,13 +362,13 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
                                       cfg.resources.cpus_per_trial))
         if metrics["latency_measured"]["when"] == "export":
             n = metrics["latency_measured"]["timings"]
-            steadiest = f", the steadiest of {n} timings (the machine's load varied)" if n > 1 else ""
+            steadiest = f", the lowest of {n} timings as the machine's load varied" if n > 1 else ""
             log(f"latency as exported, timed now: {metrics['latency_ms']:.3f} ms median of "
                 f"{metrics['latency_measured']['repeats']} passes{steadiest} ({1 / metrics['latency_ratio']:.1f}x faster "
                 f"than the teacher beside it; the search timed it at {best['latency_ms']:.3f} ms, beside other trials)")
     target, warning = accuracy_target(cfg.target.max_accuracy_drop, metrics["teacher"], val, test,
                                       None if key is not None or rank is not None else pick.margin_of(cfg.target, margin),
-                                      short_of_margin=why.endswith(pick.SHORT_OF_MARGIN))
+                                      short_of_margin=why.endswith(pick.SHORT_OF_MARGIN), limits=cfg.target.has_limits())
     limits, outside = size_limits(cfg.target, metrics, f"--key {key}" if key is not None else
                                   f"--rank {rank}" if rank is not None else None)
     if target or limits:

@@ -248,7 +248,8 @@ def unshared(path: Path) -> None:
 
 
 def append_to(path: Path):
-    """`path` opened to append, a plain file only (`open_plain`)."""
+    """`path` opened to append, a plain file only (`open_plain`), and its own (`unshared`)."""
+    unshared(path)
     return os.fdopen(open_plain(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a")
 
 
@@ -551,9 +552,9 @@ def save_weights(state: dict, path: Path) -> None:
         try:
             save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
         except SafetensorError as e:  # its I/O failures are not OSErrors: a full disk was a traceback (helper-46)
-            full = "StorageFull" in str(e) or "No space" in str(e)
-            raise OSError(errno.ENOSPC if full else errno.EIO, "No space left on device" if full else str(e),
-                          str(path)) from None
+            if "StorageFull" not in str(e) and "No space" not in str(e):
+                raise
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
         os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     finally:

@@ -183,41 +183,74 @@ def _me() -> str:
     return f"pid {os.getpid()} on {socket.gethostname()}"
 
 
-def _holder(fd: int) -> str:
-    return os.read(fd, 200).decode(errors="replace").strip() or "unknown process"
+def _holder(fd: int) -> tuple[str, str | None]:
+    """Who holds a lock file, and the run folder it locked (None: written by an n2n before folders were)."""
+    who, _, folder = os.read(fd, 4096).decode(errors="replace").partition("\n")
+    return who.strip() or "unknown process", folder.strip() or None
 
 
 class RunLock:
     """An exclusive flock on RUN/.lock. The kernel drops it when the holder dies (even by kill -9),
-    so a stale lock is simply taken over; the file names the holder for the error message."""
+    so a stale lock is simply taken over; the file names the holder for the error message, and the
+    run folder it locked: a run copied with hard links (`cp -al`) shares .lock with the original
+    (helper-46), and the copy's lock must be of its own, taken without ever letting go of the
+    original's while its holder runs (helper-48: unlinked before the lock was tried, a second
+    process on a busy run took a lock of its own)."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK
         self.fd: int | None = None
 
+    def _open(self) -> int:
+        try:  # never through a symlink: a hostile run folder's .lock must not truncate another file
+            return open_plain(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunError(f"{self.path}: cannot take the run's lock ({e.strerror}); "
+                           "it must be a plain file in a folder you can write") from None
+
+    def _busy(self, holder: str) -> RunError:
+        return RunError(f"{self.path.parent} is in use by another n2n process ({holder}); "
+                        "wait for it to finish or stop it first")
+
     def acquire(self) -> RunLock:
-        while True:
-            try:  # never through a symlink: a hostile run folder's .lock must not truncate another file
-                unshared(self.path)  # a hard-linked copy of a run locked the original too (helper-46)
-                fd = open_plain(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as e:
-                raise RunError(f"{self.path}: cannot take the run's lock ({e.strerror}); "
-                               "it must be a plain file in a folder you can write") from None
+        here = str(self.path.parent.resolve())
+        for _ in range(3):
+            fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = _holder(fd)
+                holder, folder = _holder(fd)
+                linked = os.fstat(fd).st_nlink > 1
                 os.close(fd)
-                raise RunError(f"{self.path.parent} is in use by another n2n process ({holder}); "
-                               "wait for it to finish or stop it first") from None
+                if not (linked and folder is not None and folder != here):
+                    raise self._busy(holder) from None
+                unshared(self.path)  # held by a hard-linked copy's process, not this run's: ours is another file
+                continue
+            if os.fstat(fd).st_nlink > 1:  # held by us: a file of our own, locked before letting go of this one
+                unshared(self.path)
+                own = self._open()
+                try:
+                    fcntl.flock(own, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder, _ = _holder(own)
+                    os.close(own), os.close(fd)
+                    raise self._busy(holder) from None
+                os.close(fd)
+                fd = own
             if _same_file(fd, self.path):
                 break
-            os.close(fd)  # another process gave the folder a new .lock meanwhile (unshared): take that one
+            os.close(fd)  # another process gave the folder a new .lock meanwhile: take that one
+        else:
+            raise RunError(f"{self.path}: cannot take the run's lock: the file kept being replaced; try again")
         os.ftruncate(fd, 0)
-        os.write(fd, _me().encode())
+        os.write(fd, f"{_me()}\n{here}".encode())
         self.fd = fd
-        for path in (self.path.parent / LOG, self.path.parent / RESULTS / AUDIT):  # appended in place
-            unshared(path)
+        try:
+            for path in (self.path.parent / LOG, self.path.parent / RESULTS / AUDIT):  # appended in place
+                unshared(path)
+        except BaseException:
+            self.release()
+            raise
         return self
 
     def release(self) -> None:
@@ -252,7 +285,9 @@ def lock_holder(run_dir: Path) -> str | None:
         try:  # shared: it conflicts only with a holder's exclusive lock
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _holder(fd)
+            holder, folder = _holder(fd)
+            if folder is not None and folder != str(Path(run_dir).resolve()):
+                return None  # a hard-linked copy's holder: that run is busy, not this one
             return None if holder == _me() else holder
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None

@@ -248,10 +248,19 @@ def test_with_limits_alone_shrinking_starts_from_an_accurate_removal_student(spa
     # (helper-47: a removal wreck 27.9 points below the teacher was shrunk further and exported)
     said = []
     d.target, d.log = TargetConfig(max_accuracy_drop=1.0, max_params=1000), said.append
+    d.records = d.records[:1]  # the wreck alone
     assert d._removal_base() is None
     assert said == ["stage shrink starts from the teacher itself, not from removal's best by reward (900 params, val "
                     "acc 0.2800, 67.00 points below the teacher: past the target's 1 point by more than the 2 points "
                     "the finalists' longer distillation is given to recover)"]
+    # one within reach of the target, though past the size limit (which outweighed its accuracy): that one
+    d.records.append({"stage": "removal", "key": "near", "params": 45_000, "flops": 9_000, "accuracy": 0.935,
+                      "failure": None, "reward": 0.01})
+    said.clear()
+    assert d._removal_base()["key"] == "near" and said[0].startswith(
+        "stage shrink starts from the best removal student within reach of it (45,000 params, val acc 0.9350), not "
+        "from removal's best by reward (900 params")
+    d.records.pop()
     d.records[0]["accuracy"] = 0.9205  # 2.95 points below: within reach
     assert d._removal_base()["params"] == 900
 
@@ -513,6 +522,16 @@ def test_a_run_failed_partly_for_worker_deaths_resumes(space, tmp_path):
     assert again.records[-1]["failure"] is None and again.summary()["stage"] == "shrink"
     # without the forgiven student, two failures of their own are not enough to stop it again
     assert again.suggest("r1") not in (FINISHED, None)
+    # three failures of their own besides the held student still stop it for good: not offered a resume
+    d = _driver(space, agent="random", stages=["shrink"], budgets={"shrink": 6}, agent_options={}, concurrency=4)
+    cfgs = [d.suggest(f"t{i}") for i in range(4)]
+    for i in range(3):
+        d.complete(f"t{i}", nan)
+    d.complete("t3", None, error=True)
+    assert d.suggest("t4")["key"] == cfgs[3]["key"]
+    d.complete("t4", None, error=True)
+    assert d.suggest("t5") == FINISHED and d.records[-1]["failure"] == DIED_AGAIN
+    assert d.failed == "the first 4 candidates all failed; the first: NaN loss"
 
 
 def test_finalists_are_the_front_near_the_target_trained_once_and_survive_a_resume(space, tmp_path):

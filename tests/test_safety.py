@@ -1407,7 +1407,8 @@ def test_export_says_when_its_student_misses_the_target_on_test():
         accuracy_target(1.0, teacher, 0.9807, 0.9727, 0.25, short_of_margin=True)[1]
     assert accuracy_target(None, teacher, 0.95, 0.93) == (None, None)
     # limits alone export the most accurate within them, however far below the teacher (helper-47: 24.5%)
-    assert accuracy_target(None, teacher, 0.2454, 0.25) == (None, (
+    assert accuracy_target(None, teacher, 0.2454, 0.25)[1].endswith(": target.max_accuracy_drop asks for a usable one")
+    assert accuracy_target(None, teacher, 0.2454, 0.25, limits=True) == (None, (
         f"warning: this student is {(teacher['val_accuracy'] - 0.2454) * 100:.2f} points below the teacher on validation "
         f"({(teacher['test_accuracy'] - 0.25) * 100:.2f} on test), with no accuracy target to hold it: looser limits, "
         f"or target.max_accuracy_drop, ask for a usable one"))
@@ -1649,9 +1650,10 @@ def test_a_hard_linked_copy_of_a_run_is_its_own(tmp_path):
     """helper-46: `cp -al runs/a runs/b` (or rsync --link-dest backups), then `n2n resume runs/b`, wrote
     b's log lines and trainings into a's files (appended in place), and b's lock locked a too. Taking a
     run's lock gives those files a copy of their own; the original's stay as they were."""
+    import socket
     import subprocess
 
-    from n2n.runfolder import RunLock
+    from n2n.runfolder import RunLock, lock_holder
     from n2n.search import teed
     from n2n.storage import LocalResults
 
@@ -1672,6 +1674,25 @@ def test_a_hard_linked_copy_of_a_run_is_its_own(tmp_path):
     assert (b / "n2n.log").read_text().startswith("a's line\n") and (b / "n2n.log").read_text().endswith(" b's line\n")
     assert (b / "results" / "trained.log").read_text() == "k1\nk2\n"
     assert all(os.stat(p).st_nlink == 1 for p in (a / "n2n.log", a / ".lock", a / "results" / "trained.log"))
+    # copied while a command holds the original's lock (helper-48: a second command on the busy original
+    # then unlinked .lock and took a lock of its own): the original stays locked, the copy is free
+    c = tmp_path / "c"
+    held = subprocess.Popen([sys.executable, "-c", "import sys, time; from n2n.runfolder import RunLock; "
+                             "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)", str(a)],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    try:
+        assert held.stdout.readline() == "held\n"
+        subprocess.run(["cp", "-al", str(a), str(c)], check=True)
+        with pytest.raises(RunError, match=rf"is in use by another n2n process \(pid {held.pid} on "):
+            RunLock(a).acquire()
+        assert lock_holder(a) == f"pid {held.pid} on {socket.gethostname()}" and lock_holder(c) is None
+        with RunLock(c):  # the copy's own lock, while the original's holder runs
+            assert os.stat(c / ".lock").st_ino != os.stat(a / ".lock").st_ino
+        with pytest.raises(RunError, match="is in use by another n2n process"):
+            RunLock(a).acquire()
+    finally:
+        held.kill()
+        held.wait()
 
 
 def test_what_the_machine_or_the_paths_cause_is_a_line_not_a_traceback(tmp_path, monkeypatch, capsys):
@@ -1708,8 +1729,11 @@ def test_what_the_machine_or_the_paths_cause_is_a_line_not_a_traceback(tmp_path,
     assert capsys.readouterr().err.endswith(": File name too long\n")
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     assert cli.main(["resume", str(tmp_path / "loop")]) == 2
-    assert capsys.readouterr().err == (f"n2n: error: Symlink loop from '{tmp_path / 'loop'}': expected a file or "
-                                       f"folder, found links that lead back to themselves\n")
+    err = capsys.readouterr().err
+    if sys.version_info < (3, 13):  # pathlib's resolve() raises for a loop before 3.13; later, read_run says it
+        assert err == (f"n2n: error: Symlink loop from '{tmp_path / 'loop'}': expected a file or folder, found links "
+                       f"that lead back to themselves\n")
+    assert err.startswith(f"n2n: error: ") and "Traceback" not in err and str(tmp_path / "loop") in err
 
 
 def test_a_config_nested_hundreds_deep_is_refused_in_a_line(tmp_path):
