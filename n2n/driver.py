@@ -345,13 +345,17 @@ class SearchDriver:
         best = self.best(stage="removal")
         limits_alone = self.target is not None and self.target.has_limits() and self.target.max_accuracy_drop is None
         drop = getattr(self.target, "max_accuracy_drop", None)
+
+        def within(points_below: float) -> list[dict]:  # removal's scored students within that many points
+            return [r for r in self.records if r["stage"] == "removal" and r["failure"] is None and r["reward"] > -1
+                    and within_drop(self.reference.accuracy, r["accuracy"], points_below)]
+
         if drop is not None and best is not None and not within_drop(self.reference.accuracy, best["accuracy"], drop + REACH):
             # (helper-47: a 4-candidate removal stage's best was 27.9 points below the teacher; shrink and refine
             # only went further down from it, and export shipped it) further than the finalists' longer
             # distillation recovers: shrinking from it could not meet the target. The best within that
             # reach instead (a size miss may outweigh an accuracy one, helper-48), else the teacher itself
-            near = [r for r in self.records if r["stage"] == "removal" and r["failure"] is None and r["reward"] > -1
-                    and within_drop(self.reference.accuracy, r["accuracy"], drop + REACH)]
+            near = within(drop + REACH)
             base = max(near, key=lambda r: r["reward"]) if near else None
             what = ("the teacher itself" if base is None else
                     f"the best removal student within reach of it ({base['params']:,} params, val acc {base['accuracy']:.4f})")
@@ -362,8 +366,8 @@ class SearchDriver:
             return base
         if not limits_alone:
             return best
-        kept = [r for r in self.records if r["stage"] == "removal" and r["failure"] is None and r["reward"] > -1
-                and within_drop(self.reference.accuracy, r["accuracy"], REMOVAL_KEEP_DROP)]
+        kept = within(REMOVAL_KEEP_DROP)
+
         def miss(r):  # how far past the limits, in the quantities they limit (params, FLOPs, latency)
             return self.reward_config.miss(Evaluation.from_dict(r), self.reference)
 

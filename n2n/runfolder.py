@@ -246,7 +246,9 @@ class RunLock:
         os.write(fd, f"{_me()}\n{here}".encode())
         self.fd = fd
         try:
-            for path in (self.path.parent / LOG, self.path.parent / RESULTS / AUDIT):  # appended in place
+            # appended in place: made its own here, before the trials' workers append to trained.log at once
+            # (append_to's own unshared would race between two of them, and one's line could be lost)
+            for path in (self.path.parent / LOG, self.path.parent / RESULTS / AUDIT):
                 unshared(path)
         except BaseException:
             self.release()

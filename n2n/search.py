@@ -440,10 +440,15 @@ def _cause(e: BaseException | None, kind: type) -> BaseException | None:
     return None
 
 
+def _allowed(factories) -> str:
+    """' --allow-factory F' for each, quoted: the commands n2n prints are pasted as printed (helper-46)."""
+    return "".join(f" --allow-factory {shlex.quote(f)}" for f in factories)
+
+
 def resume_command(run_dir: Path, address: str | None, factories=()) -> str:
     """The command that continues this run: on its cluster, with the factories its teacher needs."""
-    allow = "".join(f" --allow-factory {shlex.quote(f)}" for f in factories)  # quoted: pasted as printed (helper-46)
-    return f"n2n resume {shlex.quote(str(run_dir))}{f' --address {shlex.quote(address)}' if address else ''}{allow}"
+    where = f" --address {shlex.quote(address)}" if address else ""
+    return f"n2n resume {shlex.quote(str(run_dir))}{where}{_allowed(factories)}"
 
 
 def _cluster_lost(run_dir: Path, address: str, factories, log):
@@ -464,7 +469,7 @@ def _finish(run_dir: Path, driver: SearchDriver, log=print, factories=(), addres
     summary = driver.summary()
     # the commands this run needs, whole: a teacher of the user's own module loads only with its factory,
     # and a search on a cluster resumes there (helper-31: the hint's resume ran on this machine)
-    allow = "".join(f" --allow-factory {shlex.quote(f)}" for f in factories)
+    allow = _allowed(factories)
     if summary["stage"] == "failed":
         again = f"; continue it with `{resume_command(run_dir, address, factories)}`" if HELD_FOR_DEATHS in summary["failure"] else ""
         log(f"search stopped: {summary['failure']}{again}")
