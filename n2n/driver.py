@@ -315,7 +315,7 @@ class SearchDriver:
         self.stage_idx += 1
         self.asks = 0
         self.stage_started = self.wall_seconds()
-        best = self._removal_base() if (done, self.stage) == ("removal", "shrink") else self.best(stage=done)
+        best = self.best(stage=done)
         while self.stage in ("removal", "shrink", "refine"):
             if self.stage == "refine":  # it narrows the shrink stage's best, wherever the stage stood
                 best = self.best(stage="shrink")
@@ -329,6 +329,8 @@ class SearchDriver:
             self.log(f"stage {self.stage} skipped: {why}")
             self.updates_done[self.stage] = 0
             self.stage_idx += 1
+        if (done, self.stage) == ("removal", "shrink"):  # after the skips: a skipped shrink says nothing of its start
+            best = self._removal_base()
         if best is not None and self.stage not in (None, "finalists"):
             self.base = StudentSpec.from_dict(best["spec"])
             if self.stage == "refine":

@@ -169,6 +169,14 @@ def test_a_refine_with_no_shrink_best_is_skipped_not_run_as_a_shrink(space):
     _drive(d, space, proxy)
     assert [r["stage"] for r in d.records] == ["removal"] * 3 + ["shrink"] * 3
     assert "stage refine skipped: search.refine_budget is 0" in said and not any("stage refine:" in m for m in said)
+    # a shrink budget of 0 does not first say where shrinking would have started (helper-48)
+    said.clear()
+    d = _driver(space, stages=["removal", "shrink", "refine"], budgets={"removal": 3, "shrink": 0, "refine": 0},
+                agent_options={"batch_size": 3}, log=said.append)
+    d._removal_base = lambda: said.append("asked where shrink starts")
+    _drive(d, space, proxy)
+    assert [r["stage"] for r in d.records] == ["removal"] * 3
+    assert "stage shrink skipped: search.shrink_budget is 0" in said and "asked where shrink starts" not in said
 
 
 def test_known_specs_are_not_trained_again(space):
