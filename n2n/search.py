@@ -465,6 +465,15 @@ def _cluster_lost(run_dir: Path, address: str, factories, log):
     return lost
 
 
+def _watched(run_dir: Path, address: str | None, factories, log):
+    """n2n.raysession.cluster_watch for this run, saying first on a cluster how to continue: a cluster shut
+    down gracefully ends the driver at once inside Ray (exit 1), where no later line can be added."""
+    if address:
+        log(f"every result is kept as it comes: should this search end early (Ray ends it itself when its cluster "
+            f"is shut down), continue it with `{resume_command(run_dir, address, factories)}`")
+    return cluster_watch(address, _cluster_lost(run_dir, address, factories, log))
+
+
 def _finish(run_dir: Path, driver: SearchDriver, log=print, factories=(), address: str | None = None) -> dict:
     summary = driver.summary()
     # the commands this run needs, whole: a teacher of the user's own module loads only with its factory,
@@ -589,7 +598,7 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
             log(f"search {run_dir.name}: agent {cfg.search.agent}; {plan}; {cfg.search.concurrency} trials at a time")
             for line in notes(cfg, space):
                 log(line)
-            with cluster_watch(address, _cluster_lost(run_dir, address, factories, log)):
+            with _watched(run_dir, address, factories, log):
                 _fit(run_dir, ctx, cfg, driver, log)
     return _finish(run_dir, driver, log, factories, address)
 
@@ -723,7 +732,7 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
             short = check_resources(cfg, remote=bool(address), resumed=True)
             if short:
                 log(short)
-            with cluster_watch(address, _cluster_lost(run_dir, address, factories, log)):
+            with _watched(run_dir, address, factories, log):
                 _fit(run_dir, make_context(meta, cfg, run_dir, (run.teacher, run.arch, run.ds), factories, log),
                      cfg, driver, log)
     return _finish(run_dir, driver, log, factories, address)

@@ -91,7 +91,7 @@ def test_search_runs_on_both_worker_nodes_survives_a_killed_driver_and_exports(c
 def test_a_search_whose_cluster_stops_says_how_to_resume(tmp_path):
     """helper-44: when the whole cluster was killed, Ray waited 60 s for its head, then ended the driver
     with its own message: no resume line. n2n notices the head gone and stops with it. (A cluster shut
-    down gracefully ends the driver at once, in Ray's own code, exit 1: nothing n2n can add a line to.)"""
+    down gracefully ends the driver at once, in Ray's own code, exit 1: so the line is said at the start too.)"""
     from ray.cluster_utils import Cluster
 
     mib = 1024 * 1024
@@ -116,6 +116,9 @@ def test_a_search_whose_cluster_stops_says_how_to_resume(tmp_path):
         c.shutdown()
     said = (run / "n2n.log").read_text()
     assert "the Ray cluster stopped answering: its head at " in said
+    # said at the start too, for a graceful shutdown, which ends the driver inside Ray
+    assert said.index(f"should this search end early (Ray ends it itself when its cluster is shut down), continue "
+                      f"it with `n2n resume {run} --address {address}`") < said.index("[removal 1/")
     assert f"continue it with `n2n resume {run} --address {address}`" in said
     assert took < 45, f"{took:.0f} s after the cluster stopped (Ray alone: 60 s, without the line)"
     assert len(_records(run)) >= 2  # what was recorded stays
