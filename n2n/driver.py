@@ -391,7 +391,8 @@ class SearchDriver:
         self.agent = self._make_agent(self.stage, self.base)
         if self.stage == "finalists":
             specs = [self.space.describe(StudentSpec.from_dict(s)) for s in self.agent.specs]
-            self.log(f"stage finalists: {len(specs)} candidates distilled again for {self.finalist_epochs} epochs: "
+            self.log(f"stage finalists: {len(specs)} candidate{'s' if len(specs) != 1 else ''} distilled again for "
+                     f"{self.finalist_epochs} epoch{'s' if self.finalist_epochs != 1 else ''}: "
                      + "; ".join(specs))
         else:
             self.log(f"stage {self.stage}: starting from {self.space.describe(self.base)}")

@@ -44,6 +44,9 @@ def _setdefault_env():
     # n2n keeps its own records (candidates.json); of Tune's per-trial loggers only the JSON one
     # is kept (Tune reads it back at the end), not CSV and TensorBoard.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # a trial's worker that dies is n2n's line (driver.WORKER_DIED: tried again, error.txt says why), not
+    # Tune's traceback of it on stderr as well (its own trials catch the students' own errors)
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
 
 
 def make_driver(cfg: Config, space, meta: dict, run_dir: Path | None, log=print) -> SearchDriver:

@@ -679,6 +679,13 @@ def test_a_finalist_stage_with_fewer_candidates_than_k_says_why(space):
     _drive(d, space, proxy)
     assert [r["stage"] for r in d.records].count("finalists") == 2
     assert "stage finalists ended after 2 of 3 candidates: only 2 candidates qualified (n2n.pick.finalists)" in said
+    assert any(m.startswith(f"stage finalists: 2 candidates distilled again for {d.finalist_epochs} epochs: ") for m in said)
+    said.clear()
+    d = _driver(space, agent="random", stages=["shrink", "finalists"], budgets={"shrink": 2, "finalists": 1},
+                agent_options={}, log=said.append)
+    d.finalist_epochs = 1
+    _drive(d, space, proxy)
+    assert any(m.startswith("stage finalists: 1 candidate distilled again for 1 epoch: ") for m in said)  # not "1 epochs"
 
 
 def test_a_size_limit_no_shrunk_student_reaches_is_said_at_the_start(space):
