@@ -26,7 +26,7 @@ from .runfolder import RunLock, finish_hint, read_records, read_run, read_summar
 from .search import OpenRun, check_teacher, check_teacher_figures, teacher_logits
 from .storage import Fetcher, shown
 from .train import accuracy, distill
-from .vocab import trim_vocabulary
+from .vocab import check_trimmable, trim_vocabulary
 
 
 def _check_out(out: Path, run_dir: Path, teacher_folder: Path, overwrite: bool) -> None:
@@ -57,6 +57,20 @@ def _teacher_tokenizer(folder: Path):
     return data_mod.tokenizer_for(folder)
 
 
+def name_classes(config, labels, log=print) -> None:
+    """A Hugging Face student's class names: the data's (string labels, class i the i-th in sorted order)
+    where its teacher had only transformers' placeholders LABEL_i (helper-51: hf/ kept them, and
+    pipeline() answered LABEL_0 where the data says "food")."""
+    names = getattr(config, "id2label", None) or {}
+    if labels is None or len(names) != len(labels) or \
+            any(str(names.get(i, names.get(str(i)))) != f"LABEL_{i}" for i in range(len(names))):
+        return
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {n: i for i, n in enumerate(labels)}
+    log(f"class names from the data ({', '.join(labels)}) replace the teacher's placeholders LABEL_0.. in the "
+        f"student's config")
+
+
 def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: bool = False, log=print,
                 factories=(), trim_vocab: bool = False, key: str | None = None, rank: int | None = None,
                 onnx: bool = False, margin: float | None = None, fetch: bool = False) -> dict:
@@ -75,15 +89,10 @@ def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: b
     if margin is not None:
         pick.check_margin(margin)  # before any lock or fetch
     if trim_vocab:  # checked before any fine-tuning, not after
-        from transformers import BertTokenizer
-
         if not meta["dataset"].startswith("text:"):
             raise RunError(f"--trim-vocab: expected a run on a text: dataset (its texts are re-tokenised), "
                            f"got {meta['dataset']}")
-        tok = _teacher_tokenizer(Path(meta["teacher_folder"]))
-        if not isinstance(tok, BertTokenizer):
-            raise RunError(f"--trim-vocab: expected the teacher's WordPiece (BERT-family) tokenizer, found "
-                           f"{type(tok).__name__ if tok is not None else 'none'} in {meta['teacher_folder']}")
+        check_trimmable(_teacher_tokenizer(Path(meta["teacher_folder"])), meta["teacher_folder"])
     if onnx:
         require_onnx()
     check_teacher(meta)
@@ -382,6 +391,7 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         arch = {**arch, "probe": probe(student, arch["input_shape"])}
     if arch["family"] == "hf-encoder" and tokenizer is None:
         log("the teacher folder has no tokenizer: the student takes token ids only")
+    name_classes(getattr(getattr(student, "model", None), "config", None), ds.labels, log)
     extras = []
 
     def save_hf(tmp: Path):

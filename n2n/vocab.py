@@ -18,13 +18,26 @@ from torch import nn
 from .data import DataError
 
 
+def check_trimmable(tokenizer, where: str) -> None:
+    """Only transformers' BertTokenizer is rebuilt from a trimmed vocabulary as it tokenised before
+    (helper-49, helper-51: a WordPiece tokenizer.json saved by `tokenizers`, loaded as another class, was
+    refused as "not WordPiece"; its normaliser and pre-tokeniser are its own, which a trim would drop)."""
+    from transformers import BertTokenizer
+
+    if not isinstance(tokenizer, BertTokenizer):
+        found = type(tokenizer).__name__ if tokenizer is not None else "no tokenizer"
+        raise DataError(f"--trim-vocab: expected a tokenizer that loads as transformers' BertTokenizer (a vocab.txt "
+                        f"with tokenizer_class BertTokenizer), found {found} in {where}; n2n rebuilds only that class "
+                        f"from a trimmed vocabulary. Export without --trim-vocab, or save the teacher's tokenizer as "
+                        f"BertTokenizer(vocab_file) if it tokenises your texts the same")
+
+
 def trim_vocabulary(clf, tokenizer, train_ids: torch.Tensor):
     """Trim `clf` (an HFClassifier, in place) to the tokens in `train_ids` (N, T) plus special tokens.
     Returns the matching tokenizer."""
     from transformers import BertTokenizer
 
-    if not isinstance(tokenizer, BertTokenizer):
-        raise DataError(f"--trim-vocab: supports WordPiece (BERT-family) tokenizers, found {type(tokenizer).__name__}")
+    check_trimmable(tokenizer, "the teacher folder")
     kept = sorted(set(train_ids.unique().tolist()) | set(tokenizer.all_special_ids))  # old ids, in order
     tokens = tokenizer.convert_ids_to_tokens(kept)
     new = BertTokenizer(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=tokenizer.do_lower_case,

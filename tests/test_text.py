@@ -331,3 +331,41 @@ def test_a_text_teacher_that_records_no_length_is_read_at_one_it_has_positions_f
     roberta(input_ids=torch.full((1, 32), 5))  # reads 32 tokens
     with pytest.raises((IndexError, RuntimeError)):
         roberta(input_ids=torch.full((1, 33), 5))
+
+
+def test_trim_vocab_names_the_tokenizer_class_it_rebuilds(tmp_path):
+    """helper-49, helper-51: a WordPiece tokenizer.json saved by `tokenizers` (loaded as another class)
+    was refused as not WordPiece; the message names the class n2n rebuilds and what to do."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertTokenizer, PreTrainedTokenizerFast
+
+    from n2n.vocab import check_trimmable
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad"])}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]")
+    with pytest.raises(DataError, match=rf"expected a tokenizer that loads as transformers' BertTokenizer .*found "
+                                        rf"{type(fast).__name__} in here; .*Export without --trim-vocab"):
+        check_trimmable(fast, "here")
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    check_trimmable(BertTokenizer(str(tmp_path / "vocab.txt")), "here")  # the class it rebuilds: accepted
+
+
+def test_an_hf_student_takes_the_datas_class_names_where_its_teacher_had_placeholders():
+    """helper-51: a teacher with transformers' LABEL_i names exported them into hf/, so pipeline()
+    answered LABEL_0 for "food"; real names of the teacher's own are kept."""
+    from transformers import BertConfig
+
+    from n2n.export import name_classes
+
+    said, config = [], BertConfig(num_labels=3)
+    assert config.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
+    name_classes(config, ["food", "sports", "tech"], said.append)
+    assert config.id2label == {0: "food", 1: "sports", 2: "tech"} and config.label2id == {"food": 0, "sports": 1, "tech": 2}
+    assert said == ["class names from the data (food, sports, tech) replace the teacher's placeholders LABEL_0.. in "
+                    "the student's config"]
+    own = BertConfig(id2label={0: "neg", 1: "pos"})
+    name_classes(own, ["negative", "positive"], said.append)
+    name_classes(BertConfig(num_labels=2), None, said.append)  # integer labels: no names to give
+    assert own.id2label == {0: "neg", 1: "pos"} and len(said) == 1
