@@ -285,6 +285,8 @@ class Config:
         return space_for(teacher, tuple(input_shape), self.search.ratios, uniform=self.search.uniform_widths, arch=arch)
 
     def budget(self, stage: str) -> int:
+        if self.search.agent == "uniform" and stage == "shrink":  # one candidate per ratio below 1, whatever the
+            return min(self.search.shrink_budget, sum(r < 1 for r in self.search.ratios))  # budget (helper-50)
         return getattr(self.search, f"{stage}_budget")
 
     def to_dict(self) -> dict:

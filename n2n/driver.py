@@ -648,8 +648,9 @@ class SearchDriver:
         s = rec["stage"]
         best = self.best(most_accurate=True)
         size, _ = self._size(rec)
+        acc = "" if rec["failure"] else f", val acc {rec['accuracy']:.4f}"  # a failed student was never measured (helper-50)
         line = (f"[{s} {self.trained(s)}/{self.budgets[s]}] reward {rec['reward']:+.3f} "
-                f"({size}{self._limits(rec)}, val acc {rec['accuracy']:.4f}{', cached' if rec['cached'] else ''})")
+                f"({size}{self._limits(rec)}{acc}{', cached' if rec['cached'] else ''})")
         if best:
             size, times = self._size(best)
             line += f" | best reward {best['reward']:.3f}: {size} ({times}), val acc {best['accuracy']:.4f}"
@@ -660,7 +661,9 @@ class SearchDriver:
     def _timing(self, stage: str) -> str:
         """Elapsed wall time, wall time per candidate of this stage, and the stage's time left."""
         now, done = self.wall_seconds(), self.trained(stage)
-        per = (now - self.stage_started) / max(done, 1)
+        if not done:  # no candidate of the stage trained yet (a worker died first): nothing to time by (helper-50)
+            return f"{_clock(now)} elapsed"
+        per = (now - self.stage_started) / done
         left = per * max(self.budgets[stage] - done, 0)
         return f"{_clock(now)} elapsed, {per:.1f} s/candidate, ~{_clock(left)} left in {stage}"
 

@@ -1,6 +1,7 @@
 """The search bookkeeping without Ray: stages, cache, waiting for batches, state round trip."""
 
 import io
+import re
 
 import pytest
 import torch
@@ -706,3 +707,25 @@ def test_a_size_limit_no_shrunk_student_reaches_is_said_at_the_start(space):
                                  f"builds ({flops:,} FLOPs, every shrinkable unit at ratio {min(space.ratios):g}); "
                                  f"without a removal stage no student this search builds is within it"]
     assert notes(load_config(None, {"target.max_params": params}), space) == []
+
+
+def test_a_failed_student_shows_no_accuracy_and_no_time_per_candidate_before_any(space):
+    """helper-50: a worker death first printed "[removal 0/3] ... val acc 0.0000 ... 18.3 s/candidate":
+    an accuracy never measured and a time per candidate out of none."""
+    said = []
+    d = _driver(space, agent="random", stages=["removal"], budgets={"removal": 3}, agent_options={}, log=said.append)
+    d.suggest("t0")
+    d.complete("t0", None, error=True)
+    line = said[-1]
+    assert line.startswith("[removal 0/3] reward -1.000 (") and "val acc" not in line.split(" | ")[0]
+    assert "failed: the trial's worker died" in line and re.search(r"\| \d+:\d\d elapsed$", line), line
+
+
+def test_the_uniform_agent_is_budgeted_one_candidate_per_ratio():
+    """helper-50: it said "shrink 30 candidates" and timed 30 to go, then ended after 6."""
+    from n2n.config import load_config
+
+    cfg = load_config(None, {"search.agent": "uniform", "search.stages": ["shrink"]})
+    assert cfg.budget("shrink") == sum(r < 1 for r in cfg.search.ratios) == 6
+    assert load_config(None, {"search.agent": "uniform", "search.stages": ["shrink"], "search.shrink_budget": 4}).budget("shrink") == 4
+    assert load_config(None, {}).budget("shrink") == 30
