@@ -32,7 +32,12 @@ def leaderboard(records: list[dict], teacher_size: float, top: int = 10, size: s
     rows = [r for r in rows if r.get(size) is not None]  # (latency of a run that did not measure it)
     w = max([len(show(r[size])) for r in rows] + [len(size)])  # 8-digit counts keep their column
     extra = not lat and any(r.get("latency_ms") for r in rows)
-    lines = [f"{'#':>2} {'stage':9} {size:>{w}} {'faster' if lat else 'smaller':>9} {'val acc':>7} {'reward':>7}"
+    scored = [r for r in records if r["failure"] is None and r.get(size) is not None]
+    if len(scored) > len(rows):  # (helper-51: 12 trained, 10 rows, and nothing said of the other 2)
+        head = f"the best {len(rows)} of {len(scored)} by reward (every candidate: candidates.json)\n"
+    else:
+        head = ""
+    lines = [f"{head}{'#':>2} {'stage':9} {size:>{w}} {'faster' if lat else 'smaller':>9} {'val acc':>7} {'reward':>7}"
              f"{' latency_ms' if extra else ''}{' limits' if within else ''}  spec"]
     for i, r in enumerate(rows, 1):
         times = 1 / latency_ratio(r) if lat else teacher_size / max(r[size], 1)
@@ -97,7 +102,8 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     # specs evaluated before, and waits for the slowest of its trials
     reinforce = cfg.search.agent == "reinforce"
     batch = int(cfg.search.agent_options.get("batch_size", 10)) if reinforce else 10
-    what = f"group of {batch} trained candidates, in the order they finished"
+    # (helper-50: "group of 10" was said of a stage's last, smaller group and of 3 finalists too)
+    what = f"group of up to {batch} trained candidates of a stage, in the order they finished"
     within = cfg.target.within_limits if cfg.target.has_limits() else None  # its size and latency limits
     text = [f"run {run_dir.name}: {counted(records)}; teacher {ref[size]:,} {size}, val acc {ref['accuracy']:.4f}",
             *([rescored] if rescored else []), leaderboard(records, ref[size], size=size, within=within)]

@@ -106,7 +106,11 @@ def test_search_end_to_end(ray_session, tiny_config, tmp_path):
     assert not (tmp_path / "wild-student").exists()
 
     text = make_report(run)
-    assert text.splitlines()[2].split()[:3] == ["1", best["stage"], f"{best['params']:,}"]  # the best leads
+    lines = text.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.split()[:2] == ["#", "stage"])
+    assert lines[head + 1].split()[:3] == ["1", best["stage"], f"{best['params']:,}"]  # the best leads
+    scored = sum(r["failure"] is None for r in recs)  # more than 10: the leaderboard says it shows 10 of them
+    assert (lines[head - 1] == f"the best 10 of {scored} by reward (every candidate: candidates.json)") == (scored > 10)
     # and it names the student export writes (here, without a target, the best by reward), as summary.json does
     assert f"`n2n export` picks {metrics['key']} ({metrics['params']:,} params, {metrics['stage']}, val acc " \
            f"{metrics['val_accuracy']:.4f}): {metrics['chosen_because']}" in text.splitlines()
@@ -240,6 +244,9 @@ def test_leaderboard_columns_hold_8_digit_counts_and_follow_the_reward_size():
     lat = leaderboard(timed, 8.0, size="latency_ms").splitlines()
     assert [line.split()[3] for line in lat[1:]] == ["5.0x", "4.0x"]
     assert lat[0].split()[2:4] == ["latency_ms", "faster"]  # helper-41: headed "smaller"
+    # more candidates than rows: said (helper-51: 12 trained, 10 rows shown)
+    top = leaderboard(recs + [{**recs[1], "failure": "NaN loss"}], 50_000_000, top=1).splitlines()
+    assert top[0] == "the best 1 of 2 by reward (every candidate: candidates.json)" and len(top) == 3
 
 
 def test_export_says_why_when_every_candidate_hit_the_rewards_walls():
