@@ -81,12 +81,17 @@ def counts(records: list[dict]) -> dict:
             "storage_failures": sum(r["failure"] == STORAGE_FAILED for r in records)}
 
 
+def many(n: int, word: str) -> str:
+    """'1 candidate', '3 candidates'."""
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
 def counted(records: list[dict]) -> str:
     """'12 candidates trained (1 worker death)': counts() in words."""
     n = counts(records)
-    extra = [f"{v} {what}{'s' if v != 1 else ''}" for v, what in ((n["worker_deaths"], "worker death"),
-                                                                   (n["storage_failures"], "unsaved result")) if v]
-    return f"{n['trained']} candidates trained" + (f" ({', '.join(extra)})" if extra else "")
+    extra = [many(v, what) for v, what in ((n["worker_deaths"], "worker death"),
+                                           (n["storage_failures"], "unsaved result")) if v]
+    return f"{many(n['trained'], 'candidate')} trained" + (f" ({', '.join(extra)})" if extra else "")
 
 
 class Finalists:
@@ -288,7 +293,7 @@ class SearchDriver:
             if nxt is not None:  # the rest of the budget narrows the next best student instead
                 self.log(f"stage refine: {spent} ({self.space.describe(self.base)}); narrowing "
                          f"{self.space.describe(StudentSpec.from_dict(nxt['spec']))} next, "
-                         f"{self.budgets[done] - self.trained(done)} candidates left")
+                         f"{many(self.budgets[done] - self.trained(done), 'candidate')} left")
                 self._count_updates(done)
                 self.refine_bases.append(nxt["key"])
                 self.base, self.asks = StudentSpec.from_dict(nxt["spec"]), 0
@@ -391,8 +396,8 @@ class SearchDriver:
         self.agent = self._make_agent(self.stage, self.base)
         if self.stage == "finalists":
             specs = [self.space.describe(StudentSpec.from_dict(s)) for s in self.agent.specs]
-            self.log(f"stage finalists: {len(specs)} candidate{'s' if len(specs) != 1 else ''} distilled again for "
-                     f"{self.finalist_epochs} epoch{'s' if self.finalist_epochs != 1 else ''}: "
+            self.log(f"stage finalists: {many(len(specs), 'candidate')} distilled again for "
+                     f"{many(self.finalist_epochs, 'epoch')}: "
                      + "; ".join(specs))
         else:
             self.log(f"stage {self.stage}: starting from {self.space.describe(self.base)}")

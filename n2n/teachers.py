@@ -212,7 +212,7 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
     clf = HFClassifier(model)
     dev = device_for(device)
     log(f"fine-tuning {checkpoint.name} into a {ds.num_classes}-class classifier on {dataset} "
-        f"({count_params(clf):,} params, {ds.sizes()['train']} training texts, {epochs} epochs, {dev})")
+        f"({count_params(clf):,} params, {ds.sizes()['train']} training texts, {epochs} epoch{'s' if epochs != 1 else ''}, {dev})")
     start = time.perf_counter()
 
     def on_epoch(epoch, loss):

@@ -449,7 +449,7 @@ def test_a_student_held_failed_for_its_worker_deaths_is_tried_again_on_resume(sp
     assert again.records[-1]["failure"] is None and again.trained("shrink") == 1
     summary = again.summary()
     assert summary["candidates_evaluated"] == 1 and summary["worker_deaths"] == 3  # (helper-44: deaths counted)
-    assert counted(again.records) == "1 candidates trained (3 worker deaths)"
+    assert counted(again.records) == "1 candidate trained (3 worker deaths)"
 
 
 def test_a_student_that_always_kills_its_worker_is_forgiven_once(space, tmp_path):
