@@ -448,8 +448,11 @@ def read_text(path: Path) -> tuple[list[str], list, list | None]:
     except (UnicodeDecodeError, csv.Error, json.JSONDecodeError, RecursionError) as e:
         raise DataError(f"text dataset {path}: not a readable CSV/JSONL file of text,label ({e})") from None
     for i, row in enumerate(rows, 1):
-        if not {"text", "label"} <= set(row) or not isinstance(row["text"], str) or row["label"] in (None, ""):
+        if not {"text", "label"} <= set(row):
             raise DataError(f"text dataset {path}: expected 'text' and 'label' in every row; row {i} has {sorted(row)}")
+        if not isinstance(row["text"], str) or row["label"] in (None, ""):  # (helper-49: said "has ['label', 'text']")
+            what = "an empty label" if row["label"] in (None, "") else f"a text of type {type(row['text']).__name__}"
+            raise DataError(f"text dataset {path}: expected a text (a string) and a label in every row; row {i} has {what}")
     texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
     parts = None
     if rows and all("split" in r for r in rows):

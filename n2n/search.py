@@ -32,7 +32,7 @@ from .runfolder import (HELD_FOR_DEATHS, LOG, META, POLICY, TEACHER_LOGITS, TUNE
                         read_records, read_run, read_summary)
 from .storage import Fetcher, RemoteResults, check_store, store_location
 from .teachers import cached_teacher
-from .train import accuracy, predict
+from .train import accuracy, chance_warning, predict
 from .trial import Context
 
 __all__ = ["run_search", "resume_search", "read_run"]
@@ -160,24 +160,6 @@ def check_label_names(teacher, ds, dataset: str, log=print) -> None:
                                  f"Write the labels as the teacher's class ids ({ids})")
     log(f"warning: the teacher's class names (its config.json id2label) are {theirs}, the data's {ours}; class i of "
         f"the data is taken as the teacher's output i")
-
-
-def chance_warning(accuracy: float, y, drop: float | None = None) -> str | None:
-    """A warning when a teacher's validation accuracy is not clearly better (3 standard errors) than
-    always answering the most common class; `drop`: the target's max_accuracy_drop (points), which a
-    student answering that class may already meet."""
-    import torch
-
-    n = len(y)
-    base = torch.bincount(y).max().item() / n
-    if accuracy >= base + 3 * (base * (1 - base) / n) ** 0.5:
-        return None
-    said = (f"warning: the teacher's validation accuracy {accuracy:.4f} is not clearly better than always answering "
-            f"the most common class ({base:.4f}, {n} samples): is it trained, on this data, with its classes in "
-            f"this order?")
-    if drop is not None and (accuracy - base) * 100 <= drop:
-        said += f" A student that always answers that class meets the {drop:g}-point accuracy target"
-    return said
 
 
 ACCURACY_GAP = 0.03  # a teacher measured this far from its own figure is probably not on its own split

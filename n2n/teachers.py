@@ -16,7 +16,7 @@ import torch
 from . import SEED_LIMIT
 from . import data as data_mod
 from .models import VGG_PRESETS, ModelError, build_model, check_hf_folder, device_for, load_model, save_model, vgg_dropped_pools
-from .train import accuracy, train_classifier
+from .train import accuracy, chance_warning, train_classifier
 from search_spaces import count_params
 
 from .errors import ConfigError, RunError
@@ -141,6 +141,8 @@ def train_teacher(recipe: TeacherRecipe, out: Path | None = None, device: str = 
         "trained_on": {"device": str(dev), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
     }
     log(f"  teacher: val {metrics['val_accuracy']:.4f}  test {metrics['test_accuracy']:.4f}")
+    if warning := chance_warning(metrics["val_accuracy"], ds.y_val):  # said now, not at the first search (helper-49)
+        log(warning)
     if out is not None:
         save_model(out, model, arch, metrics, overwrite=overwrite, log=log)
     return model, arch, metrics
@@ -240,6 +242,8 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
     if kept:
         log(kept_message(Path(out), kept))
     log(f"  teacher: val {metrics['val_accuracy']:.4f}  test {metrics['test_accuracy']:.4f} -> {out}")
+    if warning := chance_warning(metrics["val_accuracy"], ds.y_val):
+        log(warning)
     return metrics
 
 

@@ -222,3 +222,20 @@ def distill(student: nn.Module, x: torch.Tensor, y: torch.Tensor, t_logits: torc
         if on_epoch and on_epoch(epoch, val_acc):
             return DistillResult(val_acc, epoch + 1, train_s)
     return DistillResult(val_acc, cfg.epochs, train_s)
+
+
+def chance_warning(accuracy: float, y, drop: float | None = None) -> str | None:
+    """A warning when a teacher's validation accuracy is not clearly better (3 standard errors) than
+    always answering the most common class; `drop`: the target's max_accuracy_drop (points), which a
+    student answering that class may already meet."""
+    n = len(y)
+    base = torch.bincount(y).max().item() / n
+    if accuracy >= base + 3 * (base * (1 - base) / n) ** 0.5:
+        return None
+    said = (f"warning: the teacher's validation accuracy {accuracy:.4f} is not clearly better than always answering "
+            f"the most common class ({base:.4f}, {n} samples): is it trained, on this data, with its classes in "
+            f"this order?")
+    if drop is not None and (accuracy - base) * 100 <= drop:
+        said += f" A student that always answers that class meets the {drop:g}-point accuracy target"
+    return said
+

@@ -282,3 +282,18 @@ def test_the_teacher_cache_holds_only_what_its_recipe_trained(tmp_path, monkeypa
     monkeypatch.setenv("N2N_CACHE", str(tmp_path / "file"))
     with pytest.raises(DataError, match=r"N2N_CACHE: expected a folder for n2n's cache, .*file is a file"):
         cached_teacher(recipe, log=lambda *_: None)
+
+
+def test_a_teacher_trained_to_no_better_than_the_most_common_class_is_warned_of_at_once(tmp_path):
+    """helper-49: `teacher train` saved a teacher at 32% of three classes without a word; only the
+    first search of it warned."""
+    said = []
+    recipe = TeacherRecipe(dataset="digits", preset="small", width_mult=0.25, hidden=[8], epochs=1, lr=1e-12)
+    _, _, metrics = train_teacher(recipe, out=tmp_path / "t", log=said.append)
+    assert metrics["val_accuracy"] < 0.2 and (tmp_path / "t" / "model.safetensors").exists()  # saved, as asked
+    assert any(m.startswith(f"warning: the teacher's validation accuracy {metrics['val_accuracy']:.4f} is not clearly "
+                            f"better than always answering the most common class") for m in said), said
+    good = TeacherRecipe(dataset="digits", preset="small", width_mult=0.5, hidden=[16], epochs=6)
+    said.clear()
+    _, _, metrics = train_teacher(good, out=tmp_path / "g", log=said.append)
+    assert metrics["val_accuracy"] > 0.3 and not any("most common class" in m for m in said)

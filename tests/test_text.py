@@ -69,6 +69,9 @@ def test_text_datasets_are_tokenised_with_the_teachers_tokenizer(tmp_path):
     (tmp_path / "bad.csv").write_text("sentence,label\nhello,1\n")
     with pytest.raises(DataError, match="expected 'text' and 'label' in every row; row 1 has \\['label', 'sentence'\\]"):
         load_dataset(f"text:{tmp_path / 'bad.csv'}", tokenizer=tok)
+    (tmp_path / "empty.csv").write_text("text,label\nhello,1\nthere,\n")  # helper-49: said "has ['label', 'text']"
+    with pytest.raises(DataError, match="expected a text \\(a string\\) and a label in every row; row 2 has an empty label"):
+        load_dataset(f"text:{tmp_path / 'empty.csv'}", tokenizer=tok)
     # helper-41: Excel's "CSV UTF-8" (a BOM first) was refused as a file without a 'text' column
     (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "d.csv").read_bytes())
     (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "d.jsonl").read_bytes())
@@ -261,7 +264,7 @@ def test_a_teacher_whose_class_names_are_in_another_order_is_refused(tmp_path):
 
 
 def test_a_teacher_no_better_than_the_most_common_class_is_warned_of():
-    from n2n.search import chance_warning
+    from n2n.train import chance_warning
 
     y = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)  # the most common class: 0.6 of 100
     # 3 standard errors above 0.6 on 100 samples: 0.6 + 3 * sqrt(0.24 / 100) = 0.747
