@@ -622,6 +622,9 @@ def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:
     if (folder / "config.json").is_file() and not (folder / "arch.json").is_file():
         metrics = read_json(metrics_path) if metrics_path.is_file() else {}
         return load_hf_classifier(folder), {"family": "hf-pretrained", "path": str(folder.resolve())}, metrics
+    if not folder.is_dir():  # (helper-51: "expected a model folder with model.safetensors" of a folder that is not there)
+        where = "" if folder.is_absolute() else f" (a relative path is read from the folder the command runs in, {Path.cwd()})"
+        raise ModelError(f"{folder}: expected a model folder, found {'a file' if folder.exists() else 'nothing'} there{where}")
     for name in ("model.safetensors", "arch.json"):
         if not (folder / name).is_file():
             raise ModelError(f"{folder}: expected a model folder with {name}, found none")

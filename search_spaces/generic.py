@@ -57,8 +57,14 @@ def load_factory(path: str, allowed=()):
         # a module the factory imports that lies in the folder, beside it, but is not part of it
         missing, top = (e.name or "").split(".")[0], mod.split(".")[0]
         beside = where and missing != top and any(os.path.exists(os.path.join(where, missing + end)) for end in (".py", ""))
-        local = (f"; from {where} n2n imports only {top!r} itself (a package may import its own modules), so "
-                 f"install what it imports (pip install -e .) or make it one package") if beside else ""
+        if beside:
+            local = (f"; from {where} n2n imports only {top!r} itself (a package may import its own modules), so "
+                     f"install what it imports (pip install -e .) or make it one package")
+        elif missing == top:  # (helper-49/51: a printed resume command, run from another folder)
+            local = (f"; n2n looks for {top!r} in the folder the command runs in{f' ({where})' if where else ''} and "
+                     f"among installed packages: run it from the folder that holds {top!r}, or install it")
+        else:
+            local = ""
         raise UnsupportedModel(f"factory {path!r} cannot be imported: {e}{local}") from None
     except (ImportError, AttributeError) as e:
         raise UnsupportedModel(f"factory {path!r} cannot be imported: {e}") from None

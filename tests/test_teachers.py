@@ -43,6 +43,9 @@ def test_save_never_overwrites_unless_asked(small_teacher, tmp_path):
 def test_load_errors_are_clear(tmp_path, small_teacher):
     with pytest.raises(ModelError, match="expected a model folder with model.safetensors"):
         load_model(tmp_path)
+    with pytest.raises(ModelError, match=r"expected a model folder, found nothing there \(a relative path is read "
+                                         r"from the folder the command runs in, "):  # helper-51
+        load_model(Path("no/such/teacher"))
     model, arch, _ = small_teacher
     save_model(tmp_path / "t", model, arch, {})
     bad = dict(arch, hparams=dict(arch["hparams"], width_mult=0.5))
@@ -189,8 +192,11 @@ def test_allowing_a_factory_imports_that_module_alone_from_the_working_folder(tm
     with pytest.raises(UnsupportedModel, match=rf"No module named 'mynet_helpers'; from {tmp_path} n2n imports only "
                                                r"'uses_sibling' itself"):
         load_factory("uses_sibling:make", ["uses_sibling:make"])
-    # a factory that is not there at all, or a missing third-party module, gets no such hint (helper-23)
-    with pytest.raises(UnsupportedModel, match=r"cannot be imported: No module named 'nosuch'$"):
+    # a missing third-party module gets no such hint (helper-23)
+    # a factory that is not there at all: where n2n looked (helper-49/51: a resume command run from elsewhere)
+    with pytest.raises(UnsupportedModel, match=rf"cannot be imported: No module named 'nosuch'; n2n looks for 'nosuch' "
+                                               rf"in the folder the command runs in \({tmp_path}\) and among installed "
+                                               rf"packages: run it from the folder that holds 'nosuch', or install it$"):
         load_factory("nosuch.models:make", ["nosuch.models:make"])
     (tmp_path / "needs_dep.py").write_text("import not_installed_anywhere\ndef make():\n    return None\n")
     with pytest.raises(UnsupportedModel, match=r"No module named 'not_installed_anywhere'$"):
