@@ -78,6 +78,12 @@ def _teacher_show(args) -> int:
     shape = arch.get("input_shape") or arch.get("hparams", {}).get("input_shape") or \
         ([split["max_length"]] if "max_length" in split else None)
     flops, units = "?", None
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not shape and positions:  # a Hugging Face folder of the user's, no length recorded (helper-49/51: "units: -")
+        shape = [min(128, positions)]  # what a search reads it at without teacher.max_length (search.teacher_data)
+        shown = f"{shape} (tokens: none recorded; a search's default without teacher.max_length)"
+    else:
+        shown = shape
     if shape:
         try:
             space = space_for(model, tuple(shape), arch=arch)
@@ -86,7 +92,7 @@ def _teacher_show(args) -> int:
             units = f"{len(space.units)} (name kind width): " + ", ".join(f"{u.name} {u.kind} {u.width}" for u in space.units)
         except (ValueError, RuntimeError) as e:  # a model no space can trace: say so, show the rest
             flops = f"? ({str(e).splitlines()[0]})"
-    rows = [("folder", str(folder)), ("family", arch.get("family")), ("input shape", shape),
+    rows = [("folder", str(folder)), ("family", arch.get("family")), ("input shape", shown),
             ("units", units),
             ("params", f"{count_params(model):,}"), ("FLOPs (MACs/sample)", flops),
             ("dataset", metrics.get("dataset")), *_accuracies(model, arch, metrics, folder)]

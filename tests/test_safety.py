@@ -745,6 +745,11 @@ def test_a_hugging_face_folder_with_pickled_weights_or_a_hub_kernel_is_refused_u
     assert status == 2 and "n2n reads no pickled weights" in err and not (tmp_path / "t").exists()
     model.save_pretrained(tmp_path / "ok")
     assert _main(capsys, "teacher", "show", tmp_path / "ok") == (0, "")  # the same folder in safetensors loads
+    # and is shown as a search reads it (helper-49/51: "units: -", "FLOPs: ?" without a recorded length)
+    shown = dict(line.strip().split(": ", 1) for line in _main(capsys, "teacher", "show", tmp_path / "ok",
+                                                                 stream="out")[1].splitlines())
+    assert shown["input shape"] == "[128] (tokens: none recorded; a search's default without teacher.max_length)"
+    assert shown["units"] == "3 (name kind width): layer0 layer 8, attn0 attention 2, ffn0 ffn 8" and shown["FLOPs (MACs/sample)"][0].isdigit()
     config = json.loads((tmp_path / "ok" / "config.json").read_text())
     (tmp_path / "ok" / "config.json").write_text(json.dumps({**config, "attn_implementation": "kernels-community/x"}))
     status, err = _main(capsys, "teacher", "show", tmp_path / "ok")
