@@ -120,6 +120,19 @@ def test_a_refine_that_has_trained_every_narrower_student_narrows_the_next_best(
             f"{space.describe(second)} next, 5 candidates left") in said
     assert ("stage refine ended after 5 of 8 candidates: it narrowed 2 student(s) until its agent proposed only "
             "known ones, and no other shrink or refine student has a narrower one left untrained") in said
+    # with the default 50 asks per candidate, an exhausted base is seen within EXHAUSTED_EVERY asks, not after
+    # 50 x 8 (helper-50: 1,008 cached answers and 113 s of a default search, nothing trained)
+    from n2n.driver import EXHAUSTED_EVERY
+
+    said.clear()
+    d = _driver(space, agent="random", stages=["shrink", "refine"], budgets={"shrink": 2, "refine": 8},
+                agent_options={}, log=said.append)
+    d.agent = Finalists([first, second])
+    _drive(d, space, proxy)
+    assert d.refine_bases == [space.key(first), space.key(second)] and d.max_asks == 50
+    assert d.cache_hits <= 2 * EXHAUSTED_EVERY and len([r for r in d.records if r["stage"] == "refine"]) == 5
+    assert "stage refine ended after 5 of 8 candidates: it narrowed 2 student(s) until its agent proposed only " \
+           "known ones, and no other shrink or refine student has a narrower one left untrained" in said
     # a resume knows which students refine has narrowed
     again = _driver(space, agent="random", stages=["shrink", "refine"], budgets={"shrink": 2, "refine": 8}, agent_options={})
     state = d.state_dict()
