@@ -669,8 +669,11 @@ class SearchDriver:
         best = self.best(most_accurate=True)
         size, _ = self._size(rec)
         acc = "" if rec["failure"] else f", val acc {rec['accuracy']:.4f}"  # a failed student was never measured (helper-50)
+        # a re-issued trial that found its result stored before an interruption: not one of summary.json's
+        # cache_hits (proposals answered from the driver's cache), which "cached" here was taken for (helper-50)
+        stored = ", result stored before the interruption"
         line = (f"[{s} {self.trained(s)}/{self.budgets[s]}] reward {rec['reward']:+.3f} "
-                f"({size}{self._limits(rec)}{acc}{', cached' if rec['cached'] else ''})")
+                f"({size}{self._limits(rec)}{acc}{stored if rec['cached'] else ''})")
         if best:
             size, times = self._size(best)
             line += f" | best reward {best['reward']:.3f}: {size} ({times}), val acc {best['accuracy']:.4f}"

@@ -742,3 +742,13 @@ def test_the_uniform_agent_is_budgeted_one_candidate_per_ratio():
     assert cfg.budget("shrink") == sum(r < 1 for r in cfg.search.ratios) == 6
     assert load_config(None, {"search.agent": "uniform", "search.stages": ["shrink"], "search.shrink_budget": 4}).budget("shrink") == 4
     assert load_config(None, {}).budget("shrink") == 30
+
+
+def test_a_result_stored_before_an_interruption_is_said_so_not_cached(space):
+    """helper-50: the progress line said "cached" of a re-issued trial's stored result, while
+    summary.json's cache_hits (proposals answered from the driver's cache) stayed 0."""
+    proxy, said = ProxyEvaluator(space), []
+    d = _driver(space, agent="random", stages=["removal"], budgets={"removal": 3}, agent_options={}, log=said.append)
+    cfg = d.suggest("t0")
+    d.complete("t0", {**_metrics(space, proxy, cfg), "cached": True})
+    assert said[-1].split(" | ")[0].endswith(", result stored before the interruption)") and d.cache_hits == 0
