@@ -149,7 +149,11 @@ def load_raw(name: str, images: int | None = None) -> tuple[np.ndarray, np.ndarr
         return _npz(Path(name[4:]))
     if name.startswith("folder:"):
         return (*_folder(Path(name[7:]), images or IMAGES), None)
-    raise DataError(f"unknown dataset {name!r}: expected 'mnist1d', 'digits', 'npz:PATH' or 'folder:PATH'")
+    if name.startswith("text:"):  # (helper-49: it was called an unknown dataset)
+        raise DataError(f"{name}: raw arrays are for numeric data; a text dataset's raw inputs are its texts, "
+                        f"tokenised by the teacher's tokenizer: load_dataset({name!r}, tokenizer=TEACHER_FOLDER) "
+                        f"gives the split, its index the rows of each part")
+    raise DataError(f"unknown dataset {name!r}: expected 'mnist1d', 'digits', 'npz:PATH', 'folder:PATH' or 'text:PATH'")
 
 
 def load_split(name: str, record: dict, tokenizer=None, preprocess: dict | None = None) -> Dataset:
@@ -475,6 +479,11 @@ def _label_ids(path: Path, labels: list) -> tuple[np.ndarray, list[str] | None]:
         _check_class_ids(f"text dataset {path}", max(ints), len(ints), len(set(ints)))
         return np.asarray(ints, dtype=np.int64), None
     names = sorted({str(v) for v in labels})
+    numbers = [n for n in names if n.strip().isdigit()]
+    if numbers and len(numbers) < len(names):  # (helper-49: 0/1/2 beside food/sports/tech became 6 classes unsaid)
+        words = [n for n in names if n not in numbers]
+        raise DataError(f"text dataset {path}: expected labels that are all class ids or all names, found both: ids "
+                        f"{', '.join(numbers[:5])} and names {', '.join(words[:5])}; write every label one way")
     index = {n: i for i, n in enumerate(names)}
     return np.asarray([index[str(v)] for v in labels], dtype=np.int64), names
 
@@ -494,7 +503,8 @@ def _text_dataset(name: str, seed: int, tokenizer, max_length: int) -> Dataset:
     path = Path(name[5:])
     if tokenizer is None:
         raise DataError(f"{name}: a text dataset is tokenised with the teacher's tokenizer; use it with a Hugging "
-                        "Face teacher folder (teacher.path, or `n2n teacher train --hf CHECKPOINT`)")
+                        "Face teacher folder (teacher.path, or `n2n teacher train --hf CHECKPOINT`; in Python, "
+                        "load_dataset(NAME, tokenizer=FOLDER))")
     if max_length < 2:
         raise DataError(f"{name}: expected max_length >= 2, got {max_length}")
     texts, labels, parts = read_text(path)

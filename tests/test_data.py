@@ -98,6 +98,9 @@ def test_npz_errors_name_what_was_expected(tmp_path):
     np.savez(tmp_path / "e.npz", x=np.zeros(20), y=np.zeros(20, int))
     with pytest.raises(DataError, match=r"expected 'x' with a feature axis, .*got shape \(20,\)"):
         load_dataset(f"npz:{tmp_path / 'e.npz'}")
+    with pytest.raises(DataError, match=r"text:a.csv: raw arrays are for numeric data; .*load_dataset\('text:a.csv', "
+                                        r"tokenizer=TEACHER_FOLDER\)"):  # helper-49: "unknown dataset"
+        load_raw("text:a.csv")
     with pytest.raises(DataError, match="unknown dataset 'cifar'"):
         load_dataset("cifar")
     np.savez(tmp_path / "empty.npz", x=np.zeros((0, 1, 8), np.float32), y=np.zeros(0, int))  # helper-36: a traceback

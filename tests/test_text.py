@@ -69,6 +69,10 @@ def test_text_datasets_are_tokenised_with_the_teachers_tokenizer(tmp_path):
     (tmp_path / "bad.csv").write_text("sentence,label\nhello,1\n")
     with pytest.raises(DataError, match="expected 'text' and 'label' in every row; row 1 has \\['label', 'sentence'\\]"):
         load_dataset(f"text:{tmp_path / 'bad.csv'}", tokenizer=tok)
+    (tmp_path / "mixed.csv").write_text("text,label\n" + "a,food\nb,0\n" * 4)  # helper-49: 4 classes of 2, unsaid
+    with pytest.raises(DataError, match="expected labels that are all class ids or all names, found both: ids 0 and "
+                                        "names food; write every label one way"):
+        load_dataset(f"text:{tmp_path / 'mixed.csv'}", tokenizer=tok)
     (tmp_path / "empty.csv").write_text("text,label\nhello,1\nthere,\n")  # helper-49: said "has ['label', 'text']"
     with pytest.raises(DataError, match="expected a text \\(a string\\) and a label in every row; row 2 has an empty label"):
         load_dataset(f"text:{tmp_path / 'empty.csv'}", tokenizer=tok)
