@@ -69,6 +69,7 @@ def _accuracies(model, arch: dict, metrics: dict, folder: Path) -> list[tuple[st
 def _teacher_show(args) -> int:
     """What a teacher folder is: architecture, size, the figures it records and the split they hold on."""
     from search_spaces import count_params, space_for
+    from search_spaces.transformer import text_positions
 
     from .models import load_model
 
@@ -78,7 +79,7 @@ def _teacher_show(args) -> int:
     shape = arch.get("input_shape") or arch.get("hparams", {}).get("input_shape") or \
         ([split["max_length"]] if "max_length" in split else None)
     flops, units = "?", None
-    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    positions = text_positions(model)  # as the search counts them (RoBERTa's offset taken off, helper-52)
     if not shape and positions:  # a Hugging Face folder of the user's, no length recorded (helper-49/51: "units: -")
         shape = [min(128, positions)]  # what a search reads it at without teacher.max_length (search.teacher_data)
         shown = f"{shape} (tokens: none recorded; a search's default without teacher.max_length)"
@@ -90,7 +91,7 @@ def _teacher_show(args) -> int:
             flops = f"{space.flops(space.identity()):,}"
             # the architecture as the search sees it (helper-43: `family: vgg` alone said nothing of it)
             units = f"{len(space.units)} (name kind width): " + ", ".join(f"{u.name} {u.kind} {u.width}" for u in space.units)
-        except (ValueError, RuntimeError) as e:  # a model no space can trace: say so, show the rest
+        except (ValueError, RuntimeError, IndexError) as e:  # a model no space can trace: say so, show the rest
             flops = f"? ({str(e).splitlines()[0]})"
     rows = [("folder", str(folder)), ("family", arch.get("family")), ("input shape", shown),
             ("units", units),

@@ -479,7 +479,7 @@ def _label_ids(path: Path, labels: list) -> tuple[np.ndarray, list[str] | None]:
         _check_class_ids(f"text dataset {path}", max(ints), len(ints), len(set(ints)))
         return np.asarray(ints, dtype=np.int64), None
     names = sorted({str(v) for v in labels})
-    numbers = [n for n in names if n.strip().isdigit()]
+    numbers = [n for n in names if n.strip().lstrip("+-").isdigit()]  # -1/0/1 are names, all of them (helper-52)
     if numbers and len(numbers) < len(names):  # (helper-49: 0/1/2 beside food/sports/tech became 6 classes unsaid)
         words = [n for n in names if n not in numbers]
         raise DataError(f"text dataset {path}: expected labels that are all class ids or all names, found both: ids "

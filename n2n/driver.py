@@ -155,7 +155,7 @@ class SearchDriver:
         self.records: list[dict] = []  # one per trained candidate, in completion order
         self.session_from = 0  # records before it are earlier sessions' (deaths count per session)
         self.asks = 0  # candidates asked in this stage (cached ones included)
-        self._exhaust_seen = ((-1, -1), False)  # ((asks, cache size), exhausted) of the last _exhausted look
+        self._exhaust_seen = (None, False)  # (what it was seen at, exhausted) of the last _exhausted look
         self.cache_hits = 0
         self.updates_done: dict[str, int] = {}  # policy updates of finished stages
         self.wall_before = 0.0  # wall time of earlier sessions (before a resume)
@@ -259,8 +259,11 @@ class SearchDriver:
         (helper-50: 113 s of a default search, 1,008 cached answers, 102 policy updates, nothing trained)."""
         if self.stage != "refine" or not self.asks or self.asks % EXHAUSTED_EVERY:
             return False
-        if self._exhaust_seen[0] != (self.asks, len(self.cache)):
-            self._exhaust_seen = ((self.asks, len(self.cache)), not self._untrained(self.base))
+        # (helper-52: keyed on asks and the cache alone, a new base after a switch took its predecessor's
+        # answer, and a trial that left the flight without a result kept "nothing left")
+        seen = (self.asks, len(self.cache), self.in_flight(), self.space.key(self.base))
+        if self._exhaust_seen[0] != seen:
+            self._exhaust_seen = (seen, not self._untrained(self.base))
         return self._exhaust_seen[1]
 
     def _fixed(self) -> bool:

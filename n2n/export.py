@@ -57,18 +57,23 @@ def _teacher_tokenizer(folder: Path):
     return data_mod.tokenizer_for(folder)
 
 
-def name_classes(config, labels, log=print) -> None:
+def name_classes(config, arch: dict, labels, log=print) -> dict:
     """A Hugging Face student's class names: the data's (string labels, class i the i-th in sorted order)
     where its teacher had only transformers' placeholders LABEL_i (helper-51: hf/ kept them, and
-    pipeline() answered LABEL_0 where the data says "food")."""
+    pipeline() answered LABEL_0 where the data says "food"): in `config` (the module's, which hf/ is saved
+    from) and in the arch JSON that n2n.load_student builds from (helper-52); returns that arch."""
     names = getattr(config, "id2label", None) or {}
     if labels is None or len(names) != len(labels) or \
             any(str(names.get(i, names.get(str(i)))) != f"LABEL_{i}" for i in range(len(names))):
-        return
+        return arch
     config.id2label = dict(enumerate(labels))
     config.label2id = {n: i for i, n in enumerate(labels)}
     log(f"class names from the data ({', '.join(labels)}) replace the teacher's placeholders LABEL_0.. in the "
         f"student's config")
+    if not isinstance(arch.get("config"), dict):
+        return arch
+    return {**arch, "config": {**arch["config"], "id2label": {str(i): n for i, n in enumerate(labels)},
+                               "label2id": dict(config.label2id)}}
 
 
 def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: bool = False, log=print,
@@ -391,7 +396,7 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         arch = {**arch, "probe": probe(student, arch["input_shape"])}
     if arch["family"] == "hf-encoder" and tokenizer is None:
         log("the teacher folder has no tokenizer: the student takes token ids only")
-    name_classes(getattr(getattr(student, "model", None), "config", None), ds.labels, log)
+    arch = name_classes(getattr(getattr(student, "model", None), "config", None), arch, ds.labels, log)
     extras = []
 
     def save_hf(tmp: Path):

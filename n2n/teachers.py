@@ -57,7 +57,10 @@ class TeacherRecipe:
         _refuse([(self.arch != "vgg" or len(self.hidden) <= 1, "hidden", "one width for vgg (its one classifier layer)",
                   self.hidden),
                  (0 <= self.seed < SEED_LIMIT, "seed", f"0 to {SEED_LIMIT - 1}", self.seed),
-                 (0 <= self.split_seed < SEED_LIMIT, "split_seed", f"0 to {SEED_LIMIT - 1}", self.split_seed)])
+                 (0 <= self.split_seed < SEED_LIMIT, "split_seed", f"0 to {SEED_LIMIT - 1}", self.split_seed),
+                 # (helper-52: it failed later with advice for Python users)
+                 (not self.dataset.startswith("text:"), "dataset", "numeric data (a text dataset's teacher is a Hugging "
+                  "Face encoder: `n2n teacher train --hf CHECKPOINT --dataset text:PATH`, then teacher.path)", self.dataset)])
 
     def key(self) -> str:
         # FORMAT: what a cached teacher folder records (split fingerprints, input preprocessing); a
@@ -96,9 +99,10 @@ def teacher_arch(recipe: TeacherRecipe, dataset: data_mod.Dataset) -> dict:
 
 
 def train_teacher(recipe: TeacherRecipe, out: Path | None = None, device: str = "auto", log=print,
-                  overwrite: bool = False) -> tuple:
+                  overwrite: bool = False, warn_weak: bool = True) -> tuple:
     """Train a teacher from its recipe; save it to `out` when given (`overwrite` replaces only a
-    model folder n2n wrote). Returns (model, arch, metrics)."""
+    model folder n2n wrote). Returns (model, arch, metrics). `warn_weak`: say when it is no better
+    than always answering the most common class (a search says so itself, with its target)."""
     recipe.check_new()
     recipe = replace(recipe, dataset=data_mod.absolute(recipe.dataset))  # as it is recorded
     ds = data_mod.load_dataset(recipe.dataset, seed=recipe.split_seed)
@@ -115,7 +119,7 @@ def train_teacher(recipe: TeacherRecipe, out: Path | None = None, device: str = 
     dev = device_for(device)
     name = recipe.arch if recipe.arch == "mlp" else f"{recipe.arch}/{recipe.preset}"  # an MLP has no preset
     log(f"training {name} teacher on {recipe.dataset} "
-        f"({count_params(model):,} params, {recipe.epochs} epochs, {dev})")
+        f"({count_params(model):,} params, {recipe.epochs} epoch{'s' if recipe.epochs != 1 else ''}, {dev})")
     start = time.perf_counter()
 
     def on_epoch(epoch, loss):
@@ -141,7 +145,7 @@ def train_teacher(recipe: TeacherRecipe, out: Path | None = None, device: str = 
         "trained_on": {"device": str(dev), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
     }
     log(f"  teacher: val {metrics['val_accuracy']:.4f}  test {metrics['test_accuracy']:.4f}")
-    if warning := chance_warning(metrics["val_accuracy"], ds.y_val):  # said now, not at the first search (helper-49)
+    if warn_weak and (warning := chance_warning(metrics["val_accuracy"], ds.y_val)):  # now, not at a first search (helper-49)
         log(warning)
     if out is not None:
         save_model(out, model, arch, metrics, overwrite=overwrite, log=log)
@@ -263,7 +267,7 @@ def cached_teacher(recipe: TeacherRecipe, log=print) -> Path:
     folder = data_mod.cache_dir() / "teachers" / f"{label}-{recipe.arch}-{key}"
     if not (folder / "model.safetensors").exists():
         try:
-            train_teacher(recipe, out=folder, log=log)
+            train_teacher(recipe, out=folder, log=log, warn_weak=False)  # the search warns itself (helper-52)
         except FileExistsError:  # another search cached it while this one trained: the same recipe
             if not (folder / "model.safetensors").exists():
                 raise

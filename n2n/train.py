@@ -238,4 +238,3 @@ def chance_warning(accuracy: float, y, drop: float | None = None) -> str | None:
     if drop is not None and (accuracy - base) * 100 <= drop:
         said += f" A student that always answers that class meets the {drop:g}-point accuracy target"
     return said
-

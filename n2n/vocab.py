@@ -26,8 +26,8 @@ def check_trimmable(tokenizer, where: str) -> None:
 
     if not isinstance(tokenizer, BertTokenizer):
         found = type(tokenizer).__name__ if tokenizer is not None else "no tokenizer"
-        raise DataError(f"--trim-vocab: expected a tokenizer that loads as transformers' BertTokenizer (a vocab.txt "
-                        f"with tokenizer_class BertTokenizer), found {found} in {where}; n2n rebuilds only that class "
+        raise DataError(f"--trim-vocab: expected a tokenizer that loads as transformers' BertTokenizer (its "
+                        f"tokenizer_config.json names that class), found {found} in {where}; n2n rebuilds only that class "
                         f"from a trimmed vocabulary. Export without --trim-vocab, or save the teacher's tokenizer as "
                         f"BertTokenizer(vocab_file) if it tokenises your texts the same")
 

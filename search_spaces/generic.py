@@ -60,9 +60,11 @@ def load_factory(path: str, allowed=()):
         if beside:
             local = (f"; from {where} n2n imports only {top!r} itself (a package may import its own modules), so "
                      f"install what it imports (pip install -e .) or make it one package")
-        elif missing == top:  # (helper-49/51: a printed resume command, run from another folder)
+        elif e.name == top:  # (helper-49/51: a printed resume command, run from another folder)
             local = (f"; n2n looks for {top!r} in the folder the command runs in{f' ({where})' if where else ''} and "
                      f"among installed packages: run it from the folder that holds {top!r}, or install it")
+        elif (e.name or "").startswith(top + "."):  # the package is there, its module is not
+            local = f"; {top!r} was found, but it holds no module {e.name!r}"
         else:
             local = ""
         raise UnsupportedModel(f"factory {path!r} cannot be imported: {e}{local}") from None

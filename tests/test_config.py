@@ -323,3 +323,12 @@ def test_a_config_that_is_not_utf8_is_refused_in_one_line(tmp_path):
     path.write_bytes("seed: 3  # caf\xe9\n".encode("cp1252"))
     with pytest.raises(ConfigError, match=rf"config {path}: expected UTF-8 text, found byte 0xe9 at offset 14; save it as UTF-8"):
         load_config(path)
+
+
+def test_a_recipe_teacher_on_text_data_is_refused_with_the_command_that_makes_one():
+    """helper-52: `teacher.recipe.dataset: text:...` was accepted, then failed in load_raw with advice
+    for Python callers."""
+    with pytest.raises(ConfigError, match=r"teacher.recipe.dataset \(--dataset\): expected numeric data \(a text "
+                                          r"dataset's teacher is a Hugging Face encoder: `n2n teacher train --hf "
+                                          r"CHECKPOINT --dataset text:PATH`, then teacher.path\), got 'text:r.csv'"):
+        load_config(None, {"teacher.recipe.dataset": "text:r.csv"})

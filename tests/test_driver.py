@@ -752,3 +752,25 @@ def test_a_result_stored_before_an_interruption_is_said_so_not_cached(space):
     cfg = d.suggest("t0")
     d.complete("t0", {**_metrics(space, proxy, cfg), "cached": True})
     assert said[-1].split(" | ")[0].endswith(", result stored before the interruption)") and d.cache_hits == 0
+
+
+def test_refines_look_at_what_is_left_is_not_reused_for_another_base_or_flight(space):
+    """helper-52: the memo of "nothing left to narrow" was keyed on asks and the cache alone, so a new
+    base reached the same ask count took its predecessor's answer, and a trial that left the flight
+    without a result did not clear it."""
+    d = _driver(space, agent="random", stages=["shrink", "refine"], budgets={"shrink": 2, "refine": 8}, agent_options={})
+    d.stage_idx, looked = 1, []
+    assert d.stage == "refine"
+    answers = {"a": False, "b": True}  # whether each base has a narrower student left
+    d._untrained = lambda base: looked.append(base) or answers[base]
+    d.space = type("S", (), {"key": lambda self, spec: spec})()  # bases named by strings here
+    d.base, d.asks = "a", 20
+    assert d._exhausted() and d._exhausted() and looked == ["a"]  # looked once at one state
+    d.base = "b"  # a switch of base at the same count: looked at again
+    assert not d._exhausted() and looked == ["a", "b"]
+    d.trials["t9"] = {"key": "k"}  # a trial in flight, then gone without a result: looked at again each time
+    d.base = "a"
+    d._exhausted()
+    d.trials.clear()
+    d._exhausted()
+    assert looked == ["a", "b", "a", "a"]

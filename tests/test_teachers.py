@@ -192,16 +192,21 @@ def test_allowing_a_factory_imports_that_module_alone_from_the_working_folder(tm
     with pytest.raises(UnsupportedModel, match=rf"No module named 'mynet_helpers'; from {tmp_path} n2n imports only "
                                                r"'uses_sibling' itself"):
         load_factory("uses_sibling:make", ["uses_sibling:make"])
-    # a missing third-party module gets no such hint (helper-23)
     # a factory that is not there at all: where n2n looked (helper-49/51: a resume command run from elsewhere)
     with pytest.raises(UnsupportedModel, match=rf"cannot be imported: No module named 'nosuch'; n2n looks for 'nosuch' "
                                                rf"in the folder the command runs in \({tmp_path}\) and among installed "
                                                rf"packages: run it from the folder that holds 'nosuch', or install it$"):
         load_factory("nosuch.models:make", ["nosuch.models:make"])
+    (tmp_path / "pkgx").mkdir()  # the package there, its module not (helper-52: told to run from where it was run)
+    (tmp_path / "pkgx" / "__init__.py").write_text("")
+    with pytest.raises(UnsupportedModel, match=r"No module named 'pkgx.models'; 'pkgx' was found, but it holds no "
+                                               r"module 'pkgx.models'$"):
+        load_factory("pkgx.models:make", ["pkgx.models:make"])
+    # a missing third-party module gets no such hint (helper-23)
     (tmp_path / "needs_dep.py").write_text("import not_installed_anywhere\ndef make():\n    return None\n")
     with pytest.raises(UnsupportedModel, match=r"No module named 'not_installed_anywhere'$"):
         load_factory("needs_dep:make", ["needs_dep:make"])
-    for name in ("mynet2", "uses_sibling"):
+    for name in ("mynet2", "uses_sibling", "pkgx"):
         sys.modules.pop(name, None)
 
 
@@ -269,7 +274,7 @@ def test_the_teacher_cache_holds_only_what_its_recipe_trained(tmp_path, monkeypa
     shutil.rmtree(folder)
     said = []
 
-    def raced(recipe, out, log):  # another search commits the same teacher first
+    def raced(recipe, out, log, **_):  # another search commits the same teacher first
         shutil.copytree(kept, out)
         raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
 

@@ -73,6 +73,8 @@ def test_text_datasets_are_tokenised_with_the_teachers_tokenizer(tmp_path):
     with pytest.raises(DataError, match="expected labels that are all class ids or all names, found both: ids 0 and "
                                         "names food; write every label one way"):
         load_dataset(f"text:{tmp_path / 'mixed.csv'}", tokenizer=tok)
+    (tmp_path / "signed.csv").write_text("text,label\n" + "a,-1\nb,0\nc,1\n" * 4)  # helper-52: names, not a mix
+    assert load_dataset(f"text:{tmp_path / 'signed.csv'}", tokenizer=tok, max_length=12).labels == ["-1", "0", "1"]
     (tmp_path / "empty.csv").write_text("text,label\nhello,1\nthere,\n")  # helper-49: said "has ['label', 'text']"
     with pytest.raises(DataError, match="expected a text \\(a string\\) and a label in every row; row 2 has an empty label"):
         load_dataset(f"text:{tmp_path / 'empty.csv'}", tokenizer=tok)
@@ -368,11 +370,15 @@ def test_an_hf_student_takes_the_datas_class_names_where_its_teacher_had_placeho
 
     said, config = [], BertConfig(num_labels=3)
     assert config.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
-    name_classes(config, ["food", "sports", "tech"], said.append)
+    arch = {"family": "hf-encoder", "config": config.to_dict()}
+    named = name_classes(config, arch, ["food", "sports", "tech"], said.append)
     assert config.id2label == {0: "food", 1: "sports", 2: "tech"} and config.label2id == {"food": 0, "sports": 1, "tech": 2}
+    # and in arch.json, which n2n.load_student builds from (helper-52: it kept LABEL_i beside hf/'s names)
+    assert named["config"]["id2label"] == {"0": "food", "1": "sports", "2": "tech"} and named["config"]["label2id"]["tech"] == 2
+    assert BertConfig.from_dict(named["config"]).id2label == config.id2label and list(arch["config"]["id2label"].values())[0] == "LABEL_0"
     assert said == ["class names from the data (food, sports, tech) replace the teacher's placeholders LABEL_0.. in "
                     "the student's config"]
     own = BertConfig(id2label={0: "neg", 1: "pos"})
-    name_classes(own, ["negative", "positive"], said.append)
-    name_classes(BertConfig(num_labels=2), None, said.append)  # integer labels: no names to give
+    assert name_classes(own, arch, ["negative", "positive"], said.append) is arch  # its own names kept
+    assert name_classes(BertConfig(num_labels=2), arch, None, said.append) is arch  # integer labels: no names to give
     assert own.id2label == {0: "neg", 1: "pos"} and len(said) == 1
