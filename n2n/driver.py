@@ -328,7 +328,7 @@ class SearchDriver:
                        f"and no other shrink or refine student has a narrower one left untrained")
             elif done == "finalists" and len(self.agent.specs) < self.budgets[done]:  # (helper-37: it said
                 n = len(self.agent.specs)                                              # "nothing more to propose")
-                why = f"{'only ' if n else ''}{n} candidate{'s' if n != 1 else ''} qualified (n2n.pick.finalists)"
+                why = f"{'only ' if n else ''}{many(n, 'candidate')} qualified (n2n.pick.finalists)"
             elif self.asks > self.max_asks * max(self.budgets[done], 1):
                 why = "the agent kept proposing known specs"
             else:

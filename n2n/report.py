@@ -26,19 +26,18 @@ def leaderboard(records: list[dict], teacher_size: float, top: int = 10, size: s
     ("params", "flops" or "latency_ms"). Latency, where measured, has a column of its own; a
     latency's "faster" is against the teacher timed beside that student. `within(record)`: whether
     it meets the target's size and latency limits, a column of its own (None: no limits)."""
-    rows = sorted((r for r in records if r["failure"] is None), key=lambda r: -r["reward"])[:top]
+    # (a latency of a run that did not measure it has no row)
+    scored = [r for r in records if r["failure"] is None and r.get(size) is not None]
+    rows = sorted(scored, key=lambda r: -r["reward"])[:top]
     lat = size == "latency_ms"
     show = (lambda v: f"{v:.3f}") if lat else (lambda v: f"{v:,}")
-    rows = [r for r in rows if r.get(size) is not None]  # (latency of a run that did not measure it)
     w = max([len(show(r[size])) for r in rows] + [len(size)])  # 8-digit counts keep their column
     extra = not lat and any(r.get("latency_ms") for r in rows)
-    scored = [r for r in records if r["failure"] is None and r.get(size) is not None]
-    if len(scored) > len(rows):  # (helper-51: 12 trained, 10 rows, and nothing said of the other 2)
-        head = f"the best {len(rows)} of {len(scored)} by reward (every candidate: candidates.json)\n"
-    else:
-        head = ""
-    lines = [f"{head}{'#':>2} {'stage':9} {size:>{w}} {'faster' if lat else 'smaller':>9} {'val acc':>7} {'reward':>7}"
-             f"{' latency_ms' if extra else ''}{' limits' if within else ''}  spec"]
+    # (helper-51: 12 trained, 10 rows, and nothing said of the other 2)
+    lines = [f"the best {len(rows)} of {len(scored)} by reward (every candidate: candidates.json)"] \
+        if len(scored) > len(rows) else []
+    lines += [f"{'#':>2} {'stage':9} {size:>{w}} {'faster' if lat else 'smaller':>9} {'val acc':>7} {'reward':>7}"
+              f"{' latency_ms' if extra else ''}{' limits' if within else ''}  spec"]
     for i, r in enumerate(rows, 1):
         times = 1 / latency_ratio(r) if lat else teacher_size / max(r[size], 1)
         ms = f" {r['latency_ms']:>10.3f}" if extra and r.get("latency_ms") else " " * 11 if extra else ""
