@@ -259,7 +259,8 @@ def split(name: str, x: np.ndarray, y: np.ndarray, seed: int = 0, parts: list | 
         perm = np.random.default_rng(seed).permutation(n)
         n_train, n_val = int(SPLIT[0] * n), int(SPLIT[1] * n)
         parts = np.split(perm, [n_train, n_train + n_val])
-    record = {"dataset": name, "seed": None if given else seed, "fingerprint": fingerprint(x_np, np.asarray(y), parts),
+    # absolute: the record is read again from other folders (helper-51: a text teacher's said `text:train.csv`)
+    record = {"dataset": absolute(name), "seed": None if given else seed, "fingerprint": fingerprint(x_np, np.asarray(y), parts),
               "sizes": {k: len(p) for k, p in zip(("train", "val", "test"), parts)},
               "parts": _part_digests(x_np, np.asarray(y), parts)}
     y = torch.as_tensor(np.asarray(y), dtype=torch.long)

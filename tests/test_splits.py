@@ -205,3 +205,13 @@ def test_a_folder_that_lost_hidden_files_says_why():
     assert _described({"fingerprint": "a", "sizes": [1, 2]}) == "None: fingerprint a"
     assert _differences({**now, "parts": {"x": "1", "y": "9", "split": "8"}}, {**now, "fingerprint": "c"}) == (
         "the same sizes but other data: its labels (y), which samples are train, val or test changed (fingerprint c)")
+
+
+def test_a_split_records_its_data_by_absolute_path(tmp_path, monkeypatch):
+    """A split is read again from other folders (an export's metrics.json, a run's n2n.json): a text
+    teacher's recorded `text:train.csv` as given, naming another file, or none, elsewhere."""
+    _npz_task(tmp_path / "d.npz")
+    monkeypatch.chdir(tmp_path)
+    ds = load_dataset("npz:d.npz")
+    assert ds.split["dataset"] == f"npz:{tmp_path / 'd.npz'}"
+    assert load_dataset("digits").split["dataset"] == "digits"  # built-in names stay names
