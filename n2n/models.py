@@ -318,10 +318,31 @@ def check_replaceable(folder: Path, kind: str) -> None:
     if not folder.exists() and not folder.is_symlink():
         return
     if folder.is_symlink() or not folder.is_dir() or written_by_n2n(folder) != kind:
-        held = ("a symlink to " + os.readlink(folder) if folder.is_symlink() else
-                sorted(p.name for p in folder.iterdir())[:6] if folder.is_dir() else "a file")
-        raise FileExistsError(f"{folder} exists and is not an earlier n2n {kind} (it holds {held}); --overwrite "
-                              f"only replaces one of those; choose another --out")
+        raise FileExistsError(f"{folder} exists and is not an earlier n2n {kind} ({_not_ours(folder, kind)}); "
+                              f"--overwrite only replaces one of those; choose another --out")
+
+
+def _not_ours(folder: Path, kind: str) -> str:
+    """Why `folder` is not an earlier n2n `kind`, naming what blocks it (helper-51: the whole listing)."""
+    if folder.is_symlink():
+        return f"it is a symlink to {os.readlink(folder)}"
+    if not folder.is_dir():
+        return "it is a file"
+    allowed = MODEL_FILES | EXPORT_EXTRAS if kind == "export" else MODEL_FILES | HF_FILES
+    subs = {"hf", "tokenizer"} if kind == "export" else set()
+    odd = []
+    for p in sorted(folder.iterdir()):
+        if p.name not in allowed:
+            odd.append(p.name)
+        elif p.name in subs:
+            odd += [f"{p.name}/{q.name}" for q in sorted(p.iterdir()) if p.is_dir() and not p.is_symlink()
+                    and (q.name not in HF_FILES | {"model.safetensors"} or not plain_file(q))]
+        elif not plain_file(p):
+            odd.append(f"{p.name} (not a plain file)")
+    if odd:
+        return f"it holds {', '.join(odd[:6])}{' ...' if len(odd) > 6 else ''}, which n2n does not write there"
+    return (f"it has no metrics.json naming the run it was exported from" if kind == "export" else
+            f"it has no metrics.json with the recipe or checkpoint it was trained from")
 
 
 def check_creatable(folder: Path) -> None:

@@ -324,7 +324,7 @@ def test_export_overwrite_replaces_only_an_earlier_export(finished_run, tmp_path
     (other / "notes.txt").write_text("precious")
     (other / "arch.json").write_text("{}")
     status, err = _main(capsys, "export", run, "--out", other, "--overwrite")
-    assert status == 2 and "is not an earlier n2n export (it holds ['arch.json', 'notes.txt'])" in err
+    assert status == 2 and "is not an earlier n2n export (it holds notes.txt, which n2n does not write there)" in err
     assert (other / "notes.txt").read_text() == "precious"
     assert {p: _tree(p) for p in (run, runs)} == kept and os.path.isdir(teacher)
 
@@ -345,7 +345,7 @@ def test_export_overwrite_replaces_only_an_earlier_export(finished_run, tmp_path
     (out / "hf").mkdir()
     (out / "hf" / "notes.txt").write_text("mine now")  # n2n's subfolder with a file of the user's inside
     status, err = _main(capsys, "export", run, "--out", out, "--overwrite")
-    assert status == 2 and (out / "hf" / "notes.txt").exists()
+    assert status == 2 and "it holds hf/notes.txt, which" in err and (out / "hf" / "notes.txt").exists()
     (out / "hf" / "notes.txt").unlink()
     # folders under the names of n2n's files, holding the user's (helper-28: deleted without a word)
     for inside in (out / "model.onnx", out / "hf" / "config.json"):
@@ -353,6 +353,7 @@ def test_export_overwrite_replaces_only_an_earlier_export(finished_run, tmp_path
         (inside / "thesis.tex").write_text("mine")
         status, err = _main(capsys, "export", run, "--out", out, "--overwrite")
         assert status == 2 and "is not an earlier n2n export" in err and (inside / "thesis.tex").read_text() == "mine"
+        assert ("model.onnx (not a plain file)" if inside.name == "model.onnx" else "hf/config.json, which") in err
         shutil.rmtree(inside)
     status, err = _main(capsys, "teacher", "train", "--dataset", "digits", "--out", out, "--overwrite")
     assert status == 2 and "is not an earlier n2n teacher" in err  # an export is not a teacher either
