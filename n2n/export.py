@@ -282,6 +282,8 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
                          bool(meta.get("results_store")) and not fetch)  # fetched already: no --fetch to suggest
     if fetcher:
         fetcher.repair(chosen["key"])
+    # before the exporting line: an edited module or a changed teacher is refused with nothing said as begun
+    run = OpenRun.open(run_dir, factories)
     best = {**chosen, "val_accuracy": chosen["accuracy"]}
     log(f"exporting {best['summary']} ({best['params']:,} params, {best['stage']}, val acc {best['accuracy']:.4f}): {why}")
     stopped = unfinished(run_dir)
@@ -294,7 +296,6 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         log(f"warning: this search has not finished ({stopped}), so this is the choice among the candidates so "
             f"far{'' if cfg.finalists.k == 0 or best['stage'] == 'finalists' else ', on brief-distillation figures'}"
             + f"; {finish_hint(stopped, run_dir, 'export')}")
-    run = OpenRun.open(run_dir, factories)
     teacher, space, ds = run.teacher, run.space, run.ds
     measured = check_teacher_figures(meta, teacher, ds, run_dir)  # what metrics.json states and judges by
     spec = StudentSpec.from_dict(best["spec"])

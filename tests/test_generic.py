@@ -322,6 +322,7 @@ def test_a_module_teacher_searched_and_exported_from_the_command_line_loads_as_m
     (tmp_path / "usernet.py").write_text(edited)
     again = cli("export", "runs/r", "--out", "s2")
     assert again.returncode == 2 and "changed since" in again.stderr and "Traceback" not in again.stderr
+    assert "exporting" not in again.stdout  # refused before it says it began
     assert not (tmp_path / "s2").exists()
     refused = subprocess.run([sys.executable, "-c", "import n2n; n2n.load_student('s', factories=['usernet:make'])"],
                              cwd=tmp_path, env={**env, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True)
