@@ -330,6 +330,9 @@ def taken(run_dir: Path) -> RunError:
     """Why a new search cannot have `run_dir`: a run to resume, or something else (helper-41: a folder
     of the user's own was offered to `n2n resume`, which then said it is no run)."""
     if (run_dir / META).is_file():
+        if holder := lock_holder(run_dir):  # (helper-53: resuming it was the advice, and failed so)
+            return RunError(f"{run_dir} already exists and is in use by another n2n process ({holder}); choose "
+                            f"another --name")
         return RunError(f"{run_dir} already exists; resume it with `n2n resume {shlex.quote(str(run_dir))}` or choose another --name")
     return RunError(f"{run_dir} already exists and is not an n2n run; choose another --name (or --runs-dir)")
 

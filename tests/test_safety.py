@@ -260,6 +260,9 @@ def test_one_process_per_run_folder_and_a_dead_holder_is_taken_over(tmp_path, ca
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(Exception, match=f"pid {holder.pid} on"):
         RunLock(run).acquire()
+    # a new search under its name is told it is in use, not to resume it (helper-53: that failed so)
+    status, err = _main(capsys, "search", "--runs-dir", tmp_path, "--name", "run")
+    assert status == 2 and f"{run} already exists and is in use by another n2n process (pid {holder.pid} on" in err
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     lock = RunLock(run).acquire()
