@@ -641,16 +641,21 @@ class OpenRun:
         space = cfg.space(teacher, meta["input_shape"], arch)
         check_space(space, meta, run_dir)
         ds = run_data(meta, arch)
-        check_outputs(run_dir, teacher, ds)
+        check_outputs(run_dir, teacher, ds, meta.get("teacher_logits_digest"))
         return cls(Path(run_dir), meta, cfg, teacher, arch, ds, space)
 
 
-def check_outputs(run_dir: Path, teacher, ds: data_mod.Dataset) -> None:
+def check_outputs(run_dir: Path, teacher, ds: data_mod.Dataset, digest: str | None = None) -> None:
     """The teacher must compute what it computed when the run started, as its kept logits on the
     training split say. Its weights are checked by digest; this catches its code: a user module's
     factory edited since (a LeakyReLU made a ReLU loads the same weights into another network, with
-    the same params and FLOPs), whose candidates would be rebuilt and exported as that other network."""
+    the same params and FLOPs), whose candidates would be rebuilt and exported as that other network.
+    `digest`: the kept file's, as n2n.json recorded it; a file that no longer has it says nothing of
+    the teacher (helper-53: its first rows edited were blamed on the teacher's code), and
+    `teacher_logits` computes it again with a warning."""
     path = Path(run_dir) / TEACHER_LOGITS
+    if digest is not None and path.is_file() and file_digest(path) != digest:
+        return
     try:
         kept = load_weights(path)["logits"][:64]  # (64, classes)
     except (ModelError, KeyError):  # none kept (an old or damaged run): nothing to compare with
