@@ -517,7 +517,8 @@ class SearchDriver:
         for cid in [t["cid"]] + self.waiters.pop(t["key"], []):
             if cid in self.agent.pending:  # always true within a stage; guards a stage switch
                 self.agent.tell(cid, r, ev)
-        extra = {k: metrics[k] for k in ("device", "gpus", "node", "started", "ended") if metrics and k in metrics}
+        extra = {k: metrics[k] for k in ("device", "gpus", "node", "started", "ended", "weights_digest")
+                 if metrics and k in metrics}
         rec = {"trial_id": trial_id, "stage": t["stage"], "key": t["key"], "spec": t["spec"],
                "summary": self.space.describe(spec), **m, **extra, "cached": bool(metrics and metrics.get("cached"))}
         self.records.append(rec)

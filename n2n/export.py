@@ -20,8 +20,8 @@ from .config import Config, run_config
 from .data import unstandardise
 from .deploy import check_onnx, fastest_ratio, require_onnx, time_as_shipped, to_onnx
 from .errors import RunError
-from .models import (ModelError, RawInput, build_model, check_creatable, check_replaceable, device_for, load_weights,
-                     save_model, weights_mismatch, write_json)
+from .models import (ModelError, RawInput, build_model, check_creatable, check_replaceable, device_for, file_digest,
+                     load_weights, save_model, weights_mismatch, write_json)
 from .runfolder import RunLock, finish_hint, read_records, read_run, read_summary, unfinished
 from .search import OpenRun, check_teacher, check_teacher_figures, teacher_logits
 from .storage import Fetcher, shown
@@ -304,6 +304,12 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
                        f"was candidates.json changed?")
     arch = space.arch(spec)
     weights = run_dir / "results" / f"{best['key']}.safetensors"
+    # the file the trial wrote (helper-53: weights with noise added measured within the 2 samples below and
+    # shipped); candidates recorded before trials recorded digests are checked by the rest alone
+    if best.get("weights_digest") and file_digest(weights) != best["weights_digest"]:
+        raise RunError(f"{weights}: not the file the trial of {best['key']} wrote (its digest {file_digest(weights)} "
+                       f"differs from candidates.json's {best['weights_digest']}); was results/ changed? Restore it, "
+                       f"or export another candidate (--key, --rank)")
     student = build_model(arch, factories)
     try:
         student.load_state_dict(load_weights(weights), strict=True)

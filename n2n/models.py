@@ -601,6 +601,13 @@ def file_digest(path: Path) -> str | None:
     return h.hexdigest()[:16]
 
 
+def bytes_digest(data: bytes) -> str:
+    """`file_digest` of a file holding `data`."""
+    import hashlib
+
+    return hashlib.sha1(data).hexdigest()[:16]
+
+
 def load_weights(path: Path) -> dict:
     try:
         return load_file(str(path))

@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .errors import ConfigError, RunError
-from .models import ModelError, append_to, load_weights, save_weights, write_bytes, write_json
+from .models import ModelError, append_to, bytes_digest, file_digest, load_weights, save_weights, write_bytes, write_json
 
 AUDIT = "trained.log"
 
@@ -60,17 +60,20 @@ class LocalResults:
     def write_text(self, name: str, text: str) -> None:
         write_bytes(self.path / name, text.encode())
 
-    def save(self, key: str, state: dict | None, final: dict) -> None:
+    def save(self, key: str, state: dict | None, final: dict) -> dict:
         """Weights, then the audit line, then the result file. The audit line comes before the
         result: a kill between the two leaves the training logged and, with no result, run again and
-        logged again; never a result whose training is missing from the log."""
+        logged again; never a result whose training is missing from the log. Returns the result, with
+        the weights file's digest (`weights_digest`: what export checks the file against)."""
         if state is not None:
             save_weights(state, self.path / f"{check_key(key)}.safetensors")
+            final = {**final, "weights_digest": file_digest(self.path / f"{key}.safetensors")}
         with append_to(self.path / AUDIT) as f:
             f.write(key + "\n")
             f.flush()
             os.fsync(f.fileno())
         write_json(self.path / f"{key}.json", final)
+        return final
 
 
 def store_location(storage: str, run_name: str) -> str:
@@ -179,16 +182,19 @@ class RemoteResults:
     def write_text(self, name: str, text: str) -> None:
         self._put(name, text.encode())
 
-    def save(self, key: str, state: dict | None, final: dict) -> None:
+    def save(self, key: str, state: dict | None, final: dict) -> dict:
         from safetensors.torch import save
 
         check_key(key)
         filesystem, root = self._fs
         filesystem.create_dir(f"{root}/trained", recursive=True)  # a local or mounted store needs the folders
         if state is not None:
-            self._put(f"{key}.safetensors", save({k: v.detach().cpu().contiguous() for k, v in state.items()}))
+            data = save({k: v.detach().cpu().contiguous() for k, v in state.items()})
+            self._put(f"{key}.safetensors", data)
+            final = {**final, "weights_digest": bytes_digest(data)}  # fetched byte for byte: the local file's too
         self._put(f"trained/{key}.{time.time_ns()}", b"")
         self._put(f"{key}.json", json.dumps(final, indent=2, sort_keys=True).encode() + b"\n")
+        return final
 
     def audit(self, local: Path) -> None:
         """Bring the run's trained.log up to the store's audit entries: one line per training,

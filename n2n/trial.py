@@ -166,7 +166,8 @@ def run_trial(config: dict, context: Context) -> None:
     final.update(device=device, started=started, ended=time.time(), node=runtime.get_node_id(),
                  gpus=float(runtime.get_assigned_resources().get("GPU", 0.0)))
     try:
-        results.save(config["key"], student.state_dict() if student is not None and ev.failure is None else None, final)
+        final = results.save(config["key"], student.state_dict() if student is not None and ev.failure is None else None,
+                             final)
     except Exception as e:  # trained, but nothing kept: a failure whose reason names the storage
         final.update(failed=True, failure=f"results storage {shown(ctx.results_dir)}: {e}"[:300])
     tune.report(final)

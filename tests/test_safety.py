@@ -587,16 +587,34 @@ def test_export_of_a_hand_edited_candidate_says_so_and_writes_nothing(finished_r
                           ({"accuracy": recs[i]["accuracy"] - 0.05},
                            rf"candidates.json: records {key} at val acc [\d.]+, its weights measure [\d.]+ on the run's "
                            rf"split; was candidates.json or results/ changed\?"),
-                          ("weights", rf"results/{key}.safetensors: expected the weights of the student candidates.json "
-                                      rf"describes as {key} .*found others .*; was candidates.json or results/ changed\?")):
-        if edit == "weights":  # another candidate's weights under this one's name
-            (run / "candidates.json").write_text(json.dumps(recs))
+                          ("weights", rf"results/{key}.safetensors: not the file the trial of {key} wrote \(its digest "
+                                      rf"\w+ differs from candidates.json's {recs[i]['weights_digest']}\); was results/ "
+                                      rf"changed\?"),
+                          # a run recorded before digests: the weights are checked by their shapes
+                          ("undigested", rf"results/{key}.safetensors: expected the weights of the student candidates.json "
+                                         rf"describes as {key} .*found others .*; was candidates.json or results/ changed\?")):
+        if edit in ("weights", "undigested"):  # another candidate's weights under this one's name
+            kept = [{k: v for k, v in r.items() if k != "weights_digest" or edit == "weights"} for r in recs]
+            (run / "candidates.json").write_text(json.dumps(kept))
             shutil.copy(run / "results" / f"{other['key']}.safetensors", run / "results" / f"{key}.safetensors")
         else:
             (run / "candidates.json").write_text(json.dumps([{**r, **edit} if j == i else r for j, r in enumerate(recs)]))
         with pytest.raises(RunError, match=message):
             export_best(run, tmp_path / "out", key=key, log=lambda *_: None)
         assert not (tmp_path / "out").exists()
+    # its own weights with a little noise (helper-53: measured within 2 samples of the record, and shipped)
+    from n2n.models import load_weights, save_weights
+
+    (run / "candidates.json").write_text(json.dumps(recs))
+    shutil.copy(finished_run / "results" / f"{key}.safetensors", run / "results" / f"{key}.safetensors")
+    noisy = {k: v + 1e-3 * torch.randn_like(v) if v.is_floating_point() else v
+             for k, v in load_weights(run / "results" / f"{key}.safetensors").items()}
+    save_weights(noisy, run / "results" / f"{key}.safetensors")
+    with pytest.raises(RunError, match=rf"results/{key}.safetensors: not the file the trial of {key} wrote"):
+        export_best(run, tmp_path / "out", key=key, log=lambda *_: None)
+    assert not (tmp_path / "out").exists()
+    shutil.copy(finished_run / "results" / f"{key}.safetensors", run / "results" / f"{key}.safetensors")
+    assert export_best(run, tmp_path / "out", key=key, log=lambda *_: None)["params"] == recs[i]["params"]
 
 
 def test_onnx_export_that_fails_writes_nothing_and_says_why(finished_run, tmp_path, capsys, monkeypatch):

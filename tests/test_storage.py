@@ -14,6 +14,7 @@ from n2n.config import load_config
 from n2n.export import export_best
 from n2n.search import run_search
 from n2n.errors import ConfigError, RunError
+from n2n.models import file_digest
 from n2n.storage import Fetcher, LocalResults, RemoteResults, open_results, shown, store_location
 
 
@@ -31,9 +32,9 @@ def test_a_result_saved_to_the_store_is_fetched_into_the_run_folder_once(tmp_pat
     store = RemoteResults(f"file://{tmp_path}/bucket/runs/r/results")
     store.check(tmp_path / "run")
     assert store.result("k1") is None
-    store.save("k1", _state(), {"accuracy": 0.5})
+    saved = store.save("k1", _state(), {"accuracy": 0.5})
     store.save("k2", None, {"accuracy": 0.0, "failure": "nan loss"})  # a failed trial: no weights
-    assert store.result("k1") == {"accuracy": 0.5}
+    assert store.result("k1") == saved == {"accuracy": 0.5, "weights_digest": saved["weights_digest"]}
     # the trial wrote to the store only
     remote = tmp_path / "bucket" / "runs" / "r" / "results"
     assert sorted(p.name for p in remote.glob("*.*")) == ["k1.json", "k1.safetensors", "k2.json"]
@@ -44,7 +45,8 @@ def test_a_result_saved_to_the_store_is_fetched_into_the_run_folder_once(tmp_pat
     assert fetch("k1") and fetch("k2") and not fetch("k1")  # the second time: here already
     assert not fetch("k3")  # no result in the store: nothing
     assert (local / "k1.safetensors").read_bytes() == (remote / "k1.safetensors").read_bytes()
-    assert json.loads((local / "k1.json").read_text()) == {"accuracy": 0.5}
+    assert json.loads((local / "k1.json").read_text()) == saved
+    assert file_digest(local / "k1.safetensors") == saved["weights_digest"]  # what export checks the fetched file by
     assert not (local / "k2.safetensors").exists()
     assert sorted((local / "trained.log").read_text().split()) == ["k1", "k2"]
 
@@ -56,7 +58,7 @@ def test_a_result_saved_to_the_store_is_fetched_into_the_run_folder_once(tmp_pat
     (local / "k1.safetensors").unlink()  # weights lost since, the result kept (helper-31): fetched again
     assert fetch.sync(["k1", "k2"]) == 1 and (local / "k1.safetensors").exists()  # k2 failed: it has none
     assert sorted((local / "trained.log").read_text().split()) == ["k1", "k1", "k2"]
-    assert json.loads((local / "k1.json").read_text()) == {"accuracy": 0.6}
+    assert json.loads((local / "k1.json").read_text())["accuracy"] == 0.6
 
 
 def test_a_local_location_fetches_nothing(tmp_path):
