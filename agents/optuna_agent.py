@@ -9,6 +9,12 @@ compresses (params, FLOPs or latency) relative to the teacher.
 State: the study's finished trials and the pending candidates as plain data. The sampler is reseeded
 from (seed, number of asks) before each ask, so a restored agent proposes exactly what an
 uninterrupted one would.
+
+With ``concurrency`` (the trials a search runs at once), results are learned in the order their
+candidates were asked for, each ask seeing the results of every candidate asked ``concurrency`` or
+more asks before it and no other (the rest are running trials to TPE's constant liar): the order trials
+finish in then changes nothing it proposes, as with REINFORCE's batches. An ask whose due results
+are not all in waits for them. Without it, every result is learned as it comes.
 """
 
 from __future__ import annotations
@@ -31,12 +37,15 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 class OptunaOptions:
     objective: str = "reward"  # "reward": TPE on the reward; "multi": NSGA-II on (accuracy, relative size)
     n_startup_trials: int = 10  # random candidates before TPE models the results
+    concurrency: int | None = None  # trials at once: results learned in ask order, this many asks late (None: as told)
 
     def __post_init__(self):
         if self.objective not in ("reward", "multi"):
             raise ValueError(f"objective: expected 'reward' or 'multi', got {self.objective!r}")
         if self.n_startup_trials < 0:
             raise ValueError(f"n_startup_trials: expected >= 0, got {self.n_startup_trials}")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValueError(f"concurrency: expected >= 1 or null, got {self.concurrency}")
 
 
 class OptunaAgent(Agent):
@@ -47,7 +56,8 @@ class OptunaAgent(Agent):
     def __init__(self, env, seed: int = 0, options: OptunaOptions | None = None):
         super().__init__(env, seed)
         options = options or OptunaOptions()
-        self.objective, self.n_startup = options.objective, options.n_startup_trials
+        self.objective, self.n_startup, self.concurrency = options.objective, options.n_startup_trials, options.concurrency
+        self.held: dict[int, dict] = {}  # told, not yet learned (with concurrency): candidate id -> params, values
         self.units = [u for u in env.active if env.action_mask(u).sum() > 1]
         # only the unit's allowed actions: a refine stage allows each unit the ratios up to its base's
         self.dists = {f"u{u}": CategoricalDistribution([int(a) for a in np.flatnonzero(env.action_mask(u))])
@@ -75,10 +85,22 @@ class OptunaAgent(Agent):
         actions.update({int(k[1:]): int(v) for k, v in params.items()})
         return actions
 
+    def _learn_due(self) -> bool:
+        """With concurrency: learn the held results of candidates asked `concurrency` or more asks before
+        the next one, in ask order; False while one of those is still out (the ask waits for it)."""
+        if self.concurrency is None:
+            return True
+        due = self.next_id - self.concurrency  # the ids up to this one must be learned before the next ask
+        if any(cid <= due for cid in self.pending):
+            return False
+        for cid in sorted(c for c in self.held if c <= due):
+            self.study.tell(self.trial_of.pop(cid), self.held.pop(cid)["values"])
+        return True
+
     def ask(self, n: int) -> list[Candidate]:
         out = []
         for _ in range(n * self.max_redraws):
-            if len(out) == n:
+            if len(out) == n or not self._learn_due():
                 break
             self.study.sampler = self._sampler()
             self.asks += 1
@@ -103,8 +125,11 @@ class OptunaAgent(Agent):
         return [evaluation.accuracy, 1.0 - compression(evaluation, self.env.reference, self.env.reward_config)]
 
     def tell(self, cid, reward, evaluation=None):
-        self._check_told(cid, reward)
-        self.study.tell(self.trial_of.pop(cid), self._values(reward, evaluation))
+        rec = self._check_told(cid, reward)
+        if self.concurrency is None:
+            self.study.tell(self.trial_of.pop(cid), self._values(reward, evaluation))
+        else:  # learned in ask order (_learn_due)
+            self.held[cid] = {**rec, "values": self._values(reward, evaluation)}
 
     def best_trials(self):
         return self.study.best_trials if self.objective == "multi" else [self.study.best_trial]
@@ -115,7 +140,8 @@ class OptunaAgent(Agent):
              "distributions": {k: distribution_to_json(d) for k, d in t.distributions.items()}}
             for t in self.study.get_trials(deepcopy=False) if t.state.is_finished()
         ]
-        return {**super().state_dict(), "asks": self.asks, "trials": trials}
+        return {**super().state_dict(), "asks": self.asks, "trials": trials,
+                "held": {int(k): v for k, v in self.held.items()}}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
@@ -125,7 +151,9 @@ class OptunaAgent(Agent):
             self.study.add_trial(create_trial(
                 params=t["params"], values=t["values"], state=TrialState[t["state"]],
                 distributions={k: json_to_distribution(d) for k, d in t["distributions"].items()}))
+        self.held = {int(k): v for k, v in state.get("held", {}).items()}  # (states before it: none)
         self.trial_of = {}
-        for cid, rec in sorted(self.pending.items()):  # pending candidates become running trials again
+        # pending and held candidates become running trials again, in ask order
+        for cid, rec in sorted({**self.pending, **self.held}.items()):
             self.study.enqueue_trial(rec["params"])
             self.trial_of[cid] = self.study.ask(self.dists).number

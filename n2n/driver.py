@@ -180,6 +180,8 @@ class SearchDriver:
             # the run's own copy of its starting policy; runs record None for a fresh one, and runs
             # from before starting policies existed record nothing: they started fresh too
             options = {**options, "policy": None if options.get("policy") is None else str(self.run_dir / POLICY)}
+        if self.kind == "optuna":  # results learned in ask order: the order trials finish in changes nothing
+            options = {"concurrency": self.concurrency, **options}
         # a refine that moved on to another base starts its agent from another seed
         seed = self.seed + self.stage_idx + 1000 * max(len(self.refine_bases) - 1, 0) * (stage == "refine")
         return make_agent(self.kind, env, seed=seed, **options)
