@@ -358,6 +358,10 @@ def create_run(run_dir: Path, meta: dict, copies: dict[str, Path] | None = None)
             lock.release()
             raise RunError(f"{run_dir} already exists; choose another --name") from None
         lock.path = run_dir / LOCK
+        # the holder's line named the temp folder: lock_holder took it for a hard-linked copy's lock, so a
+        # running search was "stopped" to report and export, and `search --name` advised resuming it (helper-54)
+        os.ftruncate(lock.fd, 0)
+        os.pwrite(lock.fd, f"{_me()}\n{run_dir.resolve()}".encode(), 0)
         return lock
     finally:
         if tmp.exists():

@@ -266,9 +266,6 @@ def test_one_process_per_run_folder_and_a_dead_holder_is_taken_over(tmp_path, ca
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(Exception, match=f"pid {holder.pid} on"):
         RunLock(run).acquire()
-    # a new search under its name is told it is in use, not to resume it (helper-53: that failed so)
-    status, err = _main(capsys, "search", "--runs-dir", tmp_path, "--name", "run")
-    assert status == 2 and f"{run} already exists and is in use by another n2n process (pid {holder.pid} on" in err
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     lock = RunLock(run).acquire()
@@ -1833,3 +1830,25 @@ def test_a_hostile_search_state_is_never_unpickled_nor_advised_to_be(tmp_path):
     assert said == [f"{STATE} is damaged (it holds objects other than plain data and tensors, which n2n never "
                     f"unpickles); falling back"]
     assert not marker.exists()
+
+
+def test_a_run_in_use_from_its_creation_is_seen_in_use(tmp_path, capsys):
+    """create_run locks the run in its temp folder and renames it: the holder's line named the temp
+    folder, which lock_holder took for a hard-linked copy's, so a running search was called stopped
+    (report, export) and `search --name` advised resuming it (helper-53, helper-54)."""
+    from n2n.runfolder import lock_holder, unfinished
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import json, sys, time; from n2n.runfolder import create_run; "
+                               f"create_run({str(run)!r}, json.loads(sys.argv[1])); print('held', flush=True); "
+                               "time.sleep(60)", json.dumps(_fake_meta())], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert lock_holder(run).startswith(f"pid {holder.pid} on ")
+        assert unfinished(run).startswith(f"it is still running, in pid {holder.pid} on ")
+        status, err = _main(capsys, "search", "--runs-dir", tmp_path, "--name", "run")
+        assert status == 2 and f"{run} already exists and is in use by another n2n process (pid {holder.pid} on" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock_holder(run) is None  # the kernel let go with the holder
