@@ -650,17 +650,20 @@ def check_outputs(run_dir: Path, teacher, ds: data_mod.Dataset, digest: str | No
     training split say. Its weights are checked by digest; this catches its code: a user module's
     factory edited since (a LeakyReLU made a ReLU loads the same weights into another network, with
     the same params and FLOPs), whose candidates would be rebuilt and exported as that other network.
-    `digest`: the kept file's, as n2n.json recorded it; a file that no longer has it says nothing of
-    the teacher (helper-53: its first rows edited were blamed on the teacher's code), and
-    `teacher_logits` computes it again with a warning."""
+    `digest`: the kept file's, as n2n.json recorded it. A file that no longer has it is still compared
+    (helper-54: skipped, an edited module passed whenever the file had been touched), and a difference
+    then names both causes (helper-53: edited rows were blamed on the teacher's code alone)."""
     path = Path(run_dir) / TEACHER_LOGITS
-    if digest is not None and path.is_file() and file_digest(path) != digest:
-        return
     try:
         kept = load_weights(path)["logits"][:64]  # (64, classes)
     except (ModelError, KeyError):  # none kept (an old or damaged run): nothing to compare with
         return
     gap = output_gap(predict(teacher, ds.x_train[: len(kept)]), kept, 5e-3)  # wide: kept on a GPU (TF32 in old runs)
+    if gap is not None and digest is not None and file_digest(path) != digest:
+        raise RunError(f"{path}: not the file this run kept (its digest differs from n2n.json's), and the teacher "
+                       f"computes other outputs than it holds (up to {gap:.3g} apart on its first training samples): "
+                       "either that file was changed (restore it from a copy of the run), or the code that builds the "
+                       "teacher changed since (a module's factory, a library: restore that code), or both")
     if gap is not None:
         raise RunError(f"{run_dir}: the teacher computes other outputs than when this run started (up to {gap:.3g} "
                        "apart on its first training samples) though its weights are the same, so the code that builds "

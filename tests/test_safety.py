@@ -103,12 +103,20 @@ def test_teacher_logits_edited_past_the_rows_checked_are_computed_again(finished
     assert torch.allclose(again, kept, atol=1e-4)
     said.clear()  # rewritten as computed: as the run kept it, no warning
     assert torch.equal(teacher_logits(run, teacher, x, said.append, digest=meta["teacher_logits_digest"]), again)
-    # the rows the teacher is compared with edited (helper-53: blamed on the teacher's code, export refused)
+    # the rows the teacher is compared with edited (helper-53: blamed on the teacher's code alone); the
+    # comparison still made (helper-54: skipped, an edited module passed once the file had been touched)
     save_weights({"logits": kept + 0.5}, run / "teacher_logits.safetensors")
+    with pytest.raises(RunError, match=r"teacher_logits.safetensors: not the file this run kept \(its digest differs "
+                                       r"from n2n.json's\), and the teacher computes other outputs than it holds .* "
+                                       r"either that file was changed .* or the code that builds the teacher changed"):
+        OpenRun.open(run)
+    from safetensors.torch import save_file
+
+    save_file({"logits": kept}, run / "teacher_logits.safetensors", metadata={"touched": "yes"})  # same numbers
+    OpenRun.open(run)  # the teacher computes what the file holds: opened, and the file computed again
     said.clear()
-    again = teacher_logits(run, OpenRun.open(run).teacher, x, said.append, digest=meta["teacher_logits_digest"])
-    assert said[0].startswith("warning: ") and "is not the file this run kept" in said[0]
-    assert torch.allclose(again, kept, atol=1e-4)
+    assert torch.allclose(teacher_logits(run, teacher, x, said.append, digest=meta["teacher_logits_digest"]), kept,
+                          atol=1e-4) and "is not the file this run kept" in said[0]
 
 
 def test_a_run_whose_results_or_tune_folder_is_a_link_is_refused(finished_run, tmp_path, capsys):
