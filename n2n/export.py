@@ -20,8 +20,8 @@ from .config import Config, run_config
 from .data import unstandardise
 from .deploy import check_onnx, fastest_ratio, require_onnx, time_as_shipped, to_onnx
 from .errors import RunError
-from .models import (ModelError, RawInput, build_model, check_creatable, check_replaceable, device_for, file_digest,
-                     load_weights, save_model, weights_mismatch, write_json)
+from .models import (ModelError, RawInput, build_model, check_creatable, check_replaceable, device_for, empty_folder,
+                     file_digest, load_weights, save_model, weights_mismatch, write_json)
 from .runfolder import RunLock, finish_hint, read_records, read_run, read_summary, unfinished
 from .search import OpenRun, check_teacher, check_teacher_figures, teacher_logits
 from .storage import Fetcher, shown
@@ -42,7 +42,8 @@ def _check_out(out: Path, run_dir: Path, teacher_folder: Path, overwrite: bool) 
     inside = next((p for p in o.parents if (p / "n2n.json").is_file() and (p / "results").is_dir()), None)
     if inside is not None:  # a run's results/, policy/, tune/: its own files, resumed and read as they are
         raise FileExistsError(f"--out {out} is inside the run folder {inside}; choose another --out")
-    if out.exists() or out.is_symlink():  # a dangling link too: the export would land where it points
+    # a dangling link is something too (the export would land where it points); an empty folder is free
+    if (out.exists() or out.is_symlink()) and not empty_folder(out):
         if not overwrite:
             raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
         check_replaceable(out, "export")

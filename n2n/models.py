@@ -323,26 +323,44 @@ def check_replaceable(folder: Path, kind: str) -> None:
 
 
 def _not_ours(folder: Path, kind: str) -> str:
-    """Why `folder` is not an earlier n2n `kind`, naming what blocks it (helper-51: the whole listing)."""
+    """Why `folder` is not an earlier n2n `kind`, naming what blocks it (helper-51: the whole listing;
+    helper-54: a file named hf was a traceback, and a missing file was called a missing metrics.json)."""
     if folder.is_symlink():
         return f"it is a symlink to {os.readlink(folder)}"
     if not folder.is_dir():
         return "it is a file"
-    allowed = MODEL_FILES | EXPORT_EXTRAS if kind == "export" else MODEL_FILES | HF_FILES
-    subs = {"hf", "tokenizer"} if kind == "export" else set()
+    entries = {p.name: p for p in folder.iterdir()}
+    if kind == "export":
+        allowed, need, key = MODEL_FILES | EXPORT_EXTRAS, {*MODEL_FILES, "spec.json"}, "run"
+    elif "arch.json" in entries:  # a teacher trained from a recipe
+        allowed, need, key = MODEL_FILES, MODEL_FILES, "recipe"
+    else:  # `n2n teacher train --hf`
+        allowed, need, key = HF_FILES | {"model.safetensors", "metrics.json"}, {"metrics.json"}, "checkpoint"
     odd = []
-    for p in sorted(folder.iterdir()):
-        if p.name not in allowed:
-            odd.append(p.name)
-        elif p.name in subs:
-            odd += [f"{p.name}/{q.name}" for q in sorted(p.iterdir()) if p.is_dir() and not p.is_symlink()
-                    and (q.name not in HF_FILES | {"model.safetensors"} or not plain_file(q))]
+    for name, p in sorted(entries.items()):
+        if name not in allowed:
+            odd.append(name)
+        elif name in ("hf", "tokenizer"):  # an export's own subfolders
+            if p.is_symlink() or not p.is_dir():
+                odd.append(f"{name} (not a folder)")
+            else:
+                odd += [f"{name}/{q.name}" for q in sorted(p.iterdir())
+                        if q.name not in HF_FILES | {"model.safetensors"} or not plain_file(q)]
         elif not plain_file(p):
-            odd.append(f"{p.name} (not a plain file)")
+            odd.append(f"{name} (not a plain file)")
     if odd:
         return f"it holds {', '.join(odd[:6])}{' ...' if len(odd) > 6 else ''}, which n2n does not write there"
-    return (f"it has no metrics.json naming the run it was exported from" if kind == "export" else
-            f"it has no metrics.json with the recipe or checkpoint it was trained from")
+    if missing := sorted(need - set(entries)):
+        return f"it lacks {', '.join(missing)}"
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        metrics = None
+    if not isinstance(metrics, dict) or key not in metrics:
+        what = {"run": "the run it was exported from", "recipe": "the recipe it was trained from",
+                "checkpoint": "the checkpoint it was fine-tuned from"}[key]
+        return f"its metrics.json does not name {what}"
+    return "it is not laid out as n2n writes one"
 
 
 def check_creatable(folder: Path) -> None:
@@ -367,10 +385,17 @@ def check_target(folder: Path, overwrite: bool = False, kind: str = "teacher") -
     """A folder n2n is about to write: free, or (with overwrite) an earlier n2n `kind`."""
     folder = Path(folder)
     check_creatable(folder)
-    if folder.exists() or folder.is_symlink():  # a dangling link is something too: never written through
+    if (folder.exists() or folder.is_symlink()) and not empty_folder(folder):  # a dangling link is something too
         if not overwrite:
             raise FileExistsError(f"{folder} already exists; choose another --out or pass --overwrite")
         check_replaceable(folder, kind)
+
+
+def empty_folder(folder: Path) -> bool:
+    """A real folder with nothing in it (`mkdir out` before `--out out`): taken as free, as nothing is lost.
+    commit_folder renames onto it, which the kernel refuses if anything appeared in it meanwhile."""
+    folder = Path(folder)
+    return not folder.is_symlink() and folder.is_dir() and next(folder.iterdir(), None) is None
 
 
 def new_folder(folder: Path, overwrite: bool = False, kind: str = "teacher") -> Path:
@@ -415,7 +440,7 @@ def commit_folder(tmp: Path, folder: Path, overwrite: bool = False, kind: str = 
                 os.chmod(p, (0o777 if name in dirs else 0o666) & ~umask())
     old = kept = None
     with signals_held():  # a Ctrl-C or `kill` between the renames left the old folder hidden, or none
-        if folder.exists() or folder.is_symlink():
+        if (folder.exists() or folder.is_symlink()) and not empty_folder(folder):
             check_target(folder, overwrite, kind)
             digest = weights_digest(folder) if kind == "teacher" else None
             if digest and digest != weights_digest(tmp):  # the same weights again: no run needs a copy
@@ -425,7 +450,13 @@ def commit_folder(tmp: Path, folder: Path, overwrite: bool = False, kind: str = 
                     kept.rmdir()
             old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old."))
             os.replace(folder, old / "x")
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)  # onto an empty folder: refused by the kernel if it is empty no longer
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise FileExistsError(f"{folder}: files appeared in it while n2n worked; nothing was replaced, "
+                                  f"choose another --out") from None
         if old is not None:
             if kept is not None and not kept.exists():  # else it holds these weights already
                 os.replace(old / "x", kept)

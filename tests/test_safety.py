@@ -2,6 +2,7 @@
 folders, bad input. Each test names the failure it guards against."""
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -1860,3 +1861,44 @@ def test_a_run_in_use_from_its_creation_is_seen_in_use(tmp_path, capsys):
         holder.kill()
         holder.wait()
     assert lock_holder(run) is None  # the kernel let go with the holder
+
+
+def test_an_overwrite_refusal_names_what_blocks_and_an_empty_folder_is_free(finished_run, tmp_path):
+    """helper-54: `hf` as a file was a NotADirectoryError traceback, and a folder missing spec.json (or a
+    teacher with a config.json beside its arch.json) was said to have no metrics.json naming its run.
+    An empty folder (`mkdir out` first) was refused, then refused again with --overwrite: nothing in it
+    to lose, so it is taken; files that appear in it meanwhile are never replaced."""
+    from n2n.models import check_replaceable, commit_folder
+
+    def folder(name, files, metrics):
+        d = tmp_path / name
+        d.mkdir()
+        for f, text in files.items():
+            (d / f).write_text(text)
+        (d / "metrics.json").write_text(json.dumps(metrics))
+        return d
+
+    model = {"model.safetensors": "x", "arch.json": "{}"}
+    for d, kind, said in ((folder("hf_file", {**model, "spec.json": "{}", "hf": "a file"}, {"run": "r"}), "export",
+                           "it holds hf (not a folder), which n2n does not write there"),
+                          (folder("no_spec", model, {"run": "r"}), "export", "it lacks spec.json"),
+                          (folder("no_run", {**model, "spec.json": "{}"}, {}), "export",
+                           "its metrics.json does not name the run it was exported from"),
+                          (folder("mixed", {**model, "config.json": "{}"}, {"recipe": {}}), "teacher",
+                           "it holds config.json, which n2n does not write there"),
+                          (folder("no_weights", {"arch.json": "{}"}, {"recipe": {}}), "teacher",
+                           "it lacks model.safetensors")):
+        with pytest.raises(FileExistsError, match=rf"is not an earlier n2n {kind} \({re.escape(said)}\); --overwrite"):
+            check_replaceable(d, kind)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert export_best(finished_run, empty, log=lambda *_: None)["params"] > 0
+    assert (empty / "model.safetensors").is_file()
+    later = tmp_path / "later"
+    later.mkdir()
+    tmp = tmp_path / ".later.tmp"
+    tmp.mkdir()
+    (later / "mine.txt").write_text("mine")  # appeared after the checks
+    with pytest.raises(FileExistsError, match="already exists"):
+        commit_folder(tmp, later, kind="export")
+    assert [p.name for p in later.iterdir()] == ["mine.txt"]
