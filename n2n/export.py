@@ -282,7 +282,16 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     chosen, why = choose(records, cfg, meta["reference"]["accuracy"], run_dir, key, rank, margin,
                          bool(meta.get("results_store")) and not fetch)  # fetched already: no --fetch to suggest
     if fetcher:
-        fetcher.repair(chosen["key"])
+        fetcher.repair(chosen["key"], chosen.get("weights_digest"))
+    weights = run_dir / "results" / f"{chosen['key']}.safetensors"
+    # the file the trial wrote (helper-53: weights with noise added measured within the 2 samples of slack
+    # below and were shipped); candidates recorded before trials recorded digests are checked by the rest
+    if chosen.get("weights_digest") and file_digest(weights) != chosen["weights_digest"]:
+        again = (f"`n2n export {shlex.quote(str(run_dir))} --fetch ...` fetches it again from the run's storage"
+                 if meta.get("results_store") else "restore it from a copy of the run")
+        raise RunError(f"{weights}: not the file the trial of {chosen['key']} wrote (its digest {file_digest(weights)} "
+                       f"differs from candidates.json's {chosen['weights_digest']}); {again}, or export another "
+                       f"candidate (--key, --rank)")
     # before the exporting line: an edited module or a changed teacher is refused with nothing said as begun
     run = OpenRun.open(run_dir, factories)
     best = {**chosen, "val_accuracy": chosen["accuracy"]}
@@ -304,13 +313,6 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         raise RunError(f"{run_dir}/candidates.json: {best['key']} records the spec of {space.key(spec)}; "
                        f"was candidates.json changed?")
     arch = space.arch(spec)
-    weights = run_dir / "results" / f"{best['key']}.safetensors"
-    # the file the trial wrote (helper-53: weights with noise added measured within the 2 samples below and
-    # shipped); candidates recorded before trials recorded digests are checked by the rest alone
-    if best.get("weights_digest") and file_digest(weights) != best["weights_digest"]:
-        raise RunError(f"{weights}: not the file the trial of {best['key']} wrote (its digest {file_digest(weights)} "
-                       f"differs from candidates.json's {best['weights_digest']}); was results/ changed? Restore it, "
-                       f"or export another candidate (--key, --rank)")
     student = build_model(arch, factories)
     try:
         student.load_state_dict(load_weights(weights), strict=True)

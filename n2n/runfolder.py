@@ -29,6 +29,7 @@ import fcntl
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -167,13 +168,17 @@ def _wrong_types(r: dict) -> str | None:
                and all(isinstance(u, int) for u in spec["removed"]) and all(is_number(x) for x in spec["ratios"])),
               # fields later n2n versions added: checked where present (helper-28: tracebacks in report)
               ("summary", isinstance(r.get("summary", ""), str)),
+              # (helper-54: "", 0 or null skipped export's check of the weights as if never recorded)
+              ("weights_digest", "weights_digest" not in r or isinstance(r["weights_digest"], str)
+               and re.fullmatch(r"[0-9a-f]{16}", r["weights_digest"]) is not None),
               ("flops", r.get("flops") is None or isinstance(r["flops"], int) and not isinstance(r["flops"], bool)
                and r["flops"] >= 0),
               *((k, r.get(k) is None or is_number(r[k]) and r[k] >= 0)
                 for k in ("latency_ms", "teacher_latency_ms", "latency_ratio")))
     bad = [name for name, ok in checks if not ok]
     expected = {"accuracy": "a fraction 0..1", "flops": "a whole number >= 0", "params": "a whole number >= 0",
-                **dict.fromkeys(("latency_ms", "teacher_latency_ms", "latency_ratio"), "a number >= 0 or null")}
+                **dict.fromkeys(("latency_ms", "teacher_latency_ms", "latency_ratio"), "a number >= 0 or null"),
+                "weights_digest": "16 hex digits, as its trial wrote it"}
     return ", ".join(f"{name} {r[name]!r}" + (f" (expected {expected[name]})" if name in expected else "")
                      for name in bad) or None
 

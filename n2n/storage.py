@@ -263,17 +263,18 @@ class Fetcher:
         except (OSError, ValueError, AttributeError, RecursionError):
             return True
 
-    def repair(self, key: str) -> bool:
-        """KEY's weights from the store again when the local copy does not read (cut short, damaged);
-        True when it fetched them."""
+    def repair(self, key: str, digest: str | None = None) -> bool:
+        """KEY's weights from the store again when the local copy does not read (cut short, damaged) or
+        has not the `digest` its trial recorded (helper-54: changed since); True when it fetched them."""
         try:
             load_weights(self.local / f"{key}.safetensors")
-            return False
+            if digest is None or file_digest(self.local / f"{key}.safetensors") == digest:
+                return False
         except ModelError:
             pass
         if self.store is None or not self.store.fetch(key, self.local):
             return False
-        self.log(f"fetched {key} from {shown(self.store.uri)} again: its local weights did not read")
+        self.log(f"fetched {key} from {shown(self.store.uri)} again: its local weights did not read, or had changed")
         return True
 
     def sync(self, keys) -> int:

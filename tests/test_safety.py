@@ -569,7 +569,10 @@ def test_candidates_json_values_of_the_wrong_type_are_named_not_a_traceback(fini
                         # helper-41: figures out of range ranked first in report, with val acc 1.5000
                         ({"accuracy": 1.5}, "accuracy 1.5 (expected a fraction 0..1)"),
                         ({"flops": -5}, "flops -5 (expected a whole number >= 0)"),
-                        ({"latency_ms": -3.0}, "latency_ms -3.0 (expected a number >= 0 or null)")):
+                        ({"latency_ms": -3.0}, "latency_ms -3.0 (expected a number >= 0 or null)"),
+                        # helper-54: "" or null skipped export's check of the weights
+                        ({"weights_digest": ""}, "weights_digest '' (expected 16 hex digits"),
+                        ({"weights_digest": None}, "weights_digest None (expected 16 hex digits")):
         (run / "candidates.json").write_text(json.dumps([{**recs[0], **edit}, *recs[1:]]))
         for command in (("report", run), ("policy", "fit", run, "--out", tmp_path / "pol")):
             status, err = _main(capsys, *command)
@@ -594,8 +597,8 @@ def test_export_of_a_hand_edited_candidate_says_so_and_writes_nothing(finished_r
                            rf"candidates.json: records {key} at val acc [\d.]+, its weights measure [\d.]+ on the run's "
                            rf"split; was candidates.json or results/ changed\?"),
                           ("weights", rf"results/{key}.safetensors: not the file the trial of {key} wrote \(its digest "
-                                      rf"\w+ differs from candidates.json's {recs[i]['weights_digest']}\); was results/ "
-                                      rf"changed\?"),
+                                      rf"\w+ differs from candidates.json's {recs[i]['weights_digest']}\); restore it "
+                                      rf"from a copy of the run, or export another candidate"),
                           # a run recorded before digests: the weights are checked by their shapes
                           ("undigested", rf"results/{key}.safetensors: expected the weights of the student candidates.json "
                                          rf"describes as {key} .*found others .*; was candidates.json or results/ changed\?")):

@@ -14,7 +14,7 @@ from n2n.config import load_config
 from n2n.export import export_best
 from n2n.search import run_search
 from n2n.errors import ConfigError, RunError
-from n2n.models import file_digest
+from n2n.models import file_digest, load_weights, save_weights
 from n2n.storage import Fetcher, LocalResults, RemoteResults, open_results, shown, store_location
 
 
@@ -196,8 +196,14 @@ def test_a_search_through_s3_fills_the_run_folder_and_exports(ray_session, tiny_
     # lacked a result file, so it could not repair either): the store's copy is fetched again
     weights = run / "results" / f"{out['key']}.safetensors"
     good = weights.read_bytes()
-    for damage in (lambda: weights.unlink(), lambda: weights.write_bytes(good[:1000])):
+    # ... and weights that read but changed since (helper-54: refused though the store held the trial's file)
+    changed = {k: v + 1e-3 if v.is_floating_point() else v for k, v in load_weights(weights).items()}
+    for damage in (lambda: weights.unlink(), lambda: weights.write_bytes(good[:1000]),
+                   lambda: save_weights(changed, weights)):
         damage()
+        with pytest.raises(RunError, match=r"--fetch \.\.\.` fetches it again from the run's storage" if weights.exists()
+                           and len(weights.read_bytes()) == len(good) else "."):
+            export_best(run, tmp_path / "no", log=lambda *_: None)
         said = []
         assert export_best(run, tmp_path / "repaired", overwrite=True, log=said.append, fetch=True)["key"] == out["key"]
         assert weights.read_bytes() == good, said
