@@ -240,15 +240,15 @@ def test_a_policy_sure_of_refused_specs_explores_instead_of_giving_up(space, tem
 
 def test_optuna_with_concurrency_learns_in_ask_order_and_keeps_held_results_across_a_save(space):
     """TPE saw whichever trials had finished, so a search was not reproducible. With `concurrency` c
-    it learns candidate k's result before the ask of candidate k + c, and no sooner: a result that
+    it learns candidate k's result before the ask of candidate k + 2c, and no sooner: a result that
     comes early is held (and saved with the state), one that is due and missing makes the ask wait."""
     proxy = ProxyEvaluator(space)
-    a = make_agent("optuna", _env(space, "shrink"), seed=1, concurrency=2, n_startup_trials=2)
+    a = make_agent("optuna", _env(space, "shrink"), seed=1, concurrency=1, n_startup_trials=2)
     first = a.ask(1) + a.ask(1)
     assert [c.id for c in first] == [0, 1] and a.ask(1) == []  # candidate 0's result is due for the third ask
     a.tell(1, 0.9, proxy(first[1].spec))  # the later one finishes first: held, not learned
     assert a.ask(1) == [] and set(a.held) == {1}
-    b = make_agent("optuna", _env(space, "shrink"), seed=1, concurrency=2, n_startup_trials=2)
+    b = make_agent("optuna", _env(space, "shrink"), seed=1, concurrency=1, n_startup_trials=2)
     b.load_state_dict(_roundtrip(a.state_dict()))
     assert set(b.held) == {1} and set(b.pending) == {0}
     for agent in (a, b):
@@ -259,3 +259,5 @@ def test_optuna_with_concurrency_learns_in_ask_order_and_keeps_held_results_acro
     assert learned == [0.5] and set(a.held) == {1}  # 0 learned for this ask; 1 is due at the next
     a.ask(1)
     assert [t.value for t in a.study.get_trials(deepcopy=False) if t.state.is_finished()] == [0.5, 0.9]
+    c = make_agent("optuna", _env(space, "shrink"), seed=1, concurrency=2)  # 2 at once: 4 asks of slack
+    assert [x.id for x in c.ask(1) + c.ask(1) + c.ask(1) + c.ask(1)] == [0, 1, 2, 3] and c.ask(1) == []
