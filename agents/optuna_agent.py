@@ -7,15 +7,17 @@ NSGA-II for the (accuracy, size) front instead of the scalar reward, size being 
 compresses (params, FLOPs or latency) relative to the teacher.
 
 State: the study's finished trials and the pending candidates as plain data. The sampler is reseeded
-from (seed, number of asks) before each ask, so a restored agent proposes exactly what an
-uninterrupted one would.
+from (seed, number of asks) before each ask, so a restored TPE agent proposes exactly what an
+uninterrupted one would (NSGA-II, ``objective="multi"``, keeps its generations in trial attributes
+that are not saved: a restored one proposes close to that, not exactly).
 
-With ``concurrency`` c (the trials a search runs at once), results are learned in the order their
-candidates were asked for, each ask seeing the results of every candidate asked 2c or more asks
-before it and no other (the rest are running trials to TPE's constant liar): the order trials finish
-in then changes nothing it proposes, as with REINFORCE's batches. An ask whose due results are not all
-in waits for them. 2c rather than c: with c, every trial overtaken by a later one idled a slot; with
-2c only one overtaken by c later ones does. Measured on digits' one-second trials at c = 2
+With ``concurrency`` c (the trials the run searches with at once), results are learned in the order
+their candidates were handed out, each ask seeing the results of every candidate handed out 2c or more
+candidates before it (answers from the driver's cache count as candidates) and of none since (those
+are running trials to TPE's constant liar; specs the env refuses are learned at once, as before): the
+order trials finish in then changes nothing it proposes, as with REINFORCE's batches. An ask whose due
+results are not all in waits for them. 2c rather than c: with c, every trial overtaken by a later one
+idled a slot; with 2c mostly one overtaken by c later ones does. Measured on digits' one-second trials at c = 2
 (`benchmarks/results/search_quality_digits_tpe_order.json`): trials busy 56% of the time against 68%
 as they come (52% with c), where Tune's scheduling between such short trials is much of the cost.
 Without it, every result is learned as it comes.

@@ -130,7 +130,8 @@ class SearchDriver:
                  reward_config: RewardConfig = RewardConfig(), agent_options: dict | None = None,
                  max_asks_per_candidate: int = 50, run_dir: str | Path | None = None,
                  teacher_info: dict | None = None, log=print, finalist_epochs: int = 10, target=None,
-                 early_stop: bool = False, run_id: str | None = None, concurrency: int = 1):
+                 early_stop: bool = False, run_id: str | None = None, concurrency: int = 1,
+                 agent_concurrency: int | None = None):
         self.space, self.reference, self.kind = space, reference, agent
         self.stages, self.budgets, self.seed = list(stages), dict(budgets), seed
         self.reward_config, self.options = reward_config, dict(agent_options or {})
@@ -141,6 +142,9 @@ class SearchDriver:
         self.early_stop = early_stop  # Tune may stop trials before they save weights (ASHA)
         self.run_id = run_id  # n2n.json's; None in runs made before it existed
         self.concurrency = concurrency  # trials at once, this session: what the advice after deaths offers
+        # the run's own (a resume may run another number at once): what TPE's lag is counted in (helper-55:
+        # `resume --concurrency 1` changed what it proposed)
+        self.agent_concurrency = agent_concurrency or concurrency
         # trials in a row whose worker died, this session (a resume tries again): ABORT_AFTER stop it
         self.deaths_in_a_row, self.stopped_for_deaths = 0, False
         self.stage_idx = 0
@@ -181,7 +185,7 @@ class SearchDriver:
             # from before starting policies existed record nothing: they started fresh too
             options = {**options, "policy": None if options.get("policy") is None else str(self.run_dir / POLICY)}
         if self.kind == "optuna":  # results learned in ask order: the order trials finish in changes nothing
-            options = {"concurrency": self.concurrency, **options}
+            options = {"concurrency": self.agent_concurrency, **options}
         # a refine that moved on to another base starts its agent from another seed
         seed = self.seed + self.stage_idx + 1000 * max(len(self.refine_bases) - 1, 0) * (stage == "refine")
         return make_agent(self.kind, env, seed=seed, **options)

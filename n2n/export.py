@@ -281,14 +281,15 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         fetcher.sync(r["key"] for r in records if r["failure"] is None)
     chosen, why = choose(records, cfg, meta["reference"]["accuracy"], run_dir, key, rank, margin,
                          bool(meta.get("results_store")) and not fetch)  # fetched already: no --fetch to suggest
-    if fetcher:
-        fetcher.repair(chosen["key"], chosen.get("weights_digest"))
+    refetched = fetcher.repair(chosen["key"], chosen.get("weights_digest")) if fetcher else False
     weights = run_dir / "results" / f"{chosen['key']}.safetensors"
     # the file the trial wrote (helper-53: weights with noise added measured within the 2 samples of slack
     # below and were shipped); candidates recorded before trials recorded digests are checked by the rest
     if chosen.get("weights_digest") and file_digest(weights) != chosen["weights_digest"]:
         again = (f"`n2n export {shlex.quote(str(run_dir))} --fetch ...` fetches it again from the run's storage"
-                 if meta.get("results_store") else "restore it from a copy of the run")
+                 if meta.get("results_store") and not refetched else
+                 "the run's storage holds the same file; restore it from a copy of the run" if refetched else
+                 "restore it from a copy of the run")
         raise RunError(f"{weights}: not the file the trial of {chosen['key']} wrote (its digest {file_digest(weights)} "
                        f"differs from candidates.json's {chosen['weights_digest']}); {again}, or export another "
                        f"candidate (--key, --rank)")

@@ -393,9 +393,12 @@ def check_target(folder: Path, overwrite: bool = False, kind: str = "teacher") -
 
 def empty_folder(folder: Path) -> bool:
     """A real folder with nothing in it (`mkdir out` before `--out out`): taken as free, as nothing is lost.
-    commit_folder renames onto it, which the kernel refuses if anything appeared in it meanwhile."""
+    commit_folder renames onto it, which the kernel refuses if anything appeared in it meanwhile. Not the
+    current folder (`--out .`: the temp folder went inside it) nor a mount point (a rename cannot replace
+    one): both failed after the work was done (helper-55), and are refused before it as before."""
     folder = Path(folder)
-    return not folder.is_symlink() and folder.is_dir() and next(folder.iterdir(), None) is None
+    return (not folder.is_symlink() and folder.is_dir() and next(folder.iterdir(), None) is None
+            and not os.path.ismount(folder) and folder.resolve() != Path.cwd().resolve())
 
 
 def new_folder(folder: Path, overwrite: bool = False, kind: str = "teacher") -> Path:

@@ -49,7 +49,9 @@ def _setdefault_env():
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
 
 
-def make_driver(cfg: Config, space, meta: dict, run_dir: Path | None, log=print) -> SearchDriver:
+def make_driver(cfg: Config, space, meta: dict, run_dir: Path | None, log=print,
+                agent_concurrency: int | None = None) -> SearchDriver:
+    """The run's driver; `agent_concurrency`: the run's own trials at once where a resume runs another number."""
     budgets = {**{s: cfg.budget(s) for s in cfg.search.stages}, "finalists": cfg.finalists.k}
     stages = cfg.search.stages + (["finalists"] if cfg.finalists.k else [])
     try:
@@ -59,7 +61,7 @@ def make_driver(cfg: Config, space, meta: dict, run_dir: Path | None, log=print)
                             max_asks_per_candidate=cfg.search.max_asks_per_candidate, run_dir=run_dir,
                             teacher_info=meta["teacher"], log=log, finalist_epochs=cfg.finalists.epochs,
                             target=cfg.target, early_stop=cfg.early_stop.enabled, run_id=meta.get("run_id"),
-                            concurrency=cfg.search.concurrency)
+                            concurrency=cfg.search.concurrency, agent_concurrency=agent_concurrency)
     except AgentOptionError as e:  # config load checks them too; this covers a driver built from code
         raise ConfigError(f"search.agent_options.{e}") from None
 
@@ -706,7 +708,8 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
         recorded_concurrency, recorded_cpus = cfg.search.concurrency, cfg.resources.cpus_per_trial
         cfg.search.concurrency = concurrency or recorded_concurrency
         cfg.resources.cpus_per_trial = cpus_per_trial or recorded_cpus
-        driver = restore_driver(lambda: make_driver(cfg, run.space, meta, run_dir, log), run_dir, log)
+        driver = restore_driver(lambda: make_driver(cfg, run.space, meta, run_dir, log, recorded_concurrency), run_dir,
+                                log)
         if driver.failed:
             raise RunError(f"{run_dir}: this search stopped because {driver.failed}; fix the cause and start a new one")
         done = driver.stage is None and (read_summary(run_dir) or {}).get("stage") == "done"

@@ -811,3 +811,12 @@ def test_the_order_trials_finish_in_changes_nothing_the_search_finds(space, agen
         found.append((sorted((r["key"], r["stage"], r["reward"]) for r in d.records), d.summary()["best"]["key"],
                       d.cache_hits))
     assert len(found[0][0]) == 70 and found[0] == found[1] == found[2]
+
+
+def test_tpe_counts_its_lag_in_the_run_s_own_concurrency_on_a_resume_with_another(space):
+    """helper-55: `n2n resume --concurrency 1` gave TPE the session's number, so its lag, and what it
+    proposed from then on, changed partway through the search."""
+    d = _driver(space, agent="optuna", concurrency=1, agent_concurrency=3, agent_options={})
+    assert d.concurrency == 1 and d.agent.concurrency == 3
+    assert _driver(space, agent="optuna", concurrency=2, agent_options={}).agent.concurrency == 2
+    assert _driver(space, agent="optuna", concurrency=2, agent_options={"concurrency": None}).agent.concurrency is None

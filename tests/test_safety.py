@@ -1895,6 +1895,15 @@ def test_an_overwrite_refusal_names_what_blocks_and_an_empty_folder_is_free(fini
             check_replaceable(d, kind)
     empty = tmp_path / "empty"
     empty.mkdir()
+    (tmp_path / "here").mkdir()
+    cwd = os.getcwd()
+    os.chdir(tmp_path / "here")  # `--out .` in an empty folder: refused before any work, as before (helper-55: the
+    try:                         # temp folder went inside it, and the finished export was refused at the end)
+        with pytest.raises(FileExistsError, match="already exists"):
+            export_best(finished_run, Path("."), log=lambda *_: None)
+    finally:
+        os.chdir(cwd)
+    assert list((tmp_path / "here").iterdir()) == []
     assert export_best(finished_run, empty, log=lambda *_: None)["params"] > 0
     assert (empty / "model.safetensors").is_file()
     later = tmp_path / "later"
