@@ -952,7 +952,10 @@ def test_a_hang_up_of_the_whole_terminal_stops_a_search_cleanly(tiny_config, tmp
     run = tmp_path / "runs" / "h"
     p = subprocess.Popen([sys.executable, "-m", "n2n.cli", "search", str(tiny_config), "--runs-dir", str(run.parent),
                           "--name", "h", "--set", "search.removal_budget=40"], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, cwd=tmp_path, start_new_session=True)  # a terminal's group
+                         stderr=subprocess.STDOUT, text=True, cwd=tmp_path, start_new_session=True,  # a terminal's group
+                         # as a terminal's: under `nohup` (a CI job) the search inherited SIGHUP ignored, and kept
+                         # ignoring it, as n2n does for `nohup n2n search` (n2n.errors.sigterm_as_sigint)
+                         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     try:
         lines = []
         while not (lines and lines[-1].startswith("[removal 2/")):
