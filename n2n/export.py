@@ -20,8 +20,8 @@ from .config import Config, run_config
 from .data import unstandardise
 from .deploy import check_onnx, fastest_ratio, require_onnx, time_as_shipped, to_onnx
 from .errors import RunError
-from .models import (ModelError, RawInput, build_model, check_creatable, check_replaceable, device_for, empty_folder,
-                     file_digest, load_weights, save_model, weights_mismatch, write_json)
+from .models import (ModelError, RawInput, build_model, check_target, device_for, file_digest,
+                     load_weights, save_model, weights_mismatch, write_json)
 from .runfolder import RunLock, finish_hint, read_records, read_run, read_summary, unfinished
 from .search import OpenRun, check_teacher, check_teacher_figures, teacher_logits
 from .storage import Fetcher, shown
@@ -31,7 +31,6 @@ from .vocab import check_trimmable, trim_vocabulary
 
 def _check_out(out: Path, run_dir: Path, teacher_folder: Path, overwrite: bool) -> None:
     """Refuse, before any work, an --out that would replace something other than an earlier export."""
-    check_creatable(out)
     o = out.resolve()
     for what, p in (("the run folder", run_dir.resolve()), ("the run's teacher", teacher_folder.resolve())):
         if o == p or o in p.parents:
@@ -42,11 +41,7 @@ def _check_out(out: Path, run_dir: Path, teacher_folder: Path, overwrite: bool) 
     inside = next((p for p in o.parents if (p / "n2n.json").is_file() and (p / "results").is_dir()), None)
     if inside is not None:  # a run's results/, policy/, tune/: its own files, resumed and read as they are
         raise FileExistsError(f"--out {out} is inside the run folder {inside}; choose another --out")
-    # a dangling link is something too (the export would land where it points); an empty folder is free
-    if (out.exists() or out.is_symlink()) and not empty_folder(out):
-        if not overwrite:
-            raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
-        check_replaceable(out, "export")
+    check_target(out, overwrite, "export")
 
 
 def _teacher_tokenizer(folder: Path):
@@ -285,12 +280,12 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     weights = run_dir / "results" / f"{chosen['key']}.safetensors"
     # the file the trial wrote (helper-53: weights with noise added measured within the 2 samples of slack
     # below and were shipped); candidates recorded before trials recorded digests are checked by the rest
-    if chosen.get("weights_digest") and file_digest(weights) != chosen["weights_digest"]:
+    if chosen.get("weights_digest") and (found := file_digest(weights)) != chosen["weights_digest"]:
         again = (f"`n2n export {shlex.quote(str(run_dir))} --fetch ...` fetches it again from the run's storage"
                  if meta.get("results_store") and not refetched else
                  "the run's storage holds the same file; restore it from a copy of the run" if refetched else
                  "restore it from a copy of the run")
-        raise RunError(f"{weights}: not the file the trial of {chosen['key']} wrote (its digest {file_digest(weights)} "
+        raise RunError(f"{weights}: not the file the trial of {chosen['key']} wrote (its digest {found} "
                        f"differs from candidates.json's {chosen['weights_digest']}); {again}, or export another "
                        f"candidate (--key, --rank)")
     # before the exporting line: an edited module or a changed teacher is refused with nothing said as begun

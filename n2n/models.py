@@ -385,20 +385,23 @@ def check_target(folder: Path, overwrite: bool = False, kind: str = "teacher") -
     """A folder n2n is about to write: free, or (with overwrite) an earlier n2n `kind`."""
     folder = Path(folder)
     check_creatable(folder)
-    if (folder.exists() or folder.is_symlink()) and not empty_folder(folder):  # a dangling link is something too
+    if occupied(folder):
         if not overwrite:
             raise FileExistsError(f"{folder} already exists; choose another --out or pass --overwrite")
         check_replaceable(folder, kind)
 
 
-def empty_folder(folder: Path) -> bool:
-    """A real folder with nothing in it (`mkdir out` before `--out out`): taken as free, as nothing is lost.
-    commit_folder renames onto it, which the kernel refuses if anything appeared in it meanwhile. Not the
-    current folder (`--out .`: the temp folder went inside it) nor a mount point (a rename cannot replace
-    one): both failed after the work was done (helper-55), and are refused before it as before."""
+def occupied(folder: Path) -> bool:
+    """Whether something is at `folder` that writing there would replace: anything, a dangling link too,
+    but a real empty folder (`mkdir out` before `--out out`: nothing in it is lost; commit_folder renames
+    onto it, which the kernel refuses if anything appeared in it meanwhile). The current folder (`--out .`:
+    the temp folder went inside it) and a mount point (a rename cannot replace one) count as occupied even
+    empty: both failed after the work was done (helper-55), and are refused before it as before."""
     folder = Path(folder)
-    return (not folder.is_symlink() and folder.is_dir() and next(folder.iterdir(), None) is None
-            and not os.path.ismount(folder) and folder.resolve() != Path.cwd().resolve())
+    if not (folder.exists() or folder.is_symlink()):
+        return False
+    empty = not folder.is_symlink() and folder.is_dir() and next(folder.iterdir(), None) is None
+    return not empty or os.path.ismount(folder) or folder.resolve() == Path.cwd().resolve()
 
 
 def new_folder(folder: Path, overwrite: bool = False, kind: str = "teacher") -> Path:
@@ -443,7 +446,7 @@ def commit_folder(tmp: Path, folder: Path, overwrite: bool = False, kind: str = 
                 os.chmod(p, (0o777 if name in dirs else 0o666) & ~umask())
     old = kept = None
     with signals_held():  # a Ctrl-C or `kill` between the renames left the old folder hidden, or none
-        if (folder.exists() or folder.is_symlink()) and not empty_folder(folder):
+        if occupied(folder):
             check_target(folder, overwrite, kind)
             digest = weights_digest(folder) if kind == "teacher" else None
             if digest and digest != weights_digest(tmp):  # the same weights again: no run needs a copy
