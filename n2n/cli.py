@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--split-seed", type=_seed, default=0,
                    help="train/val/test split of the dataset (recorded with the teacher; ignored when the data brings its own split)")
     t.add_argument("--device", default="auto", help="auto (a GPU when torch sees one), cpu, mps, cuda or cuda:N")
-    t.add_argument("--out", required=True, type=_path, help="folder to write (must not exist)")
+    t.add_argument("--out", required=True, type=_path, help="folder to write (new, or an empty folder)")
     t.add_argument("--overwrite", action="store_true", help="replace --out if it is a teacher n2n trained (nothing else)")
     t.set_defaults(func=_teacher_train)
     show = teacher.add_parser("show", help="architecture, size, accuracy and split of a teacher folder")
@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="write the best student as a deployable folder")
     e.add_argument("run", type=_path, help="the run folder, e.g. runs/NAME")
-    e.add_argument("--out", required=True, type=_path, help="folder to write (must not exist)")
+    e.add_argument("--out", required=True, type=_path, help="folder to write (new, or an empty folder)")
     e.add_argument("--finetune-epochs", type=int, default=0, help="distil + cross-entropy this long first")
     e.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier export (nothing else)")
     e.add_argument("--fetch", action="store_true", help="first download from the run's resources.storage the results "
@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     pf = pol.add_parser("fit", help="fit the removal and shrink policies to finished searches' candidates; "
                         "start a search from them with search.agent_options: {policy: OUT}")
     pf.add_argument("runs", nargs="+", type=_path, help="run folders (their candidates.json and teachers)")
-    pf.add_argument("--out", required=True, type=_path, help="folder to write (must not exist): OUT/removal, OUT/shrink")
+    pf.add_argument("--out", required=True, type=_path, help="folder to write (new, or empty): OUT/removal, OUT/shrink")
     pf.add_argument("--steps", type=_at_least_one, default=300, help="gradient steps")
     pf.add_argument("--seed", type=_seed, default=0)
     pf.add_argument("--allow-factory", action="append", default=[], metavar="PKG.MOD:FN",

@@ -4,7 +4,6 @@ that `search.agent_options: {policy: DIR}` starts a REINFORCE search from."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 import shutil
 from pathlib import Path
@@ -18,7 +17,7 @@ from agents.reinforce import write_policy
 from search_spaces import SpecError, StudentSpec
 
 from .errors import ConfigError
-from .models import check_creatable, plain_file, temp_folder
+from .models import check_creatable, commit_folder, occupied, plain_file, temp_folder
 from .pick import from_figures
 from .runfolder import read_records, unfinished
 from .search import OpenRun
@@ -55,11 +54,7 @@ def _check_specs(run_dir: Path, space, records: list[dict]) -> None:
 def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, factories=(), log=print) -> Path:
     """Fit the removal and shrink policies to the candidates of `runs`; write OUT/removal, OUT/shrink."""
     out = Path(out)
-
-    def taken() -> bool:
-        return out.is_symlink() or out.exists()  # a dangling link is something too
-
-    if taken():  # never over anything: a new folder, written whole or not at all
+    if occupied(out):  # never over anything (a dangling link too), but an empty folder made for it
         raise FileExistsError(f"{out} already exists; choose another --out")
     check_creatable(out)
     seen: dict = {}
@@ -122,9 +117,9 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
             if not all(torch.isfinite(t).all() for t in policy.state_dict().values()):
                 raise ConfigError(f"{stage}: the fit diverged (weights not finite); check these runs' rewards")
             write_policy(policy, stage, ratios, tmp / stage, {"hidden": HIDDEN}, meta)
-        if taken():
+        if occupied(out):
             raise FileExistsError(f"{out} appeared while fitting; choose another --out")
-        os.replace(tmp, out)
+        commit_folder(tmp, out, kind="policy")  # onto an empty folder only: refused if files appear in it now
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"wrote {out}; start a search from it with --set 'search.agent_options={{policy: {out}}}'")

@@ -278,6 +278,7 @@ def test_policy_fit_command_learns_from_a_run_and_starts_the_next_search(ray_ses
             f"does not exist") in capsys.readouterr().err and not (tmp_path / "p3").exists()
     (edited / "candidates.json").write_text(json.dumps(
         [{**r, "reward": 1e308 if r["reward"] > -1 else r["reward"]} for r in recs]))
+    (tmp_path / "p3").mkdir()  # an empty folder made for it is taken (it was refused as existing)
     assert main(["policy", "fit", str(edited), "--out", str(tmp_path / "p3"), "--steps", "5"]) == 0
     assert all(torch.isfinite(t).all() for stage in ("removal", "shrink")
                for t in load_file(str(tmp_path / "p3" / stage / "policy.safetensors")).values())
