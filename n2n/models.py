@@ -284,7 +284,7 @@ HF_FILES = {"config.json", "generation_config.json", "tokenizer.json", "tokenize
 def written_by_n2n(folder: Path) -> str | None:
     """"export" or "teacher" when `folder` is one that n2n wrote and holds nothing else, else None.
     An export has spec.json and a metrics.json naming its run; a teacher a metrics.json with the
-    recipe it was trained from. A checkpoint of your own has neither, so it is never either."""
+    recipe it was trained with. A checkpoint of your own has neither, so it is never either."""
     entries = {p.name: p for p in Path(folder).iterdir()}
     names = set(entries)
     # what n2n writes: files, never a folder, link or FIFO under a file's name
@@ -331,11 +331,11 @@ def _not_ours(folder: Path, kind: str) -> str:
         return "it is a file"
     entries = {p.name: p for p in folder.iterdir()}
     if kind == "export":
-        allowed, need, key = MODEL_FILES | EXPORT_EXTRAS, {*MODEL_FILES, "spec.json"}, "run"
+        allowed, need, keys = MODEL_FILES | EXPORT_EXTRAS, {*MODEL_FILES, "spec.json"}, ("run",)
     elif "arch.json" in entries:  # a teacher trained from a recipe
-        allowed, need, key = MODEL_FILES, MODEL_FILES, "recipe"
+        allowed, need, keys = MODEL_FILES, MODEL_FILES, ("recipe",)
     else:  # `n2n teacher train --hf`
-        allowed, need, key = HF_FILES | {"model.safetensors", "metrics.json"}, {"metrics.json"}, "checkpoint"
+        allowed, need, keys = HF_FILES | {"model.safetensors", "metrics.json"}, {"metrics.json"}, ("checkpoint", "recipe")
     odd = []
     for name, p in sorted(entries.items()):
         if name not in allowed:
@@ -356,10 +356,11 @@ def _not_ours(folder: Path, kind: str) -> str:
         metrics = json.loads((folder / "metrics.json").read_text())
     except (OSError, ValueError, RecursionError):
         metrics = None
-    if not isinstance(metrics, dict) or key not in metrics:
-        what = {"run": "the run it was exported from", "recipe": "the recipe it was trained from",
-                "checkpoint": "the checkpoint it was fine-tuned from"}[key]
-        return f"its metrics.json does not name {what}"
+    for key in keys:
+        if not isinstance(metrics, dict) or key not in metrics:
+            what = {"run": "the run it was exported from", "recipe": "the recipe it was trained with",
+                    "checkpoint": "the checkpoint it was fine-tuned from"}[key]
+            return f"its metrics.json does not name {what}"
     return "it is not laid out as n2n writes one"
 
 

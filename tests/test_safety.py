@@ -1893,7 +1893,11 @@ def test_an_overwrite_refusal_names_what_blocks_and_an_empty_folder_is_free(fini
                           (folder("mixed", {**model, "config.json": "{}"}, {"recipe": {}}), "teacher",
                            "it holds config.json, which n2n does not write there"),
                           (folder("no_weights", {"arch.json": "{}"}, {"recipe": {}}), "teacher",
-                           "it lacks model.safetensors")):
+                           "it lacks model.safetensors"),
+                          # a `teacher train --hf` folder whose metrics.json lost its recipe (it was said
+                          # to be "not laid out as n2n writes one")
+                          (folder("hf_no_recipe", {"config.json": "{}"}, {"checkpoint": "c"}), "teacher",
+                           "its metrics.json does not name the recipe it was trained with")):
         with pytest.raises(FileExistsError, match=rf"is not an earlier n2n {kind} \({re.escape(said)}\); --overwrite"):
             check_replaceable(d, kind)
     empty = tmp_path / "empty"
