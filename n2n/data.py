@@ -493,6 +493,9 @@ def tokenizer_for(folder):
     """The tokenizer saved in a Hugging Face folder (offline, no remote code)."""
     from transformers import AutoTokenizer
 
+    from .models import check_own_files
+
+    check_own_files(folder, DataError)
     try:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, TypeError) as e:

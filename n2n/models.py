@@ -527,30 +527,50 @@ def kept_message(folder: Path, kept: Path) -> str:
             f"export (move it back for them); delete it when none does")
 
 
+def check_own_files(folder: Path, error=None) -> None:
+    """A Hugging Face folder's files are its own: a link out of it (`chat_template.jinja` -> a file of
+    your secrets) was read by the tokenizer and written into every export (helper-57), and a FIFO there
+    would hang the load. Links within the folder, and a hub cache snapshot's links into its repository's
+    `blobs/` (how huggingface_hub lays out downloads), are followed."""
+    folder = Path(folder)
+    home = folder.resolve()
+    blobs = home.parent.parent / "blobs" if home.parent.name == "snapshots" else None
+    for p in sorted(folder.iterdir()) if folder.is_dir() else ():
+        target = p.resolve()
+        if p.is_symlink() and not (target.is_relative_to(home) or blobs is not None and target.is_relative_to(blobs)):
+            raise (error or ModelError)(f"{p}: a link to {target}, outside the folder; n2n reads only a model folder's "
+                                        f"own files (a file read through a link is written into the students' "
+                                        f"exports): copy the file in")
+        if target.exists() and not (target.is_file() or target.is_dir()):
+            raise (error or ModelError)(f"{p}: expected a file or folder, found {_file_kind(target)}")
+
+
+def _file_kind(path: Path) -> str:
+    mode = os.stat(path).st_mode
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+
+
 def check_hf_folder(folder: Path) -> None:
     """What transformers would read from a Hugging Face folder besides JSON and safetensors, refused
     before it is read: pickled weights (pytorch_model.bin: torch.load, even if restricted), an
     attention implementation named as a Hub repository (transformers fetches that kernel and runs it)
     and the folder's own model or tokenizer code (`auto_map`: transformers asked the user whether to
-    run it, and ran it on "y", helper-41)."""
-    from agents.base import shown
+    run it, and ran it on "y", helper-41), and links out of the folder (`check_own_files`)."""
     from search_spaces import UnsupportedModel
     from search_spaces.transformer import check_no_hub_code
 
     folder = Path(folder)
+    check_own_files(folder)
     config = read_json(folder / "config.json")
     if not isinstance(config, dict):
         raise ModelError(f"{folder}/config.json: expected a JSON object, got {type(config).__name__}")
-    try:
-        check_no_hub_code(config, f"{folder}/config.json")
-    except UnsupportedModel as e:
-        raise ModelError(str(e)) from None
-    for name in ("config.json", "tokenizer_config.json"):
-        settings = config if name == "config.json" else read_json(folder / name) if (folder / name).is_file() else {}
-        if isinstance(settings, dict) and settings.get("auto_map"):
-            raise ModelError(f"{folder}/{name}: auto_map names code of the folder's own ({shown(settings['auto_map'])}), "
-                             f"which n2n never runs; expected a model and tokenizer transformers ships (BERT-family "
-                             f"encoders)")
+    tokenizer = read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
+    for name, settings in (("config.json", config), ("tokenizer_config.json", tokenizer)):
+        try:
+            if isinstance(settings, dict):
+                check_no_hub_code(settings, f"{folder}/{name}")
+        except UnsupportedModel as e:
+            raise ModelError(str(e)) from None
     if not any(folder.glob("*.safetensors")):
         found = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack"))
         raise ModelError(f"{folder}: expected weights in model.safetensors, found {', '.join(found) or 'none'}; n2n "

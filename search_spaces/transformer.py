@@ -17,6 +17,7 @@ exports through ``save_pretrained`` too.
 from __future__ import annotations
 
 from pathlib import Path
+import reprlib
 
 import torch
 from torch import nn
@@ -81,7 +82,13 @@ _HUB_CODE_KEYS = {key: allowed for name, allowed in (("attn_implementation", ("e
 
 def check_no_hub_code(config: dict, where: str) -> None:
     """Refuse a transformers config (a Hugging Face folder's config.json, an n2n student's arch.json)
-    that would make transformers fetch code from the Hub and run it."""
+    that would make transformers fetch code from the Hub and run it, or run code of the folder's own
+    (`auto_map`: transformers asks whether to run it and runs it on "y"; helper-41 for config.json,
+    helper-57 for arch.json, whose config went to AutoConfig.for_model with its auto_map)."""
+    if config.get("auto_map"):
+        raise UnsupportedModel(f"{where}: auto_map names code of the folder's own ({reprlib.repr(config['auto_map'])}), "
+                               f"which n2n never runs; expected a model and tokenizer transformers ships (BERT-family "
+                               f"encoders)")
     for key, allowed in _HUB_CODE_KEYS.items():
         value = config.get(key)
         if value is not None and value not in allowed:
@@ -100,7 +107,7 @@ def encoder_from_arch(arch: dict) -> HFClassifier:
     cfg = dict(arch["config"])
     config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
     config.num_hidden_layers = len(arch["layers"])
-    model = AutoModelForSequenceClassification.from_config(config)
+    model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)  # never a prompt
     hs = _head_size(config)
     for layer, w in zip(_layers(model), arch["layers"]):
         _shrink_layer(layer, w["heads"], w["ffn"], hs)

@@ -877,6 +877,76 @@ def test_an_encoder_student_s_arch_json_naming_a_hub_kernel_is_refused_before_tr
     assert read == []  # refused before transformers saw any of it
 
 
+def test_an_encoder_student_s_arch_json_naming_code_of_its_own_is_never_run_even_when_the_user_says_yes(
+        tmp_path, capsys, monkeypatch):
+    """helper-57: arch.json's config went to AutoConfig.for_model with its auto_map; with a model type
+    transformers has no sequence classifier for, from_config asked "Do you wish to run the custom
+    code?" and a "y" imported the folder's module, from load_student and from `search` alike."""
+    import io
+
+    from safetensors.torch import save_file
+
+    from n2n import load_student
+    from search_spaces import UnsupportedModel
+
+    folder = tmp_path / "student"
+    folder.mkdir()
+    marker = tmp_path / "RAN"
+    (folder / "evilmod.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
+                                       "from transformers import PreTrainedModel\nclass Evil(PreTrainedModel): pass\n")
+    arch = {"family": "hf-encoder", "input_shape": [8], "layers": [],
+            "config": {"model_type": "vit", "name_or_path": str(folder),
+                       "auto_map": {"AutoModelForSequenceClassification": "evilmod.Evil"}}}
+    (folder / "arch.json").write_text(json.dumps(arch))
+    save_file({"x": torch.zeros(1)}, folder / "model.safetensors")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n" * 10))  # the user answers yes to every prompt
+    monkeypatch.syspath_prepend(str(folder))
+    with pytest.raises(UnsupportedModel, match=r"arch.json config: auto_map names code of the folder's own \("):
+        load_student(folder)
+    status, err = _main(capsys, "teacher", "show", folder)
+    assert status == 2 and "auto_map names code of the folder's own" in err and "which n2n never runs" in err
+    assert not marker.exists()
+    # and transformers is told never to run such code, should a config reach it another way: no prompt
+    monkeypatch.setattr("search_spaces.transformer.check_no_hub_code", lambda *a: None)
+    with pytest.raises(Exception, match="contains custom code which must be executed"):
+        load_student(folder)
+    assert not marker.exists()
+
+
+def test_a_link_out_of_a_hugging_face_folder_is_refused_not_copied_into_exports(tmp_path):
+    """helper-57: a teacher folder's chat_template.jinja linked to a file of secrets: the tokenizer read
+    it and `n2n export` wrote it into the student's tokenizer. A hub cache snapshot (files linked into
+    its repository's blobs/) still loads."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    from n2n.data import tokenizer_for
+    from n2n.errors import DataError
+    from n2n.models import ModelError, load_hf_classifier
+
+    repo = tmp_path / "models--me--tiny"
+    folder = repo / "snapshots" / "abc"
+    BertForSequenceClassification(BertConfig(vocab_size=12, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                             intermediate_size=8)).save_pretrained(folder)
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad"])}
+    BertTokenizerFast(vocab=vocab).save_pretrained(folder)
+    (repo / "blobs").mkdir()
+    for p in list(folder.iterdir()):  # as huggingface_hub lays out a download
+        os.replace(p, repo / "blobs" / p.name)
+        p.symlink_to(Path("..", "..", "blobs", p.name))
+    assert load_hf_classifier(folder) is not None and tokenizer_for(folder) is not None
+    secret = tmp_path / "SECRET"
+    secret.write_text("AWS_SECRET_ACCESS_KEY=hunter2")
+    (folder / "chat_template.jinja").symlink_to(secret)
+    with pytest.raises(ModelError, match=rf"chat_template.jinja: a link to {re.escape(str(secret))}, outside the folder"):
+        load_hf_classifier(folder)
+    with pytest.raises(DataError, match="chat_template.jinja: a link to .*, outside the folder; n2n reads only"):
+        tokenizer_for(folder)
+    (folder / "chat_template.jinja").unlink()
+    os.mkfifo(folder / "chat_template.jinja")  # would hang the tokenizer's read
+    with pytest.raises(DataError, match="chat_template.jinja: expected a file or folder, found a FIFO"):
+        tokenizer_for(folder)
+
+
 def test_a_stray_module_where_n2n_runs_is_never_imported_by_the_trials(tiny_config, tmp_path):
     """Ray put the driver's working directory first on every worker's sys.path: an envs.py there
     replaced n2n's own package in every trial (a numpy.py, numpy), with or without --allow-factory."""
