@@ -346,11 +346,13 @@ def policy_folder(policy: str, stage: str) -> Path:
 
 def policy_problem(folder: Path, stage: str, ratios: list[float], hidden: int) -> str | None:
     """Why the policy saved in `folder` cannot start `stage` over `ratios` with `hidden` units, or None."""
-    if not (folder / "policy.json").is_file() or not (folder / "policy.safetensors").is_file():
-        return f"{folder}: expected policy.json and policy.safetensors (a saved {stage} policy), found none"
+    lacking = [name for name in ("policy.json", "policy.safetensors") if not (folder / name).is_file()]
+    if lacking:  # (a FIFO under the name is not a file either)
+        found = "neither" if len(lacking) == 2 else f"no {lacking[0]}"
+        return f"{folder}: expected policy.json and policy.safetensors (a saved {stage} policy), found {found}"
     try:
         meta = json.loads((folder / "policy.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         return f"{folder}/policy.json: damaged, not readable JSON ({e})"
     if not isinstance(meta, dict):
         return f"{folder}/policy.json: expected a JSON object, found {type(meta).__name__}"

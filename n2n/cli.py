@@ -135,6 +135,8 @@ def _overrides(pairs) -> dict:
             raise ConfigError(f"--set {k.strip()}: the value is nested too deeply to read (hundreds of levels)") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {k.strip()}: not valid YAML ({e})") from None
+        except ValueError as e:  # helper-57: a 5,000-digit number (Python reads at most 4,300) was a traceback
+            raise ConfigError(f"--set {k.strip()}: not readable ({str(e).split(';')[0]})") from None
     return out
 
 

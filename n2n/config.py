@@ -426,6 +426,8 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         except UnicodeDecodeError as e:  # helper-36: a traceback; a config saved as cp1252, say
             raise ConfigError(f"config {path}: expected UTF-8 text, found byte {e.object[e.start]:#04x} at "
                               f"offset {e.start}; save it as UTF-8") from None
+        except ValueError as e:  # helper-57: a 5,000-digit number (Python reads at most 4,300) was a traceback
+            raise ConfigError(f"config {path}: not readable ({str(e).split(';')[0]})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config {path}: expected a mapping at the top level, got {type(data).__name__}")
     for dotted, value in (overrides or {}).items():

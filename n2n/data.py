@@ -450,7 +450,9 @@ def read_text(path: Path) -> tuple[list[str], list, list | None]:
                         raise DataError(f"text dataset {path}: line {reader.line_num} has {len(row) - len(short) + len(extra)} "
                                         f"fields, the header {len(header)} ({', '.join(header)}); {hint}")
                     rows.append(row)
-    except (UnicodeDecodeError, csv.Error, json.JSONDecodeError, RecursionError) as e:
+    except DataError:
+        raise
+    except (ValueError, csv.Error, RecursionError) as e:  # (ValueError: a number too long for Python too)
         raise DataError(f"text dataset {path}: not a readable CSV/JSONL file of text,label ({e})") from None
     for i, row in enumerate(rows, 1):
         if not {"text", "label"} <= set(row):

@@ -29,7 +29,7 @@ from search_spaces import SearchSpace, StudentSpec
 from .errors import RunError
 from .models import write_json
 from .pick import REACH, choose, finalists, misscored, points
-from .runfolder import HELD_FOR_DEATHS, POLICY, RECORDS, SUMMARY, save_state
+from .runfolder import HELD_FOR_DEATHS, POLICY, RECORD_KEYS, RECORDS, SUMMARY, _wrong_types, save_state
 
 FINISHED = "FINISHED"
 
@@ -550,9 +550,9 @@ class SearchDriver:
         """Take in records from candidates.json that this state lacks (it was older, or rebuilt):
         they finish the matching candidates in flight, or fill the cache, so none is trained again.
         Records are never dropped."""
-        known = {(r["trial_id"], r["key"]) for r in self.records}
+        known = {(r.get("trial_id"), r["key"]) for r in self.records}
         for rec in records:
-            if (rec["trial_id"], rec["key"]) in known:
+            if (rec.get("trial_id"), rec["key"]) in known:
                 continue
             self.records.append(rec)
             if rec.get("failure") not in _WORKER_FAILURES:
@@ -708,12 +708,36 @@ class SearchDriver:
                 "cache_hits": self.cache_hits, "updates_done": self.updates_done, "wall_seconds": self.wall_seconds(),
                 "stage_started": self.stage_started, "refine_bases": self.refine_bases, "run_id": self.run_id}
 
+    def _check_state(self, state: dict):
+        """The values a state holds are of the types n2n saves (helper-57: a state file edited to hold
+        a string where a number was, a stage index past the end or a record without its figures ran
+        into tracebacks later in the resume); a ValueError says what is wrong, and the resume falls
+        back to the state before, or rebuilds from candidates.json."""
+        expected = {"stage_idx": int, "base": dict, "cache": dict, "trials": list, "waiters": dict, "records": list,
+                    "asks": int, "cache_hits": int, "updates_done": dict, "wall_seconds": (int, float),
+                    "stage_started": (int, float), "failed": (str, type(None)), "refine_bases": (list, type(None))}
+        for key, kind in expected.items():
+            value = state.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ValueError(f"{key} is {type(value).__name__}, expected {getattr(kind, '__name__', kind)}")
+        if not 0 <= state["stage_idx"] <= len(self.stages):
+            raise ValueError(f"stage_idx {state['stage_idx']}, expected 0..{len(self.stages)}")
+        if state["stage_idx"] < len(self.stages) and not isinstance(state.get("agent"), dict):
+            raise ValueError(f"the {self.stages[state['stage_idx']]} stage's agent state is missing")
+        for i, r in enumerate(state["records"]):
+            missing = [k for k in (*RECORD_KEYS, "key") if k not in r] if isinstance(r, dict) else None
+            wrong = ("is not a record" if missing is None else f"lacks {missing}" if missing else
+                     _wrong_types(r) and f"has {_wrong_types(r)}")
+            if wrong:
+                raise ValueError(f"record {i} {wrong}")
+
     def load_state_dict(self, state: dict):
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"expected search state version {STATE_VERSION}, got {state.get('version')!r}")
         if None not in (self.run_id, state.get("run_id")) and state["run_id"] != self.run_id:
             # a state file copied from another run: its records and stage are that run's
             raise ValueError(f"it belongs to another run (run id {state['run_id']}, this run's {self.run_id})")
+        self._check_state(state)
         self.stage_idx, self.base = state["stage_idx"], StudentSpec.from_dict(state["base"])
         # states from before refine moved on had narrowed one base, the one they record
         self.refine_bases = state.get("refine_bases") or ([self.space.key(self.base)] if self.stage == "refine" else [])

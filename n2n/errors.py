@@ -5,6 +5,7 @@ import contextlib
 import signal
 import threading
 
+from agents.base import AgentOptionError
 from search_spaces import SpecError, UnsupportedModel
 
 from .data import DataError
@@ -19,8 +20,9 @@ class RunError(ValueError):
     """A run folder that is missing, incomplete, or already exists."""
 
 
-USER_ERRORS = (ConfigError, RunError, DataError, ModelError, SpecError, UnsupportedModel, FileExistsError,
-               FileNotFoundError, PermissionError)
+# (AgentOptionError: a run's own copy of its policy damaged, met when a resume rebuilds its agents; helper-57)
+USER_ERRORS = (ConfigError, RunError, DataError, ModelError, SpecError, UnsupportedModel, AgentOptionError,
+               FileExistsError, FileNotFoundError, PermissionError)
 
 
 @contextlib.contextmanager

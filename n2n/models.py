@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import reprlib
 import shutil
 import signal
 import socket
@@ -615,7 +616,7 @@ def read_json(path: Path, expect: type = dict):
     """A JSON file that must hold `expect`; a ModelError names the file otherwise."""
     try:
         obj = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # (200,000 nested brackets)
+    except (OSError, ValueError, RecursionError) as e:  # (200,000 nested brackets)
         raise ModelError(f"{path}: not a readable JSON file ({e})") from None
     if not isinstance(obj, expect):
         raise ModelError(f"{path}: expected a JSON {'object' if expect is dict else expect.__name__}, "
@@ -721,6 +722,15 @@ def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:
                                 and all(isinstance(n, int) and n >= 1 for n in pre["shape"])):
         raise ModelError(f"{folder}/arch.json: expected \"input\" to hold numbers scale and shift and a shape of whole "
                          f"numbers >= 1, as n2n writes it; found {pre!r}")
+    probe = arch.get("probe")
+    if probe is not None and not (  # (helper-57: a string, or no input_shape, was a traceback)
+            isinstance(probe, list) and len(probe) == 2 and all(isinstance(row, list) and row and all(
+                is_number(v) for v in row) for row in probe) and isinstance(arch.get("input_shape"), list)
+            and arch["input_shape"] and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1
+                                            for n in arch["input_shape"])):
+        raise ModelError(f"{folder}/arch.json: expected \"probe\" to hold two rows of outputs and \"input_shape\" a list "
+                         f"of whole numbers >= 1, as n2n writes them; found probe {reprlib.repr(probe)}, input_shape "
+                         f"{reprlib.repr(arch.get('input_shape'))}")
     model = build_model(arch, factories)  # refuses an unnamed factory before reading anything else
     try:
         model.load_state_dict(load_weights(folder / "model.safetensors"), strict=True)

@@ -64,7 +64,7 @@ def read_run(run_dir: Path) -> dict:
                        f"found {found}")
     try:
         meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise RunError(f"{path}: damaged, not readable JSON ({e})") from None
     missing = [k for k in ("config", "teacher_folder", "dataset", "input_shape", "reference", "teacher")
                if not isinstance(meta, dict) or k not in meta]
@@ -120,7 +120,7 @@ def read_summary(run_dir: Path) -> dict | None:
     step from the state, so nothing depends on it but what people and export are told)."""
     try:
         summary = json.loads((Path(run_dir) / SUMMARY).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(summary, dict):
         return None
@@ -133,6 +133,8 @@ def read_summary(run_dir: Path) -> dict | None:
 
 
 RECORD_KEYS = ("stage", "spec", "accuracy", "params", "failure", "reward")  # what every record has ever held
+RECORD_STAGES = ("removal", "shrink", "refine", "finalists")
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # what a terminal takes for commands: ESC, CR, BEL ...
 
 
 def read_records(run_dir: Path) -> list[dict]:
@@ -142,7 +144,7 @@ def read_records(run_dir: Path) -> list[dict]:
         return []
     try:
         records = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise RunError(f"{path}: damaged, not readable JSON ({e}); restore it from a copy") from None
     if not isinstance(records, list) or not all(isinstance(r, dict) and "key" in r for r in records):
         raise RunError(f"{path}: damaged, expected a list of candidate records")
@@ -163,11 +165,13 @@ def _wrong_types(r: dict) -> str | None:
     # figures in the ranges n2n writes them in (helper-41: a forged accuracy of 1.5 ranked first in report)
     checks = (("reward", is_number(r["reward"])), ("accuracy", is_number(r["accuracy"]) and 0 <= r["accuracy"] <= 1),
               ("params", isinstance(r["params"], int) and not isinstance(r["params"], bool) and r["params"] >= 0),
-              ("stage", isinstance(r["stage"], str)), ("failure", r["failure"] is None or isinstance(r["failure"], str)),
+              # (helper-57: any string was taken, and one that was no stage changed which student export
+              # picked; with terminal escapes in it, report and export printed them raw)
+              ("stage", r["stage"] in RECORD_STAGES), ("failure", r["failure"] is None or isinstance(r["failure"], str)),
               ("spec", isinstance(spec, dict) and isinstance(spec.get("removed"), list) and isinstance(spec.get("ratios"), list)
                and all(isinstance(u, int) for u in spec["removed"]) and all(is_number(x) for x in spec["ratios"])),
               # fields later n2n versions added: checked where present (helper-28: tracebacks in report)
-              ("summary", isinstance(r.get("summary", ""), str)),
+              ("summary", isinstance(r.get("summary", ""), str) and not CONTROL.search(r.get("summary", ""))),
               # (helper-54: "", 0 or null skipped export's check of the weights as if never recorded)
               ("weights_digest", "weights_digest" not in r or isinstance(r["weights_digest"], str)
                and re.fullmatch(r"[0-9a-f]{16}", r["weights_digest"]) is not None),
@@ -176,7 +180,8 @@ def _wrong_types(r: dict) -> str | None:
               *((k, r.get(k) is None or is_number(r[k]) and r[k] >= 0)
                 for k in ("latency_ms", "teacher_latency_ms", "latency_ratio")))
     bad = [name for name, ok in checks if not ok]
-    expected = {"accuracy": "a fraction 0..1", "flops": "a whole number >= 0", "params": "a whole number >= 0",
+    expected = {"accuracy": "a fraction 0..1", "stage": f"one of {', '.join(RECORD_STAGES)}",
+                "summary": "text without control characters", "flops": "a whole number >= 0", "params": "a whole number >= 0",
                 **dict.fromkeys(("latency_ms", "teacher_latency_ms", "latency_ratio"), "a number >= 0 or null"),
                 "weights_digest": "16 hex digits, as its trial wrote it"}
     return ", ".join(f"{name} {r[name]!r}" + (f" (expected {expected[name]})" if name in expected else "")

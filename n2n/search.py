@@ -595,18 +595,18 @@ def restore_driver(make, run_dir: Path, log=print) -> SearchDriver:
     `make()` rebuilt from candidates.json; records on disk that the state lacks are taken in, never
     dropped, and no candidate with a result is trained again."""
     records = read_records(run_dir)
-    driver, usable = make(), False
-    for state in load_states(run_dir, log):  # the saved state, else the one before it
-        try:
-            driver.load_state_dict(state)
-            usable = True
+    for state in [*load_states(run_dir, log), None]:  # the saved state, else the one before it, else none
+        driver = make()
+        if state is None:
+            log(f"no usable search state; rebuilding it from candidates.json ({len(records)} candidates)")
+            driver.adopt(records)
             break
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # RuntimeError: a policy's tensors
-            log(f"search state not usable ({e}); falling back")
-            driver = make()
-    if not usable:
-        log(f"no usable search state; rebuilding it from candidates.json ({len(records)} candidates)")
-    driver.adopt(records)
+        try:  # (the records it takes in are told to the state's agent: part of what a state must bear)
+            driver.load_state_dict(state)
+            driver.adopt(records)
+            break
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:  # RuntimeError: a
+            log(f"search state not usable ({e}); falling back")                                    # policy's tensors
     rescored = driver.rescore()  # before settle, whose stage ends and bases rank by reward
     if rescored:
         log(rescored)

@@ -191,8 +191,14 @@ def test_a_factory_edited_after_the_fact_is_refused_not_built_as_another_network
     with pytest.raises(ModelError, match=r"computes other outputs than when it was saved \(up to .* apart on n2n's "
                                          r"probe input\), so the code that builds it \(edited_pkg:make\) changed since"):
         load_model(tmp_path / "s", ["edited_pkg:make"])
-    # the escape the message names: the user accepts the edited network, and gets it
+    # a probe or input shape n2n never writes: one line, not a traceback (helper-57)
     folder_arch = json.loads((tmp_path / "s" / "arch.json").read_text())
+    for edit in ({"probe": "x"}, {"input_shape": None}, {"input_shape": [1, True]}, {"probe": [[1.0]]}):
+        (tmp_path / "s" / "arch.json").write_text(json.dumps({**folder_arch, **edit}))
+        with pytest.raises(ModelError, match=r"arch.json: expected \"probe\" to hold two rows of outputs and "
+                                             r"\"input_shape\" a list of whole numbers >= 1, as n2n writes them; found"):
+            load_model(tmp_path / "s", ["edited_pkg:make"])
+    # the escape the message names: the user accepts the edited network, and gets it
     del folder_arch["probe"]
     (tmp_path / "s" / "arch.json").write_text(json.dumps(folder_arch))
     after = load_model(tmp_path / "s", ["edited_pkg:make"])[0](x)

@@ -205,6 +205,50 @@ def test_resume_from_damaged_state_loses_no_record_and_trains_nothing_twice(spac
     assert json.loads((tmp_path / "summary.json").read_text())["stage"] == "done"
 
 
+@pytest.mark.parametrize("tamper, said", [
+    (lambda s: s["records"][0].update(accuracy="x"), "record 0 has accuracy 'x' (expected a fraction 0..1)"),
+    (lambda s: s["records"].append({"trial_id": "zz", "key": "k"}), "record 5 lacks ['stage', 'spec', 'accuracy'"),
+    (lambda s: s.update(wall_seconds="x"), "wall_seconds is str, expected"),
+    (lambda s: s.update(stage_idx=1, agent=None), "the shrink stage's agent state is missing"),
+    (lambda s: s.update(stage_idx=-1), "stage_idx -1, expected 0..2"),
+    (lambda s: s.update(stage_idx=1.5), "stage_idx is float, expected int"),
+    (lambda s: s.update(refine_bases=3), "refine_bases is int, expected"),
+    (lambda s: s["records"][1].update(stage="removal\x1b[8m"), "record 1 has stage 'removal\\x1b[8m' (expected one of")])
+def test_a_search_state_holding_values_n2n_never_saves_is_set_aside(space, tmp_path, tamper, said):
+    """helper-57: a state file edited to hold a string for a number, a stage index out of range, no
+    agent state, or a record without its figures loaded, then failed later in the resume with a
+    traceback (or, for stage index -1, resumed a search as finished). Now the state before it is used."""
+    trainer = Trainer(space)
+    trainer.run(_driver(space, tmp_path), stop_after=5)
+    before = read_records(tmp_path)
+    state = torch.load(tmp_path / STATE, weights_only=True)
+    tamper(state)
+    torch.save(state, tmp_path / STATE)
+    logs = []
+    driver = restore_driver(lambda: _driver(space, tmp_path), tmp_path, log=logs.append)
+    assert logs[0].startswith("search state not usable (") and said in logs[0] and logs[0].endswith("; falling back"), logs
+    assert [r["key"] for r in driver.records] == [r["key"] for r in before]
+    trainer.run(driver)
+    assert Counter(r["stage"] for r in read_records(tmp_path)) == {"removal": 6, "shrink": 6}
+    assert max(trainer.trained.values()) == 1
+
+
+def test_a_record_whose_stage_or_summary_is_not_n2n_s_is_damage_not_printed(finished_run, tmp_path, capsys):
+    """helper-57: any string was taken as a record's stage and summary, and report and export printed
+    them raw: terminal escapes there could hide export's warnings or forge lines. A stage that is no
+    stage also changed which student export picked."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    records = json.loads((run / "candidates.json").read_text())
+    for field, value in (("summary", "ok\x1b[2K\rverified"), ("stage", "removal\x1b[8m"), ("stage", "best")):
+        (run / "candidates.json").write_text(json.dumps([{**records[0], field: value}, *records[1:]]))
+        for command in (("report", run), ("export", run, "--out", tmp_path / "out")):
+            status, err = _main(capsys, *command)
+            assert status == 2 and f"{run / 'candidates.json'}: damaged, candidate 0 ({records[0]['key']}) has {field} " \
+                f"{value!r}" in err and "\x1b" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_search_whose_candidates_all_fail_stops_with_the_first_reason(space, tmp_path):
     d = _driver(space, tmp_path)
     for i in range(3):
@@ -1937,6 +1981,49 @@ def test_a_run_in_use_from_its_creation_is_seen_in_use(tmp_path, capsys):
         holder.kill()
         holder.wait()
     assert lock_holder(run) is None  # the kernel let go with the holder
+
+
+def test_a_number_too_long_for_python_in_any_file_n2n_reads_is_a_clear_error(finished_run, tmp_path, capsys):
+    """helper-57: Python reads integers of at most 4,300 digits; a longer one in a run's JSON, a model
+    folder's or a config (or --set) raised a ValueError that no except named: a traceback."""
+    big = "9" * 5000
+
+    def with_big(path):
+        text = path.read_text()
+        path.write_text(text[:text.rindex("}")] + f', "zz_big": {big}}}' if text.rstrip().endswith("}") else
+                        text[:text.rindex("]")] + f", {big}]")
+
+    for name in ("n2n.json", "candidates.json"):
+        run = tmp_path / f"run_{name}"
+        shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+        with_big(run / name)
+        status, err = _main(capsys, "report", run)
+        assert status == 2 and f"{run / name}: " in err and "Traceback" not in err, err
+    teacher = tmp_path / "teacher"
+    shutil.copytree(json.loads((finished_run / "n2n.json").read_text())["teacher"]["folder"], teacher)
+    with_big(teacher / "arch.json")
+    status, err = _main(capsys, "teacher", "show", teacher)
+    assert status == 2 and f"{teacher / 'arch.json'}: not a readable JSON file" in err, err
+    (tmp_path / "big.yaml").write_text(f"seed: {big}\n")
+    status, err = _main(capsys, "search", tmp_path / "big.yaml", "--runs-dir", tmp_path / "runs")
+    assert status == 2 and f"config {tmp_path / 'big.yaml'}: not readable (Exceeds the limit (4300 digits)" in err, err
+    status, err = _main(capsys, "search", "--set", f"seed={big}", "--runs-dir", tmp_path / "runs")
+    assert status == 2 and "--set seed: not readable (Exceeds the limit (4300 digits)" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_whose_own_policy_copy_is_damaged_is_a_clear_error_on_resume(finished_run, tmp_path, capsys):
+    """helper-57: with no usable search state, a resume rebuilds the agents from the run's copy of its
+    policy; that copy damaged (a file gone, a FIFO in its place) was an AgentOptionError traceback."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    for name in (STATE, PREV_STATE):
+        (run / name).unlink()
+    (run / "policy" / "removal" / "policy.json").unlink()
+    os.mkfifo(run / "policy" / "removal" / "policy.json")
+    status, err = _main(capsys, "resume", run)
+    assert status == 2 and err == (f"n2n: error: search.agent_options.policy: {run / 'policy' / 'removal'}: expected "
+                                   f"policy.json and policy.safetensors (a saved removal policy), found no policy.json\n"), err
 
 
 def test_an_overwrite_refusal_names_what_blocks_and_an_empty_folder_is_free(finished_run, tmp_path):
