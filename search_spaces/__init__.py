@@ -72,7 +72,8 @@ def space_for(teacher, input_shape, ratios=None, uniform: bool = False, arch: di
     # slices the teacher's own modules, whatever their settings
     factory = {"factory": arch["factory"], "kwargs": arch.get("kwargs", {})} if arch and arch.get("family") == "module" else None
     try:
-        space = GenericSpace(teacher, input_shape, ratios, factory=factory)
+        space = GenericSpace(teacher, input_shape, ratios, factory=factory,
+                             output_layer=(arch or {}).get("output_layer") if factory else None)
     except UnsupportedModel as e:
         raise UnsupportedModel(f"{reason}; nor can the generic space take it: {e}" if reason else str(e)) from None
     space.fallback = reason  # why its own family did not take it (None: it has none)

@@ -5,7 +5,7 @@ with every layer coupled to them (next layers' inputs, BatchNorms, both sides of
 concatenations). One shrink unit per group; the channels kept are those with the largest L1
 importance summed over the whole group. Removal decisions are *blocks*: submodules held in an
 nn.Sequential / nn.ModuleList whose output has the shape of their input, replaced by nn.Identity.
-The output layer (the last nn.Linear, or `output_layer`) is never touched. Modules no group or block
+The output layer (the last nn.Linear forward calls, or `output_layer`) is never touched. Modules no group or block
 reaches are listed in `untouched` with the reason.
 
 The student is the teacher's own class with some blocks replaced and some groups pruned, so it is
@@ -155,22 +155,40 @@ class GenericSpace(SearchSpace):
         self.factory = factory  # {"factory": "pkg.mod:fn", "kwargs": {...}}: needed to export students
         self.example = torch.randn(1, *self.input_shape)
         names = {m: n for n, m in teacher.named_modules()}
-        linears = [n for n, m in teacher.named_modules() if isinstance(m, nn.Linear)]
-        self.output_layer = output_layer or (linears[-1] if linears else None)
-        if self.output_layer is None:
-            raise UnsupportedModel("expected an nn.Linear output layer (or pass output_layer=NAME)")
+        called = _forward_order(teacher, self.example)
+        order = {n: i for i, n in enumerate(called)}
+        self.output_layer = output_layer or _output_layer(teacher, called, self.example)
+        layer = dict(teacher.named_modules()).get(self.output_layer) if isinstance(self.output_layer, str) else None
+        if not isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd)):
+            raise UnsupportedModel(f"output_layer: expected the name of the nn.Linear or conv layer that gives the "
+                                   f"model's outputs, got {self.output_layer!r}, which is {type(layer).__name__ if layer is not None else 'no layer of it'}")
         try:
             dg = tp.DependencyGraph().build_dependency(teacher, self.example, verbose=False)
         except Exception as e:
             raise UnsupportedModel(f"torch-pruning could not trace {type(teacher).__name__}: {type(e).__name__}: {e}") from None
         ignored = [teacher.get_submodule(self.output_layer)]
-        order = {n: i for i, n in enumerate(_forward_order(teacher, self.example))}
+        # a parameter a module holds itself (ConvNeXt's layer scale) is pruned with its group: its module is reached
+        owners = {p: n for n, m in teacher.named_modules() for p in m.parameters(recurse=False)}
         self.blocks = _shape_preserving_blocks(teacher, self.example)
         groups = []  # (name: earliest member in forward order, root module name, member names)
         self.roots: dict[str, list[str]] = {}  # group root -> every conv/linear whose outputs it prunes
+        grouped = {}  # groups held out: their channels would be kept unlike the teacher's (helper-56)
         for g in dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.modules.conv._ConvNd, nn.Linear)):
-            members = {names[d.target.module] for d, _ in g if d.target.module in names}
-            first = min(members, key=lambda n: order.get(n, 1e9))
+            layers = {names[d.target.module] for d, _ in g if d.target.module in names}
+            members = layers | {owners[d.target.module] for d, _ in g if d.target.module in owners}
+            split = [m for m in members if _grouped_conv(teacher.get_submodule(m))]
+            if split:
+                # torch-pruning keeps the same input channels in every group of a grouped conv, and moves
+                # channels between groups: the student would start from scrambled weights
+                conv = f"grouped convolution {split[0]} (groups={teacher.get_submodule(split[0]).groups})"
+                for d, _ in g:
+                    m = names.get(d.target.module)
+                    if isinstance(d.target.module, (nn.modules.conv._ConvNd, nn.Linear)) and dg.is_out_channel_pruning_fn(d.handler):
+                        grouped[m] = (f"a {conv}: torch-pruning does not keep its groups' channels apart; left at full "
+                                      f"width" if m == split[0] else f"its outputs share channels with the {conv}, whose "
+                                      f"groups torch-pruning does not keep apart; left at full width")
+                continue
+            first = min(layers, key=lambda n: order.get(n, 1e9))
             root = names[g[0].dep.target.module]
             self.roots[root] = sorted(
                 {names[d.target.module] for d, _ in g if d.target.module in names and dg.is_out_channel_pruning_fn(d.handler)
@@ -188,10 +206,12 @@ class GenericSpace(SearchSpace):
                 units.append(Unit(name=name, kind="block", width=0, params=params, removable=True, shrinkable=False,
                                   skip_start=True, skip_end=True))
                 continue
-            root = teacher.get_submodule(name)
+            # what the unit's features describe: the first layer, in forward order, whose outputs the group
+            # prunes (helper-56: the group's root, an SE block's gate, made a 3x3 conv a 1-wide linear)
+            root = teacher.get_submodule((self.roots[name] or [name])[0])
             conv = isinstance(root, nn.modules.conv._ConvNd)
             # a group is moot once a block holding all of its layers is removed
-            parent = next((u for b, u in block_unit.items() if all(m.startswith(b + ".") for m in members)), None)
+            parent = next((u for b, u in block_unit.items() if all(m == b or m.startswith(b + ".") for m in members)), None)
             self.group_root[len(units)] = name
             weights = sum(teacher.get_submodule(m).weight.numel() for m in members
                           if getattr(teacher.get_submodule(m), "weight", None) is not None)
@@ -201,7 +221,8 @@ class GenericSpace(SearchSpace):
                               stride=root.stride[0] if conv else 1,
                               why_fixed="only shape-preserving blocks are removable", parent=parent))
         out = teacher.get_submodule(self.output_layer)
-        units.append(Unit(name=self.output_layer, kind="linear", width=out.out_features,
+        units.append(Unit(name=self.output_layer, kind="linear" if isinstance(out, nn.Linear) else "conv",
+                          width=getattr(out, "out_features", None) or out.out_channels,
                           params=sum(p.numel() for p in out.parameters()), removable=False, shrinkable=False,
                           why_fixed="it is the output layer"))
         self.units = units
@@ -210,8 +231,9 @@ class GenericSpace(SearchSpace):
                             f"{', '.join(k for k, _ in m.named_parameters(recurse=False))}"
             for n, m in teacher.named_modules()
             if any(True for _ in m.parameters(recurse=False)) and n not in touched and n != self.output_layer
-            and not any(n.startswith(b + ".") for b in self.blocks)
+            and not any(n == b or n.startswith(b + ".") for b in self.blocks)
         }
+        self.untouched.update(grouped)
         self.untouched[self.output_layer] = "the output layer"
         self._cache: dict[str, tuple[int, int]] = {}
 
@@ -296,6 +318,29 @@ def pruned_from_arch(arch: dict, factories=()) -> nn.Module:
         dg = tp.DependencyGraph().build_dependency(model, torch.randn(1, *arch["input_shape"]), verbose=False)
         dg.load_pruning_history([tuple(h) for h in arch["history"]])
     return model
+
+
+def _grouped_conv(m: nn.Module) -> bool:
+    """A conv whose groups are neither one nor one per channel (depthwise, which torch-pruning prunes
+    channel by channel)."""
+    return isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups and not m.groups == m.in_channels == m.out_channels
+
+
+def _output_layer(model: nn.Module, called: list[str], example: torch.Tensor) -> str:
+    """The last nn.Linear forward calls (helper-56: the last one registered, a classifier made in
+    __init__ before the blocks that used Linears of their own, was taken for one of them and shrunk),
+    checked to give the model's outputs."""
+    linears = [n for n in called if isinstance(model.get_submodule(n), nn.Linear)]
+    if not linears:
+        raise UnsupportedModel("expected an nn.Linear output layer, found none called in forward; name the layer "
+                               "that gives the outputs in arch.json (\"output_layer\": NAME)")
+    with torch.no_grad():
+        out = model(example)
+    width = model.get_submodule(linears[-1]).out_features
+    if torch.is_tensor(out) and out.shape[-1] != width:
+        raise UnsupportedModel(f"the last nn.Linear forward calls, {linears[-1]}, gives {width} outputs where the model "
+                               f"gives {out.shape[-1]}; name the layer that gives them in arch.json (\"output_layer\": NAME)")
+    return linears[-1]
 
 
 def _forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:

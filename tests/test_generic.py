@@ -372,3 +372,122 @@ def test_weights_strict_loading_accepts_still_load(tmp_path):
     save_file(dropped, str(tmp_path / "t" / "model.safetensors"))
     loaded, _, _ = load_model(tmp_path / "t", factories=ALLOW)
     assert torch.equal(loaded.stem.weight, model.stem.weight)
+
+
+class _SE(torch.nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(c, c // 4), torch.nn.Linear(c // 4, c)
+
+    def forward(self, x):  # (N, c, H, W) gated per channel
+        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3))))))[:, :, None, None]
+
+
+class _HeadFirst(torch.nn.Module):
+    """Squeeze-and-excitation, its classifier made before the blocks that hold Linears of their own."""
+
+    def __init__(self, w=16):
+        super().__init__()
+        nn = torch.nn
+        self.classifier = nn.Linear(w, 10)
+        self.conv1 = nn.Sequential(nn.Conv2d(1, w, 3, 1, 1), nn.BatchNorm2d(w), nn.ReLU())
+        self.se1 = _SE(w)
+        self.conv2 = nn.Sequential(nn.Conv2d(w, w, 3, 2, 1), nn.BatchNorm2d(w), nn.ReLU())
+        self.se2 = _SE(w)
+
+    def forward(self, x):
+        return self.classifier(self.se2(self.conv2(self.se1(self.conv1(x)))).mean((2, 3)))
+
+
+class _Grouped(torch.nn.Module):
+    """MobileNet-like: a depthwise conv (pruned channel by channel) and a grouped one (not prunable)."""
+
+    def __init__(self, w=16):
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(1, w, 3, 1, 1), nn.BatchNorm2d(w), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(w, w, 3, 1, 1, groups=w, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.pw = nn.Sequential(nn.Conv2d(w, 2 * w, 1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU())
+        self.grp = nn.Sequential(nn.Conv2d(2 * w, 2 * w, 3, 2, 1, groups=4, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU())
+        self.pw2 = nn.Sequential(nn.Conv2d(2 * w, 2 * w, 1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU())
+        self.fc = nn.Linear(2 * w, 10)
+
+    def forward(self, x):
+        return self.fc(self.pw2(self.grp(self.pw(self.dw(self.stem(x))))).mean((2, 3)))
+
+
+def _starts_as_the_teacher(space, i, ratio=0.5):
+    """The student shrunk in unit i computes what the teacher computes with the dropped channels
+    silenced: the channels it keeps carry the teacher's own weights (helper-56's check)."""
+    import copy
+
+    import torch_pruning as tp
+
+    student, history = space._prune(space.identity().with_ratios([ratio if j == i else 1.0 for j in range(space.n_units)]))
+    name, _, idxs = history[0]
+    silenced = copy.deepcopy(space.teacher)
+    with torch.enable_grad():
+        dg = tp.DependencyGraph().build_dependency(silenced, space.example, verbose=False)
+    root = silenced.get_submodule(name)
+    fn = tp.prune_conv_out_channels if isinstance(root, torch.nn.modules.conv._ConvNd) else tp.prune_linear_out_channels
+    with torch.no_grad():
+        for dep, kept in dg.get_pruning_group(root, fn, idxs=list(idxs)):
+            m = dep.target.module
+            if isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.Linear, torch.nn.BatchNorm2d)) and \
+                    dg.is_out_channel_pruning_fn(dep.handler):
+                m.weight[list(kept)] = 0
+                if m.bias is not None:
+                    m.bias[list(kept)] = 0
+    x = torch.randn(8, *space.input_shape)
+    with torch.no_grad():
+        return torch.allclose(student.eval()(x), silenced.eval()(x), atol=1e-5)
+
+
+def test_the_output_layer_is_the_last_linear_called_and_a_unit_describes_its_first_layer():
+    """helper-56: the last Linear *registered* was taken for the output layer: a classifier made before
+    the SE blocks became a shrink unit (every candidate shrinking it failed: 9 logits for 10 classes)
+    and an SE gate was the output layer. A unit's kind, kernel and stride were its group's root's: an
+    SE gate's, so two 3x3 convs read as 1-wide linears to the policy."""
+    torch.manual_seed(0)
+    space = GenericSpace(randomise_bn(_HeadFirst()), (1, 8, 8))
+    assert space.output_layer == "classifier" and space.untouched == {"classifier": "the output layer"}
+    assert [(u.name, u.kind, u.kernel, u.stride, u.width, u.shrinkable) for u in space.units] == [
+        ("conv1.0", "conv", 3, 1, 16, True), ("se1.fc1", "linear", 1, 1, 4, True), ("conv2.0", "conv", 3, 2, 16, True),
+        ("se2.fc1", "linear", 1, 1, 4, True), ("classifier", "linear", 1, 1, 10, False)]
+    for i, u in enumerate(space.units[:-1]):
+        assert space.validate(space.identity().with_ratios([0.5 if j == i else 1.0 for j in range(space.n_units)])) is None
+        assert _starts_as_the_teacher(space, i), u.name
+
+    class FullyConv(torch.nn.Module):  # no Linear: a 1x1 conv classifier, named in arch.json
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, 1, 1), torch.nn.ReLU())
+            self.cls = torch.nn.Conv2d(16, 10, 1)
+
+        def forward(self, x):
+            return self.cls(self.body(x)).mean((2, 3))
+
+    with pytest.raises(UnsupportedModel, match=r'found none called in forward; name the layer that gives the outputs '
+                                               r'in arch.json \("output_layer": NAME\)'):
+        GenericSpace(FullyConv(), (1, 8, 8))
+    named = space_for(FullyConv(), (1, 8, 8), arch={"family": "module", "factory": "x:y", "output_layer": "cls"})
+    assert [(u.name, u.kind, u.width, u.shrinkable) for u in named.units] == [("body.0", "conv", 16, True),
+                                                                            ("cls", "conv", 10, False)]
+    with pytest.raises(UnsupportedModel, match="output_layer: expected the name of the nn.Linear or conv layer that "
+                                               "gives the model's outputs, got 'body.1', which is ReLU"):
+        space_for(FullyConv(), (1, 8, 8), arch={"family": "module", "factory": "x:y", "output_layer": "body.1"})
+
+
+def test_channels_that_meet_a_grouped_convolution_are_left_whole_not_scrambled():
+    """helper-56: torch-pruning keeps the same input channels in every group of a grouped conv and
+    moves channels between groups, so a student shrunk there started from scrambled weights (its
+    outputs 5-8 apart from the teacher's with those channels silenced), silently. Those channels are
+    left at full width now, and said so; a depthwise conv is still pruned, channel by channel."""
+    torch.manual_seed(0)
+    space = GenericSpace(randomise_bn(_Grouped()), (1, 8, 8))
+    assert [u.name for u in space.units if u.shrinkable] == ["stem.0", "pw2.0"]  # stem.0's group holds dw.0
+    assert space.untouched["grp.0"].startswith("a grouped convolution grp.0 (groups=4): torch-pruning does not keep")
+    assert space.untouched["pw.0"].startswith("its outputs share channels with the grouped convolution grp.0")
+    for i, u in enumerate(space.units):
+        if u.shrinkable:
+            assert _starts_as_the_teacher(space, i), u.name
