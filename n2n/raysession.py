@@ -75,6 +75,11 @@ def check_address(address: str) -> None:
     if not (len(answer) == 9 and answer[3] == HTTP2_SETTINGS):
         raise RunError(f"--address {address}: something answers there, but not a Ray head node (expected its gRPC "
                        f"server, got {answer!r}); `ray start --head` prints the address to give")
+    # Ray Client's server (port 10001, for ray://) is gRPC too, and Ray retried its GCS there for good
+    if _ray_client_answers(host, int(port), bare):
+        raise RunError(f"--address {address}: that is Ray Client's port (for ray:// addresses), which n2n does not use; "
+                       f"give the head node's GCS address HOST:PORT instead (6379 unless the head was started with "
+                       f"another --port; `ray start --head` prints it)")
 
 
 def _host_port(address: str) -> tuple[str, str]:
@@ -88,6 +93,53 @@ def _host_port(address: str) -> tuple[str, str]:
 
 HTTP2_SETTINGS = 4  # the frame type a gRPC (HTTP/2) server sends first
 PROBE_SECONDS = 5
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    """An HTTP/2 frame: 24-bit length, type, flags, 31-bit stream id, payload."""
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def _ray_client_answers(host: str, port: int, authority: str) -> bool:
+    """Whether the gRPC server at host:port answers Ray Client's PING (RayletDriver/ClusterInfo, type
+    PING), as Ray Client's server does and a GCS does not (it has no such method: a reply of headers
+    alone). One hand-written HTTP/2 call, so that no gRPC package is needed; False when unsure."""
+    # HPACK literal fields, never indexed or Huffman-coded: 0x00, name length, name, value length, value
+    fields = ((":method", "POST"), (":scheme", "http"), (":path", "/ray.rpc.RayletDriver/ClusterInfo"),
+              (":authority", authority), ("content-type", "application/grpc"), ("te", "trailers"))
+    headers = b"".join(b"\x00" + bytes([len(k)]) + k.encode() + bytes([len(v)]) + v.encode() for k, v in fields)
+    ping = b"\x08\x06"  # ClusterInfoRequest(type=PING), serialised
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_SECONDS) as conn:
+            conn.settimeout(PROBE_SECONDS)
+            conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(HTTP2_SETTINGS, 0, 0)
+                         + _frame(1, 0x4, 1, headers)  # HEADERS, END_HEADERS, stream 1
+                         + _frame(0, 0x1, 1, b"\x00" + len(ping).to_bytes(4, "big") + ping))  # DATA, END_STREAM
+            data = b""
+            while True:
+                while len(data) < 9:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return False
+                    data += chunk
+                length, kind, flags, stream = int.from_bytes(data[:3], "big"), data[3], data[4], \
+                    int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
+                while len(data) < 9 + length:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return False
+                    data += chunk
+                data = data[9 + length:]
+                if kind == HTTP2_SETTINGS and not flags & 0x1:
+                    conn.sendall(_frame(HTTP2_SETTINGS, 0x1, 0))  # its settings, acknowledged
+                elif stream == 1 and kind == 0 and length > 5:  # a DATA frame holding a reply: the method exists
+                    return True
+                elif stream == 1 and (kind == 3 or kind == 1 and flags & 0x1):  # reset, or headers that end it
+                    return False
+                elif kind == 7:  # GOAWAY
+                    return False
+    except OSError:  # (a timeout too)
+        return False
 
 
 def _grpc_answer(conn) -> bytes | None:

@@ -1229,6 +1229,51 @@ def test_an_address_where_something_else_answers_is_refused_at_once(monkeypatch)
         raysession.check_address(tls)
 
 
+def test_ray_client_s_port_given_as_address_is_refused_at_once(monkeypatch):
+    """Ray Client's server (port 10001, for ray://) is gRPC too, so it passed the probe above, and Ray
+    then retried its GCS there for good (seen for 7 minutes against a gRPC server of another kind).
+    n2n asks it Ray Client's PING: its server replies, a GCS has no such method (the real one: 1 ms,
+    tests/test_cluster.py runs a search against one)."""
+    import socket
+    import threading
+
+    from n2n import raysession
+
+    settings, headers = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]), b"\x00\x00\x01\x01"
+
+    def serve(ends_with_headers: bool):
+        srv = socket.create_server(("127.0.0.1", 0))
+
+        def answer(conn):
+            with conn:
+                try:
+                    conn.recv(4096)
+                    conn.sendall(settings)
+                    conn.recv(4096)
+                    reply = b"\x00\x00\x00\x00\x02{}"  # gRPC message prefix + a ClusterInfoResponse's bytes
+                    conn.sendall(headers + b"\x05\x00\x00\x00\x01\x88" if ends_with_headers else  # END_STREAM: UNIMPLEMENTED
+                                 headers + b"\x04\x00\x00\x00\x01\x88" + len(reply).to_bytes(3, "big")
+                                 + b"\x00\x00\x00\x00\x00\x01" + reply)
+                    threading.Event().wait(2)
+                except OSError:
+                    pass
+
+        def run():
+            while True:
+                conn, _ = srv.accept()
+                threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=run, daemon=True).start()
+        return f"127.0.0.1:{srv.getsockname()[1]}"
+
+    monkeypatch.setattr(raysession, "PROBE_SECONDS", 1)
+    client = serve(ends_with_headers=False)
+    with pytest.raises(RunError, match=rf"^--address {client}: that is Ray Client's port \(for ray:// addresses\), which "
+                                       r"n2n does not use; give the head node's GCS address HOST:PORT instead \(6379"):
+        raysession.check_address(client)
+    raysession.check_address(serve(ends_with_headers=True))  # a GCS: no such method
+
+
 def test_damaged_teacher_folders_are_one_line_errors(small_teacher, tmp_path, capsys):
     model, arch, _ = small_teacher
     damages = {
