@@ -491,3 +491,27 @@ def test_channels_that_meet_a_grouped_convolution_are_left_whole_not_scrambled()
     for i, u in enumerate(space.units):
         if u.shrinkable:
             assert _starts_as_the_teacher(space, i), u.name
+
+
+def test_a_unit_no_width_of_which_builds_is_fixed_and_said_not_offered():
+    """helper-56: a LayerNorm over (C, H, W) after a conv, or a `view` with its width written in, made a
+    unit every proposal of which torch-pruning refused; the search kept proposing them and a stage ended
+    early on known specs. Such a unit is fixed at construction, with the reason."""
+    nn = torch.nn
+
+    class LayerNormed(nn.Module):
+        def __init__(self, w=8):
+            super().__init__()
+            self.c1, self.ln = nn.Conv2d(1, w, 3, 1, 1), nn.LayerNorm([w, 8, 8])
+            self.c2, self.fc = nn.Conv2d(w, w, 3, 2, 1), nn.Linear(w * 16, 10)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(torch.relu(self.c2(torch.relu(self.ln(self.c1(x))))), 1))
+
+    torch.manual_seed(0)
+    space = GenericSpace(LayerNormed(), (1, 8, 8))
+    c1 = next(u for u in space.units if u.name == "c1")
+    assert not c1.shrinkable and c1.why_fixed.startswith("no width of it builds (torch-pruning cannot build this student")
+    assert space.untouched["c1"].startswith("no width of it builds: torch-pruning cannot build this student")
+    assert [u.name for u in space.units if u.shrinkable] == ["c2"]
+    assert space.validate(space.identity().with_ratios([0.25 if u.name == "c2" else 1.0 for u in space.units])) is None
