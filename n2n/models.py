@@ -530,20 +530,41 @@ def kept_message(folder: Path, kept: Path) -> str:
 
 def check_own_files(folder: Path, error=None) -> None:
     """A Hugging Face folder's files are its own: a link out of it (`chat_template.jinja` -> a file of
-    your secrets) was read by the tokenizer and written into every export (helper-57), and a FIFO there
-    would hang the load. Links within the folder, and a hub cache snapshot's links into its repository's
-    `blobs/` (how huggingface_hub lays out downloads), are followed."""
+    your secrets) was read by the tokenizer and written into every export (helper-57), as was a file
+    its tokenizer_config.json names by path (`"vocab": "/home/you/secrets.txt"`, helper-58); a FIFO
+    there would hang the load. Links within the folder, and links into a hub cache's `blobs/` (how
+    huggingface_hub lays out downloads, and linked `--local-dir` downloads to them), are followed."""
     folder = Path(folder)
     home = folder.resolve()
-    blobs = home.parent.parent / "blobs" if home.parent.name == "snapshots" else None
+
+    def own(target: Path) -> bool:
+        hub_blob = target.parent.name == "blobs" and target.parent.parent.name.startswith(("models--", "datasets--"))
+        return target.is_relative_to(home) or hub_blob
+
+    fail = error or ModelError
     for p in sorted(folder.iterdir()) if folder.is_dir() else ():
         target = p.resolve()
-        if p.is_symlink() and not (target.is_relative_to(home) or blobs is not None and target.is_relative_to(blobs)):
-            raise (error or ModelError)(f"{p}: a link to {target}, outside the folder; n2n reads only a model folder's "
-                                        f"own files (a file read through a link is written into the students' "
-                                        f"exports): copy the file in")
+        if p.is_symlink() and not own(target):
+            raise fail(f"{p}: a link to {target}, outside the folder; n2n reads only a model folder's own files (a "
+                       f"file read through a link is written into the students' exports): copy the file in")
         if target.exists() and not (target.is_file() or target.is_dir()):
-            raise (error or ModelError)(f"{p}: expected a file or folder, found {_file_kind(target)}")
+            raise fail(f"{p}: expected a file or folder, found {_file_kind(target)}")
+    settings = folder / "tokenizer_config.json"
+    try:
+        settings = json.loads(settings.read_text()) if settings.is_file() else {}
+    except (OSError, ValueError, RecursionError):
+        return  # (said where it is read)
+    for key, value in settings.items() if isinstance(settings, dict) else ():
+        if isinstance(value, str) and (key in ("vocab", "merges") or key.endswith("_file")):
+            try:  # an old save_pretrained's tokenizer_file names its own cache: absent here, and not read
+                named = (folder / value).resolve()
+                there = named.exists()
+            except (OSError, RuntimeError, ValueError):
+                continue
+            if there and not own(named):
+                raise fail(f"{folder}/tokenizer_config.json: {key} names {named}, a file outside the folder, which the "
+                           f"tokenizer would read and every export carry; n2n reads only a model folder's own files: "
+                           f"delete the key, or copy the file in and name it alone")
 
 
 def _file_kind(path: Path) -> str:

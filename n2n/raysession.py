@@ -14,6 +14,7 @@ import secrets
 import shutil
 import signal
 import socket
+import time
 import stat
 import sys
 import tempfile
@@ -104,11 +105,12 @@ def _ray_client_answers(host: str, port: int, authority: str) -> bool:
     """Whether the gRPC server at host:port answers Ray Client's PING (RayletDriver/ClusterInfo, type
     PING), as Ray Client's server does and a GCS does not (it has no such method: a reply of headers
     alone). One hand-written HTTP/2 call, so that no gRPC package is needed; False when unsure."""
-    # HPACK literal fields, never indexed or Huffman-coded: 0x00, name length, name, value length, value
-    fields = ((":method", "POST"), (":scheme", "http"), (":path", "/ray.rpc.RayletDriver/ClusterInfo"),
-              (":authority", authority), ("content-type", "application/grpc"), ("te", "trailers"))
-    headers = b"".join(b"\x00" + bytes([len(k)]) + k.encode() + bytes([len(v)]) + v.encode() for k, v in fields)
+    fields = [(":method", "POST"), (":scheme", "http"), (":path", "/ray.rpc.RayletDriver/ClusterInfo"),
+              (":authority", authority), ("content-type", "application/grpc"), ("te", "trailers"),
+              *_auth_metadata()]  # (helper-58: with token authentication on, a call without it is refused unread)
+    headers = b"".join(b"\x00" + _hpack_string(k) + _hpack_string(v) for k, v in fields)  # literal, never indexed
     ping = b"\x08\x06"  # ClusterInfoRequest(type=PING), serialised
+    deadline = time.monotonic() + PROBE_SECONDS
     try:
         with socket.create_connection((host, port), timeout=PROBE_SECONDS) as conn:
             conn.settimeout(PROBE_SECONDS)
@@ -116,7 +118,7 @@ def _ray_client_answers(host: str, port: int, authority: str) -> bool:
                          + _frame(1, 0x4, 1, headers)  # HEADERS, END_HEADERS, stream 1
                          + _frame(0, 0x1, 1, b"\x00" + len(ping).to_bytes(4, "big") + ping))  # DATA, END_STREAM
             data = b""
-            while True:
+            while time.monotonic() < deadline:  # (a server that keeps sending frames)
                 while len(data) < 9:
                     chunk = conn.recv(4096)
                     if not chunk:
@@ -138,8 +140,35 @@ def _ray_client_answers(host: str, port: int, authority: str) -> bool:
                     return False
                 elif kind == 7:  # GOAWAY
                     return False
+            return False
     except OSError:  # (a timeout too)
         return False
+
+
+def _hpack_string(text: str) -> bytes:
+    """An HPACK string literal, not Huffman-coded: its length as a 7-bit-prefix integer, then its bytes."""
+    raw, n = text.encode(), len(text.encode())
+    if n < 127:
+        return bytes([n]) + raw
+    out, n = bytearray([127]), n - 127
+    while n >= 128:
+        out.append(n % 128 + 128)
+        n //= 128
+    return bytes(out) + bytes([n]) + raw
+
+
+def _auth_metadata() -> list[tuple[str, str]]:
+    """The authorization header Ray's clients send in token mode, from the token Ray would find
+    (RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names, ~/.ray/auth_token), whatever RAY_AUTH_MODE
+    says: `ray start --head` turns token authentication on, and a server that checks none ignores it."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if not token and path.is_file():
+        try:
+            token = path.read_text(errors="replace").strip()
+        except OSError:
+            pass
+    return [("authorization", f"Bearer {token}")] if token and token.isprintable() and len(token) < 4096 else []
 
 
 def _grpc_answer(conn) -> bytes | None:

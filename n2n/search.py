@@ -286,7 +286,7 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
             "input_shape": list(ds.input_shape), "reference": asdict(ref), "split": ds.split,
             "teacher_digest": weights_digest(folder),
             "teacher": {"folder": str(folder.resolve()), "dataset": dataset, "test_accuracy": test_acc,
-                        "units": space.n_units},
+                        "units": space.n_units, "unit_names": [u.name for u in space.units]},
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "run_id": uuid.uuid4().hex}  # the run's search states carry it: one of another run is refused
     return meta, (teacher, arch, ds, space)
@@ -681,6 +681,12 @@ def check_space(space, meta: dict, run_dir: Path) -> None:
     now = {"params": space.teacher_params(), "flops": space.flops(space.identity()), "units": space.n_units}
     was = {"params": ref.get("params"), "flops": ref.get("flops"), "units": units}
     diff = [f"{k} {was[k]:,} then, {now[k]:,} now" for k in now if was[k] is not None and was[k] != now[k]]
+    # the units a spec's indices name, in order (helper-58: a generic teacher read otherwise by a later n2n
+    # kept its count, and an old spec's ratios would have gone to other layers); runs made before: unchecked
+    names = meta.get("teacher", {}).get("unit_names")
+    if not diff and isinstance(names, list) and names != [u.name for u in space.units]:
+        i = next((i for i, (a, b) in enumerate(zip(names, space.units)) if a != b.name), len(space.units))
+        diff = [f"unit {i} was {names[i] if i < len(names) else 'none'}, is {space.units[i].name} now"]
     if diff:  # helper-32: an edited n2n.json had been blamed on the version alone
         raise RunError(f"{run_dir}: this n2n reads the run's teacher as another search space than the run did "
                        f"({type(space).__name__}: {'; '.join(diff)}): either n2n.json's figures were edited (restore "

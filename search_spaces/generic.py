@@ -177,17 +177,18 @@ class GenericSpace(SearchSpace):
         for g in dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.modules.conv._ConvNd, nn.Linear)):
             layers = {names[d.target.module] for d, _ in g if d.target.module in names}
             members = layers | {owners[d.target.module] for d, _ in g if d.target.module in owners}
-            split = [m for m in members if _grouped_conv(teacher.get_submodule(m))]
+            split = [m for m in members if _in_groups(teacher.get_submodule(m))]
             if split:
-                # torch-pruning keeps the same input channels in every group of a grouped conv, and moves
-                # channels between groups: the student would start from scrambled weights
-                conv = f"grouped convolution {split[0]} (groups={teacher.get_submodule(split[0]).groups})"
+                # torch-pruning keeps the same input channels in every group of a grouped conv and moves
+                # channels between groups, and a GroupNorm's groups would mix channels the teacher normalised
+                # apart (helper-58): the student would start from scrambled weights
+                what = _in_groups(teacher.get_submodule(split[0]))
                 for d, _ in g:
                     m = names.get(d.target.module)
                     if isinstance(d.target.module, (nn.modules.conv._ConvNd, nn.Linear)) and dg.is_out_channel_pruning_fn(d.handler):
-                        grouped[m] = (f"a {conv}: torch-pruning does not keep its groups' channels apart; left at full "
-                                      f"width" if m == split[0] else f"its outputs share channels with the {conv}, whose "
-                                      f"groups torch-pruning does not keep apart; left at full width")
+                        grouped[m] = (f"a {what} {split[0]}: pruning does not keep its groups' channels apart; left at "
+                                      f"full width" if m == split[0] else f"its outputs share channels with the {what} "
+                                      f"{split[0]}, whose groups pruning does not keep apart; left at full width")
                 continue
             first = min(layers, key=lambda n: order.get(n, 1e9))
             root = names[g[0].dep.target.module]
@@ -339,27 +340,35 @@ def pruned_from_arch(arch: dict, factories=()) -> nn.Module:
     return model
 
 
-def _grouped_conv(m: nn.Module) -> bool:
-    """A conv whose groups are neither one nor one per channel (depthwise, which torch-pruning prunes
-    channel by channel)."""
-    return isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups and not m.groups == m.in_channels == m.out_channels
+def _in_groups(m: nn.Module) -> str | None:
+    """What `m` is where it treats its channels in groups other than all of them or, for convolutions, one
+    each (depthwise convolutions are pruned channel by channel), or None."""
+    if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups and not m.groups == m.in_channels == m.out_channels:
+        return f"grouped convolution (groups={m.groups})"
+    if isinstance(m, nn.GroupNorm) and m.num_groups > 1:  # (torch-pruning leaves num_groups as it was)
+        return f"GroupNorm (num_groups={m.num_groups})"
+    return None
 
 
 def _output_layer(model: nn.Module, called: list[str], example: torch.Tensor) -> str:
-    """The last nn.Linear forward calls (helper-56: the last one registered, a classifier made in
-    __init__ before the blocks that used Linears of their own, was taken for one of them and shrunk),
-    checked to give the model's outputs."""
-    linears = [n for n in called if isinstance(model.get_submodule(n), nn.Linear)]
-    if not linears:
-        raise UnsupportedModel("expected an nn.Linear output layer, found none called in forward; name the layer "
-                               "that gives the outputs in arch.json (\"output_layer\": NAME)")
+    """The layer giving the model's outputs: of the nn.Linear layers as forward calls them, the last one
+    as wide as the outputs (helper-56: the last one *registered*, a classifier made in __init__ before
+    blocks holding Linears of their own, was taken for one of theirs and shrunk); then, for a layer
+    whose weight forward uses directly (a cosine classifier), the last registered one (helper-58)."""
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    order = [n for n in reversed(called) if n in linears] + [n for n in reversed(linears) if n not in called]
+    if not order:
+        raise UnsupportedModel("expected an nn.Linear output layer, found none; name the layer that gives the "
+                               "outputs in arch.json (\"output_layer\": NAME)")
     with torch.no_grad():
         out = model(example)
-    width = model.get_submodule(linears[-1]).out_features
-    if torch.is_tensor(out) and out.shape[-1] != width:
-        raise UnsupportedModel(f"the last nn.Linear forward calls, {linears[-1]}, gives {width} outputs where the model "
-                               f"gives {out.shape[-1]}; name the layer that gives them in arch.json (\"output_layer\": NAME)")
-    return linears[-1]
+    width = out.shape[-1] if torch.is_tensor(out) and out.dim() >= 2 else None  # (1 output, squeezed: any)
+    fits = [n for n in order if width is None or model.get_submodule(n).out_features == width]
+    if not fits:
+        raise UnsupportedModel(f"expected an nn.Linear giving the model's {width} outputs, found none ({order[0]}, "
+                               f"the last called, gives {model.get_submodule(order[0]).out_features}); name the layer "
+                               f"that gives them in arch.json (\"output_layer\": NAME)")
+    return fits[0]
 
 
 def _forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:

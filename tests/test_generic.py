@@ -467,9 +467,28 @@ def test_the_output_layer_is_the_last_linear_called_and_a_unit_describes_its_fir
         def forward(self, x):
             return self.cls(self.body(x)).mean((2, 3))
 
-    with pytest.raises(UnsupportedModel, match=r'found none called in forward; name the layer that gives the outputs '
-                                               r'in arch.json \("output_layer": NAME\)'):
+    with pytest.raises(UnsupportedModel, match=r"expected an nn.Linear output layer, found none; name the layer that "
+                                               r'gives the outputs in arch.json \("output_layer": NAME\)'):
         GenericSpace(FullyConv(), (1, 8, 8))
+    # helper-58: heads forward does not call last, or at all, or whose output is squeezed to nothing
+    class Heads(torch.nn.Module):
+        def __init__(self, how):
+            super().__init__()
+            self.how, self.c1 = how, torch.nn.Conv2d(1, 16, 3, 1, 1)
+            self.se, self.head = _SE(16), torch.nn.Linear(16, 1 if how == "squeezed" else 10)
+
+        def forward(self, x):
+            h = torch.relu(self.c1(x))
+            if self.how == "cosine":  # the head's weight used directly
+                v = h.mean((2, 3))
+                return 10 * torch.nn.functional.linear(torch.nn.functional.normalize(v),
+                                                       torch.nn.functional.normalize(self.head.weight))
+            if self.how == "twice":  # deep supervision: the head first, an SE block's Linears after
+                early = self.head(h.mean((2, 3)))
+                return early + self.head(self.se(h).mean((2, 3)))
+            return self.head(h.mean((2, 3))).squeeze()  # (1, 1) -> one number
+    for how in ("cosine", "twice", "squeezed"):
+        assert GenericSpace(Heads(how), (1, 8, 8)).output_layer == "head", how
     named = space_for(FullyConv(), (1, 8, 8), arch={"family": "module", "factory": "x:y", "output_layer": "cls"})
     assert [(u.name, u.kind, u.width, u.shrinkable) for u in named.units] == [("body.0", "conv", 16, True),
                                                                             ("cls", "conv", 10, False)]
@@ -486,11 +505,30 @@ def test_channels_that_meet_a_grouped_convolution_are_left_whole_not_scrambled()
     torch.manual_seed(0)
     space = GenericSpace(randomise_bn(_Grouped()), (1, 8, 8))
     assert [u.name for u in space.units if u.shrinkable] == ["stem.0", "pw2.0"]  # stem.0's group holds dw.0
-    assert space.untouched["grp.0"].startswith("a grouped convolution grp.0 (groups=4): torch-pruning does not keep")
-    assert space.untouched["pw.0"].startswith("its outputs share channels with the grouped convolution grp.0")
+    assert space.untouched["grp.0"].startswith("a grouped convolution (groups=4) grp.0: pruning does not keep")
+    assert space.untouched["pw.0"].startswith("its outputs share channels with the grouped convolution (groups=4) grp.0")
     for i, u in enumerate(space.units):
         if u.shrinkable:
             assert _starts_as_the_teacher(space, i), u.name
+    # GroupNorm alike (helper-58: at ratio 0.5 channels of different groups were normalised together);
+    # one group of all channels is pruned as a LayerNorm is
+    nn = torch.nn
+
+    class Normed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Sequential(nn.Conv2d(1, 16, 3, 1, 1), nn.GroupNorm(4, 16), nn.ReLU())
+            self.b = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.GroupNorm(1, 16), nn.ReLU())
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.fc(self.b(self.a(x)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    normed = GenericSpace(Normed(), (1, 8, 8))
+    assert [u.name for u in normed.units if u.shrinkable] == ["b.0"]
+    assert normed.untouched["a.0"] == ("its outputs share channels with the GroupNorm (num_groups=4) a.1, whose groups "
+                                       "pruning does not keep apart; left at full width")
 
 
 def test_a_unit_no_width_of_which_builds_is_fixed_and_said_not_offered():

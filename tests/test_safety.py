@@ -529,6 +529,13 @@ def test_a_run_read_as_another_search_space_is_refused(finished_run, tmp_path, c
         status, err = _main(capsys, *cmd)
         assert status == 2 and "reads the run's teacher as another search space than the run did" in err
         assert f"flops {flops + 1:,} then, {flops:,} now" in err and "Traceback" not in err
+    # the same count of units, other units (helper-58: a generic teacher's units read otherwise by another
+    # n2n passed, and old specs' ratios would have gone to other layers)
+    names = meta["teacher"]["unit_names"]
+    assert len(names) == meta["teacher"]["units"] > 1
+    (run / "n2n.json").write_text(json.dumps({**meta, "teacher": {**meta["teacher"], "unit_names": names[::-1]}}))
+    status, err = _main(capsys, "resume", run)
+    assert status == 2 and f"unit 0 was {names[-1]}, is {names[0]} now" in err
     assert not (tmp_path / "o").exists()
 
 
@@ -978,8 +985,26 @@ def test_a_link_out_of_a_hugging_face_folder_is_refused_not_copied_into_exports(
         os.replace(p, repo / "blobs" / p.name)
         p.symlink_to(Path("..", "..", "blobs", p.name))
     assert load_hf_classifier(folder) is not None and tokenizer_for(folder) is not None
+    local = tmp_path / "local"  # an older huggingface_hub's --local-dir download: links into the cache's blobs
+    local.mkdir()
+    for p in (repo / "blobs").iterdir():
+        (local / p.name).symlink_to(p)
+    assert load_hf_classifier(local) is not None and tokenizer_for(local) is not None
     secret = tmp_path / "SECRET"
     secret.write_text("AWS_SECRET_ACCESS_KEY=hunter2")
+    # a file named by path in tokenizer_config.json (helper-58: BertTokenizer read "vocab" from there, and
+    # the teacher and every export carried the secret's lines); a path that is not there is not read
+    plain = tmp_path / "plain"
+    shutil.copytree(local, plain, symlinks=False)
+    settings = json.loads((plain / "tokenizer_config.json").read_text())
+    (plain / "tokenizer_config.json").write_text(json.dumps({**settings, "tokenizer_file": "/gone/tokenizer.json"}))
+    assert tokenizer_for(plain) is not None
+    (plain / "tokenizer_config.json").write_text(json.dumps({**settings, "vocab": str(secret)}))
+    with pytest.raises(ModelError, match=rf"tokenizer_config.json: vocab names {re.escape(str(secret))}, a file outside "
+                                         r"the folder, which the tokenizer would read and every export carry"):
+        load_hf_classifier(plain)
+    with pytest.raises(DataError, match="tokenizer_config.json: vocab names"):
+        tokenizer_for(plain)
     (folder / "chat_template.jinja").symlink_to(secret)
     with pytest.raises(ModelError, match=rf"chat_template.jinja: a link to {re.escape(str(secret))}, outside the folder"):
         load_hf_classifier(folder)
@@ -1247,11 +1272,13 @@ def test_ray_client_s_port_given_as_address_is_refused_at_once(monkeypatch):
         def answer(conn):
             with conn:
                 try:
-                    conn.recv(4096)
+                    call = conn.recv(4096)  # the preface, settings and the call, sent at once
                     conn.sendall(settings)
-                    conn.recv(4096)
+                    conn.recv(4096)  # (the acknowledgement of ours; the first probe's connection: nothing)
+                    # token authentication on: a call without the token is refused unread (helper-58), as a GCS
+                    ends = ends_with_headers or b"authorization" not in call
                     reply = b"\x00\x00\x00\x00\x02{}"  # gRPC message prefix + a ClusterInfoResponse's bytes
-                    conn.sendall(headers + b"\x05\x00\x00\x00\x01\x88" if ends_with_headers else  # END_STREAM: UNIMPLEMENTED
+                    conn.sendall(headers + b"\x05\x00\x00\x00\x01\x88" if ends else  # END_STREAM: UNIMPLEMENTED
                                  headers + b"\x04\x00\x00\x00\x01\x88" + len(reply).to_bytes(3, "big")
                                  + b"\x00\x00\x00\x00\x00\x01" + reply)
                     threading.Event().wait(2)
@@ -1267,6 +1294,7 @@ def test_ray_client_s_port_given_as_address_is_refused_at_once(monkeypatch):
         return f"127.0.0.1:{srv.getsockname()[1]}"
 
     monkeypatch.setattr(raysession, "PROBE_SECONDS", 1)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 64)  # the token `ray start --head` made; sent as Ray's clients do
     client = serve(ends_with_headers=False)
     with pytest.raises(RunError, match=rf"^--address {client}: that is Ray Client's port \(for ray:// addresses\), which "
                                        r"n2n does not use; give the head node's GCS address HOST:PORT instead \(6379"):
