@@ -492,17 +492,28 @@ def _label_ids(path: Path, labels: list) -> tuple[np.ndarray, list[str] | None]:
 
 
 def tokenizer_for(folder):
-    """The tokenizer saved in a Hugging Face folder (offline, no remote code)."""
+    """The tokenizer saved in a Hugging Face folder (offline, no remote code), loaded from a copy of
+    its tokenizer files alone: transformers opens any path its settings name (tokenizer_config.json's
+    `vocab`, `merges`, `*_file` and `init_inputs`, special_tokens_map.json's keys, relative to the
+    folder the command runs in), so a folder naming ~/.aws/credentials put that file into the teacher
+    and every export (helper-58, helper-59). The copy holds none of those: transformers finds each
+    file by its own name."""
+    import tempfile
+
     from transformers import AutoTokenizer
 
-    from .models import check_own_files
+    from .models import check_own_files, tokenizer_copy
 
     check_own_files(folder, DataError)
-    try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, TypeError) as e:
-        raise DataError(f"{folder}: expected a Hugging Face tokenizer there to tokenise a text dataset "
-                        f"({str(e).splitlines()[0]})") from None
+    with tempfile.TemporaryDirectory(prefix="n2n-tokenizer-") as copy:
+        tokenizer_copy(Path(folder), Path(copy))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(copy, local_files_only=True, trust_remote_code=False)
+        except Exception as e:  # (helper-59: a WordPiece file missing was a plain Exception)
+            raise DataError(f"{folder}: expected a Hugging Face tokenizer there to tokenise a text dataset "
+                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    tokenizer.name_or_path = str(folder)  # (not the copy, gone now)
+    return tokenizer
 
 
 def _text_dataset(name: str, seed: int, tokenizer, max_length: int) -> Dataset:

@@ -530,41 +530,52 @@ def kept_message(folder: Path, kept: Path) -> str:
 
 def check_own_files(folder: Path, error=None) -> None:
     """A Hugging Face folder's files are its own: a link out of it (`chat_template.jinja` -> a file of
-    your secrets) was read by the tokenizer and written into every export (helper-57), as was a file
-    its tokenizer_config.json names by path (`"vocab": "/home/you/secrets.txt"`, helper-58); a FIFO
-    there would hang the load. Links within the folder, and links into a hub cache's `blobs/` (how
-    huggingface_hub lays out downloads, and linked `--local-dir` downloads to them), are followed."""
+    your secrets, helper-57; one in a subfolder, helper-59) was read by the tokenizer and written into
+    every export; a FIFO there would hang the load. Links within the folder, and links into a hub
+    cache's `blobs/` (how huggingface_hub lays out downloads, and links `--local-dir` downloads to
+    them), are followed. (Paths a tokenizer's settings name: `tokenizer_copy`.)"""
     folder = Path(folder)
     home = folder.resolve()
-
-    def own(target: Path) -> bool:
-        hub_blob = target.parent.name == "blobs" and target.parent.parent.name.startswith(("models--", "datasets--"))
-        return target.is_relative_to(home) or hub_blob
-
     fail = error or ModelError
-    for p in sorted(folder.iterdir()) if folder.is_dir() else ():
-        target = p.resolve()
-        if p.is_symlink() and not own(target):
-            raise fail(f"{p}: a link to {target}, outside the folder; n2n reads only a model folder's own files (a "
-                       f"file read through a link is written into the students' exports): copy the file in")
-        if target.exists() and not (target.is_file() or target.is_dir()):
-            raise fail(f"{p}: expected a file or folder, found {_file_kind(target)}")
-    settings = folder / "tokenizer_config.json"
-    try:
-        settings = json.loads(settings.read_text()) if settings.is_file() else {}
-    except (OSError, ValueError, RecursionError):
-        return  # (said where it is read)
-    for key, value in settings.items() if isinstance(settings, dict) else ():
-        if isinstance(value, str) and (key in ("vocab", "merges") or key.endswith("_file")):
-            try:  # an old save_pretrained's tokenizer_file names its own cache: absent here, and not read
-                named = (folder / value).resolve()
-                there = named.exists()
-            except (OSError, RuntimeError, ValueError):
-                continue
-            if there and not own(named):
-                raise fail(f"{folder}/tokenizer_config.json: {key} names {named}, a file outside the folder, which the "
-                           f"tokenizer would read and every export carry; n2n reads only a model folder's own files: "
-                           f"delete the key, or copy the file in and name it alone")
+    for root, dirs, files in os.walk(folder):  # (links to folders are listed in dirs, not walked into)
+        for p in sorted(Path(root) / name for name in dirs + files):
+            target = p.resolve()
+            if p.is_symlink() and not (target.is_relative_to(home) or _hub_blob(target)):
+                raise fail(f"{p}: a link to {target}, outside the folder; n2n reads only a model folder's own files "
+                           f"(a file read through a link is written into the students' exports): copy the file in")
+            if target.exists() and not (target.is_file() or target.is_dir()):
+                raise fail(f"{p}: expected a file or folder, found {_file_kind(target)}")
+
+
+def _hub_blob(path: Path) -> bool:
+    return path.parent.name == "blobs" and path.parent.parent.name.startswith(("models--", "datasets--"))
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf")
+
+
+def tokenizer_copy(folder: Path, copy: Path) -> None:
+    """Copy `folder`'s files, weights aside (a tokenizer's may have any name: spm.model, bpe.codes ...),
+    into `copy` with every setting that names a file by path left out (tokenizer_config.json's `vocab`,
+    `merges`, `*_file`, `init_inputs`; special_tokens_map.json's keys other than tokens), so that a
+    tokenizer loaded from `copy` reads only those files."""
+    for src in sorted(folder.iterdir()):
+        name = src.name
+        if not src.is_file() or src.suffix in WEIGHT_SUFFIXES:
+            continue
+        if name in ("tokenizer_config.json", "special_tokens_map.json"):
+            try:
+                settings = json.loads(src.read_text())
+            except (OSError, ValueError, RecursionError) as e:
+                raise ModelError(f"{src}: not a readable JSON file ({e})") from None
+            if isinstance(settings, dict):
+                keep = ((lambda k: k not in ("vocab", "merges", "init_inputs") and not k.endswith("_file"))
+                        if name == "tokenizer_config.json" else
+                        (lambda k: k.endswith("_token") or k == "additional_special_tokens"))
+                settings = {k: v for k, v in settings.items() if keep(k)}
+            (copy / name).write_text(json.dumps(settings))
+        else:
+            shutil.copyfile(src, copy / name)
 
 
 def _file_kind(path: Path) -> str:

@@ -118,16 +118,24 @@ def _ray_client_answers(host: str, port: int, authority: str) -> bool:
                          + _frame(1, 0x4, 1, headers)  # HEADERS, END_HEADERS, stream 1
                          + _frame(0, 0x1, 1, b"\x00" + len(ping).to_bytes(4, "big") + ping))  # DATA, END_STREAM
             data = b""
-            while time.monotonic() < deadline:  # (a server that keeps sending frames)
+
+            def more() -> bytes:  # (helper-59: a server sending a byte at a time kept it reading past its seconds)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise socket.timeout
+                conn.settimeout(left)
+                return conn.recv(4096)
+
+            while True:
                 while len(data) < 9:
-                    chunk = conn.recv(4096)
+                    chunk = more()
                     if not chunk:
                         return False
                     data += chunk
                 length, kind, flags, stream = int.from_bytes(data[:3], "big"), data[3], data[4], \
                     int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
                 while len(data) < 9 + length:
-                    chunk = conn.recv(4096)
+                    chunk = more()
                     if not chunk:
                         return False
                     data += chunk
@@ -140,7 +148,6 @@ def _ray_client_answers(host: str, port: int, authority: str) -> bool:
                     return False
                 elif kind == 7:  # GOAWAY
                     return False
-            return False
     except OSError:  # (a timeout too)
         return False
 
@@ -158,9 +165,11 @@ def _hpack_string(text: str) -> bytes:
 
 
 def _auth_metadata() -> list[tuple[str, str]]:
-    """The authorization header Ray's clients send in token mode, from the token Ray would find
-    (RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names, ~/.ray/auth_token), whatever RAY_AUTH_MODE
-    says: `ray start --head` turns token authentication on, and a server that checks none ignores it."""
+    """The authorization header Ray's clients send to an explicit address, in token mode only
+    (RAY_AUTH_MODE=token; helper-59: sent otherwise, the token went to hosts Ray never sends it to),
+    from the token Ray would find (RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names, ~/.ray/auth_token)."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return []
     token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
     if not token and path.is_file():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import reprlib
 import shlex
 import time
 import uuid
@@ -684,9 +685,14 @@ def check_space(space, meta: dict, run_dir: Path) -> None:
     # the units a spec's indices name, in order (helper-58: a generic teacher read otherwise by a later n2n
     # kept its count, and an old spec's ratios would have gone to other layers); runs made before: unchecked
     names = meta.get("teacher", {}).get("unit_names")
-    if not diff and isinstance(names, list) and names != [u.name for u in space.units]:
-        i = next((i for i, (a, b) in enumerate(zip(names, space.units)) if a != b.name), len(space.units))
-        diff = [f"unit {i} was {names[i] if i < len(names) else 'none'}, is {space.units[i].name} now"]
+    now_names = [u.name for u in space.units]
+    if not diff and isinstance(names, list) and names != now_names:
+        i = next((i for i, (a, b) in enumerate(zip(names, now_names)) if a != b), min(len(names), len(now_names)))
+        was_name = names[i] if i < len(names) else "none"
+        if not (isinstance(was_name, str) and was_name.isprintable() and len(was_name) < 80):
+            was_name = reprlib.repr(was_name)  # (a hand-edited n2n.json: no terminal escapes printed)
+        diff = [f"unit {i} was {was_name}, is "
+                f"{now_names[i] if i < len(now_names) else 'none'} now"]
     if diff:  # helper-32: an edited n2n.json had been blamed on the version alone
         raise RunError(f"{run_dir}: this n2n reads the run's teacher as another search space than the run did "
                        f"({type(space).__name__}: {'; '.join(diff)}): either n2n.json's figures were edited (restore "

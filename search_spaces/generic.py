@@ -177,7 +177,7 @@ class GenericSpace(SearchSpace):
         for g in dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.modules.conv._ConvNd, nn.Linear)):
             layers = {names[d.target.module] for d, _ in g if d.target.module in names}
             members = layers | {owners[d.target.module] for d, _ in g if d.target.module in owners}
-            split = [m for m in members if _in_groups(teacher.get_submodule(m))]
+            split = sorted((m for m in members if _in_groups(teacher.get_submodule(m))), key=lambda n: (order.get(n, 1e9), n))
             if split:
                 # torch-pruning keeps the same input channels in every group of a grouped conv and moves
                 # channels between groups, and a GroupNorm's groups would mix channels the teacher normalised
@@ -356,12 +356,15 @@ def _output_layer(model: nn.Module, called: list[str], example: torch.Tensor) ->
     blocks holding Linears of their own, was taken for one of theirs and shrunk); then, for a layer
     whose weight forward uses directly (a cosine classifier), the last registered one (helper-58)."""
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    order = [n for n in reversed(called) if n in linears] + [n for n in reversed(linears) if n not in called]
+    with torch.no_grad():
+        out = model(example)
+    # one forward does not call holds the outputs only if its weight counts in them (helper-59: an unused
+    # auxiliary head was taken over a 1x1-conv classifier, which was then shrunk)
+    order = [n for n in reversed(called) if n in linears] + [n for n in reversed(linears) if n not in called
+                                                             and _counts_in(model, n, example, out)]
     if not order:
         raise UnsupportedModel("expected an nn.Linear output layer, found none; name the layer that gives the "
                                "outputs in arch.json (\"output_layer\": NAME)")
-    with torch.no_grad():
-        out = model(example)
     width = out.shape[-1] if torch.is_tensor(out) and out.dim() >= 2 else None  # (1 output, squeezed: any)
     fits = [n for n in order if width is None or model.get_submodule(n).out_features == width]
     if not fits:
@@ -369,6 +372,19 @@ def _output_layer(model: nn.Module, called: list[str], example: torch.Tensor) ->
                                f"the last called, gives {model.get_submodule(order[0]).out_features}); name the layer "
                                f"that gives them in arch.json (\"output_layer\": NAME)")
     return fits[0]
+
+
+@torch.no_grad()
+def _counts_in(model: nn.Module, name: str, example: torch.Tensor, out) -> bool:
+    """Whether the outputs change when layer `name`'s weight does."""
+    weight = model.get_submodule(name).weight
+    kept = weight.clone()
+    weight.add_(1.0)
+    try:
+        again = model(example)
+    finally:
+        weight.copy_(kept)
+    return not (torch.is_tensor(out) and torch.is_tensor(again) and torch.equal(out, again))
 
 
 def _forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:

@@ -489,6 +489,14 @@ def test_the_output_layer_is_the_last_linear_called_and_a_unit_describes_its_fir
             return self.head(h.mean((2, 3))).squeeze()  # (1, 1) -> one number
     for how in ("cosine", "twice", "squeezed"):
         assert GenericSpace(Heads(how), (1, 8, 8)).output_layer == "head", how
+
+    class UnusedAux(FullyConv):  # a Linear forward never uses is no output layer (helper-59: taken, and
+        def __init__(self):      # the 1x1-conv classifier shrunk)
+            super().__init__()
+            self.aux = torch.nn.Linear(16, 10)
+
+    with pytest.raises(UnsupportedModel, match="expected an nn.Linear output layer, found none"):
+        GenericSpace(UnusedAux(), (1, 8, 8))
     named = space_for(FullyConv(), (1, 8, 8), arch={"family": "module", "factory": "x:y", "output_layer": "cls"})
     assert [(u.name, u.kind, u.width, u.shrinkable) for u in named.units] == [("body.0", "conv", 16, True),
                                                                             ("cls", "conv", 10, False)]

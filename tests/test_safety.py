@@ -536,6 +536,11 @@ def test_a_run_read_as_another_search_space_is_refused(finished_run, tmp_path, c
     (run / "n2n.json").write_text(json.dumps({**meta, "teacher": {**meta["teacher"], "unit_names": names[::-1]}}))
     status, err = _main(capsys, "resume", run)
     assert status == 2 and f"unit 0 was {names[-1]}, is {names[0]} now" in err
+    for edited, said in ((names[:-1], f"unit {len(names) - 1} was none, is {names[-1]} now"),  # (helper-59: IndexError)
+                         (names + ["x\x1b[8m"], f"unit {len(names)} was 'x\\x1b[8m', is none now")):
+        (run / "n2n.json").write_text(json.dumps({**meta, "teacher": {**meta["teacher"], "unit_names": edited}}))
+        status, err = _main(capsys, "export", run, "--out", tmp_path / "o")
+        assert status == 2 and said in err and "Traceback" not in err, err
     assert not (tmp_path / "o").exists()
 
 
@@ -964,7 +969,7 @@ def test_an_encoder_student_s_arch_json_naming_code_of_its_own_is_never_run_even
     assert not marker.exists()
 
 
-def test_a_link_out_of_a_hugging_face_folder_is_refused_not_copied_into_exports(tmp_path):
+def test_a_link_out_of_a_hugging_face_folder_is_refused_not_copied_into_exports(tmp_path, monkeypatch):
     """helper-57: a teacher folder's chat_template.jinja linked to a file of secrets: the tokenizer read
     it and `n2n export` wrote it into the student's tokenizer. A hub cache snapshot (files linked into
     its repository's blobs/) still loads."""
@@ -992,18 +997,30 @@ def test_a_link_out_of_a_hugging_face_folder_is_refused_not_copied_into_exports(
     assert load_hf_classifier(local) is not None and tokenizer_for(local) is not None
     secret = tmp_path / "SECRET"
     secret.write_text("AWS_SECRET_ACCESS_KEY=hunter2")
-    # a file named by path in tokenizer_config.json (helper-58: BertTokenizer read "vocab" from there, and
-    # the teacher and every export carried the secret's lines); a path that is not there is not read
+    # files named by path in the tokenizer's settings (helper-58: tokenizer_config.json's "vocab"; helper-59:
+    # its init_inputs, special_tokens_map.json's keys, a name relative to the folder the command runs in):
+    # the tokenizer read them and the teacher and every export carried the secret's lines. It is loaded
+    # from a copy of its files now, without such settings: the secret is never read
     plain = tmp_path / "plain"
     shutil.copytree(local, plain, symlinks=False)
+    (plain / "tokenizer.json").unlink()  # the slow BertTokenizer: the one that takes a vocab by path
     settings = json.loads((plain / "tokenizer_config.json").read_text())
-    (plain / "tokenizer_config.json").write_text(json.dumps({**settings, "tokenizer_file": "/gone/tokenizer.json"}))
-    assert tokenizer_for(plain) is not None
-    (plain / "tokenizer_config.json").write_text(json.dumps({**settings, "vocab": str(secret)}))
-    with pytest.raises(ModelError, match=rf"tokenizer_config.json: vocab names {re.escape(str(secret))}, a file outside "
-                                         r"the folder, which the tokenizer would read and every export carry"):
-        load_hf_classifier(plain)
-    with pytest.raises(DataError, match="tokenizer_config.json: vocab names"):
+    vocab = tokenizer_for(plain).get_vocab()
+    monkeypatch.chdir(tmp_path)
+    for edit, name in ((lambda d: {**d, "vocab": str(secret)}, "tokenizer_config.json"),
+                       (lambda d: {**d, "vocab": "SECRET"}, "tokenizer_config.json"),  # read from the working folder
+                       (lambda d: {**d, "init_inputs": [str(secret)]}, "tokenizer_config.json"),
+                       (lambda d: {**d, "tokenizer_file": "/gone/tokenizer.json", "special_tokens_map_file": str(secret)},
+                        "tokenizer_config.json"),
+                       (lambda d: {"vocab": str(secret), "vocab_file": str(secret), "unk_token": "[UNK]"},
+                        "special_tokens_map.json")):
+        before = (plain / name).read_text() if (plain / name).exists() else "{}"
+        (plain / name).write_text(json.dumps(edit(json.loads(before) if name != "tokenizer_config.json" else settings)))
+        assert tokenizer_for(plain).get_vocab() == vocab and load_hf_classifier(plain) is not None
+        (plain / name).write_text(before)
+    (plain / "additional_chat_templates").mkdir()  # a link in a subfolder (helper-59): transformers reads them
+    (plain / "additional_chat_templates" / "x.jinja").symlink_to(secret)
+    with pytest.raises(DataError, match=r"additional_chat_templates/x.jinja: a link to .*, outside the folder"):
         tokenizer_for(plain)
     (folder / "chat_template.jinja").symlink_to(secret)
     with pytest.raises(ModelError, match=rf"chat_template.jinja: a link to {re.escape(str(secret))}, outside the folder"):
@@ -1261,6 +1278,7 @@ def test_ray_client_s_port_given_as_address_is_refused_at_once(monkeypatch):
     tests/test_cluster.py runs a search against one)."""
     import socket
     import threading
+    import time
 
     from n2n import raysession
 
@@ -1294,12 +1312,36 @@ def test_ray_client_s_port_given_as_address_is_refused_at_once(monkeypatch):
         return f"127.0.0.1:{srv.getsockname()[1]}"
 
     monkeypatch.setattr(raysession, "PROBE_SECONDS", 1)
-    monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 64)  # the token `ray start --head` made; sent as Ray's clients do
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 64)  # the token `ray start --head` made; sent as Ray's clients do,
+    for mode in ("", "disabled"):                    # in token mode only (helper-59: sent to any host otherwise)
+        monkeypatch.setenv("RAY_AUTH_MODE", mode)
+        assert raysession._auth_metadata() == []
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    assert raysession._auth_metadata() == [("authorization", "Bearer " + "0" * 64)]
     client = serve(ends_with_headers=False)
     with pytest.raises(RunError, match=rf"^--address {client}: that is Ray Client's port \(for ray:// addresses\), which "
                                        r"n2n does not use; give the head node's GCS address HOST:PORT instead \(6379"):
         raysession.check_address(client)
     raysession.check_address(serve(ends_with_headers=True))  # a GCS: no such method
+    # a server that sends a byte at a time is left after the probe's seconds (helper-59: read on for good)
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def trickle():
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(4096)
+            try:
+                conn.sendall(bytes([0, 16, 0, 4, 0, 0, 0, 0, 0]))  # a 4096-byte SETTINGS frame announced...
+                for _ in range(40):
+                    time.sleep(0.1)
+                    conn.sendall(b"\x00")  # ...and sent slowly
+            except OSError:
+                pass
+
+    threading.Thread(target=trickle, daemon=True).start()
+    start = time.monotonic()
+    assert raysession._ray_client_answers("127.0.0.1", srv.getsockname()[1], "x") is False
+    assert time.monotonic() - start < 2.5
 
 
 def test_damaged_teacher_folders_are_one_line_errors(small_teacher, tmp_path, capsys):
