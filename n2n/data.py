@@ -498,6 +498,8 @@ def tokenizer_for(folder):
     folder the command runs in), so a folder naming ~/.aws/credentials put that file into the teacher
     and every export (helper-58, helper-59). The copy holds none of those: transformers finds each
     file by its own name."""
+    import atexit
+    import shutil
     import tempfile
 
     from transformers import AutoTokenizer
@@ -505,14 +507,16 @@ def tokenizer_for(folder):
     from .models import check_own_files, tokenizer_copy
 
     check_own_files(folder, DataError)
-    with tempfile.TemporaryDirectory(prefix="n2n-tokenizer-") as copy:
-        tokenizer_copy(Path(folder), Path(copy))
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(copy, local_files_only=True, trust_remote_code=False)
-        except Exception as e:  # (helper-59: a WordPiece file missing was a plain Exception)
-            raise DataError(f"{folder}: expected a Hugging Face tokenizer there to tokenise a text dataset "
-                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    tokenizer.name_or_path = str(folder)  # (not the copy, gone now)
+    # kept while the process lives: a slow tokenizer's save_pretrained reads its files again (helper-60)
+    copy = tempfile.mkdtemp(prefix="n2n-tokenizer-")
+    atexit.register(shutil.rmtree, copy, True)
+    tokenizer_copy(Path(folder), Path(copy))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(copy, local_files_only=True, trust_remote_code=False)
+    except Exception as e:  # (helper-59: a WordPiece file missing was a plain Exception)
+        raise DataError(f"{folder}: expected a Hugging Face tokenizer there to tokenise a text dataset "
+                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    tokenizer.name_or_path = str(folder)
     return tokenizer
 
 

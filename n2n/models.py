@@ -554,13 +554,23 @@ def _hub_blob(path: Path) -> bool:
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf")
 
 
+def _names_a_path(key: str) -> bool:
+    """A tokenizer_config.json setting transformers opens as a path (helper-60: fast_tokenizer_files too)."""
+    return key in ("vocab", "merges", "init_inputs") or key.endswith(("_file", "_files"))
+
+
 def tokenizer_copy(folder: Path, copy: Path) -> None:
-    """Copy `folder`'s files, weights aside (a tokenizer's may have any name: spm.model, bpe.codes ...),
-    into `copy` with every setting that names a file by path left out (tokenizer_config.json's `vocab`,
-    `merges`, `*_file`, `init_inputs`; special_tokens_map.json's keys other than tokens), so that a
-    tokenizer loaded from `copy` reads only those files."""
+    """Lay out in `copy` what a tokenizer reads of `folder`: its files (weights aside; a tokenizer's may
+    have any name, spm.model, bpe.codes ...) and its named chat templates, linked rather than copied
+    (helper-60: a folder's 500 MB rust_model.ot was copied on every load; they passed check_own_files),
+    and its two settings files without every setting that names a file by path (tokenizer_config.json's
+    `vocab`, `merges`, `init_inputs`, `*_file(s)`; special_tokens_map.json's keys other than tokens), so
+    that a tokenizer loaded from `copy` reads only the folder's own files."""
     for src in sorted(folder.iterdir()):
         name = src.name
+        if name == "additional_chat_templates" and src.is_dir():  # (helper-60: lost from teacher and exports)
+            (copy / name).symlink_to(src.resolve(), target_is_directory=True)
+            continue
         if not src.is_file() or src.suffix in WEIGHT_SUFFIXES:
             continue
         if name in ("tokenizer_config.json", "special_tokens_map.json"):
@@ -569,13 +579,12 @@ def tokenizer_copy(folder: Path, copy: Path) -> None:
             except (OSError, ValueError, RecursionError) as e:
                 raise ModelError(f"{src}: not a readable JSON file ({e})") from None
             if isinstance(settings, dict):
-                keep = ((lambda k: k not in ("vocab", "merges", "init_inputs") and not k.endswith("_file"))
-                        if name == "tokenizer_config.json" else
+                keep = ((lambda k: not _names_a_path(k)) if name == "tokenizer_config.json" else
                         (lambda k: k.endswith("_token") or k == "additional_special_tokens"))
                 settings = {k: v for k, v in settings.items() if keep(k)}
             (copy / name).write_text(json.dumps(settings))
         else:
-            shutil.copyfile(src, copy / name)
+            (copy / name).symlink_to(src.resolve())
 
 
 def _file_kind(path: Path) -> str:

@@ -376,14 +376,19 @@ def _output_layer(model: nn.Module, called: list[str], example: torch.Tensor) ->
 
 @torch.no_grad()
 def _counts_in(model: nn.Module, name: str, example: torch.Tensor, out) -> bool:
-    """Whether the outputs change when layer `name`'s weight does."""
-    weight = model.get_submodule(name).weight
-    kept = weight.clone()
-    weight.add_(1.0)
+    """Whether the outputs change when layer `name`'s parameters do: all of them, as a weight_norm head
+    computes its weight from two (helper-60), by noise of a generator of its own (the global one is
+    the user's), so that a shift every logit shares cannot hide it."""
+    params = list(model.get_submodule(name).parameters())
+    kept = [p.clone() for p in params]
+    gen = torch.Generator().manual_seed(0)
     try:
+        for p in params:
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
         again = model(example)
     finally:
-        weight.copy_(kept)
+        for p, k in zip(params, kept):
+            p.copy_(k)
     return not (torch.is_tensor(out) and torch.is_tensor(again) and torch.equal(out, again))
 
 

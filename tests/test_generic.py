@@ -489,6 +489,11 @@ def test_the_output_layer_is_the_last_linear_called_and_a_unit_describes_its_fir
             return self.head(h.mean((2, 3))).squeeze()  # (1, 1) -> one number
     for how in ("cosine", "twice", "squeezed"):
         assert GenericSpace(Heads(how), (1, 8, 8)).output_layer == "head", how
+    normed = Heads("cosine")  # its weight computed from two parameters (helper-60: refused)
+    normed.head = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(16, 10, bias=False))
+    before = {k: v.clone() for k, v in normed.state_dict().items()}
+    assert GenericSpace(normed, (1, 8, 8)).output_layer == "head"
+    assert all(torch.equal(v, before[k]) for k, v in normed.state_dict().items())  # the teacher as it was
 
     class UnusedAux(FullyConv):  # a Linear forward never uses is no output layer (helper-59: taken, and
         def __init__(self):      # the 1x1-conv classifier shrunk)

@@ -1006,20 +1006,29 @@ def test_a_link_out_of_a_hugging_face_folder_is_refused_not_copied_into_exports(
     (plain / "tokenizer.json").unlink()  # the slow BertTokenizer: the one that takes a vocab by path
     settings = json.loads((plain / "tokenizer_config.json").read_text())
     vocab = tokenizer_for(plain).get_vocab()
+    (tmp_path / "outside").mkdir()
+    shutil.copy(local / "tokenizer.json", tmp_path / "outside" / "tokenizer.1.0.json")
+    leaked = json.loads((tmp_path / "outside" / "tokenizer.1.0.json").read_text())
+    leaked["model"]["vocab"] = {"[UNK]": 0, "AWS_SECRET_ACCESS_KEY=hunter2": 1}
+    (tmp_path / "outside" / "tokenizer.1.0.json").write_text(json.dumps(leaked))
     monkeypatch.chdir(tmp_path)
     for edit, name in ((lambda d: {**d, "vocab": str(secret)}, "tokenizer_config.json"),
                        (lambda d: {**d, "vocab": "SECRET"}, "tokenizer_config.json"),  # read from the working folder
                        (lambda d: {**d, "init_inputs": [str(secret)]}, "tokenizer_config.json"),
                        (lambda d: {**d, "tokenizer_file": "/gone/tokenizer.json", "special_tokens_map_file": str(secret)},
                         "tokenizer_config.json"),
+                       (lambda d: {**d, "fast_tokenizer_files": [str(tmp_path / "outside" / "tokenizer.1.0.json")]},
+                        "tokenizer_config.json"),  # (helper-60: a whole outside tokenizer.json was read)
                        (lambda d: {"vocab": str(secret), "vocab_file": str(secret), "unk_token": "[UNK]"},
                         "special_tokens_map.json")):
         before = (plain / name).read_text() if (plain / name).exists() else "{}"
         (plain / name).write_text(json.dumps(edit(json.loads(before) if name != "tokenizer_config.json" else settings)))
         assert tokenizer_for(plain).get_vocab() == vocab and load_hf_classifier(plain) is not None
         (plain / name).write_text(before)
-    (plain / "additional_chat_templates").mkdir()  # a link in a subfolder (helper-59): transformers reads them
-    (plain / "additional_chat_templates" / "x.jinja").symlink_to(secret)
+    (plain / "additional_chat_templates").mkdir()  # named chat templates are kept (helper-60: lost)
+    (plain / "additional_chat_templates" / "tool.jinja").write_text("TOOL{{ messages|length }}")
+    assert tokenizer_for(plain).chat_template["tool"] == "TOOL{{ messages|length }}"
+    (plain / "additional_chat_templates" / "x.jinja").symlink_to(secret)  # a link in a subfolder (helper-59)
     with pytest.raises(DataError, match=r"additional_chat_templates/x.jinja: a link to .*, outside the folder"):
         tokenizer_for(plain)
     (folder / "chat_template.jinja").symlink_to(secret)
