@@ -548,7 +548,10 @@ def check_own_files(folder: Path, error=None) -> None:
 
 
 def _hub_blob(path: Path) -> bool:
-    return path.parent.name == "blobs" and path.parent.parent.name.startswith(("models--", "datasets--"))
+    """A file of a hub cache's blobs/ (helper-61: a folder named like one held links out that os.walk
+    does not follow)."""
+    return (path.is_file() and path.parent.name == "blobs"
+            and path.parent.parent.name.startswith(("models--", "datasets--")))
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf")

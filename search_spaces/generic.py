@@ -376,20 +376,34 @@ def _output_layer(model: nn.Module, called: list[str], example: torch.Tensor) ->
 
 @torch.no_grad()
 def _counts_in(model: nn.Module, name: str, example: torch.Tensor, out) -> bool:
-    """Whether the outputs change when layer `name`'s parameters do: all of them, as a weight_norm head
-    computes its weight from two (helper-60), by noise of a generator of its own (the global one is
-    the user's), so that a shift every logit shares cannot hide it."""
-    params = list(model.get_submodule(name).parameters())
+    """Whether the outputs change when layer `name`'s parameters do: all its float ones, as a weight_norm
+    head computes its weight from two (helper-60), by noise of a generator of this function's own, so
+    that a shift every logit shares cannot hide it. A forward that gives other outputs unchanged (noise
+    of its own) cannot tell: no (helper-61: every unused Linear counted, as for outputs in a tuple)."""
+    if not _same(out, model(example)):
+        return False
+    params = [p for p in model.get_submodule(name).parameters() if p.is_floating_point()]
     kept = [p.clone() for p in params]
     gen = torch.Generator().manual_seed(0)
     try:
         for p in params:
-            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
         again = model(example)
     finally:
         for p, k in zip(params, kept):
             p.copy_(k)
-    return not (torch.is_tensor(out) and torch.is_tensor(again) and torch.equal(out, again))
+    return not _same(out, again)
+
+
+def _same(a, b) -> bool:
+    """Equal outputs: tensors, or tuples, lists and dicts of them."""
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return torch.is_tensor(a) and torch.is_tensor(b) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def _forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:

@@ -502,6 +502,20 @@ def test_the_output_layer_is_the_last_linear_called_and_a_unit_describes_its_fir
 
     with pytest.raises(UnsupportedModel, match="expected an nn.Linear output layer, found none"):
         GenericSpace(UnusedAux(), (1, 8, 8))
+
+    class Wrapped(UnusedAux):  # outputs in a tuple, a dict, or noisy; a quantised-style parameter (helper-61)
+        def __init__(self, how):
+            super().__init__()
+            self.how = how
+            self.aux.register_parameter("scale", torch.nn.Parameter(torch.zeros(10, dtype=torch.int8),
+                                                                    requires_grad=False))
+
+        def forward(self, x):
+            y = super().forward(x)
+            return {"tuple": (y,), "dict": {"logits": y}, "noisy": torch.nn.functional.dropout(y, 0.5, True)}[self.how]
+    for how in ("tuple", "dict", "noisy"):
+        with pytest.raises(UnsupportedModel, match="expected an nn.Linear output layer, found none"):
+            GenericSpace(Wrapped(how), (1, 8, 8))
     named = space_for(FullyConv(), (1, 8, 8), arch={"family": "module", "factory": "x:y", "output_layer": "cls"})
     assert [(u.name, u.kind, u.width, u.shrinkable) for u in named.units] == [("body.0", "conv", 16, True),
                                                                             ("cls", "conv", 10, False)]

@@ -1028,6 +1028,14 @@ def test_a_link_out_of_a_hugging_face_folder_is_refused_not_copied_into_exports(
     (plain / "additional_chat_templates").mkdir()  # named chat templates are kept (helper-60: lost)
     (plain / "additional_chat_templates" / "tool.jinja").write_text("TOOL{{ messages|length }}")
     assert tokenizer_for(plain).chat_template["tool"] == "TOOL{{ messages|length }}"
+    fake = tmp_path / "models--evil" / "blobs" / "d"  # a folder named like a hub blob (helper-61): its links
+    fake.mkdir(parents=True)                            # were never looked at
+    (fake / "x.jinja").symlink_to(secret)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(plain, elsewhere, ignore=shutil.ignore_patterns("additional_chat_templates"))
+    (elsewhere / "additional_chat_templates").symlink_to(fake, target_is_directory=True)
+    with pytest.raises(DataError, match=r"additional_chat_templates: a link to .*models--evil/blobs/d, outside the folder"):
+        tokenizer_for(elsewhere)
     (plain / "additional_chat_templates" / "x.jinja").symlink_to(secret)  # a link in a subfolder (helper-59)
     with pytest.raises(DataError, match=r"additional_chat_templates/x.jinja: a link to .*, outside the folder"):
         tokenizer_for(plain)
