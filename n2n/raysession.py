@@ -139,17 +139,31 @@ def _ray_client_answers(host: str, port: int, authority: str) -> bool:
                     if not chunk:
                         return False
                     data += chunk
-                data = data[9 + length:]
+                payload, data = data[9:9 + length], data[9 + length:]
                 if kind == HTTP2_SETTINGS and not flags & 0x1:
                     conn.sendall(_frame(HTTP2_SETTINGS, 0x1, 0))  # its settings, acknowledged
                 elif stream == 1 and kind == 0 and length > 5:  # a DATA frame holding a reply: the method exists
                     return True
-                elif stream == 1 and (kind == 3 or kind == 1 and flags & 0x1):  # reset, or headers that end it
+                elif stream == 1 and kind == 1 and flags & 0x1:  # headers that end it: the call's status
+                    # UNAUTHENTICATED: the method exists, behind token authentication (a GCS has none such,
+                    # and answers UNIMPLEMENTED whatever the token; both seen on Ray 2.60)
+                    return _grpc_status(payload) == 16
+                elif stream == 1 and kind == 3:  # reset
                     return False
                 elif kind == 7:  # GOAWAY
                     return False
     except OSError:  # (a timeout too)
         return False
+
+
+def _grpc_status(block: bytes) -> int | None:
+    """grpc-status of a header block, where it is written as gRPC's C core writes it: a literal name and
+    a plain (not Huffman-coded) value; None otherwise."""
+    at = block.find(b"\x0bgrpc-status")
+    if at < 0 or at + 12 >= len(block) or block[at + 12] & 0x80:
+        return None
+    value = block[at + 13:at + 13 + block[at + 12]]
+    return int(value) if value.isdigit() else None
 
 
 def _hpack_string(text: str) -> bytes:

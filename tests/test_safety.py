@@ -1291,15 +1291,19 @@ def test_an_address_where_something_else_answers_is_refused_at_once(monkeypatch)
 def test_ray_client_s_port_given_as_address_is_refused_at_once(monkeypatch):
     """Ray Client's server (port 10001, for ray://) is gRPC too, so it passed the probe above, and Ray
     then retried its GCS there for good (seen for 7 minutes against a gRPC server of another kind).
-    n2n asks it Ray Client's PING: its server replies, a GCS has no such method (the real one: 1 ms,
-    tests/test_cluster.py runs a search against one)."""
+    n2n asks it Ray Client's PING: its server replies, or with token authentication on and no token
+    sent says UNAUTHENTICATED; a GCS has no such method, UNIMPLEMENTED with or without a token (the
+    real one, Ray 2.60: 1 ms; tests/test_cluster.py runs a search against one). The status blocks below
+    are the bytes Ray's GCS sent."""
     import socket
     import threading
     import time
 
     from n2n import raysession
 
-    settings, headers = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]), b"\x00\x00\x01\x01"
+    settings = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+    status = {code: b"\x88@\x0ccontent-type\x10application/grpc@\x0bgrpc-status" + bytes([len(code)]) + code
+              for code in (b"12", b"16")}
 
     def serve(ends_with_headers: bool):
         srv = socket.create_server(("127.0.0.1", 0))
@@ -1310,12 +1314,12 @@ def test_ray_client_s_port_given_as_address_is_refused_at_once(monkeypatch):
                     call = conn.recv(4096)  # the preface, settings and the call, sent at once
                     conn.sendall(settings)
                     conn.recv(4096)  # (the acknowledgement of ours; the first probe's connection: nothing)
-                    # token authentication on: a call without the token is refused unread (helper-58), as a GCS
-                    ends = ends_with_headers or b"authorization" not in call
+                    # token authentication on: a call without the token is refused unread (helper-58)
+                    block = status[b"12"] if ends_with_headers else None if b"authorization" in call else status[b"16"]
                     reply = b"\x00\x00\x00\x00\x02{}"  # gRPC message prefix + a ClusterInfoResponse's bytes
-                    conn.sendall(headers + b"\x05\x00\x00\x00\x01\x88" if ends else  # END_STREAM: UNIMPLEMENTED
-                                 headers + b"\x04\x00\x00\x00\x01\x88" + len(reply).to_bytes(3, "big")
-                                 + b"\x00\x00\x00\x00\x00\x01" + reply)
+                    conn.sendall(len(block).to_bytes(3, "big") + b"\x01\x05\x00\x00\x00\x01" + block if block else
+                                 b"\x00\x00\x01\x01\x04\x00\x00\x00\x01\x88" + len(reply).to_bytes(3, "big")
+                                 + b"\x00\x00\x00\x00\x00\x01" + reply)  # HEADERS (END_STREAM: the status), DATA
                     threading.Event().wait(2)
                 except OSError:
                     pass
@@ -1333,13 +1337,15 @@ def test_ray_client_s_port_given_as_address_is_refused_at_once(monkeypatch):
     for mode in ("", "disabled"):                    # in token mode only (helper-59: sent to any host otherwise)
         monkeypatch.setenv("RAY_AUTH_MODE", mode)
         assert raysession._auth_metadata() == []
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    assert raysession._auth_metadata() == [("authorization", "Bearer " + "0" * 64)]
-    client = serve(ends_with_headers=False)
-    with pytest.raises(RunError, match=rf"^--address {client}: that is Ray Client's port \(for ray:// addresses\), which "
-                                       r"n2n does not use; give the head node's GCS address HOST:PORT instead \(6379"):
-        raysession.check_address(client)
-    raysession.check_address(serve(ends_with_headers=True))  # a GCS: no such method
+    for mode in ("token", ""):  # the PING answered; or, without the token, refused as UNAUTHENTICATED
+        monkeypatch.setenv("RAY_AUTH_MODE", mode)
+        assert raysession._auth_metadata() == ([("authorization", "Bearer " + "0" * 64)] if mode else [])
+        client = serve(ends_with_headers=False)
+        with pytest.raises(RunError, match=rf"^--address {client}: that is Ray Client's port \(for ray:// addresses\), "
+                                           r"which n2n does not use; give the head node's GCS address HOST:PORT instead "
+                                           r"\(6379"):
+            raysession.check_address(client)
+        raysession.check_address(serve(ends_with_headers=True))  # a GCS: no such method
     # a server that sends a byte at a time is left after the probe's seconds (helper-59: read on for good)
     srv = socket.create_server(("127.0.0.1", 0))
 
