@@ -29,7 +29,7 @@ from search_spaces import SearchSpace, StudentSpec
 from .errors import RunError
 from .models import write_json
 from .pick import REACH, choose, finalists, misscored, points
-from .runfolder import HELD_FOR_DEATHS, POLICY, RECORD_KEYS, RECORDS, SUMMARY, _wrong_types, save_state
+from .runfolder import HELD_FOR_DEATHS, POLICY, RECORDS, SUMMARY, record_problem, save_state
 
 FINISHED = "FINISHED"
 
@@ -725,11 +725,9 @@ class SearchDriver:
         if state["stage_idx"] < len(self.stages) and not isinstance(state.get("agent"), dict):
             raise ValueError(f"the {self.stages[state['stage_idx']]} stage's agent state is missing")
         for i, r in enumerate(state["records"]):
-            missing = [k for k in (*RECORD_KEYS, "key") if k not in r] if isinstance(r, dict) else None
-            wrong = ("is not a record" if missing is None else f"lacks {missing}" if missing else
-                     _wrong_types(r) and f"has {_wrong_types(r)}")
-            if wrong:
-                raise ValueError(f"record {i} {wrong}")
+            problem = record_problem(r)
+            if problem:
+                raise ValueError(f"record {i} {problem}")
 
     def load_state_dict(self, state: dict):
         if state.get("version") != STATE_VERSION:

@@ -14,11 +14,11 @@ import secrets
 import shutil
 import signal
 import socket
-import time
 import stat
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from .errors import ConfigError, RunError, sigterm_as_sigint

@@ -150,13 +150,22 @@ def read_records(run_dir: Path) -> list[dict]:
         raise RunError(f"{path}: damaged, expected a list of candidate records")
     for i, r in enumerate(records):
         check_key(r["key"])
-        missing = [k for k in RECORD_KEYS if k not in r]
-        if missing:
-            raise RunError(f"{path}: damaged, candidate {i} ({r['key']}) lacks {missing}")
-        wrong = _wrong_types(r)
-        if wrong:  # helper-25: a string reward was a TypeError traceback in report and policy fit
-            raise RunError(f"{path}: damaged, candidate {i} ({r['key']}) has {wrong}")
+        problem = record_problem(r)
+        if problem:  # helper-25: a string reward was a TypeError traceback in report and policy fit
+            raise RunError(f"{path}: damaged, candidate {i} ({r['key']}) {problem}")
     return records
+
+
+def record_problem(r) -> str | None:
+    """What keeps `r` from being a candidate record as n2n writes them ("lacks [...]", "has ..."), or
+    None: candidates.json's records and a search state's alike."""
+    if not isinstance(r, dict):
+        return "is not a record"
+    missing = [k for k in (*RECORD_KEYS, "key") if k not in r]
+    if missing:
+        return f"lacks {missing}"
+    wrong = _wrong_types(r)
+    return f"has {wrong}" if wrong else None
 
 
 def _wrong_types(r: dict) -> str | None:

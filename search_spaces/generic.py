@@ -358,10 +358,13 @@ def _output_layer(model: nn.Module, called: list[str], example: torch.Tensor) ->
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     with torch.no_grad():
         out = model(example)
+        # a forward that gives other outputs unchanged (noise of its own) cannot tell which layers count
+        # (helper-61: every unused Linear counted, as for outputs in a tuple)
+        steady = _same(out, model(example))
     # one forward does not call holds the outputs only if its weight counts in them (helper-59: an unused
     # auxiliary head was taken over a 1x1-conv classifier, which was then shrunk)
     order = [n for n in reversed(called) if n in linears] + [n for n in reversed(linears) if n not in called
-                                                             and _counts_in(model, n, example, out)]
+                                                             and steady and _counts_in(model, n, example, out)]
     if not order:
         raise UnsupportedModel("expected an nn.Linear output layer, found none; name the layer that gives the "
                                "outputs in arch.json (\"output_layer\": NAME)")
@@ -376,12 +379,9 @@ def _output_layer(model: nn.Module, called: list[str], example: torch.Tensor) ->
 
 @torch.no_grad()
 def _counts_in(model: nn.Module, name: str, example: torch.Tensor, out) -> bool:
-    """Whether the outputs change when layer `name`'s parameters do: all its float ones, as a weight_norm
-    head computes its weight from two (helper-60), by noise of a generator of this function's own, so
-    that a shift every logit shares cannot hide it. A forward that gives other outputs unchanged (noise
-    of its own) cannot tell: no (helper-61: every unused Linear counted, as for outputs in a tuple)."""
-    if not _same(out, model(example)):
-        return False
+    """Whether the outputs `out` change when layer `name`'s parameters do: all its float ones, as a
+    weight_norm head computes its weight from two (helper-60), by noise of a generator of this function's
+    own, so that a shift every logit shares cannot hide it."""
     params = [p for p in model.get_submodule(name).parameters() if p.is_floating_point()]
     kept = [p.clone() for p in params]
     gen = torch.Generator().manual_seed(0)
