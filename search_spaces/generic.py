@@ -173,7 +173,7 @@ class GenericSpace(SearchSpace):
         self.blocks = _shape_preserving_blocks(teacher, self.example)
         groups = []  # (name: earliest member in forward order, root module name, member names)
         self.roots: dict[str, list[str]] = {}  # group root -> every conv/linear whose outputs it prunes
-        grouped = {}  # groups held out: their channels would be kept unlike the teacher's (helper-56)
+        grouped, held = {}, {}  # groups held out: their channels would be kept unlike the teacher's (helper-56)
         for g in dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.modules.conv._ConvNd, nn.Linear)):
             layers = {names[d.target.module] for d, _ in g if d.target.module in names}
             members = layers | {owners[d.target.module] for d, _ in g if d.target.module in owners}
@@ -189,6 +189,8 @@ class GenericSpace(SearchSpace):
                         grouped[m] = (f"a {what} {split[0]}: pruning does not keep its groups' channels apart; left at "
                                       f"full width" if m == split[0] else f"its outputs share channels with the {what} "
                                       f"{split[0]}, whose groups pruning does not keep apart; left at full width")
+                for m in members - set(grouped):  # its BatchNorms, say (said only where no other group reaches them)
+                    held.setdefault(m, f"its channels stay at full width with the {what} {split[0]}'s")
                 continue
             first = min(layers, key=lambda n: order.get(n, 1e9))
             root = names[g[0].dep.target.module]
@@ -235,6 +237,7 @@ class GenericSpace(SearchSpace):
             if any(True for _ in m.parameters(recurse=False)) and n not in touched and n != self.output_layer
             and not any(n == b or n.startswith(b + ".") for b in self.blocks)
         }
+        self.untouched.update({m: why for m, why in held.items() if m in self.untouched})  # (not its generic reason)
         self.untouched.update(grouped)
         self.untouched[self.output_layer] = "the output layer"
         self._cache: dict[str, tuple[int, int]] = {}

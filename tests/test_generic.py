@@ -534,6 +534,8 @@ def test_channels_that_meet_a_grouped_convolution_are_left_whole_not_scrambled()
     assert [u.name for u in space.units if u.shrinkable] == ["stem.0", "pw2.0"]  # stem.0's group holds dw.0
     assert space.untouched["grp.0"].startswith("a grouped convolution (groups=4) grp.0: pruning does not keep")
     assert space.untouched["pw.0"].startswith("its outputs share channels with the grouped convolution (groups=4) grp.0")
+    assert space.untouched["pw.1"] == space.untouched["grp.1"] == ("its channels stay at full width with the grouped "
+                                                                    "convolution (groups=4) grp.0's")  # its BatchNorms
     for i, u in enumerate(space.units):
         if u.shrinkable:
             assert _starts_as_the_teacher(space, i), u.name
