@@ -154,7 +154,8 @@ class GenericSpace(SearchSpace):
         super().__init__(teacher=teacher.eval(), input_shape=tuple(input_shape), **kwargs)
         tp = _tp()
         self.factory = factory  # {"factory": "pkg.mod:fn", "kwargs": {...}}: needed to export students
-        self.example = torch.randn(1, *self.input_shape)
+        # a generator of its own: the same space from the same teacher, and the caller's random stream untouched
+        self.example = torch.randn(1, *self.input_shape, generator=torch.Generator().manual_seed(0))  # (1, *input_shape)
         names = {m: n for n, m in teacher.named_modules()}
         called = _forward_order(teacher, self.example)
         order = {n: i for i, n in enumerate(called)}
@@ -338,7 +339,8 @@ def pruned_from_arch(arch: dict, factories=()) -> nn.Module:
     for name in arch["removed_blocks"]:
         _set_module(model, name, nn.Identity())
     with torch.enable_grad():
-        dg = tp.DependencyGraph().build_dependency(model, torch.randn(1, *arch["input_shape"]), verbose=False)
+        example = torch.randn(1, *arch["input_shape"], generator=torch.Generator().manual_seed(0))  # (1, *input_shape)
+        dg = tp.DependencyGraph().build_dependency(model, example, verbose=False)  # (a load leaves torch's RNG as it was)
         dg.load_pruning_history([tuple(h) for h in arch["history"]])
     return model
 

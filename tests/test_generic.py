@@ -582,3 +582,13 @@ def test_a_unit_no_width_of_which_builds_is_fixed_and_said_not_offered():
     assert space.untouched["c1"].startswith("no width of it builds: torch-pruning cannot build this student")
     assert [u.name for u in space.units if u.shrinkable] == ["c2"]
     assert space.validate(space.identity().with_ratios([0.25 if u.name == "c2" else 1.0 for u in space.units])) is None
+
+
+def test_making_the_space_leaves_the_callers_random_stream_as_it_was_and_reads_the_same_every_time(space):
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
+    again = GenericSpace(space.teacher, (1, 40), factory=FACTORY)
+    assert torch.equal(torch.rand(3), want)  # (it drew its example input from torch's global generator)
+    torch.manual_seed(7)
+    assert torch.equal(GenericSpace(space.teacher, (1, 40), factory=FACTORY).example, again.example)

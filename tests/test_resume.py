@@ -32,6 +32,19 @@ def _records(run):
         return []
 
 
+def _alive_in_session(sid: int) -> bool:
+    """Whether a process of session `sid` still runs (zombies do not): /proc/PID/stat's 4th field
+    after the command name is the session."""
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[3]) == sid and fields[0] != "Z":
+            return True
+    return False
+
+
 def _ray_temps(root):
     return set(glob.glob(os.path.join(root, "n2n-ray-*")))
 
@@ -66,9 +79,21 @@ def test_kills_at_random_moments_then_resume_matches_an_uninterrupted_search(ray
         return subprocess.Popen([sys.executable, "-m", "n2n.cli", *args], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
+    interrupted = set()  # keys whose training was logged, but not its result, when a kill left them
+
     def kill(proc):
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, no clean-up
         proc.wait()
+        # Ray's workers have process groups of their own: they outlive the kill until they notice their
+        # raylet is gone (a second or two), and a trial may save its result meanwhile, or be cut off
+        # between its audit line and its result, which the resume then trains again
+        deadline = time.time() + 60
+        while _alive_in_session(proc.pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _alive_in_session(proc.pid), "Ray's workers outlived the killed search by a minute"
+        logged = run / "results" / "trained.log"
+        interrupted.update(k for k in (logged.read_text().split() if logged.exists() else [])
+                           if not (run / "results" / f"{k}.json").exists())
 
     def until(proc, n_records):
         deadline = time.time() + 240
@@ -126,8 +151,11 @@ def test_kills_at_random_moments_then_resume_matches_an_uninterrupted_search(ray
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stage"] == "done" and summary["candidates_per_stage"] == {"removal": 8, "shrink": 4, "refine": 2}
     trained = (run / "results" / "trained.log").read_text().split()
-    assert len(trained) == len(set(trained)), "a candidate was trained twice"
-    assert sorted(trained) == sorted(r["key"] for r in after)
+    # only a training a kill cut off before its result runs again (once, 15 trainings of 14 candidates
+    # failed an assertion that none ran twice)
+    twice = {k for k in trained if trained.count(k) > 1}
+    assert twice <= interrupted, f"trained again though its result had been saved: {sorted(twice - interrupted)}"
+    assert sorted(set(trained)) == sorted(r["key"] for r in after)
 
     # the agent continued from its saved state: the same search as one never interrupted
     ref = tmp_path / "ref"
