@@ -500,17 +500,21 @@ def tokenizer_for(folder):
     file by its own name."""
     import atexit
     import shutil
-    import tempfile
 
     from transformers import AutoTokenizer
 
     from .models import check_own_files, tokenizer_copy
+    from .tempdirs import marked_temp, remove_stale_temps
 
     check_own_files(folder, DataError)
-    # kept while the process lives: a slow tokenizer's save_pretrained reads its files again (helper-60)
-    copy = tempfile.mkdtemp(prefix="n2n-tokenizer-")
-    atexit.register(shutil.rmtree, copy, True)
-    tokenizer_copy(Path(folder), Path(copy))
+    # kept while the process lives: a slow tokenizer's save_pretrained reads its files again (helper-60);
+    # marked, so that the next load removes the copies of processes killed outright
+    remove_stale_temps(None, "n2n-tokenizer-")
+    temp = marked_temp("n2n-tokenizer-")
+    atexit.register(shutil.rmtree, temp, True)
+    copy = Path(temp, "tokenizer")  # beside the marker: a folder's own file of its name is linked like any other
+    copy.mkdir()
+    tokenizer_copy(Path(folder), copy)
     try:
         tokenizer = AutoTokenizer.from_pretrained(copy, local_files_only=True, trust_remote_code=False)
     except Exception as e:  # (helper-59: a WordPiece file missing was a plain Exception)

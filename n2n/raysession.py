@@ -7,14 +7,12 @@ removed by the next start.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import secrets
 import shutil
 import signal
 import socket
-import stat
 import sys
 import tempfile
 import threading
@@ -22,6 +20,7 @@ import time
 from pathlib import Path
 
 from .errors import ConfigError, RunError, sigterm_as_sigint
+from .tempdirs import marked_temp, remove_stale_temps
 
 
 def _connect_hint(error: str, address: str = "") -> str:
@@ -246,7 +245,7 @@ def ray_session(address: str | None, log=print):
             _ray_auth_env(saved)  # the mode Ray chose is not left for a later local session to take as the user's
         return
     root = ray_temp_root(log)
-    _remove_stale_ray_temps(root)
+    remove_stale_temps(root, "n2n-ray-")
     temp = _ray_temp(root)
     # Ray 2.60 has its servers listen on every interface, whatever node IP it is given: without a token
     # anyone reaching this machine could join as a driver and run code as the user. A fresh random token
@@ -354,8 +353,7 @@ def _ray_temp(root: str) -> str:
                        f"{free / 2**20:.1f} MiB; free some, or set RAY_TMPDIR to a folder with room")
     temp = None
     try:
-        temp = tempfile.mkdtemp(prefix="n2n-ray-", dir=root)
-        Path(temp, _DRIVER).write_text(json.dumps(_this_process()))
+        temp = marked_temp("n2n-ray-", root)
     except OSError as e:
         if temp:
             shutil.rmtree(temp, ignore_errors=True)
@@ -379,67 +377,6 @@ def _hangup_ignored():
         yield
     finally:
         signal.signal(hup, signal.SIG_DFL if before is None else before)
-
-
-_DRIVER = "n2n-driver.json"  # in each local Ray temp folder: the n2n process it belongs to
-
-
-def _this_process() -> dict:
-    """What identifies this process beyond its pid: the host, the boot, the pid namespace (another
-    container's pids are not ours to judge) and its start time (a pid is reused)."""
-    def read(path: str) -> str | None:
-        try:
-            return os.readlink(path) if path.startswith("/proc/self/ns") else Path(path).read_text().strip()
-        except OSError:
-            return None
-
-    return {"pid": os.getpid(), "host": socket.gethostname(), "boot": read("/proc/sys/kernel/random/boot_id"),
-            "pidns": read("/proc/self/ns/pid"), "start": _start_time(os.getpid())}
-
-
-def _start_time(pid: int) -> int | None:
-    try:  # field 22 of /proc/PID/stat, counted after the command name's closing parenthesis
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _driver_gone(marker: dict) -> bool:
-    """True only when the process that made a Ray temp folder is certainly gone: on this host and in
-    this pid namespace, and since rebooted, or its pid is free or now another process's."""
-    me = _this_process()
-    if marker.get("host") != me["host"]:
-        return False  # a shared /tmp (another node): its processes cannot be seen from here
-    if me["boot"] and marker.get("boot") and marker["boot"] != me["boot"]:
-        return True  # every process of that boot is gone (a container restarted with /tmp kept too)
-    if marker.get("pidns") != me["pidns"]:
-        return False  # another container's processes: not visible from here
-    try:
-        os.kill(marker["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # the pid is another user's now: the folder's owner (this user) ran the driver
-        return True
-    start = _start_time(marker["pid"])
-    return None not in (start, marker.get("start")) and start != marker["start"]
-
-
-def _remove_stale_ray_temps(root: str) -> None:
-    """A search killed outright (kill -9, a lost session) cannot remove its Ray temp folder: its
-    logs, sockets and spilled objects stayed in /tmp for good. Remove those whose driver is gone:
-    only folders n2n marked, owned by this user, never following a link."""
-    for folder in Path(root).glob("n2n-ray-*"):
-        try:
-            st = folder.lstat()
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-                continue
-            marker = json.loads((folder / _DRIVER).read_text())
-            gone = (isinstance(marker, dict) and isinstance(marker.get("pid"), int) and 0 < marker["pid"] < 2**22
-                    and _driver_gone(marker))
-        except (OSError, ValueError, OverflowError, RecursionError):  # not n2n's, or no marker written yet
-            continue
-        if gone:
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 _AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")

@@ -1836,9 +1836,9 @@ def test_only_n2n_s_own_ray_folders_whose_driver_is_dead_are_removed(tmp_path):
     their processes cannot be seen from here, helper-29), not one without n2n's marker, not a link."""
     import socket
 
-    from n2n.raysession import _DRIVER, _remove_stale_ray_temps, _this_process
+    from n2n.tempdirs import MARKER, remove_stale_temps, this_process
 
-    me = _this_process()
+    me = this_process()
     assert me["host"] == socket.gethostname()
     linux = os.path.exists("/proc/self/stat")  # elsewhere: the pid alone decides (no boot, namespace, start)
     assert not linux or (me["start"] is not None and me["pidns"].startswith("pid:") and me["boot"])
@@ -1855,16 +1855,16 @@ def test_only_n2n_s_own_ray_folders_whose_driver_is_dead_are_removed(tmp_path):
     for name, marker in markers.items():
         (tmp_path / f"n2n-ray-{name}" / "session").mkdir(parents=True)
         if marker is not None:
-            (tmp_path / f"n2n-ray-{name}" / _DRIVER).write_text(marker if isinstance(marker, str) else json.dumps(marker))
+            (tmp_path / f"n2n-ray-{name}" / MARKER).write_text(marker if isinstance(marker, str) else json.dumps(marker))
     victim = tmp_path / "victim"
     victim.mkdir()
-    (victim / _DRIVER).write_text(json.dumps(dead))
+    (victim / MARKER).write_text(json.dumps(dead))
     (tmp_path / "n2n-ray-link").symlink_to(victim)
-    _remove_stale_ray_temps(str(tmp_path))
+    remove_stale_temps(str(tmp_path), "n2n-ray-")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "n2n-ray-garbled", "n2n-ray-huge-pid", "n2n-ray-link", "n2n-ray-live", "n2n-ray-other-host", "n2n-ray-other-ns",
         "n2n-ray-unmarked", "victim"]
-    assert (victim / _DRIVER).exists()
+    assert (victim / MARKER).exists()
 
 
 def test_a_folder_where_report_writes_a_plot_is_one_line_and_leaves_nothing(finished_run, tmp_path, capsys):

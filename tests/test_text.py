@@ -3,6 +3,7 @@ that `transformers.pipeline` loads and that agrees with `n2n.load_student`."""
 
 import csv
 import json
+import os
 import random
 import re
 
@@ -382,3 +383,25 @@ def test_an_hf_student_takes_the_datas_class_names_where_its_teacher_had_placeho
     assert name_classes(own, arch, ["negative", "positive"], said.append) is arch  # its own names kept
     assert name_classes(BertConfig(num_labels=2), arch, None, said.append) is arch  # integer labels: no names to give
     assert own.id2label == {0: "neg", 1: "pos"} and len(said) == 1
+
+
+def test_a_tokenizer_copy_left_by_a_process_killed_outright_is_removed_by_the_next_load(tmp_path, monkeypatch):
+    """kill -9 left the tokenizer's sanitised copy (links to the teacher's files) in the temp folder
+    for good; the next load removes it, and not a live process's copy."""
+    import subprocess
+    import tempfile
+
+    from n2n.tempdirs import MARKER, this_process
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    child = subprocess.Popen(["true"])  # its pid, once reaped: a process that is gone
+    child.wait()
+    for name, pid in (("dead", child.pid), ("live", os.getpid())):
+        (tmp_path / f"n2n-tokenizer-{name}" / "tokenizer").mkdir(parents=True)
+        (tmp_path / f"n2n-tokenizer-{name}" / MARKER).write_text(json.dumps({**this_process(), "pid": pid}))
+    tok = tokenizer_for(minilm_path())
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert "n2n-tokenizer-dead" not in left and "n2n-tokenizer-live" in left and len(left) == 2  # + this load's
+    ours = next(tmp_path / n for n in left if n != "n2n-tokenizer-live")
+    assert json.loads((ours / MARKER).read_text())["pid"] == os.getpid()
+    assert tok("great film")["input_ids"] == [101, 2307, 2143, 102]
