@@ -743,6 +743,28 @@ def weights_mismatch(model: nn.Module, path: Path, error: RuntimeError) -> str:
     return "; ".join(said) or str(error).splitlines()[0].strip()
 
 
+def _check_size(arch: dict, weights: Path) -> None:
+    """Refuse an arch.json of n2n's own families that asks for far more memory than its weights file
+    holds, before any of it is allocated: those families are built from the file's numbers alone, so a
+    folder of a few kilobytes asking for widths of millions had the load fill the machine's memory (or
+    a few GB of it) before strict loading refused the weights. Built on torch's meta device first (no
+    memory); the slack allows other dtypes in the file and buffers."""
+    if arch.get("family") not in ("vgg", "mlp", "resnet", "sequential", "hf-encoder"):
+        return  # a factory's (the user's code, named by them) or a Hugging Face folder's (config.json)
+    try:
+        with torch.device("meta"):
+            shell = build_model(arch)
+        params = sum(p.numel() for p in shell.parameters())
+        need = sum(p.numel() * p.element_size() for p in shell.parameters())
+    except Exception:  # malformed: the real build says how
+        return
+    have = weights.stat().st_size
+    if need > 4 * have + (64 << 20):
+        raise ModelError(f"{weights.parent}: arch.json describes a model of {params:,} parameters ({need / 2**20:,.0f} "
+                         f"MiB), far more than {weights.name} holds ({have / 2**20:,.1f} MiB): they do not belong "
+                         "together (was arch.json edited, or copied from another model?)")
+
+
 def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:
     """(module in eval mode, arch, metrics) from a saved folder; strict weight loading.
 
@@ -775,6 +797,7 @@ def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:
         raise ModelError(f"{folder}/arch.json: expected \"probe\" to hold two rows of outputs and \"input_shape\" a list "
                          f"of whole numbers >= 1, as n2n writes them; found probe {reprlib.repr(probe)}, input_shape "
                          f"{reprlib.repr(arch.get('input_shape'))}")
+    _check_size(arch, folder / "model.safetensors")
     model = build_model(arch, factories)  # refuses an unnamed factory before reading anything else
     try:
         model.load_state_dict(load_weights(folder / "model.safetensors"), strict=True)

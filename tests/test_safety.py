@@ -1390,9 +1390,13 @@ def test_hostile_arch_json_values_are_one_line_errors(small_teacher, tmp_path, c
     for name, edit, said in (
             ("negative", {"hparams": {**hp, "hidden": -5}}, "arch of family 'vgg' is malformed: "),
             ("nan", {"hparams": {**hp, "width_mult": float("nan")}}, "arch of family 'vgg' is malformed: "),
-            # well formed, only too large (tens of terabytes): not "malformed" (helper-32)
+            # well formed, only too large (tens of terabytes): not "malformed" (helper-32), and refused before
+            # anything is allocated, as is a size that fits (0.6 GB, from a folder of 0.2 MB: it was built, then refused)
             ("huge", {"hparams": {**hp, "width_mult": 30000.0}},
-             "a model of family 'vgg' this large does not fit in this machine's memory"),
+             "arch.json describes a model of 696,730,181,760,714 parameters"),
+            ("large", {"hparams": {**hp, "hidden": 2_000_000}},
+             "arch.json describes a model of 150,049,146 parameters (572 MiB), far more than model.safetensors "
+             "holds (0.2 MiB): they do not belong together"),
             ("input-str", {"input": {"scale": "x", "shift": 0.0, "shape": [1, 40]}},
              "arch.json: expected \"input\" to hold numbers scale and shift and a shape of whole numbers >= 1"),
             ("input-list", {"input": [1, 2]}, "as n2n writes it; found [1, 2]"),
