@@ -260,10 +260,9 @@ def size_limits(target, metrics: dict, asked_for: str | None = None) -> tuple[di
     return {**asked, "limits_met": not over}, warning
 
 
-def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrite: bool, log, factories,
-            trim_vocab: bool = False, key: str | None = None, rank: int | None = None, onnx: bool = False,
-            margin: float | None = None, fetch: bool = False) -> dict:
-    cfg = run_config(meta["config"])
+def _pick(run_dir: Path, meta: dict, cfg: Config, log, key, rank, margin, fetch: bool) -> tuple[dict, str]:
+    """The candidate to export and why (see `choose`), its weights fetched where asked and checked to be
+    the file its trial wrote."""
     ref = meta["reference"]
     records, rescored = pick.from_figures(read_records(run_dir), Reference(ref["params"], ref["flops"], ref["accuracy"]),
                                           cfg.reward_config(), str(run_dir), "export ranks them by the rewards their "
@@ -288,28 +287,35 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         raise RunError(f"{weights}: not the file the trial of {chosen['key']} wrote (its digest {found} "
                        f"differs from candidates.json's {chosen['weights_digest']}); {again}, or export another "
                        f"candidate (--key, --rank)")
-    # before the exporting line: an edited module or a changed teacher is refused with nothing said as begun
-    run = OpenRun.open(run_dir, factories)
-    best = {**chosen, "val_accuracy": chosen["accuracy"]}
+    return chosen, why
+
+
+def _say_pick(run_dir: Path, cfg: Config, best: dict, why: str, log, asked: bool) -> str | None:
+    """Say which candidate is exported and why, and what may make it another than expected; returns
+    why the search is unfinished (None when it finished). `asked`: --key, --rank or --margin given."""
     log(f"exporting {best['summary']} ({best['params']:,} params, {best['stage']}, val acc {best['accuracy']:.4f}): {why}")
     stopped = unfinished(run_dir)
     named = ((read_summary(run_dir) or {}).get("best") or {}).get("key")
-    if not stopped and key is None and rank is None and margin is None and named not in (None, chosen["key"]):
+    if not stopped and not asked and named not in (None, best["key"]):
         # a finished run's summary.json, written by an earlier n2n, may name another student (helper-42)
         log(f"note: the run's summary.json names {named}, picked by the n2n that wrote it; this n2n's rule picks "
-            f"{chosen['key']} (`--key {named}` exports that one)")
+            f"{best['key']} (`--key {named}` exports that one)")
     if stopped:  # the pick is among what exists, not what the search would have found
         log(f"warning: this search has not finished ({stopped}), so this is the choice among the candidates so "
             f"far{'' if cfg.finalists.k == 0 or best['stage'] == 'finalists' else ', on brief-distillation figures'}"
             + f"; {finish_hint(stopped, run_dir, 'export')}")
-    teacher, space, ds = run.teacher, run.space, run.ds
-    measured = check_teacher_figures(meta, teacher, ds, run_dir)  # what metrics.json states and judges by
+    return stopped
+
+
+def _candidate(run_dir: Path, best: dict, space, ds, factories) -> tuple[StudentSpec, torch.nn.Module, float]:
+    """(spec, student with the trial's weights, its validation accuracy), checked against what
+    candidates.json records of it: key, parameter count and accuracy."""
+    weights = run_dir / "results" / f"{best['key']}.safetensors"
     spec = StudentSpec.from_dict(best["spec"])
     if best["key"].split("@")[0] != space.key(spec):  # (a finalist's key ends @Nep)
         raise RunError(f"{run_dir}/candidates.json: {best['key']} records the spec of {space.key(spec)}; "
                        f"was candidates.json changed?")
-    arch = space.arch(spec)
-    student = build_model(arch, factories)
+    student = build_model(space.arch(spec), factories)
     try:
         student.load_state_dict(load_weights(weights), strict=True)
     except RuntimeError as e:  # a spec edited by hand, or weights of another run
@@ -326,26 +332,46 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     if abs(as_saved - best["val_accuracy"]) > 2 / len(ds.y_val) + 1e-9:
         raise RunError(f"{run_dir}/candidates.json: records {best['key']} at val acc {best['val_accuracy']:.4f}, its "
                        f"weights measure {as_saved:.4f} on the run's split; was candidates.json or results/ changed?")
+    return spec, student, as_saved
+
+
+def _finetune(student, run_dir: Path, meta: dict, cfg: Config, space, ds, teacher, epochs: int, log) -> None:
+    """N2N's headline students were fine-tuned longer at the end: distillation + cross-entropy, in place."""
+    ft = replace(cfg.distill.for_space(space), epochs=epochs, ce_weight=max(cfg.distill.ce_weight, 1.0),
+                 schedule="cosine")
+    log(f"fine-tuning for {epochs} epochs (distillation + cross-entropy)")
+    t_logits = teacher_logits(run_dir, teacher, ds.x_train, log, keep=False,  # the run's own, if kept
+                              digest=meta.get("teacher_logits_digest"))
+    try:  # the run's device where this machine has it; else this machine's own (the search's
+        device = device_for(cfg.resources.device)  # workers may have been other machines)
+    except ModelError:
+        device = device_for()
+    res = distill(student, ds.x_train, ds.y_train, t_logits, ds.x_val, ds.y_val, ft, seed=cfg.seed, device=device)
+    if res.failure is not None:  # weights past a NaN/inf loss are no student to ship: nothing is written
+        raise RunError(f"--finetune-epochs {epochs}: the fine-tune failed ({res.failure}) with the run's "
+                       f"distill.lr {ft.lr:g}; nothing was written (export without --finetune-epochs, or fewer epochs)")
+    student.cpu()
+
+
+def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrite: bool, log, factories,
+            trim_vocab: bool = False, key: str | None = None, rank: int | None = None, onnx: bool = False,
+            margin: float | None = None, fetch: bool = False) -> dict:
+    cfg = run_config(meta["config"])
+    chosen, why = _pick(run_dir, meta, cfg, log, key, rank, margin, fetch)
+    # before the exporting line: an edited module or a changed teacher is refused with nothing said as begun
+    run = OpenRun.open(run_dir, factories)
+    best = {**chosen, "val_accuracy": chosen["accuracy"]}
+    stopped = _say_pick(run_dir, cfg, best, why, log, asked=key is not None or rank is not None or margin is not None)
+    teacher, space, ds = run.teacher, run.space, run.ds
+    measured = check_teacher_figures(meta, teacher, ds, run_dir)  # what metrics.json states and judges by
+    spec, student, as_saved = _candidate(run_dir, best, space, ds, factories)
+    arch = space.arch(spec)
     deployed = RawInput(student, ds.preprocess).eval() if ds.preprocess else student  # what load_student returns
     if onnx and finetune_epochs:  # a student that cannot be traced fails now, not after minutes of fine-tuning
         with tempfile.TemporaryDirectory() as tmp:
             to_onnx(deployed, ds.x_val[:2], Path(tmp) / "model.onnx")
     if finetune_epochs:
-        # N2N's headline students were fine-tuned longer at the end: distillation + cross-entropy.
-        ft = replace(cfg.distill.for_space(space), epochs=finetune_epochs, ce_weight=max(cfg.distill.ce_weight, 1.0),
-                     schedule="cosine")
-        log(f"fine-tuning for {finetune_epochs} epochs (distillation + cross-entropy)")
-        t_logits = teacher_logits(run_dir, teacher, ds.x_train, log, keep=False,  # the run's own, if kept
-                                  digest=meta.get("teacher_logits_digest"))
-        try:  # the run's device where this machine has it; else this machine's own (the search's
-            device = device_for(cfg.resources.device)  # workers may have been other machines)
-        except ModelError:
-            device = device_for()
-        res = distill(student, ds.x_train, ds.y_train, t_logits, ds.x_val, ds.y_val, ft, seed=cfg.seed, device=device)
-        if res.failure is not None:  # weights past a NaN/inf loss are no student to ship: nothing is written
-            raise RunError(f"--finetune-epochs {finetune_epochs}: the fine-tune failed ({res.failure}) with the run's "
-                           f"distill.lr {ft.lr:g}; nothing was written (export without --finetune-epochs, or fewer epochs)")
-        student.cpu()
+        _finetune(student, run_dir, meta, cfg, space, ds, teacher, finetune_epochs, log)
     assert count_params(student) == space.params(spec)  # the spec's prediction is exact
     tokenizer = _teacher_tokenizer(Path(meta["teacher_folder"])) if arch["family"] == "hf-encoder" else None
     if tokenizer is not None and "max_length" in ds.split:
