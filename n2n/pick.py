@@ -53,7 +53,8 @@ def from_figures(records: list[dict], reference: Reference, reward_config: Rewar
     r, rw, _ = wrong[0]
     return fixed, (f"warning: {len(wrong)} of {len(records)} candidates of {where} record a reward their figures do not "
                    f"give under this n2n's reward (e.g. {r['key']}: {r['reward']:.4g}, {rw:.4f} from its figures): "
-                   f"candidates.json was edited, or an earlier n2n's reward scored them; {what}")
+                   f"candidates.json, or the reward or target in n2n.json, was edited, or an earlier n2n's reward "
+                   f"scored them; {what}")
 
 
 def front(records: list[dict], size) -> list[dict]:

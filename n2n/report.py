@@ -16,16 +16,17 @@ from .config import run_config
 from .driver import counted
 from .errors import RunError
 from .models import write_bytes
-from .pick import choose, from_figures, front
+from .pick import choose, flops_said, from_figures, front
 from .runfolder import finish_hint, read_records, read_run, unfinished
 
 
 def leaderboard(records: list[dict], teacher_size: float, top: int = 10, size: str = "params",
-                within=None) -> str:
+                within=None, flops: bool = False) -> str:
     """The best `top` candidates by reward; `size` is the record field the reward compressed
     ("params", "flops" or "latency_ms"). Latency, where measured, has a column of its own; a
     latency's "faster" is against the teacher timed beside that student. `within(record)`: whether
-    it meets the target's size and latency limits, a column of its own (None: no limits)."""
+    it meets the target's size and latency limits, a column of its own (None: no limits). `flops`: a
+    FLOPs column too (the target limits them, the reward compressed another size)."""
     # (a latency of a run that did not measure it has no row)
     scored = [r for r in records if r["failure"] is None and r.get(size) is not None]
     rows = sorted(scored, key=lambda r: -r["reward"])[:top]
@@ -33,18 +34,33 @@ def leaderboard(records: list[dict], teacher_size: float, top: int = 10, size: s
     show = (lambda v: f"{v:.3f}") if lat else (lambda v: f"{v:,}")
     w = max([len(show(r[size])) for r in rows] + [len(size)])  # 8-digit counts keep their column
     extra = not lat and any(r.get("latency_ms") for r in rows)
+    flops = flops and size != "flops"
+    fw = max([len(f"{r.get('flops') or 0:,}") for r in rows] + [5])
     # (helper-51: 12 trained, 10 rows, and nothing said of the other 2)
     lines = [f"the best {len(rows)} of {len(scored)} by reward (every candidate: candidates.json)"] \
         if len(scored) > len(rows) else []
     lines += [f"{'#':>2} {'stage':9} {size:>{w}} {'faster' if lat else 'smaller':>9} {'val acc':>7} {'reward':>7}"
-              f"{' latency_ms' if extra else ''}{' limits' if within else ''}  spec"]
+              f"{' ' + 'flops'.rjust(fw) if flops else ''}{' latency_ms' if extra else ''}{' limits' if within else ''}  spec"]
     for i, r in enumerate(rows, 1):
         times = 1 / latency_ratio(r) if lat else teacher_size / max(r[size], 1)
         ms = f" {r['latency_ms']:>10.3f}" if extra and r.get("latency_ms") else " " * 11 if extra else ""
         limits = f" {'within' if within(r) else 'past':>6}" if within else ""
+        fl = f" {r['flops']:>{fw},}" if flops and r.get("flops") is not None else " " * (fw + 1) if flops else ""
         lines.append(f"{i:>2} {r['stage']:9} {show(r[size]):>{w}} {times:>8.1f}x "
-                     f"{r['accuracy']:>7.4f} {r['reward']:>7.3f}{ms}{limits}  {r.get('summary', '')}")
+                     f"{r['accuracy']:>7.4f} {r['reward']:>7.3f}{fl}{ms}{limits}  {r.get('summary', '')}")
     return "\n".join(lines)
+
+
+def axis_floor(records: list[dict], teacher_accuracy: float, drop: float | None, pick: dict | None, within) -> float:
+    """Where the accuracy axis of the Pareto plot stops. With an accuracy target, a candidate near chance
+    would squeeze the target's region into a few pixels: the axis stops 5 points below the target, but
+    never above export's pick, a finalist, or the most accurate candidate within the size and latency
+    limits (`within`; helper-62: a finalist and the one student within a FLOPs limit were left out)."""
+    floor = -math.inf if drop is None else teacher_accuracy - (drop + 5) / 100
+    shown = [pick] if pick is not None else []
+    shown += [r for r in records if r["stage"] == "finalists"]
+    shown += sorted((r for r in records if within and within(r)), key=lambda r: -r["accuracy"])[:1]
+    return min([floor] + [r["accuracy"] - 0.005 for r in shown])
 
 
 def batch_means(records: list[dict], batch: int) -> list[tuple[str, float]]:
@@ -105,10 +121,12 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     what = f"group of up to {batch} trained candidates of a stage, in the order they finished"
     within = cfg.target.within_limits if cfg.target.has_limits() else None  # its size and latency limits
     text = [f"run {run_dir.name}: {counted(records)}; teacher {ref[size]:,} {size}, val acc {ref['accuracy']:.4f}",
-            *([rescored] if rescored else []), leaderboard(records, ref[size], size=size, within=within)]
+            *([rescored] if rescored else []),
+            leaderboard(records, ref[size], size=size, within=within, flops=cfg.target.max_flops is not None)]
     try:  # the leaderboard ranks by reward; the export picks by the target (n2n.pick), often another
         pick, why = choose(records, cfg.target, cfg.reward_config(), ref["accuracy"], cfg.early_stop.enabled, str(run_dir))
-        text.append(f"`n2n export` picks {pick['key']} ({pick['params']:,} params, {pick['stage']}, val acc "
+        text.append(f"`n2n export` picks {pick['key']} ({pick['params']:,} params"
+                    f"{flops_said(cfg.target, cfg.reward_config(), pick['flops'])}, {pick['stage']}, val acc "
                     f"{pick['accuracy']:.4f}): {why}")
     except RunError as e:
         pick = None
@@ -143,11 +161,7 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
         return latency_ratio(r) if size == "latency_ms" else r[size]
 
     drop = cfg.target.max_accuracy_drop
-    # with a target, a candidate near chance would squeeze its region into a few pixels: the axis stops
-    # 5 points below it (never above export's pick) and says how many candidates it leaves out
-    floor = -math.inf if drop is None else ref["accuracy"] - (drop + 5) / 100
-    if pick is not None:
-        floor = min(floor, pick["accuracy"] - 0.005)
+    floor = axis_floor(ok, ref["accuracy"], drop, pick, within)
     below = sum(r["accuracy"] < floor for r in ok)
     fig, ax = plt.subplots(figsize=(8, 4))
     for i, stage in enumerate(dict.fromkeys(r["stage"] for r in ok)):

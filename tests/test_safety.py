@@ -364,8 +364,40 @@ def test_export_says_when_a_finished_run_s_summary_names_another_student(finishe
     (run / "summary.json").write_text(json.dumps({**summary, "best": {**summary["best"], "key": other}}))
     said.clear()
     assert export_best(run, tmp_path / "b", log=said.append)["key"] == picked
-    assert (f"note: the run's summary.json names {other}, picked by the n2n that wrote it; this n2n's rule picks "
-            f"{picked} (`--key {other}` exports that one)") in said
+    assert (f"note: the run's summary.json names {other}, picked when it was written (by an earlier n2n, or under the "
+            f"target n2n.json held then); this n2n's rule and n2n.json's target pick {picked} (`--key {other}` exports "
+            "that one)") in said
+
+
+def test_a_run_with_a_flops_limit_shows_its_students_flops_wherever_it_names_them(finished_run, tmp_path):
+    """helper-62: a run that compressed params under a FLOPs limit showed no FLOPs in report's leaderboard
+    (a row marked past the limit could not be told why), its pick line, or export's first line."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    meta = json.loads((run / "n2n.json").read_text())
+    records = [r for r in read_records(run) if r["failure"] is None]
+    limit = sorted(r["flops"] for r in records)[1]  # some candidates within it, some past
+    meta["config"]["target"] = {**meta["config"]["target"], "max_flops": limit}
+    (run / "n2n.json").write_text(json.dumps(meta))
+    text = make_report(run)
+    lines = text.splitlines()
+    board = lines[lines.index(next(line for line in lines if line.startswith(" #"))):][:len(records) + 1]
+    head = board[0].split()
+    assert head[-2:] == ["limits", "spec"] and "flops" in head
+    at, marked = head.index("flops") - 1, head.index("limits") - 1  # ("val acc" is two words in the header)
+    rows = {int(line.split()[2].replace(",", "")): line.split() for line in board[1:]}
+    assert len(rows) == len(records)
+    for r in records:
+        row = rows[r["params"]]
+        assert row[at] == f"{r['flops']:,}" and row[marked] == ("within" if r["flops"] <= limit else "past"), row
+    pick = next(line for line in lines if line.startswith("`n2n export` picks"))
+    said = []
+    metrics = export_best(run, tmp_path / "out", log=said.append)
+    assert f" params, {metrics['flops']:,} FLOPs, " in pick and metrics["key"] in pick
+    exporting = next(line for line in said if line.startswith("exporting "))
+    assert f" params, {metrics['flops']:,} FLOPs, " in exporting
 
 
 def test_export_overwrite_replaces_only_an_earlier_export(finished_run, tmp_path, capsys):
@@ -801,7 +833,8 @@ def test_report_refuses_figures_its_two_files_do_not_agree_on(finished_run, tmp_
     assert metrics["search_reward"] == best["reward"] == reward(Evaluation.from_dict(best), ref, cfg.reward_config())
     assert said[0] == (f"warning: 1 of {len(recs)} candidates of {run} record a reward their figures do not give under "
                        f"this n2n's reward (e.g. {worst['key']}: 1e+300, {worst['reward']:.4f} from its figures): "
-                       f"candidates.json was edited, or an earlier n2n's reward scored them; export ranks them by the "
+                       f"candidates.json, or the reward or target in n2n.json, was edited, or an earlier n2n's reward "
+                       f"scored them; export ranks them by the "
                        f"rewards their figures give")
     from n2n.policies import fit_policies
 

@@ -247,6 +247,27 @@ def test_leaderboard_columns_hold_8_digit_counts_and_follow_the_reward_size():
     # more candidates than rows: said (helper-51: 12 trained, 10 rows shown)
     top = leaderboard(recs + [{**recs[1], "failure": "NaN loss"}], 50_000_000, top=1).splitlines()
     assert top[0] == "the best 1 of 2 by reward (every candidate: candidates.json)" and len(top) == 3
+    # a FLOPs limit on a run that compressed params: the figure limited has a column (helper-62: a row
+    # marked past a FLOPs limit showed no FLOPs)
+    limited = leaderboard(recs, 50_000_000, within=lambda r: r["flops"] <= 1000, flops=True).splitlines()
+    assert limited[0].split()[2:] == ["params", "smaller", "val", "acc", "reward", "flops", "limits", "spec"]
+    assert [line.split()[6:8] for line in limited[1:]] == [["700", "within"], ["90,000,000", "past"]]
+    assert leaderboard(recs, 100_000_000, size="flops", flops=True) == "\n".join(flops)  # not twice
+
+
+def test_the_pareto_plot_never_leaves_out_the_pick_a_finalist_or_the_best_within_the_limits():
+    from n2n.report import axis_floor
+
+    def rec(stage, acc, flops):
+        return {"stage": stage, "accuracy": acc, "flops": flops}
+
+    recs = [rec("shrink", 0.97, 9e5), rec("shrink", 0.60, 5e4), rec("shrink", 0.30, 4e4), rec("finalists", 0.855, 2e5)]
+    within = lambda r: r["flops"] <= 1e5  # noqa: E731
+    # teacher 0.99, 1 point allowed: 5 points below the target is 0.93
+    assert axis_floor(recs[:1], 0.99, 1.0, None, None) == pytest.approx(0.93)
+    assert axis_floor(recs, 0.99, 1.0, recs[0], None) == pytest.approx(0.85)  # the finalist
+    assert axis_floor(recs, 0.99, 1.0, recs[0], within) == pytest.approx(0.595)  # the best within: not 0.30
+    assert axis_floor(recs, 0.99, None, recs[0], within) == -math.inf  # no accuracy target: every candidate
 
 
 def test_export_says_why_when_every_candidate_hit_the_rewards_walls():
