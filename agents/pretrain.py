@@ -8,7 +8,7 @@ episodes are imitated, bad ones nearly ignored, and an entropy bonus keeps the p
 is a starting point for REINFORCE on the new teacher, not a fixed answer.
 
 `n2n policy fit RUN [RUN ...] --out DIR` reads the run folders and writes DIR/removal and DIR/shrink;
-the shipped policy (agents/pretrained) was written that way, from 9 searches of the default teacher.
+the shipped policy (agents/pretrained) was written that way, from 23 searches of the default teacher.
 """
 
 from __future__ import annotations

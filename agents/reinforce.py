@@ -320,23 +320,45 @@ def write_policy(policy: nn.Module, stage: str, ratios, folder, config: dict, ex
 
 
 def policy_root(policy: str) -> Path:
-    """The folder the `policy` option names: the shipped one for "pretrained", else the path."""
+    """The folder the `policy` option names: the shipped one for "pretrained", else the path (~ is the
+    home folder, as in data paths: helper-63)."""
     from .pretrain import PRETRAINED
 
-    return PRETRAINED if policy == "pretrained" else Path(policy)
+    return PRETRAINED if policy == "pretrained" else Path(policy).expanduser()
 
 
 def resolve_policy(policy: str | None, stage: str, space, hidden: int) -> str | None:
     """The `policy` option made concrete: "auto" is "pretrained" where the shipped policy fits the
-    stage (same ratios and hidden size) and was fit on teachers made of the same kinds of units as
-    `space` (its transfer to others is unmeasured), else None (fresh); anything else as given."""
-    if policy != "auto":
-        return policy
+    stage (see `auto_policy`), else None (fresh); anything else as given."""
+    return auto_policy(stage, space, hidden)[0] if policy == "auto" else policy
+
+
+def auto_policy(stage: str, space, hidden: int) -> tuple[str | None, str]:
+    """("pretrained", "") where the shipped policy fits `stage` (same ratios and hidden size) and was fit
+    on teachers made of the same kinds of units as `space` (its transfer to others is unmeasured); else
+    (None, why not). A shipped policy that is damaged is an AgentOptionError (helper-63: `auto` started
+    fresh, unsaid, where `pretrained` refused it)."""
     folder = policy_folder("pretrained", stage)
-    if policy_problem(folder, stage, list(space.ratios), hidden) is not None:
-        return None
-    seen = json.loads((folder / "policy.json").read_text()).get("pretrained", {}).get("unit_kinds", [])
-    return "pretrained" if {u.kind for u in space.units} <= set(seen) else None
+    try:
+        meta = json.loads((folder / "policy.json").read_text())
+        ratios, fit_hidden = meta["ratios"], meta["config"]["hidden"]
+        seen = set(meta["pretrained"]["unit_kinds"])
+    except (OSError, ValueError, RecursionError, KeyError, TypeError):
+        meta = None  # said by policy_problem below
+    if meta is not None:
+        kinds = sorted({u.kind for u in space.units} - seen)
+        if stage == "shrink" and ratios != list(space.ratios):
+            return None, f"the shipped shrink policy picks from ratios {ratios}, this search from {list(space.ratios)}"
+        if fit_hidden != hidden:
+            return None, f"the shipped policy has hidden={fit_hidden}, this search agent_options.hidden={hidden}"
+        if kinds:
+            return None, (f"the shipped policy was fit on teachers of {', '.join(sorted(seen))} units; this one has "
+                          f"{', '.join(kinds)} units, to which its transfer is unmeasured")
+    problem = policy_problem(folder, stage, list(space.ratios), hidden)
+    if problem:
+        raise AgentOptionError(f"search.agent_options.policy: auto, but the shipped policy is damaged ({problem}); "
+                               "reinstall n2n, or start fresh with search.agent_options.policy: null")
+    return "pretrained", ""
 
 
 def policy_folder(policy: str, stage: str) -> Path:
@@ -356,6 +378,8 @@ def policy_problem(folder: Path, stage: str, ratios: list[float], hidden: int) -
         return f"{folder}/policy.json: damaged, not readable JSON ({e})"
     if not isinstance(meta, dict):
         return f"{folder}/policy.json: expected a JSON object, found {type(meta).__name__}"
+    if meta.get("stage") not in ("removal", "shrink"):  # (helper-63: "is for the None stage")
+        return f"{folder}/policy.json: expected \"stage\" removal or shrink, as n2n writes it, found {meta.get('stage')!r}"
     if meta.get("stage") != stage:
         return f"policy in {folder} is for the {meta.get('stage')} stage, this agent is {stage}"
     if stage == "shrink" and meta.get("ratios") != list(ratios):
@@ -363,8 +387,11 @@ def policy_problem(folder: Path, stage: str, ratios: list[float], hidden: int) -
     config = meta.get("config", {})
     if not isinstance(config, dict):  # helper-28: an AttributeError traceback
         return f"{folder}/policy.json: expected \"config\" to be a JSON object, found {config!r}"
-    if config.get("hidden", hidden) != hidden:
-        return f"policy in {folder} has hidden={config['hidden']}, this agent hidden={hidden}"
+    found = config.get("hidden", hidden)
+    if not isinstance(found, int) or isinstance(found, bool):  # (helper-63: "hidden=30, this agent hidden=30")
+        return f"{folder}/policy.json: expected \"hidden\" a whole number, as n2n writes it, found {found!r}"
+    if found != hidden:
+        return f"policy in {folder} has hidden={found}, this agent hidden={hidden}"
     from safetensors import safe_open
 
     with torch.random.fork_rng(devices=[]):  # only the shapes matter; the caller's RNG stays untouched

@@ -266,10 +266,7 @@ class Config:
         hidden = s.agent_options.get("hidden", ReinforceConfig.hidden)
         stages = sorted({STAGES[st] for st in s.stages})  # the policies the stages use (refine: shrink's)
         if policy == "auto":
-            from agents.reinforce import resolve_policy
-
-            fits = space is not None and all(resolve_policy("auto", st, space, hidden) for st in stages)
-            policy = "pretrained" if fits else None
+            policy = "pretrained" if space is not None and not self.fresh_because(space) else None
         if policy is None:
             return None
         for stage in stages:
@@ -277,6 +274,22 @@ class Config:
             if problem:
                 raise ConfigError(f"search.agent_options.policy: {problem}")
         return policy_root(policy).resolve()
+
+    def fresh_because(self, space) -> str | None:
+        """Why a REINFORCE search of `space` under `policy: auto` starts fresh (the shipped policy does
+        not fit a stage it searches), or None. A damaged shipped policy is a ConfigError."""
+        from agents import AgentOptionError, ReinforceConfig
+        from agents.reinforce import auto_policy
+
+        s = self.search
+        if s.agent != "reinforce" or s.agent_options.get("policy", ReinforceConfig.policy) != "auto":
+            return None
+        hidden = s.agent_options.get("hidden", ReinforceConfig.hidden)
+        try:
+            whys = [auto_policy(st, space, hidden)[1] for st in sorted({STAGES[st] for st in s.stages})]
+        except AgentOptionError as e:
+            raise ConfigError(str(e)) from None
+        return next((why for why in whys if why), None)
 
     def space(self, teacher, input_shape, arch: dict | None = None):
         """The search space of `teacher` (whose arch.json is `arch`) under this config."""

@@ -14,7 +14,7 @@ from agents.pretrain import episodes, fit
 from envs import STAGES, Reference
 from agents import ReinforceConfig
 from agents.reinforce import write_policy
-from search_spaces import SpecError, StudentSpec
+from search_spaces import SpecError, StudentSpec, UnsupportedModel
 
 from .errors import ConfigError
 from .models import check_creatable, commit_folder, occupied, plain_file, temp_folder
@@ -66,9 +66,13 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
                               f"give each run once")
         seen.update({w: run_dir for w in (where, _run_id(where)) if w is not None})
     groups: dict[str, list] = {"removal": [], "shrink": []}
+    fitted = []  # the runs that gave the fit candidates
     ratios, spaces, kinds, asked = None, [], set(), {}
     for run_dir in runs:
-        run = OpenRun.open(run_dir, factories)
+        try:
+            run = OpenRun.open(run_dir, factories)
+        except UnsupportedModel as e:  # of several runs, which (helper-63: "this model folder names the factory")
+            raise ConfigError(f"{run_dir}: {e}") from None
         space = run.space
         # what the run's rewards asked for: runs that asked for different students teach a mix (helper-41)
         rewarded = asdict(run.cfg.reward_config())  # the reward itself, not the keys that made it (helper-45)
@@ -90,12 +94,25 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
         if rescored:
             log(rescored)
         _check_specs(run_dir, space, recs)
+        used = 0
         for stage in ("removal", "shrink", "refine"):
             # a refine stage's rewards sit in the shrink best's neighbourhood, above its shrink stage's:
             # normalised together, the refine episodes would take most of the weight
             eps = episodes(space, recs, stage)
             if eps:
                 groups[STAGES[stage]].append(eps)
+                used += len(eps)
+        # failed students and those scored -1 (past reward.max_params or min_accuracy) are left out: they
+        # teach the walls, which a new teacher's own masks and reward enforce (helper-63: left out unsaid)
+        walled = sum(r["failure"] is None and r["reward"] <= -1 and r["stage"] in STAGES for r in recs)
+        if walled:
+            log(f"{run_dir}: {walled} candidates scored -1 (outside the reward's walls or no smaller than the "
+                f"teacher); left out of the fit")
+        if not used:  # (helper-63: a run Ctrl-C'd before its first result was listed as fit to)
+            log(f"warning: {run_dir} gives the fit nothing: of its {len(recs)} candidates, none of the removal, "
+                f"shrink or refine stages was evaluated with a reward above -1")
+        else:
+            fitted.append(run_dir)
     if not any(groups.values()):
         raise ConfigError(f"no evaluated removal or shrink candidates in {', '.join(map(str, runs))}")
     if len(asked) > 1:
@@ -111,7 +128,7 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
                 continue
             n = sum(len(e) for e in g)
             log(f"{stage}: fitting to {n} candidates of {len(g)} search stages, rewards normalised per stage ({steps} steps)")
-            meta = {"runs": [Path(r).name for r in runs], "teachers": sorted(set(spaces)),
+            meta = {"runs": [Path(r).name for r in fitted], "teachers": sorted(set(spaces)),
                     "unit_kinds": sorted(kinds), "episodes": n, "steps": steps}
             policy = fit(stage, g, len(ratios), hidden=HIDDEN, steps=steps, seed=seed)
             if not all(torch.isfinite(t).all() for t in policy.state_dict().values()):
@@ -122,7 +139,10 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
         commit_folder(tmp, out, kind="policy")  # onto an empty folder only: refused if files appear in it now
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log(f"wrote {out}; start a search from it with --set 'search.agent_options={{policy: {out}}}'")
+    only = [stage for stage, g in groups.items() if g]
+    # (helper-63: a removal-only fit advised a search of both stages, which it refused)
+    stages = "" if len(only) == 2 else f" --set 'search.stages=[{only[0]}]'"
+    log(f"wrote {out}; start a search from it with --set 'search.agent_options={{policy: {out}}}'{stages}")
     return out
 
 

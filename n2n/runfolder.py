@@ -137,10 +137,18 @@ RECORD_STAGES = ("removal", "shrink", "refine", "finalists")
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # what a terminal takes for commands: ESC, CR, BEL ...
 
 
-def read_records(run_dir: Path) -> list[dict]:
-    """candidates.json, or [] when there is none yet. A damaged file is an error, never 'no records'."""
+def read_records(run_dir: Path, from_state: bool = False) -> list[dict]:
+    """candidates.json, or [] when there is none yet. A damaged file is an error, never 'no records', and
+    so is a missing one where summary.json counts candidates (helper-63: a finished run of 10 read as "0
+    candidates trained", and gave `policy fit` nothing, unsaid), unless the caller rebuilds them from
+    the search state (`from_state`: resume)."""
     path = Path(run_dir) / RECORDS
     if not path.exists():
+        counted = (read_summary(run_dir) or {}).get("candidates_evaluated")
+        if counted and not from_state:
+            raise RunError(f"{path}: missing, though summary.json counts {counted} candidates evaluated; restore it from "
+                           f"a copy of the run, or `n2n resume {shlex.quote(str(run_dir))}` writes it again from the "
+                           "search state")
         return []
     try:
         records = json.loads(path.read_text())

@@ -29,8 +29,8 @@ from .models import (ModelError, append_to, check_creatable, device_for, file_di
                      kept_teacher, save_weights, weights_digest, write_json, written_by_n2n)
 from .pick import flops_said, points
 from .raysession import WATCH_MISSES, WATCH_SECONDS, check_address, cluster_watch, ray_session
-from .runfolder import (HELD_FOR_DEATHS, LOG, META, POLICY, TEACHER_LOGITS, TUNE, RunLock, create_run, taken, load_states,
-                        read_records, read_run, read_summary)
+from .runfolder import (HELD_FOR_DEATHS, LOG, META, POLICY, RECORDS, TEACHER_LOGITS, TUNE, RunLock, create_run, taken,
+                        load_states, read_records, read_run, read_summary)
 from .storage import Fetcher, RemoteResults, check_store, store_location
 from .teachers import cached_teacher
 from .train import accuracy, chance_warning, predict
@@ -282,7 +282,9 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
     config = cfg.to_dict()
     if cfg.search.agent == "reinforce":  # what it starts from, concrete; the run loads its own copy (RUN/policy)
         config["search"]["agent_options"]["policy"] = None if policy is None else str(policy)
-        log(f"REINFORCE starts from {'the policy in ' + str(policy) if policy else 'a fresh policy'}")
+        why = cfg.fresh_because(space) if policy is None else None
+        log(f"REINFORCE starts from {'the policy in ' + str(policy) if policy else 'a fresh policy'}"
+            + (f" ({why})" if why else ""))
     meta = {"config": config, "teacher_folder": str(folder.resolve()), "dataset": dataset,
             "input_shape": list(ds.input_shape), "reference": asdict(ref), "split": ds.split,
             "teacher_digest": weights_digest(folder),
@@ -595,7 +597,7 @@ def restore_driver(make, run_dir: Path, log=print) -> SearchDriver:
     """The driver of a run folder: its saved state (or the one before), else a fresh one from
     `make()` rebuilt from candidates.json; records on disk that the state lacks are taken in, never
     dropped, and no candidate with a result is trained again."""
-    records = read_records(run_dir)
+    records = read_records(run_dir, from_state=True)
     for state in [*load_states(run_dir, log), None]:  # the saved state, else the one before it, else none
         driver = make()
         if state is None:
@@ -699,6 +701,25 @@ def check_space(space, meta: dict, run_dir: Path) -> None:
                        f"them), or another n2n made the run (resume or export it with that one, or start a new search)")
 
 
+def check_run_policy(run_dir: Path, cfg: Config, stages: list[str]) -> None:
+    """The run's own copy of the policy it started from (RUN/policy), for `stages`, the stages still to
+    start: checked when a resume starts, not when its next stage does, after this session's trials
+    (helper-63)."""
+    policy = cfg.search.agent_options.get("policy")
+    if cfg.search.agent != "reinforce" or policy is None:  # (None: a fresh start, or a run older than policies)
+        return
+    from agents import ReinforceConfig
+    from agents.reinforce import policy_problem
+
+    hidden = cfg.search.agent_options.get("hidden", ReinforceConfig.hidden)
+    for kind in dict.fromkeys(STAGES[s] for s in stages if s in STAGES):
+        problem = policy_problem(run_dir / POLICY / kind, kind, cfg.search.ratios, hidden)
+        if problem:
+            raise RunError(f"{run_dir / POLICY}: the run's own copy of the policy it started from is damaged "
+                           f"({problem}); copy {kind}/ back from {policy} (n2n.json's search.agent_options.policy) "
+                           "or from a copy of the run")
+
+
 def resume_search(run_dir: Path, address: str | None = None, log=print, factories=(),
                   concurrency: int | None = None, cpus_per_trial: float | None = None) -> dict:
     """Continue any run folder with n2n.json, whatever state Tune's own files are in. `concurrency`
@@ -725,12 +746,14 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
         if driver.failed:
             raise RunError(f"{run_dir}: this search stopped because {driver.failed}; fix the cause and start a new one")
         done = driver.stage is None and (read_summary(run_dir) or {}).get("stage") == "done"
-        if not done:  # a finished run, recorded as finished, is read and not written
+        if not done or not (run_dir / RECORDS).exists():  # a finished run, recorded as finished, is read and not
+            # written, but for a candidates.json lost since, which its state holds
             driver.save()
         Fetcher(results_location(meta, run_dir), run_dir, log).sync(r["key"] for r in driver.records)
         if driver.stage is None:
             log(f"{run_dir.name} has finished already")
             return _finish(run_dir, driver, log, factories, address)
+        check_run_policy(run_dir, cfg, driver.stages[driver.stage_idx:])
         log(f"resuming {run_dir.name}: {counted(driver.records)} so far, stage {driver.stage}")
         if cfg.search.concurrency != recorded_concurrency:
             log(f"{cfg.search.concurrency} trials at a time for this resume (the run's own: {recorded_concurrency})")

@@ -16,7 +16,7 @@ from agents.pretrain import PRETRAINED, episodes, fit
 from agents.reinforce import RemovalPolicy, ShrinkPolicy, sequence_log_prob
 from envs import CompressionEnv, ProxyEvaluator, Reference, RewardConfig, demo_space
 from n2n.config import load_config
-from n2n.errors import ConfigError
+from n2n.errors import ConfigError, RunError
 from n2n.models import vgg_layers
 from n2n.search import OpenRun, run_search
 from search_spaces import DEFAULT_RATIOS, StudentSpec, ResNet, ResNetSpace, SequentialSpace, layers_to_module, resnet_arch
@@ -297,6 +297,54 @@ def test_policy_fit_command_learns_from_a_run_and_starts_the_next_search(ray_ses
             f"per target") in capsys.readouterr().out
     shutil.rmtree(wider)
     shutil.rmtree(tmp_path / "p4")
+    # helper-63: a run that gave the fit nothing was listed as fit to, unsaid; students scored -1 (past
+    # reward.max_params) were left out unsaid; a removal-only fit advised a search it refused
+    copies = {}
+    for name in ("empty", "walled", "removal_only", "lost"):
+        copies[name] = tmp_path / name
+        shutil.copytree(first, copies[name], ignore=shutil.ignore_patterns(".lock"))
+        meta = json.loads((copies[name] / "n2n.json").read_text())
+        meta["run_id"] = name
+        if name == "walled":  # the second-smallest removal candidate and every larger one past the limit
+            limit = sorted(r["params"] for r in recs if r["stage"] == "removal" and r["failure"] is None)[1] - 1
+            meta["config"]["reward"]["max_params"] = limit
+        (copies[name] / "n2n.json").write_text(json.dumps(meta))
+    (copies["empty"] / "candidates.json").write_text("[]")
+    (copies["empty"] / "summary.json").unlink()
+    (copies["removal_only"] / "candidates.json").write_text(json.dumps([r for r in recs if r["stage"] == "removal"]))
+    capsys.readouterr()
+    assert main(["policy", "fit", str(first), str(copies["empty"]), str(copies["walled"]), "--out", str(tmp_path / "p5"),
+                 "--steps", "2"]) == 0
+    said = capsys.readouterr().out
+    assert f"warning: {copies['empty']} gives the fit nothing: of its 0 candidates" in said
+    past = [r for r in recs if r["stage"] != "finalists" and r["failure"] is None and r["params"] > limit]
+    assert past and f"{copies['walled']}: {len(past)} candidates scored -1 (outside the reward's walls" in said
+    meta = json.loads((tmp_path / "p5" / "removal" / "policy.json").read_text())["pretrained"]
+    assert meta["runs"] == ["first", "walled"] and meta["episodes"] == 2 * 6 - sum(r["stage"] == "removal" for r in past)
+    assert main(["policy", "fit", str(copies["removal_only"]), "--out", str(tmp_path / "p6"), "--steps", "2"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(
+        f"start a search from it with --set 'search.agent_options={{policy: {tmp_path / 'p6'}}}' --set 'search.stages=[removal]'")
+    # a finished run's candidates.json deleted: an error, not a run of 0 candidates; a resume writes it again
+    (copies["lost"] / "candidates.json").unlink()
+    assert main(["policy", "fit", str(copies["lost"]), "--out", str(tmp_path / "p7")]) == 2
+    assert f"{copies['lost'] / 'candidates.json'}: missing, though summary.json counts 14 candidates evaluated" in \
+        capsys.readouterr().err and not (tmp_path / "p7").exists()
+    from n2n.runfolder import read_records
+    from n2n.search import resume_search
+
+    resume_search(copies["lost"], log=lambda *_: None)
+    assert [(r["key"], r["accuracy"], r["reward"]) for r in read_records(copies["lost"])] == \
+        [(r["key"], r["accuracy"], r["reward"]) for r in recs]
+    # a damaged copy of the run's policy is refused when a resume starts (it was met at the next stage)
+    from n2n.search import check_run_policy
+
+    (copies["lost"] / "policy" / "shrink" / "policy.safetensors").write_bytes(b"x" * 500)
+    with pytest.raises(RunError, match=r"policy: the run's own copy of the policy it started from is damaged \(.*shrink/"
+                                       r"policy.safetensors: not readable as safetensors.*\); copy shrink/ back from "):
+        check_run_policy(copies["lost"], OpenRun.open(copies["lost"]).cfg, ["shrink", "refine", "finalists"])
+    check_run_policy(copies["lost"], OpenRun.open(copies["lost"]).cfg, ["removal", "finalists"])  # shrink's not needed
+    for copy in copies.values():
+        shutil.rmtree(copy)
 
     second = tmp_path / "runs" / "second"
     monkeypatch.chdir(tmp_path)  # a relative policy folder is recorded absolute: resumes may run elsewhere
@@ -328,7 +376,7 @@ def test_policy_fit_refuses_a_dangling_link_as_out(tmp_path):
 
 def test_policy_fit_refuses_one_run_given_twice(tmp_path):
     """helper-14: a run named twice (or through a link) was fitted as that many searches."""
-    from n2n.errors import ConfigError
+    from n2n.errors import ConfigError, RunError
     from n2n.policies import fit_policies
 
     (tmp_path / "r1").mkdir()
@@ -373,3 +421,40 @@ def test_by_default_reinforce_starts_from_the_shipped_policy_where_it_fits():
     assert load_config(None, {"search.agent_options": {"hidden": 16}}).policy_folder(space) is None
     assert load_config(None, {"search.agent_options": {"policy": None}}).policy_folder(space) is None
     assert load_config(None, {"search.agent": "optuna"}).policy_folder(space) is None
+    # and says why it starts fresh (helper-63: "a fresh policy", nothing more)
+    assert load_config(None).fresh_because(space) is None
+    assert load_config(None).fresh_because(resnet) == ("the shipped policy was fit on teachers of conv, linear, pool "
+                                                       "units; this one has block units, to which its transfer is unmeasured")
+    assert load_config(None, {"search.ratios": [0.5, 1.0]}).fresh_because(other).startswith(
+        "the shipped shrink policy picks from ratios [0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], this search from [0.5, 1.0]")
+    assert load_config(None, {"search.agent_options": {"hidden": 16}}).fresh_because(space) == \
+        "the shipped policy has hidden=30, this search agent_options.hidden=16"
+
+
+def test_a_damaged_shipped_policy_is_an_error_under_auto_not_a_fresh_start(tmp_path, monkeypatch):
+    """helper-63: `policy: pretrained` refused a damaged shipped policy, `auto` started fresh unsaid."""
+    import agents.pretrain
+
+    space = _space()
+    shipped = tmp_path / "pretrained"
+    shutil.copytree(PRETRAINED, shipped)
+    monkeypatch.setattr(agents.pretrain, "PRETRAINED", shipped)
+    assert load_config(None).policy_folder(space) == shipped.resolve()
+    (shipped / "shrink" / "policy.safetensors").write_bytes(b"x" * 700)
+    for options in ({}, {"policy": "pretrained"}):
+        with pytest.raises(ConfigError, match="shrink/policy.safetensors: not readable as safetensors"):
+            load_config(None, {"search.agent_options": options}).policy_folder(space)
+    with pytest.raises(ConfigError, match=r"policy: auto, but the shipped policy is damaged \(.*\); reinstall n2n, or "
+                                          r"start fresh with search.agent_options.policy: null"):
+        load_config(None).policy_folder(space)
+    assert load_config(None, {"search.stages": ["removal"]}).policy_folder(space) == shipped.resolve()  # not used
+    # values n2n never writes are said as such (helper-63: "hidden=30, this agent hidden=30", "the None stage")
+    from agents.reinforce import policy_problem
+
+    meta = json.loads((PRETRAINED / "removal" / "policy.json").read_text())
+    (shipped / "removal" / "policy.json").write_text(json.dumps({**meta, "config": {"hidden": "30"}}))
+    assert policy_problem(shipped / "removal", "removal", list(DEFAULT_RATIOS), 30) == \
+        f"{shipped / 'removal'}/policy.json: expected \"hidden\" a whole number, as n2n writes it, found '30'"
+    (shipped / "removal" / "policy.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "stage"}))
+    assert policy_problem(shipped / "removal", "removal", list(DEFAULT_RATIOS), 30) == \
+        f"{shipped / 'removal'}/policy.json: expected \"stage\" removal or shrink, as n2n writes it, found None"
