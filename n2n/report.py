@@ -150,7 +150,8 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
         ax.plot(xs, [curve[i][1] for i in xs], marker="o", label=stage)
     ax.set(xlabel=what, ylabel="mean reward of the group", title="Reward over the search" + partial)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend()
+    if curve:  # (helper-63: matplotlib warned of a legend with nothing in it, before the first result)
+        ax.legend()
     fig.tight_layout()
     unsaved = [_save_png(fig, out_dir / "reward_curve.png")]
     plt.close(fig)

@@ -1918,6 +1918,25 @@ def test_a_folder_where_report_writes_a_plot_is_one_line_and_leaves_nothing(fini
     assert sorted(p.name for p in run.iterdir()) == sorted({*before, "reward_curve.png"})
 
 
+def test_a_run_before_its_first_result_is_reported_without_warnings_and_one_that_lost_its_records_is_refused(
+        finished_run, tmp_path, capsys):
+    """helper-63: a run with no candidates yet drew matplotlib's "No artists with labels found" warning,
+    and a finished run whose candidates.json was deleted was reported as "0 candidates trained"."""
+    import shutil
+    import warnings
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    (run / "candidates.json").unlink()
+    status, err = _main(capsys, "report", run)
+    assert status == 2 and f"{run / 'candidates.json'}: missing, though summary.json counts 3 candidates evaluated" in err
+    (run / "summary.json").unlink()  # a search before its first result: nothing to count yet
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = make_report(run)
+    assert text.startswith("run run: 0 candidates trained")
+
+
 def test_a_run_that_takes_no_file_is_still_reported(finished_run, capsys, monkeypatch):
     """helper-36: on a read-only run folder (a shared or archived run) `n2n report` was a traceback
     and printed nothing; it prints the leaderboard and says the plots were not saved."""
