@@ -354,8 +354,9 @@ def auto_policy(stage: str, space, hidden: int) -> tuple[str | None, str]:
         if kinds:
             return None, (f"the shipped policy was fit on teachers of {', '.join(sorted(seen))} units; this one has "
                           f"{', '.join(kinds)} units, to which its transfer is unmeasured")
-    problem = policy_problem(folder, stage, list(space.ratios), hidden)
-    if problem:
+    problem = policy_problem(folder, stage, list(space.ratios), hidden) or (meta is None and (
+        f"{folder}/policy.json: expected ratios, config.hidden and pretrained.unit_kinds, as n2n writes them"))
+    if problem:  # (helper-64: a policy.json without them was taken for every teacher)
         raise AgentOptionError(f"search.agent_options.policy: auto, but the shipped policy is damaged ({problem}); "
                                "reinstall n2n, or start fresh with search.agent_options.policy: null")
     return "pretrained", ""

@@ -751,6 +751,13 @@ def _check_size(arch: dict, weights: Path) -> None:
     memory); the slack allows other dtypes in the file and buffers."""
     if arch.get("family") not in ("vgg", "mlp", "resnet", "sequential", "hf-encoder"):
         return  # a factory's (the user's code, named by them) or a Hugging Face folder's (config.json)
+    try:  # first, that the file is one (helper-64: a Git LFS pointer was said to be too small for arch.json)
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as f:
+            f.keys()
+    except Exception as e:  # safetensors raises its own error type for damaged files
+        raise ModelError(f"{weights}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
     try:
         with torch.device("meta"):
             shell = build_model(arch)

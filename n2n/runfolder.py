@@ -144,11 +144,13 @@ def read_records(run_dir: Path, from_state: bool = False) -> list[dict]:
     the search state (`from_state`: resume)."""
     path = Path(run_dir) / RECORDS
     if not path.exists():
-        counted = (read_summary(run_dir) or {}).get("candidates_evaluated")
-        if counted and not from_state:
+        summary = read_summary(run_dir) or {}
+        counted = summary.get("candidates_evaluated")
+        if counted and not from_state:  # (a failed search is not resumed: helper-64)
+            again = "" if summary.get("stage") == "failed" else \
+                f", or `n2n resume {shlex.quote(str(run_dir))}` writes it again from the search state"
             raise RunError(f"{path}: missing, though summary.json counts {counted} candidates evaluated; restore it from "
-                           f"a copy of the run, or `n2n resume {shlex.quote(str(run_dir))}` writes it again from the "
-                           "search state")
+                           f"a copy of the run{again}")
         return []
     try:
         records = json.loads(path.read_text())

@@ -702,9 +702,8 @@ def check_space(space, meta: dict, run_dir: Path) -> None:
 
 
 def check_run_policy(run_dir: Path, cfg: Config, stages: list[str]) -> None:
-    """The run's own copy of the policy it started from (RUN/policy), for `stages`, the stages still to
-    start: checked when a resume starts, not when its next stage does, after this session's trials
-    (helper-63)."""
+    """The run's own copy of the policy it started from (RUN/policy), for `stages`: checked when a resume
+    starts, not when its next stage does, after this session's trials (helper-63)."""
     policy = cfg.search.agent_options.get("policy")
     if cfg.search.agent != "reinforce" or policy is None:  # (None: a fresh start, or a run older than policies)
         return
@@ -741,6 +740,9 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
         recorded_concurrency, recorded_cpus = cfg.search.concurrency, cfg.resources.cpus_per_trial
         cfg.search.concurrency = concurrency or recorded_concurrency
         cfg.resources.cpus_per_trial = cpus_per_trial or recorded_cpus
+        # every stage's: a driver is made at its first stage, and the state restored onto it (helper-64: a
+        # damaged copy of the stage under way made the state look unusable)
+        check_run_policy(run_dir, cfg, cfg.search.stages)
         driver = restore_driver(lambda: make_driver(cfg, run.space, meta, run_dir, log, recorded_concurrency), run_dir,
                                 log)
         if driver.failed:
@@ -753,7 +755,6 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
         if driver.stage is None:
             log(f"{run_dir.name} has finished already")
             return _finish(run_dir, driver, log, factories, address)
-        check_run_policy(run_dir, cfg, driver.stages[driver.stage_idx:])
         log(f"resuming {run_dir.name}: {counted(driver.records)} so far, stage {driver.stage}")
         if cfg.search.concurrency != recorded_concurrency:
             log(f"{cfg.search.concurrency} trials at a time for this resume (the run's own: {recorded_concurrency})")

@@ -1439,6 +1439,11 @@ def test_hostile_arch_json_values_are_one_line_errors(small_teacher, tmp_path, c
         (folder / "arch.json").write_text("[" * 200_000 if edit is None else json.dumps({**arch, **edit}))
         status, err = _main(capsys, "teacher", "show", folder)
         assert status == 2 and said in err and "Traceback" not in err, (name, err)
+    # a weights file that is none (a Git LFS pointer not pulled) is said as such, not as too small for arch.json
+    # (helper-64), however large the model
+    (tmp_path / "large" / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\n")
+    status, err = _main(capsys, "teacher", "show", tmp_path / "large")
+    assert status == 2 and f"{tmp_path / 'large' / 'model.safetensors'}: not a readable safetensors file" in err, err
     status, err = _main(capsys, "teacher", "train", "--width-mult", "inf", "--out", tmp_path / "t")
     assert status == 2 and "width_mult (--width-mult): expected a finite number > 0, got inf" in err and not (tmp_path / "t").exists()
 
@@ -1930,6 +1935,10 @@ def test_a_run_before_its_first_result_is_reported_without_warnings_and_one_that
     (run / "candidates.json").unlink()
     status, err = _main(capsys, "report", run)
     assert status == 2 and f"{run / 'candidates.json'}: missing, though summary.json counts 3 candidates evaluated" in err
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "stage": "failed"}))  # not resumed: not advised (helper-64)
+    status, err = _main(capsys, "report", run)
+    assert status == 2 and err.rstrip().endswith("restore it from a copy of the run") and "n2n resume" not in err
     (run / "summary.json").unlink()  # a search before its first result: nothing to count yet
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -2216,8 +2225,12 @@ def test_a_run_whose_own_policy_copy_is_damaged_is_a_clear_error_on_resume(finis
     (run / "policy" / "removal" / "policy.json").unlink()
     os.mkfifo(run / "policy" / "removal" / "policy.json")
     status, err = _main(capsys, "resume", run)
-    assert status == 2 and err == (f"n2n: error: search.agent_options.policy: {run / 'policy' / 'removal'}: expected "
-                                   f"policy.json and policy.safetensors (a saved removal policy), found no policy.json\n"), err
+    # said before the state is restored, as the run's own copy, with where to restore it from (helper-63)
+    policy = json.loads((run / "n2n.json").read_text())["config"]["search"]["agent_options"]["policy"]
+    assert status == 2 and err == (f"n2n: error: {run / 'policy'}: the run's own copy of the policy it started from is "
+                                   f"damaged ({run / 'policy' / 'removal'}: expected policy.json and policy.safetensors (a "
+                                   f"saved removal policy), found no policy.json); copy removal/ back from {policy} "
+                                   "(n2n.json's search.agent_options.policy) or from a copy of the run\n"), err
 
 
 def test_an_overwrite_refusal_names_what_blocks_and_an_empty_folder_is_free(finished_run, tmp_path):
