@@ -293,16 +293,14 @@ def _pick(run_dir: Path, meta: dict, cfg: Config, log, key, rank, margin, fetch:
 def _say_pick(run_dir: Path, cfg: Config, best: dict, why: str, log, asked: bool) -> str | None:
     """Say which candidate is exported and why, and what may make it another than expected; returns
     why the search is unfinished (None when it finished). `asked`: --key, --rank or --margin given."""
+    if note := pick.rules_note(read_run(run_dir)):
+        log(note)
     log(f"exporting {best['summary']} ({best['params']:,} params{pick.flops_said(cfg.target, cfg.reward_config(), best['flops'])}, "
         f"{best['stage']}, val acc {best['accuracy']:.4f}): {why}")
     stopped = unfinished(run_dir)
-    named = ((read_summary(run_dir) or {}).get("best") or {}).get("key")
-    if not stopped and not asked and named not in (None, best["key"]):
-        # a finished run's summary.json, written by an earlier n2n or under a target n2n.json no longer
-        # holds, may name another student (helper-42, helper-62)
-        log(f"note: the run's summary.json names {named}, picked when it was written (by an earlier n2n, or under "
-            f"the target n2n.json held then); this n2n's rule and n2n.json's target pick {best['key']} "
-            f"(`--key {named}` exports that one)")
+    note = None if stopped or asked else pick.summary_note(read_summary(run_dir), best["key"])
+    if note:
+        log(note)
     if stopped:  # the pick is among what exists, not what the search would have found
         log(f"warning: this search has not finished ({stopped}), so this is the choice among the candidates so "
             f"far{'' if cfg.finalists.k == 0 or best['stage'] == 'finalists' else ', on brief-distillation figures'}"

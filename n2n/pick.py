@@ -68,6 +68,37 @@ def front(records: list[dict], size) -> list[dict]:
     return out
 
 
+# The revision of the rules that choose students (the finalists, refine's bases, export's pick, the
+# rewards): a run records the one it was made under (n2n.json "rules"), so that another n2n resuming,
+# reporting or exporting it says its choices may differ (helper-65: an older run resumed now got other
+# finalists, unsaid). Bump it with any change to those rules.
+RULES = 1
+
+
+def rules_note(meta: dict) -> str | None:
+    """A note where the run was made under other rules than this n2n's (`RULES`), else None."""
+    made = meta.get("rules")
+    if made == RULES:
+        return None
+    which = ("an earlier n2n (one that recorded no rules revision, before 2026-12-07)" if made is None else
+             f"{'a newer' if isinstance(made, int) and made > RULES else 'an earlier'} n2n (rules revision {made}, "
+             f"this n2n's {RULES})")
+    return (f"note: this run was made by {which}: what is still to be chosen (finalists, refine's bases) and "
+            "export's pick follow this n2n's rules, which may choose other students than the n2n that started it")
+
+
+def summary_note(summary: dict | None, picked: str) -> str | None:
+    """A note where a finished run's summary.json names another student than `picked` (its finalist
+    twin, KEY@Nep of the named KEY, is the same student trained longer: no note), else None."""
+    named = ((summary or {}).get("best") or {}).get("key")
+    if named in (None, picked) or picked.split("@")[0] == named:  # (helper-65: an older summary named the twin)
+        return None
+    # written by an earlier n2n or under a target n2n.json no longer holds (helper-42, helper-62)
+    return (f"note: the run's summary.json names {named}, picked when it was written (by an earlier n2n, or under "
+            f"the target n2n.json held then); this n2n's rule and n2n.json's target pick {picked} "
+            f"(`--key {named}` exports that one)")
+
+
 # points past an accuracy target within which a candidate may still meet it: brief distillation
 # underrates students, and the finalists' longer one recovers some of those below the target
 REACH = 2.0

@@ -16,8 +16,8 @@ from .config import run_config
 from .driver import counted
 from .errors import RunError
 from .models import write_bytes
-from .pick import choose, flops_said, from_figures, front
-from .runfolder import finish_hint, read_records, read_run, unfinished
+from .pick import choose, flops_said, from_figures, front, rules_note, summary_note
+from .runfolder import finish_hint, read_records, read_run, read_summary, unfinished
 
 
 def leaderboard(records: list[dict], teacher_size: float, top: int = 10, size: str = "params",
@@ -125,9 +125,13 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
             leaderboard(records, ref[size], size=size, within=within, flops=cfg.target.max_flops is not None)]
     try:  # the leaderboard ranks by reward; the export picks by the target (n2n.pick), often another
         pick, why = choose(records, cfg.target, cfg.reward_config(), ref["accuracy"], cfg.early_stop.enabled, str(run_dir))
+        if note := rules_note(meta):
+            text.append(note)
         text.append(f"`n2n export` picks {pick['key']} ({pick['params']:,} params"
                     f"{flops_said(cfg.target, cfg.reward_config(), pick['flops'])}, {pick['stage']}, val acc "
                     f"{pick['accuracy']:.4f}): {why}")
+        if not unfinished(run_dir) and (note := summary_note(read_summary(run_dir), pick["key"])):
+            text.append(note)  # (helper-65: only export said so)
     except RunError as e:
         pick = None
         text.append(f"`n2n export` has nothing to pick: {e}")

@@ -75,7 +75,8 @@ def read_run(run_dir: Path) -> dict:
             raise ConfigError(f"expected a mapping, found {type(meta['config']).__name__}")
         run_config(meta["config"])
     except ConfigError as e:
-        raise RunError(f"{path}: damaged, its recorded config is not one n2n reads ({e})") from None
+        raise RunError(f"{path}: its recorded config is not one this n2n reads ({e}): a run made by a newer n2n "
+                       "(upgrade this one), or edited since") from None
     if not isinstance(meta["reference"], dict) or not {"params", "accuracy"} <= set(meta["reference"]):
         raise RunError(f"{path}: damaged, expected the teacher's reference figures (params, accuracy), "
                        f"found {meta['reference']!r}")

@@ -27,7 +27,7 @@ from .driver import SearchDriver, counted
 from .errors import ConfigError, RunError
 from .models import (ModelError, append_to, check_creatable, device_for, file_digest, load_model, load_weights,
                      kept_teacher, save_weights, weights_digest, write_json, written_by_n2n)
-from .pick import flops_said, points
+from .pick import RULES, flops_said, points, rules_note
 from .raysession import WATCH_MISSES, WATCH_SECONDS, check_address, cluster_watch, ray_session
 from .runfolder import (HELD_FOR_DEATHS, LOG, META, POLICY, RECORDS, TEACHER_LOGITS, TUNE, RunLock, create_run, taken,
                         load_states, read_records, read_run, read_summary)
@@ -290,7 +290,7 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
             "teacher_digest": weights_digest(folder),
             "teacher": {"folder": str(folder.resolve()), "dataset": dataset, "test_accuracy": test_acc,
                         "units": space.n_units, "unit_names": [u.name for u in space.units]},
-            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"), "rules": RULES,
             "run_id": uuid.uuid4().hex}  # the run's search states carry it: one of another run is refused
     return meta, (teacher, arch, ds, space)
 
@@ -614,13 +614,14 @@ def restore_driver(make, run_dir: Path, log=print) -> SearchDriver:
     if rescored:
         log(rescored)
     older = sum(bool(r.get("latency_ms")) and not r.get("latency_ratio") for r in driver.records)
-    if older:  # (helper-38, helper-39) their passes are not kept, so they cannot be timed alike again
-        log(f"{older} candidates were timed by an earlier n2n: the bare model on standardised inputs, ranked by the "
-            f"ratio of medians; the candidates trained from now on are timed as they ship (the input standardisation "
-            f"too) and ranked by the fastest passes, so their latencies and ratios do not compare exactly")
     driver.forgive_deaths()  # students held as failures for their workers' deaths are tried again
     driver.retry_dead()  # before settle: a stage with a dead candidate to train again is not over
     driver.settle()
+    if older and driver.stage is not None:  # (helper-38, helper-39) their passes are not kept, so they cannot be
+        # timed alike again; a finished run trains nothing more, so there is no "from now on" (helper-65)
+        log(f"{older} candidates were timed by an earlier n2n: the bare model on standardised inputs, ranked by the "
+            f"ratio of medians; the candidates trained from now on are timed as they ship (the input standardisation "
+            f"too) and ranked by the fastest passes, so their latencies and ratios do not compare exactly")
     return driver
 
 
@@ -756,6 +757,8 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
             log(f"{run_dir.name} has finished already")
             return _finish(run_dir, driver, log, factories, address)
         log(f"resuming {run_dir.name}: {counted(driver.records)} so far, stage {driver.stage}")
+        if note := rules_note(meta):
+            log(note)
         if cfg.search.concurrency != recorded_concurrency:
             log(f"{cfg.search.concurrency} trials at a time for this resume (the run's own: {recorded_concurrency})")
         if cfg.resources.cpus_per_trial != recorded_cpus:

@@ -364,9 +364,60 @@ def test_export_says_when_a_finished_run_s_summary_names_another_student(finishe
     (run / "summary.json").write_text(json.dumps({**summary, "best": {**summary["best"], "key": other}}))
     said.clear()
     assert export_best(run, tmp_path / "b", log=said.append)["key"] == picked
-    assert (f"note: the run's summary.json names {other}, picked when it was written (by an earlier n2n, or under the "
+    note = (f"note: the run's summary.json names {other}, picked when it was written (by an earlier n2n, or under the "
             f"target n2n.json held then); this n2n's rule and n2n.json's target pick {picked} (`--key {other}` exports "
-            "that one)") in said
+            "that one)")
+    assert note in said
+    assert note in make_report(run).splitlines()  # report says so too (helper-65: export alone did)
+    # a summary naming the stage record of the finalist picked names the same student (an older n2n's summary
+    # named the best by reward, the finalist's twin: helper-65)
+    from n2n.pick import summary_note
+
+    assert summary_note({"best": {"key": "a-b"}}, "a-b@10ep") is None and summary_note({"best": {"key": "a-b"}}, "a-c")
+
+
+def test_a_finished_run_with_candidates_timed_by_an_earlier_n2n_is_not_told_of_trainings_to_come(finished_run, tmp_path):
+    """helper-65: resuming a finished older run said "the candidates trained from now on are timed as they
+    ship", though nothing was to be trained."""
+    import shutil
+
+    from n2n.search import make_driver
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    for name in (STATE, PREV_STATE):  # the records come from candidates.json, as an earlier n2n timed them
+        (run / name).unlink()
+    recs = json.loads((run / "candidates.json").read_text())
+    (run / "candidates.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "latency_ratio"} for r in recs]))
+    opened = OpenRun.open(run)
+    said = []
+    driver = restore_driver(lambda: make_driver(opened.cfg, opened.space, opened.meta, run, log=said.append), run,
+                            said.append)
+    assert driver.stage is None and not any("timed by an earlier n2n" in line for line in said), said
+
+
+def test_a_run_made_under_other_rules_says_its_choices_may_differ(finished_run, tmp_path, capsys):
+    """helper-65: an older run resumed by this n2n got other finalists by this n2n's rules, unsaid."""
+    import shutil
+
+    from n2n.pick import RULES, rules_note
+
+    assert json.loads((finished_run / "n2n.json").read_text())["rules"] == RULES  # a new run records its rules
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    meta = json.loads((run / "n2n.json").read_text())
+    del meta["rules"]  # as every run made before 2026-12-07
+    (run / "n2n.json").write_text(json.dumps(meta))
+    note = rules_note(meta)
+    assert note.startswith("note: this run was made by an earlier n2n (one that recorded no rules revision")
+    assert rules_note({"rules": RULES}) is None and "a newer n2n (rules revision" in rules_note({"rules": RULES + 1})
+    assert note in make_report(run).splitlines()
+    said = []
+    export_best(run, tmp_path / "out", log=said.append)
+    assert note in said
+    assert note not in make_report(finished_run)
+
+
 
 
 def test_a_run_with_a_flops_limit_shows_its_students_flops_wherever_it_names_them(finished_run, tmp_path):
@@ -757,7 +808,7 @@ def test_a_damaged_record_or_reference_is_one_line(finished_run, tmp_path, capsy
         status, err = _main(capsys, *cmd)
         assert status == 2 and "candidate 0 (a) lacks ['stage', 'spec'," in err and "Traceback" not in err
     for config, found in (({"seed": 0}, None), ({"search": {"agent": "foo"}}, "search.agent: expected reinforce"),
-                          (3, "config is not one n2n reads (expected a mapping, found int)")):
+                          (3, "config is not one this n2n reads (expected a mapping, found int): a run made by a newer n2n")):
         # a config lacking sections reads them as defaults (report used to stop with KeyError 'search')
         (run / "n2n.json").write_text(json.dumps({**meta, "config": config}))
         (run / "candidates.json").write_text((finished_run / "candidates.json").read_text())
