@@ -242,7 +242,12 @@ def test_leaderboard_columns_hold_8_digit_counts_and_follow_the_reward_size():
     timed = [{**recs[0], "latency_ms": 2.0, "teacher_latency_ms": 8.0, "latency_ratio": 0.2},
              {**recs[1], "latency_ms": 2.0, "teacher_latency_ms": 8.0}]
     lat = leaderboard(timed, 8.0, size="latency_ms").splitlines()
-    assert [line.split()[3] for line in lat[1:]] == ["5.0x", "4.0x"]
+    assert [line.split()[3] for line in lat[1:3]] == ["5.0x", "4.0x"]
+    # and the one timed by an earlier n2n (no fastest passes recorded) is marked so (helper-65: mixed in, unmarked)
+    assert [line.split()[2] for line in lat[1:3]] == ["2.000", "2.000*"] and lat[3].startswith("* timed by an earlier n2n")
+    beside = leaderboard(timed, 50_000_000).splitlines()  # the latency column of a run ranked by params
+    assert [line.split()[6] for line in beside[1:3]] == ["2.000", "2.000*"] and beside[3].startswith("* timed")
+    assert len({line.rindex("  ") for line in beside[:3]}) == 1  # the marker keeps the columns aligned
     assert lat[0].split()[2:4] == ["latency_ms", "faster"]  # helper-41: headed "smaller"
     # more candidates than rows: said (helper-51: 12 trained, 10 rows shown)
     top = leaderboard(recs + [{**recs[1], "failure": "NaN loss"}], 50_000_000, top=1).splitlines()
