@@ -260,20 +260,33 @@ class Config:
         if s.agent != "reinforce":
             return None
         from agents import ReinforceConfig
-        from agents.reinforce import policy_folder, policy_problem, policy_root
+        from agents.reinforce import policy_root
 
         policy = s.agent_options.get("policy", ReinforceConfig.policy)
-        hidden = s.agent_options.get("hidden", ReinforceConfig.hidden)
-        stages = sorted({STAGES[st] for st in s.stages})  # the policies the stages use (refine: shrink's)
         if policy == "auto":
             policy = "pretrained" if space is not None and not self.fresh_because(space) else None
         if policy is None:
             return None
-        for stage in stages:
-            problem = policy_problem(policy_folder(policy, stage), stage, s.ratios, hidden)
-            if problem:
-                raise ConfigError(f"search.agent_options.policy: {problem}")
+        problem = self.policy_problem(policy_root(policy), s.stages)
+        if problem:
+            raise ConfigError(f"search.agent_options.policy: {problem[1]}")
         return policy_root(policy).resolve()
+
+    def _policy_kinds(self, stages) -> tuple[list[str], int]:
+        """(the policies `stages` use, refine shrink's; the agent's hidden size)."""
+        from agents import ReinforceConfig
+
+        return (sorted({STAGES[st] for st in stages if st in STAGES}),
+                self.search.agent_options.get("hidden", ReinforceConfig.hidden))
+
+    def policy_problem(self, root: Path, stages) -> tuple[str, str] | None:
+        """(the stage's policy, why) where the policy saved in `root` (ROOT/removal, ROOT/shrink) cannot start
+        `stages` of a REINFORCE search under this config, else None: a policy folder given, a run's copy."""
+        from agents.reinforce import policy_problem
+
+        kinds, hidden = self._policy_kinds(stages)
+        problems = ((k, policy_problem(Path(root) / k, k, self.search.ratios, hidden)) for k in kinds)
+        return next(((k, why) for k, why in problems if why), None)
 
     def fresh_because(self, space) -> str | None:
         """Why a REINFORCE search of `space` under `policy: auto` starts fresh (the shipped policy does
@@ -284,9 +297,9 @@ class Config:
         s = self.search
         if s.agent != "reinforce" or s.agent_options.get("policy", ReinforceConfig.policy) != "auto":
             return None
-        hidden = s.agent_options.get("hidden", ReinforceConfig.hidden)
+        kinds, hidden = self._policy_kinds(s.stages)
         try:
-            whys = [auto_policy(st, space, hidden)[1] for st in sorted({STAGES[st] for st in s.stages})]
+            whys = [auto_policy(kind, space, hidden)[1] for kind in kinds]
         except AgentOptionError as e:
             raise ConfigError(str(e)) from None
         return next((why for why in whys if why), None)

@@ -290,10 +290,10 @@ def _pick(run_dir: Path, meta: dict, cfg: Config, log, key, rank, margin, fetch:
     return chosen, why
 
 
-def _say_pick(run_dir: Path, cfg: Config, best: dict, why: str, log, asked: bool) -> str | None:
+def _say_pick(run_dir: Path, meta: dict, cfg: Config, best: dict, why: str, log, asked: bool) -> str | None:
     """Say which candidate is exported and why, and what may make it another than expected; returns
     why the search is unfinished (None when it finished). `asked`: --key, --rank or --margin given."""
-    if note := pick.rules_note(read_run(run_dir)):
+    if note := pick.rules_note(meta):
         log(note)
     log(f"exporting {best['summary']} ({best['params']:,} params{pick.flops_said(cfg.target, cfg.reward_config(), best['flops'])}, "
         f"{best['stage']}, val acc {best['accuracy']:.4f}): {why}")
@@ -362,7 +362,7 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     # before the exporting line: an edited module or a changed teacher is refused with nothing said as begun
     run = OpenRun.open(run_dir, factories)
     best = {**chosen, "val_accuracy": chosen["accuracy"]}
-    stopped = _say_pick(run_dir, cfg, best, why, log, asked=key is not None or rank is not None or margin is not None)
+    stopped = _say_pick(run_dir, meta, cfg, best, why, log, asked=key is not None or rank is not None or margin is not None)
     teacher, space, ds = run.teacher, run.space, run.ds
     measured = check_teacher_figures(meta, teacher, ds, run_dir)  # what metrics.json states and judges by
     spec, student, as_saved = _candidate(run_dir, best, space, ds, factories)

@@ -715,7 +715,11 @@ def load_weights(path: Path) -> dict:
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error type for damaged files
-        raise ModelError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path: Path, e: Exception) -> ModelError:
+    return ModelError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})")
 
 
 def weights_mismatch(model: nn.Module, path: Path, error: RuntimeError) -> str:
@@ -757,7 +761,7 @@ def _check_size(arch: dict, weights: Path) -> None:
         with safe_open(str(weights), framework="pt") as f:
             f.keys()
     except Exception as e:  # safetensors raises its own error type for damaged files
-        raise ModelError(f"{weights}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+        raise _unreadable(weights, e) from None
     try:
         with torch.device("meta"):
             shell = build_model(arch)

@@ -131,10 +131,10 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     text = [f"run {run_dir.name}: {counted(records)}; teacher {ref[size]:,} {size}, val acc {ref['accuracy']:.4f}",
             *([rescored] if rescored else []),
             leaderboard(records, ref[size], size=size, within=within, flops=cfg.target.max_flops is not None)]
+    if note := rules_note(meta):
+        text.append(note)
     try:  # the leaderboard ranks by reward; the export picks by the target (n2n.pick), often another
         pick, why = choose(records, cfg.target, cfg.reward_config(), ref["accuracy"], cfg.early_stop.enabled, str(run_dir))
-        if note := rules_note(meta):
-            text.append(note)
         text.append(f"`n2n export` picks {pick['key']} ({pick['params']:,} params"
                     f"{flops_said(cfg.target, cfg.reward_config(), pick['flops'])}, {pick['stage']}, val acc "
                     f"{pick['accuracy']:.4f}): {why}")

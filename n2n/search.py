@@ -708,16 +708,12 @@ def check_run_policy(run_dir: Path, cfg: Config, stages: list[str]) -> None:
     policy = cfg.search.agent_options.get("policy")
     if cfg.search.agent != "reinforce" or policy is None:  # (None: a fresh start, or a run older than policies)
         return
-    from agents import ReinforceConfig
-    from agents.reinforce import policy_problem
-
-    hidden = cfg.search.agent_options.get("hidden", ReinforceConfig.hidden)
-    for kind in dict.fromkeys(STAGES[s] for s in stages if s in STAGES):
-        problem = policy_problem(run_dir / POLICY / kind, kind, cfg.search.ratios, hidden)
-        if problem:
-            raise RunError(f"{run_dir / POLICY}: the run's own copy of the policy it started from is damaged "
-                           f"({problem}); copy {kind}/ back from {policy} (n2n.json's search.agent_options.policy) "
-                           "or from a copy of the run")
+    problem = cfg.policy_problem(run_dir / POLICY, stages)
+    if problem:
+        kind, problem = problem
+        raise RunError(f"{run_dir / POLICY}: the run's own copy of the policy it started from is damaged "
+                       f"({problem}); copy {kind}/ back from {policy} (n2n.json's search.agent_options.policy) "
+                       "or from a copy of the run")
 
 
 def resume_search(run_dir: Path, address: str | None = None, log=print, factories=(),
