@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from envs import Evaluation, Reference, reward, within_drop
+from envs import Reference, reward, within_drop
 from n2n.models import build_model, load_weights
 from n2n.pick import choose, finalists
 from n2n.runfolder import read_records

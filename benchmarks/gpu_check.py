@@ -52,12 +52,12 @@ def main() -> int:
     import n2n
     from n2n.config import load_config
     from n2n.data import load_dataset
-    from n2n.export import export_best
     from n2n.models import load_model
     from n2n.runfolder import read_records
     from n2n.search import run_search
     from n2n.teachers import TeacherRecipe, cached_teacher
     from n2n.train import accuracy, predict
+    from search_quality import export_or_nearest
 
     out, failures = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}, []
 
@@ -98,7 +98,7 @@ def main() -> int:
     out["speedup_packed_vs_one"] = round(rates["packed_4"] / rates["one_at_a_time"], 2)
     print(f"     speedup of four 0.25-GPU trials over one at a time: {out['speedup_packed_vs_one']}x")
 
-    metrics = export_best(root / "packed_4", root / "student", finetune_epochs=1, log=lambda *_: None)
+    metrics = export_or_nearest(root / "packed_4", root / "student", finetune_epochs=1, log=lambda *_: None)
     student = n2n.load_student(root / "student")  # on the CPU, as a deployment would
     x, y = ds.x_val, ds.y_val
     raw = (x - ds.preprocess["shift"]) / ds.preprocess["scale"] if ds.preprocess else x

@@ -24,14 +24,13 @@ from pathlib import Path
 import ray
 
 from n2n.config import load_config
-from n2n.export import export_best
 from n2n.models import build_model, load_weights
 from n2n.runfolder import read_records
 from n2n.search import OpenRun, run_search
 from n2n.train import accuracy
 from search_spaces import StudentSpec
 
-from search_quality import VARIANTS
+from search_quality import VARIANTS, export_or_nearest
 
 # without the removal stage: removal cannot reach a tight limit alone, and at 3 epochs it prefers a
 # student with layers gone and a few points lost to an accurate one with more to shrink
@@ -97,7 +96,7 @@ def main():
             start = time.perf_counter()
             run_search(load_config(None, over), run, log=lambda *_: None)
             wall = round(time.perf_counter() - start, 1)
-            m = export_best(run, student, log=lambda *_: None)
+            m = export_or_nearest(run, student, log=lambda *_: None)
             finals = finalists_on_test(run, args.max_params)
             row = {"agent": agent, "seed": seed, "exported_params": m["params"], "exported_val": m["val_accuracy"],
                    "exported_test": m["test_accuracy"], "teacher_test": m["teacher"]["test_accuracy"],

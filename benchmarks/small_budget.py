@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 
 from n2n.config import load_config
-from n2n.export import export_best
+from search_quality import export_or_nearest
 from n2n.search import run_search
 
 
@@ -36,7 +36,7 @@ def main() -> None:
         said: list[str] = []
         run = args.root / f"seed{seed}"
         run_search(load_config(args.config, {"seed": seed}), run, log=said.append)
-        m = export_best(run, args.root / f"seed{seed}-student", log=said.append)
+        m = export_or_nearest(run, args.root / f"seed{seed}-student", log=said.append)
         t = m["target"]
         rows.append({"seed": seed, "params": m["params"], "times_smaller": m["times_smaller"],
                      "val_drop": t["val_drop_points"], "test_drop": t["test_drop_points"], "met_on_test": t["met_on_test"],

@@ -14,9 +14,12 @@ def load_student(folder, factories=()):
     The module takes the data set's raw inputs: the preprocessing the search used (standardisation
     with training-split statistics, recorded in arch.json) is part of it (`n2n.models.RawInput`).
     A student of your own module class names its factory (``"package.module:function"``) in
-    arch.json; it is imported and called only if you list it in `factories`."""
+    arch.json; it is imported and called only if you list it in `factories` (a list of such names,
+    or one)."""
     from .models import RawInput, load_model
 
+    if isinstance(factories, str):  # one name, not its characters (helper-67: then told to pass what it had)
+        factories = (factories,)
     model, arch, _ = load_model(folder, factories)
     if arch.get("input"):
         return RawInput(model, arch["input"]).eval()

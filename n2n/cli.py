@@ -129,6 +129,9 @@ def _overrides(pairs) -> dict:
             raise ConfigError(f"--set {pair}: expected a key such as search.removal_budget before '=', got {k!r}")
         if not v.strip():  # `--set teacher.path=$UNSET` would read as null: the default, not what was meant
             raise ConfigError(f"--set {pair}: empty value; write {k.strip()}=null for none")
+        if v.strip() == "~":  # YAML's null (helper-68: `teacher.path=~` ran the default teacher's search)
+            raise ConfigError(f"--set {pair}: YAML reads ~ as null; write {k.strip()}=null for none, or, for a path, "
+                              f"the path in full (~/NAME is the home folder's NAME)")
         try:
             out[k.strip()] = yaml.safe_load(v)
         except RecursionError:  # helper-46: a traceback

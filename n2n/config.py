@@ -93,16 +93,32 @@ class TargetConfig:
 
     def met_by(self, rec: dict, teacher_accuracy: float, margin: float = 0.0) -> bool:
         """`margin`: points of validation accuracy to spare below the allowed drop."""
-        return ((self.max_accuracy_drop is None
-                 or within_drop(teacher_accuracy, rec["accuracy"], self.max_accuracy_drop - margin))
-                and self.within_limits(rec))
+        return not self.misses(rec, teacher_accuracy, margin)
 
     def within_limits(self, rec: dict) -> bool:
         """Whether `rec` is within the size and latency limits (its accuracy aside)."""
+        return not self.misses(rec)
+
+    def misses(self, rec: dict, teacher_accuracy: float | None = None, margin: float = 0.0) -> list[str]:
+        """What of the target `rec` misses, in words ("1.60 points below the teacher on validation, 1
+        allowed"): its size and latency limits, and with `teacher_accuracy` its accuracy (with `margin`
+        points to spare). Empty where it meets it."""
+        out = []
+        allowed = None if self.max_accuracy_drop is None else self.max_accuracy_drop - margin
+        if allowed is not None and teacher_accuracy is not None and \
+                not within_drop(teacher_accuracy, rec["accuracy"], allowed):
+            below = (teacher_accuracy - rec["accuracy"]) * 100
+            shown = f"{below:.2f}" if round(below, 2) != round(allowed, 2) else f"{below:.4f}"  # not "1.00 ..., 1 allowed"
+            out.append(f"{shown} points below the teacher on validation, {allowed:g} allowed")
         latency = rec.get("latency_ms")
-        return ((self.max_params is None or rec["params"] <= self.max_params)
-                and (self.max_flops is None or rec["flops"] <= self.max_flops)
-                and (self.max_latency_ms is None or (latency is not None and latency <= self.max_latency_ms)))
+        if self.max_params is not None and rec["params"] > self.max_params:
+            out.append(f"{rec['params']:,} params > {self.max_params:,}")
+        if self.max_flops is not None and rec["flops"] > self.max_flops:
+            out.append(f"{rec['flops']:,} FLOPs > {self.max_flops:,}")
+        if self.max_latency_ms is not None and (latency is None or latency > self.max_latency_ms):
+            out.append("latency not measured" if latency is None else
+                       f"latency {latency:.3g} ms > {self.max_latency_ms:g} ms")
+        return out
 
 
 @dataclass
@@ -439,7 +455,9 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config: expected a YAML file at {path}, found none")
+            from .data import found_at
+
+            raise ConfigError(f"config: expected a YAML file at {path}, found {found_at(path)}")
         try:
             data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeys) or {}  # whatever the locale
         except _DuplicateKey as e:

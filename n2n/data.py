@@ -99,6 +99,15 @@ def cache_dir() -> Path:
     return root
 
 
+def found_at(path: Path) -> str:
+    """What is at `path`, in words, for "expected a file at PATH, found ..." (helper-68: a folder, a
+    device and nothing were all "none")."""
+    path = Path(path)
+    if not path.exists():
+        return "a link to nothing" if path.is_symlink() else "nothing"
+    return "a folder" if path.is_dir() else "a file" if path.is_file() else "no plain file (a device, FIFO or socket)"
+
+
 def absolute(name: str) -> str:
     """A dataset name with its file or folder made absolute (``npz:data.npz`` -> ``npz:/home/me/data.npz``).
     Names are recorded (a teacher's metrics.json, a run's n2n.json, an export's metrics.json) and read
@@ -339,7 +348,7 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, list | None]:
     """Arrays ``x``, ``y`` (seeded split), ``x``, ``y``, ``split`` ('train'/'val'/'test' or 0/1/2 per
     sample), or ``x_train``, ``y_train``, ``x_val``, ``y_val``, ``x_test``, ``y_test`` (used as given)."""
     if not path.is_file():
-        raise DataError(f"npz dataset: expected a file at {path}, found none")
+        raise DataError(f"npz dataset: expected a file at {path}, found {found_at(path)}")
     with open(path, "rb") as fh:
         head = fh.read(4)
     if head != b"PK\x03\x04":  # what np.savez writes; anything else numpy would try to unpickle
@@ -424,7 +433,7 @@ def read_text(path: Path) -> tuple[list[str], list, list | None]:
     import json
 
     if not path.is_file():
-        raise DataError(f"text dataset: expected a CSV or JSONL file at {path}, found none")
+        raise DataError(f"text dataset: expected a CSV or JSONL file at {path}, found {found_at(path)}")
     rows = []
     try:
         if path.suffix.lower() in (".jsonl", ".json"):

@@ -6,6 +6,7 @@ import contextlib
 import importlib
 import io
 import logging
+import re
 import time
 import warnings
 from pathlib import Path
@@ -39,9 +40,12 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     require_onnx()
     model = model.eval()
     chatter = io.StringIO()
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # e.g. "torchvision is not installed. Skipping torchvision::nms"
+    # e.g. "torchvision is not installed. Skipping torchvision::nms", and symbolic shapes' warnings
+    # (helper-67), through handlers that hold the terminal itself
+    quiet = [logging.getLogger(name) for name in ("torch.onnx", "torch.fx.experimental.symbolic_shapes")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), torch.no_grad(), \
                 warnings.catch_warnings():
@@ -49,11 +53,15 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
             torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
                               dynamo=True, verbose=False, external_data=False, dynamic_shapes=({0: torch.export.Dim("batch")},))
     except Exception as e:
+        while e.__cause__ is not None:  # the exporter's own reason, not its "step 1/3 ... Next steps" wrapper
+            e = e.__cause__
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        detail = re.sub(r"\x1b\[[0-9;]*m", "", detail)  # its terminal colours (helper-67)
         raise RunError(f"--onnx: this student ({type(model).__name__}) could not be exported to ONNX: {detail}; "
                        "export without --onnx to get the PyTorch student") from None
     finally:
-        quiet.setLevel(level)
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
     _drop_stack_traces(path)
 
 

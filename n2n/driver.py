@@ -585,6 +585,8 @@ class SearchDriver:
                 f"by this one")
         for rec, reward_now, compression_now in stale + misscored(list(self.cache.values()), self.reference,
                                                                    self.reward_config):
+            # the figures it was scored by first stay in candidates.json (helper-65: only n2n.log kept them)
+            rec.setdefault("scored_before", {"reward": rec["reward"], "compression": rec.get("compression")})
             rec.update(reward=reward_now, compression=compression_now)
         return said
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import shlex
 import statistics
 import tempfile
@@ -17,7 +18,7 @@ from search_spaces import StudentSpec, count_params, probe
 
 from . import pick
 from .config import Config, run_config
-from .data import unstandardise
+from .data import found_at, unstandardise
 from .deploy import check_onnx, fastest_ratio, require_onnx, time_as_shipped, to_onnx
 from .errors import RunError
 from .models import (ModelError, RawInput, build_model, check_target, device_for, file_digest,
@@ -38,10 +39,7 @@ def _check_out(out: Path, run_dir: Path, teacher_folder: Path, overwrite: bool) 
     t = teacher_folder.resolve()
     if t in o.parents:  # a stray folder inside the teacher: it would no longer be one n2n can replace or check
         raise FileExistsError(f"--out {out} is inside the run's teacher folder {t}; choose another --out")
-    inside = next((p for p in o.parents if (p / "n2n.json").is_file() and (p / "results").is_dir()), None)
-    if inside is not None:  # a run's results/, policy/, tune/: its own files, resumed and read as they are
-        raise FileExistsError(f"--out {out} is inside the run folder {inside}; choose another --out")
-    check_target(out, overwrite, "export")
+    check_target(out, overwrite, "export")  # (inside any run folder too: n2n.models.check_creatable)
 
 
 def _teacher_tokenizer(folder: Path):
@@ -116,16 +114,37 @@ def _retokenised(ds, tokenizer):
     return dc_replace(ds, x_val=ids["val"], x_test=ids["test"])
 
 
+class TargetMissed(RunError):
+    """No candidate meets the run's target, so export writes none unasked; `key`: the nearest's."""
+
+    def __init__(self, message: str, key: str):
+        super().__init__(message)
+        self.key = key
+
+
 def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: Path,
            key: str | None = None, rank: int | None = None, margin: float | None = None,
            stored: bool = False) -> tuple[dict, str]:
     """`n2n.pick.choose`: the rule summary.json and the search's last line use too, so all name the
-    same student. Its weights must be in RUN/results: when they are not (remote storage that could
-    not be reached, a folder copied without results/), that is said, and no other student is
-    written in its place."""
+    same student. When no candidate meets the run's target, none is picked unasked (its nearest is
+    said, with the --key that exports it). Its weights must be in RUN/results: when they are not
+    (remote storage that could not be reached, a folder copied without results/), that is said, and
+    no other student is written in its place."""
     chosen, why = pick.choose(records, cfg.target, cfg.reward_config(), teacher_accuracy, cfg.early_stop.enabled,
                               str(run_dir), key, rank, margin)
-    if not (run_dir / "results" / f"{chosen['key']}.safetensors").is_file():
+    if pick.meets_none(why):  # not the student asked for: written only when asked by name
+        stopped = unfinished(run_dir)
+        raise TargetMissed(f"{run_dir}: {pick.NONE_MEETS}, so export writes none unasked (nothing was written); nearest by "
+                       f"reward: {chosen['key']} ({chosen['params']:,} params, {chosen['stage']}, val acc "
+                       f"{chosen['accuracy']:.4f}: {'; '.join(cfg.target.misses(chosen, teacher_accuracy))}), which "
+                       f"`--key {chosen['key']}` exports all the same; `n2n report {shlex.quote(str(run_dir))}` lists "
+                       f"every candidate" + (f". The search has not finished ({stopped}): "
+                                             f"{finish_hint(stopped, run_dir, 'export')}" if stopped else ""), chosen["key"])
+    weights = run_dir / "results" / f"{chosen['key']}.safetensors"
+    if os.path.lexists(weights) and not weights.is_file():  # (helper-68: a FIFO was "not there")
+        raise RunError(f"{weights}: expected the weights of the student to export ({why}), found "
+                       f"{found_at(weights)}; restore the file from a copy of the run")
+    if not weights.is_file():
         asked = (f" --key {key}" if key is not None else f" --rank {rank}" if rank is not None else
                  f" --margin {margin:g}" if margin is not None else "")  # (helper-44: the hint dropped --key)
         where = (f"there; they may be in the run's storage {shown(cfg.resources.storage)}: `n2n export {shlex.quote(str(run_dir))} --out "
@@ -232,8 +251,8 @@ def export_latency(student, teacher, x, preprocess, best: dict, lat, log, trial_
 def size_limits(target, metrics: dict, asked_for: str | None = None) -> tuple[dict, str | None]:
     """The target's size and latency limits as metrics.json records them, whether the exported student
     is within them (its params and FLOPs as exported; its latency as export timed it), and a warning
-    where it is not: the pick ships the best by reward when no candidate meets the target, and a
-    student the search timed within a latency limit may time past it as exported."""
+    where it is not: a student exported by --key or --rank, or one the search timed within a latency
+    limit that times past it as exported."""
     asked = {k: getattr(target, k) for k in ("max_params", "max_flops", "max_latency_ms") if getattr(target, k) is not None}
     if not asked:
         return {}, None
@@ -254,8 +273,7 @@ def size_limits(target, metrics: dict, asked_for: str | None = None) -> tuple[di
            f"{'without its input preprocessing (as n2n timed students then)' if bare else 'beside its other trials'}; "
            f"timed as exported on this machine it is past it (`--key` exports another candidate)"
            if timed_over and len(over) == 1 else
-           "no candidate meets the whole target, so export ships the best by reward; `n2n report` lists the "
-           "candidates and `--key` exports any")
+           "by the search's figures it was within them")  # (export picks no other unasked, n2n.export.choose)
     warning = f"warning: this student is outside the target's limits ({'; '.join(over)}): {why}" if over else None
     return {**asked, "limits_met": not over}, warning
 

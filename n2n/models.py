@@ -373,6 +373,11 @@ def check_creatable(folder: Path) -> None:
     blocker = next((p for p in reversed(folder.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise FileExistsError(f"{folder}: cannot be made, {blocker} is a file, not a folder; choose another path")
+    # a run's folder holds its own files, read as they are, and goes with it (helper-68: a run, a policy
+    # made inside another run; n2n.runfolder.META and results/ make a run folder)
+    run = next((p for p in folder.resolve().parents if (p / "n2n.json").is_file() and (p / "results").is_dir()), None)
+    if run is not None:
+        raise FileExistsError(f"{folder}: inside the run folder {run}; choose a path outside it")
     # where the first new entry goes: beside `folder` (its temp folder, new_folder), or above it
     there = next((p for p in folder.absolute().parents if p.is_dir()), None)  # (None: `--out /`, refused later)
     try:
@@ -653,7 +658,35 @@ def load_hf_classifier(folder: Path) -> nn.Module:
         raise ModelError(f"{folder}: expected a trained sequence classifier, found a model ({arch}) without "
                          f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}, which would start random; "
                          f"fine-tune it into a teacher first: n2n teacher train --hf {folder} --dataset text:FILE --out DIR")
+    if any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+        from .data import tokenizer_for
+
+        check_padding(model.config, tokenizer_for(folder), folder)
     return HFClassifier(model.eval()).eval()
+
+
+def check_padding(config, tokenizer, folder: Path) -> None:
+    """n2n masks the ids equal to config.pad_token_id (search_spaces.HFClassifier); pipeline() and
+    transformers' Trainer mask the tokenizer's padding. Where the two differ (a BertConfig() left at
+    pad id 0 beside a vocabulary with [PAD] elsewhere) n2n measured other figures than pipeline() and
+    masked a real word (helper-67: 0.9556 against 0.9333), so such a folder is refused."""
+    if (why := padding_mismatch(config, tokenizer)) is not None:
+        raise ModelError(f"{folder}: {why}, so n2n would mask the one, pipeline() the other, and measure another "
+                         f"model than you deploy; set \"pad_token_id\": {tokenizer.pad_token_id} in {folder}/config.json "
+                         f"(as the model was trained, if with the tokenizer's attention masks, as transformers' Trainer does)")
+
+
+def padding_mismatch(config, tokenizer) -> str | None:
+    """How the id n2n masks as padding for `config` (search_spaces.transformer.masked_id) differs from
+    the one `tokenizer` pads with, in words; None where they agree, or the tokenizer has none."""
+    from search_spaces.transformer import masked_id
+
+    pad, masked = tokenizer.pad_token_id, masked_id(config)
+    if pad is None or masked == pad:
+        return None
+    token = f" ({tokenizer.convert_ids_to_tokens(masked)!r})" if isinstance(masked, int) and 0 <= masked < len(tokenizer) else ""
+    said = f"{masked}{token}" + (" (none set: n2n masks 0)" if config.pad_token_id is None else "")
+    return (f"its tokenizer pads with id {pad} ({tokenizer.pad_token!r}), its config's pad_token_id is {said}")
 
 
 def read_json(path: Path, expect: type = dict):
@@ -789,16 +822,25 @@ def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:
     if not folder.is_dir():  # (helper-51: "expected a model folder with model.safetensors" of a folder that is not there)
         where = "" if folder.is_absolute() else f" (a relative path is read from the folder the command runs in, {Path.cwd()})"
         raise ModelError(f"{folder}: expected a model folder, found {'a file' if folder.exists() else 'nothing'} there{where}")
+    from .data import found_at
+
     for name in ("model.safetensors", "arch.json"):
         if not (folder / name).is_file():
-            raise ModelError(f"{folder}: expected a model folder with {name}, found none")
+            raise ModelError(f"{folder}: expected a model folder with {name}, found {found_at(folder / name)} there")
     arch = read_json(folder / "arch.json")
+    if arch.get("family") == "hf-pretrained":  # (helper-68: an arch.json could load another folder, any path)
+        raise ModelError(f"{folder}/arch.json: family 'hf-pretrained' names a Hugging Face folder n2n loaded, in "
+                         f"memory; n2n never writes it to a file (a Hugging Face folder has config.json, no arch.json)")
     pre = arch.get("input")
     if pre is not None and not (isinstance(pre, dict) and all(is_number(pre.get(k)) for k in ("scale", "shift"))
                                 and isinstance(pre.get("shape"), list)
                                 and all(isinstance(n, int) and n >= 1 for n in pre["shape"])):
         raise ModelError(f"{folder}/arch.json: expected \"input\" to hold numbers scale and shift and a shape of whole "
                          f"numbers >= 1, as n2n writes it; found {pre!r}")
+    takes = arch.get("input_shape") or (arch.get("hparams") or {}).get("input_shape")
+    if pre is not None and isinstance(takes, list) and pre["shape"] != takes:  # (helper-68: failed at the first call)
+        raise ModelError(f"{folder}/arch.json: \"input\" prepares inputs of shape {pre['shape']} for a model that takes "
+                         f"{takes}; n2n writes them equal")
     probe = arch.get("probe")
     if probe is not None and not (  # (helper-57: a string, or no input_shape, was a traceback)
             isinstance(probe, list) and len(probe) == 2 and all(isinstance(row, list) and row and all(
@@ -809,7 +851,12 @@ def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:
                          f"of whole numbers >= 1, as n2n writes them; found probe {reprlib.repr(probe)}, input_shape "
                          f"{reprlib.repr(arch.get('input_shape'))}")
     _check_size(arch, folder / "model.safetensors")
-    model = build_model(arch, factories)  # refuses an unnamed factory before reading anything else
+    from search_spaces import UnsupportedModel
+
+    try:
+        model = build_model(arch, factories)  # refuses an unnamed factory before reading anything else
+    except UnsupportedModel as e:  # which folder (helper-68: a run's teacher, unnamed)
+        raise type(e)(f"{folder}: {e}") from None
     try:
         model.load_state_dict(load_weights(folder / "model.safetensors"), strict=True)
     except RuntimeError as e:

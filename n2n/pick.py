@@ -72,7 +72,7 @@ def front(records: list[dict], size) -> list[dict]:
 # rewards): a run records the one it was made under (n2n.json "rules"), so that another n2n resuming,
 # reporting or exporting it says its choices may differ (helper-65: an older run resumed now got other
 # finalists, unsaid). Bump it with any change to those rules.
-RULES = 1
+RULES = 2  # 2 (2026-12-07): finalist places left go to candidates within reach before the front
 
 
 def rules_note(meta: dict) -> str | None:
@@ -111,7 +111,8 @@ def finalists(records: list[dict], k: int, drop: float | None, teacher_accuracy:
     students, so the longer one recovers some of those below the target), and when none of those
     meets the whole target (`target`: an n2n.config.TargetConfig; else the drop alone) the smallest
     candidate that does takes the last place, or where none does, the nearest miss (under the target's
-    reward). With size or latency limits alone: the most accurate
+    reward); places left go to the other candidates within reach by reward, then the rest of the front.
+    With size or latency limits alone: the most accurate
     candidates within them, on the front or not (size within the limits does not matter there), the
     rest by reward (which ranks those nearest the limits next). Otherwise the rest, or all without a
     target, the front's best by reward. Those that meet the target are sought among all candidates,
@@ -142,13 +143,25 @@ def finalists(records: list[dict], k: int, drop: float | None, teacher_accuracy:
             nearest = max(ok, key=lambda r: r["reward"])
             if nearest not in chosen:
                 chosen = chosen[:k - 1] + [nearest]
-    for r in sorted(members, key=lambda r: -r["reward"]):
-        if len(chosen) < k and r not in chosen:
-            chosen.append(r)
+    # places left: first any candidate within reach, front or not, then the rest of the front (helper-68:
+    # a student 62 points below the teacher took a place, being on the front, beside two within reach)
+    near = [] if drop is None else [r for r in ok if (teacher_accuracy - r["accuracy"]) * 100 <= drop + reach]
+    for pool in (near, members):
+        for r in sorted(pool, key=lambda r: -r["reward"]):
+            if len(chosen) < k and r not in chosen:
+                chosen.append(r)
     return chosen
 
 
 SHORT_OF_MARGIN = "the one that meets it with the most"  # how `choose` says no candidate had the margin
+# how `choose` says no candidate meets the target at all: its pick is then only the nearest by reward,
+# which export writes when asked by --key (helper-62: it wrote it unasked, exit 0, a warning the only sign)
+NONE_MEETS = "no candidate meets the target"
+
+
+def meets_none(why: str) -> bool:
+    """Whether `choose` said `why` of a pick outside the target (the best by reward)."""
+    return why.startswith(NONE_MEETS + ";")
 
 
 def points(x: float) -> str:
@@ -185,7 +198,8 @@ def choose(records: list[dict], target, reward_config: RewardConfig, teacher_acc
     """The candidate to export and why. By default the smallest finalist that meets `target` (an
     n2n.config.TargetConfig; the finalists' longer distillation ranks students better than the
     search's brief one; the most accurate where the target sets size or latency limits alone),
-    else the best finalist, else the best candidate by reward; `key` or `rank`
+    and when none meets it the best finalist (else candidate) by reward, said with NONE_MEETS (export
+    writes that one only when asked, n2n.export.choose); `key` or `rank`
     (1 = best reward) pick any. `margin` (points; default: target.margin): the accuracy target must
     be met with that much to spare on validation, where the smallest of several finalists is the one
     most flattered by its noise (the winner's curse); when none does, the one that meets the target
@@ -232,7 +246,7 @@ def choose(records: list[dict], target, reward_config: RewardConfig, teacher_acc
             if picked is not None:
                 best, why = picked
                 return best, why if among is pool else f"no finalist meets the target; among the stages' candidates, {why}"
-        return pool[0], f"no {what} meets the target; the best {what} by reward"
+        return pool[0], f"{NONE_MEETS}; the best {what} by reward"
     stopped = "" if finalists or pool[0] is ranked[0] else " that finished (the best was stopped early, without weights)"
     return pool[0], f"the best {what} by reward{stopped}"
 

@@ -16,7 +16,7 @@ from .config import run_config
 from .driver import counted
 from .errors import RunError
 from .models import write_bytes
-from .pick import choose, flops_said, from_figures, front, rules_note, summary_note
+from .pick import NONE_MEETS, choose, flops_said, from_figures, front, meets_none, rules_note, summary_note
 from .runfolder import finish_hint, read_records, read_run, read_summary, unfinished
 
 
@@ -135,9 +135,11 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
         text.append(note)
     try:  # the leaderboard ranks by reward; the export picks by the target (n2n.pick), often another
         pick, why = choose(records, cfg.target, cfg.reward_config(), ref["accuracy"], cfg.early_stop.enabled, str(run_dir))
-        text.append(f"`n2n export` picks {pick['key']} ({pick['params']:,} params"
-                    f"{flops_said(cfg.target, cfg.reward_config(), pick['flops'])}, {pick['stage']}, val acc "
-                    f"{pick['accuracy']:.4f}): {why}")
+        said = (f"{pick['key']} ({pick['params']:,} params{flops_said(cfg.target, cfg.reward_config(), pick['flops'])}, "
+                f"{pick['stage']}, val acc {pick['accuracy']:.4f}")
+        text.append(f"`n2n export` picks {said}): {why}" if not meets_none(why) else
+                    f"{NONE_MEETS}, so `n2n export` writes none unasked; nearest by reward: {said}: "
+                    f"{'; '.join(cfg.target.misses(pick, ref['accuracy']))}), which `--key {pick['key']}` exports")
         if not unfinished(run_dir) and (note := summary_note(read_summary(run_dir), pick["key"])):
             text.append(note)  # (helper-65: only export said so)
     except RunError as e:
@@ -198,7 +200,7 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
         ax.step([x_of(r) for r in pareto], [r["accuracy"] for r in pareto], where="post", color="k", lw=1, label="Pareto front")
     if pick is not None and pick.get(size) is not None:
         ax.scatter([x_of(pick)], [pick["accuracy"]], s=160, facecolors="none", edgecolors="k", lw=1.5,
-                   label="n2n export's pick")
+                   label="n2n export's pick" if not meets_none(why) else "nearest the target (none meets it)")
     ax.scatter([1.0 if size == "latency_ms" else ref[size]], [ref["accuracy"]], marker="*", s=120, color="red", label="teacher")
     ax.set(xscale="log", xlabel={"params": "parameters", "flops": "FLOPs (multiply-accumulates)",
                                  "latency_ms": "latency relative to the teacher timed beside it"

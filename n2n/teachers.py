@@ -163,7 +163,7 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
 
     from search_spaces import HFClassifier
 
-    from .models import check_target, commit_folder, kept_message, new_folder, write_json
+    from .models import check_target, commit_folder, kept_message, new_folder, padding_mismatch, write_json
 
     for ok, what in ((epochs >= 1, f"--epochs: expected >= 1, got {epochs}"), (lr > 0, f"--lr: expected > 0, got {lr}"),
                      (batch_size >= 1, f"batch size: expected >= 1, got {batch_size}")):
@@ -175,8 +175,8 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
 
     check_hf_folder(checkpoint)  # before transformers reads any of it
     try:
-        positions = AutoConfig.from_pretrained(checkpoint, local_files_only=True,
-                                               trust_remote_code=False).max_position_embeddings
+        hf_config = AutoConfig.from_pretrained(checkpoint, local_files_only=True, trust_remote_code=False)
+        positions = hf_config.max_position_embeddings
     except (OSError, ValueError, AttributeError) as e:
         raise ModelError(f"{checkpoint}: not a Hugging Face encoder checkpoint ({str(e).splitlines()[0]})") from None
     if not 2 <= max_length <= positions:
@@ -192,6 +192,17 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
     if warning := ds.unused_classes_warning():
         log(warning)
     names = ds.labels or [str(i) for i in range(ds.num_classes)]
+    theirs = [str(n) for i, n in sorted((hf_config.id2label or {}).items()) if str(n) != f"LABEL_{i}"]
+    if ds.labels is None and theirs:
+        # integer labels replace a classifier's names (helper-67: without a word); which id means which
+        # class only the data's owner knows (helper-69: an SST-2 head's names on spam/ham ids would mislabel)
+        log(f"{dataset} gives class ids, not names: the teacher's classes are {', '.join(names)}, not "
+            f"{checkpoint.name}'s {', '.join(theirs)} (give the labels as names in the data to name them)")
+    padding = {}  # the tokenizer pads the texts: its pad id is the one to mask (n2n.models.check_padding)
+    if (why := padding_mismatch(hf_config, tok)) is not None:
+        padding = {"pad_token_id": tok.pad_token_id}  # at construction: the embedding's padding_idx follows
+        log(f"{checkpoint.name}: {why}; the teacher masks the tokenizer's padding, as pipeline() does, and its "
+            f"config.json says so")
     hf_logging.set_verbosity_error()  # the new head is meant to start random here: no warning about it
     hf_logging.disable_progress_bar()
     torch.manual_seed(seed)  # the new head's start: from the seed, not from whatever ran before in this process
@@ -200,7 +211,7 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
         model, info = AutoModelForSequenceClassification.from_pretrained(
             checkpoint, local_files_only=True, num_labels=ds.num_classes, id2label=dict(enumerate(names)),
             label2id={n: i for i, n in enumerate(names)}, use_safetensors=True, ignore_mismatched_sizes=True,
-            output_loading_info=True, trust_remote_code=False)
+            output_loading_info=True, trust_remote_code=False, **padding)
         changed = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or []]
         if changed and all("classifier" in k or "score" in k for k in changed):
             log(f"{checkpoint.name}'s classifier head has other outputs than the {ds.num_classes} classes of {dataset}: "

@@ -26,13 +26,18 @@ from .base import SearchSpace, StudentSpec, Unit
 from .base import UnsupportedModel
 
 
+def masked_id(config) -> int:
+    """The token id n2n masks as padding for a transformers `config`: its pad_token_id, else 0."""
+    return config.pad_token_id if config.pad_token_id is not None else 0
+
+
 class HFClassifier(nn.Module):
     """Token ids (B, T) -> logits (B, classes); padding (``pad_token_id``) is masked out."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        self.pad_token_id = masked_id(model.config)
 
     @property
     def config(self):

@@ -202,6 +202,10 @@ def test_an_empty_set_value_is_refused_not_read_as_null(capsys):
     assert cli.main(["search", "--set", "teacher.path="]) == 2
     err = capsys.readouterr().err
     assert "--set teacher.path=: empty value; write teacher.path=null for none" in err and "Traceback" not in err
+    # nor `~`, YAML's null (helper-68: the default teacher's search ran)
+    assert cli.main(["search", "--set", "teacher.path=~"]) == 2
+    assert "--set teacher.path=~: YAML reads ~ as null; write teacher.path=null for none, or, for a path, the path " \
+           "in full" in capsys.readouterr().err
     # helper-36: "=3", ".seed=3", "seed.=3" said ": unknown key" or "expected an integer, got {'': 3}"
     for pair in ("=3", ".seed=3", "seed.=3", "search..agent=x"):
         assert cli.main(["search", "--set", pair]) == 2

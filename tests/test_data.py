@@ -1,5 +1,6 @@
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -312,3 +313,14 @@ def test_integer_features_for_a_non_transformer_teacher_are_refused(tmp_path):
     with pytest.raises(DataError, match=r"integer 'x' is read as token ids, which only a transformer teacher "
                                         r"\(--hf\) takes; for --arch mlp save x as floats"):
         teacher_arch(TeacherRecipe(dataset=f"npz:{tmp_path / 'ints.npz'}", arch="mlp", hidden=[8]), ds)
+
+
+def test_what_is_found_where_a_file_was_expected_is_said(tmp_path):
+    """helper-68: a folder, a device and nothing were all "found none"."""
+    from n2n.data import found_at
+
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    assert [found_at(p) for p in (tmp_path / "nope", tmp_path, tmp_path / "f", tmp_path / "gone", Path("/dev/null"))] == [
+        "nothing", "a folder", "a file", "a link to nothing", "no plain file (a device, FIFO or socket)"]
+

@@ -218,7 +218,8 @@ def test_waits_for_the_batch_then_for_the_stage(space):
 def test_a_resume_under_another_reward_rescores_rather_than_rank_by_two(space):
     """A run made before a change of the reward (size limits alone had ranked by size until
     2026-12-06) holds rewards this n2n would not give: resumed as it was, its candidates would be
-    ranked by both rewards at once. Its records and cache are scored again; nothing is lost."""
+    ranked by both rewards at once. Its records and cache are scored again; nothing is lost, the
+    rewards they had included."""
     proxy = ProxyEvaluator(space)
     limit = space.teacher_params() // 2
     made = _driver(space, reward_config=RewardConfig(kind="target", target_params=limit))
@@ -234,10 +235,15 @@ def test_a_resume_under_another_reward_rescores_rather_than_rank_by_two(space):
 
     changed = sum(r["reward"] != now(r) for r in other.records)
     assert changed
+    before = [dict(r) for r in other.records]
     said = other.rescore()
     assert said.startswith(f"{changed} of {len(other.records)} candidates were scored by another reward than this n2n's")
     assert [r["key"] for r in other.records] == [r["key"] for r in made.records]  # nothing dropped
     assert all(r["reward"] == now(r) for r in [*other.records, *other.cache.values()])
+    # the rewards they were scored by first are kept beside (helper-65: only n2n.log kept them)
+    for was, rec in zip(before, other.records):
+        assert rec.get("scored_before") == ({"reward": was["reward"], "compression": was["compression"]}
+                                            if was["reward"] != rec["reward"] else None)
     assert other.rescore() is None
 
 
@@ -670,6 +676,31 @@ def test_an_interrupted_search_names_its_resume_command_whole(space, tmp_path):
     _finish(tmp_path / "r", _driver(space), said.append, factories=["pkg.m:f"], address="10.0.0.1:6379")
     assert said == [f"search interrupted; continue it with `n2n resume {tmp_path / 'r'} --address 10.0.0.1:6379 "
                     f"--allow-factory pkg.m:f`"]
+
+
+def test_a_finished_search_none_of_whose_candidates_meets_the_target_says_export_writes_none_unasked(space, tmp_path):
+    """helper-62: export shipped the best by reward, exit 0, and the search's last line named it as
+    `n2n export`'s pick; it now names it as the nearest, with the --key that exports it all the same."""
+    from n2n.config import TargetConfig
+    from n2n.search import _finish
+
+    said = []
+    d = _driver(space, agent="random", stages=["shrink"], budgets={"shrink": 3}, agent_options={},
+                target=TargetConfig(max_params=1, max_latency_ms=1.0))
+    _drive(d, space, ProxyEvaluator(space))
+    for r in d.records:  # timed within the latency limit (helper-69: said "not measured", from summary.json's copy)
+        r["latency_ms"] = 0.5
+    best = max(d.records, key=lambda r: r["reward"])
+    _finish(tmp_path / "r", d, said.append)
+    assert len(said) == 1
+    head, cmd = said[0].split(" -> ")
+    misses = d.target.misses(best, d.reference.accuracy)
+    assert head == (f"no candidate meets the target, so `n2n export` writes none unasked; nearest by reward: "
+                    f"{best['params']:,} params ({round(d.reference.params / best['params'], 2)}x smaller), val acc "
+                    f"{best['accuracy']:.4f} ({'; '.join(misses)})")
+    assert f"{best['params']:,} params > 1" in misses and "latency" not in said[0]
+    assert cmd == f"`n2n export {tmp_path / 'r'} --out DIR --key {best['key']}` exports it all the same; `n2n report` " \
+                  "lists every candidate"
 
 
 def test_progress_lines_show_what_the_target_limits(space):

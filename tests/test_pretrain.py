@@ -251,10 +251,10 @@ def test_policy_fit_command_learns_from_a_run_and_starts_the_next_search(ray_ses
     assert main(["policy", "fit", str(first), "--out", str(out), "--steps", "20"]) == 0
     # the shrink policy's episodes: the shrink stage's and the refine stage's, each normalised apart
     assert "shrink: fitting to 8 candidates of 2 search stages" in capsys.readouterr().out
-    for stage, episodes in (("removal", 6), ("shrink", 6 + 2)):  # refine's 2 candidates are shrink episodes
+    for stage, count in (("removal", 6), ("shrink", 6 + 2)):  # refine's 2 candidates are shrink episodes
         meta = json.loads((out / stage / "policy.json").read_text())
         assert meta["stage"] == stage and meta["pretrained"]["runs"] == ["first"]
-        assert meta["pretrained"]["episodes"] == episodes and meta["pretrained"]["steps"] == 20
+        assert meta["pretrained"]["episodes"] == count and meta["pretrained"]["steps"] == 20
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy", "runs", "tiny.yaml"]  # no temp folder left
 
     # a taken --out is refused, untouched
@@ -379,7 +379,7 @@ def test_policy_fit_refuses_a_dangling_link_as_out(tmp_path):
 
 def test_policy_fit_refuses_one_run_given_twice(tmp_path):
     """helper-14: a run named twice (or through a link) was fitted as that many searches."""
-    from n2n.errors import ConfigError, RunError
+    from n2n.errors import ConfigError
     from n2n.policies import fit_policies
 
     (tmp_path / "r1").mkdir()

@@ -504,7 +504,14 @@ def test_export_overwrite_replaces_only_an_earlier_export(finished_run, tmp_path
     assert status == 2 and "is inside the run's teacher folder" in err and not (Path(teacher) / "sub").exists()
     for inside in (run / "results" / "x", run / "policy" / "removal" / "x", run / "new"):  # helper-12
         status, err = _main(capsys, "export", run, "--out", inside)
-        assert status == 2 and f"is inside the run folder {run}" in err and not inside.exists()
+        assert status == 2 and f"{inside}: inside the run folder {run}; choose a path outside it" in err
+        assert not inside.exists()
+    # nor does any other command make a folder there (helper-68: a policy, a teacher, a run inside a run)
+    inside = run / "results" / "x"
+    for cmd in (("policy", "fit", run, "--out", inside), ("teacher", "train", "--dataset", "digits", "--out", inside),
+                ("search", "--runs-dir", run / "results", "--name", "x")):
+        status, err = _main(capsys, *cmd)
+        assert status == 2 and err == f"n2n: error: {inside}: inside the run folder {run}; choose a path outside it\n"
     assert {p: _tree(p) for p in (run, runs)} == kept
 
     # an export another search starts from: replaceable by --overwrite, so the search says so
@@ -785,6 +792,27 @@ def test_onnx_export_that_fails_writes_nothing_and_says_why(finished_run, tmp_pa
     status, err = _main(capsys, "export", finished_run, "--out", tmp_path / "o", "--onnx")
     assert status == 2 and "pip install 'n2n[onnx]'" in err and "missing onnxruntime" in err
     assert list(tmp_path.iterdir()) == [] and (finished_run / "results" / "trained.log").read_text() == trained
+
+
+def test_a_student_the_onnx_exporter_cannot_trace_is_said_in_the_exporters_own_words(tmp_path, capfd):
+    """helper-67: a data-dependent `if` was said as the exporter's "This is step 1/3" with its terminal
+    colour codes, and a warning of torch's symbolic shapes reached the terminal."""
+    from n2n.deploy import to_onnx
+
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(4, 2)
+
+        def forward(self, x):  # (B, 4)
+            return self.head(x) if x.sum() > 0 else -self.head(x)
+
+    with pytest.raises(RunError) as e:
+        to_onnx(Branchy(), torch.randn(2, 4), tmp_path / "m.onnx")
+    assert str(e.value).startswith("--onnx: this student (Branchy) could not be exported to ONNX: Could not guard on "
+                                   "data-dependent expression")
+    assert "\x1b" not in str(e.value) and "step 1/3" not in str(e.value)
+    assert capfd.readouterr() == ("", "")
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"config": {}}', "[" * 200_000])  # deep: helper-29
@@ -1484,6 +1512,12 @@ def test_hostile_arch_json_values_are_one_line_errors(small_teacher, tmp_path, c
             ("input-str", {"input": {"scale": "x", "shift": 0.0, "shape": [1, 40]}},
              "arch.json: expected \"input\" to hold numbers scale and shift and a shape of whole numbers >= 1"),
             ("input-list", {"input": [1, 2]}, "as n2n writes it; found [1, 2]"),
+            # (helper-68) inputs of another shape than the model's: said at load, not at the first call
+            ("input-shape", {"input": {"scale": 1.0, "shift": 0.0, "shape": [1, 40, 10**9]}},
+             "arch.json: \"input\" prepares inputs of shape [1, 40, 1000000000] for a model that takes [1, 40]"),
+            # a Hugging Face folder elsewhere, which n2n names so only in memory (helper-68)
+            ("hf-path", {"family": "hf-pretrained", "path": str(tmp_path)},
+             "arch.json: family 'hf-pretrained' names a Hugging Face folder n2n loaded, in memory"),
             ("deep", None, "arch.json: not a readable JSON file (maximum recursion depth exceeded")):
         folder = tmp_path / name
         save_model(folder, model, arch, {"dataset": "mnist1d"})
@@ -1525,6 +1559,18 @@ def test_labels_outside_the_teachers_classes_are_refused_before_the_run_exists(s
                         "--set", f"teacher.dataset=npz:{tmp_path / 'd.npz'}")
     assert status == 2 and "labels go up to 11, but the teacher has only 10 outputs" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_teacher_path_under_the_home_folder_is_read_there(small_teacher, tmp_path, monkeypatch):
+    """helper-68: `teacher.path=~/t` was read as a folder named ~ beside the command, though the README
+    says ~ is the home folder, as in data paths."""
+    from n2n.search import resolve_teacher
+
+    model, arch, _ = small_teacher
+    save_model(tmp_path / "t", model, arch, {"dataset": "mnist1d"})
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path / "t")  # not where ~ is
+    assert resolve_teacher(load_config(None, {"teacher.path": "~/t"})) == (tmp_path / "t", "mnist1d")
 
 
 def test_trained_log_is_written_before_the_result(small_teacher, tmp_path, monkeypatch):
@@ -2146,7 +2192,7 @@ def test_what_the_machine_or_the_paths_cause_is_a_line_not_a_traceback(tmp_path,
     if sys.version_info < (3, 13):  # pathlib's resolve() raises for a loop before 3.13; later, read_run says it
         assert err == (f"n2n: error: Symlink loop from '{tmp_path / 'loop'}': expected a file or folder, found links "
                        f"that lead back to themselves\n")
-    assert err.startswith(f"n2n: error: ") and "Traceback" not in err and str(tmp_path / "loop") in err
+    assert err.startswith("n2n: error: ") and "Traceback" not in err and str(tmp_path / "loop") in err
 
 
 def test_a_config_nested_hundreds_deep_is_refused_in_a_line(tmp_path):

@@ -21,7 +21,6 @@ from n2n.config import load_config, run_config
 from n2n.errors import RunError
 from n2n.export import export_best
 from n2n.report import make_report
-from n2n.runfolder import read_records
 from n2n.models import load_weights, save_weights
 from n2n.search import OpenRun, run_search, teacher_logits
 from n2n.train import accuracy, predict
@@ -353,7 +352,7 @@ def test_export_margin_picks_the_smallest_finalist_with_points_to_spare():
         "spare; the one that meets it with the most")
     below = fell[:3] + [{**recs[3], "accuracy": 0.9}]
     assert choose(below, target, rc, 0.95, early_stop=False, where="run") == \
-        (below[0], "no finalist meets the target; the best finalist by reward")
+        (below[0], "no candidate meets the target; the best finalist by reward")
     for bad in (-0.5, float("nan"), float("inf")):
         with pytest.raises(RunError, match=rf"--margin: expected a number of points >= 0, got {bad:g}"):
             pick(bad)
@@ -365,7 +364,7 @@ def test_export_margin_picks_the_smallest_finalist_with_points_to_spare():
 
 
 def test_pareto_front_and_the_finalists_it_gives():
-    from envs import RewardConfig
+    from envs import Evaluation, Reference, RewardConfig, reward
     from n2n.pick import finalists, front
 
     pts = [(10, 0.5), (20, 0.7), (15, 0.4), (30, 0.65), (40, 0.9), (20, 0.6)]
@@ -380,6 +379,16 @@ def test_pareto_front_and_the_finalists_it_gives():
     # k beyond those within reach: the rest of the front by reward; no target: by reward alone
     assert [r["key"] for r in finalists(recs, 2, 1.0, 0.92, rc)] == ["s40-0.9", "s20-0.7"]
     assert [r["key"] for r in finalists(recs, 2, None, 0.92, rc)] == ["s40-0.9", "s20-0.7"]
+    # helper-68: places left go to candidates within reach, on the front or not, before the front's wrecks
+    # (teacher 0.9833: 16,887 params at 0.9673 on the front and within reach, 8,366 at 0.3673 on it too,
+    # 19,603 at 0.9620 and 29,451 at 0.9647 within reach but on no front)
+    run = [{"key": str(p), "params": p, "flops": p, "accuracy": a, "failure": None, "stage": "shrink",
+            "reward": reward(Evaluation(a, p, p), Reference(51_546, 51_546, 0.9833), rc)}
+           for p, a in ((16_887, 0.9673), (8_366, 0.3673), (19_603, 0.9620), (29_451, 0.9647))]
+    assert [r["key"] for r in front(run, lambda r: r["params"])] == ["8366", "16887"]
+    assert [r["key"] for r in finalists(run, 2, 1.0, 0.9833, rc)] == ["16887", "29451"]
+    assert [r["key"] for r in finalists(run, 3, 1.0, 0.9833, rc)] == ["16887", "29451", "19603"]
+    assert [r["key"] for r in finalists(run, 4, 1.0, 0.9833, rc)][-1] == "8366"  # the wreck only last
     # helper-21: the k smallest within reach all missed the target, so export shipped a student past it
     # while the run held one within it; the smallest that meets the target takes the last place
     assert [r["key"] for r in finalists(recs, 1, 1.0, 0.905, rc, reach=25.0)] == ["s40-0.9"]
@@ -394,7 +403,6 @@ def test_pareto_front_and_the_finalists_it_gives():
     assert [r["key"] for r in finalists(recs, 1, 1.0, 0.905, rc, reach=25.0, target=small)] == ["s40-0.9"]
     # helper-47 with the target's own rewards: the two smallest within reach were 2.97 and 2.6 points below
     # the teacher, and the nearest miss (1.11 below) was never distilled longer; export shipped 2.6 below
-    from envs import Evaluation, Reference, reward
 
     ref, target_rc = Reference(params=2_394_186, flops=10**8, accuracy=0.95), RewardConfig(kind="target", target_drop=1.0)
     near = [{"key": key, "params": p, "flops": p, "accuracy": a, "failure": None, "stage": "shrink",
@@ -436,7 +444,9 @@ def test_cli_user_errors_exit_2_without_traceback(tmp_path, tiny_config):
     r = _cli("search", str(bad), "--runs-dir", str(tmp_path / "runs"))
     assert r.returncode == 2 and "distill.epochs: expected an integer, got 'five'" in r.stderr
     r = _cli("search", str(tmp_path / "nope.yaml"))
-    assert r.returncode == 2 and "expected a YAML file" in r.stderr
+    assert r.returncode == 2 and f"expected a YAML file at {tmp_path / 'nope.yaml'}, found nothing" in r.stderr
+    r = _cli("search", str(tmp_path))  # (helper-68: a folder was "found none")
+    assert r.returncode == 2 and f"expected a YAML file at {tmp_path}, found a folder" in r.stderr
     r = _cli("search", str(tiny_config), "--set", "search.agent=ppo", "--runs-dir", str(tmp_path / "runs"))
     assert r.returncode == 2 and "search.agent: expected reinforce" in r.stderr
     r = _cli("search", str(tiny_config), "--set", "search.agent_options={batchsize: 3}", "--name", "opts",
@@ -445,8 +455,13 @@ def test_cli_user_errors_exit_2_without_traceback(tmp_path, tiny_config):
     assert not (tmp_path / "runs" / "opts").exists()  # nothing written for a rejected config
     r = _cli("search", str(tiny_config), "--set", "teacher.dataset=digits", "--name", "shape",
              "--runs-dir", str(tmp_path / "runs"))
-    assert r.returncode == 2 and "digits: expected the data the teacher was trained on (mnist1d: 10000 samples, train/val/test 7000/1500/1500" in r.stderr
-    assert "found 1797 samples, train/val/test 1257/269/271" in r.stderr
+    # the teacher n2n trains learns the recipe's data: other data is refused before it trains (helper-68:
+    # a mistyped path was said after minutes of training; its figures were refused then anyway)
+    assert r.returncode == 2 and r.stderr == ("n2n: error: teacher.dataset: digits is not the data the teacher n2n "
+                                              "trains learns (teacher.recipe.dataset: mnist1d); to train one on it, set "
+                                              "teacher.recipe.dataset instead (teacher.dataset names the data of a "
+                                              "teacher given by teacher.path)\n")
+    assert "teacher" not in r.stdout
     assert not (tmp_path / "runs" / "shape").exists()
     (tmp_path / "runs" / "taken").mkdir(parents=True)
     (tmp_path / "runs" / "taken" / "keep.txt").write_text("mine")
@@ -492,7 +507,8 @@ def test_resnet_teacher_on_2d_images_through_the_same_search(ray_session, tmp_pa
     cfg = load_config(None, {"teacher.recipe": {"dataset": "digits", "arch": "resnet", "preset": "resnet18",
                                                 "width_mult": 0.125, "epochs": 4},
                              "search.removal_budget": 3, "search.shrink_budget": 3, "search.refine_budget": 1,
-                             "search.agent_options": {"batch_size": 3}, "distill.epochs": 1, "finalists.k": 0})
+                             "search.agent_options": {"batch_size": 3}, "distill.epochs": 1, "finalists.k": 0,
+                             "target.max_accuracy_drop": 50.0})  # one a 1-epoch student meets: export picks it
     run = tmp_path / "runs" / "resnet"
     summary = run_search(cfg, run, log=lambda *_: None)
     assert summary["candidates_per_stage"] == {"removal": 3, "shrink": 3, "refine": 1}
@@ -509,6 +525,25 @@ def test_resnet_teacher_on_2d_images_through_the_same_search(ray_session, tmp_pa
     onnx_check(tmp_path / "student", student, torch.as_tensor(raw.images[i][:, None], dtype=torch.float32),
                torch.as_tensor(raw.target[i]), metrics)
     assert json.loads((tmp_path / "student" / "arch.json").read_text())["family"] == "resnet"
+
+
+def test_teacher_dataset_beside_a_recipe_is_its_data_however_named_and_text_is_sent_to_an_encoder(tmp_path, monkeypatch):
+    """helper-69: `npz:./d.npz` beside a recipe of `npz:d.npz` was refused as other data, and text was
+    sent to teacher.recipe.dataset, which refuses text."""
+    from n2n.data import absolute
+    from n2n.errors import ConfigError
+    from n2n.search import _same_data, resolve_teacher
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.npz").write_bytes(b"")
+    (tmp_path / "l.npz").symlink_to("d.npz")
+    assert _same_data(absolute("npz:./d.npz"), absolute("npz:d.npz"))
+    assert _same_data(absolute("npz:l.npz"), absolute(f"npz:{tmp_path / 'd.npz'}"))
+    assert not _same_data(absolute("npz:d.npz"), absolute("folder:d.npz")) and not _same_data("mnist1d", "digits")
+    with pytest.raises(ConfigError, match=r"^teacher.dataset: text:r.csv is not the data the teacher n2n trains learns "
+                                          r"\(teacher.recipe.dataset: mnist1d\); text needs a Hugging Face encoder "
+                                          r"teacher: `n2n teacher train --hf CHECKPOINT --dataset text:r.csv --out DIR`"):
+        resolve_teacher(load_config(None, {"teacher.dataset": "text:r.csv"}))
 
 
 def test_finalists_and_a_target_decide_what_export_picks(ray_session, tiny_config, tmp_path):
@@ -558,6 +593,10 @@ def test_finalists_and_a_target_decide_what_export_picks(ray_session, tiny_confi
     (tmp_path / "copy" / "results" / f"{chosen['key']}.safetensors").unlink()
     with pytest.raises(RunError, match=rf"the weights of the student to export \({why}\) are not there"):
         export_best(tmp_path / "copy", tmp_path / "none", log=lambda *_: None)
+    os.mkfifo(tmp_path / "copy" / "results" / f"{chosen['key']}.safetensors")  # (helper-68: "not there")
+    with pytest.raises(RunError, match=rf"the weights of the student to export \({why}\), found no plain file \(a "
+                                       rf"device, FIFO or socket\); restore the file from a copy of the run"):
+        export_best(tmp_path / "copy", tmp_path / "none", log=lambda *_: None)
     assert not (tmp_path / "none").exists()
     t = chosen["teacher"]  # where it stands against the target, on val and on the held-out test split
     assert chosen["target"] == {"max_accuracy_drop": 25.0, "margin": 10.0,
@@ -584,7 +623,8 @@ def test_finalists_and_a_target_decide_what_export_picks(ray_session, tiny_confi
         export_best(run, tmp_path / "x", key="nope", log=lambda *_: None)
 
 
-def test_size_limits_alone_ask_for_the_most_accurate_student_within_them(ray_session, tiny_config, mnist1d, tmp_path):
+def test_size_limits_alone_ask_for_the_most_accurate_student_within_them(ray_session, tiny_config, mnist1d, tmp_path,
+                                                                         capsys):
     """`target: {max_accuracy_drop: null, max_params: P}` is "the most accurate student of at most P
     params". Inside the limit the reward and the pick had ranked by size alone, so the search sought
     the tiniest student at any accuracy and export shipped the smallest finalist under P."""
@@ -618,18 +658,31 @@ def test_size_limits_alone_ask_for_the_most_accurate_student_within_them(ray_ses
     assert chosen["target"] == {"max_params": limit, "limits_met": True} and chosen["params"] <= limit
     assert summary["best"]["key"] == chosen["key"]
     assert f"`n2n export` picks {chosen['key']} ({chosen['params']:,} params, finalists, " in make_report(run)
-    # a student past the limits (the best by reward where none is within them, or --key) is said to be
+    # a target no candidate meets: export writes none unasked, names the nearest and the --key that
+    # exports it (helper-62: it shipped the best by reward, exit 0, a warning the only sign); so do the
+    # report and the search's last line
+    meta = json.loads((run / "n2n.json").read_text())
+    meta["config"]["target"]["max_params"] = min(r["params"] for r in recs) - 1
+    (run / "n2n.json").write_text(json.dumps(meta))
+    said = []
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "none")]) == 2
+    assert not (tmp_path / "none").exists()
+    edited, ref = run_config(meta["config"]).reward_config(), Reference(*(meta["reference"][k] for k in ("params", "flops", "accuracy")))
+    nearest = max((r for r in recs if r["stage"] == "finalists"), key=lambda r: reward(Evaluation.from_dict(r), ref, edited))
+    err = capsys.readouterr().err
+    assert (f"no candidate meets the target, so export writes none unasked (nothing was written); nearest by reward: "
+            f"{nearest['key']} ({nearest['params']:,} params, finalists, val acc {nearest['accuracy']:.4f}: "
+            f"{nearest['params']:,} params > {meta['config']['target']['max_params']:,}), which `--key {nearest['key']}` "
+            "exports all the same") in err
+    assert (f"no candidate meets the target, so `n2n export` writes none unasked; nearest by reward: {nearest['key']} "
+            in make_report(run))
+    asked = export_best(run, tmp_path / "asked", key=nearest["key"], log=said.append)
+    assert asked["key"] == nearest["key"] and asked["target"]["limits_met"] is False
+    assert any(line.endswith(f"> {meta['config']['target']['max_params']:,}): exported as asked by --key {nearest['key']}")
+               for line in said)
     from n2n.export import size_limits
 
     metrics = {"params": limit + 1, "flops": 10, "latency_ms": None, "stage": "finalists"}
-    assert size_limits(TargetConfig(max_params=limit, max_flops=10), metrics) == (
-        {"max_params": limit, "max_flops": 10, "limits_met": False},
-        f"warning: this student is outside the target's limits (params {limit + 1:,} > {limit:,}): no candidate "
-        "meets the whole target, so export ships the best by reward; `n2n report` lists the candidates and `--key` "
-        "exports any")
-    # a run without finalists (finalists.k 0, or stopped before them) picked among its candidates (helper-38)
-    shrink = {**metrics, "stage": "shrink"}
-    assert "no candidate meets the whole target" in size_limits(TargetConfig(max_params=limit), shrink)[1]
     # a student the search timed within a latency limit, past it as exported (helper-37)
     timed = {**metrics, "params": limit, "latency_ms": 0.8, "latency_measured": {"search": {"latency_ms": 0.69}}}
     assert size_limits(TargetConfig(max_latency_ms=0.7), timed) == (

@@ -104,7 +104,7 @@ def test_text_datasets_are_tokenised_with_the_teachers_tokenizer(tmp_path):
     assert torch.equal(load_dataset(f"text:{tmp_path / 'trailing.csv'}", tokenizer=tok, max_length=12).y_train, ds.y_train)
 
 
-def test_a_bare_encoder_or_a_head_of_the_wrong_size_never_becomes_a_teacher(tmp_path):
+def test_a_bare_encoder_or_a_head_of_the_wrong_size_never_becomes_a_teacher(tmp_path, small_teacher):
     """transformers would give a bare encoder a random 2-label head; nothing random may enter a teacher."""
     with pytest.raises(ModelError, match="without classifier.bias, classifier.weight, which would start random; "
                                          "fine-tune it into a teacher first: n2n teacher train --hf"):
@@ -121,6 +121,20 @@ def test_a_bare_encoder_or_a_head_of_the_wrong_size_never_becomes_a_teacher(tmp_
                                 "teacher.dataset": f"text:{write_csv(tmp_path / 'three.csv', rows)}"})
     with pytest.raises(DataError, match="3 classes, but the teacher's classifier has 2 outputs"):
         prepare_run(config, log=lambda *_: None)
+    # a teacher of no tokenizer on text: said so first (helper-67: told of a text length, then of a
+    # tokenizer its folder lacked)
+    from n2n.config import ConfigError
+    from n2n.models import save_model
+
+    model, arch, _ = small_teacher
+    save_model(tmp_path / "vgg", model, arch, {"dataset": "mnist1d"})
+    said = []
+    config = load_config(None, {"teacher.path": str(tmp_path / "vgg"), "teacher.dataset": f"text:{tmp_path / 'three.csv'}"})
+    with pytest.raises(ConfigError, match=rf"^text:{re.escape(str(tmp_path / 'three.csv'))}: text is tokenised by the "
+                                          rf"teacher's tokenizer, so it needs a Hugging Face encoder teacher .*; "
+                                          rf"{re.escape(str(tmp_path / 'vgg'))} is a vgg teacher$"):
+        prepare_run(config, log=said.append)
+    assert said == []
 
 
 @pytest.mark.slow
@@ -233,6 +247,66 @@ def test_an_hf_teacher_does_not_depend_on_what_ran_before_in_the_process(tmp_pat
                      log=said.append)
     assert f"t1's classifier head has other outputs than the {len(labels) + 1} classes of text:{more}: it starts anew" in said
     assert load_weights(tmp_path / "t3" / "model.safetensors")["classifier.weight"].shape[0] == len(labels) + 1
+
+
+def test_a_teacher_whose_config_masks_another_id_than_its_tokenizer_pads_with_is_refused_or_aligned(tmp_path):
+    """helper-67: a BertConfig() left at pad id 0 beside a vocabulary whose [PAD] is elsewhere: n2n masked
+    a real word and left the padding unmasked, so its teacher measured 0.9556 where pipeline() measured
+    0.9333, and so did every student. A teacher folder like it is refused; `teacher train --hf` of such
+    a checkpoint masks the tokenizer's padding, says so, and measures what the tokenizer's masks give.
+    Integer labels that replace a checkpoint's class names are said to."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from n2n.teachers import train_hf_teacher
+
+    tok = tokenizer_for(minilm_path())
+    assert tok.pad_token_id == 0
+    word = tok.convert_tokens_to_ids("great")
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, num_labels=2, pad_token_id=word)
+    BertForSequenceClassification(cfg).save_pretrained(tmp_path / "odd")
+    tok.save_pretrained(tmp_path / "odd")
+    with pytest.raises(ModelError, match=rf"odd: its tokenizer pads with id 0 \('\[PAD\]'\), its config's "
+                                         rf"pad_token_id is {word} \('great'\), so n2n would mask the one, pipeline\(\) "
+                                         rf"the other, .* set \"pad_token_id\": 0 in .*odd/config.json"):
+        load_model(tmp_path / "odd")
+    # none set: n2n masks 0, the tokenizer's [PAD] here: they agree (helper-69: refused as if they did not)
+    cfg.pad_token_id = None
+    BertForSequenceClassification(cfg).save_pretrained(tmp_path / "unset")
+    tok.save_pretrained(tmp_path / "unset")
+    assert load_model(tmp_path / "unset")[0].pad_token_id == 0
+    said = []
+    data = write_csv(tmp_path / "few.csv", sentences(TEMPLATES[:2], SUBJECTS[:4]))
+    metrics = train_hf_teacher(tmp_path / "odd", f"text:{data}", tmp_path / "t", epochs=1, max_length=12,
+                               batch_size=16, log=said.append)
+    assert f"odd: its tokenizer pads with id 0 ('[PAD]'), its config's pad_token_id is {word} ('great'); the " \
+           "teacher masks the tokenizer's padding, as pipeline() does, and its config.json says so" in said
+    teacher = load_model(tmp_path / "t")[0]
+    assert teacher.config.pad_token_id == 0 and teacher.model.bert.embeddings.word_embeddings.padding_idx == 0
+    # n2n's figure is the one the tokenizer's own attention masks give, as pipeline() runs it
+    ds = load_dataset(f"text:{data}", seed=0, tokenizer=tmp_path / "t", max_length=12)
+    texts = [r[0] for r in csv.reader(open(data))][1:]
+    val = [texts[i] for i in ds.index["val"]]
+    enc = tok(val, padding="max_length", truncation=True, max_length=12, return_tensors="pt")
+    with torch.no_grad():
+        logits = teacher.model(**enc).logits  # (N, 2)
+    assert torch.equal(enc["input_ids"], ds.x_val)
+    assert metrics["val_accuracy"] == pytest.approx((logits.argmax(1) == ds.y_val).float().mean().item())
+    assert torch.allclose(teacher(ds.x_val), logits, atol=1e-5)
+    # integer labels beside a classifier that names its classes: the ids are the names, said (helper-67:
+    # without a word; helper-69: taking the checkpoint's names could mislabel)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, id2label={0: "negative", 1: "positive"},
+                     label2id={"negative": 0, "positive": 1}, pad_token_id=0)
+    BertForSequenceClassification(cfg).save_pretrained(tmp_path / "named")
+    tok.save_pretrained(tmp_path / "named")
+    ids = write_csv(tmp_path / "ids.csv", [(t, int(lab == "positive")) for t, lab in sentences(TEMPLATES[:2], SUBJECTS[:4])])
+    said.clear()
+    train_hf_teacher(tmp_path / "named", f"text:{ids}", tmp_path / "t2", epochs=1, max_length=12, batch_size=16,
+                     log=said.append)
+    assert f"text:{ids} gives class ids, not names: the teacher's classes are 0, 1, not named's negative, positive " \
+           "(give the labels as names in the data to name them)" in said
+    assert load_model(tmp_path / "t2")[0].config.id2label == {0: "0", 1: "1"}
 
 
 def test_a_teacher_whose_class_names_are_in_another_order_is_refused(tmp_path):
