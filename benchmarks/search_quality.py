@@ -34,7 +34,8 @@ import ray
 
 from envs import within_drop
 from n2n.config import TargetConfig, load_config
-from n2n.export import TargetMissed, export_best
+from n2n.errors import TargetMissed
+from n2n.export import export_best
 from n2n.models import build_model, load_weights
 from n2n.runfolder import read_records
 from n2n.search import OpenRun, run_search

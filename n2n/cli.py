@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from . import SEED_LIMIT, __version__
-from .errors import USER_ERRORS, sigterm_as_sigint
+from .errors import USER_ERRORS, TargetMissed, sigterm_as_sigint
 
 
 def _teacher_train(args) -> int:
@@ -352,11 +352,19 @@ def main(argv=None) -> int:
     try:
         with sigterm_as_sigint():  # `kill` as Ctrl-C: temp folders go, nothing half-written stays
             return args.func(args)
+    except TargetMissed as e:  # not a mistake: the run holds no student the target asks for
+        print(f"n2n: error: {e}", file=sys.stderr)
+        return 3
     except USER_ERRORS as e:
         print(f"n2n: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("n2n: interrupted", file=sys.stderr)
+        again = ""
+        if args.func is _resume and (Path(args.run) / "n2n.json").is_file():  # (helper-68: said no way on)
+            from .search import resume_command
+
+            again = f"; continue it with `{resume_command(Path(args.run), args.address, args.allow_factory)}`"
+        print(f"n2n: interrupted{again}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `n2n report ... | head`
         sys.stderr.close()

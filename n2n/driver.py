@@ -28,7 +28,7 @@ from search_spaces import SearchSpace, StudentSpec
 
 from .errors import RunError
 from .models import write_json
-from .pick import REACH, choose, finalists, misscored, points
+from .pick import REACH, choose, finalists, meets_none, misscored, points
 from .runfolder import HELD_FOR_DEATHS, POLICY, RECORDS, SUMMARY, record_problem, save_state
 
 FINISHED = "FINISHED"
@@ -639,7 +639,11 @@ class SearchDriver:
             # "best": the student `n2n export` writes by default (n2n.pick.choose: with an accuracy target
             # the smallest finalist that meets it with target.margin to spare), not merely
             # the highest reward, which a brief distillation's noise can win
-            "best": {**shown(pick), "chosen_because": why} if pick else None,
+            # the nearest where none meets the target, which export writes only by --key: `meets_target`
+            # says so to a pipeline (helper-70: only chosen_because's words did; None without a target)
+            "best": {**shown(pick), "chosen_because": why,
+                     "meets_target": not meets_none(why) if self.target is not None and self.target.is_set() else None}
+            if pick else None,
             "best_by_reward": shown(top) if top else None,
         }
 

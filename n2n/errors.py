@@ -20,6 +20,15 @@ class RunError(ValueError):
     """A run folder that is missing, incomplete, or already exists."""
 
 
+class TargetMissed(RunError):
+    """No candidate of a run meets its target, so export writes none unasked (exit 3, apart from the
+    user's mistakes: a pipeline may loosen the target and search again); `key`: the one nearest by reward."""
+
+    def __init__(self, message: str, key: str):
+        super().__init__(message)
+        self.key = key
+
+
 # (AgentOptionError: a run's own copy of its policy damaged, met when a resume rebuilds its agents; helper-57)
 USER_ERRORS = (ConfigError, RunError, DataError, ModelError, SpecError, UnsupportedModel, AgentOptionError,
                FileExistsError, FileNotFoundError, PermissionError)

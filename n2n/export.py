@@ -20,7 +20,7 @@ from . import pick
 from .config import Config, run_config
 from .data import found_at, unstandardise
 from .deploy import check_onnx, fastest_ratio, require_onnx, time_as_shipped, to_onnx
-from .errors import RunError
+from .errors import RunError, TargetMissed
 from .models import (ModelError, RawInput, build_model, check_target, device_for, file_digest,
                      load_weights, save_model, weights_mismatch, write_json)
 from .runfolder import RunLock, finish_hint, read_records, read_run, read_summary, unfinished
@@ -114,14 +114,6 @@ def _retokenised(ds, tokenizer):
     return dc_replace(ds, x_val=ids["val"], x_test=ids["test"])
 
 
-class TargetMissed(RunError):
-    """No candidate meets the run's target, so export writes none unasked; `key`: the nearest's."""
-
-    def __init__(self, message: str, key: str):
-        super().__init__(message)
-        self.key = key
-
-
 def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: Path,
            key: str | None = None, rank: int | None = None, margin: float | None = None,
            stored: bool = False) -> tuple[dict, str]:
@@ -134,8 +126,8 @@ def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: P
                               str(run_dir), key, rank, margin)
     if pick.meets_none(why):  # not the student asked for: written only when asked by name
         stopped = unfinished(run_dir)
-        raise TargetMissed(f"{run_dir}: {pick.NONE_MEETS}, so export writes none unasked (nothing was written); nearest by "
-                       f"reward: {chosen['key']} ({chosen['params']:,} params, {chosen['stage']}, val acc "
+        raise TargetMissed(f"{run_dir}: {pick.NONE_MEETS}, so export writes none unasked (nothing was written); "
+                           f"{pick.nearest_said(why)}: {chosen['key']} ({chosen['params']:,} params, {chosen['stage']}, val acc "
                        f"{chosen['accuracy']:.4f}: {'; '.join(cfg.target.misses(chosen, teacher_accuracy))}), which "
                        f"`--key {chosen['key']}` exports all the same; `n2n report {shlex.quote(str(run_dir))}` lists "
                        f"every candidate" + (f". The search has not finished ({stopped}): "
@@ -358,7 +350,7 @@ def _finetune(student, run_dir: Path, meta: dict, cfg: Config, space, ds, teache
     """N2N's headline students were fine-tuned longer at the end: distillation + cross-entropy, in place."""
     ft = replace(cfg.distill.for_space(space), epochs=epochs, ce_weight=max(cfg.distill.ce_weight, 1.0),
                  schedule="cosine")
-    log(f"fine-tuning for {epochs} epochs (distillation + cross-entropy)")
+    log(f"fine-tuning for {epochs} epoch{'s' * (epochs != 1)} (distillation + cross-entropy)")
     t_logits = teacher_logits(run_dir, teacher, ds.x_train, log, keep=False,  # the run's own, if kept
                               digest=meta.get("teacher_logits_digest"))
     try:  # the run's device where this machine has it; else this machine's own (the search's

@@ -154,7 +154,7 @@ def finalists(records: list[dict], k: int, drop: float | None, teacher_accuracy:
 
 
 SHORT_OF_MARGIN = "the one that meets it with the most"  # how `choose` says no candidate had the margin
-# how `choose` says no candidate meets the target at all: its pick is then only the nearest by reward,
+# how `choose` says no candidate meets the target at all: its pick is then only the best by reward,
 # which export writes when asked by --key (helper-62: it wrote it unasked, exit 0, a warning the only sign)
 NONE_MEETS = "no candidate meets the target"
 
@@ -162,6 +162,13 @@ NONE_MEETS = "no candidate meets the target"
 def meets_none(why: str) -> bool:
     """Whether `choose` said `why` of a pick outside the target (the best by reward)."""
     return why.startswith(NONE_MEETS + ";")
+
+
+def nearest_said(why: str) -> str:
+    """Which student `choose` names where none meets the target ("the best finalist by reward"): the
+    finalists' longer distillation speaks for them first, so not always the best by reward of all
+    (helper-70: "nearest by reward" named a finalist below its own stage record's reward)."""
+    return why.removeprefix(NONE_MEETS + "; ")
 
 
 def points(x: float) -> str:

@@ -703,6 +703,18 @@ def test_sigterm_during_an_export_keeps_the_earlier_one_and_leaves_no_temp_folde
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]
 
 
+def test_a_resume_interrupted_while_it_starts_says_how_to_continue(finished_run, capsys, monkeypatch):
+    """helper-68: Ctrl-C while `n2n resume` was starting said "n2n: interrupted" and no more."""
+    import n2n.search
+
+    def starting(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(n2n.search, "resume_search", starting)
+    status, err = _main(capsys, "resume", finished_run, "--address", "10.0.0.1:6379")
+    assert status == 130 and err == f"n2n: interrupted; continue it with `n2n resume {finished_run} --address 10.0.0.1:6379`\n"
+
+
 def test_candidates_json_values_of_the_wrong_type_are_named_not_a_traceback(finished_run, tmp_path, capsys):
     """helper-25: a string reward was a TypeError traceback in report and policy fit; values out of range too."""
     import shutil
