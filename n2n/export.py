@@ -126,12 +126,11 @@ def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: P
                               str(run_dir), key, rank, margin)
     if pick.meets_none(why):  # not the student asked for: written only when asked by name
         stopped = unfinished(run_dir)
-        raise TargetMissed(f"{run_dir}: {pick.NONE_MEETS}, so export writes none unasked (nothing was written); "
-                           f"{pick.nearest_said(why)}: {chosen['key']} ({chosen['params']:,} params, {chosen['stage']}, val acc "
-                       f"{chosen['accuracy']:.4f}: {'; '.join(cfg.target.misses(chosen, teacher_accuracy))}), which "
-                       f"`--key {chosen['key']}` exports all the same; `n2n report {shlex.quote(str(run_dir))}` lists "
-                       f"every candidate" + (f". The search has not finished ({stopped}): "
-                                             f"{finish_hint(stopped, run_dir, 'export')}" if stopped else ""), chosen["key"])
+        student = f"{chosen['key']} ({chosen['params']:,} params, {chosen['stage']}, val acc {chosen['accuracy']:.4f})"
+        unfinished_said = f". The search has not finished ({stopped}): {finish_hint(stopped, run_dir, 'export')}" if stopped else ""
+        raise TargetMissed(f"{run_dir}: {pick.none_meets_said(why, student, cfg.target.misses(chosen, teacher_accuracy))}; "
+                           f"nothing was written. `--key {chosen['key']}` exports it all the same; `n2n report "
+                           f"{shlex.quote(str(run_dir))}` lists every candidate{unfinished_said}", chosen["key"])
     weights = run_dir / "results" / f"{chosen['key']}.safetensors"
     if os.path.lexists(weights) and not weights.is_file():  # (helper-68: a FIFO was "not there")
         raise RunError(f"{weights}: expected the weights of the student to export ({why}), found "
@@ -248,12 +247,7 @@ def size_limits(target, metrics: dict, asked_for: str | None = None) -> tuple[di
     asked = {k: getattr(target, k) for k in ("max_params", "max_flops", "max_latency_ms") if getattr(target, k) is not None}
     if not asked:
         return {}, None
-    has = {"max_params": metrics["params"], "max_flops": metrics["flops"], "max_latency_ms": metrics["latency_ms"]}
-    def shown(k, v):
-        return f"{v:.3g} ms" if k == "max_latency_ms" else f"{v:,}"
-
-    over = [f"{k.removeprefix('max_')} " + (f"{shown(k, has[k])} > {shown(k, v)}" if has[k] is not None else "not measured")
-            for k, v in asked.items() if has[k] is None or has[k] > v]
+    over = target.misses(metrics)  # its size and latency limits (the accuracy is accuracy_target's)
     search = (metrics.get("latency_measured") or {}).get("search") or {}
     searched = search.get("latency_ms")
     bare = search.get("module", "").startswith("bare")  # (helper-39: the warning blamed the trials' load)

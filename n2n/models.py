@@ -127,7 +127,8 @@ def build_model(arch: dict, factories=()) -> nn.Module:
         if family == "module":  # the user's own class: {"factory": "pkg.mod:fn", "kwargs": {...}}
             return call_factory(arch["factory"], factories, arch.get("kwargs", {}))
         if family == "hf-pretrained":
-            return load_hf_classifier(Path(arch["path"]))
+            # a teacher whose folder load_model checked (a run's, rebuilt in a trial's worker): unchecked again
+            return load_hf_classifier(Path(arch["path"]), padding_checked=True)
         if family in STUDENT_FAMILIES:
             return build_student(arch, factories)
     except (ModelError, UnsupportedModel):
@@ -628,12 +629,13 @@ def check_hf_folder(folder: Path) -> None:
                          f"model.save_pretrained(DIR, safe_serialization=True)")
 
 
-def load_hf_classifier(folder: Path) -> nn.Module:
+def load_hf_classifier(folder: Path, padding_checked: bool = False) -> nn.Module:
     """A local Hugging Face ...ForSequenceClassification folder, as ids -> logits (no download).
 
     A folder without a trained classification head (a bare encoder such as all-MiniLM-L6-v2) is
     refused: transformers would fill the head with random weights, and nothing random may enter a
-    teacher. `n2n teacher train --hf FOLDER` fine-tunes one into a classifier."""
+    teacher. `n2n teacher train --hf FOLDER` fine-tunes one into a classifier. A tokenizer there must
+    pad with the id n2n masks (`check_padding`), unless `padding_checked` when the folder was loaded."""
     from safetensors import SafetensorError
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -658,7 +660,7 @@ def load_hf_classifier(folder: Path) -> nn.Module:
         raise ModelError(f"{folder}: expected a trained sequence classifier, found a model ({arch}) without "
                          f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}, which would start random; "
                          f"fine-tune it into a teacher first: n2n teacher train --hf {folder} --dataset text:FILE --out DIR")
-    if any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+    if not padding_checked and any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
         from .data import tokenizer_for
 
         check_padding(model.config, tokenizer_for(folder), folder)
@@ -814,6 +816,8 @@ def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:
 
     A Hugging Face folder (config.json, no arch.json) loads through `from_pretrained` with
     ``local_files_only`` and without remote code. `factories`: see `build_model`."""
+    from .data import found_at
+
     folder = Path(folder)
     metrics_path = folder / "metrics.json"
     if (folder / "config.json").is_file() and not (folder / "arch.json").is_file():
@@ -821,8 +825,7 @@ def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:
         return load_hf_classifier(folder), {"family": "hf-pretrained", "path": str(folder.resolve())}, metrics
     if not folder.is_dir():  # (helper-51: "expected a model folder with model.safetensors" of a folder that is not there)
         where = "" if folder.is_absolute() else f" (a relative path is read from the folder the command runs in, {Path.cwd()})"
-        raise ModelError(f"{folder}: expected a model folder, found {'a file' if folder.exists() else 'nothing'} there{where}")
-    from .data import found_at
+        raise ModelError(f"{folder}: expected a model folder, found {found_at(folder)} there{where}")
 
     for name in ("model.safetensors", "arch.json"):
         if not (folder / name).is_file():

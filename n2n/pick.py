@@ -164,11 +164,14 @@ def meets_none(why: str) -> bool:
     return why.startswith(NONE_MEETS + ";")
 
 
-def nearest_said(why: str) -> str:
-    """Which student `choose` names where none meets the target ("the best finalist by reward"): the
-    finalists' longer distillation speaks for them first, so not always the best by reward of all
+def none_meets_said(why: str, student: str, misses: list[str]) -> str:
+    """What export, report and the search's last line say where `choose` found none that meets the
+    target (`why`): that export writes none unasked, and which student it names instead, `student`
+    in words, with what it `misses` (n2n.config.TargetConfig.misses). That student is the best
+    finalist (else candidate) by reward: the finalists' longer distillation speaks for them first
     (helper-70: "nearest by reward" named a finalist below its own stage record's reward)."""
-    return why.removeprefix(NONE_MEETS + "; ")
+    return (f"{NONE_MEETS}, so `n2n export` writes none unasked; {why.removeprefix(NONE_MEETS + '; ')}: {student} "
+            f"({'; '.join(misses)})")
 
 
 def points(x: float) -> str:

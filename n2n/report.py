@@ -16,7 +16,7 @@ from .config import run_config
 from .driver import counted
 from .errors import RunError
 from .models import write_bytes
-from .pick import NONE_MEETS, choose, flops_said, from_figures, front, meets_none, nearest_said, rules_note, summary_note
+from .pick import choose, flops_said, from_figures, front, meets_none, none_meets_said, rules_note, summary_note
 from .runfolder import finish_hint, read_records, read_run, read_summary, unfinished
 
 
@@ -138,8 +138,8 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
         said = (f"{pick['key']} ({pick['params']:,} params{flops_said(cfg.target, cfg.reward_config(), pick['flops'])}, "
                 f"{pick['stage']}, val acc {pick['accuracy']:.4f}")
         text.append(f"`n2n export` picks {said}): {why}" if not meets_none(why) else
-                    f"{NONE_MEETS}, so `n2n export` writes none unasked; {nearest_said(why)}: {said}: "
-                    f"{'; '.join(cfg.target.misses(pick, ref['accuracy']))}), which `--key {pick['key']}` exports")
+                    f"{none_meets_said(why, said + ')', cfg.target.misses(pick, ref['accuracy']))}, which "
+                    f"`--key {pick['key']}` exports")
         if not unfinished(run_dir) and (note := summary_note(read_summary(run_dir), pick["key"])):
             text.append(note)  # (helper-65: only export said so)
     except RunError as e:

@@ -27,7 +27,7 @@ from .driver import SearchDriver, counted
 from .errors import ConfigError, RunError
 from .models import (ModelError, append_to, check_creatable, device_for, file_digest, load_model, load_weights,
                      kept_teacher, save_weights, weights_digest, write_json, written_by_n2n)
-from .pick import RULES, flops_said, meets_none, nearest_said, points, rules_note
+from .pick import RULES, flops_said, meets_none, none_meets_said, points, rules_note
 from .raysession import WATCH_MISSES, WATCH_SECONDS, check_address, cluster_watch, ray_session
 from .runfolder import (HELD_FOR_DEATHS, LOG, META, POLICY, RECORDS, TEACHER_LOGITS, TUNE, RunLock, create_run, taken,
                         load_states, read_records, read_run, read_summary)
@@ -504,11 +504,10 @@ def _finish(run_dir: Path, driver: SearchDriver, log=print, factories=(), addres
         flops = flops_said(driver.target, driver.reward_config, pick["flops"])
         if meets_none(pick["chosen_because"]):  # (helper-62: export wrote it unasked, exit 0)
             rec = next(r for r in driver.records if r["key"] == pick["key"])  # its latency too (helper-69)
-            misses = "; ".join(driver.target.misses(rec, driver.reference.accuracy))
-            log(f"no candidate meets the target, so `n2n export` writes none unasked; {nearest_said(pick['chosen_because'])}: "
-                f"{pick['params']:,} params ({pick['times_smaller']}x smaller{flops}), val acc {pick['val_accuracy']:.4f} "
-                f"({misses}) -> `n2n export {shlex.quote(str(run_dir))} --out DIR --key {pick['key']}{allow}` "
-                "exports it all the same; `n2n report` lists every candidate")
+            student = f"{pick['params']:,} params ({pick['times_smaller']}x smaller{flops}), val acc {pick['val_accuracy']:.4f}"
+            log(f"{none_meets_said(pick['chosen_because'], student, driver.target.misses(rec, driver.reference.accuracy))}"
+                f" -> `n2n export {shlex.quote(str(run_dir))} --out DIR --key {pick['key']}{allow}` exports it all the "
+                "same; `n2n report` lists every candidate")
             return summary
         log(f"`n2n export` picks {pick['params']:,} params ({pick['times_smaller']}x smaller{flops}), val acc "
             f"{pick['val_accuracy']:.4f}: {pick['chosen_because']} -> `n2n export {shlex.quote(str(run_dir))} --out DIR{allow}` "
