@@ -530,6 +530,8 @@ def tokenizer_for(folder):
         raise DataError(f"{folder}: expected a Hugging Face tokenizer there to tokenise a text dataset "
                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     tokenizer.name_or_path = str(folder)
+    for flag in ("is_local", "local_files_only"):  # how the copy was loaded, which save_pretrained would write
+        tokenizer.init_kwargs.pop(flag, None)
     return tokenizer
 
 

@@ -383,6 +383,8 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         # the student was measured on texts cut to this many tokens: so is what `truncation=True` cuts
         # to outside n2n (pipeline), instead of the checkpoint's 512
         tokenizer.model_max_length = ds.split["max_length"]
+        if "max_length" in tokenizer.init_kwargs:  # the teacher's own default length, saved beside: the same one
+            tokenizer.init_kwargs["max_length"] = ds.split["max_length"]
     vocab = None
     if trim_vocab:
         if tokenizer is None:

@@ -165,6 +165,11 @@ def test_minilm_journey_csv_to_teacher_to_search_to_pipeline(ray_session, tmp_pa
     assert metrics["val_accuracy"] > 0.9 and metrics["labels"] == ["negative", "positive"]
     assert (teacher / "tokenizer.json").exists() and metrics["split"]["max_length"] == 16
 
+    # a checkpoint's own default length (all-MiniLM-L6-v2's hub tokenizer says 128) went out stale beside
+    # model_max_length, and so did the flags its copy was loaded with (helper-67)
+    settings = json.loads((teacher / "tokenizer_config.json").read_text())
+    assert not {"is_local", "local_files_only"} & set(settings)
+    (teacher / "tokenizer_config.json").write_text(json.dumps({**settings, "max_length": 128}))
     cfg = load_config(None, {"teacher.path": str(teacher), "search.uniform_widths": True, "search.removal_budget": 3,
                              "search.shrink_budget": 2, "search.refine_budget": 1, "search.agent_options": {"batch_size": 2},
                              "distill.epochs": 2})
@@ -189,6 +194,9 @@ def test_minilm_journey_csv_to_teacher_to_search_to_pipeline(ray_session, tmp_pa
     assert by_pipeline == by_n2n and sum(a == b for a, b in zip(by_n2n, truth)) >= 15  # of 18 unseen sentences
     # a text past the length the student was measured on is cut where n2n cut it, not at BERT's 512
     assert tok.model_max_length == 16
+    settings = json.loads((out / "hf" / "tokenizer_config.json").read_text())
+    assert (settings["model_max_length"], settings["max_length"]) == (16, 16)
+    assert not {"is_local", "local_files_only"} & set(settings)
     long = [t + " and so on" * 200 for t in texts]
     ids = tok(long, padding="max_length", max_length=16, truncation=True, return_tensors="pt")["input_ids"]
     with torch.no_grad():
