@@ -8,7 +8,8 @@ the one whose validation figure its noise flattered most tends to be that one (t
 Each results row holds every finalist's validation and test accuracy (`finalists_test`), so the pick
 can be replayed with any margin, by n2n.pick.choose itself, without training anything.
 Per margin: mean compression of the picks, how many are past the target on test, and the mean with
-every miss counted as 1x (nothing delivered); the same per results file and agent variant
+every miss counted as 1x (nothing delivered), each search once (rows copied into a later file are
+the same search); the same per results file and agent variant
 (`by_file_and_agent`: one code version's searches, compare its margins with each other). Writes
 benchmarks/results/pick_margin.json.
 """
@@ -49,12 +50,20 @@ def main():
     searches = []
     for path in sorted(RESULTS.glob("search_quality*.json")):
         data = json.loads(path.read_text())
+        if "rows" not in data:  # another layout (search_quality_digits_tpe_order.json: arms of one agent)
+            continue
         drop = data["settings"]["drop"]
         for row in data["rows"]:
             teacher = (row["teacher_val"], row["teacher_params"]) if "teacher_val" in row else KNOWN.get(row["teacher_test"])
             if row.get("finalists_test") and teacher:
                 searches.append((path.name, row, drop, *teacher))
-    out = {"searches": len(searches), "files": sorted({s[0] for s in searches}), "margins": []}
+    # a search copied into a later file beside new rows (the same finalists, the same teacher) counts once
+    # in the totals, and in each file's own figures
+    first = {}
+    for i, (_, row, *_) in enumerate(searches):
+        first.setdefault((json.dumps(row["finalists_test"], sort_keys=True), row["teacher_test"]), i)
+    unique = set(first.values())
+    out = {"searches": len(unique), "rows": len(searches), "files": sorted({s[0] for s in searches}), "margins": []}
     def figures(picks: list[tuple[float, bool]]) -> dict:  # (times smaller, missed on test) per search
         return {"searches": len(picks), "mean_times_smaller": round(statistics.fmean(x for x, _ in picks), 1),
                 "past_target_on_test": sum(m for _, m in picks),
@@ -67,7 +76,7 @@ def main():
             picks.append((f"{name}:{row['agent']}", teacher_params / f["params"],
                           not within_drop(row["teacher_test"], f["test"], drop)))
         groups = dict.fromkeys(g for g, _, _ in picks)
-        out["margins"].append({"margin": margin, **figures([(x, m) for _, x, m in picks]),
+        out["margins"].append({"margin": margin, **figures([(x, m) for i, (_, x, m) in enumerate(picks) if i in unique]),
                                "by_file_and_agent": {g: figures([(x, m) for h, x, m in picks if h == g]) for g in groups}})
         print(json.dumps({k: v for k, v in out["margins"][-1].items() if k != "by_file_and_agent"}))
     (RESULTS / "pick_margin.json").write_text(json.dumps(out, indent=2) + "\n")
