@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from . import SEED_LIMIT, __version__
-from .errors import USER_ERRORS, TargetMissed, sigterm_as_sigint
 
 
 def _teacher_train(args) -> int:
@@ -155,6 +154,7 @@ def _search(args) -> int:
     cfg = load_config(args.config, over)
     name = args.name or time.strftime("search-%Y%m%d-%H%M%S")
     args.run = Path(args.runs_dir) / name  # (named in an error the machine causes: main)
+    args.fresh = not (args.run.exists() or args.run.is_symlink())  # a folder there is no run this search made
     summary = run_search(cfg, args.run, address=args.address, factories=args.allow_factory)
     return _status(summary)
 
@@ -344,6 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
+    try:  # torch and the rest take seconds to import: a Ctrl-C meanwhile is an interruption too (helper-71)
+        from .errors import USER_ERRORS, TargetMissed, sigterm_as_sigint
+    except KeyboardInterrupt:
+        print("n2n: interrupted", file=sys.stderr)
+        return 130
     if getattr(args, "allow_factory", None):
         # factories are the user's own modules, importable from where they run n2n, here and in the Ray
         # workers this process starts (they inherit the environment); only the factory's own module is
@@ -359,12 +364,7 @@ def main(argv=None) -> int:
         print(f"n2n: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        again = ""
-        if args.func is _resume and (Path(args.run) / "n2n.json").is_file():  # (helper-68: said no way on)
-            from .search import resume_command
-
-            again = f"; continue it with `{resume_command(Path(args.run), args.address, args.allow_factory)}`"
-        print(f"n2n: interrupted{again}", file=sys.stderr)
+        print(f"n2n: interrupted{_interrupted_run(args)}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `n2n report ... | head`
         sys.stderr.close()
@@ -379,6 +379,26 @@ def main(argv=None) -> int:
             raise
         print(f"n2n: error: {e}: expected a file or folder, found links that lead back to themselves", file=sys.stderr)
         return 2
+
+
+def _interrupted_run(args) -> str:
+    """"; continue it with `n2n resume RUN`" where a search or resume stopped while it started (later,
+    each says so itself), also written to the run's n2n.log (helper-68, helper-71: a search said no way
+    on, and its log never said it had stopped); else ""."""
+    run = getattr(args, "run", None)
+    if args.func is _search and not getattr(args, "fresh", False) or args.func not in (_search, _resume):
+        return ""  # (a folder that was there before this search is not its run, whatever it holds)
+    if run is None or not (Path(run) / "n2n.json").is_file():
+        return ""  # (stopped before it made its run folder: nothing to continue)
+    from .errors import USER_ERRORS
+    from .search import resume_command, teed
+
+    again = f"continue it with `{resume_command(Path(run), args.address, args.allow_factory)}`"
+    try:
+        teed(lambda _: None, Path(run))(f"search interrupted; {again}")
+    except (OSError, USER_ERRORS):  # the terminal's line is what matters here
+        pass
+    return f"; {again}"
 
 
 # what the machine or the paths given cause, not n2n: said in a line, not a traceback (helper-46)

@@ -418,8 +418,8 @@ def save_state(run_dir: Path, state: dict) -> None:
 
 
 def load_states(run_dir: Path, log=print):
-    """The readable search states, newest first (the saved one, then the one before it), read with
-    weights_only: plain data and tensors, never code."""
+    """(file name, state) of the readable search states, newest first (the saved one, then the one
+    before it), read with weights_only: plain data and tensors, never code."""
     for name in (STATE, PREV_STATE):
         path = Path(run_dir) / name
         if not path.exists():
@@ -427,11 +427,18 @@ def load_states(run_dir: Path, log=print):
         try:
             state = torch.load(path, weights_only=True)
             if isinstance(state, dict) and "records" in state:
-                yield state
+                yield name, state
                 continue
             why = "not a search state"
         except Exception as e:  # truncated, empty or foreign file: fall back, never hang
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
             if "Weights only load failed" in str(e):  # torch's advice to unpickle it is not n2n's (helper-46)
                 why = "it holds objects other than plain data and tensors, which n2n never unpickles"
-        log(f"{path.name} is damaged ({why}); falling back")
+        log(f"{path.name} is damaged ({why}); {fallback(run_dir, name)}")
+
+
+def fallback(run_dir: Path, name: str) -> str:
+    """What a resume turns to when the state in file `name` cannot be used (helper-71: "falling back")."""
+    if name == STATE and (Path(run_dir) / PREV_STATE).exists():
+        return f"trying {PREV_STATE}, the state saved before it"
+    return f"rebuilding the state from {RECORDS}"

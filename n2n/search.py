@@ -29,8 +29,8 @@ from .models import (ModelError, append_to, check_creatable, device_for, file_di
                      kept_teacher, save_weights, weights_digest, write_json, written_by_n2n)
 from .pick import RULES, flops_said, meets_none, none_meets_said, points, rules_note
 from .raysession import WATCH_MISSES, WATCH_SECONDS, check_address, cluster_watch, ray_session
-from .runfolder import (HELD_FOR_DEATHS, LOG, META, POLICY, RECORDS, TEACHER_LOGITS, TUNE, RunLock, create_run, taken,
-                        load_states, read_records, read_run, read_summary)
+from .runfolder import (HELD_FOR_DEATHS, LOG, META, POLICY, PREV_STATE, RECORDS, STATE, TEACHER_LOGITS, TUNE, RunLock,
+                        create_run, fallback, taken, load_states, read_records, read_run, read_summary)
 from .storage import Fetcher, RemoteResults, check_store, store_location
 from .teachers import cached_teacher
 from .train import accuracy, chance_warning, predict
@@ -629,10 +629,13 @@ def restore_driver(make, run_dir: Path, log=print) -> SearchDriver:
     `make()` rebuilt from candidates.json; records on disk that the state lacks are taken in, never
     dropped, and no candidate with a result is trained again."""
     records = read_records(run_dir, from_state=True)
-    for state in [*load_states(run_dir, log), None]:  # the saved state, else the one before it, else none
+    for name, state in [*load_states(run_dir, log), (None, None)]:  # the saved state, else the one before it, else none
         driver = make()
         if state is None:
-            log(f"no usable search state; rebuilding it from candidates.json ({len(records)} candidates)")
+            if records or any((run_dir / f).exists() for f in (STATE, PREV_STATE)):
+                log(f"no usable search state; rebuilding it from {RECORDS} ({len(records)} candidates)")
+            else:  # (helper-71: a search interrupted while it started read as damaged)
+                log("no candidate was evaluated before the search stopped: it starts from the beginning")
             driver.adopt(records)
             break
         try:  # (the records it takes in are told to the state's agent: part of what a state must bear)
@@ -640,7 +643,7 @@ def restore_driver(make, run_dir: Path, log=print) -> SearchDriver:
             driver.adopt(records)
             break
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:  # RuntimeError: a
-            log(f"search state not usable ({e}); falling back")                                    # policy's tensors
+            log(f"{name} not usable ({e}); {fallback(run_dir, name)}")                              # policy's tensors
     rescored = driver.rescore()  # before settle, whose stage ends and bases rank by reward
     if rescored:
         log(rescored)

@@ -164,8 +164,8 @@ def test_a_search_state_copied_from_another_run_is_not_taken_for_this_ones(space
     logs = []
     driver = restore_driver(lambda: _driver(space, run, "this-id"), run, log=logs.append)
     # the state before it is this run's own: used (helper-23: it was skipped for a rebuild)
-    assert logs == ["search state not usable (it belongs to another run (run id other-id, this run's this-id)); "
-                    "falling back"]
+    assert logs == ["search_state.pt not usable (it belongs to another run (run id other-id, this run's this-id)); "
+                    "trying search_state.prev.pt, the state saved before it"]
     assert [r["key"] for r in driver.records] == [r["key"] for r in before]
     trainer.run(driver)
     assert Counter(r["stage"] for r in read_records(run)) == {"removal": 6, "shrink": 6}
@@ -196,13 +196,34 @@ def test_resume_from_damaged_state_loses_no_record_and_trains_nothing_twice(spac
     driver = restore_driver(lambda: _driver(space, tmp_path), tmp_path, log=logs.append)
     assert [r["key"] for r in driver.records] == [r["key"] for r in before]  # nothing dropped
     assert read_records(tmp_path) == before  # and nothing written over until the search moves on
-    assert any("damaged" in m or "rebuilding" in m for m in logs)
+    # each line says what the resume turns to (helper-71: "falling back", to what was not said)
+    rebuilt = "no usable search state; rebuilding it from candidates.json (5 candidates)"
+    if damage == "truncated state":
+        assert logs[0].startswith(f"{STATE} is damaged (") and logs[0].endswith(
+            f"; trying {PREV_STATE}, the state saved before it") and rebuilt not in logs, logs
+    elif damage == "both states empty":
+        assert logs[0].endswith(f"; trying {PREV_STATE}, the state saved before it"), logs
+        assert logs[1].startswith(f"{PREV_STATE} is damaged (") and logs[1].endswith(
+            "; rebuilding the state from candidates.json") and logs[2] == rebuilt, logs
+    else:
+        assert logs[0] == rebuilt, logs
     trainer.run(driver)
     after = read_records(tmp_path)
     assert [r["key"] for r in after[:5]] == [r["key"] for r in before]
     assert Counter(r["stage"] for r in after) == {"removal": 6, "shrink": 6}
     assert max(trainer.trained.values()) == 1, "a candidate with a result was trained again"
     assert json.loads((tmp_path / "summary.json").read_text())["stage"] == "done"
+
+
+def test_a_run_stopped_before_its_first_result_resumes_from_the_beginning_said_so(space, tmp_path):
+    """helper-71: a search interrupted while it started left a run folder with no state and no
+    candidates; its resume said "no usable search state; rebuilding it", which read as damage."""
+    logs = []
+    driver = restore_driver(lambda: _driver(space, tmp_path), tmp_path, log=logs.append)
+    assert logs == ["no candidate was evaluated before the search stopped: it starts from the beginning"]
+    trainer = Trainer(space)
+    trainer.run(driver)
+    assert Counter(r["stage"] for r in read_records(tmp_path)) == {"removal": 6, "shrink": 6}
 
 
 @pytest.mark.parametrize("tamper, said", [
@@ -226,7 +247,8 @@ def test_a_search_state_holding_values_n2n_never_saves_is_set_aside(space, tmp_p
     torch.save(state, tmp_path / STATE)
     logs = []
     driver = restore_driver(lambda: _driver(space, tmp_path), tmp_path, log=logs.append)
-    assert logs[0].startswith("search state not usable (") and said in logs[0] and logs[0].endswith("; falling back"), logs
+    assert logs[0].startswith("search_state.pt not usable (") and said in logs[0], logs
+    assert logs[0].endswith("; trying search_state.prev.pt, the state saved before it"), logs
     assert [r["key"] for r in driver.records] == [r["key"] for r in before]
     trainer.run(driver)
     assert Counter(r["stage"] for r in read_records(tmp_path)) == {"removal": 6, "shrink": 6}
@@ -703,16 +725,57 @@ def test_sigterm_during_an_export_keeps_the_earlier_one_and_leaves_no_temp_folde
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]
 
 
-def test_a_resume_interrupted_while_it_starts_says_how_to_continue(finished_run, capsys, monkeypatch):
-    """helper-68: Ctrl-C while `n2n resume` was starting said "n2n: interrupted" and no more."""
+def test_a_ctrl_c_while_n2n_imports_torch_is_an_interruption_not_a_traceback(capsys, monkeypatch):
+    """helper-71: Ctrl-C in a command's first seconds, while torch and the rest import, printed a
+    KeyboardInterrupt traceback through n2n/cli.py and torch's modules."""
+    import sys
+
+    class Interrupting:  # Ctrl-C lands while n2n.errors (which brings torch) imports
+        def find_spec(self, name, path=None, target=None):
+            if name == "n2n.errors":
+                raise KeyboardInterrupt
+
+    monkeypatch.delitem(sys.modules, "n2n.errors")
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    status, err = _main(capsys, "config")
+    assert (status, err) == (130, "n2n: interrupted\n")
+
+
+def test_a_search_or_resume_interrupted_while_it_starts_says_how_to_continue(finished_run, tmp_path, capsys,
+                                                                             monkeypatch):
+    """helper-68: Ctrl-C while `n2n resume` was starting said "n2n: interrupted" and no more; helper-71:
+    so did `n2n search`, whose run folder was made, and neither run's n2n.log said it had stopped."""
+    import shutil
+
     import n2n.search
+
+    run = tmp_path / "runs" / "r"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    log = (run / "n2n.log").read_text()
 
     def starting(*a, **k):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(n2n.search, "resume_search", starting)
-    status, err = _main(capsys, "resume", finished_run, "--address", "10.0.0.1:6379")
-    assert status == 130 and err == f"n2n: interrupted; continue it with `n2n resume {finished_run} --address 10.0.0.1:6379`\n"
+    status, err = _main(capsys, "resume", run, "--address", "10.0.0.1:6379")
+    again = f"continue it with `n2n resume {run} --address 10.0.0.1:6379`"
+    assert status == 130 and err == f"n2n: interrupted; {again}\n"
+    assert (run / "n2n.log").read_text()[len(log):].endswith(f" search interrupted; {again}\n")
+
+    def made_then_stopped(cfg, run_dir, **k):  # interrupted after the run folder was made
+        shutil.copytree(finished_run, run_dir, ignore=shutil.ignore_patterns(".lock", "n2n.log"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(n2n.search, "run_search", made_then_stopped)
+    status, err = _main(capsys, "search", "--runs-dir", tmp_path / "runs", "--name", "new")
+    again = f"continue it with `n2n resume {tmp_path / 'runs' / 'new'}`"
+    assert status == 130 and err == f"n2n: interrupted; {again}\n"
+    assert (tmp_path / "runs" / "new" / "n2n.log").read_text().endswith(f" search interrupted; {again}\n")
+    # a folder that was there before the search is not its run: nothing said of it, nothing written in it
+    monkeypatch.setattr(n2n.search, "run_search", starting)
+    log = (run / "n2n.log").read_text()
+    status, err = _main(capsys, "search", "--runs-dir", tmp_path / "runs", "--name", "r")
+    assert status == 130 and err == "n2n: interrupted\n" and (run / "n2n.log").read_text() == log
 
 
 def test_candidates_json_values_of_the_wrong_type_are_named_not_a_traceback(finished_run, tmp_path, capsys):
@@ -2269,7 +2332,7 @@ def test_a_hostile_search_state_is_never_unpickled_nor_advised_to_be(tmp_path):
     said = []
     assert list(load_states(tmp_path, log=said.append)) == []
     assert said == [f"{STATE} is damaged (it holds objects other than plain data and tensors, which n2n never "
-                    f"unpickles); falling back"]
+                    f"unpickles); rebuilding the state from candidates.json"]
     assert not marker.exists()
 
 
