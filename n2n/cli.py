@@ -135,8 +135,9 @@ def _overrides(pairs) -> dict:
             out[k.strip()] = yaml.safe_load(v)
         except RecursionError:  # helper-46: a traceback
             raise ConfigError(f"--set {k.strip()}: the value is nested too deeply to read (hundreds of levels)") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {k.strip()}: not valid YAML ({e})") from None
+        except yaml.YAMLError as e:  # its problem, not its several lines of context (helper-72)
+            why = "; ".join(str(p) for p in (getattr(e, "context", None), getattr(e, "problem", None)) if p)
+            raise ConfigError(f"--set {k.strip()}: not valid YAML ({why or str(e).splitlines()[0]})") from None
         except ValueError as e:  # helper-57: a 5,000-digit number (Python reads at most 4,300) was a traceback
             raise ConfigError(f"--set {k.strip()}: not readable ({str(e).split(';')[0]})") from None
     return out

@@ -9,6 +9,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -178,8 +179,9 @@ class Config:
             (self.resources.gpus_per_trial >= 0, "resources.gpus_per_trial: expected >= 0"),
             (valid_device(self.resources.device),
              f"resources.device: expected auto, cpu, cuda, cuda:N or mps, got {self.resources.device!r}"),
-            (not self.resources.storage or "://" in self.resources.storage,
-             f"resources.storage: expected a URI such as s3://bucket/runs or file:///mnt/shared, got {self.resources.storage!r}"),
+            (not self.resources.storage or "://" in self.resources.storage and not _names_no_place(self.resources.storage),
+             f"resources.storage: expected a URI such as s3://bucket/runs or file:///mnt/shared, got {self.resources.storage!r}"
+             + (f" ({_names_no_place(self.resources.storage)})" if "://" in self.resources.storage else "")),
             (self.reward.kind in ("auto", "n2n", "target"), f"reward.kind: expected auto, n2n or target, got {self.reward.kind!r}"),
             (self.target.max_accuracy_drop is None or self.target.max_accuracy_drop >= 0,
              f"target.max_accuracy_drop: expected >= 0 (points), got {self.target.max_accuracy_drop}"),
@@ -214,6 +216,7 @@ class Config:
         """Checks added after runs were recorded with such configs: a config about to start a search
         must pass them; one a run recorded is read as it is (its report, export and resume still work)."""
         s, d = self.search, self.distill
+        narrowing = [x for x in s.stages if x != "removal"]
         checks = [
             # helper-32: past 64 bits a traceback from torch.manual_seed left a run folder no resume could continue
             (0 <= self.seed < SEED_LIMIT, f"seed: expected a whole number from 0 to {SEED_LIMIT - 1}, got {self.seed}"),
@@ -222,6 +225,13 @@ class Config:
              f"target.max_accuracy_drop: expected points below the teacher's accuracy, under 100, got "
              f"{self.target.max_accuracy_drop} (null asks for no accuracy target)"),
             (len(set(s.ratios)) == len(s.ratios), f"search.ratios: expected each ratio once, got {s.ratios}"),
+            # helper-72: [1.0] announced shrink and refine stages in which no unit can be narrowed
+            (not {"shrink", "refine"} & set(s.stages) or min(s.ratios) < 1,
+             f"search.ratios: expected a ratio below 1.0 for the {' and '.join(narrowing)} "
+             f"stage{'s' if len(narrowing) > 1 else ''} to narrow units with, got {s.ratios}"),
+            # helper-72: .inf was accepted, and n2n.json then held Infinity, which strict JSON readers refuse
+            (self.target.max_latency_ms is None or math.isfinite(self.target.max_latency_ms),
+             f"target.max_latency_ms: expected a finite number of milliseconds, got {self.target.max_latency_ms}"),
             # helper-36: Ray refuses finer fractions of a CPU or GPU at the first trial, in a traceback
             *[(v == 0 and name == "gpus_per_trial" or ray_fraction(v),
                f"resources.{name}: expected {'0 or ' if name == 'gpus_per_trial' else ''}a finite number of at least "
@@ -379,6 +389,17 @@ _SCALARS = {bool: (bool, "true or false"), int: (int, "an integer"), float: ((in
             str: (str, "a string")}
 
 
+def _names_no_place(uri: str) -> str:
+    """Why a storage URI names no folder or bucket to put runs in, else "" (helper-72: file:// put a
+    search's results at the filesystem's root)."""
+    parts = urlsplit(uri)
+    if parts.scheme == "file" and not parts.path.strip("/"):
+        return "it names no folder: trials would write at the filesystem's root"
+    if parts.scheme != "file" and not parts.netloc:
+        return "it names no bucket"
+    return ""
+
+
 def ray_fraction(value: float) -> bool:
     """Whether Ray takes `value` as an amount of a resource: finite and at least 0.0001 (it refuses
     less, at the first trial; finer digits it rounds away)."""
@@ -390,7 +411,7 @@ def from_dict(cls, data: dict, prefix: str = ""):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
-        key = sorted(unknown)[0]
+        key = sorted(unknown, key=str)[0]  # (helper-72: keys 1 and foo could not be sorted, a TypeError)
         raise ConfigError(f"{prefix}{key}: unknown key; expected one of {sorted(names)}")
     kwargs = {k: _convert(hints[k], v, prefix + k) for k, v in data.items()}
     try:

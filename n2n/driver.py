@@ -688,7 +688,9 @@ class SearchDriver:
         # a re-issued trial that found its result stored before an interruption: not one of summary.json's
         # cache_hits (proposals answered from the driver's cache), which "cached" here was taken for (helper-50)
         stored = ", result stored before the interruption"
-        line = (f"[{s} {self.trained(s)}/{self.budgets[s]}] reward {rec['reward']:+.3f} "
+        # finalists: of those chosen, which may be fewer than finalists.k (helper-72: "[finalists 1/5]" of 2)
+        total = len(self.agent.specs) if s == "finalists" and isinstance(self.agent, Finalists) else self.budgets[s]
+        line = (f"[{s} {self.trained(s)}/{total}] reward {rec['reward']:+.3f} "
                 f"({size}{self._limits(rec)}{acc}{stored if rec['cached'] else ''})")
         if best:
             size, times = self._size(best)

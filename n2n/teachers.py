@@ -71,8 +71,9 @@ class TeacherRecipe:
 def _refuse(checks) -> None:
     for ok, name, expected, got in checks:
         if not ok:  # the same recipe comes from YAML (teacher.recipe.*) and from `n2n teacher train --*`
-            flag = name.replace("_", "-")
-            raise ConfigError(f"teacher.recipe.{name} (--{flag}): expected {expected}, got {got!r}")
+            # (helper-72: batch_size named a --batch-size that `n2n teacher train` does not have)
+            flag = "" if name == "batch_size" else f" (--{name.replace('_', '-')})"
+            raise ConfigError(f"teacher.recipe.{name}{flag}: expected {expected}, got {got!r}")
 
 
 def _diverged(e: FloatingPointError, lr: float, flag: str) -> ConfigError:

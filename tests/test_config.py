@@ -88,6 +88,8 @@ def test_a_run_made_before_target_margin_exports_the_student_it_named():
     ("target: {margin: .nan}", "target.margin: expected points of validation accuracy >= 0, got nan"),
     ("teacher: {recipe: {width_mult: 0}}", "teacher.recipe.width_mult (--width-mult): expected a finite number > 0, got 0"),
     ("teacher: {recipe: {epochs: -1}}", "teacher.recipe.epochs (--epochs): expected >= 1, got -1"),
+    # (helper-72: it named a --batch-size flag `n2n teacher train` does not have)
+    ("teacher: {recipe: {batch_size: 0}}", "teacher.recipe.batch_size: expected >= 1, got 0"),
     ("search: {concurrency: 0}", "search.concurrency: expected >= 1, got 0"),
     ("search: {ratios: [0.5, 0.7]}", "search.ratios: expected values in (0, 1] including 1.0"),
     ("search: {stages: [prune]}", "search.stages: expected a list of 'removal', 'shrink' and/or 'refine', each once, got ['prune']"),
@@ -140,6 +142,14 @@ def test_a_run_made_before_target_margin_exports_the_student_it_named():
     ("search: {agent_options: {batch_size: 0}}", "search.agent_options.batch_size: expected >= 1, got 0"),
     ("search: {agent: optuna, agent_options: {objective: pareto}}", "search.agent_options.objective: expected 'reward' or 'multi', got 'pareto'"),
     ("search: {agent: random, agent_options: {batch_size: 3}}", "search.agent_options.batch_size: not an option of the random agent; it takes none"),
+    # helper-72: an infinite rate was a traceback after the first policy update; "" read the current folder
+    ("search: {agent_options: {lr: .inf}}", "search.agent_options.lr: expected a learning rate > 0 and at most 1, got inf"),
+    ("search: {agent_options: {lr: 1.0e+30}}", "search.agent_options.lr: expected a learning rate > 0 and at most 1, got 1e+30"),
+    ("search: {agent_options: {policy: ''}}", "search.agent_options.policy: expected auto, pretrained, null or a folder"),
+    ("search: {agent_options: {explore_temperature: .inf}}", "search.agent_options.explore_temperature: expected a finite number >= 1"),
+    # keys of two types could not be sorted to name the first unknown one: a TypeError traceback
+    ("{1: 2, foo: 3}", "1: unknown key; expected one of"),
+    ("search: {1: 2, zzz: 3}", "search.1: unknown key; expected one of"),
 ])
 def test_bad_config_names_the_key(tmp_path, text, message):
     p = tmp_path / "c.yaml"
@@ -222,6 +232,16 @@ def test_targets_and_ratios_that_ask_for_no_real_search_are_refused():
         load_config(None, {"target.max_accuracy_drop": 150}).check_new()
     with pytest.raises(ConfigError, match=r"search.ratios: expected each ratio once, got \[0.3, 1.0, 1.0\]"):
         load_config(None, {"search.ratios": [0.3, 1.0, 1.0]}).check_new()
+    # helper-72: [1.0] announced shrink and refine stages in which no unit can be narrowed; .inf ms was
+    # recorded as Infinity in n2n.json, which strict JSON readers refuse
+    with pytest.raises(ConfigError, match=r"search.ratios: expected a ratio below 1.0 for the shrink and refine stages "
+                                          r"to narrow units with, got \[1.0\]"):
+        load_config(None, {"search.ratios": [1.0]}).check_new()
+    with pytest.raises(ConfigError, match=r"for the shrink stage to narrow"):
+        load_config(None, {"search.ratios": [1.0], "search.stages": ["removal", "shrink"]}).check_new()
+    assert load_config(None, {"search.ratios": [1.0], "search.stages": ["removal"]}).check_new() is None
+    with pytest.raises(ConfigError, match=r"target.max_latency_ms: expected a finite number of milliseconds, got inf"):
+        load_config(None, {"target.max_latency_ms": float("inf")}).check_new()
 
 
 def test_overrides_and_types(tmp_path):

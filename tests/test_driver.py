@@ -725,6 +725,8 @@ def test_a_finalist_stage_with_fewer_candidates_than_k_says_why(space):
     _drive(d, space, proxy)
     assert [r["stage"] for r in d.records].count("finalists") == 2
     assert "stage finalists ended after 2 of 3 candidates: only 2 candidates qualified (n2n.pick.finalists)" in said
+    # each finalist's progress counts among those chosen (helper-72: "[finalists 1/5]" of 2)
+    assert [m.split("]")[0] for m in said if m.startswith("[finalists")] == ["[finalists 1/2", "[finalists 2/2"]
     assert any(m.startswith(f"stage finalists: 2 candidates distilled again for {d.finalist_epochs} epochs: ") for m in said)
     said.clear()
     d = _driver(space, agent="random", stages=["shrink", "finalists"], budgets={"shrink": 2, "finalists": 1},

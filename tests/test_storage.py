@@ -81,6 +81,12 @@ def test_a_store_not_empty_or_unusable_or_inside_the_run_is_refused(tmp_path):
     assert not (tmp_path / "runs").exists()
     with pytest.raises(ConfigError, match="resources.storage: expected a URI such as s3://"):
         load_config(None, {"resources.storage": "runs/store"})
+    # helper-72: file:// (no folder) put a search's results at the filesystem's root
+    for uri, why in (("file://", "it names no folder: trials would write at the filesystem's root"),
+                     ("file:///", "it names no folder"), ("s3://", "it names no bucket"), ("s3:///runs", "it names no bucket")):
+        with pytest.raises(ConfigError, match=f"got '{uri}' \\({why}"):
+            load_config(None, {"resources.storage": uri})
+    assert load_config(None, {"resources.storage": f"file://{tmp_path}/store"}).resources.storage.endswith("/store")
 
 
 def test_search_refuses_unusable_storage_before_the_run_folder_exists(tiny_config, tmp_path, capsys):
