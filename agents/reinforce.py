@@ -119,18 +119,28 @@ class ReinforceConfig:
 
     def __post_init__(self):
         for ok, msg in ((self.batch_size >= 1, f"batch_size: expected >= 1, got {self.batch_size}"),
-                        # helper-72: an infinite (or huge) rate made every probability NaN after the
-                        # first update, a traceback from torch.multinomial mid-search
-                        (self.lr is None or 0 < self.lr <= 1, f"lr: expected a learning rate > 0 and at most 1, got {self.lr}"),
+                        (self.lr is None or self.lr > 0, f"lr: expected > 0, got {self.lr}"),
                         (self.hidden >= 1, f"hidden: expected >= 1, got {self.hidden}"),
                         (0 <= self.baseline_decay < 1, f"baseline_decay: expected in [0, 1), got {self.baseline_decay}"),
-                        (0 <= self.entropy_coef < float("inf"), f"entropy_coef: expected a finite number >= 0, got {self.entropy_coef}"),
-                        # (helper-72: "" was read as the current folder, named as "shrink: expected policy.json")
-                        (self.policy is None or self.policy.strip() != "",
-                         "policy: expected auto, pretrained, null or a folder n2n policy fit wrote, got ''"),
+                        (self.entropy_coef >= 0, f"entropy_coef: expected >= 0, got {self.entropy_coef}"),
                         (self.max_invalid_batches >= 1, f"max_invalid_batches: expected >= 1, got {self.max_invalid_batches}"),
-                        (1 <= self.explore_temperature < float("inf"),
-                         f"explore_temperature: expected a finite number >= 1, got {self.explore_temperature}")):
+                        (self.explore_temperature >= 1, f"explore_temperature: expected >= 1, got {self.explore_temperature}")):
+            if not ok:
+                raise ValueError(msg)
+
+    def check_new(self) -> None:
+        """Checks added after searches were recorded with such options (a recorded run is read as it
+        is: an Adam rate of 2 trained, an infinite temperature cap is no cap): applied to a new search's."""
+        for ok, msg in (
+                # helper-72: an infinite (or huge) rate made every probability NaN after the first
+                # update, a traceback from torch.multinomial mid-search
+                (self.lr is None or self.lr <= 1, f"lr: expected a learning rate > 0 and at most 1, got {self.lr}"),
+                (self.entropy_coef < float("inf"), f"entropy_coef: expected a finite number >= 0, got {self.entropy_coef}"),
+                (self.explore_temperature < float("inf"),
+                 f"explore_temperature: expected a finite number >= 1, got {self.explore_temperature}"),
+                # (helper-72: "" was read as the current folder, then named as "shrink: expected policy.json")
+                (self.policy is None or self.policy.strip() != "",
+                 f"policy: expected auto, pretrained, null or a folder `n2n policy fit` wrote, got {self.policy!r}")):
             if not ok:
                 raise ValueError(msg)
 

@@ -8,8 +8,8 @@ the one whose validation figure its noise flattered most tends to be that one (t
 Each results row holds every finalist's validation and test accuracy (`finalists_test`), so the pick
 can be replayed with any margin, by n2n.pick.choose itself, without training anything.
 Per margin: mean compression of the picks, how many are past the target on test, and the mean with
-every miss counted as 1x (nothing delivered), each search once (rows copied into a later file are
-the same search); the same per results file and agent variant
+every miss counted as 1x (nothing delivered), each outcome once (rows with the same finalists of the
+same teacher: a row copied into a later file, or a rerun that found the same finalists); the same per results file and agent variant
 (`by_file_and_agent`: one code version's searches, compare its margins with each other). Writes
 benchmarks/results/pick_margin.json.
 """
@@ -57,8 +57,8 @@ def main():
             teacher = (row["teacher_val"], row["teacher_params"]) if "teacher_val" in row else KNOWN.get(row["teacher_test"])
             if row.get("finalists_test") and teacher:
                 searches.append((path.name, row, drop, *teacher))
-    # a search copied into a later file beside new rows (the same finalists, the same teacher) counts once
-    # in the totals, and in each file's own figures
+    # rows with the same finalists of the same teacher (a row copied into a later file beside new ones,
+    # or a rerun that found the same finalists) count once in the totals, and in each file's own figures
     first = {}
     for i, (_, row, *_) in enumerate(searches):
         first.setdefault((json.dumps(row["finalists_test"], sort_keys=True), row["teacher_test"]), i)

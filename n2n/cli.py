@@ -155,7 +155,6 @@ def _search(args) -> int:
     cfg = load_config(args.config, over)
     name = args.name or time.strftime("search-%Y%m%d-%H%M%S")
     args.run = Path(args.runs_dir) / name  # (named in an error the machine causes: main)
-    args.fresh = not (args.run.exists() or args.run.is_symlink())  # a folder there is no run this search made
     summary = run_search(cfg, args.run, address=args.address, factories=args.allow_factory)
     return _status(summary)
 
@@ -383,22 +382,31 @@ def main(argv=None) -> int:
 
 
 def _interrupted_run(args) -> str:
-    """"; continue it with `n2n resume RUN`" where a search or resume stopped while it started (later,
-    each says so itself), also written to the run's n2n.log (helper-68, helper-71: a search said no way
-    on, and its log never said it had stopped); else ""."""
+    """"; continue it with `n2n resume RUN`" where a search or resume this process made or locked
+    stopped while it started (later, each says so itself), also written to the run's n2n.log
+    (helper-68, helper-71: a search said no way on, and its log never said it had stopped); else ""
+    (helper-74: a run another process holds, or one that was there before the search, is not this
+    command's to speak of or write in)."""
+    from .runfolder import HELD_HERE, META, lock_holder, read_summary
+
     run = getattr(args, "run", None)
-    if args.func is _search and not getattr(args, "fresh", False) or args.func not in (_search, _resume):
-        return ""  # (a folder that was there before this search is not its run, whatever it holds)
-    if run is None or not (Path(run) / "n2n.json").is_file():
-        return ""  # (stopped before it made its run folder: nothing to continue)
+    if args.func not in (_search, _resume) or run is None:
+        return ""
+    run = Path(run).resolve()
+    held = str(run) in HELD_HERE
+    # a resume stopped before it took the lock: the run, if no other process holds it, is still to continue
+    unheld_resume = args.func is _resume and (run / META).is_file() and lock_holder(run) is None
+    if not (held or unheld_resume) or (read_summary(run) or {}).get("stage") in ("done", "failed"):
+        return ""
     from .errors import USER_ERRORS
     from .search import resume_command, teed
 
-    again = f"continue it with `{resume_command(Path(run), args.address, args.allow_factory)}`"
-    try:
-        teed(lambda _: None, Path(run))(f"search interrupted; {again}")
-    except (OSError, USER_ERRORS):  # the terminal's line is what matters here
-        pass
+    again = f"continue it with `{resume_command(run, args.address, args.allow_factory)}`"
+    if held:
+        try:
+            teed(lambda _: None, run)(f"search interrupted; {again}")
+        except (OSError, USER_ERRORS):  # the terminal's line is what matters here
+            pass
     return f"; {again}"
 
 

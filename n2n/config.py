@@ -179,9 +179,8 @@ class Config:
             (self.resources.gpus_per_trial >= 0, "resources.gpus_per_trial: expected >= 0"),
             (valid_device(self.resources.device),
              f"resources.device: expected auto, cpu, cuda, cuda:N or mps, got {self.resources.device!r}"),
-            (not self.resources.storage or "://" in self.resources.storage and not _names_no_place(self.resources.storage),
-             f"resources.storage: expected a URI such as s3://bucket/runs or file:///mnt/shared, got {self.resources.storage!r}"
-             + (f" ({_names_no_place(self.resources.storage)})" if "://" in self.resources.storage else "")),
+            (not self.resources.storage or "://" in self.resources.storage,
+             f"resources.storage: expected a URI such as s3://bucket/runs or file:///mnt/shared, got {self.resources.storage!r}"),
             (self.reward.kind in ("auto", "n2n", "target"), f"reward.kind: expected auto, n2n or target, got {self.reward.kind!r}"),
             (self.target.max_accuracy_drop is None or self.target.max_accuracy_drop >= 0,
              f"target.max_accuracy_drop: expected >= 0 (points), got {self.target.max_accuracy_drop}"),
@@ -229,6 +228,9 @@ class Config:
             (not {"shrink", "refine"} & set(s.stages) or min(s.ratios) < 1,
              f"search.ratios: expected a ratio below 1.0 for the {' and '.join(narrowing)} "
              f"stage{'s' if len(narrowing) > 1 else ''} to narrow units with, got {s.ratios}"),
+            (not _names_no_place(self.resources.storage),
+             f"resources.storage: expected a URI such as s3://bucket/runs or file:///mnt/shared, got "
+             f"{self.resources.storage!r} ({_names_no_place(self.resources.storage)})"),
             # helper-72: .inf was accepted, and n2n.json then held Infinity, which strict JSON readers refuse
             (self.target.max_latency_ms is None or math.isfinite(self.target.max_latency_ms),
              f"target.max_latency_ms: expected a finite number of milliseconds, got {self.target.max_latency_ms}"),
@@ -273,6 +275,13 @@ class Config:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        from agents import agent_options
+
+        options = agent_options(s.agent, s.agent_options)
+        try:  # an agent's own checks added since
+            getattr(options, "check_new", lambda: None)()
+        except ValueError as e:
+            raise ConfigError(f"search.agent_options.{e}") from None
         if self.teacher.path is None:
             self.teacher.recipe.check_new()
 
@@ -392,6 +401,8 @@ _SCALARS = {bool: (bool, "true or false"), int: (int, "an integer"), float: ((in
 def _names_no_place(uri: str) -> str:
     """Why a storage URI names no folder or bucket to put runs in, else "" (helper-72: file:// put a
     search's results at the filesystem's root)."""
+    if "://" not in uri:  # (none, or not a URI: refused as such)
+        return ""
     parts = urlsplit(uri)
     if parts.scheme == "file" and not parts.path.strip("/"):
         return "it names no folder: trials would write at the filesystem's root"

@@ -688,9 +688,7 @@ class SearchDriver:
         # a re-issued trial that found its result stored before an interruption: not one of summary.json's
         # cache_hits (proposals answered from the driver's cache), which "cached" here was taken for (helper-50)
         stored = ", result stored before the interruption"
-        # finalists: of those chosen, which may be fewer than finalists.k (helper-72: "[finalists 1/5]" of 2)
-        total = len(self.agent.specs) if s == "finalists" and isinstance(self.agent, Finalists) else self.budgets[s]
-        line = (f"[{s} {self.trained(s)}/{total}] reward {rec['reward']:+.3f} "
+        line = (f"[{s} {self.trained(s)}/{self._total(s)}] reward {rec['reward']:+.3f} "
                 f"({size}{self._limits(rec)}{acc}{stored if rec['cached'] else ''})")
         if best:
             size, times = self._size(best)
@@ -699,13 +697,18 @@ class SearchDriver:
             line += f" | failed: {rec['failure']}"
         self.log(line + " | " + self._timing(s))
 
+    def _total(self, stage: str) -> int:
+        """The candidates `stage` trains: its budget, or for finalists those chosen, which may be fewer
+        than finalists.k (helper-72: "[finalists 1/5]" of 2; helper-74: and their time left)."""
+        return len(self.agent.specs) if stage == "finalists" and isinstance(self.agent, Finalists) else self.budgets[stage]
+
     def _timing(self, stage: str) -> str:
         """Elapsed wall time, wall time per candidate of this stage, and the stage's time left."""
         now, done = self.wall_seconds(), self.trained(stage)
         if not done:  # no candidate of the stage trained yet (a worker died first): nothing to time by (helper-50)
             return f"{_clock(now)} elapsed"
         per = (now - self.stage_started) / done
-        left = per * max(self.budgets[stage] - done, 0)
+        left = per * max(self._total(stage) - done, 0)
         return f"{_clock(now)} elapsed, {per:.1f} s/candidate, ~{_clock(left)} left in {stage}"
 
     # -- state ----------------------------------------------------------------------------------

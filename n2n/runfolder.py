@@ -219,6 +219,11 @@ def _holder(fd: int) -> tuple[str, str | None]:
     return who.strip() or "unknown process", folder.strip() or None
 
 
+# runs this process made or locked (resolved paths): only of those may an interruption say, and write in
+# their n2n.log, that they stopped (helper-74: a Ctrl-C'd resume wrote so in a run another process held)
+HELD_HERE: set[str] = set()
+
+
 class RunLock:
     """An exclusive flock on RUN/.lock. The kernel drops it when the holder dies (even by kill -9),
     so a stale lock is simply taken over; the file names the holder for the error message, and the
@@ -275,6 +280,7 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{_me()}\n{here}".encode())
         self.fd = fd
+        HELD_HERE.add(here)
         try:
             # appended in place: made its own here, before the trials' workers append to trained.log at once
             # (append_to's own unshared would race between two of them, and one's line could be lost)
@@ -392,6 +398,7 @@ def create_run(run_dir: Path, meta: dict, copies: dict[str, Path] | None = None)
         # running search was "stopped" to report and export, and `search --name` advised resuming it (helper-54)
         os.ftruncate(lock.fd, 0)
         os.pwrite(lock.fd, f"{_me()}\n{run_dir.resolve()}".encode(), 0)
+        HELD_HERE.add(str(run_dir.resolve()))
         return lock
     finally:
         if tmp.exists():
@@ -434,11 +441,12 @@ def load_states(run_dir: Path, log=print):
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
             if "Weights only load failed" in str(e):  # torch's advice to unpickle it is not n2n's (helper-46)
                 why = "it holds objects other than plain data and tensors, which n2n never unpickles"
-        log(f"{path.name} is damaged ({why}); {fallback(run_dir, name)}")
+        log(f"{path.name} is damaged ({why}){fallback(run_dir, name)}")
 
 
 def fallback(run_dir: Path, name: str) -> str:
-    """What a resume turns to when the state in file `name` cannot be used (helper-71: "falling back")."""
+    """What a resume turns to when the state in file `name` cannot be used (helper-71: "falling back"):
+    "; trying" the state before it, or "" where none is left (the rebuild says so itself)."""
     if name == STATE and (Path(run_dir) / PREV_STATE).exists():
-        return f"trying {PREV_STATE}, the state saved before it"
-    return f"rebuilding the state from {RECORDS}"
+        return f"; trying {PREV_STATE}, the state saved before it"
+    return ""

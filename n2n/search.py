@@ -7,6 +7,7 @@ search state in the run folder and never unpickles anything Tune wrote.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import reprlib
@@ -629,11 +630,15 @@ def restore_driver(make, run_dir: Path, log=print) -> SearchDriver:
     `make()` rebuilt from candidates.json; records on disk that the state lacks are taken in, never
     dropped, and no candidate with a result is trained again."""
     records = read_records(run_dir, from_state=True)
-    for name, state in [*load_states(run_dir, log), (None, None)]:  # the saved state, else the one before it, else none
+    # the saved state, else the one before it (read only then: helper-74), else none
+    for name, state in itertools.chain(load_states(run_dir, log), [(None, None)]):
         driver = make()
         if state is None:
-            if records or any((run_dir / f).exists() for f in (STATE, PREV_STATE)):
+            if records:
                 log(f"no usable search state; rebuilding it from {RECORDS} ({len(records)} candidates)")
+            elif (any((run_dir / f).exists() for f in (STATE, PREV_STATE, RECORDS))
+                  or (read_summary(run_dir) or {}).get("candidates_evaluated")):
+                log(f"no usable search state and no candidate in {RECORDS}: the search starts from the beginning")
             else:  # (helper-71: a search interrupted while it started read as damaged)
                 log("no candidate was evaluated before the search stopped: it starts from the beginning")
             driver.adopt(records)
@@ -643,7 +648,7 @@ def restore_driver(make, run_dir: Path, log=print) -> SearchDriver:
             driver.adopt(records)
             break
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:  # RuntimeError: a
-            log(f"{name} not usable ({e}); {fallback(run_dir, name)}")                              # policy's tensors
+            log(f"{name} not usable ({e}){fallback(run_dir, name)}")                                # policy's tensors
     rescored = driver.rescore()  # before settle, whose stage ends and bases rank by reward
     if rescored:
         log(rescored)

@@ -1,5 +1,6 @@
 import dataclasses
 import math
+import re
 
 import pytest
 import torch
@@ -142,11 +143,6 @@ def test_a_run_made_before_target_margin_exports_the_student_it_named():
     ("search: {agent_options: {batch_size: 0}}", "search.agent_options.batch_size: expected >= 1, got 0"),
     ("search: {agent: optuna, agent_options: {objective: pareto}}", "search.agent_options.objective: expected 'reward' or 'multi', got 'pareto'"),
     ("search: {agent: random, agent_options: {batch_size: 3}}", "search.agent_options.batch_size: not an option of the random agent; it takes none"),
-    # helper-72: an infinite rate was a traceback after the first policy update; "" read the current folder
-    ("search: {agent_options: {lr: .inf}}", "search.agent_options.lr: expected a learning rate > 0 and at most 1, got inf"),
-    ("search: {agent_options: {lr: 1.0e+30}}", "search.agent_options.lr: expected a learning rate > 0 and at most 1, got 1e+30"),
-    ("search: {agent_options: {policy: ''}}", "search.agent_options.policy: expected auto, pretrained, null or a folder"),
-    ("search: {agent_options: {explore_temperature: .inf}}", "search.agent_options.explore_temperature: expected a finite number >= 1"),
     # keys of two types could not be sorted to name the first unknown one: a TypeError traceback
     ("{1: 2, foo: 3}", "1: unknown key; expected one of"),
     ("search: {1: 2, zzz: 3}", "search.1: unknown key; expected one of"),
@@ -242,6 +238,19 @@ def test_targets_and_ratios_that_ask_for_no_real_search_are_refused():
     assert load_config(None, {"search.ratios": [1.0], "search.stages": ["removal"]}).check_new() is None
     with pytest.raises(ConfigError, match=r"target.max_latency_ms: expected a finite number of milliseconds, got inf"):
         load_config(None, {"target.max_latency_ms": float("inf")}).check_new()
+    # helper-72: an infinite rate was a traceback after the first policy update; '' read the current folder.
+    # A run recorded with such options still loads (helper-74: Adam trains at a rate of 2; an infinite
+    # temperature cap is no cap)
+    for options, said in (({"lr": float("inf")}, "lr: expected a learning rate > 0 and at most 1, got inf"),
+                          ({"lr": 2.0}, "lr: expected a learning rate > 0 and at most 1, got 2.0"),
+                          ({"policy": " "}, "policy: expected auto, pretrained, null or a folder `n2n policy fit` wrote, got ' '"),
+                          ({"explore_temperature": float("inf")}, "explore_temperature: expected a finite number >= 1"),
+                          ({"entropy_coef": float("inf")}, "entropy_coef: expected a finite number >= 0")):
+        recorded = dataclasses.asdict(load_config(None))
+        recorded["search"]["agent_options"] = options
+        assert run_config(recorded).search.agent_options == options
+        with pytest.raises(ConfigError, match=re.escape(f"search.agent_options.{said}")):
+            load_config(None, {"search.agent_options": options})
 
 
 def test_overrides_and_types(tmp_path):

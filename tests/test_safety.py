@@ -177,7 +177,7 @@ def test_a_search_state_copied_from_another_run_is_not_taken_for_this_ones(space
     assert logs[-1] == "no usable search state; rebuilding it from candidates.json (12 candidates)"
 
 
-@pytest.mark.parametrize("damage", ["truncated state", "both states empty", "no state"])
+@pytest.mark.parametrize("damage", ["truncated state", "both states empty", "no state", "previous state empty"])
 def test_resume_from_damaged_state_loses_no_record_and_trains_nothing_twice(space, tmp_path, damage):
     trainer = Trainer(space)
     trainer.run(_driver(space, tmp_path), stop_after=5)
@@ -188,6 +188,8 @@ def test_resume_from_damaged_state_loses_no_record_and_trains_nothing_twice(spac
         state.write_bytes(state.read_bytes()[:100])
     elif damage == "both states empty":
         state.write_bytes(b"")
+        prev.write_bytes(b"")
+    elif damage == "previous state empty":  # never read while the newer one is good (helper-74: said damaged)
         prev.write_bytes(b"")
     else:  # a run of an older n2n, or deleted by hand: rebuilt from candidates.json
         state.unlink()
@@ -203,8 +205,9 @@ def test_resume_from_damaged_state_loses_no_record_and_trains_nothing_twice(spac
             f"; trying {PREV_STATE}, the state saved before it") and rebuilt not in logs, logs
     elif damage == "both states empty":
         assert logs[0].endswith(f"; trying {PREV_STATE}, the state saved before it"), logs
-        assert logs[1].startswith(f"{PREV_STATE} is damaged (") and logs[1].endswith(
-            "; rebuilding the state from candidates.json") and logs[2] == rebuilt, logs
+        assert logs[1].startswith(f"{PREV_STATE} is damaged (") and logs[1].endswith(")") and logs[2] == rebuilt, logs
+    elif damage == "previous state empty":
+        assert logs == [], logs
     else:
         assert logs[0] == rebuilt, logs
     trainer.run(driver)
@@ -222,6 +225,13 @@ def test_a_run_stopped_before_its_first_result_resumes_from_the_beginning_said_s
     driver = restore_driver(lambda: _driver(space, tmp_path), tmp_path, log=logs.append)
     assert logs == ["no candidate was evaluated before the search stopped: it starts from the beginning"]
     trainer = Trainer(space)
+    trainer.run(driver, stop_after=5)
+    # helper-74: with candidates evaluated, and both states and candidates.json lost, it did not say that
+    for name in (STATE, PREV_STATE, "candidates.json"):
+        (tmp_path / name).unlink()
+    logs.clear()
+    driver = restore_driver(lambda: _driver(space, tmp_path), tmp_path, log=logs.append)
+    assert logs == ["no usable search state and no candidate in candidates.json: the search starts from the beginning"]
     trainer.run(driver)
     assert Counter(r["stage"] for r in read_records(tmp_path)) == {"removal": 6, "shrink": 6}
 
@@ -744,38 +754,66 @@ def test_a_ctrl_c_while_n2n_imports_torch_is_an_interruption_not_a_traceback(cap
 def test_a_search_or_resume_interrupted_while_it_starts_says_how_to_continue(finished_run, tmp_path, capsys,
                                                                              monkeypatch):
     """helper-68: Ctrl-C while `n2n resume` was starting said "n2n: interrupted" and no more; helper-71:
-    so did `n2n search`, whose run folder was made, and neither run's n2n.log said it had stopped."""
-    import shutil
-
+    so did `n2n search`, whose run folder was made, and neither run's n2n.log said it had stopped;
+    helper-74: a run this process never made or locked (another process's, or one that was there
+    before the search) is not this command's to write in."""
     import n2n.search
+    from n2n.runfolder import RunLock
 
-    run = tmp_path / "runs" / "r"
-    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
-    log = (run / "n2n.log").read_text()
+    def unfinished_copy(name):  # a run stopped in its shrink stage
+        run = tmp_path / "runs" / name
+        shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**summary, "stage": "shrink"}))
+        return run, (run / "n2n.log").read_text()
 
-    def starting(*a, **k):
+    def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(n2n.search, "resume_search", starting)
-    status, err = _main(capsys, "resume", run, "--address", "10.0.0.1:6379")
+    run, log = unfinished_copy("r")
     again = f"continue it with `n2n resume {run} --address 10.0.0.1:6379`"
-    assert status == 130 and err == f"n2n: interrupted; {again}\n"
+    monkeypatch.setattr(n2n.search, "resume_search", interrupted)  # before it took the run's lock
+    assert _main(capsys, "resume", run, "--address", "10.0.0.1:6379") == (130, f"n2n: interrupted; {again}\n")
+    assert (run / "n2n.log").read_text() == log
+
+    def locked_then_interrupted(run_dir, **k):
+        with RunLock(run_dir):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(n2n.search, "resume_search", locked_then_interrupted)
+    assert _main(capsys, "resume", run, "--address", "10.0.0.1:6379") == (130, f"n2n: interrupted; {again}\n")
     assert (run / "n2n.log").read_text()[len(log):].endswith(f" search interrupted; {again}\n")
 
-    def made_then_stopped(cfg, run_dir, **k):  # interrupted after the run folder was made
-        shutil.copytree(finished_run, run_dir, ignore=shutil.ignore_patterns(".lock", "n2n.log"))
+    busy, log = unfinished_copy("busy")  # another process holds it: not a word of continuing, nothing written
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom n2n.runfolder import RunLock\n"
+                               "RunLock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(120)", str(busy)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(n2n.search, "resume_search", interrupted)
+        assert _main(capsys, "resume", busy) == (130, "n2n: interrupted\n")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (busy / "n2n.log").read_text() == log
+
+    def made_then_interrupted(cfg, run_dir, **k):  # as create_run: the folder made, and locked
+        shutil.copytree(finished_run, run_dir, ignore=shutil.ignore_patterns(".lock", "n2n.log", "summary.json"))
+        RunLock(run_dir).acquire().release()
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(n2n.search, "run_search", made_then_stopped)
-    status, err = _main(capsys, "search", "--runs-dir", tmp_path / "runs", "--name", "new")
+    monkeypatch.setattr(n2n.search, "run_search", made_then_interrupted)
     again = f"continue it with `n2n resume {tmp_path / 'runs' / 'new'}`"
-    assert status == 130 and err == f"n2n: interrupted; {again}\n"
+    assert _main(capsys, "search", "--runs-dir", tmp_path / "runs", "--name", "new") == (130, f"n2n: interrupted; {again}\n")
     assert (tmp_path / "runs" / "new" / "n2n.log").read_text().endswith(f" search interrupted; {again}\n")
     # a folder that was there before the search is not its run: nothing said of it, nothing written in it
-    monkeypatch.setattr(n2n.search, "run_search", starting)
-    log = (run / "n2n.log").read_text()
-    status, err = _main(capsys, "search", "--runs-dir", tmp_path / "runs", "--name", "r")
-    assert status == 130 and err == "n2n: interrupted\n" and (run / "n2n.log").read_text() == log
+    other, log = unfinished_copy("other")
+    monkeypatch.setattr(n2n.search, "run_search", interrupted)
+    assert _main(capsys, "search", "--runs-dir", tmp_path / "runs", "--name", "other") == (130, "n2n: interrupted\n")
+    assert (other / "n2n.log").read_text() == log
+    # a finished run has nothing to continue
+    monkeypatch.setattr(n2n.search, "resume_search", locked_then_interrupted)
+    assert _main(capsys, "resume", finished_run) == (130, "n2n: interrupted\n")
 
 
 def test_candidates_json_values_of_the_wrong_type_are_named_not_a_traceback(finished_run, tmp_path, capsys):
@@ -2332,7 +2370,7 @@ def test_a_hostile_search_state_is_never_unpickled_nor_advised_to_be(tmp_path):
     said = []
     assert list(load_states(tmp_path, log=said.append)) == []
     assert said == [f"{STATE} is damaged (it holds objects other than plain data and tensors, which n2n never "
-                    f"unpickles); rebuilding the state from candidates.json"]
+                    f"unpickles)"]
     assert not marker.exists()
 
 

@@ -2,6 +2,7 @@
 local file:// store, and S3 as moto's server speaks it. A search on a multi-node cluster through a
 store is in test_cluster.py."""
 
+import dataclasses
 import json
 import re
 from urllib.parse import urlsplit
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from n2n import cli
-from n2n.config import load_config
+from n2n.config import load_config, run_config
 from n2n.export import export_best
 from n2n.search import run_search
 from n2n.errors import ConfigError, RunError
@@ -86,6 +87,9 @@ def test_a_store_not_empty_or_unusable_or_inside_the_run_is_refused(tmp_path):
                      ("file:///", "it names no folder"), ("s3://", "it names no bucket"), ("s3:///runs", "it names no bucket")):
         with pytest.raises(ConfigError, match=f"got '{uri}' \\({why}"):
             load_config(None, {"resources.storage": uri})
+        recorded = dataclasses.asdict(load_config(None))  # a run recorded with it still loads (helper-74)
+        recorded["resources"]["storage"] = uri
+        assert run_config(recorded).resources.storage == uri
     assert load_config(None, {"resources.storage": f"file://{tmp_path}/store"}).resources.storage.endswith("/store")
 
 
