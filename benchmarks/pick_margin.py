@@ -58,7 +58,7 @@ def main():
             if row.get("finalists_test") and teacher:
                 searches.append((path.name, row, drop, *teacher))
     # rows with the same finalists of the same teacher (a row copied into a later file beside new ones,
-    # or a rerun that found the same finalists) count once in the totals, and in each file's own figures
+    # or a rerun that found the same finalists) count once in the totals; each file's own figures keep its rows
     first = {}
     for i, (_, row, *_) in enumerate(searches):
         first.setdefault((json.dumps(row["finalists_test"], sort_keys=True), row["teacher_test"]), i)
