@@ -24,17 +24,25 @@ def _teacher_train(args) -> int:
     except ModelError as e:
         raise ConfigError(f"--{e}; use --device auto or cpu") from None
     out = Path(args.out)
+    # flags the other kind of teacher takes were ignored, silently (helper-72)
+    unused = ["--max-length"] * (args.max_length is not None and not args.hf) + [
+        f"--{flag.replace('_', '-')}" for flag in ("arch", "preset", "width_mult", "hidden")
+        if args.hf and getattr(args, flag) is not None]
+    if unused:
+        why = ("with --hf (the checkpoint is the architecture)" if args.hf
+               else "without --hf (tokens per text of a Hugging Face teacher)")
+        raise ConfigError(f"{unused[0]}: not used {why}")
     if args.hf:  # fine-tune a local Hugging Face encoder checkpoint into a classifier
         if args.dataset == "mnist1d" or not args.dataset.startswith(("text:", "npz:")):
             raise ConfigError(f"--hf: expected --dataset text:FILE (CSV/JSONL of text,label), got {args.dataset!r}")
         train_hf_teacher(Path(args.hf), args.dataset, out, epochs=3 if args.epochs is None else args.epochs,
                          lr=5e-5 if args.lr is None else args.lr,
-                         max_length=args.max_length, seed=args.seed, split_seed=args.split_seed, device=args.device,
-                         overwrite=args.overwrite)
+                         max_length=128 if args.max_length is None else args.max_length, seed=args.seed,
+                         split_seed=args.split_seed, device=args.device, overwrite=args.overwrite)
         print(f"saved teacher to {out}")
         return 0
-    recipe = TeacherRecipe(dataset=args.dataset, arch=args.arch, preset=args.preset, width_mult=args.width_mult,
-                           hidden=args.hidden, epochs=30 if args.epochs is None else args.epochs,
+    given = {k: getattr(args, k) for k in ("arch", "preset", "width_mult", "hidden") if getattr(args, k) is not None}
+    recipe = TeacherRecipe(dataset=args.dataset, **given, epochs=30 if args.epochs is None else args.epochs,
                            lr=3e-3 if args.lr is None else args.lr, seed=args.seed, split_seed=args.split_seed)
     check_target(out, args.overwrite)  # refuse a taken --out before training, not after
     train_teacher(recipe, out=out, device=args.device, overwrite=args.overwrite)
@@ -117,6 +125,7 @@ def _config(args) -> int:
 def _overrides(pairs) -> dict:
     import yaml
 
+    from .config import ConfigLoader
     from .errors import ConfigError
 
     out = {}
@@ -132,7 +141,7 @@ def _overrides(pairs) -> dict:
             raise ConfigError(f"--set {pair}: YAML reads ~ as null; write {k.strip()}=null for none, or, for a path, "
                               f"the path in full (~/NAME is the home folder's NAME)")
         try:
-            out[k.strip()] = yaml.safe_load(v)
+            out[k.strip()] = yaml.load(v, Loader=ConfigLoader)  # numbers as the config file reads them
         except RecursionError:  # helper-46: a traceback
             raise ConfigError(f"--set {k.strip()}: the value is nested too deeply to read (hundreds of levels)") from None
         except yaml.YAMLError as e:  # its problem, not its several lines of context (helper-72)
@@ -253,11 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", default="mnist1d", help="mnist1d | digits | npz:PATH | folder:PATH | text:PATH (with --hf)")
     t.add_argument("--hf", metavar="CHECKPOINT", help="a local Hugging Face encoder folder to fine-tune into a "
                    "classifier on a text: dataset (instead of --arch)")
-    t.add_argument("--max-length", type=int, default=128, help="--hf: tokens per text (longer ones are cut)")
-    t.add_argument("--arch", default="vgg", choices=["vgg", "mlp", "resnet"])
-    t.add_argument("--preset", default="vgg1d", help="vgg1d, vgg11, vgg13, vgg16, vgg19, small (vgg); resnet10/18/34/50 (resnet)")
-    t.add_argument("--width-mult", type=float, default=1.0, help="scales every width of the preset (default 1.0)")
-    t.add_argument("--hidden", type=int, nargs="*", default=[256], help="classifier widths")
+    t.add_argument("--max-length", type=int, help="--hf: tokens per text, longer ones cut (default 128)")
+    # None: not given (refused where the teacher does not use it, else the recipe's default)
+    t.add_argument("--arch", choices=["vgg", "mlp", "resnet"], help="default vgg")
+    t.add_argument("--preset", help="vgg1d (default), vgg11, vgg13, vgg16, vgg19, small (vgg); resnet10/18/34/50 (resnet)")
+    t.add_argument("--width-mult", type=float, help="scales every width of the preset (default 1.0)")
+    t.add_argument("--hidden", type=int, nargs="*", help="classifier widths (default 256)")
     t.add_argument("--epochs", type=int, default=None, help="default 30; 3 with --hf")
     t.add_argument("--lr", type=float, default=None, help="default 3e-3; 5e-5 with --hf")
     t.add_argument("--seed", type=_seed, default=0, help="initialisation and batch order")

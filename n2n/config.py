@@ -456,8 +456,25 @@ def run_config(recorded: dict) -> Config:
     return from_dict(Config, recorded)
 
 
-class _UniqueKeys(yaml.SafeLoader):
-    """safe_load that refuses a key given twice in one mapping: PyYAML keeps the last, so a second
+class ConfigLoader(yaml.SafeLoader):
+    """safe_load whose numbers are written the way they read: YAML 1.1 read `1:30` as 90 (base 60)
+    and `010` as 8 (octal), silently (helper-72). Those are strings here, so a number key refuses them;
+    decimal, 0x hex and dotted floats (.inf, .nan) read as before."""
+
+
+_NUMBER = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _NUMBER]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+ConfigLoader.add_implicit_resolver(_NUMBER[0], re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+)$"),
+                                   list("-+0123456789"))
+ConfigLoader.add_implicit_resolver(
+    _NUMBER[1], re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?"
+                           r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+
+
+class _UniqueKeys(ConfigLoader):
+    """ConfigLoader that refuses a key given twice in one mapping: PyYAML keeps the last, so a second
     `target:` section silently dropped the first one's settings."""
 
     def construct_mapping(self, node, deep=False):

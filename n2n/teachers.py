@@ -56,6 +56,13 @@ class TeacherRecipe:
         recipe about to train a teacher, not to one a run recorded."""
         _refuse([(self.arch != "vgg" or len(self.hidden) <= 1, "hidden", "one width for vgg (its one classifier layer)",
                   self.hidden),
+                 # an MLP has no preset and a resnet no classifier widths: they were ignored, silently (helper-72)
+                 (self.arch != "mlp" or self.preset == "vgg1d", "preset", "none for mlp (its widths are hidden)",
+                  self.preset),
+                 (self.arch != "mlp" or self.width_mult == 1.0, "width_mult", "1.0 for mlp (its widths are hidden)",
+                  self.width_mult),
+                 (self.arch != "resnet" or self.hidden == [256], "hidden", "none for resnet (its classifier is one "
+                  "linear layer)", self.hidden),
                  (0 <= self.seed < SEED_LIMIT, "seed", f"0 to {SEED_LIMIT - 1}", self.seed),
                  (0 <= self.split_seed < SEED_LIMIT, "split_seed", f"0 to {SEED_LIMIT - 1}", self.split_seed),
                  # (helper-52: it failed later with advice for Python users)

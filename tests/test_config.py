@@ -284,6 +284,27 @@ def test_a_number_in_scientific_notation_without_a_dot_is_a_number(tmp_path):
         load_config(None, {"distill.lr": "fast"})
 
 
+def test_numbers_read_as_written_not_in_base_60_or_octal(tmp_path):
+    """helper-72: YAML 1.1 read `1:30` as 90 and `010` as 8, so `removal_budget: 1:30` ran 90
+    candidates with nothing said. In a config file and in --set they are now text, refused by name."""
+    from n2n.cli import _overrides
+
+    for written in ("1:30", "010", "0b11", "1:30.5"):
+        conf = tmp_path / "c.yaml"
+        conf.write_text(f"search:\n  removal_budget: {written}\n")
+        with pytest.raises(ConfigError, match=rf"^search.removal_budget: expected an integer, got '{written}'$"):
+            load_config(conf)
+        with pytest.raises(ConfigError, match=rf"^search.removal_budget: expected an integer, got '{written}'$"):
+            load_config(None, _overrides([f"search.removal_budget={written}"]))
+    conf.write_text("search:\n  removal_budget: 1_000\n  shrink_budget: 0x10\n  ratios: [.5, 1.0]\n"
+                    "distill:\n  lr: 3.5e-3\n  epochs: +4\ntarget:\n  margin: -0.0\n")
+    cfg = load_config(conf)
+    assert (cfg.search.removal_budget, cfg.search.shrink_budget, cfg.search.ratios) == (1000, 16, [0.5, 1.0])
+    assert (cfg.distill.lr, cfg.distill.epochs, cfg.target.margin) == (3.5e-3, 4, 0.0)
+    assert _overrides(["distill.lr=.inf", "seed=-3", "search.ratios=[0.25, 1]"]) == {
+        "distill.lr": math.inf, "seed": -3, "search.ratios": [0.25, 1]}
+
+
 def test_transformer_students_are_distilled_at_their_own_learning_rate():
     """helper-24: at distill.lr 0.003 (chosen for CNN students) every MiniLM student fell to chance;
     transformer students take distill.transformer_lr (1e-4); runs made before it used lr for all."""

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import n2n
+from n2n.config import load_config
 from n2n.data import load_dataset
+from n2n.errors import ConfigError
 from n2n.models import ModelError, build_model, load_model, save_model
 from n2n.teachers import TeacherRecipe, train_teacher
 from n2n.train import accuracy
@@ -85,6 +87,33 @@ def test_cli_teacher_train_and_refuses_to_overwrite(tmp_path):
     bad = subprocess.run(cmd[:-2] + ["--out", str(tmp_path / "x"), "--dataset", "npz:/nope.npz"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "expected a file at /nope.npz" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_teacher_train_refuses_flags_its_teacher_would_ignore(tmp_path, capsys):
+    """helper-72: `--max-length` without --hf, `--preset`/`--width-mult` with --arch mlp and `--hidden`
+    with a resnet were ignored without a word, as were --arch and its flags beside --hf."""
+    from n2n import cli
+
+    out = tmp_path / "t"
+    cases = [(["--dataset", "digits", "--max-length", "16"],
+              "--max-length: not used without --hf (tokens per text of a Hugging Face teacher)"),
+             (["--dataset", "text:r.csv", "--hf", str(tmp_path), "--preset", "small"],
+              "--preset: not used with --hf (the checkpoint is the architecture)"),
+             (["--dataset", "text:r.csv", "--hf", str(tmp_path), "--arch", "vgg"], "--arch: not used with --hf"),
+             (["--dataset", "digits", "--arch", "mlp", "--preset", "small"],
+              "teacher.recipe.preset (--preset): expected none for mlp (its widths are hidden), got 'small'"),
+             (["--dataset", "digits", "--arch", "mlp", "--width-mult", "2"],
+              "teacher.recipe.width_mult (--width-mult): expected 1.0 for mlp"),
+             (["--dataset", "digits", "--arch", "resnet", "--preset", "resnet10", "--hidden", "64"],
+              "teacher.recipe.hidden (--hidden): expected none for resnet")]
+    for flags, message in cases:
+        assert cli.main(["teacher", "train", *flags, "--epochs", "1", "--out", str(out)]) == 2, flags
+        assert f"n2n: error: {message}" in capsys.readouterr().err
+        assert not out.exists()
+    with pytest.raises(ConfigError, match=r"^teacher.recipe.preset \(--preset\): expected none for mlp"):
+        load_config(None, {"teacher.recipe": {"arch": "mlp", "preset": "vgg11", "hidden": [8]}})
+    # what they leave out is the recipe's default, as before
+    assert load_config(None, {"teacher.recipe": {"arch": "mlp", "hidden": [8]}}).teacher.recipe.preset == "vgg1d"
 
 
 def test_resnet_teacher_from_a_recipe_round_trips(tmp_path):
