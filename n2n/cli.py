@@ -177,7 +177,7 @@ def _resume(args) -> int:
     from .search import resume_search
 
     return _status(resume_search(Path(args.run), address=args.address, factories=args.allow_factory,
-                                 concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial))
+                                 concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial, storage=args.storage))
 
 
 def _export(args) -> int:
@@ -299,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("resume", help="continue an interrupted search")
     r.add_argument("run", type=_path, help="the run folder, e.g. runs/NAME")
     r.add_argument("--address", help="an existing Ray cluster")
+    r.add_argument("--storage", metavar="URI", help="the resources.storage the run records, where it records one: "
+                   "a resume reads and writes trial results there, so you name it (a run folder can name any place)")
     r.add_argument("--concurrency", type=_at_least_one, metavar="N",
                    help="trials at once for this resume (fewer, when workers died for memory); default: the run's own")
     r.add_argument("--cpus-per-trial", type=_cpus, metavar="N",

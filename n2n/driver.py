@@ -388,12 +388,16 @@ class SearchDriver:
             # reach instead (a size miss may outweigh an accuracy one, helper-48), else the teacher itself
             near = within(drop + REACH)
             base = max(near, key=lambda r: r["reward"]) if near else None
+            # in the size the run compresses, and finalists only where there are (helper-77: params in a
+            # FLOPs run, and "the finalists' longer distillation" with finalists.k 0)
             what = ("the teacher itself" if base is None else
-                    f"the best removal student within reach of it ({base['params']:,} params, val acc {base['accuracy']:.4f})")
-            self.log(f"stage shrink starts from {what}, not from removal's best by reward ({best['params']:,} "
-                     f"params, val acc {best['accuracy']:.4f}, {(self.reference.accuracy - best['accuracy']) * 100:.2f} "
-                     f"points below the teacher: past the target's {points(drop)} by more than the {points(REACH)} the "
-                     f"finalists' longer distillation is given to recover)")
+                    f"the best removal student within reach of it ({self._size(base)[0]}, val acc {base['accuracy']:.4f})")
+            recovers = ("the finalists' longer distillation is given to recover" if self.budgets.get("finalists")
+                        else "a student is given to recover in distillation")
+            self.log(f"stage shrink starts from {what}, not from removal's best by reward ({self._size(best)[0]}, "
+                     f"val acc {best['accuracy']:.4f}, {(self.reference.accuracy - best['accuracy']) * 100:.2f} "
+                     f"points below the teacher: past the target's {points(drop)} by more than the {points(REACH)} "
+                     f"{recovers})")
             return base
         if not limits_alone:
             return best

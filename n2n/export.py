@@ -176,7 +176,9 @@ def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: flo
         return out, None
     # The smallest student within the target on validation, picked among many noisy ones, tends to be
     # one whose validation figure is luckier than its true accuracy (the winner's curse).
-    if margin and not short_of_margin:
+    if margin is None:  # (helper-77: it advised --margin, which --key and --rank refuse)
+        had = "it was picked by --key or --rank, not by the target; "
+    elif margin and not short_of_margin:
         had = f"its margin of {margin:g} points was not enough here; "
     elif margin:  # as the pick judged it, on the search's figures
         had = f"none of the candidates it chose among had the margin of {margin:g} points; "
@@ -299,7 +301,7 @@ def _say_pick(run_dir: Path, meta: dict, cfg: Config, best: dict, why: str, log,
     why the search is unfinished (None when it finished). `asked`: --key, --rank or --margin given."""
     if note := pick.rules_note(meta):
         log(note)
-    log(f"exporting {best['summary']} ({best['params']:,} params{pick.flops_said(cfg.target, cfg.reward_config(), best['flops'])}, "
+    log(f"exporting {best['summary']} ({best['params']:,} params{pick.flops_said(cfg.target, cfg.reward_config(), best['flops'], meta['reference']['flops'])}, "
         f"{best['stage']}, val acc {best['accuracy']:.4f}): {why}")
     stopped = unfinished(run_dir)
     note = None if stopped or asked else pick.summary_note(read_summary(run_dir), best["key"])
@@ -454,8 +456,8 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
             f"{metrics['onnx']['max_abs_diff']:.1e} on {len(ds.x_val):,} validation inputs)")
     if "hf" in extras:
         log(f"also saved as a Hugging Face model: {out / 'hf'} (AutoModelForSequenceClassification.from_pretrained)")
-    log(f"exported {params:,} params ({metrics['times_smaller']}x smaller than the teacher"
-        f"{pick.flops_said(cfg.target, cfg.reward_config(), metrics['flops'])}): "
+    log(f"exported {params:,} params ({metrics['times_smaller']:.2f}x smaller than the teacher"
+        f"{pick.flops_said(cfg.target, cfg.reward_config(), metrics['flops'], meta['reference']['flops'])}): "
         f"val acc {val:.4f}, test acc {test:.4f} (teacher test {measured['test']:.4f}) -> {out}")
     if warning:
         log(warning)

@@ -135,7 +135,7 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
         text.append(note)
     try:  # the leaderboard ranks by reward; the export picks by the target (n2n.pick), often another
         pick, why = choose(records, cfg.target, cfg.reward_config(), ref["accuracy"], cfg.early_stop.enabled, str(run_dir))
-        said = (f"{pick['key']} ({pick['params']:,} params{flops_said(cfg.target, cfg.reward_config(), pick['flops'])}, "
+        said = (f"{pick['key']} ({pick['params']:,} params{flops_said(cfg.target, cfg.reward_config(), pick['flops'], ref['flops'])}, "
                 f"{pick['stage']}, val acc {pick['accuracy']:.4f}")
         text.append(f"`n2n export` picks {said}): {why}" if not meets_none(why) else
                     f"{none_meets_said(why, said + ')', cfg.target.misses(pick, ref['accuracy']))}, which "
@@ -193,8 +193,9 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     if drop is not None:
         ax.axhline(ref["accuracy"] - drop / 100, color="tab:red", ls="--", lw=1, label=f"target: -{drop} points")
     limit = {"params": cfg.target.max_params, "flops": cfg.target.max_flops, "latency_ms": None}[size]
-    if limit is not None:  # the size limit on this axis (a latency limit is in ms, this axis a ratio)
-        ax.axvline(limit, color="tab:red", ls=":", lw=1, label=f"target: at most {limit:,g}")
+    if limit is not None:  # the size limit on this axis (a latency limit is in ms, this axis a ratio); whole
+        # (helper-77: `:,g` wrote 1,234,567 as 1.23457e+06)
+        ax.axvline(limit, color="tab:red", ls=":", lw=1, label=f"target: at most {limit:,}")
     pareto = front([r for r in ok if r["stage"] != "finalists"], x_of)
     if pareto:
         ax.step([x_of(r) for r in pareto], [r["accuracy"] for r in pareto], where="post", color="k", lw=1, label="Pareto front")
@@ -208,7 +209,7 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
            ylabel="validation accuracy", title="Accuracy against size" + partial)
     if below:
         ax.set_ylim(bottom=floor)
-        ax.text(0.01, 0.01, f"{below} candidate{'s' * (below > 1)} below {floor:.3f} not shown", transform=ax.transAxes,
+        ax.text(0.01, 0.01, f"{below} candidate{'s' * (below > 1)} below {floor:.4f} not shown", transform=ax.transAxes,
                 fontsize=8)
     ax.set_ylim(top=min(ax.get_ylim()[1], 1.005))  # no accuracy past 100% on the axis (helper-28)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside the plot: it hid points inside

@@ -8,6 +8,7 @@ search state in the run folder and never unpickles anything Tune wrote.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import reprlib
@@ -32,7 +33,7 @@ from .pick import RULES, flops_said, meets_none, none_meets_said, points, rules_
 from .raysession import WATCH_MISSES, WATCH_SECONDS, check_address, cluster_watch, ray_session
 from .runfolder import (HELD_FOR_DEATHS, LOG, META, POLICY, PREV_STATE, RECORDS, STATE, TEACHER_LOGITS, TUNE, RunLock,
                         create_run, fallback, taken, load_states, read_records, read_run, read_summary)
-from .storage import Fetcher, RemoteResults, check_store, store_location
+from .storage import Fetcher, RemoteResults, check_store, shown, store_location
 from .teachers import cached_teacher
 from .train import accuracy, chance_warning, predict
 from .trial import Context
@@ -461,9 +462,43 @@ def _allowed(factories) -> str:
 
 
 def resume_command(run_dir: Path, address: str | None, factories=()) -> str:
-    """The command that continues this run: on its cluster, with the factories its teacher needs."""
+    """The command that continues this run: on its cluster, with the factories its teacher needs and
+    the storage it records (see `check_resume_storage`)."""
     where = f" --address {shlex.quote(address)}" if address else ""
-    return f"n2n resume {shlex.quote(str(run_dir))}{where}{_allowed(factories)}"
+    storage = _recorded_storage(run_dir)
+    if storage:  # (a URI with key:secret@ is named, not printed: the line goes to logs)
+        storage = f" --storage {shlex.quote(storage) if shown(storage) == storage else 'URI'}"
+    return f"n2n resume {shlex.quote(str(run_dir))}{where}{storage}{_allowed(factories)}"
+
+
+def _recorded_storage(run_dir: Path) -> str:
+    """The resources.storage run_dir's n2n.json records ("" for none, or where it cannot be read)."""
+    try:
+        storage = json.loads((Path(run_dir) / META).read_text())["config"]["resources"]["storage"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return storage if isinstance(storage, str) else ""
+
+
+def check_resume_storage(run_dir: Path, recorded: dict, storage: str | None) -> None:
+    """A resume reads and writes the trials' results where the run's n2n.json says: a run folder from
+    someone else could name any folder or endpoint, and the user's credentials would sign the requests
+    (helper-76: a received run wrote weights into a folder it named, and took a file found there for a
+    trial's result). So the user names the storage (`--storage`), as `n2n export --fetch` asks before
+    it downloads."""
+    theirs = (recorded.get("config") or {}).get("resources", {}).get("storage") or ""
+    if not isinstance(theirs, str):
+        raise RunError(f"{run_dir}: n2n.json's resources.storage is {type(theirs).__name__}, expected a URI")
+    if theirs == (storage or ""):
+        return
+    if not theirs:
+        raise RunError(f"--storage: {run_dir} records no storage (its trials leave results in its own results/ "
+                       f"folder); resume it without --storage")
+    named = shlex.quote(theirs) if shown(theirs) == theirs else "URI"
+    given = f", not {shown(storage)}" if storage else ""
+    raise RunError(f"{run_dir}: this run records resources.storage {shown(theirs)}{given}; a resume reads and "
+                   f"writes its trials' results there. Resume it with `--storage {named}` if that storage is "
+                   f"yours (its n2n.json names it; a run folder from someone else may name any place)")
 
 
 def _cluster_lost(run_dir: Path, address: str, factories, log):
@@ -502,15 +537,15 @@ def _finish(run_dir: Path, driver: SearchDriver, log=print, factories=(), addres
     elif summary["best"]:
         pick = summary["best"]  # the student `n2n export` will write, not merely the best brief-distillation reward
         # times_smaller as export prints it (rounded to 2 places; a :.1f of that rounded twice: 1.454 -> 1.4)
-        flops = flops_said(driver.target, driver.reward_config, pick["flops"])
+        flops = flops_said(driver.target, driver.reward_config, pick["flops"], driver.reference.flops)
         if meets_none(pick["chosen_because"]):  # (helper-62: export wrote it unasked, exit 0)
             rec = next(r for r in driver.records if r["key"] == pick["key"])  # its latency too (helper-69)
-            student = f"{pick['params']:,} params ({pick['times_smaller']}x smaller{flops}), val acc {pick['val_accuracy']:.4f}"
+            student = f"{pick['params']:,} params ({pick['times_smaller']:.2f}x smaller{flops}), val acc {pick['val_accuracy']:.4f}"
             log(f"{none_meets_said(pick['chosen_because'], student, driver.target.misses(rec, driver.reference.accuracy))}"
                 f" -> `n2n export {shlex.quote(str(run_dir))} --out DIR --key {pick['key']}{allow}` exports it all the "
                 "same; `n2n report` lists every candidate")
             return summary
-        log(f"`n2n export` picks {pick['params']:,} params ({pick['times_smaller']}x smaller{flops}), val acc "
+        log(f"`n2n export` picks {pick['params']:,} params ({pick['times_smaller']:.2f}x smaller{flops}), val acc "
             f"{pick['val_accuracy']:.4f}: {pick['chosen_because']} -> `n2n export {shlex.quote(str(run_dir))} --out DIR{allow}` "
             "(`--finetune-epochs 10` trains it longer first)")
     elif summary["best_by_reward"]:
@@ -758,17 +793,19 @@ def check_run_policy(run_dir: Path, cfg: Config, stages: list[str]) -> None:
 
 
 def resume_search(run_dir: Path, address: str | None = None, log=print, factories=(),
-                  concurrency: int | None = None, cpus_per_trial: float | None = None) -> dict:
+                  concurrency: int | None = None, cpus_per_trial: float | None = None, storage: str | None = None) -> dict:
     """Continue any run folder with n2n.json, whatever state Tune's own files are in. `concurrency`
     and `cpus_per_trial`: for this resume instead of the run's own (a smaller machine than the one it
     started on). Not recorded: they change how fast trials run and the order they finish in, not what
     a candidate is or how it is trained (Ray gives a trial as many threads as CPUs: with
-    latency.threads 0, latency is then measured on another number of threads)."""
+    latency.threads 0, latency is then measured on another number of threads). `storage`: the run's
+    resources.storage, where it records one (`check_resume_storage`)."""
     _setdefault_env()
     if address:
         check_address(address)
     run_dir = Path(run_dir).resolve()
     recorded = read_run(run_dir)  # a clear error for a folder that is no run, before taking its lock
+    check_resume_storage(run_dir, recorded, storage)
     if not address:  # trials on this machine (a cluster's workers cannot be checked from here)
         check_device(run_config(recorded["config"]), resumed=True)
     with RunLock(run_dir):

@@ -61,7 +61,9 @@ def test_search_runs_on_both_worker_nodes_survives_a_killed_driver_and_exports(c
     lost = before[0]["key"]  # as if the driver died before fetching it: the store still has it
     (run / "results" / f"{lost}.json").unlink()
     (run / "results" / f"{lost}.safetensors").unlink()
-    r = _n2n("resume", run, "--address", address)
+    refused = _n2n("resume", run, "--address", address)  # the storage it records, unnamed (helper-76)
+    assert refused.returncode == 2 and f"Resume it with `--storage file://{tmp_path}/store`" in refused.stderr
+    r = _n2n("resume", run, "--address", address, "--storage", f"file://{tmp_path}/store")
     assert r.returncode == 0, r.stderr
     recs = _records(run)
     assert len(recs) == 8 and all(r["failure"] is None for r in recs)

@@ -277,10 +277,19 @@ def test_with_limits_alone_shrinking_starts_from_an_accurate_removal_student(spa
     said = []
     d.target, d.log = TargetConfig(max_accuracy_drop=1.0, max_params=1000), said.append
     d.records = d.records[:1]  # the wreck alone
+    d.budgets["finalists"] = 3
     assert d._removal_base() is None
     assert said == ["stage shrink starts from the teacher itself, not from removal's best by reward (900 params, val "
                     "acc 0.2800, 67.00 points below the teacher: past the target's 1 point by more than the 2 points "
                     "the finalists' longer distillation is given to recover)"]
+    # helper-77: with finalists.k 0 it spoke of finalists, and in a FLOPs run of params
+    said.clear()
+    d.budgets["finalists"], d.reward_config = 0, RewardConfig(kind="target", compression="flops", target_drop=1.0)
+    assert d._removal_base() is None
+    assert said == ["stage shrink starts from the teacher itself, not from removal's best by reward (900 FLOPs, val "
+                    "acc 0.2800, 67.00 points below the teacher: past the target's 1 point by more than the 2 points "
+                    "a student is given to recover in distillation)"]
+    d.budgets["finalists"], d.reward_config = 3, RewardConfig(kind="target", target_params=1000)
     # one within reach of the target, though past the size limit (which outweighed its accuracy): that one
     d.records.append({"stage": "removal", "key": "near", "params": 45_000, "flops": 9_000, "accuracy": 0.935,
                       "failure": None, "reward": 0.01})

@@ -120,6 +120,40 @@ def test_teacher_logits_edited_past_the_rows_checked_are_computed_again(finished
                           atol=1e-4) and "is not the file this run kept" in said[0]
 
 
+def test_a_resume_uses_the_storage_a_run_records_only_when_the_user_names_it(finished_run, tmp_path, capsys):
+    """helper-76: a received run whose n2n.json named file:///SOMEWHERE made `n2n resume` write weights and
+    results there, and take a file found there for a trial's result, without a word (an s3:// one would
+    sign requests to its endpoint with the user's credentials). The user names the storage now, as
+    `export --fetch` asks before it downloads; the resume line names it."""
+    from n2n.search import resume_command
+    from n2n.storage import store_location
+
+    elsewhere = tmp_path / "elsewhere"
+    uri = f"file://{elsewhere}"
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    plain = tmp_path / "plain"
+    shutil.copytree(finished_run, plain, ignore=shutil.ignore_patterns(".lock"))
+    meta = json.loads((run / "n2n.json").read_text())
+    meta["config"]["resources"]["storage"], meta["results_store"] = uri, store_location(uri, run.name)
+    (run / "n2n.json").write_text(json.dumps(meta))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert cli.main(["resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"n2n: error: {run}: this run records resources.storage {uri}; a resume reads and writes its trials' " \
+           f"results there. Resume it with `--storage {uri}` if that storage is yours" in err
+    assert cli.main(["resume", str(run), "--storage", f"file://{tmp_path}/mine"]) == 2
+    assert f"records resources.storage {uri}, not file://{tmp_path}/mine;" in capsys.readouterr().err
+    assert cli.main(["resume", str(plain), "--storage", uri]) == 2
+    assert f"--storage: {plain} records no storage" in capsys.readouterr().err
+    assert not elsewhere.exists() and {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert resume_command(run, None) == f"n2n resume {run} --storage {uri}"
+    assert resume_command(plain, None) == f"n2n resume {plain}"
+    said = []  # named: the resume goes on (this one has finished: nothing is fetched, nothing trained)
+    assert resume_search(run, storage=uri, log=said.append)["stage"] == "done"
+    assert said[0] == "run has finished already"
+
+
 def test_a_run_whose_results_or_tune_folder_is_a_link_is_refused(finished_run, tmp_path, capsys):
     """helper-25: results/ made a link to another folder had resume write every new trial there;
     helper-28: tune/ too (Ray Tune's sessions, its pickles among them)."""
@@ -478,9 +512,10 @@ def test_a_run_with_a_flops_limit_shows_its_students_flops_wherever_it_names_the
     pick = next(line for line in lines if line.startswith("`n2n export` picks"))
     said = []
     metrics = export_best(run, tmp_path / "out", log=said.append)
-    assert f" params, {metrics['flops']:,} FLOPs, " in pick and metrics["key"] in pick
+    fewer = f"{meta['reference']['flops'] / metrics['flops']:.2f}x fewer"  # (helper-77) beside params' "x smaller"
+    assert f" params, {metrics['flops']:,} FLOPs ({fewer}), " in pick and metrics["key"] in pick
     exporting = next(line for line in said if line.startswith("exporting "))
-    assert f" params, {metrics['flops']:,} FLOPs, " in exporting
+    assert f" params, {metrics['flops']:,} FLOPs ({fewer}), " in exporting
 
 
 def test_export_overwrite_replaces_only_an_earlier_export(finished_run, tmp_path, capsys):
@@ -1944,6 +1979,9 @@ def test_export_says_when_its_student_misses_the_target_on_test():
                               "many noisy figures (its margin of 0.25 points was not enough here; ")
     assert "(a margin, target.margin or export --margin P, picks a finalist with points to spare; " in \
         accuracy_target(1.0, teacher, 0.985, 0.9727, 0.0)[1]
+    # picked by --key or --rank, which refuse --margin (helper-77: it advised --margin)
+    assert "(it was picked by --key or --rank, not by the target; choose a margin before " in \
+        accuracy_target(1.0, teacher, 0.985, 0.9727, None)[1]
     assert accuracy_target(1.0, teacher, 0.985, 0.985) == ({"max_accuracy_drop": 1.0, "margin": 0.0,
                                                             "val_drop_points": 0.5, "test_drop_points": 0.5,
                                                             "met_on_val": True, "met_on_test": True}, None)
@@ -2203,19 +2241,24 @@ def test_the_pareto_legend_names_only_what_the_axis_shows(finished_run, tmp_path
     run = tmp_path / "run"
     shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
     meta = json.loads((run / "n2n.json").read_text())
-    meta["config"]["target"] = {**meta["config"].get("target", {}), "max_accuracy_drop": 1.0}  # the axis' floor
+    meta["config"]["target"] = {**meta["config"].get("target", {}), "max_accuracy_drop": 1.0,  # the axis' floor
+                                "max_params": 1_234_567}
     (run / "n2n.json").write_text(json.dumps(meta))
     recs = json.loads((run / "candidates.json").read_text())
     recs = [{**r, "stage": "shrink", "accuracy": meta["reference"]["accuracy"]} if i == 0 else {**r, "accuracy": 0.1}
             for i, r in enumerate(recs)]  # one shrink student at the teacher's accuracy, removal far below
     (run / "candidates.json").write_text(json.dumps(recs))
-    legends = []
+    legends, notes = [], []
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(report_mod, "_save_png", lambda fig, path: legends.append(
-            [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]))
+        m.setattr(report_mod, "_save_png", lambda fig, path: (
+            legends.append([t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]),
+            notes.append([t.get_text() for ax in fig.axes for t in ax.texts]))[-1])  # None: saved
         text = make_report(run)
     assert legends[1][:2] == ["shrink", "target: -1.0 points"] and "removal" not in legends[1], legends
-    assert f"its axis leaves out {len(recs) - 1} candidates below val acc" in text
+    # the size limit whole (helper-77: `:g` wrote 1,234,567 as 1.23457e+06), and the floor as the report says it
+    assert "target: at most 1,234,567" in legends[1]
+    floor = re.search(rf"its axis leaves out {len(recs) - 1} candidates below val acc (\d\.\d{{4}})\)", text).group(1)
+    assert notes[1] == [f"{len(recs) - 1} candidates below {floor} not shown"]
 
 
 def test_a_hard_linked_copy_of_a_run_is_its_own(tmp_path):

@@ -336,7 +336,7 @@ def test_export_margin_picks_the_smallest_finalist_with_points_to_spare():
     assert pick(0.25) == (recs[1], "the smallest finalist that meets the target with 0.25 points to spare on validation")
     assert pick(0.6)[0] is recs[2] and pick(1.0)[0] is recs[2]  # 0 points below: 1 to spare
     assert pick(1.5) == (recs[2], "no finalist meets the target with 1.5 points to spare; the one that meets it "
-                                  "with the most")
+                                  "with the most to spare")
     # so a larger margin never picks a student with less to spare (the smallest that met the target
     # did: helper-19 asked for 0.5 points and got the finalist with none)
     drops = [0.95 - pick(m)[0]["accuracy"] for m in (0.0, 0.25, 0.5, 0.6, 1.0, 1.5, 3.0)]
@@ -349,7 +349,7 @@ def test_export_margin_picks_the_smallest_finalist_with_points_to_spare():
                   "target")
     assert choose(fell, target, rc, 0.95, early_stop=False, where="run")[1] == (
         "no finalist meets the target; among the stages' candidates, no candidate meets the target with 0.25 points to "
-        "spare; the one that meets it with the most")
+        "spare; the one that meets it with the most to spare")
     below = fell[:3] + [{**recs[3], "accuracy": 0.9}]
     assert choose(below, target, rc, 0.95, early_stop=False, where="run") == \
         (below[0], "no candidate meets the target; the best finalist by reward")
@@ -569,7 +569,7 @@ def test_finalists_and_a_target_decide_what_export_picks(ray_session, tiny_confi
     smallest = (min(spared, key=lambda r: r["params"]) if spared
                 else max(meeting, key=lambda r: (r["accuracy"], -r["params"])))
     why = ("the smallest finalist that meets the target with 10 points to spare on validation" if spared
-           else "no finalist meets the target with 10 points to spare; the one that meets it with the most")
+           else "no finalist meets the target with 10 points to spare; the one that meets it with the most to spare")
     assert chosen["key"] == smallest["key"] and chosen["chosen_because"] == why
     assert any(why in m for m in logs)  # and it says so
     # the search's last line and summary.json name that student, not the best reward of a brief distillation
@@ -713,7 +713,10 @@ def test_the_lines_naming_a_student_give_its_flops_where_the_run_limits_or_compr
     from n2n.config import TargetConfig
     from n2n.pick import flops_said
 
-    assert flops_said(TargetConfig(max_flops=100_000), RewardConfig(), 95_047) == ", 95,047 FLOPs"
-    assert flops_said(TargetConfig(), RewardConfig(compression="flops"), 95_047) == ", 95,047 FLOPs"
-    assert flops_said(TargetConfig(max_params=100_000), RewardConfig(), 95_047) == ""
-    assert flops_said(None, RewardConfig(), 95_047) == ""
+    # and how many times fewer, beside the params' "x smaller" (helper-77: progress said 8.1x of the student
+    # that the last line and the export called 7.05x smaller, by params)
+    assert flops_said(TargetConfig(max_flops=100_000), RewardConfig(), 95_047, 6_957_056) == ", 95,047 FLOPs (73.20x fewer)"
+    assert flops_said(TargetConfig(), RewardConfig(compression="flops"), 859_572, 6_957_056) == \
+        ", 859,572 FLOPs (8.09x fewer)"
+    assert flops_said(TargetConfig(max_params=100_000), RewardConfig(), 95_047, 6_957_056) == ""
+    assert flops_said(None, RewardConfig(), 95_047, 6_957_056) == ""
