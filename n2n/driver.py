@@ -29,7 +29,7 @@ from search_spaces import SearchSpace, StudentSpec
 from .errors import RunError
 from .models import write_json
 from .pick import REACH, choose, finalists, meets_none, misscored, points
-from .runfolder import HELD_FOR_DEATHS, POLICY, RECORDS, SUMMARY, record_problem, save_state
+from .runfolder import HELD_FOR_DEATHS, POLICY, RECORDS, SUMMARY, record_problem, result_problem, save_state
 
 FINISHED = "FINISHED"
 
@@ -512,6 +512,8 @@ class SearchDriver:
             ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec), failure=DIED_AGAIN if again else WORKER_DIED)
             if not again:  # tried again at once, within this stage's budget (it never counted the death)
                 self.reissue.append({"stage": t["stage"], "cid": None, "key": t["key"], "spec": t["spec"]})
+        elif problem := result_problem(metrics, stored=False):  # trials refuse such a stored result; this one came some other way
+            ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec), failure=f"result not usable: {problem}"[:300])
         elif str(metrics.get("failure") or "").startswith(STORAGE):  # trained, nothing kept: not re-issued at
             self.log(f"{t['key']}: {metrics['failure']}")                # once (the disk is likely still full)
             ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec), failure=STORAGE_FAILED)

@@ -30,6 +30,7 @@ import io
 import json
 import os
 import re
+import reprlib
 import shlex
 import shutil
 import socket
@@ -175,8 +176,39 @@ def record_problem(r) -> str | None:
     missing = [k for k in (*RECORD_KEYS, "key") if k not in r]
     if missing:
         return f"lacks {missing}"
+    nested = [k for k, v in r.items() if k != "spec" and not _flat(v) and not (  # but the figures a rescore kept
+        k == "scored_before" and isinstance(v, dict) and set(v) <= {"reward", "compression"} and all(map(_flat, v.values())))]
+    if nested or not isinstance(r["spec"], dict) or set(r["spec"]) != {"removed", "ratios"}:
+        return f"has {nested[0] if nested else 'spec'} {reprlib.repr(r[nested[0] if nested else 'spec'])} (expected " + \
+            ("a figure, a name or null)" if nested else "a mapping of 'removed' and 'ratios')")
     wrong = _wrong_types(r)
     return f"has {wrong}" if wrong else None
+
+
+def result_problem(d, stored: bool = True) -> str | None:
+    """What keeps `d` from being a trial's result as n2n.trial writes it (results/KEY.json), or None
+    (helper-76: a result file {"reward": "lots", "accuracy": 7} was adopted: three TypeErrors, the
+    finalists skipped and the search said finished). `stored=False`: as Tune reports it, with keys
+    of its own beside n2n's (its `config` a mapping)."""
+    if not isinstance(d, dict):
+        return "is not a mapping"
+    missing = [k for k in ("accuracy", "params", "flops", "failure") if k not in d]
+    if missing:
+        return f"lacks {missing}"
+    bad = [k for k, ok in (("accuracy", is_number(d["accuracy"], 0, 1)), ("params", is_number(d["params"], 0, whole=True)),
+                           ("flops", is_number(d["flops"], 0, whole=True)),
+                           ("failure", d["failure"] is None or isinstance(d["failure"], str)),
+                           ("reward", "reward" not in d or isinstance(d["reward"], (int, float)) and not isinstance(d["reward"], bool)),
+                           *((k, _flat(v)) for k, v in d.items() if stored))  # nothing nested, as n2n writes it
+           if not ok]
+    return f"has {', '.join(f'{k} {reprlib.repr(d[k])}' for k in dict.fromkeys(bad))}" if bad else None
+
+
+def _flat(v) -> bool:
+    """A figure, a name, a flag or null: what a record or result holds but for its spec. Nested values
+    are refused: a search_state.pt of 10 KB held one list 22 levels deep by reference, each level
+    twice, which a resume wrote out as a 1 GB candidates.json (helper-76)."""
+    return v is None or isinstance(v, (str, bool, int, float))
 
 
 def _wrong_types(r: dict) -> str | None:

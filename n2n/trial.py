@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import statistics
 import time
 import traceback
@@ -24,6 +25,7 @@ from search_spaces import SearchSpace, StudentSpec
 
 from .deploy import fastest_ratio, time_as_shipped
 from .models import ModelError, build_model, device_for
+from .runfolder import result_problem
 from .storage import open_results, shown
 from .train import DistillConfig, HiddenTarget, distill
 
@@ -137,9 +139,13 @@ def run_trial(config: dict, context: Context) -> None:
     results = open_results(ctx.results_dir)
     try:
         done = results.result(config["key"])
+    except json.JSONDecodeError:  # a damaged result is no result: trained again, and written whole
+        done = None
     except Exception as e:  # storage this worker cannot reach: say so in the record, not as a traceback
         tune.report(metrics_of(Evaluation(0.0, 0, 0, failure=f"results storage {shown(ctx.results_dir)}: {e}"[:300]), ctx, 0))
         return
+    if done is not None and result_problem(done):  # one not as n2n writes it: the same (helper-76)
+        done = None
     if done is not None:  # trained before an interruption: report the stored result, train nothing
         tune.report({**done, "cached": True})
         return

@@ -9,6 +9,7 @@ import torch
 from envs import Evaluation, ProxyEvaluator, Reference, RewardConfig, reward
 from n2n.driver import FINISHED, SearchDriver
 from n2n.models import vgg_layers
+from n2n.runfolder import record_problem
 from search_spaces import SequentialSpace, StudentSpec, layers_to_module
 
 
@@ -244,6 +245,7 @@ def test_a_resume_under_another_reward_rescores_rather_than_rank_by_two(space):
     for was, rec in zip(before, other.records):
         assert rec.get("scored_before") == ({"reward": was["reward"], "compression": was["compression"]}
                                             if was["reward"] != rec["reward"] else None)
+        assert record_problem(rec) is None  # and read back as n2n's own (helper-78: refused as damaged)
     assert other.rescore() is None
 
 

@@ -154,6 +154,55 @@ def test_a_resume_uses_the_storage_a_run_records_only_when_the_user_names_it(fin
     assert said[0] == "run has finished already"
 
 
+def test_a_stored_result_not_as_n2n_writes_it_is_trained_again_not_adopted(tmp_path, monkeypatch):
+    """helper-76: results/KEY.json holding {"reward": "lots", "accuracy": 7} was reported as the trial's
+    result: three TypeErrors in the driver, the finalists skipped, "search finished". A stored result
+    is checked as n2n writes it; one that is not (or not JSON) is trained again and written whole."""
+    from types import SimpleNamespace
+
+    import ray
+    from ray import tune
+
+    from envs import Evaluation, RewardConfig
+    from n2n import trial
+    from n2n.runfolder import record_problem, result_problem
+    from n2n.storage import LocalResults
+
+    reported, trained = [], []
+    monkeypatch.setattr(tune, "report", reported.append)
+    monkeypatch.setattr(trial, "space_of", lambda ctx: None)
+    monkeypatch.setattr(trial, "evaluate", lambda *a, **k: (trained.append(1), (Evaluation(0.9, 100, 200, epochs=3), None))[1])
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=lambda: "n",
+                                                                          get_assigned_resources=lambda: {}))
+    ctx = SimpleNamespace(results_dir=str(tmp_path), per_epoch=False, device="cpu", reference=Reference(1000, 2000, 0.95),
+                          reward=RewardConfig(kind="target", target_drop=1.0))
+    config = {"spec": {"removed": [], "ratios": [0.5]}, "key": "k-1", "stage": "finalists"}
+    good = {"accuracy": 0.9, "params": 100, "flops": 200, "failure": "", "reward": 0.5, "epochs": 3}
+    assert result_problem(good) is None
+    for stored in ('{"reward": "lots", "accuracy": 7}', "{", json.dumps({**good, "accuracy": 7}),
+                   json.dumps({**good, "x": [[1] * 3] * 3}), json.dumps({**good, "reward": "lots"}), json.dumps([1])):
+        (tmp_path / "k-1.json").write_text(stored)
+        reported.clear(), trained.clear()
+        trial.run_trial(config, ctx)
+        assert trained == [1] and len(reported) == 1 and not reported[0].get("cached"), stored
+        assert result_problem(json.loads((tmp_path / "k-1.json").read_text())) is None  # written whole
+    reported.clear(), trained.clear()
+    LocalResults(tmp_path).save("k-1", None, good)
+    trial.run_trial(config, ctx)  # one as n2n writes it: adopted, nothing trained
+    assert trained == [] and reported == [{**good, "cached": True}]
+    # a record likewise holds nothing nested (helper-76: a 10 KB search_state.pt whose record held a list
+    # 22 levels deep by reference, each level twice, was written out as a 1 GB candidates.json)
+    rec = {"key": "k", "stage": "removal", "spec": {"removed": [], "ratios": [1.0]}, "accuracy": 0.5, "params": 3,
+           "failure": None, "reward": 0.1}
+    assert record_problem(rec) is None
+    assert record_problem({**rec, "extra": [[1]]}) == "has extra [[1]] (expected a figure, a name or null)"
+    assert record_problem({**rec, "spec": {**rec["spec"], "x": [[1]]}}).startswith("has spec {")
+    # but for the figures a rescore keeps, as n2n writes them (helper-78: a resumed run of size limits alone,
+    # rescored, was refused as damaged by every command after)
+    assert record_problem({**rec, "scored_before": {"reward": 0.955, "compression": 0.91}}) is None
+    assert record_problem({**rec, "scored_before": {"reward": [[0.9]]}}).startswith("has scored_before {")
+
+
 def test_a_run_whose_results_or_tune_folder_is_a_link_is_refused(finished_run, tmp_path, capsys):
     """helper-25: results/ made a link to another folder had resume write every new trial there;
     helper-28: tune/ too (Ray Tune's sessions, its pickles among them)."""
