@@ -96,6 +96,9 @@ def sequence_log_prob(policy: nn.Module, feats: torch.Tensor, actions, masks) ->
     return taken.sum(1), entropy
 
 
+MAX_HIDDEN = 1024  # the policies' LSTM width: 30 by default; 1024 is about 35M parameters, far past any use
+
+
 @dataclass
 class ReinforceConfig:
     batch_size: int = 10  # rollouts per policy update (N2N used 5; 10 halves the gradient noise)
@@ -120,7 +123,9 @@ class ReinforceConfig:
     def __post_init__(self):
         for ok, msg in ((self.batch_size >= 1, f"batch_size: expected >= 1, got {self.batch_size}"),
                         (self.lr is None or self.lr > 0, f"lr: expected > 0, got {self.lr}"),
-                        (self.hidden >= 1, f"hidden: expected >= 1, got {self.hidden}"),
+                        # at most MAX_HIDDEN, for recorded runs too (helper-76: a received run's hidden of
+                        # 100,000 allocated 160 GB for the LSTM before anything was said)
+                        (1 <= self.hidden <= MAX_HIDDEN, f"hidden: expected 1 to {MAX_HIDDEN}, got {self.hidden}"),
                         (0 <= self.baseline_decay < 1, f"baseline_decay: expected in [0, 1), got {self.baseline_decay}"),
                         (self.entropy_coef >= 0, f"entropy_coef: expected >= 0, got {self.entropy_coef}"),
                         (self.max_invalid_batches >= 1, f"max_invalid_batches: expected >= 1, got {self.max_invalid_batches}"),

@@ -32,8 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import SEED_LIMIT
+
 SPLIT = (0.7, 0.15, 0.15)  # train / validation / test
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"}
+MAX_TOKENS = 131_072  # tokens per text a split record may ask for (past the longest encoders'; a teacher's own
+# positions bound it further where the teacher is known, n2n.search.teacher_data)
 MAX_SPARSE_CLASSES = 10_000  # class ids past the sample count are refused beyond this (an output unit each)
 
 
@@ -172,6 +176,11 @@ def load_split(name: str, record: dict, tokenizer=None, preprocess: dict | None 
     if not isinstance(record, dict):
         raise DataError(f"{name}: expected the teacher's split record (metrics.json \"split\") to be an object, "
                         f"found {type(record).__name__}")
+    for key, low, high in (("seed", 0, SEED_LIMIT - 1), ("max_length", 1, MAX_TOKENS)):  # (helper-76: a negative seed
+        value = record.get(key)                                                            # was a traceback)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+            raise DataError(f"{name}: expected the split record's {key!r} to be a whole number {low}..{high}, found "
+                            f"{value!r}")
     old_images = name.startswith("folder:") and record.get("fingerprint") and "images" not in record
     if record.get("images", IMAGES) not in (1, IMAGES):
         raise DataError(f"{name}: expected the split record's \"images\" to be 1 or {IMAGES} (how images are read), "

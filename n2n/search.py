@@ -209,6 +209,11 @@ def teacher_data(folder: Path, metrics: dict, arch: dict, dataset: str, log=prin
                               f"figures were measured at that; expected null or {recorded['max_length']}, got {max_length}")
         if positions is not None and max_length > positions:
             raise ConfigError(f"teacher.max_length: expected 2..{positions} (the teacher's positions), got {max_length}")
+    if dataset.startswith("text:") and "max_length" in recorded and positions is not None and not (
+            isinstance(recorded["max_length"], int) and 2 <= recorded["max_length"] <= positions):
+        # (helper-76: a received teacher's 2,000,000 took 7.3 GB in the tokenizer, then the process aborted)
+        raise data_mod.DataError(f"{folder}/metrics.json: expected the split's max_length to be 2..{positions} (the "
+                                 f"teacher's positions), found {recorded['max_length']!r}")
     if dataset.startswith("text:") and "max_length" not in recorded:
         length = max_length or min(128, positions or 128)
         if max_length:
@@ -718,9 +723,14 @@ class OpenRun:
         check_teacher(meta)
         cfg = run_config(meta["config"])
         teacher, arch, _ = load_model(meta["teacher_folder"], factories)
+        ds = run_data(meta, arch)
+        # the data's shape, before the teacher runs on the recorded one (helper-76: [1, 400000000] in a
+        # received n2n.json allocated 102 GB for a probe of the teacher)
+        if tuple(meta["input_shape"]) != ds.input_shape:  # (a list of whole numbers: read_run)
+            raise RunError(f"{run_dir}/n2n.json: expected the input shape of the run's data, "
+                           f"{list(ds.input_shape)}, found {reprlib.repr(meta.get('input_shape'))}")
         space = cfg.space(teacher, meta["input_shape"], arch)
         check_space(space, meta, run_dir)
-        ds = run_data(meta, arch)
         check_outputs(run_dir, teacher, ds, meta.get("teacher_logits_digest"))
         return cls(Path(run_dir), meta, cfg, teacher, arch, ds, space)
 

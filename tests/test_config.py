@@ -126,6 +126,8 @@ def test_a_run_made_before_target_margin_exports_the_student_it_named():
     ("distill: {transformer_lr: .inf}", "distill.transformer_lr: expected a finite number, got inf"),
     ("seed: 18446744073709551616", "seed: expected a whole number from 0 to 4294967295, got 18446744073709551616"),
     ("seed: -1", "seed: expected a whole number from 0 to 4294967295, got -1"),
+    # helper-76: a received run's hidden of 100,000 allocated 160 GB for the policy's LSTM
+    ("search: {agent_options: {hidden: 100000}}", "search.agent_options.hidden: expected 1 to 1024, got 100000"),
     ("teacher: {recipe: {seed: 4294967296}}", "teacher.recipe.seed (--seed): expected 0 to 4294967295, got 4294967296"),
     ("teacher: {recipe: {hidden: [64, 32]}}", "teacher.recipe.hidden (--hidden): expected one width for vgg (its one "
                                               "classifier layer), got [64, 32]"),

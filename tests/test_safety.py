@@ -203,6 +203,22 @@ def test_a_stored_result_not_as_n2n_writes_it_is_trained_again_not_adopted(tmp_p
     assert record_problem({**rec, "scored_before": {"reward": [[0.9]]}}).startswith("has scored_before {")
 
 
+def test_a_recorded_input_shape_other_than_the_data_s_is_refused_before_the_teacher_runs_on_it(finished_run, tmp_path,
+                                                                                                capsys):
+    """helper-76: [1, 400000000] in a received n2n.json made export, resume and policy fit probe the
+    teacher on inputs of that shape (102 GB asked for, a traceback) before comparing it with the data."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    meta = json.loads((run / "n2n.json").read_text())
+    shape = meta["input_shape"]
+    for forged in ([1, 400_000_000], [shape[0], shape[1] + 1], [*shape, 1]):  # (not a shape at all: read_run)
+        (run / "n2n.json").write_text(json.dumps({**meta, "input_shape": forged}))
+        for command in (("resume", run), ("export", run, "--out", tmp_path / "out")):
+            assert _main(capsys, *command) == (2, f"n2n: error: {run}/n2n.json: expected the input shape of the "
+                                                  f"run's data, {shape}, found {forged!r}\n"), forged
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_run_whose_results_or_tune_folder_is_a_link_is_refused(finished_run, tmp_path, capsys):
     """helper-25: results/ made a link to another folder had resume write every new trial there;
     helper-28: tune/ too (Ray Tune's sessions, its pickles among them)."""

@@ -404,6 +404,16 @@ def test_a_text_teacher_that_records_no_length_is_read_at_one_it_has_positions_f
             (12, {}, "digits", r"teacher.max_length: applies to text: datasets, not digits; expected null")):
         with pytest.raises(ConfigError, match=f"^{error}$"):
             teacher_data(folder, metrics, arch, dataset, said.append, max_length=max_length, positions=32)
+    # a recorded length past the teacher's positions (helper-76: a received teacher's 2,000,000 took 7.3 GB
+    # in the tokenizer, then the process aborted), or no whole number
+    from n2n.data import DataError
+
+    for recorded in (2_000_000, 33, 1, "32", 16.0):
+        with pytest.raises(DataError, match=rf"^{folder}/metrics.json: expected the split's max_length to be 2..32 "
+                                            rf"\(the teacher's positions\), found {re.escape(repr(recorded))}$"):
+            teacher_data(folder, {"split": {"seed": 0, "max_length": recorded}}, arch, data, positions=32)
+    with pytest.raises(DataError, match=r"expected the split record's 'seed' to be a whole number 0..4294967295, found -1"):
+        teacher_data(folder, {"split": {"seed": -1, "max_length": 16}}, arch, data, positions=32)
     # refused before any teacher is trained or read (helper-42)
     for over, error in (({"teacher.max_length": 1}, "teacher.max_length: expected tokens per text >= 2, or null; got 1"),
                         ({"teacher.max_length": 12, "teacher.dataset": "digits"},
