@@ -70,6 +70,61 @@ def name_classes(config, arch: dict, labels, log=print) -> dict:
                                "label2id": dict(config.label2id)}}
 
 
+EXPORT_README = "README-n2n.md"
+
+
+def export_readme(metrics: dict, arch: dict, extras: list[str], tokenizer: str | None) -> str:
+    """What a deployer handed the folder alone needs (helper-75: nothing in it said that model.onnx
+    takes raw inputs with the standardisation inside, so a second one was easy to add): the figures,
+    the inputs and outputs, and how to load each file. Written from the figures metrics.json holds;
+    `tokenizer`: the folder the tokenizer went to, if any."""
+    from . import __version__
+
+    teacher = metrics["teacher"]
+    shape = arch.get("input", {}).get("shape") or arch.get("input_shape")
+    text = metrics.get("split", {}).get("max_length")
+    if text:
+        by = f"the tokenizer in `{tokenizer}/`" if tokenizer else "the teacher's tokenizer (its folder had none to ship)"
+        inputs = f"int64 token ids of shape (N, {text}): texts tokenised by {by}, cut and padded to {text} tokens"
+    elif "input" in arch:
+        dims = ", ".join(map(str, shape))
+        inputs = (f"float32 raw inputs of shape (N, {dims}), the values as the dataset holds them; the model "
+                  f"standardises them itself (x * scale + shift, `arch.json` \"input\"): do not standardise them again")
+    else:
+        inputs = f"inputs of shape (N, {', '.join(map(str, shape))})" if shape else "the inputs the teacher takes"
+    labels = (metrics.get("split") or {}).get("labels")
+    outputs = "logits of shape (N, classes); output i is class i" + (
+        f" ({', '.join(f'{i}: {n}' for i, n in enumerate(labels))})" if labels else "")
+    lines = [
+        f"# Student {metrics['key']}, exported by n2n {__version__}",
+        "",
+        f"- {metrics['params']:,} parameters, {metrics['times_smaller']:.2f}x fewer than the teacher's "
+        f"{teacher['params']:,}; {metrics['flops']:,} multiply-adds per sample.",
+        f"- Accuracy on the teacher's split of `{metrics['dataset'].split(':')[0]}` data: validation "
+        f"{metrics['val_accuracy']:.4f}, test {metrics['test_accuracy']:.4f} (teacher: {teacher['val_accuracy']:.4f} "
+        f"and {teacher['test_accuracy']:.4f}), on raw inputs as below.",
+        f"- Inputs: {inputs}.",
+        f"- Outputs: {outputs}.",
+        "",
+        "## Loading",
+        "",
+        "- With n2n installed: `student = n2n.load_student(\"DIR\")`, an `nn.Module` in eval mode that takes the "
+        "inputs above; its weights are `student.model` (the keys of `model.safetensors`).",
+    ]
+    if "model.onnx" in extras:
+        onnx = metrics["onnx"]["input"]
+        lines.append(f"- Without n2n: `model.onnx`, input `{onnx['name']}` of shape ({', '.join(map(str, onnx['shape']))}) "
+                     f"and type {onnx['dtype']}, output `logits`; e.g. `onnxruntime.InferenceSession(\"DIR/model.onnx\")"
+                     f".run(None, {{\"{onnx['name']}\": x}})`. Checked against PyTorch on the validation inputs at export.")
+    if "hf" in extras:
+        lines.append("- Without n2n: `hf/` is a Hugging Face model and tokenizer "
+                     "(`AutoModelForSequenceClassification.from_pretrained(\"DIR/hf\")`, or `pipeline(\"text-classification\", "
+                     f"model=\"DIR/hf\", truncation=True)`), measured at {text} tokens per text.")
+    lines += ["", "`metrics.json` holds every figure above and how they were measured; `arch.json` the architecture; "
+              "`spec.json` what was removed and narrowed in the teacher.", ""]
+    return "\n".join(lines)
+
+
 def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: bool = False, log=print,
                 factories=(), trim_vocab: bool = False, key: str | None = None, rank: int | None = None,
                 onnx: bool = False, margin: float | None = None, fetch: bool = False) -> dict:
@@ -174,20 +229,20 @@ def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: flo
                      f"the candidates, and `--key KEY` exports another")
     if out["met_on_test"]:
         return out, None
+    past = (f"warning: on the test split this student is {drops['test_drop_points']:.2f} points below the teacher, "
+            f"past the target of {max_drop:g}, though it meets it on validation")
+    if margin is None:  # named by --key or --rank: no pick, no margin (helper-77, helper-75: it spoke of both)
+        return out, f"{past}; `n2n report` lists the candidates, and `--key KEY` exports another"
     # The smallest student within the target on validation, picked among many noisy ones, tends to be
     # one whose validation figure is luckier than its true accuracy (the winner's curse).
-    if margin is None:  # (helper-77: it advised --margin, which --key and --rank refuse)
-        had = "it was picked by --key or --rank, not by the target; "
-    elif margin and not short_of_margin:
+    if margin and not short_of_margin:
         had = f"its margin of {margin:g} points was not enough here; "
     elif margin:  # as the pick judged it, on the search's figures
         had = f"none of the candidates it chose among had the margin of {margin:g} points; "
     else:
         had = "a margin, target.margin or export --margin P, picks a finalist with points to spare; "
-    return out, (f"warning: on the test split this student is {drops['test_drop_points']:.2f} points below the "
-                 f"teacher, past the target of {max_drop:g}, though it meets it on validation, where it was picked "
-                 f"among many noisy figures ({had}choose a margin before reading test figures, as a choice made on "
-                 f"them makes them optimistic)")
+    return out, (f"{past}, where it was picked among many noisy figures ({had}choose a margin before reading test "
+                 f"figures, as a choice made on them makes them optimistic)")
 
 
 EXPORT_REPEATS = 100  # passes export times (at least): one export, so a steadier median than a trial's
@@ -448,7 +503,10 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
             raw_val = unstandardise(ds.x_val, ds.preprocess) if ds.preprocess else ds.x_val
             to_onnx(deployed, raw_val[:2], tmp / "model.onnx")
             metrics["onnx"] = check_onnx(deployed, tmp / "model.onnx", raw_val, ds.y_val)
+            extras.append("model.onnx")
             write_json(tmp / "metrics.json", metrics)
+        shipped = None if tokenizer is None else "hf" if "hf" in extras else "tokenizer"
+        (tmp / EXPORT_README).write_text(export_readme(metrics, arch, extras, shipped), encoding="utf-8")
 
     save_model(out, student, arch, metrics, extra={"spec.json": spec.to_dict()}, overwrite=overwrite, finish=save_hf)
     if onnx:

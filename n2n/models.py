@@ -277,7 +277,7 @@ def write_json(path: Path, obj) -> None:
 
 
 MODEL_FILES = {"model.safetensors", "arch.json", "metrics.json"}
-EXPORT_EXTRAS = {"model.onnx", "spec.json", "hf", "tokenizer"}  # what `n2n export` adds to a model folder
+EXPORT_EXTRAS = {"model.onnx", "spec.json", "hf", "tokenizer", "README-n2n.md"}  # what `n2n export` adds to a model folder
 HF_FILES = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
             "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json", "spiece.model",
             "sentencepiece.bpe.model", "chat_template.jinja"}  # a Hugging Face teacher folder n2n wrote

@@ -87,6 +87,15 @@ def test_search_end_to_end(ray_session, tiny_config, tmp_path):
     assert sum(p.numel() for p in student.parameters()) == best["params"]
     assert json.loads((out / "spec.json").read_text()) == best["spec"]
     assert 0 < metrics["test_accuracy"] <= 1
+    # the folder says how to feed it (helper-75: nothing in it said model.onnx standardises raw inputs itself)
+    guide = (out / "README-n2n.md").read_text()
+    assert f"- {best['params']:,} parameters, {metrics['times_smaller']:.2f}x fewer than the teacher's " \
+           f"{metrics['teacher']['params']:,}; {metrics['flops']:,} multiply-adds per sample." in guide
+    assert f"validation {metrics['val_accuracy']:.4f}, test {metrics['test_accuracy']:.4f} (teacher: " \
+           f"{metrics['teacher']['val_accuracy']:.4f} and {metrics['teacher']['test_accuracy']:.4f})" in guide
+    assert "- Inputs: float32 raw inputs of shape (N, 1, 40), the values as the dataset holds them; the model " \
+           "standardises them itself" in guide
+    assert "`model.onnx`, input `input` of shape (batch, 1, 40) and type float32, output `logits`" in guide
     with pytest.raises(FileExistsError):
         export_best(run, out, log=lambda *_: None)
     again = export_best(run, out, overwrite=True, onnx=True, log=lambda *_: None)  # its own export, with model.onnx

@@ -63,3 +63,7 @@ def test_transformer_search_and_hf_export(ray_session, token_task, tmp_path):
     onnx_check(tmp_path / "student", n2n.load_student(tmp_path / "student"), ds.x_val, ds.y_val, metrics)  # ids in
     arch = json.loads((tmp_path / "student" / "arch.json").read_text())
     assert arch["family"] == "hf-encoder" and len(arch["layers"]) == hf.config.num_hidden_layers
+    guide = (tmp_path / "student" / "README-n2n.md").read_text()  # how to load it without n2n (helper-75)
+    shape = ", ".join(map(str, metrics["onnx"]["input"]["shape"]))
+    assert f"`model.onnx`, input `input` of shape ({shape}) and type int64" in guide
+    assert "- Without n2n: `hf/` is a Hugging Face model and tokenizer" in guide
