@@ -629,6 +629,41 @@ def check_hf_folder(folder: Path) -> None:
                          f"model.save_pretrained(DIR, safe_serialization=True)")
 
 
+def _declared_bytes(path: Path) -> int:
+    """The tensor bytes a safetensors file's header declares (its data's end offset), read without
+    the tensors; 0 for a file that is none (from_pretrained then says what it is)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size)) if 0 < size <= 100 << 20 else {}
+        return max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return 0
+
+
+def _check_hf_size(folder: Path) -> None:
+    """As `_check_size`, for a Hugging Face folder: a config.json asking for far more memory than its
+    safetensors files hold is refused before anything is allocated (helper-76: num_hidden_layers 600
+    over MiniLM's 6 layers of weights filled 4.6 GB, then was refused as "would start random").
+    The model is built on torch's meta device (no memory) to count what the config asks for."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    files = sorted(folder.glob("*.safetensors"))
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        with torch.device("meta"):
+            shell = AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)
+        params = sum(p.numel() for p in shell.parameters())
+        need = sum(p.numel() * p.element_size() for p in shell.parameters())
+    except Exception:  # malformed or unknown: from_pretrained says how
+        return
+    have = sum(_declared_bytes(f) for f in files)
+    if files and need > 4 * have + (64 << 20):
+        raise ModelError(f"{folder}: config.json describes a model of {params:,} parameters ({need / 2**20:,.0f} MiB), "
+                         f"far more than its safetensors weights hold ({have / 2**20:,.1f} MiB): they do not belong "
+                         "together (was config.json edited, or copied from another model?)")
+
+
 def load_hf_classifier(folder: Path, padding_checked: bool = False) -> nn.Module:
     """A local Hugging Face ...ForSequenceClassification folder, as ids -> logits (no download).
 
@@ -643,6 +678,7 @@ def load_hf_classifier(folder: Path, padding_checked: bool = False) -> nn.Module
     from search_spaces import HFClassifier
 
     check_hf_folder(folder)  # before the logging changes below: a refusal leaves them as they were
+    _check_hf_size(folder)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the missing-weights report is ours to give, in one line
     hf_logging.disable_progress_bar()  # no weight-loading bars in the user's terminal

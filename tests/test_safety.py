@@ -1708,6 +1708,24 @@ def test_damaged_teacher_folders_are_one_line_errors(small_teacher, tmp_path, ca
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_hugging_face_config_asking_for_far_more_than_its_weights_is_refused_before_it_is_built(tmp_path, capsys):
+    """helper-76: num_hidden_layers 600 over MiniLM's 6 layers of weights filled 4.6 GB before the
+    missing layers were refused; counted on the meta device first now, as arch.json's families are."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    folder = tmp_path / "hf"
+    BertForSequenceClassification(BertConfig(vocab_size=30, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                             intermediate_size=64)).save_pretrained(folder)
+    assert _main(capsys, "teacher", "show", folder)[0] == 0  # as saved: loads
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2000}))
+    status, err = _main(capsys, "teacher", "show", folder)
+    # 2,000 layers of 25,216 (hidden 64, FFN 64) + embeddings 34,944 + pooler 4,160 + head 130
+    assert (status, err) == (2, f"n2n: error: {folder}: config.json describes a model of 50,471,234 parameters (193 MiB), "
+                                "far more than its safetensors weights hold (0.3 MiB): they do not belong together (was "
+                                "config.json edited, or copied from another model?)\n")
+
+
 def test_hostile_arch_json_values_are_one_line_errors(small_teacher, tmp_path, capsys):
     """helper-28: negative or NaN sizes, a malformed "input" and deep nesting were tracebacks."""
     model, arch, _ = small_teacher
