@@ -353,6 +353,45 @@ def _mnist1d() -> tuple[np.ndarray, np.ndarray]:
 SPLIT_NAMES = ("train", "val", "test")
 
 
+def memory_for_data() -> int:
+    """Bytes a dataset may take once read: a quarter of this machine's memory (n2n holds it whole, with
+    float32 copies and tensors beside it)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: no bound
+        return 1 << 62
+
+
+def _check_fits(where: str, need: int, what: str) -> None:
+    """Refuse data that would take more than `memory_for_data` once read, before it is read
+    (helper-76: a 1 MB npz decompressed to 5.9 GB, a 3.7 MB image folder to 15 GB as float32)."""
+    def size(n: int) -> str:
+        return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+    if need > memory_for_data():
+        raise DataError(f"{where}: {what} {size(need)} once read, more than a quarter of this machine's memory "
+                        f"({size(4 * memory_for_data())}): n2n holds a dataset in memory, with copies; use fewer or "
+                        f"smaller samples")
+
+
+def _npz_bytes(f, names) -> tuple[int, str]:
+    """The bytes the npz arrays `names` declare in their headers, read without the arrays, and the
+    largest as 'x (shape, dtype)'."""
+    total, largest = 0, (0, "")
+    for name in names:
+        try:
+            with f.zip.open(f"{name}.npy") as fp:
+                version = np.lib.format.read_magic(fp)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(fp)
+        except Exception:  # not readable as a header: reading the array says how
+            continue
+        size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        total += size
+        largest = max(largest, (size, f"{name} {tuple(shape)} {dtype}"))
+    return total, largest[1]
+
+
 def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, list | None]:
     """Arrays ``x``, ``y`` (seeded split), ``x``, ``y``, ``split`` ('train'/'val'/'test' or 0/1/2 per
     sample), or ``x_train``, ``y_train``, ``x_val``, ``y_val``, ``x_test``, ``y_test`` (used as given)."""
@@ -371,6 +410,8 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, list | None]:
         if not ({"x", "y"} <= set(f.files) or separate <= set(f.files)):
             raise DataError(f"npz dataset {path}: expected arrays 'x' and 'y' (optionally 'split'), or "
                             f"x_train/y_train/x_val/y_val/x_test/y_test; found {sorted(f.files)}")
+        need, largest = _npz_bytes(f, [n for n in f.files if n in separate | {"x", "y", "split"}])
+        _check_fits(f"npz dataset {path}", need, f"its arrays (the largest {largest}) hold")
         try:
             if separate <= set(f.files):
                 xs, ys = [f[f"x_{s}"] for s in SPLIT_NAMES], [f[f"y_{s}"] for s in SPLIT_NAMES]
@@ -595,7 +636,7 @@ def _folder(root: Path, images: int = IMAGES) -> tuple[np.ndarray, np.ndarray]:
     classes = _classes(root)
     if len(classes) < 2:
         raise DataError(f"image folder {root}: expected one sub-folder per class (at least 2), found {classes}")
-    xs, ys, size = [], [], None
+    xs, ys, size, need = [], [], None, 0
     for label, cls in enumerate(classes):
         for f in sorted((root / cls).iterdir()):
             if f.suffix.lower() not in IMAGE_SUFFIXES or f.name.startswith("."):  # ._x.png: macOS metadata
@@ -603,7 +644,9 @@ def _folder(root: Path, images: int = IMAGES) -> tuple[np.ndarray, np.ndarray]:
             if not f.is_file():  # helper-28: a FIFO named zz.png blocked Image.open forever
                 raise DataError(f"image folder {root}: expected image files, {f} is not a regular file")
             try:
-                img = Image.open(f)
+                img = Image.open(f)  # the header alone: its size, before the pixels are decoded
+                need += img.width * img.height * 3 * 4  # float32, colour at most
+                _check_fits(f"image folder {root}", need, f"its images up to {f} hold")
                 if img.mode.startswith(("I", "F")):  # 16/32-bit: convert() would clip every value to 255
                     raise DataError(f"image folder {root}: expected 8-bit images (pixel values 0..255), {f} is "
                                     f"{img.mode} (16- or 32-bit); convert the folder to 8-bit, or save the pixels in "

@@ -136,6 +136,33 @@ def test_image_folder(tmp_path):
         load_dataset(f"folder:{tmp_path}")
 
 
+def test_data_larger_than_memory_allows_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """helper-76: a 1 MB npz decompressed to 5.9 GB (still reading after 5 minutes), and a 3.7 MB
+    folder of blank 9000x9000 PNGs asked 15 GB as float32. The npz headers and the images' sizes are
+    read first; past a quarter of the machine's memory (here made 1 MiB) the data is refused."""
+    from PIL import Image
+
+    import n2n.data as data_mod
+
+    monkeypatch.setattr(data_mod, "memory_for_data", lambda: 1 << 20)
+    np.savez_compressed(tmp_path / "big.npz", x=np.zeros((300, 1, 1000), np.float32), y=np.zeros(300, np.int64))
+    assert (tmp_path / "big.npz").stat().st_size < 20_000  # 1.2 MB of zeros
+    with pytest.raises(DataError, match=rf"^npz dataset {tmp_path / 'big.npz'}: its arrays \(the largest x \(300, 1, "
+                                        r"1000\) float32\) hold 1.1 MiB once read, more than a quarter of this machine's "
+                                        r"memory \(4.0 MiB\)"):
+        load_raw(f"npz:{tmp_path / 'big.npz'}")
+    np.savez_compressed(tmp_path / "small.npz", x=np.zeros((300, 1, 100), np.float32), y=np.arange(300) % 2)
+    assert load_raw(f"npz:{tmp_path / 'small.npz'}")[0].shape == (300, 1, 100)  # 0.1 MB: read
+    for cls in ("a", "b"):
+        (tmp_path / "img" / cls).mkdir(parents=True)
+        Image.fromarray(np.zeros((200, 200), np.uint8)).save(tmp_path / "img" / cls / "0.png")  # 0.48 MB each
+    assert load_raw(f"folder:{tmp_path / 'img'}")[0].shape == (2, 1, 200, 200)
+    Image.fromarray(np.zeros((300, 300), np.uint8)).save(tmp_path / "img" / "b" / "1.png")
+    with pytest.raises(DataError, match=rf"^image folder {tmp_path / 'img'}: its images up to "
+                                        rf"{tmp_path / 'img' / 'b' / '1.png'} hold 1.9 MiB once read"):
+        load_raw(f"folder:{tmp_path / 'img'}")
+
+
 def test_palette_and_alpha_images_keep_their_colours(tmp_path):
     """helper-36: colour palette images (GIFs, 8-bit PNGs) were read as grey without a word."""
     from PIL import Image
