@@ -561,8 +561,9 @@ class SearchDriver:
             if (rec.get("trial_id"), rec["key"]) in known:
                 continue
             self.records.append(rec)
-            if rec.get("failure") not in _WORKER_FAILURES:
-                self.cache.setdefault(rec["key"], {k: v for k, v in rec.items() if k in _CACHED})
+            if rec.get("failure") not in _WORKER_FAILURES:  # under today's key: the one the agents' specs get
+                key = self.space.current_key(rec["key"], StudentSpec.from_dict(rec["spec"]))
+                self.cache.setdefault(key, {k: v for k, v in rec.items() if k in _CACHED})
             waiting = [t for t in self.reissue if t["key"] == rec["key"] and t["stage"] == rec["stage"]]
             for t in waiting[:1]:
                 self.reissue.remove(t)

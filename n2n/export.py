@@ -374,7 +374,7 @@ def _candidate(run_dir: Path, best: dict, space, ds, factories) -> tuple[Student
     candidates.json records of it: key, parameter count and accuracy."""
     weights = run_dir / "results" / f"{best['key']}.safetensors"
     spec = StudentSpec.from_dict(best["spec"])
-    if best["key"].split("@")[0] != space.key(spec):  # (a finalist's key ends @Nep)
+    if space.current_key(best["key"], spec).split("@")[0] != space.key(spec):  # (a finalist's key ends @Nep)
         raise RunError(f"{run_dir}/candidates.json: {best['key']} records the spec of {space.key(spec)}; "
                        f"was candidates.json changed?")
     student = build_model(space.arch(spec), factories)

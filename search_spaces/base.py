@@ -226,6 +226,18 @@ class SearchSpace(ABC):
         gone = self.gone(spec)
         return "-".join("x" if i in gone else str(w) for i, w in enumerate(self.widths(spec)))
 
+    def legacy_key(self, spec: StudentSpec) -> str:
+        """The key n2n gave `spec` before 2026-11-29 (662e342), absent units as width 0: runs of then
+        name their candidates and weights files by it."""
+        return "-".join(str(w) for w in self.widths(spec))
+
+    def current_key(self, key: str, spec: StudentSpec) -> str:
+        """`key`, a record's, in today's form: a run recorded before 662e342 gave `spec` its legacy key
+        (helper-78: its resume trained such students again, under today's key, and export refused them);
+        a finalist's "@Nep" kept."""
+        base, at, epochs = key.partition("@")
+        return self.key(spec) + at + epochs if base != self.key(spec) and base == self.legacy_key(spec) else key
+
     def features(self) -> np.ndarray:
         """(n_units, FEATURE_DIM) float32 features, normalised to comparable ranges."""
         n = self.n_units

@@ -865,3 +865,23 @@ def test_tpe_counts_its_lag_in_the_run_s_own_concurrency_on_a_resume_with_anothe
     assert d.concurrency == 1 and d.agent.concurrency == 3
     assert _driver(space, agent="optuna", concurrency=2, agent_options={}).agent.concurrency == 2
     assert _driver(space, agent="optuna", concurrency=2, agent_options={"concurrency": None}).agent.concurrency is None
+
+
+def test_a_run_recorded_before_keys_marked_absent_units_trains_none_of_them_again(space):
+    """helper-78: keys before 662e342 (2026-11-29) wrote a removed unit as 0, today's as x: a resume
+    rebuilt from such a run's candidates.json trained its students again under today's key, and export
+    refused every one ("records the spec of ...; was candidates.json changed?")."""
+    removable = next(i for i, u in enumerate(space.units) if u.removable)
+    spec = StudentSpec((removable,), tuple(0.5 for _ in space.units))
+    old = space.legacy_key(spec)
+    assert old != space.key(spec) and old == space.key(spec).replace("x", "0")  # the removed unit: 0, not x
+    assert space.current_key(old, spec) == space.key(spec)
+    assert space.current_key(f"{old}@10ep", spec) == f"{space.key(spec)}@10ep"  # a finalist's
+    assert space.current_key(space.key(spec), spec) == space.key(spec)
+    other = StudentSpec((), spec.ratios)
+    assert space.current_key(old, other) == old  # another student's key is not made this one's
+    d = _driver(space)
+    rec = {"stage": "removal", "key": old, "spec": spec.to_dict(), "accuracy": 0.9, "params": space.params(spec),
+           "flops": space.flops(spec), "failure": None, "reward": 0.5, "compression": 0.5}
+    d.adopt([rec])
+    assert d.records == [rec] and space.key(spec) in d.cache and old not in d.cache
