@@ -43,6 +43,11 @@ def load_factory(path: str, allowed=()):
     A model folder is data: the factory it names is imported and called only when the user named that
     exact factory in `allowed` (``--allow-factory``), and nothing is imported before that check."""
     if not isinstance(path, str) or path not in set(allowed):
+        top = path.partition(":")[0].split(".")[0] if isinstance(path, str) else ""
+        if top in sys.stdlib_module_names or top == "builtins":  # (helper-76: it offered --allow-factory os:system)
+            raise UnsupportedModel(f"this model folder names {path!r}, a function of Python's standard library, as "
+                                   f"the factory that builds its model: no model is built that way; the folder is "
+                                   f"not to be loaded")
         raise UnsupportedModel(
             f"this model folder names the factory {path!r}, which n2n would import and call; it does so only "
             f"for a factory you name: pass --allow-factory {path} (Python: factories=[{path!r}]) if you trust that code")

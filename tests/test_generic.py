@@ -234,9 +234,12 @@ def test_a_model_folder_never_runs_a_factory_the_user_did_not_name(tmp_path, fam
     (folder / "arch.json").write_text(json.dumps(arch))
     (folder / "model.safetensors").write_bytes(b"not even read")
     for load in (lambda: load_model(folder), lambda: n2n.load_student(folder, factories=["custom_net:make"])):
-        with pytest.raises(UnsupportedModel, match=f"^{re.escape(str(folder))}: this model folder names the factory "
-                                                   "'os:system'"):  # which folder (helper-68: a run's teacher)
+        # which folder (helper-68: a run's teacher), and no advice to allow it (helper-76: it offered
+        # --allow-factory os:system "if you trust that code")
+        with pytest.raises(UnsupportedModel, match=f"^{re.escape(str(folder))}: this model folder names 'os:system', a "
+                                                   "function of Python's standard library, as the factory") as e:
             load()
+        assert "--allow-factory" not in str(e.value)
     assert calls == [] and not marker.exists()
     # and through the CLI, as `n2n export` of a run whose teacher is that folder would load it
     r = subprocess.run([sys.executable, "-c", f"import n2n; n2n.load_student({str(folder)!r})"],
