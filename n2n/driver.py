@@ -507,12 +507,14 @@ class SearchDriver:
         if t is None:
             return
         spec = StudentSpec.from_dict(t["spec"])
+        problem = None
         if error or not metrics or "accuracy" not in metrics:
             again = self.deaths(t["key"]) + 1 >= MAX_DEATHS
             ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec), failure=DIED_AGAIN if again else WORKER_DIED)
             if not again:  # tried again at once, within this stage's budget (it never counted the death)
                 self.reissue.append({"stage": t["stage"], "cid": None, "key": t["key"], "spec": t["spec"]})
-        elif problem := result_problem(metrics, stored=False):  # trials refuse such a stored result; this one came some other way
+        elif problem := result_problem(metrics, stored=False):  # trials retrain such a stored result: this one
+            # came some other way; failed, not cached (the student may be tried again) and none of it kept
             ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec), failure=f"result not usable: {problem}"[:300])
         elif str(metrics.get("failure") or "").startswith(STORAGE):  # trained, nothing kept: not re-issued at
             self.log(f"{t['key']}: {metrics['failure']}")                # once (the disk is likely still full)
@@ -523,14 +525,14 @@ class SearchDriver:
                 ev = dataclasses.replace(ev, params=self.space.params(spec), flops=self.space.flops(spec))
         r = reward(ev, self.reference, self.reward_config)
         m = {**ev.to_dict(), "reward": r, "compression": compression(ev, self.reference, self.reward_config)}
-        if ev.failure not in _WORKER_FAILURES:
+        if ev.failure not in _WORKER_FAILURES and not problem:
             self.cache[t["key"]] = m
         self.deaths_in_a_row = self.deaths_in_a_row + 1 if ev.failure in (*_WORKER_FAILURES, DIED_AGAIN) else 0
         for cid in [t["cid"]] + self.waiters.pop(t["key"], []):
             if cid in self.agent.pending:  # always true within a stage; guards a stage switch
                 self.agent.tell(cid, r, ev)
         extra = {k: metrics[k] for k in ("device", "gpus", "node", "started", "ended", "weights_digest")
-                 if metrics and k in metrics}
+                 if metrics and k in metrics and not problem}
         rec = {"trial_id": trial_id, "stage": t["stage"], "key": t["key"], "spec": t["spec"],
                "summary": self.space.describe(spec), **m, **extra, "cached": bool(metrics and metrics.get("cached"))}
         self.records.append(rec)

@@ -176,11 +176,14 @@ def record_problem(r) -> str | None:
     missing = [k for k in (*RECORD_KEYS, "key") if k not in r]
     if missing:
         return f"lacks {missing}"
-    nested = [k for k, v in r.items() if k != "spec" and not _flat(v) and not (  # but the figures a rescore kept
-        k == "scored_before" and isinstance(v, dict) and set(v) <= {"reward", "compression"} and all(map(_flat, v.values())))]
-    if nested or not isinstance(r["spec"], dict) or set(r["spec"]) != {"removed", "ratios"}:
-        return f"has {nested[0] if nested else 'spec'} {reprlib.repr(r[nested[0] if nested else 'spec'])} (expected " + \
-            ("a figure, a name or null)" if nested else "a mapping of 'removed' and 'ratios')")
+    nested = next((k for k, v in r.items() if k not in ("spec", "scored_before") and not _flat(v)), None)
+    if nested:
+        return f"has {nested} {reprlib.repr(r[nested])} (expected a figure, a name or null)"
+    if not (isinstance(r["spec"], dict) and set(r["spec"]) == {"removed", "ratios"}):
+        return f"has spec {reprlib.repr(r['spec'])} (expected a mapping of 'removed' and 'ratios')"
+    before = r.get("scored_before", {})  # the figures a rescore kept (n2n.driver rescore)
+    if not (isinstance(before, dict) and set(before) <= {"reward", "compression"} and all(map(_flat, before.values()))):
+        return f"has scored_before {reprlib.repr(before)} (expected the reward and compression first scored)"
     wrong = _wrong_types(r)
     return f"has {wrong}" if wrong else None
 
@@ -195,13 +198,18 @@ def result_problem(d, stored: bool = True) -> str | None:
     missing = [k for k in ("accuracy", "params", "flops", "failure") if k not in d]
     if missing:
         return f"lacks {missing}"
-    bad = [k for k, ok in (("accuracy", is_number(d["accuracy"], 0, 1)), ("params", is_number(d["params"], 0, whole=True)),
-                           ("flops", is_number(d["flops"], 0, whole=True)),
-                           ("failure", d["failure"] is None or isinstance(d["failure"], str)),
-                           ("reward", "reward" not in d or isinstance(d["reward"], (int, float)) and not isinstance(d["reward"], bool)),
-                           *((k, _flat(v)) for k, v in d.items() if stored))  # nothing nested, as n2n writes it
-           if not ok]
-    return f"has {', '.join(f'{k} {reprlib.repr(d[k])}' for k in dict.fromkeys(bad))}" if bad else None
+    # every field the record made of it is checked for (helper-79: a latency of "fast" passed, and
+    # candidates.json was then refused as damaged; a latency ratio of "x" was a TypeError in the reward)
+    checks = {"accuracy": is_number(d["accuracy"], 0, 1), "params": is_number(d["params"], 0, whole=True),
+              "flops": is_number(d["flops"], 0, whole=True), "failure": d["failure"] is None or isinstance(d["failure"], str),
+              "reward": is_number(d.get("reward", 0.0)),
+              "weights_digest": d.get("weights_digest") is None or isinstance(d["weights_digest"], str)
+              and re.fullmatch(r"[0-9a-f]{16}", d["weights_digest"]) is not None,
+              **{k: d.get(k) is None or is_number(d[k], 0) for k in ("latency_ms", "teacher_latency_ms", "latency_ratio")}}
+    if stored:  # nothing nested, as n2n writes it (Tune's report adds a `config` mapping of its own)
+        checks.update({k: _flat(v) for k, v in d.items() if k not in checks})
+    bad = [k for k, ok in checks.items() if not ok]
+    return f"has {', '.join(f'{k} {reprlib.repr(d[k])}' for k in bad)}" if bad else None
 
 
 def _flat(v) -> bool:

@@ -885,3 +885,23 @@ def test_a_run_recorded_before_keys_marked_absent_units_trains_none_of_them_agai
            "flops": space.flops(spec), "failure": None, "reward": 0.5, "compression": 0.5}
     d.adopt([rec])
     assert d.records == [rec] and space.key(spec) in d.cache and old not in d.cache
+
+
+def test_a_trial_result_not_as_n2n_writes_it_is_a_failed_candidate_not_a_traceback(space):
+    """helper-76, helper-79: a result that reached the driver with a string latency or a NaN reward was
+    adopted (a TypeError in the reward, or a candidates.json then refused as damaged). Trials retrain
+    such stored results (tests/test_safety.py); one arriving some other way is recorded as failed."""
+    proxy = ProxyEvaluator(space)
+    d = _driver(space)
+    out = d.suggest("t0")
+    good, t0 = _metrics(space, proxy, out), d.trials["t0"]
+    for bad in ({"latency_ms": "fast"}, {"latency_ratio": "x"}, {"reward": float("nan")}, {"weights_digest": "no"},
+                {"accuracy": 7}):
+        d.trials["t0"] = t0  # the same trial ending again with each result
+        d.complete("t0", {**good, **bad, "config": {"spec": out["spec"]}})  # (Tune's own keys beside: fine)
+        rec = d.records[-1]
+        assert rec["failure"].startswith(f"result not usable: has {next(iter(bad))} ") and rec["reward"] == -1, rec
+        assert record_problem(rec) is None and rec["key"] not in d.cache
+    d.trials["t0"] = t0
+    d.complete("t0", {**good, "config": {"spec": out["spec"]}})
+    assert d.records[-1]["failure"] is None and d.records[-1]["accuracy"] == good["accuracy"]

@@ -180,7 +180,8 @@ def test_a_stored_result_not_as_n2n_writes_it_is_trained_again_not_adopted(tmp_p
     good = {"accuracy": 0.9, "params": 100, "flops": 200, "failure": "", "reward": 0.5, "epochs": 3}
     assert result_problem(good) is None
     for stored in ('{"reward": "lots", "accuracy": 7}', "{", json.dumps({**good, "accuracy": 7}),
-                   json.dumps({**good, "x": [[1] * 3] * 3}), json.dumps({**good, "reward": "lots"}), json.dumps([1])):
+                   json.dumps({**good, "x": [[1] * 3] * 3}), json.dumps({**good, "reward": "lots"}), json.dumps([1]),
+                   json.dumps({**good, "latency_ms": "fast"}), json.dumps({**good, "weights_digest": "no"})):
         (tmp_path / "k-1.json").write_text(stored)
         reported.clear(), trained.clear()
         trial.run_trial(config, ctx)
