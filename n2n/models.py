@@ -648,7 +648,14 @@ def _check_hf_size(folder: Path) -> None:
     The model is built on torch's meta device (no memory) to count what the config asks for."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    files = sorted(folder.glob("*.safetensors"))
+    # the files from_pretrained reads, each counted at most at its size (helper-79: a 90-byte file
+    # beside them whose header claimed 10 GB let a config of 200 layers through)
+    index = folder / "model.safetensors.index.json"
+    try:
+        names = set(json.loads(index.read_text())["weight_map"].values()) if index.is_file() else {"model.safetensors"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # a damaged index: from_pretrained says how
+    files = [folder / n for n in sorted(names) if isinstance(n, str) and (folder / n).is_file()]
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
         with torch.device("meta"):
@@ -657,7 +664,7 @@ def _check_hf_size(folder: Path) -> None:
         need = sum(p.numel() * p.element_size() for p in shell.parameters())
     except Exception:  # malformed or unknown: from_pretrained says how
         return
-    have = sum(_declared_bytes(f) for f in files)
+    have = sum(min(_declared_bytes(f), f.stat().st_size) for f in files)
     if files and need > 4 * have + (64 << 20):
         raise ModelError(f"{folder}: config.json describes a model of {params:,} parameters ({need / 2**20:,.0f} MiB), "
                          f"far more than its safetensors weights hold ({have / 2**20:,.1f} MiB): they do not belong "

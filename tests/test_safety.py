@@ -1720,6 +1720,9 @@ def test_a_hugging_face_config_asking_for_far_more_than_its_weights_is_refused_b
     assert _main(capsys, "teacher", "show", folder)[0] == 0  # as saved: loads
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2000}))
+    # a file from_pretrained never reads, whose 90-byte header claims 10 GB, counts for nothing (helper-79)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2_500_000_000], "data_offsets": [0, 10_000_000_000]}}).encode()
+    (folder / "extra.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
     status, err = _main(capsys, "teacher", "show", folder)
     # 2,000 layers of 25,216 (hidden 64, FFN 64) + embeddings 34,944 + pooler 4,160 + head 130
     assert (status, err) == (2, f"n2n: error: {folder}: config.json describes a model of 50,471,234 parameters (193 MiB), "
