@@ -354,12 +354,18 @@ SPLIT_NAMES = ("train", "val", "test")
 
 
 def memory_for_data() -> int:
-    """Bytes a dataset may take once read: a quarter of this machine's memory (n2n holds it whole, with
-    float32 copies and tensors beside it)."""
+    """Bytes a dataset may take once read: a quarter of this machine's memory, or of the container's
+    where a cgroup limits it (helper-79), as n2n holds it whole, with float32 copies and tensors beside it."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not a POSIX system: no bound
         return 1 << 62
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):  # cgroup v2, v1
+        try:
+            memory = min(memory, int(Path(limit).read_text().strip()))
+        except (OSError, ValueError):  # none, or "max"
+            continue
+    return memory // 4
 
 
 def _check_fits(where: str, need: int, what: str) -> None:
@@ -378,15 +384,18 @@ def _npz_bytes(f, names) -> tuple[int, str]:
     """The bytes the npz arrays `names` declare in their headers, read without the arrays, and the
     largest as 'x (shape, dtype)'."""
     total, largest = 0, (0, "")
+    members = set(f.zip.namelist())
     for name in names:
+        member = f"{name}.npy" if f"{name}.npy" in members else name  # np.load reads either (helper-79)
         try:
-            with f.zip.open(f"{name}.npy") as fp:
+            with f.zip.open(member) as fp:
                 version = np.lib.format.read_magic(fp)
                 read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 shape, _, dtype = read(fp)
-        except Exception:  # not readable as a header: reading the array says how
-            continue
-        size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        except Exception as e:  # what numpy itself could not read either: damaged, or made to get past this
+            raise DataError(f"npz dataset {f.zip.filename}: array {name!r} has no readable header ({e})") from None
+        # as n2n holds them: integers as int64 token ids, floats as float32 (helper-79: uint8 counted 1 byte)
+        size = int(np.prod(shape, dtype=object)) * max(dtype.itemsize, 8 if dtype.kind in "iub" else 4)
         total += size
         largest = max(largest, (size, f"{name} {tuple(shape)} {dtype}"))
     return total, largest[1]
@@ -645,7 +654,8 @@ def _folder(root: Path, images: int = IMAGES) -> tuple[np.ndarray, np.ndarray]:
                 raise DataError(f"image folder {root}: expected image files, {f} is not a regular file")
             try:
                 img = Image.open(f)  # the header alone: its size, before the pixels are decoded
-                need += img.width * img.height * 3 * 4  # float32, colour at most
+                channels = 1 if img.mode in ("1", "L", "LA", "I", "I;16", "F") else 3  # grey, else read as colour
+                need += img.width * img.height * channels * 4  # as float32
                 _check_fits(f"image folder {root}", need, f"its images up to {f} hold")
                 if img.mode.startswith(("I", "F")):  # 16/32-bit: convert() would clip every value to 255
                     raise DataError(f"image folder {root}: expected 8-bit images (pixel values 0..255), {f} is "
