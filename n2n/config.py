@@ -466,7 +466,7 @@ _NUMBER = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 ConfigLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag not in _NUMBER]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-ConfigLoader.add_implicit_resolver(_NUMBER[0], re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+)$"),
+ConfigLoader.add_implicit_resolver(_NUMBER[0], re.compile(r"^[-+]?(?:0|[1-9][0-9_]*|0x[0-9a-fA-F_]+)$"),
                                    list("-+0123456789"))
 ConfigLoader.add_implicit_resolver(
     _NUMBER[1], re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?"

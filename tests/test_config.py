@@ -303,8 +303,8 @@ def test_numbers_read_as_written_not_in_base_60_or_octal(tmp_path):
     cfg = load_config(conf)
     assert (cfg.search.removal_budget, cfg.search.shrink_budget, cfg.search.ratios) == (1000, 16, [0.5, 1.0])
     assert (cfg.distill.lr, cfg.distill.epochs, cfg.target.margin) == (3.5e-3, 4, 0.0)
-    assert _overrides(["distill.lr=.inf", "seed=-3", "search.ratios=[0.25, 1]"]) == {
-        "distill.lr": math.inf, "seed": -3, "search.ratios": [0.25, 1]}
+    assert _overrides(["distill.lr=.inf", "seed=-3", "search.ratios=[0.25, 1]", "x=-0x1F", "y=+0x10"]) == {
+        "distill.lr": math.inf, "seed": -3, "search.ratios": [0.25, 1], "x": -31, "y": 16}  # signed hex as before
 
 
 def test_transformer_students_are_distilled_at_their_own_learning_rate():
