@@ -82,10 +82,15 @@ def export_readme(metrics: dict, arch: dict, extras: list[str], tokenizer: str |
 
     teacher = metrics["teacher"]
     shape = arch.get("input", {}).get("shape") or arch.get("input_shape")
-    text = metrics.get("split", {}).get("max_length")
-    if text:
+    onnx = (metrics.get("onnx") or {}).get("input")
+    # token ids: a transformer's (helper-79: npz ids recorded no length, and the guide said "None tokens")
+    ids = arch.get("family") in ("hf-encoder", "hf-pretrained")
+    texts = metrics.get("split", {}).get("max_length")  # tokens per text, for text: data
+    length = texts or (onnx["shape"][-1] if ids and onnx else None)
+    if ids:
         by = f"the tokenizer in `{tokenizer}/`" if tokenizer else "the teacher's tokenizer (its folder had none to ship)"
-        inputs = f"int64 token ids of shape (N, {text}): texts tokenised by {by}, cut and padded to {text} tokens"
+        inputs = f"int64 token ids of shape (N, {length or 'L'}) from {by}" + (
+            f", texts cut and padded to {texts} tokens, as they were measured" if texts else "")
     elif "input" in arch:
         dims = ", ".join(map(str, shape))
         inputs = (f"float32 raw inputs of shape (N, {dims}), the values as the dataset holds them; the model "
@@ -93,6 +98,10 @@ def export_readme(metrics: dict, arch: dict, extras: list[str], tokenizer: str |
     else:
         inputs = f"inputs of shape (N, {', '.join(map(str, shape))})" if shape else "the inputs the teacher takes"
     labels = (metrics.get("split") or {}).get("labels")
+    kind, _, where = metrics["dataset"].partition(":")  # the file's name, not the exporting machine's path
+    data = f"`{Path(where).name}` ({kind})" if where else f"`{kind}`"
+    factory = arch.get("factory") or (arch.get("base") or {}).get("factory")  # a student of the user's module
+    load = f'n2n.load_student("DIR", factories=["{factory}"])' if factory else 'n2n.load_student("DIR")'
     outputs = "logits of shape (N, classes); output i is class i" + (
         f" ({', '.join(f'{i}: {n}' for i, n in enumerate(labels))})" if labels else "")
     lines = [
@@ -100,7 +109,7 @@ def export_readme(metrics: dict, arch: dict, extras: list[str], tokenizer: str |
         "",
         f"- {metrics['params']:,} parameters, {metrics['times_smaller']:.2f}x fewer than the teacher's "
         f"{teacher['params']:,}; {metrics['flops']:,} multiply-adds per sample.",
-        f"- Accuracy on the teacher's split of `{metrics['dataset'].split(':')[0]}` data: validation "
+        f"- Accuracy on the teacher's split of {data}: validation "
         f"{metrics['val_accuracy']:.4f}, test {metrics['test_accuracy']:.4f} (teacher: {teacher['val_accuracy']:.4f} "
         f"and {teacher['test_accuracy']:.4f}), on raw inputs as below.",
         f"- Inputs: {inputs}.",
@@ -108,18 +117,19 @@ def export_readme(metrics: dict, arch: dict, extras: list[str], tokenizer: str |
         "",
         "## Loading",
         "",
-        "- With n2n installed: `student = n2n.load_student(\"DIR\")`, an `nn.Module` in eval mode that takes the "
-        "inputs above; its weights are `student.model` (the keys of `model.safetensors`).",
+        f"- With n2n installed: `student = {load}`, an `nn.Module` in eval mode that takes the inputs above, "
+        "its weights loaded strictly from `model.safetensors`" + (" (your package must be importable)." if factory else "."),
     ]
     if "model.onnx" in extras:
-        onnx = metrics["onnx"]["input"]
         lines.append(f"- Without n2n: `model.onnx`, input `{onnx['name']}` of shape ({', '.join(map(str, onnx['shape']))}) "
                      f"and type {onnx['dtype']}, output `logits`; e.g. `onnxruntime.InferenceSession(\"DIR/model.onnx\")"
                      f".run(None, {{\"{onnx['name']}\": x}})`. Checked against PyTorch on the validation inputs at export.")
-    if "hf" in extras:
-        lines.append("- Without n2n: `hf/` is a Hugging Face model and tokenizer "
-                     "(`AutoModelForSequenceClassification.from_pretrained(\"DIR/hf\")`, or `pipeline(\"text-classification\", "
-                     f"model=\"DIR/hf\", truncation=True)`), measured at {text} tokens per text.")
+    if "hf" in extras:  # its tokenizer only where the teacher had one to ship (helper-79)
+        what, how = "a Hugging Face model", '`AutoModelForSequenceClassification.from_pretrained("DIR/hf")`'
+        if tokenizer == "hf":
+            what, how = f"{what} and its tokenizer", f'{how}, or `pipeline("text-classification", model="DIR/hf", truncation=True)`'
+        at = f", measured at {texts} tokens per text" if texts else ""
+        lines.append(f"- Without n2n: `hf/` is {what} ({how}){at}.")
     lines += ["", "`metrics.json` holds every figure above and how they were measured; `arch.json` the architecture; "
               "`spec.json` what was removed and narrowed in the teacher.", ""]
     return "\n".join(lines)
