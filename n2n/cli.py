@@ -25,13 +25,13 @@ def _teacher_train(args) -> int:
         raise ConfigError(f"--{e}; use --device auto or cpu") from None
     out = Path(args.out)
     # flags the other kind of teacher takes were ignored, silently (helper-72)
-    unused = ["--max-length"] * (args.max_length is not None and not args.hf) + [
-        f"--{flag.replace('_', '-')}" for flag in ("arch", "preset", "width_mult", "hidden")
-        if args.hf and getattr(args, flag) is not None]
-    if unused:
-        why = ("with --hf (the checkpoint is the architecture)" if args.hf
-               else "without --hf (tokens per text of a Hugging Face teacher)")
-        raise ConfigError(f"{unused[0]}: not used {why}")
+    if args.hf:
+        given = [f"--{flag.replace('_', '-')}" for flag in ("arch", "preset", "width_mult", "hidden")
+                 if getattr(args, flag) is not None]
+        if given:
+            raise ConfigError(f"{given[0]}: not used with --hf (the checkpoint is the architecture)")
+    elif args.max_length is not None:
+        raise ConfigError("--max-length: not used without --hf (tokens per text of a Hugging Face teacher)")
     if args.hf:  # fine-tune a local Hugging Face encoder checkpoint into a classifier
         if args.dataset == "mnist1d" or not args.dataset.startswith(("text:", "npz:")):
             raise ConfigError(f"--hf: expected --dataset text:FILE (CSV/JSONL of text,label), got {args.dataset!r}")

@@ -393,7 +393,7 @@ class SearchDriver:
             what = ("the teacher itself" if base is None else
                     f"the best removal student within reach of it ({self._size(base)[0]}, val acc {base['accuracy']:.4f})")
             recovers = ("the finalists' longer distillation is given to recover" if self.budgets.get("finalists")
-                        else "a student is given to recover in distillation")
+                        else "a briefly distilled student may still recover")
             self.log(f"stage shrink starts from {what}, not from removal's best by reward ({self._size(best)[0]}, "
                      f"val acc {best['accuracy']:.4f}, {(self.reference.accuracy - best['accuracy']) * 100:.2f} "
                      f"points below the teacher: past the target's {points(drop)} by more than the {points(REACH)} "

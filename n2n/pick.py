@@ -153,7 +153,8 @@ def finalists(records: list[dict], k: int, drop: float | None, teacher_accuracy:
     return chosen
 
 
-SHORT_OF_MARGIN = "the one that meets it with the most to spare"  # (helper-77: "with the most")  # how `choose` says no candidate had the margin
+# how `choose` says no candidate had the margin (helper-77: it ended "with the most")
+SHORT_OF_MARGIN = "the one that meets it with the most to spare"
 # how `choose` says no candidate meets the target at all: its pick is then only the best by reward,
 # which export writes when asked by --key (helper-62: it wrote it unasked, exit 0, a warning the only sign)
 NONE_MEETS = "no candidate meets the target"
@@ -180,12 +181,12 @@ def points(x: float) -> str:
 
 
 def flops_said(target, reward_config: RewardConfig, flops: int, teacher_flops: int) -> str:
-    """', 95,047 FLOPs (73.20x fewer)' where the run limits or compresses FLOPs, for the lines that name a
+    """', 95,047 FLOPs, 73.20x fewer' where the run limits or compresses FLOPs, for the lines that name a
     student by its params and their "x smaller" (helper-47: the figure limited was in metrics.json
     alone; helper-77: a FLOPs run's progress said 8.1x of the student those lines called 7.05x smaller,
     by params); else ''."""
     asked = getattr(target, "max_flops", None) is not None or reward_config.compression == "flops"
-    return f", {flops:,} FLOPs ({teacher_flops / max(flops, 1):.2f}x fewer)" if asked else ""
+    return f", {flops:,} FLOPs, {teacher_flops / max(flops, 1):.2f}x fewer" if asked else ""
 
 
 def check_margin(margin: float) -> None:

@@ -290,7 +290,7 @@ def test_with_limits_alone_shrinking_starts_from_an_accurate_removal_student(spa
     assert d._removal_base() is None
     assert said == ["stage shrink starts from the teacher itself, not from removal's best by reward (900 FLOPs, val "
                     "acc 0.2800, 67.00 points below the teacher: past the target's 1 point by more than the 2 points "
-                    "a student is given to recover in distillation)"]
+                    "a briefly distilled student may still recover)"]
     d.budgets["finalists"], d.reward_config = 3, RewardConfig(kind="target", target_params=1000)
     # one within reach of the target, though past the size limit (which outweighed its accuracy): that one
     d.records.append({"stage": "removal", "key": "near", "params": 45_000, "flops": 9_000, "accuracy": 0.935,

@@ -579,9 +579,9 @@ def test_a_run_with_a_flops_limit_shows_its_students_flops_wherever_it_names_the
     said = []
     metrics = export_best(run, tmp_path / "out", log=said.append)
     fewer = f"{meta['reference']['flops'] / metrics['flops']:.2f}x fewer"  # (helper-77) beside params' "x smaller"
-    assert f" params, {metrics['flops']:,} FLOPs ({fewer}), " in pick and metrics["key"] in pick
+    assert f" params, {metrics['flops']:,} FLOPs, {fewer}, " in pick and metrics["key"] in pick
     exporting = next(line for line in said if line.startswith("exporting "))
-    assert f" params, {metrics['flops']:,} FLOPs ({fewer}), " in exporting
+    assert f" params, {metrics['flops']:,} FLOPs, {fewer}, " in exporting
 
 
 def test_export_overwrite_replaces_only_an_earlier_export(finished_run, tmp_path, capsys):

@@ -724,8 +724,8 @@ def test_the_lines_naming_a_student_give_its_flops_where_the_run_limits_or_compr
 
     # and how many times fewer, beside the params' "x smaller" (helper-77: progress said 8.1x of the student
     # that the last line and the export called 7.05x smaller, by params)
-    assert flops_said(TargetConfig(max_flops=100_000), RewardConfig(), 95_047, 6_957_056) == ", 95,047 FLOPs (73.20x fewer)"
+    assert flops_said(TargetConfig(max_flops=100_000), RewardConfig(), 95_047, 6_957_056) == ", 95,047 FLOPs, 73.20x fewer"
     assert flops_said(TargetConfig(), RewardConfig(compression="flops"), 859_572, 6_957_056) == \
-        ", 859,572 FLOPs (8.09x fewer)"
+        ", 859,572 FLOPs, 8.09x fewer"
     assert flops_said(TargetConfig(max_params=100_000), RewardConfig(), 95_047, 6_957_056) == ""
     assert flops_said(None, RewardConfig(), 95_047, 6_957_056) == ""
