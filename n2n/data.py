@@ -24,6 +24,7 @@ the last bits with it, and with them every distilled student's figures).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -353,9 +354,11 @@ def _mnist1d() -> tuple[np.ndarray, np.ndarray]:
 SPLIT_NAMES = ("train", "val", "test")
 
 
+@functools.lru_cache(maxsize=1)
 def memory_for_data() -> int:
     """Bytes a dataset may take once read: a quarter of this machine's memory, or of the container's
-    where a cgroup limits it (helper-79), as n2n holds it whole, with float32 copies and tensors beside it."""
+    where a cgroup limits it (helper-79), as n2n holds it whole, with float32 copies and tensors beside
+    it. Read once per process (helper-80: twice per image of a folder)."""
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not a POSIX system: no bound
@@ -375,9 +378,9 @@ def _check_fits(where: str, need: int, what: str) -> None:
         return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
     if need > memory_for_data():
-        raise DataError(f"{where}: {what} {size(need)} once read, more than a quarter of this machine's memory "
-                        f"({size(4 * memory_for_data())}): n2n holds a dataset in memory, with copies; use fewer or "
-                        f"smaller samples")
+        raise DataError(f"{where}: {what} {size(need)} once read, more than a quarter of the memory this machine "
+                        f"(or its container) has ({size(4 * memory_for_data())}): n2n holds a dataset in memory, with "
+                        f"copies; use fewer or smaller samples")
 
 
 def _npz_bytes(f, names) -> tuple[int, str]:
@@ -386,7 +389,7 @@ def _npz_bytes(f, names) -> tuple[int, str]:
     total, largest = 0, (0, "")
     members = set(f.zip.namelist())
     for name in names:
-        member = f"{name}.npy" if f"{name}.npy" in members else name  # np.load reads either (helper-79)
+        member = name if name in members else f"{name}.npy"  # as np.load picks (helper-79, helper-80)
         try:
             with f.zip.open(member) as fp:
                 version = np.lib.format.read_magic(fp)
@@ -395,7 +398,7 @@ def _npz_bytes(f, names) -> tuple[int, str]:
         except Exception as e:  # what numpy itself could not read either: damaged, or made to get past this
             raise DataError(f"npz dataset {f.zip.filename}: array {name!r} has no readable header ({e})") from None
         # as n2n holds them: integers as int64 token ids, floats as float32 (helper-79: uint8 counted 1 byte)
-        size = int(np.prod(shape, dtype=object)) * max(dtype.itemsize, 8 if dtype.kind in "iub" else 4)
+        size = int(np.prod(shape, dtype=object)) * max(dtype.itemsize, 8 if dtype.kind in "iu" else 4)
         total += size
         largest = max(largest, (size, f"{name} {tuple(shape)} {dtype}"))
     return total, largest[1]
@@ -419,7 +422,7 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, list | None]:
         if not ({"x", "y"} <= set(f.files) or separate <= set(f.files)):
             raise DataError(f"npz dataset {path}: expected arrays 'x' and 'y' (optionally 'split'), or "
                             f"x_train/y_train/x_val/y_val/x_test/y_test; found {sorted(f.files)}")
-        need, largest = _npz_bytes(f, [n for n in f.files if n in separate | {"x", "y", "split"}])
+        need, largest = _npz_bytes(f, dict.fromkeys(n for n in f.files if n in separate | {"x", "y", "split"}))
         _check_fits(f"npz dataset {path}", need, f"its arrays (the largest {largest}) hold")
         try:
             if separate <= set(f.files):

@@ -73,24 +73,23 @@ def name_classes(config, arch: dict, labels, log=print) -> dict:
 EXPORT_README = "README-n2n.md"
 
 
-def export_readme(metrics: dict, arch: dict, extras: list[str], tokenizer: str | None) -> str:
+def export_readme(metrics: dict, arch: dict, extras: list[str], tokenizer: str | None, sample: tuple) -> str:
     """What a deployer handed the folder alone needs (helper-75: nothing in it said that model.onnx
     takes raw inputs with the standardisation inside, so a second one was easy to add): the figures,
     the inputs and outputs, and how to load each file. Written from the figures metrics.json holds;
-    `tokenizer`: the folder the tokenizer went to, if any."""
+    `tokenizer`: the folder the tokenizer went to, if any; `sample`: the shape of one input as measured."""
     from . import __version__
 
     teacher = metrics["teacher"]
-    shape = arch.get("input", {}).get("shape") or arch.get("input_shape")
+    shape = arch.get("input", {}).get("shape") or list(sample)
     onnx = (metrics.get("onnx") or {}).get("input")
-    # token ids: a transformer's (helper-79: npz ids recorded no length, and the guide said "None tokens")
-    ids = arch.get("family") in ("hf-encoder", "hf-pretrained")
+    # token ids: a transformer's, of the length measured (helper-79: npz ids read "None tokens"; helper-80:
+    # "(N, L)" without ONNX)
     texts = metrics.get("split", {}).get("max_length")  # tokens per text, for text: data
-    length = texts or (onnx["shape"][-1] if ids and onnx else None)
-    if ids:
+    if arch.get("family") in ("hf-encoder", "hf-pretrained"):
         by = f"the tokenizer in `{tokenizer}/`" if tokenizer else "the teacher's tokenizer (its folder had none to ship)"
-        inputs = f"int64 token ids of shape (N, {length or 'L'}) from {by}" + (
-            f", texts cut and padded to {texts} tokens, as they were measured" if texts else "")
+        inputs = f"int64 token ids of shape (N, {shape[-1]})" + (
+            f" from {by}, texts cut and padded to {texts} tokens, as they were measured" if texts else "")
     elif "input" in arch:
         dims = ", ".join(map(str, shape))
         inputs = (f"float32 raw inputs of shape (N, {dims}), the values as the dataset holds them; the model "
@@ -516,7 +515,8 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
             extras.append("model.onnx")
             write_json(tmp / "metrics.json", metrics)
         shipped = None if tokenizer is None else "hf" if "hf" in extras else "tokenizer"
-        (tmp / EXPORT_README).write_text(export_readme(metrics, arch, extras, shipped), encoding="utf-8")
+        (tmp / EXPORT_README).write_text(export_readme(metrics, arch, extras, shipped, tuple(ds.x_val.shape[1:])),
+                                         encoding="utf-8")
 
     save_model(out, student, arch, metrics, extra={"spec.json": spec.to_dict()}, overwrite=overwrite, finish=save_hf)
     if onnx:

@@ -648,14 +648,17 @@ def _check_hf_size(folder: Path) -> None:
     The model is built on torch's meta device (no memory) to count what the config asks for."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    # the files from_pretrained reads, each counted at most at its size (helper-79: a 90-byte file
-    # beside them whose header claimed 10 GB let a config of 200 layers through)
-    index = folder / "model.safetensors.index.json"
+    # the files from_pretrained reads, in its order: the file config.json names, else model.safetensors,
+    # else the index's shards; each counted at most at its size (helper-79: a 90-byte file beside them
+    # whose header claimed 10 GB let 200 layers through; helper-80: the order was another than its own)
     try:
-        names = set(json.loads(index.read_text())["weight_map"].values()) if index.is_file() else {"model.safetensors"}
+        named = json.loads((folder / "config.json").read_text()).get("transformers_weights")
+        index = folder / "model.safetensors.index.json"
+        names = ([named] if isinstance(named, str) else ["model.safetensors"] if (folder / "model.safetensors").is_file()
+                 else sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else [])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return  # a damaged index: from_pretrained says how
-    files = [folder / n for n in sorted(names) if isinstance(n, str) and (folder / n).is_file()]
+        return  # a damaged config or index: from_pretrained says how
+    files = [folder / n for n in names if isinstance(n, str) and (folder / n).is_file()]
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
         with torch.device("meta"):

@@ -1724,7 +1724,16 @@ def test_a_hugging_face_config_asking_for_far_more_than_its_weights_is_refused_b
     header = json.dumps({"w": {"dtype": "F32", "shape": [2_500_000_000], "data_offsets": [0, 10_000_000_000]}}).encode()
     (folder / "extra.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
     status, err = _main(capsys, "teacher", "show", folder)
-    # 2,000 layers of 25,216 (hidden 64, FFN 64) + embeddings 34,944 + pooler 4,160 + head 130
+    # 2,000 layers of 25,216 (hidden 64, FFN 64) + embeddings 34,944 + pooler 4,160 + head 130; the same
+    # where config.json names its weights file, or beside an index from_pretrained does not read (helper-80)
+    (folder / "model.safetensors").rename(folder / "w.safetensors")
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2000,
+                                                    "transformers_weights": "w.safetensors"}))
+    assert _main(capsys, "teacher", "show", folder)[1].startswith(f"n2n: error: {folder}: config.json describes a "
+                                                                  "model of 50,471,234 parameters")
+    (folder / "w.safetensors").rename(folder / "model.safetensors")
+    (folder / "model.safetensors.index.json").write_text("{")
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2000}))
     assert (status, err) == (2, f"n2n: error: {folder}: config.json describes a model of 50,471,234 parameters (193 MiB), "
                                 "far more than its safetensors weights hold (0.3 MiB): they do not belong together (was "
                                 "config.json edited, or copied from another model?)\n")

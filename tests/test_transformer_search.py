@@ -67,5 +67,5 @@ def test_transformer_search_and_hf_export(ray_session, token_task, tmp_path):
     shape = ", ".join(map(str, metrics["onnx"]["input"]["shape"]))
     assert f"`model.onnx`, input `input` of shape ({shape}) and type int64" in guide
     # ids of the run's length, however the data came (helper-79: npz ids read "None tokens per text")
-    assert f"- Inputs: int64 token ids of shape (N, {metrics['onnx']['input']['shape'][-1]}) from " in guide
+    assert f"- Inputs: int64 token ids of shape (N, {metrics['onnx']['input']['shape'][-1]})" in guide
     assert "- Without n2n: `hf/` is a Hugging Face model" in guide and "None tokens" not in guide
