@@ -81,21 +81,18 @@ def export_readme(metrics: dict, arch: dict, extras: list[str], tokenizer: str |
     from . import __version__
 
     teacher = metrics["teacher"]
-    shape = arch.get("input", {}).get("shape") or list(sample)
     onnx = (metrics.get("onnx") or {}).get("input")
-    # token ids: a transformer's, of the length measured (helper-79: npz ids read "None tokens"; helper-80:
-    # "(N, L)" without ONNX)
+    dims = ", ".join(map(str, sample))  # as measured (helper-79: npz ids read "None tokens"; helper-80: "(N, L)")
     texts = metrics.get("split", {}).get("max_length")  # tokens per text, for text: data
-    if arch.get("family") in ("hf-encoder", "hf-pretrained"):
+    if arch.get("family") in ("hf-encoder", "hf-pretrained"):  # a transformer's token ids
         by = f"the tokenizer in `{tokenizer}/`" if tokenizer else "the teacher's tokenizer (its folder had none to ship)"
-        inputs = f"int64 token ids of shape (N, {shape[-1]})" + (
+        inputs = f"int64 token ids of shape (N, {dims})" + (
             f" from {by}, texts cut and padded to {texts} tokens, as they were measured" if texts else "")
     elif "input" in arch:
-        dims = ", ".join(map(str, shape))
         inputs = (f"float32 raw inputs of shape (N, {dims}), the values as the dataset holds them; the model "
                   f"standardises them itself (x * scale + shift, `arch.json` \"input\"): do not standardise them again")
     else:
-        inputs = f"inputs of shape (N, {', '.join(map(str, shape))})" if shape else "the inputs the teacher takes"
+        inputs = f"inputs of shape (N, {dims})"
     labels = (metrics.get("split") or {}).get("labels")
     kind, _, where = metrics["dataset"].partition(":")  # the file's name, not the exporting machine's path
     data = f"`{Path(where).name}` ({kind})" if where else f"`{kind}`"

@@ -659,19 +659,16 @@ def _check_hf_size(folder: Path) -> None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return  # a damaged config or index: from_pretrained says how
     files = [folder / n for n in names if isinstance(n, str) and (folder / n).is_file()]
+    if not files:  # none to read: from_pretrained says so
+        return
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
         with torch.device("meta"):
             shell = AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)
-        params = sum(p.numel() for p in shell.parameters())
-        need = sum(p.numel() * p.element_size() for p in shell.parameters())
     except Exception:  # malformed or unknown: from_pretrained says how
         return
     have = sum(min(_declared_bytes(f), f.stat().st_size) for f in files)
-    if files and need > 4 * have + (64 << 20):
-        raise ModelError(f"{folder}: config.json describes a model of {params:,} parameters ({need / 2**20:,.0f} MiB), "
-                         f"far more than its safetensors weights hold ({have / 2**20:,.1f} MiB): they do not belong "
-                         "together (was config.json edited, or copied from another model?)")
+    _refuse_oversized(shell, have, folder, "config.json", "its safetensors weights hold")
 
 
 def load_hf_classifier(folder: Path, padding_checked: bool = False) -> nn.Module:
@@ -846,15 +843,20 @@ def _check_size(arch: dict, weights: Path) -> None:
     try:
         with torch.device("meta"):
             shell = build_model(arch)
-        params = sum(p.numel() for p in shell.parameters())
-        need = sum(p.numel() * p.element_size() for p in shell.parameters())
     except Exception:  # malformed: the real build says how
         return
-    have = weights.stat().st_size
+    _refuse_oversized(shell, weights.stat().st_size, weights.parent, "arch.json", f"{weights.name} holds")
+
+
+def _refuse_oversized(shell: nn.Module, have: int, folder: Path, described_by: str, holder: str) -> None:
+    """The rule `_check_size` and `_check_hf_size` share: a model `shell` (on the meta device) asking
+    for over 4x the `have` bytes of its weights plus 64 MiB does not belong with them."""
+    params = sum(p.numel() for p in shell.parameters())
+    need = sum(p.numel() * p.element_size() for p in shell.parameters())
     if need > 4 * have + (64 << 20):
-        raise ModelError(f"{weights.parent}: arch.json describes a model of {params:,} parameters ({need / 2**20:,.0f} "
-                         f"MiB), far more than {weights.name} holds ({have / 2**20:,.1f} MiB): they do not belong "
-                         "together (was arch.json edited, or copied from another model?)")
+        raise ModelError(f"{folder}: {described_by} describes a model of {params:,} parameters ({need / 2**20:,.0f} "
+                         f"MiB), far more than {holder} ({have / 2**20:,.1f} MiB): they do not belong together (was "
+                         f"{described_by} edited, or copied from another model?)")
 
 
 def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:

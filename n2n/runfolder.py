@@ -184,8 +184,7 @@ def record_problem(r) -> str | None:
     before = r.get("scored_before", {})  # the figures a rescore kept (n2n.driver rescore)
     if not (isinstance(before, dict) and set(before) <= {"reward", "compression"} and all(map(_flat, before.values()))):
         return f"has scored_before {reprlib.repr(before)} (expected the reward and compression first scored)"
-    wrong = _wrong_types(r)
-    return f"has {wrong}" if wrong else None
+    return _wrong_types(r)
 
 
 def result_problem(d, stored: bool = True) -> str | None:
@@ -198,18 +197,12 @@ def result_problem(d, stored: bool = True) -> str | None:
     missing = [k for k in ("accuracy", "params", "flops", "failure") if k not in d]
     if missing:
         return f"lacks {missing}"
-    # every field the record made of it is checked for (helper-79: a latency of "fast" passed, and
-    # candidates.json was then refused as damaged; a latency ratio of "x" was a TypeError in the reward)
-    checks = {"accuracy": is_number(d["accuracy"], 0, 1), "params": is_number(d["params"], 0, whole=True),
-              "flops": is_number(d["flops"], 0, whole=True), "failure": d["failure"] is None or isinstance(d["failure"], str),
-              "reward": is_number(d.get("reward", 0.0)),
-              "weights_digest": d.get("weights_digest") is None or isinstance(d["weights_digest"], str)
-              and re.fullmatch(r"[0-9a-f]{16}", d["weights_digest"]) is not None,
-              **{k: d.get(k) is None or is_number(d[k], 0) for k in ("latency_ms", "teacher_latency_ms", "latency_ratio")}}
+    # the figures of the record made of it, checked as the record's are (helper-79: a latency of "fast"
+    # passed, and candidates.json was then refused as damaged; a ratio of "x" was a TypeError in the reward)
+    checks = {**_figures(d), "flops": is_number(d["flops"], 0, whole=True)}  # (a result always has them)
     if stored:  # nothing nested, as n2n writes it (Tune's report adds a `config` mapping of its own)
         checks.update({k: _flat(v) for k, v in d.items() if k not in checks})
-    bad = [k for k, ok in checks.items() if not ok]
-    return f"has {', '.join(f'{k} {reprlib.repr(d[k])}' for k in bad)}" if bad else None
+    return _said(d, checks)
 
 
 def _flat(v) -> bool:
@@ -219,33 +212,46 @@ def _flat(v) -> bool:
     return v is None or isinstance(v, (str, bool, int, float))
 
 
+def _figures(r: dict) -> dict[str, bool]:
+    """Whether each figure a trial's result and the record made of it share is of the type, and in the
+    range, n2n writes it in (helper-41: a forged accuracy of 1.5 ranked first in report); fields later
+    n2n versions added are checked where present (helper-28: tracebacks in report)."""
+    return {"reward": is_number(r.get("reward", 0.0)), "accuracy": is_number(r["accuracy"], 0, 1),
+            "params": is_number(r["params"], 0, whole=True), "failure": r["failure"] is None or isinstance(r["failure"], str),
+            # (helper-54: "", 0 or null skipped export's check of the weights as if never recorded)
+            "weights_digest": "weights_digest" not in r or isinstance(r["weights_digest"], str)
+            and re.fullmatch(r"[0-9a-f]{16}", r["weights_digest"]) is not None,
+            "flops": r.get("flops") is None or is_number(r["flops"], 0, whole=True),
+            **{k: r.get(k) is None or is_number(r[k], 0) for k in ("latency_ms", "teacher_latency_ms", "latency_ratio")}}
+
+
+_EXPECTED = {"accuracy": "a fraction 0..1", "stage": f"one of {', '.join(RECORD_STAGES)}",
+             "summary": "text without control characters", "flops": "a whole number >= 0", "params": "a whole number >= 0",
+             **dict.fromkeys(("latency_ms", "teacher_latency_ms", "latency_ratio"), "a number >= 0 or null"),
+             "weights_digest": "16 hex digits, as its trial wrote it"}
+
+
+def _said(r: dict, checks: dict[str, bool]) -> str | None:
+    """'has NAME VALUE (expected ...), ...' for the checks that failed, values cut short, or None."""
+    def shown(v) -> str:  # as written, in its own key order (reprlib sorts a mapping's), cut short
+        text = repr(v)
+        return text if len(text) <= 120 else text[:117] + "..."
+
+    bad = [name for name, ok in checks.items() if not ok]
+    return "has " + ", ".join(f"{name} {shown(r[name])}" + (f" (expected {_EXPECTED[name]})" if name in _EXPECTED
+                                                              else "") for name in bad) if bad else None
+
+
 def _wrong_types(r: dict) -> str | None:
-    """What in a record is not of the type, or in the range, n2n wrote, or None."""
+    """What in a record is not of the type, or in the range, n2n wrote ("has ..."), or None."""
     spec = r["spec"]
-    # figures in the ranges n2n writes them in (helper-41: a forged accuracy of 1.5 ranked first in report)
-    checks = (("reward", is_number(r["reward"])), ("accuracy", is_number(r["accuracy"]) and 0 <= r["accuracy"] <= 1),
-              ("params", isinstance(r["params"], int) and not isinstance(r["params"], bool) and r["params"] >= 0),
-              # (helper-57: any string was taken, and one that was no stage changed which student export
-              # picked; with terminal escapes in it, report and export printed them raw)
-              ("stage", r["stage"] in RECORD_STAGES), ("failure", r["failure"] is None or isinstance(r["failure"], str)),
-              ("spec", isinstance(spec, dict) and isinstance(spec.get("removed"), list) and isinstance(spec.get("ratios"), list)
-               and all(isinstance(u, int) for u in spec["removed"]) and all(is_number(x) for x in spec["ratios"])),
-              # fields later n2n versions added: checked where present (helper-28: tracebacks in report)
-              ("summary", isinstance(r.get("summary", ""), str) and not CONTROL.search(r.get("summary", ""))),
-              # (helper-54: "", 0 or null skipped export's check of the weights as if never recorded)
-              ("weights_digest", "weights_digest" not in r or isinstance(r["weights_digest"], str)
-               and re.fullmatch(r"[0-9a-f]{16}", r["weights_digest"]) is not None),
-              ("flops", r.get("flops") is None or isinstance(r["flops"], int) and not isinstance(r["flops"], bool)
-               and r["flops"] >= 0),
-              *((k, r.get(k) is None or is_number(r[k]) and r[k] >= 0)
-                for k in ("latency_ms", "teacher_latency_ms", "latency_ratio")))
-    bad = [name for name, ok in checks if not ok]
-    expected = {"accuracy": "a fraction 0..1", "stage": f"one of {', '.join(RECORD_STAGES)}",
-                "summary": "text without control characters", "flops": "a whole number >= 0", "params": "a whole number >= 0",
-                **dict.fromkeys(("latency_ms", "teacher_latency_ms", "latency_ratio"), "a number >= 0 or null"),
-                "weights_digest": "16 hex digits, as its trial wrote it"}
-    return ", ".join(f"{name} {r[name]!r}" + (f" (expected {expected[name]})" if name in expected else "")
-                     for name in bad) or None
+    return _said(r, {**_figures(r),
+                     # (helper-57: any string was taken, and one that was no stage changed which student export
+                     # picked; with terminal escapes in it, report and export printed them raw)
+                     "stage": r["stage"] in RECORD_STAGES,
+                     "spec": isinstance(spec.get("removed"), list) and isinstance(spec.get("ratios"), list)
+                     and all(isinstance(u, int) for u in spec["removed"]) and all(is_number(x) for x in spec["ratios"]),
+                     "summary": isinstance(r.get("summary", ""), str) and not CONTROL.search(r.get("summary", ""))})
 
 
 def _me() -> str:

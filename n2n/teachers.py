@@ -54,15 +54,16 @@ class TeacherRecipe:
     def check_new(self) -> None:
         """Checks added after runs were recorded with such recipes (read as they are): applied to a
         recipe about to train a teacher, not to one a run recorded."""
+        # an MLP has no preset and a resnet no classifier widths: set, they were ignored, silently (helper-72)
+        default = TeacherRecipe()
         _refuse([(self.arch != "vgg" or len(self.hidden) <= 1, "hidden", "one width for vgg (its one classifier layer)",
                   self.hidden),
-                 # an MLP has no preset and a resnet no classifier widths: they were ignored, silently (helper-72)
-                 (self.arch != "mlp" or self.preset == "vgg1d", "preset", "none for mlp (its widths are hidden)",
+                 (self.arch != "mlp" or self.preset == default.preset, "preset", "none for mlp (its widths are hidden)",
                   self.preset),
-                 (self.arch != "mlp" or self.width_mult == 1.0, "width_mult", "1.0 for mlp (its widths are hidden)",
-                  self.width_mult),
-                 (self.arch != "resnet" or self.hidden == [256], "hidden", "none for resnet (its classifier is one "
-                  "linear layer)", self.hidden),
+                 (self.arch != "mlp" or self.width_mult == default.width_mult, "width_mult",
+                  f"{default.width_mult} for mlp (its widths are hidden)", self.width_mult),
+                 (self.arch != "resnet" or self.hidden == default.hidden, "hidden", "none for resnet (its classifier is "
+                  "one linear layer)", self.hidden),
                  (0 <= self.seed < SEED_LIMIT, "seed", f"0 to {SEED_LIMIT - 1}", self.seed),
                  (0 <= self.split_seed < SEED_LIMIT, "split_seed", f"0 to {SEED_LIMIT - 1}", self.split_seed),
                  # (helper-52: it failed later with advice for Python users)

@@ -236,7 +236,8 @@ class SearchSpace(ABC):
         (helper-78: its resume trained such students again, under today's key, and export refused them);
         a finalist's "@Nep" kept."""
         base, at, epochs = key.partition("@")
-        return self.key(spec) + at + epochs if base != self.key(spec) and base == self.legacy_key(spec) else key
+        now = self.key(spec)
+        return now + at + epochs if base != now and base == self.legacy_key(spec) else key
 
     def features(self) -> np.ndarray:
         """(n_units, FEATURE_DIM) float32 features, normalised to comparable ranges."""

@@ -44,7 +44,7 @@ def load_factory(path: str, allowed=()):
     exact factory in `allowed` (``--allow-factory``), and nothing is imported before that check."""
     if not isinstance(path, str) or path not in set(allowed):
         top = path.partition(":")[0].split(".")[0] if isinstance(path, str) else ""
-        if top in sys.stdlib_module_names or top == "builtins":  # (helper-76: it offered --allow-factory os:system)
+        if top in sys.stdlib_module_names:  # builtins too (helper-76: it offered --allow-factory os:system)
             raise UnsupportedModel(f"this model folder names {path!r}, a function of Python's standard library, as "
                                    f"the factory that builds its model: no model is built that way; the folder is "
                                    f"not to be loaded")
