@@ -73,6 +73,22 @@ def name_classes(config, arch: dict, labels, log=print) -> dict:
 EXPORT_README = "README-n2n.md"
 
 
+def _target_lines(metrics: dict) -> list[str]:
+    """The run's target and whether this student meets it, as metrics.json judged, and why it was the
+    one exported (helper-75's leftover: a --key student past the target read like any other)."""
+    t = metrics.get("target") or {}
+    said = []
+    if "max_accuracy_drop" in t:
+        said.append(f"at most {pick.points(t['max_accuracy_drop'])} of accuracy below the teacher: this student is "
+                    f"{t['val_drop_points']:.2f} below on validation ({'within' if t['met_on_val'] else 'PAST'} it) "
+                    f"and {t['test_drop_points']:.2f} on test ({'within' if t['met_on_test'] else 'PAST'} it)")
+    limits = [f"{t[k]:,} {name}" if k != "max_latency_ms" else f"{t[k]:g} ms" for k, name in
+              (("max_params", "parameters"), ("max_flops", "multiply-adds"), ("max_latency_ms", "")) if k in t]
+    if limits:
+        said.append(f"at most {', '.join(limits)}: this student is {'within' if t['limits_met'] else 'OUTSIDE'} them")
+    return ([f"- The run's target: {'; '.join(said)}."] if said else []) + [f"- Why this student: {metrics['chosen_because']}."]
+
+
 def export_readme(metrics: dict, arch: dict, extras: list[str], tokenizer: str | None, sample: tuple) -> str:
     """What a deployer handed the folder alone needs (helper-75: nothing in it said that model.onnx
     takes raw inputs with the standardisation inside, so a second one was easy to add): the figures,
@@ -108,6 +124,7 @@ def export_readme(metrics: dict, arch: dict, extras: list[str], tokenizer: str |
         f"- Accuracy on the teacher's split of {data}: validation "
         f"{metrics['val_accuracy']:.4f}, test {metrics['test_accuracy']:.4f} (teacher: {teacher['val_accuracy']:.4f} "
         f"and {teacher['test_accuracy']:.4f}), on raw inputs as below.",
+        *_target_lines(metrics),
         f"- Inputs: {inputs}.",
         f"- Outputs: {outputs}.",
         "",

@@ -372,6 +372,35 @@ def test_export_margin_picks_the_smallest_finalist_with_points_to_spare():
         choose(recs, TargetConfig(max_accuracy_drop=None, max_params=25), rc, 0.95, early_stop=False, where="run", margin=0.5)
 
 
+def test_the_export_readme_says_the_target_and_whether_the_student_meets_it():
+    """A --key student past the target read in README-n2n.md like any other (session 28's leftover)."""
+    from n2n.config import TargetConfig
+    from n2n.export import accuracy_target, export_readme, size_limits
+
+    teacher = {"params": 845_514, "val_accuracy": 0.99, "test_accuracy": 0.9927}
+    metrics = {"key": "k1", "params": 20_000, "flops": 90_000, "times_smaller": 42.28, "val_accuracy": 0.985,
+               "test_accuracy": 0.9811, "teacher": teacher, "dataset": "mnist1d", "chosen_because": "--key k1",
+               "latency_ms": None}
+    target, _ = accuracy_target(1.0, teacher, 0.985, 0.9811, margin=None)  # 0.50 below on val, 1.16 on test
+    limits, _ = size_limits(TargetConfig(max_accuracy_drop=1.0, max_params=15_000), metrics, "--key k1")
+    lines = export_readme({**metrics, "target": {**target, **limits}}, {}, [], None, (1, 40)).splitlines()
+    assert lines[4:6] == [
+        "- The run's target: at most 1 point of accuracy below the teacher: this student is 0.50 below on validation "
+        "(within it) and 1.16 on test (PAST it); at most 15,000 parameters: this student is OUTSIDE them.",
+        "- Why this student: --key k1."]
+    picked = {**metrics, "chosen_because": "the smallest finalist that meets the target"}
+    target, _ = accuracy_target(2.0, teacher, 0.985, 0.9811, margin=0.25)
+    limits, _ = size_limits(TargetConfig(max_accuracy_drop=2.0, max_flops=100_000, max_latency_ms=0.5),
+                            {**picked, "latency_ms": 0.3})
+    assert export_readme({**picked, "target": {**target, **limits}}, {}, [], None, (1, 40)).splitlines()[4:6] == [
+        "- The run's target: at most 2 points of accuracy below the teacher: this student is 0.50 below on validation "
+        "(within it) and 1.16 on test (within it); at most 100,000 multiply-adds, 0.5 ms: this student is within them.",
+        "- Why this student: the smallest finalist that meets the target."]
+    # no target: only why
+    assert export_readme(picked, {}, [], None, (1, 40)).splitlines()[4] == \
+        "- Why this student: the smallest finalist that meets the target."
+
+
 def test_pareto_front_and_the_finalists_it_gives():
     from envs import Evaluation, Reference, RewardConfig, reward
     from n2n.pick import finalists, front
