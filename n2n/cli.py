@@ -44,6 +44,14 @@ def _teacher_train(args) -> int:
     given = {k: getattr(args, k) for k in ("arch", "preset", "width_mult", "hidden") if getattr(args, k) is not None}
     recipe = TeacherRecipe(dataset=args.dataset, **given, epochs=30 if args.epochs is None else args.epochs,
                            lr=3e-3 if args.lr is None else args.lr, seed=args.seed, split_seed=args.split_seed)
+    recipe.check_new()
+    # the recipe refuses a value its teacher ignores, but cannot tell its default given from left out:
+    # a flag given is refused whatever its value (`--arch mlp --preset vgg1d` passed)
+    ignored = {"mlp": (("preset", "its widths are --hidden"), ("width_mult", "its widths are --hidden")),
+               "resnet": (("hidden", "its classifier is one linear layer"),)}
+    for flag, why in ignored.get(recipe.arch, ()):
+        if flag in given:
+            raise ConfigError(f"--{flag.replace('_', '-')}: not used with --arch {recipe.arch} ({why})")
     check_target(out, args.overwrite)  # refuse a taken --out before training, not after
     train_teacher(recipe, out=out, device=args.device, overwrite=args.overwrite)
     print(f"saved teacher to {out}")

@@ -105,7 +105,13 @@ def test_teacher_train_refuses_flags_its_teacher_would_ignore(tmp_path, capsys):
              (["--dataset", "digits", "--arch", "mlp", "--width-mult", "2"],
               "teacher.recipe.width_mult (--width-mult): expected 1.0 for mlp"),
              (["--dataset", "digits", "--arch", "resnet", "--preset", "resnet10", "--hidden", "64"],
-              "teacher.recipe.hidden (--hidden): expected none for resnet")]
+              "teacher.recipe.hidden (--hidden): expected none for resnet"),
+             # given at the recipe's default, which the recipe cannot tell from left out
+             (["--dataset", "digits", "--arch", "mlp", "--preset", "vgg1d"],
+              "--preset: not used with --arch mlp (its widths are --hidden)"),
+             (["--dataset", "digits", "--arch", "mlp", "--width-mult", "1"], "--width-mult: not used with --arch mlp"),
+             (["--dataset", "digits", "--arch", "resnet", "--hidden", "256"],
+              "--hidden: not used with --arch resnet (its classifier is one linear layer)")]
     for flags, message in cases:
         assert cli.main(["teacher", "train", *flags, "--epochs", "1", "--out", str(out)]) == 2, flags
         assert f"n2n: error: {message}" in capsys.readouterr().err
