@@ -675,7 +675,7 @@ class SearchDriver:
                 return "latency not measured", "?"
             return f"{rec['latency_ms']:.3f} ms", f"{1 / latency_ratio(rec):.1f}x faster"
         ref = self.reference.flops if key == "flops" else self.reference.params
-        return f"{rec[key]:,} {'FLOPs' if key == 'flops' else 'params'}", f"{ref / max(rec[key], 1):.1f}x smaller"
+        return f"{rec[key]:,} {'FLOPs' if key == 'flops' else 'params'}", f"{ref / max(rec[key], 1):.2f}x smaller"
 
     def _limits(self, rec: dict) -> str:
         """What the target limits that the size shown is not (helper-37: a latency-limited search showed
