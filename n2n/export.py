@@ -22,7 +22,7 @@ from .data import found_at, unstandardise
 from .deploy import check_onnx, fastest_ratio, require_onnx, time_as_shipped, to_onnx
 from .errors import RunError, TargetMissed
 from .models import (ModelError, RawInput, build_model, check_target, device_for, file_digest,
-                     load_weights, save_model, weights_mismatch, write_json)
+                     load_into, load_weights, save_model, weights_mismatch, write_json)
 from .runfolder import RunLock, finish_hint, read_records, read_run, read_summary, unfinished
 from .search import OpenRun, check_teacher, check_teacher_figures, teacher_logits
 from .storage import Fetcher, shown
@@ -402,7 +402,7 @@ def _candidate(run_dir: Path, best: dict, space, ds, factories) -> tuple[Student
                        f"was candidates.json changed?")
     student = build_model(space.arch(spec), factories)
     try:
-        student.load_state_dict(load_weights(weights), strict=True)
+        load_into(student, load_weights(weights))
     except RuntimeError as e:  # a spec edited by hand, or weights of another run
         raise RunError(f"{weights}: expected the weights of the student candidates.json describes as {best['key']} "
                        f"({best['summary']}), found others ({weights_mismatch(student, weights, e)}); was "

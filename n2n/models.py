@@ -752,7 +752,7 @@ def save_weights(state: dict, path: Path) -> None:
     os.close(fd)
     try:
         try:
-            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
+            save_file(_each_once(state), tmp)
         except SafetensorError as e:  # its I/O failures are not OSErrors: a full disk was a traceback (helper-46)
             if "StorageFull" not in str(e) and "No space" not in str(e):
                 raise
@@ -762,6 +762,39 @@ def save_weights(state: dict, path: Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _view(t: torch.Tensor) -> tuple:
+    return t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype
+
+
+def _each_once(state: dict) -> dict:
+    """The tensors to save, each once: a tied weight (two keys, one tensor) under its first key, as
+    safetensors' own save_model stores it (helper-81: save_file refused it), restored by `load_into`;
+    other tensors that share memory copied apart."""
+    out, seen, storages = {}, set(), set()
+    for k, v in state.items():
+        v = v.detach().cpu()
+        if v.numel() and _view(v) in seen:
+            continue
+        seen.add(_view(v))
+        shared = v.numel() and v.untyped_storage().data_ptr() in storages
+        storages.add(v.untyped_storage().data_ptr())
+        out[k] = v.clone() if shared else v.contiguous()
+    return out
+
+
+def load_into(model: nn.Module, state: dict) -> None:
+    """model.load_state_dict(state, strict=True), where a tied weight the file holds once (`_each_once`)
+    fills every key of the model that is the same tensor."""
+    model.load_state_dict({**state, **_tied_keys(model.state_dict(), state)}, strict=True)
+
+
+def _tied_keys(own: dict, state: dict) -> dict:
+    """The keys of `own` (a model's state dict) that `state` lacks but holds under another key of the
+    same tensor, with that tensor."""
+    held = {_view(v): k for k, v in own.items() if k in state and v.numel()}
+    return {k: state[held[_view(v)]] for k, v in own.items() if k not in state and v.numel() and _view(v) in held}
 
 
 def weights_digest(folder: Path) -> str | None:
@@ -809,6 +842,7 @@ def weights_mismatch(model: nn.Module, path: Path, error: RuntimeError) -> str:
         shapes = {k: list(v.shape) for k, v in expected.items()}  # a lazy module's unset shapes raise
     except (RuntimeError, ValueError):
         return str(error).splitlines()[0].strip()
+    found = {**found, **_tied_keys(expected, found)}  # a tied weight, stored once (load_into)
     missing = [k for k in expected if k not in found and not k.endswith("num_batches_tracked")]  # (filled in)
     unexpected = [k for k in found if k not in expected]
     shaped = [k for k in expected if k in found and shapes[k] != list(found[k].shape)]
@@ -909,7 +943,7 @@ def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:
     except UnsupportedModel as e:  # which folder (helper-68: a run's teacher, unnamed)
         raise type(e)(f"{folder}: {e}") from None
     try:
-        model.load_state_dict(load_weights(folder / "model.safetensors"), strict=True)
+        load_into(model, load_weights(folder / "model.safetensors"))
     except RuntimeError as e:
         raise ModelError(f"{folder}: weights do not match arch.json: {weights_mismatch(model, folder / 'model.safetensors', e)}") from None
     if arch.get("probe") is not None:  # a student of the user's own code: does that code still build it?

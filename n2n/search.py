@@ -20,7 +20,7 @@ from pathlib import Path
 
 from agents import AgentOptionError
 from envs import STAGES, Reference
-from search_spaces import StudentSpec, output_gap
+from search_spaces import INPLACE, StudentSpec, changes_its_input, output_gap
 from search_spaces.transformer import text_positions
 
 from . import data as data_mod
@@ -147,11 +147,19 @@ def results_location(meta: dict, run_dir: Path) -> str:
     return meta.get("results_store") or str(run_dir / "results")
 
 
+def check_forward(teacher, ds, where: str) -> None:
+    """A teacher whose forward writes into its input (a user's module) is refused before anything
+    measures it on the data (search_spaces.changes_its_input)."""
+    if changes_its_input(teacher, ds.x_val[:2]):
+        raise ModelError(f"{where}: the teacher cannot be measured as it is: {INPLACE}")
+
+
 def check_labels(teacher, ds, dataset: str, exact: bool = False) -> None:
     """Labels must be outputs of the teacher: a label past its last output would be learned by no one.
     `exact`: the teacher must have one output per class (a classifier head made for this data)."""
     import torch
 
+    check_forward(teacher, ds, dataset)
     with torch.no_grad():
         outputs = teacher(ds.x_val[:2]).shape[-1]
     if exact and outputs != ds.num_classes:
@@ -729,6 +737,7 @@ class OpenRun:
         if tuple(meta["input_shape"]) != ds.input_shape:  # (a list of whole numbers: read_run)
             raise RunError(f"{run_dir}/n2n.json: expected the input shape of the run's data, "
                            f"{list(ds.input_shape)}, found {reprlib.repr(meta.get('input_shape'))}")
+        check_forward(teacher, ds, meta["teacher_folder"])  # (its code may have changed since the run began)
         space = cfg.space(teacher, meta["input_shape"], arch)
         check_space(space, meta, run_dir)
         check_outputs(run_dir, teacher, ds, meta.get("teacher_logits_digest"))

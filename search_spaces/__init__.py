@@ -4,12 +4,14 @@ from .base import (
     DEFAULT_RATIOS,
     FEATURE_DIM,
     FEATURE_NAMES,
+    INPLACE,
     UNIT_KINDS,
     SearchSpace,
     SpecError,
     StudentSpec,
     Unit,
     UnsupportedModel,
+    changes_its_input,
     count_macs,
     count_params,
     output_gap,
@@ -23,7 +25,7 @@ from .transformer import HFClassifier, TransformerSpace, encoder_from_arch, hf_e
 
 __all__ = [
     "DEFAULT_RATIOS", "FEATURE_DIM", "FEATURE_NAMES", "UNIT_KINDS", "SearchSpace", "SpecError",
-    "StudentSpec", "Unit", "count_macs", "count_params", "output_gap", "probe", "probe_gap", "SequentialSpace", "UnsupportedModel",
+    "StudentSpec", "Unit", "INPLACE", "changes_its_input", "count_macs", "count_params", "output_gap", "probe", "probe_gap", "SequentialSpace", "UnsupportedModel",
     "layers_to_module", "module_to_layers", "space_for", "build_student", "STUDENT_FAMILIES", "ResNet", "ResNetSpace", "from_torchvision",
     "resnet_arch", "GenericSpace", "call_factory", "load_factory", "pruned_from_arch", "HFClassifier", "TransformerSpace", "encoder_from_arch", "hf_expressible", "is_hf_encoder",
 ]

@@ -61,6 +61,20 @@ class Unit:
     parent: int | None = None  # a unit whose removal makes this one moot (a layer's FFN, say)
 
 
+def changes_its_input(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether `model`'s forward writes into the tensor it is given (`x /= 16`): n2n passes slices of
+    the data it keeps, so every figure after the first would be measured on altered data (helper-81:
+    the teacher measured 0.9442, then 0.0967). Run on a copy of `x`, which is left as it was."""
+    given = x.clone()
+    with torch.no_grad():
+        model(given)
+    return not torch.equal(given, x)
+
+
+INPLACE = ("its forward changes its input tensor in place (x /= 16, x.sub_(...)), so n2n's data would change "
+           "under every figure it measures: make that step out of place (x = x / 16)")
+
+
 class UnsupportedModel(ValueError):
     """The module holds a layer this search space cannot reason about."""
 
@@ -351,14 +365,14 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     ``nn.MultiheadAttention``'s projections and products) are not seen by hooks."""
     total = 0
 
-    def hook(m, inp, out):  # out[0]: the one sample's output, (C, *spatial) or (*positions, features)
-        nonlocal total
+    def hook(m, inp, out):  # the whole output of one sample's pass: a model that squeezes the batch axis
+        nonlocal total     # away gives a Linear (features,), whose out[0] was 1 number (helper-81: 28x under)
         if isinstance(m, nn.modules.conv._ConvNd) and m.transposed:  # each input position meets the kernel once
-            total += inp[0][0].numel() * (m.out_channels // m.groups) * m.weight[0, 0].numel()
+            total += inp[0].numel() * (m.out_channels // m.groups) * m.weight[0, 0].numel()
         elif isinstance(m, nn.modules.conv._ConvNd):
-            total += out[0].numel() * (m.in_channels // m.groups) * m.weight[0, 0].numel()
+            total += out.numel() * (m.in_channels // m.groups) * m.weight[0, 0].numel()
         elif isinstance(m, nn.Linear):
-            total += out[0].numel() * m.in_features
+            total += out.numel() * m.in_features
 
     was = model.training
     hooks = [m.register_forward_hook(hook) for m in model.modules()]

@@ -25,8 +25,7 @@ import sys
 import torch
 from torch import nn
 
-from .base import SearchSpace, StudentSpec, Unit, count_macs, count_params
-from .base import UnsupportedModel
+from .base import INPLACE, SearchSpace, StudentSpec, Unit, UnsupportedModel, changes_its_input, count_macs, count_params
 
 
 def _tp():
@@ -159,10 +158,14 @@ class GenericSpace(SearchSpace):
         super().__init__(teacher=teacher.eval(), input_shape=tuple(input_shape), **kwargs)
         tp = _tp()
         self.factory = factory  # {"factory": "pkg.mod:fn", "kwargs": {...}}: needed to export students
-        # a generator of its own: the same space from the same teacher, and the caller's random stream untouched
-        self.example = torch.randn(1, *self.input_shape, generator=torch.Generator().manual_seed(0))  # (1, *input_shape)
+        self.example = _example(self.input_shape)  # (1, *input_shape)
+        if changes_its_input(teacher, self.example):
+            raise UnsupportedModel(f"{type(teacher).__name__}: {INPLACE}")
         names = {m: n for n, m in teacher.named_modules()}
+        with torch.no_grad():
+            self.teacher_out = teacher(self.example)  # what every student's outputs must be shaped as
         called = _forward_order(teacher, self.example)
+        _check_training_mode(teacher, self.example, called)
         order = {n: i for i, n in enumerate(called)}
         self.output_layer = output_layer or _output_layer(teacher, called, self.example)
         layer = dict(teacher.named_modules()).get(self.output_layer) if isinstance(self.output_layer, str) else None
@@ -180,9 +183,23 @@ class GenericSpace(SearchSpace):
         groups = []  # (name: earliest member in forward order, root module name, member names)
         self.roots: dict[str, list[str]] = {}  # group root -> every conv/linear whose outputs it prunes
         grouped, held = {}, {}  # groups held out: their channels would be kept unlike the teacher's (helper-56)
-        for g in dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.modules.conv._ConvNd, nn.Linear)):
+        tied = _tied(teacher)
+        try:
+            all_groups = dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.modules.conv._ConvNd, nn.Linear))
+            all_groups = list(all_groups)
+        except Exception as e:  # (helper-81: a GRU's was an IndexError traceback from inside torch-pruning)
+            raise UnsupportedModel(f"torch-pruning could not group the channels of {type(teacher).__name__}: "
+                                   f"{type(e).__name__}: {e}") from None
+        for g in all_groups:
             layers = {names[d.target.module] for d, _ in g if d.target.module in names}
             members = layers | {owners[d.target.module] for d, _ in g if d.target.module in owners}
+            if why := _unfaithful(g, members, teacher, names, tied):  # pruned, it would compute something else
+                for d, _ in g:  # the layers whose widths these are, said whatever else reaches them
+                    if isinstance(d.target.module, (nn.modules.conv._ConvNd, nn.Linear)) and dg.is_out_channel_pruning_fn(d.handler):
+                        grouped.setdefault(names[d.target.module], why)
+                for m in sorted(members):
+                    held.setdefault(m, why)
+                continue
             split = sorted((m for m in members if _in_groups(teacher.get_submodule(m))), key=lambda n: (order.get(n, 1e9), n))
             if split:
                 # torch-pruning keeps the same input channels in every group of a grouped conv and moves
@@ -300,6 +317,12 @@ class GenericSpace(SearchSpace):
         key = self.key(spec)
         if key not in self._cache:
             student, _ = self._prune(spec)
+            with torch.no_grad():
+                out = student(self.example)
+            if torch.is_tensor(out) and out.shape != self.teacher_out.shape:  # (helper-81: the model's real
+                # classifier, a 1x1 conv, was shrunk to fewer classes while a Linear gate inside was kept as "output")
+                raise _ChangesOutputs(f"its student's outputs would have shape {tuple(out.shape)}, the teacher's "
+                                      f"{tuple(self.teacher_out.shape)}")
             # not torch-pruning's count_ops_and_params: it adds normalisation, activation and bias
             # operations, so its "FLOPs" were not the multiply-accumulates the other families count
             self._cache[key] = (count_params(student), count_macs(student, self.example))
@@ -308,6 +331,8 @@ class GenericSpace(SearchSpace):
     def _check(self, spec: StudentSpec) -> str | None:
         try:
             self._counts(spec)
+        except _ChangesOutputs as e:
+            return str(e)
         except Exception as e:  # torch-pruning could not apply this combination
             return f"torch-pruning cannot build this student: {e}"
         return None
@@ -333,6 +358,10 @@ class GenericSpace(SearchSpace):
         return student
 
 
+class _ChangesOutputs(Exception):
+    """A student that builds but whose outputs are not the teacher's (fewer classes)."""
+
+
 def pruned_from_arch(arch: dict, factories=()) -> nn.Module:
     """Rebuild a pruned student: the user's factory (only if named in `factories`), removed blocks,
     then the pruning history."""
@@ -344,10 +373,72 @@ def pruned_from_arch(arch: dict, factories=()) -> nn.Module:
     for name in arch["removed_blocks"]:
         _set_module(model, name, nn.Identity())
     with torch.enable_grad():
-        example = torch.randn(1, *arch["input_shape"], generator=torch.Generator().manual_seed(0))  # (1, *input_shape)
+        example = _example(arch["input_shape"])  # (1, *input_shape)
         dg = tp.DependencyGraph().build_dependency(model, example, verbose=False)  # (a load leaves torch's RNG as it was)
         dg.load_pruning_history([tuple(h) for h in arch["history"]])
     return model
+
+
+def _tied(model: nn.Module) -> dict[str, str]:
+    """Module name -> the other module whose parameter it shares (tied weights)."""
+    seen, tied = {}, {}  # id(parameter) -> (module name, module)
+    for name, m in model.named_modules(remove_duplicate=False):
+        for p in m.parameters(recurse=False):
+            other, holder = seen.setdefault(id(p), (name, m))
+            if holder is not m:  # (one module registered twice is pruned once, as one)
+                tied.setdefault(name, other)
+                tied.setdefault(other, name)
+    return tied
+
+
+def _unfaithful(group, members: set[str], model: nn.Module, names: dict, tied: dict[str, str]) -> str | None:
+    """Why pruning this group's channels would change what the kept channels compute, or None. Each
+    was a student that built and trained from weights no longer meaning what they did (helper-81)."""
+    tp = _tp()
+    for d, _ in group:
+        for m in (d.source.module, d.target.module):
+            if isinstance(m, nn.MultiheadAttention):  # torch-pruning keeps num_heads: each head gets fewer dims
+                return (f"its channels are the embedding of the nn.MultiheadAttention {names.get(m, '?')}, which pruning "
+                        "splits into heads anew, at another scale; left at full width")
+            if isinstance(m, tp.ops._SliceOp):  # x[:, :n] with n written in: a narrower input shifts what it keeps
+                return "its channels pass a slice written into forward (x[:, :n]), which pruning misaligns; left at full width"
+    shared = sorted(m for m in members if m in tied)
+    if shared:  # pruning one module replaces its parameter, so the two would no longer be one
+        return f"{shared[0]} shares its weights with {tied[shared[0]]} (tied), which pruning would untie; left at full width"
+    return None
+
+
+def _example(input_shape) -> torch.Tensor:
+    """The input the space traces and counts with, (1, *input_shape): from a generator of its own, so
+    the same teacher gives the same space and the caller's random stream is left as it was."""
+    return torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0))
+
+
+def _check_training_mode(model: nn.Module, example: torch.Tensor, called: list[str]) -> None:
+    """Students are traced in eval mode and distilled in training mode: a forward that returns other
+    outputs there, or calls layers it does not call in eval mode (an Inception-style auxiliary head),
+    gave students whose every trial failed on shapes (helper-81). Run on a copy, so the teacher's
+    BatchNorm statistics stay as they are."""
+    two = example.repeat(2, *[1] * (example.dim() - 1))  # (2, *input_shape): BatchNorm's batch statistics
+    trained, calls = copy.deepcopy(model).train(), []
+    hooks = [m.register_forward_pre_hook(lambda mod, inp, name=name: calls.append(name))
+             for name, m in trained.named_modules() if name]
+    try:
+        with torch.no_grad():
+            want, out = model(two), trained(two)
+    finally:
+        for h in hooks:
+            h.remove()
+    if torch.is_tensor(want) and not (torch.is_tensor(out) and out.shape == want.shape):
+        got = f"a tensor of shape {tuple(out.shape)}" if torch.is_tensor(out) else f"a {type(out).__name__}"
+        raise UnsupportedModel(f"{type(model).__name__}: in training mode its forward returns {got}, in eval mode "
+                               f"logits of shape {tuple(want.shape)}; n2n distils students in training mode: return "
+                               f"the same outputs in both (auxiliary outputs only when asked)")
+    extra = [n for n in dict.fromkeys(calls) if n not in called and any(True for _ in trained.get_submodule(n).parameters())]
+    if extra:
+        raise UnsupportedModel(f"{type(model).__name__}: in training mode its forward also calls {', '.join(extra[:3])}, "
+                               f"which it does not call in eval mode, where n2n traces which layers pruning couples; "
+                               f"call the same layers in both modes")
 
 
 def _in_groups(m: nn.Module) -> str | None:

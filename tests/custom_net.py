@@ -41,3 +41,22 @@ def make_class(width=16, classes=10):  # a user's slip: the class, not an instan
 
 def make_pair(width=16, classes=10):  # another: the model and something else
     return MyNet(width, classes), {"width": width}
+
+
+class Tied(nn.Module):
+    """An MLP whose two hidden layers share one weight matrix (tied weights)."""
+
+    def __init__(self, width=16, classes=10):
+        super().__init__()
+        self.inp, self.h1, self.h2 = nn.Linear(40, width), nn.Linear(width, width), nn.Linear(width, width)
+        self.h2.weight = self.h1.weight
+        self.out = nn.Sequential(nn.Linear(width, 32), nn.ReLU())
+        self.head = nn.Linear(32, classes)
+
+    def forward(self, x):  # (B, 1, 40)
+        x = torch.relu(self.inp(x.flatten(1)))
+        return self.head(self.out(torch.relu(self.h2(torch.relu(self.h1(x))))))
+
+
+def make_tied(width=16, classes=10):
+    return Tied(width, classes)

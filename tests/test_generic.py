@@ -611,3 +611,183 @@ def test_making_the_space_leaves_the_callers_random_stream_as_it_was_and_reads_t
     assert torch.equal(torch.rand(3), want)  # (it drew its example input from torch's global generator)
     torch.manual_seed(7)
     assert torch.equal(GenericSpace(space.teacher, (1, 40), factory=FACTORY).example, again.example)
+
+
+def test_channels_whose_pruning_would_change_what_the_kept_ones_compute_are_left_whole():
+    """helper-81: shrinking through nn.MultiheadAttention re-split the embedding into heads (and changed
+    their scale), 21% of argmaxes flipped with the dropped channels silenced; a GhostNet slice
+    `cat(...)[:, :oup]` built at one ratio with the next layer's inputs shifted by one; tied weights
+    were untied, a student larger than its teacher. Those channels stay whole, and say why."""
+    nn = torch.nn
+
+    class Attn(nn.Module):
+        def __init__(self, d=32):
+            super().__init__()
+            self.stem = nn.Linear(8, 16)
+            self.embed = nn.Linear(16, d)
+            self.attn = nn.MultiheadAttention(d, 4, batch_first=True)
+            self.head = nn.Linear(d, 10)
+
+        def forward(self, x):  # (B, 1, 8, 8): 8 rows as tokens
+            t = self.embed(torch.relu(self.stem(x.flatten(1, 2))))  # (B, 8, d)
+            return self.head((t + self.attn(t, t, t, need_weights=False)[0]).mean(1))
+
+    class Ghost(nn.Module):  # GhostNet's module with an odd width: the slice drops the last cheap channel
+        def __init__(self, oup=15):
+            super().__init__()
+            self.oup, half = oup, (oup + 1) // 2
+            self.primary = nn.Sequential(nn.Conv2d(1, half, 1), nn.ReLU())
+            self.cheap = nn.Sequential(nn.Conv2d(half, half, 3, padding=1, groups=half), nn.ReLU())
+            self.after = nn.Sequential(nn.Conv2d(oup, 16, 3, padding=1), nn.ReLU())
+            self.head = nn.Linear(16, 10)
+
+        def forward(self, x):
+            x1 = self.primary(x)
+            y = torch.cat([x1, self.cheap(x1)], 1)[:, :self.oup]  # (B, oup, 8, 8)
+            return self.head(self.after(y).mean((2, 3)))
+
+    torch.manual_seed(0)
+    attn = GenericSpace(Attn(), (1, 8, 8))
+    assert not any(u.shrinkable for u in attn.units if u.name == "embed")
+    assert attn.untouched["embed"] == ("its channels are the embedding of the nn.MultiheadAttention attn, which pruning "
+                                       "splits into heads anew, at another scale; left at full width")
+    assert [u.name for u in attn.units if u.shrinkable] == ["stem"] and _starts_as_the_teacher(attn, 0)
+    ghost = GenericSpace(Ghost(), (1, 8, 8))
+    assert ghost.untouched["primary.0"] == ("its channels pass a slice written into forward (x[:, :n]), which pruning "
+                                            "misaligns; left at full width")
+    assert [u.name for u in ghost.units if u.shrinkable] == ["after.0"]
+    tied = GenericSpace(custom_net.make_tied(), (1, 40))
+    assert tied.untouched["h1"] == "h1 shares its weights with h2 (tied), which pruning would untie; left at full width"
+    assert tied.untouched["h2"] == "h2 shares its weights with h1 (tied), which pruning would untie; left at full width"
+    assert [u.name for u in tied.units if u.shrinkable] == ["out.0"]  # (inp: its outputs are h1's inputs)
+    spec = tied.identity().with_ratios([0.5 if u.shrinkable else 1.0 for u in tied.units])
+    student = tied.build(spec)
+    assert student.h1.weight is student.h2.weight and count_params(student) == tied.params(spec) < tied.teacher_params()
+
+
+def test_a_tied_teacher_and_its_students_save_each_weight_once_and_load_tied(tmp_path):
+    """helper-81: safetensors' save_file refuses tensors that share memory, and a file saved once per
+    tensor (save_model's way) was refused on load as '1 tensors missing from the file (h2.weight)'."""
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    teacher = custom_net.make_tied()
+    arch = {"family": "module", "factory": "custom_net:make_tied", "kwargs": {}, "input_shape": [1, 40]}
+    save_model(tmp_path / "t", teacher, arch, {})
+    assert "h2.weight" not in load_file(str(tmp_path / "t" / "model.safetensors"))  # stored once, under h1
+    loaded, _, _ = load_model(tmp_path / "t", ["custom_net:make_tied"])
+    assert loaded.h1.weight is loaded.h2.weight and torch.equal(loaded.h2.weight, teacher.h1.weight)
+    x = torch.randn(4, 1, 40)
+    assert torch.equal(loaded(x), teacher.eval()(x))
+    space = GenericSpace(loaded, (1, 40), factory={"factory": "custom_net:make_tied", "kwargs": {}})
+    spec = space.identity().with_ratios([0.5 if u.shrinkable else 1.0 for u in space.units])
+    student = space.build(spec)
+    save_model(tmp_path / "s", student, space.arch(spec), {})
+    again = n2n.load_student(tmp_path / "s", factories=["custom_net:make_tied"])
+    assert again.h1.weight is again.h2.weight and torch.equal(again(x), student.eval()(x))
+    # a tensor really missing is still refused, by name
+    from safetensors.torch import save_file
+
+    kept = load_file(str(tmp_path / "t" / "model.safetensors"))
+    save_file({k: v for k, v in kept.items() if k != "inp.bias"}, str(tmp_path / "t" / "model.safetensors"))
+    with pytest.raises(n2n.models.ModelError, match=r"1 tensors missing from the file \(inp.bias\)"):
+        load_model(tmp_path / "t", ["custom_net:make_tied"])
+
+
+def test_modules_n2n_cannot_measure_or_distil_as_traced_are_refused_in_one_line():
+    """helper-81: a forward that divides its input in place (x /= 16) divided n2n's own split at each
+    measurement (the teacher measured 0.9442, then 0.0967); a head called only in training mode made
+    every trial fail on shapes; an all-convolutional classifier with a Linear gate inside had its
+    real classifier shrunk to fewer classes; a GRU's grouping was a torch-pruning traceback."""
+    from n2n.search import check_forward
+    from search_spaces import changes_its_input
+
+    nn = torch.nn
+
+    class Pixels(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(1, 8, 3, padding=1)
+            self.head = nn.Linear(8, 10)
+
+        def forward(self, x):
+            x /= 16.0
+            return self.head(torch.relu(self.c(x)).mean((2, 3)))
+
+    class Aux(Pixels):
+        def __init__(self):
+            super().__init__()
+            self.aux = nn.Linear(8, 10)
+
+        def forward(self, x):
+            a = torch.relu(self.c(x)).mean((2, 3))
+            return (self.head(a), self.aux(a)) if self.training else self.head(a)
+
+    class ConvHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(1, 10, 3, padding=1)
+            self.se1, self.se2 = nn.Linear(10, 4), nn.Linear(4, 10)
+            self.c2, self.cls = nn.Conv2d(10, 32, 3, padding=1), nn.Conv2d(32, 10, 1)
+
+        def forward(self, x):
+            x = torch.relu(self.c1(x))
+            x = x * torch.sigmoid(self.se2(torch.relu(self.se1(x.mean((2, 3))))))[:, :, None, None]
+            return self.cls(torch.relu(self.c2(x))).mean((2, 3))
+
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj, self.rnn, self.head = nn.Linear(8, 16), nn.GRU(16, 32, batch_first=True), nn.Linear(32, 10)
+
+        def forward(self, x):
+            return self.head(self.rnn(torch.relu(self.proj(x.flatten(1, 2))))[0][:, -1])
+
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 8, 8) * 16
+    data = x.clone()
+    assert changes_its_input(Pixels(), x) and torch.equal(x, data)  # found on a copy; x as it was
+    assert not changes_its_input(Aux().eval(), x)
+    with pytest.raises(UnsupportedModel, match=r"^Pixels: its forward changes its input tensor in place \(x /= 16"):
+        GenericSpace(Pixels(), (1, 8, 8))
+
+    class Split:  # what check_forward reads of a dataset
+        x_val = x
+
+    with pytest.raises(n2n.models.ModelError, match=r"^digits.npz: the teacher cannot be measured as it is: its forward "
+                                                     r"changes its input tensor in place"):
+        check_forward(Pixels().eval(), Split, "digits.npz")
+    assert torch.equal(x, data)
+    with pytest.raises(UnsupportedModel, match=r"^Aux: in training mode its forward returns a tuple, in eval mode "
+                                               r"logits of shape \(2, 10\); n2n distils students in training mode"):
+        GenericSpace(Aux(), (1, 8, 8))
+    heads = GenericSpace(ConvHead(), (1, 8, 8))
+    cls = next(u for u in heads.units if u.name == "cls")
+    assert not cls.shrinkable and re.fullmatch(r"no width of it builds \(its student's outputs would have shape "
+                                               r"\(1, \d\), the teacher's \(1, 10\)\)", cls.why_fixed)
+    for spec in (heads.identity(), heads.identity().with_ratios([0.5 if u.shrinkable else 1.0 for u in heads.units])):
+        assert heads.build(spec)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    try:
+        GenericSpace(Recurrent(), (1, 8, 8))
+    except UnsupportedModel as e:  # torch-pruning's own failure, said in one line
+        assert str(e).startswith("torch-pruning could not group the channels of Recurrent: IndexError")
+
+
+def test_a_model_that_squeezes_the_batch_axis_has_its_linear_layers_counted_whole():
+    """helper-81: counted on one sample, `.squeeze()` after pooling gave Linear layers unbatched
+    outputs, of which out[0] is one number: 96 multiply-adds instead of 2,688."""
+    nn = torch.nn
+
+    class Squeezed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(1, 32, 3, padding=1)
+            self.fc, self.head = nn.Linear(32, 64), nn.Linear(64, 10)
+
+        def forward(self, x):
+            x = nn.functional.adaptive_avg_pool2d(torch.relu(self.c(x)), 1).squeeze()
+            return self.head(torch.relu(self.fc(x)))
+
+    torch.manual_seed(0)
+    space = GenericSpace(Squeezed(), (1, 8, 8))
+    assert space.flops(space.identity()) == 32 * 64 * 9 + 32 * 64 + 64 * 10 == 21_120
