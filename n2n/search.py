@@ -159,7 +159,6 @@ def check_labels(teacher, ds, dataset: str, exact: bool = False) -> None:
     `exact`: the teacher must have one output per class (a classifier head made for this data)."""
     import torch
 
-    check_forward(teacher, ds, dataset)
     with torch.no_grad():
         outputs = teacher(ds.x_val[:2]).shape[-1]
     if exact and outputs != ds.num_classes:
@@ -304,6 +303,7 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
     shape = arch.get("input_shape") or arch.get("hparams", {}).get("input_shape") or ds.input_shape
     if tuple(shape) != ds.input_shape:
         raise ConfigError(f"teacher expects inputs of shape {tuple(shape)}, dataset {dataset} gives {ds.input_shape}")
+    check_forward(teacher, ds, folder)  # before anything measures it on the data
     check_labels(teacher, ds, dataset, exact=arch.get("family") == "hf-pretrained")
     check_label_names(teacher, ds, dataset, log)
     space = cfg.space(teacher, ds.input_shape, arch)
