@@ -17,6 +17,7 @@ import reprlib
 import shutil
 import signal
 import socket
+import sys
 import stat
 import tempfile
 import threading
@@ -434,9 +435,12 @@ def kept_teacher(folder: Path, digest: str) -> Path | None:
     plain = replaced_teacher(folder, digest)
     try:
         beside = sorted(p for p in plain.parent.iterdir() if p.name.startswith(f"{plain.name}."))
+        # a replacement killed midway left it in its hidden temp folder (helper-82), or, before commits
+        # swapped folders in one step, in `.NAME.old.*/x`
+        hidden = sorted(p for p in plain.parent.iterdir() if p.name.startswith(f".{Path(folder).name}."))
     except OSError:
-        beside = []
-    for p in (plain, *beside):
+        beside = hidden = []
+    for p in (plain, *beside, *hidden, *(h / "x" for h in hidden)):
         if not p.is_symlink() and p.is_dir() and weights_digest(p) == digest:
             return p
     return None
@@ -444,43 +448,71 @@ def kept_teacher(folder: Path, digest: str) -> Path | None:
 
 def commit_folder(tmp: Path, folder: Path, overwrite: bool = False, kind: str = "teacher") -> Path | None:
     """Move a finished temp folder into place, its files and folders with the modes a plain open()
-    and mkdir() give; an old folder is moved aside first and deleted last, but an old teacher is
-    kept (`replaced_teacher`; returned). The checks run again: the folder may have appeared or
-    changed while we worked."""
+    and mkdir() give. An old folder is swapped out in one step (`exchange`), then deleted, but an old
+    teacher is kept (`replaced_teacher`; returned). The checks run again: the folder may have appeared
+    or changed while we worked."""
     for root, dirs, files in os.walk(tmp):  # what other writers made (save_pretrained writes 0600 weights)
         for name in files + dirs:
             p = os.path.join(root, name)
             if not os.path.islink(p):
                 os.chmod(p, (0o777 if name in dirs else 0o666) & ~umask())
-    old = kept = None
-    with signals_held():  # a Ctrl-C or `kill` between the renames left the old folder hidden, or none
-        if occupied(folder):
-            check_target(folder, overwrite, kind)
-            digest = weights_digest(folder) if kind == "teacher" else None
-            if digest and digest != weights_digest(tmp):  # the same weights again: no run needs a copy
-                kept = replaced_teacher(folder, digest)
-                if kept.is_symlink() or kept.exists() and not (kept.is_dir() and weights_digest(kept) == digest):
-                    kept = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f"{kept.name}."))  # taken by something else
-                    kept.rmdir()
-            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old."))
-            os.replace(folder, old / "x")
-        try:
-            os.replace(tmp, folder)  # onto an empty folder: refused by the kernel if it is empty no longer
-        except OSError as e:
-            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-            raise FileExistsError(f"{folder}: files appeared in it while n2n worked; nothing was replaced, "
-                                  f"choose another --out") from None
-        if old is not None:
-            if kept is not None and not kept.exists():  # else it holds these weights already
-                os.replace(old / "x", kept)
-            shutil.rmtree(old)
+    kept, said = None, [f"{folder}: the new {kind} was moved into place before the interrupt took effect"]
+    with signals_held(said):  # (helper-82: interrupted, the replaced folder went unsaid)
+        if not occupied(folder):
+            try:
+                os.replace(tmp, folder)  # onto an empty folder: refused by the kernel if it is empty no longer
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                raise FileExistsError(f"{folder}: files appeared in it while n2n worked; nothing was replaced, "
+                                      f"choose another --out") from None
+            return None
+        check_target(folder, overwrite, kind)
+        new_digest = weights_digest(tmp)
+        exchange(tmp, folder)  # `folder` holds the new one, `tmp` what it held
+        # what was swapped out, read now: another process may have replaced `folder` since we checked it
+        # (helper-82: two `--overwrite`s at once hid the original teacher in a temp folder)
+        digest = weights_digest(tmp) if kind == "teacher" else None
+        if digest and digest != new_digest:  # the same weights again: no run needs a copy
+            kept = replaced_teacher(folder, digest)
+            if kept.is_symlink() or kept.exists() and not (kept.is_dir() and weights_digest(kept) == digest):
+                kept = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f"{kept.name}."))  # taken by something else
+                kept.rmdir()
+            if not kept.exists():  # else it holds these weights already
+                os.replace(tmp, kept)
+                said.append(kept_message(folder, kept))
     return kept
 
 
+def exchange(a: Path, b: Path) -> None:
+    """Swap two folders in one step (Linux renameat2 RENAME_EXCHANGE), so that `b` always holds one of
+    them: moved aside, then replaced, a `kill -9` between the two renames left neither at `b`
+    (helper-82). Where the call or the file system lacks it, the two renames, signals held over them."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        swap = libc.renameat2
+    except (OSError, AttributeError):
+        swap = None
+    if swap is not None:
+        at_cwd, rename_exchange = -100, 2
+        if swap(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), rename_exchange) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), str(b))
+    aside = Path(tempfile.mkdtemp(dir=b.parent, prefix=f".{b.name}.old."))
+    os.replace(b, aside / "x")
+    os.replace(a, b)
+    os.replace(aside / "x", a)
+    aside.rmdir()
+
+
 @contextlib.contextmanager
-def signals_held():
-    """Ctrl-C, SIGTERM and SIGHUP wait until the block is done, then reach the handlers they would have.
+def signals_held(said: list[str] | None = None):
+    """Ctrl-C, SIGTERM and SIGHUP wait until the block is done, then reach the handlers they would have;
+    `said`: what the block did, printed first if one came (the handlers only say "interrupted").
     (Python-level: blocking them in this thread alone lets another thread of the process, Ray's or
     torch's, take them.) Main thread only, as Python's signals."""
     if threading.current_thread() is not threading.main_thread():
@@ -492,11 +524,15 @@ def signals_held():
     before = {s: h for s, h in before.items() if h not in (None, signal.SIG_IGN)}  # None: set outside Python
     for s in before:
         signal.signal(s, lambda signum, frame: caught.append(signum))
+    done = False
     try:
         yield
+        done = True
     finally:
         for s, h in before.items():
             signal.signal(s, h)
+        if caught and said and done:
+            print("\n".join(said), file=sys.stderr, flush=True)
         for s in dict.fromkeys(caught):
             if callable(before[s]):
                 before[s](s, None)

@@ -254,6 +254,9 @@ def check_teacher(meta: dict) -> None:
         # helper-24: a moved teacher read as changed weights ("now None")
         raise RunError(f"{folder}: the run's teacher is not there (moved or deleted?); a run names its teacher by "
                        f"this path: put the folder back there")
+    if recorded and now is None:  # gone, its weights found elsewhere (a replacement interrupted midway)
+        raise RunError(f"{folder}: the run's teacher is not there; a folder with its weights is at {kept}: move it "
+                       f"to {folder}")
     if recorded and now != recorded:
         fix = (f"`n2n teacher train --overwrite` kept it at {kept}: move {folder} aside, then {kept} to {folder}"
                if kept else "restore it")

@@ -1955,9 +1955,11 @@ def test_export_refuses_teacher_figures_edited_in_n2n_json(finished_run, tmp_pat
     assert written["teacher"]["test_accuracy"] == meta["teacher"]["test_accuracy"]
 
 
-def test_ctrl_c_between_the_renames_of_an_overwrite_waits_until_they_are_done(small_teacher, tmp_path, monkeypatch):
+def test_ctrl_c_between_the_renames_of_an_overwrite_waits_until_they_are_done(small_teacher, tmp_path, monkeypatch,
+                                                                               capsys):
     """Interrupted between moving the old teacher aside and the new one in, the finally deleted the
-    new one and left the old hidden in .t.old.* (helper-20): the renames now finish first."""
+    new one and left the old hidden in .t.old.* (helper-20): the commit now finishes first, and, as
+    the interrupt then says only "interrupted", it says what was written and kept (helper-82)."""
     import copy
 
     import n2n.models as models
@@ -1968,14 +1970,13 @@ def test_ctrl_c_between_the_renames_of_an_overwrite_waits_until_they_are_done(sm
     other = copy.deepcopy(model)
     with torch.no_grad():
         next(other.parameters()).add_(1.0)
-    replace = os.replace
+    swap = models.exchange
 
-    def interrupted(src, dst):
-        replace(src, dst)
-        if Path(dst).name == "x":  # the old folder just went aside
-            os.kill(os.getpid(), signal.SIGINT)
+    def interrupted(a, b):
+        swap(a, b)
+        os.kill(os.getpid(), signal.SIGINT)  # the new one in place, the old one not yet kept
 
-    monkeypatch.setattr(models.os, "replace", interrupted)
+    monkeypatch.setattr(models, "exchange", interrupted)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -1985,6 +1986,42 @@ def test_ctrl_c_between_the_renames_of_an_overwrite_waits_until_they_are_done(sm
     kept = tmp_path / f"t.replaced-{old_digest}"
     assert weights_digest(kept) == old_digest != weights_digest(tmp_path / "t")  # both whole, in place
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["t", kept.name])  # nothing hidden left
+    assert capsys.readouterr().err.splitlines() == [
+        f"{tmp_path / 't'}: the new teacher was moved into place before the interrupt took effect",
+        models.kept_message(tmp_path / "t", kept)]
+
+
+def test_an_overwrite_swaps_folders_in_one_step_and_a_teacher_left_hidden_midway_is_found(small_teacher, tmp_path):
+    """helper-82: the old folder moved aside, then the new one in: a `kill -9` between the two renames
+    left neither at --out, and two overwrites at once hid the original teacher in a temp folder that
+    no later message named. The folders are now swapped in one step, the one swapped out read after
+    it; a teacher an interrupted replacement left in its hidden temp folder is named by the runs
+    that need it."""
+    import n2n.models as models
+    from n2n.search import check_teacher
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "f").write_text("a"), (b / "f").write_text("b")
+    models.exchange(a, b)
+    assert (a / "f").read_text() == "b" and (b / "f").read_text() == "a"
+    import copy
+
+    model, arch, _ = small_teacher
+    model = copy.deepcopy(model)  # the fixture's teacher is shared: its weights are changed below
+    save_model(tmp_path / "t", model, arch, {"recipe": {}})
+    digest = weights_digest(tmp_path / "t")
+    meta = {"teacher_folder": str(tmp_path / "t"), "teacher_digest": digest}
+    hidden = tmp_path / ".t.k2j4x9"  # where a replacement killed after its swap left the old teacher
+    os.replace(tmp_path / "t", hidden)
+    with pytest.raises(RunError, match=rf"^{tmp_path / 't'}: the run's teacher is not there; a folder with its weights "
+                                       rf"is at {hidden}: move it to {tmp_path / 't'}$"):
+        check_teacher(meta)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    save_model(tmp_path / "t", model, arch, {"recipe": {}})
+    with pytest.raises(RunError, match=rf"kept it at {hidden}: move {tmp_path / 't'} aside"):
+        check_teacher(meta)
 
 
 def test_a_symlinked_lock_file_is_never_followed(tmp_path):
