@@ -126,7 +126,21 @@ def _teacher_show(args) -> int:
 
 def _config(args) -> int:
     """The built-in default config: every key, its default and what it means, as YAML to edit."""
-    print((Path(__file__).parent / "default.yaml").read_text(), end="")
+    text = (Path(__file__).parent / "default.yaml").read_text()
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (captured)
+        print(text, end="")
+        return 0
+    sys.stdout.flush()
+    data = text.encode()
+    try:  # unbuffered: a file cut short by a full disk or `ulimit -f` still parsed, and the exit said 0 (helper-82)
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError as e:
+        print(f"n2n: error: standard output: {e.strerror}; the config written there is cut short, do not use it",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -431,20 +445,22 @@ def _interrupted_run(args) -> str:
 
 
 # what the machine or the paths given cause, not n2n: said in a line, not a traceback (helper-46)
-MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP, errno.EROFS}
+MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENAMETOOLONG, errno.ELOOP, errno.EROFS}
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no room for what was being written
 
 
 def _machine_error(e: OSError, args) -> str:
     """'PATH: No space left on device', and for a search or resume whose run folder exists, how to go on."""
     where = f"{e.filename}: " if e.filename else ""
     run = getattr(args, "run", None) if args.command in ("search", "resume") else None
-    if e.errno in (errno.ENOSPC, errno.EDQUOT) and run is not None and (Path(run) / "n2n.json").is_file():
+    room = "raise the file-size limit (ulimit -f)" if e.errno == errno.EFBIG else "free some space"
+    if e.errno in FULL and run is not None and (Path(run) / "n2n.json").is_file():
         from .search import resume_command
 
         again = resume_command(Path(run).resolve(), getattr(args, "address", None), args.allow_factory)
-        return f"{where}{e.strerror}; every candidate recorded is kept: free some space, then continue with `{again}`"
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"{where}{e.strerror}; nothing was left half-written: free some space and run it again"
+        return f"{where}{e.strerror}; every candidate recorded is kept: {room}, then continue with `{again}`"
+    if e.errno in FULL:
+        return f"{where}{e.strerror}; nothing was left half-written: {room} and run it again"
     return f"{where}{e.strerror}"
 
 

@@ -346,8 +346,12 @@ def _mnist1d() -> tuple[np.ndarray, np.ndarray]:
     y = np.concatenate([d["y"], d["y_test"]]).astype(np.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # two processes filling the cache at once
-    np.savez(tmp, x=x, y=y)
-    os.replace(tmp, path)
+    try:
+        np.savez(tmp, x=x, y=y)
+        os.replace(tmp, path)
+    except OSError as e:  # (helper-82: a full disk left the half-written file, each retry another)
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from None
     return x, y
 
 

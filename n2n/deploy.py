@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import io
 import logging
@@ -55,6 +56,8 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     except Exception as e:
         while e.__cause__ is not None:  # the exporter's own reason, not its "step 1/3 ... Next steps" wrapper
             e = e.__cause__
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # the disk, not the
+            raise OSError(e.errno, e.strerror, str(path)) from None  # student (helper-82)
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         detail = re.sub(r"\x1b\[[0-9;]*m", "", detail)  # its terminal colours (helper-67)
         raise RunError(f"--onnx: this student ({type(model).__name__}) could not be exported to ONNX: {detail}; "

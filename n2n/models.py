@@ -789,15 +789,23 @@ def save_weights(state: dict, path: Path) -> None:
     try:
         try:
             save_file(_each_once(state), tmp)
-        except SafetensorError as e:  # its I/O failures are not OSErrors: a full disk was a traceback (helper-46)
-            if "StorageFull" not in str(e) and "No space" not in str(e):
-                raise
-            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
+        except SafetensorError as e:
+            raise storage_error(e, path) or e from None
         os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def storage_error(e: Exception, path) -> OSError | None:
+    """safetensors' I/O failures are not OSErrors: a full disk (helper-46) and `ulimit -f` (helper-82)
+    were tracebacks. The OSError they are, or None for another failure."""
+    if "File too large" in str(e) or "FileTooLarge" in str(e):
+        return OSError(errno.EFBIG, "File too large", str(path))
+    if "StorageFull" in str(e) or "No space" in str(e):
+        return OSError(errno.ENOSPC, "No space left on device", str(path))
+    return None
 
 
 def _view(t: torch.Tensor) -> tuple:

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from agents.pretrain import episodes, fit
 from envs import STAGES, Reference
@@ -17,7 +18,7 @@ from agents.reinforce import write_policy
 from search_spaces import SpecError, StudentSpec, UnsupportedModel
 
 from .errors import ConfigError
-from .models import check_creatable, commit_folder, occupied, plain_file, temp_folder
+from .models import check_creatable, commit_folder, occupied, plain_file, storage_error, temp_folder
 from .pick import from_figures
 from .runfolder import read_records, unfinished
 from .search import OpenRun
@@ -133,7 +134,10 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
             policy = fit(stage, g, len(ratios), hidden=HIDDEN, steps=steps, seed=seed)
             if not all(torch.isfinite(t).all() for t in policy.state_dict().values()):
                 raise ConfigError(f"{stage}: the fit diverged (weights not finite); check these runs' rewards")
-            write_policy(policy, stage, ratios, tmp / stage, {"hidden": HIDDEN}, meta)
+            try:
+                write_policy(policy, stage, ratios, tmp / stage, {"hidden": HIDDEN}, meta)
+            except SafetensorError as e:  # (helper-82: a full disk was a traceback)
+                raise storage_error(e, out) or e from None
         if occupied(out):
             raise FileExistsError(f"{out} appeared while fitting; choose another --out")
         commit_folder(tmp, out, kind="policy")  # onto an empty folder only: refused if files appear in it now

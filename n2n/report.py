@@ -80,7 +80,7 @@ def batch_means(records: list[dict], batch: int) -> list[tuple[str, float]]:
     return out
 
 
-UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
+UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _save_png(fig, path: Path) -> str | None:

@@ -1,6 +1,7 @@
 """Nothing lost, nothing run that the user did not ask for: damaged runs, locks, --overwrite, hostile
 folders, bad input. Each test names the failure it guards against."""
 
+import errno
 import json
 import re
 import os
@@ -2672,3 +2673,38 @@ def test_an_overwrite_refusal_names_what_blocks_and_an_empty_folder_is_free(fini
     with pytest.raises(FileExistsError, match="already exists"):
         commit_folder(tmp, later, kind="export")
     assert [p.name for p in later.iterdir()] == ["mine.txt"]
+
+
+def test_a_file_size_limit_or_a_full_disk_is_said_in_one_line_and_leaves_no_half_file(tmp_path, monkeypatch):
+    """helper-82: under `ulimit -f`, `n2n config > my.yaml` wrote a cut-short YAML that still parsed and
+    exited 0, and every weights file was a safetensors traceback; a full disk left the data cache's
+    half-written file behind, each retry another."""
+    import numpy as np
+
+    import n2n.data as data_mod
+    from n2n.models import save_weights
+
+    limited = "import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024)); "
+    out = tmp_path / "my.yaml"
+    with open(out, "wb") as f:
+        done = subprocess.run([sys.executable, "-c", limited + "import sys; from n2n.cli import main; "
+                               "sys.exit(main(['config']))"], stdout=f, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 1 and out.stat().st_size == 1024
+    assert done.stderr == ("n2n: error: standard output: File too large; the config written there is cut short, do "
+                           "not use it\n")
+    done = subprocess.run([sys.executable, "-c", limited + "import torch; from n2n.models import save_weights; "
+                           f"save_weights({{'w': torch.zeros(4096)}}, __import__('pathlib').Path({str(tmp_path / 'w.st')!r}))"],
+                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert done.stderr.strip().splitlines()[-1] == f"OSError: [Errno 27] File too large: '{tmp_path / 'w.st'}'"
+    assert not (tmp_path / "w.st").exists() and list(tmp_path.glob("*.tmp")) == []
+    save_weights({"w": torch.zeros(4)}, tmp_path / "w.st")  # (without the limit)
+
+    def full(path, **arrays):
+        Path(path).write_bytes(b"PK half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    monkeypatch.setenv("N2N_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(OSError, match=r"No space left on device: '.*mnist1d-[0-9a-f]+\.npz'"):
+        data_mod.load_raw("mnist1d")
+    assert [p.name for p in (tmp_path / "cache" / "data").iterdir()] == []
