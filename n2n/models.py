@@ -323,6 +323,29 @@ def check_replaceable(folder: Path, kind: str) -> None:
     if folder.is_symlink() or not folder.is_dir() or written_by_n2n(folder) != kind:
         raise FileExistsError(f"{folder} exists and is not an earlier n2n {kind} ({_not_ours(folder, kind)}); "
                               f"--overwrite only replaces one of those; choose another --out")
+    if kind == "export" and (why := _changed_since(folder)):  # (helper-82: your edited weights went unsaid)
+        raise FileExistsError(f"{folder}: {why}; --overwrite replaces only an export as n2n wrote it: move "
+                              f"that out, or choose another --out")
+
+
+def _manifest(folder: Path) -> dict[str, str]:
+    """Every file under `folder` but metrics.json, by path, with its digest."""
+    files = (p for p in sorted(Path(folder).rglob("*")) if p.is_file())
+    return {p.relative_to(folder).as_posix(): file_digest(p) for p in files if p.relative_to(folder).as_posix() != "metrics.json"}
+
+
+def _changed_since(folder: Path) -> str | None:
+    """What in an earlier export is not as `n2n export` wrote it, by the files its metrics.json lists;
+    None for one recorded before exports listed them (judged by names alone, as then)."""
+    files = read_json(Path(folder) / "metrics.json").get("files")
+    if not isinstance(files, dict):
+        return None
+    now = _manifest(folder)
+    if changed := [n for n in now if n in files and now[n] != files[n]]:
+        return f"its {changed[0]} was changed since n2n exported it"
+    if added := [n for n in now if n not in files]:
+        return f"it holds {added[0]}, which that export did not write"
+    return None
 
 
 def _not_ours(folder: Path, kind: str) -> str:
@@ -556,6 +579,8 @@ def save_model(folder, model: nn.Module, arch: dict, metrics: dict, extra: dict 
             write_json(tmp / name, obj)
         if finish is not None:
             finish(tmp)
+        if kind == "export":  # what a later --overwrite may replace: these files as written (helper-82)
+            write_json(tmp / "metrics.json", {**read_json(tmp / "metrics.json"), "files": _manifest(tmp)})
         kept = commit_folder(tmp, folder, overwrite, kind)
     finally:
         if tmp.exists():

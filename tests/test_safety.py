@@ -618,6 +618,19 @@ def test_export_overwrite_replaces_only_an_earlier_export(finished_run, tmp_path
     status, err = _main(capsys, "export", run, "--out", out)
     assert status == 2 and "already exists" in err
     assert untimed(export_best(run, out, overwrite=True, log=lambda *_: None)) == untimed(first)  # an earlier export: replaced
+    # helper-82: weights of the user's under n2n's name, or a Hugging Face folder of theirs in hf/, went unsaid
+    weights = out / "model.safetensors"
+    shipped = weights.read_bytes()
+    weights.write_bytes(shipped + b" ")
+    status, err = _main(capsys, "export", run, "--out", out, "--overwrite")
+    assert status == 2 and f"{out}: its model.safetensors was changed since n2n exported it; --overwrite replaces " \
+                           "only an export as n2n wrote it" in err and weights.read_bytes() == shipped + b" "
+    weights.write_bytes(shipped)
+    (out / "hf").mkdir()
+    (out / "hf" / "config.json").write_text("{}")
+    status, err = _main(capsys, "export", run, "--out", out, "--overwrite")
+    assert status == 2 and "it holds hf/config.json, which that export did not write" in err
+    shutil.rmtree(out / "hf")
     (out / "hf").mkdir()
     (out / "hf" / "notes.txt").write_text("mine now")  # n2n's subfolder with a file of the user's inside
     status, err = _main(capsys, "export", run, "--out", out, "--overwrite")
