@@ -400,12 +400,26 @@ def _unfaithful(group, members: set[str], model: nn.Module, names: dict, tied: d
             if isinstance(m, nn.MultiheadAttention):  # torch-pruning keeps num_heads: each head gets fewer dims
                 return (f"its channels are the embedding of the nn.MultiheadAttention {names.get(m, '?')}, which pruning "
                         "splits into heads anew, at another scale; left at full width")
-            if isinstance(m, tp.ops._SliceOp):  # x[:, :n] with n written in: a narrower input shifts what it keeps
+            if isinstance(m, tp.ops._SliceOp) and _cuts_channels(m):  # x[:, :n], n written in: a narrower
+                # input shifts what it keeps
                 return "its channels pass a slice written into forward (x[:, :n]), which pruning misaligns; left at full width"
     shared = sorted(m for m in members if m in tied)
     if shared:  # pruning one module replaces its parameter, so the two would no longer be one
         return f"{shared[0]} shares its weights with {tied[shared[0]]} (tied), which pruning would untie; left at full width"
     return None
+
+
+def _cuts_channels(op) -> bool:
+    """Whether a slice torch-pruning traced may drop channels: it drops something along axis 1, or,
+    of a 3-axis tensor, along either axis (channels first after a Conv1d, last after a Linear on a
+    sequence). A crop of an image's positions, or a slice that keeps everything, passes channels as
+    they are."""
+    sizes = tuple(getattr(op.grad_fn, "_saved_self_sym_sizes", None) or ())
+    if not sizes:  # nothing to judge by: as if it cut
+        return True
+    dim = op.dim % len(sizes)
+    whole = op.start in (0, None) and op.step == 1 and (op.end is None or op.end >= sizes[dim])
+    return not whole and (dim == 1 or len(sizes) == 3 and dim == 2)
 
 
 def _example(input_shape) -> torch.Tensor:

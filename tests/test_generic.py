@@ -656,6 +656,17 @@ def test_channels_whose_pruning_would_change_what_the_kept_ones_compute_are_left
     assert ghost.untouched["primary.0"] == ("its channels pass a slice written into forward (x[:, :n]), which pruning "
                                             "misaligns; left at full width")
     assert [u.name for u in ghost.units if u.shrinkable] == ["after.0"]
+
+    class Crop(nn.Module):  # a crop of positions, and a slice that keeps every channel: channels pass as they are
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3), nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.fc(self.b(torch.relu(self.a(x))[:, :8, 1:-1, 1:-1]).mean((2, 3)))
+
+    crop = GenericSpace(Crop(), (1, 8, 8))
+    assert [u.name for u in crop.units if u.shrinkable] == ["a", "b"] and _starts_as_the_teacher(crop, 0)
     tied = GenericSpace(custom_net.make_tied(), (1, 40))
     assert tied.untouched["h1"] == "h1 shares its weights with h2 (tied), which pruning would untie; left at full width"
     assert tied.untouched["h2"] == "h2 shares its weights with h1 (tied), which pruning would untie; left at full width"
