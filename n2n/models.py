@@ -493,17 +493,21 @@ def commit_folder(tmp: Path, folder: Path, overwrite: bool = False, kind: str = 
         check_target(folder, overwrite, kind)
         new_digest = weights_digest(tmp)
         exchange(tmp, folder)  # `folder` holds the new one, `tmp` what it held
-        # what was swapped out, read now: another process may have replaced `folder` since we checked it
-        # (helper-82: two `--overwrite`s at once hid the original teacher in a temp folder)
-        digest = weights_digest(tmp) if kind == "teacher" else None
-        if digest and digest != new_digest:  # the same weights again: no run needs a copy
-            kept = replaced_teacher(folder, digest)
-            if kept.is_symlink() or kept.exists() and not (kept.is_dir() and weights_digest(kept) == digest):
-                kept = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f"{kept.name}."))  # taken by something else
-                kept.rmdir()
-            if not kept.exists():  # else it holds these weights already
-                os.replace(tmp, kept)
-                said.append(kept_message(folder, kept))
+        try:
+            # what was swapped out, read now: another process may have replaced `folder` since we checked it
+            # (helper-82: two `--overwrite`s at once hid the original teacher in a temp folder)
+            digest = weights_digest(tmp) if kind == "teacher" else None
+            if digest and digest != new_digest:  # the same weights again: no run needs a copy
+                kept = replaced_teacher(folder, digest)
+                if kept.is_symlink() or kept.exists() and not (kept.is_dir() and weights_digest(kept) == digest):
+                    kept = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f"{kept.name}."))  # taken by something else
+                    kept.rmdir()
+                if not kept.exists():  # else it holds these weights already
+                    os.replace(tmp, kept)
+                    said.append(kept_message(folder, kept))
+        except BaseException:  # the old one back in place, and the caller deletes the new one (helper-83: a
+            exchange(tmp, folder)  # full disk at the kept folder's name deleted the old teacher)
+            raise
     return kept
 
 
@@ -849,7 +853,7 @@ def _each_once(state: dict) -> dict:
         seen.add(_view(v))
         shared = v.numel() and v.untyped_storage().data_ptr() in storages
         storages.add(v.untyped_storage().data_ptr())
-        out[k] = v.clone() if shared else v.contiguous()
+        out[k] = v.clone(memory_format=torch.contiguous_format) if shared else v.contiguous()  # (a transposed view)
     return out
 
 

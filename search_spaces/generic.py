@@ -183,6 +183,7 @@ class GenericSpace(SearchSpace):
         groups = []  # (name: earliest member in forward order, root module name, member names)
         self.roots: dict[str, list[str]] = {}  # group root -> every conv/linear whose outputs it prunes
         grouped, held = {}, {}  # groups held out: their channels would be kept unlike the teacher's (helper-56)
+        self.sliced: set[str] = set()  # roots of groups whose channels pass a slice that drops some: checked by a build
         tied = _tied(teacher)
         try:
             all_groups = dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.modules.conv._ConvNd, nn.Linear))
@@ -217,6 +218,8 @@ class GenericSpace(SearchSpace):
                 continue
             first = min(layers, key=lambda n: order.get(n, 1e9))
             root = names[g[0].dep.target.module]
+            if any(isinstance(d.target.module, tp.ops._SliceOp) and _cuts(d.target.module) for d, _ in g):
+                self.sliced.add(root)  # faithful along positions (a Conv1d's causal trim), not always along channels
             self.roots[root] = sorted(
                 {names[d.target.module] for d, _ in g if d.target.module in names and dg.is_out_channel_pruning_fn(d.handler)
                  and isinstance(d.target.module, (nn.modules.conv._ConvNd, nn.Linear))}, key=lambda n: order.get(n, 1e9))
@@ -280,8 +283,37 @@ class GenericSpace(SearchSpace):
                 if why is None:
                     break
             if why is not None:
-                self.units[i] = dataclasses.replace(u, shrinkable=False, why_fixed=f"no width of it builds ({why})")
-                self.untouched[u.name] = f"no width of it builds: {why}"
+                what = "every width of it changes the model's outputs" if why.startswith(CHANGES_OUTPUTS) else \
+                    "no width of it builds"
+                self.units[i] = dataclasses.replace(u, shrinkable=False, why_fixed=f"{what} ({why})")
+                self.untouched[u.name] = f"{what}: {why}"
+            elif self.group_root[i] in self.sliced and not self._silenced_alike(i, r):
+                # GhostNet's cat(...)[:, :oup], oup written in: a narrower input shifts what it keeps (helper-81)
+                why = "its channels pass a slice written into forward (x[:, :n]), which pruning misaligns"
+                self.units[i] = dataclasses.replace(u, shrinkable=False, why_fixed=why)
+                self.untouched[u.name] = f"{why}; left at full width"
+
+    @torch.no_grad()
+    def _silenced_alike(self, i: int, ratio: float) -> bool:
+        """Whether the student shrunk in unit i alone computes what the teacher computes with the
+        channels it drops silenced (their layers' output weights and biases zeroed): its kept channels
+        carry the teacher's own meaning (helper-56's test of a scrambled student)."""
+        tp = _tp()
+        student, history = self._prune(self.identity().with_ratios([ratio if j == i else 1.0 for j in range(self.n_units)]))
+        name, _, idxs = history[0]
+        silenced = copy.deepcopy(self.teacher)
+        with torch.enable_grad():
+            dg = tp.DependencyGraph().build_dependency(silenced, self.example, verbose=False)
+        root = silenced.get_submodule(name)
+        fn = tp.prune_conv_out_channels if isinstance(root, nn.modules.conv._ConvNd) else tp.prune_linear_out_channels
+        for dep, dropped in dg.get_pruning_group(root, fn, idxs=list(idxs)):
+            if dg.is_out_channel_pruning_fn(dep.handler):
+                for p in (getattr(dep.target.module, "weight", None), getattr(dep.target.module, "bias", None)):
+                    if isinstance(p, torch.Tensor) and p.dim() >= 1:
+                        p[[j for j in dropped if j < p.shape[0]]] = 0
+        x = torch.randn(8, *self.input_shape, generator=torch.Generator().manual_seed(1))  # (8, *input_shape)
+        want, got = silenced.eval()(x), student.eval()(x)
+        return got.shape == want.shape and torch.allclose(got, want, atol=1e-5 * max(1.0, want.abs().max().item()))
 
     # -- building ----------------------------------------------------------------------------------
     @torch.enable_grad()  # torch-pruning traces through autograd
@@ -321,8 +353,7 @@ class GenericSpace(SearchSpace):
                 out = student(self.example)
             if torch.is_tensor(out) and out.shape != self.teacher_out.shape:  # (helper-81: the model's real
                 # classifier, a 1x1 conv, was shrunk to fewer classes while a Linear gate inside was kept as "output")
-                raise _ChangesOutputs(f"its student's outputs would have shape {tuple(out.shape)}, the teacher's "
-                                      f"{tuple(self.teacher_out.shape)}")
+                raise _ChangesOutputs(f"{CHANGES_OUTPUTS} {tuple(out.shape)}, the teacher's {tuple(self.teacher_out.shape)}")
             # not torch-pruning's count_ops_and_params: it adds normalisation, activation and bias
             # operations, so its "FLOPs" were not the multiply-accumulates the other families count
             self._cache[key] = (count_params(student), count_macs(student, self.example))
@@ -356,6 +387,9 @@ class GenericSpace(SearchSpace):
                 if hasattr(m, "reset_parameters"):
                     m.reset_parameters()
         return student
+
+
+CHANGES_OUTPUTS = "its student's outputs would have shape"
 
 
 class _ChangesOutputs(Exception):
@@ -400,26 +434,19 @@ def _unfaithful(group, members: set[str], model: nn.Module, names: dict, tied: d
             if isinstance(m, nn.MultiheadAttention):  # torch-pruning keeps num_heads: each head gets fewer dims
                 return (f"its channels are the embedding of the nn.MultiheadAttention {names.get(m, '?')}, which pruning "
                         "splits into heads anew, at another scale; left at full width")
-            if isinstance(m, tp.ops._SliceOp) and _cuts_channels(m):  # x[:, :n], n written in: a narrower
-                # input shifts what it keeps
-                return "its channels pass a slice written into forward (x[:, :n]), which pruning misaligns; left at full width"
     shared = sorted(m for m in members if m in tied)
     if shared:  # pruning one module replaces its parameter, so the two would no longer be one
         return f"{shared[0]} shares its weights with {tied[shared[0]]} (tied), which pruning would untie; left at full width"
     return None
 
 
-def _cuts_channels(op) -> bool:
-    """Whether a slice torch-pruning traced may drop channels: it drops something along axis 1, or,
-    of a 3-axis tensor, along either axis (channels first after a Conv1d, last after a Linear on a
-    sequence). A crop of an image's positions, or a slice that keeps everything, passes channels as
-    they are."""
+def _cuts(op) -> bool:
+    """Whether a slice torch-pruning traced drops anything (`x[:, :n]`, a crop), not `x[:, :]`."""
     sizes = tuple(getattr(op.grad_fn, "_saved_self_sym_sizes", None) or ())
     if not sizes:  # nothing to judge by: as if it cut
         return True
     dim = op.dim % len(sizes)
-    whole = op.start in (0, None) and op.step == 1 and (op.end is None or op.end >= sizes[dim])
-    return not whole and (dim == 1 or len(sizes) == 3 and dim == 2)
+    return not (op.start in (0, None) and op.step == 1 and (op.end is None or op.end >= sizes[dim]))
 
 
 def _example(input_shape) -> torch.Tensor:
@@ -434,15 +461,18 @@ def _check_training_mode(model: nn.Module, example: torch.Tensor, called: list[s
     gave students whose every trial failed on shapes (helper-81). Run on a copy, so the teacher's
     BatchNorm statistics stay as they are."""
     two = example.repeat(2, *[1] * (example.dim() - 1))  # (2, *input_shape): BatchNorm's batch statistics
+    given = two.clone()  # what the training-mode pass is given, compared after it (helper-83)
     trained, calls = copy.deepcopy(model).train(), []
     hooks = [m.register_forward_pre_hook(lambda mod, inp, name=name: calls.append(name))
              for name, m in trained.named_modules() if name]
     try:
         with torch.no_grad():
-            want, out = model(two), trained(two)
+            want, out = model(two), trained(given)
     finally:
         for h in hooks:
             h.remove()
+    if not torch.equal(given, two):
+        raise UnsupportedModel(f"{type(model).__name__}: in training mode {INPLACE}")
     if torch.is_tensor(want) and not (torch.is_tensor(out) and out.shape == want.shape):
         got = f"a tensor of shape {tuple(out.shape)}" if torch.is_tensor(out) else f"a {type(out).__name__}"
         raise UnsupportedModel(f"{type(model).__name__}: in training mode its forward returns {got}, in eval mode "

@@ -665,8 +665,20 @@ def test_channels_whose_pruning_would_change_what_the_kept_ones_compute_are_left
         def forward(self, x):
             return self.fc(self.b(torch.relu(self.a(x))[:, :8, 1:-1, 1:-1]).mean((2, 3)))
 
+    class Causal(nn.Module):  # a temporal conv net's causal trim x[:, :, :-2] after each Conv1d (helper-83)
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2, self.fc = nn.Conv1d(1, 16, 3, padding=2), nn.Conv1d(16, 16, 3, padding=2), nn.Linear(16, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.c1(x)[:, :, :-2])
+            return self.fc(torch.relu(self.c2(x)[:, :, :-2]).mean(-1))
+
     crop = GenericSpace(Crop(), (1, 8, 8))
     assert [u.name for u in crop.units if u.shrinkable] == ["a", "b"] and _starts_as_the_teacher(crop, 0)
+    causal = GenericSpace(Causal(), (1, 40))
+    assert [u.name for u in causal.units if u.shrinkable] == ["c1", "c2"]
+    assert _starts_as_the_teacher(causal, 0) and _starts_as_the_teacher(causal, 1)
     tied = GenericSpace(custom_net.make_tied(), (1, 40))
     assert tied.untouched["h1"] == "h1 shares its weights with h2 (tied), which pruning would untie; left at full width"
     assert tied.untouched["h2"] == "h2 shares its weights with h1 (tied), which pruning would untie; left at full width"
@@ -696,6 +708,13 @@ def test_a_tied_teacher_and_its_students_save_each_weight_once_and_load_tied(tmp
     save_model(tmp_path / "s", student, space.arch(spec), {})
     again = n2n.load_student(tmp_path / "s", factories=["custom_net:make_tied"])
     assert again.h1.weight is again.h2.weight and torch.equal(again(x), student.eval()(x))
+    # a weight tied as another's transpose (two views of one storage) is saved apart, as it was before
+    from n2n.models import load_weights, save_weights
+
+    w = torch.randn(3, 5)
+    save_weights({"enc": w, "dec": w.t()}, tmp_path / "views.safetensors")
+    views = load_weights(tmp_path / "views.safetensors")
+    assert torch.equal(views["enc"], w) and torch.equal(views["dec"], w.t())
     # a tensor really missing is still refused, by name
     from safetensors.torch import save_file
 
@@ -769,12 +788,20 @@ def test_modules_n2n_cannot_measure_or_distil_as_traced_are_refused_in_one_line(
                                                      r"changes its input tensor in place"):
         check_forward(Pixels().eval(), Split, "digits.npz")
     assert torch.equal(x, data)
+    class Halves(Pixels):  # in place in training mode only (helper-83)
+        def forward(self, x):
+            if self.training:
+                x.mul_(0.5)
+            return self.head(torch.relu(self.c(x)).mean((2, 3)))
+
+    with pytest.raises(UnsupportedModel, match=r"^Halves: in training mode its forward changes its input tensor in place"):
+        GenericSpace(Halves(), (1, 8, 8))
     with pytest.raises(UnsupportedModel, match=r"^Aux: in training mode its forward returns a tuple, in eval mode "
                                                r"logits of shape \(2, 10\); n2n distils students in training mode"):
         GenericSpace(Aux(), (1, 8, 8))
     heads = GenericSpace(ConvHead(), (1, 8, 8))
     cls = next(u for u in heads.units if u.name == "cls")
-    assert not cls.shrinkable and re.fullmatch(r"no width of it builds \(its student's outputs would have shape "
+    assert not cls.shrinkable and re.fullmatch(r"every width of it changes the model's outputs \(its student's outputs would have shape "
                                                r"\(1, \d\), the teacher's \(1, 10\)\)", cls.why_fixed)
     for spec in (heads.identity(), heads.identity().with_ratios([0.5 if u.shrinkable else 1.0 for u in heads.units])):
         assert heads.build(spec)(torch.randn(2, 1, 8, 8)).shape == (2, 10)

@@ -2036,6 +2036,25 @@ def test_an_overwrite_swaps_folders_in_one_step_and_a_teacher_left_hidden_midway
     save_model(tmp_path / "t", model, arch, {"recipe": {}})
     with pytest.raises(RunError, match=rf"kept it at {hidden}: move {tmp_path / 't'} aside"):
         check_teacher(meta)
+    # a failure after the swap puts the old folder back (helper-83: the caller's cleanup deleted it)
+    shutil.rmtree(hidden)
+    now = weights_digest(tmp_path / "t")
+    (tmp_path / f"t.replaced-{now}").write_text("a file of the user's under the kept folder's name")
+
+    make = models.tempfile.mkdtemp
+
+    def full(*args, **kwargs):  # no room for the kept folder's other name, after the swap
+        if kwargs.get("prefix", "").startswith("t.replaced-"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return make(*args, **kwargs)
+
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(models.tempfile, "mkdtemp", full)
+        with pytest.raises(OSError, match="No space left"):
+            save_model(tmp_path / "t", model, arch, {"recipe": {}}, overwrite=True, log=lambda *_: None)
+    assert weights_digest(tmp_path / "t") == now and not list(tmp_path.glob(".t.*"))
 
 
 def test_a_symlinked_lock_file_is_never_followed(tmp_path):
