@@ -194,7 +194,7 @@ class GenericSpace(SearchSpace):
         for g in all_groups:
             layers = {names[d.target.module] for d, _ in g if d.target.module in names}
             members = layers | {owners[d.target.module] for d, _ in g if d.target.module in owners}
-            if why := _unfaithful(g, members, teacher, names, tied):  # pruned, it would compute something else
+            if why := _unfaithful(g, members, names, tied):  # pruned, it would compute something else
                 for d, _ in g:  # the layers whose widths these are, said whatever else reaches them
                     if isinstance(d.target.module, (nn.modules.conv._ConvNd, nn.Linear)) and dg.is_out_channel_pruning_fn(d.handler):
                         grouped.setdefault(names[d.target.module], why)
@@ -425,10 +425,9 @@ def _tied(model: nn.Module) -> dict[str, str]:
     return tied
 
 
-def _unfaithful(group, members: set[str], model: nn.Module, names: dict, tied: dict[str, str]) -> str | None:
+def _unfaithful(group, members: set[str], names: dict, tied: dict[str, str]) -> str | None:
     """Why pruning this group's channels would change what the kept channels compute, or None. Each
     was a student that built and trained from weights no longer meaning what they did (helper-81)."""
-    tp = _tp()
     for d, _ in group:
         for m in (d.source.module, d.target.module):
             if isinstance(m, nn.MultiheadAttention):  # torch-pruning keeps num_heads: each head gets fewer dims
