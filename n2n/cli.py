@@ -395,7 +395,7 @@ def main(argv=None) -> int:
         print(f"n2n: error: {e}", file=sys.stderr)
         return 3
     except USER_ERRORS as e:
-        print(f"n2n: error: {e}", file=sys.stderr)
+        print(f"n2n: error: {_machine_error(e, args) if _unwritable_run(e, args) else e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"n2n: interrupted{_interrupted_run(args)}", file=sys.stderr)
@@ -449,12 +449,21 @@ MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENAMETOOLONG, e
 FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no room for what was being written
 
 
+def _unwritable_run(e: Exception, args) -> bool:
+    """A search or resume whose run folder became unwritable while it ran (helper-82: `chattr +i` said
+    "[Errno 1] Operation not permitted" and no way on): said as a machine error, with the resume."""
+    return (isinstance(e, PermissionError) and e.errno in (errno.EPERM, errno.EACCES)
+            and args.command in ("search", "resume") and getattr(args, "run", None) is not None
+            and (Path(args.run) / "n2n.json").is_file())
+
+
 def _machine_error(e: OSError, args) -> str:
     """'PATH: No space left on device', and for a search or resume whose run folder exists, how to go on."""
     where = f"{e.filename}: " if e.filename else ""
     run = getattr(args, "run", None) if args.command in ("search", "resume") else None
-    room = "raise the file-size limit (ulimit -f)" if e.errno == errno.EFBIG else "free some space"
-    if e.errno in FULL and run is not None and (Path(run) / "n2n.json").is_file():
+    room = {errno.EFBIG: "raise the file-size limit (ulimit -f)", errno.EPERM: "make the run folder writable again",
+            errno.EACCES: "make the run folder writable again"}.get(e.errno, "free some space")
+    if e.errno in (*FULL, errno.EPERM, errno.EACCES) and run is not None and (Path(run) / "n2n.json").is_file():
         from .search import resume_command
 
         again = resume_command(Path(run).resolve(), getattr(args, "address", None), args.allow_factory)

@@ -2507,6 +2507,15 @@ def test_what_the_machine_or_the_paths_cause_is_a_line_not_a_traceback(tmp_path,
     assert cli.main(["search", "--runs-dir", str(tmp_path / "runs"), "--name", "my run"]) == 2
     assert capsys.readouterr().err == (f"n2n: error: {run / 'search_state.pt'}: No space left on device; every candidate "
                                        f"recorded is kept: free some space, then continue with `n2n resume '{run}'`\n")
+
+    def made_unwritable(cfg, run_dir, **_):  # helper-82: `chattr +i` on the run mid-search said no way on
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(run_dir / "search_state.pt.tmp"))
+
+    monkeypatch.setattr(search_mod, "run_search", made_unwritable)
+    assert cli.main(["search", "--runs-dir", str(tmp_path / "runs"), "--name", "my run"]) == 2
+    assert capsys.readouterr().err == (f"n2n: error: {run / 'search_state.pt.tmp'}: Operation not permitted; every "
+                                       f"candidate recorded is kept: make the run folder writable again, then continue "
+                                       f"with `n2n resume '{run}'`\n")
     assert cli.main(["report", str(tmp_path / ("x" * 300))]) == 2
     assert capsys.readouterr().err.endswith(": File name too long\n")
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
