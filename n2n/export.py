@@ -23,7 +23,7 @@ from .deploy import check_onnx, fastest_ratio, require_onnx, time_as_shipped, to
 from .errors import RunError, TargetMissed
 from .models import (ModelError, RawInput, build_model, check_target, device_for, file_digest,
                      load_into, load_weights, save_model, weights_mismatch, write_json)
-from .runfolder import RunLock, finish_hint, read_records, read_run, read_summary, unfinished
+from .runfolder import EXPORTING, RunLock, finish_hint, read_records, read_run, read_summary, unfinished
 from .search import OpenRun, check_teacher, check_teacher_figures, teacher_logits
 from .storage import Fetcher, shown
 from .train import accuracy, distill
@@ -174,7 +174,7 @@ def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: b
         require_onnx()
     check_teacher(meta)
     # fine-tuning takes minutes: hold the run, so no search or resume changes it meanwhile
-    with RunLock(run_dir) if finetune_epochs else contextlib.nullcontext():
+    with RunLock(run_dir, EXPORTING) if finetune_epochs else contextlib.nullcontext():
         return _export(run_dir, out, meta, finetune_epochs, overwrite, log, factories, trim_vocab, key, rank, onnx, margin,
                        fetch)
 

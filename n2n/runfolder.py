@@ -278,9 +278,10 @@ class RunLock:
     original's while its holder runs (helper-48: unlinked before the lock was tried, a second
     process on a busy run took a lock of its own)."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, doing: str | None = None):
         self.path = Path(run_dir) / LOCK
         self.fd: int | None = None
+        self.doing = doing  # what holds it, where not the search: "n2n export", named to others
 
     def _open(self) -> int:
         try:  # never through a symlink: a hostile run folder's .lock must not truncate another file
@@ -324,7 +325,7 @@ class RunLock:
         else:
             raise RunError(f"{self.path}: cannot take the run's lock: the file kept being replaced; try again")
         os.ftruncate(fd, 0)
-        os.write(fd, f"{_me()}\n{here}".encode())
+        os.write(fd, f"{_me()}{f', {self.doing}' if self.doing else ''}\n{here}".encode())
         self.fd = fd
         HELD_HERE.add(here)
         try:
@@ -372,11 +373,14 @@ def lock_holder(run_dir: Path) -> str | None:
             holder, folder = _holder(fd)
             if folder is not None and folder != str(Path(run_dir).resolve()):
                 return None  # a hard-linked copy's holder: that run is busy, not this one
-            return None if holder == _me() else holder
+            return None if holder.split(", ")[0] == _me() else holder
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(fd)
+
+
+EXPORTING = "n2n export"  # a lock holder that is no search: an export fine-tuning a student
 
 
 def unfinished(run_dir: Path) -> str | None:
@@ -386,7 +390,7 @@ def unfinished(run_dir: Path) -> str | None:
     if stage == "done":
         return None
     holder = lock_holder(run_dir)
-    if holder:
+    if holder and not holder.endswith(f", {EXPORTING}"):  # (helper-82: an export's fine-tune was called the search)
         return f"it is still running, in {holder}, in stage {stage} after {count} candidates"
     if stage is None:  # interrupted before its first summary, or damaged
         return "it has no readable summary.json"

@@ -2613,6 +2613,18 @@ def test_a_run_in_use_from_its_creation_is_seen_in_use(tmp_path, capsys):
         holder.kill()
         holder.wait()
     assert lock_holder(run) is None  # the kernel let go with the holder
+    # an export fine-tuning a student holds the run too, but is no search (helper-82: "still running")
+    (run / "summary.json").write_text(json.dumps({"stage": "shrink", "candidates_evaluated": 5}))
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from n2n.runfolder import EXPORTING, RunLock; "
+                               f"RunLock({str(run)!r}, EXPORTING).acquire(); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert lock_holder(run).startswith(f"pid {holder.pid} on ") and lock_holder(run).endswith(", n2n export")
+        assert unfinished(run) == "it stopped in stage shrink after 5 candidates"
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_number_too_long_for_python_in_any_file_n2n_reads_is_a_clear_error(finished_run, tmp_path, capsys):
