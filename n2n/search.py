@@ -31,8 +31,8 @@ from .models import (ModelError, append_to, check_creatable, device_for, file_di
                      kept_teacher, save_weights, weights_digest, write_json, written_by_n2n)
 from .pick import RULES, flops_said, meets_none, none_meets_said, points, rules_note
 from .raysession import WATCH_MISSES, WATCH_SECONDS, check_address, cluster_watch, ray_session
-from .runfolder import (HELD_FOR_DEATHS, LOG, META, POLICY, PREV_STATE, RECORDS, STATE, TEACHER_LOGITS, TUNE, RunLock,
-                        create_run, fallback, taken, load_states, read_records, read_run, read_summary)
+from .runfolder import (HELD_FOR_DEATHS, LOG, META, POLICY, PREV_STATE, RECORDS, RESULTS, STATE, TEACHER_LOGITS, TUNE,
+                        RunLock, create_run, fallback, taken, load_states, read_records, read_run, read_summary)
 from .storage import Fetcher, RemoteResults, check_store, shown, store_location
 from .teachers import cached_teacher
 from .train import accuracy, chance_warning, predict
@@ -814,6 +814,17 @@ def check_run_policy(run_dir: Path, cfg: Config, stages: list[str]) -> None:
                        "or from a copy of the run")
 
 
+def check_results_writable(run_dir: Path) -> None:
+    """RUN/results must take new files: the trials write their results there."""
+    import tempfile
+
+    try:
+        tempfile.TemporaryFile(dir=run_dir / RESULTS).close()
+    except OSError as e:
+        raise RunError(f"{run_dir / RESULTS}: cannot be written ({e.strerror}), and the trials write their results "
+                       f"there: make it writable, then resume") from None
+
+
 def resume_search(run_dir: Path, address: str | None = None, log=print, factories=(),
                   concurrency: int | None = None, cpus_per_trial: float | None = None, storage: str | None = None) -> dict:
     """Continue any run folder with n2n.json, whatever state Tune's own files are in. `concurrency`
@@ -852,6 +863,7 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
         if driver.stage is None:
             log(f"{run_dir.name} has finished already")
             return _finish(run_dir, driver, log, factories, address)
+        check_results_writable(run_dir)  # before trials train for minutes (helper-82: 55 s, then a stop)
         log(f"resuming {run_dir.name}: {counted(driver.records)} so far, stage {driver.stage}")
         if note := rules_note(meta):
             log(note)

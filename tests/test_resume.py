@@ -166,3 +166,18 @@ def test_kills_at_random_moments_then_resume_matches_an_uninterrupted_search(ray
     # (the teacher's recorded standardisation, not one recomputed with thread-dependent float sums)
     assert [(r["key"], r["accuracy"]) for r in after] == [(r["key"], r["accuracy"]) for r in straight]
     assert summary["agent_updates"] == json.loads((ref / "summary.json").read_text())["agent_updates"]
+
+
+def test_a_resume_whose_results_folder_cannot_take_files_stops_before_any_trial(tmp_path):
+    """helper-82: a resume trained 4 candidates for 55 s, then stopped on an unwritable results/."""
+    from n2n.errors import RunError
+    from n2n.search import check_results_writable
+
+    (tmp_path / "results").mkdir()
+    check_results_writable(tmp_path)
+    assert list((tmp_path / "results").iterdir()) == []  # the probe leaves nothing
+    shutil.rmtree(tmp_path / "results")
+    (tmp_path / "results").write_text("not a folder")
+    with pytest.raises(RunError, match=rf"^{tmp_path / 'results'}: cannot be written \(Not a directory\), and the trials "
+                                       r"write their results there: make it writable, then resume$"):
+        check_results_writable(tmp_path)
