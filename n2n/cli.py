@@ -460,6 +460,10 @@ def _unwritable_run(e: Exception, args) -> bool:
 def _machine_error(e: OSError, args) -> str:
     """'PATH: No space left on device', and for a search or resume whose run folder exists, how to go on."""
     where = f"{e.filename}: " if e.filename else ""
+    if not where and e.errno in FULL:  # (helper-82: a full TMPDIR, said as if the run's disk were full)
+        import tempfile
+
+        where = f"a file n2n was writing (its output, or a temporary one under {tempfile.gettempdir()}): "
     run = getattr(args, "run", None) if args.command in ("search", "resume") else None
     room = {errno.EFBIG: "raise the file-size limit (ulimit -f)", errno.EPERM: "make the run folder writable again",
             errno.EACCES: "make the run folder writable again"}.get(e.errno, "free some space")

@@ -2516,6 +2516,14 @@ def test_what_the_machine_or_the_paths_cause_is_a_line_not_a_traceback(tmp_path,
     assert capsys.readouterr().err == (f"n2n: error: {run / 'search_state.pt.tmp'}: Operation not permitted; every "
                                        f"candidate recorded is kept: make the run folder writable again, then continue "
                                        f"with `n2n resume '{run}'`\n")
+
+    def tmp_full(cfg, run_dir, **_):  # a full TMPDIR raised with no file named (helper-82)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(search_mod, "run_search", tmp_full)
+    assert cli.main(["search", "--runs-dir", str(tmp_path / "runs"), "--name", "my run"]) == 2
+    assert capsys.readouterr().err.startswith(f"n2n: error: a file n2n was writing (its output, or a temporary one "
+                                              f"under {tempfile.gettempdir()}): No space left on device; every candidate")
     assert cli.main(["report", str(tmp_path / ("x" * 300))]) == 2
     assert capsys.readouterr().err.endswith(": File name too long\n")
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
