@@ -39,7 +39,8 @@ def maker_gone(marker: dict) -> bool:
     """True only when the process that made a temp folder is certainly gone: on this host and in
     this pid namespace, and since rebooted, or its pid is free or now another process's."""
     me = this_process()
-    if marker.get("host") != me["host"]:
+    same_boot = bool(me["boot"]) and marker.get("boot") == me["boot"]  # this very kernel, whatever its name now
+    if marker.get("host") != me["host"] and not same_boot:  # (helper-82: a renamed host leaked them for good)
         return False  # a shared /tmp (another node): its processes cannot be seen from here
     if me["boot"] and marker.get("boot") and marker["boot"] != me["boot"]:
         return True  # every process of that boot is gone (a container restarted with /tmp kept too)

@@ -2302,13 +2302,14 @@ def test_only_n2n_s_own_ray_folders_whose_driver_is_dead_are_removed(tmp_path):
     child = subprocess.Popen(["true"])  # its pid, once it has exited and been reaped: a dead driver
     child.wait()
     dead = {**me, "pid": child.pid}
-    markers = {"dead": dead, "live": me, "other-host": {**dead, "host": "elsewhere"},
+    markers = {"dead": dead, "live": me, "other-host": {**dead, "host": "elsewhere", "boot": "its own boot"},
                "other-ns": {**dead, "pidns": "pid:[1]"}, "unmarked": None, "garbled": "x",
                "huge-pid": {**me, "pid": 2**70}}  # helper-30: an OverflowError out of os.kill stopped the search
     if linux:
         markers.update({"rebooted": {**me, "boot": "another boot"},  # every process of that boot is gone,
                         "restarted": {**me, "boot": "another boot", "pidns": "pid:[1]"},  # in any container
-                        "pid-reused": {**me, "start": me["start"] - 1}})  # this pid, not the process that made it
+                        "pid-reused": {**me, "start": me["start"] - 1},  # this pid, not the process that made it
+                        "renamed-host": {**dead, "host": "elsewhere"}})  # this boot: this machine, renamed (helper-82)
     for name, marker in markers.items():
         (tmp_path / f"n2n-ray-{name}" / "session").mkdir(parents=True)
         if marker is not None:
