@@ -34,6 +34,31 @@ def small_teacher(mnist1d):
     return model, arch, accuracy(model, mnist1d.x_val, mnist1d.y_val)
 
 
+SHARED = ("mnist1d", "small_teacher")  # session fixtures every test gets the same object of
+
+
+def _fingerprint(value) -> list:
+    """The tensors a shared fixture holds, as bytes: a model's weights and buffers, a dataset's arrays."""
+    if isinstance(value, tuple):
+        return [b for v in value for b in _fingerprint(v)]
+    if isinstance(value, torch.nn.Module):
+        return [t.detach().cpu().numpy().tobytes() for t in value.state_dict().values()]
+    tensors = [getattr(value, k) for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test") if hasattr(value, k)]
+    return [t.numpy().tobytes() for t in tensors]
+
+
+@pytest.fixture(autouse=True)
+def _shared_fixtures_unchanged(request):
+    """A test that changes a shared fixture in place corrupts every test after it (session 29: one added
+    to small_teacher's weights, and four tests later in the run failed far from the cause): checked
+    after each test that uses one, and named there."""
+    used = [n for n in SHARED if n in request.fixturenames]
+    before = {n: _fingerprint(request.getfixturevalue(n)) for n in used}
+    yield
+    changed = [n for n in used if _fingerprint(request.getfixturevalue(n)) != before[n]]
+    assert not changed, f"{request.node.name} changed the shared fixture {changed[0]} in place: change a copy"
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole session, with a logical GPU for fractional-GPU scheduling."""
