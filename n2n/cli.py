@@ -465,8 +465,8 @@ def _machine_error(e: OSError, args) -> str:
 
         where = f"a file n2n was writing (its output, or a temporary one under {tempfile.gettempdir()}): "
     run = getattr(args, "run", None) if args.command in ("search", "resume") else None
-    room = {errno.EFBIG: "raise the file-size limit (ulimit -f)", errno.EPERM: "make the run folder writable again",
-            errno.EACCES: "make the run folder writable again"}.get(e.errno, "free some space")
+    room = ("raise the file-size limit (ulimit -f)" if e.errno == errno.EFBIG else
+            "make the run folder writable again" if e.errno in (errno.EPERM, errno.EACCES) else "free some space")
     if e.errno in (*FULL, errno.EPERM, errno.EACCES) and run is not None and (Path(run) / "n2n.json").is_file():
         from .search import resume_command
 

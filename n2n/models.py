@@ -17,8 +17,8 @@ import reprlib
 import shutil
 import signal
 import socket
-import sys
 import stat
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -330,8 +330,8 @@ def check_replaceable(folder: Path, kind: str) -> None:
 
 def _manifest(folder: Path) -> dict[str, str]:
     """Every file under `folder` but metrics.json, by path, with its digest."""
-    files = (p for p in sorted(Path(folder).rglob("*")) if p.is_file())
-    return {p.relative_to(folder).as_posix(): file_digest(p) for p in files if p.relative_to(folder).as_posix() != "metrics.json"}
+    files = {p.relative_to(folder).as_posix(): p for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+    return {name: file_digest(p) for name, p in files.items() if name != "metrics.json"}
 
 
 def _changed_since(folder: Path) -> str | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import math
 import os
 import sys
 
@@ -186,8 +187,7 @@ class GenericSpace(SearchSpace):
         self.sliced: set[str] = set()  # roots of groups whose channels pass a slice that drops some: checked by a build
         tied = _tied(teacher)
         try:
-            all_groups = dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.modules.conv._ConvNd, nn.Linear))
-            all_groups = list(all_groups)
+            all_groups = list(dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.modules.conv._ConvNd, nn.Linear)))
         except Exception as e:  # (helper-81: a GRU's was an IndexError traceback from inside torch-pruning)
             raise UnsupportedModel(f"torch-pruning could not group the channels of {type(teacher).__name__}: "
                                    f"{type(e).__name__}: {e}") from None
@@ -287,17 +287,18 @@ class GenericSpace(SearchSpace):
                     "no width of it builds"
                 self.units[i] = dataclasses.replace(u, shrinkable=False, why_fixed=f"{what} ({why})")
                 self.untouched[u.name] = f"{what}: {why}"
-            elif self.group_root[i] in self.sliced and not self._silenced_alike(i, r):
+            elif self.group_root[i] in self.sliced and self._silenced_gap(i, r) > 1e-5:
                 # GhostNet's cat(...)[:, :oup], oup written in: a narrower input shifts what it keeps (helper-81)
                 why = "its channels pass a slice written into forward (x[:, :n]), which pruning misaligns"
                 self.units[i] = dataclasses.replace(u, shrinkable=False, why_fixed=why)
                 self.untouched[u.name] = f"{why}; left at full width"
 
     @torch.no_grad()
-    def _silenced_alike(self, i: int, ratio: float) -> bool:
-        """Whether the student shrunk in unit i alone computes what the teacher computes with the
-        channels it drops silenced (their layers' output weights and biases zeroed): its kept channels
-        carry the teacher's own meaning (helper-56's test of a scrambled student)."""
+    def _silenced_gap(self, i: int, ratio: float) -> float:
+        """How far (relative to the outputs' scale, where above 1) the student shrunk in unit i alone is
+        from the teacher with the channels it drops silenced (their layers' output weights and biases
+        zeroed); about 0 where its kept channels carry the teacher's own meaning (helper-56's test of a
+        scrambled student), inf where the outputs' shapes differ."""
         tp = _tp()
         student, history = self._prune(self.identity().with_ratios([ratio if j == i else 1.0 for j in range(self.n_units)]))
         name, _, idxs = history[0]
@@ -313,7 +314,9 @@ class GenericSpace(SearchSpace):
                         p[[j for j in dropped if j < p.shape[0]]] = 0
         x = torch.randn(8, *self.input_shape, generator=torch.Generator().manual_seed(1))  # (8, *input_shape)
         want, got = silenced.eval()(x), student.eval()(x)
-        return got.shape == want.shape and torch.allclose(got, want, atol=1e-5 * max(1.0, want.abs().max().item()))
+        if got.shape != want.shape:
+            return math.inf
+        return (got - want).abs().max().item() / max(1.0, want.abs().max().item())
 
     # -- building ----------------------------------------------------------------------------------
     @torch.enable_grad()  # torch-pruning traces through autograd
