@@ -52,7 +52,8 @@ _DEATHS = (WORKER_DIED, "trial raised an error")
 # and a few in a row marked the whole run failed (helper-36); its reason goes to the log.
 STORAGE = "results storage "  # how n2n.trial words such a failure
 STORAGE_FAILED = ("the trial's result could not be saved (a full disk, or storage it cannot reach; n2n.log says "
-                  "which); trained again on resume")
+                  "which); trained again")  # at once, or on resume after a stop (complete)
+_UNSAVED = (STORAGE_FAILED, STORAGE_FAILED + " on resume")  # (the second: runs before a storage failure was re-issued)
 
 # With size or latency limits alone, the shrink stage starts from the smallest removal student within
 # this many points of the teacher (validation), not from the removal stage's best by reward: removal
@@ -70,16 +71,19 @@ DIED_AGAIN = (f"the trial's worker died {MAX_DEATHS} times before it reported (o
 FORGIVEN = (f"the trial's worker died {MAX_DEATHS} times before it reported (out of memory, a killed process or a "
             f"lost node; tune/'s error.txt says which); tried again on resume")
 # not the student's: never cached, not counted in a stage's budget, trained again (at once, or on resume)
-_WORKER_FAILURES = (*_DEATHS, STORAGE_FAILED, FORGIVEN)
+_WORKER_FAILURES = (*_DEATHS, *_UNSAVED, FORGIVEN)
 
 
 def counts(records: list[dict]) -> dict:
     """What a run's records hold: students trained to a result (one held failed for its workers' deaths
     counts, as its stage's budget does), worker deaths (every one), results that could not be saved
     (helper-44: a worker's death was counted as a candidate evaluated)."""
+    saved = {r["key"] for r in records if r["failure"] not in _WORKER_FAILURES}
     return {"trained": sum(r["failure"] not in _WORKER_FAILURES for r in records),
             "worker_deaths": sum(r["failure"] in (*_DEATHS, DIED_AGAIN, FORGIVEN) for r in records),
-            "storage_failures": sum(r["failure"] == STORAGE_FAILED for r in records)}
+            # results still missing: one trained again since is saved (helper-82: "4 unsaved results" stayed
+            # in the last line of a search whose resume had saved all four)
+            "storage_failures": len({r["key"] for r in records if r["failure"] in _UNSAVED} - saved)}
 
 
 def many(n: int, word: str) -> str:
@@ -465,7 +469,7 @@ class SearchDriver:
                     return None
                 if not self.stopped_for_deaths:
                     fewer = " (with `--concurrency 1` for fewer at once)" if self.concurrency > 1 else ""
-                    if self.records and self.records[-1]["failure"] == STORAGE_FAILED:
+                    if self.records and self.records[-1]["failure"] in _UNSAVED:
                         self.log(f"stopping: the last {self.deaths_in_a_row} trials could not save their results (a "
                                  f"full disk, or storage they cannot reach: the lines above say which); free space or "
                                  f"mend the storage, then resume: those candidates are trained again")
@@ -511,13 +515,11 @@ class SearchDriver:
         if error or not metrics or "accuracy" not in metrics:
             again = self.deaths(t["key"]) + 1 >= MAX_DEATHS
             ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec), failure=DIED_AGAIN if again else WORKER_DIED)
-            if not again:  # tried again at once, within this stage's budget (it never counted the death)
-                self.reissue.append({"stage": t["stage"], "cid": None, "key": t["key"], "spec": t["spec"]})
         elif problem := result_problem(metrics, stored=False):  # trials retrain such a stored result: this one
             # came some other way; failed, not cached (the student may be tried again) and none of it kept
             ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec), failure=f"result not usable: {problem}"[:300])
-        elif str(metrics.get("failure") or "").startswith(STORAGE):  # trained, nothing kept: not re-issued at
-            self.log(f"{t['key']}: {metrics['failure']}")                # once (the disk is likely still full)
+        elif str(metrics.get("failure") or "").startswith(STORAGE):  # trained, nothing kept: the machine's
+            self.log(f"{t['key']}: {metrics['failure']}")                # fault, never the student's
             ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec), failure=STORAGE_FAILED)
         else:
             ev = Evaluation.from_dict({**metrics, "failure": metrics.get("failure") or None})
@@ -528,9 +530,17 @@ class SearchDriver:
         if ev.failure not in _WORKER_FAILURES and not problem:
             self.cache[t["key"]] = m
         self.deaths_in_a_row = self.deaths_in_a_row + 1 if ev.failure in (*_WORKER_FAILURES, DIED_AGAIN) else 0
-        for cid in [t["cid"]] + self.waiters.pop(t["key"], []):
-            if cid in self.agent.pending:  # always true within a stage; guards a stage switch
-                self.agent.tell(cid, r, ev)
+        if ev.failure in _WORKER_FAILURES:
+            # the machine's failure, not the student's: trained again, at once (within this stage's budget,
+            # which never counted it) or, after a stop for failures in a row, first on resume; its agent is
+            # told only the result. (helper-82: told a reward of -1 for unsaved results, the policy learnt
+            # from the disk, and a resume took another path than the uninterrupted search and exported a
+            # student half as small; a re-issue the budget had no room for never trained at all.)
+            self.reissue.append(t)
+        else:
+            for cid in [t["cid"]] + self.waiters.pop(t["key"], []):
+                if cid in self.agent.pending:  # always true within a stage; guards a stage switch
+                    self.agent.tell(cid, r, ev)
         extra = {k: metrics[k] for k in ("device", "gpus", "node", "started", "ended", "weights_digest")
                  if metrics and k in metrics and not problem}
         rec = {"trial_id": trial_id, "stage": t["stage"], "key": t["key"], "spec": t["spec"],

@@ -392,6 +392,36 @@ def test_trials_that_could_not_save_are_trained_again_on_resume_not_held_as_fail
     assert [t["key"] for t in again.reissue] == [c["key"] for c in cfgs] and again.deaths(cfgs[0]["key"]) == 0
 
 
+def test_a_search_resumed_after_unsaved_results_trains_what_the_uninterrupted_one_does(space, tmp_path):
+    """helper-82: results that could not be saved were told to the agent as a reward of -1, so the
+    policy learnt from the full disk: resumed, the search took another path than the uninterrupted one
+    and exported a student half as small, and one re-issue its budget had no room for never trained.
+    Now a machine's failure is trained again and its agent hears only the result: the two searches
+    train the same students, in the same order, and the last line counts no unsaved result."""
+    from n2n.driver import counted
+    from n2n.search import restore_driver
+
+    def make(run_dir):
+        run_dir.mkdir(exist_ok=True)
+        return _driver(space, concurrency=2, run_dir=run_dir)
+
+    proxy = ProxyEvaluator(space)
+    whole = make(tmp_path / "whole")
+    _drive(whole, space, proxy)
+    d, full = make(tmp_path / "cut"), "results storage /runs/r/results: [Errno 28] No space left on device"
+    cfgs = [d.suggest(f"t{i}") for i in range(3)]  # the disk fills under three trials in a row
+    for i, cfg in enumerate(cfgs):
+        d.complete(f"t{i}", {**_metrics(space, proxy, cfg), "failure": full, "failed": True})
+    assert d.suggest("t3") == FINISHED and counted(d.records) == "0 candidates trained (3 unsaved results)"
+    assert not d.agent.updates and len(d.agent.pending) == 3  # nothing learnt from the disk
+    again = restore_driver(lambda: make(tmp_path / "cut"), tmp_path / "cut", log=lambda *_: None)
+    _drive(again, space, proxy)
+    trained = [r["key"] for r in again.records if r["failure"] is None]
+    assert trained == [r["key"] for r in whole.records] and len(trained) == 10
+    assert counted(again.records) == "10 candidates trained"
+    assert again.agent_updates() == whole.agent_updates()
+
+
 def test_trials_whose_workers_keep_dying_stop_the_search_resumably_not_as_failed(space):
     """Three worker deaths in a row (a machine out of memory) are not three failed students: the
     search stops as interrupted, says why, and a resume (a fresh session) tries again."""
