@@ -268,6 +268,26 @@ def _holder(fd: int) -> tuple[str, str | None]:
 # runs this process made or locked (resolved paths): only of those may an interruption say, and write in
 # their n2n.log, that they stopped (helper-74: a Ctrl-C'd resume wrote so in a run another process held)
 HELD_HERE: set[str] = set()
+LOCKED_DIRS: set[tuple[int, int]] = set()  # (st_dev, st_ino) of the run folders this process holds now
+_DELETED = f"its {LOCK} was deleted or replaced while it ran"  # a holder known by its folder's lock alone
+
+
+def _lock_dir(run_dir: Path, how: int) -> int | None:
+    """flock the run folder itself (`how` | LOCK_NB), beside RUN/.lock: a .lock deleted under a running
+    search (a user clearing a "stale" lock) let a second process lock a new file and train every
+    candidate again (helper-82). Returns the fd, None where the file system has no such lock (NFS
+    emulates flock with POSIX locks, which a folder opened to read cannot take): .lock alone, as before.
+    Raises BlockingIOError where another process holds it."""
+    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 class RunLock:
@@ -281,6 +301,7 @@ class RunLock:
     def __init__(self, run_dir: Path, doing: str | None = None):
         self.path = Path(run_dir) / LOCK
         self.fd: int | None = None
+        self.dir_fd: int | None = None
         self.doing = doing  # what holds it, where not the search: "n2n export", named to others
 
     def _open(self) -> int:
@@ -324,6 +345,13 @@ class RunLock:
             os.close(fd)  # another process gave the folder a new .lock meanwhile: take that one
         else:
             raise RunError(f"{self.path}: cannot take the run's lock: the file kept being replaced; try again")
+        try:
+            self.dir_fd = _lock_dir(self.path.parent, fcntl.LOCK_EX)
+        except BlockingIOError:  # held by a process whose .lock is no longer this one: written nothing in it
+            os.close(fd)
+            raise self._busy(_DELETED) from None
+        if self.dir_fd is not None:
+            LOCKED_DIRS.add(_inode(self.dir_fd))
         os.ftruncate(fd, 0)
         os.write(fd, f"{_me()}{f', {self.doing}' if self.doing else ''}\n{here}".encode())
         self.fd = fd
@@ -339,6 +367,10 @@ class RunLock:
         return self
 
     def release(self) -> None:
+        if self.dir_fd is not None:
+            LOCKED_DIRS.discard(_inode(self.dir_fd))
+            os.close(self.dir_fd)  # (the lock goes with the last fd of it)
+            self.dir_fd = None
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
@@ -349,6 +381,11 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def _inode(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -362,6 +399,21 @@ def _same_file(fd: int, path: Path) -> bool:
 
 def lock_holder(run_dir: Path) -> str | None:
     """Which other process holds the run's lock ("pid N on HOST"), or None: a look, not a take."""
+    try:
+        folder = _lock_dir(Path(run_dir), fcntl.LOCK_SH)
+    except BlockingIOError:  # held: by this process, or by another whatever became of its .lock
+        if (os.stat(run_dir).st_dev, os.stat(run_dir).st_ino) not in LOCKED_DIRS:
+            return _file_holder(run_dir) or _DELETED
+    except OSError:  # no such folder: the callers say so
+        pass
+    else:
+        if folder is not None:
+            os.close(folder)
+    return _file_holder(run_dir)
+
+
+def _file_holder(run_dir: Path) -> str | None:
+    """lock_holder by RUN/.lock alone."""
     try:
         fd = open_plain(Path(run_dir) / LOCK, os.O_RDONLY)
     except OSError:  # no lock file (or no plain one): no n2n process has opened this run

@@ -459,6 +459,42 @@ def test_one_process_per_run_folder_and_a_dead_holder_is_taken_over(tmp_path, ca
     lock.release()
 
 
+def test_a_lock_file_deleted_under_its_holder_still_keeps_others_out(tmp_path, capsys):
+    """helper-82: `rm RUN/.lock` while a search ran (a "stale" lock, to a user) let a second process lock
+    a new file and train every candidate again, and report took the search for stopped. The run folder
+    itself is locked too: the second is refused, report and export see the holder, and once the holder
+    is gone the run is free again."""
+    from n2n.runfolder import lock_holder
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "n2n.json").write_text(json.dumps(_fake_meta()))
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from n2n.runfolder import RunLock; "
+                               "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)", str(run)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        (run / ".lock").unlink()
+        deleted = ".lock was deleted or replaced while it ran"
+        assert lock_holder(run) == f"its {deleted}"
+        with pytest.raises(RunError, match=rf"{run} is in use by another n2n process \(its \{deleted}\)"):
+            RunLock(run).acquire()
+        assert lock_holder(run) == f"its {deleted}"  # the refused one wrote nothing in the new file
+        status, err = _main(capsys, "resume", run)
+        assert status == 2 and deleted in err
+        (run / ".lock").write_text("pid 1 on elsewhere\n" + str(run))  # a .lock put back by hand, unlocked
+        assert lock_holder(run) == f"its {deleted}"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock_holder(run) is None
+    with RunLock(run):  # free again: taken, and held against others as before
+        assert lock_holder(run) is None  # (this process's own)
+        with pytest.raises(RunError, match=f"pid {os.getpid()} on"):
+            RunLock(run).acquire()
+    assert (run / ".lock").read_text().startswith(f"pid {os.getpid()}")
+
+
 # -- a finished run: export --overwrite, Tune's folder gone, damaged n2n.json -----------------------
 
 @pytest.fixture(scope="module")
