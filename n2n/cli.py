@@ -186,7 +186,12 @@ def _search(args) -> int:
     cfg = load_config(args.config, over)
     name = args.name or time.strftime("search-%Y%m%d-%H%M%S")
     args.run = Path(args.runs_dir) / name  # (named in an error the machine causes: main)
-    summary = run_search(cfg, args.run, address=args.address, factories=args.allow_factory)
+
+    def named(run_dir: Path):  # the default name, made free where taken
+        args.run = run_dir
+
+    summary = run_search(cfg, args.run, address=args.address, factories=args.allow_factory,
+                         named=None if args.name else named)
     return _status(summary)
 
 

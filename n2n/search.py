@@ -17,6 +17,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from agents import AgentOptionError
 from envs import STAGES, Reference
@@ -624,8 +625,33 @@ def _out_of_reach(cfg: Config, space) -> list[str]:
             if limit is not None and limit < size(smallest)]
 
 
-def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print, factories=()) -> dict:
-    """A new search in `run_dir` (which must not exist). `factories`: see `n2n.models.build_model`."""
+def _next_free(run_dir: Path) -> Path:
+    """`run_dir`, or where it is taken NAME-2, NAME-3, ...: the first that is not."""
+    taken_now = run_dir
+    for n in itertools.count(2):
+        if not (taken_now.exists() or taken_now.is_symlink()):
+            return taken_now
+        taken_now = run_dir.with_name(f"{run_dir.name}-{n}")
+
+
+def _create(run_dir: Path, meta: dict, copies: dict, named: Callable[[Path], None] | None) -> RunLock:
+    """create_run; with `named`, at the next free name where `run_dir` was taken since it was checked
+    (by another search started at the same time)."""
+    while True:
+        try:
+            return create_run(run_dir, meta, copies=copies)
+        except RunError:
+            if named is None or not (run_dir.exists() or run_dir.is_symlink()):
+                raise
+            named(run_dir := _next_free(run_dir))
+
+
+def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print, factories=(),
+               named: Callable[[Path], None] | None = None) -> dict:
+    """A new search in `run_dir` (which must not exist). `factories`: see `n2n.models.build_model`.
+    With `named`, the run's name is n2n's own (the default, from the time): where it is taken, even by a
+    search started in the same second, the run goes to NAME-2, NAME-3, ..., and `named(run_dir)` is told
+    (helper-82: the second of two searches started at once was told to "choose another --name")."""
     _setdefault_env()
     if address:
         check_address(address)  # before a teacher is trained or anything written
@@ -634,6 +660,8 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
         check_device(cfg, resumed=False)
     run_dir = Path(run_dir).resolve()
     check_creatable(run_dir)  # --runs-dir notes.txt/runs: refused before a teacher is trained
+    if named is not None:
+        named(run_dir := _next_free(run_dir))
     if run_dir.exists():  # before training a teacher: the same check again at creation
         raise taken(run_dir)
     meta, (teacher, arch, ds, space) = prepare_run(cfg, factories, log)
@@ -651,7 +679,9 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
         RemoteResults(meta["results_store"]).check(run_dir)
     with ray_session(address, log):
         short = check_resources(cfg, remote=bool(address))  # before the run folder exists
-        with create_run(run_dir, meta, copies=policy_files(cfg)):
+        lock = _create(run_dir, meta, policy_files(cfg), named)
+        run_dir = lock.path.parent
+        with lock:
             log = teed(log, run_dir)
             if short:
                 log(short)

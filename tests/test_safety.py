@@ -2255,6 +2255,36 @@ def test_a_run_name_taken_by_a_folder_of_the_user_s_own_is_not_offered_to_resume
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine" and len(list((tmp_path / "mine").iterdir())) == 1
 
 
+def test_a_default_run_name_taken_meanwhile_goes_to_the_next_free_one(tmp_path, capsys, monkeypatch):
+    """helper-82: two searches started in the same second without --name both chose search-DATE-TIME;
+    the second, after preparing its teacher, was told to "choose another --name". A name n2n chose is
+    made free (NAME-2, NAME-3, ...), at the start and where another search took it since; a name the
+    user gave is never changed."""
+    from n2n import search
+    from n2n.errors import RunError
+
+    base = tmp_path / "search-20261207-120000"
+    (base / "results").mkdir(parents=True)
+    (tmp_path / "search-20261207-120000-2").mkdir()  # anything at all takes a name
+    assert search._next_free(base) == tmp_path / "search-20261207-120000-3"
+    told = []
+    lock = search._create(base, _fake_meta(), {}, told.append)  # taken since it was checked
+    with lock:
+        made = tmp_path / "search-20261207-120000-3"
+        assert told == [made] and lock.path.parent == made and (made / "n2n.json").is_file()
+        assert [p.name for p in base.iterdir()] == ["results"]  # the other's folder untouched
+    with pytest.raises(RunError, match="already exists and is not an n2n run; choose another --name"):
+        search._create(base, _fake_meta(), {}, None)  # the user's own --name: refused, as before
+    # the command: the default name is n2n's to change, --name is not, and errors name the run it went to
+    calls = []
+    monkeypatch.setattr(search, "run_search", lambda cfg, run, named=None, **kw: calls.append(named) or
+                        (named and named(run.with_name(run.name + "-2"))) or {"stage": "done"})
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["search", "--name", "mine"]) == 0 and calls == [None]
+    assert cli.main(["search"]) == 0 and callable(calls[1])
+    capsys.readouterr()
+
+
 def test_an_out_under_a_file_is_refused_before_any_work(finished_run, tmp_path, capsys):
     """`--out notes.txt/student` printed "[Errno 17] File exists: 'notes.txt'", for `teacher train`
     only after training (helper-12); now one line naming the file, before anything runs."""
