@@ -400,7 +400,7 @@ def main(argv=None) -> int:
         print(f"n2n: error: {e}", file=sys.stderr)
         return 3
     except USER_ERRORS as e:
-        print(f"n2n: error: {_machine_error(e, args) if _unwritable_run(e, args) else e}", file=sys.stderr)
+        print(f"n2n: error: {_logged(_machine_error(e, args), args) if _unwritable_run(e, args) else e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"n2n: interrupted{_interrupted_run(args)}", file=sys.stderr)
@@ -411,7 +411,7 @@ def main(argv=None) -> int:
     except OSError as e:
         if e.errno not in MACHINE_ERRNOS:
             raise
-        print(f"n2n: error: {_machine_error(e, args)}", file=sys.stderr)
+        print(f"n2n: error: {_logged(_machine_error(e, args), args)}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # pathlib's resolve() before Python 3.13
         if not str(e).startswith("Symlink loop"):
@@ -460,6 +460,22 @@ def _unwritable_run(e: Exception, args) -> bool:
     return (isinstance(e, PermissionError) and e.errno in (errno.EPERM, errno.EACCES)
             and args.command in ("search", "resume") and getattr(args, "run", None) is not None
             and (Path(args.run) / "n2n.json").is_file())
+
+
+def _logged(said: str, args) -> str:
+    """`said`, also written in the run's n2n.log where this search or resume holds the run, as far as the
+    machine lets it (helper-82: the log of a search stopped by a full disk ended as if it ran on)."""
+    from .errors import USER_ERRORS
+    from .runfolder import HELD_HERE
+    from .search import teed
+
+    run = getattr(args, "run", None)
+    if args.command in ("search", "resume") and run is not None and str(Path(run).resolve()) in HELD_HERE:
+        try:
+            teed(lambda _: None, Path(run).resolve())(f"search stopped: {said}")
+        except (OSError, USER_ERRORS):  # (that disk is likely full): the terminal's line is what matters
+            pass
+    return said
 
 
 def _machine_error(e: OSError, args) -> str:

@@ -431,9 +431,10 @@ def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver, log=pri
     for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
         logging.getLogger(name).addFilter(_TUNE_ADVICE)  # the same object: added once per process
     fetch = Fetcher(ctx.results_dir, run_dir, log)
+    searcher = N2NSearcher(driver, fetch)
     tuner = tune.Tuner(
         _trainable(ctx, cfg),
-        tune_config=tune.TuneConfig(search_alg=N2NSearcher(driver, fetch), num_samples=-1, scheduler=scheduler,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, scheduler=scheduler,
                                     max_concurrent_trials=cfg.search.concurrency, reuse_actors=True,
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(name=session, storage_path=str(tune_dir), verbose=0,
@@ -452,6 +453,8 @@ def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver, log=pri
             "Every candidate recorded is kept; free some memory, then resume"
             + (" (`--concurrency 1` runs fewer at once)" if cfg.search.concurrency > 1 else ""))
         return
+    if searcher.error is not None:  # what stopped the search, now that no trial runs
+        raise searcher.error
     fetch.sync(r["key"] for r in driver.records)
 
 

@@ -18,6 +18,11 @@ class N2NSearcher(Searcher):
         super().__init__(metric=metric, mode=mode)
         self.driver = driver
         self.fetch = fetch  # fetch(key): a trial's result from remote storage into the run folder (n2n.storage)
+        # What the driver raised (a full disk under its state, a run folder made unwritable): Tune logs an
+        # exception from a searcher's callback as a traceback and goes on (helper-82: tracebacks before
+        # n2n's line, the search training on with nothing saved). Kept instead: no trial starts after it,
+        # and n2n.search._fit raises it once Tune has stopped, said in one line.
+        self.error: Exception | None = None
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -25,14 +30,23 @@ class N2NSearcher(Searcher):
         return state
 
     def suggest(self, trial_id: str):
-        out = self.driver.suggest(trial_id)
+        if self.error is not None:
+            return Searcher.FINISHED
+        try:
+            out = self.driver.suggest(trial_id)
+        except Exception as e:
+            self.error = e
+            return Searcher.FINISHED
         return Searcher.FINISHED if out == FINISHED else out
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        t = self.driver.trials.get(trial_id)
-        if self.fetch and t and not error:  # the files before the record (a failed fetch: sync() retries)
-            self.fetch(t["key"])
-        self.driver.complete(trial_id, result, error)
+        try:
+            t = self.driver.trials.get(trial_id)
+            if self.fetch and t and not error:  # the files before the record (a failed fetch: sync() retries)
+                self.fetch(t["key"])
+            self.driver.complete(trial_id, result, error)  # (the trials still running after an error: recorded
+        except Exception as e:                             # as far as the machine lets them be)
+            self.error = self.error or e
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default"):
         pass  # the driver saved its state to the run folder already

@@ -422,6 +422,26 @@ def test_a_search_resumed_after_unsaved_results_trains_what_the_uninterrupted_on
     assert again.agent_updates() == whole.agent_updates()
 
 
+def test_a_state_the_machine_will_not_save_stops_the_searcher_not_tune(space, tmp_path, monkeypatch):
+    """helper-82: an OSError from the driver's save (a full disk, a run folder made unwritable) was
+    raised into Tune, which printed it as a traceback and went on training with nothing saved. The
+    searcher keeps it, starts no trial after it, records the trials still running, and n2n.search._fit
+    raises it when Tune has stopped (said in one line by the command)."""
+    import errno
+
+    from n2n.searcher import N2NSearcher
+
+    proxy, d = ProxyEvaluator(space), _driver(space, run_dir=tmp_path, concurrency=2)
+    searcher = N2NSearcher(d)
+    first, second = searcher.suggest("t0"), searcher.suggest("t1")
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "search_state.pt"))
+    monkeypatch.setattr(d, "save", lambda: (_ for _ in ()).throw(full))
+    searcher.on_trial_complete("t0", _metrics(space, proxy, first))  # raised nothing into Tune
+    assert searcher.error is full and searcher.suggest("t2") == N2NSearcher.FINISHED and "t2" not in d.trials
+    searcher.on_trial_complete("t1", _metrics(space, proxy, second))  # still running: recorded all the same
+    assert [r["key"] for r in d.records] == [first["key"], second["key"]] and searcher.error is full
+
+
 def test_trials_whose_workers_keep_dying_stop_the_search_resumably_not_as_failed(space):
     """Three worker deaths in a row (a machine out of memory) are not three failed students: the
     search stops as interrupted, says why, and a resume (a fresh session) tries again."""

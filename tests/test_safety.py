@@ -2567,13 +2567,19 @@ def test_what_the_machine_or_the_paths_cause_is_a_line_not_a_traceback(tmp_path,
     def ran_out(cfg, run_dir, **_):
         run_dir.mkdir(parents=True)
         (run_dir / "n2n.json").write_text("{}")
+        HELD_HERE.add(str(run_dir.resolve()))  # made by this search (create_run)
         raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "search_state.pt"))
+
+    from n2n.runfolder import HELD_HERE
 
     monkeypatch.setattr(search_mod, "run_search", ran_out)
     run = tmp_path / "runs" / "my run"
     assert cli.main(["search", "--runs-dir", str(tmp_path / "runs"), "--name", "my run"]) == 2
-    assert capsys.readouterr().err == (f"n2n: error: {run / 'search_state.pt'}: No space left on device; every candidate "
-                                       f"recorded is kept: free some space, then continue with `n2n resume '{run}'`\n")
+    said = (f"{run / 'search_state.pt'}: No space left on device; every candidate recorded is kept: free some "
+            f"space, then continue with `n2n resume '{run}'`")
+    assert capsys.readouterr().err == f"n2n: error: {said}\n"
+    # the run's log says it stopped, and why (helper-82: it ended as if the search ran on)
+    assert (run / "n2n.log").read_text().endswith(f" search stopped: {said}\n")
 
     def made_unwritable(cfg, run_dir, **_):  # helper-82: `chattr +i` on the run mid-search said no way on
         raise PermissionError(errno.EPERM, "Operation not permitted", str(run_dir / "search_state.pt.tmp"))
