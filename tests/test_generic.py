@@ -809,3 +809,32 @@ def test_a_model_that_squeezes_the_batch_axis_has_its_linear_layers_counted_whol
     torch.manual_seed(0)
     space = GenericSpace(Squeezed(), (1, 8, 8))
     assert space.flops(space.identity()) == 32 * 64 * 9 + 32 * 64 + 64 * 10 == 21_120
+
+
+def test_a_glu_unit_s_widths_are_the_widths_it_is_built_with():
+    """helper-81: a GLU's chunk(2) prunes channel c with its partner c + n/2, so a unit asked for 6 fewer
+    of 32 channels lost 12: its key and every line said conv 26 wide (19 at ratio 0.6) where the student
+    was built 20 (6) wide, and ratio 0.5 built a layer of no channels. Such a unit's widths go in steps
+    of its partners, and the least important pairs go."""
+
+    class Gated(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = torch.nn.Conv1d(1, 32, 3, padding=1), torch.nn.Conv1d(16, 16, 3, padding=1)
+            self.fc = torch.nn.Linear(16, 10)
+
+        def forward(self, x):  # (B, 1, 40)
+            a, b = self.c1(x).chunk(2, dim=1)  # (B, 16, 40) each
+            return self.fc(self.c2(a * torch.sigmoid(b)).mean(-1))  # (B, 10)
+
+    torch.manual_seed(0)
+    space = GenericSpace(Gated(), (1, 40))
+    assert [u.name for u in space.units] == ["c1", "c2", "fc"] and space.step == {0: 2, 1: 1}
+    for ratio in space.ratios:
+        spec = space.identity().with_ratios([ratio, ratio, 1.0])
+        student = space.build(spec)
+        assert space.widths(spec)[:2] == [student.c1.out_channels, student.c2.out_channels], ratio
+        assert student.c2.in_channels == student.c1.out_channels // 2
+        assert space.params(spec) == sum(p.numel() for p in student.parameters())
+    assert [space.width_of(0, r) for r in (0.25, 0.6, 0.8, 0.9)] == [8, 20, 26, 28]
+    assert _starts_as_the_teacher(space, 0, 0.6) and _starts_as_the_teacher(space, 0, 0.25)
