@@ -209,19 +209,29 @@ def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: P
         raise TargetMissed(f"{run_dir}: {pick.none_meets_said(why, student, cfg.target.misses(chosen, teacher_accuracy))}; "
                            f"nothing was written. `--key {chosen['key']}` exports it all the same; `n2n report "
                            f"{shlex.quote(str(run_dir))}` lists every candidate{unfinished_said}", chosen["key"])
+    if problem := weights_missing(chosen, why, cfg, run_dir, key, rank, margin, stored):
+        raise RunError(problem)
+    return chosen, why
+
+
+def weights_missing(chosen: dict, why: str, cfg: Config, run_dir: Path, key: str | None = None,
+                    rank: int | None = None, margin: float | None = None, stored: bool = False) -> str | None:
+    """Why the chosen student's weights cannot be read from RUN/results, and what to do; None where they can.
+    Said by export, which then writes nothing, and by report (helper-82: deleted weights of the pick went
+    unmentioned until an export)."""
     weights = run_dir / "results" / f"{chosen['key']}.safetensors"
     if os.path.lexists(weights) and not weights.is_file():  # (helper-68: a FIFO was "not there")
-        raise RunError(f"{weights}: expected the weights of the student to export ({why}), found "
-                       f"{found_at(weights)}; restore the file from a copy of the run")
-    if not weights.is_file():
-        asked = (f" --key {key}" if key is not None else f" --rank {rank}" if rank is not None else
-                 f" --margin {margin:g}" if margin is not None else "")  # (helper-44: the hint dropped --key)
-        where = (f"there; they may be in the run's storage {shown(cfg.resources.storage)}: `n2n export {shlex.quote(str(run_dir))} --out "
-                 f"DIR{asked} --fetch` downloads what results/ lacks from there" if stored
-                 else "there (was the run folder copied without results/?)")
-        raise RunError(f"{run_dir}/results/{chosen['key']}.safetensors: the weights of the student to export "
-                       f"({why}) are not {where}")
-    return chosen, why
+        return (f"{weights}: expected the weights of the student to export ({why}), found "
+                f"{found_at(weights)}; restore the file from a copy of the run")
+    if weights.is_file():
+        return None
+    asked = (f" --key {key}" if key is not None else f" --rank {rank}" if rank is not None else
+             f" --margin {margin:g}" if margin is not None else "")  # (helper-44: the hint dropped --key)
+    where = (f"there; they may be in the run's storage {shown(cfg.resources.storage)}: `n2n export {shlex.quote(str(run_dir))} --out "
+             f"DIR{asked} --fetch` downloads what results/ lacks from there" if stored
+             else "there (deleted, or the run folder copied without results/?): restore the file from a copy of the run, "
+                  "or `--key KEY` exports another")
+    return f"{run_dir}/results/{chosen['key']}.safetensors: the weights of the student to export ({why}) are not {where}"
 
 
 FAR_BELOW = 10.0  # points below the teacher that export warns of where no accuracy target did

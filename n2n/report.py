@@ -15,6 +15,7 @@ from envs.reward import SIZE_KEYS
 from .config import run_config
 from .driver import counted
 from .errors import RunError
+from .export import weights_missing
 from .models import write_bytes
 from .pick import choose, flops_said, from_figures, front, meets_none, none_meets_said, rules_note, summary_note
 from .runfolder import finish_hint, read_records, read_run, read_summary, unfinished
@@ -142,6 +143,8 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
                     f"`--key {pick['key']}` exports")
         if not unfinished(run_dir) and (note := summary_note(read_summary(run_dir), pick["key"])):
             text.append(note)  # (helper-65: only export said so)
+        if not meets_none(why) and (missing := weights_missing(pick, why, cfg, run_dir, stored=bool(meta.get("results_store")))):
+            text.append(f"warning: {missing}")
     except RunError as e:
         pick = None
         text.append(f"`n2n export` has nothing to pick: {e}")

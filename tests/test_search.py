@@ -631,6 +631,11 @@ def test_finalists_and_a_target_decide_what_export_picks(ray_session, tiny_confi
     (tmp_path / "copy" / "results" / f"{chosen['key']}.safetensors").unlink()
     with pytest.raises(RunError, match=rf"the weights of the student to export \({why}\) are not there"):
         export_best(tmp_path / "copy", tmp_path / "none", log=lambda *_: None)
+    # report says so too, the pick unchanged (helper-82: said only when an export failed)
+    missing = (f"warning: {tmp_path / 'copy'}/results/{chosen['key']}.safetensors: the weights of the student to export "
+               f"({why}) are not there (deleted, or the run folder copied without results/?): restore the file from a "
+               f"copy of the run, or `--key KEY` exports another")
+    assert missing in make_report(tmp_path / "copy").splitlines() and missing not in text
     os.mkfifo(tmp_path / "copy" / "results" / f"{chosen['key']}.safetensors")  # (helper-68: "not there")
     with pytest.raises(RunError, match=rf"the weights of the student to export \({why}\), found no plain file \(a "
                                        rf"device, FIFO or socket\); restore the file from a copy of the run"):
