@@ -269,6 +269,10 @@ class GenericSpace(SearchSpace):
             and not any(n == b or n.startswith(b + ".") for b in self.blocks)
         }
         self.untouched.update({m: why for m, why in held.items() if m in self.untouched})  # (not its generic reason)
+        for n, m in teacher.named_modules():  # no group is rooted at a recurrent layer: its hidden size stays
+            if isinstance(m, nn.RNNBase) and n in touched and not any(n == b or n.startswith(b + ".") for b in self.blocks):
+                self.untouched[n] = (f"{type(m).__name__}: its hidden size ({m.hidden_size}) stays as the teacher's; only "
+                                     f"its input width follows the layer before it")  # (helper-81: said nowhere)
         self.untouched.update(grouped)
         self.untouched[self.output_layer] = "the output layer"
         self._cache: dict[str, tuple[int, int]] = {}

@@ -838,3 +838,25 @@ def test_a_glu_unit_s_widths_are_the_widths_it_is_built_with():
         assert space.params(spec) == sum(p.numel() for p in student.parameters())
     assert [space.width_of(0, r) for r in (0.25, 0.6, 0.8, 0.9)] == [8, 20, 26, 28]
     assert _starts_as_the_teacher(space, 0, 0.6) and _starts_as_the_teacher(space, 0, 0.25)
+
+
+def test_a_recurrent_layer_s_hidden_size_is_said_to_stay():
+    """helper-81: an LSTM's inputs followed the conv before it, its hidden size stayed the teacher's, and
+    nothing said so (it held parameters a group reached, so `untouched` passed it over)."""
+
+    class Recurrent(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.rnn = torch.nn.Conv1d(1, 16, 3, padding=1), torch.nn.LSTM(16, 24, batch_first=True)
+            self.fc = torch.nn.Linear(24, 10)
+
+        def forward(self, x):  # (B, 1, 40)
+            out, _ = self.rnn(self.conv(x).transpose(1, 2))  # (B, 40, 24)
+            return self.fc(out[:, -1])  # (B, 10)
+
+    torch.manual_seed(0)
+    space = GenericSpace(Recurrent(), (1, 40))
+    assert space.untouched == {"rnn": "LSTM: its hidden size (24) stays as the teacher's; only its input width follows "
+                                      "the layer before it", "fc": "the output layer"}
+    student = space.build(space.identity().with_ratios([0.5, 1.0]))
+    assert (student.rnn.input_size, student.rnn.hidden_size) == (8, 24)
