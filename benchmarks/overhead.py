@@ -44,6 +44,7 @@ def main():
     from n2n.teachers import TeacherRecipe, cached_teacher
     from n2n.models import load_model
     from n2n.train import DistillConfig, accuracy, predict
+    from n2n.storage import stem
     from n2n.trial import Context, run_trial
     from search_spaces import StudentSpec, space_for
 
@@ -86,7 +87,7 @@ def main():
                                       callbacks=[JsonLoggerCallback()]),
         ).fit()
         wall = time.perf_counter() - start
-        rows = [json.loads((results / f"{s['key']}.json").read_text()) for s in specs]
+        rows = [json.loads((results / f"{stem(s['key'])}.json").read_text()) for s in specs]
         assert len(grid) == len(specs) and not grid.errors
         train = sum(r["train_seconds"] for r in rows)
         trial_wall = sum(r["ended"] - r["started"] for r in rows)

@@ -13,6 +13,7 @@ the run folder as always. Either way a result is written weights first, then an 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import re
@@ -40,6 +41,21 @@ def check_key(key) -> str:
     return key
 
 
+# A key longer than this names its files by a digest (`stem`): a file name stops at 255 bytes, and a
+# deep teacher's key (one width per unit: 277 characters for a ResNet-110 read as one's own module)
+# failed every save with ENAMETOOLONG, held as "could not be saved". Keys up to it name their files as
+# they always did (the longest that saved before: 228 here, 205 through a storage URI's temp names).
+LONG_KEY = 200
+
+
+def stem(key) -> str:
+    """What KEY's files under results/ are named by: KEY itself, or for a long key its start and a
+    digest of it (no key has "_": none is mistaken for another's)."""
+    if len(check_key(key)) <= LONG_KEY:
+        return key
+    return f"{key[:64]}_{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+
 def open_results(location: str):
     """The results store at `location`: a local folder, or a URI (scheme://...)."""
     return RemoteResults(location) if "://" in location else LocalResults(Path(location))
@@ -52,7 +68,7 @@ class LocalResults:
         self.path = path
 
     def result(self, key: str) -> dict | None:
-        p = self.path / f"{check_key(key)}.json"
+        p = self.path / f"{stem(key)}.json"
         if p.exists() and not p.is_file():  # a FIFO here blocked the read for good (helper-30)
             raise ValueError(f"{p}: expected a result file, found something else under its name")
         return json.loads(p.read_text()) if p.exists() else None
@@ -65,14 +81,15 @@ class LocalResults:
         result: a kill between the two leaves the training logged and, with no result, run again and
         logged again; never a result whose training is missing from the log. Returns the result, with
         the weights file's digest (`weights_digest`: what export checks the file against)."""
+        name = stem(key)
         if state is not None:
-            save_weights(state, self.path / f"{check_key(key)}.safetensors")
-            final = {**final, "weights_digest": file_digest(self.path / f"{key}.safetensors")}
+            save_weights(state, self.path / f"{name}.safetensors")
+            final = {**final, "weights_digest": file_digest(self.path / f"{name}.safetensors")}
         with append_to(self.path / AUDIT) as f:
-            f.write(key + "\n")
+            f.write(name + "\n")
             f.flush()
             os.fsync(f.fileno())
-        write_json(self.path / f"{key}.json", final)
+        write_json(self.path / f"{name}.json", final)
         return final
 
 
@@ -176,7 +193,7 @@ class RemoteResults:
             raise ConfigError(f"resources.storage: {shown(self.uri)} is not empty; a run's results go to a place of their own")
 
     def result(self, key: str) -> dict | None:
-        data = self._read(f"{check_key(key)}.json")
+        data = self._read(f"{stem(key)}.json")
         return None if data is None else json.loads(data)
 
     def write_text(self, name: str, text: str) -> None:
@@ -185,15 +202,15 @@ class RemoteResults:
     def save(self, key: str, state: dict | None, final: dict) -> dict:
         from safetensors.torch import save
 
-        check_key(key)
+        name = stem(key)
         filesystem, root = self._fs
         filesystem.create_dir(f"{root}/trained", recursive=True)  # a local or mounted store needs the folders
         if state is not None:
             data = save({k: v.detach().cpu().contiguous() for k, v in state.items()})
-            self._put(f"{key}.safetensors", data)
+            self._put(f"{name}.safetensors", data)
             final = {**final, "weights_digest": bytes_digest(data)}  # fetched byte for byte: the local file's too
-        self._put(f"trained/{key}.{time.time_ns()}", b"")
-        self._put(f"{key}.json", json.dumps(final, indent=2, sort_keys=True).encode() + b"\n")
+        self._put(f"trained/{name}.{time.time_ns()}", b"")
+        self._put(f"{name}.json", json.dumps(final, indent=2, sort_keys=True).encode() + b"\n")
         return final
 
     def audit(self, local: Path) -> None:
@@ -213,7 +230,8 @@ class RemoteResults:
     def fetch(self, key: str, local: Path) -> bool:
         """Copy KEY's result into the local results/ folder (the audit first, KEY.json last);
         False if the store has no result for KEY. Fetching twice adds nothing."""
-        result = self._read(f"{check_key(key)}.json")
+        key = stem(key)
+        result = self._read(f"{key}.json")
         if result is None:
             return False
         for name in (f"{key}.safetensors", f"{key}.traceback.txt"):
@@ -241,7 +259,7 @@ class Fetcher:
 
     def __call__(self, key: str) -> bool:
         """One trial's result, as it completes; a failure is said and left for `sync`."""
-        if self.store is None or (self.local / f"{key}.json").exists():
+        if self.store is None or (self.local / f"{stem(key)}.json").exists():
             return False
         try:
             return self.store.fetch(key, self.local)
@@ -253,10 +271,10 @@ class Fetcher:
     def _lacks(self, key: str) -> bool:
         """KEY's result is not here, or its weights are not though it has some: deleted since
         (helper-31: --fetch could not bring them back). A failed trial saves no weights."""
-        result = self.local / f"{key}.json"
+        result = self.local / f"{stem(key)}.json"
         if not result.exists():
             return True
-        if (self.local / f"{key}.safetensors").exists():
+        if (self.local / f"{stem(key)}.safetensors").exists():
             return False
         try:
             return not json.loads(result.read_text()).get("failure")  # ("" when it trained)
@@ -266,9 +284,10 @@ class Fetcher:
     def repair(self, key: str, digest: str | None = None) -> bool:
         """KEY's weights from the store again when the local copy does not read (cut short, damaged) or
         has not the `digest` its trial recorded (helper-54: changed since); True when it fetched them."""
+        weights = self.local / f"{stem(key)}.safetensors"
         try:
-            load_weights(self.local / f"{key}.safetensors")
-            if digest is None or file_digest(self.local / f"{key}.safetensors") == digest:
+            load_weights(weights)
+            if digest is None or file_digest(weights) == digest:
                 return False
         except ModelError:
             pass
@@ -296,4 +315,4 @@ class Fetcher:
         return fetched
 
 
-__all__ = ["open_results", "store_location", "shown", "LocalResults", "RemoteResults", "Fetcher"]
+__all__ = ["open_results", "store_location", "shown", "stem", "LocalResults", "RemoteResults", "Fetcher"]

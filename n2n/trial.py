@@ -26,7 +26,7 @@ from search_spaces import SearchSpace, StudentSpec
 from .deploy import fastest_ratio, time_as_shipped
 from .models import ModelError, build_model, device_for
 from .runfolder import result_problem
-from .storage import open_results, shown
+from .storage import open_results, shown, stem
 from .train import DistillConfig, HiddenTarget, distill
 
 
@@ -161,7 +161,7 @@ def run_trial(config: dict, context: Context) -> None:
             raise  # Tune's own control flow (a stopped trial), not a failure of the candidate
         # The reason reaches the run's records and progress line; the traceback stays in results/.
         with contextlib.suppress(Exception):  # best effort: the record carries the reason either way
-            results.write_text(f"{config['key']}.traceback.txt", traceback.format_exc())
+            results.write_text(f"{stem(config['key'])}.traceback.txt", traceback.format_exc())
         ev, student = Evaluation(0.0, 0, 0, failure=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]), None
     final = metrics_of(ev, ctx, ev.epochs)
     runtime = ray.get_runtime_context()

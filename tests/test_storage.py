@@ -62,6 +62,34 @@ def test_a_result_saved_to_the_store_is_fetched_into_the_run_folder_once(tmp_pat
     assert json.loads((local / "k1.json").read_text())["accuracy"] == 0.6
 
 
+def test_a_deep_teacher_s_long_key_names_its_files_by_a_digest(tmp_path):
+    """A key is one width per unit: 277 characters for a ResNet-110 read as one's own module, and every
+    save of its students failed with ENAMETOOLONG (a file name stops at 255 bytes), each held as a result
+    that could not be saved. Past LONG_KEY a key's files are named by its start and a digest, locally and through a store;
+    keys up to it name them as they always did."""
+    from n2n.storage import LONG_KEY, stem
+
+    long, other = "-".join(["16"] * 110), "-".join(["16"] * 109 + ["8"])  # (329 characters)
+    short = "x-" * (LONG_KEY // 2 - 1) + "16"  # (200: as long as a key still named by itself)
+    assert len(short) == LONG_KEY and stem(short) == short
+    assert len(stem(long)) < 100 and stem(long).startswith(long[:64] + "_") and stem(long) != stem(other)
+    local = LocalResults(tmp_path / "results")
+    local.path.mkdir()
+    for key in (long, other, short):
+        saved = local.save(key, _state(), {"accuracy": 0.5})
+        assert local.result(key) == saved and file_digest(local.path / f"{stem(key)}.safetensors") == saved["weights_digest"]
+    assert (local.path / "trained.log").read_text().split() == [stem(long), stem(other), short]
+    with pytest.raises(RunError, match="expected letters, digits"):
+        stem("../" + long)
+    store = RemoteResults(f"file://{tmp_path}/bucket/runs/r/results")
+    store.check(tmp_path / "run")
+    saved = store.save(long, _state(), {"accuracy": 0.5})
+    (tmp_path / "run" / "results").mkdir(parents=True)
+    fetch = Fetcher(store.uri, tmp_path / "run")
+    assert store.result(long) == saved and fetch(long) and not fetch(long)
+    assert json.loads((tmp_path / "run" / "results" / f"{stem(long)}.json").read_text()) == saved
+
+
 def test_a_local_location_fetches_nothing(tmp_path):
     LocalResults(tmp_path).save("k1", _state(), {"accuracy": 0.5})
     fetch = Fetcher(str(tmp_path), tmp_path / "run")
