@@ -29,7 +29,7 @@ from search_spaces import SearchSpace, StudentSpec
 from .errors import RunError
 from .models import write_json
 from .pick import REACH, choose, finalists, meets_none, misscored, points
-from .runfolder import HELD_FOR_DEATHS, POLICY, RECORDS, SUMMARY, record_problem, result_problem, save_state
+from .runfolder import HELD_FOR_DEATHS, HELD_FOR_UNSAVED, POLICY, RECORDS, SUMMARY, record_problem, result_problem, save_state
 
 FINISHED = "FINISHED"
 
@@ -70,20 +70,28 @@ DIED_AGAIN = (f"the trial's worker died {MAX_DEATHS} times before it reported (o
 # then says so, and its deaths count afresh in the new session.
 FORGIVEN = (f"the trial's worker died {MAX_DEATHS} times before it reported (out of memory, a killed process or a "
             f"lost node; tune/'s error.txt says which); tried again on resume")
+# The same for a result that could not be saved this often (helper-84: re-issued without end, a student
+# whose saves always fail, a file too large for `ulimit -f`, stopped every session of the search)
+UNSAVED_AGAIN = (f"the trial's result could not be saved {MAX_DEATHS} times (a full disk, storage it cannot reach "
+                 f"or a file-size limit; n2n.log says which): held as this student's failure, not tried again")
+FORGIVEN_UNSAVED = (f"the trial's result could not be saved {MAX_DEATHS} times (a full disk, storage it cannot reach "
+                    f"or a file-size limit; n2n.log says which); tried again on resume")
+_FORGIVEN = {DIED_AGAIN: FORGIVEN, UNSAVED_AGAIN: FORGIVEN_UNSAVED}  # held failed -> its record once forgiven
 # not the student's: never cached, not counted in a stage's budget, trained again (at once, or on resume)
-_WORKER_FAILURES = (*_DEATHS, *_UNSAVED, FORGIVEN)
+_WORKER_FAILURES = (*_DEATHS, *_UNSAVED, FORGIVEN, FORGIVEN_UNSAVED)
 
 
 def counts(records: list[dict]) -> dict:
     """What a run's records hold: students trained to a result (one held failed for its workers' deaths
     counts, as its stage's budget does), worker deaths (every one), results that could not be saved
     (helper-44: a worker's death was counted as a candidate evaluated)."""
-    saved = {r["key"] for r in records if r["failure"] not in _WORKER_FAILURES}
+    unsaved = (*_UNSAVED, UNSAVED_AGAIN, FORGIVEN_UNSAVED)
+    saved = {r["key"] for r in records if r["failure"] not in (*_WORKER_FAILURES, *unsaved)}
     return {"trained": sum(r["failure"] not in _WORKER_FAILURES for r in records),
             "worker_deaths": sum(r["failure"] in (*_DEATHS, DIED_AGAIN, FORGIVEN) for r in records),
             # results still missing: one trained again since is saved (helper-82: "4 unsaved results" stayed
             # in the last line of a search whose resume had saved all four)
-            "storage_failures": len({r["key"] for r in records if r["failure"] in _UNSAVED} - saved)}
+            "storage_failures": len({r["key"] for r in records if r["failure"] in unsaved} - saved)}
 
 
 def many(n: int, word: str) -> str:
@@ -214,9 +222,10 @@ class SearchDriver:
         """The records of trials that reported: a dead worker's say nothing about its student."""
         return [r for r in self.records if r["failure"] not in _WORKER_FAILURES]
 
-    def deaths(self, key: str) -> int:
-        """How often `key`'s worker died in this session (a resume gives every student a fresh count)."""
-        return sum(r["key"] == key and r["failure"] in _DEATHS for r in self.records[self.session_from:])
+    def deaths(self, key: str, kind: tuple[str, ...] = _DEATHS) -> int:
+        """How often `key`'s worker died (`kind`: or its result went unsaved) in this session (a resume
+        gives every student a fresh count)."""
+        return sum(r["key"] == key and r["failure"] in kind for r in self.records[self.session_from:])
 
     def forgive_deaths(self) -> None:
         """On resume: the current stage's students held as failures for their workers' deaths are tried
@@ -225,17 +234,18 @@ class SearchDriver:
         every resume again), and only where retry_dead can issue them (an ended stage's are kept)."""
         self.session_from = len(self.records)
         for r in self._forgivable():
-            r["failure"] = FORGIVEN
+            r["failure"] = _FORGIVEN[r["failure"]]
             self.cache.pop(r["key"], None)
         if self.failed and not self._all_failing():  # it failed only with the students forgiven now
             self.log(f"resuming a search that stopped as failed ({self.failed}): those students are tried again")
             self.failed = None
 
     def _forgivable(self) -> list[dict]:
-        """The current stage's records of students held failed for their workers' deaths and not yet forgiven."""
-        forgiven, out = {r["key"] for r in self.records if r["failure"] == FORGIVEN}, []
+        """The current stage's records of students held failed for their workers' deaths (or unsaved results)
+        and not yet forgiven."""
+        forgiven, out = {r["key"] for r in self.records if r["failure"] in _FORGIVEN.values()}, []
         for r in self.records:
-            if r["failure"] == DIED_AGAIN and r["stage"] == self.stage and r["key"] not in forgiven:
+            if r["failure"] in _FORGIVEN and r["stage"] == self.stage and r["key"] not in forgiven:
                 out.append(r)
                 forgiven.add(r["key"])
         return out
@@ -457,11 +467,12 @@ class SearchDriver:
                 own = self._students()
                 what = f"all {len(own)} candidates of the search" if self.stage is None else f"the first {len(own)} candidates all"
                 self.failed = f"{what} failed; the first: {own[0]['failure']}"
-                held = len(self._forgivable())
+                held = self._forgivable()
                 # (helper-45: such a run was refused on resume, though resume tries those students again), where
                 # without them too few failures are left to stop it (helper-48: said of 3 failures and 1 held)
-                if held and len(own) - held < ABORT_AFTER:
-                    self.failed += f"; {held} of them {HELD_FOR_DEATHS}"
+                if held and len(own) - len(held) < ABORT_AFTER:
+                    why = HELD_FOR_DEATHS if all(r["failure"] == DIED_AGAIN for r in held) else HELD_FOR_UNSAVED
+                    self.failed += f"; {len(held)} of them {why}"
                 self.save()  # the search's last line says why (n2n.search._finish)
                 return FINISHED
             if self.deaths_in_a_row >= ABORT_AFTER:  # the machine, not the students: stop, resumable
@@ -469,7 +480,7 @@ class SearchDriver:
                     return None
                 if not self.stopped_for_deaths:
                     fewer = " (with `--concurrency 1` for fewer at once)" if self.concurrency > 1 else ""
-                    if self.records and self.records[-1]["failure"] in _UNSAVED:
+                    if self.records and self.records[-1]["failure"] in (*_UNSAVED, UNSAVED_AGAIN):
                         self.log(f"stopping: the last {self.deaths_in_a_row} trials could not save their results (a "
                                  f"full disk, or storage they cannot reach: the lines above say which); free space or "
                                  f"mend the storage, then resume: those candidates are trained again")
@@ -520,7 +531,9 @@ class SearchDriver:
             ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec), failure=f"result not usable: {problem}"[:300])
         elif str(metrics.get("failure") or "").startswith(STORAGE):  # trained, nothing kept: the machine's
             self.log(f"{t['key']}: {metrics['failure']}")                # fault, never the student's
-            ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec), failure=STORAGE_FAILED)
+            again = self.deaths(t["key"], _UNSAVED) + 1 >= MAX_DEATHS
+            ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec),
+                            failure=UNSAVED_AGAIN if again else STORAGE_FAILED)
         else:
             ev = Evaluation.from_dict({**metrics, "failure": metrics.get("failure") or None})
             if ev.failure and not ev.params:  # a trial that raised before measuring: the space knows the size
@@ -529,7 +542,7 @@ class SearchDriver:
         m = {**ev.to_dict(), "reward": r, "compression": compression(ev, self.reference, self.reward_config)}
         if ev.failure not in _WORKER_FAILURES and not problem:
             self.cache[t["key"]] = m
-        self.deaths_in_a_row = self.deaths_in_a_row + 1 if ev.failure in (*_WORKER_FAILURES, DIED_AGAIN) else 0
+        self.deaths_in_a_row = self.deaths_in_a_row + 1 if ev.failure in (*_WORKER_FAILURES, *_FORGIVEN) else 0
         if ev.failure in _WORKER_FAILURES:
             # the machine's failure, not the student's: trained again, at once (within this stage's budget,
             # which never counted it) or, after a stop for failures in a row, first on resume; its agent is
@@ -576,7 +589,10 @@ class SearchDriver:
             if rec.get("failure") not in _WORKER_FAILURES:  # under today's key: the one the agents' specs get
                 key = self.space.current_key(rec["key"], StudentSpec.from_dict(rec["spec"]))
                 self.cache.setdefault(key, {k: v for k, v in rec.items() if k in _CACHED})
-            waiting = [t for t in self.reissue if t["key"] == rec["key"] and t["stage"] == rec["stage"]]
+            # a result finishes the candidate waiting for it; a machine's failure does not (helper-84: told to
+            # the agent from an older state's queue, the policy learnt from the disk after all)
+            waiting = [t for t in self.reissue if t["key"] == rec["key"] and t["stage"] == rec["stage"]
+                       and rec.get("failure") not in _WORKER_FAILURES]
             for t in waiting[:1]:
                 self.reissue.remove(t)
                 for cid in [t["cid"]] + self.waiters.pop(t["key"], []):

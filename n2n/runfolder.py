@@ -453,13 +453,14 @@ def unfinished(run_dir: Path) -> str | None:
 
 # ends a run's failure when some of its failed students are held so for their workers' deaths: resumable
 HELD_FOR_DEATHS = "held failed for worker deaths, which `n2n resume` tries again"
+HELD_FOR_UNSAVED = "held failed for results that could not be saved, which `n2n resume` tries again"
 
 
 def finish_hint(stopped: str, run_dir: Path, command: str) -> str:
     """What to do about an unfinished search (`unfinished`'s reason), said by `command`."""
     if stopped.startswith("it is still running"):
         return f"{command} again when it has finished"
-    if stopped.startswith("it failed") and HELD_FOR_DEATHS not in stopped:
+    if stopped.startswith("it failed") and HELD_FOR_DEATHS not in stopped and HELD_FOR_UNSAVED not in stopped:
         return "fix the cause and start a new search"
     return f"`n2n resume {shlex.quote(str(run_dir))}` finishes it"
 

@@ -32,7 +32,7 @@ from .models import (ModelError, append_to, check_creatable, device_for, file_di
                      kept_teacher, save_weights, weights_digest, write_json, written_by_n2n)
 from .pick import RULES, flops_said, meets_none, none_meets_said, points, rules_note
 from .raysession import WATCH_MISSES, WATCH_SECONDS, check_address, cluster_watch, ray_session
-from .runfolder import (HELD_FOR_DEATHS, LOG, META, POLICY, PREV_STATE, RECORDS, RESULTS, STATE, TEACHER_LOGITS, TUNE,
+from .runfolder import (HELD_FOR_DEATHS, HELD_FOR_UNSAVED, LOG, META, POLICY, PREV_STATE, RECORDS, RESULTS, STATE, TEACHER_LOGITS, TUNE,
                         RunLock, create_run, fallback, taken, load_states, read_records, read_run, read_summary)
 from .storage import Fetcher, RemoteResults, check_store, shown, store_location
 from .teachers import cached_teacher
@@ -550,7 +550,7 @@ def _finish(run_dir: Path, driver: SearchDriver, log=print, factories=(), addres
     # and a search on a cluster resumes there (helper-31: the hint's resume ran on this machine)
     allow = _allowed(factories)
     if summary["stage"] == "failed":
-        again = f"; continue it with `{resume_command(run_dir, address, factories)}`" if HELD_FOR_DEATHS in summary["failure"] else ""
+        again = f"; continue it with `{resume_command(run_dir, address, factories)}`" if any(h in summary["failure"] for h in (HELD_FOR_DEATHS, HELD_FOR_UNSAVED)) else ""
         log(f"search stopped: {summary['failure']}{again}")
     elif summary["stage"] != "done":
         log(f"search interrupted; continue it with `{resume_command(run_dir, address, factories)}`")

@@ -422,6 +422,69 @@ def test_a_search_resumed_after_unsaved_results_trains_what_the_uninterrupted_on
     assert again.agent_updates() == whole.agent_updates()
 
 
+def test_a_student_whose_result_is_never_saved_is_held_failed_and_the_search_ends(space, tmp_path):
+    """helper-84: a result that could not be saved was trained again without end, so a student whose
+    saves always fail (a file too large for `ulimit -f`) stopped every session of the search. As a
+    worker's deaths: held failed after MAX_DEATHS in a session, its agent told, tried once on resume."""
+    from n2n.driver import FORGIVEN_UNSAVED, STORAGE_FAILED, UNSAVED_AGAIN, counted
+    from n2n.runfolder import HELD_FOR_UNSAVED
+    from n2n.search import restore_driver
+
+    def make():
+        return _driver(space, run_dir=tmp_path)
+
+    proxy, d, big = ProxyEvaluator(space), make(), "results storage r: [Errno 27] File too large"
+    poison, queue, n = None, [], 0
+    while (out := d.suggest(f"t{n}")) != FINISHED:
+        if out is not None:
+            queue.append((f"t{n}", out))
+            n += 1
+            continue
+        tid, cfg = queue.pop(0)
+        poison = poison or cfg["key"]
+        d.complete(tid, {**_metrics(space, proxy, cfg), "failure": big, "failed": True} if cfg["key"] == poison
+                   else _metrics(space, proxy, cfg))
+    assert [r["failure"] for r in d.records if r["key"] == poison] == [STORAGE_FAILED, UNSAVED_AGAIN]
+    assert d.stage is None and d.trained("removal") == 6 and d.trained("shrink") == 4  # it finished
+    assert counted(d.records) == "10 candidates trained (1 unsaved result)"
+    again = restore_driver(make, tmp_path, log=lambda *_: None)  # a finished stage's held student stays so
+    assert again.stage is None and [r["failure"] for r in again.records if r["key"] == poison][-1] == UNSAVED_AGAIN
+    # within the stage (a full disk: two students unsaved, three times in a row), the held student is
+    # tried again on resume, with the one that waits
+    def shrink():
+        return _driver(space, agent="random", stages=["shrink"], budgets={"shrink": 3}, agent_options={},
+                       run_dir=tmp_path / "s")
+
+    (tmp_path / "s").mkdir()
+    d, keys = shrink(), []
+    while isinstance(cfg := d.suggest(f"u{len(keys)}"), dict):
+        keys.append(cfg["key"])
+        d.complete(f"u{len(keys) - 1}", {**_metrics(space, proxy, cfg), "failure": big, "failed": True})
+    assert keys[0] == keys[1] != keys[2] and d.stopped_for_deaths and not d.failed
+    assert [r["failure"] for r in d.records] == [STORAGE_FAILED, UNSAVED_AGAIN, STORAGE_FAILED]
+    resumed = restore_driver(shrink, tmp_path / "s", log=lambda *_: None)
+    assert [r["failure"] for r in resumed.records] == [STORAGE_FAILED, FORGIVEN_UNSAVED, STORAGE_FAILED]
+    assert {resumed.suggest("v0")["key"], resumed.suggest("v1")["key"]} == {keys[0], keys[2]}
+    from n2n.runfolder import finish_hint  # a search failed with such students held is offered the resume
+
+    assert finish_hint(f"it failed after 3 candidates: x; 1 of them {HELD_FOR_UNSAVED}", tmp_path, "export") == (
+        f"`n2n resume {tmp_path}` finishes it")
+
+
+def test_an_older_state_s_unsaved_record_does_not_reach_the_agent(space, tmp_path):
+    """helper-84: resumed from the state before (search_state.prev.pt), a record of an unsaved result in
+    candidates.json finished the queued candidate: its agent was told -1 after all, and its id dropped."""
+    proxy, d = ProxyEvaluator(space), _driver(space, concurrency=2)
+    cfgs = [d.suggest(f"t{i}") for i in range(3)]
+    older = d.state_dict()
+    full = "results storage /runs/r/results: [Errno 28] No space left on device"
+    d.complete("t0", {**_metrics(space, proxy, cfgs[0]), "failure": full, "failed": True})
+    again = _driver(space, concurrency=2)
+    again.load_state_dict(older)
+    again.adopt(d.records)
+    assert sorted(again.agent.pending) == [0, 1, 2] and [t["cid"] for t in again.reissue] == [0, 1, 2]
+
+
 def test_a_state_the_machine_will_not_save_stops_the_searcher_not_tune(space, tmp_path, monkeypatch):
     """helper-82: an OSError from the driver's save (a full disk, a run folder made unwritable) was
     raised into Tune, which printed it as a traceback and went on training with nothing saved. The
