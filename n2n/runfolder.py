@@ -34,6 +34,7 @@ import reprlib
 import shlex
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import torch
@@ -269,25 +270,32 @@ def _holder(fd: int) -> tuple[str, str | None]:
 # their n2n.log, that they stopped (helper-74: a Ctrl-C'd resume wrote so in a run another process held)
 HELD_HERE: set[str] = set()
 LOCKED_DIRS: set[tuple[int, int]] = set()  # (st_dev, st_ino) of the run folders this process holds now
-_DELETED = f"its {LOCK} was deleted or replaced while it ran"  # a holder known by its folder's lock alone
+_DELETED = f"a process of unknown pid, whose {LOCK} was deleted or replaced while it ran"  # known by its folder's lock alone
 
 
-def _lock_dir(run_dir: Path, how: int) -> int | None:
+def _lock_dir(run_dir: Path, how: int, tries: int = 1) -> int | None:
     """flock the run folder itself (`how` | LOCK_NB), beside RUN/.lock: a .lock deleted under a running
     search (a user clearing a "stale" lock) let a second process lock a new file and train every
     candidate again (helper-82). Returns the fd, None where the file system has no such lock (NFS
-    emulates flock with POSIX locks, which a folder opened to read cannot take): .lock alone, as before.
-    Raises BlockingIOError where another process holds it."""
-    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+    emulates flock with POSIX locks, which a folder opened to read cannot take) or the folder cannot
+    be opened to read: .lock alone, as before. Raises BlockingIOError where another process holds it
+    after `tries` (20 ms apart: lock_holder's shared look holds it for a moment, helper-84)."""
     try:
-        fcntl.flock(fd, how | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise
+        fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
-        os.close(fd)
         return None
-    return fd
+    for left in range(tries - 1, -1, -1):
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if not left:
+                os.close(fd)
+                raise
+            time.sleep(0.02)
+        except OSError:
+            os.close(fd)
+            return None
 
 
 class RunLock:
@@ -346,7 +354,7 @@ class RunLock:
         else:
             raise RunError(f"{self.path}: cannot take the run's lock: the file kept being replaced; try again")
         try:
-            self.dir_fd = _lock_dir(self.path.parent, fcntl.LOCK_EX)
+            self.dir_fd = _lock_dir(self.path.parent, fcntl.LOCK_EX, tries=50)
         except BlockingIOError:  # held by a process whose .lock is no longer this one: written nothing in it
             os.close(fd)
             raise self._busy(_DELETED) from None
@@ -369,7 +377,8 @@ class RunLock:
     def release(self) -> None:
         if self.dir_fd is not None:
             LOCKED_DIRS.discard(_inode(self.dir_fd))
-            os.close(self.dir_fd)  # (the lock goes with the last fd of it)
+            fcntl.flock(self.dir_fd, fcntl.LOCK_UN)  # now, not with the last fd of it (a forked child's)
+            os.close(self.dir_fd)
             self.dir_fd = None
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
@@ -404,10 +413,9 @@ def lock_holder(run_dir: Path) -> str | None:
     except BlockingIOError:  # held: by this process, or by another whatever became of its .lock
         if (os.stat(run_dir).st_dev, os.stat(run_dir).st_ino) not in LOCKED_DIRS:
             return _file_holder(run_dir) or _DELETED
-    except OSError:  # no such folder: the callers say so
-        pass
     else:
         if folder is not None:
+            fcntl.flock(folder, fcntl.LOCK_UN)
             os.close(folder)
     return _file_holder(run_dir)
 

@@ -475,19 +475,46 @@ def test_a_lock_file_deleted_under_its_holder_still_keeps_others_out(tmp_path, c
     try:
         assert holder.stdout.readline() == "held\n"
         (run / ".lock").unlink()
-        deleted = ".lock was deleted or replaced while it ran"
-        assert lock_holder(run) == f"its {deleted}"
-        with pytest.raises(RunError, match=rf"{run} is in use by another n2n process \(its \{deleted}\)"):
+        deleted = "a process of unknown pid, whose .lock was deleted or replaced while it ran"
+        assert lock_holder(run) == deleted
+        with pytest.raises(RunError, match=rf"{run} is in use by another n2n process \({deleted}\)"):
             RunLock(run).acquire()
-        assert lock_holder(run) == f"its {deleted}"  # the refused one wrote nothing in the new file
+        assert lock_holder(run) == deleted  # the refused one wrote nothing in the new file
         status, err = _main(capsys, "resume", run)
         assert status == 2 and deleted in err
         (run / ".lock").write_text("pid 1 on elsewhere\n" + str(run))  # a .lock put back by hand, unlocked
-        assert lock_holder(run) == f"its {deleted}"
+        assert lock_holder(run) == deleted
     finally:
         holder.kill()
         holder.wait()
     assert lock_holder(run) is None
+    # a look at the run (report, export) while a command takes it: waited for, not taken for a holder
+    # (helper-84: refused as "its .lock was deleted"); released at once, not when a forked child exits
+    looking = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\nwhile True:\n"
+                                "    fd = os.open(sys.argv[1], os.O_RDONLY)\n    fcntl.flock(fd, fcntl.LOCK_SH)\n"
+                                "    print('looking', flush=True)\n"
+                                "    time.sleep(0.05)  # (lock_holder's look, slowed down)\n    os.close(fd)\n    time.sleep(0.05)", str(run)],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert looking.stdout.readline() == "looking\n"
+        for _ in range(10):
+            RunLock(run).acquire().release()
+    finally:
+        looking.kill()
+        looking.wait()
+    lock = RunLock(run).acquire()
+    child = os.fork()
+    if child == 0:  # (a worker forked while the lock was held: it outlives the release)
+        try:
+            signal.pause()
+        finally:
+            os._exit(0)
+    lock.release()
+    try:
+        RunLock(run).acquire().release()
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
     with RunLock(run):  # free again: taken, and held against others as before
         assert lock_holder(run) is None  # (this process's own)
         with pytest.raises(RunError, match=f"pid {os.getpid()} on"):
