@@ -445,6 +445,8 @@ def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver, log=pri
         tuner.fit()
     except Exception as e:
         oom = _cause(e, OutOfMemoryError)
+        if searcher.error is not None:  # (what stopped the search first: helper-84, a full disk said as memory)
+            raise searcher.error from None
         if oom is None:
             raise
         # Tune raises when Ray kills a trial's actor as it starts; everything recorded is saved, and
@@ -640,13 +642,14 @@ def _next_free(run_dir: Path) -> Path:
 def _create(run_dir: Path, meta: dict, copies: dict, named: Callable[[Path], None] | None) -> RunLock:
     """create_run; with `named`, at the next free name where `run_dir` was taken since it was checked
     (by another search started at the same time)."""
+    first = run_dir
     while True:
         try:
             return create_run(run_dir, meta, copies=copies)
         except RunError:
             if named is None or not (run_dir.exists() or run_dir.is_symlink()):
                 raise
-            named(run_dir := _next_free(run_dir))
+            named(run_dir := _next_free(first))  # (NAME-3, not NAME-2-2: helper-84)
 
 
 def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print, factories=(),

@@ -2295,11 +2295,17 @@ def test_a_default_run_name_taken_meanwhile_goes_to_the_next_free_one(tmp_path, 
     (tmp_path / "search-20261207-120000-2").mkdir()  # anything at all takes a name
     assert search._next_free(base) == tmp_path / "search-20261207-120000-3"
     told = []
-    lock = search._create(base, _fake_meta(), {}, told.append)  # taken since it was checked
+
+    def taken_meanwhile(run_dir):  # another search takes NAME-3 too, before this one makes it
+        told.append(run_dir)
+        if len(told) == 1:
+            run_dir.mkdir()
+
+    lock = search._create(base, _fake_meta(), {}, taken_meanwhile)  # NAME taken since it was checked
     with lock:
-        made = tmp_path / "search-20261207-120000-3"
-        assert told == [made] and lock.path.parent == made and (made / "n2n.json").is_file()
-        assert [p.name for p in base.iterdir()] == ["results"]  # the other's folder untouched
+        made = tmp_path / "search-20261207-120000-4"  # (not NAME-3-2: helper-84)
+        assert told == [tmp_path / "search-20261207-120000-3", made] and lock.path.parent == made
+        assert (made / "n2n.json").is_file() and [p.name for p in base.iterdir()] == ["results"]  # the other's untouched
     with pytest.raises(RunError, match="already exists and is not an n2n run; choose another --name"):
         search._create(base, _fake_meta(), {}, None)  # the user's own --name: refused, as before
     # the command: the default name is n2n's to change, --name is not, and errors name the run it went to
