@@ -408,8 +408,9 @@ def _candidate(run_dir: Path, best: dict, space, ds, factories) -> tuple[Student
     weights = run_dir / "results" / f"{stem(best['key'])}.safetensors"
     spec = StudentSpec.from_dict(best["spec"])
     if space.current_key(best["key"], spec).split("@")[0] != space.key(spec):  # (a finalist's key ends @Nep)
+        paired = any(k > 1 for k in getattr(space, "step", {}).values())  # a GLU's widths changed on 2026-12-07
         raise RunError(f"{run_dir}/candidates.json: {best['key']} records the spec of {space.key(spec)}; "
-                       f"was candidates.json changed?")
+                       f"was candidates.json changed{', or the run made by an n2n that gave a GLU other widths' if paired else ''}?")
     student = build_model(space.arch(spec), factories)
     try:
         load_into(student, load_weights(weights))

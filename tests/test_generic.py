@@ -839,6 +839,22 @@ def test_a_glu_unit_s_widths_are_the_widths_it_is_built_with():
     assert [space.width_of(0, r) for r in (0.25, 0.6, 0.8, 0.9)] == [8, 20, 26, 28]
     assert _starts_as_the_teacher(space, 0, 0.6) and _starts_as_the_teacher(space, 0, 0.25)
 
+    class SideFirst(Gated):  # a side conv added to the GLU, registered first: torch-pruning's group root
+        def __init__(self):
+            super().__init__()
+            self.side = torch.nn.Conv1d(1, 16, 3, padding=1)
+            self.add_module("c1", self._modules.pop("c1"))  # (registered after side)
+
+        def forward(self, x):  # (B, 1, 40)
+            a, b = self.c1(x).chunk(2, dim=1)  # (B, 16, 40) each
+            return self.fc(self.c2(a * torch.sigmoid(b) + self.side(x)).mean(-1))  # (B, 10)
+
+    space = GenericSpace(SideFirst(), (1, 40))
+    assert space.units[0].name == "c1" and space.step[0] == 2  # (helper-84: read off the side conv, 1)
+    student = space.build(space.identity().with_ratios([0.6, 1.0, 1.0]))
+    assert (space.widths(space.identity().with_ratios([0.6, 1.0, 1.0]))[0], student.c1.out_channels,
+            student.side.out_channels) == (20, 20, 10)
+
 
 def test_a_recurrent_layer_s_hidden_size_is_said_to_stay():
     """helper-81: an LSTM's inputs followed the conv before it, its hidden size stayed the teacher's, and
