@@ -190,8 +190,9 @@ def umask() -> int:
 
 
 def private_temp(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
-    """mkstemp beside `path`, with the mode a plain open() would give (mkstemp makes 0600)."""
-    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=Path(path).name, suffix=suffix)
+    """mkstemp beside `path`, with the mode a plain open() would give (mkstemp makes 0600). Named by the
+    start of `path`'s name: a name near the 255-byte limit must not make its temp name longer than that."""
+    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=Path(path).name[:100], suffix=suffix)
     os.fchmod(fd, 0o666 & ~umask())
     return fd, tmp
 

@@ -44,13 +44,14 @@ def check_key(key) -> str:
 # A key longer than this names its files by a digest (`stem`): a file name stops at 255 bytes, and a
 # deep teacher's key (one width per unit: 277 characters for a ResNet-110 read as one's own module)
 # failed every save with ENAMETOOLONG, held as "could not be saved". Keys up to it name their files as
-# they always did (the longest that saved before: 228 here, 205 through a storage URI's temp names).
-LONG_KEY = 200
+# they always did (the longest whose weights saved before, their temp names made from theirs: helper-85);
+# KEY.traceback.txt and remote trained/KEY.TIME stay under 255 at it, temp names being short now.
+LONG_KEY = 231
 
 
 def stem(key) -> str:
     """What KEY's files under results/ are named by: KEY itself, or for a long key its start and a
-    digest of it (no key has "_": none is mistaken for another's)."""
+    digest of it (n2n's keys have no "_", so none is mistaken for another's)."""
     if len(check_key(key)) <= LONG_KEY:
         return key
     return f"{key[:64]}_{hashlib.sha256(key.encode()).hexdigest()[:32]}"
@@ -165,7 +166,7 @@ class RemoteResults:
             with filesystem.open_output_stream(target) as f:
                 f.write(data)
             return
-        tmp = f"{root}/.{name.replace('/', '_')}.{uuid.uuid4().hex}.tmp"
+        tmp = f"{root}/.{uuid.uuid4().hex}.tmp"  # (not named by `name`: a long one passed 255 bytes, helper-85)
         with filesystem.open_output_stream(tmp) as f:
             f.write(data)
         if self._exists(name):  # a result written again after a kill; some filesystems' move won't replace
