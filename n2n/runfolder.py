@@ -284,18 +284,27 @@ def _lock_dir(run_dir: Path, how: int, tries: int = 1) -> int | None:
         fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return None
+    try:
+        _flock(fd, how, tries)
+        return fd
+    except BlockingIOError:
+        os.close(fd)
+        raise
+    except OSError:
+        os.close(fd)
+        return None
+
+
+def _flock(fd: int, how: int, tries: int) -> None:
+    """flock(fd, how | LOCK_NB), tried `tries` times 20 ms apart; BlockingIOError where still held."""
     for left in range(tries - 1, -1, -1):
         try:
             fcntl.flock(fd, how | fcntl.LOCK_NB)
-            return fd
+            return
         except BlockingIOError:
             if not left:
-                os.close(fd)
                 raise
             time.sleep(0.02)
-        except OSError:
-            os.close(fd)
-            return None
 
 
 class RunLock:
@@ -327,8 +336,8 @@ class RunLock:
         here = str(self.path.parent.resolve())
         for _ in range(3):
             fd = self._open()
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:  # (waiting out lock_holder's shared look at it: helper-85)
+                _flock(fd, fcntl.LOCK_EX, tries=50)
             except BlockingIOError:
                 holder, folder = _holder(fd)
                 linked = os.fstat(fd).st_nlink > 1

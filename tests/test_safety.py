@@ -490,18 +490,19 @@ def test_a_lock_file_deleted_under_its_holder_still_keeps_others_out(tmp_path, c
     assert lock_holder(run) is None
     # a look at the run (report, export) while a command takes it: waited for, not taken for a holder
     # (helper-84: refused as "its .lock was deleted"); released at once, not when a forked child exits
-    looking = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\nwhile True:\n"
-                                "    fd = os.open(sys.argv[1], os.O_RDONLY)\n    fcntl.flock(fd, fcntl.LOCK_SH)\n"
-                                "    print('looking', flush=True)\n"
-                                "    time.sleep(0.05)  # (lock_holder's look, slowed down)\n    os.close(fd)\n    time.sleep(0.05)", str(run)],
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        assert looking.stdout.readline() == "looking\n"
-        for _ in range(10):
-            RunLock(run).acquire().release()
-    finally:
-        looking.kill()
-        looking.wait()
+    for looked_at in (run, run / ".lock"):  # (lock_holder looks at both; helper-85: at .lock, refused too)
+        looking = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\nwhile True:\n"
+                                    "    fd = os.open(sys.argv[1], os.O_RDONLY)\n    fcntl.flock(fd, fcntl.LOCK_SH)\n"
+                                    "    print('looking', flush=True)\n    time.sleep(0.05)  # (lock_holder's look, "
+                                    "slowed down)\n    os.close(fd)\n    time.sleep(0.05)", str(looked_at)],
+                                   stdout=subprocess.PIPE, text=True)
+        try:
+            assert looking.stdout.readline() == "looking\n"
+            for _ in range(10):
+                RunLock(run).acquire().release()
+        finally:
+            looking.kill()
+            looking.wait()
     lock = RunLock(run).acquire()
     child = os.fork()
     if child == 0:  # (a worker forked while the lock was held: it outlives the release)
