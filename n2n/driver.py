@@ -17,8 +17,10 @@ search stops with the first failure's reason instead of spending its budget on f
 from __future__ import annotations
 
 import dataclasses
+import errno
 import itertools
 import math
+import re
 import time
 from pathlib import Path
 
@@ -226,6 +228,17 @@ class SearchDriver:
         """How often `key`'s worker died (`kind`: or its result went unsaved) in this session (a resume
         gives every student a fresh count)."""
         return sum(r["key"] == key and r["failure"] in kind for r in self.records[self.session_from:])
+
+    def _its_own(self, key: str, failure: str) -> bool:
+        """Whether `key`'s unsaved results are the student's doing, not the machine's: a file too large
+        or a name too long for it, or other results saved since its first failed (helper-85: a full disk
+        held the first students failed, at their second try, before the stop for failures in a row, and
+        the policy learnt from the disk after all)."""
+        if re.search(rf"\[Errno ({errno.EFBIG}|{errno.ENAMETOOLONG})\]", failure):
+            return True
+        mine = self.records[self.session_from:]
+        first = next((i for i, r in enumerate(mine) if r["key"] == key and r["failure"] in _UNSAVED), len(mine))
+        return any(r["failure"] not in (*_WORKER_FAILURES, *_FORGIVEN) for r in mine[first + 1:])
 
     def forgive_deaths(self) -> None:
         """On resume: the current stage's students held as failures for their workers' deaths are tried
@@ -531,7 +544,7 @@ class SearchDriver:
             ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec), failure=f"result not usable: {problem}"[:300])
         elif str(metrics.get("failure") or "").startswith(STORAGE):  # trained, nothing kept: the machine's
             self.log(f"{t['key']}: {metrics['failure']}")                # fault, never the student's
-            again = self.deaths(t["key"], _UNSAVED) + 1 >= MAX_DEATHS
+            again = self.deaths(t["key"], _UNSAVED) + 1 >= MAX_DEATHS and self._its_own(t["key"], metrics["failure"])
             ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec),
                             failure=UNSAVED_AGAIN if again else STORAGE_FAILED)
         else:

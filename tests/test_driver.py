@@ -398,28 +398,40 @@ def test_a_search_resumed_after_unsaved_results_trains_what_the_uninterrupted_on
     and exported a student half as small, and one re-issue its budget had no room for never trained.
     Now a machine's failure is trained again and its agent hears only the result: the two searches
     train the same students, in the same order, and the last line counts no unsaved result."""
-    from n2n.driver import counted
+    from n2n.driver import STORAGE_FAILED, counted, counts
     from n2n.search import restore_driver
 
     def make(run_dir):
         run_dir.mkdir(exist_ok=True)
         return _driver(space, concurrency=2, run_dir=run_dir)
 
-    proxy = ProxyEvaluator(space)
+    proxy, full = ProxyEvaluator(space), "results storage /runs/r/results: [Errno 28] No space left on device"
     whole = make(tmp_path / "whole")
     _drive(whole, space, proxy)
-    d, full = make(tmp_path / "cut"), "results storage /runs/r/results: [Errno 28] No space left on device"
-    cfgs = [d.suggest(f"t{i}") for i in range(3)]  # the disk fills under three trials in a row
-    for i, cfg in enumerate(cfgs):
-        d.complete(f"t{i}", {**_metrics(space, proxy, cfg), "failure": full, "failed": True})
-    assert d.suggest("t3") == FINISHED and counted(d.records) == "0 candidates trained (3 unsaved results)"
-    assert not d.agent.updates and len(d.agent.pending) == 3  # nothing learnt from the disk
-    again = restore_driver(lambda: make(tmp_path / "cut"), tmp_path / "cut", log=lambda *_: None)
-    _drive(again, space, proxy)
-    trained = [r["key"] for r in again.records if r["failure"] is None]
-    assert trained == [r["key"] for r in whole.records] and len(trained) == 10
-    assert counted(again.records) == "10 candidates trained"
-    assert again.agent_updates() == whole.agent_updates()
+    for filled_after in (0, 2):  # the disk fills at once, or after two results
+        d, queue, n, done = make(tmp_path / f"cut{filled_after}"), [], 0, 0
+        while (out := d.suggest(f"t{n}")) != FINISHED:  # (two at a time, completed in order)
+            if out is not None:
+                queue.append((f"t{n}", out))
+                n += 1
+                continue
+            tid, cfg = queue.pop(0)
+            done += 1
+            d.complete(tid, _metrics(space, proxy, cfg) if done <= filled_after
+                       else {**_metrics(space, proxy, cfg), "failure": full, "failed": True})
+        assert d.stopped_for_deaths and d.stage == "removal" and not any(r["reward"] == -1 and r["failure"] not in (
+            STORAGE_FAILED,) for r in d.records)  # (helper-85: none held failed, the agent told nothing)
+        assert counts(d.records)["storage_failures"] >= 1 and len(d.agent.pending) + filled_after >= 2
+        again = restore_driver(lambda: make(tmp_path / f"cut{filled_after}"), tmp_path / f"cut{filled_after}",
+                               log=lambda *_: None)
+        _drive(again, space, proxy)
+        trained = [r["key"] for r in again.records if r["failure"] is None]
+        # the same students (the first batch's in the order their trials were issued again), so the same updates
+        first = 3  # (batch_size 3)
+        assert sorted(trained[:first]) == sorted(r["key"] for r in whole.records[:first]), filled_after
+        assert trained[first:] == [r["key"] for r in whole.records[first:]] and len(trained) == 10, filled_after
+        assert counted(again.records) == "10 candidates trained"
+        assert again.agent_updates() == whole.agent_updates()
 
 
 def test_a_student_whose_result_is_never_saved_is_held_failed_and_the_search_ends(space, tmp_path):
@@ -449,8 +461,8 @@ def test_a_student_whose_result_is_never_saved_is_held_failed_and_the_search_end
     assert counted(d.records) == "10 candidates trained (1 unsaved result)"
     again = restore_driver(make, tmp_path, log=lambda *_: None)  # a finished stage's held student stays so
     assert again.stage is None and [r["failure"] for r in again.records if r["key"] == poison][-1] == UNSAVED_AGAIN
-    # within the stage (a full disk: two students unsaved, three times in a row), the held student is
-    # tried again on resume, with the one that waits
+    # within the stage (two students too large to save, three failures in a row: the stop), the held
+    # student is tried again on resume, with the one that waits
     def shrink():
         return _driver(space, agent="random", stages=["shrink"], budgets={"shrink": 3}, agent_options={},
                        run_dir=tmp_path / "s")
