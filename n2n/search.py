@@ -639,10 +639,11 @@ def _next_free(run_dir: Path) -> Path:
         taken_now = run_dir.with_name(f"{run_dir.name}-{n}")
 
 
-def _create(run_dir: Path, meta: dict, copies: dict, named: Callable[[Path], None] | None) -> RunLock:
+def _create(run_dir: Path, meta: dict, copies: dict, named: Callable[[Path], None] | None,
+            base: Path | None = None) -> RunLock:
     """create_run; with `named`, at the next free name where `run_dir` was taken since it was checked
     (by another search started at the same time)."""
-    first = run_dir
+    first = base or run_dir
     while True:
         try:
             return create_run(run_dir, meta, copies=copies)
@@ -666,6 +667,7 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
         check_device(cfg, resumed=False)
     run_dir = Path(run_dir).resolve()
     check_creatable(run_dir)  # --runs-dir notes.txt/runs: refused before a teacher is trained
+    base = run_dir  # the name n2n chose; NAME-2, NAME-3, ... where taken
     if named is not None:
         named(run_dir := _next_free(run_dir))
     if run_dir.exists():  # before training a teacher: the same check again at creation
@@ -685,7 +687,7 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
         RemoteResults(meta["results_store"]).check(run_dir)
     with ray_session(address, log):
         short = check_resources(cfg, remote=bool(address))  # before the run folder exists
-        lock = _create(run_dir, meta, policy_files(cfg), named)
+        lock = _create(run_dir, meta, policy_files(cfg), named, base)
         run_dir = lock.path.parent
         with lock:
             log = teed(log, run_dir)

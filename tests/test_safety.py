@@ -2307,6 +2307,11 @@ def test_a_default_run_name_taken_meanwhile_goes_to_the_next_free_one(tmp_path, 
         made = tmp_path / "search-20261207-120000-4"  # (not NAME-3-2: helper-84)
         assert told == [tmp_path / "search-20261207-120000-3", made] and lock.path.parent == made
         assert (made / "n2n.json").is_file() and [p.name for p in base.iterdir()] == ["results"]  # the other's untouched
+    chosen = tmp_path / "search-20261207-120000-5"  # NAME-5 chosen at the start, taken meanwhile
+    chosen.mkdir()
+    told.clear()
+    with search._create(chosen, _fake_meta(), {}, told.append, base) as lock:  # (helper-85: not NAME-5-2)
+        assert told == [tmp_path / "search-20261207-120000-6"] == [lock.path.parent]
     with pytest.raises(RunError, match="already exists and is not an n2n run; choose another --name"):
         search._create(base, _fake_meta(), {}, None)  # the user's own --name: refused, as before
     # the command: the default name is n2n's to change, --name is not, and errors name the run it went to
