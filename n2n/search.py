@@ -446,7 +446,7 @@ def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver, log=pri
     except Exception as e:
         oom = _cause(e, OutOfMemoryError)
         if searcher.error is not None:  # (what stopped the search first: helper-84, a full disk said as memory)
-            raise searcher.error from None
+            raise searcher.error from e
         if oom is None:
             raise
         # Tune raises when Ray kills a trial's actor as it starts; everything recorded is saved, and
@@ -605,6 +605,13 @@ def notes(cfg: Config, space) -> list[str]:
                     f"{cfg.distill.epochs}: finalists start again from the teacher's weights, so their figures, "
                     f"which export picks by, are no better than the stages'")
     said += _out_of_reach(cfg, space)
+    if cfg.search.agent == "reinforce":  # a batch as large as a stage: accepted as typed, and nothing learnt
+        batch = cfg.search.agent_options.get("batch_size", 10)
+        short = [f"{s} ({cfg.budget(s)})" for s in cfg.search.stages if isinstance(batch, int) and cfg.budget(s) <= batch]
+        if short:
+            said.append(f"note: search.agent_options.batch_size {batch} is no less than the budget of {', '.join(short)}: "
+                        f"REINFORCE updates its policy after a whole batch (each stage's agent its own), so there it "
+                        f"only samples its starting policy")
     drop, margin = cfg.target.max_accuracy_drop, cfg.target.margin
     if drop and margin > drop:  # helper-36: capped at the drop without a word (a drop of 0 spares nothing)
         said.append(f"note: target.margin {margin:g} is more than target.max_accuracy_drop {drop:g}; export spares "

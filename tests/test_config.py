@@ -338,6 +338,12 @@ def test_a_margin_past_the_drop_is_said_at_the_start():
     assert notes(cfg, cnn) == ["note: target.margin 0.25 is more than target.max_accuracy_drop 0.1; export spares at "
                                "most the whole drop, 0.1 points (a student at least as accurate as the teacher)"]
     assert notes(load_config(None, {"target.max_accuracy_drop": None}), cnn) == []  # no accuracy target, no margin
+    # a REINFORCE batch as large as a stage's budget never updates the policy while it can help: said, not refused
+    big = load_config(None, {"search.agent_options": {"batch_size": 20}})
+    assert notes(big, cnn) == ["note: search.agent_options.batch_size 20 is no less than the budget of removal (20), "
+                               "refine (20): REINFORCE updates its policy after a whole batch (each stage's agent its "
+                               "own), so there it only samples its starting policy"]
+    assert notes(load_config(None, {"search.agent_options": {"batch_size": 19}}), cnn) == []
 
 
 def test_a_yaml_alias_bomb_is_refused_in_a_short_line(tmp_path):
