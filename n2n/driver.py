@@ -236,9 +236,12 @@ class SearchDriver:
         the policy learnt from the disk after all)."""
         if re.search(rf"\[Errno ({errno.EFBIG}|{errno.ENAMETOOLONG})\]", failure):
             return True
+        if re.search(rf"\[Errno ({errno.ENOSPC}|{errno.EDQUOT})\]", failure):  # a disk that took smaller results
+            return False  # (or got room back) is full all the same (helper-86): never the student's
         mine = self.records[self.session_from:]
         first = next((i for i, r in enumerate(mine) if r["key"] == key and r["failure"] in _UNSAVED), len(mine))
-        return any(r["failure"] not in (*_WORKER_FAILURES, *_FORGIVEN) for r in mine[first + 1:])
+        return any(r["failure"] not in (*_WORKER_FAILURES, *_FORGIVEN) and not r.get("cached")  # written now
+                   and not str(r["failure"] or "").startswith("result not usable") for r in mine[first + 1:])
 
     def forgive_deaths(self) -> None:
         """On resume: the current stage's students held as failures for their workers' deaths are tried

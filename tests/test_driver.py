@@ -483,6 +483,27 @@ def test_a_student_whose_result_is_never_saved_is_held_failed_and_the_search_end
         f"`n2n resume {tmp_path}` finishes it")
 
 
+def test_a_nearly_full_disk_holds_no_student_failed_though_smaller_results_save(space):
+    """helper-86: on a nearly full disk smaller results still saved, so a larger student's second ENOSPC
+    counted as its own failure: held, its agent told -1, the policy learnt from the disk. A full disk or
+    quota is the machine's, whatever saved meanwhile; a file too large for the limit is the student's."""
+    from n2n.driver import STORAGE_FAILED, UNSAVED_AGAIN
+
+    for errno_said, held in (("[Errno 28] No space left on device", False), ("[Errno 122] Disk quota exceeded", False),
+                             ("[Errno 27] File too large", True)):
+        proxy, d = ProxyEvaluator(space), _driver(space, concurrency=2)
+        big = d.suggest("t0")
+        others = [d.suggest("t1"), d.suggest("t2")]
+        d.complete("t0", {**_metrics(space, proxy, big), "failure": f"results storage r: {errno_said}", "failed": True})
+        for i, cfg in enumerate(others, 1):
+            d.complete(f"t{i}", _metrics(space, proxy, cfg))  # smaller students save
+        again = d.suggest("t3")
+        assert again["key"] == big["key"]
+        d.complete("t3", {**_metrics(space, proxy, big), "failure": f"results storage r: {errno_said}", "failed": True})
+        assert d.records[-1]["failure"] == (UNSAVED_AGAIN if held else STORAGE_FAILED), errno_said
+        assert (0 in d.agent.pending) is not held  # told -1 only when held
+
+
 def test_an_older_state_s_unsaved_record_does_not_reach_the_agent(space, tmp_path):
     """helper-84: resumed from the state before (search_state.prev.pt), a record of an unsaved result in
     candidates.json finished the queued candidate: its agent was told -1 after all, and its id dropped."""
