@@ -350,7 +350,7 @@ class RunLock:
                 unshared(self.path)
                 own = self._open()
                 try:
-                    fcntl.flock(own, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    _flock(own, fcntl.LOCK_EX, tries=50)  # (a look at the fresh file meanwhile: helper-86)
                 except BlockingIOError:
                     holder, _ = _holder(own)
                     os.close(own), os.close(fd)
