@@ -446,7 +446,7 @@ def _fit(run_dir: Path, ctx: Context, cfg: Config, driver: SearchDriver, log=pri
     except Exception as e:
         oom = _cause(e, OutOfMemoryError)
         if searcher.error is not None:  # (what stopped the search first: helper-84, a full disk said as memory)
-            raise searcher.error from e
+            raise searcher.error  # (Tune's own error kept as the context it came in)
         if oom is None:
             raise
         # Tune raises when Ray kills a trial's actor as it starts; everything recorded is saved, and
@@ -611,7 +611,7 @@ def notes(cfg: Config, space) -> list[str]:
         if short:
             said.append(f"note: search.agent_options.batch_size {batch} is no less than the budget of {', '.join(short)}: "
                         f"REINFORCE updates its policy after a whole batch (each stage's agent its own), so there it "
-                        f"only samples its starting policy")
+                        f"may never update and sample only its starting policy")
     drop, margin = cfg.target.max_accuracy_drop, cfg.target.margin
     if drop and margin > drop:  # helper-36: capped at the drop without a word (a drop of 0 spares nothing)
         said.append(f"note: target.margin {margin:g} is more than target.max_accuracy_drop {drop:g}; export spares "

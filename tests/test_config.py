@@ -342,7 +342,7 @@ def test_a_margin_past_the_drop_is_said_at_the_start():
     big = load_config(None, {"search.agent_options": {"batch_size": 20}})
     assert notes(big, cnn) == ["note: search.agent_options.batch_size 20 is no less than the budget of removal (20), "
                                "refine (20): REINFORCE updates its policy after a whole batch (each stage's agent its "
-                               "own), so there it only samples its starting policy"]
+                               "own), so there it may never update and sample only its starting policy"]
     assert notes(load_config(None, {"search.agent_options": {"batch_size": 19}}), cnn) == []
 
 
