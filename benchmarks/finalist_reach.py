@@ -33,7 +33,7 @@ from n2n.models import build_model, load_weights
 from n2n.pick import choose, finalists
 from n2n.runfolder import read_records
 from n2n.search import OpenRun, make_context
-from n2n.storage import stem
+from n2n.storage import weights_of
 from n2n.train import accuracy
 from n2n.trial import evaluate
 from search_spaces import StudentSpec
@@ -65,7 +65,7 @@ def analyse(run_dir: Path, reaches: list[float], ks: list[int]) -> dict:
         if key in done:
             rec = done[key]
             model = build_model(space.arch(StudentSpec.from_dict(rec["spec"])))
-            model.load_state_dict(load_weights(run_dir / "results" / f"{stem(rec['key'])}.safetensors"), strict=True)
+            model.load_state_dict(load_weights(weights_of(run_dir, rec["key"])), strict=True)
             seconds = None
         else:
             rec, model, seconds = distilled(next(r for r in records if r["key"] == key))

@@ -26,7 +26,7 @@ from envs import within_drop
 from n2n.models import build_model, load_weights
 from n2n.runfolder import read_records
 from n2n.search import OpenRun
-from n2n.storage import stem
+from n2n.storage import weights_of
 from n2n.train import accuracy, distill, predict
 from search_spaces import StudentSpec
 
@@ -55,7 +55,7 @@ def analyse(run_dir: Path) -> dict:
     for r in (r for r in read_records(run_dir) if r["stage"] == "finalists" and r["failure"] is None):
         spec = StudentSpec.from_dict(r["spec"])
         searched = build_model(space.arch(spec))
-        searched.load_state_dict(load_weights(run_dir / "results" / f"{stem(r['key'])}.safetensors"), strict=True)
+        searched.load_state_dict(load_weights(weights_of(run_dir, r["key"])), strict=True)
         start = time.perf_counter()
         student = space.build(spec, inherit=cfg.distill.inherit, seed=cfg.seed)
         if cfg.distill.reconstruct:

@@ -39,7 +39,7 @@ from n2n.export import export_best
 from n2n.models import build_model, load_weights
 from n2n.runfolder import read_records
 from n2n.search import OpenRun, run_search
-from n2n.storage import stem
+from n2n.storage import weights_of
 from n2n.train import accuracy
 from search_spaces import StudentSpec
 
@@ -106,7 +106,7 @@ def analyse(run_dir: Path, drop: float) -> dict:
         run = OpenRun.open(run_dir)
         for r in finals:
             model = build_model(run.space.arch(StudentSpec.from_dict(r["spec"])))
-            model.load_state_dict(load_weights(run_dir / "results" / f"{stem(r['key'])}.safetensors"), strict=True)
+            model.load_state_dict(load_weights(weights_of(run_dir, r["key"])), strict=True)
             r["test_accuracy"] = accuracy(model.eval(), run.ds.x_test, run.ds.y_test)
         tt = teacher["test_accuracy"]
         out["finalists_test"] = [{"params": r["params"], "val": r["accuracy"], "test": r["test_accuracy"]} for r in finals]

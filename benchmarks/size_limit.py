@@ -27,7 +27,7 @@ from n2n.config import load_config
 from n2n.models import build_model, load_weights
 from n2n.runfolder import read_records
 from n2n.search import OpenRun, run_search
-from n2n.storage import stem
+from n2n.storage import weights_of
 from n2n.train import accuracy
 from search_spaces import StudentSpec
 
@@ -61,7 +61,7 @@ def finalists_on_test(run_dir: Path, limit: int) -> list[dict]:
         if r["stage"] != "finalists" or r["failure"] is not None or r["params"] > limit:
             continue
         model = build_model(run.space.arch(StudentSpec.from_dict(r["spec"])))
-        model.load_state_dict(load_weights(run_dir / "results" / f"{stem(r['key'])}.safetensors"), strict=True)
+        model.load_state_dict(load_weights(weights_of(run_dir, r["key"])), strict=True)
         out.append({"params": r["params"], "val": r["accuracy"],
                     "test": accuracy(model.eval(), run.ds.x_test, run.ds.y_test)})
     return out

@@ -79,8 +79,15 @@ UNSAVED_AGAIN = (f"the trial's result could not be saved {MAX_DEATHS} times (a f
 FORGIVEN_UNSAVED = (f"the trial's result could not be saved {MAX_DEATHS} times (a full disk, storage it cannot reach "
                     f"or a file-size limit; n2n.log says which); tried again on resume")
 _FORGIVEN = {DIED_AGAIN: FORGIVEN, UNSAVED_AGAIN: FORGIVEN_UNSAVED}  # held failed -> its record once forgiven
+UNUSABLE = "result not usable"  # a reported result n2n refuses (n2n.runfolder.result_problem): none kept
 # not the student's: never cached, not counted in a stage's budget, trained again (at once, or on resume)
 _WORKER_FAILURES = (*_DEATHS, *_UNSAVED, FORGIVEN, FORGIVEN_UNSAVED)
+
+
+def _a_result(r: dict) -> bool:
+    """Whether a record's trial left a result of its student (one that failed on its own too), not the
+    machine's failure, a student held failed for it, or a result n2n could not use."""
+    return r["failure"] not in (*_WORKER_FAILURES, *_FORGIVEN) and not str(r["failure"] or "").startswith(UNUSABLE)
 
 
 def counts(records: list[dict]) -> dict:
@@ -88,7 +95,7 @@ def counts(records: list[dict]) -> dict:
     counts, as its stage's budget does), worker deaths (every one), results that could not be saved
     (helper-44: a worker's death was counted as a candidate evaluated)."""
     unsaved = (*_UNSAVED, UNSAVED_AGAIN, FORGIVEN_UNSAVED)
-    saved = {r["key"] for r in records if r["failure"] not in (*_WORKER_FAILURES, *unsaved)}
+    saved = {r["key"] for r in records if _a_result(r)}
     return {"trained": sum(r["failure"] not in _WORKER_FAILURES for r in records),
             "worker_deaths": sum(r["failure"] in (*_DEATHS, DIED_AGAIN, FORGIVEN) for r in records),
             # results still missing: one trained again since is saved (helper-82: "4 unsaved results" stayed
@@ -240,8 +247,7 @@ class SearchDriver:
             return False  # (or got room back) is full all the same (helper-86): never the student's
         mine = self.records[self.session_from:]
         first = next((i for i, r in enumerate(mine) if r["key"] == key and r["failure"] in _UNSAVED), len(mine))
-        return any(r["failure"] not in (*_WORKER_FAILURES, *_FORGIVEN) and not r.get("cached")  # written now
-                   and not str(r["failure"] or "").startswith("result not usable") for r in mine[first + 1:])
+        return any(_a_result(r) and not r.get("cached") for r in mine[first + 1:])  # (cached: written before)
 
     def forgive_deaths(self) -> None:
         """On resume: the current stage's students held as failures for their workers' deaths are tried
@@ -544,7 +550,7 @@ class SearchDriver:
             ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec), failure=DIED_AGAIN if again else WORKER_DIED)
         elif problem := result_problem(metrics, stored=False):  # trials retrain such a stored result: this one
             # came some other way; failed, not cached (the student may be tried again) and none of it kept
-            ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec), failure=f"result not usable: {problem}"[:300])
+            ev = Evaluation(0.0, self.space.params(spec), self.space.flops(spec), failure=f"{UNUSABLE}: {problem}"[:300])
         elif str(metrics.get("failure") or "").startswith(STORAGE):  # trained, nothing kept: the machine's
             self.log(f"{t['key']}: {metrics['failure']}")                # fault, never the student's
             again = self.deaths(t["key"], _UNSAVED) + 1 >= MAX_DEATHS and self._its_own(t["key"], metrics["failure"])

@@ -25,7 +25,7 @@ from .models import (ModelError, RawInput, build_model, check_target, device_for
                      load_into, load_weights, save_model, weights_mismatch, write_json)
 from .runfolder import EXPORTING, RunLock, finish_hint, read_records, read_run, read_summary, unfinished
 from .search import OpenRun, check_teacher, check_teacher_figures, teacher_logits
-from .storage import Fetcher, shown, stem
+from .storage import Fetcher, shown, weights_of
 from .train import accuracy, distill
 from .vocab import check_trimmable, trim_vocabulary
 
@@ -219,7 +219,7 @@ def weights_missing(chosen: dict, why: str, cfg: Config, run_dir: Path, key: str
     """Why the chosen student's weights cannot be read from RUN/results, and what to do; None where they can.
     Said by export, which then writes nothing, and by report (helper-82: deleted weights of the pick went
     unmentioned until an export)."""
-    weights = run_dir / "results" / f"{stem(chosen['key'])}.safetensors"
+    weights = weights_of(run_dir, chosen["key"])
     if os.path.lexists(weights) and not weights.is_file():  # (helper-68: a FIFO was "not there")
         return (f"{weights}: expected the weights of the student to export ({why}), found "
                 f"{found_at(weights)}; restore the file from a copy of the run")
@@ -231,7 +231,7 @@ def weights_missing(chosen: dict, why: str, cfg: Config, run_dir: Path, key: str
              f"DIR{asked} --fetch` downloads what results/ lacks from there" if stored
              else "there (deleted, or the run folder copied without results/?): restore the file from a copy of the run, "
                   "or `--key KEY` exports another")
-    return f"{run_dir}/results/{stem(chosen['key'])}.safetensors: the weights of the student to export ({why}) are not {where}"
+    return f"{weights}: the weights of the student to export ({why}) are not {where}"
 
 
 FAR_BELOW = 10.0  # points below the teacher that export warns of where no accuracy target did
@@ -370,7 +370,7 @@ def _pick(run_dir: Path, meta: dict, cfg: Config, log, key, rank, margin, fetch:
     chosen, why = choose(records, cfg, meta["reference"]["accuracy"], run_dir, key, rank, margin,
                          bool(meta.get("results_store")) and not fetch)  # fetched already: no --fetch to suggest
     refetched = fetcher.repair(chosen["key"], chosen.get("weights_digest")) if fetcher else False
-    weights = run_dir / "results" / f"{stem(chosen['key'])}.safetensors"
+    weights = weights_of(run_dir, chosen["key"])
     # the file the trial wrote (helper-53: weights with noise added measured within the 2 samples of slack
     # below and were shipped); candidates recorded before trials recorded digests are checked by the rest
     if chosen.get("weights_digest") and (found := file_digest(weights)) != chosen["weights_digest"]:
@@ -405,7 +405,7 @@ def _say_pick(run_dir: Path, meta: dict, cfg: Config, best: dict, why: str, log,
 def _candidate(run_dir: Path, best: dict, space, ds, factories) -> tuple[StudentSpec, torch.nn.Module, float]:
     """(spec, student with the trial's weights, its validation accuracy), checked against what
     candidates.json records of it: key, parameter count and accuracy."""
-    weights = run_dir / "results" / f"{stem(best['key'])}.safetensors"
+    weights = weights_of(run_dir, best["key"])
     spec = StudentSpec.from_dict(best["spec"])
     if space.current_key(best["key"], spec).split("@")[0] != space.key(spec):  # (a finalist's key ends @Nep)
         paired = any(k > 1 for k in getattr(space, "step", {}).values())  # a GLU's widths changed on 2026-12-07

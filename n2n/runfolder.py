@@ -411,8 +411,7 @@ def _same_file(fd: int, path: Path) -> bool:
         st = os.lstat(path)
     except OSError:
         return False
-    here = os.fstat(fd)
-    return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
+    return (st.st_dev, st.st_ino) == _inode(fd)
 
 
 def lock_holder(run_dir: Path) -> str | None:
@@ -420,7 +419,8 @@ def lock_holder(run_dir: Path) -> str | None:
     try:
         folder = _lock_dir(Path(run_dir), fcntl.LOCK_SH)
     except BlockingIOError:  # held: by this process, or by another whatever became of its .lock
-        if (os.stat(run_dir).st_dev, os.stat(run_dir).st_ino) not in LOCKED_DIRS:
+        st = os.stat(run_dir)
+        if (st.st_dev, st.st_ino) not in LOCKED_DIRS:
             return _file_holder(run_dir) or _DELETED
     else:
         if folder is not None:

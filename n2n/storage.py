@@ -57,6 +57,11 @@ def stem(key) -> str:
     return f"{key[:64]}_{hashlib.sha256(key.encode()).hexdigest()[:32]}"
 
 
+def weights_of(run_dir: Path, key) -> Path:
+    """RUN/results/KEY.safetensors, KEY named as `stem` names it: the weights a candidate's trial saved."""
+    return Path(run_dir) / "results" / f"{stem(key)}.safetensors"
+
+
 def open_results(location: str):
     """The results store at `location`: a local folder, or a URI (scheme://...)."""
     return RemoteResults(location) if "://" in location else LocalResults(Path(location))
@@ -275,7 +280,7 @@ class Fetcher:
         result = self.local / f"{stem(key)}.json"
         if not result.exists():
             return True
-        if (self.local / f"{stem(key)}.safetensors").exists():
+        if weights_of(self.local.parent, key).exists():
             return False
         try:
             return not json.loads(result.read_text()).get("failure")  # ("" when it trained)
@@ -285,7 +290,7 @@ class Fetcher:
     def repair(self, key: str, digest: str | None = None) -> bool:
         """KEY's weights from the store again when the local copy does not read (cut short, damaged) or
         has not the `digest` its trial recorded (helper-54: changed since); True when it fetched them."""
-        weights = self.local / f"{stem(key)}.safetensors"
+        weights = weights_of(self.local.parent, key)
         try:
             load_weights(weights)
             if digest is None or file_digest(weights) == digest:
@@ -316,4 +321,4 @@ class Fetcher:
         return fetched
 
 
-__all__ = ["open_results", "store_location", "shown", "stem", "LocalResults", "RemoteResults", "Fetcher"]
+__all__ = ["open_results", "store_location", "shown", "stem", "weights_of", "LocalResults", "RemoteResults", "Fetcher"]

@@ -246,7 +246,7 @@ class GenericSpace(SearchSpace):
             weights = sum(teacher.get_submodule(m).weight.numel() for m in members
                           if getattr(teacher.get_submodule(m), "weight", None) is not None)
             units.append(Unit(name=label, kind="conv" if conv else "linear",
-                              width=root.out_channels if conv else root.out_features, params=weights,
+                              width=_out_width(root), params=weights,
                               removable=False, shrinkable=True, kernel=root.kernel_size[0] if conv else 1,
                               stride=root.stride[0] if conv else 1,
                               why_fixed="only shape-preserving blocks are removable", parent=parent))
@@ -314,8 +314,7 @@ class GenericSpace(SearchSpace):
         silenced = copy.deepcopy(self.teacher)
         with torch.enable_grad():
             dg = tp.DependencyGraph().build_dependency(silenced, self.example, verbose=False)
-        root = silenced.get_submodule(name)
-        fn = tp.prune_conv_out_channels if isinstance(root, nn.modules.conv._ConvNd) else tp.prune_linear_out_channels
+        root, fn = self._root_of(silenced, name)
         for dep, dropped in dg.get_pruning_group(root, fn, idxs=list(idxs)):
             if dg.is_out_channel_pruning_fn(dep.handler):
                 for p in (getattr(dep.target.module, "weight", None), getattr(dep.target.module, "bias", None)):
@@ -356,7 +355,7 @@ class GenericSpace(SearchSpace):
             if alive is None:  # every layer writing these channels was removed with its block
                 continue
             root, fn = self._root_of(student, alive)
-            n = root.out_channels if isinstance(root, nn.modules.conv._ConvNd) else root.out_features
+            n = _out_width(root)
             group = dg.get_pruning_group(root, fn, idxs=list(range(n)))
             scores = imp(group)  # (n,) summed over the coupled layers
             want = n - self.width_of(i, spec.ratios[i])  # channels to drop
@@ -370,8 +369,7 @@ class GenericSpace(SearchSpace):
                 drop = order[:lo]
             if drop:
                 dg.get_pruning_group(root, fn, idxs=sorted(drop)).prune()
-            built = root.out_channels if isinstance(root, nn.modules.conv._ConvNd) else root.out_features
-            if built != n - want:  # partners of uneven counts: no student of a width the key does not say
+            if (built := _out_width(root)) != n - want:  # partners of uneven counts: no student of a width the key does not say
                 raise ValueError(f"{alive} would be {built} wide, not the {n - want} asked (its channels are pruned "
                                  f"together in uneven groups)")
         return student, dg.pruning_history()
@@ -442,6 +440,11 @@ def pruned_from_arch(arch: dict, factories=()) -> nn.Module:
         dg = tp.DependencyGraph().build_dependency(model, example, verbose=False)  # (a load leaves torch's RNG as it was)
         dg.load_pruning_history([tuple(h) for h in arch["history"]])
     return model
+
+
+def _out_width(layer: nn.Module) -> int:
+    """A conv's out_channels, a Linear's out_features."""
+    return layer.out_channels if isinstance(layer, nn.modules.conv._ConvNd) else layer.out_features
 
 
 def _tied(model: nn.Module) -> dict[str, str]:
