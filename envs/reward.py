@@ -18,6 +18,17 @@ def within_drop(teacher_accuracy: float, accuracy: float, max_drop: float) -> bo
     return (teacher_accuracy - accuracy) * 100.0 <= max_drop + DROP_TOLERANCE
 
 
+def drop_points(below: float, max_drop: float) -> float:
+    """A drop in points as n2n shows and records it: to 2 decimals, or 4 where 2 would read as the
+    limit itself (1.003 points past a 1-point target is not "1.00 points, past it", helper-88)."""
+    return round(below, 2) if round(below, 2) != round(max_drop, 2) else round(below, 4)
+
+
+def points_said(drop: float) -> str:
+    """A `drop_points` figure in words: "0.50", or "1.0030" where it kept 4 decimals."""
+    return f"{drop:.2f}" if round(drop, 2) == drop else f"{drop:.4f}"
+
+
 @dataclass
 class Evaluation:
     """What one candidate student measured. Accuracy is on the validation split."""

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from agents.base import shown
-from envs import STAGES, RewardConfig, within_drop
+from envs import STAGES, RewardConfig, drop_points, points_said, within_drop
 from search_spaces import DEFAULT_RATIOS
 
 from . import SEED_LIMIT
@@ -108,9 +108,8 @@ class TargetConfig:
         allowed = None if self.max_accuracy_drop is None else self.max_accuracy_drop - margin
         if allowed is not None and teacher_accuracy is not None and \
                 not within_drop(teacher_accuracy, rec["accuracy"], allowed):
-            below = (teacher_accuracy - rec["accuracy"]) * 100
-            shown = f"{below:.2f}" if round(below, 2) != round(allowed, 2) else f"{below:.4f}"  # not "1.00 ..., 1 allowed"
-            out.append(f"{shown} points below the teacher on validation, {allowed:g} allowed")
+            below = drop_points((teacher_accuracy - rec["accuracy"]) * 100, allowed)
+            out.append(f"{points_said(below)} points below the teacher on validation, {allowed:g} allowed")
         latency = rec.get("latency_ms")
         if self.max_params is not None and rec["params"] > self.max_params:
             out.append(f"{rec['params']:,} params > {self.max_params:,}")

@@ -13,7 +13,7 @@ import torch
 from dataclasses import replace
 from pathlib import Path
 
-from envs import Reference, latency_ratio, within_drop
+from envs import Reference, drop_points, latency_ratio, points_said, within_drop
 from search_spaces import StudentSpec, count_params, probe
 
 from . import pick
@@ -80,8 +80,8 @@ def _target_lines(metrics: dict) -> list[str]:
     said = []
     if "max_accuracy_drop" in t:
         said.append(f"at most {pick.points(t['max_accuracy_drop'])} of accuracy below the teacher: this student is "
-                    f"{t['val_drop_points']:.2f} below on validation ({'within' if t['met_on_val'] else 'PAST'} it) "
-                    f"and {t['test_drop_points']:.2f} on test ({'within' if t['met_on_test'] else 'PAST'} it)")
+                    f"{points_said(t['val_drop_points'])} below on validation ({'within' if t['met_on_val'] else 'PAST'} it) "
+                    f"and {points_said(t['test_drop_points'])} on test ({'within' if t['met_on_test'] else 'PAST'} it)")
     limits = [f"{t[k]:,} {name}" if k != "max_latency_ms" else f"{t[k]:g} ms" for k, name in
               (("max_params", "parameters"), ("max_flops", "multiply-adds"), ("max_latency_ms", "")) if k in t]
     if limits:
@@ -250,19 +250,19 @@ def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: flo
         return None, (f"warning: this student is {below:.2f} points below the teacher on validation "
                       f"({(teacher['test_accuracy'] - test) * 100:.2f} on test), with no accuracy target to hold it: "
                       f"{ask} for a usable one" if below > FAR_BELOW else None)
-    drops = {"val_drop_points": round((teacher["val_accuracy"] - val) * 100, 2),
-             "test_drop_points": round((teacher["test_accuracy"] - test) * 100, 2)}
-    # judged unrounded, as the search and the pick judge it (a drop shown as 1.00 may be 1.004)
+    drops = {"val_drop_points": drop_points((teacher["val_accuracy"] - val) * 100, max_drop),
+             "test_drop_points": drop_points((teacher["test_accuracy"] - test) * 100, max_drop)}
+    # judged unrounded, as the search and the pick judge it
     out = {"max_accuracy_drop": max_drop, "margin": margin, **drops,
            "met_on_val": within_drop(teacher["val_accuracy"], val, max_drop),
            "met_on_test": within_drop(teacher["test_accuracy"], test, max_drop)}
     if not out["met_on_val"]:  # chosen past the target: the pick had nothing better, or --key/--rank
-        return out, (f"warning: on validation this student is {drops['val_drop_points']:.2f} points below the teacher, "
-                     f"past the target of {max_drop:g} (on test {drops['test_drop_points']:.2f}); `n2n report` lists "
+        return out, (f"warning: on validation this student is {points_said(drops['val_drop_points'])} points below the teacher, "
+                     f"past the target of {max_drop:g} (on test {points_said(drops['test_drop_points'])}); `n2n report` lists "
                      f"the candidates, and `--key KEY` exports another")
     if out["met_on_test"]:
         return out, None
-    past = (f"warning: on the test split this student is {drops['test_drop_points']:.2f} points below the teacher, "
+    past = (f"warning: on the test split this student is {points_said(drops['test_drop_points'])} points below the teacher, "
             f"past the target of {max_drop:g}, though it meets it on validation")
     if margin is None:  # named by --key or --rank: no pick, no margin (helper-77, helper-75: it spoke of both)
         return out, f"{past}; `n2n report` lists the candidates, and `--key KEY` exports another"

@@ -2223,6 +2223,23 @@ def test_export_says_when_its_student_misses_the_target_on_test():
     # the fallback pick (no finalist had the margin) is not said to have had it (helper-21)
     assert "(none of the candidates it chose among had the margin of 0.25 points; " in \
         accuracy_target(1.0, teacher, 0.9807, 0.9727, 0.25, short_of_margin=True)[1]
+
+
+def test_a_drop_just_past_the_target_is_not_shown_as_the_target():
+    """helper-88: 1.003 points past a 1-point target was recorded as 1.0 beside met_on_val false, and
+    said "1.00 points below the teacher, past the target of 1" (a 997-sample split can land there)."""
+    from n2n.export import _target_lines, accuracy_target
+
+    teacher = {"val_accuracy": 990 / 997, "test_accuracy": 990 / 997}
+    out, warning = accuracy_target(1.0, teacher, 980 / 997, 980 / 997, 0.25)  # 10 of 997 below: 1.003 points
+    assert (out["val_drop_points"], out["test_drop_points"], out["met_on_val"]) == (1.003, 1.003, False)
+    assert warning.startswith("warning: on validation this student is 1.0030 points below the teacher, past the "
+                              "target of 1 (on test 1.0030)")
+    lines = _target_lines({"target": out, "chosen_because": "--key"})
+    assert "this student is 1.0030 below on validation (PAST it) and 1.0030 on test (PAST it)" in lines[0]
+    # two decimals wherever they cannot read as the limit
+    assert accuracy_target(2.0, teacher, 980 / 997, 980 / 997, 0.25)[0]["val_drop_points"] == 1.0
+    assert accuracy_target(1.0, teacher, 981 / 997, 980 / 997, 0.25)[0]["val_drop_points"] == 0.9
     assert accuracy_target(None, teacher, 0.95, 0.93) == (None, None)
     # limits alone export the most accurate within them, however far below the teacher (helper-47: 24.5%)
     assert accuracy_target(None, teacher, 0.2454, 0.25)[1].endswith(": target.max_accuracy_drop asks for a usable one")
