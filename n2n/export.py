@@ -389,7 +389,7 @@ def _say_pick(run_dir: Path, meta: dict, cfg: Config, best: dict, why: str, log,
     why the search is unfinished (None when it finished). `asked`: --key, --rank or --margin given."""
     if note := pick.rules_note(meta):
         log(note)
-    log(f"exporting {best['summary']} ({best['params']:,} params{pick.flops_said(cfg.target, cfg.reward_config(), best['flops'], meta['reference']['flops'])}, "
+    log(f"exporting {best['summary']} ({best['params']:,} params{pick.size_said(cfg.target, cfg.reward_config(), best, meta['reference']['flops'])}, "
         f"{best['stage']}, val acc {best['accuracy']:.4f}): {why}")
     stopped = unfinished(run_dir)
     note = None if stopped or asked else pick.summary_note(read_summary(run_dir), best["key"])
@@ -550,7 +550,7 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     if "hf" in extras:
         log(f"also saved as a Hugging Face model: {out / 'hf'} (AutoModelForSequenceClassification.from_pretrained)")
     log(f"exported {params:,} params ({metrics['times_smaller']:.2f}x smaller than the teacher"
-        f"{pick.flops_said(cfg.target, cfg.reward_config(), metrics['flops'], meta['reference']['flops'])}): "
+        f"{pick.size_said(cfg.target, cfg.reward_config(), metrics, meta['reference']['flops'])}): "
         f"val acc {val:.4f}, test acc {test:.4f} (teacher test {measured['test']:.4f}) -> {out}")
     if warning:
         log(warning)

@@ -180,13 +180,20 @@ def points(x: float) -> str:
     return f"{x:g} point{'' if x == 1 else 's'}"
 
 
-def flops_said(target, reward_config: RewardConfig, flops: int, teacher_flops: int) -> str:
-    """', 95,047 FLOPs, 73.20x fewer' where the run limits or compresses FLOPs, for the lines that name a
-    student by its params and their "x smaller" (helper-47: the figure limited was in metrics.json
-    alone; helper-77: a FLOPs run's progress said 8.1x of the student those lines called 7.05x smaller,
-    by params); else ''."""
-    asked = getattr(target, "max_flops", None) is not None or reward_config.compression == "flops"
-    return f", {flops:,} FLOPs, {teacher_flops / max(flops, 1):.2f}x fewer" if asked else ""
+def size_said(target, reward_config: RewardConfig, rec: dict, teacher_flops: int) -> str:
+    """', 95,047 FLOPs, 73.20x fewer' where the run limits or compresses FLOPs, and ', 0.852 ms, 2.7x
+    faster' where it limits or compresses latency, for the lines that name a student by its params and
+    their "x smaller" (helper-47: the figure limited was in metrics.json alone; helper-77: a FLOPs run's
+    progress said 8.1x of the student those lines called 7.05x smaller, by params; helper-88: a latency
+    run's last line said nothing of latency); else ''. `rec`: a record, or an export's metrics."""
+    said = ""
+    if getattr(target, "max_flops", None) is not None or reward_config.compression == "flops":
+        said += f", {rec['flops']:,} FLOPs, {teacher_flops / max(rec['flops'], 1):.2f}x fewer"
+    timed = rec.get("latency_ms")
+    if timed and (getattr(target, "max_latency_ms", None) is not None or reward_config.compression == "latency"):
+        # "faster" against the teacher timed beside it, as the progress lines and the report say it
+        said += f", {timed:.3f} ms" + (f", {1 / rec['latency_ratio']:.1f}x faster" if rec.get("latency_ratio") else "")
+    return said
 
 
 def check_margin(margin: float) -> None:

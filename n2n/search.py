@@ -30,7 +30,7 @@ from .driver import SearchDriver, counted
 from .errors import ConfigError, RunError
 from .models import (ModelError, append_to, check_creatable, device_for, file_digest, load_model, load_weights,
                      kept_teacher, save_weights, weights_digest, write_json, written_by_n2n)
-from .pick import RULES, flops_said, meets_none, none_meets_said, points, rules_note
+from .pick import RULES, meets_none, none_meets_said, points, rules_note, size_said
 from .raysession import WATCH_MISSES, WATCH_SECONDS, check_address, cluster_watch, ray_session
 from .runfolder import (HELD_FOR_DEATHS, HELD_FOR_UNSAVED, LOG, META, POLICY, PREV_STATE, RECORDS, RESULTS, STATE, TEACHER_LOGITS, TUNE,
                         RunLock, create_run, fallback, taken, load_states, read_records, read_run, read_summary)
@@ -559,9 +559,9 @@ def _finish(run_dir: Path, driver: SearchDriver, log=print, factories=(), addres
     elif summary["best"]:
         pick = summary["best"]  # the student `n2n export` will write, not merely the best brief-distillation reward
         # times_smaller as export prints it (rounded to 2 places; a :.1f of that rounded twice: 1.454 -> 1.4)
-        flops = flops_said(driver.target, driver.reward_config, pick["flops"], driver.reference.flops)
+        rec = next(r for r in driver.records if r["key"] == pick["key"])  # its latency too (helper-69)
+        flops = size_said(driver.target, driver.reward_config, rec, driver.reference.flops)
         if meets_none(pick["chosen_because"]):  # (helper-62: export wrote it unasked, exit 0)
-            rec = next(r for r in driver.records if r["key"] == pick["key"])  # its latency too (helper-69)
             student = f"{pick['params']:,} params ({pick['times_smaller']:.2f}x smaller{flops}), val acc {pick['val_accuracy']:.4f}"
             log(f"{none_meets_said(pick['chosen_because'], student, driver.target.misses(rec, driver.reference.accuracy))}"
                 f" -> `n2n export {shlex.quote(str(run_dir))} --out DIR --key {pick['key']}{allow}` exports it all the "

@@ -853,7 +853,7 @@ def test_a_finished_search_none_of_whose_candidates_meets_the_target_says_export
     head, cmd = said[0].split(" -> ")
     misses = d.target.misses(best, d.reference.accuracy)
     assert head == (f"no candidate meets the target, so `n2n export` writes none unasked; the best candidate by reward: "
-                    f"{best['params']:,} params ({round(d.reference.params / best['params'], 2)}x smaller), val acc "
+                    f"{best['params']:,} params ({round(d.reference.params / best['params'], 2)}x smaller, 0.500 ms), val acc "
                     f"{best['accuracy']:.4f} ({'; '.join(misses)})")
     assert f"{best['params']:,} params > 1" in misses and "latency" not in said[0]
     assert d.summary()["best"]["meets_target"] is False  # for a pipeline (helper-70: only in words)

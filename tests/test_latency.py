@@ -67,8 +67,16 @@ def test_a_search_on_latency_records_rewards_exports_and_reports_it(ray_session,
                         "warmup": 5, "repeats": 100}
     assert any(line.startswith(f"latency as exported, timed now: {metrics['latency_ms']:.3f} ms median of 100 passes")
                for line in said)
-    header, first = make_report(run).splitlines()[1:3]
+    text = make_report(run).splitlines()
+    header, first = text[1:3]
     assert header.split()[2] == "latency_ms" and first.split()[2] == f"{chosen['latency_ms']:.3f}"
+    # helper-88: "teacher 3.5 ms" above a 5.3 ms student "1.3x faster" did not say the two are timed otherwise
+    assert "latency_ms (the median of its timings beside the students; each student's \"faster\" is against " \
+           "the teacher timed beside it)" in text[0]
+    # and the lines naming the pick give the latency the run compressed (helper-88: params alone)
+    pick = next(r for r in recs if r["key"] == summary["best"]["key"])
+    said = f", {pick['latency_ms']:.3f} ms, {1 / pick['latency_ratio']:.1f}x faster"
+    assert f"{said})" in logs[-1] and any(f"{said}, " in line for line in text if line.startswith("`n2n export` picks"))
 
 
 def test_every_epoch_report_carries_latency_so_early_stopping_can_rank_on_it(small_teacher, mnist1d):

@@ -749,17 +749,23 @@ def test_size_limits_alone_ask_for_the_most_accurate_student_within_them(ray_ses
     assert size_limits(TargetConfig(), metrics) == ({}, None)  # an accuracy target alone: nothing added
 
 
-def test_the_lines_naming_a_student_give_its_flops_where_the_run_limits_or_compresses_them():
+def test_the_lines_naming_a_student_give_its_flops_and_latency_where_the_run_limits_or_compresses_them():
     """helper-47: with a FLOPs limit the pick and export lines named params only; the limited figure
-    (95,047 against 100,000) was in metrics.json alone."""
+    (95,047 against 100,000) was in metrics.json alone. helper-88: a latency run's said no latency."""
     from envs import RewardConfig
     from n2n.config import TargetConfig
-    from n2n.pick import flops_said
+    from n2n.pick import size_said
 
     # and how many times fewer, beside the params' "x smaller" (helper-77: progress said 8.1x of the student
     # that the last line and the export called 7.05x smaller, by params)
-    assert flops_said(TargetConfig(max_flops=100_000), RewardConfig(), 95_047, 6_957_056) == ", 95,047 FLOPs, 73.20x fewer"
-    assert flops_said(TargetConfig(), RewardConfig(compression="flops"), 859_572, 6_957_056) == \
+    rec = {"flops": 95_047, "latency_ms": 0.8521, "latency_ratio": 0.37}
+    assert size_said(TargetConfig(max_flops=100_000), RewardConfig(), rec, 6_957_056) == ", 95,047 FLOPs, 73.20x fewer"
+    assert size_said(TargetConfig(), RewardConfig(compression="flops"), {**rec, "flops": 859_572}, 6_957_056) == \
         ", 859,572 FLOPs, 8.09x fewer"
-    assert flops_said(TargetConfig(max_params=100_000), RewardConfig(), 95_047, 6_957_056) == ""
-    assert flops_said(None, RewardConfig(), 95_047, 6_957_056) == ""
+    assert size_said(TargetConfig(max_params=100_000), RewardConfig(), rec, 6_957_056) == ""
+    assert size_said(None, RewardConfig(), rec, 6_957_056) == ""
+    # "faster" against the teacher timed beside it (1 / 0.37), as the progress lines and the report say
+    assert size_said(TargetConfig(max_latency_ms=0.9), RewardConfig(), rec, 6_957_056) == ", 0.852 ms, 2.7x faster"
+    assert size_said(TargetConfig(max_flops=100_000), RewardConfig(compression="latency"), rec, 6_957_056) == \
+        ", 95,047 FLOPs, 73.20x fewer, 0.852 ms, 2.7x faster"
+    assert size_said(TargetConfig(max_latency_ms=0.9), RewardConfig(), {"flops": 1, "latency_ms": None}, 1) == ""
