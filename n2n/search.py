@@ -575,13 +575,16 @@ def _finish(run_dir: Path, driver: SearchDriver, log=print, factories=(), addres
     return summary
 
 
-def teed(log, run_dir: Path):
-    """`log`, and a copy of every line in RUN/n2n.log (with the time): the run keeps its own story."""
+def teed(log, run_dir: Path, earlier: list[str] | None = None):
+    """`log`, and a copy of every line in RUN/n2n.log (with the time): the run keeps its own story.
+    `earlier`: lines said before the log could be written (with their times), written first."""
     def both(msg: str):
         unwritten = None
         try:  # the run's copy first: after a hang-up the terminal is gone (helper-38: EIO), the run's log is not
             with append_to(run_dir / LOG) as f:
-                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+                f.write("".join(earlier or ()) + f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+            if earlier:
+                earlier.clear()
         except OSError as e:  # ELOOP: a symlink planted there is never written through
             unwritten = e
         try:
@@ -679,6 +682,12 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
         named(run_dir := _next_free(run_dir))
     if run_dir.exists():  # before training a teacher: the same check again at creation
         raise taken(run_dir)
+    terminal, earlier = log, []  # lines said before the run folder exists, for its n2n.log too (helper-88)
+
+    def log(msg: str):
+        earlier.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+        terminal(msg)
+
     meta, (teacher, arch, ds, space) = prepare_run(cfg, factories, log)
     held = Path(meta["teacher_folder"]).resolve()
     if held in run_dir.parents:  # (helper-46) as export refuses an --out there: a teacher folder n2n can check
@@ -697,7 +706,7 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
         lock = _create(run_dir, meta, policy_files(cfg), named, base)
         run_dir = lock.path.parent
         with lock:
-            log = teed(log, run_dir)
+            log = teed(terminal, run_dir, earlier)
             if short:
                 log(short)
             ref = meta["reference"]

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,8 @@ def _records(run):
 
 def test_search_end_to_end(ray_session, tiny_config, tmp_path):
     run = tmp_path / "runs" / "e2e"
-    summary = run_search(load_config(tiny_config), run, log=lambda *_: None)
+    said = []
+    summary = run_search(load_config(tiny_config), run, log=said.append)
     recs = _records(run)
     assert summary["stage"] == "done"
     assert summary["candidates_per_stage"] == {"removal": 6, "shrink": 6, "refine": 2}
@@ -67,6 +69,9 @@ def test_search_end_to_end(ray_session, tiny_config, tmp_path):
     assert all(summary["agent_updates"][stage] >= 6 // 3 for stage in ("removal", "shrink"))
     assert summary["teacher"]["params"] == ref.params and 0.8 < summary["teacher"]["val_accuracy"] <= 1
     story = (run / "n2n.log").read_text()  # the run keeps what was printed, line by line
+    # every line, those said before the run folder existed too (helper-88: "REINFORCE starts from ...")
+    assert said[0].startswith("REINFORCE starts from the policy in ")
+    assert re.sub(r"(?m)^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", "", story) == "".join(f"{m}\n" for m in said)
     assert story.count("] reward ") == 14 and "search finished: 14 candidates trained" in story
     # the distillation targets stay with the run (resumes and export's fine-tune read them back)
     opened = OpenRun.open(run)
