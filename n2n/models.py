@@ -418,6 +418,12 @@ def check_target(folder: Path, overwrite: bool = False, kind: str = "teacher") -
     """A folder n2n is about to write: free, or (with overwrite) an earlier n2n `kind`."""
     folder = Path(folder)
     check_creatable(folder)
+    here = Path.cwd().resolve()
+    if folder.exists() and here.is_relative_to(folder.resolve()):  # `--out .` or `..` (helper-87: with --overwrite
+        # the temp folder went inside it, and the export was refused when done, over n2n's own temp folder)
+        where = "the current folder" if folder.resolve() == here else f"a folder above the current one ({here})"
+        raise FileExistsError(f"{folder}: is {where}, which n2n does not replace (it writes a new folder beside the "
+                              f"one it replaces); choose another --out")
     if occupied(folder):
         if not overwrite:
             raise FileExistsError(f"{folder} already exists; choose another --out or pass --overwrite")
@@ -475,11 +481,20 @@ def commit_folder(tmp: Path, folder: Path, overwrite: bool = False, kind: str = 
     and mkdir() give. An old folder is swapped out in one step (`exchange`), then deleted, but an old
     teacher is kept (`replaced_teacher`; returned). The checks run again: the folder may have appeared
     or changed while we worked."""
+    try:  # a folder it replaces keeps its own mode and group (helper-87: a 0700 or setgid folder came back 0755)
+        st = os.lstat(folder)
+        kept_as = st if stat.S_ISDIR(st.st_mode) else None
+    except FileNotFoundError:
+        kept_as = None
     for root, dirs, files in os.walk(tmp):  # what other writers made (save_pretrained writes 0600 weights)
         for name in files + dirs:
             p = os.path.join(root, name)
             if not os.path.islink(p):
+                _group_of(p, kept_as)
                 os.chmod(p, (0o777 if name in dirs else 0o666) & ~umask())
+    if kept_as is not None:
+        _group_of(tmp, kept_as)
+        os.chmod(tmp, stat.S_IMODE(kept_as.st_mode))
     kept, said = None, [f"{folder}: the new {kind} was moved into place before the interrupt took effect"]
     with signals_held(said):  # (helper-82: interrupted, the replaced folder went unsaid)
         if not occupied(folder):
@@ -510,6 +525,14 @@ def commit_folder(tmp: Path, folder: Path, overwrite: bool = False, kind: str = 
             exchange(tmp, folder)  # full disk at the kept folder's name deleted the old teacher)
             raise
     return kept
+
+
+def _group_of(path, replaced: os.stat_result | None) -> None:
+    """`path` in the group of the folder it replaces, where the user may give it that group (a shared
+    folder's setgid group, which files made beside it lack)."""
+    if replaced is not None and os.lstat(path).st_gid != replaced.st_gid:
+        with contextlib.suppress(PermissionError):
+            os.chown(path, -1, replaced.st_gid, follow_symlinks=False)
 
 
 def exchange(a: Path, b: Path) -> None:

@@ -7,6 +7,7 @@ import re
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -2848,13 +2849,22 @@ def test_an_overwrite_refusal_names_what_blocks_and_an_empty_folder_is_free(fini
     cwd = os.getcwd()
     os.chdir(tmp_path / "here")  # `--out .` in an empty folder: refused before any work, as before (helper-55: the
     try:                         # temp folder went inside it, and the finished export was refused at the end)
-        with pytest.raises(FileExistsError, match="already exists"):
-            export_best(finished_run, Path("."), log=lambda *_: None)
+        for out, overwrite in ((".", False), (".", True), ("..", True)):  # helper-87: refused only when done
+            with pytest.raises(FileExistsError, match=r"\.: is (the current folder|a folder above the current one "
+                                                      r".*), which n2n does not replace .*; choose another --out"):
+                export_best(finished_run, Path(out), overwrite=overwrite, log=lambda *_: None)
     finally:
         os.chdir(cwd)
     assert list((tmp_path / "here").iterdir()) == []
+    # the folder made for it keeps its mode and group (helper-87: a 0700 or setgid folder came back 0755)
+    os.chmod(empty, 0o2750)
+    group = empty.stat().st_gid
     assert export_best(finished_run, empty, log=lambda *_: None)["params"] > 0
     assert (empty / "model.safetensors").is_file()
+    assert (stat.S_IMODE(empty.stat().st_mode), empty.stat().st_gid) == (0o2750, group)
+    os.chmod(empty, 0o700)  # and so does an earlier export it replaces
+    export_best(finished_run, empty, overwrite=True, log=lambda *_: None)
+    assert stat.S_IMODE(empty.stat().st_mode) == 0o700 and (empty / "model.safetensors").is_file()
     later = tmp_path / "later"
     later.mkdir()
     tmp = tmp_path / ".later.tmp"
