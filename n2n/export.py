@@ -86,7 +86,11 @@ def _target_lines(metrics: dict) -> list[str]:
               (("max_params", "parameters"), ("max_flops", "multiply-adds"), ("max_latency_ms", "")) if k in t]
     if limits:
         said.append(f"at most {', '.join(limits)}: this student is {'within' if t['limits_met'] else 'OUTSIDE'} them")
-    return ([f"- The run's target: {'; '.join(said)}."] if said else []) + [f"- Why this student: {metrics['chosen_because']}."]
+    why = [f"- Why this student: {metrics['chosen_because']}."]
+    if metrics.get("search_finished") is False:  # (helper-87: said on the terminal and in metrics.json alone)
+        why.append("- Exported before its search finished: the choice among the candidates trained by then; the "
+                   "finished search may choose another.")
+    return ([f"- The run's target: {'; '.join(said)}."] if said else []) + why
 
 
 def export_readme(metrics: dict, arch: dict, extras: list[str], tokenizer: str | None, sample: tuple) -> str:

@@ -781,6 +781,10 @@ def test_exporting_a_search_that_has_not_finished_says_so(finished_run, tmp_path
     assert stopped["search_finished"] is False and stopped["key"] == done["key"]
     assert any(line.startswith("warning: this search has not finished (it stopped in stage shrink after 3 candidates)")
                and f"n2n resume {run}" in line for line in lines)
+    # and the folder's own README says so to whoever gets it alone (helper-87: metrics.json alone did)
+    said = "- Exported before its search finished: the choice among the candidates trained by then"
+    assert said in (tmp_path / "b" / "README-n2n.md").read_text()
+    assert said not in (tmp_path / "a" / "README-n2n.md").read_text()
     (tmp_path / "plots").mkdir()
     titles = []  # the plots' own titles say it too: a PNG outlives the search it was made during (helper-27)
     with pytest.MonkeyPatch.context() as m:
