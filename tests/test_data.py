@@ -31,6 +31,13 @@ def test_builtin_splits_sizes_disjoint_and_seeded(name, sizes, shape):
     assert not torch.equal(ds.y_val, other.y_val)
     # standardised with train statistics
     assert abs(ds.x_train.mean().item()) < 1e-4 and abs(ds.x_train.std().item() - 1) < 1e-3
+    # the rule the README gives for rebuilding it without n2n (helper-87: a deployer could not rescore an export)
+    n = sum(sizes.values())
+    perm = np.random.default_rng(0).permutation(n)
+    cut = (int(0.7 * n), int(0.7 * n) + int(0.15 * n))
+    assert [ds.index[p].tolist() for p in ("train", "val", "test")] == [a.tolist() for a in np.split(perm, cut)]
+    y = load_raw(name)[1]
+    assert np.array_equal(np.asarray(y)[perm[cut[0]:cut[1]]], ds.y_val.numpy())
 
 
 def test_mnist1d_is_cached_on_disk_and_a_damaged_copy_is_made_again(tmp_path, monkeypatch):
