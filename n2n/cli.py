@@ -58,6 +58,13 @@ def _teacher_train(args) -> int:
     return 0
 
 
+def _dataset(metrics: dict) -> str | None:
+    """The data a teacher's figures hold on: as metrics.json names it, else as its split record does (a
+    teacher of your own may record the split alone, helper-87)."""
+    split = metrics.get("split")
+    return metrics.get("dataset") or (split.get("dataset") if isinstance(split, dict) else None)
+
+
 def _accuracies(model, arch: dict, metrics: dict, folder: Path) -> list[tuple[str, str | None]]:
     """Validation and test accuracy measured on the split metrics.json records, beside what it
     records (helper-25: an edited metrics.json was shown as if measured)."""
@@ -68,9 +75,9 @@ def _accuracies(model, arch: dict, metrics: dict, folder: Path) -> list[tuple[st
     recorded = {k: v if isinstance(v, (int, float)) and not isinstance(v, bool) else None for k, v in recorded.items()}
     split = metrics.get("split")
     try:
-        if not (metrics.get("dataset") and split):
+        if not (isinstance(split, dict) and _dataset(metrics)):
             raise data_mod.DataError("no split recorded")
-        ds = data_mod.load_split(metrics["dataset"], split, tokenizer=folder, preprocess=arch.get("input"))
+        ds = data_mod.load_split(_dataset(metrics), split, tokenizer=folder, preprocess=arch.get("input"))
         measured = {part: accuracy(model, getattr(ds, f"x_{part}"), getattr(ds, f"y_{part}")) for part in recorded}
     except (data_mod.DataError, OSError, ValueError) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -111,7 +118,7 @@ def _teacher_show(args) -> int:
     rows = [("folder", str(folder)), ("family", arch.get("family")), ("input shape", shown),
             ("units", units),
             ("params", f"{count_params(model):,}"), ("FLOPs (MACs/sample)", flops),
-            ("dataset", metrics.get("dataset")), *_accuracies(model, arch, metrics, folder)]
+            ("dataset", _dataset(metrics)), *_accuracies(model, arch, metrics, folder)]
     if split:
         how = "as given by the data" if split.get("seed") is None else f"seed {split['seed']}"
         rows.append(("split", f"{how}, sizes {split.get('sizes')}, fingerprint {split.get('fingerprint')}"))

@@ -176,6 +176,12 @@ def test_teacher_show_and_a_preset_adapted_to_small_inputs_says_so(tmp_path):
     rows = {k.strip(): v for k, v in (line.split(": ", 1) for line in shown.stdout.strip().splitlines())}
     assert rows["val accuracy"] == f"{metrics['val_accuracy']:.4f} (metrics.json records 0.9999)"
     assert rows["test accuracy"] == f"{metrics['test_accuracy']:.4f} (metrics.json records 0.9998)"
+    # a teacher of your own records its split, which names its data: measured on it (helper-87: "not measured:
+    # no split recorded", above the split it showed, where metrics.json had no "dataset" beside it)
+    (tmp_path / "t" / "metrics.json").write_text(json.dumps({"split": metrics["split"]}))
+    shown = subprocess.run([n2n_bin, "teacher", "show", str(tmp_path / "t")], capture_output=True, text=True)
+    rows = {k.strip(): v for k, v in (line.split(": ", 1) for line in shown.stdout.strip().splitlines())}
+    assert rows["val accuracy"] == f"{metrics['val_accuracy']:.4f}" and rows["dataset"] == "digits", shown.stdout
 
 
 def test_a_module_teacher_imports_its_factory_from_the_working_directory(tmp_path):
