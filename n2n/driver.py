@@ -31,7 +31,8 @@ from search_spaces import SearchSpace, StudentSpec
 from .errors import RunError
 from .models import write_json
 from .pick import REACH, choose, finalists, meets_none, misscored, points
-from .runfolder import HELD_FOR_DEATHS, HELD_FOR_UNSAVED, POLICY, RECORDS, SUMMARY, record_problem, result_problem, save_state
+from .runfolder import (HELD_FOR_DEATHS, HELD_FOR_UNSAVED, POLICY, RECORDS, SUMMARY, moved, moved_said, record_problem,
+                        result_problem, save_state)
 
 FINISHED = "FINISHED"
 
@@ -711,6 +712,8 @@ class SearchDriver:
         writes nothing)."""
         if self.run_dir is None:
             return
+        if moved(self.run_dir):
+            raise RunError(moved_said(self.run_dir))
         save_state(self.run_dir, self.state_dict())
         write_json(self.run_dir / RECORDS, self.records)
         write_json(self.run_dir / SUMMARY, self.summary())

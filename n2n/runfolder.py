@@ -268,7 +268,7 @@ def _holder(fd: int) -> tuple[str, str | None]:
 
 # runs this process made or locked (resolved paths): only of those may an interruption say, and write in
 # their n2n.log, that they stopped (helper-74: a Ctrl-C'd resume wrote so in a run another process held)
-HELD_HERE: set[str] = set()
+HELD_HERE: dict[str, tuple[int, int]] = {}  # resolved path -> (st_dev, st_ino) of the folder locked there
 LOCKED_DIRS: set[tuple[int, int]] = set()  # (st_dev, st_ino) of the run folders this process holds now
 _DELETED = f"a process of unknown pid, whose {LOCK} was deleted or replaced while it ran"  # known by its folder's lock alone
 
@@ -372,7 +372,7 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{_me()}{f', {self.doing}' if self.doing else ''}\n{here}".encode())
         self.fd = fd
-        HELD_HERE.add(here)
+        _hold(here)
         try:
             # appended in place: made its own here, before the trials' workers append to trained.log at once
             # (append_to's own unshared would race between two of them, and one's line could be lost)
@@ -399,6 +399,32 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def _hold(run_dir) -> None:
+    """Note the run folder this process locked at `run_dir` (resolved), and which folder it is."""
+    st = os.stat(run_dir)
+    HELD_HERE[str(run_dir)] = (st.st_dev, st.st_ino)
+
+
+def moved(run_dir) -> bool:
+    """Whether the run folder this process locked at `run_dir` is there no longer: moved, deleted or
+    replaced while it ran. Its files are written by path: a search whose folder was renamed wrote on
+    into whatever run was put at its old name (helper-89: another run's candidates.json, states and
+    results replaced). False for a path this process holds no run at."""
+    known = HELD_HERE.get(os.path.abspath(run_dir))
+    if known is None:
+        return False
+    try:
+        st = os.stat(run_dir)
+    except OSError:
+        return True
+    return (st.st_dev, st.st_ino) != known
+
+
+def moved_said(run_dir) -> str:
+    return (f"{run_dir}: no longer the run folder this search started in (moved, deleted or replaced while it ran); "
+            f"it stopped, writing nothing more there: `n2n resume` the run where it is now")
 
 
 def _inode(fd: int) -> tuple[int, int]:
@@ -518,7 +544,7 @@ def create_run(run_dir: Path, meta: dict, copies: dict[str, Path] | None = None)
         # running search was "stopped" to report and export, and `search --name` advised resuming it (helper-54)
         os.ftruncate(lock.fd, 0)
         os.pwrite(lock.fd, f"{_me()}\n{run_dir.resolve()}".encode(), 0)
-        HELD_HERE.add(str(run_dir.resolve()))
+        _hold(run_dir.resolve())
         return lock
     finally:
         if tmp.exists():

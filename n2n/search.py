@@ -33,7 +33,7 @@ from .models import (ModelError, append_to, check_creatable, device_for, file_di
 from .pick import RULES, meets_none, none_meets_said, points, rules_note, size_said
 from .raysession import WATCH_MISSES, WATCH_SECONDS, check_address, cluster_watch, ray_session
 from .runfolder import (HELD_FOR_DEATHS, HELD_FOR_UNSAVED, LOG, META, POLICY, PREV_STATE, RECORDS, RESULTS, STATE, TEACHER_LOGITS, TUNE,
-                        RunLock, create_run, fallback, taken, load_states, read_records, read_run, read_summary)
+                        RunLock, create_run, fallback, taken, load_states, moved, read_records, read_run, read_summary)
 from .storage import Fetcher, RemoteResults, check_store, shown, store_location
 from .teachers import cached_teacher
 from .train import accuracy, chance_warning, predict
@@ -140,7 +140,8 @@ def make_context(meta: dict, cfg: Config, run_dir: Path, loaded: tuple, factorie
                    tuple(cfg.search.ratios), ds.x_train, ds.y_train, t_logits, ds.x_val, ds.y_val, cfg.distill,
                    Reference(**meta["reference"]), cfg.reward_config(), results_location(meta, run_dir), cfg.resources.device, cfg.seed,
                    cfg.search.uniform_widths, per_epoch=cfg.early_stop.enabled, factories=tuple(factories),
-                   latency=cfg.latency if cfg.latency.repeats else None, preprocess=ds.preprocess)
+                   latency=cfg.latency if cfg.latency.repeats else None, preprocess=ds.preprocess,
+                   results_inode=None if meta.get("results_store") else os.stat(Path(run_dir) / RESULTS).st_ino)
 
 
 def results_location(meta: dict, run_dir: Path) -> str:
@@ -581,10 +582,11 @@ def teed(log, run_dir: Path, earlier: list[str] | None = None):
     def both(msg: str):
         unwritten = None
         try:  # the run's copy first: after a hang-up the terminal is gone (helper-38: EIO), the run's log is not
-            with append_to(run_dir / LOG) as f:
-                f.write("".join(earlier or ()) + f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
-            if earlier:
-                earlier.clear()
+            if not moved(run_dir):  # never into another run put at its name (helper-89); the driver says so
+                with append_to(run_dir / LOG) as f:
+                    f.write("".join(earlier or ()) + f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+                if earlier:
+                    earlier.clear()
         except OSError as e:  # ELOOP: a symlink planted there is never written through
             unwritten = e
         try:

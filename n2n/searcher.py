@@ -10,6 +10,8 @@ from __future__ import annotations
 from ray.tune.search import Searcher
 
 from .driver import FINISHED, SearchDriver
+from .errors import RunError
+from .runfolder import moved, moved_said
 
 
 class N2NSearcher(Searcher):
@@ -43,6 +45,8 @@ class N2NSearcher(Searcher):
         try:
             t = self.driver.trials.get(trial_id)
             if self.fetch and t and not error:  # the files before the record (a failed fetch: sync() retries)
+                if moved(self.driver.run_dir):  # nothing into another run put at its name (helper-89)
+                    raise RunError(moved_said(self.driver.run_dir))
                 self.fetch(t["key"])
             self.driver.complete(trial_id, result, error)  # (the trials still running after an error: recorded
         except Exception as e:                             # as far as the machine lets them be)

@@ -62,18 +62,27 @@ def weights_of(run_dir: Path, key) -> Path:
     return Path(run_dir) / "results" / f"{stem(key)}.safetensors"
 
 
-def open_results(location: str):
-    """The results store at `location`: a local folder, or a URI (scheme://...)."""
-    return RemoteResults(location) if "://" in location else LocalResults(Path(location))
+def open_results(location: str, inode: int | None = None):
+    """The results store at `location`: a local folder (`inode`: see LocalResults), or a URI (scheme://...)."""
+    return RemoteResults(location) if "://" in location else LocalResults(Path(location), inode)
 
 
 class LocalResults:
-    """results/ in the run folder, written with plain file I/O (atomic renames, fsync'd audit)."""
+    """results/ in the run folder, written with plain file I/O (atomic renames, fsync'd audit). With
+    `inode`, results/ as the search began: another folder at its path (the run moved, another put at
+    its name) is neither read nor written (helper-89: a renamed search's trials wrote into it)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, inode: int | None = None):
         self.path = path
+        self.inode = inode
+
+    def _check(self) -> None:
+        if self.inode is not None and os.stat(self.path).st_ino != self.inode:
+            raise RunError(f"{self.path}: no longer the results folder of this search's run (the run was moved or "
+                           f"replaced while it ran); nothing was read or written there")
 
     def result(self, key: str) -> dict | None:
+        self._check()
         p = self.path / f"{stem(key)}.json"
         if p.exists() and not p.is_file():  # a FIFO here blocked the read for good (helper-30)
             raise ValueError(f"{p}: expected a result file, found something else under its name")
@@ -88,13 +97,16 @@ class LocalResults:
         logged again; never a result whose training is missing from the log. Returns the result, with
         the weights file's digest (`weights_digest`: what export checks the file against)."""
         name = stem(key)
+        self._check()  # before each write: the folder may go while a trial trains for minutes
         if state is not None:
             save_weights(state, self.path / f"{name}.safetensors")
             final = {**final, "weights_digest": file_digest(self.path / f"{name}.safetensors")}
+        self._check()
         with append_to(self.path / AUDIT) as f:
             f.write(name + "\n")
             f.flush()
             os.fsync(f.fileno())
+        self._check()
         write_json(self.path / f"{name}.json", final)
         return final
 

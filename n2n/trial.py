@@ -54,6 +54,7 @@ class Context:
     factories: tuple = ()  # user factories the user allowed (module teachers); see n2n.models.build_model
     latency: object = None  # n2n.config.LatencyConfig: how latency is measured (None: not measured)
     preprocess: dict | None = None  # the data set's standardisation (n2n.models.RawInput), timed with the models
+    results_inode: int | None = None  # RUN/results' when the search began: written only while it is that folder
 
 
 _SPACES: dict[str, SearchSpace] = {}  # per worker process: actors are reused across trials
@@ -136,7 +137,7 @@ def run_trial(config: dict, context: Context) -> None:
     from ray import tune
 
     ctx = context
-    results = open_results(ctx.results_dir)
+    results = open_results(ctx.results_dir, ctx.results_inode)
     try:
         done = results.result(config["key"])
     except json.JSONDecodeError:  # a damaged result is no result: trained again, and written whole

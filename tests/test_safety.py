@@ -176,7 +176,7 @@ def test_a_stored_result_not_as_n2n_writes_it_is_trained_again_not_adopted(tmp_p
     monkeypatch.setattr(trial, "evaluate", lambda *a, **k: (trained.append(1), (Evaluation(0.9, 100, 200, epochs=3), None))[1])
     monkeypatch.setattr(ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=lambda: "n",
                                                                           get_assigned_resources=lambda: {}))
-    ctx = SimpleNamespace(results_dir=str(tmp_path), per_epoch=False, device="cpu", reference=Reference(1000, 2000, 0.95),
+    ctx = SimpleNamespace(results_dir=str(tmp_path), results_inode=None, per_epoch=False, device="cpu", reference=Reference(1000, 2000, 0.95),
                           reward=RewardConfig(kind="target", target_drop=1.0))
     config = {"spec": {"removed": [], "ratios": [0.5]}, "key": "k-1", "stage": "finalists"}
     good = {"accuracy": 0.9, "params": 100, "flops": 200, "failure": "", "reward": 0.5, "epochs": 3}
@@ -522,6 +522,51 @@ def test_a_lock_file_deleted_under_its_holder_still_keeps_others_out(tmp_path, c
         with pytest.raises(RunError, match=f"pid {os.getpid()} on"):
             RunLock(run).acquire()
     assert (run / ".lock").read_text().startswith(f"pid {os.getpid()}")
+
+
+
+def test_a_run_folder_moved_under_its_search_is_never_written_through_its_old_path(space, tmp_path):
+    """helper-89: a search whose folder was renamed wrote on by path: into another run put at its old
+    name (its candidates.json, states, n2n.log and results replaced), or into a half run made anew
+    there, whose resume the search then advised. The folder it locked is checked before every write."""
+    from n2n.search import teed
+    from n2n.storage import LocalResults
+
+    run, away = tmp_path / "runs" / "sw", tmp_path / "runs" / "sw-b"
+    (run / "results").mkdir(parents=True)
+    ref = Reference(space.teacher_params(), space.flops(space.identity()), 0.95)
+    said = []
+    with RunLock(run):
+        run_dir = run.resolve()
+        d = SearchDriver(space, ref, agent="random", stages=["shrink"], budgets={"shrink": 2}, run_dir=run_dir,
+                         log=lambda *_: None)
+        d.save()
+        log = teed(said.append, run_dir)
+        results = LocalResults(run / "results", os.stat(run / "results").st_ino)  # as a trial opens them
+        log("before")
+        results.save("k1", None, {"failure": ""})
+        run.rename(away)
+        (run / "results").mkdir(parents=True)  # another run put at its name
+        for name in ("candidates.json", "summary.json", "n2n.log", STATE, "results/k1.json", "results/trained.log"):
+            (run / name).write_text("theirs")
+        moved = "no longer the run folder this search started in (moved, deleted or replaced while it ran)"
+        with pytest.raises(RunError, match=re.escape(f"{run_dir}: {moved}")):
+            d.save()
+        log("after")  # said, never written there
+        for write in (lambda: results.save("k1", None, {"failure": ""}), lambda: results.result("k1")):
+            with pytest.raises(RunError, match="no longer the results folder of this search's run"):
+                write()
+        assert {p.name: p.read_text() for p in run.rglob("*") if p.is_file()} == {
+            "candidates.json": "theirs", "summary.json": "theirs", "n2n.log": "theirs", STATE: "theirs",
+            "k1.json": "theirs", "trained.log": "theirs"}
+        shutil.rmtree(run)  # deleted outright: nothing made anew there
+        with pytest.raises(RunError, match=re.escape(moved)):
+            d.save()
+        log("gone")
+        assert not run.exists()
+    assert said == ["before", "after", "gone"]
+    story = (away / "n2n.log").read_text()
+    assert "before" in story and "after" not in story and (away / "results" / "k1.json").is_file()
 
 
 # -- a finished run: export --overwrite, Tune's folder gone, damaged n2n.json -----------------------
@@ -2628,10 +2673,10 @@ def test_what_the_machine_or_the_paths_cause_is_a_line_not_a_traceback(tmp_path,
     def ran_out(cfg, run_dir, **_):
         run_dir.mkdir(parents=True)
         (run_dir / "n2n.json").write_text("{}")
-        HELD_HERE.add(str(run_dir.resolve()))  # made by this search (create_run)
+        _hold(run_dir.resolve())  # made by this search (create_run)
         raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "search_state.pt"))
 
-    from n2n.runfolder import HELD_HERE
+    from n2n.runfolder import _hold
 
     monkeypatch.setattr(search_mod, "run_search", ran_out)
     run = tmp_path / "runs" / "my run"
