@@ -198,8 +198,9 @@ def private_temp(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
 
 
 def temp_folder(folder: Path, prefix: str) -> Path:
-    """mkdtemp beside `folder`, with the mode a plain mkdir would give (mkdtemp makes 0700)."""
-    tmp = Path(tempfile.mkdtemp(dir=Path(folder).parent, prefix=prefix))
+    """mkdtemp beside `folder`, with the mode a plain mkdir would give (mkdtemp makes 0700), named by
+    the start of `prefix` (helper-89: `.NAME.` of a 250-byte NAME failed after the work was done)."""
+    tmp = Path(tempfile.mkdtemp(dir=Path(folder).parent, prefix=prefix[:100]))
     os.chmod(tmp, 0o777 & ~umask())
     return tmp
 
@@ -412,6 +413,18 @@ def check_creatable(folder: Path) -> None:
     except OSError as e:
         raise PermissionError(f"{folder}: cannot be written, a new file in {there} failed ({e.strerror}); choose "
                               f"another path") from None
+    limit = _name_max(there) if there is not None else 255
+    for part in folder.absolute().parts[1:]:  # (helper-89: a 250-byte name failed after the work was done)
+        if len(os.fsencode(part)) > limit:
+            raise OSError(errno.ENAMETOOLONG, f"a name of {len(os.fsencode(part))} bytes ({part[:40]}...), past "
+                          f"this file system's {limit}; choose a shorter one", str(folder))
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
 
 
 def check_target(folder: Path, overwrite: bool = False, kind: str = "teacher") -> None:

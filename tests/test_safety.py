@@ -2705,6 +2705,19 @@ def test_what_the_machine_or_the_paths_cause_is_a_line_not_a_traceback(tmp_path,
                                               f"under {tempfile.gettempdir()}): No space left on device; every candidate")
     assert cli.main(["report", str(tmp_path / ("x" * 300))]) == 2
     assert capsys.readouterr().err.endswith(": File name too long\n")
+    # a name under 255 bytes whose temp folder, `.NAME.` and 8 more, went past it: it failed once the teacher was
+    # trained (helper-89); one past 255 is refused before any work, by command
+    monkeypatch.undo()
+    train = ["teacher", "train", "--dataset", "digits", "--arch", "mlp", "--hidden", "8", "--epochs", "1", "--out"]
+    assert cli.main([*train, str(tmp_path / "made" / ("b" * 250))]) == 0, capsys.readouterr().err
+    assert (tmp_path / "made" / ("b" * 250) / "model.safetensors").is_file()
+    name = "b" * 256
+    for args, out in (([*train, str(tmp_path / "made" / name)], tmp_path / "made" / name),
+                      (["search", "--runs-dir", str(tmp_path / "runs"), "--name", name], tmp_path / "runs" / name)):
+        assert cli.main(args) == 2
+        assert capsys.readouterr().err == (f"n2n: error: {out}: a name of 256 bytes ({'b' * 40}...), past this file "
+                                           f"system's 255; choose a shorter one\n")
+        assert not out.parent.exists() or name not in os.listdir(out.parent)  # (out.exists() itself: ENAMETOOLONG)
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     assert cli.main(["resume", str(tmp_path / "loop")]) == 2
     err = capsys.readouterr().err
