@@ -387,9 +387,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# what a terminal takes for commands (ESC, BEL, CR, C1 ...), tab and newline aside
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+class Shown:
+    """A text stream that shows terminal control characters as \\xNN instead of sending them: n2n
+    prints what run folders, teacher folders and data hold, and escapes there set a terminal's title
+    or colours, or its clipboard (helper-89: a summary.json's failure, n2n.json's teacher_folder)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text))
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = Shown(out), Shown(err)
+    try:
+        return _main(args)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _main(args) -> int:
     try:  # torch and the rest take seconds to import: a Ctrl-C meanwhile is an interruption too (helper-71)
         from .errors import USER_ERRORS, TargetMissed, sigterm_as_sigint
     except KeyboardInterrupt:

@@ -810,6 +810,22 @@ def test_export_and_report_need_nothing_from_tunes_pickles(finished_run, tmp_pat
     assert "search_state.pt" in kept and {name: (run / name).read_bytes() for name in kept} == kept
 
 
+def test_terminal_escapes_in_a_run_from_someone_else_are_shown_not_sent(finished_run, tmp_path, capsys):
+    """helper-89: a summary.json's failure and n2n.json's teacher_folder reached the terminal raw, so a run
+    folder handed over could set the terminal's title, colours or (OSC 52) its clipboard."""
+    run = tmp_path / "copy"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "stage": "failed", "failure": "sum\x1b]0;TITLE\x07\x1b[31mRED"}))
+    status, out = _main(capsys, "report", run, stream="out")
+    assert status == 0 and "(it failed after 3 candidates: sum\\x1b]0;TITLE\\x07\\x1b[31mRED)" in out
+    meta = json.loads((run / "n2n.json").read_text())
+    (run / "n2n.json").write_text(json.dumps({**meta, "teacher_folder": "/nowhere\x1b]52;c;aGk=\x07"}))
+    status, err = _main(capsys, "export", run, "--out", tmp_path / "x")
+    assert status == 2 and "/nowhere\\x1b]52;c;aGk=\\x07" in err and "\x1b" not in err and "\x07" not in err
+    assert not isinstance(sys.stdout, cli.Shown) and not isinstance(sys.stderr, cli.Shown)  # put back after
+
+
 def test_exporting_a_search_that_has_not_finished_says_so(finished_run, tmp_path):
     """An interrupted run exported with exit 0 and nothing said: its pick rests on the candidates so far."""
     import shutil
