@@ -258,18 +258,35 @@ def ray_session(address: str | None, log=print):
         os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
         os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
         _refresh_ray_config()
+    logs = None
     try:
         # log_to_driver=False: workers' own output (prefixed lines, library banners) stays out of the
         # user's terminal; a trial's failure reaches the records with its reason (n2n.trial)
         with _neutral_cwd(temp), _hangup_ignored():
-            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, _temp_dir=temp,
-                     log_to_driver=False)
+            try:
+                ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, _temp_dir=temp,
+                         log_to_driver=False)
+            except Exception as e:  # Ray's own processes died or never came up (helper-89: a traceback)
+                logs = temp  # kept for its logs; the next n2n command removes it (tempdirs)
+                raise RunError(f"Ray could not start on this machine: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                               f"; {_startup_hint()}; Ray's logs are in {temp}/session_latest/logs") from e
         with sigterm_as_sigint():
             yield
     finally:
         ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
+        if logs is None:
+            shutil.rmtree(temp, ignore_errors=True)
         _ray_auth_env(saved)  # the user's own values, exactly as they were
+
+
+def _startup_hint() -> str:
+    """What may have kept a local Ray from starting, where this process can see it."""
+    import resource
+
+    size, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if size != resource.RLIM_INFINITY:  # Ray's object store and logs are files: a limit kills its processes
+        return f"files are limited to {size:,} bytes here (`ulimit -f`), too few for Ray's own: raise the limit"
+    return "run the command again; if it fails again, its logs say why"
 
 
 # Ray puts Unix sockets at ROOT/n2n-ray-XXXXXXXX/session_<date>_<time>_<micro>_<pid>/sockets/plasma_store,

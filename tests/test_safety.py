@@ -1582,6 +1582,42 @@ def test_a_local_search_s_ray_admits_no_one_without_its_token(tmp_path):
                                             "after None users-own", ""], done.stdout
 
 
+def test_a_local_ray_that_cannot_start_is_said_in_a_line_naming_its_logs(monkeypatch, request):
+    """helper-89: under `ulimit -f 500` Ray's own processes died at start, and the search ended in a
+    traceback ("The current node timed out during startup"), exit 1."""
+    import resource
+
+    import ray
+
+    from n2n.raysession import ray_session
+
+    short = tempfile.mkdtemp(prefix="n2nr-", dir="/tmp")  # Ray's socket paths: a short temp root
+    request.addfinalizer(lambda: shutil.rmtree(short, ignore_errors=True))
+    monkeypatch.setenv("RAY_TMPDIR", short)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)  # (the suite's own Ray stays up)
+
+    def dies(**_):
+        raise Exception("The current node timed out during startup. This could happen because some of the Ray "
+                        "processes failed to startup.")
+
+    monkeypatch.setattr(ray, "init", dies)
+    before = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    for limit, hint in ((256_000, "files are limited to 256,000 bytes here (`ulimit -f`), too few for Ray's own: raise "
+                                  "the limit"),
+                        (resource.RLIM_INFINITY, "run the command again; if it fails again, its logs say why")):
+        monkeypatch.setattr(resource, "getrlimit", lambda which, limit=limit: (limit, resource.RLIM_INFINITY))
+        with pytest.raises(RunError) as e:
+            with ray_session(None, log=lambda *_: None):
+                pass
+        logs = re.fullmatch(r"Ray could not start on this machine: The current node timed out during startup\. This "
+                            rf"could happen because some of the Ray processes failed to startup\.; {re.escape(hint)}; "
+                            r"Ray's logs are in (\S+)/session_latest/logs", str(e.value))
+        assert logs and Path(logs[1]).parent == Path(short)  # kept for them; the next n2n command removes it
+        # the token n2n set for it is gone with it: the user's environment as it was
+        assert {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")} == before
+
+
 def test_a_hang_up_of_the_whole_terminal_stops_a_search_cleanly(tiny_config, tmp_path):
     """helper-39: a closed terminal sends SIGHUP to the whole process group; Ray's gcs_server and raylet
     died of it, and the search, stopping cleanly, waited 60 s for them until Ray ended it without its
