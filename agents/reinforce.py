@@ -22,7 +22,7 @@ from torch import nn
 
 from search_spaces import FEATURE_DIM
 
-from .base import Agent, AgentOptionError, Candidate, rollout
+from .base import Agent, AgentOptionError, Candidate, rollout, shown
 
 
 class RemovalPolicy(nn.Module):
@@ -97,6 +97,7 @@ def sequence_log_prob(policy: nn.Module, feats: torch.Tensor, actions, masks) ->
 
 
 MAX_HIDDEN = 1024  # the policies' LSTM width: 30 by default; 1024 is about 35M parameters, far past any use
+MAX_BATCH = 10_000  # rollouts per update: 10 by default; a stage of the largest budget in a few batches
 
 
 @dataclass
@@ -121,7 +122,8 @@ class ReinforceConfig:
     explore_temperature: float = 4.0
 
     def __post_init__(self):
-        for ok, msg in ((self.batch_size >= 1, f"batch_size: expected >= 1, got {self.batch_size}"),
+        # bounded: its rollouts are sampled at once (helper-89: 10^20 was taken, and the search never began)
+        for ok, msg in ((1 <= self.batch_size <= MAX_BATCH, f"batch_size: expected 1 to {MAX_BATCH:,}, got {shown(self.batch_size)}"),
                         (self.lr is None or self.lr > 0, f"lr: expected > 0, got {self.lr}"),
                         # at most MAX_HIDDEN, for recorded runs too (helper-76: a received run's hidden of
                         # 100,000 allocated 160 GB for the LSTM before anything was said)

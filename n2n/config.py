@@ -69,6 +69,9 @@ class RewardSection:
     min_accuracy: float | None = None  # n2n reward: a hard wall (-1 below it)
 
 
+MANY = 100_000  # the most candidates per stage, or trials at once, a config may ask for
+
+
 @dataclass
 class TargetConfig:
     """The student the user asks for; any combination. Used by the target reward and by export."""
@@ -168,10 +171,10 @@ class Config:
              f"search.stages: expected a list of 'removal', 'shrink' and/or 'refine', each once, got {s.stages!r}"),
             ("refine" not in s.stages or "shrink" in s.stages[:s.stages.index("refine")],
              f"search.stages: refine narrows the shrink stage's best, so it comes after shrink; got {s.stages!r}"),
-            (s.removal_budget >= 0, f"search.removal_budget: expected >= 0, got {s.removal_budget}"),
-            (s.shrink_budget >= 0, f"search.shrink_budget: expected >= 0, got {s.shrink_budget}"),
-            (s.refine_budget >= 0, f"search.refine_budget: expected >= 0, got {s.refine_budget}"),
-            (s.concurrency >= 1, f"search.concurrency: expected >= 1, got {s.concurrency}"),
+            # bounded (helper-89: a 4,000-digit budget started a search whose end no one would see)
+            *((0 <= getattr(s, f"{stage}_budget") <= MANY, f"search.{stage}_budget: expected 0 to {MANY:,}, got "
+               f"{shown(getattr(s, f'{stage}_budget'))}") for stage in STAGES),
+            (1 <= s.concurrency <= MANY, f"search.concurrency: expected 1 to {MANY:,}, got {shown(s.concurrency)}"),
             (1.0 in s.ratios and all(0 < r <= 1 for r in s.ratios), f"search.ratios: expected values in (0, 1] including 1.0, got {s.ratios}"),
             (s.max_asks_per_candidate >= 1, f"search.max_asks_per_candidate: expected >= 1, got {s.max_asks_per_candidate}"),
             (self.resources.cpus_per_trial > 0, "resources.cpus_per_trial: expected > 0"),
