@@ -397,7 +397,8 @@ def _say_pick(run_dir: Path, meta: dict, cfg: Config, best: dict, why: str, log,
     why the search is unfinished (None when it finished). `asked`: --key, --rank or --margin given."""
     if note := pick.rules_note(meta):
         log(note)
-    log(f"exporting {best['summary']} ({best['params']:,} params{pick.size_said(cfg.target, cfg.reward_config(), best, meta['reference']['flops'])}, "
+    # the key too: what --key takes (helper-89: the spec's summary was passed to it)
+    log(f"exporting {best['key']}: {best['summary']} ({best['params']:,} params{pick.size_said(cfg.target, cfg.reward_config(), best, meta['reference']['flops'])}, "
         f"{best['stage']}, val acc {best['accuracy']:.4f}): {why}")
     stopped = unfinished(run_dir)
     note = None if stopped or asked else pick.summary_note(read_summary(run_dir), best["key"])

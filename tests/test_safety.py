@@ -693,6 +693,7 @@ def test_a_run_with_a_flops_limit_shows_its_students_flops_wherever_it_names_the
     assert f" params, {metrics['flops']:,} FLOPs, {fewer}, " in pick and metrics["key"] in pick
     exporting = next(line for line in said if line.startswith("exporting "))
     assert f" params, {metrics['flops']:,} FLOPs, {fewer}, " in exporting
+    assert exporting.startswith(f"exporting {metrics['key']}: {metrics['summary']} (")  # what --key takes (helper-89)
 
 
 def test_export_overwrite_replaces_only_an_earlier_export(finished_run, tmp_path, capsys):
