@@ -197,10 +197,16 @@ def private_temp(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
     return fd, tmp
 
 
-def temp_folder(folder: Path, prefix: str) -> Path:
-    """mkdtemp beside `folder`, with the mode a plain mkdir would give (mkdtemp makes 0700), named by
-    the start of `prefix` (helper-89: `.NAME.` of a 250-byte NAME failed after the work was done)."""
-    tmp = Path(tempfile.mkdtemp(dir=Path(folder).parent, prefix=prefix[:100]))
+def hidden_prefix(folder: Path) -> str:
+    """What the names of `folder`'s hidden temp folders start with: `.NAME.`, cut at 100 characters
+    (helper-89: that of a 250-byte NAME, and 8 more, went past the 255-byte limit after the work was done)."""
+    return f".{Path(folder).name}."[:100]
+
+
+def temp_folder(folder: Path) -> Path:
+    """A hidden temp folder beside `folder` (`hidden_prefix`), with the mode a plain mkdir would give
+    (mkdtemp makes 0700)."""
+    tmp = Path(tempfile.mkdtemp(dir=Path(folder).parent, prefix=hidden_prefix(folder)))
     os.chmod(tmp, 0o777 & ~umask())
     return tmp
 
@@ -461,7 +467,7 @@ def new_folder(folder: Path, overwrite: bool = False, kind: str = "teacher") -> 
     folder = Path(folder)
     check_target(folder, overwrite, kind)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    return temp_folder(folder, f".{folder.name}.")
+    return temp_folder(folder)
 
 
 def replaced_teacher(folder: Path, digest: str) -> Path:
@@ -480,7 +486,7 @@ def kept_teacher(folder: Path, digest: str) -> Path | None:
         beside = sorted(p for p in plain.parent.iterdir() if p.name.startswith(f"{plain.name}."))
         # a replacement killed midway left it in its hidden temp folder (helper-82), or, before commits
         # swapped folders in one step, in `.NAME.old.*/x`
-        hidden = sorted(p for p in plain.parent.iterdir() if p.name.startswith(f".{Path(folder).name}."))
+        hidden = sorted(p for p in plain.parent.iterdir() if p.name.startswith(hidden_prefix(folder)))
     except OSError:
         beside = hidden = []
     for p in (plain, *beside, *hidden, *(h / "x" for h in hidden)):

@@ -121,7 +121,7 @@ def fit_policies(runs: list[Path], out: Path, steps: int = 300, seed: int = 0, f
         log(f"warning: these runs reward students for different things ({kinds_said}); a policy fit to them learns a "
             f"mix of those. Fit one policy per target")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_folder(out, f".{out.name}.")
+    tmp = temp_folder(out)
     try:
         for stage, g in groups.items():
             if not g:

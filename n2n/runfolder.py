@@ -526,7 +526,7 @@ def create_run(run_dir: Path, meta: dict, copies: dict[str, Path] | None = None)
     if run_dir.exists() or run_dir.is_symlink():
         raise taken(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_folder(run_dir, f".{run_dir.name}.")
+    tmp = temp_folder(run_dir)
     try:
         (tmp / RESULTS).mkdir()
         for rel, src in (copies or {}).items():

@@ -2198,6 +2198,14 @@ def test_an_overwrite_swaps_folders_in_one_step_and_a_teacher_left_hidden_midway
     with pytest.raises(RunError, match=rf"^{tmp_path / 't'}: the run's teacher is not there; a folder with its weights "
                                        rf"is at {hidden}: move it to {tmp_path / 't'}$"):
         check_teacher(meta)
+    # a long name's hidden folders are named by its start (helper-89: past 255 bytes with the rest): found too
+    long = tmp_path / ("t" * 200)
+    os.replace(hidden, long)
+    cut = tmp_path / (models.hidden_prefix(long) + "k2j4x9")
+    os.replace(long, cut)
+    with pytest.raises(RunError, match=rf"a folder with its weights is at {cut}: move it to {long}$"):
+        check_teacher({**meta, "teacher_folder": str(long)})
+    os.replace(cut, hidden)
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
     save_model(tmp_path / "t", model, arch, {"recipe": {}})
