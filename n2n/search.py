@@ -141,7 +141,7 @@ def make_context(meta: dict, cfg: Config, run_dir: Path, loaded: tuple, factorie
                    Reference(**meta["reference"]), cfg.reward_config(), results_location(meta, run_dir), cfg.resources.device, cfg.seed,
                    cfg.search.uniform_widths, per_epoch=cfg.early_stop.enabled, factories=tuple(factories),
                    latency=cfg.latency if cfg.latency.repeats else None, preprocess=ds.preprocess,
-                   results_inode=None if meta.get("results_store") else os.stat(Path(run_dir) / RESULTS).st_ino)
+                   run_id=None if meta.get("results_store") else meta.get("run_id"))
 
 
 def results_location(meta: dict, run_dir: Path) -> str:

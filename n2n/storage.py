@@ -62,22 +62,30 @@ def weights_of(run_dir: Path, key) -> Path:
     return Path(run_dir) / "results" / f"{stem(key)}.safetensors"
 
 
-def open_results(location: str, inode: int | None = None):
-    """The results store at `location`: a local folder (`inode`: see LocalResults), or a URI (scheme://...)."""
-    return RemoteResults(location) if "://" in location else LocalResults(Path(location), inode)
+def open_results(location: str, run_id: str | None = None):
+    """The results store at `location`: a local folder (`run_id`: see LocalResults), or a URI (scheme://...)."""
+    return RemoteResults(location) if "://" in location else LocalResults(Path(location), run_id)
 
 
 class LocalResults:
     """results/ in the run folder, written with plain file I/O (atomic renames, fsync'd audit). With
-    `inode`, results/ as the search began: another folder at its path (the run moved, another put at
-    its name) is neither read nor written (helper-89: a renamed search's trials wrote into it)."""
+    `run_id`, only while the run folder holding it is that run (its n2n.json's): another at its path
+    (the run moved, another put at its name) is neither read nor written (helper-89: a renamed search's
+    trials wrote into it). By the run's id, not the folder's inode: a node of a cluster may see the
+    shared disk's folders under inodes of its own (helper-90)."""
 
-    def __init__(self, path: Path, inode: int | None = None):
+    def __init__(self, path: Path, run_id: str | None = None):
         self.path = path
-        self.inode = inode
+        self.run_id = run_id
 
     def _check(self) -> None:
-        if self.inode is not None and os.stat(self.path).st_ino != self.inode:
+        if self.run_id is None:
+            return
+        try:
+            found = json.loads((self.path.parent / "n2n.json").read_text()).get("run_id")
+        except (OSError, ValueError, AttributeError, RecursionError):
+            found = None
+        if found != self.run_id:
             raise RunError(f"{self.path}: no longer the results folder of this search's run (the run was moved or "
                            f"replaced while it ran); nothing was read or written there")
 
@@ -89,6 +97,7 @@ class LocalResults:
         return json.loads(p.read_text()) if p.exists() else None
 
     def write_text(self, name: str, text: str) -> None:
+        self._check()  # (helper-90: a failed trial's traceback replaced another run's)
         write_bytes(self.path / name, text.encode())
 
     def save(self, key: str, state: dict | None, final: dict) -> dict:

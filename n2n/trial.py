@@ -54,7 +54,7 @@ class Context:
     factories: tuple = ()  # user factories the user allowed (module teachers); see n2n.models.build_model
     latency: object = None  # n2n.config.LatencyConfig: how latency is measured (None: not measured)
     preprocess: dict | None = None  # the data set's standardisation (n2n.models.RawInput), timed with the models
-    results_inode: int | None = None  # RUN/results' when the search began: written only while it is that folder
+    run_id: str | None = None  # n2n.json's: results/ is read and written only while its run folder is this run
 
 
 _SPACES: dict[str, SearchSpace] = {}  # per worker process: actors are reused across trials
@@ -137,7 +137,7 @@ def run_trial(config: dict, context: Context) -> None:
     from ray import tune
 
     ctx = context
-    results = open_results(ctx.results_dir, ctx.results_inode)
+    results = open_results(ctx.results_dir, ctx.run_id)
     try:
         done = results.result(config["key"])
     except json.JSONDecodeError:  # a damaged result is no result: trained again, and written whole

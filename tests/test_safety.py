@@ -176,7 +176,7 @@ def test_a_stored_result_not_as_n2n_writes_it_is_trained_again_not_adopted(tmp_p
     monkeypatch.setattr(trial, "evaluate", lambda *a, **k: (trained.append(1), (Evaluation(0.9, 100, 200, epochs=3), None))[1])
     monkeypatch.setattr(ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=lambda: "n",
                                                                           get_assigned_resources=lambda: {}))
-    ctx = SimpleNamespace(results_dir=str(tmp_path), results_inode=None, per_epoch=False, device="cpu", reference=Reference(1000, 2000, 0.95),
+    ctx = SimpleNamespace(results_dir=str(tmp_path), run_id=None, per_epoch=False, device="cpu", reference=Reference(1000, 2000, 0.95),
                           reward=RewardConfig(kind="target", target_drop=1.0))
     config = {"spec": {"removed": [], "ratios": [0.5]}, "key": "k-1", "stage": "finalists"}
     good = {"accuracy": 0.9, "params": 100, "flops": 200, "failure": "", "reward": 0.5, "epochs": 3}
@@ -534,6 +534,7 @@ def test_a_run_folder_moved_under_its_search_is_never_written_through_its_old_pa
 
     run, away = tmp_path / "runs" / "sw", tmp_path / "runs" / "sw-b"
     (run / "results").mkdir(parents=True)
+    (run / "n2n.json").write_text(json.dumps({"run_id": "ours"}))
     ref = Reference(space.teacher_params(), space.flops(space.identity()), 0.95)
     said = []
     with RunLock(run):
@@ -542,23 +543,25 @@ def test_a_run_folder_moved_under_its_search_is_never_written_through_its_old_pa
                          log=lambda *_: None)
         d.save()
         log = teed(said.append, run_dir)
-        results = LocalResults(run / "results", os.stat(run / "results").st_ino)  # as a trial opens them
+        results = LocalResults(run / "results", "ours")  # as a trial opens them
         log("before")
         results.save("k1", None, {"failure": ""})
         run.rename(away)
         (run / "results").mkdir(parents=True)  # another run put at its name
         for name in ("candidates.json", "summary.json", "n2n.log", STATE, "results/k1.json", "results/trained.log"):
             (run / name).write_text("theirs")
+        (run / "n2n.json").write_text(json.dumps({"run_id": "theirs"}))
         moved = "no longer the run folder this search started in (moved, deleted or replaced while it ran)"
         with pytest.raises(RunError, match=re.escape(f"{run_dir}: {moved}")):
             d.save()
         log("after")  # said, never written there
-        for write in (lambda: results.save("k1", None, {"failure": ""}), lambda: results.result("k1")):
+        for write in (lambda: results.save("k1", None, {"failure": ""}), lambda: results.result("k1"),
+                      lambda: results.write_text("k1.traceback.txt", "Traceback")):
             with pytest.raises(RunError, match="no longer the results folder of this search's run"):
                 write()
         assert {p.name: p.read_text() for p in run.rglob("*") if p.is_file()} == {
             "candidates.json": "theirs", "summary.json": "theirs", "n2n.log": "theirs", STATE: "theirs",
-            "k1.json": "theirs", "trained.log": "theirs"}
+            "k1.json": "theirs", "trained.log": "theirs", "n2n.json": '{"run_id": "theirs"}'}
         shutil.rmtree(run)  # deleted outright: nothing made anew there
         with pytest.raises(RunError, match=re.escape(moved)):
             d.save()
