@@ -192,15 +192,21 @@ def umask() -> int:
 def private_temp(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
     """mkstemp beside `path`, with the mode a plain open() would give (mkstemp makes 0600). Named by the
     start of `path`'s name: a name near the 255-byte limit must not make its temp name longer than that."""
-    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=Path(path).name[:100], suffix=suffix)
+    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=cut(Path(path).name), suffix=suffix)
     os.fchmod(fd, 0o666 & ~umask())
     return fd, tmp
 
 
+def cut(name: str, size: int = 100) -> str:
+    """The start of `name`, at most `size` bytes as the file system stores it (helper-90: cut by
+    characters, a name of 85 three-byte characters kept its 255 bytes), for names made from it."""
+    return os.fsencode(name)[:size].decode(sys.getfilesystemencoding(), "ignore")
+
+
 def hidden_prefix(folder: Path) -> str:
-    """What the names of `folder`'s hidden temp folders start with: `.NAME.`, cut at 100 characters
-    (helper-89: that of a 250-byte NAME, and 8 more, went past the 255-byte limit after the work was done)."""
-    return f".{Path(folder).name}."[:100]
+    """What the names of `folder`'s hidden temp folders start with: `.NAME.`, cut (helper-89: that of
+    a 250-byte NAME, and 8 more, went past the 255-byte limit after the work was done)."""
+    return cut(f".{Path(folder).name}.")
 
 
 def temp_folder(folder: Path) -> Path:
@@ -473,8 +479,8 @@ def new_folder(folder: Path, overwrite: bool = False, kind: str = "teacher") -> 
 def replaced_teacher(folder: Path, digest: str) -> Path:
     """Where `commit_folder` keeps a teacher it replaced: runs searched from it check its digest,
     and without it they could neither resume nor export."""
-    folder = Path(folder)
-    return folder.parent / f"{folder.name}.replaced-{digest}"
+    folder = Path(folder)  # a name of over 200 bytes by its start (helper-90: past 255 bytes after the training)
+    return folder.parent / f"{cut(folder.name, 200)}.replaced-{digest}"
 
 
 def kept_teacher(folder: Path, digest: str) -> Path | None:
@@ -572,7 +578,7 @@ def exchange(a: Path, b: Path) -> None:
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
             raise OSError(err, os.strerror(err), str(b))
-    aside = Path(tempfile.mkdtemp(dir=b.parent, prefix=f".{b.name}.old."))
+    aside = Path(tempfile.mkdtemp(dir=b.parent, prefix=cut(f".{b.name}.old.")))
     os.replace(b, aside / "x")
     os.replace(a, b)
     os.replace(aside / "x", a)

@@ -2775,6 +2775,12 @@ def test_what_the_machine_or_the_paths_cause_is_a_line_not_a_traceback(tmp_path,
     train = ["teacher", "train", "--dataset", "digits", "--arch", "mlp", "--hidden", "8", "--epochs", "1", "--out"]
     assert cli.main([*train, str(tmp_path / "made" / ("b" * 250))]) == 0, capsys.readouterr().err
     assert (tmp_path / "made" / ("b" * 250) / "model.safetensors").is_file()
+    # replaced, the old one is kept under a name of the start of this one's (helper-90: `.replaced-` past 255 bytes)
+    assert cli.main([*train, str(tmp_path / "made" / ("b" * 250)), "--seed", "1", "--overwrite"]) == 0, \
+        capsys.readouterr().err
+    assert [p.name[200:210] for p in (tmp_path / "made").iterdir() if p.name != "b" * 250] == [".replaced-"]
+    # three-byte characters: the temp folder's name is cut by bytes (helper-90: by characters, it kept 255 bytes)
+    assert cli.main([*train, str(tmp_path / "made" / ("界" * 85))]) == 0, capsys.readouterr().err
     name = "b" * 256
     for args, out in (([*train, str(tmp_path / "made" / name)], tmp_path / "made" / name),
                       (["search", "--runs-dir", str(tmp_path / "runs"), "--name", name], tmp_path / "runs" / name)):
