@@ -6,6 +6,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run tim
 
 __version__ = "0.1.0"
 SEED_LIMIT = 2**32  # seeds are 0 .. 2**32 - 1: numpy's RandomState (under Optuna) takes no more
+MANY = 100_000  # the most candidates per stage, or trials at once, a config or command may ask for
 
 
 def load_student(folder, factories=()):

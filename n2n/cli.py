@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from . import SEED_LIMIT, __version__
+from . import MANY, SEED_LIMIT, __version__
 
 
 def _teacher_train(args) -> int:
@@ -241,8 +241,9 @@ def _policy_fit(args) -> int:
 
 
 def _at_least_one(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    # at most MANY, as a config's (helper-90: `resume --concurrency 10**20` passed around the config's bound)
+    if not text.isdigit() or not 1 <= int(text) <= MANY:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MANY:,}, got {text[:40]!r}")
     return int(text)
 
 

@@ -17,7 +17,7 @@ from agents.base import shown
 from envs import STAGES, RewardConfig, drop_points, points_said, within_drop
 from search_spaces import DEFAULT_RATIOS
 
-from . import SEED_LIMIT
+from . import MANY, SEED_LIMIT
 from .errors import ConfigError
 from .models import valid_device
 from .teachers import TeacherRecipe
@@ -67,9 +67,6 @@ class RewardSection:
     compression: str = "params"  # params | flops | latency: the size the reward (and the target's C) compresses
     max_params: int | None = None  # n2n reward: a hard wall (-1 above it)
     min_accuracy: float | None = None  # n2n reward: a hard wall (-1 below it)
-
-
-MANY = 100_000  # the most candidates per stage, or trials at once, a config may ask for
 
 
 @dataclass

@@ -183,10 +183,10 @@ def test_ray_killing_trials_for_memory_interrupts_the_search_and_resume_finishes
     recorded = json.loads((run / "n2n.json").read_text())["config"]
     assert recorded["search"]["concurrency"] == 2 and recorded["resources"]["cpus_per_trial"] == 1
     assert json.loads((run / "summary.json").read_text())["candidates_evaluated"] == 3  # 2 and the finalist
-    for bad in ("0", "two"):
+    for bad in ("0", "two", "100001"):  # (helper-90: 10**20 passed around the config's bound)
         with pytest.raises(SystemExit) as e:
             cli.main(["resume", str(run), "--concurrency", bad])
-        assert e.value.code == 2 and f"expected a whole number >= 1, got '{bad}'" in capsys.readouterr().err
+        assert e.value.code == 2 and f"expected a whole number from 1 to 100,000, got '{bad}'" in capsys.readouterr().err
     for bad in ("0", "-1", "nan", "inf", "one", "1e-300"):  # below what Ray takes too (helper-36)
         with pytest.raises(SystemExit) as e:
             cli.main(["resume", str(run), "--cpus-per-trial", bad])
@@ -523,7 +523,7 @@ def test_cli_user_errors_exit_2_without_traceback(tmp_path, tiny_config):
     r = _cli("teacher", "train", "--seed", "-1", "--out", str(tmp_path / "t"))
     assert r.returncode == 2 and "argument --seed: expected a whole number from 0 to 4294967295, got '-1'" in r.stderr
     r = _cli("policy", "fit", str(tmp_path), "--out", str(tmp_path / "p"), "--steps", "-5")
-    assert r.returncode == 2 and "argument --steps: expected a whole number >= 1, got '-5'" in r.stderr
+    assert r.returncode == 2 and "argument --steps: expected a whole number from 1 to 100,000, got '-5'" in r.stderr
     assert not (tmp_path / "t").exists() and not (tmp_path / "p").exists()
 
 
