@@ -268,7 +268,8 @@ def ray_session(address: str | None, log=print):
                          log_to_driver=False)
             except Exception as e:  # Ray's own processes died or never came up (helper-89: a traceback)
                 logs = temp  # kept for its logs; the next n2n command removes it (tempdirs)
-                raise RunError(f"Ray could not start on this machine: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+                raise RunError(f"Ray could not start on this machine: {first}"
                                f"; {_startup_hint()}; Ray's logs are in {temp}/session_latest/logs") from e
         with sigterm_as_sigint():
             yield
@@ -284,8 +285,10 @@ def _startup_hint() -> str:
     import resource
 
     size, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
-    if size != resource.RLIM_INFINITY:  # Ray's object store and logs are files: a limit kills its processes
-        return f"files are limited to {size:,} bytes here (`ulimit -f`), too few for Ray's own: raise the limit"
+    # Ray's object store and logs are files: a small limit kills its processes (a site's large one is no cause:
+    # helper-90)
+    if size != resource.RLIM_INFINITY and size < 2**30:
+        return f"files are limited to {size:,} bytes here (`ulimit -f`), likely too few for Ray's own: raise the limit"
     return "run the command again; if it fails again, its logs say why"
 
 

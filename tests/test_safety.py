@@ -1607,8 +1607,9 @@ def test_a_local_ray_that_cannot_start_is_said_in_a_line_naming_its_logs(monkeyp
 
     monkeypatch.setattr(ray, "init", dies)
     before = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    for limit, hint in ((256_000, "files are limited to 256,000 bytes here (`ulimit -f`), too few for Ray's own: raise "
-                                  "the limit"),
+    for limit, hint in ((256_000, "files are limited to 256,000 bytes here (`ulimit -f`), likely too few for Ray's own: "
+                                  "raise the limit"),
+                        (2**40, "run the command again; if it fails again, its logs say why"),  # a site's limit
                         (resource.RLIM_INFINITY, "run the command again; if it fails again, its logs say why")):
         monkeypatch.setattr(resource, "getrlimit", lambda which, limit=limit: (limit, resource.RLIM_INFINITY))
         with pytest.raises(RunError) as e:
