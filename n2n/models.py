@@ -519,7 +519,6 @@ def commit_folder(tmp: Path, folder: Path, overwrite: bool = False, kind: str = 
                 os.chmod(p, (0o777 if name in dirs else 0o666) & ~umask())
     if kept_as is not None:
         _group_of(tmp, kept_as)
-        os.chmod(tmp, stat.S_IMODE(kept_as.st_mode))
     kept, said = None, [f"{folder}: the new {kind} was moved into place before the interrupt took effect"]
     with signals_held(said):  # (helper-82: interrupted, the replaced folder went unsaid)
         if not occupied(folder):
@@ -530,6 +529,7 @@ def commit_folder(tmp: Path, folder: Path, overwrite: bool = False, kind: str = 
                     raise
                 raise FileExistsError(f"{folder}: files appeared in it while n2n worked; nothing was replaced, "
                                       f"choose another --out") from None
+            _mode_of(folder, kept_as)
             return None
         check_target(folder, overwrite, kind)
         new_digest = weights_digest(tmp)
@@ -549,7 +549,15 @@ def commit_folder(tmp: Path, folder: Path, overwrite: bool = False, kind: str = 
         except BaseException:  # the old one back in place, and the caller deletes the new one (helper-83: a
             exchange(tmp, folder)  # full disk at the kept folder's name deleted the old teacher)
             raise
+        _mode_of(folder, kept_as)
     return kept
+
+
+def _mode_of(folder: Path, replaced: os.stat_result | None) -> None:
+    """`folder`, in place, in the mode of the one it replaced: set once it is there (helper-90: a read-only
+    mode set before left a temp folder that a failure could not remove)."""
+    if replaced is not None:
+        os.chmod(folder, stat.S_IMODE(replaced.st_mode))
 
 
 def _group_of(path, replaced: os.stat_result | None) -> None:
@@ -636,7 +644,8 @@ def save_model(folder, model: nn.Module, arch: dict, metrics: dict, extra: dict 
             write_json(tmp / "metrics.json", {**read_json(tmp / "metrics.json"), "files": _manifest(tmp)})
         kept = commit_folder(tmp, folder, overwrite, kind)
     finally:
-        if tmp.exists():
+        if tmp.exists():  # (what it replaced, in that folder's mode: a read-only one is ours to delete now)
+            os.chmod(tmp, 0o700)
             shutil.rmtree(tmp)
     if kept:
         log(kept_message(folder, kept))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import shutil
 import time
@@ -261,7 +262,8 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
         write_json(tmp / "metrics.json", metrics)
         kept = commit_folder(tmp, Path(out), overwrite)
     finally:
-        if tmp.exists():
+        if tmp.exists():  # (what it replaced, in that folder's mode: a read-only one is ours to delete now)
+            os.chmod(tmp, 0o700)
             shutil.rmtree(tmp)
     if kept:
         log(kept_message(Path(out), kept))

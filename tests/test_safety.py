@@ -2998,6 +2998,10 @@ def test_an_overwrite_refusal_names_what_blocks_and_an_empty_folder_is_free(fini
     os.chmod(empty, 0o700)  # and so does an earlier export it replaces
     export_best(finished_run, empty, overwrite=True, log=lambda *_: None)
     assert stat.S_IMODE(empty.stat().st_mode) == 0o700 and (empty / "model.safetensors").is_file()
+    os.chmod(empty, 0o555)  # a read-only one too, the one it replaced deleted (helper-90)
+    export_best(finished_run, empty, overwrite=True, log=lambda *_: None)
+    assert stat.S_IMODE(empty.stat().st_mode) == 0o555 and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    os.chmod(empty, 0o755)
     later = tmp_path / "later"
     later.mkdir()
     tmp = tmp_path / ".later.tmp"
