@@ -388,8 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# what a terminal takes for commands (ESC, BEL, CR, C1 ...), tab and newline aside
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# what a terminal takes for commands (ESC, BEL, CR, C1 ...), tab and newline aside; and a path's undecodable
+# C1 bytes, which Python holds as surrogates and writes back raw (helper-90)
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\udc80-\udc9f]")
 
 
 class Shown:
@@ -401,7 +402,7 @@ class Shown:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        return self._stream.write(CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text))
+        return self._stream.write(CONTROL.sub(lambda m: f"\\x{ord(m.group()) & 0xff:02x}", text))
 
     def writelines(self, lines) -> None:
         for line in lines:

@@ -828,6 +828,12 @@ def test_terminal_escapes_in_a_run_from_someone_else_are_shown_not_sent(finished
     status, err = _main(capsys, "export", run, "--out", tmp_path / "x")
     assert status == 2 and "/nowhere\\x1b]52;c;aGk=\\x07" in err and "\x1b" not in err and "\x07" not in err
     assert not isinstance(sys.stdout, cli.Shown) and not isinstance(sys.stderr, cli.Shown)  # put back after
+    # a path's undecodable C1 byte, held as a surrogate, is shown too (helper-90); tabs, newlines and é are text
+    import io
+
+    shown = io.StringIO()
+    cli.Shown(shown).write("a\x1b[31m\tb\n\udc9bc\u00e9")
+    assert shown.getvalue() == "a\\x1b[31m\tb\n\\x9bc\u00e9"
 
 
 def test_exporting_a_search_that_has_not_finished_says_so(finished_run, tmp_path):
