@@ -561,19 +561,24 @@ def _finish(run_dir: Path, driver: SearchDriver, log=print, factories=(), addres
         pick = summary["best"]  # the student `n2n export` will write, not merely the best brief-distillation reward
         # times_smaller as export prints it (rounded to 2 places; a :.1f of that rounded twice: 1.454 -> 1.4)
         rec = next(r for r in driver.records if r["key"] == pick["key"])  # its latency too (helper-69)
-        flops = size_said(driver.target, driver.reward_config, rec, driver.reference.flops)
+        sizes = size_said(driver.target, driver.reward_config, rec, driver.reference.flops)
         if meets_none(pick["chosen_because"]):  # (helper-62: export wrote it unasked, exit 0)
-            student = f"{pick['params']:,} params ({pick['times_smaller']:.2f}x smaller{flops}), val acc {pick['val_accuracy']:.4f}"
+            student = f"{pick['params']:,} params ({pick['times_smaller']:.2f}x smaller{sizes}), val acc {pick['val_accuracy']:.4f}"
             log(f"{none_meets_said(pick['chosen_because'], student, driver.target.misses(rec, driver.reference.accuracy))}"
                 f" -> `n2n export {shlex.quote(str(run_dir))} --out DIR --key {pick['key']}{allow}` exports it all the "
                 "same; `n2n report` lists every candidate")
             return summary
-        log(f"`n2n export` picks {pick['params']:,} params ({pick['times_smaller']:.2f}x smaller{flops}), val acc "
+        log(f"`n2n export` picks {pick['params']:,} params ({pick['times_smaller']:.2f}x smaller{sizes}), val acc "
             f"{pick['val_accuracy']:.4f}: {pick['chosen_because']} -> `n2n export {shlex.quote(str(run_dir))} --out DIR{allow}` "
             "(`--finetune-epochs 10` trains it longer first)")
     elif summary["best_by_reward"]:
         log("no candidate ran to the end (early stopping stopped every one before it saved weights); nothing to export")
     return summary
+
+
+def stamped(msg: str) -> str:
+    """A line of RUN/n2n.log: the time, then what was said."""
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n"
 
 
 def teed(log, run_dir: Path, earlier: list[str] | None = None):
@@ -584,7 +589,7 @@ def teed(log, run_dir: Path, earlier: list[str] | None = None):
         try:  # the run's copy first: after a hang-up the terminal is gone (helper-38: EIO), the run's log is not
             if not moved(run_dir):  # never into another run put at its name (helper-89); the driver says so
                 with append_to(run_dir / LOG) as f:
-                    f.write("".join(earlier or ()) + f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+                    f.write("".join(earlier or ()) + stamped(msg))
                 if earlier:
                     earlier.clear()
         except OSError as e:  # ELOOP: a symlink planted there is never written through
@@ -687,7 +692,7 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
     terminal, earlier = log, []  # lines said before the run folder exists, for its n2n.log too (helper-88)
 
     def log(msg: str):
-        earlier.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+        earlier.append(stamped(msg))
         terminal(msg)
 
     meta, (teacher, arch, ds, space) = prepare_run(cfg, factories, log)
