@@ -127,9 +127,12 @@ def build_model(arch: dict, factories=()) -> nn.Module:
             return ResNet(resnet_arch(**arch["hparams"]))
         if family == "module":  # the user's own class: {"factory": "pkg.mod:fn", "kwargs": {...}}
             return call_factory(arch["factory"], factories, arch.get("kwargs", {}))
-        if family == "hf-pretrained":
-            # a teacher whose folder load_model checked (a run's, rebuilt in a trial's worker): unchecked again
-            return load_hf_classifier(Path(arch["path"]), padding_checked=True)
+        if family == "hf-pretrained":  # a run's teacher, rebuilt in a trial's worker from the config load_model
+            # read, not from its folder's: one edited mid-search gave later workers another teacher, and a
+            # cluster's nodes need not see the folder (the weights come with the trial's context)
+            from search_spaces.transformer import classifier_from_config
+
+            return classifier_from_config(arch["config"], f"{arch['path']}/config.json")
         if family in STUDENT_FAMILIES:
             return build_student(arch, factories)
     except (ModelError, UnsupportedModel):
@@ -1035,7 +1038,8 @@ def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:
     metrics_path = folder / "metrics.json"
     if (folder / "config.json").is_file() and not (folder / "arch.json").is_file():
         metrics = read_json(metrics_path) if metrics_path.is_file() else {}
-        return load_hf_classifier(folder), {"family": "hf-pretrained", "path": str(folder.resolve())}, metrics
+        model = load_hf_classifier(folder)
+        return model, {"family": "hf-pretrained", "path": str(folder.resolve()), "config": model.config.to_dict()}, metrics
     if not folder.is_dir():  # (helper-51: "expected a model folder with model.safetensors" of a folder that is not there)
         where = "" if folder.is_absolute() else f" (a relative path is read from the folder the command runs in, {Path.cwd()})"
         raise ModelError(f"{folder}: expected a model folder, found {found_at(folder)} there{where}")

@@ -102,18 +102,22 @@ def check_no_hub_code(config: dict, where: str) -> None:
                                    f"the default)")
 
 
-def encoder_from_arch(arch: dict) -> HFClassifier:
-    """Rebuild an encoder student from n2n's arch (weights not loaded)."""
+def classifier_from_config(config: dict, where: str) -> HFClassifier:
+    """A sequence classifier of a transformers config, as `to_dict` gives it (weights not loaded)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    check_no_hub_code(config, where)  # before transformers reads any of it (helper-32)
+    cfg = dict(config)
+    config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    return HFClassifier(AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)).eval()
+
+
+def encoder_from_arch(arch: dict) -> HFClassifier:
+    """Rebuild an encoder student from n2n's arch (weights not loaded)."""
     if not isinstance(arch["config"], dict):
         raise UnsupportedModel(f"arch.json config: expected a JSON object, got {type(arch['config']).__name__}")
-    check_no_hub_code(arch["config"], "arch.json config")  # before transformers reads any of it (helper-32)
-    cfg = dict(arch["config"])
-    config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-    config.num_hidden_layers = len(arch["layers"])
-    model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)  # never a prompt
-    hs = _head_size(config)
+    model = classifier_from_config({**arch["config"], "num_hidden_layers": len(arch["layers"])}, "arch.json config").model
+    hs = _head_size(model.config)
     for layer, w in zip(_layers(model), arch["layers"]):
         _shrink_layer(layer, w["heads"], w["ffn"], hs)
     ffn = {w["ffn"] for w in arch["layers"]}

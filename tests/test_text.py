@@ -6,6 +6,7 @@ import json
 import os
 import random
 import re
+import shutil
 
 import pytest
 import torch
@@ -497,3 +498,30 @@ def test_a_tokenizer_copy_left_by_a_process_killed_outright_is_removed_by_the_ne
     ours = next(tmp_path / n for n in left if n != "n2n-tokenizer-live")
     assert json.loads((ours / MARKER).read_text())["pid"] == os.getpid()
     assert tok("great film")["input_ids"] == [101, 2307, 2143, 102]
+
+
+def test_a_worker_rebuilds_the_hf_teacher_the_run_loaded_not_its_folder_as_it_is_now(tmp_path):
+    """A trial's worker built the teacher from its folder's config.json again: one edited mid-search
+    (another activation, the same shapes) gave later workers another teacher than the run measured,
+    silently (helper-89's idea). The config load_model read travels with the weights instead."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from n2n.models import build_model
+
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                             intermediate_size=32, num_labels=3, pad_token_id=0,
+                                             hidden_act="gelu")).save_pretrained(tmp_path / "t")
+    teacher, arch, _ = load_model(tmp_path / "t")
+    config = json.loads((tmp_path / "t" / "config.json").read_text())
+    (tmp_path / "t" / "config.json").write_text(json.dumps({**config, "hidden_act": "relu"}))
+    worker = build_model(arch)  # as trial.space_of does, then the run's weights
+    worker.load_state_dict(teacher.state_dict(), strict=True)
+    ids = torch.randint(1, 20, (8, 10))  # (B, T)
+    with torch.no_grad():
+        assert torch.equal(worker(ids), teacher(ids))
+        assert not torch.equal(load_model(tmp_path / "t")[0](ids), teacher(ids))  # the edit matters
+    assert worker.config.hidden_act == "gelu"
+    # a cluster's node that does not see the folder builds it all the same
+    shutil.rmtree(tmp_path / "t")
+    assert build_model(arch).config.hidden_act == "gelu"
