@@ -7,6 +7,7 @@ import errno
 import os
 import re
 import sys
+import traceback
 from pathlib import Path
 
 from . import MANY, SEED_LIMIT, __version__
@@ -419,6 +420,9 @@ def main(argv=None) -> int:
     sys.stdout, sys.stderr = Shown(out), Shown(err)
     try:
         return _main(args)
+    except Exception:  # a bug's traceback quotes what it failed on, a run folder's text too: shown as the rest
+        traceback.print_exc()
+        return 1
     finally:
         sys.stdout, sys.stderr = out, err
 

@@ -814,7 +814,7 @@ def test_export_and_report_need_nothing_from_tunes_pickles(finished_run, tmp_pat
     assert "search_state.pt" in kept and {name: (run / name).read_bytes() for name in kept} == kept
 
 
-def test_terminal_escapes_in_a_run_from_someone_else_are_shown_not_sent(finished_run, tmp_path, capsys):
+def test_terminal_escapes_in_a_run_from_someone_else_are_shown_not_sent(finished_run, tmp_path, capsys, monkeypatch):
     """helper-89: a summary.json's failure and n2n.json's teacher_folder reached the terminal raw, so a run
     folder handed over could set the terminal's title, colours or (OSC 52) its clipboard."""
     run = tmp_path / "copy"
@@ -828,6 +828,16 @@ def test_terminal_escapes_in_a_run_from_someone_else_are_shown_not_sent(finished
     status, err = _main(capsys, "export", run, "--out", tmp_path / "x")
     assert status == 2 and "/nowhere\\x1b]52;c;aGk=\\x07" in err and "\x1b" not in err and "\x07" not in err
     assert not isinstance(sys.stdout, cli.Shown) and not isinstance(sys.stderr, cli.Shown)  # put back after
+    # and so is a bug's traceback, which quotes what it failed on (it came after the streams were put back)
+    from n2n import report
+
+    def fails(*_, **__):
+        raise ValueError(f"no run at {run}\x1b]0;TITLE\x07")
+
+    monkeypatch.setattr(report, "make_report", fails)
+    status, err = _main(capsys, "report", run)
+    assert status == 1 and "Traceback" in err and "ValueError: no run at" in err and "\\x1b]0;TITLE\\x07" in err
+    assert "\x1b" not in err and "\x07" not in err
     # a path's undecodable C1 byte, held as a surrogate, is shown too (helper-90); tabs, newlines and é are text
     import io
 
