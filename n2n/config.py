@@ -270,6 +270,13 @@ class Config:
             (self.target.max_flops is None or self.target.max_flops >= 1,
              f"target.max_flops: expected >= 1, got {self.target.max_flops}"),
             (self.distill.weight_decay >= 0, f"distill.weight_decay: expected >= 0, got {self.distill.weight_decay}"),
+            # bounded as the budgets are: a typo's 10**9 epochs or timings started work no one would see end
+            *[(v <= MANY, f"{name}: expected at most {MANY:,}, got {shown(v)}")
+              for name, v in (("distill.epochs", d.epochs), ("distill.batch_size", d.batch_size),
+                              ("finalists.k", self.finalists.k), ("finalists.epochs", self.finalists.epochs),
+                              ("latency.repeats", self.latency.repeats), ("latency.warmup", self.latency.warmup),
+                              ("latency.batch_size", self.latency.batch_size), ("latency.threads", self.latency.threads),
+                              ("early_stop.grace_period", self.early_stop.grace_period))],
         ]
         for ok, msg in checks:
             if not ok:
