@@ -57,6 +57,14 @@ def from_figures(records: list[dict], reference: Reference, reward_config: Rewar
                    f"scored them; {what}")
 
 
+def by_reward(records, reward_config: RewardConfig) -> list[dict]:
+    """`records`, best reward first; of equal rewards the smaller (`size_of`), then the more accurate.
+    Outside an accuracy target the reward counts the miss alone, so students of one accuracy tie
+    whatever their size (helper-91: the first recorded, twice the size of another, took the tie and a
+    finalist's place, and export named it). `--rank N` is row N of the report's leaderboard: both rank so."""
+    return sorted(records, key=lambda r: (-r["reward"], size_of(r, reward_config), -r["accuracy"]))
+
+
 def front(records: list[dict], size) -> list[dict]:
     """The accuracy/size Pareto front of `records`, smallest first: each member more accurate than
     every smaller one. `size(record)` is the size that counts."""
@@ -72,7 +80,8 @@ def front(records: list[dict], size) -> list[dict]:
 # rewards): a run records the one it was made under (n2n.json "rules"), so that another n2n resuming,
 # reporting or exporting it says its choices may differ (helper-65: an older run resumed now got other
 # finalists, unsaid). Bump it with any change to those rules.
-RULES = 2  # 2 (2026-12-07): finalist places left go to candidates within reach before the front
+RULES = 3  # 2 (2026-12-07): finalist places left go to candidates within reach before the front;
+# 3 (2026-12-08): ties of reward go to the smaller student (`by_reward`)
 
 
 def rules_note(meta: dict) -> str | None:
@@ -140,14 +149,14 @@ def finalists(records: list[dict], k: int, drop: float | None, teacher_accuracy:
         elif k and ok and not meets and reward_config.kind == "target":
             # none meets it: the last place goes to the nearest miss (the best by the target's reward), or
             # export shipped a finalist 2.6 points past the target beside one 1.1 past (helper-47)
-            nearest = max(ok, key=lambda r: r["reward"])
+            nearest = by_reward(ok, reward_config)[0]
             if nearest not in chosen:
                 chosen = chosen[:k - 1] + [nearest]
     # places left: first any candidate within reach, front or not, then the rest of the front (helper-68:
     # a student 62 points below the teacher took a place, being on the front, beside two within reach)
     near = [] if drop is None else [r for r in ok if (teacher_accuracy - r["accuracy"]) * 100 <= drop + reach]
     for pool in (near, members):
-        for r in sorted(pool, key=lambda r: -r["reward"]):
+        for r in by_reward(pool, reward_config):
             if len(chosen) < k and r not in chosen:
                 chosen.append(r)
     return chosen
@@ -231,7 +240,7 @@ def choose(records: list[dict], target, reward_config: RewardConfig, teacher_acc
         if margin and (target is None or target.max_accuracy_drop is None):
             raise RunError(f"--margin: expected a run with an accuracy target (target.max_accuracy_drop), {where} has none")
     margin = margin_of(target, margin)
-    ranked = sorted((r for r in records if r["failure"] is None and r["reward"] > -1), key=lambda r: -r["reward"])
+    ranked = by_reward((r for r in records if r["failure"] is None and r["reward"] > -1), reward_config)
     if not ranked:
         scored = sum(r["failure"] is None for r in records)
         walls = [f"reward.{k}" for k in ("max_params", "min_accuracy") if getattr(reward_config, k) is not None]

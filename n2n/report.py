@@ -9,7 +9,7 @@ import statistics
 import time
 from pathlib import Path
 
-from envs import Reference, latency_ratio
+from envs import Reference, RewardConfig, latency_ratio
 from envs.reward import SIZE_KEYS
 
 from .config import run_config
@@ -17,20 +17,21 @@ from .driver import counted
 from .errors import RunError
 from .export import weights_missing
 from .models import write_bytes
-from .pick import choose, from_figures, front, meets_none, none_meets_said, rules_note, size_said, summary_note
+from .pick import by_reward, choose, from_figures, front, meets_none, none_meets_said, rules_note, size_said, summary_note
 from .runfolder import finish_hint, read_records, read_run, read_summary, unfinished
 
 
 def leaderboard(records: list[dict], teacher_size: float, top: int = 10, size: str = "params",
-                within=None, flops: bool = False) -> str:
+                within=None, flops: bool = False, reward_config: RewardConfig | None = None) -> str:
     """The best `top` candidates by reward; `size` is the record field the reward compressed
     ("params", "flops" or "latency_ms"). Latency, where measured, has a column of its own; a
     latency's "faster" is against the teacher timed beside that student. `within(record)`: whether
     it meets the target's size and latency limits, a column of its own (None: no limits). `flops`: a
-    FLOPs column too (the target limits them, the reward compressed another size)."""
+    FLOPs column too (the target limits them, the reward compressed another size). `reward_config`:
+    the run's, whose size breaks ties of reward as `n2n export --rank` does (default: `size`'s)."""
     # (a latency of a run that did not measure it has no row)
     scored = [r for r in records if r["failure"] is None and r.get(size) is not None]
-    rows = sorted(scored, key=lambda r: -r["reward"])[:top]
+    rows = by_reward(scored, reward_config or RewardConfig(compression="latency" if size == "latency_ms" else size))[:top]
     lat = size == "latency_ms"
 
     def older(r) -> str:  # timed by an n2n before the as-shipped timing: marked (helper-65: mixed in, unmarked)
@@ -134,7 +135,8 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
               "timed beside it)" if size == "latency_ms" else "")
     text = [f"run {run_dir.name}: {counted(records)}; teacher {ref[size]:,} {size}{beside}, val acc {ref['accuracy']:.4f}",
             *([rescored] if rescored else []),
-            leaderboard(records, ref[size], size=size, within=within, flops=cfg.target.max_flops is not None)]
+            leaderboard(records, ref[size], size=size, within=within, flops=cfg.target.max_flops is not None,
+                        reward_config=cfg.reward_config())]
     if note := rules_note(meta):
         text.append(note)
     try:  # the leaderboard ranks by reward; the export picks by the target (n2n.pick), often another

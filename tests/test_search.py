@@ -473,6 +473,31 @@ def test_pareto_front_and_the_finalists_it_gives():
                                         target=with_drop)] == ["B"]
 
 
+def test_of_equal_rewards_the_smaller_student_is_the_finalist_the_pick_and_the_rank(tmp_path):
+    """helper-91: outside a 0.5-point target the reward counts the accuracy miss alone, so a removal
+    student of 598,986 params and a shrink student of 299,607 at one accuracy tied; the first recorded,
+    twice the size, took the nearest miss's finalist place and export named it."""
+    from envs import Evaluation, Reference, RewardConfig, reward
+    from n2n.config import TargetConfig
+    from n2n.pick import by_reward, choose, finalists
+    from n2n.report import leaderboard
+
+    ref, rc = Reference(845_514, 10**7, 0.9907), RewardConfig(kind="target", target_drop=0.5)
+    recs = [{"key": key, "params": p, "flops": p, "accuracy": a, "failure": None, "stage": stage,
+             "reward": reward(Evaluation(a, p, p), ref, rc)}
+            for key, stage, p, a in (("big", "removal", 598_986, 0.9820), ("small", "shrink", 299_607, 0.9820),
+                                     ("worse", "shrink", 200_000, 0.9700))]
+    assert recs[0]["reward"] == recs[1]["reward"] < 0.5  # 0.37 points past the target, both
+    assert [r["key"] for r in by_reward(recs, rc)] == ["small", "big", "worse"]
+    target = TargetConfig(max_accuracy_drop=0.5)
+    assert [r["key"] for r in finalists(recs, 1, 0.5, 0.9907, rc, target=target)] == ["small"]
+    chosen, why = choose(recs, target, rc, 0.9907, False, "run")
+    assert chosen["key"] == "small" and why == "no candidate meets the target; the best candidate by reward"
+    assert choose(recs, target, rc, 0.9907, False, "run", rank=2)[0]["key"] == "big"
+    rows = leaderboard(recs, ref.params, reward_config=rc).splitlines()
+    assert [line.split()[1] for line in rows[1:]] == ["shrink", "removal", "shrink"]  # row N is --rank N
+
+
 def _cli(*args, **kw):
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     return subprocess.run([sys.executable, "-m", "n2n.cli", *args], capture_output=True, text=True, env=env, **kw)
@@ -651,7 +676,8 @@ def test_finalists_and_a_target_decide_what_export_picks(ray_session, tiny_confi
                                 "val_drop_points": round((t["val_accuracy"] - chosen["val_accuracy"]) * 100, 2),
                                 "test_drop_points": round((t["test_accuracy"] - chosen["test_accuracy"]) * 100, 2),
                                 "met_on_val": True, "met_on_test": chosen["target"]["test_drop_points"] <= 25.0}
-    by_reward = sorted((r for r in recs if r["failure"] is None), key=lambda r: -r["reward"])
+    # of equal rewards (a finalist and its stage twin, one size) the smaller, then the more accurate
+    by_reward = sorted((r for r in recs if r["failure"] is None), key=lambda r: (-r["reward"], r["params"], -r["accuracy"]))
     second = export_best(run, tmp_path / "r2", rank=2, log=lambda *_: None)
     assert second["key"] == by_reward[1]["key"] and second["target"]["margin"] is None  # picked by rank, not by margin
     some = recs[1]["key"]
