@@ -92,6 +92,23 @@ class TargetConfig:
         """Whether it sets size or latency limits (params, FLOPs, milliseconds)."""
         return any(v is not None for v in (self.max_params, self.max_flops, self.max_latency_ms))
 
+    def said(self) -> str:
+        """The target in words, as a search and a resume state it (helper-91: nothing on screen said that
+        the default 1-point drop joined a max_params set alone, which asks for another student)."""
+        limits = [f"{v:,} {unit}" for v, unit in ((self.max_params, "params"), (self.max_flops, "FLOPs")) if v is not None]
+        limits += [f"{self.max_latency_ms:g} ms of latency"] if self.max_latency_ms is not None else []
+        within = f"at most {' and '.join(limits)}"
+        drop = self.max_accuracy_drop
+        if drop is None:
+            return f"target: the most accurate student of {within}" if limits else \
+                "no target: export picks the best student by reward"
+        spare = min(self.margin, drop)
+        return (f"target: the smallest student within {drop:g} point{'s' * (drop != 1)} of the teacher's validation "
+                f"accuracy" + (f" and of {within} (target.max_accuracy_drop: null asks for the most accurate within "
+                               f"the limits alone)" if limits else "")
+                + (f"; export picks one with {spare:g} of those points to spare where it can (target.margin)"
+                   if spare else ""))
+
     def met_by(self, rec: dict, teacher_accuracy: float, margin: float = 0.0) -> bool:
         """`margin`: points of validation accuracy to spare below the allowed drop."""
         return not self.misses(rec, teacher_accuracy, margin)

@@ -622,6 +622,8 @@ def test_finalists_and_a_target_decide_what_export_picks(ray_session, tiny_confi
     run = tmp_path / "runs" / "target"
     said = []
     summary = run_search(cfg, run, log=said.append)
+    assert "target: the smallest student within 25 points of the teacher's validation accuracy; export picks one " \
+        "with 10 of those points to spare where it can (target.margin)" in said
     recs = _records(run)
     assert summary["candidates_per_stage"] == {"removal": 4, "shrink": 4, "refine": 2, "finalists": 2}
     finals = [r for r in recs if r["stage"] == "finalists"]
@@ -713,8 +715,11 @@ def test_size_limits_alone_ask_for_the_most_accurate_student_within_them(ray_ses
                                     "finalists.epochs": 2, "target.max_params": limit})
     assert cfg.target.max_accuracy_drop is None
     run = tmp_path / "runs" / "limit"
-    summary = run_search(cfg, run, log=lambda *_: None)
+    said = []
+    summary = run_search(cfg, run, log=said.append)
     assert summary["teacher"]["params"] == teacher_params
+    # the search states what it looks for (helper-91: a max_params beside the default 1-point drop, unsaid)
+    assert f"target: the most accurate student of at most {limit:,} params" in said
     recs = [r for r in _records(run) if r["failure"] is None]
     inside = [r for r in recs if r["params"] <= limit]
     assert inside and all(r["reward"] == pytest.approx(0.5 + 0.5 * r["accuracy"]) for r in inside)
