@@ -209,7 +209,14 @@ def _status(summary: dict) -> int:
 
 
 def _resume(args) -> int:
+    from .errors import ConfigError
     from .search import resume_search
+
+    if args.set:
+        raise ConfigError(f"--set: a run keeps the config and target it was started with (its n2n.json), and `n2n "
+                          f"resume` continues under them; for another student of its candidates, `n2n export "
+                          f"{args.run} --margin P`, `--rank N` or `--key KEY`; for another target, a new search: "
+                          f"`n2n search ... --set {args.set[0]}`")
 
     return _status(resume_search(Path(args.run), address=args.address, factories=args.allow_factory,
                                  concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial, storage=args.storage))
@@ -344,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--allow-factory", action="append", default=[], metavar="PKG.MOD:FN",
                    help="let a model folder's arch.json import and call this factory (your own module class); "
                         "repeat for several. Nothing else is ever imported from a model folder")
+    # refused with a way on, not argparse's "unrecognized arguments" (helper-91)
+    r.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     r.set_defaults(func=_resume)
 
     e = sub.add_parser("export", help="write the best student as a deployable folder")

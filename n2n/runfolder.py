@@ -515,7 +515,10 @@ def taken(run_dir: Path) -> RunError:
         if holder := lock_holder(run_dir):  # (helper-53: resuming it was the advice, and failed so)
             return RunError(f"{run_dir} already exists and is in use by another n2n process ({holder}); choose "
                             f"another --name")
-        return RunError(f"{run_dir} already exists; resume it with `n2n resume {shlex.quote(str(run_dir))}` or choose another --name")
+        # (helper-91: followed with a new --set target, the resume went on under the run's old one, unsaid)
+        return RunError(f"{run_dir} already exists; resume it with `n2n resume {shlex.quote(str(run_dir))}` (under the "
+                        f"config and target its n2n.json holds: this command's config and --set are not applied), or "
+                        f"choose another --name")
     return RunError(f"{run_dir} already exists and is not an n2n run; choose another --name (or --runs-dir)")
 
 

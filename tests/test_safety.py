@@ -2424,11 +2424,26 @@ def test_a_run_name_taken_by_a_folder_of_the_user_s_own_is_not_offered_to_resume
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     for name, said in (("mine", f"{tmp_path / 'mine'} already exists and is not an n2n run; choose another --name "
                                 "(or --runs-dir)"),
-                       (finished_run.name, f"{finished_run} already exists; resume it with `n2n resume {finished_run}`")):
+                       (finished_run.name, f"{finished_run} already exists; resume it with `n2n resume {finished_run}` "
+                                           "(under the config and target its n2n.json holds: this command's config and "
+                                           "--set are not applied), or choose another --name")):
         status = cli.main(["search", "--runs-dir", str(tmp_path if name == "mine" else finished_run.parent),
                            "--name", name])
         assert status == 2 and said in capsys.readouterr().err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine" and len(list((tmp_path / "mine").iterdir())) == 1
+
+
+def test_resume_with_another_target_is_refused_with_the_ways_to_another_student(finished_run, capsys):
+    """helper-91: `n2n resume RUN --set target...` was argparse's "unrecognized arguments", after the
+    "already exists" line had sent the user to resume for the new target."""
+    before = {p.name: p.read_bytes() for p in finished_run.iterdir() if p.is_file()}
+    status = cli.main(["resume", str(finished_run), "--set", "target.max_params=1000"])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err and err.strip() == (
+        f"n2n: error: --set: a run keeps the config and target it was started with (its n2n.json), and `n2n resume` "
+        f"continues under them; for another student of its candidates, `n2n export {finished_run} --margin P`, "
+        f"`--rank N` or `--key KEY`; for another target, a new search: `n2n search ... --set target.max_params=1000`")
+    assert {p.name: p.read_bytes() for p in finished_run.iterdir() if p.is_file()} == before
 
 
 def test_a_default_run_name_taken_meanwhile_goes_to_the_next_free_one(tmp_path, capsys, monkeypatch):
