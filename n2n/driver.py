@@ -638,9 +638,11 @@ class SearchDriver:
         if not stale:
             return None
         r, now, _ = stale[0]
-        said = (f"{len(stale)} of {len(self.records)} candidates were scored by another reward than this n2n's (e.g. "
-                f"{r['key']}: {r['reward']:.4f} then, {now:.4f} now): rescored, so that every candidate is ranked "
-                f"by this one")
+        # (helper-91: said of a target edited in n2n.json, it read as a change of n2n alone)
+        said = (f"{len(stale)} of {len(self.records)} candidates were scored by another reward than this n2n's under "
+                f"the run's reward and target as n2n.json holds them now (e.g. {r['key']}: {r['reward']:.4f} then, "
+                f"{now:.4f} now; an earlier n2n's reward, or n2n.json edited since): rescored, so that every candidate "
+                f"is ranked by this one")
         for rec, reward_now, compression_now in stale + misscored(list(self.cache.values()), self.reference,
                                                                    self.reward_config):
             # the figures it was scored by first stay in candidates.json (helper-65: only n2n.log kept them)

@@ -238,7 +238,9 @@ def test_a_resume_under_another_reward_rescores_rather_than_rank_by_two(space):
     assert changed
     before = [dict(r) for r in other.records]
     said = other.rescore()
-    assert said.startswith(f"{changed} of {len(other.records)} candidates were scored by another reward than this n2n's")
+    assert said.startswith(f"{changed} of {len(other.records)} candidates were scored by another reward than this n2n's "
+                           f"under the run's reward and target as n2n.json holds them now (e.g. ")
+    assert "; an earlier n2n's reward, or n2n.json edited since): rescored" in said
     assert [r["key"] for r in other.records] == [r["key"] for r in made.records]  # nothing dropped
     assert all(r["reward"] == now(r) for r in [*other.records, *other.cache.values()])
     # the rewards they were scored by first are kept beside (helper-65: only n2n.log kept them)
