@@ -238,9 +238,6 @@ def weights_missing(chosen: dict, why: str, cfg: Config, run_dir: Path, key: str
     return f"{weights}: the weights of the student to export ({why}) are not {where}"
 
 
-FAR_BELOW = 10.0  # points below the teacher that export warns of where no accuracy target did
-
-
 def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: float,
                     margin: float | None = 0.0, short_of_margin: bool = False,
                     limits: bool = False) -> tuple[dict | None, str | None]:
@@ -249,11 +246,8 @@ def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: flo
     `margin`: the points the pick asked to spare (None: picked by --key or --rank); `short_of_margin`:
     no candidate had them, so the pick fell back to the one with the most to spare."""
     if max_drop is None:  # limits alone, or none: the most accurate within them, however far below (helper-47: 24.5%)
-        below = (teacher["val_accuracy"] - val) * 100
-        ask = "looser limits, or target.max_accuracy_drop, ask" if limits else "target.max_accuracy_drop asks"
-        return None, (f"warning: this student is {below:.2f} points below the teacher on validation "
-                      f"({(teacher['test_accuracy'] - test) * 100:.2f} on test), with no accuracy target to hold it: "
-                      f"{ask} for a usable one" if below > FAR_BELOW else None)
+        return None, pick.far_below_said(limits, (teacher["val_accuracy"] - val) * 100,
+                                         (teacher["test_accuracy"] - test) * 100)
     drops = {"val_drop_points": drop_points((teacher["val_accuracy"] - val) * 100, max_drop),
              "test_drop_points": drop_points((teacher["test_accuracy"] - test) * 100, max_drop)}
     # judged unrounded, as the search and the pick judge it

@@ -205,6 +205,22 @@ def size_said(target, reward_config: RewardConfig, rec: dict, teacher_flops: int
     return said
 
 
+FAR_BELOW = 10.0  # points below the teacher warned of where no accuracy target held the pick
+
+
+def far_below_said(limits: bool, below: float, below_test: float | None = None) -> str | None:
+    """A warning for a student picked without an accuracy target (with size or latency `limits`, or
+    none) more than FAR_BELOW points below the teacher on validation (`below`; `below_test` on test,
+    where measured); else None. Export, the search's last line and the report all say it (helper-47:
+    24.5 points; helper-91: 23 points, said by export alone)."""
+    if below <= FAR_BELOW:
+        return None
+    ask = "looser limits, or target.max_accuracy_drop, ask" if limits else "target.max_accuracy_drop asks"
+    test = f" ({below_test:.2f} on test)" if below_test is not None else ""
+    return (f"warning: this student is {below:.2f} points below the teacher on validation{test}, with no accuracy "
+            f"target to hold it: {ask} for a usable one")
+
+
 def check_margin(margin: float) -> None:
     if not (math.isfinite(margin) and margin >= 0):
         raise RunError(f"--margin: expected a number of points >= 0, got {margin:g}")

@@ -17,7 +17,7 @@ from .driver import counted
 from .errors import RunError
 from .export import weights_missing
 from .models import write_bytes
-from .pick import by_reward, choose, from_figures, front, meets_none, none_meets_said, rules_note, size_said, summary_note
+from .pick import by_reward, choose, far_below_said, from_figures, front, meets_none, none_meets_said, rules_note, size_said, summary_note
 from .runfolder import finish_hint, read_records, read_run, read_summary, unfinished
 
 
@@ -146,6 +146,9 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
         text.append(f"`n2n export` picks {said}): {why}" if not meets_none(why) else
                     f"{none_meets_said(why, said + ')', cfg.target.misses(pick, ref['accuracy']))}, which "
                     f"`--key {pick['key']}` exports")
+        if cfg.target.max_accuracy_drop is None and (
+                far := far_below_said(cfg.target.has_limits(), (ref["accuracy"] - pick["accuracy"]) * 100)):
+            text.append(far)
         if not unfinished(run_dir) and (note := summary_note(read_summary(run_dir), pick["key"])):
             text.append(note)  # (helper-65: only export said so)
         if not meets_none(why) and (missing := weights_missing(pick, why, cfg, run_dir, stored=bool(meta.get("results_store")))):

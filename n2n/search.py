@@ -30,7 +30,7 @@ from .driver import SearchDriver, counted
 from .errors import ConfigError, RunError
 from .models import (ModelError, append_to, check_creatable, device_for, file_digest, load_model, load_weights,
                      kept_teacher, save_weights, weights_digest, write_json, written_by_n2n)
-from .pick import RULES, meets_none, none_meets_said, points, rules_note, size_said
+from .pick import RULES, far_below_said, meets_none, none_meets_said, points, rules_note, size_said
 from .raysession import WATCH_MISSES, WATCH_SECONDS, check_address, cluster_watch, ray_session
 from .runfolder import (HELD_FOR_DEATHS, HELD_FOR_UNSAVED, LOG, META, POLICY, PREV_STATE, RECORDS, RESULTS, STATE, TEACHER_LOGITS, TUNE,
                         RunLock, create_run, fallback, taken, load_states, moved, read_records, read_run, read_summary)
@@ -568,6 +568,9 @@ def _finish(run_dir: Path, driver: SearchDriver, log=print, factories=(), addres
                 f" -> `n2n export {shlex.quote(str(run_dir))} --out DIR --key {pick['key']}{allow}` exports it all the "
                 "same; `n2n report` lists every candidate")
             return summary
+        if driver.target.max_accuracy_drop is None and (
+                far := far_below_said(driver.target.has_limits(), (driver.reference.accuracy - pick["val_accuracy"]) * 100)):
+            log(far)  # before the last line, which names the run and the command
         log(f"`n2n export` picks {pick['params']:,} params ({pick['times_smaller']:.2f}x smaller{sizes}), val acc "
             f"{pick['val_accuracy']:.4f}: {pick['chosen_because']} -> `n2n export {shlex.quote(str(run_dir))} --out DIR{allow}` "
             "(`--finetune-epochs 10` trains it longer first)")
