@@ -518,7 +518,7 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
                 f"than the teacher beside it; the search timed it at {best['latency_ms']:.3f} ms, beside other trials)")
     target, warning = accuracy_target(cfg.target.max_accuracy_drop, metrics["teacher"], val, test,
                                       None if key is not None or rank is not None else pick.margin_of(cfg.target, margin),
-                                      short_of_margin=why.endswith(pick.SHORT_OF_MARGIN), limits=cfg.target.has_limits())
+                                      short_of_margin=pick.SHORT_OF_MARGIN in why, limits=cfg.target.has_limits())
     limits, outside = size_limits(cfg.target, metrics, f"--key {key}" if key is not None else
                                   f"--rank {rank}" if rank is not None else None)
     if target or limits:

@@ -290,7 +290,14 @@ def choose(records: list[dict], target, reward_config: RewardConfig, teacher_acc
             picked = _by_target(among, called, target, reward_config, teacher_accuracy, margin)
             if picked is not None:
                 best, why = picked
-                return best, why if among is pool else f"no finalist meets the target; among the stages' candidates, {why}"
+                if among is pool:
+                    return best, why
+                # its own finalist, the same student distilled longer, missed the target (helper-91: unsaid, the
+                # line read as a clean pick)
+                twin = next((r for r in finalists if r["key"].split("@")[0] == best["key"]), None)
+                longer = (f" (its own finalist, distilled {twin['epochs']} epochs, measured val acc {twin['accuracy']:.4f}, "
+                          f"past the target: its brief figure may flatter it)" if twin else "")
+                return best, f"no finalist meets the target; among the stages' candidates, {why}{longer}"
         return pool[0], f"{NONE_MEETS}; the best {what} by reward"
     stopped = "" if finalists or pool[0] is ranked[0] else " that finished (the best was stopped early, without weights)"
     return pool[0], f"the best {what} by reward{stopped}"

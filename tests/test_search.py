@@ -364,6 +364,12 @@ def test_export_margin_picks_the_smallest_finalist_with_points_to_spare():
     assert choose(fell, target, rc, 0.95, early_stop=False, where="run")[1] == (
         "no finalist meets the target; among the stages' candidates, no candidate meets the target with 0.25 points to "
         "spare; the one that meets it with the most to spare")
+    # helper-91: where the stage student's own finalist fell past the target, the line says so
+    twin = fell + [{**recs[3], "key": "brief@3ep", "stage": "finalists", "epochs": 3, "accuracy": 0.9367}]
+    assert choose(twin, target, rc, 0.95, early_stop=False, where="run", margin=0.0) == \
+        (recs[3], "no finalist meets the target; among the stages' candidates, the smallest candidate that meets the "
+                  "target (its own finalist, distilled 3 epochs, measured val acc 0.9367, past the target: its brief "
+                  "figure may flatter it)")
     below = fell[:3] + [{**recs[3], "accuracy": 0.9}]
     assert choose(below, target, rc, 0.95, early_stop=False, where="run") == \
         (below[0], "no candidate meets the target; the best finalist by reward")
