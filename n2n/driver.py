@@ -362,7 +362,8 @@ class SearchDriver:
                 return
         if self.trained(done) < self.budgets[done]:
             if self._fixed():
-                why = {"removal": "the teacher has no removable units (layers or blocks whose output has their input's shape)",
+                why = {"removal": ("the teacher has no removable units (layers or blocks whose output has their input's "
+                                   "shape; in a module of your own, only blocks of several layers, not a bare layer)"),
                        "shrink": "no unit it keeps can be shrunk",
                        "refine": "every unit the shrink stage's best keeps is already at the smallest ratio it can "
                                  "take: nothing narrower to try"}.get(done, "no unit has a choice")

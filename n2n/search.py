@@ -626,6 +626,9 @@ def notes(cfg: Config, space) -> list[str]:
                         f"REINFORCE updates its policy after a whole batch (each stage's agent its own), so there it "
                         f"may never update and sample only its starting policy")
     drop, margin = cfg.target.max_accuracy_drop, cfg.target.margin
+    if drop and drop < 0.1:  # helper-91: 0.01 for "1%" was accepted as 0.01 points, unsaid
+        said.append(f"note: target.max_accuracy_drop is in points of accuracy (1 for one percentage point); {drop:g} "
+                    f"asks for a student within {drop:g} points of the teacher")
     if drop and margin > drop:  # helper-36: capped at the drop without a word (a drop of 0 spares nothing)
         said.append(f"note: target.margin {margin:g} is more than target.max_accuracy_drop {drop:g}; export spares "
                     f"at most the whole drop, {points(drop)} (a student at least as accurate as the teacher)")

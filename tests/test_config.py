@@ -346,6 +346,10 @@ def test_a_margin_past_the_drop_is_said_at_the_start():
     assert notes(cfg, cnn) == ["note: target.margin 0.25 is more than target.max_accuracy_drop 0.1; export spares at "
                                "most the whole drop, 0.1 points (a student at least as accurate as the teacher)"]
     assert notes(load_config(None, {"target.max_accuracy_drop": None}), cnn) == []  # no accuracy target, no margin
+    # a fraction for a percentage (helper-91: 0.01 for 1% asked for 0.01 points, unsaid)
+    tiny = load_config(None, {"target.max_accuracy_drop": 0.01, "target.margin": 0})
+    assert notes(tiny, cnn) == ["note: target.max_accuracy_drop is in points of accuracy (1 for one percentage point); "
+                                "0.01 asks for a student within 0.01 points of the teacher"]
     # a REINFORCE batch as large as a stage's budget never updates the policy while it can help: said, not refused
     big = load_config(None, {"search.agent_options": {"batch_size": 20}})
     assert notes(big, cnn) == ["note: search.agent_options.batch_size 20 is no less than the budget of removal (20), "

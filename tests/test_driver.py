@@ -811,7 +811,8 @@ def test_a_teacher_with_nothing_to_remove_moves_on_and_says_why(agent):
     _drive(d, mlp, ProxyEvaluator(mlp))
     assert [r["stage"] for r in d.records] == ["shrink"] * 4
     assert "stage removal ended after 0 of 6 candidates: the teacher has no removable units (layers or blocks " \
-           "whose output has their input's shape)" in lines
+           "whose output has their input's shape; in a module of your own, only blocks of several layers, not a bare " \
+           "layer)" in lines
 
 
 def test_progress_names_the_most_accurate_of_equal_best_rewards(space):
