@@ -121,9 +121,11 @@ def test_kills_at_random_moments_then_resume_matches_an_uninterrupted_search(ray
     assert _ray_temps(tmp) <= temps, "the stopped search left its Ray temp folder behind"
 
     seen = [r["key"] for r in _records(run)]
-    for n, damage in zip(sorted(rng.sample(range(len(seen) + 1, 11), 3)), ["truncate Tune's snapshots",
-                                                                           "delete Tune's folder",
-                                                                           "empty the search state"]):
+    # two kills mid-search, each followed by damage (three kills, one damage each, took a process start
+    # more: the suite's second slowest test)
+    for n, damages in zip(sorted(rng.sample(range(len(seen) + 1, 11), 2)), [["truncate Tune's snapshots",
+                                                                            "empty the search state"],
+                                                                           ["delete Tune's folder"]]):
         proc = start()
         until(proc, n)
         time.sleep(rng.uniform(0.0, 1.5))  # somewhere inside the next trial
@@ -131,13 +133,14 @@ def test_kills_at_random_moments_then_resume_matches_an_uninterrupted_search(ray
         records = _records(run)
         assert [r["key"] for r in records[: len(seen)]] == seen, "a record was lost"
         seen = [r["key"] for r in records]
-        _damage(run, damage)
+        for damage in damages:
+            _damage(run, damage)
     proc = start()  # killed during a resume's start-up
     time.sleep(rng.uniform(0.5, 3.0))
     kill(proc)
 
     killed = [t for t in _ray_temps(tmp) if os.path.exists(os.path.join(t, "n2n-driver.json"))]
-    # three searches were killed mid-search, but each start removed the folders of those killed before it
+    # two searches were killed mid-search, but each start removed the folders of those killed before it
     assert 1 <= len(killed) <= 2, killed
     done = subprocess.run([sys.executable, "-m", "n2n.cli", "resume", str(run)], env=env, capture_output=True,
                           text=True, timeout=400)
