@@ -351,9 +351,10 @@ def test_policy_fit_command_learns_from_a_run_and_starts_the_next_search(ray_ses
 
     second = tmp_path / "runs" / "second"
     monkeypatch.chdir(tmp_path)  # a relative policy folder is recorded absolute: resumes may run elsewhere
-    cfg = load_config(tiny_config, {"search.agent_options": {"policy": "policy"}})
+    cfg = load_config(tiny_config, {"search.agent_options": {"policy": "policy"}, "search.removal_budget": 3,
+                                    "search.shrink_budget": 3, "search.refine_budget": 0})  # the policies, not the budgets
     summary = run_search(cfg, second, log=lambda *_: None)
-    assert summary["stage"] == "done" and summary["candidates_evaluated"] == 6 + 6 + 2
+    assert summary["stage"] == "done" and summary["candidates_evaluated"] == 3 + 3
     assert json.loads((second / "n2n.json").read_text())["config"]["search"]["agent_options"] == {"policy": str(out)}
     for stage in ("removal", "shrink"):  # the run keeps a copy of what it started from
         for name in ("policy.json", "policy.safetensors"):
