@@ -132,7 +132,7 @@ def build_model(arch: dict, factories=()) -> nn.Module:
             # cluster's nodes need not see the folder (the weights come with the trial's context)
             from search_spaces.transformer import classifier_from_config
 
-            return classifier_from_config(arch["config"], f"{arch['path']}/config.json")
+            return classifier_from_config(arch["config"], f"{arch['path']}/config.json", arch.get("attn_implementation"))
         if family in STUDENT_FAMILIES:
             return build_student(arch, factories)
     except (ModelError, UnsupportedModel):
@@ -1039,7 +1039,8 @@ def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:
     if (folder / "config.json").is_file() and not (folder / "arch.json").is_file():
         metrics = read_json(metrics_path) if metrics_path.is_file() else {}
         model = load_hf_classifier(folder)
-        return model, {"family": "hf-pretrained", "path": str(folder.resolve()), "config": model.config.to_dict()}, metrics
+        return model, {"family": "hf-pretrained", "path": str(folder.resolve()), "config": model.config.to_dict(),
+                       "attn_implementation": model.config._attn_implementation}, metrics
     if not folder.is_dir():  # (helper-51: "expected a model folder with model.safetensors" of a folder that is not there)
         where = "" if folder.is_absolute() else f" (a relative path is read from the folder the command runs in, {Path.cwd()})"
         raise ModelError(f"{folder}: expected a model folder, found {found_at(folder)} there{where}")

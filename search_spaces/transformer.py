@@ -102,14 +102,17 @@ def check_no_hub_code(config: dict, where: str) -> None:
                                    f"the default)")
 
 
-def classifier_from_config(config: dict, where: str) -> HFClassifier:
-    """A sequence classifier of a transformers config, as `to_dict` gives it (weights not loaded)."""
+def classifier_from_config(config: dict, where: str, attn_implementation: str | None = None) -> HFClassifier:
+    """A sequence classifier of a transformers config, as `to_dict` gives it (weights not loaded).
+    `attn_implementation`: the one the model was loaded with, which `to_dict` leaves out (helper-93: a
+    config's "eager" gave the driver eager attention and a worker's rebuilt teacher sdpa)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     check_no_hub_code(config, where)  # before transformers reads any of it (helper-32)
     cfg = dict(config)
     config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-    return HFClassifier(AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)).eval()
+    how = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return HFClassifier(AutoModelForSequenceClassification.from_config(config, trust_remote_code=False, **how)).eval()
 
 
 def encoder_from_arch(arch: dict) -> HFClassifier:

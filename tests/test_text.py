@@ -523,6 +523,15 @@ def test_a_worker_rebuilds_the_hf_teacher_the_run_loaded_not_its_folder_as_it_is
         assert torch.equal(worker(ids), teacher(ids))
         assert not torch.equal(load_model(tmp_path / "t")[0](ids), teacher(ids))  # the edit matters
     assert worker.config.hidden_act == "gelu"
+    # and with the attention it was loaded with, which the config's dict leaves out (helper-93: "eager"
+    # in config.json, sdpa on the workers)
+    (tmp_path / "t" / "config.json").write_text(json.dumps({**config, "attn_implementation": "eager"}))
+    eager, arch, _ = load_model(tmp_path / "t")
+    worker = build_model(arch)
+    worker.load_state_dict(eager.state_dict(), strict=True)
+    assert worker.config._attn_implementation == eager.config._attn_implementation == "eager"
+    with torch.no_grad():
+        assert torch.equal(worker(ids), eager(ids))
     # a cluster's node that does not see the folder builds it all the same
     shutil.rmtree(tmp_path / "t")
     assert build_model(arch).config.hidden_act == "gelu"
