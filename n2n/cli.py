@@ -6,6 +6,7 @@ import argparse
 import errno
 import os
 import re
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -215,8 +216,8 @@ def _resume(args) -> int:
     if args.set:
         raise ConfigError(f"--set: a run keeps the config and target it was started with (its n2n.json), and `n2n "
                           f"resume` continues under them; for another student of its candidates, `n2n export "
-                          f"{args.run} --margin P`, `--rank N` or `--key KEY`; for another target, a new search: "
-                          f"`n2n search ... --set {args.set[0]}`")
+                          f"{shlex.quote(str(args.run))} --margin P`, `--rank N` or `--key KEY`; for another target, a "
+                          f"new search: `n2n search ... {' '.join('--set ' + shlex.quote(s) for s in args.set)}`")
 
     return _status(resume_search(Path(args.run), address=args.address, factories=args.allow_factory,
                                  concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial, storage=args.storage))

@@ -92,9 +92,10 @@ class TargetConfig:
         """Whether it sets size or latency limits (params, FLOPs, milliseconds)."""
         return any(v is not None for v in (self.max_params, self.max_flops, self.max_latency_ms))
 
-    def said(self) -> str:
+    def said(self, compression: str = "params") -> str:
         """The target in words, as a search and a resume state it (helper-91: nothing on screen said that
-        the default 1-point drop joined a max_params set alone, which asks for another student)."""
+        the default 1-point drop joined a max_params set alone, which asks for another student).
+        `compression`: reward.compression, the size "smallest" is in."""
         limits = [f"{v:,} {unit}" for v, unit in ((self.max_params, "params"), (self.max_flops, "FLOPs")) if v is not None]
         limits += [f"{self.max_latency_ms:g} ms of latency"] if self.max_latency_ms is not None else []
         within = f"at most {' and '.join(limits)}"
@@ -103,7 +104,8 @@ class TargetConfig:
             return f"target: the most accurate student of {within}" if limits else \
                 "no target: export picks the best student by reward"
         spare = min(self.margin, drop)
-        return (f"target: the smallest student within {drop:g} point{'s' * (drop != 1)} of the teacher's validation "
+        smallest = {"flops": "student of fewest FLOPs", "latency": "fastest student"}.get(compression, "smallest student")
+        return (f"target: the {smallest} within {drop:g} point{'s' * (drop != 1)} of the teacher's validation "
                 f"accuracy" + (f" and of {within} (target.max_accuracy_drop: null asks for the most accurate within "
                                f"the limits alone)" if limits else "")
                 + (f"; export picks one with {spare:g} of those points to spare where it can (target.margin)"

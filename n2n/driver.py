@@ -30,7 +30,7 @@ from search_spaces import SearchSpace, StudentSpec
 
 from .errors import RunError
 from .models import write_json
-from .pick import REACH, choose, finalists, meets_none, misscored, points
+from .pick import REACH, by_reward, choose, finalists, meets_none, misscored, points
 from .runfolder import (HELD_FOR_DEATHS, HELD_FOR_UNSAVED, POLICY, RECORDS, SUMMARY, moved, moved_said, record_problem,
                         result_problem, save_state)
 
@@ -339,7 +339,7 @@ class SearchDriver:
         students not trained yet: where a refine whose base is exhausted spends the rest of its budget."""
         rows = [r for r in self.records if r["stage"] in ("shrink", "refine") and r["failure"] is None
                 and r["reward"] > -1 and r["key"] not in self.refine_bases]
-        for r in sorted(rows, key=lambda r: -r["reward"]):
+        for r in by_reward(rows, self.reward_config):
             if self._untrained(StudentSpec.from_dict(r["spec"])):
                 return r
         return None
@@ -363,7 +363,8 @@ class SearchDriver:
         if self.trained(done) < self.budgets[done]:
             if self._fixed():
                 why = {"removal": ("the teacher has no removable units (layers or blocks whose output has their input's "
-                                   "shape; in a module of your own, only blocks of several layers, not a bare layer)"),
+                                   "shape; in a module of your own, only children of an nn.Sequential or nn.ModuleList that "
+                                   "hold layers of their own)"),
                        "shrink": "no unit it keeps can be shrunk",
                        "refine": "every unit the shrink stage's best keeps is already at the smallest ratio it can "
                                  "take: nothing narrower to try"}.get(done, "no unit has a choice")
@@ -425,7 +426,7 @@ class SearchDriver:
             # distillation recovers: shrinking from it could not meet the target. The best within that
             # reach instead (a size miss may outweigh an accuracy one, helper-48), else the teacher itself
             near = within(drop + REACH)
-            base = max(near, key=lambda r: r["reward"]) if near else None
+            base = by_reward(near, self.reward_config)[0] if near else None
             # in the size the run compresses, and finalists only where there are (helper-77: params in a
             # FLOPs run, and "the finalists' longer distillation" with finalists.k 0)
             what = ("the teacher itself" if base is None else
@@ -642,7 +643,7 @@ class SearchDriver:
         # (helper-91: said of a target edited in n2n.json, it read as a change of n2n alone)
         said = (f"{len(stale)} of {len(self.records)} candidates were scored by another reward than this n2n's under "
                 f"the run's reward and target as n2n.json holds them now (e.g. {r['key']}: {r['reward']:.4f} then, "
-                f"{now:.4f} now; an earlier n2n's reward, or n2n.json edited since): rescored, so that every candidate "
+                f"{now:.4f} now; an earlier n2n's reward, or n2n.json or candidates.json edited since): rescored, so that every candidate "
                 f"is ranked by this one")
         for rec, reward_now, compression_now in stale + misscored(list(self.cache.values()), self.reference,
                                                                    self.reward_config):
@@ -652,12 +653,12 @@ class SearchDriver:
         return said
 
     # -- results ----------------------------------------------------------------------------------
-    def best(self, stage: str | None = None, most_accurate: bool = False) -> dict | None:
-        """The best record by reward (of `stage`); of equal rewards the first, or with `most_accurate`
-        the most accurate (students of one size within the target tie: a finalist of the best student
-        over its 3-epoch figure, helper-27)."""
+    def best(self, stage: str | None = None) -> dict | None:
+        """The best record by reward (of `stage`); of equal rewards the smaller, then the more accurate
+        (`pick.by_reward`: students of one size within the target tie, a finalist over its 3-epoch figure,
+        helper-27; students of one accuracy outside it, whatever their size, helper-91)."""
         rows = [r for r in self.records if r["failure"] is None and r["reward"] > -1 and (stage is None or r["stage"] == stage)]
-        return max(rows, key=lambda r: (r["reward"], r["accuracy"] if most_accurate else 0)) if rows else None
+        return by_reward(rows, self.reward_config)[0] if rows else None
 
     def agent_updates(self) -> dict[str, int]:
         """Policy updates per stage (REINFORCE; 0 for agents that do not update in batches)."""
@@ -745,7 +746,7 @@ class SearchDriver:
 
     def _progress(self, rec: dict):
         s = rec["stage"]
-        best = self.best(most_accurate=True)
+        best = self.best()
         size, _ = self._size(rec)
         acc = "" if rec["failure"] else f", val acc {rec['accuracy']:.4f}"  # a failed student was never measured (helper-50)
         # a re-issued trial that found its result stored before an interruption: not one of summary.json's

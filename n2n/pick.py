@@ -295,8 +295,9 @@ def choose(records: list[dict], target, reward_config: RewardConfig, teacher_acc
                 # its own finalist, the same student distilled longer, missed the target (helper-91: unsaid, the
                 # line read as a clean pick)
                 twin = next((r for r in finalists if r["key"].split("@")[0] == best["key"]), None)
-                longer = (f" (its own finalist, distilled {twin['epochs']} epochs, measured val acc {twin['accuracy']:.4f}, "
-                          f"past the target: its brief figure may flatter it)" if twin else "")
+                longer = (f" (its own finalist, distilled {twin['epochs']} epochs, missed the target: "
+                          f"{'; '.join(target.misses(twin, teacher_accuracy))}; the brief figures may flatter it)"
+                          if twin else "")
                 return best, f"no finalist meets the target; among the stages' candidates, {why}{longer}"
         return pool[0], f"{NONE_MEETS}; the best {what} by reward"
     stopped = "" if finalists or pool[0] is ranked[0] else " that finished (the best was stopped early, without weights)"

@@ -146,7 +146,7 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
         text.append(f"`n2n export` picks {said}): {why}" if not meets_none(why) else
                     f"{none_meets_said(why, said + ')', cfg.target.misses(pick, ref['accuracy']))}, which "
                     f"`--key {pick['key']}` exports")
-        if cfg.target.max_accuracy_drop is None and (
+        if cfg.target.max_accuracy_drop is None and not meets_none(why) and (  # as the search's last lines
                 far := far_below_said(cfg.target.has_limits(), (ref["accuracy"] - pick["accuracy"]) * 100)):
             text.append(far)
         if not unfinished(run_dir) and (note := summary_note(read_summary(run_dir), pick["key"])):

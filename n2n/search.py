@@ -736,7 +736,7 @@ def run_search(cfg: Config, run_dir: Path, address: str | None = None, log=print
                 plan += (f", then {cfg.finalists.k} finalist{'s' if cfg.finalists.k != 1 else ''} at "
                          f"{cfg.finalists.epochs} epoch{'s' if cfg.finalists.epochs != 1 else ''}")
             log(f"search {run_dir.name}: agent {cfg.search.agent}; {plan}; {cfg.search.concurrency} trials at a time")
-            log(cfg.target.said())
+            log(cfg.target.said(cfg.reward.compression))
             for line in notes(cfg, space):
                 log(line)
             with _watched(run_dir, address, factories, log):
@@ -933,7 +933,7 @@ def resume_search(run_dir: Path, address: str | None = None, log=print, factorie
             return _finish(run_dir, driver, log, factories, address)
         check_results_writable(run_dir)  # before trials train for minutes (helper-82: 55 s, then a stop)
         log(f"resuming {run_dir.name}: {counted(driver.records)} so far, stage {driver.stage}")
-        log(f"{cfg.target.said()} (the run's own, in its n2n.json)")
+        log(f"{cfg.target.said(cfg.reward.compression)} (the run's own, in its n2n.json)")
         if note := rules_note(meta):
             log(note)
         if cfg.search.concurrency != recorded_concurrency:

@@ -240,7 +240,7 @@ def test_a_resume_under_another_reward_rescores_rather_than_rank_by_two(space):
     said = other.rescore()
     assert said.startswith(f"{changed} of {len(other.records)} candidates were scored by another reward than this n2n's "
                            f"under the run's reward and target as n2n.json holds them now (e.g. ")
-    assert "; an earlier n2n's reward, or n2n.json edited since): rescored" in said
+    assert "; an earlier n2n's reward, or n2n.json or candidates.json edited since): rescored" in said
     assert [r["key"] for r in other.records] == [r["key"] for r in made.records]  # nothing dropped
     assert all(r["reward"] == now(r) for r in [*other.records, *other.cache.values()])
     # the rewards they were scored by first are kept beside (helper-65: only n2n.log kept them)
@@ -811,8 +811,8 @@ def test_a_teacher_with_nothing_to_remove_moves_on_and_says_why(agent):
     _drive(d, mlp, ProxyEvaluator(mlp))
     assert [r["stage"] for r in d.records] == ["shrink"] * 4
     assert "stage removal ended after 0 of 6 candidates: the teacher has no removable units (layers or blocks " \
-           "whose output has their input's shape; in a module of your own, only blocks of several layers, not a bare " \
-           "layer)" in lines
+           "whose output has their input's shape; in a module of your own, only children of an nn.Sequential or " \
+           "nn.ModuleList that hold layers of their own)" in lines
 
 
 def test_progress_names_the_most_accurate_of_equal_best_rewards(space):

@@ -2462,12 +2462,13 @@ def test_resume_with_another_target_is_refused_with_the_ways_to_another_student(
     """helper-91: `n2n resume RUN --set target...` was argparse's "unrecognized arguments", after the
     "already exists" line had sent the user to resume for the new target."""
     before = {p.name: p.read_bytes() for p in finished_run.iterdir() if p.is_file()}
-    status = cli.main(["resume", str(finished_run), "--set", "target.max_params=1000"])
+    status = cli.main(["resume", str(finished_run), "--set", "target.max_params=1000", "--set", "search.ratios=[0.5, 1.0]"])
     err = capsys.readouterr().err
     assert status == 2 and "Traceback" not in err and err.strip() == (
         f"n2n: error: --set: a run keeps the config and target it was started with (its n2n.json), and `n2n resume` "
         f"continues under them; for another student of its candidates, `n2n export {finished_run} --margin P`, "
-        f"`--rank N` or `--key KEY`; for another target, a new search: `n2n search ... --set target.max_params=1000`")
+        f"`--rank N` or `--key KEY`; for another target, a new search: `n2n search ... --set target.max_params=1000 "
+        f"--set 'search.ratios=[0.5, 1.0]'`")  # every --set, quoted to paste (helper-93)
     assert {p.name: p.read_bytes() for p in finished_run.iterdir() if p.is_file()} == before
 
 

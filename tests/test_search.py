@@ -368,8 +368,8 @@ def test_export_margin_picks_the_smallest_finalist_with_points_to_spare():
     twin = fell + [{**recs[3], "key": "brief@3ep", "stage": "finalists", "epochs": 3, "accuracy": 0.9367}]
     assert choose(twin, target, rc, 0.95, early_stop=False, where="run", margin=0.0) == \
         (recs[3], "no finalist meets the target; among the stages' candidates, the smallest candidate that meets the "
-                  "target (its own finalist, distilled 3 epochs, measured val acc 0.9367, past the target: its brief "
-                  "figure may flatter it)")
+                  "target (its own finalist, distilled 3 epochs, missed the target: 1.33 points below the teacher on "
+                  "validation, 1 allowed; the brief figures may flatter it)")
     below = fell[:3] + [{**recs[3], "accuracy": 0.9}]
     assert choose(below, target, rc, 0.95, early_stop=False, where="run") == \
         (below[0], "no candidate meets the target; the best finalist by reward")
