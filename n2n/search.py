@@ -812,6 +812,10 @@ class OpenRun:
         space = cfg.space(teacher, meta["input_shape"], arch)
         check_space(space, meta, run_dir)
         check_outputs(run_dir, teacher, ds, meta.get("teacher_logits_digest"))
+        # its class names too, which an export writes onto the student's outputs and only config.json holds
+        # (helper-92: id2label swapped after the search exported a student whose pipeline() named every class
+        # as the other, exit 0; a new search refused that folder)
+        check_label_names(teacher, ds, meta["dataset"], log=lambda *_: None)
         return cls(Path(run_dir), meta, cfg, teacher, arch, ds, space)
 
 

@@ -180,6 +180,17 @@ def test_minilm_journey_csv_to_teacher_to_search_to_pipeline(ray_session, tmp_pa
     summary = run_search(cfg, run, log=said.append)
     assert "transformer students distil at distill.transformer_lr 0.0001 (distill.lr 0.003 is for other students)" in said
     assert summary["stage"] == "done" and summary["teacher"]["val_accuracy"] == metrics["val_accuracy"]
+    # the teacher's class names swapped in its config.json since the search (helper-92: exported, exit 0,
+    # a student whose pipeline() named every class as the other): refused as a new search refuses them
+    config = (teacher / "config.json").read_text()
+    names = json.loads(config)
+    (teacher / "config.json").write_text(json.dumps({**names, "id2label": {"0": "positive", "1": "negative"},
+                                                     "label2id": {"positive": 0, "negative": 1}}))
+    with pytest.raises(DataError, match=r"the teacher's \(its config.json id2label\) are \['positive', 'negative'\]: "
+                                        r"every class would be scored as another"):
+        export_best(run, tmp_path / "swapped", log=lambda *_: None)
+    assert not (tmp_path / "swapped").exists()
+    (teacher / "config.json").write_text(config)
     out = tmp_path / "student"
     exported = export_best(run, out, log=lambda *_: None)
     assert exported["params"] < metrics["params"]
