@@ -643,8 +643,8 @@ class SearchDriver:
         # (helper-91: said of a target edited in n2n.json, it read as a change of n2n alone)
         said = (f"{len(stale)} of {len(self.records)} candidates were scored by another reward than this n2n's under "
                 f"the run's reward and target as n2n.json holds them now (e.g. {r['key']}: {r['reward']:.4f} then, "
-                f"{now:.4f} now; an earlier n2n's reward, or n2n.json or candidates.json edited since): rescored, so that every candidate "
-                f"is ranked by this one")
+                f"{now:.4f} now; an earlier n2n's reward, or n2n.json or candidates.json edited since): rescored, so "
+                f"that every candidate is ranked by this one")
         for rec, reward_now, compression_now in stale + misscored(list(self.cache.values()), self.reference,
                                                                    self.reward_config):
             # the figures it was scored by first stay in candidates.json (helper-65: only n2n.log kept them)

@@ -17,7 +17,8 @@ from .driver import counted
 from .errors import RunError
 from .export import weights_missing
 from .models import write_bytes
-from .pick import by_reward, choose, far_below_said, from_figures, front, meets_none, none_meets_said, rules_note, size_said, summary_note
+from .pick import (by_reward, choose, far_below_said, from_figures, front, meets_none, none_meets_said, rules_note,
+                   size_said, summary_note)
 from .runfolder import finish_hint, read_records, read_run, read_summary, unfinished
 
 

@@ -568,8 +568,8 @@ def _finish(run_dir: Path, driver: SearchDriver, log=print, factories=(), addres
                 f" -> `n2n export {shlex.quote(str(run_dir))} --out DIR --key {pick['key']}{allow}` exports it all the "
                 "same; `n2n report` lists every candidate")
             return summary
-        if driver.target.max_accuracy_drop is None and (
-                far := far_below_said(driver.target.has_limits(), (driver.reference.accuracy - pick["val_accuracy"]) * 100)):
+        below = (driver.reference.accuracy - pick["val_accuracy"]) * 100
+        if driver.target.max_accuracy_drop is None and (far := far_below_said(driver.target.has_limits(), below)):
             log(far)  # before the last line, which names the run and the command
         log(f"`n2n export` picks {pick['params']:,} params ({pick['times_smaller']:.2f}x smaller{sizes}), val acc "
             f"{pick['val_accuracy']:.4f}: {pick['chosen_because']} -> `n2n export {shlex.quote(str(run_dir))} --out DIR{allow}` "
