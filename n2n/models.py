@@ -829,6 +829,11 @@ def load_hf_classifier(folder: Path, padding_checked: bool = False) -> nn.Module
         raise ModelError(f"{folder}: expected a trained sequence classifier, found a model ({arch}) without "
                          f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}, which would start random; "
                          f"fine-tune it into a teacher first: n2n teacher train --hf {folder} --dataset text:FILE --out DIR")
+    embeddings = getattr(model.base_model, "embeddings", None)
+    if hasattr(embeddings, "padding_idx") and embeddings.padding_idx is None:  # (helper-92: a traceback in teacher show)
+        raise ModelError(f"{folder}/config.json: pad_token_id is null, but {type(model).__name__} counts its token "
+                         f"positions from the padding id and cannot run without one; set \"pad_token_id\" to the id "
+                         f"its tokenizer pads with (1 in RoBERTa's), as the model was trained")
     if not padding_checked and any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
         from .data import tokenizer_for
 

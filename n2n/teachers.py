@@ -172,6 +172,7 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
     from transformers.utils import logging as hf_logging
 
     from search_spaces import HFClassifier
+    from search_spaces.transformer import check_model_type
 
     from .models import check_target, commit_folder, kept_message, new_folder, padding_mismatch, write_json
 
@@ -189,6 +190,7 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
         positions = hf_config.max_position_embeddings
     except (OSError, ValueError, AttributeError) as e:
         raise ModelError(f"{checkpoint}: not a Hugging Face encoder checkpoint ({str(e).splitlines()[0]})") from None
+    check_model_type(hf_config.model_type, str(checkpoint))  # before minutes of training a teacher no search takes
     if not 2 <= max_length <= positions:
         raise ConfigError(f"--max-length: expected 2..{positions} (the checkpoint's positions), got {max_length}")
     tok = data_mod.tokenizer_for(checkpoint)

@@ -21,13 +21,13 @@ from .base import (
 from .generic import GenericSpace, call_factory, load_factory, pruned_from_arch
 from .resnet import ResNet, ResNetSpace, from_torchvision, resnet_arch
 from .sequential import SequentialSpace, layers_to_module, module_to_layers
-from .transformer import HFClassifier, TransformerSpace, encoder_from_arch, hf_expressible, is_hf_encoder
+from .transformer import HFClassifier, TransformerSpace, encoder_from_arch, hf_expressible, is_hf_model
 
 __all__ = [
     "DEFAULT_RATIOS", "FEATURE_DIM", "FEATURE_NAMES", "UNIT_KINDS", "SearchSpace", "SpecError",
     "StudentSpec", "Unit", "INPLACE", "changes_its_input", "count_macs", "count_params", "output_gap", "probe", "probe_gap", "SequentialSpace", "UnsupportedModel",
     "layers_to_module", "module_to_layers", "space_for", "build_student", "STUDENT_FAMILIES", "ResNet", "ResNetSpace", "from_torchvision",
-    "resnet_arch", "GenericSpace", "call_factory", "load_factory", "pruned_from_arch", "HFClassifier", "TransformerSpace", "encoder_from_arch", "hf_expressible", "is_hf_encoder",
+    "resnet_arch", "GenericSpace", "call_factory", "load_factory", "pruned_from_arch", "HFClassifier", "TransformerSpace", "encoder_from_arch", "hf_expressible", "is_hf_model",
 ]
 
 
@@ -58,7 +58,7 @@ def space_for(teacher, input_shape, ratios=None, uniform: bool = False, arch: di
     what its students are rebuilt from."""
     from torch import nn
 
-    if is_hf_encoder(teacher):
+    if is_hf_model(teacher):
         return TransformerSpace(teacher, input_shape, ratios, uniform=uniform)
     if isinstance(teacher, ResNet):
         return ResNetSpace(teacher, input_shape, ratios)

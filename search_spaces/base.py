@@ -299,14 +299,17 @@ class SearchSpace(ABC):
 
 
 @torch.no_grad()
-def check_reproduces(teacher: nn.Module, copy, input_shape, what: str) -> None:
+def check_reproduces(teacher: nn.Module, copy, input_shape, what: str, x: torch.Tensor | None = None) -> None:
     """Raise UnsupportedModel unless `copy()` (a family's reading of `teacher`, rebuilt) computes what
-    the teacher computes, in eval mode on random inputs. A layer setting the reading dropped would
-    otherwise make every student inherit weights into another function, and export a network that
-    is not the slimmed teacher; `space_for` then tries the generic space, which keeps the modules."""
+    the teacher computes, in eval mode on random inputs (or `x`: token ids, for a transformer). A
+    layer setting the reading dropped would otherwise make every student inherit weights into another
+    function, and export a network that is not the slimmed teacher; `space_for` then tries the generic
+    space, which keeps the modules."""
     p = next(teacher.parameters())
-    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)  # (2, *input_shape)
-    was = teacher.training
+    if x is None:
+        x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)  # (2, *input_shape)
+    x = x.to(p.device)
+    was = [(m, m.training) for m in teacher.modules()]  # each as it was (a new wrapper's own flag is True)
     try:
         teacher.eval()
         with torch.random.fork_rng(devices=[]):  # building the copy leaves the caller's random stream as it was
@@ -315,7 +318,8 @@ def check_reproduces(teacher: nn.Module, copy, input_shape, what: str) -> None:
     except Exception as e:  # a layer read wrongly enough that the copy does not even run
         raise UnsupportedModel(f"{what} cannot rebuild this network ({type(e).__name__}: {e})") from None
     finally:
-        teacher.train(was)
+        for m, training in was:
+            m.training = training
     if diff is not None:
         raise UnsupportedModel(f"{what} does not reproduce this network: its copy's outputs differ by up to {diff:.3g}")
 

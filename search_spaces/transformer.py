@@ -23,7 +23,21 @@ import torch
 from torch import nn
 
 from .base import SearchSpace, StudentSpec, Unit
-from .base import UnsupportedModel
+from .base import UnsupportedModel, check_reproduces
+
+# The model types whose encoders this space reads, slims and rebuilds exactly, checked end to end
+# (search, export, from_pretrained, pipeline(), ONNX; helper-92). Others alike in name are laid out
+# otherwise, and were accepted, then slimmed wrongly or not at all (helper-92): X-MOD's per-language
+# adapters, DeBERTa's and MPNet's relative attention, MegatronBERT's and RoBERTa-PreLayerNorm's norms
+# before the sublayers, MobileBERT's bottlenecks; DistilBERT and ModernBERT keep no encoder.layer.
+MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "ernie")
+
+
+def check_model_type(model_type, where: str) -> None:
+    """Refuse a transformers model type outside `MODEL_TYPES`, before any search or training."""
+    if model_type not in MODEL_TYPES:
+        raise UnsupportedModel(f"{where}: model_type {model_type!r} is not a transformer n2n can slim: expected one "
+                               f"of {', '.join(MODEL_TYPES)} (BERT-family encoders whose layers n2n rebuilds exactly)")
 
 
 def masked_id(config) -> int:
@@ -141,6 +155,7 @@ class TransformerSpace(SearchSpace):
     def __init__(self, teacher: nn.Module, input_shape, ratios=None, uniform: bool = False):
         if not isinstance(teacher, HFClassifier):
             teacher = HFClassifier(teacher)
+        check_model_type(teacher.config.model_type, type(teacher.model).__name__)
         kwargs = {} if ratios is None else {"ratios": tuple(ratios)}
         super().__init__(teacher=teacher, input_shape=tuple(input_shape), **kwargs)
         self.uniform = uniform
@@ -169,6 +184,12 @@ class TransformerSpace(SearchSpace):
             self.units.append(Unit(name="ffn", kind="ffn", width=self.ffn, params=ffn * self.n_layers, removable=False,
                                    shrinkable=True, why_fixed="remove layers instead"))
             self.ffn_unit = [shared] * self.n_layers
+        # token ids, the last quarter of the second text padding (masked): the unchanged student must
+        # compute what the teacher does, or a layer n2n does not copy would be lost in every student
+        t = self.input_shape[0]
+        ids = torch.randint(0, cfg.vocab_size, (2, t), generator=torch.Generator().manual_seed(0))  # (2, T)
+        ids[1, t - t // 4:] = teacher.pad_token_id
+        check_reproduces(teacher, lambda: self.build(self.identity()), self.input_shape, "n2n's transformer space", x=ids)
 
     def _layer_params(self, heads: int, ffn: int) -> int:
         h, a = self.hidden, heads * self.head_size
@@ -266,7 +287,9 @@ def text_positions(model) -> int | None:
     return None if positions is None else positions - (offset + 1 if isinstance(offset, int) else 0)
 
 
-def is_hf_encoder(model: nn.Module) -> bool:
+def is_hf_model(model: nn.Module) -> bool:
+    """A transformers model (or n2n's wrapper of one), whatever its layout: the transformer space's,
+    or refused (helper-92: DistilBERT went to the generic space, which fed it random floats as ids)."""
     inner = model.model if isinstance(model, HFClassifier) else model
-    return hasattr(inner, "config") and hasattr(getattr(inner, "base_model", None), "encoder")
+    return type(inner).__module__.startswith("transformers.") and hasattr(inner, "config")
 

@@ -296,6 +296,16 @@ def test_a_teacher_whose_config_masks_another_id_than_its_tokenizer_pads_with_is
     BertForSequenceClassification(cfg).save_pretrained(tmp_path / "unset")
     tok.save_pretrained(tmp_path / "unset")
     assert load_model(tmp_path / "unset")[0].pad_token_id == 0
+    # RoBERTa counts its positions from the padding id: with none it cannot run (helper-92: a traceback
+    # in teacher show)
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    RobertaForSequenceClassification(RobertaConfig(**{**cfg.to_dict(), "model_type": "roberta", "pad_token_id": None,
+                                                      "max_position_embeddings": 40})).save_pretrained(tmp_path / "rob")
+    with pytest.raises(ModelError, match=r"rob/config.json: pad_token_id is null, but RobertaForSequenceClassification "
+                                         r"counts its token positions from the padding id and cannot run without one; "
+                                         r"set \"pad_token_id\" to the id its tokenizer pads with"):
+        load_model(tmp_path / "rob")
     said = []
     data = write_csv(tmp_path / "few.csv", sentences(TEMPLATES[:2], SUBJECTS[:4]))
     metrics = train_hf_teacher(tmp_path / "odd", f"text:{data}", tmp_path / "t", epochs=1, max_length=12,
@@ -546,3 +556,27 @@ def test_a_worker_rebuilds_the_hf_teacher_the_run_loaded_not_its_folder_as_it_is
     # a cluster's node that does not see the folder builds it all the same
     shutil.rmtree(tmp_path / "t")
     assert build_model(arch).config.hidden_act == "gelu"
+
+
+def test_a_transformer_n2n_cannot_slim_is_refused_before_training_or_searching(tmp_path, capsys):
+    """helper-92: `teacher train --hf` fine-tuned a DistilBERT for minutes, then its search went to the
+    generic space and ended in a traceback (random floats as token ids). Both refuse it at once."""
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    tok = tokenizer_for(minilm_path())
+    cfg = DistilBertConfig(vocab_size=tok.vocab_size, dim=16, n_layers=1, n_heads=2, hidden_dim=32, num_labels=2)
+    DistilBertForSequenceClassification(cfg).save_pretrained(tmp_path / "distil")
+    tok.save_pretrained(tmp_path / "distil")
+    data = write_csv(tmp_path / "few.csv", sentences(TEMPLATES[:2], SUBJECTS[:4]))
+    refusal = (f"{tmp_path / 'distil'}: model_type 'distilbert' is not a transformer n2n can slim: expected one of "
+               f"bert, roberta, xlm-roberta, electra, ernie (")
+    status = cli.main(["teacher", "train", "--hf", str(tmp_path / "distil"), "--dataset", f"text:{data}",
+                       "--out", str(tmp_path / "t")])
+    err = capsys.readouterr().err
+    assert status == 2 and refusal in err and "Traceback" not in err and not (tmp_path / "t").exists()
+    config = load_config(None, {"teacher.path": str(tmp_path / "distil"), "teacher.dataset": f"text:{data}"})
+    from search_spaces import UnsupportedModel
+
+    with pytest.raises(UnsupportedModel, match="DistilBertForSequenceClassification: model_type 'distilbert' is not a "
+                                               "transformer n2n can slim"):
+        prepare_run(config, log=lambda *_: None)

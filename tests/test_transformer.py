@@ -6,7 +6,8 @@ import torch
 
 from agents import make_agent, run
 from envs import CompressionEnv, ProxyEvaluator
-from search_spaces import StudentSpec, TransformerSpace, count_params, encoder_from_arch, hf_expressible, space_for
+from search_spaces import (StudentSpec, TransformerSpace, UnsupportedModel, count_params, encoder_from_arch, hf_expressible,
+                           space_for)
 
 SENTENCES = [
     "The cat sat quietly on the warm mat.",
@@ -64,6 +65,58 @@ def test_tiny_bert_identity_random_specs_and_round_trip(tiny_bert):
         rebuilt = encoder_from_arch(json.loads(json.dumps(space.arch(spec))))
         rebuilt.load_state_dict(student.state_dict(), strict=True)
         assert torch.equal(rebuilt(ids), student(ids))
+
+
+def _tiny(model_type: str, **extra):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(model_type, vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                               intermediate_size=64, max_position_embeddings=64, num_labels=3, **extra)
+    return AutoModelForSequenceClassification.from_config(cfg).eval()
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "xlm-roberta", "electra", "ernie"])
+def test_every_model_type_the_space_takes_is_rebuilt_exactly(model_type):
+    model = _tiny(model_type)
+    space = space_for(model, (16,))
+    assert not any(m.training for m in model.modules())  # the rebuild check leaves the teacher in eval mode
+    ids = torch.randint(2, 100, (4, 16), generator=torch.Generator().manual_seed(1))
+    ids[0, 12:] = model.config.pad_token_id
+    assert torch.equal(space.build(space.identity())(ids), space.teacher(ids))
+    rng = random.Random(0)
+    for _ in range(4):
+        ratios = [rng.choice(space.ratios) if u.shrinkable else 1.0 for u in space.units]
+        spec = StudentSpec([space.layer_unit[rng.randrange(3)]], ratios)
+        student = space.build(spec)
+        assert count_params(student) == space.params(spec)
+        rebuilt = encoder_from_arch(json.loads(json.dumps(space.arch(spec))))
+        rebuilt.load_state_dict(student.state_dict(), strict=True)
+        assert torch.equal(rebuilt(ids), student(ids))
+
+
+@pytest.mark.parametrize("model_type", ["xmod", "deberta-v2", "mpnet", "megatron-bert", "roberta-prelayernorm",
+                                        "mobilebert", "distilbert"])
+def test_transformers_laid_out_otherwise_are_refused_not_slimmed_wrongly(model_type):
+    """helper-92: X-MOD's students lost its adapters (every params figure off, export failed on an
+    assertion); DeBERTa-v2, MPNet, MegatronBERT, RoBERTa-PreLayerNorm and MobileBERT were accepted,
+    then every candidate failed to build; DistilBERT went to the generic space, which fed it random
+    floats as token ids."""
+    with pytest.raises(UnsupportedModel, match=rf"model_type '{model_type}' is not a transformer n2n can slim: expected "
+                                               r"one of bert, roberta, xlm-roberta, electra, ernie \("):
+        space_for(_tiny(model_type), (16,))
+
+
+def test_a_teacher_computing_what_its_config_does_not_say_is_refused():
+    """A setting of a layer its config does not describe (here one LayerNorm's eps) would be lost in
+    every student, which would inherit weights into another function."""
+    model = _tiny("bert")
+    model.bert.encoder.layer[2].output.LayerNorm.eps = 0.5
+    with torch.no_grad():  # a head of a trained model's scale, not init's 0.02, so that logits show the change
+        model.classifier.weight.normal_(generator=torch.Generator().manual_seed(0))
+    with pytest.raises(UnsupportedModel, match="n2n's transformer space does not reproduce this network: its copy's "
+                                               "outputs differ by up to"):
+        space_for(model, (16,))
 
 
 def test_heads_and_neurons_kept_are_the_teachers(tiny_bert):
