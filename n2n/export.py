@@ -187,12 +187,11 @@ def _retokenised(ds, tokenizer):
     """Validation and test texts tokenised again (by a trimmed tokenizer), labels as they were."""
     from dataclasses import replace as dc_replace
 
-    from .data import read_text
+    from .data import read_text, token_ids
 
     texts = read_text(Path(ds.name[5:]))[0]
-    ids = {part: torch.as_tensor(tokenizer([texts[i] for i in ds.index[part]], padding="max_length", truncation=True,
-                                           max_length=ds.split["max_length"], return_tensors="np")["input_ids"],
-                                 dtype=torch.long) for part in ("val", "test")}
+    ids = {part: torch.as_tensor(token_ids(tokenizer, [texts[i] for i in ds.index[part]], ds.split["max_length"]))
+           for part in ("val", "test")}
     return dc_replace(ds, x_val=ids["val"], x_test=ids["test"])
 
 

@@ -580,3 +580,29 @@ def test_a_transformer_n2n_cannot_slim_is_refused_before_training_or_searching(t
     with pytest.raises(UnsupportedModel, match="DistilBertForSequenceClassification: model_type 'distilbert' is not a "
                                                "transformer n2n can slim"):
         prepare_run(config, log=lambda *_: None)
+
+
+def test_a_left_padding_tokenizer_gives_the_figures_of_each_text_read_alone(tmp_path):
+    """helper-92: n2n padded every text to max_length on the tokenizer's side; on the left that shifted
+    every BERT position, so n2n measured 0.90 where pipeline() (one text, no padding) gave 0.867."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer_for(minilm_path()).save_pretrained(tmp_path / "left")
+    settings = json.loads((tmp_path / "left" / "tokenizer_config.json").read_text())
+    (tmp_path / "left" / "tokenizer_config.json").write_text(json.dumps({**settings, "padding_side": "left"}))
+    tok = tokenizer_for(tmp_path / "left")
+    assert tok.padding_side == "left"
+    data = write_csv(tmp_path / "few.csv", sentences(TEMPLATES[:2], SUBJECTS[:4]))
+    ds = load_dataset(f"text:{data}", tokenizer=tok, max_length=16)
+    assert tok.padding_side == "left"  # the user's tokenizer is left as it was
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, num_labels=2, pad_token_id=0, max_position_embeddings=16)
+    model = BertForSequenceClassification(cfg).eval()
+    from search_spaces import HFClassifier
+
+    texts = [tok.decode(row[row != 0][1:-1]) for row in ds.x_val[:4]]
+    with torch.no_grad():
+        alone = torch.cat([model(**tok(t, return_tensors="pt")).logits for t in texts])  # (4, 2), as pipeline() reads
+        padded = HFClassifier(model)(ds.x_val[:4])
+    assert (ds.x_val[:4, 0] == tok.cls_token_id).all() and torch.allclose(padded, alone, atol=1e-5)
