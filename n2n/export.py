@@ -18,7 +18,7 @@ from search_spaces import StudentSpec, count_params, probe
 
 from . import pick
 from .config import Config, run_config
-from .data import found_at, unstandardise
+from .data import found_at, read_text, token_ids, unstandardise
 from .deploy import check_onnx, fastest_ratio, require_onnx, time_as_shipped, to_onnx
 from .errors import RunError, TargetMissed
 from .models import (ModelError, RawInput, build_model, check_target, device_for, file_digest,
@@ -186,8 +186,6 @@ def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: b
 def _retokenised(ds, tokenizer):
     """Validation and test texts tokenised again (by a trimmed tokenizer), labels as they were."""
     from dataclasses import replace as dc_replace
-
-    from .data import read_text, token_ids
 
     texts = read_text(Path(ds.name[5:]))[0]
     ids = {part: torch.as_tensor(token_ids(tokenizer, [texts[i] for i in ds.index[part]], ds.split["max_length"]))
@@ -486,12 +484,16 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         if tokenizer is None:
             raise RunError("--trim-vocab: expected a transformer student whose teacher folder has a tokenizer")
         before = student.model.config.vocab_size
-        tokenizer = trim_vocabulary(student, tokenizer, ds.x_train)
-        arch = {**arch, "config": {**arch["config"], "vocab_size": student.model.config.vocab_size,
-                                   "pad_token_id": student.model.config.pad_token_id}}
+        texts = read_text(Path(ds.name[5:]))[0]
+        trimmed = trim_vocabulary(student, tokenizer, [texts[i] for i in ds.index["train"]], ds.split["max_length"])
+        tokenizer = trimmed.tokenizer
+        arch = {**arch, "config": {**arch["config"], **trimmed.config}}
         ds = _retokenised(ds, tokenizer)  # measured as deployed: the trimmed tokenizer on the raw texts
         vocab = {"kept": student.model.config.vocab_size, "of": before}
         log(f"vocabulary trimmed to the {vocab['kept']:,} tokens of the training texts (of {before:,})")
+        if trimmed.differ:  # not expected of WordPiece: said, since the student was trained on the other split
+            log(f"warning: the trimmed tokenizer splits {trimmed.differ} of {len(ds.index['train'])} training texts "
+                f"otherwise than the teacher's; the figures below are measured with it")
     # the weights as saved were measured on validation above: again only if fine-tuning or trimming changed them
     val = accuracy(student, ds.x_val, ds.y_val) if finetune_epochs or trim_vocab else as_saved
     test = accuracy(student, ds.x_test, ds.y_test)

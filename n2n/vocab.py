@@ -3,7 +3,7 @@
 Embeddings dominate small encoders (11.7M of all-MiniLM-L6-v2's 22.7M parameters) and no layer
 removal or shrinking touches them, so they bound a transformer's compression (~1.9x for MiniLM).
 A student that only ever sees one task's text needs only the tokens of that text: keep the embedding
-rows of the tokens that occur in the training split (plus the special tokens), and a tokenizer whose
+rows of the tokens that occur in the training texts, whole (plus the special tokens), and a tokenizer whose
 vocabulary is exactly those tokens, in the same order. For WordPiece (greedy longest match) the
 trimmed tokenizer splits every training text exactly as before (every piece it chose is still
 there, and nothing longer was added); unseen words may split differently or become [UNK], which is
@@ -11,6 +11,8 @@ why the export measures validation and test accuracy on texts re-tokenised by th
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -32,24 +34,61 @@ def check_trimmable(tokenizer, where: str) -> None:
                         f"BertTokenizer(vocab_file) if it tokenises your texts the same")
 
 
-def trim_vocabulary(clf, tokenizer, train_ids: torch.Tensor):
-    """Trim `clf` (an HFClassifier, in place) to the tokens in `train_ids` (N, T) plus special tokens.
-    Returns the matching tokenizer."""
+class Trimmed(NamedTuple):
+    tokenizer: object  # the trimmed BertTokenizer
+    config: dict  # the config entries the trim changed (vocab size, token ids)
+    differ: int  # training texts the trimmed tokenizer splits otherwise than the full one (0 expected)
+
+
+# config entries naming a token by id: each follows its token to the trimmed vocabulary
+TOKEN_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id", "unk_token_id",
+                 "mask_token_id")
+
+
+def trim_vocabulary(clf, tokenizer, texts: list[str], max_length: int) -> Trimmed:
+    """Trim `clf` (an HFClassifier, in place) to the tokens of the training `texts`, whole (helper-92:
+    a word cut at max_length kept only its first pieces, so the trimmed vocabulary split it into
+    [UNK]), plus the special tokens and those the config names by id."""
     from transformers import BertTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from .data import token_ids
 
     check_trimmable(tokenizer, "the teacher folder")
-    kept = sorted(set(train_ids.unique().tolist()) | set(tokenizer.all_special_ids))  # old ids, in order
+    model = clf.model
+    size = model.config.vocab_size
+    named = {getattr(model.config, k, None) for k in TOKEN_ID_KEYS}
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # whole texts may be longer than the model reads: no warning of it
+    try:
+        seen = {i for ids in tokenizer(texts, truncation=False)["input_ids"] for i in ids}
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    seen |= set(tokenizer.all_special_ids) | {i for i in named if isinstance(i, int) and 0 <= i < size}
+    kept = sorted(seen)  # old ids, in order
     tokens = tokenizer.convert_ids_to_tokens(kept)
+    # the normaliser's settings as the teacher's (helper-92: accents and Chinese characters went to defaults)
     new = BertTokenizer(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=tokenizer.do_lower_case,
+                        tokenize_chinese_chars=tokenizer.tokenize_chinese_chars, strip_accents=tokenizer.strip_accents,
                         unk_token=tokenizer.unk_token, sep_token=tokenizer.sep_token, pad_token=tokenizer.pad_token,
                         cls_token=tokenizer.cls_token, mask_token=tokenizer.mask_token,
                         model_max_length=tokenizer.model_max_length)
-    model = clf.model
     old = model.get_input_embeddings()  # (V, H)
-    pad = kept.index(tokenizer.pad_token_id)
+    index = {old_id: new_id for new_id, old_id in enumerate(kept)}
+    pad = index[tokenizer.pad_token_id]
     emb = nn.Embedding(len(kept), old.embedding_dim, padding_idx=pad)
     emb.weight.data = old.weight.data[torch.tensor(kept)].clone()  # (K, H)
     model.set_input_embeddings(emb)
-    model.config.vocab_size, model.config.pad_token_id = len(kept), pad
+    config = {"vocab_size": len(kept)}
+    for k in TOKEN_ID_KEYS:
+        if isinstance(getattr(model.config, k, None), int):
+            config[k] = index.get(getattr(model.config, k))
+    for k, v in config.items():
+        setattr(model.config, k, v)
     clf.pad_token_id = pad
-    return new
+    # what the student was trained on, in new ids, against the trimmed tokenizer's split of the same texts
+    remap = torch.full((size,), -1, dtype=torch.long)
+    remap[torch.tensor(kept)] = torch.arange(len(kept))
+    before = remap[torch.as_tensor(token_ids(tokenizer, texts, max_length))]  # (N, T)
+    after = torch.as_tensor(token_ids(new, texts, max_length))  # (N, T)
+    return Trimmed(new, config, int((before != after).any(1).sum()))

@@ -606,3 +606,35 @@ def test_a_left_padding_tokenizer_gives_the_figures_of_each_text_read_alone(tmp_
         alone = torch.cat([model(**tok(t, return_tensors="pt")).logits for t in texts])  # (4, 2), as pipeline() reads
         padded = HFClassifier(model)(ds.x_val[:4])
     assert (ds.x_val[:4, 0] == tok.cls_token_id).all() and torch.allclose(padded, alone, atol=1e-5)
+
+
+def test_a_trimmed_vocabulary_splits_every_training_text_as_the_teachers_tokenizer(tmp_path):
+    """helper-92: the trimmed tokenizer took default accent and Chinese-character settings, a word cut
+    at max_length kept only its first pieces (so the trim made it [UNK]), and the config's token ids
+    named other tokens."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from search_spaces import HFClassifier
+    from n2n.vocab import trim_vocabulary
+
+    tokenizer_for(minilm_path()).save_pretrained(tmp_path / "tok")
+    settings = json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())
+    settings.update(strip_accents=False, tokenize_chinese_chars=False)
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps(settings))
+    tok = tokenizer_for(tmp_path / "tok")
+    texts = ["un café au lait, très bien", "中文 text here", "a short one", "cut in the unbelievably middle"]
+    length = 2 + len(tok.tokenize("cut in the")) + 1  # [CLS] ... the first piece of "unbelievably" ... [SEP]
+    assert len(tok.tokenize("unbelievably")) > 1  # so the cut leaves a piece behind
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, num_labels=2, pad_token_id=0, bos_token_id=tok.cls_token_id,
+                     eos_token_id=tok.sep_token_id)
+    clf = HFClassifier(BertForSequenceClassification(cfg).eval())
+    named = {k: tok.convert_ids_to_tokens(getattr(cfg, k)) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    trimmed = trim_vocabulary(clf, tok, texts, length)
+    new = trimmed.tokenizer
+    assert trimmed.differ == 0
+    assert [new.tokenize(t) for t in texts] == [tok.tokenize(t) for t in texts]  # whole texts, accents kept
+    assert new.tokenize(texts[0])[:2] == ["un", "[UNK]"]  # café: not in the vocabulary with its accent, as before
+    # each config id names the token it named before
+    assert {k: new.convert_ids_to_tokens(getattr(clf.model.config, k)) for k in named} == named
+    assert trimmed.config["vocab_size"] == clf.model.get_input_embeddings().num_embeddings == len(new)
