@@ -829,6 +829,11 @@ def load_hf_classifier(folder: Path, padding_checked: bool = False) -> nn.Module
         raise ModelError(f"{folder}: expected a trained sequence classifier, found a model ({arch}) without "
                          f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}, which would start random; "
                          f"fine-tune it into a teacher first: n2n teacher train --hf {folder} --dataset text:FILE --out DIR")
+    unused = sorted(info.get("unexpected_keys") or [])
+    if unused:  # (helper-92: a config.json of fewer layers than its weights loaded silently, another teacher)
+        raise ModelError(f"{folder}: its weights hold {len(unused)} tensors the model config.json describes does not "
+                         f"use ({', '.join(unused[:3])}{' ...' if len(unused) > 3 else ''}); config.json and the weights "
+                         f"describe different models (was config.json edited, or copied from another model?)")
     embeddings = getattr(model.base_model, "embeddings", None)
     if hasattr(embeddings, "padding_idx") and embeddings.padding_idx is None:  # (helper-92: a traceback in teacher show)
         raise ModelError(f"{folder}/config.json: pad_token_id is null, but {type(model).__name__} counts its token "

@@ -296,6 +296,13 @@ def test_a_teacher_whose_config_masks_another_id_than_its_tokenizer_pads_with_is
     BertForSequenceClassification(cfg).save_pretrained(tmp_path / "unset")
     tok.save_pretrained(tmp_path / "unset")
     assert load_model(tmp_path / "unset")[0].pad_token_id == 0
+    # a config of fewer layers than the weights: the rest were dropped unsaid (helper-92)
+    settings = json.loads((tmp_path / "unset" / "config.json").read_text())
+    (tmp_path / "unset" / "config.json").write_text(json.dumps({**settings, "num_hidden_layers": 0}))
+    with pytest.raises(ModelError, match=r"unset: its weights hold 16 tensors the model config.json describes does not "
+                                         r"use \(bert.encoder.layer.0.attention.output.LayerNorm.bias, .* \.\.\.\); "
+                                         r"config.json and the weights describe different models"):
+        load_model(tmp_path / "unset")
     # RoBERTa counts its positions from the padding id: with none it cannot run (helper-92: a traceback
     # in teacher show)
     from transformers import RobertaConfig, RobertaForSequenceClassification
