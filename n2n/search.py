@@ -195,6 +195,36 @@ def check_label_names(teacher, ds, dataset: str, log=print) -> None:
         f"the data is taken as the teacher's output i")
 
 
+def check_class_order(predicted, ds, dataset: str, named_by_config: bool = False) -> None:
+    """Refuse a teacher whose outputs answer the data's classes in another order: near or below chance
+    as they are, clearly above it read through the permutation its answers show (helper-92: placeholder
+    names LABEL_i beside string labels, numbered in sorted order, scored a trained teacher far below
+    chance with a warning, and export wrote the data's names onto the wrong outputs). `predicted`: (N,)
+    output ids on the validation split; `named_by_config`: a Hugging Face teacher (config.json id2label)."""
+    import torch
+
+    from .train import chance_warning
+
+    y, k = ds.y_val, ds.num_classes
+    plain = (predicted == y).float().mean().item()
+    if not chance_warning(plain, y):
+        return
+    ours = predicted < k  # outputs past the data's classes answer none of them
+    counts = torch.zeros(k, k, dtype=torch.long)  # (output, class)
+    counts.index_put_((predicted[ours], y[ours]), torch.ones_like(y[ours]), accumulate=True)
+    order = counts.argmax(1)  # (k,) the class each output mostly answers
+    through = (ours & (order[predicted.clamp(max=k - 1)] == y)).float().mean().item()
+    if sorted(order.tolist()) != list(range(k)) or chance_warning(through, y):
+        return  # no reordering explains it: the chance warning says the rest
+    names = ds.labels or [str(i) for i in range(k)]
+    said = ", ".join(f"output {i} = {names[c]}" for i, c in enumerate(order.tolist()) if c != i)
+    raise data_mod.DataError(f"{dataset}: the teacher scores {plain:.4f} on its validation split, but {through:.4f} "
+                             f"with its outputs read in another order ({said}): it numbers the classes otherwise than "
+                             f"the data{' (string labels are numbered in sorted order)' if ds.labels else ''}. Write "
+                             f"the labels as the teacher's class ids"
+                             + (", or its class names into its config.json id2label" if named_by_config else ""))
+
+
 ACCURACY_GAP = 0.03  # a teacher measured this far from its own figure is probably not on its own split
 
 
@@ -315,7 +345,9 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
     if getattr(space, "fallback", None):  # say why the teacher is not searched as its own family
         log(f"searching the teacher as a generic module (torch-pruning): {space.fallback}")
     policy = cfg.policy_folder(space)
-    val_acc, test_acc = accuracy(teacher, ds.x_val, ds.y_val), accuracy(teacher, ds.x_test, ds.y_test)
+    predicted = predict(teacher, ds.x_val).argmax(1)  # (N,)
+    check_class_order(predicted, ds, dataset, named_by_config=arch.get("family") == "hf-pretrained")
+    val_acc, test_acc = (predicted == ds.y_val).float().mean().item(), accuracy(teacher, ds.x_test, ds.y_test)
     stored = metrics.get("val_accuracy")
     if isinstance(stored, (int, float)) and abs(val_acc - stored) > ACCURACY_GAP:
         log(f"warning: the teacher measures {val_acc:.4f} validation accuracy on this split, its metrics.json says "

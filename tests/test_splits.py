@@ -215,3 +215,34 @@ def test_a_split_records_its_data_by_absolute_path(tmp_path, monkeypatch):
     ds = load_dataset("npz:d.npz")
     assert ds.split["dataset"] == f"npz:{tmp_path / 'd.npz'}"
     assert load_dataset("digits").split["dataset"] == "digits"  # built-in names stay names
+
+
+def test_a_teacher_answering_the_classes_in_another_order_is_refused(tmp_path, small_teacher):
+    """helper-92: a teacher that numbers the classes otherwise than the data (placeholder names beside
+    string labels, numbered in sorted order) was measured far below chance with a warning, searched,
+    and exported with the data's names on the wrong outputs."""
+    import copy
+    from types import SimpleNamespace
+
+    from n2n.search import check_class_order
+
+    model, arch, val_acc = small_teacher
+    rotated = copy.deepcopy(model)
+    last = [m for m in rotated.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():  # output i now answers what output i - 1 did
+        last.weight.copy_(last.weight.roll(1, 0))
+        last.bias.copy_(last.bias.roll(1, 0))
+    save_model(tmp_path / "t", rotated, arch, {"dataset": "mnist1d"})
+    with pytest.raises(DataError, match=rf"^mnist1d: the teacher scores 0\.0\d+ on its validation split, but "
+                                        rf"{val_acc:.4f} with its outputs read in another order \(output 0 = 9, "
+                                        rf"output 1 = 0, .* output 9 = 8\): it numbers the classes otherwise than the "
+                                        rf"data\. Write the labels as the teacher's class ids$"):
+        prepare_run(load_config(None, {"teacher.path": str(tmp_path / "t")}), log=lambda *_: None)
+    # named classes, and what no reordering explains: left to the chance warning
+    y = torch.arange(200) % 2
+    ds = SimpleNamespace(y_val=y, num_classes=2, labels=["negative", "positive"])
+    with pytest.raises(DataError, match=r"\(output 0 = positive, output 1 = negative\): .* \(string labels are "
+                                        r"numbered in sorted order\)\. .*, or its class names into its config.json"):
+        check_class_order(1 - y, ds, "text:x.csv", named_by_config=True)
+    for predicted in (y, torch.zeros(200, dtype=torch.long), torch.randint(0, 2, (200,), generator=torch.Generator().manual_seed(0))):
+        check_class_order(predicted, ds, "text:x.csv")  # right, one class always, or chance: not refused here
