@@ -816,9 +816,11 @@ def load_hf_classifier(folder: Path, padding_checked: bool = False) -> nn.Module
     hf_logging.set_verbosity_error()  # the missing-weights report is ours to give, in one line
     hf_logging.disable_progress_bar()  # no weight-loading bars in the user's terminal
     try:
+        # in float32 whatever it was saved in, as n2n trains and measures (helper-94: a bf16 teacher was refused
+        # as a network the space cannot rebuild; before, every candidate failed on mixed dtypes)
         model, info = AutoModelForSequenceClassification.from_pretrained(
             folder, local_files_only=True, trust_remote_code=False, output_loading_info=True,
-            use_safetensors=True)
+            use_safetensors=True, dtype=torch.float32)
     except (OSError, ValueError, SafetensorError) as e:  # (helper-36: a pickle named model.safetensors)
         raise ModelError(f"{folder}: not a loadable Hugging Face classifier folder ({str(e).splitlines()[0]})") from None
     finally:
@@ -829,11 +831,15 @@ def load_hf_classifier(folder: Path, padding_checked: bool = False) -> nn.Module
         raise ModelError(f"{folder}: expected a trained sequence classifier, found a model ({arch}) without "
                          f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}, which would start random; "
                          f"fine-tune it into a teacher first: n2n teacher train --hf {folder} --dataset text:FILE --out DIR")
-    unused = sorted(info.get("unexpected_keys") or [])
-    if unused:  # (helper-92: a config.json of fewer layers than its weights loaded silently, another teacher)
-        raise ModelError(f"{folder}: its weights hold {len(unused)} tensors the model config.json describes does not "
-                         f"use ({', '.join(unused[:3])}{' ...' if len(unused) > 3 else ''}); config.json and the weights "
-                         f"describe different models (was config.json edited, or copied from another model?)")
+    # weights of layers or embeddings the config leaves out (helper-92: a config.json of fewer layers than its
+    # weights loaded silently, another teacher); a pooler or pre-training head left unused is common and
+    # harmless, as transformers has it (helper-94: RoBERTa classifiers on the Hub carry an unused pooler)
+    unused = sorted(k for k in info.get("unexpected_keys") or [] if ".encoder.layer." in k or ".embeddings." in k)
+    if unused:
+        raise ModelError(f"{folder}: its weights hold {len(unused)} tensors of layers or embeddings the model config.json "
+                         f"describes does not have ({', '.join(unused[:3])}{' ...' if len(unused) > 3 else ''}); "
+                         f"config.json and the weights describe different models (was config.json edited, or copied "
+                         f"from another model?)")
     embeddings = getattr(model.base_model, "embeddings", None)
     if hasattr(embeddings, "padding_idx") and embeddings.padding_idx is None:  # (helper-92: a traceback in teacher show)
         raise ModelError(f"{folder}/config.json: pad_token_id is null, but {type(model).__name__} counts its token "

@@ -223,7 +223,7 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
         model, info = AutoModelForSequenceClassification.from_pretrained(
             checkpoint, local_files_only=True, num_labels=ds.num_classes, id2label=dict(enumerate(names)),
             label2id={n: i for i, n in enumerate(names)}, use_safetensors=True, ignore_mismatched_sizes=True,
-            output_loading_info=True, trust_remote_code=False, **padding)
+            output_loading_info=True, trust_remote_code=False, dtype=torch.float32, **padding)
         changed = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or []]
         if changed and all("classifier" in k or "score" in k for k in changed):
             log(f"{checkpoint.name}'s classifier head has other outputs than the {ds.num_classes} classes of {dataset}: "

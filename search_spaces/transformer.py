@@ -26,11 +26,12 @@ from .base import SearchSpace, StudentSpec, Unit
 from .base import UnsupportedModel, check_reproduces
 
 # The model types whose encoders this space reads, slims and rebuilds exactly, checked end to end
-# (search, export, from_pretrained, pipeline(), ONNX; helper-92). Others alike in name are laid out
+# (search, export, from_pretrained, pipeline(), ONNX; helper-92; CamemBERT and data2vec-text are
+# RoBERTa's modules under other names, helper-94). Others alike in name are laid out
 # otherwise, and were accepted, then slimmed wrongly or not at all (helper-92): X-MOD's per-language
 # adapters, DeBERTa's and MPNet's relative attention, MegatronBERT's and RoBERTa-PreLayerNorm's norms
 # before the sublayers, MobileBERT's bottlenecks; DistilBERT and ModernBERT keep no encoder.layer.
-MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "ernie")
+MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "data2vec-text", "electra", "ernie")
 
 
 def check_model_type(model_type, where: str) -> None:
@@ -288,8 +289,12 @@ def text_positions(model) -> int | None:
 
 
 def is_hf_model(model: nn.Module) -> bool:
-    """A transformers model (or n2n's wrapper of one), whatever its layout: the transformer space's,
-    or refused (helper-92: DistilBERT went to the generic space, which fed it random floats as ids)."""
+    """A transformers model (or n2n's wrapper of one, or a subclass of the user's), whatever its layout:
+    the transformer space's, or refused (helper-92: DistilBERT went to the generic space, which fed it
+    random floats as ids)."""
+    import sys
+
     inner = model.model if isinstance(model, HFClassifier) else model
-    return type(inner).__module__.startswith("transformers.") and hasattr(inner, "config")
+    transformers = sys.modules.get("transformers")  # not imported: no model of it (and no import for a VGG)
+    return transformers is not None and isinstance(inner, transformers.PreTrainedModel)
 

@@ -241,8 +241,13 @@ def test_a_teacher_answering_the_classes_in_another_order_is_refused(tmp_path, s
     # named classes, and what no reordering explains: left to the chance warning
     y = torch.arange(200) % 2
     ds = SimpleNamespace(y_val=y, num_classes=2, labels=["negative", "positive"])
+    # (helper-94: naming id2label as a way out led to the refusal of names in another order)
     with pytest.raises(DataError, match=r"\(output 0 = positive, output 1 = negative\): .* \(string labels are "
-                                        r"numbered in sorted order\)\. .*, or its class names into its config.json"):
-        check_class_order(1 - y, ds, "text:x.csv", named_by_config=True)
-    for predicted in (y, torch.zeros(200, dtype=torch.long), torch.randint(0, 2, (200,), generator=torch.Generator().manual_seed(0))):
-        check_class_order(predicted, ds, "text:x.csv")  # right, one class always, or chance: not refused here
+                                        r"numbered in sorted order\)\. Write the labels as the teacher's class ids$"):
+        check_class_order(1 - y, ds, "text:x.csv")
+    # right, one class always, at chance (seeds where the best order clears chance by luck: helper-94),
+    # or weak: not refused here
+    weak = torch.where(torch.arange(200) % 20 < 7, y, 1 - y)  # 0.35 as they are, 0.65 reordered
+    for predicted in (y, torch.zeros(200, dtype=torch.long), weak,
+                      *(torch.randint(0, 2, (200,), generator=torch.Generator().manual_seed(s)) for s in range(50))):
+        check_class_order(predicted, ds, "text:x.csv")

@@ -76,7 +76,7 @@ def _tiny(model_type: str, **extra):
     return AutoModelForSequenceClassification.from_config(cfg).eval()
 
 
-@pytest.mark.parametrize("model_type", ["roberta", "xlm-roberta", "electra", "ernie"])
+@pytest.mark.parametrize("model_type", ["roberta", "xlm-roberta", "camembert", "data2vec-text", "electra", "ernie"])
 def test_every_model_type_the_space_takes_is_rebuilt_exactly(model_type):
     model = _tiny(model_type)
     space = space_for(model, (16,))
@@ -103,8 +103,20 @@ def test_transformers_laid_out_otherwise_are_refused_not_slimmed_wrongly(model_t
     then every candidate failed to build; DistilBERT went to the generic space, which fed it random
     floats as token ids."""
     with pytest.raises(UnsupportedModel, match=rf"model_type '{model_type}' is not a transformer n2n can slim: expected "
-                                               r"one of bert, roberta, xlm-roberta, electra, ernie \("):
+                                               r"one of bert, roberta, xlm-roberta, camembert, data2vec-text, electra, ernie \("):
         space_for(_tiny(model_type), (16,))
+
+
+def test_a_subclass_of_the_users_own_is_searched_as_its_transformers_class():
+    """helper-94: routed by module name, a user's `class MyBert(BertForSequenceClassification)` went
+    to the generic space and a traceback."""
+    from transformers import BertForSequenceClassification
+
+    class MyBert(BertForSequenceClassification):
+        pass
+
+    model = MyBert(_tiny("bert").config).eval()
+    assert isinstance(space_for(model, (16,)), TransformerSpace)
 
 
 def test_a_teacher_computing_what_its_config_does_not_say_is_refused():
