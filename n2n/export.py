@@ -183,11 +183,11 @@ def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: b
                        fetch)
 
 
-def _retokenised(ds, tokenizer):
-    """Validation and test texts tokenised again (by a trimmed tokenizer), labels as they were."""
+def _retokenised(ds, tokenizer, texts: list[str]):
+    """Validation and test texts (of the whole file, `texts`) tokenised again (by a trimmed tokenizer),
+    labels as they were."""
     from dataclasses import replace as dc_replace
 
-    texts = read_text(Path(ds.name[5:]))[0]
     ids = {part: torch.as_tensor(token_ids(tokenizer, [texts[i] for i in ds.index[part]], ds.split["max_length"]))
            for part in ("val", "test")}
     return dc_replace(ds, x_val=ids["val"], x_test=ids["test"])
@@ -488,7 +488,7 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         trimmed = trim_vocabulary(student, tokenizer, [texts[i] for i in ds.index["train"]], ds.split["max_length"])
         tokenizer = trimmed.tokenizer
         arch = {**arch, "config": {**arch["config"], **trimmed.config}}
-        ds = _retokenised(ds, tokenizer)  # measured as deployed: the trimmed tokenizer on the raw texts
+        ds = _retokenised(ds, tokenizer, texts)  # measured as deployed: the trimmed tokenizer on the raw texts
         vocab = {"kept": student.model.config.vocab_size, "of": before}
         log(f"vocabulary trimmed to the {vocab['kept']:,} tokens of the training texts (of {before:,})")
         if trimmed.differ:  # not expected of WordPiece: said, since the student was trained on the other split

@@ -656,8 +656,12 @@ def test_a_trimmed_vocabulary_splits_every_training_text_as_the_teachers_tokeniz
     trimmed = trim_vocabulary(clf, tok, texts, length)
     new = trimmed.tokenizer
     assert trimmed.differ == 0
-    assert [new.tokenize(t) for t in texts] == [tok.tokenize(t) for t in texts]  # whole texts, accents kept
-    assert new.tokenize(texts[0])[:2] == ["un", "[UNK]"]  # café: not in the vocabulary with its accent, as before
+    # the words it reads, split as before: café not in the vocabulary with its accent, 中文 one word
+    assert new.tokenize(texts[0])[:5] == tok.tokenize(texts[0])[:5] == ["un", "[UNK]", "au", "lai", "##t"]
+    assert new.tokenize(texts[1])[:2] == tok.tokenize(texts[1])[:2] == ["中", "##文"]
+    # a word cut at max_length whole, and none past it (helper-94: whole texts kept 2.7x the tokens)
+    vocab = new.get_vocab()
+    assert all(t in vocab for t in tok.tokenize("unbelievably")) and not {"middle", "bien"} & set(vocab)
     # each config id names the token it named before
     assert {k: new.convert_ids_to_tokens(getattr(clf.model.config, k)) for k in named} == named
     assert trimmed.config["vocab_size"] == clf.model.get_input_embeddings().num_embeddings == len(new)
