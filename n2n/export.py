@@ -550,7 +550,8 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         (tmp / EXPORT_README).write_text(export_readme(metrics, arch, extras, shipped, tuple(ds.x_val.shape[1:])),
                                          encoding="utf-8")
 
-    save_model(out, student, arch, metrics, extra={"spec.json": spec.to_dict()}, overwrite=overwrite, finish=save_hf)
+    save_model(out, student, arch, metrics, extra={"spec.json": spec.to_dict()}, overwrite=overwrite, finish=save_hf,
+               log=log)
     if onnx:
         log(f"also saved as ONNX: {out / 'model.onnx'} (onnxruntime agrees with PyTorch to "
             f"{metrics['onnx']['max_abs_diff']:.1e} on {len(ds.x_val):,} validation inputs)")

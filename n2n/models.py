@@ -471,11 +471,21 @@ def occupied(folder: Path) -> bool:
     return not empty or os.path.ismount(folder) or folder.resolve() == Path.cwd().resolve()
 
 
-def new_folder(folder: Path, overwrite: bool = False, kind: str = "teacher") -> Path:
-    """A hidden temp folder beside `folder` to write into; `commit_folder` moves it into place."""
+def new_folder(folder: Path, overwrite: bool = False, kind: str = "teacher", log=print) -> Path:
+    """A hidden temp folder beside `folder` to write into; `commit_folder` moves it into place. Hidden
+    ones already there are said (a process killed while writing left them, with a replaced teacher
+    maybe, which n2n finds there: so they are not deleted unasked)."""
     folder = Path(folder)
     check_target(folder, overwrite, kind)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        left = sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(hidden_prefix(folder)) and p.is_dir())
+    except OSError:
+        left = []
+    if left:
+        log(f"note: {len(left)} hidden folder{'s' * (len(left) > 1)} beside {folder} ({', '.join(left[:3])}"
+            f"{' ...' if len(left) > 3 else ''}) {'were' if len(left) > 1 else 'was'} left by an n2n killed while writing "
+            f"{folder.name}, or one writing it now; a teacher it replaced may be there: delete them once no run needs it")
     return temp_folder(folder)
 
 
@@ -634,7 +644,7 @@ def save_model(folder, model: nn.Module, arch: dict, metrics: dict, extra: dict 
     A teacher it replaces is kept, and `log` says where."""
     folder = Path(folder)
     kind = "export" if extra and "spec.json" in extra else "teacher"
-    tmp = new_folder(folder, overwrite, kind)
+    tmp = new_folder(folder, overwrite, kind, log)
     try:
         save_weights(model.state_dict(), tmp / "model.safetensors")
         write_json(tmp / "arch.json", arch)

@@ -257,7 +257,7 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
                "test_accuracy": accuracy(clf, ds.x_test, ds.y_test), "train_seconds": time.perf_counter() - start,
                "checkpoint": str(checkpoint.resolve()), "labels": names, "split": ds.split,
                "recipe": {"epochs": epochs, "lr": lr, "max_length": max_length, "batch_size": batch_size, "seed": seed}}
-    tmp = new_folder(out, overwrite)
+    tmp = new_folder(out, overwrite, log=log)
     try:
         clf.model.save_pretrained(tmp)
         tok.save_pretrained(tmp)  # the teacher's tokenizer travels with it, and on to its students

@@ -2253,7 +2253,12 @@ def test_an_overwrite_swaps_folders_in_one_step_and_a_teacher_left_hidden_midway
     os.replace(cut, hidden)
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
-    save_model(tmp_path / "t", model, arch, {"recipe": {}})
+    said = []
+    save_model(tmp_path / "t", model, arch, {"recipe": {}}, log=said.append)
+    # the next write there says what is hidden beside it (it holds a teacher: not deleted unasked)
+    assert said == [f"note: 1 hidden folder beside {tmp_path / 't'} (.t.k2j4x9) was left by an n2n killed while "
+                    f"writing t, or one writing it now; a teacher it replaced may be there: delete them once no run "
+                    f"needs it"]
     with pytest.raises(RunError, match=rf"kept it at {hidden}: move {tmp_path / 't'} aside"):
         check_teacher(meta)
     # a failure after the swap puts the old folder back (helper-83: the caller's cleanup deleted it)
