@@ -18,7 +18,7 @@ from search_spaces import StudentSpec, count_params, probe
 
 from . import pick
 from .config import Config, run_config
-from .data import found_at, read_text, token_ids, unstandardise
+from .data import found_at, padding_right, read_text, token_ids, unstandardise
 from .deploy import check_onnx, fastest_ratio, require_onnx, time_as_shipped, to_onnx
 from .errors import RunError, TargetMissed
 from .models import (ModelError, RawInput, build_model, check_target, device_for, file_digest,
@@ -533,6 +533,8 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         arch = {**arch, "probe": probe(student, arch["input_shape"])}
     if arch["family"] == "hf-encoder" and tokenizer is None:
         log("the teacher folder has no tokenizer: the student takes token ids only")
+    elif tokenizer is not None:
+        padding_right(tokenizer, log, "the student")
     arch = name_classes(getattr(getattr(student, "model", None), "config", None), arch, ds.labels, log)
     extras = []
 

@@ -29,7 +29,7 @@ from .config import Config, run_config
 from .driver import SearchDriver, counted
 from .errors import ConfigError, RunError
 from .models import (ModelError, append_to, check_creatable, device_for, file_digest, load_model, load_weights,
-                     kept_teacher, save_weights, weights_digest, write_json, written_by_n2n)
+                     kept_teacher, read_json, save_weights, weights_digest, write_json, written_by_n2n)
 from .pick import RULES, far_below_said, meets_none, none_meets_said, points, rules_note, size_said
 from .raysession import WATCH_MISSES, WATCH_SECONDS, check_address, cluster_watch, ray_session
 from .runfolder import (HELD_FOR_DEATHS, HELD_FOR_UNSAVED, LOG, META, POLICY, PREV_STATE, RECORDS, RESULTS, STATE, TEACHER_LOGITS, TUNE,
@@ -195,6 +195,23 @@ def check_label_names(teacher, ds, dataset: str, log=print) -> None:
         f"the data is taken as the teacher's output i")
 
 
+def hf_teacher_said(teacher, folder: Path, log) -> None:
+    """A Hugging Face teacher's model type refused first, and its weights' dtype said where they are not
+    float32 (helper-95: a bf16 teacher's students took twice its bytes per parameter, unsaid)."""
+    from search_spaces.transformer import check_model_type
+
+    check_model_type(teacher.config.model_type, str(folder))
+    import torch
+
+    saved = read_json(folder / "config.json")
+    dtype = saved.get("dtype") or saved.get("torch_dtype")
+    kind = getattr(torch, dtype, None) if isinstance(dtype, str) else None
+    if isinstance(kind, torch.dtype) and kind != torch.float32:
+        log(f"the teacher's weights are {dtype}: n2n measures, distils and exports in float32, so its students' files "
+            f"hold 4 bytes per parameter, the teacher's {torch.empty(0, dtype=kind).element_size()} "
+            f"(`student.to(torch.{dtype})` converts a loaded export)")
+
+
 def check_class_order(predicted, ds, dataset: str) -> None:
     """Refuse a teacher whose outputs answer the data's classes in another order: near or below chance
     as they are, clearly above it read through the permutation its answers show (helper-92: placeholder
@@ -331,6 +348,8 @@ def prepare_run(cfg: Config, factories=(), log=print) -> tuple[dict, tuple]:
     cfg.policy_folder()  # a policy folder named but unusable: refused before a teacher is trained
     folder, dataset = resolve_teacher(cfg, log, factories)
     teacher, arch, metrics = load_model(folder, factories)
+    if arch.get("family") == "hf-pretrained":  # before the data's messages (helper-95: they came first)
+        hf_teacher_said(teacher, folder, log)
     if written_by_n2n(folder) == "export":  # replaceable by design: say so before the run depends on it
         log(f"warning: the teacher {folder} is an n2n export, which `n2n export --overwrite` replaces; this run "
             "would then refuse to resume or export (its teacher changed). Copy it elsewhere first to keep the run usable")

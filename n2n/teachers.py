@@ -260,6 +260,7 @@ def train_hf_teacher(checkpoint: Path, dataset: str, out: Path, *, epochs: int =
     tmp = new_folder(out, overwrite, log=log)
     try:
         clf.model.save_pretrained(tmp)
+        data_mod.padding_right(tok, log, "the teacher")
         tok.save_pretrained(tmp)  # the teacher's tokenizer travels with it, and on to its students
         write_json(tmp / "metrics.json", metrics)
         kept = commit_folder(tmp, Path(out), overwrite)
