@@ -198,11 +198,11 @@ def check_label_names(teacher, ds, dataset: str, log=print) -> None:
 def hf_teacher_said(teacher, folder: Path, log) -> None:
     """A Hugging Face teacher's model type refused first, and its weights' dtype said where they are not
     float32 (helper-95: a bf16 teacher's students took twice its bytes per parameter, unsaid)."""
+    import torch
+
     from search_spaces.transformer import check_model_type
 
     check_model_type(teacher.config.model_type, str(folder))
-    import torch
-
     saved = read_json(folder / "config.json")
     dtype = saved.get("dtype") or saved.get("torch_dtype")
     kind = getattr(torch, dtype, None) if isinstance(dtype, str) else None
