@@ -485,7 +485,8 @@ def new_folder(folder: Path, overwrite: bool = False, kind: str = "teacher", log
     if left:
         log(f"note: {len(left)} hidden folder{'s' * (len(left) > 1)} beside {folder} ({', '.join(left[:3])}"
             f"{' ...' if len(left) > 3 else ''}) {'were' if len(left) > 1 else 'was'} left by an n2n killed while writing "
-            f"{folder.name}, or one writing it now; a teacher it replaced may be there: delete them once no run needs it")
+            f"{folder.name}, or one writing it now; " + ("a teacher it replaced may be there: delete them once no run needs it"
+                                                          if kind == "teacher" else "delete them once none writes there"))
     return temp_folder(folder)
 
 

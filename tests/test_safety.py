@@ -2259,6 +2259,12 @@ def test_an_overwrite_swaps_folders_in_one_step_and_a_teacher_left_hidden_midway
     assert said == [f"note: 1 hidden folder beside {tmp_path / 't'} (.t.k2j4x9) was left by an n2n killed while "
                     f"writing t, or one writing it now; a teacher it replaced may be there: delete them once no run "
                     f"needs it"]
+    said.clear()  # an export's: no teacher in it (helper-96: the note said there might be)
+    (tmp_path / ".e.k2j4x9").mkdir()
+    shutil.rmtree(models.new_folder(tmp_path / "e", kind="export", log=said.append))
+    assert said == [f"note: 1 hidden folder beside {tmp_path / 'e'} (.e.k2j4x9) was left by an n2n killed while writing "
+                    f"e, or one writing it now; delete them once none writes there"]
+    shutil.rmtree(tmp_path / ".e.k2j4x9")
     with pytest.raises(RunError, match=rf"kept it at {hidden}: move {tmp_path / 't'} aside"):
         check_teacher(meta)
     # a failure after the swap puts the old folder back (helper-83: the caller's cleanup deleted it)
