@@ -469,6 +469,7 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
     if onnx and finetune_epochs:  # a student that cannot be traced fails now, not after minutes of fine-tuning
         with tempfile.TemporaryDirectory() as tmp:
             to_onnx(deployed, ds.x_val[:2], Path(tmp) / "model.onnx")
+    tuned = as_saved  # the weights' validation accuracy as they will be saved, before any trim
     if finetune_epochs:
         _finetune(student, run_dir, meta, cfg, space, ds, teacher, finetune_epochs, log)
         tuned = accuracy(student, ds.x_val, ds.y_val)
@@ -500,8 +501,8 @@ def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrit
         if trimmed.differ:  # not expected of WordPiece: said, since the student was trained on the other split
             log(f"warning: the trimmed tokenizer splits {trimmed.differ} of {len(ds.index['train'])} training texts "
                 f"otherwise than the teacher's; the figures below are measured with it")
-    # the weights as saved were measured on validation above: again only if fine-tuning or trimming changed them
-    val = accuracy(student, ds.x_val, ds.y_val) if finetune_epochs or trim_vocab else as_saved
+    # measured on validation above (as searched, or after fine-tuning); again only on re-tokenised texts
+    val = accuracy(student, ds.x_val, ds.y_val) if trim_vocab else tuned  # re-tokenised texts: measured again
     test = accuracy(student, ds.x_test, ds.y_test)
     params = count_params(student)
     metrics = {
