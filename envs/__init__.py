@@ -4,8 +4,8 @@ import gymnasium
 
 from .compression import STAGES, CompressionEnv, LayerRemovalEnv, LayerShrinkEnv, demo_space
 from .proxy import ProxyEvaluator
-from .reward import (INVALID_REWARD, Evaluation, Reference, RewardConfig, compression, drop_points, latency_ratio,
-                     points_said, reward, size_of, within_drop)
+from .reward import (INVALID_REWARD, Evaluation, Reference, RewardConfig, compression, drop_points, gap_said,
+                     latency_ratio, points_said, reward, size_of, within_drop)
 
 ENV_IDS = ("n2n/LayerRemoval-v0", "n2n/LayerShrink-v0")
 
@@ -16,7 +16,7 @@ for _id, _cls in zip(ENV_IDS, ("LayerRemovalEnv", "LayerShrinkEnv")):
 
 __all__ = [
     "STAGES", "CompressionEnv", "LayerRemovalEnv", "LayerShrinkEnv", "demo_space", "ProxyEvaluator",
-    "INVALID_REWARD", "Evaluation", "Reference", "RewardConfig", "compression", "drop_points", "latency_ratio",
+    "INVALID_REWARD", "Evaluation", "Reference", "RewardConfig", "compression", "drop_points", "gap_said", "latency_ratio",
     "points_said", "reward", "size_of", "within_drop",
     "ENV_IDS",
 ]

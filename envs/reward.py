@@ -29,6 +29,12 @@ def points_said(drop: float) -> str:
     return f"{drop:.2f}" if round(drop, 2) == drop else f"{drop:.4f}"
 
 
+def gap_said(drop: float) -> str:
+    """A `drop_points` figure as a side of the teacher: "0.50 below", or "1.12 above" for a student
+    that beats it (README-n2n.md read "-1.12 below")."""
+    return f"{points_said(drop)} below" if drop >= 0 else f"{points_said(-drop)} above"
+
+
 @dataclass
 class Evaluation:
     """What one candidate student measured. Accuracy is on the validation split."""

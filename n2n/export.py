@@ -13,7 +13,7 @@ import torch
 from dataclasses import replace
 from pathlib import Path
 
-from envs import Reference, drop_points, latency_ratio, points_said, within_drop
+from envs import Reference, drop_points, gap_said, latency_ratio, points_said, within_drop
 from search_spaces import StudentSpec, count_params, probe
 
 from . import pick
@@ -80,8 +80,8 @@ def _target_lines(metrics: dict) -> list[str]:
     said = []
     if "max_accuracy_drop" in t:
         said.append(f"at most {pick.points(t['max_accuracy_drop'])} of accuracy below the teacher: this student is "
-                    f"{points_said(t['val_drop_points'])} below on validation ({'within' if t['met_on_val'] else 'PAST'} it) "
-                    f"and {points_said(t['test_drop_points'])} on test ({'within' if t['met_on_test'] else 'PAST'} it)")
+                    f"{gap_said(t['val_drop_points'])} on validation ({'within' if t['met_on_val'] else 'PAST'} it) "
+                    f"and {gap_said(t['test_drop_points'])} on test ({'within' if t['met_on_test'] else 'PAST'} it)")
     limits = [f"{t[k]:,} {name}" if k != "max_latency_ms" else f"{t[k]:g} ms" for k, name in
               (("max_params", "parameters"), ("max_flops", "multiply-adds"), ("max_latency_ms", "")) if k in t]
     if limits:
@@ -254,7 +254,7 @@ def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: flo
            "met_on_test": within_drop(teacher["test_accuracy"], test, max_drop)}
     if not out["met_on_val"]:  # chosen past the target: the pick had nothing better, or --key/--rank
         return out, (f"warning: on validation this student is {points_said(drops['val_drop_points'])} points below the teacher, "
-                     f"past the target of {max_drop:g} (on test {points_said(drops['test_drop_points'])}); `n2n report` lists "
+                     f"past the target of {max_drop:g} (on test {gap_said(drops['test_drop_points'])}); `n2n report` lists "
                      f"the candidates, and `--key KEY` exports another")
     if out["met_on_test"]:
         return out, None

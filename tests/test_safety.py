@@ -2419,7 +2419,7 @@ def test_export_says_when_its_student_misses_the_target_on_test():
     # helper-21: past the target on validation but not on test, nothing was said
     assert accuracy_target(0.2, teacher, 0.985, 0.985)[1] == (
         "warning: on validation this student is 0.50 points below the teacher, past the target of 0.2 (on test "
-        "0.50); `n2n report` lists the candidates, and `--key KEY` exports another")
+        "0.50 below); `n2n report` lists the candidates, and `--key KEY` exports another")
     # fine-tuned weights are not the ones the pick measured: the miss is not put on the pick's margin (helper-96)
     assert accuracy_target(1.0, teacher, 0.985, 0.9727, 0.25, finetuned="epoch 3 of 10")[1] == (
         "warning: on the test split this student is 1.73 points below the teacher, past the target of 1, though it "
@@ -2439,9 +2439,14 @@ def test_a_drop_just_past_the_target_is_not_shown_as_the_target():
     out, warning = accuracy_target(1.0, teacher, 980 / 997, 980 / 997, 0.25)  # 10 of 997 below: 1.003 points
     assert (out["val_drop_points"], out["test_drop_points"], out["met_on_val"]) == (1.003, 1.003, False)
     assert warning.startswith("warning: on validation this student is 1.0030 points below the teacher, past the "
-                              "target of 1 (on test 1.0030)")
+                              "target of 1 (on test 1.0030 below)")
     lines = _target_lines({"target": out, "chosen_because": "--key"})
-    assert "this student is 1.0030 below on validation (PAST it) and 1.0030 on test (PAST it)" in lines[0]
+    assert "this student is 1.0030 below on validation (PAST it) and 1.0030 below on test (PAST it)" in lines[0]
+    # a student above the teacher read "-1.12 below" (session 33's note)
+    above, _ = accuracy_target(1.0, teacher, 992 / 997, 1.0, 0.25)
+    assert above["test_drop_points"] == -0.7 and _target_lines({"target": above, "chosen_because": "--key"})[0] == (
+        "- The run's target: at most 1 point of accuracy below the teacher: this student is 0.20 above on validation "
+        "(within it) and 0.70 above on test (within it).")
     # two decimals wherever they cannot read as the limit
     assert accuracy_target(2.0, teacher, 980 / 997, 980 / 997, 0.25)[0]["val_drop_points"] == 1.0
     assert accuracy_target(1.0, teacher, 981 / 997, 980 / 997, 0.25)[0]["val_drop_points"] == 0.9

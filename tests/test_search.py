@@ -405,7 +405,7 @@ def test_the_export_readme_says_the_target_and_whether_the_student_meets_it():
     lines = export_readme({**metrics, "target": {**target, **limits}}, {}, [], None, (1, 40)).splitlines()
     assert lines[4:6] == [
         "- The run's target: at most 1 point of accuracy below the teacher: this student is 0.50 below on validation "
-        "(within it) and 1.16 on test (PAST it); at most 15,000 parameters: this student is OUTSIDE them.",
+        "(within it) and 1.16 below on test (PAST it); at most 15,000 parameters: this student is OUTSIDE them.",
         "- Why this student: --key k1."]
     picked = {**metrics, "chosen_because": "the smallest finalist that meets the target"}
     target, _ = accuracy_target(2.0, teacher, 0.985, 0.9811, margin=0.25)
@@ -413,7 +413,7 @@ def test_the_export_readme_says_the_target_and_whether_the_student_meets_it():
                             {**picked, "latency_ms": 0.3})
     assert export_readme({**picked, "target": {**target, **limits}}, {}, [], None, (1, 40)).splitlines()[4:6] == [
         "- The run's target: at most 2 points of accuracy below the teacher: this student is 0.50 below on validation "
-        "(within it) and 1.16 on test (within it); at most 100,000 multiply-adds, 0.5 ms: this student is within them.",
+        "(within it) and 1.16 below on test (within it); at most 100,000 multiply-adds, 0.5 ms: this student is within them.",
         "- Why this student: the smallest finalist that meets the target."]
     # no target: only why
     assert export_readme(picked, {}, [], None, (1, 40)).splitlines()[4] == \
