@@ -1631,9 +1631,11 @@ def test_a_local_search_s_ray_admits_no_one_without_its_token(tmp_path):
         "    token, gcs = os.environ['RAY_AUTH_TOKEN'], ray.get_runtime_context().gcs_address\n"
         "    assert ray.get(ray.remote(lambda: 7).remote()) == 7 and len(token) == 64\n"
         "    env = {k: v for k, v in os.environ.items() if k != 'RAY_AUTH_TOKEN'}\n"
-        "    for mode, extra in (('disabled', {}), ('token', {'RAY_AUTH_TOKEN': '0' * 64})):\n"
+        "    for mode, extra in (('disabled', {}), ('token', {'RAY_AUTH_TOKEN': '0' * 64}), ('token', {'RAY_AUTH_TOKEN': token})):\n"
+        # 3 tries to reach the GCS, not Ray's 20 (1 s apart): the join with the token shows they suffice
         "        r = subprocess.run([sys.executable, '-c', f'import ray; ray.init(address={gcs!r}); print(\"JOINED\")'],\n"
-        "                           env={**env, 'RAY_AUTH_MODE': mode, **extra}, capture_output=True, text=True)\n"
+        "                           env={**env, 'RAY_AUTH_MODE': mode, **extra, 'RAY_gcs_server_port_wait_time_s': '3'},\n"
+        "                           capture_output=True, text=True)\n"
         "        print(mode, 'JOINED' in r.stdout, r.returncode)\n"
         "with ray_session(None, log=lambda *_: None):  # a second session in the process (helper-26: refused)\n"
         "    assert ray.get(ray.remote(lambda: 8).remote()) == 8 and os.environ['RAY_AUTH_TOKEN'] != token\n"
@@ -1656,7 +1658,7 @@ def test_a_local_search_s_ray_admits_no_one_without_its_token(tmp_path):
     done = subprocess.run([sys.executable, str(probe)], env=env, capture_output=True, text=True, timeout=400,
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split("\n")[-6:] == ["disabled False 1", "token False 1", "n2n False True", "disabled 1",
+    assert done.stdout.split("\n")[-7:] == ["disabled False 1", "token False 1", "token True 0", "n2n False True", "disabled 1",
                                             "after None users-own", ""], done.stdout
 
 
