@@ -863,7 +863,7 @@ class OpenRun:
         check_forward(teacher, ds, meta["teacher_folder"])  # (its code may have changed since the run began)
         space = cfg.space(teacher, meta["input_shape"], arch)
         check_space(space, meta, run_dir)
-        check_outputs(run_dir, teacher, ds, meta.get("teacher_logits_digest"))
+        check_outputs(run_dir, teacher, ds, meta.get("teacher_logits_digest"), Path(meta["teacher_folder"]))
         # its class names too, which an export writes onto the student's outputs and only config.json holds
         # (helper-92: id2label swapped after the search exported a student whose pipeline() named every class
         # as the other, exit 0; a new search refused that folder)
@@ -871,14 +871,17 @@ class OpenRun:
         return cls(Path(run_dir), meta, cfg, teacher, arch, ds, space)
 
 
-def check_outputs(run_dir: Path, teacher, ds: data_mod.Dataset, digest: str | None = None) -> None:
+def check_outputs(run_dir: Path, teacher, ds: data_mod.Dataset, digest: str | None = None,
+                  folder: Path | None = None) -> None:
     """The teacher must compute what it computed when the run started, as its kept logits on the
     training split say. Its weights are checked by digest; this catches its code: a user module's
     factory edited since (a LeakyReLU made a ReLU loads the same weights into another network, with
     the same params and FLOPs), whose candidates would be rebuilt and exported as that other network.
     `digest`: the kept file's, as n2n.json recorded it. A file that no longer has it is still compared
     (helper-54: skipped, an edited module passed whenever the file had been touched), and a difference
-    then names both causes (helper-53: edited rows were blamed on the teacher's code alone)."""
+    then names both causes (helper-53: edited rows were blamed on the teacher's code alone). `folder`: the
+    teacher's, whose arch.json builds it too (an edited "input" was blamed on the code alone)."""
+    built = f"{folder}/arch.json (its \"input\" standardisation, its layers) or the code" if folder else "the code"
     path = Path(run_dir) / TEACHER_LOGITS
     try:
         kept = load_weights(path)["logits"][:64]  # (64, classes)
@@ -890,13 +893,13 @@ def check_outputs(run_dir: Path, teacher, ds: data_mod.Dataset, digest: str | No
     if gap is not None and digest is not None and file_digest(path) != digest:
         raise RunError(f"{path}: not the file this run kept (its digest differs from n2n.json's), and the teacher "
                        f"computes other outputs than it holds (up to {gap:.3g} apart on its first training samples): "
-                       "either that file was changed (restore it from a copy of the run), or the code that builds the "
-                       "teacher changed since (a module's factory, a library: restore that code), or both")
+                       f"either that file was changed (restore it from a copy of the run), or what builds the teacher "
+                       f"changed since ({built}: a module's factory, a library; restore it), or both")
     if gap is not None:
         raise RunError(f"{run_dir}: the teacher computes other outputs than when this run started (up to {gap:.3g} "
-                       "apart on its first training samples) though its weights are the same, so the code that builds "
-                       "it changed since (a module's factory, a library); every candidate would be rebuilt as another "
-                       "network: restore that code, or start a new search")
+                       "apart on its first training samples) though its weights are the same, so what builds it "
+                       f"changed since: {built} (a module's factory, a library); every candidate would be rebuilt as "
+                       "another network: restore it, or start a new search")
 
 
 def check_space(space, meta: dict, run_dir: Path) -> None:

@@ -181,11 +181,12 @@ def test_a_factory_edited_after_the_fact_is_refused_not_built_as_another_network
     edited = fresh()
     edited.load_state_dict(teacher.state_dict())
     with pytest.raises(RunError, match="the teacher computes other outputs than when this run started .* though its "
-                                       "weights are the same, so the code that builds it changed since"):
+                                       "weights are the same, so what builds it changed since: the code"):
         check_outputs(run, edited, ds)
     # the kept file touched too (its digest differs from n2n.json's): still compared, both causes named
     # (helper-54: skipped, and the edited module passed)
-    with pytest.raises(RunError, match="either that file was changed .* or the code that builds the teacher changed"):
+    with pytest.raises(RunError, match="either that file was changed .* or what builds the teacher changed since "
+                                       r"\(the code: "):
         check_outputs(run, edited, ds, digest="0" * 16)
     check_outputs(run, again, ds, digest="0" * 16)  # the same outputs: nothing to refuse
     # a subtler edit, within the 5e-3 once allowed (helper-67: relu -> leaky_relu moved a teacher's logits

@@ -80,6 +80,25 @@ class Trainer:
         raise AssertionError("the driver never finished")
 
 
+def test_an_edited_teacher_input_standardisation_is_named_as_the_cause(finished_run, tmp_path):
+    """Session 33's note: a teacher's arch.json "input" edited since the run started was refused (its
+    outputs differ) as if "the code that builds it changed"."""
+    run, teacher = tmp_path / "run", tmp_path / "teacher"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    meta = json.loads((run / "n2n.json").read_text())
+    shutil.copytree(meta["teacher_folder"], teacher)
+    (run / "n2n.json").write_text(json.dumps({**meta, "teacher_folder": str(teacher)}))  # the same weights
+    OpenRun.open(run)  # a moved teacher of the same weights and arch.json opens
+    arch = json.loads((teacher / "arch.json").read_text())
+    arch["input"]["shift"] = [v + 1.0 for v in arch["input"]["shift"]] if isinstance(arch["input"]["shift"], list) \
+        else arch["input"]["shift"] + 1.0
+    (teacher / "arch.json").write_text(json.dumps(arch))
+    with pytest.raises(RunError, match=r"the teacher computes other outputs than when this run started .* though its "
+                                       rf"weights are the same, so what builds it changed since: {re.escape(str(teacher))}"
+                                       r"/arch.json \(its \"input\" standardisation, its layers\) or the code"):
+        OpenRun.open(run)
+
+
 def test_teacher_logits_edited_past_the_rows_checked_are_computed_again(finished_run, tmp_path):
     """helper-25: resume and export compared only the first 64 rows of teacher_logits.safetensors
     with the teacher; rows past them, shifted by 3 classes, made export --finetune-epochs ship a
@@ -111,7 +130,8 @@ def test_teacher_logits_edited_past_the_rows_checked_are_computed_again(finished
     save_weights({"logits": kept + 0.5}, run / "teacher_logits.safetensors")
     with pytest.raises(RunError, match=r"teacher_logits.safetensors: not the file this run kept \(its digest differs "
                                        r"from n2n.json's\), and the teacher computes other outputs than it holds .* "
-                                       r"either that file was changed .* or the code that builds the teacher changed"):
+                                       r"either that file was changed .* or what builds the teacher changed since \(.*/arch.json "
+                                       r"\(its \"input\" standardisation, its layers\) or the code: "):
         OpenRun.open(run)
     from safetensors.torch import save_file
 
