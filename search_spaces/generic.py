@@ -37,20 +37,49 @@ def _tp():
     return torch_pruning
 
 
-def load_factory(path: str, allowed=()):
+# Libraries, not model code: functions of theirs that a folder could name as its "factory" load pickles
+# (torch:load, numpy:load, joblib:load, pandas:read_pickle), fetch and run code (torch.hub:load), or run
+# n2n itself, with arguments the folder chooses (helper-97: an approved torch:load unpickled a payload).
+# Refused whatever --allow-factory says; the standard library is too.
+LIBRARIES = frozenset({
+    "torch", "numpy", "scipy", "pandas", "sklearn", "joblib", "dill", "cloudpickle", "yaml", "ruamel", "h5py",
+    "n2n", "agents", "envs", "search_spaces", "ray", "transformers", "huggingface_hub", "tokenizers", "safetensors",
+    "optuna", "gymnasium", "onnx", "onnxruntime", "mnist1d", "matplotlib", "PIL", "IPython", "pytest", "_pytest",
+    "pip", "setuptools", "pkg_resources", "fsspec", "s3fs", "boto3", "botocore", "pyarrow", "requests", "urllib3",
+    "keras", "tensorflow", "jax", "dask", "cython", "Cython", "numba",
+})
+
+
+def _called_as(path: str, kwargs: dict | None) -> str:
+    """How n2n would call the factory: the arguments are the folder's, so the approval is of them too."""
+    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) if isinstance(kwargs, dict) else \
+        f"**{kwargs!r}" if kwargs else ""
+    return f"{path.replace(':', '.')}({args[:300]}{'...' if len(args) > 300 else ''})"
+
+
+def load_factory(path: str, allowed=(), kwargs: dict | None = None):
     """``"package.module:function"`` -> the function (the user's own code, imported like any module).
 
     A model folder is data: the factory it names is imported and called only when the user named that
-    exact factory in `allowed` (``--allow-factory``), and nothing is imported before that check."""
+    exact factory in `allowed` (``--allow-factory``), and nothing is imported before that check. A
+    function of a library (LIBRARIES) or of the standard library is never called. `kwargs`: the folder's
+    arguments for it, shown where the factory is refused."""
+    top = path.partition(":")[0].split(".")[0] if isinstance(path, str) else ""
+    if top in sys.stdlib_module_names:  # builtins too (helper-76: it offered --allow-factory os:system)
+        raise UnsupportedModel(f"this model folder names {path!r}, a function of Python's standard library, as "
+                               f"the factory that builds its model: no model is built that way; the folder is "
+                               f"not to be loaded")
+    if top in LIBRARIES:
+        raise UnsupportedModel(f"this model folder names {path!r}, a function of the library {top!r}, as the factory "
+                               f"that builds its model, to be called as {_called_as(path, kwargs)}: a factory is model "
+                               f"code of your own, and n2n calls no library's function for a folder; the folder is "
+                               f"not to be loaded")
     if not isinstance(path, str) or path not in set(allowed):
-        top = path.partition(":")[0].split(".")[0] if isinstance(path, str) else ""
-        if top in sys.stdlib_module_names:  # builtins too (helper-76: it offered --allow-factory os:system)
-            raise UnsupportedModel(f"this model folder names {path!r}, a function of Python's standard library, as "
-                                   f"the factory that builds its model: no model is built that way; the folder is "
-                                   f"not to be loaded")
+        called = _called_as(path, kwargs) if isinstance(path, str) else repr(path)
         raise UnsupportedModel(
-            f"this model folder names the factory {path!r}, which n2n would import and call; it does so only "
-            f"for a factory you name: pass --allow-factory {path} (Python: factories=[{path!r}]) if you trust that code")
+            f"this model folder names the factory {path!r}, which n2n would import and call as "
+            f"{called}; it does so only for a factory you name: "
+            f"pass --allow-factory {path} (Python: factories=[{path!r}]) if you trust that code with those arguments")
     mod, _, fn = path.partition(":")
     if not mod or not fn:
         raise UnsupportedModel(f"factory: expected 'package.module:function', got {path!r}")
@@ -81,7 +110,7 @@ def load_factory(path: str, allowed=()):
 def call_factory(path: str, allowed=(), kwargs: dict | None = None) -> nn.Module:
     """The module the user's factory builds (see `load_factory`), checked to be one: a factory that
     returns its class, or a (model, extra) tuple, failed later in a traceback about load_state_dict."""
-    model = load_factory(path, allowed)(**(kwargs or {}))
+    model = load_factory(path, allowed, kwargs)(**(kwargs or {}))
     if not isinstance(model, nn.Module):
         what = f"the class {model.__name__}" if isinstance(model, type) else f"a {type(model).__name__}"
         raise UnsupportedModel(f"factory {path!r}: expected it to return a torch.nn.Module instance, it returned {what}"

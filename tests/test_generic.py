@@ -218,6 +218,42 @@ def test_a_factory_edited_after_the_fact_is_refused_not_built_as_another_network
     assert not torch.allclose(before, after)  # what the check stood between: another function, same weights
 
 
+def test_a_library_function_named_as_a_factory_is_never_called_even_when_allowed(tmp_path):
+    """helper-97: a received folder named torch:load with its own kwargs (a pickle beside it,
+    weights_only false); n2n's refusal advised --allow-factory torch:load, and that ran the payload."""
+    import pickle
+
+    from n2n.models import load_model
+    from search_spaces.generic import UnsupportedModel
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save(Payload(), tmp_path / "payload.pt", pickle_module=pickle)
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    kwargs = {"f": str(tmp_path / "payload.pt"), "weights_only": False}
+    (folder / "model.safetensors").write_bytes(b"not even read")
+    for factory in ("torch:load", "torch.hub:load", "numpy:load", "n2n.cli:main", "joblib:load"):
+        (folder / "arch.json").write_text(json.dumps({"family": "module", "factory": factory, "kwargs": kwargs}))
+        for allowed in ((), (factory,)):
+            with pytest.raises(UnsupportedModel, match=rf"this model folder names '{re.escape(factory)}', a function of the "
+                                                       rf"library '{factory.split('.')[0].split(':')[0]}', as the factory") as e:
+                load_model(folder, allowed)
+            assert "--allow-factory" not in str(e.value)
+            # what it would be called with, shown (the folder chooses the arguments)
+            assert f"to be called as {factory.replace(':', '.')}(f='{tmp_path}/payload.pt', weights_only=False)" in str(e.value)
+    assert not marker.exists()
+    # a factory of the user's own still shows the arguments it would be called with
+    (folder / "arch.json").write_text(json.dumps({"family": "module", "factory": "custom_net:make", "kwargs": {"width": 8}}))
+    with pytest.raises(UnsupportedModel, match=r"names the factory 'custom_net:make', which n2n would import and call as "
+                                               r"custom_net\.make\(width=8\); .* pass --allow-factory custom_net:make"):
+        load_model(folder)
+
+
 @pytest.mark.parametrize("family", ["module", "pruned"])
 def test_a_model_folder_never_runs_a_factory_the_user_did_not_name(tmp_path, family, monkeypatch):
     """A hostile arch.json naming os:system: refused before anything is imported or called."""
