@@ -308,6 +308,8 @@ class ReinforceAgent(Agent):
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
+        if problem := weights_problem(state["policy"], "the search state's policy"):  # a resume falls back on it
+            raise ValueError(problem)
         self.policy.load_state_dict(state["policy"])
         self.opt.load_state_dict(state["optimizer"])
         self.gen.set_state(state["rng"])
@@ -430,8 +432,22 @@ def policy_problem(folder: Path, stage: str, ratios: list[float], hidden: int) -
         wrong = sorted(set(want) ^ set(found)) or sorted(k for k in want if want[k] != found[k])
         return f"{folder / 'policy.safetensors'}: expected the {stage} policy's tensors {want}, found other names or shapes ({', '.join(wrong[:4])})"
     # helper-25: NaN weights passed, and the search died in torch.multinomial after its run folder existed
-    tensors = load_file(str(folder / "policy.safetensors"))
+    return weights_problem(load_file(str(folder / "policy.safetensors")), str(folder / "policy.safetensors"))
+
+
+MAX_WEIGHT = 1e3  # trained policies hold weights of a few units (the shipped ones: at most 1.3)
+
+
+def weights_problem(tensors: dict, where: str) -> str | None:
+    """Why a policy's tensors cannot sample, or None: NaN/inf (helper-25), or finite weights large enough
+    to overflow its logits (helper-97: 3e38 everywhere passed, and the search died in torch.multinomial
+    after its run folder existed, as did every resume)."""
     bad = sorted(k for k, v in tensors.items() if not (v.is_floating_point() and torch.isfinite(v).all()))
     if bad:
-        return f"{folder / 'policy.safetensors'}: expected finite float weights, found others in {', '.join(bad[:4])}"
+        return f"{where}: expected finite float weights, found others in {', '.join(bad[:4])}"
+    big = {k: v.abs().max().item() for k, v in tensors.items() if v.numel() and v.abs().max().item() > MAX_WEIGHT}
+    if big:
+        k = max(big, key=big.get)
+        return (f"{where}: expected weights of magnitude at most {MAX_WEIGHT:g}, as trained policies hold, found "
+                f"{big[k]:.3g} in {k}; larger ones overflow the policy's probabilities")
     return None

@@ -124,6 +124,20 @@ def test_reinforce_learns_on_the_proxy_and_matches_random_search(space, stage):
     assert np.mean([b for *_, b in rl]) >= np.mean([b for *_, b in rnd])
 
 
+def test_a_search_state_whose_policy_cannot_sample_is_not_loaded(space):
+    """helper-97: policy weights of 3e38, finite, made every sample (and every resume) die in
+    torch.multinomial; a state carrying them is refused, so a resume falls back to the one before."""
+    agent = make_agent("reinforce", _env(space, "shrink"), seed=0)
+    state = agent.state_dict()
+    state["policy"] = {k: torch.full_like(v, 3e38) for k, v in state["policy"].items()}
+    fresh = make_agent("reinforce", _env(space, "shrink"), seed=0)
+    with pytest.raises(ValueError, match=r"the search state's policy: expected weights of magnitude at most 1000"):
+        fresh.load_state_dict(state)
+    with pytest.raises(RuntimeError, match="probability tensor contains either `inf`, `nan`"):  # what it stood between
+        fresh.policy.load_state_dict(state["policy"])
+        fresh.ask(1)
+
+
 def test_policy_transfers_to_a_teacher_of_other_depth_and_width(space, tmp_path):
     agent = make_agent("reinforce", _env(space, "removal"), seed=0)
     run(agent, ProxyEvaluator(space), 20)

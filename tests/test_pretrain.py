@@ -214,6 +214,10 @@ def test_a_policy_that_cannot_start_the_search_is_refused_before_anything_is_wri
     nan = {k: torch.full_like(v, float("nan")) for k, v in load_file(str(PRETRAINED / "shrink" / "policy.safetensors")).items()}
     save_file(nan, str(bad / "shrink" / "policy.safetensors"))  # helper-25: the search died mid-run on these
     assert "bad/shrink/policy.safetensors: expected finite float weights, found others in " in problem(bad)
+    huge = {k: torch.full_like(v, 3e38) for k, v in nan.items()}  # finite (helper-97: passed, then the search died)
+    save_file(huge, str(bad / "shrink" / "policy.safetensors"))
+    assert "bad/shrink/policy.safetensors: expected weights of magnitude at most 1000, as trained policies hold, found " \
+           "3e+38 in " in problem(bad)
     (bad / "shrink" / "policy.safetensors").write_text("not safetensors")
     assert "not readable as safetensors" in problem(bad)
     assert load_config(None, {"search.agent_options": {"policy": "pretrained"}}).policy_folder() == PRETRAINED.resolve()
