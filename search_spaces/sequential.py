@@ -110,8 +110,25 @@ def module_to_layers(model: nn.Module) -> list[dict]:
     return out
 
 
+def _check_window(d: dict) -> None:
+    """A conv's or pool's kernel, stride and padding as a module can have them: torch builds a conv of
+    stride 0 or padding 100000 and fails (or fills the memory: 77 GB asked) only when it runs
+    (helper-97: tracebacks from a received arch.json). Padding past the kernel adds only outputs that
+    see nothing but zeros; a pool allows half its kernel."""
+    kernel, stride, padding = d["kernel"], d["stride"], d["padding"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (kernel, stride, padding)):
+        raise ValueError(f"{d['kind']} kernel, stride and padding: expected whole numbers, got {kernel!r}, {stride!r}, "
+                         f"{padding!r}")
+    most = kernel if d["kind"] == "conv" else kernel // 2
+    if kernel < 1 or stride < 1 or not 0 <= padding <= most:
+        raise ValueError(f"{d['kind']} kernel {kernel}, stride {stride}, padding {padding}: expected kernel and stride "
+                         f"at least 1 and padding from 0 to {'the kernel' if d['kind'] == 'conv' else 'half the kernel'}")
+
+
 def make_layer(d: dict) -> nn.Module:
     k = d["kind"]
+    if k in ("conv", "pool"):
+        _check_window(d)
     if k == "conv":
         return _CONV[d["dim"]](d["in"], d["out"], d["kernel"], d["stride"], d["padding"], bias=d["bias"],
                                padding_mode=d.get("padding_mode", "zeros"))

@@ -2020,6 +2020,31 @@ def test_a_hugging_face_config_asking_for_far_more_than_its_weights_is_refused_b
                                 "config.json edited, or copied from another model?)\n")
 
 
+def test_hostile_conv_and_pool_windows_in_an_export_are_one_line_errors(finished_run, tmp_path, capsys):
+    """helper-97: padding 100000 in an export's arch.json asked for 77 GB in `teacher show` (and in a
+    search of it as teacher); stride 0, padding -5 and a pool of kernel 0 were tracebacks."""
+    export_best(finished_run, tmp_path / "student", log=lambda *_: None)
+    arch = json.loads((tmp_path / "student" / "arch.json").read_text())
+    conv = next(i for i, d in enumerate(arch["layers"]) if d["kind"] == "conv")
+    pool = next(i for i, d in enumerate(arch["layers"]) if d["kind"] == "pool")
+    for name, at, edit, said in (
+            ("bomb", conv, {"padding": 100_000}, "padding 100000: expected kernel and stride at least 1 and padding "
+                                                  "from 0 to the kernel"),
+            ("stride", conv, {"stride": 0}, ", stride 0, "),
+            ("negative", conv, {"padding": -5}, "padding -5: expected"),
+            ("float", conv, {"stride": 1.5}, "conv kernel, stride and padding: expected whole numbers, got "),
+            ("pool", pool, {"kernel": 0}, "pool kernel 0, "),
+            ("pool-pad", pool, {"padding": 5}, "padding 5: expected kernel and stride at least 1 and padding from 0 "
+                                               "to half the kernel")):
+        folder = tmp_path / name
+        shutil.copytree(tmp_path / "student", folder)
+        layers = [dict(d, **edit) if i == at else d for i, d in enumerate(arch["layers"])]
+        (folder / "arch.json").write_text(json.dumps({**arch, "layers": layers}))
+        status, err = _main(capsys, "teacher", "show", folder)
+        assert status == 2 and err.startswith("n2n: error: ") and "is malformed: " in err and said in err, (name, err)
+        assert "Traceback" not in err and err.count("\n") == 1, (name, err)
+
+
 def test_hostile_arch_json_values_are_one_line_errors(small_teacher, tmp_path, capsys):
     """helper-28: negative or NaN sizes, a malformed "input" and deep nesting were tracebacks."""
     model, arch, _ = small_teacher
