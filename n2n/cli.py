@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import re
 import shlex
@@ -67,9 +68,10 @@ def _dataset(metrics: dict) -> str | None:
     return metrics.get("dataset") or (split.get("dataset") if isinstance(split, dict) else None)
 
 
-def _accuracies(model, arch: dict, metrics: dict, folder: Path) -> list[tuple[str, str | None]]:
+def _accuracies(model, arch: dict, metrics: dict, folder: Path) -> tuple[list[tuple[str, str | None]], tuple | None]:
     """Validation and test accuracy measured on the split metrics.json records, beside what it
-    records (helper-25: an edited metrics.json was shown as if measured)."""
+    records (helper-25: an edited metrics.json was shown as if measured), and the shape of one input of
+    that data (None where it was not loaded)."""
     from . import data as data_mod
     from .train import accuracy
 
@@ -84,10 +86,13 @@ def _accuracies(model, arch: dict, metrics: dict, folder: Path) -> list[tuple[st
     except (data_mod.DataError, OSError, ValueError) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         return [(f"{part} accuracy", None if v is None else f"{v:.4f} (as metrics.json records it; not measured: {why})")
-                for part, v in recorded.items()]
+                for part, v in recorded.items()], None
     return [(f"{part} accuracy", f"{measured[part]:.4f}" + ("" if v is None or abs(v - measured[part]) < 1e-9 else
                                                             f" (metrics.json records {v:.4f})"))
-            for part, v in recorded.items()]
+            for part, v in recorded.items()], ds.input_shape
+
+
+MAX_SHOWN_INPUT = 10**7  # values in one input that teacher show traces for FLOPs without data to check the shape
 
 
 def _teacher_show(args) -> int:
@@ -109,7 +114,14 @@ def _teacher_show(args) -> int:
         shown = f"{shape} (tokens: none recorded; a search's default without teacher.max_length)"
     else:
         shown = shape
-    if shape:
+    accuracies, given = _accuracies(model, arch, metrics, folder)
+    if shape and given and tuple(shape) != given:  # as a search refuses it (helper-97: traced at [1, 400000000]
+        # for 23 s and 3.4 GB, then FLOPs "?" beside accuracies measured on inputs of (1, 40))
+        flops = f"? (arch.json records inputs of shape {tuple(shape)}, the data gives {given}: a search refuses it)"
+    elif shape and not (all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)
+                        and math.prod(shape) <= MAX_SHOWN_INPUT):
+        flops = f"? (inputs of shape {tuple(shape)}: not traced, past {MAX_SHOWN_INPUT:,} values or not sizes)"
+    elif shape:
         try:
             space = space_for(model, tuple(shape), arch=arch)
             flops = f"{space.flops(space.identity()):,}"
@@ -120,7 +132,7 @@ def _teacher_show(args) -> int:
     rows = [("folder", str(folder)), ("family", arch.get("family")), ("input shape", shown),
             ("units", units),
             ("params", f"{count_params(model):,}"), ("FLOPs (MACs/sample)", flops),
-            ("dataset", _dataset(metrics)), *_accuracies(model, arch, metrics, folder)]
+            ("dataset", _dataset(metrics)), *accuracies]
     if split:
         how = "as given by the data" if split.get("seed") is None else f"seed {split['seed']}"
         rows.append(("split", f"{how}, sizes {split.get('sizes')}, fingerprint {split.get('fingerprint')}"))

@@ -2043,6 +2043,14 @@ def test_hostile_conv_and_pool_windows_in_an_export_are_one_line_errors(finished
         status, err = _main(capsys, "teacher", "show", folder)
         assert status == 2 and err.startswith("n2n: error: ") and "is malformed: " in err and said in err, (name, err)
         assert "Traceback" not in err and err.count("\n") == 1, (name, err)
+    # an input shape the data does not give: a search refuses it, teacher show traced it (23 s, 3.4 GB)
+    folder = tmp_path / "shape"
+    shutil.copytree(tmp_path / "student", folder)
+    (folder / "arch.json").write_text(json.dumps({**arch, "input_shape": [1, 400_000_000],
+                                                  "input": {**arch["input"], "shape": [1, 400_000_000]}}))
+    status, out = _main(capsys, "teacher", "show", folder, stream="out")
+    assert status == 0 and "FLOPs (MACs/sample): ? (arch.json records inputs of shape (1, 400000000), the data gives " \
+                           "(1, 40): a search refuses it)" in out, out
 
 
 def test_hostile_arch_json_values_are_one_line_errors(small_teacher, tmp_path, capsys):
