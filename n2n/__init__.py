@@ -17,11 +17,15 @@ def load_student(folder, factories=()):
     A student of your own module class names its factory (``"package.module:function"``) in
     arch.json; it is imported and called only if you list it in `factories` (a list of such names,
     or one)."""
-    from .models import RawInput, load_model
+    import warnings
+
+    from .models import RawInput, load_model, model_changed_since
 
     if isinstance(factories, str):  # one name, not its characters (helper-67: then told to pass what it had)
         factories = (factories,)
     model, arch, _ = load_model(folder, factories)
+    if changed := model_changed_since(folder):
+        warnings.warn(changed.removeprefix("warning: "), stacklevel=2)
     if arch.get("input"):
         return RawInput(model, arch["input"]).eval()
     return model

@@ -100,10 +100,12 @@ def _teacher_show(args) -> int:
     from search_spaces import count_params, space_for
     from search_spaces.transformer import text_positions
 
-    from .models import load_model
+    from .models import load_model, model_changed_since
 
     folder = Path(args.dir)
     model, arch, metrics = load_model(folder, args.allow_factory)
+    if changed := model_changed_since(folder):  # (the accuracies below are measured, beside metrics.json's)
+        print(changed, file=sys.stderr)
     split = metrics.get("split") or {}
     shape = arch.get("input_shape") or arch.get("hparams", {}).get("input_shape") or \
         ([split["max_length"]] if "max_length" in split else None)

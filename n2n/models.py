@@ -365,6 +365,25 @@ def _changed_since(folder: Path) -> str | None:
     return None
 
 
+def model_changed_since(folder: Path) -> str | None:
+    """A warning where the files a model is built from (model.safetensors, arch.json) are not those its
+    metrics.json lists, or None (nothing listed: a teacher, or an export made before 2026-12-06). Its
+    figures are another model's then (helper-97: an arch.json "input" scaled by 1.6 loaded unsaid, at
+    val 0.9387 where metrics.json said 0.9867). Catches edits and damage, not a forger who lists anew."""
+    try:
+        files = read_json(Path(folder) / "metrics.json").get("files")
+    except (ModelError, OSError, AttributeError):
+        return None
+    if not isinstance(files, dict):
+        return None
+    changed = [n for n in ("arch.json", "model.safetensors") if n in files
+               and (not (Path(folder) / n).is_file() or file_digest(Path(folder) / n) != files[n])]
+    if not changed:
+        return None
+    return (f"warning: {folder}: its {' and '.join(changed)} changed since n2n exported it (metrics.json lists other "
+            f"digests): the figures in metrics.json and README-n2n.md are not this model's")
+
+
 def _not_ours(folder: Path, kind: str) -> str:
     """Why `folder` is not an earlier n2n `kind`, naming what blocks it (helper-51: the whole listing;
     helper-54: a file named hf was a traceback, and a missing file was called a missing metrics.json)."""
