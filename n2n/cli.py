@@ -375,8 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, type=_path, help="folder to write (new, or an empty folder)")
     e.add_argument("--finetune-epochs", type=int, default=0, help="distil + cross-entropy this long first")
     e.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier export (nothing else)")
-    e.add_argument("--fetch", action="store_true", help="first download from the run's resources.storage the results "
-                   "its results/ lacks (a driver killed before it fetched them); never done without it")
+    e.add_argument("--fetch", metavar="URI", help="first download from the run's storage, which you name (its "
+                   "resources.storage), the results its results/ lacks (a driver killed before it fetched them); never "
+                   "done without it")
     pick = e.add_mutually_exclusive_group()
     pick.add_argument("--key", help="export this candidate (its key in candidates.json) instead of the default choice")
     pick.add_argument("--rank", type=int, help="export the candidate of this rank by reward (1 = best)")

@@ -24,7 +24,8 @@ from .errors import RunError, TargetMissed
 from .models import (ModelError, RawInput, build_model, check_target, device_for, file_digest,
                      load_into, load_weights, save_model, weights_mismatch, write_json)
 from .runfolder import EXPORTING, RunLock, finish_hint, read_records, read_run, read_summary, unfinished
-from .search import OpenRun, check_teacher, check_teacher_figures, teacher_logits
+from .search import (OpenRun, check_resume_storage, check_teacher, check_teacher_figures, storage_named,
+                     teacher_logits)
 from .storage import Fetcher, shown, weights_of
 from .train import accuracy, distill
 from .vocab import check_trimmable, trim_vocabulary
@@ -154,10 +155,11 @@ def export_readme(metrics: dict, arch: dict, extras: list[str], tokenizer: str |
 
 def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: bool = False, log=print,
                 factories=(), trim_vocab: bool = False, key: str | None = None, rank: int | None = None,
-                onnx: bool = False, margin: float | None = None, fetch: bool = False) -> dict:
+                onnx: bool = False, margin: float | None = None, fetch: str | None = None) -> dict:
     """Write model.safetensors + spec.json + arch.json + metrics.json for the run's best student.
-    `fetch`: first download the results the run's remote storage holds that RUN/results lacks (a
-    driver killed before it fetched them); never without it: a run folder names its own storage.
+    `fetch`: the run's storage URI, named by the user: first download the results it holds that
+    RUN/results lacks (a driver killed before it fetched them); never without it: a run folder names its
+    own storage, and one from someone else may name any endpoint.
     `margin`: points to spare on the accuracy target (n2n.pick.choose; None: the run's target.margin);
     `overwrite` replaces only an earlier export; `factories`: see `n2n.models.build_model`;
     `trim_vocab`: keep only the embeddings of tokens in the training texts (see n2n.vocab);
@@ -169,6 +171,8 @@ def export_best(run_dir: Path, out: Path, finetune_epochs: int = 0, overwrite: b
         raise RunError(f"--finetune-epochs: expected >= 0, got {finetune_epochs}")
     if margin is not None:
         pick.check_margin(margin)  # before any lock or fetch
+    if fetch is not None:  # the storage the user names, which must be the run's: never one the run names alone
+        check_resume_storage(run_dir, meta, fetch, flag="--fetch", verb="export")
     if trim_vocab:  # checked before any fine-tuning, not after
         if not meta["dataset"].startswith("text:"):
             raise RunError(f"--trim-vocab: expected a run on a text: dataset (its texts are re-tokenised), "
@@ -229,7 +233,7 @@ def weights_missing(chosen: dict, why: str, cfg: Config, run_dir: Path, key: str
     asked = (f" --key {key}" if key is not None else f" --rank {rank}" if rank is not None else
              f" --margin {margin:g}" if margin is not None else "")  # (helper-44: the hint dropped --key)
     where = (f"there; they may be in the run's storage {shown(cfg.resources.storage)}: `n2n export {shlex.quote(str(run_dir))} --out "
-             f"DIR{asked} --fetch` downloads what results/ lacks from there" if stored
+             f"DIR{asked} --fetch {storage_named(cfg.resources.storage)}` downloads what results/ lacks from there" if stored
              else "there (deleted, or the run folder copied without results/?): restore the file from a copy of the run, "
                   "or `--key KEY` exports another")
     return f"{weights}: the weights of the student to export ({why}) are not {where}"
@@ -360,7 +364,7 @@ def size_limits(target, metrics: dict, asked_for: str | None = None) -> tuple[di
     return {**asked, "limits_met": not over}, warning
 
 
-def _pick(run_dir: Path, meta: dict, cfg: Config, log, key, rank, margin, fetch: bool) -> tuple[dict, str]:
+def _pick(run_dir: Path, meta: dict, cfg: Config, log, key, rank, margin, fetch: str | None) -> tuple[dict, str]:
     """The candidate to export and why (see `choose`), its weights fetched where asked and checked to be
     the file its trial wrote."""
     ref = meta["reference"]
@@ -369,18 +373,19 @@ def _pick(run_dir: Path, meta: dict, cfg: Config, log, key, rank, margin, fetch:
                                           "figures give", strict=False)
     if rescored:
         log(rescored)
-    fetcher = Fetcher(meta["results_store"], run_dir, log) if fetch and meta.get("results_store") else None
+    fetcher = Fetcher(meta["results_store"], run_dir, log) if fetch is not None and meta.get("results_store") else None
     if fetcher:  # results a killed driver never fetched, or weights lost since: before choosing among them
         log(f"fetching results from {shown(meta['results_store'])}")
         fetcher.sync(r["key"] for r in records if r["failure"] is None)
     chosen, why = choose(records, cfg, meta["reference"]["accuracy"], run_dir, key, rank, margin,
-                         bool(meta.get("results_store")) and not fetch)  # fetched already: no --fetch to suggest
+                         bool(meta.get("results_store")) and fetch is None)  # fetched already: no --fetch to suggest
     refetched = fetcher.repair(chosen["key"], chosen.get("weights_digest")) if fetcher else False
     weights = weights_of(run_dir, chosen["key"])
     # the file the trial wrote (helper-53: weights with noise added measured within the 2 samples of slack
     # below and were shipped); candidates recorded before trials recorded digests are checked by the rest
     if chosen.get("weights_digest") and (found := file_digest(weights)) != chosen["weights_digest"]:
-        again = (f"`n2n export {shlex.quote(str(run_dir))} --fetch ...` fetches it again from the run's storage"
+        again = (f"`n2n export {shlex.quote(str(run_dir))} --out DIR --fetch {storage_named(cfg.resources.storage)}` "
+                 "fetches it again from the run's storage"
                  if meta.get("results_store") and not refetched else
                  "the run's storage holds the same file; restore it from a copy of the run" if refetched else
                  "restore it from a copy of the run")
@@ -473,7 +478,7 @@ def _finetune(student, run_dir: Path, meta: dict, cfg: Config, space, ds, teache
 
 def _export(run_dir: Path, out: Path, meta: dict, finetune_epochs: int, overwrite: bool, log, factories,
             trim_vocab: bool = False, key: str | None = None, rank: int | None = None, onnx: bool = False,
-            margin: float | None = None, fetch: bool = False) -> dict:
+            margin: float | None = None, fetch: str | None = None) -> dict:
     cfg = run_config(meta["config"])
     chosen, why = _pick(run_dir, meta, cfg, log, key, rank, margin, fetch)
     # before the exporting line: an edited module or a changed teacher is refused with nothing said as begun

@@ -555,25 +555,32 @@ def _recorded_storage(run_dir: Path) -> str:
     return storage if isinstance(storage, str) else ""
 
 
-def check_resume_storage(run_dir: Path, recorded: dict, storage: str | None) -> None:
+def storage_named(uri: str) -> str:
+    """A storage URI as a command line may repeat it: "URI" where it holds a secret n2n does not echo."""
+    return shlex.quote(uri) if shown(uri) == uri else "URI"
+
+
+def check_resume_storage(run_dir: Path, recorded: dict, storage: str | None, flag: str = "--storage",
+                         verb: str = "resume") -> None:
     """A resume reads and writes the trials' results where the run's n2n.json says: a run folder from
     someone else could name any folder or endpoint, and the user's credentials would sign the requests
     (helper-76: a received run wrote weights into a folder it named, and took a file found there for a
-    trial's result). So the user names the storage (`--storage`), as `n2n export --fetch` asks before
-    it downloads."""
+    trial's result). So the user names the storage (`--storage`), as `n2n export --fetch URI` does before
+    it downloads (`flag`, `verb`; helper-97: a bare --fetch contacted whatever n2n.json named)."""
     theirs = (recorded.get("config") or {}).get("resources", {}).get("storage") or ""
     if not isinstance(theirs, str):
         raise RunError(f"{run_dir}: n2n.json's resources.storage is {type(theirs).__name__}, expected a URI")
     if theirs == (storage or ""):
         return
     if not theirs:
-        raise RunError(f"--storage: {run_dir} records no storage (its trials leave results in its own results/ "
-                       f"folder); resume it without --storage")
-    named = shlex.quote(theirs) if shown(theirs) == theirs else "URI"
+        raise RunError(f"{flag}: {run_dir} records no storage (its trials leave results in its own results/ "
+                       f"folder); {verb} it without {flag}")
     given = f", not {shown(storage)}" if storage else ""
-    raise RunError(f"{run_dir}: this run records resources.storage {shown(theirs)}{given}; a resume reads and "
-                   f"writes its trials' results there. Resume it with `--storage {named}` if that storage is "
-                   f"yours (its n2n.json names it; a run folder from someone else may name any place)")
+    does = "a resume reads and writes its trials' results there" if verb == "resume" else \
+        "export downloads the results it lacks from there"
+    raise RunError(f"{run_dir}: this run records resources.storage {shown(theirs)}{given}; {does}. "
+                   f"{verb.capitalize()} it with `{flag} {storage_named(theirs)}` if that storage is yours (its n2n.json "
+                   f"names it; a run folder from someone else may name any place)")
 
 
 def _cluster_lost(run_dir: Path, address: str, factories, log):

@@ -228,11 +228,19 @@ def test_a_search_through_s3_fills_the_run_folder_and_exports(ray_session, tiny_
     for suffix in (".json", ".safetensors"):  # as a driver killed before it fetched them leaves a run
         (run / "results" / f"{out['key']}{suffix}").unlink()
     with pytest.raises(RunError, match=rf"the weights of the student to export .* are not there; they may be in the "
-                                       rf"run's storage .*: `n2n export {run} --out DIR --fetch` downloads"):
+                                       rf"run's storage .*: `n2n export {run} --out DIR --fetch URI` downloads"):
         export_best(run, tmp_path / "again", log=lambda *_: None)
-    with pytest.raises(RunError, match=rf"`n2n export {run} --out DIR --key {out['key']} --fetch` downloads"):
+    with pytest.raises(RunError, match=rf"`n2n export {run} --out DIR --key {out['key']} --fetch URI` downloads"):
         export_best(run, tmp_path / "again", log=lambda *_: None, key=out["key"])  # helper-44: --key was dropped
-    assert export_best(run, tmp_path / "again", log=lambda *_: None, fetch=True)["key"] == out["key"]
+    # the storage is the user's to name (helper-97: a bare --fetch contacted whatever a received n2n.json named)
+    for other in ("file:///tmp/elsewhere", ""):
+        with pytest.raises(RunError, match=r"this run records resources.storage s3://n2n-bucket/.*, not "
+                                           rf"{other or 'None'}; export downloads the results it lacks from there\. "
+                                           r"Export it with `--fetch URI` if that storage is yours" if other else
+                                           r"this run records resources.storage s3://n2n-bucket/.*; export downloads"):
+            export_best(run, tmp_path / "again", log=lambda *_: None, fetch=other)
+    assert not (tmp_path / "again").exists()
+    assert export_best(run, tmp_path / "again", log=lambda *_: None, fetch=uri)["key"] == out["key"]
     # weights lost or cut short since, their result file kept (helper-31: --fetch fetched only what
     # lacked a result file, so it could not repair either): the store's copy is fetched again
     weights = run / "results" / f"{out['key']}.safetensors"
@@ -242,11 +250,11 @@ def test_a_search_through_s3_fills_the_run_folder_and_exports(ray_session, tiny_
     for damage in (lambda: weights.unlink(), lambda: weights.write_bytes(good[:1000]),
                    lambda: save_weights(changed, weights)):
         damage()
-        with pytest.raises(RunError, match=r"--fetch \.\.\.` fetches it again from the run's storage" if weights.exists()
+        with pytest.raises(RunError, match=r"--out DIR --fetch URI` fetches it again from the run's storage" if weights.exists()
                            and len(weights.read_bytes()) == len(good) else "."):
             export_best(run, tmp_path / "no", log=lambda *_: None)
         said = []
-        assert export_best(run, tmp_path / "repaired", overwrite=True, log=said.append, fetch=True)["key"] == out["key"]
+        assert export_best(run, tmp_path / "repaired", overwrite=True, log=said.append, fetch=uri)["key"] == out["key"]
         assert weights.read_bytes() == good, said
 
 
