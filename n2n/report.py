@@ -157,6 +157,9 @@ def make_report(run_dir: Path, out_dir: Path | None = None) -> str:
     except RunError as e:
         pick = None
         text.append(f"`n2n export` has nothing to pick: {e}")
+    # (helper-97: an n2n.json and candidates.json edited alike read as the run's own figures)
+    text.append("these figures are the run's as recorded (n2n.json, candidates.json), not measured again; "
+                "`n2n export` measures the teacher and the student it writes")
     stopped = unfinished(run_dir)
     if stopped:  # every figure above is of the candidates so far
         text.append(f"this search has not finished ({stopped}): these are the candidates so far; "

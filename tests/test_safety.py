@@ -2784,6 +2784,9 @@ def test_a_run_before_its_first_result_is_reported_without_warnings_and_one_that
         warnings.simplefilter("error")
         text = make_report(run)
     assert text.startswith("run run: 0 candidates trained")
+    # what report's figures are (helper-97: edited files read as the run's own measurements)
+    assert "these figures are the run's as recorded (n2n.json, candidates.json), not measured again; `n2n export` " \
+           "measures the teacher and the student it writes" in text.splitlines()
 
 
 def test_a_run_that_takes_no_file_is_still_reported(finished_run, capsys, monkeypatch):
