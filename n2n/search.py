@@ -303,7 +303,9 @@ def check_teacher(meta: dict) -> None:
     if recorded and now is None and kept is None:
         # helper-24: a moved teacher read as changed weights ("now None")
         raise RunError(f"{folder}: the run's teacher is not there (moved or deleted?); a run names its teacher by "
-                       f"this path: put the folder back there")
+                       f"this path: put the folder back there, or, for a copy of it elsewhere (a run from another "
+                       f"machine), set \"teacher_folder\" in the run's n2n.json to that copy "
+                       f"(its weights are checked to be the run's teacher's)")
     if recorded and now is None:  # gone, its weights found elsewhere (a replacement interrupted midway)
         raise RunError(f"{folder}: the run's teacher is not there; a folder with its weights is at {kept}: move it "
                        f"to {folder}")

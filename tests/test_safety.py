@@ -2220,6 +2220,12 @@ def test_a_run_refuses_a_teacher_whose_weights_changed(finished_run, small_teach
     os.replace(teacher, tmp_path / "moved")  # helper-24: a moved teacher read as changed weights
     status, err = _main(capsys, "export", run, "--out", tmp_path / "o")
     assert status == 2 and f"{teacher}: the run's teacher is not there (moved or deleted?)" in err
+    # a run received from another machine: its teacher's copy here is named in n2n.json (helper-97: unsaid)
+    assert "or, for a copy of it elsewhere (a run from another machine), set \"teacher_folder\" in the run's n2n.json " \
+           "to that copy (its weights are checked to be the run's teacher's)" in err
+    (run / "n2n.json").write_text(json.dumps({**meta, "teacher_folder": str(tmp_path / "moved")}))
+    assert export_best(run, tmp_path / "ok2", log=lambda *_: None)["params"] > 0
+    (run / "n2n.json").write_text(json.dumps(meta))
     os.replace(tmp_path / "moved", teacher)
     model, arch, _ = small_teacher
     said = []
