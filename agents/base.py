@@ -53,7 +53,9 @@ def parse_options(kind: str, cls, options: dict):
     names = [f.name for f in fields(cls)]
     for k, v in options.items():
         if k not in names:
-            raise AgentOptionError(f"{k}: not an option of the {kind} agent; it takes {names or 'none'}")
+            colon = (f" (YAML reads `{k}` as one name: write a space after the colon, {{{k.replace(':', ': ', 1)}}})"
+                     if isinstance(k, str) and ":" in k and v is None else "")  # helper-97: {batch_size:4}
+            raise AgentOptionError(f"{k}: not an option of the {kind} agent; it takes {names or 'none'}{colon}")
         if not _fits(hints[k], v):
             raise AgentOptionError(f"{k}: expected {getattr(hints[k], '__name__', hints[k])}, got {shown(v)}")
     try:

@@ -1093,7 +1093,12 @@ def load_model(folder, factories=()) -> tuple[nn.Module, dict, dict]:
 
     for name in ("model.safetensors", "arch.json"):
         if not (folder / name).is_file():
-            raise ModelError(f"{folder}: expected a model folder with {name}, found {found_at(folder / name)} there")
+            from .runfolder import folder_kind
+
+            kind = folder_kind(folder)
+            raise ModelError(f"{folder}: expected a model folder with {name}, found {found_at(folder / name)} there"
+                             + (f": it is {kind}" + ("; its teacher is the folder its n2n.json names as teacher_folder"
+                                                     if kind == "an n2n run folder" else "") if kind else ""))
     arch = read_json(folder / "arch.json")
     if arch.get("family") == "hf-pretrained":  # (helper-68: an arch.json could load another folder, any path)
         raise ModelError(f"{folder}/arch.json: family 'hf-pretrained' names a Hugging Face folder n2n loaded, in "

@@ -57,11 +57,26 @@ LOG = "n2n.log"
 TEACHER_LOGITS = "teacher_logits.safetensors"
 
 
+def folder_kind(folder: Path) -> str | None:
+    """What an n2n folder is, in words, where it is one, for errors that are handed another kind
+    (helper-97: an export given to report, a run or a policy given to teacher show: "found none")."""
+    folder = Path(folder)
+    if (folder / META).is_file():
+        return "an n2n run folder"
+    if all((folder / f).is_file() for f in ("spec.json", "arch.json", "model.safetensors")):
+        return "an n2n export (a student; report, export and resume take the run folder its metrics.json names)"
+    if any((folder / f).is_file() for f in ("policy.json", "removal/policy.json", "shrink/policy.json")):
+        return "a policy folder (search.agent_options.policy takes it)"
+    return None
+
+
 def read_run(run_dir: Path) -> dict:
     """n2n.json of a run folder; a RunError names what is wrong."""
     path = Path(run_dir) / META
     if not plain_file(path):
         found = "none" if not (path.exists() or path.is_symlink()) else "something else under its name"
+        if (kind := folder_kind(run_dir)) and kind != "an n2n run folder":  # (helper-97: "found none" of an export)
+            found += f": {run_dir} is {kind}"
         raise RunError(f"{run_dir}: expected a run folder made by `n2n search` (with n2n.json as a plain file), "
                        f"found {found}")
     try:

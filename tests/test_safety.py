@@ -647,6 +647,31 @@ def test_export_finetune_keeps_the_epoch_best_on_validation_or_the_weights_as_se
     assert shipped.keys() == searched.keys() and all(torch.equal(shipped[k], searched[k]) for k in shipped)
 
 
+def test_a_folder_of_another_kind_is_named_as_what_it_is(finished_run, tmp_path, capsys):
+    """helper-97: an export handed to report or export, and a run or a policy folder handed to teacher
+    show, were "found none" / "found nothing there"; `{batch_size:4}` was an option named `batch_size:4`."""
+    export_best(finished_run, tmp_path / "student", log=lambda *_: None)
+    student = tmp_path / "student"
+    for command in (("report", student), ("export", student, "--out", tmp_path / "o")):
+        status, err = _main(capsys, *command)
+        assert status == 2 and err == (f"n2n: error: {student}: expected a run folder made by `n2n search` (with n2n.json "
+                                       f"as a plain file), found none: {student} is an n2n export (a student; report, "
+                                       f"export and resume take the run folder its metrics.json names)\n"), err
+    status, err = _main(capsys, "teacher", "show", finished_run)
+    assert status == 2 and err == (f"n2n: error: {finished_run}: expected a model folder with model.safetensors, found "
+                                   f"nothing there: it is an n2n run folder; its teacher is the folder its n2n.json "
+                                   f"names as teacher_folder\n"), err
+    from agents.pretrain import PRETRAINED
+
+    status, err = _main(capsys, "teacher", "show", PRETRAINED)
+    assert status == 2 and err.endswith("found nothing there: it is a policy folder (search.agent_options.policy takes "
+                                        "it)\n"), err
+    status, err = _main(capsys, "search", "--set", "search.agent_options={batch_size:4}", "--runs-dir", tmp_path / "r")
+    assert status == 2 and "batch_size:4: not an option of the reinforce agent; it takes [" in err and \
+        err.rstrip().endswith("(YAML reads `batch_size:4` as one name: write a space after the colon, {batch_size: 4})"), err
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_pick_far_below_the_teacher_without_an_accuracy_target_is_warned_of_everywhere(finished_run, tmp_path,
                                                                                            monkeypatch):
     """helper-91: a max_params-only pick 23 points below the teacher was said "the most accurate finalist
