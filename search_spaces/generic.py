@@ -19,9 +19,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import importlib.util
 import math
 import os
+import re
+import site
 import sys
+import sysconfig
 
 import torch
 from torch import nn
@@ -51,43 +55,78 @@ LIBRARIES = frozenset({
 
 
 def _called_as(path: str, kwargs: dict | None) -> str:
-    """How n2n would call the factory: the arguments are the folder's, so the approval is of them too."""
+    """How n2n would call the factory, every argument in full: they are the folder's, so an approval is
+    of them too (helper-98: cut at 300 characters, a payload hid past the cut)."""
     args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) if isinstance(kwargs, dict) else \
         f"**{kwargs!r}" if kwargs else ""
-    return f"{path.replace(':', '.')}({args[:300]}{'...' if len(args) > 300 else ''})"
+    return f"{path.replace(':', '.')}({args})"
+
+
+_FACTORY = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*", re.ASCII)
+
+
+def _not_model_code(top: str) -> str | None:
+    """Whose code a top-level module is where it cannot be a model factory of the user's, or None."""
+    if top == "__main__":  # the program running n2n (helper-98: under the n2n script, n2n.cli:main)
+        return "the program running n2n"
+    if top in sys.stdlib_module_names:  # builtins too (helper-76: it offered --allow-factory os:system)
+        return "Python's standard library"
+    return f"the library {top!r}" if top in LIBRARIES else None
+
+
+def _installed_at(top: str) -> str | None:
+    """Where `top` lies among installed packages (site-packages, the standard library's folders), found
+    without running any of its code; None for the user's own code (a folder, an editable install)."""
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    places = [spec.origin] if spec.origin not in (None, "built-in", "frozen") else list(spec.submodule_search_locations or [])
+    paths = sysconfig.get_paths()
+    roots = {paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")} | set(site.getsitepackages())
+    roots |= {site.getusersitepackages()}
+    for place in places:
+        for root in filter(None, roots):
+            if os.path.commonpath([os.path.abspath(place), os.path.abspath(root)]) == os.path.abspath(root):
+                return place
+    return None
 
 
 def load_factory(path: str, allowed=(), kwargs: dict | None = None):
     """``"package.module:function"`` -> the function (the user's own code, imported like any module).
 
     A model folder is data: the factory it names is imported and called only when the user named that
-    exact factory in `allowed` (``--allow-factory``), and nothing is imported before that check. A
-    function of a library (LIBRARIES) or of the standard library is never called. `kwargs`: the folder's
-    arguments for it, shown where the factory is refused."""
-    top = path.partition(":")[0].split(".")[0] if isinstance(path, str) else ""
-    if top in sys.stdlib_module_names:  # builtins too (helper-76: it offered --allow-factory os:system)
-        raise UnsupportedModel(f"this model folder names {path!r}, a function of Python's standard library, as "
-                               f"the factory that builds its model: no model is built that way; the folder is "
-                               f"not to be loaded")
-    if top in LIBRARIES:
-        raise UnsupportedModel(f"this model folder names {path!r}, a function of the library {top!r}, as the factory "
-                               f"that builds its model, to be called as {_called_as(path, kwargs)}: a factory is model "
-                               f"code of your own, and n2n calls no library's function for a folder; the folder is "
-                               f"not to be loaded")
-    if not isinstance(path, str) or path not in set(allowed):
-        called = _called_as(path, kwargs) if isinstance(path, str) else repr(path)
+    exact factory in `allowed` (``--allow-factory``), and nothing of it is imported before that check.
+    A function of a library (LIBRARIES), of the standard library or of ``__main__`` is never called, nor
+    one that its module only re-exports (``pylab:load`` is numpy's); for a function of another
+    installed package n2n suggests no flag (a folder may name any of them, with arguments of its
+    choosing: ``sympy:sympify`` evaluates one). `kwargs`: the folder's arguments, shown where refused."""
+    if not isinstance(path, str) or not _FACTORY.fullmatch(path):  # (".torch:load" was a TypeError, helper-98)
+        raise UnsupportedModel(f"factory: expected 'package.module:function' of Python names, got {path!r}")
+    mod, _, fn = path.partition(":")
+    top = mod.split(".")[0]
+    if whose := _not_model_code(top):
+        raise UnsupportedModel(f"this model folder names {path!r}, a function of {whose}, as the factory that builds "
+                               f"its model, to be called as {_called_as(path, kwargs)}: a factory is model code of your "
+                               f"own, and n2n calls no function of {whose} for a folder; the folder is not to be loaded")
+    if path not in set(allowed):
+        if installed := _installed_at(top):  # (helper-98: sympy:sympify, mako, stable_baselines3's load_from_pkl)
+            raise UnsupportedModel(
+                f"this model folder names the factory {path!r}, a function of the installed package {top!r} "
+                f"({installed}), to be called as {_called_as(path, kwargs)}: a folder from someone else may name any "
+                f"installed function, with arguments of its choosing, so n2n calls one only where you allowed it by "
+                f"name, knowing it builds a model (README, Safety); the folder is not loaded")
         raise UnsupportedModel(
             f"this model folder names the factory {path!r}, which n2n would import and call as "
-            f"{called}; it does so only for a factory you name: "
-            f"pass --allow-factory {path} (Python: factories=[{path!r}]) if you trust that code with those arguments")
-    mod, _, fn = path.partition(":")
-    if not mod or not fn:
-        raise UnsupportedModel(f"factory: expected 'package.module:function', got {path!r}")
+            f"{_called_as(path, kwargs)}; it does so only for a factory you name: pass --allow-factory {path} "
+            f"(Python: factories=[{path!r}]) if you trust that code with those arguments")
     where = os.environ.get("N2N_FACTORY_PATH")  # the folder `n2n --allow-factory` ran in
     if where:
         _FolderFinder.allow(where, mod.split(".")[0])
     try:
-        return getattr(importlib.import_module(mod), fn)
+        found = getattr(importlib.import_module(mod), fn)
     except ModuleNotFoundError as e:
         # a module the factory imports that lies in the folder, beside it, but is not part of it
         missing, top = (e.name or "").split(".")[0], mod.split(".")[0]
@@ -105,6 +144,15 @@ def load_factory(path: str, allowed=(), kwargs: dict | None = None):
         raise UnsupportedModel(f"factory {path!r} cannot be imported: {e}{local}") from None
     except (ImportError, AttributeError) as e:
         raise UnsupportedModel(f"factory {path!r} cannot be imported: {e}") from None
+    # where it is defined, not where it is named: a re-export (pylab:load is numpy's load, a package of the
+    # user's may `from torch import load`) is judged, and named, by its own module (helper-98)
+    defined = getattr(found, "__module__", None)
+    if not isinstance(defined, str) or defined.split(".")[0] != top:
+        whose = _not_model_code(defined.split(".")[0]) if isinstance(defined, str) else None
+        raise UnsupportedModel(f"factory {path!r} is {getattr(found, '__qualname__', fn)!r} of {defined!r}"
+                               f"{f', {whose}' if whose else ''}, which {mod!r} only re-exports: n2n calls a factory "
+                               f"only from the package that defines it; the folder is not loaded")
+    return found
 
 
 def call_factory(path: str, allowed=(), kwargs: dict | None = None) -> nn.Module:

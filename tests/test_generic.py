@@ -237,15 +237,35 @@ def test_a_library_function_named_as_a_factory_is_never_called_even_when_allowed
     folder.mkdir()
     kwargs = {"f": str(tmp_path / "payload.pt"), "weights_only": False}
     (folder / "model.safetensors").write_bytes(b"not even read")
-    for factory in ("torch:load", "torch.hub:load", "numpy:load", "n2n.cli:main", "joblib:load"):
+    for factory in ("torch:load", "torch.hub:load", "numpy:load", "n2n.cli:main", "joblib:load", "__main__:main"):
         (folder / "arch.json").write_text(json.dumps({"family": "module", "factory": factory, "kwargs": kwargs}))
+        whose = "the program running n2n" if factory == "__main__:main" else \
+            f"the library '{factory.split('.')[0].split(':')[0]}'"
         for allowed in ((), (factory,)):
-            with pytest.raises(UnsupportedModel, match=rf"this model folder names '{re.escape(factory)}', a function of the "
-                                                       rf"library '{factory.split('.')[0].split(':')[0]}', as the factory") as e:
+            with pytest.raises(UnsupportedModel, match=rf"this model folder names '{re.escape(factory)}', a function of "
+                                                       rf"{whose}, as the factory") as e:
                 load_model(folder, allowed)
             assert "--allow-factory" not in str(e.value)
             # what it would be called with, shown (the folder chooses the arguments)
             assert f"to be called as {factory.replace(':', '.')}(f='{tmp_path}/payload.pt', weights_only=False)" in str(e.value)
+    # helper-98: installed packages off the list (sympy:sympify evaluates its argument), re-exports (pylab:load
+    # is numpy's load), and arguments long enough to hide a payload past a cut
+    payload = "1+" * 200 + "__import__('os').system('touch " + str(marker) + "')"
+    (folder / "arch.json").write_text(json.dumps({"family": "module", "factory": "sympy:sympify", "kwargs": {"a": payload}}))
+    with pytest.raises(UnsupportedModel, match=r"names the factory 'sympy:sympify', a function of the installed package "
+                                               r"'sympy' \(.*site-packages/sympy/__init__.py\), to be called as ") as e:
+        load_model(folder)
+    assert "--allow-factory" not in str(e.value) and payload in str(e.value)
+    (folder / "arch.json").write_text(json.dumps({"family": "module", "factory": "pylab:load", "kwargs": kwargs}))
+    with pytest.raises(UnsupportedModel, match=r"factory 'pylab:load' is 'load' of 'numpy', the library 'numpy', which "
+                                               r"'pylab' only re-exports: n2n calls a factory only from the package that "
+                                               r"defines it"):
+        load_model(folder, ["pylab:load"])  # allowed, as a user following the message might
+    for bad in (".torch:load", "torch :load", "torch:load()", "ｔorch:load"):  # (".torch:load" was a TypeError)
+        (folder / "arch.json").write_text(json.dumps({"family": "module", "factory": bad}))
+        with pytest.raises(UnsupportedModel, match=rf"factory: expected 'package.module:function' of Python names, got "
+                                                   rf"{re.escape(repr(bad))}"):
+            load_model(folder, [bad])
     assert not marker.exists()
     # a factory of the user's own still shows the arguments it would be called with
     (folder / "arch.json").write_text(json.dumps({"family": "module", "factory": "custom_net:make", "kwargs": {"width": 8}}))
