@@ -32,7 +32,9 @@ def points_said(drop: float) -> str:
 def gap_said(drop: float) -> str:
     """A `drop_points` figure as a side of the teacher: "0.50 below", or "1.12 above" for a student
     that beats it (README-n2n.md read "-1.12 below")."""
-    return f"{points_said(drop)} below" if drop >= 0 else f"{points_said(-drop)} above"
+    if drop == 0:  # -0.0 too, which read "-0.00 below" (helper-98)
+        return f"{points_said(0.0)} below"
+    return f"{points_said(drop)} below" if drop > 0 else f"{points_said(-drop)} above"
 
 
 @dataclass

@@ -117,12 +117,13 @@ def _teacher_show(args) -> int:
     else:
         shown = shape
     accuracies, given = _accuracies(model, arch, metrics, folder)
-    if shape and given and tuple(shape) != given:  # as a search refuses it (helper-97: traced at [1, 400000000]
+    if shape and given and isinstance(shape, list) and tuple(shape) != given:  # as a search refuses it (helper-97: traced at [1, 400000000]
         # for 23 s and 3.4 GB, then FLOPs "?" beside accuracies measured on inputs of (1, 40))
         flops = f"? (arch.json records inputs of shape {tuple(shape)}, the data gives {given}: a search refuses it)"
-    elif shape and not (all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)
-                        and math.prod(shape) <= MAX_SHOWN_INPUT):
-        flops = f"? (inputs of shape {tuple(shape)}: not traced, past {MAX_SHOWN_INPUT:,} values or not sizes)"
+    elif shape and not (isinstance(shape, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                                        for v in shape)
+                        and (given or math.prod(shape) <= MAX_SHOWN_INPUT)):  # (the data's own shape is traced)
+        flops = f"? (inputs of shape {shape!r}: not traced, past {MAX_SHOWN_INPUT:,} values or not sizes)"
     elif shape:
         try:
             space = space_for(model, tuple(shape), arch=arch)
@@ -373,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write the best student as a deployable folder")
     e.add_argument("run", type=_path, help="the run folder, e.g. runs/NAME")
     e.add_argument("--out", required=True, type=_path, help="folder to write (new, or an empty folder)")
-    e.add_argument("--finetune-epochs", type=int, default=0, help="distil + cross-entropy this long first")
+    e.add_argument("--finetune-epochs", type=int, default=0, help="distil + cross-entropy this long first, keeping "
+                   "the epoch (or the weights as searched) best on validation")
     e.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier export (nothing else)")
     e.add_argument("--fetch", metavar="URI", help="first download from the run's storage, which you name (its "
                    "resources.storage), the results its results/ lacks (a driver killed before it fetched them); never "

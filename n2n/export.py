@@ -219,6 +219,12 @@ def choose(records: list[dict], cfg: Config, teacher_accuracy: float, run_dir: P
     return chosen, why
 
 
+def _asked(key: str | None, rank: int | None, margin: float | None) -> str:
+    """The choice a command was given, as flags its hints repeat (helper-98: a hint dropped it)."""
+    return (f" --key {shlex.quote(key)}" if key is not None else f" --rank {rank}" if rank is not None else
+            f" --margin {margin:g}" if margin is not None else "")
+
+
 def weights_missing(chosen: dict, why: str, cfg: Config, run_dir: Path, key: str | None = None,
                     rank: int | None = None, margin: float | None = None, stored: bool = False) -> str | None:
     """Why the chosen student's weights cannot be read from RUN/results, and what to do; None where they can.
@@ -230,8 +236,7 @@ def weights_missing(chosen: dict, why: str, cfg: Config, run_dir: Path, key: str
                 f"{found_at(weights)}; restore the file from a copy of the run")
     if weights.is_file():
         return None
-    asked = (f" --key {key}" if key is not None else f" --rank {rank}" if rank is not None else
-             f" --margin {margin:g}" if margin is not None else "")  # (helper-44: the hint dropped --key)
+    asked = _asked(key, rank, margin)  # (helper-44: the hint dropped --key)
     where = (f"there; they may be in the run's storage {shown(cfg.resources.storage)}: `n2n export {shlex.quote(str(run_dir))} --out "
              f"DIR{asked} --fetch {storage_named(cfg.resources.storage)}` downloads what results/ lacks from there" if stored
              else "there (deleted, or the run folder copied without results/?): restore the file from a copy of the run, "
@@ -264,17 +269,19 @@ def accuracy_target(max_drop: float | None, teacher: dict, val: float, test: flo
         return out, None
     past = (f"warning: on the test split this student is {points_said(drops['test_drop_points'])} points below the teacher, "
             f"past the target of {max_drop:g}, though it meets it on validation")
+    if finetuned:  # the pick's figures no longer describe these weights (helper-96: the miss was blamed on them)
+        past += (f", after fine-tuning ({finetuned}, kept as the best of its epochs on validation, which makes that "
+                 "figure optimistic too)")
     if margin is None:  # named by --key or --rank: no pick, no margin (helper-77, helper-75: it spoke of both)
         return out, f"{past}; `n2n report` lists the candidates, and `--key KEY` exports another"
-    if finetuned:  # the pick's figures no longer describe these weights (helper-96: the miss was blamed on them)
-        return out, (f"{past}, after fine-tuning ({finetuned}, kept as the best of its epochs on validation, which "
-                     "makes that figure optimistic too); `n2n report` lists the candidates as searched")
+    if finetuned:
+        return out, f"{past}; `n2n report` lists the candidates as searched"
     # The smallest student within the target on validation, picked among many noisy ones, tends to be
     # one whose validation figure is luckier than its true accuracy (the winner's curse).
     if margin and not short_of_margin:
-        had = f"its margin of {margin:g} points was not enough here; "
+        had = f"its margin of {pick.points(margin)} was not enough here; "  # ("1 points": helper-99)
     elif margin:  # as the pick judged it, on the search's figures
-        had = f"none of the candidates it chose among had the margin of {margin:g} points; "
+        had = f"none of the candidates it chose among had the margin of {pick.points(margin)}; "
     else:
         had = "a margin, target.margin or export --margin P, picks a finalist with points to spare; "
     return out, (f"{past}, where it was picked among many noisy figures ({had}choose a margin before reading test "
@@ -384,8 +391,8 @@ def _pick(run_dir: Path, meta: dict, cfg: Config, log, key, rank, margin, fetch:
     # the file the trial wrote (helper-53: weights with noise added measured within the 2 samples of slack
     # below and were shipped); candidates recorded before trials recorded digests are checked by the rest
     if chosen.get("weights_digest") and (found := file_digest(weights)) != chosen["weights_digest"]:
-        again = (f"`n2n export {shlex.quote(str(run_dir))} --out DIR --fetch {storage_named(cfg.resources.storage)}` "
-                 "fetches it again from the run's storage"
+        again = (f"`n2n export {shlex.quote(str(run_dir))} --out DIR{_asked(key, rank, margin)} --fetch "
+                 f"{storage_named(cfg.resources.storage)}` fetches it again from the run's storage"
                  if meta.get("results_store") and not refetched else
                  "the run's storage holds the same file; restore it from a copy of the run" if refetched else
                  "restore it from a copy of the run")

@@ -2097,6 +2097,10 @@ def test_an_export_s_arch_json_edited_hostile_or_not_is_refused_or_said(finished
     status, out = _main(capsys, "teacher", "show", folder, stream="out")
     assert status == 0 and "FLOPs (MACs/sample): ? (arch.json records inputs of shape (1, 400000000), the data gives " \
                            "(1, 40): a search refuses it)" in out, out
+    (folder / "arch.json").write_text(json.dumps({**arch, "input_shape": 5}))  # (helper-98: a TypeError traceback)
+    status, out = _main(capsys, "teacher", "show", folder, stream="out")
+    assert status == 0 and "FLOPs (MACs/sample): ? (inputs of shape 5: not traced, past 10,000,000 values or not " \
+                           "sizes)" in out, out
 
 
 def test_hostile_arch_json_values_are_one_line_errors(small_teacher, tmp_path, capsys):
@@ -2527,11 +2531,16 @@ def test_export_says_when_its_student_misses_the_target_on_test():
     assert accuracy_target(0.2, teacher, 0.985, 0.985)[1] == (
         "warning: on validation this student is 0.50 points below the teacher, past the target of 0.2 (on test "
         "0.50 below); `n2n report` lists the candidates, and `--key KEY` exports another")
+    assert "(its margin of 1 point was not enough here; " in accuracy_target(1.0, teacher, 0.985, 0.9727, 1.0)[1]
     # fine-tuned weights are not the ones the pick measured: the miss is not put on the pick's margin (helper-96)
     assert accuracy_target(1.0, teacher, 0.985, 0.9727, 0.25, finetuned="epoch 3 of 10")[1] == (
         "warning: on the test split this student is 1.73 points below the teacher, past the target of 1, though it "
         "meets it on validation, after fine-tuning (epoch 3 of 10, kept as the best of its epochs on validation, which "
         "makes that figure optimistic too); `n2n report` lists the candidates as searched")
+    assert accuracy_target(1.0, teacher, 0.985, 0.9727, None, finetuned="epoch 2 of 5")[1].endswith(
+        "past the target of 1, though it meets it on validation, after fine-tuning (epoch 2 of 5, kept as the best of its "
+        "epochs on validation, which makes that figure optimistic too); `n2n report` lists the candidates, and `--key "
+        "KEY` exports another")  # named by --key or --rank (helper-98: the fine-tune went unsaid there)
     # the fallback pick (no finalist had the margin) is not said to have had it (helper-21)
     assert "(none of the candidates it chose among had the margin of 0.25 points; " in \
         accuracy_target(1.0, teacher, 0.9807, 0.9727, 0.25, short_of_margin=True)[1]
@@ -2549,6 +2558,10 @@ def test_a_drop_just_past_the_target_is_not_shown_as_the_target():
                               "target of 1 (on test 1.0030 below)")
     lines = _target_lines({"target": out, "chosen_because": "--key"})
     assert "this student is 1.0030 below on validation (PAST it) and 1.0030 below on test (PAST it)" in lines[0]
+    from envs import gap_said
+
+    assert (gap_said(-0.0), gap_said(0.0), gap_said(-0.7), gap_said(1.003)) == ("0.00 below", "0.00 below", "0.70 above",
+                                                                                  "1.0030 below")  # (-0.0: helper-98)
     # a student above the teacher read "-1.12 below" (session 33's note)
     above, _ = accuracy_target(1.0, teacher, 992 / 997, 1.0, 0.25)
     assert above["test_drop_points"] == -0.7 and _target_lines({"target": above, "chosen_because": "--key"})[0] == (

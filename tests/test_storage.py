@@ -253,6 +253,9 @@ def test_a_search_through_s3_fills_the_run_folder_and_exports(ray_session, tiny_
         with pytest.raises(RunError, match=r"--out DIR --fetch URI` fetches it again from the run's storage" if weights.exists()
                            and len(weights.read_bytes()) == len(good) else "."):
             export_best(run, tmp_path / "no", log=lambda *_: None)
+        if weights.exists() and len(weights.read_bytes()) == len(good):  # the hint keeps the --key asked (helper-98)
+            with pytest.raises(RunError, match=rf"--out DIR --key {out['key']} --fetch URI` fetches it again"):
+                export_best(run, tmp_path / "no", log=lambda *_: None, key=out["key"])
         said = []
         assert export_best(run, tmp_path / "repaired", overwrite=True, log=said.append, fetch=uri)["key"] == out["key"]
         assert weights.read_bytes() == good, said
